@@ -1,0 +1,81 @@
+"""Building the classifier networks from their names (torch imported only when called).
+
+Shared by training, export and the PyTorch backend, so a checkpoint is always rebuilt the
+way it was trained.  The training issue adds more architectures to ARCHS.
+"""
+from oncolens.appliance.errors import MissingDependency, UsageError
+
+
+def _torchvision():
+    try:
+        import torch  # noqa: F401
+        import torchvision
+    except ImportError as exc:
+        raise MissingDependency(str(exc).split("'")[1] if "'" in str(exc) else "torch",
+                                "this step", "pip install 'oncolens[train]'")
+    return torchvision
+
+
+def _torchvision_classifier(arch, num_classes):
+    tv = _torchvision()
+    ctor = getattr(tv.models, arch, None)
+    if ctor is None or not callable(ctor):
+        raise UsageError("--arch: unknown architecture '{}' (expected one of: {})".format(
+            arch, ", ".join(arch_names())))
+    try:
+        return ctor(weights=None, num_classes=num_classes)
+    except TypeError:  # torchvision < 0.13 (the Nano's 0.11)
+        return ctor(pretrained=False, num_classes=num_classes)
+
+
+# name -> builder(num_classes) -> torch.nn.Module with freshly initialised weights
+ARCHS = {
+    "resnet18": lambda n: _torchvision_classifier("resnet18", n),
+    "resnet34": lambda n: _torchvision_classifier("resnet34", n),
+    "resnet50": lambda n: _torchvision_classifier("resnet50", n),
+}
+
+
+def arch_names():
+    return sorted(ARCHS)
+
+
+def build_model(arch, num_classes):
+    """A freshly initialised ``arch`` with ``num_classes`` outputs (logits)."""
+    if arch not in ARCHS:
+        return _torchvision_classifier(arch, num_classes)
+    return ARCHS[arch](int(num_classes))
+
+
+def load_checkpoint(path):
+    """Read a checkpoint file on the CPU (jetson-inference's keys plus OncoLens's)."""
+    try:
+        import torch
+    except ImportError:
+        raise MissingDependency("torch", "reading a checkpoint", "pip install 'oncolens[train]'")
+    import os
+    from oncolens.appliance.errors import BundleError
+    if not os.path.isfile(path):
+        raise BundleError("checkpoint not found: {}".format(path))
+    try:
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        except TypeError:  # torch < 1.13 has no weights_only
+            ckpt = torch.load(path, map_location="cpu")
+    except Exception as exc:  # pickle and zip errors come in many types
+        raise BundleError("{}: not a readable checkpoint ({})".format(path, exc))
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "arch" not in ckpt:
+        raise BundleError("{}: not an OncoLens/jetson-inference checkpoint (expected keys "
+                          "'arch' and 'state_dict')".format(path))
+    return ckpt
+
+
+def model_from_checkpoint(ckpt):
+    """Rebuild the network of a loaded checkpoint, weights restored, in eval mode."""
+    state = ckpt["state_dict"]
+    state = {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()}
+    num_classes = ckpt.get("num_classes") or len(ckpt.get("classes", [])) or None
+    model = build_model(ckpt["arch"], num_classes)
+    model.load_state_dict(state)
+    model.eval()
+    return model

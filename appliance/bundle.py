@@ -1,0 +1,259 @@
+"""The model bundle contract: ``model.json`` + ``labels.txt`` + model files in one folder.
+
+    models/busi-resnet18/
+      resnet18.onnx     input "input_0" float32 NCHW, output "output_0" probabilities
+      labels.txt        one class a line, in output order
+      model.json        labels, input size, preprocessing, tensor names, provenance, engines
+
+Every stage writes and checks it; a mismatch is a one-line ``BundleError`` naming both sides.
+"""
+import copy
+import hashlib
+import io
+import json
+import os
+
+from oncolens import __version__
+from oncolens.appliance.errors import BundleError
+
+MODEL_JSON = "model.json"
+LABELS_TXT = "labels.txt"
+FORMAT = "oncolens-bundle"
+SCHEMA_VERSION = 1
+
+DEFAULT_INPUT_NAME = "input_0"   # jetson-inference's names
+DEFAULT_OUTPUT_NAME = "output_0"
+CAM_OUTPUT_NAME = "cam_0"
+
+# Top-level keys this version understands.  A key outside this set means the file was
+# written by a newer OncoLens (or edited by hand) and is refused rather than ignored.
+KNOWN_KEYS = frozenset([
+    "format", "schema", "oncolens_version", "arch", "labels", "num_classes",
+    "input", "output", "preprocess", "onnx", "checkpoint", "training", "metrics",
+    "provenance", "engines", "created",
+])
+REQUIRED_KEYS = ("format", "schema", "arch", "labels", "input", "output", "preprocess")
+MODEL_SUFFIXES = (".onnx", ".engine", ".trt", ".plan", ".pth", ".tar", ".pt")
+
+
+def sha256_file(path, chunk=1 << 20):
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_labels(path):
+    """Labels, one a line; blank lines and surrounding spaces are ignored."""
+    if not os.path.isfile(path):
+        raise BundleError("labels file not found: {}".format(path))
+    with io.open(path, "r", encoding="utf-8") as fh:
+        labels = [line.strip() for line in fh if line.strip()]
+    if not labels:
+        raise BundleError("labels file is empty: {}".format(path))
+    if len(set(labels)) != len(labels):
+        raise BundleError("labels file has duplicate classes: {}".format(path))
+    return labels
+
+
+def write_labels(path, labels):
+    with io.open(path, "w", encoding="utf-8") as fh:
+        for label in labels:
+            fh.write(u"{}\n".format(label))
+
+
+def new_model_info(arch, labels, input_size, preprocess, **extra):
+    """A fresh model.json dictionary with every required key filled in."""
+    info = {
+        "format": FORMAT,
+        "schema": SCHEMA_VERSION,
+        "oncolens_version": __version__,
+        "arch": arch,
+        "labels": list(labels),
+        "num_classes": len(labels),
+        "input": {"name": DEFAULT_INPUT_NAME, "shape": [3, int(input_size), int(input_size)],
+                  "dtype": "float32", "layout": "NCHW"},
+        "output": {"name": DEFAULT_OUTPUT_NAME, "activation": "softmax"},
+        "preprocess": dict(preprocess),
+        "engines": [],
+    }
+    for key, value in extra.items():
+        info[key] = value
+    validate_model_info(info, MODEL_JSON)
+    return info
+
+
+def validate_model_info(info, where=MODEL_JSON):
+    """Check a model.json dictionary; raise BundleError naming the file and the problem."""
+    if not isinstance(info, dict):
+        raise BundleError("{}: expected a JSON object at the top level".format(where))
+    if info.get("format") != FORMAT:
+        raise BundleError("{}: 'format' is {!r}, expected {!r}".format(
+            where, info.get("format"), FORMAT))
+    schema = info.get("schema")
+    if not isinstance(schema, int) or schema < 1:
+        raise BundleError("{}: 'schema' must be a positive integer, got {!r}".format(where, schema))
+    if schema > SCHEMA_VERSION:
+        raise BundleError("{}: written by a newer OncoLens (schema {}, oncolens {}); this is "
+                          "oncolens {} (schema {}): upgrade OncoLens".format(
+                              where, schema, info.get("oncolens_version", "?"),
+                              __version__, SCHEMA_VERSION))
+    unknown = sorted(set(info) - KNOWN_KEYS)
+    if unknown:
+        raise BundleError("{}: unknown key(s) {} (written by a newer OncoLens {}? this is {})".format(
+            where, ", ".join(repr(k) for k in unknown), info.get("oncolens_version", "?"),
+            __version__))
+    missing = [key for key in REQUIRED_KEYS if key not in info]
+    if missing:
+        raise BundleError("{}: missing key(s) {}".format(where, ", ".join(missing)))
+    labels = info["labels"]
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise BundleError("{}: 'labels' must be a non-empty list of strings".format(where))
+    if "num_classes" in info and info["num_classes"] != len(labels):
+        raise BundleError("{}: 'num_classes' is {} but 'labels' has {} entries".format(
+            where, info["num_classes"], len(labels)))
+    shape = info["input"].get("shape")
+    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) and v > 0
+                                                                   for v in shape)):
+        raise BundleError("{}: 'input.shape' must be [channels, height, width], got {!r}".format(
+            where, shape))
+    return info
+
+
+def read_model_info(path):
+    """Read and validate a model.json file."""
+    if not os.path.isfile(path):
+        raise BundleError("model.json not found: {}".format(path))
+    try:
+        with io.open(path, "r", encoding="utf-8") as fh:
+            info = json.load(fh)
+    except ValueError as exc:
+        raise BundleError("{}: not valid JSON ({})".format(path, exc))
+    return validate_model_info(info, path)
+
+
+def write_model_info(path, info):
+    """Validate, then write model.json atomically (temp file + rename)."""
+    validate_model_info(info, path)
+    tmp = path + ".tmp"
+    with io.open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def check_labels_match(labels, num_outputs, labels_where, model_where):
+    """Labels count must equal the model's output size; say both sides when it does not."""
+    if num_outputs is not None and len(labels) != int(num_outputs):
+        raise BundleError("{} lists {} classes but {} has {} outputs: use the labels file the "
+                          "model was trained with".format(labels_where, len(labels), model_where,
+                                                          num_outputs))
+
+
+class Bundle(object):
+    """A model folder: its model.json (if any), labels and the model file asked for."""
+
+    def __init__(self, directory, info, labels, model_path=None, labels_source=None,
+                 inferred=False):
+        self.dir = directory
+        self.info = info
+        self.labels = labels
+        self.model_path = model_path
+        # where the labels came from, for error messages
+        self.labels_source = labels_source or os.path.join(directory, MODEL_JSON)
+        # True when there is no model.json: input size and names come from the model file
+        self.inferred = inferred
+
+    @property
+    def input_name(self):
+        return self.info["input"].get("name", DEFAULT_INPUT_NAME)
+
+    @property
+    def output_name(self):
+        return self.info["output"].get("name", DEFAULT_OUTPUT_NAME)
+
+    @property
+    def input_shape(self):
+        return tuple(self.info["input"]["shape"])
+
+    @property
+    def preprocess(self):
+        return self.info["preprocess"]
+
+    @property
+    def onnx_path(self):
+        onnx = self.info.get("onnx") or {}
+        if onnx.get("file"):
+            return os.path.join(self.dir, onnx["file"])
+        return os.path.join(self.dir, "{}.onnx".format(self.info["arch"]))
+
+    @property
+    def model_sha256(self):
+        """Checksum of the model file in use (computed once)."""
+        if not hasattr(self, "_sha"):
+            path = self.model_path or self.onnx_path
+            self._sha = sha256_file(path) if os.path.isfile(path) else None
+        return self._sha
+
+    def path(self, name):
+        return os.path.join(self.dir, name)
+
+    def save(self):
+        write_model_info(self.path(MODEL_JSON), self.info)
+
+    def copy_info(self):
+        return copy.deepcopy(self.info)
+
+
+def find_model_dir(model):
+    """``--model`` may name a folder or a file inside one: return (folder, file or None)."""
+    if os.path.isdir(model):
+        return model, None
+    if os.path.isfile(model):
+        return os.path.dirname(os.path.abspath(model)), model
+    raise BundleError("model not found: {} (expected a model folder, an .onnx, an engine or a "
+                      "checkpoint file)".format(model))
+
+
+def load_bundle(model, labels=None, info_overrides=None):
+    """Open a bundle from ``--model`` (folder or file) and an optional ``--labels`` file.
+
+    With a model.json the labels and preprocessing come from it; an explicit ``labels``
+    file must agree with it.  Without one (a bare jetson-inference export) the labels file
+    is required and jetson-inference's defaults are assumed.
+    """
+    directory, model_file = find_model_dir(model)
+    json_path = os.path.join(directory, MODEL_JSON)
+    labels_source, inferred = json_path, False
+    if os.path.isfile(json_path):
+        info = read_model_info(json_path)
+        if labels:
+            from_file = read_labels(labels)
+            if from_file != info["labels"]:
+                raise BundleError("{} lists {} ({} classes) but {} lists {} ({} classes)".format(
+                    labels, from_file, len(from_file), json_path, info["labels"],
+                    len(info["labels"])))
+    else:
+        labels_path = labels or os.path.join(directory, LABELS_TXT)
+        if not os.path.isfile(labels_path):
+            raise BundleError("{} has no model.json and no labels file: pass --labels=FILE "
+                              "(one class a line, in output order)".format(directory))
+        from_file = read_labels(labels_path)
+        labels_source, inferred = labels_path, True
+        from oncolens.appliance.preprocess import imagenet_preprocess
+        arch = "resnet18"
+        if model_file:
+            arch = os.path.basename(model_file).split(".")[0]
+        info = new_model_info(arch, from_file, 224, imagenet_preprocess(224, policy="stretch"))
+    if info_overrides:
+        info = copy.deepcopy(info)
+        for key, value in info_overrides.items():
+            if isinstance(value, dict):
+                info.setdefault(key, {}).update(value)
+            else:
+                info[key] = value
+    if model_file is None:
+        onnx_file = Bundle(directory, info, info["labels"]).onnx_path
+        model_file = onnx_file if os.path.isfile(onnx_file) else None
+    return Bundle(directory, info, info["labels"], model_file, labels_source, inferred)

@@ -1,0 +1,51 @@
+"""Small helpers shared by every subcommand's ``main``."""
+import functools
+import logging
+import sys
+
+from oncolens.appliance.errors import OncoLensError
+
+log = logging.getLogger(__name__)
+
+
+def normalize_flags(argv):
+    """jetson-inference accepts ``--input_blob`` and ``--input-blob`` alike: so do we.
+
+    Underscores in a long flag's name (before any ``=``) become dashes; values and
+    positional arguments are left alone.
+    """
+    out = []
+    for arg in argv:
+        if arg.startswith("--") and len(arg) > 2:
+            name, sep, value = arg[2:].partition("=")
+            arg = "--" + name.replace("_", "-") + sep + value
+        out.append(arg)
+    return out
+
+
+def setup_logging(level="info"):
+    logging.basicConfig(
+        level=getattr(logging, str(level).upper(), logging.INFO),
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def cli_entry(prog):
+    """Decorate a ``main(argv)``: OncoLensError becomes one line on stderr and an exit code."""
+
+    def wrap(func):
+        @functools.wraps(func)
+        def main(argv=None):
+            try:
+                return func(list(sys.argv[1:] if argv is None else argv))
+            except OncoLensError as exc:
+                sys.stderr.write("{}: error: {}\n".format(prog, exc))
+                return exc.exit_code
+            except KeyboardInterrupt:
+                sys.stderr.write("{}: interrupted\n".format(prog))
+                return 130
+
+        return main
+
+    return wrap

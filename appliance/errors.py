@@ -1,0 +1,32 @@
+"""Errors that the command line turns into one clear line and a non-zero exit."""
+
+
+class OncoLensError(Exception):
+    """Base class: its message is shown to the user as it is, on one line."""
+
+    exit_code = 1
+
+
+class UsageError(OncoLensError):
+    """A flag or argument has a value the command cannot use."""
+
+    exit_code = 2
+
+
+class BundleError(OncoLensError):
+    """A model bundle (model.json, labels.txt, model file) is missing or inconsistent."""
+
+
+class ImageReadError(OncoLensError):
+    """An image file could not be read or decoded."""
+
+
+class MissingDependency(OncoLensError):
+    """An optional package that this feature needs is not installed."""
+
+    def __init__(self, package, feature, hint=None):
+        msg = "{} needs the Python package '{}', which is not installed".format(feature, package)
+        if hint:
+            msg += " ({})".format(hint)
+        super(MissingDependency, self).__init__(msg)
+        self.package = package

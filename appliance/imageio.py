@@ -1,0 +1,57 @@
+"""Reading and writing image files as RGB uint8 arrays (OpenCV underneath)."""
+import os
+
+import numpy as np
+
+from oncolens.appliance.errors import ImageReadError, OncoLensError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+
+
+def is_image_file(path):
+    return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
+
+
+def decode_image(data, origin="<bytes>"):
+    """Decode encoded bytes to RGB uint8 HxWx3 (greyscale, palette and RGBA become RGB)."""
+    import cv2
+    if not data:
+        raise ImageReadError("{}: empty file".format(origin))
+    buf = np.frombuffer(data, dtype=np.uint8)
+    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if img is None or img.size == 0:
+        raise ImageReadError("{}: not a decodable image (expected {})".format(
+            origin, "/".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)))
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def read_image(path):
+    """Read an image file as RGB uint8; ImageReadError names the file and the problem."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except (IOError, OSError) as exc:
+        raise ImageReadError("{}: cannot read ({})".format(path, exc.strerror or exc))
+    return decode_image(data, path)
+
+
+def encode_image(rgb, ext=".jpg", quality=92):
+    import cv2
+    params = [int(cv2.IMWRITE_JPEG_QUALITY), int(quality)] if ext.lower() in (".jpg", ".jpeg") else []
+    ok, buf = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise OncoLensError("cannot encode an image as {}".format(ext))
+    return buf.tobytes()
+
+
+def write_image(path, rgb, quality=92):
+    """Write an RGB uint8 image; the format follows the file's extension."""
+    ext = os.path.splitext(path)[1] or ".jpg"
+    data = encode_image(rgb, ext, quality)
+    parent = os.path.dirname(path)
+    if parent and not os.path.isdir(parent):
+        os.makedirs(parent)
+    tmp = path + ".part"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)

@@ -1,0 +1,113 @@
+"""Preprocessing, shared by training-time evaluation and inference so the two never drift.
+
+A model's preprocessing lives in its ``model.json`` (``preprocess``):
+
+    {"resize": "center_crop",      # or "stretch" (jetson-inference's whole-frame resize)
+     "crop_ratio": 0.875,          # crop / resized shorter side (224 / 256)
+     "interpolation": "auto",      # area when shrinking, linear when enlarging; or "linear"
+     "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],   # on the 0..1 scale
+     "clahe": null}                # or {"clip": 2.0, "tile": 8}: applied before resizing
+
+Normalisation belongs to the weights: torchvision ImageNet weights want the mean/std above,
+EfficientNet-Lite weights converted from TensorFlow want (x - 127) / 128, which is
+mean 127/255 and std 128/255 on the 0..1 scale.
+"""
+import numpy as np
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TF_LITE_MEAN = (127.0 / 255.0,) * 3
+TF_LITE_STD = (128.0 / 255.0,) * 3
+DEFAULT_CROP_RATIO = 0.875
+POLICIES = ("center_crop", "stretch")
+
+
+def imagenet_preprocess(size=224, policy="center_crop", mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                        clahe=None):
+    """A model.json ``preprocess`` block (``size`` is recorded in ``input.shape``)."""
+    if policy not in POLICIES:
+        raise ValueError("resize policy must be one of {}, got {!r}".format(POLICIES, policy))
+    return {"resize": policy, "crop_ratio": DEFAULT_CROP_RATIO, "interpolation": "auto",
+            "mean": [float(v) for v in mean], "std": [float(v) for v in std], "clahe": clahe}
+
+
+def _cv2():
+    import cv2  # OpenCV is a runtime requirement (JetPack ships it)
+    return cv2
+
+
+def _interp(cv2, spec, src_hw, dst_hw):
+    mode = spec.get("interpolation", "auto")
+    if mode == "linear":
+        return cv2.INTER_LINEAR
+    if mode == "area" or (mode == "auto" and dst_hw[0] * dst_hw[1] < src_hw[0] * src_hw[1]):
+        return cv2.INTER_AREA
+    return cv2.INTER_LINEAR
+
+
+def apply_clahe(rgb, clip=2.0, tile=8):
+    """Contrast-limited adaptive histogram equalisation on the lightness channel."""
+    cv2 = _cv2()
+    lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB)
+    eq = cv2.createCLAHE(clipLimit=float(clip), tileGridSize=(int(tile), int(tile)))
+    lab[:, :, 0] = eq.apply(np.ascontiguousarray(lab[:, :, 0]))
+    return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
+
+
+def resize_to_input(rgb, spec, out_hw):
+    """Resize an RGB uint8 image to ``out_hw`` by the spec's policy; returns uint8 HxWx3."""
+    cv2 = _cv2()
+    out_h, out_w = int(out_hw[0]), int(out_hw[1])
+    clahe = spec.get("clahe")
+    if clahe:
+        rgb = apply_clahe(rgb, clahe.get("clip", 2.0), clahe.get("tile", 8))
+    src_h, src_w = rgb.shape[:2]
+    if spec.get("resize", "center_crop") == "stretch":
+        interp = _interp(cv2, spec, (src_h, src_w), (out_h, out_w))
+        return cv2.resize(rgb, (out_w, out_h), interpolation=interp)
+    ratio = float(spec.get("crop_ratio", DEFAULT_CROP_RATIO))
+    # scale so that the image covers (out / ratio) on both sides, then cut the centre
+    scale = max(out_h / ratio / src_h, out_w / ratio / src_w)
+    new_h = max(out_h, int(round(src_h * scale)))
+    new_w = max(out_w, int(round(src_w * scale)))
+    interp = _interp(cv2, spec, (src_h, src_w), (new_h, new_w))
+    resized = cv2.resize(rgb, (new_w, new_h), interpolation=interp)
+    top = (new_h - out_h) // 2
+    left = (new_w - out_w) // 2
+    return resized[top:top + out_h, left:left + out_w]
+
+
+def normalize(rgb, mean, std):
+    """uint8 HxWx3 RGB -> float32 3xHxW, (x / 255 - mean) / std."""
+    scale = np.asarray(std, dtype=np.float32) * 255.0
+    offset = np.asarray(mean, dtype=np.float32) * 255.0
+    chw = np.transpose(rgb, (2, 0, 1)).astype(np.float32)
+    chw -= offset[:, None, None]
+    chw /= scale[:, None, None]
+    return chw
+
+
+class Preprocessor(object):
+    """Callable turning RGB uint8 frames into the model's input tensor."""
+
+    def __init__(self, spec, input_shape):
+        self.spec = dict(spec)
+        self.channels, self.height, self.width = [int(v) for v in input_shape]
+        self.mean = self.spec.get("mean", IMAGENET_MEAN)
+        self.std = self.spec.get("std", IMAGENET_STD)
+
+    @classmethod
+    def from_bundle(cls, bundle, policy=None):
+        spec = dict(bundle.preprocess)
+        if policy:
+            spec["resize"] = policy
+        return cls(spec, bundle.input_shape)
+
+    def resize(self, rgb):
+        return resize_to_input(rgb, self.spec, (self.height, self.width))
+
+    def __call__(self, rgb):
+        return normalize(self.resize(rgb), self.mean, self.std)
+
+    def batch(self, images):
+        return np.stack([self(img) for img in images]).astype(np.float32, copy=False)

@@ -1,0 +1,1 @@
+"""Export: checkpoint -> ONNX, ONNX -> TensorRT engine, and verification of one against another."""

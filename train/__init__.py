@@ -1,0 +1,1 @@
+"""Training: datasets, audit and splits, training, evaluation and reports (needs torch)."""
