@@ -78,7 +78,11 @@ def test_installs_only_oncolens_and_keeps_the_cache_on_a_volume():
     ins = instructions(read(DOCKERFILE))
     runs = " ".join(args for word, args in ins if word == "RUN")
     assert "pip install --no-cache-dir --no-deps /tmp/oncolens-src" in runs
-    assert not re.search(r"\b(torch|torchvision|opencv|onnxruntime|tensorrt|pycuda)\b", runs)
+    assert not re.search(r"\b(torch|torchvision|opencv|onnxruntime|tensorrt)\b", runs)
+    # pycuda (TensorRT backend) only when asked for: it compiles against CUDA
+    assert ("ARG", "WITH_PYCUDA=0") in ins
+    assert re.search(r'if \[ "\$\{WITH_PYCUDA\}" = "1" \]; then .*--requirement '
+                     r'/tmp/requirements-pycuda.txt', runs)
     assert "nvidia-smi" not in runs and "--gpus" not in runs          # no GPU at build time
     volumes = [json.loads(args) for word, args in ins if word == "VOLUME"]
     env = dict(item.split("=", 1) for word, args in ins if word == "ENV" for item in args.split())
