@@ -88,14 +88,18 @@ def write_files(files, overwrite):
         raise UsageError("{} already exists (pass --overwrite to replace it)".format(
             " and ".join(existing)))
     for path, text in files:
-        folder = os.path.dirname(path)
-        if not os.path.isdir(folder):
-            os.makedirs(folder)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        try:
+            folder = os.path.dirname(path)
+            if not os.path.isdir(folder):
+                os.makedirs(folder)
+            tmp = path + ".tmp"
+            with open(tmp, "w") as fh:
+                fh.write(text)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except (OSError, IOError) as exc:
+            raise UsageError("cannot write {}: {} (run it with sudo, or pass --root DIR or "
+                             "--print)".format(path, exc.strerror or exc))
 
 
 NEXT_STEPS = """\

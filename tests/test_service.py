@@ -215,6 +215,20 @@ def test_install_rejects_values_it_cannot_write(tmp_path, extra, message):
     assert code != 0 and message in err and err.startswith("oncolens service: error:")
 
 
+def test_install_reports_a_folder_it_cannot_write(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code, out, err = run_cli(["service", "install", "--root", str(blocker), "--exec",
+                              "/usr/local/bin/oncolens"])
+    assert code != 0 and err.startswith("oncolens service: error: cannot write ")
+    assert "--root DIR or --print" in err and "Traceback" not in err
+
+
+def test_service_without_an_action_shows_its_usage():
+    code, out, err = run_cli(["service"])
+    assert code == 2 and "install" in out
+
+
 def test_default_exec_is_this_installation():
     from oncolens.appliance.service_cli import default_exec
     cmd = default_exec()
