@@ -1,0 +1,132 @@
+"""``oncolens service install``: the systemd unit and its environment file.
+
+    sudo oncolens service install --model=/var/lib/oncolens/models/busi-resnet18 \
+        --input=csi://0 --flags='--topK=2'
+    oncolens service install --print            # show both files, write nothing
+    oncolens service install --root=pkgroot/    # stage them under a folder (packaging, tests)
+
+Writes ``/etc/systemd/system/oncolens.service`` and ``/etc/default/oncolens`` (under
+``--root`` when given) and prints the commands that create the user and start the service;
+it never overwrites an existing file without ``--overwrite``.
+"""
+import argparse
+import os
+import shutil
+import sys
+
+from oncolens.appliance.cliutil import cli_entry, normalize_flags
+from oncolens.appliance.errors import UsageError
+from oncolens.appliance.service_units import (CACHE_DIR, ENV_PATH, ENV_VARS, STATE_DIR, UNIT_PATH,
+                                              render_env, render_unit)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="oncolens service",
+        description="Run OncoLens as a systemd device service (docs/JETSON.md).")
+    sub = p.add_subparsers(dest="action", metavar="ACTION")
+    inst = sub.add_parser(
+        "install", help="write the systemd unit and /etc/default/oncolens",
+        description="Write {} and {} (or print them with --print). Values with spaces need "
+                    "'=': --flags='--topK=3 --threshold=0.05'.".format(UNIT_PATH, ENV_PATH))
+    inst.add_argument("--print", dest="print_only", action="store_true",
+                      help="print the unit and the environment file; write nothing")
+    inst.add_argument("--root", "--prefix", dest="root", default="/",
+                      help="write under this folder instead of / (packaging, containers, tests)")
+    inst.add_argument("--user", default="oncolens",
+                      help="the system user the service runs as (oncolens), in group video")
+    defaults = {name: default for name, default, _ in ENV_VARS}
+    inst.add_argument("--model", help="model bundle folder or model file ({})".format(
+        defaults["ONCOLENS_MODEL"]))
+    inst.add_argument("--input", help="frame source ({})".format(defaults["ONCOLENS_INPUT"]))
+    inst.add_argument("--output", help="where annotated frames go (none)")
+    inst.add_argument("--flags", help="more imagenet-style flags for 'oncolens classify'")
+    inst.add_argument("--cache-dir", help="engine cache folder ({})".format(CACHE_DIR))
+    inst.add_argument("--exec", dest="exec_cmd",
+                      help="the oncolens command in ExecStart (default: the one running now)")
+    inst.add_argument("--watchdog-sec", type=int, default=30,
+                      help="WatchdogSec: restart when no frame went through for this long (30)")
+    inst.add_argument("--overwrite", action="store_true", help="replace existing files")
+    return p
+
+
+def default_exec():
+    """The absolute oncolens command of this installation, for ExecStart."""
+    beside = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "oncolens")
+    if os.access(beside, os.X_OK):
+        return beside
+    found = shutil.which("oncolens")
+    if found:
+        return os.path.abspath(found)
+    return "{} -m oncolens".format(os.path.abspath(sys.executable))
+
+
+def _under_root(root, path):
+    return os.path.join(os.path.abspath(root), path.lstrip("/"))
+
+
+def render_files(args):
+    """[(absolute target path, text)] for the unit and the environment file."""
+    exec_cmd = args.exec_cmd or default_exec()
+    if exec_cmd.startswith(("/home/", "/root/")):
+        sys.stderr.write("oncolens service: warning: {} is under /home or /root, which the "
+                         "unit hides (ProtectHome=yes); install OncoLens system-wide (sudo pip3 "
+                         "install .) or pass --exec\n".format(exec_cmd))
+    values = {"ONCOLENS_MODEL": args.model, "ONCOLENS_INPUT": args.input,
+              "ONCOLENS_OUTPUT": args.output, "ONCOLENS_FLAGS": args.flags,
+              "ONCOLENS_CACHE_DIR": args.cache_dir}
+    env_text = render_env(values)
+    unit_text = render_unit(exec_cmd=exec_cmd, user=args.user, watchdog_sec=args.watchdog_sec,
+                            cache_dir=args.cache_dir or CACHE_DIR, output=args.output or "")
+    return [(_under_root(args.root, UNIT_PATH), unit_text),
+            (_under_root(args.root, ENV_PATH), env_text)]
+
+
+def write_files(files, overwrite):
+    existing = [path for path, _ in files if os.path.exists(path)]
+    if existing and not overwrite:
+        raise UsageError("{} already exists (pass --overwrite to replace it)".format(
+            " and ".join(existing)))
+    for path, text in files:
+        try:
+            folder = os.path.dirname(path)
+            if not os.path.isdir(folder):
+                os.makedirs(folder)
+            tmp = path + ".tmp"
+            with open(tmp, "w") as fh:
+                fh.write(text)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except (OSError, IOError) as exc:
+            raise UsageError("cannot write {}: {} (run it with sudo, or pass --root DIR or "
+                             "--print)".format(path, exc.strerror or exc))
+
+
+NEXT_STEPS = """\
+Next, as root:
+  id -u {user} >/dev/null 2>&1 || useradd --system --user-group --groups video \\
+      --home-dir {state} --no-create-home --shell /usr/sbin/nologin {user}
+  systemctl daemon-reload
+  systemctl enable --now oncolens
+  journalctl -u oncolens -f
+"""
+
+
+@cli_entry("oncolens service")
+def main(argv):
+    parser = build_parser()
+    args = parser.parse_args(normalize_flags(argv))
+    if args.action != "install":
+        parser.print_help()
+        return 2
+    files = render_files(args)
+    if args.print_only:
+        for path, text in files:
+            print("# ---- {} ----".format(path))
+            print(text)
+        return 0
+    write_files(files, args.overwrite)
+    for path, _ in files:
+        print("wrote {}".format(path))
+    print(NEXT_STEPS.format(user=args.user, state=STATE_DIR))
+    return 0
