@@ -71,9 +71,16 @@ class JetsonBackend(Backend):
     @classmethod
     def can_load(cls, bundle):
         import importlib.util
+        import sys
         path = bundle.model_path or bundle.onnx_path
-        return (path.endswith(".onnx") and importlib.util.find_spec("jetson_inference")
-                is not None)
+        if not path.endswith(".onnx"):
+            return False
+        if sys.modules.get("jetson_inference") is not None:
+            return True
+        try:
+            return importlib.util.find_spec("jetson_inference") is not None
+        except (ImportError, ValueError):
+            return False
 
     def _classify(self, rgb):
         img = self.ju.cudaFromNumpy(rgb)
