@@ -276,6 +276,8 @@ def open_live(scheme, location, uri, options):
     flip, codec = options.get("flip"), options.get("codec")
     latency = options.get("latency") or 200
     sw_flip = flip
+    if scheme in ("rtsp", "rtsps", "rtp"):  # a stream's size and rate are the sender's
+        warn_unsupported(scheme + " streams", options, ("width", "height", "rate"))
     if scheme == "csi":
         if not has_gst:
             _need_gstreamer(uri)

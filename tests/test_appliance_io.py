@@ -138,3 +138,89 @@ def test_video_sink_keeps_first_size_and_adopts_source_rate(tmp_path):
     cap.release()
     frames = read_video(str(tmp_path / "m.avi"))
     assert len(frames) == 3 and all(f.shape == (48, 64, 3) for f in frames)
+
+
+def test_busi_glob_keeps_names_and_mixed_sizes_make_one_video(tiny_bundle, busi, tmp_path):
+    """Real ultrasound files: greyscale PNGs of different sizes, names with spaces."""
+    from oncolens.appliance.imageio import read_image
+    pattern = os.path.join(busi, "test", "*", "* (1*).png")
+    import glob
+    expected = sorted(glob.glob(pattern))
+    assert len(expected) >= 5
+    out_dir = str(tmp_path / "annotated") + os.sep
+    code, out, err = run_cli(["classify", "--model", tiny_bundle, "--headless", pattern,
+                              out_dir])
+    assert code == 0, err
+    assert len(out.splitlines()) == len(expected)
+    for path in expected:
+        rel = os.path.relpath(path, os.path.join(busi, "test"))     # e.g. benign/benign (12).png
+        written = read_image(os.path.join(out_dir, rel))
+        assert written.shape == read_image(path).shape
+    video = str(tmp_path / "busi.avi")
+    code, out, err = run_cli(["classify", "--model", tiny_bundle, "--headless", pattern, video])
+    assert code == 0, err
+    frames = read_video(video)
+    assert len(frames) == len(expected)
+    assert len(set(f.shape for f in frames)) == 1
+
+
+def test_jetson_utils_source_and_sink_with_a_stand_in(monkeypatch):
+    """No Jetson here: a stand-in jetson_utils checks the flags and the frame hand-over."""
+    import sys
+    import types
+    from oncolens.appliance.sinks import open_sink
+    from oncolens.appliance.sources import SourceLost, open_source
+    made = {}
+    ju = types.ModuleType("jetson_utils")
+
+    class VideoSource(object):
+        def __init__(self, uri, argv):
+            made["source"] = (uri, argv)
+            self.script = [np.full((4, 6, 4), n, np.uint8) for n in (1, 2)]
+            self.script.insert(1, None)                       # one frame timeout
+
+        def Capture(self, format, timeout):
+            return self.script.pop(0) if self.script else None
+
+        def IsStreaming(self):
+            return bool(self.script)
+
+        def Close(self):
+            made["closed"] = True
+
+    class VideoOutput(object):
+        def __init__(self, uri, argv):
+            made["output"] = (uri, argv)
+            self.rendered = []
+
+        def Render(self, img):
+            self.rendered.append(img)
+
+        def SetStatus(self, text):
+            made["status"] = text
+
+        def Close(self):
+            pass
+
+    ju.videoSource, ju.videoOutput = VideoSource, VideoOutput
+    ju.cudaToNumpy = ju.cudaFromNumpy = lambda a: a
+    ju.cudaDeviceSynchronize = lambda: None
+    monkeypatch.setitem(sys.modules, "jetson_utils", ju)
+    source = open_source("csi://0", width=1280, height=720, flip="rotate-180")
+    source.open()
+    assert made["source"] == ("csi://0", ["--input-width=1280", "--input-height=720",
+                                          "--input-flip=rotate-180"])
+    first = source.read()
+    assert first.image.shape == (4, 6, 3) and first.image[0, 0, 0] == 1
+    assert source.read() is None                              # a timeout is skipped
+    assert source.read().image[0, 0, 0] == 2
+    with pytest.raises(SourceLost):                           # the camera went away
+        source.read()
+    source.close()
+    assert made["closed"]
+    sink = open_sink("rtp://10.0.0.2:5000", codec="h265", bitrate=2000000)
+    sink.write(first, first.image)
+    sink.set_status("status")
+    assert made["output"] == ("rtp://10.0.0.2:5000", ["--output-codec=h265",
+                                                     "--bitrate=2000000"])
+    assert len(sink.out.rendered) == 1 and made["status"] == "status"
