@@ -85,6 +85,11 @@ class JetsonUtilsSink(object):
         self.out.Render(jetson_utils.cudaFromNumpy(np.ascontiguousarray(image)))
         return self.uri
 
+    @property
+    def stopped(self):
+        """The window was closed (imagenet stops then)."""
+        return not self.out.IsStreaming()
+
     def set_status(self, text):
         self.out.SetStatus(text)
 

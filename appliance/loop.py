@@ -184,6 +184,9 @@ class LiveLoop(object):
         for sink in self.sinks:
             where = sink.write(frame, annotated)
             log.debug("%s -> %s", frame.origin, where)
+            if getattr(sink, "stopped", False):
+                log.info("%s was closed: stopping", where)
+                self.stop()
         return preds
 
     def _status(self, last):

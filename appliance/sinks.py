@@ -154,6 +154,7 @@ class DisplaySink(object):
             raise DisplayUnavailable(problem)
         import cv2
         self.title = "OncoLens"
+        self.stopped = False
         try:
             cv2.namedWindow(self.title, cv2.WINDOW_NORMAL)
         except cv2.error as exc:
@@ -163,7 +164,9 @@ class DisplaySink(object):
     def write(self, frame, image):
         import cv2
         cv2.imshow(self.title, cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-        cv2.waitKey(1)
+        key = cv2.waitKey(1) & 0xFF
+        if key in (27, ord("q")) or cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) < 1:
+            self.stopped = True  # Esc, q or the window closed: the loop stops, as imagenet's
         return self.uri
 
     def set_status(self, text):
@@ -221,18 +224,31 @@ def _factory(spec):
     return getattr(importlib.import_module(module), name)
 
 
+def _open_jetson_utils(uri, scheme, options):
+    """jetson_utils.videoOutput; False when jetson_utils is not importable."""
+    try:
+        import jetson_utils  # noqa: F401
+    except ImportError:
+        return False
+    from oncolens.appliance.jetson_io import JetsonUtilsSink
+    try:
+        return JetsonUtilsSink(uri, options)
+    except Exception as exc:  # jetson_utils raises plain Exceptions
+        if scheme == "display":
+            log.warning("%s: cannot open a window (%s): running headless", uri, exc)
+            return None
+        raise OncoLensError("output {}: jetson_utils cannot open it ({})".format(uri, exc))
+
+
 def open_sink(uri, overwrite=False, **options):
     """The sink ``uri`` names, or None for no output (or a display that cannot open)."""
     if not uri:
         return None
     scheme = uri.partition("://")[0].lower() if "://" in uri else "file"
     if scheme in JETSON_UTILS_SCHEMES and options.get("jetson_utils", True) is not False:
-        try:
-            import jetson_utils  # noqa: F401
-            from oncolens.appliance.jetson_io import JetsonUtilsSink
-            return JetsonUtilsSink(uri, options)
-        except ImportError:
-            pass
+        sink = _open_jetson_utils(uri, scheme, options)
+        if sink is not False:
+            return sink
     table = dict(SCHEMES)
     if scheme in table:
         try:

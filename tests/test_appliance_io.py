@@ -196,6 +196,9 @@ def test_jetson_utils_source_and_sink_with_a_stand_in(monkeypatch):
         def Render(self, img):
             self.rendered.append(img)
 
+        def IsStreaming(self):
+            return True
+
         def SetStatus(self, text):
             made["status"] = text
 
@@ -223,4 +226,4 @@ def test_jetson_utils_source_and_sink_with_a_stand_in(monkeypatch):
     sink.set_status("status")
     assert made["output"] == ("rtp://10.0.0.2:5000", ["--output-codec=h265",
                                                      "--bitrate=2000000"])
-    assert len(sink.out.rendered) == 1 and made["status"] == "status"
+    assert len(sink.out.rendered) == 1 and made["status"] == "status" and not sink.stopped

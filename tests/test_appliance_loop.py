@@ -114,6 +114,21 @@ def test_stop_during_backoff_ends_the_loop(tiny_bundle):
     assert stats.frames == 2 and stats.reconnects == 0 and sink.closed
 
 
+def test_closing_the_window_stops_the_loop(tiny_bundle):
+    from oncolens.appliance.classifier import Classifier
+    from oncolens.appliance.loop import LiveLoop
+
+    class ClosedAfterTwo(ListSink):
+        @property
+        def stopped(self):
+            return len(self.frames) >= 2
+
+    sink = ClosedAfterTwo()
+    with Classifier.open(tiny_bundle) as clf:
+        stats = LiveLoop(clf, FlakySource(drop_at=99), [sink], notifier=FakeNotifier()).run()
+    assert stats.frames == 2 and sink.closed
+
+
 def test_undecodable_frame_is_logged_and_skipped(tiny_bundle, tiny_data, tmp_path, caplog):
     import shutil
     from oncolens.appliance.classifier import Classifier
