@@ -140,6 +140,7 @@ class ImageFilesSource(Source):
         self.loop = int(loop or 0)
         self.flip = gst.flip_entry(flip)[0]
         self._index = 0
+        self._good = False  # a pass gave at least one image: looping makes sense
 
     def __len__(self):
         return len(self.files)
@@ -151,6 +152,9 @@ class ImageFilesSource(Source):
         passes, pos = divmod(self._index, len(self.files))
         if self.loop >= 0 and passes > self.loop:
             raise EndOfStream()
+        if passes and pos == 0 and not self._good:
+            log.error("input %s: no readable image in a whole pass: not looping", self.uri)
+            raise EndOfStream()
         path, rel = self.files[pos]
         try:
             image, error = read_image(path), None
@@ -158,6 +162,7 @@ class ImageFilesSource(Source):
                 image = flip_image(image, self.flip)
         except ImageReadError as exc:
             image, error = None, str(exc)
+        self._good = self._good or image is not None
         frame = Frame(image, path, rel, self._index, time.time(), error)
         self._index += 1
         return frame
@@ -344,7 +349,7 @@ def open_source(uri, **options):
         if not os.path.isfile(path):
             raise UsageError("input not found: {} (a video file)".format(path))
         import cv2
-        warn_unsupported("video files", options, ("rate", "codec", "latency"))
+        warn_unsupported("video files", options, ("codec", "latency"))
         size = None
         if options.get("width") and options.get("height"):
             size = (int(options["width"]), int(options["height"]))
@@ -352,5 +357,5 @@ def open_source(uri, **options):
             log.warning("--input-width and --input-height must be given together: ignored")
         return CaptureSource(path, "video", lambda: cv2.VideoCapture(path), live=False,
                              loop=options.get("loop"), flip=options.get("flip"), size=size)
-    warn_unsupported("image files", options, ("width", "height", "rate", "codec", "latency"))
+    warn_unsupported("image files", options, ("width", "height", "codec", "latency"))
     return ImageFilesSource(path, loop=options.get("loop", 0) or 0, flip=options.get("flip"))

@@ -63,9 +63,9 @@ def test_image_sources_glob_flip_and_unsupported_flags(tiny_data, caplog):
     assert [f.relpath for f in frames] == [
         os.path.join(c, "{}_test_000{}.png".format(c, n))
         for c in ("benign", "malignant", "normal") for n in (0, 1)]
-    flipped = list(open_source(frames[0].origin, flip="horizontal", rate=15))[0].image
+    flipped = list(open_source(frames[0].origin, flip="horizontal", codec="h264"))[0].image
     assert (flipped == read_image(frames[0].origin)[:, ::-1]).all()
-    assert "--input-rate is not supported for image files: ignored" in caplog.text
+    assert "--input-codec is not supported for image files: ignored" in caplog.text
     assert len(list(open_source(frames[0].origin, loop=2))) == 3
 
 
@@ -164,12 +164,9 @@ def test_busi_glob_keeps_names_and_mixed_sizes_make_one_video(tiny_bundle, busi,
     assert len(set(f.shape for f in frames)) == 1
 
 
-def test_jetson_utils_source_and_sink_with_a_stand_in(monkeypatch):
-    """No Jetson here: a stand-in jetson_utils checks the flags and the frame hand-over."""
+def _stand_in_jetson_utils(monkeypatch):
     import sys
     import types
-    from oncolens.appliance.sinks import open_sink
-    from oncolens.appliance.sources import SourceLost, open_source
     made = {}
     ju = types.ModuleType("jetson_utils")
 
@@ -209,6 +206,14 @@ def test_jetson_utils_source_and_sink_with_a_stand_in(monkeypatch):
     ju.cudaToNumpy = ju.cudaFromNumpy = lambda a: a
     ju.cudaDeviceSynchronize = lambda: None
     monkeypatch.setitem(sys.modules, "jetson_utils", ju)
+    return made
+
+
+def test_jetson_utils_source_and_sink_with_a_stand_in(monkeypatch):
+    """No Jetson here: a stand-in jetson_utils checks the flags and the frame hand-over."""
+    from oncolens.appliance.sinks import open_sink
+    from oncolens.appliance.sources import SourceLost, open_source
+    made = _stand_in_jetson_utils(monkeypatch)
     source = open_source("csi://0", width=1280, height=720, flip="rotate-180")
     source.open()
     assert made["source"] == ("csi://0", ["--input-width=1280", "--input-height=720",

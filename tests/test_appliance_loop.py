@@ -250,3 +250,16 @@ def test_systemd_notifications(tiny_bundle, tiny_data):
         sock.close()
         os.unlink(path)
         os.rmdir(folder)
+
+
+def test_looping_a_folder_of_broken_files_ends(tiny_bundle, tmp_path, caplog):
+    from oncolens.appliance.classifier import Classifier
+    from oncolens.appliance.loop import LiveLoop
+    from oncolens.appliance.sources import open_source
+    (tmp_path / "a.png").write_bytes(b"garbage")
+    (tmp_path / "b.png").write_bytes(b"")
+    with Classifier.open(tiny_bundle) as clf:
+        stats = LiveLoop(clf, open_source(str(tmp_path), loop=-1), [],
+                         notifier=FakeNotifier()).run()
+    assert stats.frames == 0 and stats.failed == 2
+    assert "no readable image in a whole pass" in caplog.text
