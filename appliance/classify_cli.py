@@ -125,7 +125,7 @@ def overlay_modes(value):
 def source_options(args):
     return dict(width=args.input_width, height=args.input_height, rate=args.input_rate,
                 flip=args.input_flip, loop=args.input_loop, codec=args.input_codec,
-                latency=args.input_latency,
+                latency=args.input_latency, save=args.input_save, decoder=args.input_decoder,
                 jetson_utils=False if args.no_jetson_utils else None)
 
 
@@ -172,7 +172,11 @@ def main(argv):
     with clf:
         sink = open_sink(choose_output(args), overwrite=args.overwrite, rate=args.input_rate,
                          codec=args.output_codec, bitrate=args.bitrate,
+                         encoder=args.output_encoder, save=args.output_save,
                          jetson_utils=False if args.no_jetson_utils else None)
+        if (args.output_encoder or args.output_save) and getattr(sink, "kind", None) != "jetson_utils":
+            log.warning("--output-encoder/--output-save are used by jetson_utils outputs only: "
+                        "ignored")
         loop = LiveLoop(clf, source, [sink], overlay=modes, smoothing=args.smoothing,
                         status_every=args.status_every, out=sys.stdout,
                         model_name=os.path.basename(os.path.normpath(model)))

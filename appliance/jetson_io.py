@@ -16,8 +16,10 @@ log = logging.getLogger(__name__)
 
 INPUT_FLAGS = (("width", "--input-width"), ("height", "--input-height"),
                ("rate", "--input-rate"), ("flip", "--input-flip"), ("codec", "--input-codec"),
-               ("loop", "--input-loop"), ("latency", "--input-latency"))
-OUTPUT_FLAGS = (("codec", "--output-codec"), ("bitrate", "--bitrate"))
+               ("loop", "--input-loop"), ("latency", "--input-rtsp-latency"),
+               ("save", "--input-save"), ("decoder", "--input-decoder"))
+OUTPUT_FLAGS = (("codec", "--output-codec"), ("bitrate", "--bitrate"),
+                ("encoder", "--output-encoder"), ("save", "--output-save"))
 
 
 def jetson_argv(options, table):
@@ -75,6 +77,8 @@ class JetsonUtilsSource(Source):
 
 
 class JetsonUtilsSink(object):
+    kind = "jetson_utils"
+
     def __init__(self, uri, options):
         import jetson_utils
         self.uri = uri

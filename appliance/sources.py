@@ -31,7 +31,9 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".m
 LIVE_SCHEMES = ("csi", "v4l2", "rtsp", "rtsps", "rtp")
 OPTION_FLAGS = {"width": "--input-width", "height": "--input-height", "rate": "--input-rate",
                 "flip": "--input-flip", "codec": "--input-codec", "loop": "--input-loop",
-                "latency": "--input-latency"}
+                "latency": "--input-latency", "save": "--input-save",
+                "decoder": "--input-decoder"}
+JETSON_UTILS_ONLY = ("save", "decoder")
 
 
 class EndOfStream(Exception):
@@ -339,12 +341,14 @@ def open_source(uri, **options):
             source = open_jetson_utils(uri, options)
             if source is not None:
                 return source
+        warn_unsupported("sources without jetson_utils", options, JETSON_UTILS_ONLY)
         warn_unsupported(scheme, options, ("loop",))
         return open_live(scheme, location, uri, options)
     if scheme != "file":
         raise UsageError("input {}: unknown scheme '{}://' (expected a file, folder, glob, "
                          "csi://, v4l2://, /dev/videoN, rtsp:// or rtp://)".format(uri, scheme))
     path = location
+    warn_unsupported("files", options, JETSON_UTILS_ONLY)
     if os.path.splitext(path)[1].lower() in VIDEO_EXTENSIONS:
         if not os.path.isfile(path):
             raise UsageError("input not found: {} (a video file)".format(path))

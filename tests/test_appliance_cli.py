@@ -78,6 +78,15 @@ def test_copied_command_line_runs_with_unknown_flag_reported(tiny_bundle, tiny_d
     assert "--some-future-flag=1: not a flag oncolens classify knows: ignored" in caplog.text
 
 
+def test_jetson_utils_only_flags_are_reported_elsewhere(tiny_bundle, tiny_data, caplog):
+    src = os.path.join(tiny_data, "test", "normal", "normal_test_0000.png")
+    code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless",
+                                 "--input-decoder=v4l2", "--output-encoder=cpu", src])
+    assert code == 0, err
+    assert "--input-decoder is not supported for files: ignored" in caplog.text
+    assert "--output-encoder/--output-save are used by jetson_utils outputs only" in caplog.text
+
+
 def test_no_display_falls_back_to_headless_with_one_notice(tiny_bundle, tiny_data, monkeypatch,
                                                            caplog):
     monkeypatch.delenv("DISPLAY", raising=False)
