@@ -181,7 +181,7 @@ class CaptureSource(Source):
         self.cap = None
         self.index = 0
         self.passes = 0
-        stem = os.path.splitext(os.path.basename(uri.rstrip("/")))[0] or kind
+        stem = kind if live else os.path.splitext(os.path.basename(uri.rstrip("/")))[0] or kind
         self.stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in stem)
 
     def open(self):
