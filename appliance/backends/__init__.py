@@ -40,8 +40,10 @@ def backend_class(name):
         mod = importlib.import_module(module)
     except ImportError as exc:
         missing = getattr(exc, "name", None) or module
-        raise MissingDependency(missing, "the {} backend".format(name),
-                                "{} cannot be imported: {}".format(module, exc))
+        if missing == module:  # OncoLens itself was installed without this backend
+            raise MissingDependency(name, "the {} backend".format(name),
+                                    "this OncoLens has no module {}".format(module))
+        raise MissingDependency(missing, "the {} backend".format(name), str(exc))
     return getattr(mod, cls)
 
 
@@ -78,6 +80,8 @@ def open_backend(name, bundle, **options):
                 continue
             backend = cls(bundle, **options)
         except MissingDependency as exc:
+            if by_file:  # the model file needs this backend: its own message says it best
+                raise
             log.debug("backend auto: skipping %s (%s)", candidate, exc)
             missing.append(str(exc))
             continue
