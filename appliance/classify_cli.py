@@ -2,42 +2,100 @@
 
     oncolens classify --model=models/x/resnet18.onnx --input_blob=input_0 \
         --output_blob=output_0 --labels=data/x/labels.txt data/x/test/cat out/
+    oncolens classify --network=busi-resnet18 csi://0 display://0
+    oncolens classify --model=models/busi-resnet18 --overlay=cam video.mp4 out.mp4
+
+Flags are imagenet's (``-`` and ``_`` interchangeable, ``--flag=value`` or ``--flag value``);
+a flag it does not know is reported and ignored, as imagenet does.
 """
 import argparse
 import logging
+import os
 import sys
 
 from oncolens.appliance.cliutil import cli_entry, normalize_flags, setup_logging
 from oncolens.appliance.errors import UsageError
-from oncolens.appliance.overlay import draw_lines
-from oncolens.appliance.postprocess import console_line, overlay_text
 
 log = logging.getLogger("oncolens.classify")
+
+OVERLAYS = ("text", "labels", "cam", "none")
+
+
+def _input_flags(p):
+    g = p.add_argument_group("input (videoSource flags)")
+    g.add_argument("--input-width", type=int, help="capture width (cameras; resize for videos)")
+    g.add_argument("--input-height", type=int, help="capture height")
+    g.add_argument("--input-rate", type=float, help="capture frame rate (cameras)")
+    g.add_argument("--input-flip", help="none, clockwise, counterclockwise, rotate-180, "
+                                        "horizontal, vertical, upper-left/right-diagonal")
+    g.add_argument("--input-loop", type=int, default=0,
+                   help="files and videos: 0 once, N more passes, -1 forever (0)")
+    g.add_argument("--input-codec", help="h264, h265 or mjpeg (streams; mjpeg for V4L2)")
+    g.add_argument("--input-rtsp-latency", "--input-latency", dest="input_latency", type=int,
+                   help="RTSP/RTP jitter buffer in ms (200)")
+    g.add_argument("--input-save", help="jetson_utils only: also save the input stream")
+    g.add_argument("--input-decoder", help="jetson_utils only: cpu, omx or v4l2")
+
+
+def _output_flags(p):
+    g = p.add_argument_group("output (videoOutput flags)")
+    g.add_argument("--output-codec", help="h264 or h265 (rtp:// output)")
+    g.add_argument("--output-encoder", help="jetson_utils only: cpu, omx or v4l2")
+    g.add_argument("--output-save", help="jetson_utils only: also save the output stream")
+    g.add_argument("--bitrate", type=int, default=4000000, help="rtp:// bit rate (4000000)")
+    g.add_argument("--headless", action="store_true", help="no display window")
+    g.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 
 def build_parser():
     p = argparse.ArgumentParser(
         prog="oncolens classify",
-        description="Classify images (a file, a folder or a quoted glob) and draw the class and "
-                    "confidence on each; flags as jetson-inference's imagenet ('-' and '_' "
-                    "are interchangeable).")
-    p.add_argument("input", help="input: image file, folder or quoted glob")
+        description="Classify frames from an image, folder, quoted glob, video, camera or "
+                    "stream and draw the class and confidence on each; flags as "
+                    "jetson-inference's imagenet ('-' and '_' are interchangeable).")
+    p.add_argument("input", help="image, folder, quoted glob, video file, csi://0, /dev/video0, "
+                                 "v4l2:///dev/video0, rtsp://..., rtp://@:1234")
     p.add_argument("output", nargs="?", default=None,
-                   help="output: image file, folder (ending in /) or pattern like out_%%i.jpg")
-    p.add_argument("--model", help="model folder, .onnx, engine or checkpoint")
-    p.add_argument("--network", help="a model folder name under --models-root (models/NAME/)")
-    p.add_argument("--models-root", default="models", help="where --network looks (models)")
-    p.add_argument("--labels", help="labels file (optional when the model has a model.json)")
-    p.add_argument("--input-blob", help="input tensor name (default from model.json, else input_0)")
-    p.add_argument("--output-blob", help="output tensor name (default from model.json, else output_0)")
-    p.add_argument("--topK", "--topk", dest="topk", type=int, default=1,
-                   help="how many classes to show per image (1)")
-    p.add_argument("--threshold", type=float, default=0.01,
+                   help="image file, folder (input names kept), out_%%i.jpg, video (.mp4/.avi), "
+                        "display://0 (the default), rtp://host:port")
+    g = p.add_argument_group("model (imageNet flags)")
+    g.add_argument("--model", help="model folder, .onnx, engine (.engine/.trt/.plan) or "
+                                   "checkpoint (.pth/.pth.tar)")
+    g.add_argument("--network", help="a model folder under --models-root (models/NAME/)")
+    g.add_argument("--models-root", default="models", help="where --network looks (models)")
+    g.add_argument("--labels", help="labels file (optional with a model.json)")
+    g.add_argument("--input-blob", help="input tensor (default: model.json, else input_0)")
+    g.add_argument("--output-blob", help="output tensor (default: model.json, else output_0)")
+    g.add_argument("--prototxt", help="Caffe models are not supported: ignored")
+    g.add_argument("--batch-size", type=int, help="accepted; frames are classified one by one "
+                                                  "(oncolens batch batches folders)")
+    g.add_argument("--profile", action="store_true", help="accepted; see the status line")
+    g.add_argument("--topK", "--topk", dest="topk", type=int, default=1,
+                   help="how many classes to show per frame (1)")
+    g.add_argument("--threshold", type=float, default=0.01,
                    help="minimum confidence of the 2nd..K-th class shown (0.01)")
-    p.add_argument("--backend", default="auto", help="auto or onnxruntime")
-    p.add_argument("--headless", action="store_true", help="no display window")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    g.add_argument("--smoothing", type=float, default=0.0,
+                   help="temporal smoothing: weight of the newest frame (0-1) or a number of "
+                        "frames (0: off)")
+    g.add_argument("--backend", default="auto",
+                   help="auto, jetson, tensorrt, onnxruntime or torch (auto: fastest present)")
+    g.add_argument("--precision", choices=("fp32", "fp16", "int8"),
+                   help="engine precision (default: the backend's)")
+    g.add_argument("--preprocess", choices=("center_crop", "stretch"),
+                   help="resize policy (default: model.json's; stretch = imagenet's)")
+    _input_flags(p)
+    _output_flags(p)
+    g = p.add_argument_group("appliance")
+    g.add_argument("--overlay", default="text",
+                   help="comma list of: text, cam (heatmap under the text), none (text)")
+    g.add_argument("--status-every", type=float, default=5.0,
+                   help="seconds between status lines (5)")
+    g.add_argument("--no-jetson-utils", action="store_true",
+                   help="use OpenCV even where jetson_utils is importable")
+    g.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    g.add_argument("--verbose", action="store_true", help="same as --log-level=verbose (debug)")
+    g.add_argument("--debug", action="store_true", help="same as --log-level=debug")
+    g.add_argument("--log-file", help="also write the log to this file")
     return p
 
 
@@ -45,41 +103,82 @@ def resolve_model(args):
     if args.model:
         return args.model
     if args.network:
-        import os
         return os.path.join(args.models_root, args.network)
     raise UsageError("--model: required (a model folder, .onnx, engine or checkpoint), or "
                      "--network=NAME for models/NAME/")
 
 
+def overlay_modes(value):
+    modes = set()
+    for part in (value or "text").lower().split(","):
+        part = part.strip()
+        if part not in OVERLAYS:
+            raise UsageError("--overlay: unknown value '{}' (expected a comma list of: {})".format(
+                part, ", ".join(OVERLAYS)))
+        if part in ("text", "labels"):
+            modes.add("text")
+        elif part == "cam":
+            modes.update(("cam", "text"))
+    return modes
+
+
+def source_options(args):
+    return dict(width=args.input_width, height=args.input_height, rate=args.input_rate,
+                flip=args.input_flip, loop=args.input_loop, codec=args.input_codec,
+                latency=args.input_latency, save=args.input_save, decoder=args.input_decoder,
+                jetson_utils=False if args.no_jetson_utils else None)
+
+
+def choose_output(args):
+    """imagenet shows a window when no output is given; --headless drops display outputs."""
+    output = args.output
+    if output is None and not args.headless:
+        output = "display://0"
+    if output and args.headless and output.startswith("display://"):
+        log.info("--headless: not opening %s", output)
+        return None
+    return output
+
+
+def _setup_logging(args):
+    level = "debug" if (args.verbose or args.debug) else args.log_level
+    setup_logging("debug" if level == "verbose" else level)
+    if args.log_file:
+        handler = logging.FileHandler(args.log_file)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger().addHandler(handler)
+
+
 @cli_entry("oncolens classify")
 def main(argv):
-    args = build_parser().parse_args(normalize_flags(argv))
-    setup_logging(args.log_level)
+    args, unknown = build_parser().parse_known_args(normalize_flags(argv))
+    _setup_logging(args)
+    for flag in unknown:
+        log.warning("%s: not a flag oncolens classify knows: ignored", flag)
+    if args.prototxt:
+        log.warning("--prototxt: Caffe models are not supported: ignored")
     from oncolens.appliance.classifier import Classifier
+    from oncolens.appliance.loop import LiveLoop
     from oncolens.appliance.sinks import open_sink
     from oncolens.appliance.sources import open_source
 
     model = resolve_model(args)
-    source = open_source(args.input)
+    modes = overlay_modes(args.overlay)
+    source = open_source(args.input, **source_options(args))
     clf = Classifier.open(model, labels=args.labels, input_blob=args.input_blob,
                           output_blob=args.output_blob, backend=args.backend, top=args.topk,
-                          threshold=args.threshold)
-    sink = open_sink(args.output, overwrite=args.overwrite)
-    failed = 0
+                          threshold=args.threshold, policy=args.preprocess,
+                          precision=args.precision)
     with clf:
-        for frame in source:
-            if frame.error:
-                log.error("%s", frame.error)
-                failed += 1
-                continue
-            result = clf.infer_images([frame.image])
-            preds = clf.predictions(result.probs[0])
-            for pred in preds:
-                print(console_line(pred))
-            if sink is not None:
-                where = sink.write(frame, draw_lines(frame.image, [overlay_text(p) for p in preds]))
-                log.debug("%s -> %s", frame.origin, where)
-            sys.stdout.flush()
-    if sink is not None:
-        sink.close()
-    return 1 if failed else 0
+        sink = open_sink(choose_output(args), overwrite=args.overwrite, rate=args.input_rate,
+                         codec=args.output_codec, bitrate=args.bitrate,
+                         encoder=args.output_encoder, save=args.output_save,
+                         jetson_utils=False if args.no_jetson_utils else None)
+        if (args.output_encoder or args.output_save) and getattr(sink, "kind", None) != "jetson_utils":
+            log.warning("--output-encoder/--output-save are used by jetson_utils outputs only: "
+                        "ignored")
+        loop = LiveLoop(clf, source, [sink], overlay=modes, smoothing=args.smoothing,
+                        status_every=args.status_every, out=sys.stdout,
+                        model_name=os.path.basename(os.path.normpath(model)))
+        stats = loop.run()
+    return 1 if stats.failed and not source.live else 0

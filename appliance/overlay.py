@@ -40,3 +40,47 @@ def draw_lines(rgb, lines, alpha=0.55):
         cv2.putText(out, line, (pad, baseline_y), FONT, scale, (255, 255, 255), thick,
                     cv2.LINE_AA)
     return out
+
+
+def crop_box(src_hw, spec, out_hw):
+    """The part of a frame the model saw, (top, left, bottom, right) in frame pixels.
+
+    Mirrors ``preprocess.resize_to_input``: the whole frame for ``stretch``, the centre
+    crop otherwise (a test checks the two agree).
+    """
+    from oncolens.appliance.preprocess import DEFAULT_CROP_RATIO
+    src_h, src_w = int(src_hw[0]), int(src_hw[1])
+    if spec.get("resize", "center_crop") == "stretch":
+        return 0, 0, src_h, src_w
+    out_h, out_w = int(out_hw[0]), int(out_hw[1])
+    ratio = float(spec.get("crop_ratio", DEFAULT_CROP_RATIO))
+    scale = max(out_h / ratio / src_h, out_w / ratio / src_w)
+    new_h = max(out_h, int(round(src_h * scale)))
+    new_w = max(out_w, int(round(src_w * scale)))
+    top, left = (new_h - out_h) // 2, (new_w - out_w) // 2
+    sy, sx = src_h / float(new_h), src_w / float(new_w)
+    return (int(round(top * sy)), int(round(left * sx)),
+            int(round((top + out_h) * sy)), int(round((left + out_w) * sx)))
+
+
+def blend_cam(rgb, cam, box=None, alpha=0.45):
+    """Blend a class activation map (h x w, values 0..1) over ``box`` of the frame (JET)."""
+    import cv2
+    out = np.array(rgb, dtype=np.uint8, copy=True)
+    top, left, bottom, right = box or (0, 0, out.shape[0], out.shape[1])
+    if bottom <= top or right <= left:
+        return out
+    cam = np.clip(np.nan_to_num(np.asarray(cam, dtype=np.float32)), 0.0, 1.0)
+    heat = cv2.resize(cam, (right - left, bottom - top), interpolation=cv2.INTER_LINEAR)
+    colour = cv2.applyColorMap((heat * 255.0).astype(np.uint8), cv2.COLORMAP_JET)
+    colour = cv2.cvtColor(colour, cv2.COLOR_BGR2RGB).astype(np.float32)
+    region = out[top:bottom, left:right].astype(np.float32)
+    out[top:bottom, left:right] = (region * (1.0 - alpha) + colour * alpha).astype(np.uint8)
+    return out
+
+
+def render(rgb, lines, cam=None, box=None):
+    """The annotated frame: the CAM heatmap (when given) under the text lines."""
+    if cam is not None:
+        rgb = blend_cam(rgb, cam, box)
+    return draw_lines(rgb, lines)

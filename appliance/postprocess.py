@@ -30,16 +30,24 @@ def console_line(pred):
 
 
 class Smoother(object):
-    """Exponential moving average of probabilities across frames (``--smoothing``)."""
+    """Temporal smoothing of probabilities across frames, as jetson-inference's ``--smoothing``:
+    a weight in (0, 1] on the newest frame, or (above 1) a number of frames N, i.e. weight 1/N.
+    0 (the default) turns it off.
+    """
 
     def __init__(self, factor=0.0):
-        self.factor = float(factor)
+        factor = float(factor or 0.0)
+        if factor < 0:
+            from oncolens.appliance.errors import UsageError
+            raise UsageError("--smoothing: expected a weight in [0, 1] or a number of frames, "
+                             "got {}".format(factor))
+        self.weight = 1.0 / factor if factor > 1.0 else factor
         self.state = None
 
     def __call__(self, probs):
         probs = np.asarray(probs, dtype=np.float32)
-        if self.factor <= 0.0 or self.state is None or self.state.shape != probs.shape:
+        if self.weight <= 0.0 or self.state is None or self.state.shape != probs.shape:
             self.state = probs.copy()
         else:
-            self.state = self.factor * self.state + (1.0 - self.factor) * probs
+            self.state = self.weight * probs + (1.0 - self.weight) * self.state
         return self.state

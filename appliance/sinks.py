@@ -1,13 +1,31 @@
 """Frame sinks: where annotated frames go.
 
-Image file, printf pattern (``out_%i.jpg``) and folder (input names and sub-folders kept)
-are handled here; the appliance issue adds video files, displays and streams.  Nothing that
-exists is overwritten unless ``overwrite`` is set.
-"""
-import os
+A sink has ``write(frame, rgb_image) -> where`` and ``close()`` (and may have
+``set_status(text)``, e.g. a window title).  ``open_sink(uri, overwrite=..., **options)``
+picks one by URI scheme (the SCHEMES table: one row a scheme) or, for plain paths, by
+extension:
 
-from oncolens.appliance.errors import UsageError
+    out.jpg / out_%i.jpg / folder/          ImageFileSink (input file names kept)
+    out.mp4 (mp4v) / out.avi (MJPG)         VideoFileSink
+    display://0                             DisplaySink (no display: one notice, headless)
+    rtp://host:port                         RtpSink (GStreamer)
+
+When ``jetson_utils`` is importable, display:// and rtp:// go through its videoOutput.
+Nothing that exists is overwritten unless ``overwrite`` is set.
+"""
+import importlib
+import logging
+import os
+import sys
+
+from oncolens.appliance import gst
+from oncolens.appliance.errors import MissingDependency, OncoLensError, UsageError
 from oncolens.appliance.imageio import is_image_file, write_image
+
+log = logging.getLogger(__name__)
+
+# extension -> OpenCV fourcc that opencv-python writes without extra codecs
+VIDEO_FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
 
 
 def _refuse_existing(path, overwrite):
@@ -18,7 +36,7 @@ def _refuse_existing(path, overwrite):
 class ImageFileSink(object):
     """Frames to image files: one file, a numbered pattern, or a folder mirroring the input."""
 
-    def __init__(self, uri, overwrite=False):
+    def __init__(self, uri, overwrite=False, **options):
         self.uri = uri
         self.overwrite = overwrite
         self.written = []
@@ -56,7 +74,192 @@ class ImageFileSink(object):
         pass
 
 
+class VideoFileSink(object):
+    """Frames to a video file (cv2.VideoWriter), opened at the first frame's size.
+
+    ``close()`` releases the writer, which finishes the container (an mp4 killed before
+    that has no index and does not open): the live loop closes sinks on SIGINT/SIGTERM.
+    """
+
+    def __init__(self, uri, overwrite=False, rate=None, **options):
+        self.uri = uri
+        ext = os.path.splitext(uri)[1].lower()
+        if ext not in VIDEO_FOURCC:
+            raise UsageError("output {}: unsupported video type '{}' (expected one of: {})".format(
+                uri, ext, ", ".join(sorted(VIDEO_FOURCC))))
+        _refuse_existing(uri, overwrite)
+        self.fourcc = VIDEO_FOURCC[ext]
+        self.rate = float(rate or 30.0)
+        self.rate_given = bool(rate)
+        self.writer = None
+        self.size = None
+        self.frames = 0
+
+    def adopt_rate(self, rate):
+        """The source's frame rate, when no rate was given and nothing is written yet."""
+        if rate and not self.rate_given and self.writer is None:
+            self.rate = float(rate)
+
+    def _open(self, image):
+        import cv2
+        parent = os.path.dirname(self.uri)
+        if parent and not os.path.isdir(parent):
+            os.makedirs(parent)
+        self.size = (image.shape[1], image.shape[0])
+        self.writer = cv2.VideoWriter(self.uri, cv2.VideoWriter_fourcc(*self.fourcc), self.rate,
+                                      self.size)
+        if not self.writer.isOpened():
+            raise OncoLensError("output {}: OpenCV cannot write {} video here".format(
+                self.uri, self.fourcc))
+
+    def write(self, frame, image):
+        import cv2
+        if self.writer is None:
+            self._open(image)
+        if (image.shape[1], image.shape[0]) != self.size:  # a folder of mixed sizes
+            image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
+        self.writer.write(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        self.frames += 1
+        return "{}#{}".format(self.uri, self.frames - 1)
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.release()
+            self.writer = None
+            log.info("wrote %d frames to %s", self.frames, self.uri)
+
+
+class DisplayUnavailable(OncoLensError):
+    """No window can be opened here (no display, or OpenCV without a GUI)."""
+
+
+def display_problem():
+    """Why no window can be opened here, or None when one can."""
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY")
+                                                 or os.environ.get("WAYLAND_DISPLAY")):
+        return "no DISPLAY is set"
+    import cv2
+    for line in cv2.getBuildInformation().splitlines():
+        if line.strip().startswith("GUI:") and "NONE" in line:
+            return "this OpenCV has no GUI (opencv-python-headless)"
+    return None
+
+
+class DisplaySink(object):
+    """A window (cv2.imshow); the status line goes in its title."""
+
+    def __init__(self, uri, overwrite=False, **options):
+        problem = display_problem()
+        if problem:
+            raise DisplayUnavailable(problem)
+        import cv2
+        self.title = "OncoLens"
+        self.stopped = False
+        try:
+            cv2.namedWindow(self.title, cv2.WINDOW_NORMAL)
+        except cv2.error as exc:
+            raise DisplayUnavailable(str(exc).strip().splitlines()[-1])
+        self.uri = uri
+
+    def write(self, frame, image):
+        import cv2
+        cv2.imshow(self.title, cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        key = cv2.waitKey(1) & 0xFF
+        if key in (27, ord("q")) or cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) < 1:
+            self.stopped = True  # Esc, q or the window closed: the loop stops, as imagenet's
+        return self.uri
+
+    def set_status(self, text):
+        import cv2
+        cv2.setWindowTitle(self.title, text)
+
+    def close(self):
+        import cv2
+        cv2.destroyAllWindows()
+
+
+class RtpSink(object):
+    """Frames encoded and sent as RTP/UDP (needs OpenCV with GStreamer)."""
+
+    def __init__(self, uri, overwrite=False, rate=None, codec=None, bitrate=None, **options):
+        from oncolens.appliance.sources import opencv_has_gstreamer, parse_uri
+        host, _, port = parse_uri(uri)[1].rpartition(":")
+        if not host or not port.isdigit():
+            raise UsageError("output {}: expected rtp://HOST:PORT".format(uri))
+        if not opencv_has_gstreamer():
+            raise MissingDependency("jetson_utils, or OpenCV built with GStreamer",
+                                    "output {}".format(uri),
+                                    "JetPack's OpenCV has GStreamer; the PyPI wheels do not")
+        self.uri = uri
+        self.rate = float(rate or 30.0)
+        self.pipeline = gst.rtp_output_pipeline(host, int(port), codec or "h264", bitrate,
+                                                gst.is_jetson())
+        self.writer = None
+
+    def write(self, frame, image):
+        import cv2
+        if self.writer is None:
+            log.info("GStreamer pipeline: %s", self.pipeline)
+            self.writer = cv2.VideoWriter(self.pipeline, cv2.CAP_GSTREAMER, 0, self.rate,
+                                          (image.shape[1], image.shape[0]))
+        self.writer.write(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        return self.uri
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.release()
+            self.writer = None
+
+
+# scheme -> "module:factory"; a factory takes (uri, overwrite=..., **options).
+SCHEMES = [
+    ("display", "oncolens.appliance.sinks:DisplaySink"),
+    ("rtp", "oncolens.appliance.sinks:RtpSink"),
+]
+JETSON_UTILS_SCHEMES = ("display", "rtp", "rtsp", "webrtc")
+
+
+def _factory(spec):
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _open_jetson_utils(uri, scheme, options):
+    """jetson_utils.videoOutput; False when jetson_utils is not importable."""
+    try:
+        import jetson_utils  # noqa: F401
+    except ImportError:
+        return False
+    from oncolens.appliance.jetson_io import JetsonUtilsSink
+    try:
+        return JetsonUtilsSink(uri, options)
+    except Exception as exc:  # jetson_utils raises plain Exceptions
+        if scheme == "display":
+            log.warning("%s: cannot open a window (%s): running headless", uri, exc)
+            return None
+        raise OncoLensError("output {}: jetson_utils cannot open it ({})".format(uri, exc))
+
+
 def open_sink(uri, overwrite=False, **options):
+    """The sink ``uri`` names, or None for no output (or a display that cannot open)."""
     if not uri:
         return None
-    return ImageFileSink(uri, overwrite=overwrite)
+    scheme = uri.partition("://")[0].lower() if "://" in uri else "file"
+    if scheme in JETSON_UTILS_SCHEMES and options.get("jetson_utils", True) is not False:
+        sink = _open_jetson_utils(uri, scheme, options)
+        if sink is not False:
+            return sink
+    table = dict(SCHEMES)
+    if scheme in table:
+        try:
+            return _factory(table[scheme])(uri, overwrite=overwrite, **options)
+        except DisplayUnavailable as exc:
+            log.warning("%s: cannot open a window (%s): running headless", uri, exc)
+            return None
+    if scheme != "file":
+        raise UsageError("output {}: unknown scheme '{}://' (expected a file, folder, pattern, "
+                         "video file, {})".format(uri, scheme, ", ".join(
+                             s + "://" for s in sorted(table))))
+    if os.path.splitext(uri)[1].lower() in VIDEO_FOURCC:
+        return VideoFileSink(uri, overwrite=overwrite, **options)
+    return ImageFileSink(uri, overwrite=overwrite, **options)

@@ -1,0 +1,239 @@
+"""The live loop: frames in, classified and annotated frames out, until told to stop.
+
+It keeps going: a camera or stream that drops is reopened with backoff; a frame timeout is
+skipped; a frame that cannot be decoded is logged and skipped.  SIGINT and SIGTERM finish
+the current frame, close every output (a video being written stays playable) and end the
+loop normally.  systemd is told READY=1 once the model and source are open, WATCHDOG=1
+while frames flow and STOPPING=1 on the way out (nothing when $NOTIFY_SOCKET is unset).
+"""
+import logging
+import signal
+import sys
+import threading
+import time
+
+from oncolens.appliance.errors import OncoLensError
+from oncolens.appliance.overlay import crop_box, render
+from oncolens.appliance.postprocess import Smoother, console_line, overlay_text
+from oncolens.appliance.sdnotify import Notifier
+from oncolens.appliance.sources import EndOfStream, SourceLost
+
+log = logging.getLogger(__name__)
+
+
+class Backoff(object):
+    """Delays between reconnection attempts: initial, x factor each time, capped."""
+
+    def __init__(self, initial=0.5, factor=2.0, maximum=30.0):
+        self.initial, self.factor, self.maximum = float(initial), float(factor), float(maximum)
+        self.reset()
+
+    def reset(self):
+        self.current = self.initial
+
+    def next(self):
+        delay = self.current
+        self.current = min(self.maximum, self.current * self.factor)
+        return delay
+
+
+class Stats(object):
+    """Frame counts and the two rates the status line shows, over a sliding window."""
+
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self.frames = self.failed = self.timeouts = self.reconnects = 0
+        self._start = clock()
+        self._win_frames, self._win_net = 0, 0.0
+        self.began, self.network_seconds = self._start, 0.0
+
+    def add(self, network_seconds):
+        self.frames += 1
+        self.network_seconds += network_seconds
+        self._win_frames += 1
+        self._win_net += network_seconds
+
+    def totals(self):
+        """(network-only FPS, end-to-end FPS) over the whole run."""
+        wall = max(self.clock() - self.began, 1e-9)
+        net = self.frames / self.network_seconds if self.network_seconds > 0 else 0.0
+        return net, self.frames / wall
+
+    def rates(self, restart=True):
+        """(network-only FPS, end-to-end FPS) since the last call."""
+        now = self.clock()
+        wall = max(now - self._start, 1e-9)
+        net = self._win_frames / self._win_net if self._win_net > 0 else 0.0
+        e2e = self._win_frames / wall
+        if restart:
+            self._start, self._win_frames, self._win_net = now, 0, 0.0
+        return net, e2e
+
+
+def status_text(model, backend, net_fps, e2e_fps):
+    return ("OncoLens | {} | {} {} | network {:.1f} FPS (inference only) | "
+            "end-to-end {:.1f} FPS (capture to output)".format(
+                model, backend.name, backend.precision, net_fps, e2e_fps))
+
+
+class LiveLoop(object):
+    """Run ``classifier`` on every frame of ``source`` and write to ``sinks``."""
+
+    def __init__(self, classifier, source, sinks=(), overlay=("text",), smoothing=0.0,
+                 notifier=None, backoff=None, sleep=None, status_every=5.0, out=None,
+                 model_name=None):
+        self.clf, self.source = classifier, source
+        self.sinks = [s for s in sinks if s is not None]
+        self.overlay = set(overlay or ())
+        self.smoother = Smoother(smoothing)
+        self.notifier = notifier if notifier is not None else Notifier()
+        self.backoff = backoff or Backoff()
+        self.stop_event = threading.Event()
+        self.sleep = sleep or self.stop_event.wait  # a signal cuts a backoff wait short
+        self.status_every = float(status_every)
+        self.out = out
+        self.model_name = model_name or classifier.bundle.dir
+        self.stats = Stats()
+        self._cam_warned = False
+
+    # -- stopping -------------------------------------------------------------------
+    def stop(self, signum=None, _frame=None):
+        if signum is not None:
+            log.info("signal %d: finishing the current frame, then stopping", signum)
+        self.stop_event.set()
+
+    @property
+    def stopping(self):
+        return self.stop_event.is_set()
+
+    def _install_signals(self):
+        old = {}
+        if threading.current_thread() is not threading.main_thread():
+            return old
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old[sig] = signal.signal(sig, self.stop)
+        return old
+
+    # -- frames ---------------------------------------------------------------------
+    def frames(self):
+        """The source's frames; reconnects a live source that drops, skips timeouts."""
+        while not self.stopping:
+            try:
+                frame = self.source.read()
+            except EndOfStream:
+                return
+            except SourceLost as exc:
+                if not self.source.live:
+                    raise
+                self.reconnect(exc)
+                continue
+            if frame is None:
+                self.stats.timeouts += 1
+                continue
+            yield frame
+
+    def reconnect(self, reason):
+        log.warning("%s lost (%s): reconnecting", self.source.describe(), reason)
+        self.backoff.reset()
+        attempts = 0
+        while not self.stopping:
+            delay = self.backoff.next()
+            self.sleep(delay)
+            if self.stopping:
+                return False
+            attempts += 1
+            try:
+                self.source.close()
+                self.source.open()
+            except OncoLensError as exc:
+                log.warning("reopening %s failed (attempt %d: %s); next try in %.1fs",
+                            self.source.describe(), attempts, exc, self.backoff.current)
+                continue
+            self.stats.reconnects += 1
+            log.info("%s reopened after %d attempt(s)", self.source.describe(), attempts)
+            return True
+        return False
+
+    # -- one frame ------------------------------------------------------------------
+    def process(self, frame):
+        clf = self.clf
+        tensor = clf.preprocessor.batch([frame.image])
+        t0 = time.monotonic()
+        result = clf.backend.infer(tensor)
+        self.stats.add(time.monotonic() - t0)
+        probs = self.smoother(result.probs[0])
+        preds = clf.predictions(probs)
+        if self.out is not None:
+            for pred in preds:
+                self.out.write(console_line(pred) + "\n")
+            self.out.flush()
+        if not self.sinks:
+            return preds
+        lines = [overlay_text(p) for p in preds] if "text" in self.overlay else []
+        cam = None
+        if "cam" in self.overlay:
+            if result.cam is not None:
+                cam = result.cam[0]
+            elif not self._cam_warned:
+                self._cam_warned = True
+                log.warning("--overlay=cam: this model has no cam_0 output (export it with "
+                            "--cam); drawing the text only")
+        box = crop_box(frame.image.shape, clf.preprocessor.spec,
+                       (clf.preprocessor.height, clf.preprocessor.width))
+        annotated = render(frame.image, lines, cam, box)
+        for sink in self.sinks:
+            where = sink.write(frame, annotated)
+            log.debug("%s -> %s", frame.origin, where)
+            if getattr(sink, "stopped", False):
+                log.info("%s was closed: stopping", where)
+                self.stop()
+        return preds
+
+    def _status(self, last):
+        now = time.monotonic()
+        if now - last < self.status_every:
+            return last
+        text = status_text(self.model_name, self.clf.backend, *self.stats.rates())
+        log.info("%s", text)
+        self.notifier.status(text)
+        for sink in self.sinks:
+            if hasattr(sink, "set_status"):
+                sink.set_status(text)
+        return now
+
+    def run(self):
+        """Process frames until the source ends or a signal arrives; returns Stats."""
+        old = self._install_signals()
+        try:
+            self.source.open()
+            for sink in self.sinks:
+                if hasattr(sink, "adopt_rate"):
+                    sink.adopt_rate(self.source.rate)
+            self.notifier.ready("classifying {}".format(self.source.describe()))
+            last = time.monotonic()
+            for frame in self.frames():
+                if frame.error:
+                    log.error("%s", frame.error)
+                    self.stats.failed += 1
+                    continue
+                self.process(frame)
+                self.notifier.watchdog()
+                last = self._status(last)
+        finally:
+            self.notifier.stopping()
+            self.close()
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+        log.info("%d frame(s), %d failed, %d reconnect(s)%s; %s", self.stats.frames,
+                 self.stats.failed, self.stats.reconnects,
+                 " (stopped by signal)" if self.stopping else "",
+                 status_text(self.model_name, self.clf.backend, *self.stats.totals()))
+        return self.stats
+
+    def close(self):
+        for closer in [s.close for s in self.sinks] + [self.source.close]:
+            try:
+                closer()
+            except Exception as exc:  # one failing output must not keep the others open
+                log.error("closing: %s", exc)
+        sys.stdout.flush()

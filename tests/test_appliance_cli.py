@@ -1,0 +1,161 @@
+"""``oncolens classify`` takes jetson-inference's imagenet command lines."""
+import importlib.util
+import os
+import re
+import shutil
+
+import pytest
+
+from conftest import run_cli
+
+LINE = re.compile(r"^imagenet:  (\d{2,3}\.\d{2})% class #(\d+) \((\w+)\)$")
+
+# imagenet command lines as jetson-inference's docs write them -> the settings they mean
+TABLE = [
+    (["--model=models/cat_dog/resnet18.onnx", "--input_blob=input_0", "--output_blob=output_0",
+      "--labels=data/cat_dog/labels.txt", "data/cat_dog/test/cat", "cat/"],
+     dict(model="models/cat_dog/resnet18.onnx", input_blob="input_0", output_blob="output_0",
+          labels="data/cat_dog/labels.txt", input="data/cat_dog/test/cat", output="cat/",
+          topk=1, threshold=0.01)),
+    (["--network=busi-resnet18", "--topK=3", "--threshold", "0.05", "--smoothing=0.5",
+      "csi://0", "display://0"],
+     dict(network="busi-resnet18", topk=3, threshold=0.05, smoothing=0.5, input="csi://0",
+          output="display://0")),
+    (["--input-width=1280", "--input_height=720", "--input-flip=rotate-180", "/dev/video0",
+      "rtp://192.168.1.2:1234", "--output-codec=h265", "--bitrate=2000000", "--headless"],
+     dict(input_width=1280, input_height=720, input_flip="rotate-180", input="/dev/video0",
+          output="rtp://192.168.1.2:1234", output_codec="h265", bitrate=2000000, headless=True)),
+    (["--input-codec=h264", "rtp://@:1234", "--input_loop=-1", "--log-level=verbose"],
+     dict(input_codec="h264", input="rtp://@:1234", input_loop=-1, log_level="verbose")),
+    (["--model", "x.onnx", "--labels", "l.txt", "images/*.jpg", "out_%i.jpg"],
+     dict(model="x.onnx", labels="l.txt", input="images/*.jpg", output="out_%i.jpg")),
+    (["--input-rtsp-latency=100", "--input-rate=15", "rtsp://user:pw@cam:554/s", "out.mp4"],
+     dict(input_latency=100, input_rate=15.0, input="rtsp://user:pw@cam:554/s", output="out.mp4")),
+]
+
+
+@pytest.mark.parametrize("argv, expected", TABLE)
+def test_jetson_inference_command_lines_parse(argv, expected):
+    from oncolens.appliance.classify_cli import build_parser
+    from oncolens.appliance.cliutil import normalize_flags
+    args, unknown = build_parser().parse_known_args(normalize_flags(argv))
+    assert unknown == []
+    got = {key: getattr(args, key) for key in expected}
+    assert got == expected
+
+
+def test_network_resolves_models_folder_and_options_reach_the_source():
+    from oncolens.appliance.classify_cli import (build_parser, choose_output, overlay_modes,
+                                                  resolve_model, source_options)
+    args = build_parser().parse_args(["--network", "busi", "--models-root", "/m", "--input-flip",
+                                      "vertical", "--input-loop", "2", "in.mp4"])
+    assert resolve_model(args) == os.path.join("/m", "busi")
+    opts = source_options(args)
+    assert opts["flip"] == "vertical" and opts["loop"] == 2
+    assert choose_output(args) == "display://0"             # imagenet's default output
+    args = build_parser().parse_args(["--headless", "x", "display://0"])
+    assert choose_output(args) is None
+    assert overlay_modes("cam") == {"cam", "text"} and overlay_modes("none") == set()
+    from oncolens.appliance.errors import UsageError
+    with pytest.raises(UsageError):
+        overlay_modes("sparkles")
+
+
+def test_copied_command_line_runs_with_unknown_flag_reported(tiny_bundle, tiny_data, tmp_path,
+                                                             caplog):
+    """The docs' line with the bundle's files, plus a flag oncolens does not know."""
+    out = str(tmp_path / "cat") + os.sep
+    code, stdout, err = run_cli([
+        "classify", "--model=" + os.path.join(tiny_bundle, "resnet18.onnx"),
+        "--input_blob=input_0", "--output_blob=output_0",
+        "--labels=" + os.path.join(tiny_bundle, "labels.txt"), "--headless", "--topK=2",
+        "--threshold=0", "--some-future-flag=1", os.path.join(tiny_data, "test", "benign"), out])
+    assert code == 0, err
+    lines = stdout.splitlines()
+    assert len(lines) == 6 and all(LINE.match(l) for l in lines)   # 3 images x top-2
+    assert sorted(os.listdir(out)) == sorted(os.listdir(os.path.join(tiny_data, "test",
+                                                                     "benign")))
+    assert "--some-future-flag=1: not a flag oncolens classify knows: ignored" in caplog.text
+
+
+def test_jetson_utils_only_flags_are_reported_elsewhere(tiny_bundle, tiny_data, caplog):
+    src = os.path.join(tiny_data, "test", "normal", "normal_test_0000.png")
+    code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless",
+                                 "--input-decoder=v4l2", "--output-encoder=cpu", src])
+    assert code == 0, err
+    assert "--input-decoder is not supported for files: ignored" in caplog.text
+    assert "--output-encoder/--output-save are used by jetson_utils outputs only" in caplog.text
+
+
+def test_no_display_falls_back_to_headless_with_one_notice(tiny_bundle, tiny_data, monkeypatch,
+                                                           caplog):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    code, stdout, err = run_cli(["classify", "--model", tiny_bundle,
+                                 os.path.join(tiny_data, "test", "normal")])
+    assert code == 0, err
+    assert len(stdout.splitlines()) == 3
+    notices = [r for r in caplog.records if "cannot open a window" in r.getMessage()]
+    assert len(notices) == 1 and "running headless" in notices[0].getMessage()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None,
+                    reason="TensorRT is installed here")
+def test_missing_backend_package_is_one_line(tiny_bundle, tiny_data, tmp_path):
+    src = os.path.join(tiny_data, "test", "normal", "normal_test_0000.png")
+    engine = tmp_path / "resnet18.engine"              # an engine file asks for TensorRT
+    shutil.copy(os.path.join(tiny_bundle, "resnet18.onnx"), str(engine))
+    shutil.copy(os.path.join(tiny_bundle, "labels.txt"), str(tmp_path))
+    for model in (["--model", tiny_bundle, "--backend=tensorrt"], ["--model", str(engine)]):
+        code, stdout, err = run_cli(["classify", "--headless", src] + model)
+        assert code != 0
+        # (the wording is the tensorrt module's once it is installed; the package it names too)
+        assert "not installed" in err and ("'tensorrt'" in err or "'pycuda'" in err), err
+        assert len(err.strip().splitlines()) == 1
+
+
+def test_torch_missing_names_the_package(tiny_bundle, tiny_data, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "torch", None)  # as on a Nano without torch
+    src = os.path.join(tiny_data, "test", "normal", "normal_test_0000.png")
+    code, stdout, err = run_cli(["classify", "--model",
+                                 os.path.join(tiny_bundle, "model_best.pth.tar"), "--headless",
+                                 src])
+    assert code != 0 and "'torch'" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--backend=tpu"], "--backend: unknown backend 'tpu'"),
+    (["--input-flip=sideways"], "--input-flip: unknown value 'sideways'"),
+    (["--overlay=sparkles"], "--overlay: unknown value 'sparkles'"),
+])
+def test_bad_flags_are_one_line(tiny_bundle, tiny_data, argv, message):
+    src = os.path.join(tiny_data, "test", "normal")
+    code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless", src] + argv)
+    assert code != 0 and message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("csi://0", "OpenCV built with GStreamer"),
+    ("rtp://@:1234", "OpenCV built with GStreamer"),
+    ("v4l2:///dev/video99", "cannot open v4l2:///dev/video99"),
+    ("ftp://x/y", "unknown scheme 'ftp://'"),
+])
+def test_live_inputs_that_cannot_run_here_fail_clearly(tiny_bundle, uri, message):
+    from oncolens.appliance.sources import opencv_has_gstreamer
+    if "GStreamer" in message and opencv_has_gstreamer():
+        pytest.skip("this OpenCV has GStreamer")
+    code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless",
+                                 "--no-jetson-utils", uri])
+    assert code != 0 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_network_flag_runs_a_models_folder(tiny_bundle, tiny_data, tmp_path):
+    root = tmp_path / "models"
+    root.mkdir()
+    shutil.copytree(tiny_bundle, str(root / "tiny"))
+    src = os.path.join(tiny_data, "test", "malignant", "malignant_test_0000.png")
+    code, stdout, err = run_cli(["classify", "--network=tiny", "--models-root", str(root),
+                                 "--headless", src])
+    assert code == 0, err
+    assert LINE.match(stdout.strip())

@@ -1,0 +1,234 @@
+"""Sources and sinks this machine can run, with their outputs read back."""
+import os
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+
+
+def _coded_frame(n, w=64, h=48):
+    """A frame whose brightness encodes its number (survives lossy codecs)."""
+    img = np.zeros((h, w, 3), dtype=np.uint8)
+    img[:, :, 0] = 10 + 20 * n
+    img[:, :, 1] = 120
+    img[:, w // 2:, 1] = 200
+    return img
+
+
+def write_video(path, count, fourcc="mp4v", fps=10.0, w=64, h=48):
+    import cv2
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
+    assert writer.isOpened()
+    for n in range(count):
+        writer.write(cv2.cvtColor(_coded_frame(n, w, h), cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
+def read_video(path):
+    import cv2
+    cap = cv2.VideoCapture(path)
+    frames = []
+    while True:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    cap.release()
+    return frames
+
+
+def test_video_source_frames_names_loop_and_resize(tmp_path):
+    from oncolens.appliance.sources import open_source
+    path = write_video(str(tmp_path / "clip.mp4"), 12)
+    source = open_source(path)
+    frames = list(source)
+    assert len(frames) == 12 and not source.live
+    assert frames[0].relpath == "clip_000000.jpg" and frames[11].relpath == "clip_000011.jpg"
+    assert source.rate == pytest.approx(10.0)
+    red = [int(f.image[:, :, 0].mean()) for f in frames]
+    assert all(abs(r - (10 + 20 * n)) < 12 for n, r in enumerate(red)), red
+    looped = list(open_source(path, loop=1))
+    assert len(looped) == 24 and [f.index for f in looped] == list(range(24))
+    small = next(iter(open_source(path, width=32, height=24)))
+    assert small.image.shape == (24, 32, 3)
+
+
+def test_image_sources_glob_flip_and_unsupported_flags(tiny_data, caplog):
+    from oncolens.appliance.imageio import read_image
+    from oncolens.appliance.sources import open_source
+    pattern = os.path.join(tiny_data, "test", "*", "*_000[01].png")
+    frames = list(open_source(pattern))
+    assert [f.relpath for f in frames] == [
+        os.path.join(c, "{}_test_000{}.png".format(c, n))
+        for c in ("benign", "malignant", "normal") for n in (0, 1)]
+    flipped = list(open_source(frames[0].origin, flip="horizontal", codec="h264"))[0].image
+    assert (flipped == read_image(frames[0].origin)[:, ::-1]).all()
+    assert "--input-codec is not supported for image files: ignored" in caplog.text
+    assert len(list(open_source(frames[0].origin, loop=2))) == 3
+
+
+def test_classify_video_to_avi_and_mp4(tiny_bundle, tmp_path):
+    from oncolens.appliance.overlay import layout
+    src = write_video(str(tmp_path / "in.mp4"), 9, w=160, h=120)
+    originals = read_video(src)
+    for name in ("out.avi", "out.mp4"):
+        dst = str(tmp_path / name)
+        code, out, err = run_cli(["classify", "--model", tiny_bundle, "--headless", src, dst])
+        assert code == 0, err
+        assert len(out.splitlines()) == 9
+        written = read_video(dst)
+        assert len(written) == 9
+        box_h, box_w = layout(written[0].shape, ["00.00% malignant"])[:2]
+        for before, after in zip(originals, written):
+            box = slice(2, box_h - 2), slice(2, box_w - 2)
+            # the translucent box darkens most of the corner (white text on the rest);
+            # the frame below it is as it was (up to the codec)
+            darker = after[box].astype(int).sum(2) < before[box].astype(int).sum(2) * 0.7
+            assert darker.mean() > 0.5
+            assert np.abs(after[box_h + 4:].astype(int) - before[box_h + 4:]).mean() < 8
+    code, out, err = run_cli(["classify", "--model", tiny_bundle, "--headless", src,
+                              str(tmp_path / "out.mp4")])
+    assert code != 0 and "already exists" in err
+
+
+def test_pattern_output_and_folder_names(tiny_bundle, tiny_data, tmp_path):
+    src = os.path.join(tiny_data, "test", "benign")
+    pattern = str(tmp_path / "out_%i.jpg")
+    code, out, err = run_cli(["classify", "--model", tiny_bundle, "--headless", src, pattern])
+    assert code == 0, err
+    assert sorted(os.listdir(str(tmp_path))) == ["out_0.jpg", "out_1.jpg", "out_2.jpg"]
+    video = write_video(str(tmp_path / "v.avi"), 3, fourcc="MJPG")
+    folder = str(tmp_path / "frames") + os.sep
+    code, out, err = run_cli(["classify", "--model", tiny_bundle, "--headless", video, folder])
+    assert code == 0, err
+    assert sorted(os.listdir(folder)) == ["v_000000.jpg", "v_000001.jpg", "v_000002.jpg"]
+
+
+def test_sink_table_and_rtp_needs_gstreamer(tmp_path):
+    from oncolens.appliance import sinks
+    from oncolens.appliance.errors import MissingDependency, UsageError
+    from oncolens.appliance.sources import opencv_has_gstreamer
+    assert isinstance(sinks.open_sink(str(tmp_path / "a.mp4")), sinks.VideoFileSink)
+    assert isinstance(sinks.open_sink(str(tmp_path / "d") + "/"), sinks.ImageFileSink)
+    assert sinks.open_sink(None) is None
+    with pytest.raises(UsageError):
+        sinks.open_sink("rtp://nohost", jetson_utils=False)
+    with pytest.raises(UsageError) as err:
+        sinks.open_sink("gopher://x")
+    assert "display://" in str(err.value) and "rtp://" in str(err.value)
+    if not opencv_has_gstreamer():
+        with pytest.raises(MissingDependency) as err:
+            sinks.open_sink("rtp://127.0.0.1:5004", jetson_utils=False)
+        assert "GStreamer" in str(err.value)
+
+
+def test_video_sink_keeps_first_size_and_adopts_source_rate(tmp_path):
+    from oncolens.appliance.sinks import VideoFileSink
+    from oncolens.appliance.sources import Frame
+    sink = VideoFileSink(str(tmp_path / "m.avi"))
+    sink.adopt_rate(12.0)
+    for n, size in enumerate([(48, 64), (30, 40), (48, 64)]):
+        sink.write(Frame(None, "x", None, n, 0, None), _coded_frame(n, size[1], size[0]))
+    sink.close()
+    import cv2
+    cap = cv2.VideoCapture(str(tmp_path / "m.avi"))
+    assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx(12.0)
+    cap.release()
+    frames = read_video(str(tmp_path / "m.avi"))
+    assert len(frames) == 3 and all(f.shape == (48, 64, 3) for f in frames)
+
+
+def test_busi_glob_keeps_names_and_mixed_sizes_make_one_video(tiny_bundle, busi, tmp_path):
+    """Real ultrasound files: greyscale PNGs of different sizes, names with spaces."""
+    from oncolens.appliance.imageio import read_image
+    pattern = os.path.join(busi, "test", "*", "* (1*).png")
+    import glob
+    expected = sorted(glob.glob(pattern))
+    assert len(expected) >= 5
+    out_dir = str(tmp_path / "annotated") + os.sep
+    code, out, err = run_cli(["classify", "--model", tiny_bundle, "--headless", pattern,
+                              out_dir])
+    assert code == 0, err
+    assert len(out.splitlines()) == len(expected)
+    for path in expected:
+        rel = os.path.relpath(path, os.path.join(busi, "test"))     # e.g. benign/benign (12).png
+        written = read_image(os.path.join(out_dir, rel))
+        assert written.shape == read_image(path).shape
+    video = str(tmp_path / "busi.avi")
+    code, out, err = run_cli(["classify", "--model", tiny_bundle, "--headless", pattern, video])
+    assert code == 0, err
+    frames = read_video(video)
+    assert len(frames) == len(expected)
+    assert len(set(f.shape for f in frames)) == 1
+
+
+def _stand_in_jetson_utils(monkeypatch):
+    import sys
+    import types
+    made = {}
+    ju = types.ModuleType("jetson_utils")
+
+    class VideoSource(object):
+        def __init__(self, uri, argv):
+            made["source"] = (uri, argv)
+            self.script = [np.full((4, 6, 4), n, np.uint8) for n in (1, 2)]
+            self.script.insert(1, None)                       # one frame timeout
+
+        def Capture(self, format, timeout):
+            return self.script.pop(0) if self.script else None
+
+        def IsStreaming(self):
+            return bool(self.script)
+
+        def Close(self):
+            made["closed"] = True
+
+    class VideoOutput(object):
+        def __init__(self, uri, argv):
+            made["output"] = (uri, argv)
+            self.rendered = []
+
+        def Render(self, img):
+            self.rendered.append(img)
+
+        def IsStreaming(self):
+            return True
+
+        def SetStatus(self, text):
+            made["status"] = text
+
+        def Close(self):
+            pass
+
+    ju.videoSource, ju.videoOutput = VideoSource, VideoOutput
+    ju.cudaToNumpy = ju.cudaFromNumpy = lambda a: a
+    ju.cudaDeviceSynchronize = lambda: None
+    monkeypatch.setitem(sys.modules, "jetson_utils", ju)
+    return made
+
+
+def test_jetson_utils_source_and_sink_with_a_stand_in(monkeypatch):
+    """No Jetson here: a stand-in jetson_utils checks the flags and the frame hand-over."""
+    from oncolens.appliance.sinks import open_sink
+    from oncolens.appliance.sources import SourceLost, open_source
+    made = _stand_in_jetson_utils(monkeypatch)
+    source = open_source("csi://0", width=1280, height=720, flip="rotate-180")
+    source.open()
+    assert made["source"] == ("csi://0", ["--input-width=1280", "--input-height=720",
+                                          "--input-flip=rotate-180"])
+    first = source.read()
+    assert first.image.shape == (4, 6, 3) and first.image[0, 0, 0] == 1
+    assert source.read() is None                              # a timeout is skipped
+    assert source.read().image[0, 0, 0] == 2
+    with pytest.raises(SourceLost):                           # the camera went away
+        source.read()
+    source.close()
+    assert made["closed"]
+    sink = open_sink("rtp://10.0.0.2:5000", codec="h265", bitrate=2000000)
+    sink.write(first, first.image)
+    sink.set_status("status")
+    assert made["output"] == ("rtp://10.0.0.2:5000", ["--output-codec=h265",
+                                                     "--bitrate=2000000"])
+    assert len(sink.out.rendered) == 1 and made["status"] == "status" and not sink.stopped
