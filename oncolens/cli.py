@@ -16,6 +16,7 @@ SUBCOMMANDS = [
     ("train", "oncolens.train.cli", "train a classifier on class folders (jetson-inference train.py flags)"),
     ("export", "oncolens.export.cli", "export a checkpoint to ONNX (onnx_export.py flags)"),
     ("classify", "oncolens.appliance.classify_cli", "classify images, folders or streams (imagenet flags)"),
+    ("serve", "oncolens.appliance.serve_cli", "web page and HTTP API: POST /classify, /health, /metrics"),
 ]
 
 
