@@ -17,7 +17,6 @@ from oncolens.appliance.web.auth import require_token
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
-ADDRESS = re.compile(r"^(?:https?://)?(?:(\[[0-9a-fA-F:.]+\]|[^:/\[\]]*)@?)?:?(\d{1,5})/?$")
 
 
 def parse_address(address):
@@ -27,13 +26,14 @@ def parse_address(address):
     explicit host (``0.0.0.0:8080``) and needs a token.
     """
     text = str(address).strip()
-    text = re.sub(r"^(https?://)?@", r"\1", text)
-    match = ADDRESS.match(text)
-    if not match or not 0 <= int(match.group(2)) <= 65535:
+    text = re.sub(r"^https?://", "", text).rstrip("/").lstrip("@")
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not port.isdigit() or int(port) > 65535 or "://" in text or "/" in text or (
+            ":" in host and not text.startswith("[")):
         raise UsageError("--serve {}: expected [HOST]:PORT, e.g. :8080 or http://@:8080".format(
             address))
-    host = (match.group(1) or DEFAULT_HOST).strip("[]")
-    return host, int(match.group(2))
+    return host or DEFAULT_HOST, int(port)
 
 
 class LiveSink(object):
