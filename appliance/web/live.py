@@ -69,25 +69,37 @@ class LiveSink(object):
             return self._jpeg
 
     def _next(self, seen):
-        """The next JPEG after frame number ``seen``: (number, jpeg), or None once closed."""
+        """The next JPEG after frame number ``seen``: (number, jpeg), or None once closed.
+
+        When no new frame comes within ``wait`` seconds the last one is sent again: a
+        browser shows an MJPEG part only once more data follows it, and a client that
+        went away is noticed on that write.
+        """
         with self._cond:
-            while not self.closed and (self._jpeg is None or self.frames_written == seen):
+            if not self.closed and (self._jpeg is None or self.frames_written == seen):
+                self._cond.wait(self.wait)
+            while not self.closed and self._jpeg is None:
                 self._cond.wait(self.wait)
             if self.closed:
                 return None
             return self.frames_written, self._jpeg
 
     def frames(self):
-        """The MJPEG body: one part a new frame, until the sink closes."""
+        """The MJPEG body, until the sink closes.
+
+        Each part is followed at once by the next boundary: browsers show a part only once
+        they see the boundary after it, so a still camera's last frame shows too.
+        """
+        boundary = "--{}\r\n".format(self.boundary).encode("ascii")
+        yield boundary
         seen = -1
         while True:
             item = self._next(seen)
             if item is None:
                 return
             seen, jpeg = item
-            head = "--{}\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n".format(
-                self.boundary, len(jpeg))
-            yield head.encode("ascii") + jpeg + b"\r\n"
+            head = "Content-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n".format(len(jpeg))
+            yield head.encode("ascii") + jpeg + b"\r\n" + boundary
 
     def close(self):
         with self._cond:
