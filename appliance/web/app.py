@@ -18,7 +18,8 @@ from oncolens.appliance.web.auth import token_ok
 from oncolens.appliance.web.metrics import CONTENT_TYPE as METRICS_TYPE, PATHS, Metrics
 from oncolens.appliance.web.classify import handle_classify
 from oncolens.appliance.web.queue import InferenceQueue
-from oncolens.appliance.web.upload import EXTENSIONS, decode_upload, image_bytes, read_body
+from oncolens.appliance.web.upload import (EXTENSIONS, decode_upload, drain, image_bytes,
+                                           read_body)
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ class ServeApp(object):
                 return start_response(status, list(headers) + [("X-Request-Id", rid)], exc_info)
 
             if not token_ok(environ, self.token):
+                self._drop_body(environ)
                 body = self.error_body(rid, 401, "unauthorized", "a valid token is required "
                                        "(Authorization: Bearer T or ?token=T)")
                 start("401 Unauthorized", [("Content-Type", JSON_TYPE),
@@ -104,6 +106,14 @@ class ServeApp(object):
             return result
 
         return application
+
+    def _drop_body(self, environ):
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return
+        if 0 < length <= self.max_bytes:
+            drain(environ["wsgi.input"], length)
 
     @staticmethod
     def error_body(rid, status, code, message):

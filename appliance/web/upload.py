@@ -30,7 +30,8 @@ class UploadError(OncoLensError):
         self.code = code
 
 
-def _drain(stream, remaining):
+def drain(stream, remaining):
+    """Read and drop up to ``remaining`` bytes, so the client can read our answer."""
     remaining = min(remaining, DRAIN_CAP)
     try:
         while remaining > 0:
@@ -55,7 +56,7 @@ def read_body(environ, max_bytes):
         raise UploadError(411, "length_required", "send the image with a Content-Length")
     stream = environ["wsgi.input"]
     if length > max_bytes:
-        _drain(stream, length)
+        drain(stream, length)
         raise UploadError(413, "too_large", "upload of {} bytes is over the limit of {} bytes "
                           "(--max-upload-mb)".format(length, max_bytes))
     parts, got = [], 0
