@@ -1,4 +1,5 @@
 """oncolens serve: a real server on a loopback port answering real HTTP requests."""
+import hashlib
 import json
 import os
 
@@ -43,7 +44,7 @@ def test_classify_json_matches_the_classifier(server, classifier, tiny_data):
     onnx = os.path.join(os.path.dirname(classifier.bundle.onnx_path), "resnet18.onnx")
     assert result["model"]["sha256"] == sha256_file(onnx)
     assert result["model"]["backend"] == "onnxruntime"
-    assert result["input"]["sha256"] == __import__("hashlib").sha256(read(path)).hexdigest()
+    assert result["input"]["sha256"] == hashlib.sha256(read(path)).hexdigest()
     assert (result["input"]["width"], result["input"]["height"]) == (48, 48)
     assert set(result["timing_ms"]) == {"read_decode", "queue", "inference", "total"}
     assert result["timing_ms"]["total"] >= result["timing_ms"]["inference"] > 0
@@ -173,3 +174,18 @@ def test_uploads_are_kept_only_with_save_uploads(classifier, tiny_data, tmp_path
         result = json.loads(request(url, "/classify", "POST", data).body.decode("utf-8"))
     assert os.listdir(keep) == [result["input"]["sha256"] + ".png"]
     assert read(os.path.join(keep, os.listdir(keep)[0])) == data
+
+
+def test_labels_outside_latin1_survive_the_headers(tiny_bundle, tiny_data):
+    from urllib.parse import unquote
+    from oncolens.appliance.classifier import Classifier
+    with Classifier.open(tiny_bundle, backend="onnxruntime") as clf:
+        clf.bundle.labels = [u"良性", u"恶性", u"正常"]
+        with running(clf) as (url, _):
+            data = read(sample_image(tiny_data))
+            reply = request(url, "/classify?annotated=1", "POST", data)
+            plain = json.loads(request(url, "/classify", "POST", data).body.decode("utf-8"))
+    assert reply.status == 200
+    result = json.loads(reply.headers["x-result"])
+    assert unquote(reply.headers["x-label"]) == result["label"] == plain["label"]
+    assert sorted(result["probabilities"]) == sorted([u"良性", u"恶性", u"正常"])

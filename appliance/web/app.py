@@ -161,11 +161,11 @@ class ServeApp(object):
                 "input_size": list(clf.bundle.input_shape[1:])}
 
     def health(self):
-        model = self.describe_model() or {}
+        model = self.describe_model()
         return self.json_response({
             "status": "ok", "version": __version__, "model_loaded": self.classifier is not None,
-            "model": self.describe_model(), "backend": model.get("backend"),
-            "precision": model.get("precision"), "model_sha256": self.model_sha256,
+            "model": model, "backend": (model or {}).get("backend"),
+            "precision": (model or {}).get("precision"), "model_sha256": self.model_sha256,
             "uptime_s": round(time.time() - self.metrics.started, 3),
             "queue": {"depth": self.queue.depth if self.queue else 0,
                       "capacity": self.queue.capacity if self.queue else 0},

@@ -1,14 +1,15 @@
 """POST /classify: read and check the upload, queue it for the model, answer.
 
 JSON by default; ``?annotated=1`` answers the annotated image (JPEG, or PNG with
-``&format=png``) and puts the same JSON, compacted, in its ``X-Result`` header.
+``&format=png``) and puts the same JSON, compacted and ASCII-escaped, in its ``X-Result``
+header (``X-Label``: the label, percent-encoded UTF-8).
 Every outcome is counted in /metrics and written to the audit log (when one is kept).
 """
 import hashlib
 import json
 import logging
 import time
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 from oncolens.appliance.imageio import encode_image
 from oncolens.appliance.overlay import draw_lines
@@ -65,7 +66,7 @@ def annotated_response(app, result, preds, rgb, environ):
     compact = json.dumps(result, sort_keys=True, separators=(",", ":"))  # ASCII: header-safe
     return app.bottle.HTTPResponse(body=image, status=200, headers={
         "Content-Type": "image/png" if fmt == ".png" else "image/jpeg",
-        "Cache-Control": "no-store", "X-Result": compact, "X-Label": result["label"],
+        "Cache-Control": "no-store", "X-Result": compact, "X-Label": quote(result["label"]),
         "X-Confidence": "{:.6f}".format(result["confidence"])})
 
 
