@@ -172,7 +172,9 @@ def test_uploads_are_kept_only_with_save_uploads(classifier, tiny_data, tmp_path
     keep = str(tmp_path / "kept")
     with running(classifier, save_uploads=keep) as (url, _):
         result = json.loads(request(url, "/classify", "POST", data).body.decode("utf-8"))
-    assert os.listdir(keep) == [result["input"]["sha256"] + ".png"]
+        assert request(url, "/classify", "POST", data[:len(data) // 2]).status == 400
+        assert request(url, "/classify", "POST", b"not an image").status == 415
+    assert os.listdir(keep) == [result["input"]["sha256"] + ".png"]   # refused ones are not kept
     assert read(os.path.join(keep, os.listdir(keep)[0])) == data
 
 
