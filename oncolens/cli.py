@@ -17,6 +17,7 @@ SUBCOMMANDS = [
     ("export", "oncolens.export.cli", "export a checkpoint to ONNX (onnx_export.py flags)"),
     ("classify", "oncolens.appliance.classify_cli", "classify images, folders or streams (imagenet flags)"),
     ("service", "oncolens.appliance.service_cli", "install the systemd unit and /etc/default/oncolens (device service)"),
+    ("serve", "oncolens.appliance.serve_cli", "web page and HTTP API: POST /classify, /health, /metrics"),
 ]
 
 

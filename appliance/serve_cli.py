@@ -1,0 +1,125 @@
+"""``oncolens serve``: the web page and HTTP API on the appliance.
+
+    oncolens serve --model models/busi-resnet18                  # http://127.0.0.1:8080/
+    ONCOLENS_TOKEN=... oncolens serve --model M --host 0.0.0.0   # the lab network, with a token
+
+Binds to loopback unless told otherwise; any other address needs a token.  See docs/SERVE.md.
+"""
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+
+from oncolens.appliance.cliutil import cli_entry, normalize_flags, setup_logging
+from oncolens.appliance.errors import UsageError
+
+log = logging.getLogger("oncolens.serve")
+TOKEN_ENV = "ONCOLENS_TOKEN"
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="oncolens serve",
+        description="Serve a model over HTTP: POST /classify, GET /health, GET /metrics and a "
+                    "web page at /. Loopback only unless --host is given with a token.")
+    p.add_argument("--model", help="model folder, .onnx or engine")
+    p.add_argument("--network", help="a model folder name under --models-root (models/NAME/)")
+    p.add_argument("--models-root", default="models", help="where --network looks (models)")
+    p.add_argument("--labels", help="labels file (optional when the model has a model.json)")
+    p.add_argument("--input-blob", help="input tensor name (default from model.json)")
+    p.add_argument("--output-blob", help="output tensor name (default from model.json)")
+    p.add_argument("--backend", default="auto", help="auto or onnxruntime")
+    p.add_argument("--topK", "--topk", dest="topk", type=int, default=1,
+                   help="classes drawn on the annotated image and listed in 'top' (1)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (127.0.0.1); any non-loopback one needs a token")
+    p.add_argument("--port", type=int, default=8080, help="port (8080; 0 picks a free one)")
+    p.add_argument("--token", default=None,
+                   help="require this token on every request (Authorization: Bearer T or "
+                        "?token=T); default ${}".format(TOKEN_ENV))
+    p.add_argument("--max-upload-mb", type=float, default=20.0,
+                   help="larger uploads get 413 (20)")
+    p.add_argument("--max-pixels", type=int, default=40000000,
+                   help="images whose header claims more pixels get 400 (40000000)")
+    p.add_argument("--queue", type=int, default=16,
+                   help="images that may wait for the model; beyond that 503 + Retry-After (16)")
+    p.add_argument("--max-batch", type=int, default=4,
+                   help="most waiting images run through the model at once (4)")
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds a request waits for the model before 503 (60)")
+    p.add_argument("--save-uploads", metavar="DIR",
+                   help="keep each upload as DIR/<sha256>.<ext> (off: nothing is written)")
+    p.add_argument("--audit-log", metavar="FILE",
+                   help="append one JSON line per /classify request to FILE")
+    p.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    return p
+
+
+def check_args(args):
+    if not args.model and not args.network:
+        raise UsageError("--model: required (a model folder, .onnx or engine), or --network=NAME")
+    if not 0 <= args.port <= 65535:
+        raise UsageError("--port {}: expected 0..65535".format(args.port))
+    for flag, value in (("--max-upload-mb", args.max_upload_mb), ("--max-pixels", args.max_pixels),
+                        ("--queue", args.queue), ("--max-batch", args.max_batch),
+                        ("--timeout", args.timeout)):
+        if value <= 0:
+            raise UsageError("{} {}: expected a positive number".format(flag, value))
+    if args.save_uploads and os.path.exists(args.save_uploads) and not os.path.isdir(
+            args.save_uploads):
+        raise UsageError("--save-uploads {}: exists and is not a folder".format(args.save_uploads))
+
+
+def _stop_on_sigterm(server):
+    def handler(signum, frame):
+        threading.Thread(target=server.httpd.shutdown).start()
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (tests calling main in a thread)
+        pass
+
+
+@cli_entry("oncolens serve")
+def main(argv):
+    args = build_parser().parse_args(normalize_flags(argv))
+    setup_logging(args.log_level)
+    from oncolens.appliance.web.auth import require_token
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    require_token(args.host, token)          # before anything is loaded or bound
+    check_args(args)
+    from oncolens.appliance.classifier import Classifier
+    from oncolens.appliance.sdnotify import Notifier
+    from oncolens.appliance.web.app import ServeApp, bottle_module
+    from oncolens.appliance.web.server import ServerThread
+    bottle_module()                          # a missing framework is said before the model loads
+    model = args.model or os.path.join(args.models_root, args.network)
+    clf = Classifier.open(model, labels=args.labels, input_blob=args.input_blob,
+                          output_blob=args.output_blob, backend=args.backend, top=args.topk)
+    app = ServeApp(clf, token=token, max_upload_mb=args.max_upload_mb,
+                   max_pixels=args.max_pixels, queue_size=args.queue, max_batch=args.max_batch,
+                   timeout=args.timeout, save_uploads=args.save_uploads, audit_log=args.audit_log)
+    try:
+        server = ServerThread(app.wsgi, args.host, args.port)
+    except (OSError, IOError) as exc:
+        app.close()
+        clf.close()
+        raise UsageError("--host {} --port {}: cannot listen there ({})".format(
+            args.host, args.port, exc.strerror or exc))
+    print("oncolens serve: listening on {} (model sha256 {}, {}{})".format(
+        server.url, (app.model_sha256 or "?")[:16], clf.backend.describe(),
+        ", token required" if token else ""))
+    sys.stdout.flush()
+    notifier = Notifier()
+    notifier.ready("serving on {}".format(server.url))
+    _stop_on_sigterm(server)
+    try:
+        server.serve_forever()
+    finally:
+        notifier.stopping()
+        server.httpd.server_close()
+        app.close()
+        clf.close()
+    return 0

@@ -1,0 +1,232 @@
+"""The routes: the page, /classify, /health, /metrics and the live stream.
+
+``ServeApp`` holds the state (classifier, queue, metrics, audit log, live sink) and
+``ServeApp.wsgi`` is the WSGI application: a small middleware (request id, token check,
+metrics, one log line a request) around a Bottle app with the routes.
+"""
+import json
+import logging
+import os
+import re
+import time
+import uuid
+
+from oncolens import __version__
+from oncolens.appliance.errors import MissingDependency
+from oncolens.appliance.web.audit import AuditLog
+from oncolens.appliance.web.auth import token_ok
+from oncolens.appliance.web.metrics import CONTENT_TYPE as METRICS_TYPE, PATHS, Metrics
+from oncolens.appliance.web.classify import handle_classify
+from oncolens.appliance.web.queue import InferenceQueue
+from oncolens.appliance.web.upload import (EXTENSIONS, decode_upload, drain, image_bytes,
+                                           read_body)
+
+log = logging.getLogger(__name__)
+
+PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static", "index.html")
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+JSON_TYPE = "application/json"
+# The page may talk to this server only: no CDN, no external URL can load.
+CSP = ("default-src 'none'; img-src 'self' blob: data:; style-src 'unsafe-inline'; "
+       "script-src 'unsafe-inline'; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+       "frame-ancestors 'none'")
+
+
+def bottle_module():
+    try:
+        import bottle
+    except ImportError:
+        raise MissingDependency("bottle", "oncolens serve", "pip install 'oncolens[serve]'")
+    return bottle
+
+
+class ServeApp(object):
+    def __init__(self, classifier=None, token=None, live=None, max_upload_mb=20.0,
+                 max_pixels=40000000, queue_size=16, max_batch=4, timeout=60.0,
+                 save_uploads=None, audit_log=None):
+        self.bottle = bottle_module()
+        self.classifier = classifier
+        self.token = token or None
+        self.live = live
+        self.max_bytes = int(float(max_upload_mb) * (1 << 20))
+        self.max_pixels = int(max_pixels)
+        self.timeout = float(timeout)
+        self.save_dir = save_uploads
+        if save_uploads and not os.path.isdir(save_uploads):
+            os.makedirs(save_uploads)
+        self.metrics = Metrics()
+        self.audit = AuditLog(audit_log)
+        self.queue = InferenceQueue(classifier, queue_size, max_batch) if classifier else None
+        self.model_sha256 = classifier.bundle.model_sha256 if classifier else None
+        self.wsgi = self._middleware(self._routes())
+
+    # -- plumbing -------------------------------------------------------------------------
+    def _routes(self):
+        app = self.bottle.Bottle()
+        app.route("/", "GET", self.page)
+        app.route("/health", "GET", self.health)
+        app.route("/metrics", "GET", self.metrics_text)
+        app.route("/classify", "POST", self.classify)
+        app.route("/stream.mjpg", "GET", self.stream)
+        app.route("/frame.jpg", "GET", self.frame)
+        for code in (400, 404, 405, 413, 500):
+            app.error(code)(self._framework_error)
+        return app
+
+    def _middleware(self, inner):
+        def application(environ, start_response):
+            rid = environ.get("HTTP_X_REQUEST_ID", "")
+            rid = rid if REQUEST_ID.match(rid) else uuid.uuid4().hex[:16]
+            environ["oncolens.request_id"] = rid
+            path = environ.get("PATH_INFO") or "/"
+            started, state = time.time(), {"code": 500}
+
+            def start(status, headers, exc_info=None):
+                state["code"] = int(status.split(" ", 1)[0])
+                return start_response(status, list(headers) + [("X-Request-Id", rid)], exc_info)
+
+            if not token_ok(environ, self.token):
+                self._drop_body(environ)
+                body = self.error_body(rid, 401, "unauthorized", "a valid token is required "
+                                       "(Authorization: Bearer T or ?token=T)")
+                start("401 Unauthorized", [("Content-Type", JSON_TYPE),
+                                           ("WWW-Authenticate", 'Bearer realm="oncolens"')])
+                result = [body]
+            else:
+                try:
+                    result = inner(environ, start)
+                except Exception:  # the framework normally catches these; never leave silent
+                    log.exception("%s: unhandled error", rid)
+                    start("500 Internal Server Error", [("Content-Type", JSON_TYPE)])
+                    result = [self.error_body(rid, 500, "internal", "internal error")]
+            self.metrics.observe_request(path, state["code"])
+            log.info("%s %s %s %d %.1f ms", rid, environ.get("REQUEST_METHOD"),
+                     path if path in PATHS else "(other)", state["code"],
+                     (time.time() - started) * 1000.0)
+            return result
+
+        return application
+
+    def _drop_body(self, environ):
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return
+        if 0 < length <= self.max_bytes:
+            drain(environ["wsgi.input"], length)
+
+    @staticmethod
+    def error_body(rid, status, code, message):
+        return json.dumps({"error": {"status": status, "code": code, "message": message},
+                           "request_id": rid}, sort_keys=True).encode("utf-8")
+
+    def _rid(self):
+        return self.bottle.request.environ.get("oncolens.request_id", "-")
+
+    def json_response(self, obj, status=200, headers=None):
+        head = {"Content-Type": JSON_TYPE, "Cache-Control": "no-store"}
+        head.update(headers or {})
+        body = json.dumps(obj, sort_keys=True).encode("utf-8")
+        return self.bottle.HTTPResponse(body=body, status=status, headers=head)
+
+    def error_response(self, status, code, message, headers=None):
+        head = {"Content-Type": JSON_TYPE, "Cache-Control": "no-store"}
+        head.update(headers or {})
+        body = self.error_body(self._rid(), status, code, message)
+        return self.bottle.HTTPResponse(body=body, status=status, headers=head)
+
+    def _framework_error(self, error):
+        self.bottle.response.content_type = JSON_TYPE
+        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "error")
+        message = {404: "no such page", 405: "method not allowed here"}.get(
+            error.status_code, "the request failed")
+        return self.error_body(self._rid(), error.status_code, code, message)
+
+    # -- pages ------------------------------------------------------------------------------
+    def page(self):
+        with open(PAGE, "rb") as fh:
+            body = fh.read()
+        return self.bottle.HTTPResponse(body=body, status=200, headers={
+            "Content-Type": "text/html; charset=utf-8", "Content-Security-Policy": CSP,
+            "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer"})
+
+    def describe_model(self):
+        clf = self.classifier
+        if clf is None:
+            return None
+        info = clf.bundle.info
+        return {"sha256": self.model_sha256, "arch": info.get("arch"), "labels": clf.labels,
+                "backend": clf.backend.name, "precision": clf.backend.precision,
+                "input_size": list(clf.bundle.input_shape[1:])}
+
+    def health(self):
+        model = self.describe_model()
+        return self.json_response({
+            "status": "ok", "version": __version__, "model_loaded": self.classifier is not None,
+            "model": model, "backend": (model or {}).get("backend"),
+            "precision": (model or {}).get("precision"), "model_sha256": self.model_sha256,
+            "uptime_s": round(time.time() - self.metrics.started, 3),
+            "queue": {"depth": self.queue.depth if self.queue else 0,
+                      "capacity": self.queue.capacity if self.queue else 0},
+            "live": self.live is not None, "token_required": self.token is not None})
+
+    def metrics_text(self):
+        gauges = {}
+        if self.queue is not None:
+            gauges["oncolens_queue_depth"] = ("images waiting for the model", self.queue.depth)
+            gauges["oncolens_queue_capacity"] = ("most images that may wait", self.queue.capacity)
+        info = None
+        model = self.describe_model()
+        if model:
+            info = {"sha256": model["sha256"] or "", "backend": model["backend"],
+                    "precision": model["precision"], "arch": model["arch"] or ""}
+        return self.bottle.HTTPResponse(body=self.metrics.render(gauges, info).encode("utf-8"),
+                                        status=200, headers={"Content-Type": METRICS_TYPE,
+                                                             "Cache-Control": "no-store"})
+
+    # -- the live stream ----------------------------------------------------------------------
+    def stream(self):
+        if self.live is None:
+            return self.error_response(404, "no_live_feed", "no live feed on this server (run "
+                                       "'oncolens classify ... --serve :PORT')")
+        return self.bottle.HTTPResponse(body=self.live.frames(), status=200, headers={
+            "Content-Type": "multipart/x-mixed-replace; boundary={}".format(self.live.boundary),
+            "Cache-Control": "no-store"})
+
+    def frame(self):
+        jpeg = self.live.latest() if self.live is not None else None
+        if jpeg is None:
+            return self.error_response(404, "no_frame", "no live frame yet")
+        return self.bottle.HTTPResponse(body=jpeg, status=200, headers={
+            "Content-Type": "image/jpeg", "Cache-Control": "no-store"})
+
+    # -- /classify ---------------------------------------------------------------------------
+    def classify(self):
+        return handle_classify(self, self.bottle.request.environ)
+
+    def save_upload(self, data, sha, fmt):
+        if not self.save_dir:
+            return None
+        path = os.path.join(self.save_dir, sha + EXTENSIONS.get(fmt, ".bin"))
+        if not os.path.exists(path):
+            with open(path + ".part", "wb") as fh:
+                fh.write(data)
+            os.replace(path + ".part", path)
+        return path
+
+    def read_upload(self, environ):
+        """(bytes, format, rgb) of the request's image; UploadError when refused."""
+        data = image_bytes(environ, read_body(environ, self.max_bytes))
+        fmt, rgb = decode_upload(data, self.max_pixels, "upload {}".format(
+            environ.get("oncolens.request_id")))
+        return data, fmt, rgb
+
+    def submit(self, rgb):
+        return self.queue.submit(rgb)
+
+    def close(self):
+        if self.queue is not None:
+            self.queue.close()
+        self.audit.close()
+

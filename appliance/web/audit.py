@@ -1,0 +1,47 @@
+"""The audit log: one JSON object a line per /classify request, for traceability.
+
+Each line: time (UTC, ISO 8601), request_id, status, input_sha256, model_sha256, label,
+confidence.  Never a file name, never pixels.  No file is written unless a path is given.
+"""
+import datetime
+import io
+import json
+import os
+import threading
+
+FIELDS = ("time", "request_id", "status", "input_sha256", "model_sha256", "label", "confidence")
+
+
+def utc_now():
+    return datetime.datetime.utcnow().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class AuditLog(object):
+    def __init__(self, path=None):
+        self.path = path
+        self._lock = threading.Lock()
+        self._fh = None
+        if path:
+            parent = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(parent):
+                os.makedirs(parent)
+            self._fh = io.open(path, "a", encoding="utf-8")
+
+    def write(self, request_id, status, input_sha256=None, model_sha256=None, label=None,
+              confidence=None):
+        if self._fh is None:
+            return None
+        record = {"time": utc_now(), "request_id": request_id, "status": int(status),
+                  "input_sha256": input_sha256, "model_sha256": model_sha256, "label": label,
+                  "confidence": None if confidence is None else round(float(confidence), 6)}
+        line = json.dumps(record, sort_keys=True)
+        with self._lock:
+            self._fh.write(line + u"\n")
+            self._fh.flush()
+        return record
+
+    def close(self):
+        with self._lock:
+            if self._fh is not None:
+                self._fh.close()
+                self._fh = None

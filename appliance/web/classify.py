@@ -1,0 +1,103 @@
+"""POST /classify: read and check the upload, queue it for the model, answer.
+
+JSON by default; ``?annotated=1`` answers the annotated image (JPEG, or PNG with
+``&format=png``) and puts the same JSON, compacted and ASCII-escaped, in its ``X-Result``
+header (``X-Label``: the label, percent-encoded UTF-8).
+Every outcome is counted in /metrics and written to the audit log (when one is kept).
+"""
+import hashlib
+import json
+import logging
+import time
+from urllib.parse import parse_qs, quote
+
+from oncolens.appliance.imageio import encode_image
+from oncolens.appliance.overlay import draw_lines
+from oncolens.appliance.postprocess import overlay_text
+from oncolens.appliance.web.queue import QueueFull
+from oncolens.appliance.web.upload import UploadError
+
+log = logging.getLogger(__name__)
+
+
+def _query(environ, name, default=""):
+    return parse_qs(environ.get("QUERY_STRING", "")).get(name, [default])[0].lower()
+
+
+def refuse(app, rid, exc):
+    app.metrics.observe_error(exc.code)
+    app.audit.write(rid, exc.status, None, app.model_sha256)
+    log.info("%s refused %d %s", rid, exc.status, exc.code)
+    return app.error_response(exc.status, exc.code, str(exc))
+
+
+def busy(app, rid, sha, retry_after):
+    app.metrics.observe_error("queue_full")
+    app.audit.write(rid, 503, sha, app.model_sha256)
+    log.info("%s refused 503 queue full (retry after %d s)", rid, retry_after)
+    return app.error_response(503, "busy", "the model is busy: try again in {} s".format(
+        retry_after), headers={"Retry-After": str(int(retry_after))})
+
+
+def build_result(app, rid, upload, job, started, decoded):
+    data, sha, fmt, rgb = upload
+    clf = app.classifier
+    preds = clf.predictions(job.probs)
+    best = preds[0]
+    done = time.time()
+    return {
+        "request_id": rid,
+        "label": best.label, "confidence": best.confidence, "index": best.index,
+        "top": [{"label": p.label, "confidence": p.confidence, "index": p.index} for p in preds],
+        "probabilities": dict((label, float(p)) for label, p in zip(clf.labels, job.probs)),
+        "model": app.describe_model(),
+        "input": {"sha256": sha, "format": fmt, "width": int(rgb.shape[1]),
+                  "height": int(rgb.shape[0]), "bytes": len(data)},
+        "timing_ms": {"read_decode": round((decoded - started) * 1000.0, 3),
+                      "queue": round(job.queued_s * 1000.0, 3),
+                      "inference": round((job.infer_s or 0.0) * 1000.0, 3),
+                      "total": round((done - started) * 1000.0, 3)},
+    }, preds
+
+
+def annotated_response(app, result, preds, rgb, environ):
+    fmt = ".png" if _query(environ, "format") == "png" else ".jpg"
+    image = encode_image(draw_lines(rgb, [overlay_text(p) for p in preds]), fmt)
+    compact = json.dumps(result, sort_keys=True, separators=(",", ":"))  # ASCII: header-safe
+    return app.bottle.HTTPResponse(body=image, status=200, headers={
+        "Content-Type": "image/png" if fmt == ".png" else "image/jpeg",
+        "Cache-Control": "no-store", "X-Result": compact, "X-Label": quote(result["label"]),
+        "X-Confidence": "{:.6f}".format(result["confidence"])})
+
+
+def handle_classify(app, environ):
+    rid = environ.get("oncolens.request_id", "-")
+    started = time.time()
+    if app.queue is None:
+        return app.error_response(404, "no_model", "this server has no model to classify with")
+    try:
+        data, fmt, rgb = app.read_upload(environ)
+    except UploadError as exc:
+        return refuse(app, rid, exc)
+    sha = hashlib.sha256(data).hexdigest()
+    decoded = time.time()
+    app.save_upload(data, sha, fmt)
+    try:
+        job = app.submit(rgb)
+    except QueueFull as exc:
+        return busy(app, rid, sha, exc.retry_after)
+    if not job.wait(app.timeout):
+        return busy(app, rid, sha, app.queue.retry_after())
+    if job.error:
+        app.metrics.observe_error("inference")
+        app.audit.write(rid, 500, sha, app.model_sha256)
+        return app.error_response(500, "inference_failed", job.error)
+    result, preds = build_result(app, rid, (data, sha, fmt, rgb), job, started, decoded)
+    app.metrics.observe_images(1)
+    app.metrics.observe_latency(time.time() - started)
+    app.audit.write(rid, 200, sha, app.model_sha256, result["label"], result["confidence"])
+    log.info("%s input sha256=%s -> %s %.4f", rid, sha[:16], result["label"],
+             result["confidence"])
+    if _query(environ, "annotated") in ("1", "true", "yes", "on"):
+        return annotated_response(app, result, preds, rgb, environ)
+    return app.json_response(result)

@@ -1,0 +1,126 @@
+"""A bounded queue and one worker thread in front of the model.
+
+Request threads decode their image and ``submit`` it; one worker takes what is waiting
+(up to ``max_batch`` images at once), runs the classifier and wakes each request.  When
+``maxsize`` images already wait, ``submit`` raises ``QueueFull`` with a Retry-After
+estimate, so the server answers 503 at once instead of piling work up.
+"""
+import logging
+import math
+import threading
+import time
+
+import queue as _queue  # the standard library's (absolute import), not this module
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):
+    def __init__(self, retry_after):
+        super(QueueFull, self).__init__("the inference queue is full")
+        self.retry_after = retry_after
+
+
+class Job(object):
+    """One image waiting for the model; ``probs`` or ``error`` once ``done`` is set."""
+
+    def __init__(self, image):
+        self.image = image
+        self.done = threading.Event()
+        self.probs = None
+        self.error = None
+        self.submitted = time.time()
+        self.started = None
+        self.infer_s = None
+
+    def wait(self, timeout=None):
+        return self.done.wait(timeout)
+
+    @property
+    def queued_s(self):
+        return (self.started or time.time()) - self.submitted
+
+
+class InferenceQueue(object):
+    def __init__(self, classifier, maxsize=16, max_batch=4):
+        self.classifier = classifier
+        self.capacity = int(maxsize)
+        self.max_batch = max(1, int(max_batch))
+        self._q = _queue.Queue(self.capacity)
+        self._stop = threading.Event()
+        self._per_image = None  # moving average, seconds per image
+        self.busy = False
+        self._thread = threading.Thread(target=self._run, name="oncolens-infer")
+        self._thread.daemon = True
+        self._thread.start()
+
+    @property
+    def depth(self):
+        return self._q.qsize()
+
+    def retry_after(self):
+        """Seconds a client should wait before trying again (at least 1)."""
+        per_image = self._per_image or 0.1
+        return max(1, int(math.ceil((self.depth + 1) * per_image)))
+
+    def submit(self, image):
+        job = Job(image)
+        try:
+            self._q.put_nowait(job)
+        except _queue.Full:
+            raise QueueFull(self.retry_after())
+        return job
+
+    def _take(self):
+        try:
+            jobs = [self._q.get(timeout=0.2)]
+        except _queue.Empty:
+            return []
+        while len(jobs) < self.max_batch:
+            try:
+                jobs.append(self._q.get_nowait())
+            except _queue.Empty:
+                break
+        return jobs
+
+    def _run(self):
+        while not self._stop.is_set():
+            jobs = self._take()
+            if jobs:
+                self._process(jobs)
+
+    def _process(self, jobs):
+        self.busy = True
+        start = time.time()
+        for job in jobs:
+            job.started = start
+        try:
+            probs = self.classifier.infer_images([job.image for job in jobs]).probs
+            for job, row in zip(jobs, probs):
+                job.probs = row
+        except Exception as exc:  # any backend failure answers the requests, never hangs them
+            log.exception("inference failed for a batch of %d", len(jobs))
+            for job in jobs:
+                job.error = "inference failed: {}".format(str(exc).splitlines()[0] if str(exc)
+                                                          else type(exc).__name__)
+        elapsed = time.time() - start
+        per_image = elapsed / len(jobs)
+        self._per_image = per_image if self._per_image is None else (
+            0.8 * self._per_image + 0.2 * per_image)
+        for job in jobs:
+            job.infer_s = elapsed
+            job.image = None
+            job.done.set()
+        self.busy = False
+
+    def close(self):
+        """Stop the worker; whatever still waits is answered with an error."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        while True:
+            try:
+                job = self._q.get_nowait()
+            except _queue.Empty:
+                break
+            job.error = "the server is shutting down"
+            job.done.set()

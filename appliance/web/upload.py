@@ -1,0 +1,240 @@
+"""Reading and checking one uploaded image, in memory only.
+
+A request body is read only when its declared length is within the limit (413 otherwise);
+a multipart form or a raw body is accepted; the bytes must start like an image OpenCV
+reads (415 otherwise); the header's width x height must be within the pixel limit and
+the file complete (400 for a decompression bomb or a truncated file).  Nothing is
+written anywhere: the caller decides whether to keep the bytes (``--save-uploads``).
+"""
+import re
+import socket
+import struct
+
+from oncolens.appliance.errors import ImageReadError, OncoLensError
+from oncolens.appliance.imageio import decode_image
+
+DRAIN_CAP = 64 << 20      # read (and drop) at most this much of an oversized body
+CHUNK = 1 << 16
+JPEG_SOF = frozenset([0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD,
+                      0xCE, 0xCF])
+EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "bmp": ".bmp", "tiff": ".tif", "webp": ".webp",
+              "pnm": ".ppm"}
+
+
+class UploadError(OncoLensError):
+    """An upload that is refused: ``status`` is the HTTP status, ``code`` a short word."""
+
+    def __init__(self, status, code, message):
+        super(UploadError, self).__init__(message)
+        self.status = status
+        self.code = code
+
+
+def drain(stream, remaining):
+    """Read and drop up to ``remaining`` bytes, so the client can read our answer."""
+    remaining = min(remaining, DRAIN_CAP)
+    try:
+        while remaining > 0:
+            block = stream.read(min(CHUNK, remaining))
+            if not block:
+                break
+            remaining -= len(block)
+    except (socket.timeout, OSError, ValueError):
+        pass
+
+
+def read_body(environ, max_bytes):
+    """The request body as bytes, read only when its Content-Length is within ``max_bytes``."""
+    if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        raise UploadError(411, "length_required",
+                          "send the image with a Content-Length (chunked bodies are refused)")
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or -1)
+    except ValueError:
+        raise UploadError(400, "bad_length", "Content-Length is not a number")
+    if length < 0:
+        raise UploadError(411, "length_required", "send the image with a Content-Length")
+    stream = environ["wsgi.input"]
+    if length > max_bytes:
+        drain(stream, length)
+        raise UploadError(413, "too_large", "upload of {} bytes is over the limit of {} bytes "
+                          "(--max-upload-mb)".format(length, max_bytes))
+    parts, got = [], 0
+    try:
+        while got < length:
+            block = stream.read(min(CHUNK, length - got))
+            if not block:
+                break
+            parts.append(block)
+            got += len(block)
+    except (socket.timeout, OSError):
+        raise UploadError(408, "timeout", "the upload stopped arriving")
+    if got < length:
+        raise UploadError(400, "incomplete", "the body ended after {} of the {} bytes "
+                          "announced".format(got, length))
+    return b"".join(parts)
+
+
+def _multipart_boundary(content_type):
+    match = re.search(r'boundary="?([^";]+)"?', content_type)
+    if not match:
+        raise UploadError(400, "bad_multipart", "multipart body without a boundary")
+    return match.group(1).encode("latin-1")
+
+
+def multipart_file(body, content_type):
+    """The content of the first file part (or a part named image/file) of a form."""
+    delimiter = b"--" + _multipart_boundary(content_type)
+    for part in body.split(delimiter)[1:]:
+        if part.startswith(b"--"):
+            break
+        head, sep, content = part.lstrip(b"\r\n").partition(b"\r\n\r\n")
+        if not sep:
+            continue
+        head = head.decode("latin-1").lower()
+        if "filename=" in head or re.search(r'name="?(image|file)"?', head):
+            return content[:-2] if content.endswith(b"\r\n") else content
+    raise UploadError(400, "no_file", "the form has no file part (send the image as a field "
+                      "named 'image' or as the raw body)")
+
+
+def image_bytes(environ, body):
+    """The image's bytes from a raw body or a multipart/form-data body."""
+    content_type = environ.get("CONTENT_TYPE", "")
+    if content_type.lower().startswith("multipart/form-data"):
+        return multipart_file(body, content_type)
+    return body
+
+
+def sniff(data):
+    """The image format of ``data`` by its first bytes, or None."""
+    head = data[:16]
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith(b"BM") and len(data) >= 26:
+        return "bmp"
+    if head.startswith((b"II*\x00", b"MM\x00*")):
+        return "tiff"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "webp"
+    if re.match(br"P[1-6]\s", head):
+        return "pnm"
+    return None
+
+
+def _jpeg_size(data):
+    i = 2
+    while i + 9 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:
+            i += 1
+            continue
+        if marker in JPEG_SOF:
+            h, w = struct.unpack(">HH", data[i + 5:i + 9])
+            return w, h
+        if 0xD0 <= marker <= 0xD9 or marker == 0x01:
+            i += 2
+            continue
+        i += 2 + struct.unpack(">H", data[i + 2:i + 4])[0]
+    return None
+
+
+def _webp_size(data):
+    kind = data[12:16]
+    if kind == b"VP8X" and len(data) >= 30:
+        w = struct.unpack("<I", data[24:27] + b"\0")[0] + 1
+        h = struct.unpack("<I", data[27:30] + b"\0")[0] + 1
+        return w, h
+    if kind == b"VP8 " and len(data) >= 30:
+        w, h = struct.unpack("<HH", data[26:30])
+        return w & 0x3FFF, h & 0x3FFF
+    if kind == b"VP8L" and len(data) >= 25:
+        b0, b1, b2, b3 = bytearray(data[21:25])
+        return 1 + (((b1 & 0x3F) << 8) | b0), 1 + (((b3 & 0xF) << 10) | (b2 << 2) | (b1 >> 6))
+    return None
+
+
+def _tiff_size(data):
+    end = "<" if data[:2] == b"II" else ">"
+    try:
+        offset = struct.unpack(end + "I", data[4:8])[0]
+        count = struct.unpack(end + "H", data[offset:offset + 2])[0]
+        found = {}
+        for n in range(count):
+            entry = data[offset + 2 + 12 * n:offset + 14 + 12 * n]
+            tag, kind = struct.unpack(end + "HH", entry[:4])
+            if tag in (256, 257):
+                fmt = end + ("H" if kind == 3 else "I")
+                found[tag] = struct.unpack(fmt, entry[8:8 + struct.calcsize(fmt)])[0]
+        return found[256], found[257]
+    except (struct.error, KeyError):
+        return None
+
+
+def dimensions(fmt, data):
+    """(width, height) that the file's header claims, or None when it cannot be read."""
+    try:
+        if fmt == "png":
+            if data[12:16] != b"IHDR":
+                return None
+            return struct.unpack(">II", data[16:24])
+        if fmt == "jpeg":
+            return _jpeg_size(data)
+        if fmt == "bmp":
+            w, h = struct.unpack("<ii", data[18:26])
+            return abs(w), abs(h)
+        if fmt == "webp":
+            return _webp_size(data)
+        if fmt == "tiff":
+            return _tiff_size(data)
+        tokens = re.sub(br"#[^\n]*", b" ", data[:512]).split()
+        return int(tokens[1]), int(tokens[2])
+    except (struct.error, IndexError, ValueError):
+        return None
+
+
+def _complete(fmt, data):
+    if fmt == "png":
+        return b"IEND" in data[-16:]
+    if fmt == "jpeg":
+        return b"\xff\xd9" in data[-1024:]
+    return True
+
+
+def check_image(data, max_pixels):
+    """Refuse what is not an image (415), too many pixels or truncated (400): (fmt, w, h)."""
+    if not data:
+        raise UploadError(400, "empty", "the upload is empty")
+    fmt = sniff(data)
+    if fmt is None:
+        raise UploadError(415, "not_an_image", "the upload is not an image (expected PNG, "
+                          "JPEG, BMP, TIFF, WebP or PNM)")
+    size = dimensions(fmt, data)
+    if size is None:
+        raise UploadError(400, "truncated", "the {} header is truncated or damaged".format(
+            fmt.upper()))
+    width, height = int(size[0]), int(size[1])
+    if width <= 0 or height <= 0:
+        raise UploadError(400, "bad_header", "the {} header claims {}x{} pixels".format(
+            fmt.upper(), width, height))
+    if width * height > max_pixels:
+        raise UploadError(400, "too_many_pixels", "the {} header claims {}x{} pixels, over the "
+                          "limit of {} (a decompression bomb?)".format(
+                              fmt.upper(), width, height, max_pixels))
+    if not _complete(fmt, data):
+        raise UploadError(400, "truncated", "the {} file is truncated".format(fmt.upper()))
+    return fmt, width, height
+
+
+def decode_upload(data, max_pixels, origin="upload"):
+    """Check then decode ``data``: (format, RGB uint8 image)."""
+    fmt = check_image(data, max_pixels)[0]
+    try:
+        return fmt, decode_image(data, origin)
+    except ImageReadError:
+        raise UploadError(400, "undecodable", "the {} file is damaged: it does not "
+                          "decode".format(fmt.upper()))

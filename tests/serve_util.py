@@ -1,0 +1,65 @@
+"""Helpers for the serve tests: a real server on a free loopback port, real HTTP."""
+import collections
+import contextlib
+import http.client
+import os
+import urllib.parse
+
+Reply = collections.namedtuple("Reply", ["status", "headers", "body"])
+
+
+def sample_image(tiny_data, cls="malignant", n=0):
+    return os.path.join(tiny_data, "test", cls, "{}_test_{:04d}.png".format(cls, n))
+
+
+def read(path):
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+@contextlib.contextmanager
+def running(classifier=None, **options):
+    """A ServeApp on 127.0.0.1:<free port> in a background thread: yields (url, app)."""
+    from oncolens.appliance.web.app import ServeApp
+    from oncolens.appliance.web.server import ServerThread
+    app = ServeApp(classifier, **options)
+    server = ServerThread(app.wsgi, "127.0.0.1", 0).start()
+    try:
+        yield server.url, app
+    finally:
+        server.stop()
+        app.close()
+
+
+def request(url, path, method="GET", body=None, headers=None, timeout=60):
+    """One HTTP request on a new connection; any status comes back (never raises on 4xx)."""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        data = resp.read()
+        return Reply(resp.status, dict((k.lower(), v) for k, v in resp.getheaders()), data)
+    finally:
+        conn.close()
+
+
+def multipart(field, filename, data, content_type="image/png"):
+    """(body, headers) of a multipart/form-data upload with one file."""
+    boundary = "oncolens-test-boundary-7d1f"
+    head = ('--{b}\r\nContent-Disposition: form-data; name="note"\r\n\r\nhello\r\n'
+            '--{b}\r\nContent-Disposition: form-data; name="{f}"; filename="{n}"\r\n'
+            'Content-Type: {t}\r\n\r\n').format(b=boundary, f=field, n=filename, t=content_type)
+    body = head.encode("utf-8") + data + "\r\n--{}--\r\n".format(boundary).encode("ascii")
+    return body, {"Content-Type": "multipart/form-data; boundary=" + boundary}
+
+
+def metric(text, name, **labels):
+    """The value of one sample in Prometheus text, or None."""
+    want = name
+    if labels:
+        want += "{" + ",".join('{}="{}"'.format(k, v) for k, v in labels.items()) + "}"
+    for line in text.splitlines():
+        if line.startswith(want + " "):
+            return float(line.split()[-1])
+    return None

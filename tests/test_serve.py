@@ -1,0 +1,193 @@
+"""oncolens serve: a real server on a loopback port answering real HTTP requests."""
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+
+from serve_util import metric, multipart, read, request, running, sample_image
+
+
+@pytest.fixture(scope="module")
+def classifier(tiny_bundle):
+    from oncolens.appliance.classifier import Classifier
+    clf = Classifier.open(tiny_bundle, backend="onnxruntime")
+    yield clf
+    clf.close()
+
+
+@pytest.fixture(scope="module")
+def server(classifier, tmp_path_factory):
+    audit = str(tmp_path_factory.mktemp("audit") / "audit.jsonl")
+    with running(classifier, audit_log=audit) as (url, app):
+        yield url, app, audit
+
+
+def test_classify_json_matches_the_classifier(server, classifier, tiny_data):
+    url, app, _ = server
+    from oncolens.appliance.bundle import sha256_file
+    from oncolens.appliance.imageio import read_image
+    path = sample_image(tiny_data, "benign", 1)
+    reply = request(url, "/classify", "POST", read(path), {"Content-Type": "image/png"})
+    assert reply.status == 200, reply.body
+    assert reply.headers["content-type"].startswith("application/json")
+    result = json.loads(reply.body.decode("utf-8"))
+    assert result["request_id"] == reply.headers["x-request-id"]
+    expected = classifier.infer_images([read_image(path)]).probs[0]
+    labels = classifier.labels
+    assert sorted(result["probabilities"]) == sorted(labels)
+    got = np.array([result["probabilities"][label] for label in labels])
+    assert np.allclose(got, expected, atol=1e-6)
+    assert result["label"] == labels[int(np.argmax(expected))]
+    assert result["confidence"] == pytest.approx(float(expected.max()), abs=1e-6)
+    onnx = os.path.join(os.path.dirname(classifier.bundle.onnx_path), "resnet18.onnx")
+    assert result["model"]["sha256"] == sha256_file(onnx)
+    assert result["model"]["backend"] == "onnxruntime"
+    assert result["input"]["sha256"] == hashlib.sha256(read(path)).hexdigest()
+    assert (result["input"]["width"], result["input"]["height"]) == (48, 48)
+    assert set(result["timing_ms"]) == {"read_decode", "queue", "inference", "total"}
+    assert result["timing_ms"]["total"] >= result["timing_ms"]["inference"] > 0
+
+
+def test_multipart_upload_gives_the_same_answer_as_a_raw_body(server, tiny_data):
+    url = server[0]
+    data = read(sample_image(tiny_data, "normal", 2))
+    raw = json.loads(request(url, "/classify", "POST", data).body.decode("utf-8"))
+    body, headers = multipart("image", "Patient Name.png", data)
+    reply = request(url, "/classify", "POST", body, headers)
+    assert reply.status == 200, reply.body
+    form = json.loads(reply.body.decode("utf-8"))
+    assert form["input"]["sha256"] == raw["input"]["sha256"]
+    assert form["probabilities"] == raw["probabilities"]
+
+
+def test_annotated_image_decodes_and_carries_the_result(server, tiny_data):
+    import cv2
+    url = server[0]
+    data = read(sample_image(tiny_data, "malignant", 0))
+    reply = request(url, "/classify?annotated=1", "POST", data)
+    assert reply.status == 200
+    assert reply.headers["content-type"] == "image/jpeg"
+    img = cv2.imdecode(np.frombuffer(reply.body, np.uint8), cv2.IMREAD_COLOR)
+    assert img is not None and img.shape == (48, 48, 3)
+    result = json.loads(reply.headers["x-result"])
+    assert reply.headers["x-label"] == result["label"]
+    original = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    diff = np.abs(img.astype(int) - original.astype(int)).max(axis=2)
+    assert diff[:8, :20].mean() > 20      # the text box is drawn top-left
+    png = request(url, "/classify?annotated=1&format=png", "POST", data)
+    assert png.headers["content-type"] == "image/png"
+    assert cv2.imdecode(np.frombuffer(png.body, np.uint8), cv2.IMREAD_COLOR).shape == (48, 48, 3)
+
+
+def test_health(server):
+    url, app, _ = server
+    reply = request(url, "/health")
+    assert reply.status == 200
+    health = json.loads(reply.body.decode("utf-8"))
+    assert health["status"] == "ok" and health["model_loaded"] is True
+    assert health["backend"] == "onnxruntime" and health["precision"] == "fp32"
+    assert health["model_sha256"] == app.model_sha256 and len(app.model_sha256) == 64
+    assert health["uptime_s"] > 0
+    assert health["live"] is False and health["token_required"] is False
+    assert health["model"]["labels"] == ["benign", "malignant", "normal"]
+
+
+def test_metrics_count_requests_and_latency(server, tiny_data):
+    url = server[0]
+    before = request(url, "/metrics").body.decode("utf-8")
+    data = read(sample_image(tiny_data, "benign", 0))
+    for _ in range(3):
+        assert request(url, "/classify", "POST", data).status == 200
+    assert request(url, "/classify", "POST", b"hello, not an image").status == 415
+    reply = request(url, "/metrics")
+    assert reply.status == 200 and reply.headers["content-type"].startswith("text/plain")
+    text = reply.body.decode("utf-8")
+
+    def delta(name, **labels):
+        return (metric(text, name, **labels) or 0) - (metric(before, name, **labels) or 0)
+
+    assert delta("oncolens_http_requests_total", path="/classify", code="200") == 3
+    assert delta("oncolens_http_requests_total", path="/classify", code="415") == 1
+    assert delta("oncolens_classify_errors_total", reason="not_an_image") == 1
+    assert delta("oncolens_classify_latency_seconds_count") == 3
+    assert delta("oncolens_images_classified_total") == 3
+    assert metric(text, "oncolens_classify_latency_seconds_bucket", le="+Inf") == metric(
+        text, "oncolens_classify_latency_seconds_count")
+    assert metric(text, "oncolens_images_per_second") > 0
+    assert metric(text, "oncolens_queue_capacity") == 16
+    assert "# TYPE oncolens_classify_latency_seconds histogram" in text
+
+
+def test_page_is_self_contained(server):
+    url = server[0]
+    reply = request(url, "/")
+    assert reply.status == 200 and reply.headers["content-type"].startswith("text/html")
+    page = reply.body.decode("utf-8")
+    assert 'id="file"' in page and "classify?annotated=1" in page
+    assert "http://" not in page and "https://" not in page and "//cdn" not in page
+    assert "default-src 'none'" in reply.headers["content-security-policy"]
+
+
+def test_unknown_paths_and_methods_get_json_errors(server):
+    url = server[0]
+    for path, method, status in (("/nope", "GET", 404), ("/classify", "GET", 405),
+                                 ("/stream.mjpg", "GET", 404)):
+        reply = request(url, path, method)
+        assert reply.status == status, path
+        error = json.loads(reply.body.decode("utf-8"))["error"]
+        assert error["status"] == status
+        assert reply.headers["x-request-id"]
+
+
+def test_audit_log_has_checksums_and_no_names(server, tiny_data):
+    url, app, audit = server
+    data = read(sample_image(tiny_data, "normal", 0))
+    body, headers = multipart("file", "SecretPatient_0042.png", data)
+    headers["X-Request-Id"] = "audit-check-1"
+    reply = request(url, "/classify", "POST", body, headers)
+    assert reply.status == 200 and reply.headers["x-request-id"] == "audit-check-1"
+    text = open(audit).read()
+    assert "SecretPatient" not in text
+    records = [json.loads(line) for line in text.splitlines()]
+    mine = [r for r in records if r["request_id"] == "audit-check-1"]
+    assert len(mine) == 1
+    record = mine[0]
+    assert set(record) == {"time", "request_id", "status", "input_sha256", "model_sha256",
+                           "label", "confidence"}
+    result = json.loads(reply.body.decode("utf-8"))
+    assert record["input_sha256"] == result["input"]["sha256"]
+    assert record["model_sha256"] == app.model_sha256
+    assert record["label"] == result["label"] and record["status"] == 200
+    assert record["confidence"] == pytest.approx(result["confidence"], abs=1e-6)
+
+
+def test_uploads_are_kept_only_with_save_uploads(classifier, tiny_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = read(sample_image(tiny_data, "benign", 2))
+    with running(classifier) as (url, _):
+        assert request(url, "/classify", "POST", data).status == 200
+    assert os.listdir(str(tmp_path)) == []
+    keep = str(tmp_path / "kept")
+    with running(classifier, save_uploads=keep) as (url, _):
+        result = json.loads(request(url, "/classify", "POST", data).body.decode("utf-8"))
+        assert request(url, "/classify", "POST", data[:len(data) // 2]).status == 400
+        assert request(url, "/classify", "POST", b"not an image").status == 415
+    assert os.listdir(keep) == [result["input"]["sha256"] + ".png"]   # refused ones are not kept
+    assert read(os.path.join(keep, os.listdir(keep)[0])) == data
+
+
+def test_labels_outside_latin1_survive_the_headers(tiny_bundle, tiny_data):
+    from urllib.parse import unquote
+    from oncolens.appliance.classifier import Classifier
+    with Classifier.open(tiny_bundle, backend="onnxruntime") as clf:
+        clf.bundle.labels = [u"良性", u"恶性", u"正常"]
+        with running(clf) as (url, _):
+            data = read(sample_image(tiny_data))
+            reply = request(url, "/classify?annotated=1", "POST", data)
+            plain = json.loads(request(url, "/classify", "POST", data).body.decode("utf-8"))
+    assert reply.status == 200
+    result = json.loads(reply.headers["x-result"])
+    assert unquote(reply.headers["x-label"]) == result["label"] == plain["label"]
+    assert sorted(result["probabilities"]) == sorted([u"良性", u"恶性", u"正常"])

@@ -1,0 +1,90 @@
+"""Loopback by default; a token for anything else, checked in constant time on every request."""
+import json
+import logging
+
+import pytest
+
+from conftest import run_cli
+from serve_util import read, request, running, sample_image
+
+
+@pytest.mark.parametrize("host,loopback", [
+    ("127.0.0.1", True), ("127.8.9.10", True), ("localhost", True), ("::1", True),
+    ("[::1]", True), ("0.0.0.0", False), ("", False), ("192.168.1.20", False), ("::", False),
+    ("nano.lab", False),
+])
+def test_is_loopback(host, loopback):
+    from oncolens.appliance.web.auth import is_loopback
+    assert is_loopback(host) is loopback
+
+
+def test_require_token_off_loopback():
+    from oncolens.appliance.errors import UsageError
+    from oncolens.appliance.web.auth import require_token
+    require_token("127.0.0.1", None)
+    require_token("0.0.0.0", "s3cret")
+    with pytest.raises(UsageError) as info:
+        require_token("0.0.0.0", "")
+    assert "token" in str(info.value) and "0.0.0.0" in str(info.value)
+
+
+def test_token_check_uses_header_or_query(monkeypatch):
+    from oncolens.appliance.web import auth
+    calls = []
+    real = auth.hmac.compare_digest
+    monkeypatch.setattr(auth.hmac, "compare_digest", lambda a, b: calls.append(1) or real(a, b))
+    assert auth.token_ok({}, None)
+    assert not auth.token_ok({}, "s3cret")
+    assert auth.token_ok({"HTTP_AUTHORIZATION": "Bearer s3cret"}, "s3cret")
+    assert auth.token_ok({"HTTP_AUTHORIZATION": "bearer s3cret"}, "s3cret")
+    assert not auth.token_ok({"HTTP_AUTHORIZATION": "Bearer s3cre"}, "s3cret")
+    assert auth.token_ok({"QUERY_STRING": "annotated=1&token=s3cret"}, "s3cret")
+    assert not auth.token_ok({"QUERY_STRING": "token=wrong"}, "s3cret")
+    assert len(calls) == 5                          # every presented token is compared so
+
+
+def test_cli_refuses_a_network_address_without_a_token(monkeypatch, tiny_bundle):
+    monkeypatch.delenv("ONCOLENS_TOKEN", raising=False)
+    for host in ("0.0.0.0", "192.0.2.1", "::"):
+        code, out, err = run_cli(["serve", "--model", tiny_bundle, "--host", host, "--port", 0])
+        assert code == 2, err
+        assert "oncolens serve: error: --host {}".format(host) in err and "token" in err
+
+
+def test_cli_refuses_before_loading_the_model(monkeypatch, tmp_path):
+    monkeypatch.delenv("ONCOLENS_TOKEN", raising=False)
+    code, _, err = run_cli(["serve", "--model", str(tmp_path / "missing"), "--host", "0.0.0.0"])
+    assert code == 2 and "token" in err and "not found" not in err
+
+
+def test_live_sink_refuses_a_network_address_without_a_token():
+    from oncolens.appliance.errors import UsageError
+    from oncolens.appliance.web.live import open_live_sink
+    with pytest.raises(UsageError) as info:
+        open_live_sink("0.0.0.0:0")
+    assert "--serve" in str(info.value) and "token" in str(info.value)
+
+
+def test_token_required_on_every_route(tiny_bundle, tiny_data, caplog):
+    from oncolens.appliance.classifier import Classifier
+    caplog.set_level(logging.DEBUG)
+    token = "t0ken-Vx9"
+    data = read(sample_image(tiny_data))
+    with Classifier.open(tiny_bundle, backend="onnxruntime") as clf:
+        with running(clf, token=token) as (url, app):
+            for path, method in (("/", "GET"), ("/health", "GET"), ("/metrics", "GET"),
+                                 ("/classify", "POST"), ("/nope", "GET")):
+                reply = request(url, path, method, data if method == "POST" else None)
+                assert reply.status == 401, path
+                assert json.loads(reply.body.decode("utf-8"))["error"]["code"] == "unauthorized"
+                assert reply.headers["www-authenticate"].startswith("Bearer")
+            bad = request(url, "/health", headers={"Authorization": "Bearer " + token + "x"})
+            assert bad.status == 401
+            good = request(url, "/classify", "POST", data, {"Authorization": "Bearer " + token})
+            assert good.status == 200
+            assert request(url, "/health?token=" + token).status == 200
+            assert request(url, "/?token=" + token).status == 200
+            health = json.loads(request(url, "/health?token=" + token).body.decode("utf-8"))
+            assert health["token_required"] is True
+    assert token not in caplog.text                 # never logged, not even from ?token=
+    assert "/classify" in caplog.text                # the requests were logged

@@ -1,0 +1,127 @@
+"""The page in a real headless Chromium: upload an image, read the label from the page.
+
+Needs Debian's ``chromium`` and the ``playwright`` Python package (no browser download:
+Playwright drives /usr/bin/chromium).  Skipped with the reason where either is missing,
+except under CI=true, where that is a failure.  Screenshots go to test-artifacts/.
+"""
+import base64
+import json
+import os
+import shutil
+import time
+
+import pytest
+
+from conftest import REPO
+from serve_util import read, request, running, sample_image
+
+ARTIFACTS = os.path.join(REPO, "test-artifacts")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+def _missing(reason):
+    if os.environ.get("CI") == "true":
+        pytest.fail("CI=true but {}".format(reason))
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not executable:
+        _missing("Debian's chromium is not installed (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _missing("the playwright Python package is not installed (pip install playwright)")
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS,
+                                     headless=True)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def big_image(tiny_data, tmp_path_factory):
+    """A sample scaled up to 256 px, so the screenshot shows something."""
+    import cv2
+    from oncolens.appliance.imageio import read_image, write_image
+    path = str(tmp_path_factory.mktemp("page") / "sample.png")
+    img = read_image(sample_image(tiny_data, "malignant", 1))
+    write_image(path, cv2.resize(img, (256, 256), interpolation=cv2.INTER_CUBIC))
+    return path
+
+
+def _wait_for(page, expression, timeout=30.0):
+    """Poll ``expression`` from Python: the page's CSP forbids the eval wait_for_function uses."""
+    deadline = time.time() + timeout
+    while not page.evaluate(expression):
+        assert time.time() < deadline, "timed out waiting for: " + expression
+        page.wait_for_timeout(100)
+
+
+def _open(browser, url):
+    page = browser.new_page(viewport={"width": 1200, "height": 820})
+    seen = []
+    page.on("request", lambda req: seen.append(req.url))
+    page.goto(url)
+    _wait_for(page, "!document.getElementById('model').textContent.includes('connecting')")
+    return page, seen
+
+
+def test_page_upload_shows_the_label(browser, tiny_bundle, big_image):
+    from oncolens.appliance.classifier import Classifier
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    with Classifier.open(tiny_bundle, backend="onnxruntime") as clf:
+        with running(clf) as (url, _):
+            expected = json.loads(request(url, "/classify", "POST", read(big_image)).body.decode())
+            page, seen = _open(browser, url)
+            assert "resnet18" in page.text_content("#model")
+            page.set_input_files("#file", big_image)
+            page.wait_for_selector("#label:not([data-label=''])", timeout=30000)
+            label = page.get_attribute("#label", "data-label")
+            assert label == expected["label"]
+            assert page.text_content("#label").endswith(" " + expected["label"])
+            bars = page.query_selector_all("#bars .bar")
+            assert sorted(b.get_attribute("data-class") for b in bars) == sorted(
+                expected["probabilities"])
+            _wait_for(page, "document.getElementById('annotated').naturalWidth > 0")
+            assert page.evaluate("document.getElementById('annotated').naturalWidth") == 256
+            page.screenshot(path=os.path.join(ARTIFACTS, "serve-page-upload.png"), full_page=True)
+            page.close()
+    assert seen and all(u.startswith(url) or u.startswith("blob:") for u in seen), seen
+
+
+def test_page_drop_and_live_stream(browser, tiny_bundle, tiny_data):
+    import numpy as np
+    from oncolens.appliance.classifier import Classifier
+    from oncolens.appliance.imageio import read_image
+    from oncolens.appliance.web.live import open_live_sink
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    path = sample_image(tiny_data, "normal", 0)
+    with Classifier.open(tiny_bundle, backend="onnxruntime") as clf:
+        sink = open_live_sink(":0", classifier=clf)
+        try:
+            frame = np.array(read_image(path))
+            sink.write(None, frame)
+            page, _ = _open(browser, sink.url)
+            page.wait_for_selector("#live-section", state="visible")
+            _wait_for(page, "document.getElementById('live').naturalWidth > 0")
+            encoded = base64.b64encode(read(path)).decode("ascii")
+            page.evaluate("""(b64) => {
+                const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+                const dt = new DataTransfer();
+                dt.items.add(new File([bytes], 'dropped.png', {type: 'image/png'}));
+                const drop = document.getElementById('drop');
+                drop.dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true,
+                                                          cancelable: true}));
+            }""", encoded)
+            page.wait_for_selector("#label:not([data-label=''])", timeout=30000)
+            expected = clf.predictions(clf.infer_images([frame]).probs[0])[0].label
+            assert page.get_attribute("#label", "data-label") == expected
+            page.screenshot(path=os.path.join(ARTIFACTS, "serve-page-live.png"), full_page=True)
+            page.close()
+        finally:
+            sink.close()

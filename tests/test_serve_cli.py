@@ -1,0 +1,44 @@
+"""``oncolens serve`` as a real process, and the benchmark script against it."""
+import json
+
+from conftest import run_cli
+from serve_util import read, request, running, sample_image
+
+
+def test_serve_process_answers_and_stops_on_sigterm(tiny_bundle, tiny_data, tmp_path):
+    from oncolens.appliance.web.bench import start_server, stop_server
+    audit = str(tmp_path / "logs" / "audit.jsonl")
+    proc, url = start_server(tiny_bundle, queue=4, extra=["--audit-log", audit])
+    try:
+        assert url.startswith("http://127.0.0.1:")
+        health = json.loads(request(url, "/health").body.decode("utf-8"))
+        assert health["model_loaded"] and health["queue"]["capacity"] == 4
+        reply = request(url, "/classify", "POST", read(sample_image(tiny_data)))
+        assert reply.status == 200
+    finally:
+        code = stop_server(proc)
+    assert code == 0
+    record = json.loads(open(audit).read().splitlines()[-1])
+    assert record["request_id"] == reply.headers["x-request-id"]
+
+
+def test_serve_cli_flag_errors(tiny_bundle, tmp_path):
+    code, _, err = run_cli(["serve"])
+    assert code == 2 and "--model" in err
+    code, _, err = run_cli(["serve", "--model", tiny_bundle, "--queue", 0])
+    assert code == 2 and "--queue" in err
+    code, _, err = run_cli(["serve", "--model", str(tmp_path / "nothing")])
+    assert code != 0 and "model not found" in err
+
+
+def test_bench_prints_figures(tiny_bundle, capsys):
+    from oncolens.appliance.web import bench
+    from oncolens.appliance.classifier import Classifier
+    with Classifier.open(tiny_bundle, backend="onnxruntime") as clf:
+        with running(clf) as (url, _):
+            code = bench.main(["--url", url, "--clients", "4", "--requests", "12",
+                               "--warmup", "2", "--size", "64", "--json"])
+    assert code == 0
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert figures["requests"] == 12 and figures["statuses"] == {"200": 12}
+    assert figures["requests_per_s"] > 0 and figures["p99_ms"] >= figures["p50_ms"] > 0

@@ -1,0 +1,126 @@
+"""Bad uploads get their documented status with a JSON error, and nothing is kept."""
+import json
+import os
+import struct
+import zlib
+
+import numpy as np
+import pytest
+
+from serve_util import metric, multipart, read, request, running, sample_image
+
+
+@pytest.fixture(scope="module")
+def server(tiny_bundle, tmp_path_factory):
+    from oncolens.appliance.classifier import Classifier
+    audit = str(tmp_path_factory.mktemp("audit") / "audit.jsonl")
+    with Classifier.open(tiny_bundle, backend="onnxruntime") as clf:
+        with running(clf, max_upload_mb=0.25, max_pixels=4000000, audit_log=audit) as (url, app):
+            yield url, audit
+
+
+def png_chunk(kind, payload):
+    return (struct.pack(">I", len(payload)) + kind + payload +
+            struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF))
+
+
+def bomb_png(width=50000, height=50000):
+    """A tiny PNG whose header claims width x height pixels (a decompression bomb)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    row = b"\x00" + b"\x00" * 3 * 64
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) +
+            png_chunk(b"IDAT", zlib.compress(row * 64, 9)) + png_chunk(b"IEND", b""))
+
+
+def error_of(reply):
+    assert reply.headers["content-type"].startswith("application/json"), reply.headers
+    error = json.loads(reply.body.decode("utf-8"))["error"]
+    assert error["status"] == reply.status and error["message"]
+    return error
+
+
+def test_too_large_is_413(server):
+    url = server[0]
+    reply = request(url, "/classify", "POST", b"\x89PNG\r\n\x1a\n" + os.urandom(300 * 1024))
+    assert reply.status == 413
+    assert error_of(reply)["code"] == "too_large"
+
+
+def test_not_an_image_is_415(server):
+    url = server[0]
+    for body in (b"%PDF-1.4 not an image at all", b"GIF89a" + b"\0" * 40, b"{\"a\": 1}"):
+        reply = request(url, "/classify", "POST", body)
+        assert reply.status == 415, body
+        assert error_of(reply)["code"] == "not_an_image"
+    form, headers = multipart("image", "notes.txt", b"plain text notes", "text/plain")
+    assert request(url, "/classify", "POST", form, headers).status == 415
+
+
+def test_truncated_png_and_jpeg_are_400(server, tiny_data):
+    from oncolens.appliance.imageio import encode_image, read_image
+    url = server[0]
+    png = read(sample_image(tiny_data))
+    for cut in (len(png) // 2, 20):
+        reply = request(url, "/classify", "POST", png[:cut])
+        assert reply.status == 400, cut
+        assert error_of(reply)["code"] == "truncated"
+    jpeg = encode_image(read_image(sample_image(tiny_data)), ".jpg")
+    reply = request(url, "/classify", "POST", jpeg[:len(jpeg) * 2 // 3])
+    assert reply.status == 400 and error_of(reply)["code"] == "truncated"
+
+
+def test_decompression_bomb_is_400(server):
+    url = server[0]
+    reply = request(url, "/classify", "POST", bomb_png())
+    assert reply.status == 400
+    error = error_of(reply)
+    assert error["code"] == "too_many_pixels" and "50000x50000" in error["message"]
+    reply = request(url, "/classify", "POST", bomb_png(2100, 2000))   # over this server's 4 MP
+    assert reply.status == 400 and error_of(reply)["code"] == "too_many_pixels"
+
+
+def test_damaged_pixels_are_400(server, tiny_data):
+    url = server[0]
+    png = bytearray(read(sample_image(tiny_data)))
+    start = png.find(b"IDAT") + 4
+    png[start:start + 200] = b"\xAB" * 200                    # garbage where the pixels are
+    reply = request(url, "/classify", "POST", bytes(png))
+    assert reply.status == 400 and error_of(reply)["code"] == "undecodable"
+
+
+def test_empty_and_formless_bodies(server):
+    url = server[0]
+    reply = request(url, "/classify", "POST", b"")
+    assert reply.status == 400 and error_of(reply)["code"] == "empty"
+    form, headers = multipart("note2", "", b"x")
+    body = form.replace(b'filename=""', b"")
+    reply = request(url, "/classify", "POST", body, headers)
+    assert reply.status == 400 and error_of(reply)["code"] == "no_file"
+
+
+def test_refusals_are_counted_and_audited(server, tiny_data):
+    url, audit = server
+    before = request(url, "/metrics").body.decode("utf-8")
+    request(url, "/classify", "POST", bomb_png())
+    text = request(url, "/metrics").body.decode("utf-8")
+    assert (metric(text, "oncolens_http_requests_total", path="/classify", code="400") -
+            (metric(before, "oncolens_http_requests_total", path="/classify", code="400") or 0)) == 1
+    last = json.loads(open(audit).read().splitlines()[-1])
+    assert last["status"] == 400 and last["label"] is None
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg", ".bmp", ".webp", ".tif", ".ppm"])
+def test_header_sizes_are_read_for_every_format(ext):
+    import cv2
+    from oncolens.appliance.web.upload import check_image, decode_upload
+    rgb = (np.arange(37 * 53 * 3) % 251).astype(np.uint8).reshape(37, 53, 3)
+    ok, buf = cv2.imencode(ext, rgb)
+    assert ok
+    data = buf.tobytes()
+    fmt, width, height = check_image(data, 10 ** 6)
+    assert (width, height) == (53, 37), fmt
+    assert decode_upload(data, 10 ** 6)[1].shape == (37, 53, 3)
+    from oncolens.appliance.web.upload import UploadError
+    with pytest.raises(UploadError) as info:
+        check_image(data, 53 * 37 - 1)
+    assert info.value.status == 400 and info.value.code == "too_many_pixels"

@@ -1,0 +1,114 @@
+"""Under load the server queues, then answers 503 + Retry-After: no request goes unanswered."""
+import concurrent.futures
+import json
+import threading
+
+import pytest
+
+from serve_util import metric, read, request, running, sample_image
+
+CLIENTS = 16
+REQUESTS = 200
+
+
+def test_200_requests_from_16_clients_are_all_answered(tiny_bundle, tiny_data):
+    from oncolens.appliance.classifier import Classifier
+    images = [read(sample_image(tiny_data, cls, n)) for cls in ("benign", "malignant", "normal")
+              for n in range(3)]
+    outcomes, lock = [], threading.Lock()
+
+    def one(n):
+        reply = request(url, "/classify", "POST", images[n % len(images)], timeout=120)
+        with lock:
+            outcomes.append(reply)
+        return reply.status
+
+    with Classifier.open(tiny_bundle, backend="onnxruntime") as clf:
+        # a small queue and one image a batch, so that 16 clients overflow it
+        with running(clf, queue_size=2, max_batch=1) as (url, app):
+            with concurrent.futures.ThreadPoolExecutor(CLIENTS) as pool:
+                statuses = list(pool.map(one, range(REQUESTS)))
+            text = request(url, "/metrics").body.decode("utf-8")
+            health = json.loads(request(url, "/health").body.decode("utf-8"))
+    assert len(statuses) == REQUESTS == len(outcomes)
+    ok = [r for r in outcomes if r.status == 200]
+    busy = [r for r in outcomes if r.status == 503]
+    assert len(ok) + len(busy) == REQUESTS, sorted(set(statuses))
+    assert len(ok) > 0
+    for reply in busy:
+        assert int(reply.headers["retry-after"]) >= 1
+        assert json.loads(reply.body.decode("utf-8"))["error"]["code"] == "busy"
+    for reply in ok:
+        assert json.loads(reply.body.decode("utf-8"))["label"] in ("benign", "malignant", "normal")
+    ids = set(r.headers["x-request-id"] for r in outcomes)
+    assert len(ids) == REQUESTS                      # every answer is its own
+    assert metric(text, "oncolens_http_requests_total", path="/classify", code="200") == len(ok)
+    assert (metric(text, "oncolens_http_requests_total", path="/classify", code="503") or 0) == len(busy)
+    assert (metric(text, "oncolens_classify_errors_total", reason="queue_full") or 0) == len(busy)
+    assert metric(text, "oncolens_images_classified_total") == len(ok)
+    assert metric(text, "oncolens_classify_latency_seconds_count") == len(ok)
+    assert health["queue"]["depth"] == 0
+
+
+def test_queue_full_raises_with_retry_after():
+    """The queue itself: a worker stuck on one job, a full queue refuses at once."""
+    import numpy as np
+    from oncolens.appliance.web.queue import InferenceQueue, QueueFull
+    gate = threading.Event()
+
+    class Slow(object):
+        def infer_images(self, images):
+            gate.wait(10)
+            return type("R", (), {"probs": np.ones((len(images), 3), np.float32) / 3})()
+
+    q = InferenceQueue(Slow(), maxsize=2, max_batch=1)
+    try:
+        first = q.submit(np.zeros((4, 4, 3), np.uint8))
+        for _ in range(50):                           # wait until the worker holds it
+            if first.started:
+                break
+            threading.Event().wait(0.02)
+        waiting = [q.submit(np.zeros((4, 4, 3), np.uint8)) for _ in range(2)]
+        with pytest.raises(QueueFull) as info:
+            q.submit(np.zeros((4, 4, 3), np.uint8))
+        assert info.value.retry_after >= 1
+        gate.set()
+        for job in [first] + waiting:
+            assert job.wait(10) and job.error is None and job.probs.shape == (3,)
+    finally:
+        gate.set()
+        q.close()
+
+
+def test_full_queue_answers_503_with_retry_after_over_http(tiny_bundle, tiny_data):
+    from oncolens.appliance.classifier import Classifier
+    data = read(sample_image(tiny_data))
+    gate = threading.Event()
+    with Classifier.open(tiny_bundle, backend="onnxruntime") as clf:
+        real = clf.infer_images
+
+        def held(images):
+            gate.wait(30)
+            return real(images)
+
+        clf.infer_images = held
+        with running(clf, queue_size=2, max_batch=1) as (url, app):
+            with concurrent.futures.ThreadPoolExecutor(3) as pool:
+                held_replies = [pool.submit(request, url, "/classify", "POST", data)]
+                for _ in range(100):           # one in the model, then two waiting
+                    if app.queue.busy:
+                        break
+                    threading.Event().wait(0.02)
+                held_replies += [pool.submit(request, url, "/classify", "POST", data)
+                                 for _ in range(2)]
+                for _ in range(100):
+                    if app.queue.depth == 2:
+                        break
+                    threading.Event().wait(0.02)
+                refused = request(url, "/classify", "POST", data)
+                gate.set()
+                statuses = [f.result().status for f in held_replies]
+    assert refused.status == 503
+    assert int(refused.headers["retry-after"]) >= 1
+    assert json.loads(refused.body.decode("utf-8"))["error"]["code"] == "busy"
+    assert statuses == [200, 200, 200]
