@@ -119,7 +119,7 @@ def _check(argv):
 
 
 def _engine(argv):
-    from oncolens.export.engine_cli import main as engine_main
+    from oncolens.export.engine import main as engine_main
     return engine_main(argv)
 
 

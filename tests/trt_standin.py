@@ -1,0 +1,583 @@
+"""STAND-IN for ``tensorrt`` and ``pycuda.driver`` -- NOT NVIDIA's TensorRT.
+
+TensorRT cannot be installed on the machines these tests run on, so this module mimics
+exactly the calls OncoLens makes (appliance/backends/trt_api.py, trt_build.py,
+tensorrt.py, export/calibrate.py), gated by version the way the real API is (TensorRT
+8.x: bindings, execute_v2, max_workspace_size before 8.4; 10.x: named tensors,
+execute_async_v3, no build_engine), and records every call in ``STATE.calls``.
+
+Its "engine" is the ONNX file plus a header; "executing" it runs ONNX Runtime on the
+bytes found at the device addresses it was given (fp16 engines round through float16,
+int8 engines quantise the input to 8 bits), so the code around it is exercised for real:
+names, shapes, buffers, context push/pop, copies, batching and calibration.  Nothing here
+says anything about real TensorRT numerics or speed.
+
+Tests install it with ``install(monkeypatch, version=...)`` (sys.modules injection).
+"""
+import json
+import sys
+import types
+
+import numpy as np
+
+MAGIC = b"TRT-STANDIN\n"
+
+
+class State(object):
+    def __init__(self, version, device_name, cc, fast_fp16, fast_int8):
+        self.version = tuple(int(v) for v in version.split(".")[:3])
+        self.version_text = version
+        self.device_name = device_name
+        self.cc = cc
+        self.fast_fp16 = fast_fp16
+        self.fast_int8 = fast_int8
+        self.calls = []
+        self.ctx_stack = []
+        self.memory = {}          # address -> bytearray
+        self.next_address = 0x10000
+        self.builds = 0
+
+
+STATE = None
+
+
+def _call(name):
+    STATE.calls.append(name)
+
+
+def api(since=None, before=None):
+    """A method that exists only in TensorRT versions [since, before)."""
+    def deco(fn):
+        def getter(self):
+            v = STATE.version
+            if (since and v < since) or (before and v >= before):
+                raise AttributeError("stand-in tensorrt {}: '{}' has no attribute '{}'".format(
+                    STATE.version_text, type(self).__name__, fn.__name__))
+            _call("{}.{}".format(type(self).__name__, fn.__name__))
+            return fn.__get__(self, type(self))
+        return property(getter)
+    return deco
+
+
+class _Enum(object):
+    def __init__(self, name, value):
+        self.name, self.value = name, value
+
+    def __int__(self):
+        return self.value
+
+    def __repr__(self):
+        return self.name
+
+
+def _enum(cls_name, names):
+    return type(cls_name, (object,), {n: _Enum(n, i) for i, n in enumerate(names)})
+
+
+# ---------------------------------------------------------------------------- tensorrt ---
+class Logger(object):
+    VERBOSE, INFO, WARNING, ERROR = 4, 3, 2, 1
+
+    def __init__(self, severity=2):
+        self.severity = severity
+
+
+NetworkDefinitionCreationFlag = _enum("NetworkDefinitionCreationFlag", ["EXPLICIT_BATCH"])
+BuilderFlag = _enum("BuilderFlag", ["FP16", "INT8", "DEBUG", "GPU_FALLBACK"])
+MemoryPoolType = _enum("MemoryPoolType", ["WORKSPACE"])
+DeviceType = _enum("DeviceType", ["GPU", "DLA"])
+TensorIOMode = _enum("TensorIOMode", ["NONE", "INPUT", "OUTPUT"])
+DataType = _enum("DataType", ["FLOAT", "HALF", "INT8", "INT32"])
+
+
+def nptype(dtype):
+    return {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32}[
+        dtype.name]
+
+
+class ITensor(object):
+    def __init__(self, name, shape):
+        self.name, self.shape = name, tuple(shape)
+
+
+class INetworkDefinition(object):
+    def __init__(self, flags):
+        self.flags = flags
+        self.inputs, self.outputs = [], []
+
+    @property
+    def num_inputs(self):
+        return len(self.inputs)
+
+    def get_input(self, i):
+        return self.inputs[i]
+
+
+class OnnxParser(object):
+    def __init__(self, network, logger):
+        _call("OnnxParser")
+        self.network, self.errors = network, []
+
+    def parse(self, data):
+        _call("OnnxParser.parse")
+        import onnx
+        try:
+            model = onnx.load_from_string(bytes(data))
+        except Exception as exc:  # noqa
+            self.errors.append("stand-in parser: not an ONNX model ({})".format(exc))
+            return False
+        if model.opset_import[0].version > 13 and STATE.version < (8, 4, 0):
+            self.errors.append("stand-in parser: opset {} > 13".format(
+                model.opset_import[0].version))
+            return False
+        dims = lambda vi: tuple(d.dim_value if d.dim_value else -1  # noqa: E731
+                                for d in vi.type.tensor_type.shape.dim)
+        self.network.inputs = [ITensor(i.name, dims(i)) for i in model.graph.input]
+        self.network.outputs = [ITensor(o.name, dims(o)) for o in model.graph.output]
+        self.network.onnx = bytes(data)
+        return True
+
+    @property
+    def num_errors(self):
+        return len(self.errors)
+
+    def get_error(self, i):
+        return self.errors[i]
+
+
+class IOptimizationProfile(object):
+    def __init__(self):
+        self.shapes = {}
+
+    def set_shape(self, name, min, opt, max):  # noqa: A002 - TensorRT's parameter names
+        _call("IOptimizationProfile.set_shape")
+        self.shapes[name] = (tuple(min), tuple(opt), tuple(max))
+
+
+class ITimingCache(object):
+    def __init__(self, data):
+        self.builds = int(data.split(b":")[1]) if data.startswith(b"STANDIN-TIMING:") else 0
+        self.loaded = bool(data)
+
+    def serialize(self):
+        return b"STANDIN-TIMING:%d" % self.builds
+
+
+class IBuilderConfig(object):
+    def __init__(self):
+        self.flags, self.profiles, self.pools = set(), [], {}
+        self.int8_calibrator = None
+        self.calibration_profile = None
+        self.timing_cache = None
+        self.default_device_type = DeviceType.GPU
+        self.DLA_core = -1
+        self._workspace = 0
+
+    def set_flag(self, flag):
+        _call("IBuilderConfig.set_flag:" + flag.name)
+        self.flags.add(flag.name)
+
+    def _ws_get(self):
+        if STATE.version >= (10, 0, 0):
+            raise AttributeError("stand-in tensorrt 10: no max_workspace_size")
+        return self._workspace
+
+    def _ws_set(self, value):
+        self._ws_get()
+        _call("IBuilderConfig.max_workspace_size")
+        self._workspace = value
+
+    max_workspace_size = property(_ws_get, _ws_set)
+
+    @api(since=(8, 4, 0))
+    def set_memory_pool_limit(self, pool, size):
+        self.pools[pool.name] = size
+
+    def add_optimization_profile(self, profile):
+        _call("IBuilderConfig.add_optimization_profile")
+        self.profiles.append(profile)
+        return len(self.profiles) - 1
+
+    def set_calibration_profile(self, profile):
+        _call("IBuilderConfig.set_calibration_profile")
+        self.calibration_profile = profile
+
+    def create_timing_cache(self, data):
+        _call("IBuilderConfig.create_timing_cache")
+        return ITimingCache(bytes(data))
+
+    def set_timing_cache(self, cache, ignore_mismatch):
+        _call("IBuilderConfig.set_timing_cache")
+        self.timing_cache = cache
+        return True
+
+    def get_timing_cache(self):
+        return self.timing_cache
+
+
+class IInt8EntropyCalibrator2(object):
+    def __init__(self):
+        _call("IInt8EntropyCalibrator2.__init__")
+
+
+class Builder(object):
+    def __init__(self, logger):
+        _call("Builder")
+        self.platform_has_fast_fp16 = STATE.fast_fp16
+        self.platform_has_fast_int8 = STATE.fast_int8
+
+    def create_network(self, flags=0):
+        _call("Builder.create_network")
+        explicit = 1 << int(NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+        if STATE.version < (10, 0, 0) and not flags & explicit:
+            raise RuntimeError("stand-in: ONNX networks need EXPLICIT_BATCH before TensorRT 10")
+        return INetworkDefinition(flags)
+
+    def create_builder_config(self):
+        return IBuilderConfig()
+
+    def create_optimization_profile(self):
+        return IOptimizationProfile()
+
+    @api(before=(10, 0, 0))
+    def build_engine(self, network, config):
+        raise AssertionError("OncoLens should build with build_serialized_network on 8.x")
+
+    @api(since=(8, 0, 0))
+    def build_serialized_network(self, network, config):
+        inp = network.inputs[0]
+        dynamic = inp.shape[0] == -1
+        if dynamic and not config.profiles:
+            return None  # TensorRT: dynamic input without an optimisation profile
+        shapes = config.profiles[0].shapes[inp.name] if dynamic else (inp.shape,) * 3
+        precision = "int8" if "INT8" in config.flags else "fp16" if "FP16" in config.flags \
+            else "fp32"
+        calib = _calibrate(config, inp) if precision == "int8" else None
+        if config.timing_cache is not None:
+            config.timing_cache.builds += 1
+        STATE.builds += 1
+        header = {"version": STATE.version_text, "device_name": STATE.device_name,
+                  "precision": precision, "input": inp.name, "profile": shapes,
+                  "outputs": [o.name for o in network.outputs], "calibration": calib,
+                  "dla": config.DLA_core if config.default_device_type.name == "DLA" else None}
+        return MAGIC + json.dumps(header).encode() + b"\n" + network.onnx
+
+
+def _calibrate(config, inp):
+    calib = config.int8_calibrator
+    if calib is None:
+        raise RuntimeError("stand-in: INT8 without a calibrator")
+    cache = calib.read_calibration_cache()
+    if cache:
+        return {"from_cache": True, "batches": 0}
+    size = calib.get_batch_size()
+    shape = (size,) + tuple(inp.shape[1:])
+    batches = 0
+    while True:
+        ptrs = calib.get_batch([inp.name])
+        if not ptrs:
+            break
+        data = np.frombuffer(bytes(STATE.memory[int(ptrs[0])][:int(np.prod(shape)) * 4]),
+                             dtype=np.float32)
+        assert np.isfinite(data).all()
+        batches += 1
+    calib.write_calibration_cache(b"STANDIN-CALIBRATION batches=%d" % batches)
+    return {"from_cache": False, "batches": batches, "batch_size": size}
+
+
+class Runtime(object):
+    def __init__(self, logger):
+        _call("Runtime")
+        self.DLA_core = -1
+
+    def deserialize_cuda_engine(self, data):
+        _call("Runtime.deserialize_cuda_engine")
+        data = bytes(data)
+        if not data.startswith(MAGIC):
+            return None
+        head, _, onnx_bytes = data[len(MAGIC):].partition(b"\n")
+        header = json.loads(head.decode())
+        if header["version"] != STATE.version_text or header["device_name"] != STATE.device_name:
+            return None  # TensorRT refuses plans from another version or device
+        return ICudaEngine(header, onnx_bytes)
+
+
+class ICudaEngine(object):
+    def __init__(self, header, onnx_bytes):
+        import onnxruntime as ort
+        self.header = header
+        self.session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+        inp = self.session.get_inputs()[0]
+        self.names = [inp.name] + [o.name for o in self.session.get_outputs()]
+        fix = lambda s: tuple(v if isinstance(v, int) else -1 for v in s)  # noqa: E731
+        self.shapes = [fix(inp.shape)] + [fix(o.shape) for o in self.session.get_outputs()]
+
+    # 8.x bindings (num_bindings: see below)
+    @api(before=(10, 0, 0))
+    def get_binding_name(self, i):
+        return self.names[i]
+
+    @api(before=(10, 0, 0))
+    def binding_is_input(self, i):
+        return i == 0
+
+    @api(before=(10, 0, 0))
+    def get_binding_shape(self, i):
+        return self.shapes[i]
+
+    @api(before=(10, 0, 0))
+    def get_binding_dtype(self, i):
+        return DataType.FLOAT
+
+    @api(before=(10, 0, 0))
+    def get_profile_shape(self, profile, i):
+        return [tuple(s) for s in self.header["profile"]]
+
+    # 8.5+ / 10.x named tensors
+    @api(since=(8, 5, 0))
+    def get_tensor_name(self, i):
+        return self.names[i]
+
+    @api(since=(8, 5, 0))
+    def get_tensor_mode(self, name):
+        return TensorIOMode.INPUT if name == self.names[0] else TensorIOMode.OUTPUT
+
+    @api(since=(8, 5, 0))
+    def get_tensor_shape(self, name):
+        return self.shapes[self.names.index(name)]
+
+    @api(since=(8, 5, 0))
+    def get_tensor_dtype(self, name):
+        return DataType.FLOAT
+
+    @api(since=(8, 5, 0))
+    def get_tensor_profile_shape(self, name, profile):
+        return [tuple(s) for s in self.header["profile"]]
+
+    def create_execution_context(self):
+        _call("ICudaEngine.create_execution_context")
+        return IExecutionContext(self)
+
+
+def _num_io(self):
+    if STATE.version < (8, 5, 0):
+        raise AttributeError("stand-in tensorrt: no num_io_tensors before 8.5")
+    _call("ICudaEngine.num_io_tensors")
+    return len(self.names)
+
+
+def _num_bindings(self):
+    if STATE.version >= (10, 0, 0):
+        raise AttributeError("stand-in tensorrt 10: no num_bindings")
+    _call("ICudaEngine.num_bindings")
+    return len(self.names)
+
+
+ICudaEngine.num_io_tensors = property(_num_io)
+ICudaEngine.num_bindings = property(_num_bindings)
+
+
+class IExecutionContext(object):
+    def __init__(self, engine):
+        self.engine = engine
+        self.input_shape = engine.shapes[0]
+        self.addresses = {}
+
+    def _shape_of(self, i):
+        shape = self.engine.shapes[i]
+        return (self.input_shape[0],) + shape[1:] if shape[0] == -1 else shape
+
+    def _set(self, shape):
+        lo, _, hi = self.engine.header["profile"]
+        if not all(a <= b <= c for a, b, c in zip(lo, shape, hi)):
+            return False
+        self.input_shape = tuple(shape)
+        return True
+
+    @api(before=(10, 0, 0))
+    def set_binding_shape(self, i, shape):
+        return self._set(shape)
+
+    @api(before=(10, 0, 0))
+    def get_binding_shape(self, i):
+        return self._shape_of(i)
+
+    @api(before=(10, 0, 0))
+    def execute_v2(self, bindings):
+        return self._run([int(b) for b in bindings])
+
+    @api(since=(8, 5, 0))
+    def set_input_shape(self, name, shape):
+        return self._set(shape)
+
+    @api(since=(8, 5, 0))
+    def get_tensor_shape(self, name):
+        return self._shape_of(self.engine.names.index(name))
+
+    @api(since=(8, 5, 0))
+    def set_tensor_address(self, name, address):
+        self.addresses[name] = int(address)
+        return True
+
+    @api(since=(8, 5, 0))
+    def execute_async_v3(self, stream_handle):
+        return self._run([self.addresses[n] for n in self.engine.names])
+
+    def _run(self, addresses):
+        if not STATE.ctx_stack:
+            raise RuntimeError("stand-in: no current CUDA context")
+        shape = self.input_shape
+        x = np.frombuffer(bytes(STATE.memory[addresses[0]][:int(np.prod(shape)) * 4]),
+                          dtype=np.float32).reshape(shape)
+        precision = self.engine.header["precision"]
+        if precision == "fp16":
+            x = x.astype(np.float16).astype(np.float32)
+        elif precision == "int8":
+            scale = np.abs(x).max() / 127.0 or 1.0
+            x = (np.round(x / scale) * scale).astype(np.float32)
+        outs = self.engine.session.run(None, {self.engine.names[0]: x})
+        for addr, out in zip(addresses[1:], outs):
+            out = out.astype(np.float16).astype(np.float32) if precision != "fp32" else out
+            raw = np.ascontiguousarray(out, dtype=np.float32).tobytes()
+            STATE.memory[addr][:len(raw)] = raw
+        return True
+
+
+# ------------------------------------------------------------------------- pycuda.driver ---
+class Context(object):
+    def __init__(self, device):
+        self.device = device
+        self.alive = True
+
+    def push(self):
+        _call("Context.push")
+        STATE.ctx_stack.append(self)
+
+    def pop(self):
+        _call("Context.pop")
+        if not STATE.ctx_stack or STATE.ctx_stack[-1] is not self:
+            raise RuntimeError("stand-in pycuda: popping a context that is not current")
+        STATE.ctx_stack.pop()
+
+    def detach(self):
+        _call("Context.detach")
+        self.alive = False
+
+
+class Device(object):
+    @staticmethod
+    def count():
+        return 1
+
+    def __init__(self, index):
+        self.index = index
+
+    def name(self):
+        return STATE.device_name
+
+    def compute_capability(self):
+        return STATE.cc
+
+    def total_memory(self):
+        return 4 << 30
+
+    def make_context(self):
+        _call("Device.make_context")
+        ctx = Context(self)
+        STATE.ctx_stack.append(ctx)
+        return ctx
+
+
+class DeviceAllocation(object):
+    def __init__(self, nbytes):
+        self.address = STATE.next_address
+        STATE.next_address += max(256, int(nbytes) + 256)
+        STATE.memory[self.address] = bytearray(int(nbytes))
+
+    def __int__(self):
+        return self.address
+
+    def free(self):
+        _call("DeviceAllocation.free")
+        STATE.memory.pop(self.address, None)
+
+
+class Stream(object):
+    handle = 0xABC
+
+    def synchronize(self):
+        _call("Stream.synchronize")
+
+
+def _need_ctx(what):
+    _call(what)
+    if not STATE.ctx_stack:
+        raise RuntimeError("stand-in pycuda: {} without a current context".format(what))
+
+
+def init():
+    _call("cuda.init")
+
+
+def mem_alloc(nbytes):
+    _need_ctx("cuda.mem_alloc")
+    return DeviceAllocation(nbytes)
+
+
+def memcpy_htod(dest, src):
+    _need_ctx("cuda.memcpy_htod")
+    raw = np.ascontiguousarray(src).tobytes()
+    STATE.memory[int(dest)][:len(raw)] = raw
+
+
+def memcpy_dtoh(dest, src):
+    _need_ctx("cuda.memcpy_dtoh")
+    raw = bytes(STATE.memory[int(src)][:dest.nbytes])
+    dest[...] = np.frombuffer(raw, dtype=dest.dtype).reshape(dest.shape)
+
+
+def memcpy_htod_async(dest, src, stream=None):
+    memcpy_htod(dest, src)
+
+
+def memcpy_dtoh_async(dest, src, stream=None):
+    memcpy_dtoh(dest, src)
+
+
+TRT_NAMES = ["Logger", "NetworkDefinitionCreationFlag", "BuilderFlag", "MemoryPoolType",
+             "DeviceType", "TensorIOMode", "DataType", "nptype", "OnnxParser", "Builder",
+             "IInt8EntropyCalibrator2", "Runtime"]
+CUDA_NAMES = ["init", "Device", "Context", "mem_alloc", "memcpy_htod", "memcpy_dtoh",
+              "memcpy_htod_async", "memcpy_dtoh_async", "Stream"]
+
+
+def install(monkeypatch, version="8.2.1.8", device_name="NVIDIA Tegra X1", cc=(5, 3),
+            fast_fp16=True, fast_int8=False):
+    """Put the stand-in in sys.modules as tensorrt / pycuda / pycuda.driver; returns STATE."""
+    global STATE
+    STATE = State(version, device_name, cc, fast_fp16, fast_int8)
+    trt = types.ModuleType("tensorrt")
+    trt.__doc__ = "OncoLens test STAND-IN for tensorrt (tests/trt_standin.py)"
+    trt.__version__ = version
+    for name in TRT_NAMES:
+        setattr(trt, name, globals()[name])
+    driver = types.ModuleType("pycuda.driver")
+    for name in CUDA_NAMES:
+        setattr(driver, name, globals()[name])
+    pycuda = types.ModuleType("pycuda")
+    pycuda.driver = driver
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setitem(sys.modules, "pycuda", pycuda)
+    monkeypatch.setitem(sys.modules, "pycuda.driver", driver)
+    monkeypatch.setitem(sys.modules, "pycuda.autoinit", None)  # importing it fails: never do
+    return STATE
+
+
+def switch(version=None, device_name=None):
+    """Change the pretend TensorRT version or GPU (as after a JetPack upgrade)."""
+    if version:
+        STATE.version = tuple(int(v) for v in version.split(".")[:3])
+        STATE.version_text = version
+        sys.modules["tensorrt"].__version__ = version
+    if device_name:
+        STATE.device_name = device_name
