@@ -16,6 +16,7 @@ SUBCOMMANDS = [
     ("train", "oncolens.train.cli", "train a classifier on class folders (jetson-inference train.py flags)"),
     ("export", "oncolens.export.cli", "export a checkpoint to ONNX (onnx_export.py flags)"),
     ("classify", "oncolens.appliance.classify_cli", "classify images, folders or streams (imagenet flags)"),
+    ("selftest", "oncolens.export.selftest", "build, verify and time engines here; write a JSON + Markdown report"),
 ]
 
 
