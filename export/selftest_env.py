@@ -181,8 +181,8 @@ def _open_engine(ctx, precision):
     if not path:
         raise Skip("no {} engine (its build step did not pass)".format(precision))
     from oncolens.appliance.backends.tensorrt import TensorRTBackend
-    from oncolens.appliance.bundle import load_bundle
-    return TensorRTBackend(load_bundle(path), allow_rebuild=False)
+    from oncolens.export.verify import bundle_for_engine
+    return TensorRTBackend(bundle_for_engine(ctx.bundle, path), allow_rebuild=False)
 
 
 def step_verify(ctx, precision):

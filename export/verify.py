@@ -46,10 +46,17 @@ def run_models(bundle, batch, engine_precisions=None):
     return results, skipped
 
 
+def bundle_for_engine(bundle, path):
+    """The bundle with ``path`` as its model file (the engine may sit in the cache folder)."""
+    from oncolens.appliance.bundle import load_bundle
+    engine_bundle = load_bundle(bundle.dir)
+    engine_bundle.model_path = path
+    return engine_bundle
+
+
 def run_engines(bundle, batch, precisions=None):
     """Yield (label, precision, probs, skip reason) for each engine model.json lists."""
     from oncolens.appliance import engines
-    from oncolens.appliance.bundle import load_bundle
     entries = engines.known_entries(bundle.info, bundle.dir)
     entries = [e for e in entries if not precisions or e.get("precision") in precisions]
     if not entries:
@@ -60,7 +67,7 @@ def run_engines(bundle, batch, precisions=None):
         label = "tensorrt {} {}".format(entry.get("precision"), os.path.basename(path))
         try:
             from oncolens.appliance.backends.tensorrt import TensorRTBackend
-            with TensorRTBackend(load_bundle(path), allow_rebuild=False) as backend:
+            with TensorRTBackend(bundle_for_engine(bundle, path), allow_rebuild=False) as backend:
                 yield label, backend.precision, backend.infer(batch).probs, None
         except MissingDependency as exc:
             yield label, None, None, str(exc)

@@ -128,6 +128,9 @@ def test_read_only_model_folder_uses_the_cache_and_the_runtime_finds_it(
         backend = _backend(d)          # found in the cache: not built again
         assert backend.engine_path.startswith(cache) and state.builds == 1
         backend.close()
+        code, out, err = run_cli(["export", "verify", "--model-dir", d, "--count", 4])
+        assert code == 0, err
+        assert "onnxruntime vs tensorrt fp16 resnet18.onnx.1.1.8201.GPU.FP16.engine" in out
     finally:
         os.chmod(d, 0o755)
     assert open(os.path.join(d, "model.json")).read() == before

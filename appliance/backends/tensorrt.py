@@ -35,7 +35,7 @@ class TensorRTBackend(Backend):
         self.api = TrtApi(self.trt)
         self.ctx = CudaContext(self.cuda, int(device or 0))
         self._buffers = []
-        self.engine = self.context = None
+        self.engine = self.context = self.runtime = None
         try:
             with self.ctx:
                 self.device = self.ctx.info()
@@ -203,5 +203,5 @@ class TensorRTBackend(Backend):
             for buf in self._buffers:
                 buf.free()
             self._buffers = []
-            self.context = self.engine = None
+            self.context = self.engine = self.runtime = None
         ctx.close()

@@ -209,8 +209,8 @@ def build_for_bundle(bundle, api, device, options, overwrite=False):
     plan, dynamic = build_plan(api, onnx_path, precision, options, device["name"])
     path, in_cache = engines.place_engine(bundle.dir, name, sha)
     if os.path.exists(path) and not overwrite:
-        raise UsageError("engine {} already exists (built from another ONNX?): pass --overwrite "
-                         "to replace it".format(path))
+        # same name, but no record of it being built from this ONNX: a stale cache file
+        log.warning("replacing %s: it was not built from the current %s", path, onnx_path)
     write_atomic(path, plan)
     entry = engines.make_entry(path, bundle.dir, api.version, device["name"], precision,
                                options.max_batch, options.dla_core, options.gpu_fallback,
