@@ -15,9 +15,12 @@ def _session(path):
 
 
 def _copy_bundle(src, tmp_path, name="model"):
-    dst = str(tmp_path / name)
-    shutil.copytree(src, dst)
-    return dst
+    """The files an export needs (not the training checkpoint with its optimizer state)."""
+    dst = tmp_path / name
+    dst.mkdir()
+    for f in ("model_best.pth.tar", "model.json", "labels.txt", "resnet18.onnx"):
+        shutil.copy(os.path.join(src, f), str(dst))
+    return str(dst)
 
 
 def _random_checkpoint(model_dir, arch, resolution, classes=("benign", "malignant", "normal")):
@@ -59,7 +62,7 @@ def test_no_activation_is_a_real_boolean(tiny_bundle, tmp_path, flag, logits):
     import onnx
     model_dir = _copy_bundle(tiny_bundle, tmp_path)
     code, out, err = run_cli(["export", "onnx", "--model-dir", model_dir, flag, "--output",
-                              "x.onnx", "--opset", 13])
+                              "x.onnx", "--opset", 13, "--no-check"])
     assert code == 0, err
     path = os.path.join(model_dir, "x.onnx")
     graph = onnx.load(path)
