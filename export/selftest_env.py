@@ -219,9 +219,8 @@ def run_steps(report, args, precisions):
 
 # -- report --------------------------------------------------------------------------------
 def _summary(detail):
-    if isinstance(detail, dict):
-        return detail.get("summary", "")
-    return str(detail).replace("|", "/")
+    text = detail.get("summary", "") if isinstance(detail, dict) else str(detail)
+    return text.replace("|", "\\|")   # a Markdown table cell
 
 
 def write_reports(json_path, md_path, env, steps, args):

@@ -12,13 +12,16 @@ int8 engines quantise the input to 8 bits), so the code around it is exercised f
 names, shapes, buffers, context push/pop, copies, batching and calibration.  Nothing here
 says anything about real TensorRT numerics or speed.
 
-Tests install it with ``install(monkeypatch, version=...)`` (sys.modules injection).
+Tests install it with ``install(monkeypatch, version=...)`` (sys.modules injection); the
+pycuda.driver half is tests/pycuda_standin.py.
 """
 import json
 import sys
 import types
 
 import numpy as np
+
+import pycuda_standin
 
 MAGIC = b"TRT-STANDIN\n"
 
@@ -443,107 +446,6 @@ class IExecutionContext(object):
         return True
 
 
-# ------------------------------------------------------------------------- pycuda.driver ---
-class Context(object):
-    def __init__(self, device):
-        self.device = device
-        self.alive = True
-
-    def push(self):
-        _call("Context.push")
-        STATE.ctx_stack.append(self)
-
-    def pop(self):
-        _call("Context.pop")
-        if not STATE.ctx_stack or STATE.ctx_stack[-1] is not self:
-            raise RuntimeError("stand-in pycuda: popping a context that is not current")
-        STATE.ctx_stack.pop()
-
-    def detach(self):
-        _call("Context.detach")
-        self.alive = False
-
-
-class Device(object):
-    @staticmethod
-    def count():
-        return 1
-
-    def __init__(self, index):
-        self.index = index
-
-    def name(self):
-        return STATE.device_name
-
-    def compute_capability(self):
-        return STATE.cc
-
-    def total_memory(self):
-        return 4 << 30
-
-    def make_context(self):
-        _call("Device.make_context")
-        ctx = Context(self)
-        STATE.ctx_stack.append(ctx)
-        return ctx
-
-
-class DeviceAllocation(object):
-    def __init__(self, nbytes):
-        self.address = STATE.next_address
-        STATE.next_address += max(256, int(nbytes) + 256)
-        STATE.memory[self.address] = bytearray(int(nbytes))
-
-    def __int__(self):
-        return self.address
-
-    def free(self):
-        _call("DeviceAllocation.free")
-        STATE.memory.pop(self.address, None)
-
-
-class Stream(object):
-    handle = 0xABC
-
-    def synchronize(self):
-        _call("Stream.synchronize")
-
-
-def _need_ctx(what):
-    _call(what)
-    if not STATE.ctx_stack:
-        raise RuntimeError("stand-in pycuda: {} without a current context".format(what))
-
-
-def init():
-    _call("cuda.init")
-
-
-def mem_alloc(nbytes):
-    _need_ctx("cuda.mem_alloc")
-    return DeviceAllocation(nbytes)
-
-
-def memcpy_htod(dest, src):
-    _need_ctx("cuda.memcpy_htod")
-    raw = np.ascontiguousarray(src).tobytes()
-    STATE.memory[int(dest)][:len(raw)] = raw
-
-
-def memcpy_dtoh(dest, src):
-    _need_ctx("cuda.memcpy_dtoh")
-    raw = bytes(STATE.memory[int(src)][:dest.nbytes])
-    dest[...] = np.frombuffer(raw, dtype=dest.dtype).reshape(dest.shape)
-
-
-def memcpy_htod_async(dest, src, stream=None):
-    memcpy_htod(dest, src)
-
-
-def memcpy_dtoh_async(dest, src, stream=None):
-    memcpy_dtoh(dest, src)
-
-
 TRT_NAMES = ["Logger", "NetworkDefinitionCreationFlag", "BuilderFlag", "MemoryPoolType",
              "DeviceType", "TensorIOMode", "DataType", "nptype", "OnnxParser", "Builder",
              "IInt8EntropyCalibrator2", "Runtime"]
@@ -563,7 +465,7 @@ def install(monkeypatch, version="8.2.1.8", device_name="NVIDIA Tegra X1", cc=(5
         setattr(trt, name, globals()[name])
     driver = types.ModuleType("pycuda.driver")
     for name in CUDA_NAMES:
-        setattr(driver, name, globals()[name])
+        setattr(driver, name, getattr(pycuda_standin, name))
     pycuda = types.ModuleType("pycuda")
     pycuda.driver = driver
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
