@@ -36,6 +36,18 @@ def _read_first_line(path):
         return None
 
 
+def jetpack_version():
+    """The nvidia-jetpack package's version (JetPack 4.6 and later), or None."""
+    import subprocess
+    try:
+        with open(os.devnull, "w") as null:
+            out = subprocess.check_output(["dpkg-query", "-W", "-f=${Version}", "nvidia-jetpack"],
+                                          stderr=null, universal_newlines=True, timeout=10)
+        return out.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def cuda_info():
     try:
         import pycuda.driver as cuda
@@ -58,6 +70,7 @@ def environment():
            "platform": platform.platform(), "machine": platform.machine(),
            "l4t": _read_first_line("/etc/nv_tegra_release") or "not a Jetson (no "
                                                                 "/etc/nv_tegra_release)",
+           "jetpack": jetpack_version() or "not found (nvidia-jetpack package)",
            "tensorrt": _version("tensorrt"), "onnxruntime": _version("onnxruntime"),
            "torch": _version("torch"), "numpy": np.__version__}
     env.update(cuda_info())

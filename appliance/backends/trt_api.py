@@ -95,6 +95,9 @@ class TrtApi(object):
             raise MissingDependency("tensorrt>=8.0", "OncoLens engines",
                                     "this is TensorRT {}".format(trt.__version__))
         self.named_tensors = self.version[0] >= 10
+        if self.version[0] > 10:
+            log.warning("TensorRT %s is newer than the 8.x / 10.x OncoLens was written for",
+                        trt.__version__)
 
     @property
     def version_text(self):

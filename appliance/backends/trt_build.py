@@ -38,17 +38,31 @@ class BuildOptions(object):
                 max_batch))
 
 
-def resolve_precision(builder, requested):
+def fast_types(builder, device):
+    """(fast fp16?, fast int8?): the builder's answer, or (TensorRT 10.5+ deprecates it)
+    the compute capability's: FP16 on 5.3, 6.0, 6.2 and 7.0+; INT8 on 6.1 and 7.0+."""
+    fp16 = getattr(builder, "platform_has_fast_fp16", None)
+    int8 = getattr(builder, "platform_has_fast_int8", None)
+    cc = tuple((device or {}).get("compute_capability") or (0, 0))
+    if fp16 is None:
+        fp16 = cc in ((5, 3), (6, 0), (6, 2)) or cc >= (7, 0)
+    if int8 is None:
+        int8 = cc == (6, 1) or cc >= (7, 0)
+    return bool(fp16), bool(int8)
+
+
+def resolve_precision(builder, requested, device=None):
     """'auto' -> fp16 where the GPU has fast FP16, else fp32 with a warning."""
+    fast_fp16, fast_int8 = fast_types(builder, device)
     if requested in (None, "auto"):
-        if builder.platform_has_fast_fp16:
+        if fast_fp16:
             return "fp16"
         log.warning("this GPU has no fast FP16: building FP32 (pass --precision fp16 to force)")
         return "fp32"
     precision = engines.check_precision(requested)
-    if precision == "fp16" and not builder.platform_has_fast_fp16:
+    if precision == "fp16" and not fast_fp16:
         log.warning("this GPU has no fast FP16: the FP16 engine may be slower than FP32")
-    if precision == "int8" and not builder.platform_has_fast_int8:
+    if precision == "int8" and not fast_int8:
         log.warning("this GPU has no fast INT8: the INT8 engine may be slower than FP16")
     return precision
 
@@ -197,7 +211,7 @@ def build_for_bundle(bundle, api, device, options, overwrite=False):
     The CUDA context must be current.  ``device`` is CudaContext.info().
     """
     builder = api.trt.Builder(api.logger(options.verbose))
-    precision = resolve_precision(builder, options.precision)
+    precision = resolve_precision(builder, options.precision, device)
     del builder
     onnx_path, sha, name = engine_target(bundle, api, precision, options)
     for candidate in engines.engine_candidates(bundle.dir, name, sha):
