@@ -189,6 +189,8 @@ def read_cache_index(folder):
 
 def write_cache_index(folder, entry):
     """Record an engine built into the cache folder (model.json is read-only then)."""
+    if not os.path.isdir(folder):
+        os.makedirs(folder)
     entries = [e for e in read_cache_index(folder) if e.get("file") != entry["file"]]
     entries.append(entry)
     path = os.path.join(folder, CACHE_INDEX)
@@ -197,19 +199,29 @@ def write_cache_index(folder, entry):
     os.replace(path + ".tmp", path)
 
 
-def known_entries(info, model_dir):
-    """Every engine entry: model.json's, then the cache folder's for this ONNX."""
-    entries = list(info.get("engines") or [])
+def onnx_sha(info, onnx_path=None):
+    """The ONNX checksum model.json records, else the file's own (a bundle without one)."""
     sha = (info.get("onnx") or {}).get("sha256")
+    if not sha and onnx_path and os.path.isfile(onnx_path):
+        from oncolens.appliance.bundle import sha256_file
+        sha = sha256_file(onnx_path)
+    return sha
+
+
+def known_entries(info, model_dir, onnx_path=None):
+    """Every engine entry: model.json's, then the cache folder's index for this ONNX."""
+    entries = list(info.get("engines") or [])
+    sha = onnx_sha(info, onnx_path)
     if sha:
-        entries += read_cache_index(cache_dir_for(sha))
+        seen = set(e.get("file") for e in entries)
+        entries += [e for e in read_cache_index(cache_dir_for(sha)) if e.get("file") not in seen]
     return entries
 
 
-def entry_for_file(info, model_dir, path):
+def entry_for_file(info, model_dir, path, onnx_path=None):
     """The entry describing engine file ``path`` (by absolute path), or None."""
     want = os.path.abspath(path)
-    for entry in known_entries(info, model_dir):
+    for entry in known_entries(info, model_dir, onnx_path):
         if os.path.abspath(entry_path(entry, model_dir)) == want:
             return entry
     return None

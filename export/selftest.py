@@ -12,6 +12,7 @@ import logging
 import os
 import time
 
+from oncolens.appliance import engines
 from oncolens.appliance.cliutil import cli_entry, normalize_flags, setup_logging
 from oncolens.appliance.errors import OncoLensError, UsageError
 from oncolens.export import selftest_env
@@ -62,6 +63,10 @@ def build_parser():
 
 def _paths(args):
     out = args.out or os.path.join(args.model_dir, "selftest")
+    if not args.out and not engines.folder_is_writable(args.model_dir):
+        out = os.path.join(engines.cache_root(), "selftest",
+                           os.path.basename(os.path.abspath(args.model_dir)))
+        log.info("model folder %s is read-only: the report goes to %s", args.model_dir, out)
     json_path, md_path = os.path.join(out, "selftest.json"), os.path.join(out, "selftest.md")
     if os.path.exists(json_path) and not args.overwrite:
         raise UsageError("report {} already exists: pass --overwrite".format(json_path))

@@ -57,7 +57,7 @@ def bundle_for_engine(bundle, path):
 def run_engines(bundle, batch, precisions=None):
     """Yield (label, precision, probs, skip reason) for each engine model.json lists."""
     from oncolens.appliance import engines
-    entries = engines.known_entries(bundle.info, bundle.dir)
+    entries = engines.known_entries(bundle.info, bundle.dir, bundle.onnx_path)
     entries = [e for e in entries if not precisions or e.get("precision") in precisions]
     if not entries:
         yield "tensorrt", None, None, "no engine listed in model.json (oncolens export engine)"

@@ -223,3 +223,22 @@ def test_cam_output_comes_back_from_the_engine(tmp_path, cache, monkeypatch):
     assert result.cam.shape == (3, 2, 2)
     np.testing.assert_allclose(result.cam, ref.cam, atol=1e-5)
     np.testing.assert_allclose(result.probs, ref.probs, atol=1e-5)
+
+
+def test_bare_jetson_inference_folder_gets_no_made_up_model_json(tiny_bundle, tmp_path, cache,
+                                                                  monkeypatch):
+    state = trt_standin.install(monkeypatch, version="8.2.1.8")
+    d = tmp_path / "bare"
+    d.mkdir()
+    for f in ("resnet18.onnx", "labels.txt"):
+        shutil.copy(os.path.join(tiny_bundle, f), str(d))
+    code, out, err = run_cli(["export", "engine", "--model-dir", str(d)])
+    assert code == 0, err
+    assert sorted(os.listdir(str(d))) == ["labels.txt", "resnet18.onnx",
+                                          "resnet18.onnx.1.1.8201.GPU.FP16.engine"]
+    backend = _backend(str(d))                 # found through the cache index: no rebuild
+    x = np.random.RandomState(4).normal(0, 1, (2, 3, 32, 32)).astype(np.float32)
+    probs = backend.infer(x).probs
+    backend.close()
+    assert state.builds == 1 and backend.max_batch == 1
+    np.testing.assert_allclose(probs, _ort_probs(str(d), x).probs, atol=1e-2)   # fp16

@@ -57,7 +57,7 @@ class TensorRTBackend(Backend):
         bundle, api = self.bundle, self.api
         path = bundle.model_path or ""
         if path.endswith(engines.ENGINE_SUFFIXES):
-            entry = engines.entry_for_file(bundle.info, bundle.dir, path)
+            entry = engines.entry_for_file(bundle.info, bundle.dir, path, bundle.onnx_path)
             try:
                 engines.check_compatible(path, entry, api.version, self.device["name"])
                 return path, entry
@@ -69,7 +69,7 @@ class TensorRTBackend(Backend):
                     "precision")
                 batch = max_batch or (entry or {}).get("max_batch") or 1
                 return self._build(want, batch)
-        entries = engines.known_entries(bundle.info, bundle.dir)
+        entries = engines.known_entries(bundle.info, bundle.dir, bundle.onnx_path)
         entry = engines.pick_entry(entries, bundle.dir, api.version, self.device["name"],
                                    precision, max_batch)
         if entry:
@@ -144,7 +144,9 @@ class TensorRTBackend(Backend):
                               "--max-batch {}".format(path, limit, max_batch, max_batch))
         self.max_batch = int(limit)
         chw = tuple(self.input.shape[1:])
-        if chw != tuple(bundle.input_shape):
+        if bundle.inferred:   # no model.json: the engine says its input size
+            bundle.info["input"]["shape"] = [int(v) for v in chw]
+        elif chw != tuple(bundle.input_shape):
             raise BundleError("{} takes input {} but model.json says {}".format(
                 path, list(chw), list(bundle.input_shape)))
         if self.dynamic:

@@ -186,9 +186,11 @@ def write_atomic(path, data):
 
 
 def record(bundle, path, entry, in_cache):
-    """List the engine in model.json, or in the cache folder's index when it is read-only."""
-    if in_cache:
-        engines.write_cache_index(os.path.dirname(path), entry)
+    """List the engine in model.json, or in the cache folder's index when the model folder is
+    read-only or has no model.json (a bare jetson-inference export: none is made up)."""
+    if in_cache or bundle.inferred:
+        engines.write_cache_index(engines.cache_dir_for(entry["onnx_sha256"]),
+                                  dict(entry, file=os.path.abspath(path)))
         return
     engines.add_entry(bundle.info, entry)
     write_model_info(os.path.join(bundle.dir, MODEL_JSON), bundle.info)
@@ -215,7 +217,7 @@ def build_for_bundle(bundle, api, device, options, overwrite=False):
     del builder
     onnx_path, sha, name = engine_target(bundle, api, precision, options)
     for candidate in engines.engine_candidates(bundle.dir, name, sha):
-        entry = engines.entry_for_file(bundle.info, bundle.dir, candidate)
+        entry = engines.entry_for_file(bundle.info, bundle.dir, candidate, onnx_path)
         if os.path.isfile(candidate) and entry and entry.get("onnx_sha256") == sha \
                 and not overwrite:
             log.info("engine up to date: %s", candidate)
