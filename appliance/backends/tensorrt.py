@@ -105,7 +105,8 @@ class TensorRTBackend(Backend):
     def _load(self, path, entry, max_batch):
         trt, api = self.trt, self.api
         fields = entry or engines.parse_engine_name(path) or {}
-        runtime = trt.Runtime(api.logger())
+        self.logger = api.logger()   # TensorRT wants its logger to outlive the runtime
+        runtime = trt.Runtime(self.logger)
         if str(fields.get("device", "GPU")).startswith("DLA_"):
             runtime.DLA_core = int(fields["device"].split("_")[1])
         with open(path, "rb") as fh:
