@@ -242,3 +242,19 @@ def test_bare_jetson_inference_folder_gets_no_made_up_model_json(tiny_bundle, tm
     backend.close()
     assert state.builds == 1 and backend.max_batch == 1
     np.testing.assert_allclose(probs, _ort_probs(str(d), x).probs, atol=1e-2)   # fp16
+
+
+def test_a_missing_precision_is_built_next_to_a_usable_engine(dyn_bundle, tmp_path, cache,
+                                                              monkeypatch):
+    state = trt_standin.install(monkeypatch, version="8.6.2.3")
+    d = _bundle_copy(dyn_bundle, tmp_path)
+    assert run_cli(["export", "engine", "--model-dir", d])[0] == 0          # fp16, batch 1
+    backend = _backend(d, precision="fp32", max_batch=2)
+    assert backend.engine_path.endswith("resnet18.onnx.2.1.8602.GPU.FP32.engine")
+    backend.close()
+    backend = _backend(d)                                  # the best one there: fp16
+    assert backend.precision == "fp16" and state.builds == 2
+    backend.close()
+    with pytest.raises(Exception) as err:
+        _backend(d, precision="int8")
+    assert "needs calibration" in str(err.value)

@@ -74,8 +74,12 @@ class TensorRTBackend(Backend):
                                    precision, max_batch)
         if entry:
             return engines.entry_path(entry, bundle.dir), entry
-        stale = [e for e in entries if os.path.isfile(engines.entry_path(e, bundle.dir))]
-        if allow_rebuild is False or (stale and allow_rebuild is not True):
+        existing = [e for e in entries if os.path.isfile(engines.entry_path(e, bundle.dir))]
+        stale = [e for e in existing if int(e.get("tensorrt_code", -1)) != api.code
+                 or e.get("device_name") not in (None, self.device["name"])]
+        # only engines from another TensorRT / GPU: say so rather than rebuild unasked
+        only_stale = stale and len(stale) == len(existing)
+        if allow_rebuild is False or (only_stale and allow_rebuild is not True):
             raise engines.EngineMismatch(self._no_engine_message(stale, precision))
         return self._build(precision, max_batch or 1)
 
