@@ -14,10 +14,11 @@ SUBCOMMANDS = [
     ("demo", "oncolens.train.demo", "synthesise data, train, export and classify, end to end"),
     ("data", "oncolens.train.data_cli", "make, check and split datasets (synth, check, split)"),
     ("train", "oncolens.train.cli", "train a classifier on class folders (jetson-inference train.py flags)"),
-    ("export", "oncolens.export.cli", "export a checkpoint to ONNX (onnx_export.py flags)"),
+    ("export", "oncolens.export.cli", "export to ONNX (onnx_export.py flags), build TensorRT engines, verify them"),
     ("classify", "oncolens.appliance.classify_cli", "classify images, folders or streams (imagenet flags)"),
     ("service", "oncolens.appliance.service_cli", "install the systemd unit and /etc/default/oncolens (device service)"),
     ("serve", "oncolens.appliance.serve_cli", "web page and HTTP API: POST /classify, /health, /metrics"),
+    ("selftest", "oncolens.export.selftest", "build, verify and time engines here; write a JSON + Markdown report"),
 ]
 
 

@@ -1,0 +1,237 @@
+"""ONNX -> TensorRT engine with the Python API (no trtexec), for 8.0-8.6 and 10.x.
+
+Used by ``oncolens export engine`` and by the tensorrt backend when it has to build or
+rebuild an engine.  Names, placement and model.json entries come from appliance/engines.py.
+"""
+import io
+import logging
+import os
+import re
+
+from oncolens.appliance import engines
+from oncolens.appliance.bundle import MODEL_JSON, sha256_file, write_model_info
+from oncolens.appliance.errors import BundleError, OncoLensError, UsageError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WORKSPACE_MB = 256   # the Nano has 4 GB shared with the CPU
+
+
+class BuildOptions(object):
+    """What to build: precision ('auto', 'fp16', 'fp32', 'int8'), batch, device and caches."""
+
+    def __init__(self, precision="auto", max_batch=1, opt_batch=1, workspace_mb=None,
+                 dla_core=None, gpu_fallback=True, timing_cache=None, calibrator=None,
+                 calibration_cache=None, verbose=False):
+        self.precision = precision
+        self.max_batch = int(max_batch)
+        self.opt_batch = max(1, min(int(opt_batch), self.max_batch))
+        self.workspace_mb = int(workspace_mb or DEFAULT_WORKSPACE_MB)
+        self.dla_core = dla_core
+        self.gpu_fallback = bool(gpu_fallback)
+        self.timing_cache = timing_cache
+        self.calibrator = calibrator            # an IInt8EntropyCalibrator2 (int8 only)
+        self.calibration_cache = calibration_cache
+        self.verbose = verbose
+        if self.max_batch < 1:
+            raise UsageError("--max-batch: expected a positive batch size, got {}".format(
+                max_batch))
+
+
+def fast_types(builder, device):
+    """(fast fp16?, fast int8?): the builder's answer, or (TensorRT 10.5+ deprecates it)
+    the compute capability's: FP16 on 5.3, 6.0, 6.2 and 7.0+; INT8 on 6.1 and 7.0+."""
+    fp16 = getattr(builder, "platform_has_fast_fp16", None)
+    int8 = getattr(builder, "platform_has_fast_int8", None)
+    cc = tuple((device or {}).get("compute_capability") or (0, 0))
+    if fp16 is None:
+        fp16 = cc in ((5, 3), (6, 0), (6, 2)) or cc >= (7, 0)
+    if int8 is None:
+        int8 = cc == (6, 1) or cc >= (7, 0)
+    return bool(fp16), bool(int8)
+
+
+def resolve_precision(builder, requested, device=None):
+    """'auto' -> fp16 where the GPU has fast FP16, else fp32 with a warning."""
+    fast_fp16, fast_int8 = fast_types(builder, device)
+    if requested in (None, "auto"):
+        if fast_fp16:
+            return "fp16"
+        log.warning("this GPU has no fast FP16: building FP32 (pass --precision fp16 to force)")
+        return "fp32"
+    precision = engines.check_precision(requested)
+    if precision == "fp16" and not fast_fp16:
+        log.warning("this GPU has no fast FP16: the FP16 engine may be slower than FP32")
+    if precision == "int8" and not fast_int8:
+        log.warning("this GPU has no fast INT8: the INT8 engine may be slower than FP16")
+    return precision
+
+
+def default_timing_cache(api, device_name):
+    """One timing cache per TensorRT version and GPU, shared by every build here."""
+    tag = re.sub(r"[^A-Za-z0-9]+", "-", device_name or "gpu").strip("-")
+    return os.path.join(engines.cache_root(), "timing", "{}-{}.timing".format(api.code, tag))
+
+
+def parse_onnx(api, builder, logger, onnx_path):
+    trt = api.trt
+    network = builder.create_network(api.network_flags())
+    parser = trt.OnnxParser(network, logger)
+    with open(onnx_path, "rb") as fh:
+        ok = parser.parse(fh.read())
+    if not ok:
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise BundleError("{}: TensorRT {}'s ONNX parser refused it: {}".format(
+            onnx_path, api.version_text, "; ".join(errors) or "no reason given"))
+    return network, parser
+
+
+def network_input(network):
+    if network.num_inputs != 1:
+        raise BundleError("the ONNX model has {} inputs; OncoLens engines take one".format(
+            network.num_inputs))
+    return network.get_input(0)
+
+
+def add_batch_profile(builder, config, tensor, options):
+    """Fixed batch: max_batch must equal it.  Dynamic batch: a profile 1..max_batch."""
+    shape = tuple(tensor.shape)
+    if shape[0] != -1:
+        if options.max_batch != shape[0]:
+            raise UsageError("--max-batch {}: the ONNX has a fixed batch of {}; export it with "
+                             "'oncolens export onnx --dynamic-batch' for other sizes".format(
+                                 options.max_batch, shape[0]))
+        return False
+    rest = shape[1:]
+    profile = builder.create_optimization_profile()
+    profile.set_shape(tensor.name, (1,) + rest, (options.opt_batch,) + rest,
+                      (options.max_batch,) + rest)
+    config.add_optimization_profile(profile)
+    if options.calibrator is not None:
+        calib = builder.create_optimization_profile()
+        size = options.calibrator.get_batch_size()
+        calib.set_shape(tensor.name, (size,) + rest, (size,) + rest, (size,) + rest)
+        config.set_calibration_profile(calib)
+    return True
+
+
+def configure(api, builder, config, precision, options):
+    trt = api.trt
+    api.set_workspace(config, options.workspace_mb << 20)
+    if precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+    elif precision == "int8":
+        if options.calibrator is None:
+            raise UsageError("--precision int8 needs calibration images (--calib-images DIR) "
+                             "or a calibration cache")
+        config.set_flag(trt.BuilderFlag.INT8)
+        config.set_flag(trt.BuilderFlag.FP16)   # layers without INT8 kernels fall back to FP16
+        config.int8_calibrator = options.calibrator
+    if options.dla_core is not None:
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = int(options.dla_core)
+        if options.gpu_fallback:
+            config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+
+
+def load_timing_cache(config, path):
+    data = b""
+    if path and os.path.isfile(path):
+        with open(path, "rb") as fh:
+            data = fh.read()
+        log.info("timing cache: reusing %s (%d bytes)", path, len(data))
+    cache = config.create_timing_cache(data)
+    config.set_timing_cache(cache, False)   # ignore_mismatch=False: a stale cache is refused
+
+
+def save_timing_cache(config, path):
+    if not path:
+        return
+    cache = config.get_timing_cache()
+    if cache is None:
+        return
+    folder = os.path.dirname(path)
+    if folder and not os.path.isdir(folder):
+        os.makedirs(folder)
+    with open(path + ".tmp", "wb") as fh:
+        fh.write(bytes(cache.serialize()))
+    os.replace(path + ".tmp", path)
+
+
+def build_plan(api, onnx_path, precision, options, device_name):
+    """Parse, configure and build: (serialized engine bytes, dynamic batch?)."""
+    logger = api.logger(options.verbose)
+    builder = api.trt.Builder(logger)
+    network, parser = parse_onnx(api, builder, logger, onnx_path)
+    config = builder.create_builder_config()
+    configure(api, builder, config, precision, options)
+    dynamic = add_batch_profile(builder, config, network_input(network), options)
+    timing = options.timing_cache or default_timing_cache(api, device_name)
+    load_timing_cache(config, timing)
+    log.info("building a TensorRT %s %s engine from %s (max batch %d); this takes minutes "
+             "on a Jetson", api.version_text, precision.upper(), onnx_path, options.max_batch)
+    plan = api.build_serialized(builder, network, config)
+    if plan is None:
+        raise OncoLensError("TensorRT {} could not build an engine from {} (run with "
+                            "--log-level debug for its log)".format(api.version_text, onnx_path))
+    save_timing_cache(config, timing)
+    del parser
+    return plan, dynamic
+
+
+def write_atomic(path, data):
+    with io.open(path + ".part", "wb") as fh:
+        fh.write(data)
+    os.replace(path + ".part", path)
+
+
+def record(bundle, path, entry, in_cache):
+    """List the engine in model.json, or in the cache folder's index when the model folder is
+    read-only or has no model.json (a bare jetson-inference export: none is made up)."""
+    if in_cache or bundle.inferred:
+        engines.write_cache_index(engines.cache_dir_for(entry["onnx_sha256"]),
+                                  dict(entry, file=os.path.abspath(path)))
+        return
+    engines.add_entry(bundle.info, entry)
+    write_model_info(os.path.join(bundle.dir, MODEL_JSON), bundle.info)
+
+
+def engine_target(bundle, api, precision, options):
+    """(ONNX path, its sha256, engine file name) for this build."""
+    onnx_path = bundle.onnx_path
+    if not os.path.isfile(onnx_path):
+        raise BundleError("ONNX model not found: {} (run 'oncolens export onnx' first)".format(
+            onnx_path))
+    name = engines.engine_file_name(onnx_path, options.max_batch, api.version, precision,
+                                    options.dla_core, options.gpu_fallback)
+    return onnx_path, sha256_file(onnx_path), name
+
+
+def build_for_bundle(bundle, api, device, options, overwrite=False):
+    """Build (or reuse) the engine ``options`` describe; returns (path, entry, built?).
+
+    The CUDA context must be current.  ``device`` is CudaContext.info().
+    """
+    builder = api.trt.Builder(api.logger(options.verbose))
+    precision = resolve_precision(builder, options.precision, device)
+    del builder
+    onnx_path, sha, name = engine_target(bundle, api, precision, options)
+    for candidate in engines.engine_candidates(bundle.dir, name, sha):
+        entry = engines.entry_for_file(bundle.info, bundle.dir, candidate, onnx_path)
+        if os.path.isfile(candidate) and entry and entry.get("onnx_sha256") == sha \
+                and not overwrite:
+            log.info("engine up to date: %s", candidate)
+            return candidate, entry, False
+    plan, dynamic = build_plan(api, onnx_path, precision, options, device["name"])
+    path, in_cache = engines.place_engine(bundle.dir, name, sha)
+    if os.path.exists(path) and not overwrite:
+        # same name, but no record of it being built from this ONNX: a stale cache file
+        log.warning("replacing %s: it was not built from the current %s", path, onnx_path)
+    write_atomic(path, plan)
+    entry = engines.make_entry(path, bundle.dir, api.version, device["name"], precision,
+                               options.max_batch, options.dla_core, options.gpu_fallback,
+                               dynamic, sha, device.get("compute_capability"),
+                               options.calibration_cache if precision == "int8" else None)
+    record(bundle, path, entry, in_cache)
+    log.info("engine written: %s (%d bytes)", path, len(plan))
+    return path, entry, True

@@ -1,0 +1,123 @@
+"""INT8 calibration: an entropy calibrator (IInt8EntropyCalibrator2) fed by real images.
+
+``CalibrationBatches`` turns a list of image files into full float32 NCHW batches with
+the bundle's own preprocessing (unreadable files are skipped and logged; an incomplete
+last batch is dropped, since TensorRT wants every batch full).  ``make_calibrator`` wraps
+it in TensorRT's calibrator interface, copying each batch to one device buffer, and reads
+/ writes the calibration cache so a rebuild does not calibrate again.
+"""
+import logging
+import os
+
+import numpy as np
+
+from oncolens.appliance.errors import ImageReadError, UsageError
+
+log = logging.getLogger(__name__)
+
+
+class CalibrationBatches(object):
+    """Full batches of preprocessed images, in file order."""
+
+    def __init__(self, paths, preprocessor, batch_size):
+        self.paths = list(paths)
+        self.preprocessor = preprocessor
+        self.batch_size = int(batch_size)
+        if self.batch_size < 1:
+            raise UsageError("--calib-batch: expected a positive number, got {}".format(
+                batch_size))
+        if len(self.paths) < self.batch_size:
+            raise UsageError("calibration needs at least {} images (one batch), found {}".format(
+                self.batch_size, len(self.paths)))
+        self.skipped = []
+
+    def __len__(self):
+        return len(self.paths) // self.batch_size
+
+    @property
+    def shape(self):
+        p = self.preprocessor
+        return (self.batch_size, p.channels, p.height, p.width)
+
+    @property
+    def nbytes(self):
+        return int(np.prod(self.shape)) * 4
+
+    def __iter__(self):
+        from oncolens.appliance.imageio import read_image
+        current = []
+        for path in self.paths:
+            try:
+                current.append(self.preprocessor(read_image(path)))
+            except ImageReadError as exc:
+                self.skipped.append(path)
+                log.warning("calibration: skipped %s", exc)
+                continue
+            if len(current) == self.batch_size:
+                yield np.ascontiguousarray(np.stack(current), dtype=np.float32)
+                current = []
+        if current:
+            log.info("calibration: last %d image(s) left out (not a full batch of %d)",
+                     len(current), self.batch_size)
+
+
+def read_cache(path):
+    if path and os.path.isfile(path):
+        with open(path, "rb") as fh:
+            data = fh.read()
+        log.info("calibration cache: reusing %s", path)
+        return data
+    return None
+
+
+def write_cache(path, data):
+    folder = os.path.dirname(path)
+    if folder and not os.path.isdir(folder):
+        os.makedirs(folder)
+    with open(path + ".tmp", "wb") as fh:
+        fh.write(bytes(data))
+    os.replace(path + ".tmp", path)
+    log.info("calibration cache written: %s", path)
+
+
+def make_calibrator(trt, cuda, batches, cache_path):
+    """A TensorRT entropy calibrator over ``batches`` (None: only the cache is used).
+
+    Create it while the CUDA context is current (it allocates its device buffer).
+    """
+    base = trt.IInt8EntropyCalibrator2
+
+    class EntropyCalibrator(base):
+        def __init__(self):
+            base.__init__(self)
+            self.batches = batches
+            self.cache_path = cache_path
+            self.iterator = iter(batches) if batches is not None else iter(())
+            self.device_input = cuda.mem_alloc(batches.nbytes) if batches is not None else None
+            self.count = 0
+
+        def get_batch_size(self):
+            return self.batches.batch_size if self.batches is not None else 1
+
+        def get_batch(self, names, *unused):
+            try:
+                batch = next(self.iterator)
+            except StopIteration:
+                return None
+            cuda.memcpy_htod(self.device_input, batch)
+            self.count += 1
+            log.info("calibration batch %d/%d", self.count, len(self.batches))
+            return [int(self.device_input)]
+
+        def read_calibration_cache(self, *unused):
+            return read_cache(self.cache_path)
+
+        def write_calibration_cache(self, cache):
+            write_cache(self.cache_path, cache)
+
+        def free(self):
+            if self.device_input is not None:
+                self.device_input.free()
+                self.device_input = None
+
+    return EntropyCalibrator()

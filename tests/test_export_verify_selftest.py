@@ -1,0 +1,100 @@
+"""oncolens export verify and oncolens selftest: here (no TensorRT: engine steps skipped,
+with the reason) and through the tensorrt/pycuda STAND-IN (tests/trt_standin.py)."""
+import json
+import os
+import shutil
+
+import pytest
+
+import trt_standin
+from conftest import run_cli
+from test_export_tensorrt_standin import _bundle_copy, dyn_bundle  # noqa: F401 (fixture)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ONCOLENS_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def _with_checkpoint(src, tmp_path):
+    d = _bundle_copy(src, tmp_path)
+    shutil.copy(os.path.join(src, "model_best.pth.tar"), d)
+    return d
+
+
+def test_verify_without_tensorrt_compares_torch_and_onnx(tiny_bundle, tiny_data, tmp_path):
+    d = _with_checkpoint(tiny_bundle, tmp_path)
+    code, out, err = run_cli(["export", "verify", "--model-dir", d, "--images", tiny_data])
+    assert code == 0, err
+    assert "verify: 9 real images from {}".format(os.path.join(tiny_data, "val")) in out
+    (row,) = [l for l in out.splitlines() if l.startswith("torch vs onnxruntime")]
+    assert "agree 100.000% (>= 99.9%)" in row and row.endswith("ok")
+    assert "skipped tensorrt: no engine listed in model.json" in out
+
+
+def _replace_engine_payload(engine_path, onnx_path):
+    """Swap the ONNX inside a stand-in engine file (a wrong engine, same name)."""
+    data = open(engine_path, "rb").read()
+    head = data[:data.index(b"\n", len(trt_standin.MAGIC)) + 1]
+    with open(engine_path, "wb") as fh:
+        fh.write(head + open(onnx_path, "rb").read())
+
+
+def test_verify_with_engines_and_a_wrong_engine_fails(dyn_bundle, tiny_data, tmp_path,  # noqa
+                                                      cache, monkeypatch):
+    from test_export_onnx import _corrupt_largest_2d_initializer
+    trt_standin.install(monkeypatch, version="10.3.0.30", fast_int8=True)
+    d = _with_checkpoint(dyn_bundle, tmp_path)
+    for argv in (["--precision", "fp16"], ["--precision", "int8", "--calib-images", tiny_data,
+                                          "--calib-batch", 3]):
+        code, out, err = run_cli(["export", "engine", "--model-dir", d] + argv)
+        assert code == 0, err
+    code, out, err = run_cli(["export", "verify", "--model-dir", d, "--images", tiny_data])
+    assert code == 0, err
+    pairs = [l.split("  ")[0].strip() for l in out.splitlines() if " vs " in l]
+    assert len(pairs) == 6 and any(p.startswith("onnxruntime vs tensorrt int8") for p in pairs)
+    assert "(>= 97.0%)" in out and "(>= 99.0%)" in out
+    bad = str(tmp_path / "bad.onnx")
+    shutil.copy(os.path.join(d, "resnet18.onnx"), bad)
+    _corrupt_largest_2d_initializer(bad)
+    _replace_engine_payload(os.path.join(d, "resnet18.onnx.1.1.100300.GPU.FP16.engine"), bad)
+    code, out, err = run_cli(["export", "verify", "--model-dir", d, "--images", tiny_data,
+                              "--precision", "fp16"])
+    assert code == 1 and "below threshold" in err and "tensorrt fp16" in err
+    assert "FAIL" in out
+
+
+def test_selftest_here_skips_engine_steps_and_says_why(tiny_bundle, tiny_data, tmp_path):
+    d = _with_checkpoint(tiny_bundle, tmp_path)
+    out_dir = str(tmp_path / "report")
+    code, out, err = run_cli(["selftest", "--model-dir", d, "--images", tiny_data, "--frames", 5,
+                              "--out", out_dir])
+    assert code == 0, err
+    doc = json.load(open(os.path.join(out_dir, "selftest.json")))
+    steps = {s["step"]: s for s in doc["steps"]}
+    assert steps["onnx check"]["status"] == "passed"
+    speed = steps["speed onnxruntime (CPU/CUDA EP)"]
+    assert speed["status"] == "passed" and speed["detail"]["network_fps"] > 0
+    assert speed["detail"]["end_to_end_fps"] > 0
+    for p in ("fp32", "fp16", "int8"):
+        assert steps["engine " + p]["status"] == "skipped"
+        assert "needs the Python package 'tensorrt'" in steps["engine " + p]["detail"]
+        assert steps["verify " + p]["status"] == "skipped"
+    assert doc["environment"]["tensorrt"] == "not installed"
+    md = open(os.path.join(out_dir, "selftest.md")).read()
+    assert "| engine fp16 | skipped |" in md and "| tensorrt | not installed |" in md
+    code, out, err = run_cli(["selftest", "--model-dir", d, "--out", out_dir])
+    assert code == 2 and "--overwrite" in err
+
+
+def test_selftest_with_the_standin_builds_verifies_and_times_each_precision(
+        dyn_bundle, tiny_data, tmp_path, cache, monkeypatch):  # noqa: F811
+    trt_standin.install(monkeypatch, version="8.2.1.8", fast_int8=True)
+    d = _with_checkpoint(dyn_bundle, tmp_path)
+    code, out, err = run_cli(["selftest", "--model-dir", d, "--images", tiny_data, "--frames", 3])
+    assert code == 0, err
+    doc = json.load(open(os.path.join(d, "selftest", "selftest.json")))
+    status = {s["step"]: s["status"] for s in doc["steps"]}
+    assert set(status.values()) == {"passed"}, status
+    assert len(status) == 2 + 3 * 3
+    assert doc["environment"]["tensorrt"] == "8.2.1.8"
