@@ -1,5 +1,6 @@
 """Bundle + backend + preprocessing + post-processing: images in, predictions out."""
 import logging
+import threading
 
 from oncolens.appliance.backends import open_backend
 from oncolens.appliance.bundle import load_bundle
@@ -18,6 +19,9 @@ class Classifier(object):
         self.preprocessor = Preprocessor.from_bundle(bundle, policy)
         self.top = int(top)
         self.threshold = float(threshold)
+        # one inference at a time: the live loop and the web server (classify --serve) may
+        # share this classifier, and a TensorRT execution context is not thread-safe
+        self._lock = threading.Lock()
 
     @classmethod
     def open(cls, model, labels=None, input_blob=None, output_blob=None, **kwargs):
@@ -32,9 +36,14 @@ class Classifier(object):
     def labels(self):
         return self.bundle.labels
 
+    def infer_tensor(self, batch):
+        """A preprocessed float32 NCHW batch -> InferResult (thread-safe)."""
+        with self._lock:
+            return self.backend.infer(batch)
+
     def infer_images(self, images):
         """RGB uint8 images -> InferResult (probabilities (N, C), cam or None)."""
-        return self.backend.infer(self.preprocessor.batch(images))
+        return self.infer_tensor(self.preprocessor.batch(images))
 
     def predictions(self, probs_row):
         return top_k(probs_row, self.labels, self.top, self.threshold)

@@ -88,6 +88,11 @@ def build_parser():
     g = p.add_argument_group("appliance")
     g.add_argument("--overlay", default="text",
                    help="comma list of: text, cam (heatmap under the text), none (text)")
+    g.add_argument("--serve", metavar="[HOST]:PORT",
+                   help="also serve the web page, the live annotated stream (MJPEG) and "
+                        "POST /classify, e.g. :8080 (loopback; another host needs --token)")
+    g.add_argument("--token", default=os.environ.get("ONCOLENS_TOKEN"),
+                   help="API token for --serve or an http:// output (env ONCOLENS_TOKEN)")
     g.add_argument("--status-every", type=float, default=5.0,
                    help="seconds between status lines (5)")
     g.add_argument("--no-jetson-utils", action="store_true",
@@ -173,11 +178,16 @@ def main(argv):
         sink = open_sink(choose_output(args), overwrite=args.overwrite, rate=args.input_rate,
                          codec=args.output_codec, bitrate=args.bitrate,
                          encoder=args.output_encoder, save=args.output_save,
-                         jetson_utils=False if args.no_jetson_utils else None)
+                         jetson_utils=False if args.no_jetson_utils else None,
+                         classifier=clf, token=args.token)
+        sinks = [sink]
+        if args.serve:
+            from oncolens.appliance.web.live import open_live_sink
+            sinks.append(open_live_sink(args.serve, classifier=clf, token=args.token))
         if (args.output_encoder or args.output_save) and getattr(sink, "kind", None) != "jetson_utils":
             log.warning("--output-encoder/--output-save are used by jetson_utils outputs only: "
                         "ignored")
-        loop = LiveLoop(clf, source, [sink], overlay=modes, smoothing=args.smoothing,
+        loop = LiveLoop(clf, source, sinks, overlay=modes, smoothing=args.smoothing,
                         status_every=args.status_every, out=sys.stdout,
                         model_name=os.path.basename(os.path.normpath(model)))
         stats = loop.run()

@@ -159,7 +159,7 @@ class LiveLoop(object):
         clf = self.clf
         tensor = clf.preprocessor.batch([frame.image])
         t0 = time.monotonic()
-        result = clf.backend.infer(tensor)
+        result = clf.infer_tensor(tensor)
         self.stats.add(time.monotonic() - t0)
         probs = self.smoother(result.probs[0])
         preds = clf.predictions(probs)

@@ -9,6 +9,7 @@ extension:
     out.mp4 (mp4v) / out.avi (MJPG)         VideoFileSink
     display://0                             DisplaySink (no display: one notice, headless)
     rtp://host:port                         RtpSink (GStreamer)
+    http://@:8080                           the web page's live MJPEG stream (appliance/web)
 
 When ``jetson_utils`` is importable, display:// and rtp:// go through its videoOutput.
 Nothing that exists is overwritten unless ``overwrite`` is set.
@@ -215,6 +216,7 @@ class RtpSink(object):
 SCHEMES = [
     ("display", "oncolens.appliance.sinks:DisplaySink"),
     ("rtp", "oncolens.appliance.sinks:RtpSink"),
+    ("http", "oncolens.appliance.web.live:http_sink"),
 ]
 JETSON_UTILS_SCHEMES = ("display", "rtp", "rtsp", "webrtc")
 

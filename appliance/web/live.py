@@ -133,3 +133,9 @@ def open_live_sink(address, classifier=None, token=None, **options):
     sink.url = sink.server.url
     log.info("live stream at %sstream.mjpg", sink.url)
     return sink
+
+
+def http_sink(uri, overwrite=False, classifier=None, token=None, **_options):
+    """``open_sink``'s factory for ``http://@:PORT`` outputs (the other sink options, such as
+    codec or bitrate, do not apply to a browser stream)."""
+    return open_live_sink(uri, classifier=classifier, token=token)

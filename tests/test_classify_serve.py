@@ -1,0 +1,67 @@
+"""``oncolens classify ... --serve`` and ``http://@:PORT`` outputs: the live loop feeds the
+web page's MJPEG stream while the same server answers POST /classify."""
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+
+from conftest import cli_subprocess_cmd, subprocess_env
+from serve_util import read, request, sample_image
+
+
+def _wait_for_url(proc, deadline):
+    """Read the child's log until it says where the stream is."""
+    lines = []
+    while time.time() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        m = re.search(r"live stream at (http://\S+/)stream\.mjpg", line)
+        if m:
+            return m.group(1)
+    raise AssertionError("no 'live stream at' line; stderr:\n" + "".join(lines))
+
+
+def test_classify_serve_streams_the_loop_and_answers_classify(tiny_bundle, tiny_data):
+    cmd = cli_subprocess_cmd("classify", "--model", tiny_bundle, "--headless",
+                             "--input-loop=-1", "--serve", ":0",
+                             os.path.join(tiny_data, "test"))
+    proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, universal_newlines=True)
+    try:
+        url = _wait_for_url(proc, time.time() + 120)
+        frame = request(url, "/frame.jpg")
+        for _ in range(100):                      # the first annotated frame may lag a little
+            if frame.status == 200:
+                break
+            time.sleep(0.1)
+            frame = request(url, "/frame.jpg")
+        assert frame.status == 200 and frame.headers["content-type"] == "image/jpeg"
+        reply = request(url, "/classify", "POST", read(sample_image(tiny_data)))
+        assert reply.status == 200
+        body = json.loads(reply.body.decode("utf-8"))
+        assert body["label"] in ("benign", "malignant", "normal")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+
+
+def test_http_output_opens_the_live_sink(tiny_bundle):
+    from oncolens.appliance.classifier import Classifier
+    from oncolens.appliance.sinks import open_sink
+    from oncolens.appliance.web.live import LiveSink
+    with Classifier.open(tiny_bundle, backend="onnxruntime") as clf:
+        sink = open_sink("http://@:0", classifier=clf, codec=None, bitrate=4000000)
+        try:
+            assert isinstance(sink, LiveSink)
+            health = json.loads(request(sink.url, "/health").body.decode("utf-8"))
+            assert health["live"] is True and health["model_loaded"] is True
+        finally:
+            sink.close()
