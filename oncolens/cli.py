@@ -16,6 +16,8 @@ SUBCOMMANDS = [
     ("train", "oncolens.train.cli", "train a classifier on class folders (jetson-inference train.py flags)"),
     ("export", "oncolens.export.cli", "export a checkpoint to ONNX (onnx_export.py flags)"),
     ("classify", "oncolens.appliance.classify_cli", "classify images, folders or streams (imagenet flags)"),
+    ("batch", "oncolens.appliance.batch_cli", "classify a whole folder: results CSV/JSONL, metrics, resume"),
+    ("bench", "oncolens.appliance.bench_cli", "measure images/s: network-only, end to end, naive baseline"),
 ]
 
 

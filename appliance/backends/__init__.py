@@ -13,6 +13,7 @@ log = logging.getLogger(__name__)
 # name -> "module:Class"; "auto" tries them in this order (fastest first).
 REGISTRY = [
     ("onnxruntime", "oncolens.appliance.backends.ort:OnnxRuntimeBackend"),
+    ("openvino", "oncolens.appliance.backends.openvino:OpenVinoBackend"),
 ]
 
 

@@ -1,0 +1,87 @@
+"""OpenVINO backend (CPU): reads the bundle's ONNX directly, one compiled model a batch size.
+
+OpenVINO runs an int8 QDQ ONNX (variants.quantize_int8) with int8 kernels, so the same
+quantised file serves this backend and ONNX Runtime.
+"""
+import logging
+import os
+
+import numpy as np
+
+from oncolens.appliance.backends.base import Backend
+from oncolens.appliance.bundle import check_labels_match
+from oncolens.appliance.errors import BundleError, MissingDependency
+
+log = logging.getLogger(__name__)
+
+
+class OpenVinoBackend(Backend):
+    name = "openvino"
+
+    def __init__(self, bundle, threads=None, device="CPU", hint="LATENCY", **options):
+        super(OpenVinoBackend, self).__init__(bundle, **options)
+        try:
+            import openvino as ov
+        except ImportError:
+            raise MissingDependency("openvino", "the openvino backend",
+                                    "pip install 'oncolens[openvino]'")
+        self.ov = ov
+        path = bundle.model_path or bundle.onnx_path
+        if not path.endswith(".onnx"):
+            path = bundle.onnx_path
+        if not os.path.isfile(path):
+            raise BundleError("ONNX model not found: {}".format(path))
+        self.core = ov.Core()
+        try:
+            self.model = self.core.read_model(path)
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
+            raise BundleError("{}: OpenVINO cannot read it ({})".format(
+                path, str(exc).strip().splitlines()[0]))
+        self.path = path
+        self.device = device
+        self.config = {"PERFORMANCE_HINT": hint}
+        if threads:
+            self.config["INFERENCE_NUM_THREADS"] = int(threads)
+        self._check_io()
+        self.compiled = {}
+
+    @classmethod
+    def can_load(cls, bundle):
+        path = bundle.model_path or bundle.onnx_path
+        return path.endswith(".onnx") or os.path.isfile(bundle.onnx_path)
+
+    def _check_io(self):
+        names = [set(p.get_names()) for p in self.model.inputs]
+        if not any(self.bundle.input_name in n for n in names):
+            raise BundleError("{} has no input named '{}': pass --input-blob".format(
+                self.path, self.bundle.input_name))
+        outs = [o for o in self.model.outputs if self.bundle.output_name in o.get_names()]
+        if not outs:
+            raise BundleError("{} has no output named '{}': pass --output-blob".format(
+                self.path, self.bundle.output_name))
+        width = outs[0].get_partial_shape()[-1]
+        check_labels_match(self.bundle.labels, width.get_length() if width.is_static else None,
+                           self.bundle.labels_source, self.path)
+
+    def _compiled(self, n):
+        if n not in self.compiled:
+            model = self.model.clone()
+            c, h, w = self.bundle.input_shape
+            model.reshape({self.bundle.input_name: [n, c, h, w]})
+            compiled = self.core.compile_model(model, self.device, self.config)
+            self.compiled[n] = (compiled, compiled.create_infer_request())
+            log.debug("openvino: compiled %s for batch %d", self.path, n)
+        return self.compiled[n]
+
+    def infer(self, batch):
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        compiled, request = self._compiled(batch.shape[0])
+        request.infer({self.bundle.input_name: batch})
+        out = request.get_tensor(compiled.output(self.bundle.output_name)).data
+        return self._finish(np.array(out, copy=True))
+
+    def describe(self):
+        return "openvino {} {} {}".format(self.device, self.precision, self.ov.__version__)
+
+    def close(self):
+        self.compiled = {}
