@@ -133,8 +133,9 @@ def quantize_int8(bundle, calib_dir, count=100, overwrite=False):
     reader = _Calibration(files, Preprocessor.from_bundle(bundle), bundle.input_name)
     started = time.time()
     tmp = dst + ".tmp.onnx"
+    _at_least_opset(fp32.model_path, tmp, 13)  # per-channel QDQ needs opset 13
     # reduce_range: 7-bit weights avoid the u8s8 overflow of CPUs without VNNI (AVX2 only)
-    quantize_static(fp32.model_path, tmp, reader, quant_format=QuantFormat.QDQ,
+    quantize_static(tmp, tmp, reader, quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     per_channel=True, reduce_range=True,
                     calibrate_method=CalibrationMethod.MinMax)
@@ -145,6 +146,16 @@ def quantize_int8(bundle, calib_dir, count=100, overwrite=False):
                         "seconds": round(time.time() - started, 1)})
     log.info("wrote int8 copy %s (calibrated on %d images of %s)", dst, len(files), calib_dir)
     return with_model(bundle, dst)
+
+
+def _at_least_opset(src, dst, opset):
+    onnx = _onnx()
+    model = onnx.load(src)
+    current = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if current < opset:
+        from onnx import version_converter
+        model = version_converter.convert_version(model, opset)
+    onnx.save(model, dst)
 
 
 def sidecar_path(path):
