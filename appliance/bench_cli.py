@@ -115,6 +115,12 @@ def table(result):
             run["network_ips"], run["end_to_end_ips"], run["latency_ms"]["p50"],
             run["latency_ms"]["p99"], "{:.2f}".format(run["speedup_vs_baseline"])
             if run["speedup_vs_baseline"] else "-", _pct(run["agreement_vs_fp32"])))
+    for run in result["runs"]:
+        ceiling = run.get("runtime_ceiling")
+        if ceiling:
+            lines.append("runtime ceiling {} {} batch {}: {:.1f} img/s network-only ({})".format(
+                run["backend"], run["precision"], run["batch_size"], ceiling["network_ips"],
+                ceiling["runtime"]))
     for skip in result["skipped"]:
         lines.append("skipped {} {}: {}".format(skip["backend"], skip["precision"],
                                                 skip["reason"]))

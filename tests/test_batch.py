@@ -214,10 +214,19 @@ def test_file_list_is_streamed_and_prefetch_is_bounded():
     (["--results", "r.txt"], "expected a .csv or .jsonl"),
     (["--resume"], "--resume: needs --results"),
     (["--batch-size", "0"], "--batch-size"),
-    (["--precision", "int8"], "--precision int8"),
+    (["--precision", "fp16"], "--precision: expected one of fp32, int8"),
 ])
 def test_bad_flags_are_one_line(tiny_bundle, tiny_data, argv, message):
     code, out, err = run_cli(["batch", os.path.join(tiny_data, "test"), "--model", tiny_bundle,
                               "--no-progress"] + argv)
     assert code != 0
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_int8_is_refused_without_a_measured_agreement(tiny_bundle, tiny_data, tmp_path):
+    bundle = str(tmp_path / "model")
+    shutil.copytree(tiny_bundle, bundle, ignore=shutil.ignore_patterns("variants"))
+    code, out, err = run_cli(["batch", os.path.join(tiny_data, "test"), "--model", bundle,
+                              "--precision", "int8", "--no-progress"])
+    assert code != 0 and "no int8 copy with a measured agreement" in err
+    assert "oncolens bench" in err and len(err.strip().splitlines()) == 1

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 class OpenVinoBackend(Backend):
     name = "openvino"
 
-    def __init__(self, bundle, threads=None, device="CPU", hint="LATENCY", **options):
+    def __init__(self, bundle, threads=None, device="CPU", hint="auto", **options):
         super(OpenVinoBackend, self).__init__(bundle, **options)
         try:
             import openvino as ov
@@ -39,7 +39,8 @@ class OpenVinoBackend(Backend):
                 path, str(exc).strip().splitlines()[0]))
         self.path = path
         self.device = device
-        self.config = {"PERFORMANCE_HINT": hint}
+        self.hint = hint
+        self.config = {}
         if threads:
             self.config["INFERENCE_NUM_THREADS"] = int(threads)
         self._check_io()
@@ -63,22 +64,48 @@ class OpenVinoBackend(Backend):
         check_labels_match(self.bundle.labels, width.get_length() if width.is_static else None,
                            self.bundle.labels_source, self.path)
 
-    def _compiled(self, n):
-        if n not in self.compiled:
+    def _compiled(self, n, hint):
+        """(compiled model, its infer requests) for batch ``n`` under ``hint``."""
+        key = (n, hint)
+        if key not in self.compiled:
             model = self.model.clone()
             c, h, w = self.bundle.input_shape
             model.reshape({self.bundle.input_name: [n, c, h, w]})
-            compiled = self.core.compile_model(model, self.device, self.config)
-            self.compiled[n] = (compiled, compiled.create_infer_request())
-            log.debug("openvino: compiled %s for batch %d", self.path, n)
-        return self.compiled[n]
+            config = dict(self.config, PERFORMANCE_HINT=hint)
+            compiled = self.core.compile_model(model, self.device, config)
+            count = 1
+            if hint == "THROUGHPUT":
+                count = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+            self.compiled[key] = (compiled, [compiled.create_infer_request()
+                                             for _ in range(count)])
+            log.debug("openvino: compiled %s for batch %d (%s, %d requests)", self.path, n,
+                      hint, count)
+        return self.compiled[key]
 
     def infer(self, batch):
+        """Batch 1 (or hint LATENCY): one request on every core.  Larger batches (hint auto or
+        THROUGHPUT): split across the CPU streams OpenVINO chooses, run asynchronously."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
-        compiled, request = self._compiled(batch.shape[0])
-        request.infer({self.bundle.input_name: batch})
-        out = request.get_tensor(compiled.output(self.bundle.output_name)).data
-        return self._finish(np.array(out, copy=True))
+        n = batch.shape[0]
+        if n == 1 or self.hint == "LATENCY":
+            compiled, (request,) = self._compiled(n, "LATENCY")
+            request.infer({self.bundle.input_name: batch})
+            out = request.get_tensor(compiled.output(self.bundle.output_name)).data
+            return self._finish(np.array(out, copy=True))
+        streams = len(self._compiled(1, "THROUGHPUT")[1])
+        chunk = -(-n // streams)
+        if chunk * streams != n:  # pad to equal chunks: one compiled shape serves them all
+            pad = np.zeros((chunk * streams - n,) + batch.shape[1:], dtype=np.float32)
+            batch = np.concatenate([batch, pad])
+        compiled, requests = self._compiled(chunk, "THROUGHPUT")
+        for k, request in enumerate(requests[:streams]):
+            request.start_async({self.bundle.input_name: batch[k * chunk:(k + 1) * chunk]})
+        outs = []
+        for request in requests[:streams]:
+            request.wait()
+            outs.append(np.array(request.get_tensor(
+                compiled.output(self.bundle.output_name)).data, copy=True))
+        return self._finish(np.concatenate(outs)[:n])
 
     def describe(self):
         return "openvino {} {} {}".format(self.device, self.precision, self.ov.__version__)
