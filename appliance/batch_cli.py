@@ -145,6 +145,8 @@ def main(argv):
     setup_logging(args.log_level)
     _check_args(args)
     from oncolens.appliance.batch import run_batch
+    from oncolens.appliance.pipeline import opencv_single_threaded
+    opencv_single_threaded()
     rows = []
     keep = None if args.results else rows.append  # without a file, metrics need the rows
     with open_classifier(args, args.batch_size) as clf:

@@ -91,7 +91,7 @@ def end_to_end(backend, preprocessor, labels, files, batch_size, workers, warmup
         stages[3] += t2 - t1
         lat.extend(t2 - item.started for item in good)
     wall = time.perf_counter() - started
-    return {"end_to_end_ips": count / wall, "images": count, "seconds": round(wall, 3),
+    return {"end_to_end_ips": count / wall, "images": count, "seconds": round(wall, 6),
             "latency_ms": latency_ms(lat), "stage_share": shares(stages)}
 
 

@@ -140,6 +140,8 @@ def main(argv):
     setup_logging(args.log_level)
     cfg = make_config(args)
     from oncolens.appliance.bench import run_bench
+    from oncolens.appliance.pipeline import opencv_single_threaded
+    opencv_single_threaded()
     result = run_bench(cfg)
     print(table(result))
     if args.json:

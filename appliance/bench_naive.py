@@ -73,7 +73,7 @@ class NaiveTorch(object):
         wall = time.perf_counter() - started
         return {"backend": "torch-eager", "precision": "fp32", "batch_size": 1,
                 "pipeline": "PIL + torchvision transforms + eager model, one image at a time",
-                "images": len(files), "seconds": round(wall, 3),
+                "images": len(files), "seconds": round(wall, 6),
                 "end_to_end_ips": len(files) / wall, "network_ips": len(files) / stages[2],
                 "latency_ms": latency_ms(lat), "stage_share": shares(stages),
                 "torch_threads": self.torch.get_num_threads()}
