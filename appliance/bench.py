@@ -151,12 +151,15 @@ def baseline(cfg, bundle, ref):
         return {"skipped": str(exc), "end_to_end_ips": None}
     result = naive.run(cfg["files"], cfg["warmup"])
     result["agreement_vs_fp32"] = agreement(naive.top1(cfg["agreement_files"]), ref)
+    result["single_thread"] = naive.run_single_thread(cfg["files"], cfg["warmup"])
     return result
 
 
 def summarise(result):
     """Ratios against the baseline and against the fastest runtime at each precision."""
     base = (result.get("baseline") or {}).get("end_to_end_ips")
+    single = ((result.get("baseline") or {}).get("single_thread") or {}).get("end_to_end_ips")
+    best_naive = max(base or 0.0, single or 0.0)
     best = {}
     for run in result["runs"]:
         key = run["precision"]
@@ -164,6 +167,8 @@ def summarise(result):
         best[key] = max(best.get(key, 0.0), run["network_ips"], ceiling)
     for run in result["runs"]:
         run["speedup_vs_baseline"] = round(run["end_to_end_ips"] / base, 3) if base else None
+        run["speedup_vs_best_naive"] = (round(run["end_to_end_ips"] / best_naive, 3)
+                                        if best_naive else None)
         run["network_vs_fastest_runtime"] = round(run["network_ips"] / best[run["precision"]], 3)
         run["end_to_end_vs_network"] = round(run["end_to_end_ips"] / run["network_ips"], 3)
     result["fastest_network_ips"] = dict((k, round(v, 2)) for k, v in best.items())

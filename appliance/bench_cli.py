@@ -109,6 +109,12 @@ def table(result):
             "torch-eager (naive)", 1, base["network_ips"], base["end_to_end_ips"],
             base["latency_ms"]["p50"], base["latency_ms"]["p99"], "1.00",
             _pct(base.get("agreement_vs_fp32"))))
+        one = base.get("single_thread") or {}
+        if one.get("end_to_end_ips"):
+            lines.append("{:<22}{:>6}{:>11.1f}{:>11.1f}{:>9.1f}{:>9.1f}{:>9.2f}{:>10}".format(
+                "  same, torch 1 thread", 1, one["network_ips"], one["end_to_end_ips"],
+                one["latency_ms"]["p50"], one["latency_ms"]["p99"],
+                one["end_to_end_ips"] / base["end_to_end_ips"], "-"))
     for run in result["runs"]:
         lines.append("{:<22}{:>6}{:>11.1f}{:>11.1f}{:>9.1f}{:>9.1f}{:>9}{:>10}".format(
             "{} {}".format(run["backend"], run["precision"]), run["batch_size"],

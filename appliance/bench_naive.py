@@ -78,5 +78,18 @@ class NaiveTorch(object):
                 "latency_ms": latency_ms(lat), "stage_share": shares(stages),
                 "torch_threads": self.torch.get_num_threads()}
 
+    def run_single_thread(self, files, warmup=3):
+        """The same loop with torch at one thread: on a crowded CPU the tutorial's default
+        (one OpenMP thread a core, spin-waiting) can be far slower, and a speed-up measured
+        against that alone would flatter us."""
+        threads = self.torch.get_num_threads()
+        self.torch.set_num_threads(1)
+        try:
+            result = self.run(files, warmup)
+        finally:
+            self.torch.set_num_threads(threads)
+        result["pipeline"] += ", torch.set_num_threads(1)"
+        return result
+
     def top1(self, files):
         return [self.classify(path)[0] for path, _ in files]

@@ -62,6 +62,9 @@ def test_bench_figures_are_positive_and_consistent(bench_json):
     _check_latency(base["latency_ms"])
     _check_shares(base["stage_share"])
     assert 0.0 <= base["agreement_vs_fp32"] <= 1.0
+    one = base["single_thread"]
+    assert one["end_to_end_ips"] > 0 and one["torch_threads"] == 1 and one["images"] == 9
+    best_naive = max(base["end_to_end_ips"], one["end_to_end_ips"])
     for run in bench_json["runs"]:
         assert run["network_ips"] > 0 and run["end_to_end_ips"] > 0
         assert run["images"] == 9
@@ -72,6 +75,8 @@ def test_bench_figures_are_positive_and_consistent(bench_json):
         assert 0.0 <= run["agreement_vs_fp32"] <= 1.0
         assert run["speedup_vs_baseline"] == pytest.approx(
             run["end_to_end_ips"] / base["end_to_end_ips"], rel=1e-2)
+        assert run["speedup_vs_best_naive"] == pytest.approx(
+            run["end_to_end_ips"] / best_naive, rel=1e-2)
         fastest = bench_json["fastest_network_ips"][run["precision"]]
         assert run["network_ips"] <= fastest + 0.01
         assert 0 < run["network_vs_fastest_runtime"] <= 1.0
