@@ -192,7 +192,13 @@ def for_precision(bundle, precision, batch_size=1):
         raise UsageError("--precision: expected one of {}, got '{}'".format(
             ", ".join(PRECISIONS), precision))
     if precision == "fp32":
-        return dynamic_batch(bundle) if int(batch_size) > 1 else bundle
+        if int(batch_size) <= 1:
+            return bundle
+        try:
+            return dynamic_batch(bundle)
+        except MissingDependency as exc:  # a device with onnxruntime but not onnx
+            log.warning("%s: running the batch-1 model one image at a time", exc)
+            return bundle
     path = variant_path(bundle, "int8")
     agreement = read_sidecar(path).get("agreement_vs_fp32") if os.path.isfile(path) else None
     if not agreement:
