@@ -12,9 +12,9 @@ log = logging.getLogger(__name__)
 def openvino_throughput(bundle, batch, min_seconds=3.0, threads=None):
     """Network-only images/s of OpenVINO THROUGHPUT mode on ``bundle``'s ONNX at ``batch``'s
     shape, or None when OpenVINO is not installed."""
-    try:
-        import openvino as ov
-    except ImportError:
+    from oncolens.appliance.backends.openvino import import_openvino
+    ov = import_openvino()
+    if ov is None:
         return None
     core = ov.Core()
     model = core.read_model(bundle.model_path or bundle.onnx_path)

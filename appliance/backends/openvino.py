@@ -15,14 +15,26 @@ from oncolens.appliance.errors import BundleError, MissingDependency
 log = logging.getLogger(__name__)
 
 
+def import_openvino():
+    """The OpenVINO API module (``openvino`` since 2023.1, ``openvino.runtime`` before), or
+    None when OpenVINO is not installed."""
+    try:
+        import openvino as ov
+        if hasattr(ov, "Core"):
+            return ov
+        import openvino.runtime as ov_runtime
+        return ov_runtime
+    except ImportError:
+        return None
+
+
 class OpenVinoBackend(Backend):
     name = "openvino"
 
     def __init__(self, bundle, threads=None, device="CPU", hint="auto", **options):
         super(OpenVinoBackend, self).__init__(bundle, **options)
-        try:
-            import openvino as ov
-        except ImportError:
+        ov = import_openvino()
+        if ov is None:
             raise MissingDependency("openvino", "the openvino backend",
                                     "pip install 'oncolens[openvino]'")
         self.ov = ov
@@ -108,7 +120,8 @@ class OpenVinoBackend(Backend):
         return self._finish(np.concatenate(outs)[:n])
 
     def describe(self):
-        return "openvino {} {} {}".format(self.device, self.precision, self.ov.__version__)
+        return "openvino {} {} {}".format(self.device, self.precision,
+                                          getattr(self.ov, "__version__", ""))
 
     def close(self):
         self.compiled = {}
