@@ -12,7 +12,7 @@ import os
 import time
 
 from oncolens.appliance.evaluation import truth_of
-from oncolens.appliance.pipeline import batched, iter_image_files, prefetch
+from oncolens.appliance.pipeline import batched, iter_image_files, prefetch, window
 from oncolens.appliance.results import ResultsWriter, done_paths
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def run_batch(clf, uri, results=None, annotate=None, batch_size=8, workers=2, re
     sha = clf.bundle.model_sha256 or ""
     counts = collections.Counter()
     files = (f for f in iter_image_files(uri, counts) if not _skipped(f, skip, counts))
-    items = prefetch(files, clf.preprocessor, workers=workers, depth=max(16, 4 * batch_size),
+    items = prefetch(files, clf.preprocessor, workers=workers, depth=window(batch_size, workers),
                      keep_image=annotator is not None)
     bar = Progress(progress)
     started = time.time()

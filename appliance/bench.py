@@ -14,7 +14,7 @@ import numpy as np
 from oncolens.appliance.backends import open_backend
 from oncolens.appliance.benchstats import latency_ms, loadavg, machine_info, shares
 from oncolens.appliance.errors import MissingDependency, OncoLensError
-from oncolens.appliance.pipeline import batched, prefetch
+from oncolens.appliance.pipeline import batched, prefetch, window
 from oncolens.appliance.postprocess import top_k
 from oncolens.appliance.preprocess import Preprocessor
 
@@ -75,7 +75,7 @@ def end_to_end(backend, preprocessor, labels, files, batch_size, workers, warmup
     lat, count = [], 0
     started = time.perf_counter()
     for good, failed in batched(prefetch(files, preprocessor, workers,
-                                         depth=max(16, 4 * batch_size)), batch_size):
+                                         depth=window(batch_size, workers)), batch_size):
         count += len(good)
         if not good:
             continue

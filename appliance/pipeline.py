@@ -97,6 +97,12 @@ def opencv_single_threaded():
     cv2.setNumThreads(1)
 
 
+def window(batch_size, workers):
+    """How many files to load ahead: two batches plus two per worker keeps inference fed
+    (decoding is several times faster than inference here) without images waiting long."""
+    return 2 * int(batch_size) + 2 * max(1, int(workers))
+
+
 def prefetch(files, preprocessor, workers=2, depth=32, keep_image=False):
     """Items for ``files`` ((path, relpath) pairs) in order, loaded ``depth`` ahead.
 
