@@ -19,6 +19,8 @@ SUBCOMMANDS = [
     ("service", "oncolens.appliance.service_cli", "install the systemd unit and /etc/default/oncolens (device service)"),
     ("serve", "oncolens.appliance.serve_cli", "web page and HTTP API: POST /classify, /health, /metrics"),
     ("selftest", "oncolens.export.selftest", "build, verify and time engines here; write a JSON + Markdown report"),
+    ("batch", "oncolens.appliance.batch_cli", "classify a whole folder: results CSV/JSONL, metrics, resume"),
+    ("bench", "oncolens.appliance.bench_cli", "measure images/s: network-only, end to end, naive baseline"),
 ]
 
 

@@ -16,6 +16,7 @@ REGISTRY = [
     ("jetson", "oncolens.appliance.backends.jetson:JetsonBackend"),
     ("tensorrt", "oncolens.appliance.backends.tensorrt:TensorRTBackend"),
     ("onnxruntime", "oncolens.appliance.backends.ort:OnnxRuntimeBackend"),
+    ("openvino", "oncolens.appliance.backends.openvino:OpenVinoBackend"),
     ("torch", "oncolens.appliance.backends.torch_backend:TorchBackend"),
 ]
 

@@ -1,0 +1,127 @@
+"""OpenVINO backend (CPU): reads the bundle's ONNX directly, one compiled model a batch size.
+
+OpenVINO runs an int8 QDQ ONNX (variants.quantize_int8) with int8 kernels, so the same
+quantised file serves this backend and ONNX Runtime.
+"""
+import logging
+import os
+
+import numpy as np
+
+from oncolens.appliance.backends.base import Backend
+from oncolens.appliance.bundle import check_labels_match
+from oncolens.appliance.errors import BundleError, MissingDependency
+
+log = logging.getLogger(__name__)
+
+
+def import_openvino():
+    """The OpenVINO API module (``openvino`` since 2023.1, ``openvino.runtime`` before), or
+    None when OpenVINO is not installed."""
+    try:
+        import openvino as ov
+        if hasattr(ov, "Core"):
+            return ov
+        import openvino.runtime as ov_runtime
+        return ov_runtime
+    except ImportError:
+        return None
+
+
+class OpenVinoBackend(Backend):
+    name = "openvino"
+
+    def __init__(self, bundle, threads=None, device="CPU", hint="auto", **options):
+        super(OpenVinoBackend, self).__init__(bundle, **options)
+        ov = import_openvino()
+        if ov is None:
+            raise MissingDependency("openvino", "the openvino backend",
+                                    "pip install 'oncolens[openvino]'")
+        self.ov = ov
+        path = bundle.model_path or bundle.onnx_path
+        if not path.endswith(".onnx"):
+            path = bundle.onnx_path
+        if not os.path.isfile(path):
+            raise BundleError("ONNX model not found: {}".format(path))
+        self.core = ov.Core()
+        try:
+            self.model = self.core.read_model(path)
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
+            raise BundleError("{}: OpenVINO cannot read it ({})".format(
+                path, str(exc).strip().splitlines()[0]))
+        self.path = path
+        self.device = device
+        self.hint = hint
+        self.config = {}
+        if threads:
+            self.config["INFERENCE_NUM_THREADS"] = int(threads)
+        self._check_io()
+        self.compiled = {}
+
+    @classmethod
+    def can_load(cls, bundle):
+        path = bundle.model_path or bundle.onnx_path
+        return path.endswith(".onnx") or os.path.isfile(bundle.onnx_path)
+
+    def _check_io(self):
+        names = [set(p.get_names()) for p in self.model.inputs]
+        if not any(self.bundle.input_name in n for n in names):
+            raise BundleError("{} has no input named '{}': pass --input-blob".format(
+                self.path, self.bundle.input_name))
+        outs = [o for o in self.model.outputs if self.bundle.output_name in o.get_names()]
+        if not outs:
+            raise BundleError("{} has no output named '{}': pass --output-blob".format(
+                self.path, self.bundle.output_name))
+        width = outs[0].get_partial_shape()[-1]
+        check_labels_match(self.bundle.labels, width.get_length() if width.is_static else None,
+                           self.bundle.labels_source, self.path)
+
+    def _compiled(self, n, hint):
+        """(compiled model, its infer requests) for batch ``n`` under ``hint``."""
+        key = (n, hint)
+        if key not in self.compiled:
+            model = self.model.clone()
+            c, h, w = self.bundle.input_shape
+            model.reshape({self.bundle.input_name: [n, c, h, w]})
+            config = dict(self.config, PERFORMANCE_HINT=hint)
+            compiled = self.core.compile_model(model, self.device, config)
+            count = 1
+            if hint == "THROUGHPUT":
+                count = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+            self.compiled[key] = (compiled, [compiled.create_infer_request()
+                                             for _ in range(count)])
+            log.debug("openvino: compiled %s for batch %d (%s, %d requests)", self.path, n,
+                      hint, count)
+        return self.compiled[key]
+
+    def infer(self, batch):
+        """Batch 1 (or hint LATENCY): one request on every core.  Larger batches (hint auto or
+        THROUGHPUT): split across the CPU streams OpenVINO chooses, run asynchronously."""
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        n = batch.shape[0]
+        if n == 1 or self.hint == "LATENCY":
+            compiled, (request,) = self._compiled(n, "LATENCY")
+            request.infer({self.bundle.input_name: batch})
+            out = request.get_tensor(compiled.output(self.bundle.output_name)).data
+            return self._finish(np.array(out, copy=True))
+        streams = len(self._compiled(1, "THROUGHPUT")[1])
+        chunk = -(-n // streams)
+        if chunk * streams != n:  # pad to equal chunks: one compiled shape serves them all
+            pad = np.zeros((chunk * streams - n,) + batch.shape[1:], dtype=np.float32)
+            batch = np.concatenate([batch, pad])
+        compiled, requests = self._compiled(chunk, "THROUGHPUT")
+        for k, request in enumerate(requests[:streams]):
+            request.start_async({self.bundle.input_name: batch[k * chunk:(k + 1) * chunk]})
+        outs = []
+        for request in requests[:streams]:
+            request.wait()
+            outs.append(np.array(request.get_tensor(
+                compiled.output(self.bundle.output_name)).data, copy=True))
+        return self._finish(np.concatenate(outs)[:n])
+
+    def describe(self):
+        return "openvino {} {} {}".format(self.device, self.precision,
+                                          getattr(self.ov, "__version__", ""))
+
+    def close(self):
+        self.compiled = {}

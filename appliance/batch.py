@@ -1,0 +1,161 @@
+"""Classify a whole folder: streamed, batched, resumable, with a results file and metrics.
+
+    run_batch(classifier, "archive/", results="out.csv", annotate="annotated/")
+
+Decoding and preprocessing run in a worker pool ahead of inference (pipeline.prefetch);
+every result is appended to the results file and flushed as its batch finishes, so a
+killed run loses nothing already classified and ``resume=True`` picks up where it stopped.
+"""
+import collections
+import logging
+import os
+import time
+
+from oncolens.appliance.evaluation import truth_of
+from oncolens.appliance.pipeline import batched, iter_image_files, prefetch, window
+from oncolens.appliance.results import ResultsWriter, done_paths
+
+log = logging.getLogger(__name__)
+
+Summary = collections.namedtuple("Summary", ["classified", "failed", "skipped", "ignored",
+                                             "seconds"])
+
+
+class Progress(object):
+    """tqdm when it is installed, else a log line every few seconds; shows images/s."""
+
+    def __init__(self, enabled=True, every=5.0):
+        self.count = 0
+        self.started = time.time()
+        self.last = self.started
+        self.every = every
+        self.bar = None
+        if enabled:
+            try:
+                from tqdm import tqdm
+                self.bar = tqdm(unit="img", desc="classify", smoothing=0.1)
+            except ImportError:
+                pass
+        self.enabled = enabled
+
+    def update(self, n):
+        self.count += n
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = time.time()
+        if self.enabled and now - self.last >= self.every:
+            self.last = now
+            log.info("%d images, %.1f images/s", self.count, self.count / (now - self.started))
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _row(item, labels, probs=None, pred=None, backend="", precision="", sha=""):
+    truth = truth_of(item.relpath, labels)
+    row = collections.OrderedDict([("path", item.path), ("relpath", item.relpath),
+                                   ("label", None), ("index", None), ("confidence", None)])
+    for n, label in enumerate(labels):
+        row["p_" + label] = round(float(probs[n]), 6) if probs is not None else None
+    if pred is not None:
+        row["label"], row["index"], row["confidence"] = pred.label, pred.index, round(
+            pred.confidence, 6)
+    row["truth"] = truth
+    row["correct"] = (None if truth is None or pred is None else int(pred.label == truth))
+    row["error"] = item.error
+    row["backend"], row["precision"], row["model_sha256"] = backend, precision, sha
+    return row
+
+
+class Annotator(object):
+    """Writes annotated copies under ``outdir`` with the input's names and sub-folders."""
+
+    def __init__(self, outdir, overwrite=False):
+        self.outdir = outdir
+        self.overwrite = overwrite
+
+    def __call__(self, item, preds):
+        from oncolens.appliance.errors import UsageError
+        from oncolens.appliance.imageio import write_image
+        from oncolens.appliance.overlay import draw_lines
+        from oncolens.appliance.postprocess import overlay_text
+        target = os.path.join(self.outdir, item.relpath)
+        if os.path.exists(target) and not self.overwrite:
+            raise UsageError("output {} already exists: pass --overwrite to replace it".format(
+                target))
+        write_image(target, draw_lines(item.image, [overlay_text(p) for p in preds]))
+
+
+def run_batch(clf, uri, results=None, annotate=None, batch_size=8, workers=2, resume=False,
+              overwrite=False, progress=True, on_row=None):
+    """Classify every image under ``uri``; returns a Summary. ``on_row(row)`` sees each row."""
+    labels = clf.labels
+    writer = ResultsWriter(results, labels, resume, overwrite) if results else None
+    skip = done_paths(results) if (results and resume) else set()
+    if skip:
+        log.info("--resume: %d files already in %s are skipped", len(skip), results)
+    annotator = None
+    if annotate:
+        _check_annotate_dir(annotate, resume, overwrite)
+        annotator = Annotator(annotate, overwrite or resume)
+    backend = clf.backend.name
+    precision = getattr(clf.backend, "precision", "fp32")
+    sha = clf.bundle.model_sha256 or ""
+    counts = collections.Counter()
+    files = (f for f in iter_image_files(uri, counts) if not _skipped(f, skip, counts))
+    items = prefetch(files, clf.preprocessor, workers=workers, depth=window(batch_size, workers),
+                     keep_image=annotator is not None)
+    bar = Progress(progress)
+    started = time.time()
+    try:
+        for good, failed in batched(items, batch_size):
+            rows = [_row(item, labels, backend=backend, precision=precision, sha=sha)
+                    for item in failed]
+            for item in failed:
+                log.error("%s", item.error)
+            if good:
+                rows.extend(_classify(clf, good, labels, annotator, backend, precision, sha))
+            for row in rows:
+                if writer is not None:
+                    writer.write(row)
+                if on_row is not None:
+                    on_row(row)
+            if writer is not None:
+                writer.flush()
+            counts["classified"] += len(good)
+            counts["failed"] += len(failed)
+            bar.update(len(good) + len(failed))
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+    return Summary(counts["classified"], counts["failed"], counts["skipped"], counts["ignored"],
+                   time.time() - started)
+
+
+def _check_annotate_dir(outdir, resume, overwrite):
+    from oncolens.appliance.errors import UsageError
+    if os.path.isdir(outdir) and os.listdir(outdir) and not (resume or overwrite):
+        raise UsageError("--annotate {}: the folder exists and is not empty: pass --resume to "
+                         "continue a run or --overwrite to replace its files".format(outdir))
+
+
+def _skipped(entry, skip, counts):
+    if entry[0] in skip:
+        counts["skipped"] += 1
+        return True
+    return False
+
+
+def _classify(clf, good, labels, annotator, backend, precision, sha):
+    import numpy as np
+    result = clf.backend.infer(np.stack([item.tensor for item in good]))
+    rows = []
+    for item, probs in zip(good, result.probs):
+        preds = clf.predictions(probs)
+        rows.append(_row(item, labels, probs, preds[0], backend, precision, sha))
+        if annotator is not None:
+            annotator(item, preds)
+    return rows

@@ -1,0 +1,170 @@
+"""``oncolens batch``: classify a whole folder (or glob) into a results file, with metrics.
+
+    oncolens batch archive/ --model models/busi-resnet18 --results out.csv \
+        --annotate annotated/ --batch-size 8 --workers 2 [--resume]
+
+Ground truth comes from parent folder names that are labels (``test/malignant/x.png``): then
+accuracy, macro-F1, per-class precision/recall and the confusion matrix are printed and
+written beside the results (``.metrics.json`` and ``.confusion.png``).  A file that cannot be
+read is recorded with its error and the run goes on; the exit code is 1 when any failed.
+"""
+import argparse
+import logging
+import os
+
+from oncolens.appliance.cliutil import cli_entry, normalize_flags, setup_logging
+from oncolens.appliance.errors import UsageError
+
+log = logging.getLogger("oncolens.batch")
+
+
+def add_model_flags(p):
+    """The model flags of ``oncolens classify`` (jetson-inference's imagenet)."""
+    p.add_argument("--model", help="model folder, .onnx, engine or checkpoint")
+    p.add_argument("--network", help="a model folder name under --models-root (models/NAME/)")
+    p.add_argument("--models-root", default="models", help="where --network looks (models)")
+    p.add_argument("--labels", help="labels file (optional when the model has a model.json)")
+    p.add_argument("--input-blob", help="input tensor name (default from model.json, else input_0)")
+    p.add_argument("--output-blob", help="output tensor name (default from model.json, else output_0)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="inference threads (default: the runtime's choice, all cores)")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="oncolens batch",
+        description="Classify every image in a folder (recursive) or quoted glob: results as "
+                    "CSV or JSON Lines, metrics from class-folder names, annotated copies, "
+                    "resumable.")
+    p.add_argument("input", help="folder, quoted glob or image file")
+    add_model_flags(p)
+    p.add_argument("--backend", default="auto", help="auto, onnxruntime or openvino")
+    p.add_argument("--precision", default="fp32",
+                   help="fp32 (default) or int8 (only once 'oncolens bench' has measured and "
+                        "recorded its agreement with fp32)")
+    p.add_argument("--results", help="results file, .csv or .jsonl (appended and flushed as "
+                                     "results come)")
+    p.add_argument("--annotate", metavar="OUTDIR",
+                   help="write annotated copies here, input names and sub-folders kept")
+    p.add_argument("--metrics", help="metrics JSON (default: beside --results as "
+                                     "NAME.metrics.json; a .confusion.png goes with it)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per inference call (8)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="decode/preprocess threads running ahead of inference (2; 0: none)")
+    p.add_argument("--resume", action="store_true",
+                   help="skip files already in --results and append to it")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing results file and annotated copies")
+    p.add_argument("--topK", "--topk", dest="topk", type=int, default=1,
+                   help="classes drawn on annotated copies (1)")
+    p.add_argument("--threshold", type=float, default=0.01,
+                   help="minimum confidence of the 2nd..K-th class drawn (0.01)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    return p
+
+
+def resolve_model(args):
+    if args.model:
+        return args.model
+    if args.network:
+        return os.path.join(args.models_root, args.network)
+    raise UsageError("--model: required (a model folder, .onnx, engine or checkpoint), or "
+                     "--network=NAME for models/NAME/")
+
+
+def open_classifier(args, batch_size=1):
+    """A Classifier for the model flags, at ``args.precision`` (int8 never implicitly)."""
+    from oncolens.appliance.bundle import load_bundle
+    from oncolens.appliance.classifier import Classifier
+    from oncolens.appliance.variants import for_precision
+    overrides = {}
+    if args.input_blob:
+        overrides["input"] = {"name": args.input_blob}
+    if args.output_blob:
+        overrides["output"] = {"name": args.output_blob}
+    bundle = load_bundle(resolve_model(args), args.labels, overrides or None)
+    bundle = for_precision(bundle, args.precision, batch_size)
+    options = {"threads": args.threads} if args.threads else {}
+    clf = Classifier(bundle, backend=args.backend, top=getattr(args, "topk", 1),
+                     threshold=getattr(args, "threshold", 0.0), **options)
+    clf.backend.precision = args.precision
+    return clf
+
+
+def _check_args(args):
+    if args.batch_size < 1:
+        raise UsageError("--batch-size: expected a positive integer, got {}".format(
+            args.batch_size))
+    if args.workers < 0:
+        raise UsageError("--workers: expected 0 or more, got {}".format(args.workers))
+    if args.resume and not args.results:
+        raise UsageError("--resume: needs --results FILE (the file to continue)")
+    if args.results:
+        from oncolens.appliance.results import results_format
+        results_format(args.results)
+    if not os.path.exists(args.input) and not any(ch in args.input for ch in "*?["):
+        raise UsageError("input not found: {} (expected a folder, a quoted glob or an image "
+                         "file)".format(args.input))
+
+
+def metrics_path(args):
+    if args.metrics:
+        return args.metrics
+    if args.results:
+        return os.path.splitext(args.results)[0] + ".metrics.json"
+    return None
+
+
+def report_metrics(args, labels, extra_rows):
+    """Print the metrics of everything in the results file (or of this run's rows)."""
+    from oncolens.appliance.evaluation import (confusion_image, format_metrics,
+                                               metrics_from_rows, write_metrics_json)
+    from oncolens.appliance.results import read_rows
+    rows = read_rows(args.results) if args.results else extra_rows
+    m = metrics_from_rows(rows, labels)
+    if m is None:
+        log.info("no ground truth (no parent folder is named after a label): no metrics")
+        return None
+    print(format_metrics(m))
+    path = metrics_path(args)
+    if path:
+        if os.path.exists(path) and not (args.overwrite or args.resume):
+            raise UsageError("metrics file {} already exists: pass --overwrite".format(path))
+        from oncolens.appliance.imageio import write_image
+        write_metrics_json(path, m)
+        png = os.path.splitext(path)[0].replace(".metrics", "") + ".confusion.png"
+        write_image(png, confusion_image(m))
+        print("metrics: {} and {}".format(path, png))
+    return m
+
+
+@cli_entry("oncolens batch")
+def main(argv):
+    args = build_parser().parse_args(normalize_flags(argv))
+    setup_logging(args.log_level)
+    _check_args(args)
+    from oncolens.appliance.batch import run_batch
+    from oncolens.appliance.pipeline import opencv_single_threaded
+    opencv_single_threaded()
+    rows = []
+    keep = None if args.results else rows.append  # without a file, metrics need the rows
+    with open_classifier(args, args.batch_size) as clf:
+        log.info("model %s on %s, batch %d, %d workers", clf.bundle.model_path,
+                 clf.backend.describe(), args.batch_size, args.workers)
+        summary = run_batch(clf, args.input, results=args.results, annotate=args.annotate,
+                            batch_size=args.batch_size, workers=args.workers,
+                            resume=args.resume, overwrite=args.overwrite,
+                            progress=not args.no_progress, on_row=keep)
+        labels = clf.labels
+    done = summary.classified + summary.failed
+    print("classified {} images in {:.1f} s ({:.1f} images/s); {} failed; {} skipped "
+          "(--resume); {} non-image files ignored".format(
+              summary.classified, summary.seconds, done / summary.seconds if summary.seconds
+              else 0.0, summary.failed, summary.skipped, summary.ignored))
+    if args.results:
+        print("results: {}".format(args.results))
+    report_metrics(args, labels, rows)
+    if done == 0 and summary.skipped == 0:
+        raise UsageError("input {}: no image files found".format(args.input))
+    return 1 if summary.failed else 0

@@ -1,0 +1,203 @@
+"""``oncolens bench``'s measurements: network-only and end-to-end images/s per backend x
+precision x batch size, latency percentiles, stage shares, top-1 agreement with fp32, and
+the naive PyTorch loop measured in the same run.
+
+fp32 reference: ONNX Runtime running the exported model, through the same preprocessing.
+Agreement of every run (and of the baseline) is the share of agreement images whose top-1
+class equals the reference's.  Nothing here asserts a speed; it measures and reports.
+"""
+import logging
+import time
+
+import numpy as np
+
+from oncolens.appliance.backends import open_backend
+from oncolens.appliance.benchstats import latency_ms, loadavg, machine_info, shares
+from oncolens.appliance.errors import MissingDependency, OncoLensError
+from oncolens.appliance.pipeline import batched, prefetch, window
+from oncolens.appliance.postprocess import top_k
+from oncolens.appliance.preprocess import Preprocessor
+
+log = logging.getLogger(__name__)
+
+
+def predict_all(backend, preprocessor, files, batch_size=8, workers=2):
+    """Top-1 indices for ``files`` (failed files are -1)."""
+    out = []
+    for good, failed in batched(prefetch(files, preprocessor, workers), batch_size):
+        got = {}
+        if good:
+            probs = backend.infer(np.stack([i.tensor for i in good])).probs
+            got = dict((i.index, int(np.argmax(p))) for i, p in zip(good, probs))
+        got.update((i.index, -1) for i in failed)
+        out.extend(got[k] for k in sorted(got))
+    return out
+
+
+def agreement(pred, ref):
+    pairs = [(p, r) for p, r in zip(pred, ref) if r >= 0]
+    return round(sum(1 for p, r in pairs if p == r) / float(len(pairs)), 4) if pairs else None
+
+
+def sample_batch(preprocessor, files, size):
+    """A batch of ``size`` real preprocessed images (repeated when there are fewer)."""
+    tensors = []
+    for item in prefetch(files[:size], preprocessor, workers=0):
+        if item.error is None:
+            tensors.append(item.tensor)
+    if not tensors:
+        raise OncoLensError("no readable image among the first files to benchmark")
+    while len(tensors) < size:
+        tensors.extend(tensors[:size - len(tensors)])
+    return np.stack(tensors)
+
+
+def network_only(backend, batch, warmup=3, min_seconds=3.0, min_iters=5):
+    """Images/s and per-call latency of ``backend.infer`` on one preprocessed batch."""
+    for _ in range(warmup):
+        backend.infer(batch)
+    lat = []
+    started = time.perf_counter()
+    while len(lat) < min_iters or time.perf_counter() - started < min_seconds:
+        t0 = time.perf_counter()
+        backend.infer(batch)
+        lat.append(time.perf_counter() - t0)
+    return {"network_ips": batch.shape[0] * len(lat) / sum(lat),
+            "network_latency_ms": latency_ms(lat), "network_calls": len(lat)}
+
+
+def end_to_end(backend, preprocessor, labels, files, batch_size, workers, warmup=3):
+    """The whole loop over ``files``: read + decode, preprocess (worker pool), batched
+    inference, top-1 post-processing.  Per-image latency runs from the worker's start on a
+    file to its result; stage shares are of the time each stage's work took."""
+    list(predict_all(backend, preprocessor, files[:max(warmup, batch_size)], batch_size, 0))
+    stages = [0.0, 0.0, 0.0, 0.0]
+    lat, count = [], 0
+    started = time.perf_counter()
+    for good, failed in batched(prefetch(files, preprocessor, workers,
+                                         depth=window(batch_size, workers)), batch_size):
+        count += len(good)
+        if not good:
+            continue
+        t0 = time.perf_counter()
+        probs = backend.infer(np.stack([item.tensor for item in good])).probs
+        t1 = time.perf_counter()
+        for item, row in zip(good, probs):
+            top_k(row, labels, 1)
+        t2 = time.perf_counter()
+        stages[0] += sum(item.decode_s for item in good)
+        stages[1] += sum(item.preprocess_s for item in good)
+        stages[2] += t1 - t0
+        stages[3] += t2 - t1
+        lat.extend(t2 - item.started for item in good)
+    wall = time.perf_counter() - started
+    return {"end_to_end_ips": count / wall, "images": count, "seconds": round(wall, 6),
+            "latency_ms": latency_ms(lat), "stage_share": shares(stages)}
+
+
+def _prepare(bundle, precision, calib_images, calib_count):
+    from oncolens.appliance import variants
+    if precision == "fp32":
+        return variants.dynamic_batch(bundle)
+    if precision == "int8":
+        if not calib_images:
+            raise OncoLensError("--precisions int8: needs --calib-images DIR (e.g. the train/ "
+                                "split) to calibrate on")
+        return variants.quantize_int8(bundle, calib_images, calib_count)
+    raise OncoLensError("--precisions: unknown precision '{}' (fp32 or int8)".format(precision))
+
+
+def run_one(cfg, bundle, backend_name, precision, ref):
+    """Every batch size of one backend x precision; returns (runs, skipped reason or None)."""
+    try:
+        model = _prepare(bundle, precision, cfg["calib_images"], cfg["calib_count"])
+        backend = open_backend(backend_name, model, **cfg["backend_options"])
+    except (MissingDependency, OncoLensError) as exc:
+        return [], str(exc)
+    pre = Preprocessor.from_bundle(bundle)
+    with backend:
+        agree = agreement(predict_all(backend, pre, cfg["agreement_files"]), ref)
+        if precision != "fp32" and agree is not None:
+            from oncolens.appliance.variants import record_agreement
+            record_agreement(model, agree, len(ref), cfg["agreement_dir"])
+        runs = []
+        for bs in cfg["batch_sizes"]:
+            log.info("bench: %s %s batch %d", backend_name, precision, bs)
+            run = {"backend": backend_name, "precision": precision, "batch_size": bs,
+                   "model_file": model.model_path, "agreement_vs_fp32": agree}
+            batch = sample_batch(pre, cfg["files"], bs)
+            run.update(network_only(backend, batch, cfg["warmup"], cfg["min_seconds"]))
+            if backend_name == "openvino":
+                from oncolens.appliance.bench_ceiling import openvino_throughput
+                run["runtime_ceiling"] = openvino_throughput(
+                    model, batch, cfg["min_seconds"], cfg["backend_options"].get("threads"))
+            run.update(end_to_end(backend, pre, bundle.labels, cfg["files"], bs,
+                                  cfg["workers"], cfg["warmup"]))
+            runs.append(run)
+    return runs, None
+
+
+def reference(bundle, files):
+    from oncolens.appliance import variants
+    with open_backend("onnxruntime", variants.dynamic_batch(bundle)) as backend:
+        return predict_all(backend, Preprocessor.from_bundle(bundle), files)
+
+
+def baseline(cfg, bundle, ref):
+    from oncolens.appliance.bench_naive import NaiveTorch
+    try:
+        naive = NaiveTorch(bundle)
+    except (MissingDependency, OncoLensError) as exc:
+        return {"skipped": str(exc), "end_to_end_ips": None}
+    result = naive.run(cfg["files"], cfg["warmup"])
+    result["agreement_vs_fp32"] = agreement(naive.top1(cfg["agreement_files"]), ref)
+    result["single_thread"] = naive.run_single_thread(cfg["files"], cfg["warmup"])
+    return result
+
+
+def summarise(result):
+    """Ratios against the baseline and against the fastest runtime at each precision."""
+    base = (result.get("baseline") or {}).get("end_to_end_ips")
+    single = ((result.get("baseline") or {}).get("single_thread") or {}).get("end_to_end_ips")
+    best_naive = max(base or 0.0, single or 0.0)
+    best = {}
+    for run in result["runs"]:
+        key = run["precision"]
+        ceiling = (run.get("runtime_ceiling") or {}).get("network_ips", 0.0)
+        best[key] = max(best.get(key, 0.0), run["network_ips"], ceiling)
+    for run in result["runs"]:
+        run["speedup_vs_baseline"] = round(run["end_to_end_ips"] / base, 3) if base else None
+        run["speedup_vs_best_naive"] = (round(run["end_to_end_ips"] / best_naive, 3)
+                                        if best_naive else None)
+        run["network_vs_fastest_runtime"] = round(run["network_ips"] / best[run["precision"]], 3)
+        run["end_to_end_vs_network"] = round(run["end_to_end_ips"] / run["network_ips"], 3)
+    result["fastest_network_ips"] = dict((k, round(v, 2)) for k, v in best.items())
+
+
+def run_bench(cfg):
+    """``cfg``: model bundle, files, agreement_files, backends, precisions, batch_sizes, ..."""
+    bundle = cfg["bundle"]
+    result = {"tool": "oncolens bench", "machine": machine_info(), "loadavg_start": loadavg(),
+              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "model": {"dir": bundle.dir, "arch": bundle.info.get("arch"),
+                        "input_shape": list(bundle.input_shape),
+                        "sha256": bundle.model_sha256},
+              "images": {"dir": cfg["images_dir"], "count": len(cfg["files"])},
+              "agreement_images": {"dir": cfg["agreement_dir"],
+                                   "count": len(cfg["agreement_files"])},
+              "settings": dict((k, cfg[k]) for k in ("backends", "precisions", "batch_sizes",
+                                                     "workers", "warmup", "min_seconds")),
+              "runs": [], "skipped": []}
+    ref = reference(bundle, cfg["agreement_files"])
+    result["baseline"] = baseline(cfg, bundle, ref) if cfg["baseline"] else None
+    for backend_name in cfg["backends"]:
+        for precision in cfg["precisions"]:
+            runs, why = run_one(cfg, bundle, backend_name, precision, ref)
+            result["runs"].extend(runs)
+            if why:
+                log.warning("bench: %s %s skipped: %s", backend_name, precision, why)
+                result["skipped"].append({"backend": backend_name, "precision": precision,
+                                          "reason": why})
+    summarise(result)
+    result["loadavg_end"] = loadavg()
+    return result

@@ -1,0 +1,159 @@
+"""``oncolens bench``: how fast is it, really — network-only and end to end, per backend x
+precision x batch size, against the naive per-image PyTorch loop measured in the same run.
+
+    oncolens bench --model models/busi-resnet18 --images data/busi/test --json bench.json \
+        --precisions fp32,int8 --calib-images data/busi/train --agreement-images data/busi/val
+"""
+import argparse
+import io
+import itertools
+import json
+import logging
+import os
+
+from oncolens.appliance.batch_cli import add_model_flags, resolve_model
+from oncolens.appliance.cliutil import cli_entry, normalize_flags, setup_logging
+from oncolens.appliance.errors import UsageError
+
+log = logging.getLogger("oncolens.bench")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="oncolens bench",
+        description="Measure images/s (network-only and end to end), latency p50/p90/p99 and "
+                    "the share of decode, preprocess, inference and post-processing, with the "
+                    "naive PyTorch loop as baseline; reduced precision is measured for top-1 "
+                    "agreement with fp32.")
+    add_model_flags(p)
+    p.add_argument("--images", required=True, help="folder of images to time (e.g. test/)")
+    p.add_argument("--json", help="write the figures to this JSON file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    p.add_argument("--backends", default="onnxruntime,openvino",
+                   help="comma-separated backends (onnxruntime,openvino)")
+    p.add_argument("--precisions", default="fp32", help="comma-separated: fp32, int8 (fp32)")
+    p.add_argument("--batch-sizes", default="1,8", help="comma-separated batch sizes (1,8)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="decode/preprocess threads in the end-to-end loop (2)")
+    p.add_argument("--warmup", type=int, default=3, help="warm-up calls before timing (3)")
+    p.add_argument("--min-seconds", type=float, default=3.0,
+                   help="time each network-only measurement for at least this long (3)")
+    p.add_argument("--max-images", type=int, default=0,
+                   help="time at most this many images end to end (0: all)")
+    p.add_argument("--agreement-images", help="folder for top-1 agreement with fp32 "
+                                              "(default: --images); use real images, e.g. val/")
+    p.add_argument("--calib-images", help="folder to calibrate int8 on (e.g. train/)")
+    p.add_argument("--calib-count", type=int, default=100, help="calibration images (100)")
+    p.add_argument("--no-baseline", action="store_true", help="leave out the PyTorch loop")
+    p.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    return p
+
+
+def _csv(value, flag, cast=str):
+    try:
+        items = [cast(v.strip()) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError("{}: expected a comma-separated list, got '{}'".format(flag, value))
+    if not items:
+        raise UsageError("{}: empty".format(flag))
+    return items
+
+
+def _files(folder, flag, limit=0):
+    from oncolens.appliance.pipeline import iter_image_files
+    if not os.path.isdir(folder):
+        raise UsageError("{} {}: not a folder".format(flag, folder))
+    files = iter_image_files(folder)
+    files = list(itertools.islice(files, limit) if limit > 0 else files)
+    if not files:
+        raise UsageError("{} {}: no image files found".format(flag, folder))
+    return files
+
+
+def make_config(args):
+    from oncolens.appliance.bundle import load_bundle
+    if args.json and os.path.exists(args.json) and not args.overwrite:
+        raise UsageError("--json {} already exists: pass --overwrite to replace it".format(
+            args.json))
+    sizes = _csv(args.batch_sizes, "--batch-sizes", int)
+    if min(sizes) < 1:
+        raise UsageError("--batch-sizes: expected positive integers, got {}".format(
+            args.batch_sizes))
+    overrides = {}
+    if args.input_blob:
+        overrides["input"] = {"name": args.input_blob}
+    if args.output_blob:
+        overrides["output"] = {"name": args.output_blob}
+    files = _files(args.images, "--images", args.max_images)
+    agreement_dir = args.agreement_images or args.images
+    return {"bundle": load_bundle(resolve_model(args), args.labels, overrides or None),
+            "files": files, "images_dir": os.path.abspath(args.images),
+            "agreement_files": _files(agreement_dir, "--agreement-images"),
+            "agreement_dir": os.path.abspath(agreement_dir),
+            "backends": _csv(args.backends, "--backends"),
+            "precisions": _csv(args.precisions, "--precisions"),
+            "batch_sizes": sizes, "workers": args.workers, "warmup": args.warmup,
+            "min_seconds": args.min_seconds, "calib_images": args.calib_images,
+            "calib_count": args.calib_count, "baseline": not args.no_baseline,
+            "backend_options": {"threads": args.threads} if args.threads else {}}
+
+
+def table(result):
+    """The figures as a console table."""
+    lines = ["{:<22}{:>6}{:>11}{:>11}{:>9}{:>9}{:>9}{:>10}".format(
+        "backend precision", "batch", "net img/s", "e2e img/s", "p50 ms", "p99 ms", "x naive",
+        "agree")]
+    base = result.get("baseline") or {}
+    if base.get("end_to_end_ips"):
+        lines.append("{:<22}{:>6}{:>11.1f}{:>11.1f}{:>9.1f}{:>9.1f}{:>9}{:>10}".format(
+            "torch-eager (naive)", 1, base["network_ips"], base["end_to_end_ips"],
+            base["latency_ms"]["p50"], base["latency_ms"]["p99"], "1.00",
+            _pct(base.get("agreement_vs_fp32"))))
+        one = base.get("single_thread") or {}
+        if one.get("end_to_end_ips"):
+            lines.append("{:<22}{:>6}{:>11.1f}{:>11.1f}{:>9.1f}{:>9.1f}{:>9.2f}{:>10}".format(
+                "  same, torch 1 thread", 1, one["network_ips"], one["end_to_end_ips"],
+                one["latency_ms"]["p50"], one["latency_ms"]["p99"],
+                one["end_to_end_ips"] / base["end_to_end_ips"], "-"))
+    for run in result["runs"]:
+        lines.append("{:<22}{:>6}{:>11.1f}{:>11.1f}{:>9.1f}{:>9.1f}{:>9}{:>10}".format(
+            "{} {}".format(run["backend"], run["precision"]), run["batch_size"],
+            run["network_ips"], run["end_to_end_ips"], run["latency_ms"]["p50"],
+            run["latency_ms"]["p99"], "{:.2f}".format(run["speedup_vs_baseline"])
+            if run["speedup_vs_baseline"] else "-", _pct(run["agreement_vs_fp32"])))
+    for run in result["runs"]:
+        ceiling = run.get("runtime_ceiling")
+        if ceiling:
+            lines.append("runtime ceiling {} {} batch {}: {:.1f} img/s network-only ({})".format(
+                run["backend"], run["precision"], run["batch_size"], ceiling["network_ips"],
+                ceiling["runtime"]))
+    for skip in result["skipped"]:
+        lines.append("skipped {} {}: {}".format(skip["backend"], skip["precision"],
+                                                skip["reason"]))
+    lines.append("machine: {} ({} cores), load average {} -> {}".format(
+        result["machine"]["cpu"], result["machine"]["cores"], result["loadavg_start"],
+        result["loadavg_end"]))
+    return "\n".join(lines)
+
+
+def _pct(value):
+    return "-" if value is None else "{:.2f}%".format(100.0 * value)
+
+
+@cli_entry("oncolens bench")
+def main(argv):
+    args = build_parser().parse_args(normalize_flags(argv))
+    setup_logging(args.log_level)
+    cfg = make_config(args)
+    from oncolens.appliance.bench import run_bench
+    from oncolens.appliance.pipeline import opencv_single_threaded
+    opencv_single_threaded()
+    result = run_bench(cfg)
+    print(table(result))
+    if args.json:
+        tmp = args.json + ".tmp"
+        with io.open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, args.json)
+        print("figures: {}".format(args.json))
+    return 0 if result["runs"] else 1

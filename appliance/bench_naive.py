@@ -1,0 +1,95 @@
+"""The naive baseline that ``oncolens bench`` measures against: the per-image PyTorch loop of
+the seed tutorials (PIL decode -> torchvision Resize/CenterCrop/ToTensor/Normalize -> eager
+model at batch 1 -> softmax), with no worker pool and no batching.
+"""
+import logging
+import os
+import time
+
+from oncolens.appliance.errors import BundleError, MissingDependency
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint_of(bundle):
+    """The checkpoint the bundle's ONNX was exported from."""
+    onnx = bundle.info.get("onnx") or {}
+    for name in (onnx.get("checkpoint"), "model_best.pth.tar", "checkpoint.pth.tar"):
+        if name and os.path.isfile(bundle.path(name)):
+            return bundle.path(name)
+    raise BundleError("{}: no checkpoint (model_best.pth.tar) for the PyTorch baseline".format(
+        bundle.dir))
+
+
+class NaiveTorch(object):
+    """One image at a time, exactly as the tutorials write it; times every stage."""
+
+    def __init__(self, bundle):
+        try:
+            import torch
+            import torchvision.transforms as T
+            from PIL import Image
+        except ImportError as exc:
+            raise MissingDependency(getattr(exc, "name", None) or "torch",
+                                    "the PyTorch baseline", "pip install 'oncolens[train]'")
+        from oncolens.appliance.archs import load_checkpoint, model_from_checkpoint
+        self.torch, self.Image = torch, Image
+        self.model = model_from_checkpoint(load_checkpoint(checkpoint_of(bundle))).eval()
+        _, size, _ = bundle.input_shape
+        ratio = float(bundle.preprocess.get("crop_ratio", 0.875))
+        spec = bundle.preprocess
+        self.transform = T.Compose([
+            T.Resize(int(round(size / ratio))), T.CenterCrop(size), T.ToTensor(),
+            T.Normalize(spec.get("mean", (0.485, 0.456, 0.406)),
+                        spec.get("std", (0.229, 0.224, 0.225)))])
+
+    def classify(self, path):
+        """(top-1 index, seconds for decode, preprocess, inference, postprocess)."""
+        torch = self.torch
+        t0 = time.perf_counter()
+        img = self.Image.open(path).convert("RGB")
+        t1 = time.perf_counter()
+        x = self.transform(img).unsqueeze(0)
+        t2 = time.perf_counter()
+        with torch.no_grad():
+            out = self.model(x)
+        t3 = time.perf_counter()
+        index = int(torch.softmax(out, dim=1)[0].argmax())
+        t4 = time.perf_counter()
+        return index, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)
+
+    def run(self, files, warmup=3):
+        """Images/s end to end and network-only, latency and stage shares over ``files``."""
+        from oncolens.appliance.benchstats import latency_ms, shares
+        for path, _ in files[:warmup]:
+            self.classify(path)
+        stages = [0.0, 0.0, 0.0, 0.0]
+        lat = []
+        started = time.perf_counter()
+        for path, _ in files:
+            _, spent = self.classify(path)
+            stages = [a + b for a, b in zip(stages, spent)]
+            lat.append(sum(spent))
+        wall = time.perf_counter() - started
+        return {"backend": "torch-eager", "precision": "fp32", "batch_size": 1,
+                "pipeline": "PIL + torchvision transforms + eager model, one image at a time",
+                "images": len(files), "seconds": round(wall, 6),
+                "end_to_end_ips": len(files) / wall, "network_ips": len(files) / stages[2],
+                "latency_ms": latency_ms(lat), "stage_share": shares(stages),
+                "torch_threads": self.torch.get_num_threads()}
+
+    def run_single_thread(self, files, warmup=3):
+        """The same loop with torch at one thread: on a crowded CPU the tutorial's default
+        (one OpenMP thread a core, spin-waiting) can be far slower, and a speed-up measured
+        against that alone would flatter us."""
+        threads = self.torch.get_num_threads()
+        self.torch.set_num_threads(1)
+        try:
+            result = self.run(files, warmup)
+        finally:
+            self.torch.set_num_threads(threads)
+        result["pipeline"] += ", torch.set_num_threads(1)"
+        return result
+
+    def top1(self, files):
+        return [self.classify(path)[0] for path, _ in files]

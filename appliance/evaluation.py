@@ -1,0 +1,102 @@
+"""Ground truth from folder names, and the metrics of a batch run (table, JSON, PNG).
+
+A file's ground truth is its parent folder's name when that name is one of the model's
+labels (compared without regard to case), as in ``test/malignant/x.png``.
+"""
+import io
+import json
+import os
+
+import numpy as np
+
+
+def truth_of(relpath, labels):
+    """The label named by the file's parent folder, or None."""
+    parent = os.path.basename(os.path.dirname(relpath))
+    lowered = dict((label.lower(), label) for label in labels)
+    return lowered.get(parent.lower())
+
+
+def metrics_from_rows(rows, labels):
+    """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix of
+    the rows that have ground truth and no error; None when there are none."""
+    from oncolens.train.metrics import confusion_matrix, per_class, summary  # numpy only
+    index = dict((label, n) for n, label in enumerate(labels))
+    y_true, y_pred = [], []
+    failed = 0
+    for row in rows:
+        if row.get("error"):
+            failed += 1
+            continue
+        truth = row.get("truth")
+        if truth in index and row.get("label") in index:
+            y_true.append(index[truth])
+            y_pred.append(index[row["label"]])
+    if not y_true:
+        return None
+    result = summary(y_true, y_pred, len(labels))
+    precision, recall, f1, support = per_class(confusion_matrix(y_true, y_pred, len(labels)))
+    result["labels"] = list(labels)
+    result["images"] = len(y_true)
+    result["failed"] = failed
+    result["per_class"] = dict((label, {"precision": float(precision[n]),
+                                        "recall": float(recall[n]), "f1": float(f1[n]),
+                                        "support": int(support[n])})
+                               for n, label in enumerate(labels))
+    return result
+
+
+def format_metrics(m):
+    """The metrics as a few lines of text for the console."""
+    labels = m["labels"]
+    width = max(8, max(len(label) for label in labels) + 1)
+    lines = ["accuracy {:.4f}   macro-F1 {:.4f}   ({} images with ground truth)".format(
+        m["accuracy"], m["macro_f1"], m["images"]), "",
+        "confusion matrix (rows: true class, columns: predicted)",
+        " " * width + "".join(label[:width - 1].rjust(width) for label in labels)]
+    for label, row in zip(labels, m["confusion_matrix"]):
+        lines.append(label[:width - 1].ljust(width) + "".join(str(v).rjust(width) for v in row))
+    lines.append("")
+    lines.append("class".ljust(width) + "precision".rjust(11) + "recall".rjust(9) +
+                 "F1".rjust(9) + "support".rjust(9))
+    for label in labels:
+        pc = m["per_class"][label]
+        lines.append(label[:width - 1].ljust(width) + "{:11.4f}{:9.4f}{:9.4f}{:9d}".format(
+            pc["precision"], pc["recall"], pc["f1"], pc["support"]))
+    return "\n".join(lines)
+
+
+def write_metrics_json(path, m):
+    tmp = path + ".tmp"
+    with io.open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(m, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def confusion_image(m, cell=84):
+    """An RGB picture of the confusion matrix: row-normalised shading, counts written in."""
+    import cv2
+    labels = m["labels"]
+    cm = np.asarray(m["confusion_matrix"], dtype=np.float64)
+    n = len(labels)
+    margin = 16 + 9 * max(len(label) for label in labels)
+    h, w = margin + n * cell + 10, margin + n * cell + 10
+    img = np.full((h, w, 3), 255, dtype=np.uint8)
+    rows = cm.sum(axis=1, keepdims=True)
+    share = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    for r in range(n):
+        for c in range(n):
+            y, x = margin + r * cell, margin + c * cell
+            shade = int(255 - 200 * share[r, c])
+            cv2.rectangle(img, (x, y), (x + cell - 1, y + cell - 1), (shade, shade, 255), -1)
+            cv2.rectangle(img, (x, y), (x + cell - 1, y + cell - 1), (120, 120, 120), 1)
+            colour = (255, 255, 255) if share[r, c] > 0.6 else (0, 0, 0)
+            cv2.putText(img, str(int(cm[r, c])), (x + 8, y + cell // 2 + 6), 0, 0.6, colour, 1,
+                        cv2.LINE_AA)
+    for k, label in enumerate(labels):
+        cv2.putText(img, label, (4, margin + k * cell + cell // 2 + 5), 0, 0.45, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+        cv2.putText(img, label[:int(cell / 9)], (margin + k * cell + 2, margin - 6), 0, 0.45,
+                    (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(img, "true \\ predicted", (4, 14), 0, 0.4, (80, 80, 80), 1, cv2.LINE_AA)
+    return img

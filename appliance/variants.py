@@ -1,0 +1,211 @@
+"""Derived model files: a dynamic-batch copy of a batch-1 ONNX export, and an int8 copy
+quantised statically on calibration images.
+
+They live beside the bundle in ``variants/`` (or under ``~/.cache/oncolens/variants`` when
+the bundle folder is read-only) and carry the first 12 hex digits of the source model's
+SHA-256 in their names, so a re-exported model never picks up a stale copy.
+
+An int8 copy is only ever used when asked for (``--precision int8``) and only once its top-1
+agreement with fp32 has been measured on real images and recorded in its ``.json`` sidecar
+(``oncolens bench --precisions fp32,int8`` does both); it is never swapped in silently.
+"""
+import io
+import json
+import logging
+import os
+import time
+
+from oncolens.appliance.bundle import Bundle
+from oncolens.appliance.errors import MissingDependency, UsageError
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "int8")
+
+
+def _onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise MissingDependency("onnx", "making a dynamic-batch or int8 model copy",
+                                "pip install 'oncolens[onnx]'")
+    return onnx
+
+
+def variants_dir(bundle):
+    """Where this bundle's derived models go (created when missing)."""
+    here = os.path.join(bundle.dir, "variants")
+    if os.path.isdir(here) or os.access(bundle.dir, os.W_OK):
+        if not os.path.isdir(here):
+            os.makedirs(here)
+        return here
+    sha = (bundle.model_sha256 or "unknown")[:12]
+    there = os.path.join(os.path.expanduser("~"), ".cache", "oncolens", "variants", sha)
+    if not os.path.isdir(there):
+        os.makedirs(there)
+    return there
+
+
+def source_onnx(bundle):
+    path = bundle.model_path or bundle.onnx_path
+    if not path.endswith(".onnx") or not os.path.isfile(path):
+        path = bundle.onnx_path
+    if not os.path.isfile(path):
+        raise UsageError("--model {}: no ONNX file to derive from".format(bundle.dir))
+    return path
+
+
+def variant_path(bundle, kind):
+    src = source_onnx(bundle)
+    from oncolens.appliance.bundle import sha256_file
+    stem = os.path.splitext(os.path.basename(src))[0]
+    return os.path.join(variants_dir(bundle), "{}.{}.{}.onnx".format(
+        stem, sha256_file(src)[:12], kind))
+
+
+def with_model(bundle, path):
+    """A copy of ``bundle`` that runs ``path`` instead of its own model file."""
+    return Bundle(bundle.dir, bundle.copy_info(), list(bundle.labels), path,
+                  bundle.labels_source, bundle.inferred)
+
+
+def dynamic_batch(bundle):
+    """A bundle whose ONNX takes any batch size (the export's batch-1 file, rewritten once)."""
+    src = source_onnx(bundle)
+    dst = variant_path(bundle, "dyn")
+    if not os.path.isfile(dst):
+        onnx = _onnx()
+        model = onnx.load(src)
+        for value in list(model.graph.input) + list(model.graph.output):
+            dims = value.type.tensor_type.shape.dim
+            if len(dims):
+                dims[0].ClearField("dim_value")
+                dims[0].dim_param = "batch"
+        del model.graph.value_info[:]  # shapes inferred for batch 1 no longer hold
+        onnx.checker.check_model(model)
+        tmp = dst + ".tmp"
+        onnx.save(model, tmp)
+        os.replace(tmp, dst)
+        log.info("wrote a dynamic-batch copy %s", dst)
+    copy = with_model(bundle, dst)
+    copy._sha = bundle.model_sha256  # same weights: results name the exported file's checksum
+    return copy
+
+
+class _Calibration(object):
+    """onnxruntime.quantization.CalibrationDataReader over preprocessed image files."""
+
+    def __init__(self, files, preprocessor, input_name):
+        self.files = iter(files)
+        self.preprocessor = preprocessor
+        self.input_name = input_name
+
+    def get_next(self):
+        from oncolens.appliance.imageio import read_image
+        for path, _ in self.files:
+            try:
+                tensor = self.preprocessor(read_image(path))
+            except Exception as exc:  # a bad calibration file is skipped, not fatal
+                log.warning("calibration: skipping %s (%s)", path, exc)
+                continue
+            return {self.input_name: tensor[None]}
+        return None
+
+
+def quantize_int8(bundle, calib_dir, count=100, overwrite=False):
+    """Write the bundle's int8 copy (QDQ, per-channel weights) calibrated on ``calib_dir``."""
+    try:
+        from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
+                                              quantize_static)
+    except ImportError:
+        raise MissingDependency("onnxruntime", "int8 quantisation", "pip install onnxruntime")
+    from oncolens.appliance.pipeline import iter_image_files
+    from oncolens.appliance.preprocess import Preprocessor
+    fp32 = dynamic_batch(bundle)
+    dst = variant_path(bundle, "int8")
+    if os.path.isfile(dst) and not overwrite:
+        return with_model(bundle, dst)
+    files = [f for f in iter_image_files(calib_dir)][:]
+    step = max(1, len(files) // max(1, int(count)))
+    files = files[::step][:int(count)]  # spread over every class folder
+    if not files:
+        raise UsageError("--calib-images {}: no images to calibrate on".format(calib_dir))
+    reader = _Calibration(files, Preprocessor.from_bundle(bundle), bundle.input_name)
+    started = time.time()
+    tmp = dst + ".tmp.onnx"
+    _at_least_opset(fp32.model_path, tmp, 13)  # per-channel QDQ needs opset 13
+    # reduce_range: 7-bit weights avoid the u8s8 overflow of CPUs without VNNI (AVX2 only)
+    quantize_static(tmp, tmp, reader, quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    per_channel=True, reduce_range=True,
+                    calibrate_method=CalibrationMethod.MinMax)
+    os.replace(tmp, dst)
+    write_sidecar(dst, {"precision": "int8", "source": os.path.basename(source_onnx(bundle)),
+                        "calibration": {"dir": os.path.abspath(calib_dir), "images": len(files),
+                                        "method": "minmax, per-channel weights, reduce_range"},
+                        "seconds": round(time.time() - started, 1)})
+    log.info("wrote int8 copy %s (calibrated on %d images of %s)", dst, len(files), calib_dir)
+    return with_model(bundle, dst)
+
+
+def _at_least_opset(src, dst, opset):
+    onnx = _onnx()
+    model = onnx.load(src)
+    current = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if current < opset:
+        from onnx import version_converter
+        model = version_converter.convert_version(model, opset)
+    onnx.save(model, dst)
+
+
+def sidecar_path(path):
+    return os.path.splitext(path)[0] + ".json"
+
+
+def read_sidecar(path):
+    side = sidecar_path(path)
+    if not os.path.isfile(side):
+        return {}
+    with io.open(side, "r", encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def write_sidecar(path, info):
+    merged = read_sidecar(path)
+    merged.update(info)
+    side = sidecar_path(path)
+    with io.open(side + ".tmp", "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(merged, indent=2, sort_keys=True) + "\n")
+    os.replace(side + ".tmp", side)
+
+
+def record_agreement(bundle_int8, agreement, images, folder):
+    write_sidecar(bundle_int8.model_path, {"agreement_vs_fp32": {
+        "top1": agreement, "images": images, "dir": os.path.abspath(folder),
+        "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}})
+
+
+def for_precision(bundle, precision, batch_size=1):
+    """The bundle to run for ``precision``: fp32 as exported (dynamic batch when batching),
+    int8 only when its copy exists with a recorded agreement."""
+    if precision not in PRECISIONS:
+        raise UsageError("--precision: expected one of {}, got '{}'".format(
+            ", ".join(PRECISIONS), precision))
+    if precision == "fp32":
+        if int(batch_size) <= 1:
+            return bundle
+        try:
+            return dynamic_batch(bundle)
+        except MissingDependency as exc:  # a device with onnxruntime but not onnx
+            log.warning("%s: running the batch-1 model one image at a time", exc)
+            return bundle
+    path = variant_path(bundle, "int8")
+    agreement = read_sidecar(path).get("agreement_vs_fp32") if os.path.isfile(path) else None
+    if not agreement:
+        raise UsageError(
+            "--precision int8: {} has no int8 copy with a measured agreement; make one with "
+            "'oncolens bench --model {} --images DIR --precisions fp32,int8 --calib-images "
+            "TRAIN_DIR --agreement-images VAL_DIR'".format(bundle.dir, bundle.dir))
+    log.warning("precision int8: %s (top-1 agreement with fp32 %.2f%% on %d images of %s)",
+                path, 100.0 * agreement["top1"], agreement["images"], agreement["dir"])
+    return with_model(bundle, path)

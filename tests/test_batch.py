@@ -1,0 +1,232 @@
+"""``oncolens batch``: results files, resume, failures, metrics, annotated copies, streaming."""
+import csv
+import io
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+
+LABELS = ["benign", "malignant", "normal"]
+
+
+def _copy_test_split(tiny_data, dst):
+    shutil.copytree(os.path.join(tiny_data, "test"), str(dst))
+    return str(dst)
+
+
+def _all_images(folder):
+    found = []
+    for parent, _, files in os.walk(folder):
+        found.extend(os.path.join(parent, f) for f in files)
+    return sorted(found)
+
+
+def _csv_rows(path):
+    with io.open(path, encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _jsonl_rows(path):
+    with io.open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+@pytest.mark.parametrize("ext", [".csv", ".jsonl"])
+def test_results_file_read_back(tiny_bundle, tiny_data, tmp_path, ext):
+    folder = os.path.join(tiny_data, "test")
+    results = str(tmp_path / ("r" + ext))
+    code, out, err = run_cli(["batch", folder, "--model", tiny_bundle, "--results", results,
+                              "--batch-size", 4, "--no-progress"])
+    assert code == 0, err
+    rows = _csv_rows(results) if ext == ".csv" else _jsonl_rows(results)
+    assert sorted(r["path"] for r in rows) == _all_images(folder)
+    with io.open(os.path.join(tiny_bundle, "model.json")) as fh:
+        sha = json.load(fh)["onnx"]["sha256"]
+    for row in rows:
+        probs = np.array([float(row["p_" + label]) for label in LABELS])
+        assert abs(probs.sum() - 1.0) < 1e-4
+        assert row["label"] == LABELS[int(np.argmax(probs))] == LABELS[int(row["index"])]
+        assert abs(float(row["confidence"]) - probs.max()) < 1e-6
+        assert row["truth"] == os.path.basename(os.path.dirname(row["path"]))
+        assert int(row["correct"]) == int(row["label"] == row["truth"])
+        assert not row["error"]
+        assert row["backend"] == "onnxruntime" and row["precision"] == "fp32"
+        assert row["model_sha256"] == sha
+    assert "accuracy" in out and "confusion matrix" in out
+
+
+def test_same_results_with_and_without_batching_and_workers(tiny_bundle, tiny_data, tmp_path):
+    folder = os.path.join(tiny_data, "test")
+    got = []
+    for n, (bs, workers) in enumerate([(1, 0), (5, 2)]):
+        results = str(tmp_path / "r{}.jsonl".format(n))
+        code, _, err = run_cli(["batch", folder, "--model", tiny_bundle, "--results", results,
+                                "--batch-size", bs, "--workers", workers, "--no-progress"])
+        assert code == 0, err
+        got.append(dict((r["path"], r["p_benign"]) for r in _jsonl_rows(results)))
+    assert got[0].keys() == got[1].keys()
+    for path in got[0]:
+        assert abs(got[0][path] - got[1][path]) < 1e-5
+
+
+def test_resume_after_a_killed_run(tiny_bundle, tiny_data, tmp_path):
+    folder = _copy_test_split(tiny_data, tmp_path / "in")
+    everything = _all_images(folder)
+    later = everything[1::2]  # files "not reached yet" when the run was killed
+    parked = tmp_path / "parked"
+    for path in later:
+        dst = parked / os.path.relpath(path, folder)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(path, str(dst))
+    results = str(tmp_path / "r.csv")
+    code, _, err = run_cli(["batch", folder, "--model", tiny_bundle, "--results", results,
+                            "--no-progress"])
+    assert code == 0, err
+    first = _csv_rows(results)
+    assert len(first) == len(everything) - len(later)
+    with io.open(results, "a", encoding="utf-8") as fh:  # killed in the middle of a line
+        fh.write(u"{},half-a-row".format(later[0]))
+    shutil.copytree(str(parked), folder, dirs_exist_ok=True)
+    code, _, err = run_cli(["batch", folder, "--model", tiny_bundle, "--results", results,
+                            "--no-progress"])
+    assert code != 0 and "--resume" in err  # never appends or replaces without being asked
+    code, out, err = run_cli(["batch", folder, "--model", tiny_bundle, "--results", results,
+                              "--resume", "--no-progress"])
+    assert code == 0, err
+    rows = _csv_rows(results)
+    assert sorted(r["path"] for r in rows) == everything          # each file exactly once
+    assert rows[:len(first)] == first                              # the first run's rows kept
+    assert "skipped" in out and "classified {} images".format(len(later)) in out
+    # the metrics cover the whole file, not only the resumed part
+    with io.open(os.path.splitext(results)[0] + ".metrics.json") as fh:
+        assert json.load(fh)["images"] == len(everything)
+
+
+def test_corrupt_empty_and_unsupported_files_are_recorded(tiny_bundle, tiny_data, tmp_path):
+    folder = _copy_test_split(tiny_data, tmp_path / "in")
+    good = len(_all_images(folder))
+    (tmp_path / "in" / "benign" / "broken.png").write_bytes(b"not a png at all")
+    (tmp_path / "in" / "empty.jpg").write_bytes(b"")
+    (tmp_path / "in" / "clip.gif").write_bytes(b"GIF89a")
+    (tmp_path / "in" / "notes.txt").write_text(u"not an image, not counted")
+    results = str(tmp_path / "r.jsonl")
+    code, out, err = run_cli(["batch", folder, "--model", tiny_bundle, "--results", results,
+                              "--no-progress"])
+    assert code == 1
+    rows = dict((os.path.basename(r["path"]), r) for r in _jsonl_rows(results))
+    assert len(rows) == good + 3 and "notes.txt" not in rows
+    assert "not a decodable image" in rows["broken.png"]["error"]
+    assert "empty file" in rows["empty.jpg"]["error"]
+    assert "unsupported image format .gif" in rows["clip.gif"]["error"]
+    for name in ("broken.png", "empty.jpg", "clip.gif"):
+        assert rows[name]["label"] is None and rows[name]["p_benign"] is None
+    assert sum(1 for r in rows.values() if r["label"]) == good
+    assert "3 failed" in out and "1 non-image files ignored" in out
+    with io.open(str(tmp_path / "r.metrics.json")) as fh:
+        metrics = json.load(fh)
+    assert metrics["images"] == good and metrics["failed"] == 3
+
+
+def test_metrics_against_a_hand_computed_confusion_matrix():
+    from oncolens.appliance.evaluation import format_metrics, metrics_from_rows
+    pairs = [("benign", "benign")] * 3 + [("benign", "malignant")] + \
+        [("malignant", "malignant")] * 2 + [("malignant", "normal")] + \
+        [("normal", "normal")] + [("normal", "benign")] * 2
+    rows = [{"path": str(n), "truth": t, "label": p, "error": None}
+            for n, (t, p) in enumerate(pairs)]
+    rows.append({"path": "x", "truth": "benign", "label": None, "error": "x: empty file"})
+    rows.append({"path": "y", "truth": None, "label": "normal", "error": None})  # no truth
+    m = metrics_from_rows(rows, LABELS)
+    assert m["confusion_matrix"] == [[3, 1, 0], [0, 2, 1], [2, 0, 1]]
+    assert m["images"] == 10 and m["failed"] == 1
+    assert m["accuracy"] == pytest.approx(6 / 10.0)
+    # benign: tp 3, predicted 5, true 4; malignant: tp 2, 3, 3; normal: tp 1, 2, 3
+    expect = {"benign": (3 / 5.0, 3 / 4.0), "malignant": (2 / 3.0, 2 / 3.0),
+              "normal": (1 / 2.0, 1 / 3.0)}
+    f1s = []
+    for label, (precision, recall) in expect.items():
+        assert m["per_class"][label]["precision"] == pytest.approx(precision)
+        assert m["per_class"][label]["recall"] == pytest.approx(recall)
+        f1s.append(2 * precision * recall / (precision + recall))
+    assert m["macro_f1"] == pytest.approx(sum(f1s) / 3)
+    text = format_metrics(m)
+    assert "accuracy 0.6000" in text and "benign" in text
+
+
+def test_metrics_files_match_the_results(tiny_bundle, tiny_data, tmp_path):
+    from oncolens.appliance.imageio import read_image
+    results = str(tmp_path / "run.csv")
+    code, out, err = run_cli(["batch", os.path.join(tiny_data, "val"), "--model", tiny_bundle,
+                              "--results", results, "--no-progress"])
+    assert code == 0, err
+    cm = np.zeros((3, 3), dtype=int)
+    for row in _csv_rows(results):
+        cm[LABELS.index(row["truth"]), LABELS.index(row["label"])] += 1
+    with io.open(str(tmp_path / "run.metrics.json")) as fh:
+        metrics = json.load(fh)
+    assert metrics["confusion_matrix"] == cm.tolist()
+    assert metrics["accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
+    png = read_image(str(tmp_path / "run.confusion.png"))
+    assert png.shape[0] > 100 and png.std() > 10
+    code, _, err = run_cli(["batch", os.path.join(tiny_data, "val"), "--model", tiny_bundle,
+                            "--results", str(tmp_path / "other.csv"), "--metrics",
+                            str(tmp_path / "run.metrics.json"), "--no-progress"])
+    assert code != 0 and "already exists" in err
+
+
+def test_annotated_copies_keep_names_and_folders(tiny_bundle, tiny_data, tmp_path):
+    from oncolens.appliance.imageio import read_image
+    folder = os.path.join(tiny_data, "test")
+    outdir = str(tmp_path / "annotated")
+    code, _, err = run_cli(["batch", folder, "--model", tiny_bundle, "--annotate", outdir,
+                            "--no-progress"])
+    assert code == 0, err
+    for path in _all_images(folder):
+        copy = os.path.join(outdir, os.path.relpath(path, folder))
+        src, dst = read_image(path), read_image(copy)
+        assert src.shape == dst.shape and (src != dst).any()
+    code, _, err = run_cli(["batch", folder, "--model", tiny_bundle, "--annotate", outdir,
+                            "--no-progress"])
+    assert code != 0 and "--overwrite" in err
+
+
+def test_file_list_is_streamed_and_prefetch_is_bounded():
+    from oncolens.appliance.pipeline import prefetch
+    pulled = []
+
+    def files():
+        for n in range(1000):
+            pulled.append(n)
+            yield "/nonexistent/{}.png".format(n), "{}.png".format(n)
+
+    items = prefetch(files(), preprocessor=None, workers=2, depth=8)
+    first = next(items)
+    assert first.index == 0 and "cannot read" in first.error
+    assert len(pulled) <= 9  # never more than depth (+1) files ahead of the consumer
+    assert [item.index for item in items] == list(range(1, 1000))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--results", "r.txt"], "expected a .csv or .jsonl"),
+    (["--resume"], "--resume: needs --results"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--precision", "fp16"], "--precision: expected one of fp32, int8"),
+])
+def test_bad_flags_are_one_line(tiny_bundle, tiny_data, argv, message):
+    code, out, err = run_cli(["batch", os.path.join(tiny_data, "test"), "--model", tiny_bundle,
+                              "--no-progress"] + argv)
+    assert code != 0
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_int8_is_refused_without_a_measured_agreement(tiny_bundle, tiny_data, tmp_path):
+    bundle = str(tmp_path / "model")
+    shutil.copytree(tiny_bundle, bundle, ignore=shutil.ignore_patterns("variants"))
+    code, out, err = run_cli(["batch", os.path.join(tiny_data, "test"), "--model", bundle,
+                              "--precision", "int8", "--no-progress"])
+    assert code != 0 and "no int8 copy with a measured agreement" in err
+    assert "oncolens bench" in err and len(err.strip().splitlines()) == 1

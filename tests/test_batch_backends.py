@@ -1,0 +1,58 @@
+"""The OpenVINO backend and the dynamic-batch copy give ONNX Runtime's probabilities."""
+import os
+
+import numpy as np
+import pytest
+
+
+def _batch(tiny_bundle, tiny_data, n):
+    from oncolens.appliance.classifier import Classifier
+    from oncolens.appliance.sources import open_source
+    clf = Classifier.open(tiny_bundle, backend="onnxruntime")
+    images = [f.image for f in open_source(os.path.join(tiny_data, "val"))][:n]
+    return clf, clf.preprocessor.batch(images)
+
+
+def test_dynamic_batch_copy_matches_the_export(tiny_bundle, tiny_data):
+    from oncolens.appliance.backends import open_backend
+    from oncolens.appliance.variants import dynamic_batch
+    clf, batch = _batch(tiny_bundle, tiny_data, 7)
+    want = clf.backend.infer(batch).probs  # the batch-1 export, run in chunks of 1
+    dyn = dynamic_batch(clf.bundle)
+    assert dyn.model_path != clf.bundle.model_path and dyn.model_sha256 == clf.bundle.model_sha256
+    with open_backend("onnxruntime", dyn) as backend:
+        assert backend.max_batch is None
+        np.testing.assert_allclose(backend.infer(batch).probs, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 5, 8])
+def test_openvino_matches_onnxruntime(tiny_bundle, tiny_data, n):
+    pytest.importorskip("openvino")
+    from oncolens.appliance.backends import open_backend
+    clf, batch = _batch(tiny_bundle, tiny_data, n)
+    if batch.shape[0] < n:  # 9 val images: repeat to reach n
+        batch = np.concatenate([batch] * (n // batch.shape[0] + 1))[:n]
+    want = clf.backend.infer(batch).probs
+    with open_backend("openvino", clf.bundle) as backend:  # odd n: split and padded
+        got = backend.infer(batch).probs
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_openvino_missing_is_one_clear_error(tiny_bundle, monkeypatch):
+    import builtins
+    from oncolens.appliance.backends import open_backend
+    from oncolens.appliance.bundle import load_bundle
+    from oncolens.appliance.errors import MissingDependency
+    real_import = builtins.__import__
+
+    def no_openvino(name, *args, **kwargs):
+        if name == "openvino" or name.startswith("openvino."):
+            raise ImportError("No module named 'openvino'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_openvino)
+    with pytest.raises(MissingDependency) as err:
+        open_backend("openvino", load_bundle(tiny_bundle))
+    assert "openvino" in str(err.value) and "oncolens[openvino]" in str(err.value)

@@ -1,0 +1,114 @@
+"""``oncolens bench``: the JSON's schema, and figures that are positive and consistent.
+
+No timed assertions: only that what is reported is complete and adds up.
+"""
+import io
+import json
+import os
+
+import pytest
+
+from conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def bench_json(tiny_bundle, tiny_data, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("bench") / "bench.json")
+    code, stdout, err = run_cli([
+        "bench", "--model", tiny_bundle, "--images", os.path.join(tiny_data, "test"),
+        "--agreement-images", os.path.join(tiny_data, "val"), "--precisions", "fp32,int8",
+        "--calib-images", os.path.join(tiny_data, "train"), "--calib-count", 6,
+        "--batch-sizes", "1,3", "--min-seconds", 0.05, "--warmup", 1, "--json", out])
+    assert code == 0, err
+    assert "torch-eager (naive)" in stdout and "onnxruntime int8" in stdout
+    with io.open(out, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def _openvino_installed():
+    try:
+        import openvino  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def _check_latency(lat):
+    assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
+
+
+def _check_shares(share):
+    assert set(share) == {"decode", "preprocess", "inference", "postprocess"}
+    assert all(0.0 <= v <= 1.0 for v in share.values())
+    assert abs(sum(share.values()) - 1.0) < 1e-3
+    assert share["inference"] > 0 and share["decode"] > 0
+
+
+def test_bench_json_has_every_run(bench_json):
+    backends = ["onnxruntime"] + (["openvino"] if _openvino_installed() else [])
+    got = sorted((r["backend"], r["precision"], r["batch_size"]) for r in bench_json["runs"])
+    want = sorted((b, p, n) for b in backends for p in ("fp32", "int8") for n in (1, 3))
+    assert got == want
+    if not _openvino_installed():
+        assert [s["backend"] for s in bench_json["skipped"]] == ["openvino", "openvino"]
+    assert bench_json["images"]["count"] == 9 and bench_json["agreement_images"]["count"] == 9
+    assert len(bench_json["loadavg_start"]) == 3 and len(bench_json["loadavg_end"]) == 3
+    assert bench_json["machine"]["cores"] >= 1 and bench_json["machine"]["cpu"]
+
+
+def test_bench_figures_are_positive_and_consistent(bench_json):
+    base = bench_json["baseline"]
+    assert base["end_to_end_ips"] > 0 and base["network_ips"] >= base["end_to_end_ips"]
+    _check_latency(base["latency_ms"])
+    _check_shares(base["stage_share"])
+    assert 0.0 <= base["agreement_vs_fp32"] <= 1.0
+    one = base["single_thread"]
+    assert one["end_to_end_ips"] > 0 and one["torch_threads"] == 1 and one["images"] == 9
+    best_naive = max(base["end_to_end_ips"], one["end_to_end_ips"])
+    for run in bench_json["runs"]:
+        assert run["network_ips"] > 0 and run["end_to_end_ips"] > 0
+        assert run["images"] == 9
+        assert run["end_to_end_ips"] == pytest.approx(run["images"] / run["seconds"], rel=0.01)
+        _check_latency(run["latency_ms"])
+        _check_latency(run["network_latency_ms"])
+        _check_shares(run["stage_share"])
+        assert 0.0 <= run["agreement_vs_fp32"] <= 1.0
+        assert run["speedup_vs_baseline"] == pytest.approx(
+            run["end_to_end_ips"] / base["end_to_end_ips"], rel=1e-2)
+        assert run["speedup_vs_best_naive"] == pytest.approx(
+            run["end_to_end_ips"] / best_naive, rel=1e-2)
+        fastest = bench_json["fastest_network_ips"][run["precision"]]
+        assert run["network_ips"] <= fastest + 0.01
+        assert 0 < run["network_vs_fastest_runtime"] <= 1.0
+    ort_fp32 = [r for r in bench_json["runs"]
+                if r["backend"] == "onnxruntime" and r["precision"] == "fp32"]
+    assert all(r["agreement_vs_fp32"] == 1.0 for r in ort_fp32)  # it is the reference
+
+
+def test_int8_is_used_only_when_asked_and_with_its_agreement(bench_json, tiny_bundle, tiny_data,
+                                                             tmp_path):
+    from oncolens.appliance.bundle import load_bundle
+    from oncolens.appliance.variants import read_sidecar, variant_path
+    path = variant_path(load_bundle(tiny_bundle), "int8")
+    recorded = read_sidecar(path)["agreement_vs_fp32"]
+    run = [r for r in bench_json["runs"] if r["backend"] == "onnxruntime"
+           and r["precision"] == "int8"][0]
+    assert recorded["top1"] == run["agreement_vs_fp32"] and recorded["images"] == 9
+    results = str(tmp_path / "int8.jsonl")
+    code, _, err = run_cli(["batch", os.path.join(tiny_data, "test"), "--model", tiny_bundle,
+                            "--precision", "int8", "--results", results, "--no-progress"])
+    assert code == 0, err
+    with io.open(results, encoding="utf-8") as fh:
+        rows = [json.loads(line) for line in fh]
+    assert len(rows) == 9 and all(r["precision"] == "int8" for r in rows)
+
+
+def test_bench_refuses_to_overwrite_and_bad_flags(bench_json, tiny_bundle, tiny_data, tmp_path):
+    existing = tmp_path / "b.json"
+    existing.write_text(u"{}")
+    images = os.path.join(tiny_data, "test")
+    for extra, message in [(["--json", str(existing)], "already exists"),
+                           (["--batch-sizes", "0"], "--batch-sizes"),
+                           (["--batch-sizes", "x"], "--batch-sizes")]:
+        code, _, err = run_cli(["bench", "--model", tiny_bundle, "--images", images] + extra)
+        assert code != 0 and message in err and len(err.strip().splitlines()) == 1
