@@ -16,6 +16,7 @@ SUBCOMMANDS = [
     ("train", "oncolens.train.cli", "train a classifier on class folders (jetson-inference train.py flags)"),
     ("export", "oncolens.export.cli", "export a checkpoint to ONNX (onnx_export.py flags)"),
     ("classify", "oncolens.appliance.classify_cli", "classify images, folders or streams (imagenet flags)"),
+    ("evaluate", "oncolens.train.evaluate_cli", "metrics, figures and a report of trained models on a split"),
 ]
 
 
