@@ -78,14 +78,14 @@ def main(argv):
         raise UsageError("{}: folder not found (expected class folders)".format(args.split_dir))
     split_name = os.path.basename(os.path.normpath(args.split_dir))
     reports = []
-    for model_dir in args.model_dir:
+    for index, model_dir in enumerate(args.model_dir):
         report = evaluate_dir(model_dir, args.split_dir, args.backend, bins=args.bins)
         _print_summary(report)
         out = args.out or (os.path.join(model_dir, "eval-" + split_name)
                            if len(args.model_dir) == 1 else None)
         if out:
-            prefix = "" if len(args.model_dir) == 1 else \
-                os.path.basename(os.path.normpath(model_dir)) + "-"
+            prefix = "" if len(args.model_dir) == 1 else "{}-{}-".format(
+                index + 1, os.path.basename(os.path.normpath(model_dir)))
             print("report: {}".format(_write_outputs(report, out, prefix, args.overwrite)))
         reports.append(report)
     if len(reports) > 1:
