@@ -47,6 +47,15 @@ def _read_state(path):
 
 def _torchvision_state(arch):
     import torchvision
+    if not hasattr(torchvision.models, "get_model_weights"):  # torchvision < 0.14 (Nano)
+        ctor = getattr(torchvision.models, arch, None)
+        if ctor is None:
+            raise UsageError("--arch: unknown architecture '{}'".format(arch))
+        try:
+            return ctor(pretrained=True).state_dict()
+        except Exception as exc:
+            raise UsageError("--pretrained: ImageNet weights for {} could not be had ({}); "
+                             "{}".format(arch, exc, OFFLINE_HINT))
     try:
         enum = torchvision.models.get_model_weights(arch)
     except (AttributeError, ValueError, KeyError):
