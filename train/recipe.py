@@ -125,8 +125,12 @@ def make_optimizer(args, model):
     raise UsageError("--optimizer: expected adamw or sgd, got {!r}".format(args.optimizer))
 
 
-def learning_rate(args, step, steps_per_epoch, planned_epochs):
-    """The rate for optimiser step ``step`` (0-based) of a ``planned_epochs`` run."""
+def learning_rate(args, step, steps_per_epoch, planned_epochs, time_fraction=0.0):
+    """The rate for optimiser step ``step`` (0-based) of a ``planned_epochs`` run.
+
+    With a time budget, ``time_fraction`` (elapsed / budget) drives the cosine when it is
+    ahead of the epoch count, so the rate reaches its floor when the time is up.
+    """
     epoch = step / float(max(1, steps_per_epoch))
     if args.schedule == "step":  # jetson-inference: /10 every 30 epochs
         return args.lr * (0.1 ** (int(epoch) // 30))
@@ -134,7 +138,8 @@ def learning_rate(args, step, steps_per_epoch, planned_epochs):
     if warmup > 0 and epoch < warmup:
         return args.lr * (epoch + 1.0 / max(1, steps_per_epoch)) / warmup
     span = max(1e-9, planned_epochs - warmup)
-    progress_ = min(1.0, max(0.0, (epoch - warmup) / span))
+    progress_ = max((epoch - warmup) / span, time_fraction)
+    progress_ = min(1.0, max(0.0, progress_))
     floor = args.lr * args.min_lr_ratio
     return floor + (args.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress_))
 

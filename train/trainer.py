@@ -48,32 +48,46 @@ def evaluate(model, loader, runtime, num_classes):
 
 
 class Schedule(object):
-    """Learning rate per optimiser step; the horizon shrinks to fit ``--time-limit``."""
+    """Learning rate per optimiser step; with ``--time-limit`` the cosine follows the clock."""
 
     def __init__(self, args, steps_per_epoch, start_epoch):
         self.args = args
         self.steps_per_epoch = steps_per_epoch
-        self.planned = args.epochs
         self.step = start_epoch * steps_per_epoch
         self.start = time.time()
-        self.done_here = 0
+        self.budget = float(args.time_limit or 0) * 60.0
+        self.warmup_seconds = None
+        self.epoch_times = []
+
+    @property
+    def planned(self):
+        return self.args.epochs
+
+    def time_fraction(self):
+        """Elapsed share of the budget after warm-up (0 without a budget)."""
+        if not self.budget:
+            return 0.0
+        warm_steps = self.args.warmup_epochs * self.steps_per_epoch
+        if self.step < warm_steps:
+            return 0.0
+        if self.warmup_seconds is None:
+            self.warmup_seconds = time.time() - self.start
+        used = time.time() - self.start - self.warmup_seconds
+        return used / max(1e-9, self.budget - self.warmup_seconds)
 
     def next_lr(self):
-        lr = learning_rate(self.args, self.step, self.steps_per_epoch, self.planned)
+        lr = learning_rate(self.args, self.step, self.steps_per_epoch, self.args.epochs,
+                           self.time_fraction())
         self.step += 1
         return lr
 
-    def epoch_done(self, epoch_index):
-        """Re-plan after an epoch; False when the time budget has no room for another."""
-        self.done_here += 1
-        if not self.args.time_limit:
+    def epoch_done(self, seconds):
+        """False when the budget has no room for another epoch as long as the last ones."""
+        self.epoch_times.append(seconds)
+        if not self.budget:
             return True
-        elapsed = time.time() - self.start
-        per_epoch = elapsed / self.done_here
-        remaining = self.args.time_limit * 60.0 - elapsed
-        fit = int(remaining // per_epoch)
-        self.planned = min(self.args.epochs, max(epoch_index + 1, epoch_index + 1 + fit))
-        return fit >= 1
+        recent = float(np.median(self.epoch_times[-3:]))
+        return self.budget - (time.time() - self.start) >= recent
 
 
 def _train_epoch(model, loader, optimizer, loss_fn, runtime, schedule, args, epoch):
@@ -250,7 +264,7 @@ def _loop(args, model, optimizer, loss_fn, runtime, train_loader, val_loader, cl
                      "epoch_seconds": "{:.1f}".format(time.time() - t0),
                      "images_per_second": "{:.1f}".format(ips), "best": int(is_best)})
         log.info("epoch %d/%d  lr %.2e  train loss %.4f (%.1f img/s)  val loss %.4f  acc %.4f  "
-                 "macro-F1 %.4f  %.0fs%s", epoch + 1, schedule.planned, lr, train_loss, ips,
+                 "macro-F1 %.4f  %.0fs%s", epoch + 1, args.epochs, lr, train_loss, ips,
                  val_loss, summary["accuracy"], summary["macro_f1"], time.time() - t0,
                  "  *best*" if is_best else "")
         _save({"epoch": epoch + 1, "arch": args.arch, "resolution": args.resolution,
@@ -264,7 +278,7 @@ def _loop(args, model, optimizer, loss_fn, runtime, train_loader, val_loader, cl
             log.info("no better val macro-F1 for %d epochs: stopping early", args.patience)
             stopped = "patience"
             break
-        if not schedule.epoch_done(epoch) and epoch + 1 < args.epochs:
+        if not schedule.epoch_done(time.time() - t0) and epoch + 1 < args.epochs:
             log.info("--time-limit %.1f min reached after %d epochs", args.time_limit, epoch + 1)
             stopped = "time-limit"
             break
