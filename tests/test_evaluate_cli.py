@@ -43,7 +43,7 @@ def test_evaluate_compares_models(tmp_path, tiny_bundle, tiny_data):
                               os.path.join(tiny_data, "test"), "--out", out_dir])
     assert code == 0, err
     table = open(os.path.join(out_dir, "comparison.md")).read()
-    assert table.count("| model |") == 1 and table.count("resnet18") == 2
+    assert table.count("| arch |") == 1 and table.count("| resnet18 |") == 2
 
 
 def test_evaluate_unknown_class_folder(tmp_path, tiny_bundle, tiny_data):
