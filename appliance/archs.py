@@ -1,7 +1,7 @@
 """Building the classifier networks from their names (torch imported only when called).
 
 Shared by training, export and the PyTorch backend, so a checkpoint is always rebuilt the
-way it was trained.  The training issue adds more architectures to ARCHS.
+way it was trained.  Any torchvision classifier name works too.
 """
 from oncolens.appliance.errors import MissingDependency, UsageError
 
@@ -28,12 +28,34 @@ def _torchvision_classifier(arch, num_classes):
         return ctor(pretrained=False, num_classes=num_classes)
 
 
+def _net(name, num_classes):
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise MissingDependency("torch", "this step", "pip install 'oncolens[train]'")
+    from oncolens.appliance import nets
+    return nets.get(name)(num_classes=num_classes)
+
+
 # name -> builder(num_classes) -> torch.nn.Module with freshly initialised weights
 ARCHS = {
     "resnet18": lambda n: _torchvision_classifier("resnet18", n),
     "resnet34": lambda n: _torchvision_classifier("resnet34", n),
     "resnet50": lambda n: _torchvision_classifier("resnet50", n),
+    "efficientnet_lite0": lambda n: _net("EfficientNetLite0", n),
+    "simple-cnn": lambda n: _net("SimpleCNN", n),
 }
+# spellings accepted on the command line for the same network
+ALIASES = {"simple_cnn": "simple-cnn", "simplecnn": "simple-cnn",
+           "efficientnet-lite0": "efficientnet_lite0"}
+
+# where a network's output layer lives (replaced when ImageNet weights are loaded)
+HEADS = {"efficientnet_lite0": "_fc", "simple-cnn": "fc"}
+
+
+def canonical_arch(arch):
+    """The name an architecture is recorded under (``simple_cnn`` -> ``simple-cnn``)."""
+    return ALIASES.get(str(arch).lower(), str(arch))
 
 
 def arch_names():
@@ -42,6 +64,7 @@ def arch_names():
 
 def build_model(arch, num_classes):
     """A freshly initialised ``arch`` with ``num_classes`` outputs (logits)."""
+    arch = canonical_arch(arch)
     if arch not in ARCHS:
         return _torchvision_classifier(arch, num_classes)
     return ARCHS[arch](int(num_classes))

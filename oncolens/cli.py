@@ -21,6 +21,7 @@ SUBCOMMANDS = [
     ("selftest", "oncolens.export.selftest", "build, verify and time engines here; write a JSON + Markdown report"),
     ("batch", "oncolens.appliance.batch_cli", "classify a whole folder: results CSV/JSONL, metrics, resume"),
     ("bench", "oncolens.appliance.bench_cli", "measure images/s: network-only, end to end, naive baseline"),
+    ("evaluate", "oncolens.train.evaluate_cli", "metrics, figures and a report of trained models on a split"),
 ]
 
 

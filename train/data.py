@@ -10,7 +10,6 @@ import numpy as np
 from oncolens.appliance.bundle import LABELS_TXT, read_labels
 from oncolens.appliance.errors import UsageError
 from oncolens.appliance.imageio import is_image_file, read_image
-from oncolens.appliance.preprocess import normalize
 
 
 def discover_classes(data_dir, split="train"):
@@ -50,57 +49,68 @@ def list_samples(split_dir, classes):
     return samples
 
 
-def random_resized_crop(rgb, out_hw, rng, scale=(0.5, 1.0), ratio=(3.0 / 4.0, 4.0 / 3.0)):
-    """torchvision's RandomResizedCrop, on a numpy image with OpenCV."""
+def class_counts(samples, num_classes):
+    """Images per class index."""
+    return np.bincount(np.array([t for _, t in samples], dtype=np.int64),
+                       minlength=num_classes)
+
+
+def balanced_class_weights(samples, num_classes):
+    """Loss weights n / (k * n_c) (scikit-learn's 'balanced'); 0 for an absent class."""
+    counts = class_counts(samples, num_classes).astype(np.float64)
+    weights = np.zeros(num_classes)
+    present = counts > 0
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return weights
+
+
+def cache_side(resolution, crop_ratio):
+    """Shorter side that training images are kept at in memory (what the crop sees)."""
+    return int(np.ceil(resolution / float(crop_ratio)))
+
+
+def load_resized(path, side, clahe=None):
+    """Read an image as RGB, apply CLAHE when asked, shrink its shorter side to ``side``."""
     import cv2
+    from oncolens.appliance.preprocess import apply_clahe
+    rgb = read_image(path)
+    if clahe:
+        rgb = apply_clahe(rgb, clahe.get("clip", 2.0), clahe.get("tile", 8))
     h, w = rgb.shape[:2]
-    area = h * w
-    for _ in range(10):
-        target = area * rng.uniform(*scale)
-        aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
-        cw = int(round(np.sqrt(target * aspect)))
-        ch = int(round(np.sqrt(target / aspect)))
-        if 0 < cw <= w and 0 < ch <= h:
-            top = rng.integers(0, h - ch + 1)
-            left = rng.integers(0, w - cw + 1)
-            crop = rgb[top:top + ch, left:left + cw]
-            break
-    else:
-        side = min(h, w)
-        top, left = (h - side) // 2, (w - side) // 2
-        crop = rgb[top:top + side, left:left + side]
-    return cv2.resize(crop, (out_hw[1], out_hw[0]), interpolation=cv2.INTER_AREA)
-
-
-class TrainAugment(object):
-    """Random resized crop and flips, then the model's normalisation."""
-
-    def __init__(self, preprocessor, seed=None):
-        self.pre = preprocessor
-        self.rng = np.random.default_rng(seed)
-
-    def __call__(self, rgb):
-        out = random_resized_crop(rgb, (self.pre.height, self.pre.width), self.rng)
-        if self.rng.random() < 0.5:
-            out = out[:, ::-1]
-        if self.rng.random() < 0.5:
-            out = out[::-1, :]
-        return normalize(np.ascontiguousarray(out), self.pre.mean, self.pre.std)
+    scale = side / float(min(h, w))
+    if scale < 1.0:
+        size = (max(side, int(round(w * scale))), max(side, int(round(h * scale))))
+        rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(rgb)
 
 
 class FolderDataset(object):
     """A torch-style map dataset: ``ds[i]`` -> (float32 CHW array, class index)."""
 
-    def __init__(self, samples, transform):
+    def __init__(self, samples, transform, loader=read_image):
         self.samples = samples
         self.transform = transform
+        self.loader = loader
 
     def __len__(self):
         return len(self.samples)
 
     def __getitem__(self, i):
         path, target = self.samples[i]
-        return self.transform(read_image(path)), target
+        return self.transform(self.loader(path)), target
 
     def targets(self):
         return np.array([t for _, t in self.samples], dtype=np.int64)
+
+
+class CachedDataset(FolderDataset):
+    """Training images decoded once and kept in memory at the size the crop needs."""
+
+    def __init__(self, samples, transform, side, clahe=None, progress=None):
+        FolderDataset.__init__(self, samples, transform)
+        self.images = []
+        for path, _ in (progress(samples) if progress else samples):
+            self.images.append(load_resized(path, side, clahe))
+
+    def __getitem__(self, i):
+        return self.transform(self.images[i]), self.samples[i][1]

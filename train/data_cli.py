@@ -41,7 +41,80 @@ def _synth(argv):
     return 0
 
 
-COMMANDS = {"synth": (_synth, "write the synthetic demo dataset")}
+def build_check_parser():
+    p = argparse.ArgumentParser(
+        prog="oncolens data check",
+        description="Audit a dataset folder (DIR/{train,val,test}/<class>/ or DIR/<class>/): "
+                    "counts per class and split, unreadable or empty files, image sizes and "
+                    "modes, exact and near-duplicate images (perceptual hash). Leakage across "
+                    "splits and the same image under two labels are errors (exit code 1).")
+    p.add_argument("dir", help="dataset folder")
+    p.add_argument("--max-distance", type=int, default=4,
+                   help="perceptual-hash distance (bits of 64) that counts as the same image (4)")
+    p.add_argument("--json", default=None, help="write the full audit to this JSON file")
+    p.add_argument("--log-level", default="info")
+    return p
+
+
+def _progress(desc):
+    def wrap(items):
+        from oncolens.train.recipe import progress
+        return progress(items, desc)
+    return wrap
+
+
+def _check(argv):
+    args = build_check_parser().parse_args(normalize_flags(argv))
+    setup_logging(args.log_level)
+    from oncolens.train.audit import check, format_report
+    result = check(args.dir, args.max_distance, progress=_progress("reading images"))
+    for line in format_report(result):
+        print(line)
+    if args.json:
+        import json
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=2, sort_keys=True)
+    return 1 if result["errors"] else 0
+
+
+def build_split_parser():
+    p = argparse.ArgumentParser(
+        prog="oncolens data split",
+        description="Split a flat class-folder dataset SRC/<class>/ into OUT/{train,val,test}/"
+                    "<class>/, stratified by class, near-duplicates kept on one side, images "
+                    "under two labels dropped; writes OUT/labels.txt and OUT/splits.csv.")
+    p.add_argument("src", help="folder of class folders")
+    p.add_argument("out", help="output folder (must not exist, unless --overwrite)")
+    p.add_argument("--ratios", type=float, nargs=3, default=[0.7, 0.15, 0.15],
+                   metavar=("TRAIN", "VAL", "TEST"), help="split fractions (0.7 0.15 0.15)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    p.add_argument("--max-distance", type=int, default=4,
+                   help="perceptual-hash distance that counts as the same image (4)")
+    p.add_argument("--link", action="store_true", help="hard-link instead of copying")
+    p.add_argument("--overwrite", action="store_true", help="write into an existing folder")
+    p.add_argument("--log-level", default="info")
+    return p
+
+
+def _split(argv):
+    args = build_split_parser().parse_args(normalize_flags(argv))
+    setup_logging(args.log_level)
+    from oncolens.train.split import split_dataset
+    counts, fate = split_dataset(args.src, args.out, args.ratios, args.seed, args.max_distance,
+                                 args.link, args.overwrite, progress=_progress("reading images"))
+    for split in ("train", "val", "test"):
+        print("{:6s} ".format(split) + "  ".join(
+            "{} {}".format(c, n) for c, n in sorted(counts[split].items())))
+    dropped = [f for f in fate if f and f.startswith("dropped")]
+    if dropped:
+        print("dropped {} file(s) (see splits.csv)".format(len(dropped)))
+    print("wrote {}".format(args.out))
+    return 0
+
+
+COMMANDS = {"synth": (_synth, "write the synthetic demo dataset"),
+            "check": (_check, "audit a dataset: counts, sizes, modes, duplicates, leakage"),
+            "split": (_split, "split class folders into train/val/test, duplicates together")}
 
 
 @cli_entry("oncolens data")

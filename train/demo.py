@@ -59,7 +59,7 @@ def run_demo(args):
     _step(2, "training ResNet-18 at {} px for {} epochs (CPU)".format(args.resolution,
                                                                      args.epochs))
     code = train_main([data, "--model-dir", model_dir, "--resolution", str(args.resolution),
-                       "--epochs", str(args.epochs), "--batch-size", "16", "--lr", "0.01",
+                       "--epochs", str(args.epochs), "--batch-size", "16", "--no-pretrained",
                        "--seed", str(args.seed), "--workers", "1",
                        "--log-level", args.log_level])
     if code:

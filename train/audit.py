@@ -1,0 +1,107 @@
+"""``oncolens data check``: what is in a dataset folder and what is wrong with it.
+
+Errors (non-zero exit): unreadable or empty files, the same image in two splits (leakage),
+the same image under two labels.  Warnings: duplicates within one split and class, images
+not stored as RGB (they are converted on reading), classes missing from a split.
+"""
+import collections
+import logging
+
+import numpy as np
+
+from oncolens.train.scan import duplicate_groups, scan
+
+log = logging.getLogger(__name__)
+
+
+def _sizes(records):
+    ok = [r for r in records if "width" in r]
+    if not ok:
+        return {}
+    w = np.array([r["width"] for r in ok])
+    h = np.array([r["height"] for r in ok])
+    return {"min": [int(w.min()), int(h.min())], "max": [int(w.max()), int(h.max())],
+            "median": [int(np.median(w)), int(np.median(h))]}
+
+
+def _group_issue(records, group):
+    members = [records[i] for i in group]
+    splits = sorted(set(str(r["split"]) for r in members))
+    classes = sorted(set(r["class"] for r in members))
+    exact = len(set(r.get("sha256") for r in members)) == 1
+    entry = {"paths": [r["path"] for r in members], "splits": splits, "classes": classes,
+             "exact": exact}
+    if len(classes) > 1:
+        entry["kind"] = "conflicting-labels"
+    elif len(splits) > 1:
+        entry["kind"] = "leakage"
+    else:
+        entry["kind"] = "duplicate"
+    return entry
+
+
+def check(root, max_distance=4, progress=None):
+    """The whole audit as a JSON-ready dictionary (``errors`` lists what fails the check)."""
+    records = scan(root, progress)
+    counts = collections.OrderedDict()
+    for r in records:
+        counts.setdefault(str(r["split"]), collections.Counter())[r["class"]] += 1
+    classes = sorted(set(r["class"] for r in records))
+    groups = [_group_issue(records, g) for g in duplicate_groups(records, max_distance)]
+    errors, warnings = [], []
+    for r in records:
+        if "error" in r:
+            errors.append("{}: {}".format(r["path"], r["error"]))
+    for g in groups:
+        what = "identical files" if g["exact"] else "near-duplicates"
+        if g["kind"] == "conflicting-labels":
+            errors.append("same image under labels {} ({}): {}".format(
+                "/".join(g["classes"]), what, ", ".join(g["paths"])))
+        elif g["kind"] == "leakage":
+            errors.append("leakage across splits {} ({}): {}".format(
+                "/".join(g["splits"]), what, ", ".join(g["paths"])))
+        else:
+            warnings.append("duplicates in {}/{} ({}): {}".format(
+                g["splits"][0], g["classes"][0], what, ", ".join(g["paths"])))
+    for split, counter in counts.items():
+        missing = [c for c in classes if not counter.get(c)]
+        if missing and split != "None":
+            warnings.append("split {} has no images of {}".format(split, ", ".join(missing)))
+    modes = collections.Counter(r.get("mode") for r in records if "mode" in r)
+    converted = sum(n for m, n in modes.items() if m != "RGB")
+    if converted:
+        warnings.append("{} image(s) not stored as 8-bit RGB ({}): converted to RGB on "
+                        "reading".format(converted, ", ".join(
+                            "{} {}".format(n, m) for m, n in sorted(modes.items()) if m != "RGB")))
+    return {"root": root, "images": len(records), "classes": classes,
+            "counts": {s: dict(c) for s, c in counts.items()}, "modes": dict(modes),
+            "sizes": _sizes(records), "duplicate_groups": groups, "errors": errors,
+            "warnings": warnings, "max_distance": max_distance, "records": records}
+
+
+def format_report(result):
+    """Human-readable lines for the terminal."""
+    lines = ["{}: {} files, classes {}".format(result["root"], result["images"],
+                                              ", ".join(result["classes"]))]
+    for split, counter in result["counts"].items():
+        name = "(flat)" if split == "None" else split
+        lines.append("  {:6s} ".format(name) + "  ".join(
+            "{} {}".format(c, counter.get(c, 0)) for c in result["classes"]) +
+            "  (total {})".format(sum(counter.values())))
+    sizes = result["sizes"]
+    if sizes:
+        lines.append("  sizes (w x h): min {}x{}, median {}x{}, max {}x{}".format(
+            *(sizes["min"] + sizes["median"] + sizes["max"])))
+    lines.append("  modes: " + ", ".join("{} {}".format(m, n)
+                                         for m, n in sorted(result["modes"].items())))
+    kinds = collections.Counter(g["kind"] for g in result["duplicate_groups"])
+    lines.append("  duplicate groups (phash distance <= {}): {} ({})".format(
+        result["max_distance"], len(result["duplicate_groups"]),
+        ", ".join("{} {}".format(n, k) for k, n in sorted(kinds.items())) or "none"))
+    for w in result["warnings"]:
+        lines.append("warning: " + w)
+    for e in result["errors"]:
+        lines.append("error: " + e)
+    lines.append("{} error(s), {} warning(s)".format(len(result["errors"]),
+                                                     len(result["warnings"])))
+    return lines

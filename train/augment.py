@@ -1,0 +1,105 @@
+"""Training-time augmentation on numpy RGB images (OpenCV, no torchvision needed).
+
+Random resized crop, horizontal and vertical flips, 90 degree rotations, colour jitter and,
+for stained histology, a perturbation in haematoxylin-eosin colour space
+(``--stain-jitter``).  Evaluation never augments: it uses ``appliance.preprocess``.
+"""
+import numpy as np
+
+from oncolens.appliance.preprocess import normalize
+
+# Ruifrok & Johnston's stain vectors (rows: haematoxylin, eosin, residual) in optical density
+_HED_FROM_RGB = None
+
+
+def _hed_matrices():
+    global _HED_FROM_RGB
+    if _HED_FROM_RGB is None:
+        rgb_from_hed = np.array([[0.65, 0.70, 0.29],
+                                 [0.07, 0.99, 0.11],
+                                 [0.27, 0.57, 0.78]], dtype=np.float64)
+        rgb_from_hed /= np.linalg.norm(rgb_from_hed, axis=1, keepdims=True)
+        _HED_FROM_RGB = (np.linalg.inv(rgb_from_hed), rgb_from_hed)
+    return _HED_FROM_RGB
+
+
+def stain_jitter(rgb, rng, sigma=0.05, bias=0.05):
+    """Scale and shift each stain's concentration: H, E, residual ~ a*c + b, a ~ 1 +- sigma."""
+    hed_from_rgb, rgb_from_hed = _hed_matrices()
+    od = -np.log(np.maximum(rgb.astype(np.float64), 1.0) / 255.0)
+    conc = od.reshape(-1, 3).dot(hed_from_rgb)
+    alpha = rng.uniform(1.0 - sigma, 1.0 + sigma, size=3)
+    beta = rng.uniform(-bias, bias, size=3)
+    od = (conc * alpha + beta).dot(rgb_from_hed)
+    out = 255.0 * np.exp(-np.maximum(od, 0.0))
+    return np.clip(out, 0, 255).reshape(rgb.shape).astype(np.uint8)
+
+
+def colour_jitter(rgb, rng, brightness=0.2, contrast=0.2, saturation=0.1):
+    """Random brightness, contrast and saturation, each a factor in [1 - x, 1 + x]."""
+    img = rgb.astype(np.float32)
+    if brightness:
+        img *= rng.uniform(1.0 - brightness, 1.0 + brightness)
+    if contrast:
+        mean = img.mean()
+        img = (img - mean) * rng.uniform(1.0 - contrast, 1.0 + contrast) + mean
+    if saturation:
+        grey = img.mean(axis=2, keepdims=True)
+        img = (img - grey) * rng.uniform(1.0 - saturation, 1.0 + saturation) + grey
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def random_resized_crop(rgb, out_hw, rng, scale=(0.35, 1.0), ratio=(3.0 / 4.0, 4.0 / 3.0)):
+    """torchvision's RandomResizedCrop, on a numpy image with OpenCV."""
+    import cv2
+    h, w = rgb.shape[:2]
+    area = h * w
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
+        cw = int(round(np.sqrt(target * aspect)))
+        ch = int(round(np.sqrt(target / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            top = rng.integers(0, h - ch + 1)
+            left = rng.integers(0, w - cw + 1)
+            crop = rgb[top:top + ch, left:left + cw]
+            break
+    else:
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        crop = rgb[top:top + side, left:left + side]
+    interp = cv2.INTER_AREA if crop.shape[0] > out_hw[0] else cv2.INTER_LINEAR
+    return cv2.resize(crop, (out_hw[1], out_hw[0]), interpolation=interp)
+
+
+class TrainAugment(object):
+    """Crop, flips, 90 degree turns, colour (and stain) jitter, then the model's normalisation.
+
+    ``options``: ``scale`` (crop area range), ``flip`` (bool), ``rot90`` (bool),
+    ``colour`` (jitter strength, 0 for none), ``stain`` (H&E jitter strength, 0 for none).
+    """
+
+    def __init__(self, preprocessor, seed=None, options=None):
+        self.pre = preprocessor
+        self.rng = np.random.default_rng(seed)
+        opts = {"scale": (0.35, 1.0), "flip": True, "rot90": True, "colour": 0.2, "stain": 0.0}
+        opts.update(options or {})
+        self.opts = opts
+
+    def __call__(self, rgb):
+        rng, opts = self.rng, self.opts
+        out = random_resized_crop(rgb, (self.pre.height, self.pre.width), rng,
+                                  scale=tuple(opts["scale"]))
+        if opts["flip"]:
+            if rng.random() < 0.5:
+                out = out[:, ::-1]
+            if rng.random() < 0.5:
+                out = out[::-1, :]
+        if opts["rot90"] and self.pre.height == self.pre.width:
+            out = np.rot90(out, int(rng.integers(0, 4)))
+        out = np.ascontiguousarray(out)
+        if opts["stain"]:
+            out = stain_jitter(out, rng, sigma=opts["stain"], bias=opts["stain"])
+        if opts["colour"]:
+            out = colour_jitter(out, rng, opts["colour"], opts["colour"], opts["colour"] / 2.0)
+        return normalize(out, self.pre.mean, self.pre.std)

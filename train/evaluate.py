@@ -1,0 +1,128 @@
+"""Evaluate a trained model folder on a class-folder split, as the appliance would see it.
+
+The images go through the bundle's own preprocessing (model.json), and through the
+appliance's ONNX backend when the folder holds an exported model; otherwise the PyTorch
+checkpoint is run (``backend="torch"``).
+"""
+import logging
+import os
+
+import numpy as np
+
+from oncolens.appliance.bundle import MODEL_JSON, read_model_info
+from oncolens.appliance.errors import BundleError, ImageReadError, UsageError
+from oncolens.appliance.imageio import read_image
+from oncolens.train import metrics
+from oncolens.train.data import list_samples
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "torch", "onnxruntime")
+
+
+class TorchRunner(object):
+    """model_best.pth.tar + model.json preprocessing, on the CPU."""
+
+    def __init__(self, model_dir, info):
+        from oncolens.appliance.archs import load_checkpoint, model_from_checkpoint
+        from oncolens.appliance.preprocess import Preprocessor
+        ckpt_name = (info.get("checkpoint") or {}).get("file", "model_best.pth.tar")
+        self.model = model_from_checkpoint(load_checkpoint(os.path.join(model_dir, ckpt_name)))
+        self.pre = Preprocessor(info["preprocess"], info["input"]["shape"])
+
+    def describe(self):
+        return "torch checkpoint"
+
+    def probs(self, images):
+        import torch
+        batch = torch.from_numpy(self.pre.batch(images))
+        with torch.no_grad():
+            return torch.softmax(self.model(batch).float(), 1).numpy()
+
+    def close(self):
+        pass
+
+
+class ApplianceRunner(object):
+    """The appliance's Classifier (ONNX Runtime) on the exported model."""
+
+    def __init__(self, model_dir, backend):
+        from oncolens.appliance.classifier import Classifier
+        self.clf = Classifier.open(model_dir, backend="auto" if backend == "auto" else backend)
+
+    def describe(self):
+        return "appliance ({})".format(self.clf.backend.describe())
+
+    def probs(self, images):
+        return np.asarray(self.clf.infer_images(images).probs, dtype=np.float64)
+
+    def close(self):
+        self.clf.close()
+
+
+def _has_onnx(model_dir, info):
+    onnx = info.get("onnx") or {}
+    name = onnx.get("file") if isinstance(onnx, dict) else None
+    if name and os.path.isfile(os.path.join(model_dir, name)):
+        return True
+    return any(f.endswith(".onnx") for f in os.listdir(model_dir))
+
+
+def open_runner(model_dir, backend="auto"):
+    if backend not in BACKENDS:
+        raise UsageError("--backend: expected one of {}, got {!r}".format(", ".join(BACKENDS),
+                                                                         backend))
+    info = read_model_info(os.path.join(model_dir, MODEL_JSON))
+    if backend == "torch" or (backend == "auto" and not _has_onnx(model_dir, info)):
+        return TorchRunner(model_dir, info), info
+    return ApplianceRunner(model_dir, backend), info
+
+
+def evaluate_dir(model_dir, split_dir, backend="auto", batch=16, bins=15):
+    """Run the model on every image of ``split_dir/<class>/``; returns the report dictionary.
+
+    Class folders are matched to the model's labels by name; a folder the model does not
+    know is an error, an unreadable image is recorded and skipped.
+    """
+    if not os.path.isdir(model_dir):
+        raise BundleError("--model-dir {}: folder not found".format(model_dir))
+    runner, info = open_runner(model_dir, backend)
+    labels = info["labels"]
+    folders = sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d))) \
+        if os.path.isdir(split_dir) else []
+    unknown = [d for d in folders if d not in labels]
+    if unknown:
+        raise UsageError("{}: class folder(s) {} are not among the model's labels ({})".format(
+            split_dir, ", ".join(unknown), ", ".join(labels)))
+    samples = list_samples(split_dir, labels)
+    probs, targets, paths, failed = [], [], [], []
+    try:
+        for start in range(0, len(samples), batch):
+            chunk, images = samples[start:start + batch], []
+            for path, target in chunk:
+                try:
+                    images.append(read_image(path))
+                except ImageReadError as exc:
+                    failed.append({"path": path, "error": str(exc)})
+                    continue
+                targets.append(target)
+                paths.append(path)
+            if images:
+                probs.append(runner.probs(images))
+    finally:
+        runner.close()
+    if not targets:
+        raise UsageError("{}: no readable images".format(split_dir))
+    probs = np.concatenate(probs)
+    report = metrics.full_report(np.array(targets), probs, labels, bins)
+    report.update({"model_dir": os.path.abspath(model_dir), "split_dir": os.path.abspath(split_dir),
+                   "arch": info.get("arch"), "resolution": info["input"]["shape"][-1],
+                   "runner": runner.describe(), "failed": failed,
+                   "training": info.get("training", {})})
+    report["_probs"], report["_targets"], report["_paths"] = probs, np.array(targets), paths
+    return report
+
+
+def public(report):
+    """The report without its raw arrays (for JSON)."""
+    return {k: v for k, v in report.items() if not k.startswith("_")}

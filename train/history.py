@@ -1,0 +1,67 @@
+"""Per-epoch history: ``history.csv`` and PNG curves of loss and metrics (matplotlib, lazily)."""
+import csv
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+HISTORY_CSV = "history.csv"
+CURVES_PNG = "curves.png"
+FIELDS = ["epoch", "lr", "train_loss", "val_loss", "val_accuracy", "val_macro_f1",
+          "epoch_seconds", "images_per_second", "best"]
+
+
+def read_history(model_dir):
+    path = os.path.join(model_dir, HISTORY_CSV)
+    if not os.path.isfile(path):
+        return []
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def write_history(model_dir, rows):
+    """Rewrite history.csv (rows are dicts with FIELDS)."""
+    path = os.path.join(model_dir, HISTORY_CSV)
+    with open(path + ".tmp", "w") as fh:
+        writer = csv.DictWriter(fh, fieldnames=FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row)
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def plot_history(model_dir, rows):
+    """curves.png: loss (train, val) and val accuracy / macro-F1 per epoch; None without
+    matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.info("matplotlib not installed: no %s (pip install matplotlib)", CURVES_PNG)
+        return None
+    if not rows:
+        return None
+    epochs = [int(r["epoch"]) for r in rows]
+
+    def col(name):
+        return [float(r[name]) for r in rows]
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(epochs, col("train_loss"), label="train loss")
+    ax1.plot(epochs, col("val_loss"), label="val loss")
+    ax1.set_xlabel("epoch")
+    ax1.set_title("loss")
+    ax1.legend()
+    ax2.plot(epochs, col("val_accuracy"), label="val accuracy")
+    ax2.plot(epochs, col("val_macro_f1"), label="val macro-F1")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylim(0, 1)
+    ax2.set_title("validation")
+    ax2.legend()
+    fig.tight_layout()
+    path = os.path.join(model_dir, CURVES_PNG)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

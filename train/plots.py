@@ -1,0 +1,97 @@
+"""PNG figures for ``oncolens evaluate`` (matplotlib, imported only here)."""
+import logging
+import os
+
+import numpy as np
+
+from oncolens.train import metrics
+
+log = logging.getLogger(__name__)
+
+
+def _plt():
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib not installed: no PNG figures (pip install matplotlib)")
+        return None
+    return plt
+
+
+def confusion_png(report, path):
+    plt = _plt()
+    if plt is None:
+        return None
+    cm = np.asarray(report["confusion_matrix"])
+    labels = report["labels"]
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.imshow(cm, cmap="Blues")
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center",
+                    color="white" if cm[i, j] > cm.max() / 2.0 else "black")
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=30)
+    ax.set_yticks(range(len(labels)))
+    ax.set_yticklabels(labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("confusion matrix")
+    return _save(plt, fig, path)
+
+
+def roc_png(report, path):
+    plt = _plt()
+    if plt is None:
+        return None
+    probs, targets = report["_probs"], report["_targets"]
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    for i, label in enumerate(report["labels"]):
+        auc = report["per_class"][label]["roc_auc"]
+        if auc is None:
+            continue
+        fpr, tpr = metrics.roc_curve(targets == i, probs[:, i])
+        ax.plot(fpr, tpr, label="{} (AUC {:.3f})".format(label, auc))
+    ax.plot([0, 1], [0, 1], "k:", linewidth=0.8)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title("ROC, one vs rest")
+    ax.legend(loc="lower right")
+    return _save(plt, fig, path)
+
+
+def reliability_png(report, path):
+    plt = _plt()
+    if plt is None:
+        return None
+    bins = [b for b in report["reliability"] if b["count"]]
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    width = report["reliability"][0]["high"] - report["reliability"][0]["low"]
+    ax.bar([b["low"] for b in bins], [b["accuracy"] for b in bins], width=width, align="edge",
+           edgecolor="black", alpha=0.7, label="accuracy")
+    ax.plot([0, 1], [0, 1], "k:", linewidth=0.8, label="perfect calibration")
+    ax.set_xlabel("confidence (top-1 probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title("reliability (ECE {:.3f})".format(report["ece"]))
+    ax.legend(loc="upper left")
+    return _save(plt, fig, path)
+
+
+def _save(plt, fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def all_figures(report, out_dir, prefix=""):
+    """confusion, ROC and reliability PNGs in ``out_dir``; the paths written."""
+    written = []
+    for name, func in (("confusion", confusion_png), ("roc", roc_png),
+                       ("reliability", reliability_png)):
+        path = func(report, os.path.join(out_dir, "{}{}.png".format(prefix, name)))
+        if path:
+            written.append(path)
+    return written

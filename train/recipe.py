@@ -1,0 +1,149 @@
+"""The pieces of a training run: data loaders, loss, optimizer and learning-rate schedule.
+
+The defaults are the recipe that works for small, unbalanced medical sets on a CPU:
+class-weighted cross-entropy (label smoothing 0.1), AdamW, a short linear warm-up then a
+cosine decay, augmentation, and the best epoch chosen by validation macro-F1.
+"""
+import logging
+import math
+import os
+import time
+
+import numpy as np
+
+from oncolens.appliance.errors import MissingDependency, UsageError
+from oncolens.appliance.preprocess import Preprocessor
+from oncolens.train.augment import TrainAugment
+from oncolens.train.data import (CachedDataset, FolderDataset, balanced_class_weights,
+                                 cache_side, class_counts, list_samples, load_resized)
+
+log = logging.getLogger(__name__)
+
+CACHE_LIMIT_BYTES = 2 << 30
+
+
+def torch_module():
+    try:
+        import torch
+    except ImportError:
+        raise MissingDependency("torch", "oncolens train", "pip install 'oncolens[train]'")
+    return torch
+
+
+def progress(iterable, desc, total=None):
+    """tqdm when installed and on a terminal, else the iterable itself."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(iterable, desc=desc, total=total, leave=False, disable=None, dynamic_ncols=True)
+
+
+def _seed_worker(worker_id):
+    torch = torch_module()
+    info = torch.utils.data.get_worker_info()
+    info.dataset.transform.rng = np.random.default_rng(torch.initial_seed() % (2 ** 32))
+
+
+def _use_cache(args, n_images, side):
+    if args.cache == "off" or args.low_memory:
+        return False
+    estimate = n_images * side * side * 3 * 1.5
+    if args.cache == "auto" and estimate > CACHE_LIMIT_BYTES:
+        log.info("not caching %d training images in memory (~%.1f GB); pass --cache on to force",
+                 n_images, estimate / 1e9)
+        return False
+    return True
+
+
+def augment_options(args):
+    if args.no_augment:
+        return {"scale": (1.0, 1.0), "flip": False, "rot90": False, "colour": 0.0, "stain": 0.0}
+    return {"scale": (args.crop_scale, 1.0), "flip": True, "rot90": not args.no_rot90,
+            "colour": args.colour_jitter, "stain": args.stain_jitter}
+
+
+def make_loaders(args, classes, preprocess, micro_batch):
+    """(train loader, val loader, training samples)."""
+    torch = torch_module()
+    res = args.resolution
+    pre = Preprocessor(preprocess, (3, res, res))
+    samples = list_samples(os.path.join(args.data, "train"), classes)
+    augment = TrainAugment(pre, args.seed, augment_options(args))
+    side = cache_side(res, preprocess.get("crop_ratio", 0.875))
+    clahe = preprocess.get("clahe")
+    if _use_cache(args, len(samples), side):
+        train_ds = CachedDataset(samples, augment, side, clahe,
+                                 progress=lambda it: progress(it, "caching train images"))
+    else:
+        train_ds = FolderDataset(samples, augment, loader=lambda p: load_resized(p, side, clahe))
+    val_ds = FolderDataset(list_samples(os.path.join(args.data, "val"), classes), pre)
+    gen = torch.Generator()
+    gen.manual_seed(args.seed if args.seed is not None else int(time.time()))
+    common = dict(num_workers=args.workers, worker_init_fn=_seed_worker if args.workers else None)
+    if args.workers:
+        common["persistent_workers"] = True
+    if args.sampler == "weighted":
+        weights = balanced_class_weights(samples, len(classes))[[t for _, t in samples]]
+        sampler = torch.utils.data.WeightedRandomSampler(
+            torch.as_tensor(weights, dtype=torch.double), len(samples), replacement=True,
+            generator=gen)
+        train = torch.utils.data.DataLoader(train_ds, batch_size=micro_batch, sampler=sampler,
+                                            drop_last=len(samples) > micro_batch, **common)
+    else:
+        train = torch.utils.data.DataLoader(train_ds, batch_size=micro_batch, shuffle=True,
+                                            generator=gen, drop_last=len(samples) > micro_batch,
+                                            **common)
+    val = torch.utils.data.DataLoader(val_ds, batch_size=micro_batch, shuffle=False,
+                                      num_workers=min(args.workers, 1))
+    return train, val, samples
+
+
+def make_loss(args, samples, num_classes, device):
+    """Cross-entropy, weighted by inverse class frequency unless told otherwise."""
+    torch = torch_module()
+    weight = None
+    if args.class_weights == "balanced" and args.sampler != "weighted":
+        w = balanced_class_weights(samples, num_classes)
+        weight = torch.as_tensor(w, dtype=torch.float32, device=device)
+        log.info("class weights %s (counts %s)", np.round(w, 3).tolist(),
+                 class_counts(samples, num_classes).tolist())
+    return torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=args.label_smoothing)
+
+
+def make_optimizer(args, model):
+    torch = torch_module()
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        (no_decay if param.ndim <= 1 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": args.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(groups, args.lr, momentum=args.momentum)
+    if args.optimizer == "adamw":
+        return torch.optim.AdamW(groups, args.lr)
+    raise UsageError("--optimizer: expected adamw or sgd, got {!r}".format(args.optimizer))
+
+
+def learning_rate(args, step, steps_per_epoch, planned_epochs, time_fraction=0.0):
+    """The rate for optimiser step ``step`` (0-based) of a ``planned_epochs`` run.
+
+    With a time budget, ``time_fraction`` (elapsed / budget) drives the cosine when it is
+    ahead of the epoch count, so the rate reaches its floor when the time is up.
+    """
+    epoch = step / float(max(1, steps_per_epoch))
+    if args.schedule == "step":  # jetson-inference: /10 every 30 epochs
+        return args.lr * (0.1 ** (int(epoch) // 30))
+    warmup = float(args.warmup_epochs)
+    if warmup > 0 and epoch < warmup:
+        return args.lr * (epoch + 1.0 / max(1, steps_per_epoch)) / warmup
+    span = max(1e-9, planned_epochs - warmup)
+    progress_ = max((epoch - warmup) / span, time_fraction)
+    progress_ = min(1.0, max(0.0, progress_))
+    floor = args.lr * args.min_lr_ratio
+    return floor + (args.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress_))
+
+
+def set_lr(optimizer, lr):
+    for group in optimizer.param_groups:
+        group["lr"] = lr

@@ -1,0 +1,53 @@
+"""Markdown reports for ``oncolens evaluate``: one model, or a comparison of several."""
+
+
+def _fmt(value, digits=3):
+    if value is None:
+        return "n/a"
+    return "{:.{}f}".format(value, digits)
+
+
+def model_markdown(report, pngs=None):
+    labels = report["labels"]
+    lines = ["# Evaluation: {}".format(report["model_dir"]), "",
+             "- split: `{}` ({} images)".format(report["split_dir"], report["count"]),
+             "- model: {} at {} px, run by {}".format(report["arch"], report["resolution"],
+                                                      report["runner"]),
+             "- accuracy **{}**, macro-F1 **{}**, balanced accuracy {}, macro ROC-AUC (one-vs-rest) "
+             "{}, expected calibration error {}".format(
+                 _fmt(report["accuracy"]), _fmt(report["macro_f1"]),
+                 _fmt(report["balanced_accuracy"]), _fmt(report["roc_auc_macro"]),
+                 _fmt(report["ece"])), "",
+             "| class | precision | recall | F1 | ROC-AUC | support |",
+             "|---|---|---|---|---|---|"]
+    for label in labels:
+        row = report["per_class"][label]
+        lines.append("| {} | {} | {} | {} | {} | {} |".format(
+            label, _fmt(row["precision"]), _fmt(row["recall"]), _fmt(row["f1"]),
+            _fmt(row["roc_auc"]), row["support"]))
+    lines += ["", "Confusion matrix (rows: true class, columns: predicted):", "",
+              "| true \\ predicted | " + " | ".join(labels) + " |",
+              "|---" * (len(labels) + 1) + "|"]
+    for label, row in zip(labels, report["confusion_matrix"]):
+        lines.append("| {} | {} |".format(label, " | ".join(str(v) for v in row)))
+    if report.get("failed"):
+        lines += ["", "Unreadable images (skipped): {}".format(len(report["failed"]))]
+    for png in pngs or []:
+        lines += ["", "![{}]({})".format(png, png)]
+    return "\n".join(lines) + "\n"
+
+
+def comparison_markdown(reports):
+    """One row per model: the table that sets a baseline against transfer learning."""
+    labels = reports[0]["labels"]
+    head = ["model", "arch", "px", "accuracy", "macro-F1", "ROC-AUC", "ECE"] + \
+        ["recall {}".format(l) for l in labels] + ["train s"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for r in reports:
+        cells = [r["model_dir"].rstrip("/").split("/")[-1], str(r["arch"]), str(r["resolution"]),
+                 _fmt(r["accuracy"]), _fmt(r["macro_f1"]), _fmt(r["roc_auc_macro"]),
+                 _fmt(r["ece"])]
+        cells += [_fmt(r["per_class"].get(l, {}).get("recall")) for l in labels]
+        cells.append(str(r.get("training", {}).get("train_seconds", "n/a")))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,105 @@
+"""Reading a dataset folder once: every file's split, class, size, mode and hashes.
+
+Layouts: ``DIR/{train,val,test}/<class>/...`` (split layout) or ``DIR/<class>/...`` (flat).
+"""
+import hashlib
+import logging
+import os
+
+import numpy as np
+
+from oncolens.appliance.errors import UsageError
+from oncolens.appliance.imageio import is_image_file
+from oncolens.train.phash import UnionFind, near_pairs, phash
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+
+
+def layout(root):
+    """('split', [splits present]) or ('flat', [None])."""
+    if not os.path.isdir(root):
+        raise UsageError("{}: folder not found".format(root))
+    present = [s for s in SPLITS if os.path.isdir(os.path.join(root, s))]
+    return ("split", present) if present else ("flat", [None])
+
+
+def walk(root):
+    """(relative path, split or None, class) for every file under the class folders."""
+    kind, splits = layout(root)
+    entries = []
+    for split in splits:
+        base = os.path.join(root, split) if split else root
+        for cls in sorted(d for d in os.listdir(base) if os.path.isdir(os.path.join(base, d))):
+            for parent, dirs, files in os.walk(os.path.join(base, cls)):
+                dirs.sort()
+                for name in sorted(files):
+                    if name.startswith(".") or name.lower().endswith((".txt", ".csv", ".md")):
+                        continue
+                    path = os.path.join(parent, name)
+                    entries.append((os.path.relpath(path, root), split, cls))
+    return entries
+
+
+def describe_file(path):
+    """Dictionary with sha256, size, mode and phash; 'error' instead when unreadable."""
+    import cv2
+    info = {"bytes": os.path.getsize(path)}
+    if info["bytes"] == 0:
+        info["error"] = "empty file"
+        return info
+    with open(path, "rb") as fh:
+        data = fh.read()
+    info["sha256"] = hashlib.sha256(data).hexdigest()
+    if not is_image_file(path):
+        info["error"] = "not an image file (by its extension)"
+        return info
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None or img.size == 0:
+        info["error"] = "cannot be decoded as an image"
+        return info
+    channels = 1 if img.ndim == 2 else img.shape[2]
+    info["mode"] = MODES.get(channels, "{}ch".format(channels)) + \
+        ("16" if img.dtype == np.uint16 else "")
+    info["width"], info["height"] = int(img.shape[1]), int(img.shape[0])
+    if img.dtype != np.uint8:
+        img = (img / 257).astype(np.uint8)
+    if channels == 1:
+        grey = img if img.ndim == 2 else img[:, :, 0]
+    else:
+        grey = cv2.cvtColor(np.ascontiguousarray(img[:, :, :3]), cv2.COLOR_BGR2GRAY)
+    info["phash"] = "{:016x}".format(phash(grey))
+    return info
+
+
+def scan(root, progress=None):
+    """List of records: path, split, class and describe_file's fields."""
+    records = []
+    entries = walk(root)
+    for rel, split, cls in (progress(entries) if progress else entries):
+        rec = {"path": rel, "split": split, "class": cls}
+        try:
+            rec.update(describe_file(os.path.join(root, rel)))
+        except (IOError, OSError) as exc:
+            rec["error"] = "unreadable ({})".format(exc)
+        records.append(rec)
+    return records
+
+
+def duplicate_groups(records, max_distance=4):
+    """Groups (lists of record indices) of identical files or near-identical images."""
+    uf = UnionFind(len(records))
+    first = {}
+    for i, rec in enumerate(records):
+        if "sha256" in rec:
+            j = first.setdefault(rec["sha256"], i)
+            if j != i:
+                uf.union(j, i)
+    hashed = [i for i, rec in enumerate(records) if "phash" in rec]
+    if max_distance >= 0 and hashed:
+        values = [int(records[i]["phash"], 16) for i in hashed]
+        for a, b, _ in near_pairs(values, max_distance):
+            uf.union(hashed[a], hashed[b])
+    return uf.groups()

