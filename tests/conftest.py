@@ -44,7 +44,8 @@ def tiny_bundle(tmp_path_factory, tiny_data):
     """A ResNet-18 bundle trained one epoch at 32 px through the CLI, exported to ONNX."""
     model_dir = str(tmp_path_factory.mktemp("bundle") / "model")
     code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--resolution", 32,
-                              "--epochs", 1, "-b", 6, "-j", 0, "--seed", 3, "--lr", 0.01])
+                              "--epochs", 1, "-b", 6, "-j", 0, "--seed", 3, "--lr", 0.01,
+                              "--no-pretrained"])  # never a download attempt in the tests
     assert code == 0, err
     code, out, err = run_cli(["export", "onnx", "--model-dir", model_dir])
     assert code == 0, err
