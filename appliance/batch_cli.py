@@ -12,6 +12,7 @@ import argparse
 import logging
 import os
 
+from oncolens.appliance.classify_cli import resolve_model
 from oncolens.appliance.cliutil import cli_entry, normalize_flags, setup_logging
 from oncolens.appliance.errors import UsageError
 
@@ -62,15 +63,6 @@ def build_parser():
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--log-level", default="info", help="debug, info, warning, error")
     return p
-
-
-def resolve_model(args):
-    if args.model:
-        return args.model
-    if args.network:
-        return os.path.join(args.models_root, args.network)
-    raise UsageError("--model: required (a model folder, .onnx, engine or checkpoint), or "
-                     "--network=NAME for models/NAME/")
 
 
 def open_classifier(args, batch_size=1):

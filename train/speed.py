@@ -6,9 +6,9 @@ Synthetic batches, forward + backward + AdamW step; prints images/s per mode.  A
 measurement tool for docs/TRAINING.md, not part of training.
 """
 import argparse
-import platform
 import time
 
+from oncolens.appliance.benchstats import cpu_model
 from oncolens.appliance.cliutil import cli_entry, normalize_flags
 
 
@@ -21,17 +21,6 @@ def build_parser():
     p.add_argument("--steps", type=int, default=3, help="timed steps per mode (3)")
     p.add_argument("--modes", default="fp32,fp32+cl,bf16+cl")
     return p
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except (IOError, OSError):
-        pass
-    return platform.processor() or platform.machine()
 
 
 def measure(arch, resolution, batch, mode, steps):
@@ -64,7 +53,7 @@ def main(argv):
     import torch
     from oncolens.train.runtime import cpu_bf16_supported
     print("cpu: {} ({} threads), torch {}, native bf16: {}, load average {}".format(
-        cpu_name(), torch.get_num_threads(), torch.__version__, cpu_bf16_supported(),
+        cpu_model(), torch.get_num_threads(), torch.__version__, cpu_bf16_supported(),
         " ".join("{:.1f}".format(v) for v in os.getloadavg())))
     for mode in args.modes.split(","):
         ips = measure(args.arch, args.resolution, args.batch_size, mode, args.steps)
