@@ -20,7 +20,7 @@ def truth_of(relpath, labels):
 def metrics_from_rows(rows, labels):
     """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix of
     the rows that have ground truth and no error; None when there are none."""
-    from oncolens.train.metrics import confusion_matrix, per_class, summary  # numpy only
+    from oncolens.appliance.metrics import confusion_matrix, per_class, summary
     index = dict((label, n) for n, label in enumerate(labels))
     y_true, y_pred = [], []
     failed = 0

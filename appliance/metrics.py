@@ -1,0 +1,135 @@
+"""Classification metrics in plain numpy (checked against scikit-learn in the tests)."""
+import numpy as np
+
+
+def confusion_matrix(y_true, y_pred, num_classes):
+    """Rows are the true class, columns the predicted class."""
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)), 1)
+    return cm
+
+
+def per_class(cm):
+    """Precision, recall, F1 and support per class from a confusion matrix (0 where undefined)."""
+    cm = np.asarray(cm, dtype=np.float64)
+    tp = np.diag(cm)
+    predicted = cm.sum(axis=0)
+    support = cm.sum(axis=1)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    return precision, recall, f1, support.astype(np.int64)
+
+
+def summary(y_true, y_pred, num_classes):
+    """accuracy, macro-F1 (over classes present in y_true or y_pred) and the matrix."""
+    cm = confusion_matrix(y_true, y_pred, num_classes)
+    _, _, f1, support = per_class(cm)
+    present = (support > 0) | (cm.sum(axis=0) > 0)
+    total = cm.sum()
+    return {
+        "accuracy": float(np.trace(cm) / total) if total else 0.0,
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "confusion_matrix": cm.tolist(),
+    }
+
+
+def _rankdata(values):
+    """Average ranks (1-based), ties sharing their mean rank, as scipy.stats.rankdata."""
+    values = np.asarray(values, dtype=np.float64)
+    order = np.argsort(values, kind="mergesort")
+    sorted_vals = values[order]
+    ranks = np.empty(len(values), dtype=np.float64)
+    start = 0
+    while start < len(values):
+        end = start
+        while end + 1 < len(values) and sorted_vals[end + 1] == sorted_vals[start]:
+            end += 1
+        ranks[order[start:end + 1]] = (start + end) / 2.0 + 1.0
+        start = end + 1
+    return ranks
+
+
+def binary_auc(positive, scores):
+    """ROC-AUC (Mann-Whitney U); None when only one class is present."""
+    positive = np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    ranks = _rankdata(scores)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def roc_auc_ovr(y_true, probs):
+    """One-vs-rest ROC-AUC per class (None where undefined) and their macro mean."""
+    y_true = np.asarray(y_true)
+    probs = np.asarray(probs, dtype=np.float64)
+    per = [binary_auc(y_true == c, probs[:, c]) for c in range(probs.shape[1])]
+    defined = [a for a in per if a is not None]
+    return per, (float(np.mean(defined)) if defined else None)
+
+
+def roc_curve(positive, scores):
+    """(false positive rates, true positive rates) at every distinct threshold."""
+    positive = np.asarray(positive, dtype=bool)
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="mergesort")
+    scores_sorted = np.asarray(scores, dtype=np.float64)[order]
+    hits = positive[order]
+    distinct = np.where(np.diff(scores_sorted))[0]
+    idx = np.r_[distinct, len(hits) - 1]
+    tps = np.cumsum(hits)[idx]
+    fps = (idx + 1) - tps
+    tpr = np.r_[0.0, tps / max(1, positive.sum())]
+    fpr = np.r_[0.0, fps / max(1, (~positive).sum())]
+    return fpr, tpr
+
+
+def calibration(y_true, probs, bins=15):
+    """Expected calibration error of the top-1 confidence and the reliability table.
+
+    Equal-width confidence bins; ECE = sum over bins of (n_bin / n) * |accuracy - confidence|.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    conf = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == np.asarray(y_true)).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    table, ece = [], 0.0
+    for b in range(bins):
+        mask = which == b
+        n = int(mask.sum())
+        if n:
+            acc, mean_conf = float(correct[mask].mean()), float(conf[mask].mean())
+            ece += n / float(len(conf)) * abs(acc - mean_conf)
+        else:
+            acc, mean_conf = None, None
+        table.append({"low": float(edges[b]), "high": float(edges[b + 1]), "count": n,
+                      "accuracy": acc, "confidence": mean_conf})
+    return float(ece), table
+
+
+def full_report(y_true, probs, labels, bins=15):
+    """Everything ``oncolens evaluate`` reports, as a JSON-ready dictionary."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    n = len(labels)
+    y_pred = probs.argmax(axis=1)
+    head = summary(y_true, y_pred, n)
+    precision, recall, f1, support = per_class(np.asarray(head["confusion_matrix"]))
+    auc, macro_auc = roc_auc_ovr(y_true, probs)
+    ece, table = calibration(y_true, probs, bins)
+    return {
+        "labels": list(labels),
+        "count": int(len(y_true)),
+        "accuracy": head["accuracy"],
+        "macro_f1": head["macro_f1"],
+        "balanced_accuracy": float(recall[support > 0].mean()) if (support > 0).any() else 0.0,
+        "per_class": {label: {"precision": float(precision[i]), "recall": float(recall[i]),
+                              "f1": float(f1[i]), "support": int(support[i]),
+                              "roc_auc": auc[i]} for i, label in enumerate(labels)},
+        "confusion_matrix": head["confusion_matrix"],
+        "roc_auc_macro": macro_auc,
+        "ece": ece,
+        "reliability": table,
+    }
