@@ -14,6 +14,8 @@ from oncolens.appliance.errors import UsageError
 from oncolens.appliance.preprocess import imagenet_preprocess
 from oncolens.train import metrics
 from oncolens.train.data import discover_classes
+from oncolens.train.ema import WeightAverage
+from oncolens.train.freeze import freeze_early_layers
 from oncolens.train.history import plot_history, read_history, write_history
 from oncolens.train.recipe import (learning_rate, make_loaders, make_loss, make_optimizer,
                                    progress, set_lr, torch_module)
@@ -90,22 +92,39 @@ class Schedule(object):
         return self.budget - (time.time() - self.start) >= recent
 
 
-def _train_epoch(model, loader, optimizer, loss_fn, runtime, schedule, args, epoch):
+def _mixed_loss(model, images, target, loss_fn, runtime, mixup, rng):
+    """The batch's loss; with ``mixup`` > 0, on pairs of images blended by a Beta(a, a) weight."""
+    images, target = runtime.batch(images), target.to(runtime.device)
+    if mixup <= 0:
+        with runtime.autocast():
+            logits = model(images)
+        return loss_fn(logits.float(), target)
+    lam = float(rng.beta(mixup, mixup))
+    perm = rng.permutation(len(target))
+    torch = torch_module()
+    index = torch.as_tensor(perm, device=images.device)
+    with runtime.autocast():
+        logits = model(images * lam + images[index] * (1.0 - lam)).float()
+    return lam * loss_fn(logits, target) + (1.0 - lam) * loss_fn(logits, target[index])
+
+
+def _train_epoch(model, loader, optimizer, loss_fn, runtime, schedule, args, epoch, ema=None):
     model.train()
     total, seen, start, accum = 0.0, 0, time.time(), args.accum_steps
+    rng = np.random.default_rng(None if args.seed is None else args.seed * 1000 + epoch)
     optimizer.zero_grad()
     batches = progress(loader, "epoch {}".format(epoch + 1), total=len(loader))
     for step, (images, target) in enumerate(batches):
         if step % accum == 0:
             set_lr(optimizer, schedule.next_lr())
-        with runtime.autocast():
-            logits = model(runtime.batch(images))
-        loss = loss_fn(logits.float(), target.to(runtime.device))
+        loss = _mixed_loss(model, images, target, loss_fn, runtime, args.mixup, rng)
         if accum > 1:
             loss = loss / accum
         if (step + 1) % accum == 0 or step + 1 == len(loader):
             runtime.step(loss, optimizer)
             optimizer.zero_grad()
+            if ema is not None:
+                ema.update(model)
         else:
             (runtime.scaler.scale(loss) if runtime.scaler else loss).backward()
         total += float(loss.detach()) * len(target) * accum
@@ -125,8 +144,14 @@ def _prepare_model_dir(args):
         os.makedirs(args.model_dir)
 
 
-def _save(state, model_dir, is_best):
+def _save(state, model_dir, is_best, models=(None, None)):
+    """checkpoint.pth.tar (and model_best.pth.tar when best): ``state_dict`` holds the weights
+    that were validated (the weight average when on); the live training weights and the
+    average's counters ride along for --resume."""
     torch = torch_module()
+    model, ema = models
+    if ema is not None:
+        state = dict(state, train_state_dict=model.state_dict(), ema=ema.state())
     path = os.path.join(model_dir, CHECKPOINT)
     torch.save(state, path + ".tmp")
     os.replace(path + ".tmp", path)
@@ -139,7 +164,7 @@ def training_record(args, runtime, init, seconds, stopped):
     keys = ("epochs", "batch_size", "lr", "optimizer", "schedule", "warmup_epochs",
             "weight_decay", "label_smoothing", "class_weights", "sampler", "crop_scale",
             "colour_jitter", "stain_jitter", "no_rot90", "no_augment", "seed", "time_limit",
-            "patience", "accum_steps", "low_memory")
+            "patience", "accum_steps", "low_memory", "mixup", "ema_epochs", "freeze_early")
     record = {k: getattr(args, k) for k in keys}
     record.update({"best_epoch": None, "init": init, "runtime": runtime.describe(),
                    "train_seconds": round(seconds, 1), "stopped": stopped,
@@ -198,25 +223,35 @@ def run_training(args):
     micro = args.batch_size // args.accum_steps
     train_loader, val_loader, samples = make_loaders(args, classes, preprocess, micro)
     model = build_model(args.arch, len(classes))
-    init = {"source": "checkpoint"}
-    if not args.resume:
+    ckpt = load_checkpoint(args.resume) if args.resume else None
+    if ckpt is None:
         init = initialise(model, args.arch, args.pretrained, args.weights)
+    else:
+        init = ckpt.get("init", {"source": "checkpoint"})
+        model.load_state_dict(ckpt.get("train_state_dict", ckpt["state_dict"]))
+    args.freeze_early = _freeze_choice(args.freeze_early, init)
+    if args.freeze_early and not args.evaluate:
+        freeze_early_layers(model, args.resolution)
     model = runtime.model(model)
     optimizer = make_optimizer(args, model)
     loss_fn = make_loss(args, samples, len(classes), runtime.device)
+    ema = None
+    if args.ema_epochs > 0:
+        steps = int(np.ceil(len(train_loader) / float(args.accum_steps)))
+        ema = WeightAverage(model, args.ema_epochs, steps)
     best = {"macro_f1": -1.0, "accuracy": 0.0, "epoch": -1, "loss": float("inf")}
     start_epoch, rows = args.start_epoch, []
-    if args.resume:
-        ckpt = load_checkpoint(args.resume)
-        model.load_state_dict(ckpt["state_dict"])
+    if ckpt is not None:
+        if ema is not None:
+            ema.restore(ckpt["state_dict"], ckpt.get("ema", {}))
         if "optimizer" in ckpt and not args.evaluate:
             optimizer.load_state_dict(ckpt["optimizer"])
         start_epoch = ckpt.get("epoch", start_epoch)
         best = ckpt.get("best", best)
-        init = ckpt.get("init", init)
         rows = [r for r in read_history(args.model_dir) if int(r["epoch"]) <= start_epoch]
     if args.evaluate:
-        loss, summary, _, _ = evaluate(model, val_loader, runtime, len(classes))
+        loss, summary, _, _ = evaluate(ema.model if ema else model, val_loader, runtime,
+                                       len(classes))
         log.info("val loss %.4f accuracy %.4f macro-F1 %.4f", loss, summary["accuracy"],
                  summary["macro_f1"])
         return dict(summary, epoch=start_epoch)
@@ -224,9 +259,9 @@ def run_training(args):
              ", ".join(classes), runtime.describe(), args.batch_size,
              " ({} x {})".format(args.accum_steps, micro) if args.accum_steps > 1 else "")
     try:
-        best, seconds, stopped = _loop(args, model, optimizer, loss_fn, runtime, train_loader,
-                                       val_loader, classes, preprocess, best, start_epoch,
-                                       rows, init)
+        best, seconds, stopped = _loop(args, (model, ema), optimizer, loss_fn, runtime,
+                                       train_loader, val_loader, classes, preprocess, best,
+                                       start_epoch, rows, init)
     except RuntimeError as exc:
         if out_of_memory(exc):
             raise UsageError("out of memory at batch size {} and {} px: pass --low-memory, or a "
@@ -240,16 +275,27 @@ def run_training(args):
     return best
 
 
-def _loop(args, model, optimizer, loss_fn, runtime, train_loader, val_loader, classes,
+def _freeze_choice(option, init):
+    """--freeze-early auto: freeze when the weights came from a pretrained source."""
+    if option in (True, False):
+        return option
+    if option == "auto":
+        return init.get("source") in ("imagenet", "file")
+    return option == "on"
+
+
+def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, classes,
           preprocess, best, start_epoch, rows, init):
+    model, ema = models
+    judged = ema.model if ema is not None else model
     schedule = Schedule(args, int(np.ceil(len(train_loader) / float(args.accum_steps))),
                         start_epoch)
     since_best, stopped, started = 0, "epochs", time.time()
     for epoch in range(start_epoch, args.epochs):
         t0 = time.time()
         train_loss, ips = _train_epoch(model, train_loader, optimizer, loss_fn, runtime,
-                                       schedule, args, epoch)
-        val_loss, summary, _, _ = evaluate(model, val_loader, runtime, len(classes))
+                                       schedule, args, epoch, ema)
+        val_loss, summary, _, _ = evaluate(judged, val_loader, runtime, len(classes))
         is_best = _better(summary, val_loss, best)
         since_best = 0 if is_best else since_best + 1
         if is_best:
@@ -268,11 +314,12 @@ def _loop(args, model, optimizer, loss_fn, runtime, train_loader, val_loader, cl
                  val_loss, summary["accuracy"], summary["macro_f1"], time.time() - t0,
                  "  *best*" if is_best else "")
         _save({"epoch": epoch + 1, "arch": args.arch, "resolution": args.resolution,
-               "classes": classes, "num_classes": len(classes), "state_dict": model.state_dict(),
-               "accuracy": summary["accuracy"], "loss": val_loss,
-               "optimizer": optimizer.state_dict(), "best": best, "macro_f1": summary["macro_f1"],
-               "preprocess": preprocess, "init": init, "oncolens_version": __version__},
-              args.model_dir, is_best)
+               "classes": classes, "num_classes": len(classes),
+               "state_dict": judged.state_dict(), "accuracy": summary["accuracy"],
+               "loss": val_loss, "optimizer": optimizer.state_dict(), "best": best,
+               "macro_f1": summary["macro_f1"], "preprocess": preprocess, "init": init,
+               "oncolens_version": __version__},
+              args.model_dir, is_best, (model, ema))
         write_history(args.model_dir, rows)
         if args.patience and since_best >= args.patience:
             log.info("no better val macro-F1 for %d epochs: stopping early", args.patience)

@@ -1,0 +1,110 @@
+"""Weight averaging, early-layer freezing and mixup: what each does to the saved weights."""
+import os
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+
+torch = pytest.importorskip("torch")
+
+
+def _load(path):
+    return torch.load(path, weights_only=False)
+
+
+def test_weight_average_follows_the_exponential_rule():
+    from oncolens.train.ema import WeightAverage
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    avg = WeightAverage(net, epochs=10, steps_per_epoch=10)  # decay 0.99
+    assert avg.decay == pytest.approx(0.99)
+    before = avg.model[0].weight.clone()
+    with torch.no_grad():
+        net[0].weight.add_(1.0)
+        net[1].num_batches_tracked.fill_(7)
+    avg.update(net)  # first update: decay min(0.99, 2/11)
+    d = 2.0 / 11.0
+    assert torch.allclose(avg.model[0].weight, before * d + net[0].weight * (1 - d))
+    assert int(avg.model[1].num_batches_tracked) == 7  # integer buffers are copied
+    assert not any(p.requires_grad for p in avg.model.parameters())
+
+
+@pytest.mark.parametrize("arch,first_live", [("resnet18", "layer2.0.conv1.weight"),
+                                             ("efficientnet_lite0", "_blocks.3._depthwise_conv")])
+def test_freeze_stops_at_quarter_resolution(arch, first_live):
+    from oncolens.appliance.archs import build_model
+    from oncolens.train.freeze import freeze_early_layers
+    net = build_model(arch, 3)
+    assert freeze_early_layers(net, 64) > 0
+    names = [n for n, _ in net.named_parameters()]
+    frozen = [n for n, p in net.named_parameters() if not p.requires_grad]
+    live = [n for n, p in net.named_parameters() if p.requires_grad]
+    assert names[0] in frozen and names[-1] in live  # stem frozen, classifier trains
+    assert any(n.startswith(first_live) for n in live)
+    if arch == "resnet18":
+        assert all(n.startswith(("conv1", "bn1", "layer1.")) for n in frozen)
+        assert all(n in frozen for n in names if n.startswith("layer1."))
+
+
+def test_training_from_a_weights_file_keeps_frozen_layers(tmp_path, tiny_data):
+    from oncolens.appliance.archs import build_model
+    torch.manual_seed(0)
+    start = build_model("resnet18", 1000).state_dict()
+    path = str(tmp_path / "w.pth")
+    torch.save(start, path)
+    model_dir = str(tmp_path / "m")
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs", 2,
+                              "--weights", path, "--resolution", 32, "-b", 6, "-j", 0,
+                              "--seed", 0, "--ema-epochs", 1, "--lr", "0.01"])
+    assert code == 0, err
+    ckpt = _load(os.path.join(model_dir, "checkpoint.pth.tar"))
+    saved, live = ckpt["state_dict"], ckpt["train_state_dict"]
+    assert torch.equal(live["conv1.weight"], start["conv1.weight"])
+    assert torch.equal(live["layer1.0.conv2.weight"], start["layer1.0.conv2.weight"])
+    assert torch.allclose(saved["conv1.weight"], start["conv1.weight"], atol=1e-6)
+    assert not torch.equal(saved["layer4.1.conv2.weight"], start["layer4.1.conv2.weight"])
+    # the saved (averaged) weights lie between the start and the live weights, not on them
+    assert not torch.equal(saved["layer4.1.conv2.weight"], live["layer4.1.conv2.weight"])
+    assert ckpt["ema"]["updates"] > 0
+    from oncolens.appliance.bundle import read_model_info
+    training = read_model_info(os.path.join(model_dir, "model.json"))["training"]
+    assert training["freeze_early"] is True and training["ema_epochs"] == 1
+
+
+def test_no_pretrained_freezes_nothing_and_ema_off_saves_raw_weights(tmp_path, tiny_data):
+    model_dir = str(tmp_path / "m")
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs", 1,
+                              "--arch", "simple-cnn", "--resolution", 32, "-b", 6, "-j", 0,
+                              "--seed", 0, "--no-pretrained", "--ema-epochs", 0,
+                              "--mixup", "0.4"])
+    assert code == 0, err
+    ckpt = _load(os.path.join(model_dir, "checkpoint.pth.tar"))
+    assert "train_state_dict" not in ckpt and "ema" not in ckpt
+    from oncolens.appliance.bundle import read_model_info
+    training = read_model_info(os.path.join(model_dir, "model.json"))["training"]
+    assert training["freeze_early"] is False and training["mixup"] == 0.4
+
+
+def test_mixup_of_identical_pairs_is_the_plain_loss():
+    import argparse
+    from oncolens.train.runtime import make_runtime
+    from oncolens.train.trainer import _mixed_loss
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    images = torch.randn(1, 3, 2, 2).repeat(4, 1, 1, 1)
+    target = torch.tensor([1, 1, 1, 1])
+    runtime = make_runtime(None, "fp32", "off")
+    loss_fn = torch.nn.CrossEntropyLoss()
+    plain = _mixed_loss(net, images, target, loss_fn, runtime, 0.0, np.random.default_rng(0))
+    mixed = _mixed_loss(net, images, target, loss_fn, runtime, 0.4, np.random.default_rng(0))
+    assert torch.allclose(plain, mixed)
+    images = torch.randn(4, 3, 2, 2)
+    other = torch.tensor([0, 1, 2, 0])
+    got = _mixed_loss(net, images, other, loss_fn, runtime, 0.4, np.random.default_rng(5))
+    rng = np.random.default_rng(5)
+    lam = float(rng.beta(0.4, 0.4))
+    perm = torch.as_tensor(rng.permutation(4))
+    logits = net(images * lam + images[perm] * (1 - lam))
+    want = lam * loss_fn(logits, other) + (1 - lam) * loss_fn(logits, other[perm])
+    assert 0 < lam < 1 and not torch.equal(perm, torch.arange(4))
+    assert torch.allclose(got, want)
