@@ -108,3 +108,43 @@ def test_mixup_of_identical_pairs_is_the_plain_loss():
     want = lam * loss_fn(logits, other) + (1 - lam) * loss_fn(logits, other[perm])
     assert 0 < lam < 1 and not torch.equal(perm, torch.arange(4))
     assert torch.allclose(got, want)
+
+
+def _write(path, rgb):
+    import cv2
+    cv2.imwrite(str(path), rgb[..., ::-1])
+    return (str(path), 0)
+
+
+def test_orientation_guess_grey_scans_against_colour_slides(tmp_path):
+    from oncolens.train.data import looks_greyscale
+    rng = np.random.default_rng(0)
+    grey = []
+    for i in range(6):
+        img = np.repeat(rng.integers(0, 255, (40, 50, 1), dtype=np.uint8), 3, axis=2)
+        img[:2, :10] = (255, 255, 0)  # a yellow caliper mark does not make it colour
+        grey.append(_write(tmp_path / "g{}.png".format(i), img))
+    colour = [_write(tmp_path / "c{}.png".format(i),
+                     rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)) for i in range(6)]
+    assert looks_greyscale(grey)
+    assert not looks_greyscale(colour)
+    assert not looks_greyscale(grey[:4] + colour[:2])
+
+
+def test_fixed_orientation_keeps_up_up():
+    import argparse
+    from oncolens.appliance.preprocess import Preprocessor, imagenet_preprocess
+    from oncolens.train.augment import TrainAugment
+    from oncolens.train.recipe import augment_options
+    ramp = np.repeat(np.linspace(0, 255, 64).astype(np.uint8)[:, None], 64, axis=1)
+    rgb = np.repeat(ramp[..., None], 3, axis=2)  # dark at the top, bright at the bottom
+    pre = Preprocessor(imagenet_preprocess(32), (3, 32, 32))
+    flipped = {}
+    for orientation in ("fixed", "free"):
+        args = argparse.Namespace(no_augment=False, orientation=orientation, crop_scale=0.5,
+                                  no_rot90=False, colour_jitter=0.0, stain_jitter=0.0)
+        augment = TrainAugment(pre, 0, augment_options(args))
+        outs = [augment(rgb) for _ in range(40)]
+        flipped[orientation] = sum(o[0, :16].mean() > o[0, 16:].mean() for o in outs)
+    assert flipped["fixed"] == 0
+    assert flipped["free"] > 5

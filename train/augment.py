@@ -75,14 +75,15 @@ def random_resized_crop(rgb, out_hw, rng, scale=(0.35, 1.0), ratio=(3.0 / 4.0, 4
 class TrainAugment(object):
     """Crop, flips, 90 degree turns, colour (and stain) jitter, then the model's normalisation.
 
-    ``options``: ``scale`` (crop area range), ``flip`` (bool), ``rot90`` (bool),
+    ``options``: ``scale`` (crop area range), ``flip`` (bool), ``vflip`` (upside-down flips
+    too, bool), ``rot90`` (bool),
     ``colour`` (jitter strength, 0 for none), ``stain`` (H&E jitter strength, 0 for none).
     """
 
     def __init__(self, preprocessor, seed=None, options=None):
         self.pre = preprocessor
         self.rng = np.random.default_rng(seed)
-        opts = {"scale": (0.35, 1.0), "flip": True, "rot90": True, "colour": 0.2, "stain": 0.0}
+        opts = {"scale": (0.35, 1.0), "flip": True, "vflip": True, "rot90": True, "colour": 0.2, "stain": 0.0}
         opts.update(options or {})
         self.opts = opts
 
@@ -93,7 +94,7 @@ class TrainAugment(object):
         if opts["flip"]:
             if rng.random() < 0.5:
                 out = out[:, ::-1]
-            if rng.random() < 0.5:
+            if opts.get("vflip", True) and rng.random() < 0.5:
                 out = out[::-1, :]
         if opts["rot90"] and self.pre.height == self.pre.width:
             out = np.rot90(out, int(rng.integers(0, 4)))

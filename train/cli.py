@@ -89,6 +89,10 @@ def _augment_flags(p):
     p.add_argument("--stain-jitter", type=float, nargs="?", const=0.05, default=0.0,
                    help="perturb haematoxylin-eosin stain amounts (stained histology; 0.05 "
                         "when given without a value)")
+    p.add_argument("--orientation", default="auto", choices=("auto", "fixed", "free"),
+                   help="fixed: only left-right flips (ultrasound, X-ray: up is the skin side); "
+                        "free: flips both ways and 90-degree turns (microscopy); auto: fixed "
+                        "when the training images are greyscale, else free")
     p.add_argument("--no-rot90", action="store_true", help="no 90-degree rotations")
     p.add_argument("--no-augment", action="store_true", help="no augmentation at all")
     p.add_argument("--clahe", action="store_true",

@@ -84,6 +84,27 @@ def load_resized(path, side, clahe=None):
     return np.ascontiguousarray(rgb)
 
 
+def looks_greyscale(samples, limit=32, tolerance=8):
+    """True when (a spread of up to ``limit``) training images are greyscale in content.
+
+    Greyscale content (ultrasound, X-ray, CT, stored as RGB or as one channel) means a scanner
+    image with a physical up and down; colour means stained microscopy. An image counts as
+    greyscale when under 5% of its pixels have channels more than ``tolerance`` apart (a few
+    coloured calipers or annotations do not make it colour); the set, when 90% of them are.
+    """
+    grey = seen = 0
+    step = max(1, len(samples) // limit)
+    for path, _ in samples[::step][:limit]:
+        try:
+            rgb = read_image(path).astype(np.int16)
+        except Exception:  # unreadable files are data check's business, not this guess's
+            continue
+        spread = rgb.max(axis=2) - rgb.min(axis=2)
+        seen += 1
+        grey += int((spread > tolerance).mean() < 0.05)
+    return seen > 0 and grey >= 0.9 * seen
+
+
 class FolderDataset(object):
     """A torch-style map dataset: ``ds[i]`` -> (float32 CHW array, class index)."""
 

@@ -15,7 +15,8 @@ from oncolens.appliance.errors import MissingDependency, UsageError
 from oncolens.appliance.preprocess import Preprocessor
 from oncolens.train.augment import TrainAugment
 from oncolens.train.data import (CachedDataset, FolderDataset, balanced_class_weights,
-                                 cache_side, class_counts, list_samples, load_resized)
+                                 cache_side, class_counts, list_samples, load_resized,
+                                 looks_greyscale)
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +57,24 @@ def _use_cache(args, n_images, side):
     return True
 
 
+def resolve_orientation(args, samples):
+    """--orientation auto: 'fixed' for greyscale (scanner) images, 'free' for colour ones."""
+    if args.orientation == "auto":
+        args.orientation = "fixed" if looks_greyscale(samples) else "free"
+        log.info("--orientation auto: the training images look %s, so %s",
+                 "greyscale (a scanner image has an up and a down)" if args.orientation ==
+                 "fixed" else "colour (microscopy)",
+                 "only left-right flips" if args.orientation == "fixed" else
+                 "flips both ways and 90-degree turns")
+    return args.orientation
+
+
 def augment_options(args):
     if args.no_augment:
         return {"scale": (1.0, 1.0), "flip": False, "rot90": False, "colour": 0.0, "stain": 0.0}
-    return {"scale": (args.crop_scale, 1.0), "flip": True, "rot90": not args.no_rot90,
+    free = args.orientation != "fixed"
+    return {"scale": (args.crop_scale, 1.0), "flip": True, "vflip": free,
+            "rot90": free and not args.no_rot90,
             "colour": args.colour_jitter, "stain": args.stain_jitter}
 
 
@@ -69,6 +84,7 @@ def make_loaders(args, classes, preprocess, micro_batch):
     res = args.resolution
     pre = Preprocessor(preprocess, (3, res, res))
     samples = list_samples(os.path.join(args.data, "train"), classes)
+    resolve_orientation(args, samples)
     augment = TrainAugment(pre, args.seed, augment_options(args))
     side = cache_side(res, preprocess.get("crop_ratio", 0.875))
     clahe = preprocess.get("clahe")

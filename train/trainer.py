@@ -163,7 +163,7 @@ def training_record(args, runtime, init, seconds, stopped):
     """The ``training`` block of model.json: the recipe and how the run went."""
     keys = ("epochs", "batch_size", "lr", "optimizer", "schedule", "warmup_epochs",
             "weight_decay", "label_smoothing", "class_weights", "sampler", "crop_scale",
-            "colour_jitter", "stain_jitter", "no_rot90", "no_augment", "seed", "time_limit",
+            "colour_jitter", "stain_jitter", "orientation", "no_rot90", "no_augment", "seed", "time_limit",
             "patience", "accum_steps", "low_memory", "mixup", "ema_epochs", "freeze_early")
     record = {k: getattr(args, k) for k in keys}
     record.update({"best_epoch": None, "init": init, "runtime": runtime.describe(),
