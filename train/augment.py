@@ -83,7 +83,8 @@ class TrainAugment(object):
     def __init__(self, preprocessor, seed=None, options=None):
         self.pre = preprocessor
         self.rng = np.random.default_rng(seed)
-        opts = {"scale": (0.35, 1.0), "flip": True, "vflip": True, "rot90": True, "colour": 0.2, "stain": 0.0}
+        opts = {"scale": (0.35, 1.0), "flip": True, "vflip": True, "rot90": True,
+                "colour": 0.2, "stain": 0.0}
         opts.update(options or {})
         self.opts = opts
 
@@ -94,7 +95,7 @@ class TrainAugment(object):
         if opts["flip"]:
             if rng.random() < 0.5:
                 out = out[:, ::-1]
-            if opts.get("vflip", True) and rng.random() < 0.5:
+            if opts["vflip"] and rng.random() < 0.5:
                 out = out[::-1, :]
         if opts["rot90"] and self.pre.height == self.pre.width:
             out = np.rot90(out, int(rng.integers(0, 4)))

@@ -60,12 +60,14 @@ def _use_cache(args, n_images, side):
 def resolve_orientation(args, samples):
     """--orientation auto: 'fixed' for greyscale (scanner) images, 'free' for colour ones."""
     if args.orientation == "auto":
-        args.orientation = "fixed" if looks_greyscale(samples) else "free"
-        log.info("--orientation auto: the training images look %s, so %s",
-                 "greyscale (a scanner image has an up and a down)" if args.orientation ==
-                 "fixed" else "colour (microscopy)",
-                 "only left-right flips" if args.orientation == "fixed" else
-                 "flips both ways and 90-degree turns")
+        if looks_greyscale(samples):
+            args.orientation = "fixed"
+            log.info("--orientation auto: the training images look greyscale (a scan has an up "
+                     "and a down), so only left-right flips")
+        else:
+            args.orientation = "free"
+            log.info("--orientation auto: the training images look colour (microscopy), so "
+                     "flips both ways and 90-degree turns")
     return args.orientation
 
 

@@ -163,8 +163,9 @@ def training_record(args, runtime, init, seconds, stopped):
     """The ``training`` block of model.json: the recipe and how the run went."""
     keys = ("epochs", "batch_size", "lr", "optimizer", "schedule", "warmup_epochs",
             "weight_decay", "label_smoothing", "class_weights", "sampler", "crop_scale",
-            "colour_jitter", "stain_jitter", "orientation", "no_rot90", "no_augment", "seed", "time_limit",
-            "patience", "accum_steps", "low_memory", "mixup", "ema_epochs", "freeze_early")
+            "colour_jitter", "stain_jitter", "orientation", "no_rot90", "no_augment", "seed",
+            "time_limit", "patience", "accum_steps", "low_memory", "mixup", "ema_epochs",
+            "freeze_early")
     record = {k: getattr(args, k) for k in keys}
     record.update({"best_epoch": None, "init": init, "runtime": runtime.describe(),
                    "train_seconds": round(seconds, 1), "stopped": stopped,
@@ -277,8 +278,6 @@ def run_training(args):
 
 def _freeze_choice(option, init):
     """--freeze-early auto: freeze when the weights came from a pretrained source."""
-    if option in (True, False):
-        return option
     if option == "auto":
         return init.get("source") in ("imagenet", "file")
     return option == "on"
