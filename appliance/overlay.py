@@ -16,6 +16,10 @@ def layout(shape, lines):
     h, w = shape[:2]
     scale, thick = text_scale(w)
     sizes = [cv2.getTextSize(line, FONT, scale, thick) for line in lines]
+    while max(s[0][0] for s in sizes) + 2 * max(2, int(5 * scale)) > w and scale > 0.1:
+        # a small frame: shrink the text to fit its width rather than cut it off
+        scale, thick = max(0.1, scale * 0.9), 1
+        sizes = [cv2.getTextSize(line, FONT, scale, thick) for line in lines]
     line_h = max(s[0][1] + s[1] for s in sizes) + int(6 * scale) + 2
     pad = max(2, int(5 * scale))
     box_w = min(w, max(s[0][0] for s in sizes) + 2 * pad)

@@ -202,3 +202,17 @@ def test_crop_box_matches_the_preprocessing():
                           interpolation=cv2.INTER_AREA)
         theirs = resize_to_input(frame, spec, (64, 64))
         assert np.abs(mine.astype(int) - theirs).mean() < 2.0, policy
+
+
+def test_overlay_text_fits_small_frames():
+    """On a frame narrower than the text at its usual size, the text shrinks: not cut off."""
+    from oncolens.appliance.overlay import draw_lines, layout
+    line = "87.31% malignant"
+    for width in (40, 64, 300):
+        frame = np.zeros((width, width, 3), dtype=np.uint8)
+        box_h, box_w, line_h, pad, scale, thick = layout(frame.shape, [line])
+        drawn = draw_lines(frame, [line])
+        columns = np.nonzero(drawn.max(axis=(0, 2)) > 128)[0]
+        assert columns.size, width  # text was drawn
+        assert columns.max() < width - 1 and box_w < width, width  # and ends inside the frame
+        assert box_h < width // 2, width
