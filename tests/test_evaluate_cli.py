@@ -25,7 +25,12 @@ def test_evaluate_json_report_and_figures(tmp_path, tiny_bundle, tiny_data):
     assert "appliance" in report["runner"]
     for name in ("report.md", "confusion.png", "roc.png", "reliability.png"):
         assert os.path.getsize(os.path.join(out_dir, name)) > 0
-    assert "| benign |" in open(os.path.join(out_dir, "report.md")).read()
+    markdown = open(os.path.join(out_dir, "report.md")).read()
+    assert "| benign |" in markdown
+    low, high = report["ci"]["macro_f1"]
+    assert low <= report["macro_f1"] <= high and report["ci"]["rounds"] == 1000
+    assert "macro-F1 **{:.3f}** (95% CI {:.3f}-{:.3f})".format(
+        report["macro_f1"], low, high) in markdown
     # the checkpoint through torch gives the same numbers as the ONNX model
     code, out, err = run_cli(["evaluate", "--model-dir", tiny_bundle, "--backend", "torch",
                               os.path.join(tiny_data, "test"), "--json", json_path,
@@ -44,6 +49,21 @@ def test_evaluate_compares_models(tmp_path, tiny_bundle, tiny_data):
     assert code == 0, err
     table = open(os.path.join(out_dir, "comparison.md")).read()
     assert table.count("| arch |") == 1 and table.count("| resnet18 |") == 2
+    assert "| 95% CI |" in table
+
+
+def test_evaluate_bootstrap_off_and_bad_value(tmp_path, tiny_bundle, tiny_data):
+    json_path = str(tmp_path / "m.json")
+    code, out, err = run_cli(["evaluate", "--model-dir", tiny_bundle, "--bootstrap", "0",
+                              os.path.join(tiny_data, "test"), "--json", json_path,
+                              "--out", str(tmp_path / "e")])
+    assert code == 0, err
+    with open(json_path) as fh:
+        assert json.load(fh)["ci"] is None
+    assert "95% CI" not in open(str(tmp_path / "e" / "report.md")).read()
+    code, out, err = run_cli(["evaluate", "--model-dir", tiny_bundle, "--bootstrap", "-5",
+                              os.path.join(tiny_data, "test")])
+    assert code != 0 and "--bootstrap" in err
 
 
 def test_evaluate_unknown_class_folder(tmp_path, tiny_bundle, tiny_data):

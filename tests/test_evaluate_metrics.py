@@ -57,3 +57,27 @@ def test_auc_undefined_for_absent_class():
     probs = np.array([[0.7, 0.2, 0.1], [0.2, 0.7, 0.1]])
     per, macro = metrics.roc_auc_ovr(np.array([0, 1]), probs)
     assert per[2] is None and macro == pytest.approx(1.0)
+
+
+def test_bootstrap_interval_of_accuracy_matches_the_binomial():
+    # 400 images, 300 right: the 95% interval of a proportion is 0.75 +- 1.96 * sqrt(pq/n)
+    y = np.zeros(400, dtype=np.int64)
+    pred = np.where(np.arange(400) < 300, 0, 1)
+    ci = metrics.bootstrap_ci(y, pred, 2, rounds=2000)
+    half = 1.96 * np.sqrt(0.75 * 0.25 / 400)
+    assert ci["accuracy"][0] == pytest.approx(0.75 - half, abs=0.01)
+    assert ci["accuracy"][1] == pytest.approx(0.75 + half, abs=0.01)
+    assert ci == metrics.bootstrap_ci(y, pred, 2, rounds=2000)  # seeded: repeatable
+
+
+def test_bootstrap_interval_brackets_macro_f1_and_narrows_with_more_images():
+    y, probs = _fixed_predictions()
+    report = metrics.full_report(y, probs, ["benign", "malignant", "normal"])
+    low, high = report["ci"]["macro_f1"]
+    assert low < report["macro_f1"] < high and report["ci"]["level"] == 0.95
+    pred = probs.argmax(1)
+    more = metrics.bootstrap_ci(np.tile(y, 9), np.tile(pred, 9), 3)["macro_f1"]
+    assert more[1] - more[0] < 0.5 * (high - low)  # 9x the images: about a third as wide
+    perfect = metrics.bootstrap_ci(y, y, 3)
+    assert perfect["accuracy"] == [1.0, 1.0] and perfect["macro_f1"] == [1.0, 1.0]
+    assert metrics.full_report(y, probs, ["b", "m", "n"], bootstrap=0)["ci"] is None

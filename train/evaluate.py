@@ -78,7 +78,7 @@ def open_runner(model_dir, backend="auto"):
     return ApplianceRunner(model_dir, backend), info
 
 
-def evaluate_dir(model_dir, split_dir, backend="auto", batch=16, bins=15):
+def evaluate_dir(model_dir, split_dir, backend="auto", batch=16, bins=15, bootstrap=1000):
     """Run the model on every image of ``split_dir/<class>/``; returns the report dictionary.
 
     Class folders are matched to the model's labels by name; a folder the model does not
@@ -114,7 +114,7 @@ def evaluate_dir(model_dir, split_dir, backend="auto", batch=16, bins=15):
     if not targets:
         raise UsageError("{}: no readable images".format(split_dir))
     probs = np.concatenate(probs)
-    report = metrics.full_report(np.array(targets), probs, labels, bins)
+    report = metrics.full_report(np.array(targets), probs, labels, bins, bootstrap)
     report.update({"model_dir": os.path.abspath(model_dir), "split_dir": os.path.abspath(split_dir),
                    "arch": info.get("arch"), "resolution": info["input"]["shape"][-1],
                    "runner": runner.describe(), "failed": failed,

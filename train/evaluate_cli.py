@@ -31,6 +31,9 @@ def build_parser():
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime"),
                    help="auto: the exported ONNX model when present, else the checkpoint")
     p.add_argument("--bins", type=int, default=15, help="calibration bins (15)")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                   help="bootstrap rounds for the 95%% confidence intervals of accuracy and "
+                        "macro-F1 (1000; 0: none)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--log-level", default="info")
     return p
@@ -59,6 +62,9 @@ def _print_summary(report):
         report["model_dir"], report["accuracy"], report["macro_f1"],
         "n/a" if report["roc_auc_macro"] is None else "{:.4f}".format(report["roc_auc_macro"]),
         report["ece"], report["count"]))
+    if report.get("ci"):
+        print("  95% CI (bootstrap): accuracy {:.3f}-{:.3f}  macro-F1 {:.3f}-{:.3f}".format(
+            *(report["ci"]["accuracy"] + report["ci"]["macro_f1"])))
     for label in report["labels"]:
         row = report["per_class"][label]
         print("  {:12s} precision {:.3f}  recall {:.3f}  F1 {:.3f}  support {}".format(
@@ -74,12 +80,15 @@ def main(argv):
     from oncolens.train.evaluate import evaluate_dir, public
     from oncolens.train.report import comparison_markdown
     _check_free(args.json, args.overwrite)
+    if args.bootstrap < 0:
+        raise UsageError("--bootstrap: expected 0 or more rounds, got {}".format(args.bootstrap))
     if not os.path.isdir(args.split_dir):
         raise UsageError("{}: folder not found (expected class folders)".format(args.split_dir))
     split_name = os.path.basename(os.path.normpath(args.split_dir))
     reports = []
     for index, model_dir in enumerate(args.model_dir):
-        report = evaluate_dir(model_dir, args.split_dir, args.backend, bins=args.bins)
+        report = evaluate_dir(model_dir, args.split_dir, args.backend, bins=args.bins,
+                              bootstrap=args.bootstrap)
         _print_summary(report)
         out = args.out or (os.path.join(model_dir, "eval-" + split_name)
                            if len(args.model_dir) == 1 else None)

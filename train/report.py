@@ -7,17 +7,29 @@ def _fmt(value, digits=3):
     return "{:.{}f}".format(value, digits)
 
 
+def _ci_range(report, key):
+    """'low-high' of the report's bootstrap interval for ``key``, or None."""
+    ci = report.get("ci")
+    return "{}-{}".format(_fmt(ci[key][0]), _fmt(ci[key][1])) if ci else None
+
+
+def _ci(report, key):
+    """' (95% CI low-high)', or nothing when the report has no intervals."""
+    span = _ci_range(report, key)
+    return " (95% CI {})".format(span) if span else ""
+
+
 def model_markdown(report, pngs=None):
     labels = report["labels"]
     lines = ["# Evaluation: {}".format(report["model_dir"]), "",
              "- split: `{}` ({} images)".format(report["split_dir"], report["count"]),
              "- model: {} at {} px, run by {}".format(report["arch"], report["resolution"],
                                                       report["runner"]),
-             "- accuracy **{}**, macro-F1 **{}**, balanced accuracy {}, macro ROC-AUC (one-vs-rest) "
-             "{}, expected calibration error {}".format(
-                 _fmt(report["accuracy"]), _fmt(report["macro_f1"]),
-                 _fmt(report["balanced_accuracy"]), _fmt(report["roc_auc_macro"]),
-                 _fmt(report["ece"])), "",
+             "- accuracy **{}**{}, macro-F1 **{}**{}, balanced accuracy {}, macro ROC-AUC "
+             "(one-vs-rest) {}, expected calibration error {}".format(
+                 _fmt(report["accuracy"]), _ci(report, "accuracy"), _fmt(report["macro_f1"]),
+                 _ci(report, "macro_f1"), _fmt(report["balanced_accuracy"]),
+                 _fmt(report["roc_auc_macro"]), _fmt(report["ece"])), "",
              "| class | precision | recall | F1 | ROC-AUC | support |",
              "|---|---|---|---|---|---|"]
     for label in labels:
@@ -25,6 +37,10 @@ def model_markdown(report, pngs=None):
         lines.append("| {} | {} | {} | {} | {} | {} |".format(
             label, _fmt(row["precision"]), _fmt(row["recall"]), _fmt(row["f1"]),
             _fmt(row["roc_auc"]), row["support"]))
+    if report.get("ci"):
+        lines += ["", "The intervals are percentile bootstrap intervals over the {} images "
+                  "({} rounds): how far the figure could move on another sample of this "
+                  "size.".format(report["count"], report["ci"]["rounds"])]
     lines += ["", "Confusion matrix (rows: true class, columns: predicted):", "",
               "| true \\ predicted | " + " | ".join(labels) + " |",
               "|---" * (len(labels) + 1) + "|"]
@@ -40,13 +56,13 @@ def model_markdown(report, pngs=None):
 def comparison_markdown(reports):
     """One row per model: the table that sets a baseline against transfer learning."""
     labels = reports[0]["labels"]
-    head = ["model", "arch", "px", "accuracy", "macro-F1", "ROC-AUC", "ECE"] + \
+    head = ["model", "arch", "px", "accuracy", "macro-F1", "95% CI", "ROC-AUC", "ECE"] + \
         ["recall {}".format(l) for l in labels] + ["train s"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for r in reports:
         cells = [r["model_dir"].rstrip("/").split("/")[-1], str(r["arch"]), str(r["resolution"]),
-                 _fmt(r["accuracy"]), _fmt(r["macro_f1"]), _fmt(r["roc_auc_macro"]),
-                 _fmt(r["ece"])]
+                 _fmt(r["accuracy"]), _fmt(r["macro_f1"]), _ci_range(r, "macro_f1") or "n/a",
+                 _fmt(r["roc_auc_macro"]), _fmt(r["ece"])]
         cells += [_fmt(r["per_class"].get(l, {}).get("recall")) for l in labels]
         cells.append(str(r.get("training", {}).get("train_seconds", "n/a")))
         lines.append("| " + " | ".join(cells) + " |")
