@@ -10,18 +10,23 @@ def text_scale(width):
     return scale, max(1, int(round(scale * 1.6)))
 
 
+def _pad(scale):
+    """Margin around the text, in pixels, at font ``scale``."""
+    return max(2, int(5 * scale))
+
+
 def layout(shape, lines):
     """Where ``draw_lines`` puts things: (box_h, box_w, line_h, pad, scale, thick)."""
     import cv2
     h, w = shape[:2]
     scale, thick = text_scale(w)
     sizes = [cv2.getTextSize(line, FONT, scale, thick) for line in lines]
-    while max(s[0][0] for s in sizes) + 2 * max(2, int(5 * scale)) > w and scale > 0.1:
+    while max(s[0][0] for s in sizes) + 2 * _pad(scale) > w and scale > 0.1:
         # a small frame: shrink the text to fit its width rather than cut it off
         scale, thick = max(0.1, scale * 0.9), 1
         sizes = [cv2.getTextSize(line, FONT, scale, thick) for line in lines]
     line_h = max(s[0][1] + s[1] for s in sizes) + int(6 * scale) + 2
-    pad = max(2, int(5 * scale))
+    pad = _pad(scale)
     box_w = min(w, max(s[0][0] for s in sizes) + 2 * pad)
     box_h = min(h, line_h * len(lines) + pad)
     return box_h, box_w, line_h, pad, scale, thick
