@@ -36,15 +36,6 @@ def _cv2():
     return cv2
 
 
-def _interp(cv2, spec, src_hw, dst_hw):
-    mode = spec.get("interpolation", "auto")
-    if mode == "linear":
-        return cv2.INTER_LINEAR
-    if mode == "area" or (mode == "auto" and dst_hw[0] * dst_hw[1] < src_hw[0] * src_hw[1]):
-        return cv2.INTER_AREA
-    return cv2.INTER_LINEAR
-
-
 def apply_clahe(rgb, clip=2.0, tile=8):
     """Contrast-limited adaptive histogram equalisation on the lightness channel."""
     cv2 = _cv2()
@@ -54,6 +45,31 @@ def apply_clahe(rgb, clip=2.0, tile=8):
     return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
 
 
+def resize_geometry(spec, src_hw, out_hw):
+    """Where a ``src_hw`` image goes: ``(new_h, new_w, top, left)``.
+
+    The image is resized to ``new_h x new_w``, then the ``out_hw`` window at ``(top, left)``
+    is kept.  One function for every implementation of the policy (OpenCV here, torch on a
+    GPU in ``appliance.device_preprocess``), so they cannot drift apart.
+    """
+    out_h, out_w = int(out_hw[0]), int(out_hw[1])
+    src_h, src_w = int(src_hw[0]), int(src_hw[1])
+    if spec.get("resize", "center_crop") == "stretch":
+        return out_h, out_w, 0, 0
+    ratio = float(spec.get("crop_ratio", DEFAULT_CROP_RATIO))
+    # scale so that the image covers (out / ratio) on both sides, then cut the centre
+    scale = max(out_h / ratio / src_h, out_w / ratio / src_w)
+    new_h = max(out_h, int(round(src_h * scale)))
+    new_w = max(out_w, int(round(src_w * scale)))
+    return new_h, new_w, (new_h - out_h) // 2, (new_w - out_w) // 2
+
+
+def shrinks(spec, src_hw, dst_hw):
+    """Whether the spec's interpolation for this resize is area (anti-aliased) averaging."""
+    mode = spec.get("interpolation", "auto")
+    return mode == "area" or (mode == "auto" and dst_hw[0] * dst_hw[1] < src_hw[0] * src_hw[1])
+
+
 def resize_to_input(rgb, spec, out_hw):
     """Resize an RGB uint8 image to ``out_hw`` by the spec's policy; returns uint8 HxWx3."""
     cv2 = _cv2()
@@ -61,19 +77,10 @@ def resize_to_input(rgb, spec, out_hw):
     clahe = spec.get("clahe")
     if clahe:
         rgb = apply_clahe(rgb, clahe.get("clip", 2.0), clahe.get("tile", 8))
-    src_h, src_w = rgb.shape[:2]
-    if spec.get("resize", "center_crop") == "stretch":
-        interp = _interp(cv2, spec, (src_h, src_w), (out_h, out_w))
-        return cv2.resize(rgb, (out_w, out_h), interpolation=interp)
-    ratio = float(spec.get("crop_ratio", DEFAULT_CROP_RATIO))
-    # scale so that the image covers (out / ratio) on both sides, then cut the centre
-    scale = max(out_h / ratio / src_h, out_w / ratio / src_w)
-    new_h = max(out_h, int(round(src_h * scale)))
-    new_w = max(out_w, int(round(src_w * scale)))
-    interp = _interp(cv2, spec, (src_h, src_w), (new_h, new_w))
+    src_hw = rgb.shape[:2]
+    new_h, new_w, top, left = resize_geometry(spec, src_hw, (out_h, out_w))
+    interp = cv2.INTER_AREA if shrinks(spec, src_hw, (new_h, new_w)) else cv2.INTER_LINEAR
     resized = cv2.resize(rgb, (new_w, new_h), interpolation=interp)
-    top = (new_h - out_h) // 2
-    left = (new_w - out_w) // 2
     return resized[top:top + out_h, left:left + out_w]
 
 

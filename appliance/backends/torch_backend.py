@@ -48,6 +48,8 @@ class TorchBackend(Backend):
         ckpt = load_checkpoint(path)  # raises MissingDependency without torch
         import torch
         self.torch = torch
+        if options.get("threads"):  # --threads, as the other CPU runtimes take it
+            torch.set_num_threads(int(options["threads"]))
         self.model = model_from_checkpoint(ckpt)
         self.path = path
         num = ckpt.get("num_classes") or len(ckpt.get("classes") or []) or None
@@ -70,11 +72,22 @@ class TorchBackend(Backend):
     def can_load(cls, bundle):
         return checkpoint_file(bundle) is not None
 
+    def device_preprocessor(self):
+        """Preprocessing that runs on this backend's device and hands ``infer`` tensors
+        already there, in the model's precision (``appliance.device_preprocess``)."""
+        from oncolens.appliance.device_preprocess import DevicePreprocessor
+        return DevicePreprocessor(self.bundle.preprocess, self.bundle.input_shape,
+                                  self.device, self.precision)
+
     def infer(self, batch):
+        """``batch``: float32 NCHW numpy (host preprocessing) or a torch tensor (from
+        ``device_preprocessor``, usually on the device already)."""
         torch = self.torch
-        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
-        if self.precision == "fp16":
-            x = x.half()
+        if torch.is_tensor(batch):
+            x = batch.to(self.device)
+        else:
+            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+        x = x.half() if self.precision == "fp16" else x.float()
         with torch.no_grad():
             logits = self.model(x).float().cpu().numpy()
         return InferResult(softmax(logits).astype(np.float32), None)
