@@ -13,6 +13,7 @@ import numpy as np
 
 from oncolens.appliance.backends import open_backend
 from oncolens.appliance.benchstats import latency_ms, loadavg, machine_info, shares
+from oncolens.appliance.device_preprocess import stack_inputs
 from oncolens.appliance.errors import MissingDependency, OncoLensError
 from oncolens.appliance.pipeline import batched, prefetch, window
 from oncolens.appliance.postprocess import top_k
@@ -27,7 +28,7 @@ def predict_all(backend, preprocessor, files, batch_size=8, workers=2):
     for good, failed in batched(prefetch(files, preprocessor, workers), batch_size):
         got = {}
         if good:
-            probs = backend.infer(np.stack([i.tensor for i in good])).probs
+            probs = backend.infer(stack_inputs([i.tensor for i in good])).probs
             got = dict((i.index, int(np.argmax(p))) for i, p in zip(good, probs))
         got.update((i.index, -1) for i in failed)
         out.extend(got[k] for k in sorted(got))
@@ -49,7 +50,7 @@ def sample_batch(preprocessor, files, size):
         raise OncoLensError("no readable image among the first files to benchmark")
     while len(tensors) < size:
         tensors.extend(tensors[:size - len(tensors)])
-    return np.stack(tensors)
+    return stack_inputs(tensors)
 
 
 def network_only(backend, batch, warmup=3, min_seconds=3.0, min_iters=5):
@@ -80,7 +81,7 @@ def end_to_end(backend, preprocessor, labels, files, batch_size, workers, warmup
         if not good:
             continue
         t0 = time.perf_counter()
-        probs = backend.infer(np.stack([item.tensor for item in good])).probs
+        probs = backend.infer(stack_inputs([item.tensor for item in good])).probs
         t1 = time.perf_counter()
         for item, row in zip(good, probs):
             top_k(row, labels, 1)
@@ -95,8 +96,15 @@ def end_to_end(backend, preprocessor, labels, files, batch_size, workers, warmup
             "latency_ms": latency_ms(lat), "stage_share": shares(stages)}
 
 
-def _prepare(bundle, precision, calib_images, calib_count):
+def _prepare(bundle, backend_name, precision, calib_images, calib_count):
+    """The model file a backend x precision runs: the checkpoint for torch (fp32, or fp16
+    on a CUDA GPU), else the exported ONNX (fp32) or its int8 copy."""
     from oncolens.appliance import variants
+    if backend_name == "torch":
+        if precision not in ("fp32", "fp16"):
+            raise OncoLensError("--precisions {}: the torch backend runs fp32, or fp16 on a "
+                                "CUDA GPU".format(precision))
+        return bundle
     if precision == "fp32":
         return variants.dynamic_batch(bundle)
     if precision == "int8":
@@ -104,37 +112,83 @@ def _prepare(bundle, precision, calib_images, calib_count):
             raise OncoLensError("--precisions int8: needs --calib-images DIR (e.g. the train/ "
                                 "split) to calibrate on")
         return variants.quantize_int8(bundle, calib_images, calib_count)
-    raise OncoLensError("--precisions: unknown precision '{}' (fp32 or int8)".format(precision))
+    if precision == "fp16":
+        raise OncoLensError("--precisions fp16: only the torch backend on a CUDA GPU here (no "
+                            "fp16 arithmetic on this CPU; TensorRT FP16 engines are timed by "
+                            "'oncolens selftest' on the device)")
+    raise OncoLensError("--precisions: unknown precision '{}' (fp32, fp16 or int8)".format(
+        precision))
+
+
+def _open(cfg, bundle, backend_name, precision):
+    """(model, backend) for one backend x precision; raises OncoLensError to skip it."""
+    model = _prepare(bundle, backend_name, precision, cfg["calib_images"], cfg["calib_count"])
+    options = dict(cfg["backend_options"])
+    if backend_name == "torch":
+        options.update(precision=precision, device=cfg["device"])
+    backend = open_backend(backend_name, model, **options)
+    if backend_name == "torch" and backend.precision != precision:
+        backend.close()
+        raise OncoLensError("--precisions {}: the {} backend runs {} on {} (fp16 needs a CUDA "
+                            "GPU: --device cuda)".format(precision, backend_name,
+                                                         backend.precision, cfg["device"]))
+    return model, backend
+
+
+def _preprocessors(cfg, bundle, backend):
+    """[(mode, preprocessor)] for cfg['preprocess'], and the modes skipped with why."""
+    chosen, skipped = [], []
+    for mode in cfg["preprocess"]:
+        if mode == "host":
+            chosen.append((mode, Preprocessor.from_bundle(bundle)))
+        elif hasattr(backend, "device_preprocessor"):
+            chosen.append((mode, backend.device_preprocessor()))
+        else:
+            skipped.append((mode, "--preprocess device: only the torch backend takes its "
+                                  "input on its own device"))
+    return chosen, skipped
+
+
+def _measure(cfg, backend, model, pre, run):
+    """Network-only and end-to-end figures of every batch size for one preprocessing."""
+    runs = []
+    for bs in cfg["batch_sizes"]:
+        log.info("bench: %s %s batch %d, %s preprocessing", run["backend"], run["precision"],
+                 bs, run["preprocess"])
+        one = dict(run, batch_size=bs, model_file=model.model_path)
+        batch = sample_batch(pre, cfg["files"], bs)
+        one.update(network_only(backend, batch, cfg["warmup"], cfg["min_seconds"]))
+        if run["backend"] == "openvino":
+            from oncolens.appliance.bench_ceiling import openvino_throughput
+            one["runtime_ceiling"] = openvino_throughput(
+                model, batch, cfg["min_seconds"], cfg["backend_options"].get("threads"))
+        one.update(end_to_end(backend, pre, cfg["bundle"].labels, cfg["files"], bs,
+                              cfg["workers"], cfg["warmup"]))
+        runs.append(one)
+    return runs
 
 
 def run_one(cfg, bundle, backend_name, precision, ref):
-    """Every batch size of one backend x precision; returns (runs, skipped reason or None)."""
+    """Every preprocessing x batch size of one backend x precision: (runs, skips)."""
+    skip = {"backend": backend_name, "precision": precision}
     try:
-        model = _prepare(bundle, precision, cfg["calib_images"], cfg["calib_count"])
-        backend = open_backend(backend_name, model, **cfg["backend_options"])
+        model, backend = _open(cfg, bundle, backend_name, precision)
     except (MissingDependency, OncoLensError) as exc:
-        return [], str(exc)
-    pre = Preprocessor.from_bundle(bundle)
+        return [], [dict(skip, reason=str(exc))]
+    runs = []
     with backend:
-        agree = agreement(predict_all(backend, pre, cfg["agreement_files"]), ref)
-        if precision != "fp32" and agree is not None:
-            from oncolens.appliance.variants import record_agreement
-            record_agreement(model, agree, len(ref), cfg["agreement_dir"])
-        runs = []
-        for bs in cfg["batch_sizes"]:
-            log.info("bench: %s %s batch %d", backend_name, precision, bs)
-            run = {"backend": backend_name, "precision": precision, "batch_size": bs,
-                   "model_file": model.model_path, "agreement_vs_fp32": agree}
-            batch = sample_batch(pre, cfg["files"], bs)
-            run.update(network_only(backend, batch, cfg["warmup"], cfg["min_seconds"]))
-            if backend_name == "openvino":
-                from oncolens.appliance.bench_ceiling import openvino_throughput
-                run["runtime_ceiling"] = openvino_throughput(
-                    model, batch, cfg["min_seconds"], cfg["backend_options"].get("threads"))
-            run.update(end_to_end(backend, pre, bundle.labels, cfg["files"], bs,
-                                  cfg["workers"], cfg["warmup"]))
-            runs.append(run)
-    return runs, None
+        chosen, skipped = _preprocessors(cfg, bundle, backend)
+        skips = [dict(skip, preprocess=mode, reason=why) for mode, why in skipped]
+        device = str(getattr(backend, "device", "cpu"))
+        for mode, pre in chosen:
+            agree = agreement(predict_all(backend, pre, cfg["agreement_files"]), ref)
+            if precision == "int8" and agree is not None:
+                from oncolens.appliance.variants import record_agreement
+                record_agreement(model, agree, len(ref), cfg["agreement_dir"])
+            run = {"backend": backend_name, "precision": precision, "preprocess": mode,
+                   "device": device, "agreement_vs_fp32": agree}
+            runs.extend(_measure(cfg, backend, model, pre, run))
+    return runs, skips
 
 
 def reference(bundle, files):
@@ -146,13 +200,20 @@ def reference(bundle, files):
 def baseline(cfg, bundle, ref):
     from oncolens.appliance.bench_naive import NaiveTorch
     try:
-        naive = NaiveTorch(bundle)
+        naive = NaiveTorch(bundle, cfg.get("device", "cpu"))
     except (MissingDependency, OncoLensError) as exc:
         return {"skipped": str(exc), "end_to_end_ips": None}
     result = naive.run(cfg["files"], cfg["warmup"])
     result["agreement_vs_fp32"] = agreement(naive.top1(cfg["agreement_files"]), ref)
     result["single_thread"] = naive.run_single_thread(cfg["files"], cfg["warmup"])
     return result
+
+
+def speed_class(run):
+    """Runs compared for "the fastest runtime": same precision on the same kind of device
+    (a GPU's fp32 is not the CPU runtimes' yardstick)."""
+    device = run.get("device", "cpu").split(":")[0]
+    return run["precision"] if device == "cpu" else "{} {}".format(run["precision"], device)
 
 
 def summarise(result):
@@ -162,14 +223,14 @@ def summarise(result):
     best_naive = max(base or 0.0, single or 0.0)
     best = {}
     for run in result["runs"]:
-        key = run["precision"]
+        key = speed_class(run)
         ceiling = (run.get("runtime_ceiling") or {}).get("network_ips", 0.0)
         best[key] = max(best.get(key, 0.0), run["network_ips"], ceiling)
     for run in result["runs"]:
         run["speedup_vs_baseline"] = round(run["end_to_end_ips"] / base, 3) if base else None
         run["speedup_vs_best_naive"] = (round(run["end_to_end_ips"] / best_naive, 3)
                                         if best_naive else None)
-        run["network_vs_fastest_runtime"] = round(run["network_ips"] / best[run["precision"]], 3)
+        run["network_vs_fastest_runtime"] = round(run["network_ips"] / best[speed_class(run)], 3)
         run["end_to_end_vs_network"] = round(run["end_to_end_ips"] / run["network_ips"], 3)
     result["fastest_network_ips"] = dict((k, round(v, 2)) for k, v in best.items())
 
@@ -185,19 +246,19 @@ def run_bench(cfg):
               "images": {"dir": cfg["images_dir"], "count": len(cfg["files"])},
               "agreement_images": {"dir": cfg["agreement_dir"],
                                    "count": len(cfg["agreement_files"])},
-              "settings": dict((k, cfg[k]) for k in ("backends", "precisions", "batch_sizes",
-                                                     "workers", "warmup", "min_seconds")),
+              "settings": dict((k, cfg.get(k)) for k in (
+                  "backends", "precisions", "batch_sizes", "preprocess", "device", "workers",
+                  "warmup", "min_seconds")),
               "runs": [], "skipped": []}
     ref = reference(bundle, cfg["agreement_files"])
     result["baseline"] = baseline(cfg, bundle, ref) if cfg["baseline"] else None
     for backend_name in cfg["backends"]:
         for precision in cfg["precisions"]:
-            runs, why = run_one(cfg, bundle, backend_name, precision, ref)
+            runs, skips = run_one(cfg, bundle, backend_name, precision, ref)
             result["runs"].extend(runs)
-            if why:
-                log.warning("bench: %s %s skipped: %s", backend_name, precision, why)
-                result["skipped"].append({"backend": backend_name, "precision": precision,
-                                          "reason": why})
+            for skip in skips:
+                log.warning("bench: %s %s skipped: %s", backend_name, precision, skip["reason"])
+            result["skipped"].extend(skips)
     summarise(result)
     result["loadavg_end"] = loadavg()
     return result

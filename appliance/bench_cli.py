@@ -30,8 +30,16 @@ def build_parser():
     p.add_argument("--json", help="write the figures to this JSON file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--backends", default="onnxruntime,openvino",
-                   help="comma-separated backends (onnxruntime,openvino)")
-    p.add_argument("--precisions", default="fp32", help="comma-separated: fp32, int8 (fp32)")
+                   help="comma-separated backends: onnxruntime, openvino, torch "
+                        "(onnxruntime,openvino)")
+    p.add_argument("--precisions", default="fp32",
+                   help="comma-separated: fp32, int8, fp16 (torch on a CUDA GPU) (fp32)")
+    p.add_argument("--preprocess", default="host",
+                   help="comma-separated: host (OpenCV in the worker pool), device (torch on "
+                        "the backend's device: resize, crop, normalise on the GPU) (host)")
+    p.add_argument("--device", default="cpu",
+                   help="cpu, cuda or cuda:N: where the torch backend and the naive baseline "
+                        "run (cpu)")
     p.add_argument("--batch-sizes", default="1,8", help="comma-separated batch sizes (1,8)")
     p.add_argument("--workers", type=int, default=2,
                    help="decode/preprocess threads in the end-to-end loop (2)")
@@ -70,6 +78,22 @@ def _files(folder, flag, limit=0):
     return files
 
 
+def _device(value):
+    """--device: cpu, or a CUDA device that torch can see (checked now, not mid-run)."""
+    if value == "cpu":
+        return value
+    if value != "cuda" and not value.startswith("cuda:"):
+        raise UsageError("--device: expected cpu, cuda or cuda:N, got '{}'".format(value))
+    try:
+        import torch
+    except ImportError:
+        raise UsageError("--device {}: needs torch with CUDA (pip install torch)".format(value))
+    if not torch.cuda.is_available():
+        raise UsageError("--device {}: torch {} sees no CUDA GPU on this machine".format(
+            value, torch.__version__))
+    return value
+
+
 def make_config(args):
     from oncolens.appliance.bundle import load_bundle
     if args.json and os.path.exists(args.json) and not args.overwrite:
@@ -84,6 +108,11 @@ def make_config(args):
         overrides["input"] = {"name": args.input_blob}
     if args.output_blob:
         overrides["output"] = {"name": args.output_blob}
+    preprocess = _csv(args.preprocess, "--preprocess")
+    bad = [m for m in preprocess if m not in ("host", "device")]
+    if bad:
+        raise UsageError("--preprocess: expected host and/or device, got '{}'".format(bad[0]))
+    device = _device(args.device)
     files = _files(args.images, "--images", args.max_images)
     agreement_dir = args.agreement_images or args.images
     return {"bundle": load_bundle(resolve_model(args), args.labels, overrides or None),
@@ -92,7 +121,8 @@ def make_config(args):
             "agreement_dir": os.path.abspath(agreement_dir),
             "backends": _csv(args.backends, "--backends"),
             "precisions": _csv(args.precisions, "--precisions"),
-            "batch_sizes": sizes, "workers": args.workers, "warmup": args.warmup,
+            "batch_sizes": sizes, "preprocess": preprocess, "device": device,
+            "workers": args.workers, "warmup": args.warmup,
             "min_seconds": args.min_seconds, "calib_images": args.calib_images,
             "calib_count": args.calib_count, "baseline": not args.no_baseline,
             "backend_options": {"threads": args.threads} if args.threads else {}}
@@ -100,24 +130,25 @@ def make_config(args):
 
 def table(result):
     """The figures as a console table."""
-    lines = ["{:<22}{:>6}{:>11}{:>11}{:>9}{:>9}{:>9}{:>10}".format(
-        "backend precision", "batch", "net img/s", "e2e img/s", "p50 ms", "p99 ms", "x naive",
+    lines = ["{:<30}{:>6}{:>11}{:>11}{:>9}{:>9}{:>9}{:>10}".format(
+        "backend precision [device]", "batch", "net img/s", "e2e img/s", "p50 ms", "p99 ms", "x naive",
         "agree")]
     base = result.get("baseline") or {}
     if base.get("end_to_end_ips"):
-        lines.append("{:<22}{:>6}{:>11.1f}{:>11.1f}{:>9.1f}{:>9.1f}{:>9}{:>10}".format(
-            "torch-eager (naive)", 1, base["network_ips"], base["end_to_end_ips"],
+        lines.append("{:<30}{:>6}{:>11.1f}{:>11.1f}{:>9.1f}{:>9.1f}{:>9}{:>10}".format(
+            _where("torch-eager (naive)", base.get("device", "cpu")), 1, base["network_ips"], base["end_to_end_ips"],
             base["latency_ms"]["p50"], base["latency_ms"]["p99"], "1.00",
             _pct(base.get("agreement_vs_fp32"))))
         one = base.get("single_thread") or {}
         if one.get("end_to_end_ips"):
-            lines.append("{:<22}{:>6}{:>11.1f}{:>11.1f}{:>9.1f}{:>9.1f}{:>9.2f}{:>10}".format(
+            lines.append("{:<30}{:>6}{:>11.1f}{:>11.1f}{:>9.1f}{:>9.1f}{:>9.2f}{:>10}".format(
                 "  same, torch 1 thread", 1, one["network_ips"], one["end_to_end_ips"],
                 one["latency_ms"]["p50"], one["latency_ms"]["p99"],
                 one["end_to_end_ips"] / base["end_to_end_ips"], "-"))
     for run in result["runs"]:
-        lines.append("{:<22}{:>6}{:>11.1f}{:>11.1f}{:>9.1f}{:>9.1f}{:>9}{:>10}".format(
-            "{} {}".format(run["backend"], run["precision"]), run["batch_size"],
+        lines.append("{:<30}{:>6}{:>11.1f}{:>11.1f}{:>9.1f}{:>9.1f}{:>9}{:>10}".format(
+            _where("{} {}".format(run["backend"], run["precision"]), run.get("device", "cpu"),
+                   run.get("preprocess", "host")), run["batch_size"],
             run["network_ips"], run["end_to_end_ips"], run["latency_ms"]["p50"],
             run["latency_ms"]["p99"], "{:.2f}".format(run["speedup_vs_baseline"])
             if run["speedup_vs_baseline"] else "-", _pct(run["agreement_vs_fp32"])))
@@ -128,12 +159,21 @@ def table(result):
                 run["backend"], run["precision"], run["batch_size"], ceiling["network_ips"],
                 ceiling["runtime"]))
     for skip in result["skipped"]:
-        lines.append("skipped {} {}: {}".format(skip["backend"], skip["precision"],
-                                                skip["reason"]))
+        lines.append("skipped {} {}{}: {}".format(
+            skip["backend"], skip["precision"],
+            " ({} preprocessing)".format(skip["preprocess"]) if skip.get("preprocess") else "",
+            skip["reason"]))
     lines.append("machine: {} ({} cores), load average {} -> {}".format(
         result["machine"]["cpu"], result["machine"]["cores"], result["loadavg_start"],
         result["loadavg_end"]))
     return "\n".join(lines)
+
+
+def _where(name, device, preprocess="host"):
+    """A row's name, with its device and device-side preprocessing when not the defaults."""
+    tags = [t for t in (device if device != "cpu" else "",
+                        "pre on device" if preprocess == "device" else "") if t]
+    return "{} [{}]".format(name, ", ".join(tags)) if tags else name
 
 
 def _pct(value):

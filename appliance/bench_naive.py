@@ -24,7 +24,7 @@ def checkpoint_of(bundle):
 class NaiveTorch(object):
     """One image at a time, exactly as the tutorials write it; times every stage."""
 
-    def __init__(self, bundle):
+    def __init__(self, bundle, device="cpu"):
         try:
             import torch
             import torchvision.transforms as T
@@ -34,7 +34,11 @@ class NaiveTorch(object):
                                     "the PyTorch baseline", "pip install 'oncolens[train]'")
         from oncolens.appliance.archs import load_checkpoint, model_from_checkpoint
         self.torch, self.Image = torch, Image
+        self.device = torch.device(device or "cpu")
         self.model = model_from_checkpoint(load_checkpoint(checkpoint_of(bundle))).eval()
+        self.model.to(self.device)
+        # on a GPU, wait for the kernels so the inference stage is timed, not queued
+        self.sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         _, size, _ = bundle.input_shape
         ratio = float(bundle.preprocess.get("crop_ratio", 0.875))
         spec = bundle.preprocess
@@ -49,10 +53,11 @@ class NaiveTorch(object):
         t0 = time.perf_counter()
         img = self.Image.open(path).convert("RGB")
         t1 = time.perf_counter()
-        x = self.transform(img).unsqueeze(0)
+        x = self.transform(img).unsqueeze(0).to(self.device)
         t2 = time.perf_counter()
         with torch.no_grad():
             out = self.model(x)
+        self.sync()
         t3 = time.perf_counter()
         index = int(torch.softmax(out, dim=1)[0].argmax())
         t4 = time.perf_counter()
@@ -76,7 +81,7 @@ class NaiveTorch(object):
                 "images": len(files), "seconds": round(wall, 6),
                 "end_to_end_ips": len(files) / wall, "network_ips": len(files) / stages[2],
                 "latency_ms": latency_ms(lat), "stage_share": shares(stages),
-                "torch_threads": self.torch.get_num_threads()}
+                "torch_threads": self.torch.get_num_threads(), "device": str(self.device)}
 
     def run_single_thread(self, files, warmup=3):
         """The same loop with torch at one thread: on a crowded CPU the tutorial's default
