@@ -151,6 +151,28 @@ def test_accumulation_and_patience(tmp_path, tiny_data):
     assert len(_history(model_dir)) == info["training"]["best_epoch"] + 1
 
 
+def test_epochs_default_and_time_budget(tmp_path, tiny_data):
+    from oncolens.appliance.errors import UsageError
+    from oncolens.train.cli import build_parser
+    from oncolens.train.trainer import DEFAULT_EPOCHS, resolve_epochs
+    plain = build_parser().parse_args([tiny_data])
+    resolve_epochs(plain)
+    assert plain.epochs == DEFAULT_EPOCHS == 35 and not plain.epochs_from_budget
+    capped = build_parser().parse_args([tiny_data, "--time-limit", "5", "--epochs", "7"])
+    resolve_epochs(capped)
+    assert capped.epochs == 7 and not capped.epochs_from_budget
+    with pytest.raises(UsageError):
+        resolve_epochs(build_parser().parse_args([tiny_data, "--epochs", "0"]))
+    # --time-limit alone: the clock, not an epoch count, ends the run
+    model_dir = str(tmp_path / "m")
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--arch",
+                              "simple-cnn", "--time-limit", 0.05] + FAST)
+    assert code == 0, err
+    info = _info(model_dir)["training"]
+    assert info["stopped"] == "time-limit" and info["epochs"] is None
+    assert len(_history(model_dir)) >= 1
+
+
 def test_runtime_choice():
     import torch
     from oncolens.train.runtime import cpu_bf16_supported, make_runtime

@@ -25,7 +25,9 @@ def _jetson_flags(p):
                         "classifier name")
     p.add_argument("--resolution", type=int, default=224, help="input size in pixels (224)")
     p.add_argument("-j", "--workers", type=int, default=2, help="data loading workers (2)")
-    p.add_argument("--epochs", type=int, default=35, help="number of epochs (35)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="number of epochs (35; with --time-limit and no --epochs, as many as "
+                        "the time allows)")
     p.add_argument("--start-epoch", type=int, default=0, help="first epoch number (0)")
     p.add_argument("-b", "--batch-size", type=int, default=32,
                    help="mini-batch size (32; jetson-inference: 8)")

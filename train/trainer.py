@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pth.tar"
 BEST = "model_best.pth.tar"
+DEFAULT_EPOCHS = 35  # jetson-inference's train.py
+BUDGET_EPOCH_CAP = 100000  # --time-limit without --epochs: the clock ends the run
 
 
 def evaluate(model, loader, runtime, num_classes):
@@ -167,6 +169,8 @@ def training_record(args, runtime, init, seconds, stopped):
             "time_limit", "patience", "accum_steps", "low_memory", "mixup", "ema_epochs",
             "freeze_early")
     record = {k: getattr(args, k) for k in keys}
+    if getattr(args, "epochs_from_budget", False):
+        record["epochs"] = None  # as many as --time-limit allowed (see "stopped")
     record.update({"best_epoch": None, "init": init, "runtime": runtime.describe(),
                    "train_seconds": round(seconds, 1), "stopped": stopped,
                    "oncolens_version": __version__})
@@ -218,8 +222,19 @@ def _setup(args):
     return runtime, classes, preprocess
 
 
+def resolve_epochs(args):
+    """``--epochs`` left unset: 35 (jetson-inference's), or under ``--time-limit`` no count
+    at all: the budget alone ends the run, and the cosine follows the clock to its end."""
+    args.epochs_from_budget = args.epochs is None and bool(args.time_limit)
+    if args.epochs is None:
+        args.epochs = BUDGET_EPOCH_CAP if args.epochs_from_budget else DEFAULT_EPOCHS
+    if args.epochs < 1:
+        raise UsageError("--epochs: expected a positive number, got {}".format(args.epochs))
+
+
 def run_training(args):
     """Train as the command line says; returns the best epoch's validation metrics."""
+    resolve_epochs(args)
     runtime, classes, preprocess = _setup(args)
     micro = args.batch_size // args.accum_steps
     train_loader, val_loader, samples = make_loaders(args, classes, preprocess, micro)
@@ -308,8 +323,10 @@ def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, c
                      "val_macro_f1": "{:.5f}".format(summary["macro_f1"]),
                      "epoch_seconds": "{:.1f}".format(time.time() - t0),
                      "images_per_second": "{:.1f}".format(ips), "best": int(is_best)})
-        log.info("epoch %d/%d  lr %.2e  train loss %.4f (%.1f img/s)  val loss %.4f  acc %.4f  "
-                 "macro-F1 %.4f  %.0fs%s", epoch + 1, args.epochs, lr, train_loss, ips,
+        log.info("epoch %d/%s  lr %.2e  train loss %.4f (%.1f img/s)  val loss %.4f  acc %.4f  "
+                 "macro-F1 %.4f  %.0fs%s", epoch + 1,
+                 "{:g} min".format(args.time_limit) if args.epochs_from_budget else args.epochs,
+                 lr, train_loss, ips,
                  val_loss, summary["accuracy"], summary["macro_f1"], time.time() - t0,
                  "  *best*" if is_best else "")
         _save({"epoch": epoch + 1, "arch": args.arch, "resolution": args.resolution,
@@ -325,7 +342,7 @@ def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, c
             stopped = "patience"
             break
         if not schedule.epoch_done(time.time() - t0) and epoch + 1 < args.epochs:
-            log.info("--time-limit %.1f min reached after %d epochs", args.time_limit, epoch + 1)
+            log.info("--time-limit %g min reached after %d epochs", args.time_limit, epoch + 1)
             stopped = "time-limit"
             break
     return best, time.time() - started, stopped
