@@ -168,6 +168,14 @@ def _measure(cfg, backend, model, pre, run):
     return runs
 
 
+def device_of(backend):
+    """Where a backend runs, as one lower-case word: cpu, cuda or cuda:N."""
+    device = getattr(backend, "device", None)
+    if isinstance(device, dict):  # TensorRT: the GPU's properties
+        return "cuda"
+    return str(device or "cpu").lower()
+
+
 def run_one(cfg, bundle, backend_name, precision, ref):
     """Every preprocessing x batch size of one backend x precision: (runs, skips)."""
     skip = {"backend": backend_name, "precision": precision}
@@ -179,7 +187,7 @@ def run_one(cfg, bundle, backend_name, precision, ref):
     with backend:
         chosen, skipped = _preprocessors(cfg, bundle, backend)
         skips = [dict(skip, preprocess=mode, reason=why) for mode, why in skipped]
-        device = str(getattr(backend, "device", "cpu"))
+        device = device_of(backend)
         for mode, pre in chosen:
             agree = agreement(predict_all(backend, pre, cfg["agreement_files"]), ref)
             if precision == "int8" and agree is not None:
@@ -212,7 +220,7 @@ def baseline(cfg, bundle, ref):
 def speed_class(run):
     """Runs compared for "the fastest runtime": same precision on the same kind of device
     (a GPU's fp32 is not the CPU runtimes' yardstick)."""
-    device = run.get("device", "cpu").split(":")[0]
+    device = run.get("device", "cpu").split(":")[0].lower()
     return run["precision"] if device == "cpu" else "{} {}".format(run["precision"], device)
 
 

@@ -66,6 +66,7 @@ def test_bench_figures_are_positive_and_consistent(bench_json):
     assert one["end_to_end_ips"] > 0 and one["torch_threads"] == 1 and one["images"] == 9
     best_naive = max(base["end_to_end_ips"], one["end_to_end_ips"])
     for run in bench_json["runs"]:
+        assert run["device"] == "cpu" and run["preprocess"] == "host"  # OpenVINO's "CPU" too
         assert run["network_ips"] > 0 and run["end_to_end_ips"] > 0
         assert run["images"] == 9
         assert run["end_to_end_ips"] == pytest.approx(run["images"] / run["seconds"], rel=0.01)
