@@ -129,9 +129,9 @@ def _open(cfg, bundle, backend_name, precision):
     backend = open_backend(backend_name, model, **options)
     if backend_name == "torch" and backend.precision != precision:
         backend.close()
-        raise OncoLensError("--precisions {}: the {} backend runs {} on {} (fp16 needs a CUDA "
-                            "GPU: --device cuda)".format(precision, backend_name,
-                                                         backend.precision, cfg["device"]))
+        raise OncoLensError("--precisions {}: the torch backend runs {} on {} (fp16 needs a "
+                            "CUDA GPU: --device cuda)".format(precision, backend.precision,
+                                                              cfg["device"]))
     return model, backend
 
 
@@ -220,7 +220,7 @@ def baseline(cfg, bundle, ref):
 def speed_class(run):
     """Runs compared for "the fastest runtime": same precision on the same kind of device
     (a GPU's fp32 is not the CPU runtimes' yardstick)."""
-    device = run.get("device", "cpu").split(":")[0].lower()
+    device = run.get("device", "cpu").split(":")[0]  # device_of() made it lower-case
     return run["precision"] if device == "cpu" else "{} {}".format(run["precision"], device)
 
 

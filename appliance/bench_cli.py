@@ -131,12 +131,13 @@ def make_config(args):
 def table(result):
     """The figures as a console table."""
     lines = ["{:<30}{:>6}{:>11}{:>11}{:>9}{:>9}{:>9}{:>10}".format(
-        "backend precision [device]", "batch", "net img/s", "e2e img/s", "p50 ms", "p99 ms", "x naive",
-        "agree")]
+        "backend precision [device]", "batch", "net img/s", "e2e img/s", "p50 ms", "p99 ms",
+        "x naive", "agree")]
     base = result.get("baseline") or {}
     if base.get("end_to_end_ips"):
         lines.append("{:<30}{:>6}{:>11.1f}{:>11.1f}{:>9.1f}{:>9.1f}{:>9}{:>10}".format(
-            _where("torch-eager (naive)", base.get("device", "cpu")), 1, base["network_ips"], base["end_to_end_ips"],
+            _where("torch-eager (naive)", base.get("device", "cpu")), 1, base["network_ips"],
+            base["end_to_end_ips"],
             base["latency_ms"]["p50"], base["latency_ms"]["p99"], "1.00",
             _pct(base.get("agreement_vs_fp32"))))
         one = base.get("single_thread") or {}
@@ -171,8 +172,9 @@ def table(result):
 
 def _where(name, device, preprocess="host"):
     """A row's name, with its device and device-side preprocessing when not the defaults."""
-    tags = [t for t in (device if device != "cpu" else "",
-                        "pre on device" if preprocess == "device" else "") if t]
+    tags = [] if device == "cpu" else [device]
+    if preprocess == "device":
+        tags.append("pre on device")
     return "{} [{}]".format(name, ", ".join(tags)) if tags else name
 
 

@@ -15,7 +15,7 @@ import logging
 import numpy as np
 
 from oncolens.appliance.errors import MissingDependency, UsageError
-from oncolens.appliance.preprocess import (IMAGENET_MEAN, IMAGENET_STD, apply_clahe,
+from oncolens.appliance.preprocess import (IMAGENET_MEAN, IMAGENET_STD, clahe_if_asked,
                                            resize_geometry, shrinks)
 
 log = logging.getLogger(__name__)
@@ -77,9 +77,7 @@ class DevicePreprocessor(object):
         return self.F.interpolate(x, size=new_hw, mode="bilinear", align_corners=False)
 
     def __call__(self, rgb):
-        clahe = self.spec.get("clahe")
-        if clahe:
-            rgb = apply_clahe(rgb, clahe.get("clip", 2.0), clahe.get("tile", 8))
+        rgb = clahe_if_asked(rgb, self.spec.get("clahe"))
         src_hw = rgb.shape[:2]
         new_h, new_w, top, left = resize_geometry(self.spec, src_hw, (self.height, self.width))
         frame = self.torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device)

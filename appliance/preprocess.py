@@ -45,6 +45,13 @@ def apply_clahe(rgb, clip=2.0, tile=8):
     return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
 
 
+def clahe_if_asked(rgb, clahe):
+    """``rgb`` with CLAHE applied when ``clahe`` (model.json's block) asks for it."""
+    if not clahe:
+        return rgb
+    return apply_clahe(rgb, clahe.get("clip", 2.0), clahe.get("tile", 8))
+
+
 def resize_geometry(spec, src_hw, out_hw):
     """Where a ``src_hw`` image goes: ``(new_h, new_w, top, left)``.
 
@@ -74,9 +81,7 @@ def resize_to_input(rgb, spec, out_hw):
     """Resize an RGB uint8 image to ``out_hw`` by the spec's policy; returns uint8 HxWx3."""
     cv2 = _cv2()
     out_h, out_w = int(out_hw[0]), int(out_hw[1])
-    clahe = spec.get("clahe")
-    if clahe:
-        rgb = apply_clahe(rgb, clahe.get("clip", 2.0), clahe.get("tile", 8))
+    rgb = clahe_if_asked(rgb, spec.get("clahe"))
     src_hw = rgb.shape[:2]
     new_h, new_w, top, left = resize_geometry(spec, src_hw, (out_h, out_w))
     interp = cv2.INTER_AREA if shrinks(spec, src_hw, (new_h, new_w)) else cv2.INTER_LINEAR

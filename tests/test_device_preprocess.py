@@ -16,7 +16,7 @@ from conftest import run_cli
 torch = pytest.importorskip("torch")
 
 
-def _images(tiny_data, busi_dir=None):
+def _images(tiny_data):
     """Real decoded files plus sizes that make every path run: shrink, enlarge, as is."""
     from oncolens.appliance.imageio import read_image
     paths = sorted(glob.glob(os.path.join(tiny_data, "val", "*", "*")))[:3]

@@ -72,10 +72,8 @@ def cache_side(resolution, crop_ratio):
 def load_resized(path, side, clahe=None):
     """Read an image as RGB, apply CLAHE when asked, shrink its shorter side to ``side``."""
     import cv2
-    from oncolens.appliance.preprocess import apply_clahe
-    rgb = read_image(path)
-    if clahe:
-        rgb = apply_clahe(rgb, clahe.get("clip", 2.0), clahe.get("tile", 8))
+    from oncolens.appliance.preprocess import clahe_if_asked
+    rgb = clahe_if_asked(read_image(path), clahe)
     h, w = rgb.shape[:2]
     scale = side / float(min(h, w))
     if scale < 1.0:
