@@ -16,6 +16,9 @@ def _define():
     import torch
     from torch import nn
 
+    def relu6(t):
+        return nn.functional.hardtanh(t, 0.0, 6.0, inplace=True)
+
     def bn(ch):
         return nn.BatchNorm2d(ch, eps=1e-3, momentum=0.01)
 
@@ -37,8 +40,8 @@ def _define():
         def forward(self, x):
             y = x
             if self.has_expand:
-                y = torch.clamp(self._bn0(self._expand_conv(y)), 0.0, 6.0)
-            y = torch.clamp(self._bn1(self._depthwise_conv(y)), 0.0, 6.0)
+                y = relu6(self._bn0(self._expand_conv(y)))
+            y = relu6(self._bn1(self._depthwise_conv(y)))
             y = self._bn2(self._project_conv(y))
             return x + y if self.residual else y
 
@@ -61,10 +64,10 @@ def _define():
             self._fc = nn.Linear(1280, num_classes)
 
         def features(self, x):
-            x = torch.clamp(self._bn0(self._conv_stem(x)), 0.0, 6.0)
+            x = relu6(self._bn0(self._conv_stem(x)))
             for block in self._blocks:
                 x = block(x)
-            return torch.clamp(self._bn1(self._conv_head(x)), 0.0, 6.0)
+            return relu6(self._bn1(self._conv_head(x)))
 
         def forward(self, x):
             x = self.features(x).mean(dim=(2, 3))

