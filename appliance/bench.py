@@ -125,14 +125,19 @@ def _open(cfg, bundle, backend_name, precision):
     model = _prepare(bundle, backend_name, precision, cfg["calib_images"], cfg["calib_count"])
     options = dict(cfg["backend_options"])
     if backend_name == "torch":
+        if precision == "fp16" and not str(cfg["device"]).startswith("cuda"):
+            raise _torch_precision_skip(precision, "fp32", cfg["device"])  # before loading it
         options.update(precision=precision, device=cfg["device"])
     backend = open_backend(backend_name, model, **options)
     if backend_name == "torch" and backend.precision != precision:
         backend.close()
-        raise OncoLensError("--precisions {}: the torch backend runs {} on {} (fp16 needs a "
-                            "CUDA GPU: --device cuda)".format(precision, backend.precision,
-                                                              cfg["device"]))
+        raise _torch_precision_skip(precision, backend.precision, cfg["device"])
     return model, backend
+
+
+def _torch_precision_skip(wanted, runs, device):
+    return OncoLensError("--precisions {}: the torch backend runs {} on {} (fp16 needs a CUDA "
+                         "GPU: --device cuda)".format(wanted, runs, device))
 
 
 def _preprocessors(cfg, bundle, backend):

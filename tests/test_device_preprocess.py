@@ -87,7 +87,7 @@ def _bench(tiny_bundle, tiny_data, out, *extra):
         "--json", out] + list(extra))
 
 
-def test_bench_times_host_and_device_preprocessing(tiny_bundle, tiny_data, tmp_path):
+def test_bench_times_host_and_device_preprocessing(tiny_bundle, tiny_data, tmp_path, caplog):
     out = str(tmp_path / "bench.json")
     code, stdout, err = _bench(tiny_bundle, tiny_data, out, "--backends", "torch,onnxruntime",
                                "--precisions", "fp32,fp16", "--preprocess", "host,device")
@@ -109,6 +109,8 @@ def test_bench_times_host_and_device_preprocessing(tiny_bundle, tiny_data, tmp_p
     assert "CUDA" in reasons[("torch", "fp16", None)]
     assert "fp16" in reasons[("onnxruntime", "fp16", None)]
     assert "only the torch backend" in reasons[("onnxruntime", "fp32", "device")]
+    # fp16 on the CPU is skipped before the model is loaded: one reason, no second warning
+    assert not [r for r in caplog.records if "--precision fp16" in r.getMessage()]
 
 
 def test_bench_device_flags_are_checked(tiny_bundle, tiny_data, tmp_path):
