@@ -41,8 +41,9 @@ def build_parser():
     add_model_flags(p)
     p.add_argument("--backend", default="auto", help="auto, onnxruntime or openvino")
     p.add_argument("--precision", default="fp32",
-                   help="fp32 (default) or int8 (only once 'oncolens bench' has measured and "
-                        "recorded its agreement with fp32)")
+                   help="fp32 (default), int8, or bf16 (OpenVINO, on CPUs with AVX512-BF16 or "
+                        "AMX); int8 and bf16 only once 'oncolens bench' has measured and "
+                        "recorded their agreement with fp32")
     p.add_argument("--results", help="results file, .csv or .jsonl (appended and flushed as "
                                      "results come)")
     p.add_argument("--annotate", metavar="OUTDIR",
@@ -78,7 +79,14 @@ def open_classifier(args, batch_size=1):
     bundle = load_bundle(resolve_model(args), args.labels, overrides or None)
     bundle = for_precision(bundle, args.precision, batch_size)
     options = {"threads": args.threads} if args.threads else {}
-    clf = Classifier(bundle, backend=args.backend, top=getattr(args, "topk", 1),
+    backend = args.backend
+    if args.precision == "bf16":  # OpenVINO computes the fp32 file in bf16
+        if backend not in ("auto", "openvino"):
+            raise UsageError("--precision bf16: runs on --backend openvino only, not "
+                             "{}".format(backend))
+        backend = "openvino"
+        options["precision"] = "bf16"
+    clf = Classifier(bundle, backend=backend, top=getattr(args, "topk", 1),
                      threshold=getattr(args, "threshold", 0.0), **options)
     clf.backend.precision = args.precision
     return clf

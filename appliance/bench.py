@@ -98,7 +98,8 @@ def end_to_end(backend, preprocessor, labels, files, batch_size, workers, warmup
 
 def _prepare(bundle, backend_name, precision, calib_images, calib_count):
     """The model file a backend x precision runs: the checkpoint for torch (fp32, or fp16
-    on a CUDA GPU), else the exported ONNX (fp32) or its int8 copy."""
+    on a CUDA GPU), else the exported ONNX (fp32, or bf16 computed by OpenVINO) or its int8
+    copy."""
     from oncolens.appliance import variants
     if backend_name == "torch":
         if precision not in ("fp32", "fp16"):
@@ -106,6 +107,11 @@ def _prepare(bundle, backend_name, precision, calib_images, calib_count):
                                 "CUDA GPU".format(precision))
         return bundle
     if precision == "fp32":
+        return variants.dynamic_batch(bundle)
+    if precision == "bf16":
+        if backend_name != "openvino":
+            raise OncoLensError("--precisions bf16: only the openvino backend (on a CPU with "
+                                "AVX512-BF16 or AMX)")
         return variants.dynamic_batch(bundle)
     if precision == "int8":
         if not calib_images:
@@ -116,7 +122,7 @@ def _prepare(bundle, backend_name, precision, calib_images, calib_count):
         raise OncoLensError("--precisions fp16: only the torch backend on a CUDA GPU here (no "
                             "fp16 arithmetic on this CPU; TensorRT FP16 engines are timed by "
                             "'oncolens selftest' on the device)")
-    raise OncoLensError("--precisions: unknown precision '{}' (fp32, fp16 or int8)".format(
+    raise OncoLensError("--precisions: unknown precision '{}' (fp32, bf16, fp16 or int8)".format(
         precision))
 
 
@@ -128,7 +134,9 @@ def _open(cfg, bundle, backend_name, precision):
         if precision == "fp16" and not str(cfg["device"]).startswith("cuda"):
             raise _torch_precision_skip(precision, "fp32", cfg["device"])  # before loading it
         options.update(precision=precision, device=cfg["device"])
-    backend = open_backend(backend_name, model, **options)
+    if backend_name == "openvino":
+        options.update(precision=precision)
+    backend = open_backend(backend_name, model, **options)  # bf16 without it: skipped
     if backend_name == "torch" and backend.precision != precision:
         backend.close()
         raise _torch_precision_skip(precision, backend.precision, cfg["device"])
@@ -166,7 +174,8 @@ def _measure(cfg, backend, model, pre, run):
         if run["backend"] == "openvino":
             from oncolens.appliance.bench_ceiling import openvino_throughput
             one["runtime_ceiling"] = openvino_throughput(
-                model, batch, cfg["min_seconds"], cfg["backend_options"].get("threads"))
+                model, batch, cfg["min_seconds"], cfg["backend_options"].get("threads"),
+                run["precision"])
         one.update(end_to_end(backend, pre, cfg["bundle"].labels, cfg["files"], bs,
                               cfg["workers"], cfg["warmup"]))
         runs.append(one)
@@ -195,9 +204,10 @@ def run_one(cfg, bundle, backend_name, precision, ref):
         device = device_of(backend)
         for mode, pre in chosen:
             agree = agreement(predict_all(backend, pre, cfg["agreement_files"]), ref)
-            if precision == "int8" and agree is not None:
+            if precision in ("int8", "bf16") and agree is not None:
                 from oncolens.appliance.variants import record_agreement
-                record_agreement(model, agree, len(ref), cfg["agreement_dir"])
+                record_agreement(model if precision == "int8" else bundle, agree, len(ref),
+                                 cfg["agreement_dir"], precision)
             run = {"backend": backend_name, "precision": precision, "preprocess": mode,
                    "device": device, "agreement_vs_fp32": agree}
             runs.extend(_measure(cfg, backend, model, pre, run))

@@ -9,17 +9,18 @@ import time
 log = logging.getLogger(__name__)
 
 
-def openvino_throughput(bundle, batch, min_seconds=3.0, threads=None):
+def openvino_throughput(bundle, batch, min_seconds=3.0, threads=None, precision="fp32"):
     """Network-only images/s of OpenVINO THROUGHPUT mode on ``bundle``'s ONNX at ``batch``'s
-    shape, or None when OpenVINO is not installed."""
-    from oncolens.appliance.backends.openvino import import_openvino
+    shape, computing in ``precision`` as the run it is the ceiling of does, or None when
+    OpenVINO is not installed."""
+    from oncolens.appliance.backends.openvino import import_openvino, precision_config
     ov = import_openvino()
     if ov is None:
         return None
     core = ov.Core()
     model = core.read_model(bundle.model_path or bundle.onnx_path)
     model.reshape({bundle.input_name: list(batch.shape)})
-    config = {"PERFORMANCE_HINT": "THROUGHPUT"}
+    config = dict(precision_config(core, precision), PERFORMANCE_HINT="THROUGHPUT")
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
     compiled = core.compile_model(model, "CPU", config)

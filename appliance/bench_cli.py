@@ -33,7 +33,8 @@ def build_parser():
                    help="comma-separated backends: onnxruntime, openvino, torch "
                         "(onnxruntime,openvino)")
     p.add_argument("--precisions", default="fp32",
-                   help="comma-separated: fp32, int8, fp16 (torch on a CUDA GPU) (fp32)")
+                   help="comma-separated: fp32, int8, bf16 (openvino on a CPU with AVX512-BF16 "
+                        "or AMX), fp16 (torch on a CUDA GPU) (fp32)")
     p.add_argument("--preprocess", default="host",
                    help="comma-separated: host (OpenCV in the worker pool), device (torch on "
                         "the backend's device: resize, crop, normalise on the GPU) (host)")

@@ -8,6 +8,8 @@ SHA-256 in their names, so a re-exported model never picks up a stale copy.
 An int8 copy is only ever used when asked for (``--precision int8``) and only once its top-1
 agreement with fp32 has been measured on real images and recorded in its ``.json`` sidecar
 (``oncolens bench --precisions fp32,int8`` does both); it is never swapped in silently.
+bf16 (OpenVINO computing the fp32 file in bf16, on CPUs with AVX512-BF16 or AMX) follows the
+same rule; its agreement is recorded in ``<model>.<sha>.bf16.json``.
 """
 import io
 import json
@@ -20,7 +22,7 @@ from oncolens.appliance.errors import MissingDependency, UsageError
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "int8", "bf16")
 
 
 def _onnx():
@@ -179,26 +181,56 @@ def write_sidecar(path, info):
     os.replace(side + ".tmp", side)
 
 
-def record_agreement(bundle_int8, agreement, images, folder):
-    write_sidecar(bundle_int8.model_path, {"agreement_vs_fp32": {
+def agreement_record(bundle, precision):
+    """The file whose sidecar holds ``precision``'s measured agreement: the int8 copy, or
+    for bf16 (the fp32 file computed in bf16 by OpenVINO) a ``.bf16`` name beside it."""
+    return variant_path(bundle, precision)
+
+
+def record_agreement(model, agreement, images, folder, precision="int8"):
+    """Write the agreement measured at ``precision``: ``model`` is the int8 copy's bundle,
+    or for bf16 the bundle as exported."""
+    path = model.model_path if precision == "int8" else agreement_record(model, precision)
+    extra = {}
+    if precision == "bf16":
+        from oncolens.appliance.benchstats import cpu_model
+        extra = {"precision": "bf16", "cpu": cpu_model(),
+                 "runtime": "openvino INFERENCE_PRECISION_HINT bf16"}
+    write_sidecar(path, dict(extra, agreement_vs_fp32={
         "top1": agreement, "images": images, "dir": os.path.abspath(folder),
-        "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}})
+        "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
+
+
+def _fp32(bundle, batch_size):
+    if int(batch_size) <= 1:
+        return bundle
+    try:
+        return dynamic_batch(bundle)
+    except MissingDependency as exc:  # a device with onnxruntime but not onnx
+        log.warning("%s: running the batch-1 model one image at a time", exc)
+        return bundle
 
 
 def for_precision(bundle, precision, batch_size=1):
-    """The bundle to run for ``precision``: fp32 as exported (dynamic batch when batching),
-    int8 only when its copy exists with a recorded agreement."""
+    """The bundle to run for ``precision``: fp32 as exported (dynamic batch when batching);
+    int8 or bf16 only once its agreement with fp32 has been measured and recorded."""
     if precision not in PRECISIONS:
         raise UsageError("--precision: expected one of {}, got '{}'".format(
             ", ".join(PRECISIONS), precision))
     if precision == "fp32":
-        if int(batch_size) <= 1:
-            return bundle
-        try:
-            return dynamic_batch(bundle)
-        except MissingDependency as exc:  # a device with onnxruntime but not onnx
-            log.warning("%s: running the batch-1 model one image at a time", exc)
-            return bundle
+        return _fp32(bundle, batch_size)
+    if precision == "bf16":
+        record = read_sidecar(agreement_record(bundle, "bf16"))
+        agreement = record.get("agreement_vs_fp32")
+        if not agreement:
+            raise UsageError(
+                "--precision bf16: no measured agreement with fp32 for {}; measure it with "
+                "'oncolens bench --model {} --images DIR --backends openvino --precisions "
+                "fp32,bf16 --agreement-images VAL_DIR'".format(bundle.dir, bundle.dir))
+        log.warning("precision bf16 (OpenVINO): top-1 agreement with fp32 %.2f%% on %d images "
+                    "of %s, measured on %s", 100.0 * agreement["top1"], agreement["images"],
+                    agreement["dir"], record.get("cpu", "an unnamed CPU"))
+        return _fp32(bundle, batch_size)
     path = variant_path(bundle, "int8")
     agreement = read_sidecar(path).get("agreement_vs_fp32") if os.path.isfile(path) else None
     if not agreement:

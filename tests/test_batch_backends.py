@@ -56,3 +56,36 @@ def test_openvino_missing_is_one_clear_error(tiny_bundle, monkeypatch):
     with pytest.raises(MissingDependency) as err:
         open_backend("openvino", load_bundle(tiny_bundle))
     assert "openvino" in str(err.value) and "oncolens[openvino]" in str(err.value)
+
+
+def test_openvino_computes_fp32_unless_bf16_is_asked_for(tiny_bundle, tiny_data):
+    """OpenVINO's CPU plugin would compute an fp32 model in bf16 on CPUs with AVX512-BF16 or
+    AMX; the backend pins fp32, and bf16 only when asked (and where the CPU has it)."""
+    ov = pytest.importorskip("openvino")
+    from oncolens.appliance.backends import open_backend
+    from oncolens.appliance.backends.openvino import precision_config
+    from oncolens.appliance.errors import UsageError
+    clf, batch = _batch(tiny_bundle, tiny_data, 4)
+    want = clf.backend.infer(batch).probs
+    with open_backend("openvino", clf.bundle) as backend:
+        got = backend.infer(batch).probs
+        compiled = backend._compiled(4, "THROUGHPUT")[0]
+        assert compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
+        assert backend.precision == "fp32"
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+    class NoBf16Core(object):
+        def get_property(self, device, name):
+            return ["FP32", "INT8"]
+
+    with pytest.raises(UsageError) as err:
+        precision_config(NoBf16Core(), "bf16")
+    assert "no native bf16" in str(err.value) and "\n" not in str(err.value)
+    assert precision_config(NoBf16Core(), "fp32") == {"INFERENCE_PRECISION_HINT": "f32"}
+    if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        with open_backend("openvino", clf.bundle, precision="bf16") as backend:
+            assert backend.precision == "bf16"
+            compiled = backend._compiled(1, "LATENCY")[0]
+            assert compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16
+            half = backend.infer(batch).probs
+        np.testing.assert_allclose(half, want, atol=0.05)  # bf16 keeps ~3 significant digits

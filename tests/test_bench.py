@@ -113,3 +113,51 @@ def test_bench_refuses_to_overwrite_and_bad_flags(bench_json, tiny_bundle, tiny_
                            (["--batch-sizes", "x"], "--batch-sizes")]:
         code, _, err = run_cli(["bench", "--model", tiny_bundle, "--images", images] + extra)
         assert code != 0 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_bf16_is_openvino_only_measured_and_recorded(tiny_bundle, tiny_data, tmp_path):
+    """bf16 is OpenVINO computing the fp32 file in bf16: measured and recorded where the CPU
+    has native bf16, skipped with its reason elsewhere, and batch runs it only once recorded."""
+    ov = pytest.importorskip("openvino")
+    from oncolens.appliance.bundle import load_bundle
+    from oncolens.appliance.variants import agreement_record, read_sidecar
+    model_dir = str(tmp_path / "model")
+    import shutil
+    shutil.copytree(tiny_bundle, model_dir)  # a bundle of its own: nothing recorded yet
+    test_dir = os.path.join(tiny_data, "test")
+    results = str(tmp_path / "bf16.jsonl")
+    batch = ["batch", test_dir, "--model", model_dir, "--precision", "bf16", "--results",
+             results, "--no-progress"]
+    code, _, err = run_cli(batch)
+    assert code == 2 and "no measured agreement" in err and "oncolens bench" in err
+    out = str(tmp_path / "bench.json")
+    code, _, err = run_cli([
+        "bench", "--model", model_dir, "--images", test_dir, "--agreement-images",
+        os.path.join(tiny_data, "val"), "--backends", "onnxruntime,openvino",
+        "--precisions", "fp32,bf16", "--batch-sizes", "1", "--min-seconds", 0.05,
+        "--warmup", 1, "--no-baseline", "--json", out])
+    assert code == 0, err
+    with io.open(out, encoding="utf-8") as fh:
+        result = json.load(fh)
+    reasons = dict(((s["backend"], s["precision"]), s["reason"]) for s in result["skipped"])
+    assert "only the openvino backend" in reasons[("onnxruntime", "bf16")]
+    native = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    runs = dict(((r["backend"], r["precision"]), r) for r in result["runs"])
+    recorded = read_sidecar(agreement_record(load_bundle(model_dir), "bf16"))
+    if not native:
+        assert "no native bf16" in reasons[("openvino", "bf16")]
+        assert ("openvino", "bf16") not in runs and not recorded
+        return
+    run = runs[("openvino", "bf16")]
+    assert run["network_ips"] > 0 and 0.0 <= run["agreement_vs_fp32"] <= 1.0
+    assert run["runtime_ceiling"]["network_ips"] > 0
+    assert recorded["agreement_vs_fp32"]["top1"] == run["agreement_vs_fp32"]
+    assert recorded["agreement_vs_fp32"]["images"] == 9 and recorded["cpu"]
+    code, _, err = run_cli(batch)
+    assert code == 0, err
+    with io.open(results, encoding="utf-8") as fh:
+        rows = [json.loads(line) for line in fh]
+    assert len(rows) == 9 and all(r["precision"] == "bf16" for r in rows)
+    assert all(r["backend"].startswith("openvino") for r in rows)
+    code, _, err = run_cli(batch + ["--backend", "onnxruntime", "--overwrite"])
+    assert code == 2 and "--backend openvino only" in err

@@ -1,7 +1,8 @@
 """OpenVINO backend (CPU): reads the bundle's ONNX directly, one compiled model a batch size.
 
 OpenVINO runs an int8 QDQ ONNX (variants.quantize_int8) with int8 kernels, so the same
-quantised file serves this backend and ONNX Runtime.
+quantised file serves this backend and ONNX Runtime.  It computes in fp32 unless
+``precision="bf16"`` is asked for (see ``precision_config``).
 """
 import logging
 import os
@@ -10,7 +11,7 @@ import numpy as np
 
 from oncolens.appliance.backends.base import Backend
 from oncolens.appliance.bundle import check_labels_match
-from oncolens.appliance.errors import BundleError, MissingDependency
+from oncolens.appliance.errors import BundleError, MissingDependency, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +29,27 @@ def import_openvino():
         return None
 
 
+def precision_config(core, precision, device="CPU"):
+    """The compile setting that makes OpenVINO compute in ``precision``.
+
+    OpenVINO's CPU plugin silently computes an fp32 model in bf16 on CPUs with AVX512-BF16 or
+    AMX; here fp32 (and the fp32 parts of an int8 model) stay fp32 unless bf16 is asked for,
+    and bf16 is refused where the CPU would only emulate it.
+    """
+    if precision != "bf16":
+        return {"INFERENCE_PRECISION_HINT": "f32"}
+    capabilities = core.get_property(device, "OPTIMIZATION_CAPABILITIES")
+    if "BF16" not in [str(c).upper() for c in capabilities]:
+        raise UsageError("--precision bf16: this CPU has no native bf16 (AVX512-BF16 or AMX); "
+                         "use fp32 or int8")
+    return {"INFERENCE_PRECISION_HINT": "bf16"}
+
+
 class OpenVinoBackend(Backend):
     name = "openvino"
 
-    def __init__(self, bundle, threads=None, device="CPU", hint="auto", **options):
+    def __init__(self, bundle, threads=None, device="CPU", hint="auto", precision=None,
+                 **options):
         super(OpenVinoBackend, self).__init__(bundle, **options)
         ov = import_openvino()
         if ov is None:
@@ -52,7 +70,9 @@ class OpenVinoBackend(Backend):
         self.path = path
         self.device = device
         self.hint = hint
-        self.config = {}
+        self.config = precision_config(self.core, precision, device)
+        if precision in ("bf16", "int8"):  # int8: the caller chose the int8 copy to run
+            self.precision = precision
         if threads:
             self.config["INFERENCE_NUM_THREADS"] = int(threads)
         self._check_io()
