@@ -102,6 +102,14 @@ def test_int8_is_used_only_when_asked_and_with_its_agreement(bench_json, tiny_bu
     with io.open(results, encoding="utf-8") as fh:
         rows = [json.loads(line) for line in fh]
     assert len(rows) == 9 and all(r["precision"] == "int8" for r in rows)
+    if _openvino_installed():  # OpenVINO names what the file is, not what it was asked for
+        from oncolens.appliance.backends import open_backend
+        from oncolens.appliance.variants import with_model
+        bundle = load_bundle(tiny_bundle)
+        with open_backend("openvino", with_model(bundle, path)) as backend:
+            assert backend.precision == "int8"
+        with open_backend("openvino", bundle, precision="int8") as backend:
+            assert backend.precision == "fp32"
 
 
 def test_bench_refuses_to_overwrite_and_bad_flags(bench_json, tiny_bundle, tiny_data, tmp_path):

@@ -71,8 +71,11 @@ class OpenVinoBackend(Backend):
         self.device = device
         self.hint = hint
         self.config = precision_config(self.core, precision, device)
-        if precision in ("bf16", "int8"):  # int8: the caller chose the int8 copy to run
-            self.precision = precision
+        if precision == "bf16":
+            self.precision = "bf16"
+        elif any(op.get_type_name() in ("FakeQuantize", "QuantizeLinear")
+                 for op in self.model.get_ops()):
+            self.precision = "int8"  # a quantised file (variants.quantize_int8)
         if threads:
             self.config["INFERENCE_NUM_THREADS"] = int(threads)
         self._check_io()
