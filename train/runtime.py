@@ -68,21 +68,8 @@ class Runtime(object):
             optimizer.step()
 
 
-def depthwise_share(model):
-    """The share of a network's convolutions that are depthwise (one filter per channel)."""
-    import torch
-    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-    depthwise = [m for m in convs if m.groups > 1 and m.groups == m.in_channels]
-    return len(depthwise) / float(max(1, len(convs)))
-
-
-def make_runtime(gpu=None, precision="auto", channels_last="auto", model=None):
-    """Choose the device and precision: bf16 on CPUs that support it, fp16 AMP on CUDA.
-
-    On a CPU, ``auto`` leaves a network built on depthwise convolutions (EfficientNet-Lite0,
-    MobileNet) in fp32: oneDNN's bf16 depthwise kernels make its training slower than fp32
-    (docs/TRAINING.md), while ResNets gain 1.6x.
-    """
+def make_runtime(gpu=None, precision="auto", channels_last="auto"):
+    """Choose the device and precision: bf16 on CPUs that support it, fp16 AMP on CUDA."""
     import torch
     if precision not in ("auto", "fp32", "bf16", "fp16"):
         raise UsageError("--precision: expected auto, fp32, bf16 or fp16, got {!r}".format(
@@ -101,11 +88,6 @@ def make_runtime(gpu=None, precision="auto", channels_last="auto", model=None):
         if precision == "bf16" and not bf16:
             log.warning("--precision bf16: this CPU has no native bf16 (AVX512-BF16/AMX); "
                         "it runs, but slower than fp32")
-        if precision == "auto" and bf16 and model is not None and depthwise_share(model) > 0.2:
-            log.info("--precision auto: fp32, not bf16: this network is built on depthwise "
-                     "convolutions, which train faster in fp32 on a CPU (--precision bf16 "
-                     "forces it)")
-            bf16 = False
         amp = torch.bfloat16 if precision == "bf16" or (precision == "auto" and bf16) else None
     if channels_last not in ("auto", "on", "off"):
         raise UsageError("--channels-last: expected auto, on or off, got {!r}".format(

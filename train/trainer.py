@@ -214,13 +214,12 @@ def _setup(args):
         raise UsageError("--accum-steps: expected 1..--batch-size, got {}".format(
             args.accum_steps))
     _prepare_model_dir(args)
+    runtime = make_runtime(args.gpu, args.precision, args.channels_last)
     classes = discover_classes(args.data)
-    model = build_model(args.arch, len(classes))
-    runtime = make_runtime(args.gpu, args.precision, args.channels_last, model)
     mean, std = normalisation(args.arch)
     clahe = {"clip": float(args.clahe_clip), "tile": 8} if args.clahe else None
     preprocess = imagenet_preprocess(args.resolution, mean=mean, std=std, clahe=clahe)
-    return runtime, classes, preprocess, model
+    return runtime, classes, preprocess
 
 
 def resolve_epochs(args):
@@ -236,9 +235,10 @@ def resolve_epochs(args):
 def run_training(args):
     """Train as the command line says; returns the best epoch's validation metrics."""
     resolve_epochs(args)
-    runtime, classes, preprocess, model = _setup(args)
+    runtime, classes, preprocess = _setup(args)
     micro = args.batch_size // args.accum_steps
     train_loader, val_loader, samples = make_loaders(args, classes, preprocess, micro)
+    model = build_model(args.arch, len(classes))
     ckpt = load_checkpoint(args.resume) if args.resume else None
     if ckpt is None:
         init = initialise(model, args.arch, args.pretrained, args.weights)
