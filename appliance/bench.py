@@ -106,12 +106,10 @@ def _prepare(bundle, backend_name, precision, calib_images, calib_count):
             raise OncoLensError("--precisions {}: the torch backend runs fp32, or fp16 on a "
                                 "CUDA GPU".format(precision))
         return bundle
-    if precision == "fp32":
-        return variants.dynamic_batch(bundle)
-    if precision == "bf16":
-        if backend_name != "openvino":
-            raise OncoLensError("--precisions bf16: only the openvino backend (on a CPU with "
-                                "AVX512-BF16 or AMX)")
+    if precision == "bf16" and backend_name != "openvino":
+        raise OncoLensError("--precisions bf16: only the openvino backend (on a CPU with "
+                            "AVX512-BF16 or AMX)")
+    if precision in ("fp32", "bf16"):  # bf16: OpenVINO computes the fp32 file in bf16
         return variants.dynamic_batch(bundle)
     if precision == "int8":
         if not calib_images:
@@ -206,8 +204,7 @@ def run_one(cfg, bundle, backend_name, precision, ref):
             agree = agreement(predict_all(backend, pre, cfg["agreement_files"]), ref)
             if precision in ("int8", "bf16") and agree is not None:
                 from oncolens.appliance.variants import record_agreement
-                record_agreement(model if precision == "int8" else bundle, agree, len(ref),
-                                 cfg["agreement_dir"], precision)
+                record_agreement(bundle, agree, len(ref), cfg["agreement_dir"], precision)
             run = {"backend": backend_name, "precision": precision, "preprocess": mode,
                    "device": device, "agreement_vs_fp32": agree}
             runs.extend(_measure(cfg, backend, model, pre, run))

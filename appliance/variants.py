@@ -182,23 +182,33 @@ def write_sidecar(path, info):
 
 
 def agreement_record(bundle, precision):
-    """The file whose sidecar holds ``precision``'s measured agreement: the int8 copy, or
-    for bf16 (the fp32 file computed in bf16 by OpenVINO) a ``.bf16`` name beside it."""
+    """The file whose sidecar holds ``precision``'s measured agreement for ``bundle`` (as
+    exported): the int8 copy, or for bf16 (the fp32 file computed in bf16 by OpenVINO) a
+    ``.bf16`` name beside it."""
     return variant_path(bundle, precision)
 
 
-def record_agreement(model, agreement, images, folder, precision="int8"):
-    """Write the agreement measured at ``precision``: ``model`` is the int8 copy's bundle,
-    or for bf16 the bundle as exported."""
-    path = model.model_path if precision == "int8" else agreement_record(model, precision)
+def record_agreement(bundle, agreement, images, folder, precision="int8"):
+    """Write the agreement measured at ``precision`` for ``bundle`` (as exported)."""
     extra = {}
     if precision == "bf16":
         from oncolens.appliance.benchstats import cpu_model
         extra = {"precision": "bf16", "cpu": cpu_model(),
                  "runtime": "openvino INFERENCE_PRECISION_HINT bf16"}
-    write_sidecar(path, dict(extra, agreement_vs_fp32={
+    write_sidecar(agreement_record(bundle, precision), dict(extra, agreement_vs_fp32={
         "top1": agreement, "images": images, "dir": os.path.abspath(folder),
         "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
+
+
+# what to run when a reduced precision has no recorded agreement yet
+_UNMEASURED = {
+    "int8": "--precision int8: {0} has no int8 copy with a measured agreement; make one with "
+            "'oncolens bench --model {0} --images DIR --precisions fp32,int8 --calib-images "
+            "TRAIN_DIR --agreement-images VAL_DIR'",
+    "bf16": "--precision bf16: no measured agreement with fp32 for {0}; measure it with "
+            "'oncolens bench --model {0} --images DIR --backends openvino --precisions "
+            "fp32,bf16 --agreement-images VAL_DIR'",
+}
 
 
 def _fp32(bundle, batch_size):
@@ -219,25 +229,14 @@ def for_precision(bundle, precision, batch_size=1):
             ", ".join(PRECISIONS), precision))
     if precision == "fp32":
         return _fp32(bundle, batch_size)
-    if precision == "bf16":
-        record = read_sidecar(agreement_record(bundle, "bf16"))
-        agreement = record.get("agreement_vs_fp32")
-        if not agreement:
-            raise UsageError(
-                "--precision bf16: no measured agreement with fp32 for {}; measure it with "
-                "'oncolens bench --model {} --images DIR --backends openvino --precisions "
-                "fp32,bf16 --agreement-images VAL_DIR'".format(bundle.dir, bundle.dir))
-        log.warning("precision bf16 (OpenVINO): top-1 agreement with fp32 %.2f%% on %d images "
-                    "of %s, measured on %s", 100.0 * agreement["top1"], agreement["images"],
-                    agreement["dir"], record.get("cpu", "an unnamed CPU"))
-        return _fp32(bundle, batch_size)
-    path = variant_path(bundle, "int8")
-    agreement = read_sidecar(path).get("agreement_vs_fp32") if os.path.isfile(path) else None
+    path = agreement_record(bundle, precision)
+    runs_fp32_file = precision == "bf16"  # OpenVINO computes the exported file in bf16
+    record = read_sidecar(path) if runs_fp32_file or os.path.isfile(path) else {}
+    agreement = record.get("agreement_vs_fp32")
     if not agreement:
-        raise UsageError(
-            "--precision int8: {} has no int8 copy with a measured agreement; make one with "
-            "'oncolens bench --model {} --images DIR --precisions fp32,int8 --calib-images "
-            "TRAIN_DIR --agreement-images VAL_DIR'".format(bundle.dir, bundle.dir))
-    log.warning("precision int8: %s (top-1 agreement with fp32 %.2f%% on %d images of %s)",
-                path, 100.0 * agreement["top1"], agreement["images"], agreement["dir"])
-    return with_model(bundle, path)
+        raise UsageError(_UNMEASURED[precision].format(bundle.dir))
+    log.warning("precision %s: %s (top-1 agreement with fp32 %.2f%% on %d images of %s%s)",
+                precision, bundle.dir if runs_fp32_file else path, 100.0 * agreement["top1"],
+                agreement["images"], agreement["dir"],
+                ", measured on " + record["cpu"] if record.get("cpu") else "")
+    return _fp32(bundle, batch_size) if runs_fp32_file else with_model(bundle, path)
