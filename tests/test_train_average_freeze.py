@@ -148,3 +148,20 @@ def test_fixed_orientation_keeps_up_up():
         flipped[orientation] = sum(o[0, :16].mean() > o[0, 16:].mean() for o in outs)
     assert flipped["fixed"] == 0
     assert flipped["free"] > 5
+
+
+def test_speed_tool_trains_only_the_unfrozen_layers(capsys):
+    """`python -m oncolens.train.speed --freeze-early` steps the optimiser on live layers only."""
+    import torch
+    from oncolens.train import speed
+    from oncolens.appliance.archs import build_model
+    from oncolens.train.freeze import freeze_early_layers
+    assert speed.main(["--arch", "simple-cnn", "--resolution", "32", "-b", "2", "--steps", "1",
+                       "--modes", "fp32", "--freeze-early"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "early layers frozen" in line
+    assert float(line.split()[-2]) > 0
+    torch.manual_seed(0)
+    model = build_model("simple-cnn", 3)
+    assert freeze_early_layers(model, 32) > 0
+    assert any(p.requires_grad for p in model.parameters())

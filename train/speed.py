@@ -20,20 +20,26 @@ def build_parser():
     p.add_argument("-b", "--batch-size", type=int, default=32)
     p.add_argument("--steps", type=int, default=3, help="timed steps per mode (3)")
     p.add_argument("--modes", default="fp32,fp32+cl,bf16+cl")
+    p.add_argument("--freeze-early", action="store_true",
+                   help="freeze the layers at 1/2 and 1/4 of the input resolution, as "
+                        "training from pretrained weights does (default: all layers train)")
     return p
 
 
-def measure(arch, resolution, batch, mode, steps):
+def measure(arch, resolution, batch, mode, steps, freeze_early=False):
     import torch
     from oncolens.appliance.archs import build_model
     torch.manual_seed(0)
     model = build_model(arch, 3)
+    if freeze_early:
+        from oncolens.train.freeze import freeze_early_layers
+        freeze_early_layers(model, resolution)
     x = torch.randn(batch, 3, resolution, resolution)
     y = torch.randint(0, 3, (batch,))
     if "cl" in mode:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], 1e-3)
     model.train()
     for i in range(steps + 1):
         if i == 1:
@@ -56,9 +62,11 @@ def main(argv):
         cpu_model(), torch.get_num_threads(), torch.__version__, cpu_bf16_supported(),
         " ".join("{:.1f}".format(v) for v in os.getloadavg())))
     for mode in args.modes.split(","):
-        ips = measure(args.arch, args.resolution, args.batch_size, mode, args.steps)
-        print("{} {}px batch {} {:8s} {:6.1f} images/s".format(
-            args.arch, args.resolution, args.batch_size, mode, ips), flush=True)
+        ips = measure(args.arch, args.resolution, args.batch_size, mode, args.steps,
+                      args.freeze_early)
+        print("{} {}px batch {}{} {:8s} {:6.1f} images/s".format(
+            args.arch, args.resolution, args.batch_size,
+            " early layers frozen" if args.freeze_early else "", mode, ips), flush=True)
     return 0
 
 
