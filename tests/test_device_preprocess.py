@@ -140,3 +140,17 @@ def test_bench_fp16_with_preprocessing_on_the_gpu(tiny_bundle, tiny_data, tmp_pa
                                   for m in ("device", "host") for b in (1, 8))
     assert all(r["device"].startswith("cuda") and r["agreement_vs_fp32"] >= 0.8
                for r in result["runs"])
+
+
+@pytest.mark.parametrize("stats", ["imagenet", "tf_lite"])
+def test_host_normalize_is_the_formula(tiny_data, stats):
+    """normalize() on a cropped (strided) decoded image is (x / 255 - mean) / std in CHW."""
+    from oncolens.appliance import preprocess as pp
+    mean, std = {"imagenet": (pp.IMAGENET_MEAN, pp.IMAGENET_STD),
+                 "tf_lite": (pp.TF_LITE_MEAN, pp.TF_LITE_STD)}[stats]
+    rgb = _images(tiny_data)[0][3:40, 5:50]
+    out = pp.normalize(rgb, mean, std)
+    want = (np.transpose(rgb, (2, 0, 1)) / 255.0 - np.asarray(mean)[:, None, None]) \
+        / np.asarray(std)[:, None, None]
+    assert out.dtype == np.float32 and out.flags["C_CONTIGUOUS"] and out.shape == want.shape
+    assert np.abs(out - want).max() < 1e-6
