@@ -97,8 +97,8 @@ def normalize(rgb, mean, std):
     transposed float copy followed by a subtraction and a division, and equal to that
     within float32 rounding (a few 1e-7).
     """
-    mean = np.asarray(mean, dtype=np.float64)
-    std = np.asarray(std, dtype=np.float64)
+    mean = np.broadcast_to(np.asarray(mean, dtype=np.float64), (3,))
+    std = np.broadcast_to(np.asarray(std, dtype=np.float64), (3,))
     gain = (1.0 / (255.0 * std)).astype(np.float32)
     bias = (mean / std).astype(np.float32)
     out = np.empty((3,) + rgb.shape[:2], dtype=np.float32)

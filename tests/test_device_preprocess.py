@@ -154,3 +154,6 @@ def test_host_normalize_is_the_formula(tiny_data, stats):
         / np.asarray(std)[:, None, None]
     assert out.dtype == np.float32 and out.flags["C_CONTIGUOUS"] and out.shape == want.shape
     assert np.abs(out - want).max() < 1e-6
+    # one value for all channels, as (x - 127) / 128 can be written
+    one = pp.normalize(rgb, [127.0 / 255.0], [128.0 / 255.0])
+    assert np.abs(one - (np.transpose(rgb, (2, 0, 1)) - 127.0) / 128.0).max() < 1e-6

@@ -150,8 +150,8 @@ def test_fixed_orientation_keeps_up_up():
     assert flipped["free"] > 5
 
 
-def test_speed_tool_trains_only_the_unfrozen_layers(capsys):
-    """`python -m oncolens.train.speed --freeze-early` steps the optimiser on live layers only."""
+def test_speed_tool_measures_the_frozen_fine_tuning_step(capsys):
+    """`python -m oncolens.train.speed --freeze-early` runs and says the early layers froze."""
     import torch
     from oncolens.train import speed
     from oncolens.appliance.archs import build_model
