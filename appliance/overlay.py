@@ -15,33 +15,65 @@ def _pad(scale):
     return max(2, int(5 * scale))
 
 
-def layout(shape, lines):
-    """Where ``draw_lines`` puts things: (box_h, box_w, line_h, pad, scale, thick)."""
+MIN_SCALE = 0.1  # the smallest font scale text shrinks to before it wraps at spaces
+
+
+def _wrap(lines, scale, thick, avail):
+    """Split each line at spaces so every piece fits ``avail`` pixels, where words allow."""
+    import cv2
+    out = []
+    for line in lines:
+        words, current = line.split(" "), ""
+        for word in words:
+            trial = word if not current else current + " " + word
+            if current and cv2.getTextSize(trial, FONT, scale, thick)[0][0] > avail:
+                out.append(current)
+                current = word
+            else:
+                current = trial
+        out.append(current)
+    return out
+
+
+def _fit(shape, lines):
+    """The lines as drawn (wrapped if need be) and ``layout``'s tuple for them."""
     import cv2
     h, w = shape[:2]
     scale, thick = text_scale(w)
-    sizes = [cv2.getTextSize(line, FONT, scale, thick) for line in lines]
-    while max(s[0][0] for s in sizes) + 2 * _pad(scale) > w and scale > 0.1:
+
+    def widest(ls, sc, th):
+        return max(cv2.getTextSize(line, FONT, sc, th)[0][0] for line in ls)
+
+    while widest(lines, scale, thick) + 2 * _pad(scale) > w and scale > MIN_SCALE:
         # a small frame: shrink the text to fit its width rather than cut it off
-        scale, thick = max(0.1, scale * 0.9), 1
-        sizes = [cv2.getTextSize(line, FONT, scale, thick) for line in lines]
+        scale, thick = max(MIN_SCALE, scale * 0.9), 1
+    if widest(lines, scale, thick) + 2 * _pad(scale) > w:
+        # still too wide at the smallest scale: one word a line where it must
+        lines = _wrap(lines, scale, thick, w - 2 * _pad(scale))
+    sizes = [cv2.getTextSize(line, FONT, scale, thick) for line in lines]
     line_h = max(s[0][1] + s[1] for s in sizes) + int(6 * scale) + 2
     pad = _pad(scale)
     box_w = min(w, max(s[0][0] for s in sizes) + 2 * pad)
     box_h = min(h, line_h * len(lines) + pad)
-    return box_h, box_w, line_h, pad, scale, thick
+    return lines, (box_h, box_w, line_h, pad, scale, thick)
+
+
+def layout(shape, lines):
+    """Where ``draw_lines`` puts things: (box_h, box_w, line_h, pad, scale, thick)."""
+    return _fit(shape, lines)[1]
 
 
 def draw_lines(rgb, lines, alpha=0.55):
     """Return a copy of ``rgb`` with ``lines`` drawn in its top-left corner.
 
-    Only the box behind the text changes; every pixel outside it is left as it was.
+    Only the box behind the text changes; every pixel outside it is left as it was. On a
+    frame too narrow for a line even at the smallest font, the line wraps at its spaces.
     """
     import cv2
     out = np.array(rgb, dtype=np.uint8, copy=True)
     if not lines:
         return out
-    box_h, box_w, line_h, pad, scale, thick = layout(out.shape, lines)
+    lines, (box_h, box_w, line_h, pad, scale, thick) = _fit(out.shape, list(lines))
     region = out[:box_h, :box_w].astype(np.float32)
     out[:box_h, :box_w] = (region * (1.0 - alpha)).astype(np.uint8)
     for n, line in enumerate(lines):

@@ -212,7 +212,24 @@ def test_overlay_text_fits_small_frames():
         frame = np.zeros((width, width, 3), dtype=np.uint8)
         box_h, box_w, line_h, pad, scale, thick = layout(frame.shape, [line])
         drawn = draw_lines(frame, [line])
-        columns = np.nonzero(drawn.max(axis=(0, 2)) > 128)[0]
+        # the frame is black and its box only darkens, so every bright pixel is text; at the
+        # smallest sizes antialiased strokes peak near 120 (OpenCV 5's renderer), not 255
+        columns = np.nonzero(drawn.max(axis=(0, 2)) > 64)[0]
         assert columns.size, width  # text was drawn
-        assert columns.max() < width - 1 and box_w < width, width  # and ends inside the frame
+        assert columns.max() < width - 1 and box_w <= width, width  # and ends inside the frame
         assert box_h < width // 2, width
+
+
+def test_overlay_text_wraps_where_it_cannot_shrink_enough():
+    """Too narrow even at the smallest font: the line wraps at its space, still inside."""
+    from oncolens.appliance.overlay import draw_lines, layout
+    line, width = "87.31% malignant", 28
+    frame = np.zeros((width, width, 3), dtype=np.uint8)
+    box_h, box_w, line_h = layout(frame.shape, [line])[:3]
+    assert box_w <= width and box_h >= 2 * line_h  # two lines' height in the frame's width
+    drawn = draw_lines(frame, [line])
+    columns = np.nonzero(drawn.max(axis=(0, 2)) > 64)[0]
+    rows = np.nonzero(drawn.max(axis=(1, 2)) > 64)[0]
+    assert columns.size and columns.max() < width - 1
+    # two bands of text rows with a gap between them
+    assert rows.size and np.any(np.diff(rows) > 1), rows
