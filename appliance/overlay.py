@@ -35,22 +35,28 @@ def _wrap(lines, scale, thick, avail):
     return out
 
 
+def _sizes(lines, scale, thick):
+    import cv2
+    return [cv2.getTextSize(line, FONT, scale, thick) for line in lines]
+
+
 def _fit(shape, lines):
     """The lines as drawn (wrapped if need be) and ``layout``'s tuple for them."""
-    import cv2
     h, w = shape[:2]
     scale, thick = text_scale(w)
+    sizes = _sizes(lines, scale, thick)
 
-    def widest(ls, sc, th):
-        return max(cv2.getTextSize(line, FONT, sc, th)[0][0] for line in ls)
+    def too_wide():
+        return max(s[0][0] for s in sizes) + 2 * _pad(scale) > w
 
-    while widest(lines, scale, thick) + 2 * _pad(scale) > w and scale > MIN_SCALE:
+    while too_wide() and scale > MIN_SCALE:
         # a small frame: shrink the text to fit its width rather than cut it off
         scale, thick = max(MIN_SCALE, scale * 0.9), 1
-    if widest(lines, scale, thick) + 2 * _pad(scale) > w:
+        sizes = _sizes(lines, scale, thick)
+    if too_wide():
         # still too wide at the smallest scale: one word a line where it must
         lines = _wrap(lines, scale, thick, w - 2 * _pad(scale))
-    sizes = [cv2.getTextSize(line, FONT, scale, thick) for line in lines]
+        sizes = _sizes(lines, scale, thick)
     line_h = max(s[0][1] + s[1] for s in sizes) + int(6 * scale) + 2
     pad = _pad(scale)
     box_w = min(w, max(s[0][0] for s in sizes) + 2 * pad)
@@ -73,7 +79,7 @@ def draw_lines(rgb, lines, alpha=0.55):
     out = np.array(rgb, dtype=np.uint8, copy=True)
     if not lines:
         return out
-    lines, (box_h, box_w, line_h, pad, scale, thick) = _fit(out.shape, list(lines))
+    lines, (box_h, box_w, line_h, pad, scale, thick) = _fit(out.shape, lines)
     region = out[:box_h, :box_w].astype(np.float32)
     out[:box_h, :box_w] = (region * (1.0 - alpha)).astype(np.uint8)
     for n, line in enumerate(lines):
