@@ -32,8 +32,8 @@ def write_history(model_dir, rows):
 
 
 def plot_history(model_dir, rows):
-    """curves.png: loss (train, val) and val accuracy / macro-F1 per epoch; None without
-    matplotlib."""
+    """curves.png: loss (train, val) and val accuracy / macro-F1 per epoch (the learning rate
+    when nothing was validated); None without matplotlib."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -46,19 +46,25 @@ def plot_history(model_dir, rows):
     epochs = [int(r["epoch"]) for r in rows]
 
     def col(name):
-        return [float(r[name]) for r in rows]
+        return [float(r[name]) if r.get(name) else float("nan") for r in rows]
 
+    validated = any(r.get("val_loss") for r in rows)  # none under --final-fit
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     ax1.plot(epochs, col("train_loss"), label="train loss")
-    ax1.plot(epochs, col("val_loss"), label="val loss")
+    if validated:
+        ax1.plot(epochs, col("val_loss"), label="val loss")
     ax1.set_xlabel("epoch")
     ax1.set_title("loss")
     ax1.legend()
-    ax2.plot(epochs, col("val_accuracy"), label="val accuracy")
-    ax2.plot(epochs, col("val_macro_f1"), label="val macro-F1")
+    if validated:
+        ax2.plot(epochs, col("val_accuracy"), label="val accuracy")
+        ax2.plot(epochs, col("val_macro_f1"), label="val macro-F1")
+        ax2.set_ylim(0, 1)
+        ax2.set_title("validation")
+    else:
+        ax2.plot(epochs, col("lr"), label="learning rate")
+        ax2.set_title("no validation (--final-fit): learning rate")
     ax2.set_xlabel("epoch")
-    ax2.set_ylim(0, 1)
-    ax2.set_title("validation")
     ax2.legend()
     fig.tight_layout()
     path = os.path.join(model_dir, CURVES_PNG)

@@ -81,11 +81,17 @@ def augment_options(args):
 
 
 def make_loaders(args, classes, preprocess, micro_batch):
-    """(train loader, val loader, training samples)."""
+    """(train loader, val loader, training samples); with ``--final-fit`` the training samples
+    are train/ and val/ together and there is no val loader (None)."""
     torch = torch_module()
     res = args.resolution
     pre = Preprocessor(preprocess, (3, res, res))
     samples = list_samples(os.path.join(args.data, "train"), classes)
+    val_samples = list_samples(os.path.join(args.data, "val"), classes)
+    if getattr(args, "final_fit", False):
+        log.info("--final-fit: training on train/ (%d images) and val/ (%d) together; no epoch "
+                 "is chosen on val/, the last one is kept", len(samples), len(val_samples))
+        samples, val_samples = samples + val_samples, None
     resolve_orientation(args, samples)
     augment = TrainAugment(pre, args.seed, augment_options(args))
     side = cache_side(res, preprocess.get("crop_ratio", 0.875))
@@ -95,7 +101,6 @@ def make_loaders(args, classes, preprocess, micro_batch):
                                  progress=lambda it: progress(it, "caching train images"))
     else:
         train_ds = FolderDataset(samples, augment, loader=lambda p: load_resized(p, side, clahe))
-    val_ds = FolderDataset(list_samples(os.path.join(args.data, "val"), classes), pre)
     gen = torch.Generator()
     gen.manual_seed(args.seed if args.seed is not None else int(time.time()))
     common = dict(num_workers=args.workers, worker_init_fn=_seed_worker if args.workers else None)
@@ -112,8 +117,10 @@ def make_loaders(args, classes, preprocess, micro_batch):
         train = torch.utils.data.DataLoader(train_ds, batch_size=micro_batch, shuffle=True,
                                             generator=gen, drop_last=len(samples) > micro_batch,
                                             **common)
-    val = torch.utils.data.DataLoader(val_ds, batch_size=micro_batch, shuffle=False,
-                                      num_workers=min(args.workers, 1))
+    val = None
+    if val_samples is not None:
+        val = torch.utils.data.DataLoader(FolderDataset(val_samples, pre), batch_size=micro_batch,
+                                          shuffle=False, num_workers=min(args.workers, 1))
     return train, val, samples
 
 

@@ -167,8 +167,9 @@ def training_record(args, runtime, init, seconds, stopped):
             "weight_decay", "label_smoothing", "class_weights", "sampler", "crop_scale",
             "colour_jitter", "stain_jitter", "orientation", "no_rot90", "no_augment", "seed",
             "time_limit", "patience", "accum_steps", "low_memory", "mixup", "ema_epochs",
-            "freeze_early")
-    record = {k: getattr(args, k) for k in keys}
+            "freeze_early", "final_fit")
+    record = {k: getattr(args, k, None) for k in keys}
+    record["final_fit"] = bool(record["final_fit"])
     if getattr(args, "epochs_from_budget", False):
         record["epochs"] = None  # as many as --time-limit allowed (see "stopped")
     record.update({"best_epoch": None, "init": init, "runtime": runtime.describe(),
@@ -181,12 +182,16 @@ def write_bundle(args, classes, preprocess, best, training):
     """labels.txt and model.json beside the checkpoints."""
     write_labels(os.path.join(args.model_dir, LABELS_TXT), classes)
     training = dict(training, best_epoch=best["epoch"])
+    if training.get("final_fit"):  # val/ was trained on: no validation figures to give
+        scores = {"val": None, "fit_on": ["train", "val"]}
+    else:
+        scores = {"val": {"accuracy": best["accuracy"], "macro_f1": best["macro_f1"],
+                          "loss": best.get("loss")}}
     info = new_model_info(
         args.arch, classes, args.resolution, preprocess,
         checkpoint={"file": BEST, "sha256": sha256_file(os.path.join(args.model_dir, BEST))},
         training=training,
-        metrics={"val": {"accuracy": best["accuracy"], "macro_f1": best["macro_f1"],
-                         "loss": best.get("loss")}},
+        metrics=scores,
         provenance=dataset_provenance(args.data))
     write_model_info(os.path.join(args.model_dir, MODEL_JSON), info)
     return info
@@ -210,6 +215,13 @@ def _setup(args):
         args.workers = min(args.workers, 1)
         if args.accum_steps == 1 and args.batch_size > 8:
             args.accum_steps = int(np.ceil(args.batch_size / 8.0))
+    if getattr(args, "final_fit", False):
+        if args.patience:
+            raise UsageError("--patience: stops on val/ macro-F1, but --final-fit trains on val/;"
+                             " give --epochs or --time-limit instead")
+        if args.evaluate:
+            raise UsageError("--evaluate: scores val/, which --final-fit trains on; use "
+                             "'oncolens evaluate' on a held-out split")
     if args.accum_steps < 1 or args.batch_size < args.accum_steps:
         raise UsageError("--accum-steps: expected 1..--batch-size, got {}".format(
             args.accum_steps))
@@ -240,6 +252,9 @@ def run_training(args):
     train_loader, val_loader, samples = make_loaders(args, classes, preprocess, micro)
     model = build_model(args.arch, len(classes))
     ckpt = load_checkpoint(args.resume) if args.resume else None
+    if ckpt is not None and bool(ckpt.get("final_fit")) != bool(args.final_fit):
+        raise UsageError("--resume {}: that run was {}made with --final-fit; resume it the same "
+                         "way".format(args.resume, "" if ckpt.get("final_fit") else "not "))
     if ckpt is None:
         init = initialise(model, args.arch, args.pretrained, args.weights)
     else:
@@ -291,6 +306,18 @@ def run_training(args):
     return best
 
 
+def _cell(value):
+    """A history.csv cell: five decimals, or empty where nothing was measured."""
+    return "" if value is None else "{:.5f}".format(value)
+
+
+def _val_text(loss, summary):
+    if loss is None:
+        return "no val (--final-fit)"
+    return "val loss {:.4f}  acc {:.4f}  macro-F1 {:.4f}".format(
+        loss, summary["accuracy"], summary["macro_f1"])
+
+
 def _freeze_choice(option, init):
     """--freeze-early auto: freeze when the weights came from a pretrained source."""
     if option == "auto":
@@ -309,8 +336,11 @@ def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, c
         t0 = time.time()
         train_loss, ips = _train_epoch(model, train_loader, optimizer, loss_fn, runtime,
                                        schedule, args, epoch, ema)
-        val_loss, summary, _, _ = evaluate(judged, val_loader, runtime, len(classes))
-        is_best = _better(summary, val_loss, best)
+        if val_loader is None:  # --final-fit: nothing held out, the latest epoch is kept
+            val_loss, summary, is_best = None, {"accuracy": None, "macro_f1": None}, True
+        else:
+            val_loss, summary, _, _ = evaluate(judged, val_loader, runtime, len(classes))
+            is_best = _better(summary, val_loss, best)
         since_best = 0 if is_best else since_best + 1
         if is_best:
             best = {"macro_f1": summary["macro_f1"], "accuracy": summary["accuracy"],
@@ -318,23 +348,20 @@ def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, c
         lr = optimizer.param_groups[0]["lr"]
         rows.append({"epoch": epoch + 1, "lr": "{:.6g}".format(lr),
                      "train_loss": "{:.5f}".format(train_loss),
-                     "val_loss": "{:.5f}".format(val_loss),
-                     "val_accuracy": "{:.5f}".format(summary["accuracy"]),
-                     "val_macro_f1": "{:.5f}".format(summary["macro_f1"]),
+                     "val_loss": _cell(val_loss), "val_accuracy": _cell(summary["accuracy"]),
+                     "val_macro_f1": _cell(summary["macro_f1"]),
                      "epoch_seconds": "{:.1f}".format(time.time() - t0),
                      "images_per_second": "{:.1f}".format(ips), "best": int(is_best)})
-        log.info("epoch %d/%s  lr %.2e  train loss %.4f (%.1f img/s)  val loss %.4f  acc %.4f  "
-                 "macro-F1 %.4f  %.0fs%s", epoch + 1,
+        log.info("epoch %d/%s  lr %.2e  train loss %.4f (%.1f img/s)  %s  %.0fs%s", epoch + 1,
                  "{:g} min".format(args.time_limit) if args.epochs_from_budget else args.epochs,
-                 lr, train_loss, ips,
-                 val_loss, summary["accuracy"], summary["macro_f1"], time.time() - t0,
-                 "  *best*" if is_best else "")
+                 lr, train_loss, ips, _val_text(val_loss, summary), time.time() - t0,
+                 "  *best*" if is_best and val_loader is not None else "")
         _save({"epoch": epoch + 1, "arch": args.arch, "resolution": args.resolution,
                "classes": classes, "num_classes": len(classes),
                "state_dict": judged.state_dict(), "accuracy": summary["accuracy"],
                "loss": val_loss, "optimizer": optimizer.state_dict(), "best": best,
                "macro_f1": summary["macro_f1"], "preprocess": preprocess, "init": init,
-               "oncolens_version": __version__},
+               "final_fit": val_loader is None, "oncolens_version": __version__},
               args.model_dir, is_best, (model, ema))
         write_history(args.model_dir, rows)
         if args.patience and since_best >= args.patience:
