@@ -252,7 +252,7 @@ def run_training(args):
     train_loader, val_loader, samples = make_loaders(args, classes, preprocess, micro)
     model = build_model(args.arch, len(classes))
     ckpt = load_checkpoint(args.resume) if args.resume else None
-    if ckpt is not None and bool(ckpt.get("final_fit")) != bool(args.final_fit):
+    if ckpt is not None and bool(ckpt.get("final_fit")) != bool(getattr(args, "final_fit", False)):
         raise UsageError("--resume {}: that run was {}made with --final-fit; resume it the same "
                          "way".format(args.resume, "" if ckpt.get("final_fit") else "not "))
     if ckpt is None:
@@ -299,8 +299,9 @@ def run_training(args):
                              "smaller -b/--batch-size or --resolution".format(
                                  micro, args.resolution))
         raise
-    write_bundle(args, classes, preprocess, best,
-                 training_record(args, runtime, init, seconds, stopped))
+    training = dict(training_record(args, runtime, init, seconds, stopped),
+                    train_images=len(samples))
+    write_bundle(args, classes, preprocess, best, training)
     plot_history(args.model_dir, read_history(args.model_dir))
     best = dict(best, train_seconds=seconds, stopped=stopped)
     return best
