@@ -88,7 +88,7 @@ def make_loaders(args, classes, preprocess, micro_batch):
     pre = Preprocessor(preprocess, (3, res, res))
     samples = list_samples(os.path.join(args.data, "train"), classes)
     val_samples = list_samples(os.path.join(args.data, "val"), classes)
-    if getattr(args, "final_fit", False):
+    if args.final_fit:
         log.info("--final-fit: training on train/ (%d images) and val/ (%d) together; no epoch "
                  "is chosen on val/, the last one is kept", len(samples), len(val_samples))
         samples, val_samples = samples + val_samples, None

@@ -168,8 +168,7 @@ def training_record(args, runtime, init, seconds, stopped):
             "colour_jitter", "stain_jitter", "orientation", "no_rot90", "no_augment", "seed",
             "time_limit", "patience", "accum_steps", "low_memory", "mixup", "ema_epochs",
             "freeze_early", "final_fit")
-    record = {k: getattr(args, k, None) for k in keys}
-    record["final_fit"] = bool(record["final_fit"])
+    record = {k: getattr(args, k) for k in keys}
     if getattr(args, "epochs_from_budget", False):
         record["epochs"] = None  # as many as --time-limit allowed (see "stopped")
     record.update({"best_epoch": None, "init": init, "runtime": runtime.describe(),
@@ -215,7 +214,7 @@ def _setup(args):
         args.workers = min(args.workers, 1)
         if args.accum_steps == 1 and args.batch_size > 8:
             args.accum_steps = int(np.ceil(args.batch_size / 8.0))
-    if getattr(args, "final_fit", False):
+    if args.final_fit:
         if args.patience:
             raise UsageError("--patience: stops on val/ macro-F1, but --final-fit trains on val/;"
                              " give --epochs or --time-limit instead")
@@ -252,7 +251,7 @@ def run_training(args):
     train_loader, val_loader, samples = make_loaders(args, classes, preprocess, micro)
     model = build_model(args.arch, len(classes))
     ckpt = load_checkpoint(args.resume) if args.resume else None
-    if ckpt is not None and bool(ckpt.get("final_fit")) != bool(getattr(args, "final_fit", False)):
+    if ckpt is not None and bool(ckpt.get("final_fit")) != args.final_fit:
         raise UsageError("--resume {}: that run was {}made with --final-fit; resume it the same "
                          "way".format(args.resume, "" if ckpt.get("final_fit") else "not "))
     if ckpt is None:
