@@ -165,3 +165,61 @@ def test_speed_tool_measures_the_frozen_fine_tuning_step(capsys):
     model = build_model("simple-cnn", 3)
     assert freeze_early_layers(model, 32) > 0
     assert any(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("arch,head", [("resnet18", "fc"), ("efficientnet_lite0", "_fc")])
+def test_layer_wise_rates_scale_everything_but_the_head(arch, head):
+    import argparse
+    from oncolens.appliance.archs import build_model
+    from oncolens.train.freeze import head_parameters
+    from oncolens.train.recipe import make_optimizer, set_lr
+    net = build_model(arch, 3)
+    found = head_parameters(net, 64)
+    names = {id(p): n for n, p in net.named_parameters()}
+    assert sorted(names[id(p)] for p in found) == [head + ".bias", head + ".weight"]
+    args = argparse.Namespace(optimizer="adamw", lr=1e-3, weight_decay=0.05, body_lr_ratio=0.1)
+    opt = make_optimizer(args, net, found)
+    set_lr(opt, 2e-3)
+    rates = {names[id(p)]: (g["lr"], g["weight_decay"]) for g in opt.param_groups
+             for p in g["params"]}
+    assert rates[head + ".weight"] == (2e-3, 0.05) and rates[head + ".bias"] == (2e-3, 0.0)
+    body = [n for n in rates if not n.startswith(head + ".")]
+    assert body and all(rates[n][0] == pytest.approx(2e-4) for n in body)
+    assert opt.param_groups[0]["lr"] == 2e-3  # the head first: history logs the scheduled rate
+    args.body_lr_ratio = 1.0  # one rate: the two groups of before, decay first
+    opt = make_optimizer(args, net, found)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0]
+
+
+def test_body_lr_ratio_slows_the_body_in_training(tmp_path, tiny_data):
+    from oncolens.appliance.archs import build_model
+    from oncolens.appliance.bundle import read_model_info
+    torch.manual_seed(0)
+    start = build_model("resnet18", 1000).state_dict()
+    path = str(tmp_path / "w.pth")
+    torch.save(start, path)
+    moved = {}
+    for ratio in ("1", "0.001"):
+        model_dir = str(tmp_path / ratio)
+        code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs", 2,
+                                  "--weights", path, "--resolution", 32, "-b", 6, "-j", 0,
+                                  "--seed", 0, "--ema-epochs", 0, "--lr", "0.01",
+                                  "--body-lr-ratio", ratio])
+        assert code == 0, err
+        saved = _load(os.path.join(model_dir, "checkpoint.pth.tar"))["state_dict"]
+        moved[ratio] = {k: float((saved[k] - start[k]).abs().max())
+                        for k in ("layer4.1.conv2.weight", "layer3.0.conv1.weight")}
+        with open(os.path.join(model_dir, "history.csv")) as fh:
+            moved[ratio]["lr"] = [row.split(",")[1] for row in fh.read().splitlines()[1:]]
+        training = read_model_info(os.path.join(model_dir, "model.json"))["training"]
+        assert training["body_lr_ratio"] == float(ratio)
+    for key in ("layer4.1.conv2.weight", "layer3.0.conv1.weight"):
+        assert moved["0.001"][key] < moved["1"][key] / 50.0, moved
+    assert moved["0.001"]["lr"] == moved["1"]["lr"]  # history: the head's, scheduled rate
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", str(tmp_path / "0.001"),
+                              "--epochs", 3, "--resolution", 32, "-b", 6, "-j", 0,
+                              "--resume", str(tmp_path / "0.001" / "checkpoint.pth.tar")])
+    assert code != 0 and "--body-lr-ratio 0.001" in err and "resume it the same way" in err
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", str(tmp_path / "z"),
+                              "--body-lr-ratio", "0"])
+    assert code != 0 and "--body-lr-ratio: expected a positive" in err

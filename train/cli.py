@@ -75,6 +75,9 @@ def _recipe_flags(p):
     p.add_argument("--ema-epochs", type=float, default=3.0, metavar="N",
                    help="validate and save a moving average of the weights over about the "
                         "last N epochs (3; 0: the raw weights, as jetson-inference does)")
+    p.add_argument("--body-lr-ratio", type=float, default=1.0, metavar="R",
+                   help="the layers before the classifier head learn at R times the rate "
+                        "(layer-wise rates for fine-tuning; 1: one rate for all)")
     p.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
                    help="blend pairs of training images with a Beta(ALPHA, ALPHA) weight "
                         "(0: off)")

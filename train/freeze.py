@@ -55,3 +55,9 @@ def freeze_early_layers(model, resolution, stride=4):
     log.info("froze %d parameter tensors of the layers at 1/%d of the input resolution or more",
              frozen, stride)
     return frozen
+
+
+def head_parameters(model, resolution):
+    """The parameters of the last layer that runs (the classifier head), for layer-wise rates."""
+    order = _leaf_order(model, resolution)
+    return list(order[-1][0].parameters(recurse=False)) if order else []

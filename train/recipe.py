@@ -136,13 +136,25 @@ def make_loss(args, samples, num_classes, device):
     return torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=args.label_smoothing)
 
 
-def make_optimizer(args, model):
+def make_optimizer(args, model, head=()):
+    """AdamW or SGD; no weight decay on biases and norms.
+
+    With ``head`` (the parameters of the new classifier layer) and ``args.body_lr_ratio``
+    other than 1, every other parameter learns at that fraction of the scheduled rate
+    (layer-wise rates for fine-tuning pretrained weights); each group's ``lr_scale`` says so.
+    The head's groups come first, so ``param_groups[0]`` holds the scheduled rate.
+    """
     torch = torch_module()
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        (no_decay if param.ndim <= 1 else decay).append(param)
-    groups = [{"params": decay, "weight_decay": args.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    ratio = float(getattr(args, "body_lr_ratio", 1.0))
+    head_ids = {id(p) for p in head}
+    split = ratio != 1.0 and bool(head_ids)
+    buckets = {}
+    for param in model.parameters():
+        full = not split or id(param) in head_ids
+        buckets.setdefault((full, param.ndim <= 1), []).append(param)
+    groups = [{"params": buckets[key], "weight_decay": 0.0 if key[1] else args.weight_decay,
+               "lr_scale": 1.0 if key[0] else ratio}
+              for key in sorted(buckets, key=lambda k: (not k[0], k[1]))]
     if args.optimizer == "sgd":
         return torch.optim.SGD(groups, args.lr, momentum=args.momentum)
     if args.optimizer == "adamw":
@@ -170,5 +182,6 @@ def learning_rate(args, step, steps_per_epoch, planned_epochs, time_fraction=0.0
 
 
 def set_lr(optimizer, lr):
+    """Set the scheduled rate ``lr``, scaled per group by its ``lr_scale``."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)

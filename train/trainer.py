@@ -15,7 +15,7 @@ from oncolens.appliance.preprocess import imagenet_preprocess
 from oncolens.train import metrics
 from oncolens.train.data import discover_classes
 from oncolens.train.ema import WeightAverage
-from oncolens.train.freeze import freeze_early_layers
+from oncolens.train.freeze import freeze_early_layers, head_parameters
 from oncolens.train.history import plot_history, read_history, write_history
 from oncolens.train.recipe import (learning_rate, make_loaders, make_loss, make_optimizer,
                                    progress, set_lr, torch_module)
@@ -167,7 +167,7 @@ def training_record(args, runtime, init, seconds, stopped):
             "weight_decay", "label_smoothing", "class_weights", "sampler", "crop_scale",
             "colour_jitter", "stain_jitter", "orientation", "no_rot90", "no_augment", "seed",
             "time_limit", "patience", "accum_steps", "low_memory", "mixup", "ema_epochs",
-            "freeze_early", "final_fit")
+            "freeze_early", "final_fit", "body_lr_ratio")
     record = {k: getattr(args, k) for k in keys}
     if getattr(args, "epochs_from_budget", False):
         record["epochs"] = None  # as many as --time-limit allowed (see "stopped")
@@ -221,6 +221,9 @@ def _setup(args):
         if args.evaluate:
             raise UsageError("--evaluate: scores val/, which --final-fit trains on; use "
                              "'oncolens evaluate' on a held-out split")
+    if not args.body_lr_ratio > 0:
+        raise UsageError("--body-lr-ratio: expected a positive fraction of --lr, got {}".format(
+            args.body_lr_ratio))
     if args.accum_steps < 1 or args.batch_size < args.accum_steps:
         raise UsageError("--accum-steps: expected 1..--batch-size, got {}".format(
             args.accum_steps))
@@ -254,6 +257,9 @@ def run_training(args):
     if ckpt is not None and bool(ckpt.get("final_fit")) != args.final_fit:
         raise UsageError("--resume {}: that run was {}made with --final-fit; resume it the same "
                          "way".format(args.resume, "" if ckpt.get("final_fit") else "not "))
+    if ckpt is not None and float(ckpt.get("body_lr_ratio", 1.0)) != args.body_lr_ratio:
+        raise UsageError("--resume {}: that run was made with --body-lr-ratio {:g}; resume it "
+                         "the same way".format(args.resume, float(ckpt.get("body_lr_ratio", 1.0))))
     if ckpt is None:
         init = initialise(model, args.arch, args.pretrained, args.weights)
     else:
@@ -262,8 +268,12 @@ def run_training(args):
     args.freeze_early = _freeze_choice(args.freeze_early, init)
     if args.freeze_early and not args.evaluate:
         freeze_early_layers(model, args.resolution)
+    head = head_parameters(model, args.resolution) if args.body_lr_ratio != 1.0 else ()
+    if head:
+        log.info("layer-wise rates: the head (%d tensors) at the scheduled rate, the rest at "
+                 "%g times it", len(head), args.body_lr_ratio)
     model = runtime.model(model)
-    optimizer = make_optimizer(args, model)
+    optimizer = make_optimizer(args, model, head)
     loss_fn = make_loss(args, samples, len(classes), runtime.device)
     ema = None
     if args.ema_epochs > 0:
@@ -361,7 +371,8 @@ def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, c
                "state_dict": judged.state_dict(), "accuracy": summary["accuracy"],
                "loss": val_loss, "optimizer": optimizer.state_dict(), "best": best,
                "macro_f1": summary["macro_f1"], "preprocess": preprocess, "init": init,
-               "final_fit": val_loader is None, "oncolens_version": __version__},
+               "final_fit": val_loader is None, "body_lr_ratio": args.body_lr_ratio,
+               "oncolens_version": __version__},
               args.model_dir, is_best, (model, ema))
         write_history(args.model_dir, rows)
         if args.patience and since_best >= args.patience:
