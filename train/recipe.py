@@ -145,7 +145,7 @@ def make_optimizer(args, model, head=()):
     The head's groups come first, so ``param_groups[0]`` holds the scheduled rate.
     """
     torch = torch_module()
-    ratio = float(getattr(args, "body_lr_ratio", 1.0))
+    ratio = args.body_lr_ratio
     head_ids = {id(p) for p in head}
     split = ratio != 1.0 and bool(head_ids)
     buckets = {}
