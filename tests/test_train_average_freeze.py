@@ -223,3 +223,41 @@ def test_body_lr_ratio_slows_the_body_in_training(tmp_path, tiny_data):
     code, out, err = run_cli(["train", tiny_data, "--model-dir", str(tmp_path / "z"),
                               "--body-lr-ratio", "0"])
     assert code != 0 and "--body-lr-ratio: expected a positive" in err
+
+
+def test_head_epochs_train_the_head_alone_first(tmp_path, tiny_data, caplog):
+    import logging
+    from oncolens.appliance.archs import build_model
+    from oncolens.appliance.bundle import read_model_info
+    caplog.set_level(logging.INFO)
+    torch.manual_seed(0)
+    start = build_model("resnet18", 1000).state_dict()
+    path = str(tmp_path / "w.pth")
+    torch.save(start, path)
+    model_dir = str(tmp_path / "m")
+    flags = ["--resolution", 32, "-b", 6, "-j", 0, "--seed", 0, "--ema-epochs", 0,
+             "--lr", "0.01", "--head-epochs", 1, "--freeze-early", "off"]
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs", 1,
+                              "--weights", path] + flags)
+    assert code == 0, err
+    assert "the classifier head alone until epoch 1" in caplog.text
+    ckpt = _load(os.path.join(model_dir, "checkpoint.pth.tar"))
+    first = ckpt["state_dict"]
+    assert torch.equal(first["conv1.weight"], start["conv1.weight"])
+    assert torch.equal(first["layer4.1.conv2.weight"], start["layer4.1.conv2.weight"])
+    # the optimiser stepped the head's two tensors and nothing else
+    assert sorted(v["exp_avg"].shape for v in ckpt["optimizer"]["state"].values()) == \
+        sorted([first["fc.weight"].shape, first["fc.bias"].shape])
+    assert read_model_info(os.path.join(model_dir, "model.json"))["training"]["head_epochs"] == 1
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs", 2,
+                              "--resume", os.path.join(model_dir, "checkpoint.pth.tar")] + flags)
+    assert code == 0, err
+    assert "epoch 2: every layer trains from here on" in caplog.text
+    ckpt = _load(os.path.join(model_dir, "checkpoint.pth.tar"))
+    second = ckpt["state_dict"]
+    assert len(ckpt["optimizer"]["state"]) == len(list(build_model("resnet18", 3).parameters()))
+    for key in ("conv1.weight", "layer4.1.conv2.weight"):
+        assert float((second[key] - first[key]).abs().max()) > 0, key
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", str(tmp_path / "z"),
+                              "--head-epochs", "-1"])
+    assert code != 0 and "--head-epochs: expected 0 or more" in err

@@ -78,6 +78,9 @@ def _recipe_flags(p):
     p.add_argument("--body-lr-ratio", type=float, default=1.0, metavar="R",
                    help="the layers before the classifier head learn at R times the rate "
                         "(layer-wise rates for fine-tuning; 1: one rate for all)")
+    p.add_argument("--head-epochs", type=int, default=0, metavar="N",
+                   help="train the classifier head alone for the first N epochs, the rest "
+                        "frozen, then every layer (0: every layer from the start)")
     p.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
                    help="blend pairs of training images with a Beta(ALPHA, ALPHA) weight "
                         "(0: off)")

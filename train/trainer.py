@@ -167,7 +167,7 @@ def training_record(args, runtime, init, seconds, stopped):
             "weight_decay", "label_smoothing", "class_weights", "sampler", "crop_scale",
             "colour_jitter", "stain_jitter", "orientation", "no_rot90", "no_augment", "seed",
             "time_limit", "patience", "accum_steps", "low_memory", "mixup", "ema_epochs",
-            "freeze_early", "final_fit", "body_lr_ratio")
+            "freeze_early", "final_fit", "body_lr_ratio", "head_epochs")
     record = {k: getattr(args, k) for k in keys}
     if getattr(args, "epochs_from_budget", False):
         record["epochs"] = None  # as many as --time-limit allowed (see "stopped")
@@ -224,6 +224,8 @@ def _setup(args):
     if not args.body_lr_ratio > 0:
         raise UsageError("--body-lr-ratio: expected a positive fraction of --lr, got {}".format(
             args.body_lr_ratio))
+    if args.head_epochs < 0:
+        raise UsageError("--head-epochs: expected 0 or more, got {}".format(args.head_epochs))
     if args.accum_steps < 1 or args.batch_size < args.accum_steps:
         raise UsageError("--accum-steps: expected 1..--batch-size, got {}".format(
             args.accum_steps))
@@ -268,12 +270,16 @@ def run_training(args):
     args.freeze_early = _freeze_choice(args.freeze_early, init)
     if args.freeze_early and not args.evaluate:
         freeze_early_layers(model, args.resolution)
-    head = head_parameters(model, args.resolution) if args.body_lr_ratio != 1.0 else ()
-    if head:
+    head = ()
+    if args.body_lr_ratio != 1.0 or args.head_epochs:
+        head = head_parameters(model, args.resolution)
+    if head and args.body_lr_ratio != 1.0:
         log.info("layer-wise rates: the head (%d tensors) at the scheduled rate, the rest at "
                  "%g times it", len(head), args.body_lr_ratio)
+    head_ids = {id(p) for p in head}
+    body = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
     model = runtime.model(model)
-    optimizer = make_optimizer(args, model, head)
+    optimizer = make_optimizer(args, model, head if args.body_lr_ratio != 1.0 else ())
     loss_fn = make_loss(args, samples, len(classes), runtime.device)
     ema = None
     if args.ema_epochs > 0:
@@ -301,7 +307,7 @@ def run_training(args):
     try:
         best, seconds, stopped = _loop(args, (model, ema), optimizer, loss_fn, runtime,
                                        train_loader, val_loader, classes, preprocess, best,
-                                       start_epoch, rows, init)
+                                       start_epoch, rows, init, body)
     except RuntimeError as exc:
         if out_of_memory(exc):
             raise UsageError("out of memory at batch size {} and {} px: pass --low-memory, or a "
@@ -335,8 +341,23 @@ def _freeze_choice(option, init):
     return option == "on"
 
 
+def _head_phase(body, epoch, head_epochs, start_epoch):
+    """--head-epochs: the layers before the head stay frozen for the first epochs."""
+    if not head_epochs or not body:
+        return
+    alone = epoch < head_epochs
+    if epoch == start_epoch and alone:
+        log.info("--head-epochs %d: the classifier head alone until epoch %d, then every "
+                 "layer", head_epochs, head_epochs)
+    elif epoch == head_epochs:
+        log.info("epoch %d: every layer trains from here on", epoch + 1)
+    if epoch == start_epoch or epoch == head_epochs:
+        for param in body:
+            param.requires_grad_(not alone)
+
+
 def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, classes,
-          preprocess, best, start_epoch, rows, init):
+          preprocess, best, start_epoch, rows, init, body=()):
     model, ema = models
     judged = ema.model if ema is not None else model
     schedule = Schedule(args, int(np.ceil(len(train_loader) / float(args.accum_steps))),
@@ -344,6 +365,7 @@ def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, c
     since_best, stopped, started = 0, "epochs", time.time()
     for epoch in range(start_epoch, args.epochs):
         t0 = time.time()
+        _head_phase(body, epoch, args.head_epochs, start_epoch)
         train_loss, ips = _train_epoch(model, train_loader, optimizer, loss_fn, runtime,
                                        schedule, args, epoch, ema)
         if val_loader is None:  # --final-fit: nothing held out, the latest epoch is kept
