@@ -270,16 +270,16 @@ def run_training(args):
     args.freeze_early = _freeze_choice(args.freeze_early, init)
     if args.freeze_early and not args.evaluate:
         freeze_early_layers(model, args.resolution)
-    head = ()
-    if args.body_lr_ratio != 1.0 or args.head_epochs:
-        head = head_parameters(model, args.resolution)
-    if head and args.body_lr_ratio != 1.0:
+    layer_wise = args.body_lr_ratio != 1.0
+    head = head_parameters(model, args.resolution) if layer_wise or args.head_epochs else ()
+    if layer_wise:
         log.info("layer-wise rates: the head (%d tensors) at the scheduled rate, the rest at "
                  "%g times it", len(head), args.body_lr_ratio)
     head_ids = {id(p) for p in head}
-    body = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+    body = [p for p in model.parameters()
+            if p.requires_grad and id(p) not in head_ids] if args.head_epochs else []
     model = runtime.model(model)
-    optimizer = make_optimizer(args, model, head if args.body_lr_ratio != 1.0 else ())
+    optimizer = make_optimizer(args, model, head)  # splits the rates only when layer_wise
     loss_fn = make_loss(args, samples, len(classes), runtime.device)
     ema = None
     if args.ema_epochs > 0:
@@ -342,8 +342,8 @@ def _freeze_choice(option, init):
 
 
 def _head_phase(body, epoch, head_epochs, start_epoch):
-    """--head-epochs: the layers before the head stay frozen for the first epochs."""
-    if not head_epochs or not body:
+    """--head-epochs: ``body``, the layers before the head, stays frozen for the first epochs."""
+    if not body:  # --head-epochs 0
         return
     alone = epoch < head_epochs
     if epoch == start_epoch and alone:
@@ -351,9 +351,8 @@ def _head_phase(body, epoch, head_epochs, start_epoch):
                  "layer", head_epochs, head_epochs)
     elif epoch == head_epochs:
         log.info("epoch %d: every layer trains from here on", epoch + 1)
-    if epoch == start_epoch or epoch == head_epochs:
-        for param in body:
-            param.requires_grad_(not alone)
+    for param in body:
+        param.requires_grad_(not alone)
 
 
 def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, classes,
