@@ -2,7 +2,9 @@
 
 Random resized crop, horizontal and vertical flips, 90 degree rotations, colour jitter and,
 for stained histology, a perturbation in haematoxylin-eosin colour space
-(``--stain-jitter``).  Evaluation never augments: it uses ``appliance.preprocess``.
+(``--stain-jitter``), and TrivialAugment (``--trivial-augment``: one operation drawn at
+random per image, at a random strength).  Evaluation never augments: it uses
+``appliance.preprocess``.
 """
 import numpy as np
 
@@ -72,19 +74,134 @@ def random_resized_crop(rgb, out_hw, rng, scale=(0.35, 1.0), ratio=(3.0 / 4.0, 4
     return cv2.resize(crop, (out_hw[1], out_hw[0]), interpolation=interp)
 
 
+def _affine(rgb, matrix):
+    import cv2
+    h, w = rgb.shape[:2]
+    return cv2.warpAffine(rgb, matrix, (w, h), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+
+
+def _centred(h, w, linear):
+    """A 2x3 affine matrix applying the 2x2 ``linear`` part about the image centre."""
+    linear = np.asarray(linear, dtype=np.float64)
+    centre = np.array([(w - 1) / 2.0, (h - 1) / 2.0])
+    return np.hstack([linear, (centre - linear.dot(centre))[:, None]])
+
+
+def _blend(rgb, other, factor):
+    """PIL ImageEnhance's rule: other + factor * (image - other), clipped to uint8."""
+    out = other + factor * (rgb.astype(np.float32) - other)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def _rotate(rgb, m):
+    import cv2
+    h, w = rgb.shape[:2]
+    return _affine(rgb, cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), 30.0 * m, 1.0))
+
+
+def _shear_x(rgb, m):
+    h, w = rgb.shape[:2]
+    return _affine(rgb, _centred(h, w, [[1.0, 0.3 * m], [0.0, 1.0]]))
+
+
+def _shear_y(rgb, m):
+    h, w = rgb.shape[:2]
+    return _affine(rgb, _centred(h, w, [[1.0, 0.0], [0.3 * m, 1.0]]))
+
+
+def _translate_x(rgb, m):
+    return _affine(rgb, np.array([[1.0, 0.0, 0.25 * m * rgb.shape[1]], [0.0, 1.0, 0.0]]))
+
+
+def _translate_y(rgb, m):
+    return _affine(rgb, np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.25 * m * rgb.shape[0]]]))
+
+
+def _brightness(rgb, m):
+    return _blend(rgb, np.zeros((), np.float32), 1.0 + 0.5 * m)
+
+
+def _contrast(rgb, m):
+    grey = rgb.astype(np.float32).mean(axis=2).mean()
+    return _blend(rgb, np.float32(grey), 1.0 + 0.5 * m)
+
+
+def _sharpness(rgb, m):
+    import cv2
+    kernel = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], dtype=np.float32) / 13.0
+    smooth = cv2.filter2D(rgb, -1, kernel, borderType=cv2.BORDER_REPLICATE)
+    return _blend(rgb, smooth.astype(np.float32), 1.0 + 0.9 * m)
+
+
+def _gamma(rgb, m):
+    lut = 255.0 * (np.arange(256) / 255.0) ** (2.0 ** (0.6 * m))
+    return np.clip(np.round(lut), 0, 255).astype(np.uint8)[rgb]
+
+
+def _autocontrast(rgb, m):
+    """Stretch each channel to 0-255 (a flat channel stays as it is)."""
+    out = np.empty_like(rgb)
+    ramp = np.arange(256, dtype=np.float32)
+    for c in range(3):
+        lo, hi = int(rgb[:, :, c].min()), int(rgb[:, :, c].max())
+        lut = ramp if hi <= lo else (ramp - lo) * (255.0 / (hi - lo))
+        out[:, :, c] = np.clip(np.round(lut), 0, 255).astype(np.uint8)[rgb[:, :, c]]
+    return out
+
+
+def _equalize(rgb, m):
+    import cv2
+    return np.dstack([cv2.equalizeHist(np.ascontiguousarray(rgb[:, :, c])) for c in range(3)])
+
+
+def _posterize(rgb, m):
+    bits = 8 - int(round(4 * abs(m)))  # 4 to 8 bits
+    mask = np.uint8((0xFF << (8 - bits)) & 0xFF)
+    return rgb & mask
+
+
+# name -> op(rgb, m), m in [-1, 1] the signed strength; a greyscale scan stays greyscale
+TRIVIAL_OPS = {
+    "identity": lambda rgb, m: rgb,
+    "rotate": _rotate,            # up to 30 degrees either way
+    "shear_x": _shear_x,          # up to 0.3
+    "shear_y": _shear_y,
+    "translate_x": _translate_x,  # up to a quarter of the width
+    "translate_y": _translate_y,
+    "brightness": _brightness,    # factor 0.5 to 1.5
+    "contrast": _contrast,        # factor 0.5 to 1.5
+    "sharpness": _sharpness,      # factor 0.1 to 1.9
+    "gamma": _gamma,              # exponent 0.66 to 1.5
+    "autocontrast": _autocontrast,
+    "equalize": _equalize,
+    "posterize": _posterize,      # 4 to 8 bits
+}
+
+
+def trivial_augment(rgb, rng):
+    """TrivialAugment (Muller & Hutter, 2021): one operation of ``TRIVIAL_OPS``, drawn
+    uniformly, at a strength drawn uniformly (either sign); ``(image, name)``."""
+    names = sorted(TRIVIAL_OPS)
+    name = names[int(rng.integers(0, len(names)))]
+    m = float(rng.uniform(-1.0, 1.0))
+    return np.ascontiguousarray(TRIVIAL_OPS[name](rgb, m)), name
+
+
 class TrainAugment(object):
     """Crop, flips, 90 degree turns, colour (and stain) jitter, then the model's normalisation.
 
     ``options``: ``scale`` (crop area range), ``flip`` (bool), ``vflip`` (upside-down flips
     too, bool), ``rot90`` (bool),
-    ``colour`` (jitter strength, 0 for none), ``stain`` (H&E jitter strength, 0 for none).
+    ``colour`` (jitter strength, 0 for none), ``stain`` (H&E jitter strength, 0 for none),
+    ``trivial`` (bool: one TrivialAugment operation per image, after the flips and turns).
     """
 
     def __init__(self, preprocessor, seed=None, options=None):
         self.pre = preprocessor
         self.rng = np.random.default_rng(seed)
         opts = {"scale": (0.35, 1.0), "flip": True, "vflip": True, "rot90": True,
-                "colour": 0.2, "stain": 0.0}
+                "colour": 0.2, "stain": 0.0, "trivial": False}
         opts.update(options or {})
         self.opts = opts
 
@@ -100,6 +217,8 @@ class TrainAugment(object):
         if opts["rot90"] and self.pre.height == self.pre.width:
             out = np.rot90(out, int(rng.integers(0, 4)))
         out = np.ascontiguousarray(out)
+        if opts["trivial"]:
+            out = trivial_augment(out, rng)[0]
         if opts["stain"]:
             out = stain_jitter(out, rng, sigma=opts["stain"], bias=opts["stain"])
         if opts["colour"]:

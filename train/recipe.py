@@ -77,7 +77,8 @@ def augment_options(args):
     free = args.orientation != "fixed"
     return {"scale": (args.crop_scale, 1.0), "flip": True, "vflip": free,
             "rot90": free and not args.no_rot90,
-            "colour": args.colour_jitter, "stain": args.stain_jitter}
+            "colour": args.colour_jitter, "stain": args.stain_jitter,
+            "trivial": args.trivial_augment}
 
 
 def make_loaders(args, classes, preprocess, micro_batch):

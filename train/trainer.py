@@ -167,7 +167,7 @@ def training_record(args, runtime, init, seconds, stopped):
             "weight_decay", "label_smoothing", "class_weights", "sampler", "crop_scale",
             "colour_jitter", "stain_jitter", "orientation", "no_rot90", "no_augment", "seed",
             "time_limit", "patience", "accum_steps", "low_memory", "mixup", "ema_epochs",
-            "freeze_early", "final_fit", "body_lr_ratio", "head_epochs")
+            "freeze_early", "final_fit", "body_lr_ratio", "head_epochs", "trivial_augment")
     record = {k: getattr(args, k) for k in keys}
     if getattr(args, "epochs_from_budget", False):
         record["epochs"] = None  # as many as --time-limit allowed (see "stopped")
