@@ -1,4 +1,5 @@
-"""Training: class weights, resume, starting weights, precision, low-memory, augmentation."""
+"""Training: class weights, resume, starting weights, precision, low-memory, augmentation
+(TrivialAugment included)."""
 import csv
 import json
 import os
@@ -196,3 +197,64 @@ def test_augment_keeps_shape_and_changes_pixels():
     s = stain_jitter(img, np.random.default_rng(2))
     assert s.shape == img.shape and s.dtype == np.uint8
     assert 0 < np.abs(s.astype(int) - img).mean() < 40
+
+
+def _scan(h=40, w=56):
+    """A greyscale 'scan' as RGB: a bright band and a dark blob on a gradient."""
+    grey = np.tile(np.linspace(40, 200, w), (h, 1))
+    grey[5:12] = 230
+    yy, xx = np.mgrid[:h, :w]
+    grey[(yy - 25) ** 2 + (xx - 30) ** 2 < 60] = 10
+    grey = grey.astype(np.uint8)
+    return np.dstack([grey, grey, grey])
+
+
+def test_trivial_augment_operations():
+    from oncolens.train.augment import TRIVIAL_OPS, trivial_augment
+    img = _scan()
+    for name, op in TRIVIAL_OPS.items():
+        for m in (-1.0, -0.4, 0.5, 1.0):
+            out = op(img, m)
+            assert out.shape == img.shape and out.dtype == np.uint8, name
+            # a greyscale scan stays greyscale
+            assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+    assert (TRIVIAL_OPS["identity"](img, 1.0) == img).all()
+    for name in ("rotate", "shear_x", "shear_y", "translate_x", "translate_y", "brightness",
+                 "contrast", "sharpness", "gamma"):  # strength 0 leaves the image as it is
+        assert np.abs(TRIVIAL_OPS[name](img, 0.0).astype(int) - img).max() <= 1, name
+        assert np.abs(TRIVIAL_OPS[name](img, 1.0).astype(int) - img).mean() > 2, name
+    shifted = TRIVIAL_OPS["translate_x"](img, 1.0)  # a quarter of the width, black fill
+    assert (shifted[:, :14] == 0).all() and (shifted[:, 14:] == img[:, :-14]).all()
+    brighter = TRIVIAL_OPS["brightness"](img, 1.0)
+    assert abs(int(brighter[30, 10, 0]) - 1.5 * img[30, 10, 0]) <= 0.5
+    assert (TRIVIAL_OPS["posterize"](img, 1.0) & 0x0F == 0).all()  # 4 bits left
+    flat = (img // 2 + 40).astype(np.uint8)
+    stretched = TRIVIAL_OPS["autocontrast"](flat, 0.0)
+    assert stretched.min() == 0 and stretched.max() == 255
+    equalised = TRIVIAL_OPS["equalize"](flat, 0.0)
+    assert equalised.max() == 255 and equalised.min() < flat.min()
+    # every operation gets drawn, with a seeded generator the same ones
+    rng = np.random.default_rng(0)
+    drawn = [trivial_augment(img, rng)[1] for _ in range(400)]
+    assert set(drawn) == set(TRIVIAL_OPS)
+    rng = np.random.default_rng(0)
+    assert drawn[:20] == [trivial_augment(img, rng)[1] for _ in range(20)]
+
+
+def test_trivial_augment_in_training(tmp_path, tiny_data):
+    from oncolens.appliance.preprocess import Preprocessor, imagenet_preprocess
+    from oncolens.train.augment import TrainAugment
+    pre = Preprocessor(imagenet_preprocess(32), (3, 32, 32))
+    img = _scan()
+    base = {"colour": 0.0, "scale": (1.0, 1.0), "flip": False, "rot90": False}
+    plain = TrainAugment(pre, seed=1, options=base)
+    strong = TrainAugment(pre, seed=1, options=dict(base, trivial=True))
+    a = [plain(img) for _ in range(8)]
+    b = [strong(img) for _ in range(8)]
+    assert all(np.allclose(a[0], x) for x in a)  # nothing random left without it
+    assert sum(not np.allclose(x, y) for x, y in zip(a, b)) >= 4
+    model_dir = str(tmp_path / "m")
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs", 1,
+                              "--arch", "simple-cnn", "--trivial-augment"] + FAST)
+    assert code == 0, err
+    assert _info(model_dir)["training"]["trivial_augment"] is True

@@ -91,7 +91,7 @@ def _centred(h, w, linear):
 def _blend(rgb, other, factor):
     """PIL ImageEnhance's rule: other + factor * (image - other), clipped to uint8."""
     out = other + factor * (rgb.astype(np.float32) - other)
-    return np.clip(out, 0, 255).astype(np.uint8)
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
 def _rotate(rgb, m):
