@@ -258,3 +258,7 @@ def test_trivial_augment_in_training(tmp_path, tiny_data):
                               "--arch", "simple-cnn", "--trivial-augment"] + FAST)
     assert code == 0, err
     assert _info(model_dir)["training"]["trivial_augment"] is True
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", str(tmp_path / "n"),
+                              "--trivial-augment", "--no-augment"] + FAST)
+    assert code != 0 and "--trivial-augment" in err and "--no-augment" in err
+    assert len(err.strip().splitlines()) == 1 and not os.path.exists(str(tmp_path / "n"))

@@ -226,6 +226,9 @@ def _setup(args):
             args.body_lr_ratio))
     if args.head_epochs < 0:
         raise UsageError("--head-epochs: expected 0 or more, got {}".format(args.head_epochs))
+    if args.trivial_augment and args.no_augment:
+        raise UsageError("--trivial-augment: is augmentation, which --no-augment turns off; "
+                         "give one of the two")
     if args.accum_steps < 1 or args.batch_size < args.accum_steps:
         raise UsageError("--accum-steps: expected 1..--batch-size, got {}".format(
             args.accum_steps))
