@@ -142,7 +142,8 @@ def test_fixed_orientation_keeps_up_up():
     flipped = {}
     for orientation in ("fixed", "free"):
         args = argparse.Namespace(no_augment=False, orientation=orientation, crop_scale=0.5,
-                                  no_rot90=False, colour_jitter=0.0, stain_jitter=0.0)
+                                  no_rot90=False, colour_jitter=0.0, stain_jitter=0.0,
+                                  trivial_augment=False)
         augment = TrainAugment(pre, 0, augment_options(args))
         outs = [augment(rgb) for _ in range(40)]
         flipped[orientation] = sum(o[0, :16].mean() > o[0, 16:].mean() for o in outs)
