@@ -95,9 +95,10 @@ def _blend(rgb, other, factor):
 
 
 def _rotate(rgb, m):
-    import cv2
     h, w = rgb.shape[:2]
-    return _affine(rgb, cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), 30.0 * m, 1.0))
+    a = np.deg2rad(30.0 * m)
+    c, s = np.cos(a), np.sin(a)
+    return _affine(rgb, _centred(h, w, [[c, s], [-s, c]]))  # counter-clockwise, as OpenCV's
 
 
 def _shear_x(rgb, m):
@@ -127,10 +128,12 @@ def _contrast(rgb, m):
     return _blend(rgb, np.float32(grey), 1.0 + 0.5 * m)
 
 
+_SMOOTH = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], dtype=np.float32) / 13.0  # PIL's
+
+
 def _sharpness(rgb, m):
     import cv2
-    kernel = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], dtype=np.float32) / 13.0
-    smooth = cv2.filter2D(rgb, -1, kernel, borderType=cv2.BORDER_REPLICATE)
+    smooth = cv2.filter2D(rgb, -1, _SMOOTH, borderType=cv2.BORDER_REPLICATE)
     return _blend(rgb, smooth.astype(np.float32), 1.0 + 0.9 * m)
 
 
@@ -177,13 +180,13 @@ TRIVIAL_OPS = {
     "equalize": _equalize,
     "posterize": _posterize,      # 4 to 8 bits
 }
+_TRIVIAL_NAMES = sorted(TRIVIAL_OPS)  # a fixed order, so a seed draws the same operations
 
 
 def trivial_augment(rgb, rng):
     """TrivialAugment (Muller & Hutter, 2021): one operation of ``TRIVIAL_OPS``, drawn
     uniformly, at a strength drawn uniformly (either sign); ``(image, name)``."""
-    names = sorted(TRIVIAL_OPS)
-    name = names[int(rng.integers(0, len(names)))]
+    name = _TRIVIAL_NAMES[int(rng.integers(0, len(_TRIVIAL_NAMES)))]
     m = float(rng.uniform(-1.0, 1.0))
     return np.ascontiguousarray(TRIVIAL_OPS[name](rgb, m)), name
 
