@@ -1,5 +1,5 @@
 """Training: class weights, resume, starting weights, precision, low-memory, augmentation
-(TrivialAugment included)."""
+(TrivialAugment included), zero-initialised residual blocks."""
 import csv
 import json
 import os
@@ -262,3 +262,34 @@ def test_trivial_augment_in_training(tmp_path, tiny_data):
                               "--trivial-augment", "--no-augment"] + FAST)
     assert code != 0 and "--trivial-augment" in err and "--no-augment" in err
     assert len(err.strip().splitlines()) == 1 and not os.path.exists(str(tmp_path / "n"))
+
+
+def test_zero_init_residual(tmp_path, tiny_data):
+    """Every residual block starts as the identity; refused where it cannot apply."""
+    import torch
+    from oncolens.appliance.archs import build_model
+    from oncolens.train.weights import zero_init_residual
+    net = build_model("resnet18", 3).eval()
+    assert zero_init_residual(net) == 8
+    assert all(float(b.bn2.weight.abs().sum()) == 0.0
+               for layer in (net.layer1, net.layer2, net.layer3, net.layer4) for b in layer)
+    x = torch.randn(2, 64, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(net.layer1[0](x), torch.relu(x))  # identity, then the ReLU
+    assert zero_init_residual(build_model("resnet50", 3)) == 16
+    assert zero_init_residual(build_model("simple-cnn", 3)) == 0
+    model_dir = str(tmp_path / "m")
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs", 1,
+                              "--arch", "resnet18", "--zero-init-residual"] + FAST)
+    assert code == 0, err
+    assert _info(model_dir)["training"]["zero_init_residual"] is True
+    refused = ((["--arch", "simple-cnn", "--no-pretrained"], "simple-cnn"),
+               (["--arch", "resnet18", "--weights", os.path.join(model_dir, "model_best.pth.tar")],
+                "--no-pretrained"),
+               (["--arch", "resnet18"], "--no-pretrained"))
+    for i, (extra, word) in enumerate(refused):
+        bad = str(tmp_path / "bad{}".format(i))
+        code, out, err = run_cli(["train", tiny_data, "--model-dir", bad, "--epochs", 1,
+                                  "--zero-init-residual"] + extra)
+        assert code != 0 and "--zero-init-residual" in err and word in err, err
+        assert len(err.strip().splitlines()) == 1 and not os.path.exists(bad)

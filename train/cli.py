@@ -84,6 +84,10 @@ def _recipe_flags(p):
     p.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
                    help="blend pairs of training images with a Beta(ALPHA, ALPHA) weight "
                         "(0: off)")
+    p.add_argument("--zero-init-residual", action="store_true",
+                   help="from random weights, start the last batch norm of every residual "
+                        "block at zero, so each block begins as the identity (ResNet "
+                        "family only)")
     p.add_argument("--final-fit", action="store_true",
                    help="once the recipe is chosen on val/: train on train/ and val/ together "
                         "and keep the last epoch (no epoch is chosen, no val figures; the "

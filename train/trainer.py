@@ -21,7 +21,7 @@ from oncolens.train.recipe import (learning_rate, make_loaders, make_loss, make_
                                    progress, set_lr, torch_module)
 from oncolens.train.runtime import make_runtime, out_of_memory
 from oncolens.train.synth import dataset_provenance
-from oncolens.train.weights import initialise, normalisation
+from oncolens.train.weights import initialise, normalisation, zero_init_residual
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,8 @@ def training_record(args, runtime, init, seconds, stopped):
             "weight_decay", "label_smoothing", "class_weights", "sampler", "crop_scale",
             "colour_jitter", "stain_jitter", "orientation", "no_rot90", "no_augment", "seed",
             "time_limit", "patience", "accum_steps", "low_memory", "mixup", "ema_epochs",
-            "freeze_early", "final_fit", "body_lr_ratio", "head_epochs", "trivial_augment")
+            "freeze_early", "final_fit", "body_lr_ratio", "head_epochs", "trivial_augment",
+            "zero_init_residual")
     record = {k: getattr(args, k) for k in keys}
     if getattr(args, "epochs_from_budget", False):
         record["epochs"] = None  # as many as --time-limit allowed (see "stopped")
@@ -229,6 +230,8 @@ def _setup(args):
     if args.trivial_augment and args.no_augment:
         raise UsageError("--trivial-augment: is augmentation, which --no-augment turns off; "
                          "give one of the two")
+    if args.zero_init_residual:
+        _check_zero_init(args)
     if args.accum_steps < 1 or args.batch_size < args.accum_steps:
         raise UsageError("--accum-steps: expected 1..--batch-size, got {}".format(
             args.accum_steps))
@@ -267,6 +270,9 @@ def run_training(args):
                          "the same way".format(args.resume, float(ckpt.get("body_lr_ratio", 1.0))))
     if ckpt is None:
         init = initialise(model, args.arch, args.pretrained, args.weights)
+        if args.zero_init_residual:
+            log.info("--zero-init-residual: %d residual blocks start as the identity",
+                     zero_init_residual(model))
     else:
         init = ckpt.get("init", {"source": "checkpoint"})
         model.load_state_dict(ckpt.get("train_state_dict", ckpt["state_dict"]))
@@ -335,6 +341,22 @@ def _val_text(loss, summary):
         return "no val (--final-fit)"
     return "val loss {:.4f}  acc {:.4f}  macro-F1 {:.4f}".format(
         loss, summary["accuracy"], summary["macro_f1"])
+
+
+def _check_zero_init(args):
+    """--zero-init-residual: only from random weights, only for networks with residual blocks
+    (checked before the model directory is made)."""
+    if args.weights or args.pretrained is not False:
+        raise UsageError("--zero-init-residual: sets up random weights, but this run starts "
+                         "from {}; add --no-pretrained".format(
+                             "--weights" if args.weights else "ImageNet weights (--pretrained "
+                             "is on by default)"))
+    with torch_module().random.fork_rng(devices=[]):  # leave the seeded stream untouched
+        blocks = zero_init_residual(build_model(args.arch, 2))
+    if not blocks:
+        raise UsageError("--zero-init-residual: --arch {} has no ResNet residual blocks "
+                         "(expected resnet18, resnet34, resnet50 or another torchvision "
+                         "ResNet)".format(args.arch))
 
 
 def _freeze_choice(option, init):

@@ -127,3 +127,22 @@ def initialise(model, arch, pretrained, weights_path=None):
 
 def head_name(arch):
     return HEADS.get(canonical_arch(arch), "fc")
+
+
+def zero_init_residual(model):
+    """Zero the scale of the last batch norm in each residual block (Goyal et al. 2017), so
+    every block starts as the identity; returns how many blocks were changed.
+
+    Only torchvision's ResNet blocks (``BasicBlock``: ``bn2``, ``Bottleneck``: ``bn3``) are
+    recognised; a network without them comes back unchanged, with 0.
+    """
+    import torch
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+    count = 0
+    for module in model.modules():
+        norm = (module.bn2 if isinstance(module, BasicBlock) else
+                module.bn3 if isinstance(module, Bottleneck) else None)
+        if norm is not None and norm.weight is not None:
+            torch.nn.init.zeros_(norm.weight)
+            count += 1
+    return count
