@@ -271,7 +271,7 @@ def test_zero_init_residual(tmp_path, tiny_data):
     from oncolens.train.weights import zero_init_residual
     net = build_model("resnet18", 3).eval()
     assert zero_init_residual(net) == 8
-    assert all(float(b.bn2.weight.abs().sum()) == 0.0
+    assert all(float(b.bn2.weight.detach().abs().sum()) == 0.0
                for layer in (net.layer1, net.layer2, net.layer3, net.layer4) for b in layer)
     x = torch.randn(2, 64, 8, 8)
     with torch.no_grad():
