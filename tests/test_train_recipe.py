@@ -185,6 +185,32 @@ def test_runtime_choice():
         make_runtime(None, "fp16", "auto")
 
 
+def test_validation_runs_in_fp32_under_bf16_training():
+    """The best epoch is chosen on what the deployed (fp32) model gives, not on bf16 output."""
+    import torch
+    from oncolens.train.runtime import make_runtime
+    from oncolens.train.trainer import evaluate
+    torch.manual_seed(0)
+    runtime = make_runtime(None, "bf16", "on")  # runs (slowly) where bf16 is not native
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.BatchNorm2d(16),
+                              torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    with torch.no_grad():
+        net[-1].weight.mul_(20)  # confident, varied outputs: bf16 rounding shows in them
+    model = runtime.model(net).eval()
+    images = torch.randn(8, 3, 64, 64)
+    targets = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    loader = [(images[:5], targets[:5]), (images[5:], targets[5:])]
+    with torch.no_grad():
+        fp32 = torch.softmax(model(runtime.batch(images)), 1).numpy()
+        with runtime.autocast():
+            bf16 = torch.softmax(model(runtime.batch(images)).float(), 1).numpy()
+    assert np.abs(bf16 - fp32).max() > 1e-4  # the runtime really is bf16
+    loss, summary, probs, got = evaluate(model, loader, runtime, 3)
+    np.testing.assert_allclose(probs, fp32, rtol=0, atol=1e-5)
+    assert list(got) == targets.tolist() and np.isfinite(loss)
+
+
 def test_augment_keeps_shape_and_changes_pixels():
     from oncolens.appliance.preprocess import Preprocessor, imagenet_preprocess
     from oncolens.train.augment import TrainAugment, stain_jitter

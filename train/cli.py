@@ -123,8 +123,9 @@ def _augment_flags(p):
 
 def _runtime_flags(p):
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
-                   help="auto: bf16 autocast on CPUs with AVX512-BF16/AMX, fp16 AMP on a GPU, "
-                        "else fp32")
+                   help="of the training steps (validation runs in fp32, as the exported "
+                        "model does); auto: bf16 autocast on CPUs with AVX512-BF16/AMX, fp16 "
+                        "AMP on a GPU, else fp32")
     p.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"),
                    help="channels_last memory format (auto: on)")
     p.add_argument("--low-memory", action="store_true",
