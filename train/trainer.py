@@ -35,7 +35,7 @@ def evaluate(model, loader, runtime, num_classes):
     """Run ``model`` over ``loader``: (mean loss, metrics summary, probabilities, targets).
 
     In fp32 whatever precision the training steps use: the best epoch is chosen on the figures
-    the deployed model gives. bf16 autocast moved EfficientNet-Lite0's val macro-F1 by up to
+    the exported (ONNX, fp32) model and ``oncolens evaluate`` give. bf16 autocast moved EfficientNet-Lite0's val macro-F1 by up to
     0.04 against fp32 on BUSI (docs/RESULTS.md, "Drawing the classes equally often").
     """
     torch = torch_module()
