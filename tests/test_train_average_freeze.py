@@ -69,6 +69,7 @@ def test_training_from_a_weights_file_keeps_frozen_layers(tmp_path, tiny_data):
     from oncolens.appliance.bundle import read_model_info
     training = read_model_info(os.path.join(model_dir, "model.json"))["training"]
     assert training["freeze_early"] is True and training["ema_epochs"] == 1
+    assert training["trivial_augment"] is True  # auto: on for a fine-tune
 
 
 def test_no_pretrained_freezes_nothing_and_ema_off_saves_raw_weights(tmp_path, tiny_data):
@@ -83,6 +84,7 @@ def test_no_pretrained_freezes_nothing_and_ema_off_saves_raw_weights(tmp_path, t
     from oncolens.appliance.bundle import read_model_info
     training = read_model_info(os.path.join(model_dir, "model.json"))["training"]
     assert training["freeze_early"] is False and training["mixup"] == 0.4
+    assert training["trivial_augment"] is False  # auto: off from random weights
 
 
 def test_mixup_of_identical_pairs_is_the_plain_loss():

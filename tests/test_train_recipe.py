@@ -267,6 +267,21 @@ def test_trivial_augment_operations():
     assert drawn[:20] == [trivial_augment(img, rng)[1] for _ in range(20)]
 
 
+def test_trivial_augment_defaults_to_on_for_fine_tunes_only():
+    from oncolens.train.cli import build_parser
+    from oncolens.train.trainer import _trivial_choice
+    parse = build_parser().parse_args
+    assert parse(["d"]).trivial_augment == "auto"
+    assert parse(["d", "--trivial-augment"]).trivial_augment == "on"
+    assert parse(["d", "--no-trivial-augment"]).trivial_augment == "off"
+    for source, expected in (("imagenet", True), ("file", True), ("random", False),
+                             ("checkpoint", False)):
+        assert _trivial_choice("auto", {"source": source}, False) is expected
+        assert _trivial_choice("auto", {"source": source}, True) is False  # --no-augment
+        assert _trivial_choice("on", {"source": source}, False) is True
+        assert _trivial_choice("off", {"source": source}, False) is False
+
+
 def test_trivial_augment_in_training(tmp_path, tiny_data):
     from oncolens.appliance.preprocess import Preprocessor, imagenet_preprocess
     from oncolens.train.augment import TrainAugment

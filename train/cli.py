@@ -110,10 +110,15 @@ def _augment_flags(p):
                         "free: flips both ways and 90-degree turns (microscopy); auto: fixed "
                         "when the training images are greyscale, else free")
     p.add_argument("--no-rot90", action="store_true", help="no 90-degree rotations")
-    p.add_argument("--trivial-augment", action="store_true",
+    p.add_argument("--trivial-augment", dest="trivial_augment", action="store_const",
+                   const="on", default="auto",
                    help="TrivialAugment: also one operation per image, drawn at random at a "
                         "random strength (rotation up to 30 degrees, shear, shift, brightness, "
-                        "contrast, sharpness, gamma, autocontrast, equalise, posterise)")
+                        "contrast, sharpness, gamma, autocontrast, equalise, posterise); "
+                        "default: on when starting from pretrained weights, off from random "
+                        "weights")
+    p.add_argument("--no-trivial-augment", dest="trivial_augment", action="store_const",
+                   const="off", help="no TrivialAugment, whatever the weights")
     p.add_argument("--no-augment", action="store_true", help="no augmentation at all")
     p.add_argument("--clahe", action="store_true",
                    help="contrast enhancement (CLAHE), recorded in model.json so the appliance "

@@ -230,7 +230,7 @@ def _setup(args):
             args.body_lr_ratio))
     if args.head_epochs < 0:
         raise UsageError("--head-epochs: expected 0 or more, got {}".format(args.head_epochs))
-    if args.trivial_augment and args.no_augment:
+    if args.trivial_augment == "on" and args.no_augment:
         raise UsageError("--trivial-augment: is augmentation, which --no-augment turns off; "
                          "give one of the two")
     if args.zero_init_residual:
@@ -262,7 +262,6 @@ def run_training(args):
     resolve_epochs(args)
     runtime, classes, preprocess = _setup(args)
     micro = args.batch_size // args.accum_steps
-    train_loader, val_loader, samples = make_loaders(args, classes, preprocess, micro)
     model = build_model(args.arch, len(classes))
     ckpt = load_checkpoint(args.resume) if args.resume else None
     if ckpt is not None and bool(ckpt.get("final_fit")) != args.final_fit:
@@ -282,6 +281,8 @@ def run_training(args):
     args.freeze_early = _freeze_choice(args.freeze_early, init)
     if args.freeze_early and not args.evaluate:
         freeze_early_layers(model, args.resolution)
+    args.trivial_augment = _trivial_choice(args.trivial_augment, init, args.no_augment)
+    train_loader, val_loader, samples = make_loaders(args, classes, preprocess, micro)
     layer_wise = args.body_lr_ratio != 1.0
     head = head_parameters(model, args.resolution) if layer_wise or args.head_epochs else ()
     if layer_wise:
@@ -366,6 +367,14 @@ def _freeze_choice(option, init):
     """--freeze-early auto: freeze when the weights came from a pretrained source."""
     if option == "auto":
         return init.get("source") in ("imagenet", "file")
+    return option == "on"
+
+
+def _trivial_choice(option, init, no_augment):
+    """--trivial-augment left at auto: on for a fine-tune from pretrained weights (it led on
+    BUSI val for EfficientNet-Lite0, docs/RESULTS.md), off from random weights (it did not)."""
+    if option == "auto":
+        return not no_augment and init.get("source") in ("imagenet", "file")
     return option == "on"
 
 
