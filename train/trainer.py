@@ -281,7 +281,12 @@ def run_training(args):
     args.freeze_early = _freeze_choice(args.freeze_early, init)
     if args.freeze_early and not args.evaluate:
         freeze_early_layers(model, args.resolution)
-    args.trivial_augment = _trivial_choice(args.trivial_augment, init, args.no_augment)
+    chosen = _trivial_choice(args.trivial_augment, init, args.no_augment)
+    if args.trivial_augment == "auto" and not args.evaluate:
+        log.info("--trivial-augment auto: %s", "on (a fine-tune from pretrained weights)"
+                 if chosen else "off (random weights)" if not args.no_augment
+                 else "off (--no-augment)")
+    args.trivial_augment = chosen
     train_loader, val_loader, samples = make_loaders(args, classes, preprocess, micro)
     layer_wise = args.body_lr_ratio != 1.0
     head = head_parameters(model, args.resolution) if layer_wise or args.head_epochs else ()
