@@ -283,9 +283,9 @@ def run_training(args):
         freeze_early_layers(model, args.resolution)
     chosen = _trivial_choice(args.trivial_augment, init, args.no_augment)
     if args.trivial_augment == "auto" and not args.evaluate:
-        log.info("--trivial-augment auto: %s", "on (a fine-tune from pretrained weights)"
-                 if chosen else "off (random weights)" if not args.no_augment
-                 else "off (--no-augment)")
+        why = ("--no-augment" if args.no_augment else
+               "a fine-tune from pretrained weights" if chosen else "random weights")
+        log.info("--trivial-augment auto: %s (%s)", "on" if chosen else "off", why)
     args.trivial_augment = chosen
     train_loader, val_loader, samples = make_loaders(args, classes, preprocess, micro)
     layer_wise = args.body_lr_ratio != 1.0
@@ -369,7 +369,8 @@ def _check_zero_init(args):
 
 
 def _freeze_choice(option, init):
-    """--freeze-early auto: freeze when the weights came from a pretrained source."""
+    """on / off / auto, where auto means: the weights came from a pretrained source (a
+    fine-tune). --freeze-early uses it as it is; --trivial-augment too, unless --no-augment."""
     if option == "auto":
         return init.get("source") in ("imagenet", "file")
     return option == "on"
@@ -378,9 +379,9 @@ def _freeze_choice(option, init):
 def _trivial_choice(option, init, no_augment):
     """--trivial-augment left at auto: on for a fine-tune from pretrained weights (it led on
     BUSI val for EfficientNet-Lite0, docs/RESULTS.md), off from random weights (it did not)."""
-    if option == "auto":
-        return not no_augment and init.get("source") in ("imagenet", "file")
-    return option == "on"
+    if option == "auto" and no_augment:
+        return False
+    return _freeze_choice(option, init)
 
 
 def _head_phase(body, epoch, head_epochs, start_epoch):
