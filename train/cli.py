@@ -95,6 +95,11 @@ def _recipe_flags(p):
     p.add_argument("--freeze-early", default="auto", choices=("auto", "on", "off"),
                    help="freeze the layers at 1/2 and 1/4 of the input resolution (auto: when "
                         "starting from pretrained weights; 1.6x faster epochs on a CPU)")
+    p.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                   help="keep the raw confidences (default: once training ends, one "
+                        "temperature is fitted on val/ and folded into the last layer of "
+                        "model_best.pth.tar, so the confidences match how often it is right; "
+                        "no prediction changes class)")
 
 
 def _augment_flags(p):

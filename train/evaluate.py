@@ -14,6 +14,7 @@ from oncolens.appliance.errors import BundleError, ImageReadError, UsageError
 from oncolens.appliance.imageio import read_image
 from oncolens.train import metrics
 from oncolens.train.data import list_samples
+from oncolens.train.temperature import without_temperature
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,12 @@ def evaluate_dir(model_dir, split_dir, backend="auto", batch=16, bins=15, bootst
         raise UsageError("{}: no readable images".format(split_dir))
     probs = np.concatenate(probs)
     report = metrics.full_report(np.array(targets), probs, labels, bins, bootstrap)
+    temperature = float(((info.get("training") or {}).get("calibration") or {}).get(
+        "temperature", 1.0))
+    report["temperature"] = temperature  # folded into the model at training time
+    if temperature != 1.0:
+        report["ece_without_temperature"] = metrics.calibration(
+            np.array(targets), without_temperature(probs, temperature), bins)[0]
     report.update({"model_dir": os.path.abspath(model_dir), "split_dir": os.path.abspath(split_dir),
                    "arch": info.get("arch"), "resolution": info["input"]["shape"][-1],
                    "runner": runner.describe(), "failed": failed,

@@ -65,6 +65,9 @@ def _print_summary(report):
     if report.get("ci"):
         print("  95% CI (bootstrap): accuracy {:.3f}-{:.3f}  macro-F1 {:.3f}-{:.3f}".format(
             *(report["ci"]["accuracy"] + report["ci"]["macro_f1"])))
+    if "ece_without_temperature" in report:
+        print("  ECE {:.4f} before temperature scaling (T = {:.3f}, fitted on val/ at "
+              "training)".format(report["ece_without_temperature"], report["temperature"]))
     for label in report["labels"]:
         row = report["per_class"][label]
         print("  {:12s} precision {:.3f}  recall {:.3f}  F1 {:.3f}  support {}".format(

@@ -19,6 +19,14 @@ def _ci(report, key):
     return " (95% CI {})".format(span) if span else ""
 
 
+def _temperature(report):
+    """The ECE before the temperature fitted at training time, where one was."""
+    if "ece_without_temperature" not in report:
+        return ""
+    return " ({} before temperature scaling; T = {:.3f}, fitted on val/ at training)".format(
+        _fmt(report["ece_without_temperature"]), report["temperature"])
+
+
 def model_markdown(report, pngs=None):
     labels = report["labels"]
     lines = ["# Evaluation: {}".format(report["model_dir"]), "",
@@ -29,7 +37,8 @@ def model_markdown(report, pngs=None):
              "(one-vs-rest) {}, expected calibration error {}".format(
                  _fmt(report["accuracy"]), _ci(report, "accuracy"), _fmt(report["macro_f1"]),
                  _ci(report, "macro_f1"), _fmt(report["balanced_accuracy"]),
-                 _fmt(report["roc_auc_macro"]), _fmt(report["ece"])), "",
+                 _fmt(report["roc_auc_macro"]), _fmt(report["ece"])) + _temperature(report),
+             "",
              "| class | precision | recall | F1 | ROC-AUC | support |",
              "|---|---|---|---|---|---|"]
     for label in labels:

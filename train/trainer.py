@@ -21,6 +21,7 @@ from oncolens.train.recipe import (learning_rate, make_loaders, make_loss, make_
                                    progress, set_lr, torch_module)
 from oncolens.train.runtime import make_runtime, out_of_memory
 from oncolens.train.synth import dataset_provenance
+from oncolens.train.temperature import calibrate_checkpoint, unscaled_state_dict
 from oncolens.train.weights import initialise, normalisation, zero_init_residual
 
 log = logging.getLogger(__name__)
@@ -277,6 +278,7 @@ def run_training(args):
                      zero_init_residual(model))
     else:
         init = ckpt.get("init", {"source": "checkpoint"})
+        ckpt["state_dict"] = unscaled_state_dict(ckpt)  # model_best: the raw weights
         model.load_state_dict(ckpt.get("train_state_dict", ckpt["state_dict"]))
     args.freeze_early = _freeze_choice(args.freeze_early, init)
     if args.freeze_early and not args.evaluate:
@@ -333,11 +335,23 @@ def run_training(args):
                                  micro, args.resolution))
         raise
     training = dict(training_record(args, runtime, init, seconds, stopped),
-                    train_images=len(samples))
+                    train_images=len(samples),
+                    calibration=_calibrate(args, classes, val_loader, runtime))
     write_bundle(args, classes, preprocess, best, training)
     plot_history(args.model_dir, read_history(args.model_dir))
     best = dict(best, train_seconds=seconds, stopped=stopped)
     return best
+
+
+def _calibrate(args, classes, val_loader, runtime):
+    """Temperature scaling of model_best.pth.tar on val/ (train/temperature.py), unless
+    --no-calibrate or --final-fit (then nothing is held out to fit it on)."""
+    if val_loader is None:
+        return {"temperature": 1.0, "fitted": False, "why": "--final-fit: no held-out split"}
+    if not args.calibrate:
+        return {"temperature": 1.0, "fitted": False, "why": "--no-calibrate"}
+    return calibrate_checkpoint(os.path.join(args.model_dir, BEST), args.arch, len(classes),
+                                val_loader, runtime)
 
 
 def _cell(value):
