@@ -13,7 +13,8 @@ DIFFERS = ("Defaults that differ from jetson-inference's train.py (chosen for sm
            "medical sets on a CPU): AdamW instead of SGD, --lr 1e-3 instead of 0.1, --wd 0.05 "
            "instead of 1e-4, -b 32 instead of 8, cosine schedule with warm-up instead of /10 "
            "every 30 epochs, class-weighted loss, augmentation, best epoch by validation "
-           "macro-F1 instead of accuracy, --pretrained on. --optimizer sgd --lr 0.1 --wd 1e-4 "
+           "macro-F1 instead of accuracy, --pretrained on, confidences temperature-scaled on "
+           "val/ (--no-calibrate). --optimizer sgd --lr 0.1 --wd 1e-4 "
            "-b 8 --schedule step --class-weights none gives jetson-inference's recipe back.")
 
 
