@@ -136,3 +136,22 @@ def test_no_calibrate_leaves_model_best_as_trained(tmp_path, tiny_data):
     assert "temperature" not in best
     for key, value in last["state_dict"].items():
         assert torch.equal(best["state_dict"][key], value), key
+
+
+def test_no_calibrate_on_resume_takes_an_earlier_temperature_back_out(tmp_path, tiny_data):
+    model_dir = str(tmp_path / "m")
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs", 1] + FAST)
+    assert code == 0, err
+    best = _load(model_dir, "model_best.pth.tar")
+    assert best["temperature"] != 1.0
+    # nothing left to train: the best epoch stays, and --no-calibrate makes it raw again
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs", 1,
+                              "--resume", os.path.join(model_dir, "checkpoint.pth.tar"),
+                              "--no-calibrate"] + FAST)
+    assert code == 0, err
+    last, best = _load(model_dir, "checkpoint.pth.tar"), _load(model_dir, "model_best.pth.tar")
+    assert "temperature" not in best
+    for key, value in last["state_dict"].items():
+        torch.testing.assert_close(best["state_dict"][key], value, msg=key)
+    with open(os.path.join(model_dir, "model.json")) as fh:
+        assert json.load(fh)["training"]["calibration"]["why"] == "--no-calibrate"

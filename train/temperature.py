@@ -124,6 +124,23 @@ def unscaled_state_dict(ckpt):
     return state
 
 
+def remove_temperature(path, why):
+    """Take any temperature back out of the checkpoint at ``path`` (a resumed run given
+    --no-calibrate whose best epoch did not change); returns the calibration record."""
+    import torch
+    from oncolens.appliance.archs import load_checkpoint
+    ckpt = load_checkpoint(path)
+    if float(ckpt.get("temperature", 1.0)) != 1.0:
+        ckpt["state_dict"] = unscaled_state_dict(ckpt)
+        ckpt.pop("temperature")
+        ckpt.pop("temperature_layer", None)
+        torch.save(ckpt, path + ".tmp")
+        os.replace(path + ".tmp", path)
+        log.info("%s: the temperature of an earlier run taken back out (%s)",
+                 os.path.basename(path), why)
+    return {"temperature": 1.0, "fitted": False, "why": why}
+
+
 def _logits(model, loader, runtime):
     import torch
     model.eval()

@@ -21,7 +21,8 @@ from oncolens.train.recipe import (learning_rate, make_loaders, make_loss, make_
                                    progress, set_lr, torch_module)
 from oncolens.train.runtime import make_runtime, out_of_memory
 from oncolens.train.synth import dataset_provenance
-from oncolens.train.temperature import calibrate_checkpoint, unscaled_state_dict
+from oncolens.train.temperature import (calibrate_checkpoint, remove_temperature,
+                                        unscaled_state_dict)
 from oncolens.train.weights import initialise, normalisation, zero_init_residual
 
 log = logging.getLogger(__name__)
@@ -346,12 +347,12 @@ def run_training(args):
 def _calibrate(args, classes, val_loader, runtime):
     """Temperature scaling of model_best.pth.tar on val/ (train/temperature.py), unless
     --no-calibrate or --final-fit (then nothing is held out to fit it on)."""
+    best = os.path.join(args.model_dir, BEST)
     if val_loader is None:
-        return {"temperature": 1.0, "fitted": False, "why": "--final-fit: no held-out split"}
+        return remove_temperature(best, "--final-fit: no held-out split")
     if not args.calibrate:
-        return {"temperature": 1.0, "fitted": False, "why": "--no-calibrate"}
-    return calibrate_checkpoint(os.path.join(args.model_dir, BEST), args.arch, len(classes),
-                                val_loader, runtime)
+        return remove_temperature(best, "--no-calibrate")
+    return calibrate_checkpoint(best, args.arch, len(classes), val_loader, runtime)
 
 
 def _cell(value):
