@@ -1,4 +1,4 @@
-"""Temperature scaling: fitted on val/, folded into the last layer of model_best.pth.tar."""
+"""Temperature scaling (--calibrate): fitted on val/, folded into model_best's last layer."""
 import json
 import os
 
@@ -88,7 +88,8 @@ def _load(model_dir, name):
 
 def test_training_folds_the_val_temperature_into_model_best(tmp_path, tiny_data):
     model_dir = str(tmp_path / "m")
-    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs", 1] + FAST)
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs", 1,
+                              "--calibrate"] + FAST)
     assert code == 0, err
     with open(os.path.join(model_dir, "model.json")) as fh:
         record = json.load(fh)["training"]["calibration"]
@@ -124,34 +125,36 @@ def test_training_folds_the_val_temperature_into_model_best(tmp_path, tiny_data)
     assert onnx_scored["ece"] == pytest.approx(scored["ece"], abs=1e-4)
 
 
-def test_no_calibrate_leaves_model_best_as_trained(tmp_path, tiny_data):
+def test_without_calibrate_model_best_stays_as_trained(tmp_path, tiny_data):
     model_dir = str(tmp_path / "raw")
-    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs", 1,
-                              "--no-calibrate"] + FAST)
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs", 1] + FAST)
     assert code == 0, err
     with open(os.path.join(model_dir, "model.json")) as fh:
         record = json.load(fh)["training"]["calibration"]
-    assert record == {"temperature": 1.0, "fitted": False, "why": "--no-calibrate"}
+    assert record == {"temperature": 1.0, "fitted": False, "why": "off (no --calibrate)"}
     last, best = _load(model_dir, "checkpoint.pth.tar"), _load(model_dir, "model_best.pth.tar")
     assert "temperature" not in best
     for key, value in last["state_dict"].items():
         assert torch.equal(best["state_dict"][key], value), key
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", str(tmp_path / "ff"),
+                              "--epochs", 1, "--final-fit", "--calibrate"] + FAST)
+    assert code == 2 and "--calibrate" in err and "--final-fit" in err
 
 
-def test_no_calibrate_on_resume_takes_an_earlier_temperature_back_out(tmp_path, tiny_data):
+def test_a_resume_without_calibrate_takes_an_earlier_temperature_back_out(tmp_path, tiny_data):
     model_dir = str(tmp_path / "m")
-    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs", 1] + FAST)
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs", 1,
+                              "--calibrate"] + FAST)
     assert code == 0, err
     best = _load(model_dir, "model_best.pth.tar")
     assert best["temperature"] != 1.0
-    # nothing left to train: the best epoch stays, and --no-calibrate makes it raw again
+    # nothing left to train: the best epoch stays, and without --calibrate it is raw again
     code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs", 1,
-                              "--resume", os.path.join(model_dir, "checkpoint.pth.tar"),
-                              "--no-calibrate"] + FAST)
+                              "--resume", os.path.join(model_dir, "checkpoint.pth.tar")] + FAST)
     assert code == 0, err
     last, best = _load(model_dir, "checkpoint.pth.tar"), _load(model_dir, "model_best.pth.tar")
     assert "temperature" not in best
     for key, value in last["state_dict"].items():
         torch.testing.assert_close(best["state_dict"][key], value, msg=key)
     with open(os.path.join(model_dir, "model.json")) as fh:
-        assert json.load(fh)["training"]["calibration"]["why"] == "--no-calibrate"
+        assert json.load(fh)["training"]["calibration"]["why"] == "off (no --calibrate)"

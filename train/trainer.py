@@ -227,6 +227,9 @@ def _setup(args):
         if args.evaluate:
             raise UsageError("--evaluate: scores val/, which --final-fit trains on; use "
                              "'oncolens evaluate' on a held-out split")
+        if args.calibrate:
+            raise UsageError("--calibrate: fits a temperature on val/, which --final-fit "
+                             "trains on; leave one of the two out")
     if not args.body_lr_ratio > 0:
         raise UsageError("--body-lr-ratio: expected a positive fraction of --lr, got {}".format(
             args.body_lr_ratio))
@@ -345,13 +348,14 @@ def run_training(args):
 
 
 def _calibrate(args, classes, val_loader, runtime):
-    """Temperature scaling of model_best.pth.tar on val/ (train/temperature.py), unless
-    --no-calibrate or --final-fit (then nothing is held out to fit it on)."""
+    """With --calibrate, temperature scaling of model_best.pth.tar on val/
+    (train/temperature.py); without it, or with --final-fit (nothing held out to fit it on),
+    raw confidences, an earlier run's temperature taken back out."""
     best = os.path.join(args.model_dir, BEST)
     if val_loader is None:
         return remove_temperature(best, "--final-fit: no held-out split")
     if not args.calibrate:
-        return remove_temperature(best, "--no-calibrate")
+        return remove_temperature(best, "off (no --calibrate)")
     return calibrate_checkpoint(best, args.arch, len(classes), val_loader, runtime)
 
 
