@@ -7,7 +7,8 @@ Neural Networks", ICML 2017) divides the logits by one number T, fitted on the v
 split to the lowest negative log-likelihood. Every prediction keeps its class (the order of
 the logits does not change); only the confidences move.
 
-OncoLens folds 1/T into the weights and bias of the network's last linear layer in
+With ``oncolens train --calibrate`` (off by default: docs/TRAINING.md says why), OncoLens
+folds 1/T into the weights and bias of the network's last linear layer in
 model_best.pth.tar, so every consumer of the checkpoint gets the calibrated confidences
 with no change to its code or to the model.json contract: the PyTorch backend, the ONNX
 export (and the TensorRT engine built from it), jetson-inference's ``imagenet``, and
@@ -125,8 +126,8 @@ def unscaled_state_dict(ckpt):
 
 
 def remove_temperature(path, why):
-    """Take any temperature back out of the checkpoint at ``path`` (a resumed run given
-    --no-calibrate whose best epoch did not change); returns the calibration record."""
+    """Take any temperature back out of the checkpoint at ``path`` (a resumed run without
+    --calibrate whose best epoch did not change); returns the calibration record."""
     import torch
     from oncolens.appliance.archs import load_checkpoint
     ckpt = load_checkpoint(path)
@@ -195,7 +196,7 @@ def calibrate_checkpoint(path, arch, num_classes, loader, runtime, bins=15):
     os.replace(path + ".tmp", path)
     before = calibration(targets, softmax(raw), bins)[0]
     after = calibration(targets, softmax(raw / temperature), bins)[0]
-    record = {"temperature": round(temperature, 4), "fitted": True, "fitted_on": "val",
+    record = {"temperature": round(temperature, 6), "fitted": True, "fitted_on": "val",
               "images": int(len(targets)), "layer": name,
               "val_nll": [round(nll(raw, targets), 4), round(nll(raw, targets, temperature), 4)],
               "val_ece": [round(before, 4), round(after, 4)],
