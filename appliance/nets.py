@@ -13,8 +13,12 @@ LITE0_STAGES = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 
 
 
 def _define():
-    import torch
     from torch import nn
+    _CLASSES.update(EfficientNetLite0=_define_lite0(nn), SimpleCNN=_define_simple_cnn(nn))
+
+
+def _define_lite0(nn):
+    """The EfficientNet-Lite0 class (its MBConv blocks within)."""
 
     def relu6(t):
         return nn.functional.hardtanh(t, 0.0, 6.0, inplace=True)
@@ -73,6 +77,12 @@ def _define():
             x = self.features(x).mean(dim=(2, 3))
             return self._fc(self._dropout(x))
 
+    return EfficientNetLite0
+
+
+def _define_simple_cnn(nn):
+    """The SimpleCNN class."""
+
     class SimpleCNN(nn.Module):
         """The baseline: four conv-BN-ReLU-pool stages and a linear classifier."""
 
@@ -92,7 +102,7 @@ def _define():
             x = self.pool(self.features(x)).flatten(1)
             return self.fc(self.dropout(x))
 
-    _CLASSES.update(EfficientNetLite0=EfficientNetLite0, SimpleCNN=SimpleCNN)
+    return SimpleCNN
 
 
 def get(name):
