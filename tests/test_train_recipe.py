@@ -2,6 +2,7 @@
 (TrivialAugment included), zero-initialised residual blocks."""
 import csv
 import json
+import logging
 import os
 
 import numpy as np
@@ -155,7 +156,7 @@ def test_accumulation_and_patience(tmp_path, tiny_data):
 def test_epochs_default_and_time_budget(tmp_path, tiny_data):
     from oncolens.appliance.errors import UsageError
     from oncolens.train.cli import build_parser
-    from oncolens.train.trainer import DEFAULT_EPOCHS, resolve_epochs
+    from oncolens.train.choices import DEFAULT_EPOCHS, resolve_epochs
     plain = build_parser().parse_args([tiny_data])
     resolve_epochs(plain)
     assert plain.epochs == DEFAULT_EPOCHS == 35 and not plain.epochs_from_budget
@@ -269,20 +270,28 @@ def test_trivial_augment_operations():
 
 def test_trivial_augment_defaults_to_on_for_fine_tunes_only():
     from oncolens.train.cli import build_parser
-    from oncolens.train.trainer import _trivial_choice
+    from oncolens.train.choices import trivial_choice
     parse = build_parser().parse_args
     assert parse(["d"]).trivial_augment == "auto"
     assert parse(["d", "--trivial-augment"]).trivial_augment == "on"
     assert parse(["d", "--no-trivial-augment"]).trivial_augment == "off"
     for source, expected in (("imagenet", True), ("file", True), ("random", False),
                              ("checkpoint", False)):
-        assert _trivial_choice("auto", {"source": source}, False) is expected
-        assert _trivial_choice("auto", {"source": source}, True) is False  # --no-augment
-        assert _trivial_choice("on", {"source": source}, False) is True
-        assert _trivial_choice("off", {"source": source}, False) is False
+        assert trivial_choice("auto", {"source": source}, False) is expected
+        assert trivial_choice("auto", {"source": source}, True) is False  # --no-augment
+        assert trivial_choice("on", {"source": source}, False) is True
+        assert trivial_choice("off", {"source": source}, False) is False
+    # --resume: auto keeps what the run was started with; a checkpoint from before the auto
+    # setting (no record) was trained without it; on and off still decide
+    fine_tune = {"source": "imagenet"}
+    assert trivial_choice("auto", fine_tune, False, {"trivial_augment": True}) is True
+    assert trivial_choice("auto", fine_tune, False, {"trivial_augment": False}) is False
+    assert trivial_choice("auto", fine_tune, False, {}) is False
+    assert trivial_choice("on", fine_tune, False, {}) is True
+    assert trivial_choice("auto", fine_tune, True, {"trivial_augment": True}) is False
 
 
-def test_trivial_augment_in_training(tmp_path, tiny_data):
+def test_trivial_augment_in_training(tmp_path, tiny_data, caplog):
     from oncolens.appliance.preprocess import Preprocessor, imagenet_preprocess
     from oncolens.train.augment import TrainAugment
     pre = Preprocessor(imagenet_preprocess(32), (3, 32, 32))
@@ -298,6 +307,14 @@ def test_trivial_augment_in_training(tmp_path, tiny_data):
     code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs", 1,
                               "--arch", "simple-cnn", "--trivial-augment"] + FAST)
     assert code == 0, err
+    assert _info(model_dir)["training"]["trivial_augment"] is True
+    # resumed with no flag (auto, random weights): the run goes on as it was started
+    ckpt = os.path.join(model_dir, "checkpoint.pth.tar")
+    caplog.set_level(logging.INFO)
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs", 2,
+                              "--arch", "simple-cnn", "--resume", ckpt] + FAST)
+    assert code == 0, err
+    assert "--trivial-augment auto: on (as the resumed run was trained)" in caplog.text
     assert _info(model_dir)["training"]["trivial_augment"] is True
     code, out, err = run_cli(["train", tiny_data, "--model-dir", str(tmp_path / "n"),
                               "--trivial-augment", "--no-augment"] + FAST)

@@ -1,36 +1,32 @@
 """The training loop: class folders in, checkpoint + bundle (labels.txt, model.json) out."""
 import logging
 import os
-import shutil
 import time
 
 import numpy as np
 
 from oncolens import __version__
 from oncolens.appliance.archs import build_model, canonical_arch, load_checkpoint
-from oncolens.appliance.bundle import (MODEL_JSON, LABELS_TXT, new_model_info, sha256_file,
-                                       write_labels, write_model_info)
 from oncolens.appliance.errors import UsageError
 from oncolens.appliance.preprocess import imagenet_preprocess
 from oncolens.train import metrics
+from oncolens.train.choices import (check_args, check_resume, freeze_choice, resolve_epochs,
+                                    settle_augmentation)
 from oncolens.train.data import discover_classes
 from oncolens.train.ema import WeightAverage
 from oncolens.train.freeze import freeze_early_layers, head_parameters
 from oncolens.train.history import plot_history, read_history, write_history
+from oncolens.train.outputs import (BEST, prepare_model_dir, save_checkpoint, training_record,
+                                    write_bundle)
 from oncolens.train.recipe import (learning_rate, make_loaders, make_loss, make_optimizer,
                                    progress, set_lr, torch_module)
 from oncolens.train.runtime import make_runtime, out_of_memory
-from oncolens.train.synth import dataset_provenance
 from oncolens.train.temperature import (calibrate_checkpoint, remove_temperature,
                                         unscaled_state_dict)
 from oncolens.train.weights import initialise, normalisation, zero_init_residual
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pth.tar"
-BEST = "model_best.pth.tar"
-DEFAULT_EPOCHS = 35  # jetson-inference's train.py
-BUDGET_EPOCH_CAP = 100000  # --time-limit without --epochs: the clock ends the run
 
 
 def evaluate(model, loader, runtime, num_classes):
@@ -142,66 +138,6 @@ def _train_epoch(model, loader, optimizer, loss_fn, runtime, schedule, args, epo
     return total / max(1, seen), seen / max(1e-9, time.time() - start)
 
 
-def _prepare_model_dir(args):
-    best = os.path.join(args.model_dir, BEST)
-    if os.path.exists(best) and not (args.overwrite or args.resume or args.evaluate):
-        raise UsageError("--model-dir {} already holds a trained model: pass --overwrite to "
-                         "replace it or --resume to continue it".format(args.model_dir))
-    if not os.path.isdir(args.model_dir):
-        os.makedirs(args.model_dir)
-
-
-def _save(state, model_dir, is_best, models=(None, None)):
-    """checkpoint.pth.tar (and model_best.pth.tar when best): ``state_dict`` holds the weights
-    that were validated (the weight average when on); the live training weights and the
-    average's counters ride along for --resume."""
-    torch = torch_module()
-    model, ema = models
-    if ema is not None:
-        state = dict(state, train_state_dict=model.state_dict(), ema=ema.state())
-    path = os.path.join(model_dir, CHECKPOINT)
-    torch.save(state, path + ".tmp")
-    os.replace(path + ".tmp", path)
-    if is_best:
-        shutil.copyfile(path, os.path.join(model_dir, BEST))
-
-
-def training_record(args, runtime, init, seconds, stopped):
-    """The ``training`` block of model.json: the recipe and how the run went."""
-    keys = ("epochs", "batch_size", "lr", "optimizer", "schedule", "warmup_epochs",
-            "weight_decay", "label_smoothing", "class_weights", "sampler", "crop_scale",
-            "colour_jitter", "stain_jitter", "orientation", "no_rot90", "no_augment", "seed",
-            "time_limit", "patience", "accum_steps", "low_memory", "mixup", "ema_epochs",
-            "freeze_early", "final_fit", "body_lr_ratio", "head_epochs", "trivial_augment",
-            "zero_init_residual")
-    record = {k: getattr(args, k) for k in keys}
-    if getattr(args, "epochs_from_budget", False):
-        record["epochs"] = None  # as many as --time-limit allowed (see "stopped")
-    record.update({"best_epoch": None, "init": init, "runtime": runtime.describe(),
-                   "train_seconds": round(seconds, 1), "stopped": stopped,
-                   "oncolens_version": __version__})
-    return record
-
-
-def write_bundle(args, classes, preprocess, best, training):
-    """labels.txt and model.json beside the checkpoints."""
-    write_labels(os.path.join(args.model_dir, LABELS_TXT), classes)
-    training = dict(training, best_epoch=best["epoch"])
-    if training.get("final_fit"):  # val/ was trained on: no validation figures to give
-        scores = {"val": None, "fit_on": ["train", "val"]}
-    else:
-        scores = {"val": {"accuracy": best["accuracy"], "macro_f1": best["macro_f1"],
-                          "loss": best.get("loss")}}
-    info = new_model_info(
-        args.arch, classes, args.resolution, preprocess,
-        checkpoint={"file": BEST, "sha256": sha256_file(os.path.join(args.model_dir, BEST))},
-        training=training,
-        metrics=scores,
-        provenance=dataset_provenance(args.data))
-    write_model_info(os.path.join(args.model_dir, MODEL_JSON), info)
-    return info
-
-
 def _better(summary, loss, best):
     if summary["macro_f1"] != best["macro_f1"]:
         return summary["macro_f1"] > best["macro_f1"]
@@ -220,30 +156,8 @@ def _setup(args):
         args.workers = min(args.workers, 1)
         if args.accum_steps == 1 and args.batch_size > 8:
             args.accum_steps = int(np.ceil(args.batch_size / 8.0))
-    if args.final_fit:
-        if args.patience:
-            raise UsageError("--patience: stops on val/ macro-F1, but --final-fit trains on val/;"
-                             " give --epochs or --time-limit instead")
-        if args.evaluate:
-            raise UsageError("--evaluate: scores val/, which --final-fit trains on; use "
-                             "'oncolens evaluate' on a held-out split")
-        if args.calibrate:
-            raise UsageError("--calibrate: fits a temperature on val/, which --final-fit "
-                             "trains on; leave one of the two out")
-    if not args.body_lr_ratio > 0:
-        raise UsageError("--body-lr-ratio: expected a positive fraction of --lr, got {}".format(
-            args.body_lr_ratio))
-    if args.head_epochs < 0:
-        raise UsageError("--head-epochs: expected 0 or more, got {}".format(args.head_epochs))
-    if args.trivial_augment == "on" and args.no_augment:
-        raise UsageError("--trivial-augment: is augmentation, which --no-augment turns off; "
-                         "give one of the two")
-    if args.zero_init_residual:
-        _check_zero_init(args)
-    if args.accum_steps < 1 or args.batch_size < args.accum_steps:
-        raise UsageError("--accum-steps: expected 1..--batch-size, got {}".format(
-            args.accum_steps))
-    _prepare_model_dir(args)
+    check_args(args)
+    prepare_model_dir(args)
     runtime = make_runtime(args.gpu, args.precision, args.channels_last)
     classes = discover_classes(args.data)
     mean, std = normalisation(args.arch)
@@ -252,48 +166,31 @@ def _setup(args):
     return runtime, classes, preprocess
 
 
-def resolve_epochs(args):
-    """``--epochs`` left unset: 35 (jetson-inference's), or under ``--time-limit`` no count
-    at all: the budget alone ends the run, and the cosine follows the clock to its end."""
-    args.epochs_from_budget = args.epochs is None and bool(args.time_limit)
-    if args.epochs is None:
-        args.epochs = BUDGET_EPOCH_CAP if args.epochs_from_budget else DEFAULT_EPOCHS
-    if args.epochs < 1:
-        raise UsageError("--epochs: expected a positive number, got {}".format(args.epochs))
-
-
-def run_training(args):
-    """Train as the command line says; returns the best epoch's validation metrics."""
-    resolve_epochs(args)
-    runtime, classes, preprocess = _setup(args)
-    micro = args.batch_size // args.accum_steps
-    model = build_model(args.arch, len(classes))
+def _starting_model(args, num_classes):
+    """The network with its starting weights (ImageNet, a file, random or --resume's), the
+    checkpoint resumed (or None), where the weights came from, and the auto settings decided."""
+    model = build_model(args.arch, num_classes)
     ckpt = load_checkpoint(args.resume) if args.resume else None
-    if ckpt is not None and bool(ckpt.get("final_fit")) != args.final_fit:
-        raise UsageError("--resume {}: that run was {}made with --final-fit; resume it the same "
-                         "way".format(args.resume, "" if ckpt.get("final_fit") else "not "))
-    if ckpt is not None and float(ckpt.get("body_lr_ratio", 1.0)) != args.body_lr_ratio:
-        raise UsageError("--resume {}: that run was made with --body-lr-ratio {:g}; resume it "
-                         "the same way".format(args.resume, float(ckpt.get("body_lr_ratio", 1.0))))
     if ckpt is None:
         init = initialise(model, args.arch, args.pretrained, args.weights)
         if args.zero_init_residual:
             log.info("--zero-init-residual: %d residual blocks start as the identity",
                      zero_init_residual(model))
     else:
+        check_resume(args, ckpt)
         init = ckpt.get("init", {"source": "checkpoint"})
         ckpt["state_dict"] = unscaled_state_dict(ckpt)  # model_best: the raw weights
         model.load_state_dict(ckpt.get("train_state_dict", ckpt["state_dict"]))
-    args.freeze_early = _freeze_choice(args.freeze_early, init)
+    args.freeze_early = freeze_choice(args.freeze_early, init)
     if args.freeze_early and not args.evaluate:
         freeze_early_layers(model, args.resolution)
-    chosen = _trivial_choice(args.trivial_augment, init, args.no_augment)
-    if args.trivial_augment == "auto" and not args.evaluate:
-        why = ("--no-augment" if args.no_augment else
-               "a fine-tune from pretrained weights" if chosen else "random weights")
-        log.info("--trivial-augment auto: %s (%s)", "on" if chosen else "off", why)
-    args.trivial_augment = chosen
-    train_loader, val_loader, samples = make_loaders(args, classes, preprocess, micro)
+    settle_augmentation(args, init, ckpt)
+    return model, ckpt, init
+
+
+def _head_and_body(args, model):
+    """The classifier head's parameters (for --body-lr-ratio and --head-epochs) and the rest
+    that --head-epochs holds still at first."""
     layer_wise = args.body_lr_ratio != 1.0
     head = head_parameters(model, args.resolution) if layer_wise or args.head_epochs else ()
     if layer_wise:
@@ -302,23 +199,40 @@ def run_training(args):
     head_ids = {id(p) for p in head}
     body = [p for p in model.parameters()
             if p.requires_grad and id(p) not in head_ids] if args.head_epochs else []
+    return head, body
+
+
+def _resume_state(args, ckpt, optimizer, ema, rows):
+    """The best epoch so far, the epoch to start from and history.csv's rows up to it."""
+    best = {"macro_f1": -1.0, "accuracy": 0.0, "epoch": -1, "loss": float("inf")}
+    if ckpt is None:
+        return best, args.start_epoch
+    if ema is not None:
+        ema.restore(ckpt["state_dict"], ckpt.get("ema", {}))
+    if "optimizer" in ckpt and not args.evaluate:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    start_epoch = ckpt.get("epoch", args.start_epoch)
+    rows.extend(r for r in read_history(args.model_dir) if int(r["epoch"]) <= start_epoch)
+    return ckpt.get("best", best), start_epoch
+
+
+def run_training(args):
+    """Train as the command line says; returns the best epoch's validation metrics."""
+    resolve_epochs(args)
+    runtime, classes, preprocess = _setup(args)
+    micro = args.batch_size // args.accum_steps
+    model, ckpt, init = _starting_model(args, len(classes))
+    train_loader, val_loader, samples = make_loaders(args, classes, preprocess, micro)
+    head, body = _head_and_body(args, model)
     model = runtime.model(model)
-    optimizer = make_optimizer(args, model, head)  # splits the rates only when layer_wise
+    optimizer = make_optimizer(args, model, head)  # splits the rates only when layer-wise
     loss_fn = make_loss(args, samples, len(classes), runtime.device)
     ema = None
     if args.ema_epochs > 0:
         steps = int(np.ceil(len(train_loader) / float(args.accum_steps)))
         ema = WeightAverage(model, args.ema_epochs, steps)
-    best = {"macro_f1": -1.0, "accuracy": 0.0, "epoch": -1, "loss": float("inf")}
-    start_epoch, rows = args.start_epoch, []
-    if ckpt is not None:
-        if ema is not None:
-            ema.restore(ckpt["state_dict"], ckpt.get("ema", {}))
-        if "optimizer" in ckpt and not args.evaluate:
-            optimizer.load_state_dict(ckpt["optimizer"])
-        start_epoch = ckpt.get("epoch", start_epoch)
-        best = ckpt.get("best", best)
-        rows = [r for r in read_history(args.model_dir) if int(r["epoch"]) <= start_epoch]
+    rows = []
+    best, start_epoch = _resume_state(args, ckpt, optimizer, ema, rows)
     if args.evaluate:
         loss, summary, _, _ = evaluate(ema.model if ema else model, val_loader, runtime,
                                        len(classes))
@@ -343,8 +257,7 @@ def run_training(args):
                     calibration=_calibrate(args, classes, val_loader, runtime))
     write_bundle(args, classes, preprocess, best, training)
     plot_history(args.model_dir, read_history(args.model_dir))
-    best = dict(best, train_seconds=seconds, stopped=stopped)
-    return best
+    return dict(best, train_seconds=seconds, stopped=stopped)
 
 
 def _calibrate(args, classes, val_loader, runtime):
@@ -369,38 +282,6 @@ def _val_text(loss, summary):
         return "no val (--final-fit)"
     return "val loss {:.4f}  acc {:.4f}  macro-F1 {:.4f}".format(
         loss, summary["accuracy"], summary["macro_f1"])
-
-
-def _check_zero_init(args):
-    """--zero-init-residual: only from random weights, only for networks with residual blocks
-    (checked before the model directory is made)."""
-    if args.weights or args.pretrained is not False:
-        raise UsageError("--zero-init-residual: sets up random weights, but this run starts "
-                         "from {}; add --no-pretrained".format(
-                             "--weights" if args.weights else "ImageNet weights (--pretrained "
-                             "is on by default)"))
-    with torch_module().random.fork_rng(devices=[]):  # leave the seeded stream untouched
-        blocks = zero_init_residual(build_model(args.arch, 2))
-    if not blocks:
-        raise UsageError("--zero-init-residual: --arch {} has no ResNet residual blocks "
-                         "(expected resnet18, resnet34, resnet50 or another torchvision "
-                         "ResNet)".format(args.arch))
-
-
-def _freeze_choice(option, init):
-    """on / off / auto, where auto means: the weights came from a pretrained source (a
-    fine-tune). --freeze-early uses it as it is; --trivial-augment too, unless --no-augment."""
-    if option == "auto":
-        return init.get("source") in ("imagenet", "file")
-    return option == "on"
-
-
-def _trivial_choice(option, init, no_augment):
-    """--trivial-augment left at auto: on for a fine-tune from pretrained weights (it led on
-    BUSI val for EfficientNet-Lite0, docs/RESULTS.md), off from random weights (it did not)."""
-    if option == "auto" and no_augment:
-        return False
-    return _freeze_choice(option, init)
 
 
 def _head_phase(body, epoch, head_epochs, start_epoch):
@@ -449,14 +330,14 @@ def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, c
                  "{:g} min".format(args.time_limit) if args.epochs_from_budget else args.epochs,
                  lr, train_loss, ips, _val_text(val_loss, summary), time.time() - t0,
                  "  *best*" if is_best and val_loader is not None else "")
-        _save({"epoch": epoch + 1, "arch": args.arch, "resolution": args.resolution,
-               "classes": classes, "num_classes": len(classes),
-               "state_dict": judged.state_dict(), "accuracy": summary["accuracy"],
-               "loss": val_loss, "optimizer": optimizer.state_dict(), "best": best,
-               "macro_f1": summary["macro_f1"], "preprocess": preprocess, "init": init,
-               "final_fit": val_loader is None, "body_lr_ratio": args.body_lr_ratio,
-               "oncolens_version": __version__},
-              args.model_dir, is_best, (model, ema))
+        state = {"epoch": epoch + 1, "arch": args.arch, "resolution": args.resolution,
+                 "classes": classes, "num_classes": len(classes),
+                 "state_dict": judged.state_dict(), "accuracy": summary["accuracy"],
+                 "loss": val_loss, "optimizer": optimizer.state_dict(), "best": best,
+                 "macro_f1": summary["macro_f1"], "preprocess": preprocess, "init": init,
+                 "final_fit": val_loader is None, "body_lr_ratio": args.body_lr_ratio,
+                 "trivial_augment": args.trivial_augment, "oncolens_version": __version__}
+        save_checkpoint(state, args.model_dir, is_best, (model, ema))
         write_history(args.model_dir, rows)
         if args.patience and since_best >= args.patience:
             log.info("no better val macro-F1 for %d epochs: stopping early", args.patience)

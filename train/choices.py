@@ -1,0 +1,116 @@
+"""What ``oncolens train`` decides before it trains: flags that cannot go together (refused
+before anything is written), the epoch count, and the ``auto`` settings that depend on where
+the starting weights came from."""
+import logging
+
+from oncolens.appliance.archs import build_model
+from oncolens.appliance.errors import UsageError
+from oncolens.train.recipe import torch_module
+from oncolens.train.weights import zero_init_residual
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EPOCHS = 35  # jetson-inference's train.py
+BUDGET_EPOCH_CAP = 100000  # --time-limit without --epochs: the clock ends the run
+
+
+def resolve_epochs(args):
+    """``--epochs`` left unset: 35 (jetson-inference's), or under ``--time-limit`` no count
+    at all: the budget alone ends the run, and the cosine follows the clock to its end."""
+    args.epochs_from_budget = args.epochs is None and bool(args.time_limit)
+    if args.epochs is None:
+        args.epochs = BUDGET_EPOCH_CAP if args.epochs_from_budget else DEFAULT_EPOCHS
+    if args.epochs < 1:
+        raise UsageError("--epochs: expected a positive number, got {}".format(args.epochs))
+
+
+def check_args(args):
+    """Refuse flags that contradict each other, each with a one-line reason."""
+    if args.final_fit:
+        _check_final_fit(args)
+    if not args.body_lr_ratio > 0:
+        raise UsageError("--body-lr-ratio: expected a positive fraction of --lr, got {}".format(
+            args.body_lr_ratio))
+    if args.head_epochs < 0:
+        raise UsageError("--head-epochs: expected 0 or more, got {}".format(args.head_epochs))
+    if args.trivial_augment == "on" and args.no_augment:
+        raise UsageError("--trivial-augment: is augmentation, which --no-augment turns off; "
+                         "give one of the two")
+    if args.zero_init_residual:
+        check_zero_init(args)
+    if args.accum_steps < 1 or args.batch_size < args.accum_steps:
+        raise UsageError("--accum-steps: expected 1..--batch-size, got {}".format(
+            args.accum_steps))
+
+
+def _check_final_fit(args):
+    if args.patience:
+        raise UsageError("--patience: stops on val/ macro-F1, but --final-fit trains on val/;"
+                         " give --epochs or --time-limit instead")
+    if args.evaluate:
+        raise UsageError("--evaluate: scores val/, which --final-fit trains on; use "
+                         "'oncolens evaluate' on a held-out split")
+    if args.calibrate:
+        raise UsageError("--calibrate: fits a temperature on val/, which --final-fit "
+                         "trains on; leave one of the two out")
+
+
+def check_resume(args, ckpt):
+    """--resume: the run goes on in the mode it was made in."""
+    if bool(ckpt.get("final_fit")) != args.final_fit:
+        raise UsageError("--resume {}: that run was {}made with --final-fit; resume it the same "
+                         "way".format(args.resume, "" if ckpt.get("final_fit") else "not "))
+    if float(ckpt.get("body_lr_ratio", 1.0)) != args.body_lr_ratio:
+        raise UsageError("--resume {}: that run was made with --body-lr-ratio {:g}; resume it "
+                         "the same way".format(args.resume, float(ckpt.get("body_lr_ratio", 1.0))))
+
+
+def check_zero_init(args):
+    """--zero-init-residual: only from random weights, only for networks with residual blocks
+    (checked before the model directory is made)."""
+    if args.weights or args.pretrained is not False:
+        raise UsageError("--zero-init-residual: sets up random weights, but this run starts "
+                         "from {}; add --no-pretrained".format(
+                             "--weights" if args.weights else "ImageNet weights (--pretrained "
+                             "is on by default)"))
+    with torch_module().random.fork_rng(devices=[]):  # leave the seeded stream untouched
+        blocks = zero_init_residual(build_model(args.arch, 2))
+    if not blocks:
+        raise UsageError("--zero-init-residual: --arch {} has no ResNet residual blocks "
+                         "(expected resnet18, resnet34, resnet50 or another torchvision "
+                         "ResNet)".format(args.arch))
+
+
+def freeze_choice(option, init):
+    """on / off / auto, where auto means: the weights came from a pretrained source (a
+    fine-tune). --freeze-early uses it as it is; --trivial-augment too, unless --no-augment."""
+    if option == "auto":
+        return init.get("source") in ("imagenet", "file")
+    return option == "on"
+
+
+def trivial_choice(option, init, no_augment, ckpt=None):
+    """--trivial-augment left at auto: on for a fine-tune from pretrained weights (it led on
+    BUSI val for EfficientNet-Lite0, docs/RESULTS.md), off from random weights (it did not).
+
+    On --resume, auto keeps what the run was started with; a checkpoint that does not record
+    it predates the auto setting (commit 807e5dd), when it was off unless asked for."""
+    if option == "auto" and no_augment:
+        return False
+    if option == "auto" and ckpt is not None:
+        return bool(ckpt.get("trivial_augment", False))
+    return freeze_choice(option, init)
+
+
+def settle_augmentation(args, init, ckpt):
+    """Turn ``args.trivial_augment`` from on / off / auto into a yes or no, and say why."""
+    chosen = trivial_choice(args.trivial_augment, init, args.no_augment, ckpt)
+    if args.trivial_augment == "auto" and not args.evaluate:
+        if args.no_augment:
+            why = "--no-augment"
+        elif ckpt is not None:
+            why = "as the resumed run was trained"
+        else:
+            why = "a fine-tune from pretrained weights" if chosen else "random weights"
+        log.info("--trivial-augment auto: %s (%s)", "on" if chosen else "off", why)
+    args.trivial_augment = chosen

@@ -1,0 +1,74 @@
+"""What a training run writes into ``--model-dir``: the checkpoints (jetson-inference's
+``checkpoint.pth.tar`` and ``model_best.pth.tar``), ``labels.txt`` and ``model.json``."""
+import os
+import shutil
+
+from oncolens import __version__
+from oncolens.appliance.bundle import (MODEL_JSON, LABELS_TXT, new_model_info, sha256_file,
+                                       write_labels, write_model_info)
+from oncolens.appliance.errors import UsageError
+from oncolens.train.recipe import torch_module
+from oncolens.train.synth import dataset_provenance
+
+CHECKPOINT = "checkpoint.pth.tar"
+BEST = "model_best.pth.tar"
+
+
+def prepare_model_dir(args):
+    best = os.path.join(args.model_dir, BEST)
+    if os.path.exists(best) and not (args.overwrite or args.resume or args.evaluate):
+        raise UsageError("--model-dir {} already holds a trained model: pass --overwrite to "
+                         "replace it or --resume to continue it".format(args.model_dir))
+    if not os.path.isdir(args.model_dir):
+        os.makedirs(args.model_dir)
+
+
+def save_checkpoint(state, model_dir, is_best, models=(None, None)):
+    """checkpoint.pth.tar (and model_best.pth.tar when best): ``state_dict`` holds the weights
+    that were validated (the weight average when on); the live training weights and the
+    average's counters ride along for --resume."""
+    torch = torch_module()
+    model, ema = models
+    if ema is not None:
+        state = dict(state, train_state_dict=model.state_dict(), ema=ema.state())
+    path = os.path.join(model_dir, CHECKPOINT)
+    torch.save(state, path + ".tmp")
+    os.replace(path + ".tmp", path)
+    if is_best:
+        shutil.copyfile(path, os.path.join(model_dir, BEST))
+
+
+def training_record(args, runtime, init, seconds, stopped):
+    """The ``training`` block of model.json: the recipe and how the run went."""
+    keys = ("epochs", "batch_size", "lr", "optimizer", "schedule", "warmup_epochs",
+            "weight_decay", "label_smoothing", "class_weights", "sampler", "crop_scale",
+            "colour_jitter", "stain_jitter", "orientation", "no_rot90", "no_augment", "seed",
+            "time_limit", "patience", "accum_steps", "low_memory", "mixup", "ema_epochs",
+            "freeze_early", "final_fit", "body_lr_ratio", "head_epochs", "trivial_augment",
+            "zero_init_residual")
+    record = {k: getattr(args, k) for k in keys}
+    if getattr(args, "epochs_from_budget", False):
+        record["epochs"] = None  # as many as --time-limit allowed (see "stopped")
+    record.update({"best_epoch": None, "init": init, "runtime": runtime.describe(),
+                   "train_seconds": round(seconds, 1), "stopped": stopped,
+                   "oncolens_version": __version__})
+    return record
+
+
+def write_bundle(args, classes, preprocess, best, training):
+    """labels.txt and model.json beside the checkpoints."""
+    write_labels(os.path.join(args.model_dir, LABELS_TXT), classes)
+    training = dict(training, best_epoch=best["epoch"])
+    if training.get("final_fit"):  # val/ was trained on: no validation figures to give
+        scores = {"val": None, "fit_on": ["train", "val"]}
+    else:
+        scores = {"val": {"accuracy": best["accuracy"], "macro_f1": best["macro_f1"],
+                          "loss": best.get("loss")}}
+    info = new_model_info(
+        args.arch, classes, args.resolution, preprocess,
+        checkpoint={"file": BEST, "sha256": sha256_file(os.path.join(args.model_dir, BEST))},
+        training=training,
+        metrics=scores,
+        provenance=dataset_provenance(args.data))
+    write_model_info(os.path.join(args.model_dir, MODEL_JSON), info)
+    return info
