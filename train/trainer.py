@@ -28,7 +28,6 @@ from oncolens.train.weights import initialise, normalisation, zero_init_residual
 log = logging.getLogger(__name__)
 
 
-
 def evaluate(model, loader, runtime, num_classes):
     """Run ``model`` over ``loader``: (mean loss, metrics summary, probabilities, targets).
 
