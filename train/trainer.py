@@ -201,18 +201,18 @@ def _head_and_body(args, model):
     return head, body
 
 
-def _resume_state(args, ckpt, optimizer, ema, rows):
+def _resume_state(args, ckpt, optimizer, ema):
     """The best epoch so far, the epoch to start from and history.csv's rows up to it."""
     best = {"macro_f1": -1.0, "accuracy": 0.0, "epoch": -1, "loss": float("inf")}
     if ckpt is None:
-        return best, args.start_epoch
+        return best, args.start_epoch, []
     if ema is not None:
         ema.restore(ckpt["state_dict"], ckpt.get("ema", {}))
     if "optimizer" in ckpt and not args.evaluate:
         optimizer.load_state_dict(ckpt["optimizer"])
     start_epoch = ckpt.get("epoch", args.start_epoch)
-    rows.extend(r for r in read_history(args.model_dir) if int(r["epoch"]) <= start_epoch)
-    return ckpt.get("best", best), start_epoch
+    rows = [r for r in read_history(args.model_dir) if int(r["epoch"]) <= start_epoch]
+    return ckpt.get("best", best), start_epoch, rows
 
 
 def run_training(args):
@@ -230,8 +230,7 @@ def run_training(args):
     if args.ema_epochs > 0:
         steps = int(np.ceil(len(train_loader) / float(args.accum_steps)))
         ema = WeightAverage(model, args.ema_epochs, steps)
-    rows = []
-    best, start_epoch = _resume_state(args, ckpt, optimizer, ema, rows)
+    best, start_epoch, rows = _resume_state(args, ckpt, optimizer, ema)
     if args.evaluate:
         loss, summary, _, _ = evaluate(ema.model if ema else model, val_loader, runtime,
                                        len(classes))
