@@ -1,0 +1,51 @@
+"""Checks on output paths, made before any work starts.
+
+A run that measures or classifies for minutes must not fail at its end because the file it
+was told to write cannot be created: each command checks its output flags first, with one
+line naming the flag, the path and what was expected.
+"""
+import os
+
+from oncolens.appliance.errors import UsageError
+
+
+def _first_existing(path):
+    """The nearest ancestor of ``path`` (or ``path`` itself) that exists."""
+    here = os.path.abspath(path)
+    while not os.path.exists(here):
+        parent = os.path.dirname(here)
+        if parent == here:
+            break
+        here = parent
+    return here
+
+
+def _check_parent(path, flag):
+    parent = os.path.dirname(os.path.abspath(path))
+    found = _first_existing(parent)
+    if not os.path.isdir(found):
+        raise UsageError("{} {}: {} is a file, not a folder: expected a path inside a folder"
+                         .format(flag, path, found))
+    if not os.access(found, os.W_OK | os.X_OK):
+        raise UsageError("{} {}: folder {} is not writable".format(flag, path, found))
+
+
+def check_output_file(path, flag, overwrite=False, hint="pass --overwrite to replace it"):
+    """``path`` can be written as a file: its folder exists or can be made, and unless
+    ``overwrite`` nothing is there yet."""
+    if os.path.isdir(path):
+        raise UsageError("{} {} is a folder: expected a file name".format(flag, path))
+    if os.path.exists(path) and not overwrite:
+        raise UsageError("{} {} already exists: {}".format(flag, path, hint))
+    _check_parent(path, flag)
+
+
+def check_output_dir(path, flag):
+    """``path`` is a folder or can be made as one."""
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise UsageError("{} {} is a file: expected a folder".format(flag, path))
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UsageError("{} {}: folder is not writable".format(flag, path))
+        return
+    _check_parent(path, flag)
