@@ -13,7 +13,7 @@ import time
 
 from oncolens.appliance.evaluation import truth_of
 from oncolens.appliance.pipeline import batched, iter_image_files, prefetch, window
-from oncolens.appliance.results import ResultsWriter, done_paths
+from oncolens.appliance.results import ResultsWriter, check_same_model, done_paths, path_key
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +78,10 @@ class Annotator(object):
 
     def __call__(self, item, preds):
         from oncolens.appliance.errors import UsageError
-        from oncolens.appliance.imageio import write_image
+        from oncolens.appliance.imageio import colour_path, write_image
         from oncolens.appliance.overlay import draw_lines
         from oncolens.appliance.postprocess import overlay_text
-        target = os.path.join(self.outdir, item.relpath)
+        target = colour_path(os.path.join(self.outdir, item.relpath))
         if os.path.exists(target) and not self.overwrite:
             raise UsageError("output {} already exists: pass --overwrite to replace it".format(
                 target))
@@ -92,19 +92,17 @@ def run_batch(clf, uri, results=None, annotate=None, batch_size=8, workers=2, re
               overwrite=False, progress=True, on_row=None):
     """Classify every image under ``uri``; returns a Summary. ``on_row(row)`` sees each row."""
     labels = clf.labels
-    writer = ResultsWriter(results, labels, resume, overwrite) if results else None
-    skip = done_paths(results) if (results and resume) else set()
-    if skip:
-        log.info("--resume: %d files already in %s are skipped", len(skip), results)
+    backend = clf.backend.name
+    precision = getattr(clf.backend, "precision", "fp32")
+    sha = clf.bundle.model_sha256 or ""
     annotator = None
     if annotate:
         _check_annotate_dir(annotate, resume, overwrite)
         annotator = Annotator(annotate, overwrite or resume)
-    backend = clf.backend.name
-    precision = getattr(clf.backend, "precision", "fp32")
-    sha = clf.bundle.model_sha256 or ""
+    writer, skip = _open_results(results, labels, resume, overwrite, sha, precision)
     counts = collections.Counter()
-    files = (f for f in iter_image_files(uri, counts) if not _skipped(f, skip, counts))
+    files = (f for f in iter_image_files(uri, counts, exclude=annotate)
+             if not _skipped(f, skip, counts))
     items = prefetch(files, clf.preprocessor, workers=workers, depth=window(batch_size, workers),
                      keep_image=annotator is not None)
     bar = Progress(progress)
@@ -131,8 +129,29 @@ def run_batch(clf, uri, results=None, annotate=None, batch_size=8, workers=2, re
         bar.close()
         if writer is not None:
             writer.close()
+    if skip and not counts["skipped"]:
+        log.warning("--resume: none of the %d files in %s is under %s: was it started on "
+                    "another input, or from another folder with relative paths?", len(skip),
+                    results, uri)
     return Summary(counts["classified"], counts["failed"], counts["skipped"], counts["ignored"],
                    time.time() - started)
+
+
+def _open_results(results, labels, resume, overwrite, sha, precision):
+    """The results writer (None without a file) and the files ``--resume`` skips."""
+    if not results:
+        return None, set()
+    writer = ResultsWriter(results, labels, resume, overwrite)
+    if not resume:
+        return writer, set()
+    try:  # read after the writer has cut an unfinished last line
+        check_same_model(results, sha, precision)
+    except Exception:
+        writer.close()
+        raise
+    skip = done_paths(results)
+    log.info("--resume: %d files already in %s are skipped", len(skip), results)
+    return writer, skip
 
 
 def _check_annotate_dir(outdir, resume, overwrite):
@@ -143,7 +162,7 @@ def _check_annotate_dir(outdir, resume, overwrite):
 
 
 def _skipped(entry, skip, counts):
-    if entry[0] in skip:
+    if skip and path_key(entry[0]) in skip:
         counts["skipped"] += 1
         return True
     return False

@@ -98,14 +98,39 @@ def _check_args(args):
             args.batch_size))
     if args.workers < 0:
         raise UsageError("--workers: expected 0 or more, got {}".format(args.workers))
+    if args.topk < 1:
+        raise UsageError("--topK: expected 1 or more classes, got {}".format(args.topk))
+    if not 0.0 <= args.threshold <= 1.0:
+        raise UsageError("--threshold: expected a confidence between 0 and 1, got {}".format(
+            args.threshold))
     if args.resume and not args.results:
         raise UsageError("--resume: needs --results FILE (the file to continue)")
-    if args.results:
-        from oncolens.appliance.results import results_format
-        results_format(args.results)
+    _check_outputs(args)
     if not os.path.exists(args.input) and not any(ch in args.input for ch in "*?["):
         raise UsageError("input not found: {} (expected a folder, a quoted glob or an image "
                          "file)".format(args.input))
+
+
+def _check_outputs(args):
+    """Every file the run will write can be written, before the first image is read."""
+    from oncolens.appliance.outpaths import check_output_dir, check_output_file
+    from oncolens.appliance.results import results_format
+    keep = args.overwrite or args.resume
+    if args.results:
+        results_format(args.results)
+        check_output_file(args.results, "--results", overwrite=keep,
+                          hint="pass --resume to continue it or --overwrite to replace it")
+    metrics = metrics_path(args)
+    if metrics:
+        check_output_file(metrics, "--metrics", overwrite=keep)
+        check_output_file(confusion_path(metrics), "--metrics", overwrite=keep)
+    if args.annotate:
+        check_output_dir(args.annotate, "--annotate")
+
+
+def confusion_path(metrics):
+    """The confusion-matrix picture written beside the metrics JSON."""
+    return os.path.splitext(metrics)[0].replace(".metrics", "") + ".confusion.png"
 
 
 def metrics_path(args):
@@ -129,11 +154,9 @@ def report_metrics(args, labels, extra_rows):
     print(format_metrics(m))
     path = metrics_path(args)
     if path:
-        if os.path.exists(path) and not (args.overwrite or args.resume):
-            raise UsageError("metrics file {} already exists: pass --overwrite".format(path))
         from oncolens.appliance.imageio import write_image
         write_metrics_json(path, m)
-        png = os.path.splitext(path)[0].replace(".metrics", "") + ".confusion.png"
+        png = confusion_path(path)
         write_image(png, confusion_image(m))
         print("metrics: {} and {}".format(path, png))
     return m

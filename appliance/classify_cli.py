@@ -15,6 +15,7 @@ import sys
 
 from oncolens.appliance.cliutil import cli_entry, normalize_flags, setup_logging
 from oncolens.appliance.errors import UsageError
+from oncolens.appliance.outpaths import check_output_file
 
 log = logging.getLogger("oncolens.classify")
 
@@ -87,7 +88,8 @@ def build_parser():
     _output_flags(p)
     g = p.add_argument_group("appliance")
     g.add_argument("--overlay", default="text",
-                   help="comma list of: text, cam (heatmap under the text), none (text)")
+                   help="comma list of: text, cam (heatmap under the text), none (nothing "
+                        "drawn)")
     g.add_argument("--serve", metavar="[HOST]:PORT",
                    help="also serve the web page, the live annotated stream (MJPEG) and "
                         "POST /classify, e.g. :8080 (loopback; another host needs --token)")
@@ -97,7 +99,8 @@ def build_parser():
                    help="seconds between status lines (5)")
     g.add_argument("--no-jetson-utils", action="store_true",
                    help="use OpenCV even where jetson_utils is importable")
-    g.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    g.add_argument("--log-level", default="info",
+                   help="silent, error, warning, success, info, verbose, debug (info)")
     g.add_argument("--verbose", action="store_true", help="same as --log-level=verbose (debug)")
     g.add_argument("--debug", action="store_true", help="same as --log-level=debug")
     g.add_argument("--log-file", help="also write the log to this file")
@@ -147,17 +150,30 @@ def choose_output(args):
 
 def _setup_logging(args):
     level = "debug" if (args.verbose or args.debug) else args.log_level
-    setup_logging("debug" if level == "verbose" else level)
+    setup_logging(level)
     if args.log_file:
+        check_output_file(args.log_file, "--log-file", overwrite=True)
         handler = logging.FileHandler(args.log_file)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger().addHandler(handler)
+
+
+def _check_values(args):
+    if args.topk < 1:
+        raise UsageError("--topK: expected 1 or more classes, got {}".format(args.topk))
+    if args.input_loop < -1:
+        raise UsageError("--input-loop: expected -1 (forever), 0 (once) or a number of more "
+                         "passes, got {}".format(args.input_loop))
+    if not 0.0 <= args.threshold <= 1.0:
+        raise UsageError("--threshold: expected a confidence between 0 and 1, got {}".format(
+            args.threshold))
 
 
 @cli_entry("oncolens classify")
 def main(argv):
     args, unknown = build_parser().parse_known_args(normalize_flags(argv))
     _setup_logging(args)
+    _check_values(args)
     for flag in unknown:
         log.warning("%s: not a flag oncolens classify knows: ignored", flag)
     if args.prototxt:

@@ -3,7 +3,7 @@ import functools
 import logging
 import sys
 
-from oncolens.appliance.errors import OncoLensError
+from oncolens.appliance.errors import OncoLensError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +23,20 @@ def normalize_flags(argv):
     return out
 
 
+# jetson-inference's --log-level names, and Python's
+LOG_LEVELS = {"silent": logging.CRITICAL + 10, "critical": logging.CRITICAL,
+              "error": logging.ERROR, "warning": logging.WARNING, "warn": logging.WARNING,
+              "success": logging.INFO, "info": logging.INFO, "verbose": logging.DEBUG,
+              "debug": logging.DEBUG}
+
+
 def setup_logging(level="info"):
+    name = str(level).lower()
+    if name not in LOG_LEVELS:
+        raise UsageError("--log-level: unknown level '{}' (expected one of: silent, error, "
+                         "warning, success, info, verbose, debug)".format(level))
     logging.basicConfig(
-        level=getattr(logging, str(level).upper(), logging.INFO),
+        level=LOG_LEVELS[name],
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )

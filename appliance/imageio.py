@@ -44,6 +44,17 @@ def encode_image(rgb, ext=".jpg", quality=92):
     return buf.tobytes()
 
 
+# formats that hold grey only, and the colour format of the same family that replaces them
+GREY_ONLY = {".pgm": ".ppm", ".pbm": ".ppm"}
+
+
+def colour_path(path):
+    """The name an annotated (colour) copy of ``path`` is written under: the same name,
+    except that a grey-only format (``x.pgm``) becomes its colour sibling (``x.ppm``)."""
+    root, ext = os.path.splitext(path)
+    return root + GREY_ONLY[ext.lower()] if ext.lower() in GREY_ONLY else path
+
+
 def write_image(path, rgb, quality=92):
     """Write an RGB uint8 image; the format follows the file's extension."""
     ext = os.path.splitext(path)[1] or ".jpg"

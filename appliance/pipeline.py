@@ -38,18 +38,21 @@ def _wanted(name, counts):
     return False
 
 
-def iter_image_files(uri, counts=None):
+def iter_image_files(uri, counts=None, exclude=None):
     """Yield ``(path, relpath)`` for a file, a folder (recursive, sorted) or a glob.
 
-    A folder is walked one directory at a time, so the list never has to be held whole.
+    A folder is walked one directory at a time, so the list never has to be held whole;
+    the folder ``exclude`` (where annotated copies are being written) is not entered.
     Files whose extension is an image format we cannot read are yielded too (they become
     recorded failures); other files (notes, CSVs, checksums) are counted in
     ``counts["ignored"]`` and left out.
     """
     counts = counts if counts is not None else collections.Counter()
+    skip_dir = os.path.realpath(exclude) if exclude else None
     if os.path.isdir(uri):
         for parent, dirs, files in os.walk(uri):
-            dirs.sort()
+            dirs[:] = sorted(d for d in dirs
+                             if os.path.realpath(os.path.join(parent, d)) != skip_dir)
             for name in sorted(files):
                 if name.startswith(".") or not _wanted(name, counts):
                     continue

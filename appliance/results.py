@@ -4,6 +4,9 @@
 One row a file: path, relpath, predicted label and index, confidence, every class's
 probability (``p_<label>``), ground truth (from the parent folder, when it is a label),
 the error (empty when it worked), backend, precision and the model file's SHA-256.
+
+Paths are written as the file system names them: a name that is not valid UTF-8 keeps its
+bytes (``surrogateescape``), so it is read back, and skipped by ``--resume``, as the same name.
 """
 import csv
 import io
@@ -18,6 +21,7 @@ log = logging.getLogger(__name__)
 FORMATS = (".csv", ".jsonl")
 BASE_COLUMNS = ["path", "relpath", "label", "index", "confidence"]
 TAIL_COLUMNS = ["truth", "correct", "error", "backend", "precision", "model_sha256"]
+ERRORS = "surrogateescape"  # file names that are not UTF-8 keep their bytes
 
 
 def columns(labels):
@@ -49,7 +53,7 @@ def read_rows(path):
     if not os.path.isfile(path):
         return
     ext = results_format(path)
-    with io.open(path, "r", encoding="utf-8", newline="") as fh:
+    with io.open(path, "r", encoding="utf-8", errors=ERRORS, newline="") as fh:
         if ext == ".csv":
             for row in csv.DictReader(fh):
                 if row.get("path") and None not in row:
@@ -68,9 +72,28 @@ def read_rows(path):
                 yield row
 
 
+def path_key(path):
+    """One spelling of a path: ``x``, ``./x`` and ``/abs/x`` (or a link to it) are one file."""
+    return os.path.normcase(os.path.realpath(path))
+
+
 def done_paths(path):
-    """The paths already in a results file (what ``--resume`` skips)."""
-    return set(row["path"] for row in read_rows(path))
+    """The files already in a results file (what ``--resume`` skips), as ``path_key``s."""
+    return set(path_key(row["path"]) for row in read_rows(path))
+
+
+def check_same_model(path, sha, precision):
+    """``--resume`` appends only rows of the same model file at the same precision: one
+    results file (and its metrics) never mixes two models."""
+    for row in read_rows(path):
+        theirs = (row.get("model_sha256") or "", row.get("precision") or "")
+        if theirs[0] and sha and theirs[0] != sha:
+            raise UsageError("--resume: {} holds results of another model (SHA-256 {}...; this "
+                             "model {}...): use a new results file".format(
+                                 path, theirs[0][:12], sha[:12]))
+        if theirs[1] and precision and theirs[1] != precision:
+            raise UsageError("--resume: {} holds results at precision {}, this run is {}: use "
+                             "a new results file".format(path, theirs[1], precision))
 
 
 class ResultsWriter(object):
@@ -91,7 +114,8 @@ class ResultsWriter(object):
         if append:
             _drop_partial_line(path)
             self._check_header()
-        self.fh = io.open(path, "a" if append else "w", encoding="utf-8", newline="")
+        self.fh = io.open(path, "a" if append else "w", encoding="utf-8", errors=ERRORS,
+                          newline="")
         self.csv = None
         if self.ext == ".csv":
             self.csv = csv.DictWriter(self.fh, fieldnames=self.columns, extrasaction="ignore")
@@ -102,7 +126,7 @@ class ResultsWriter(object):
     def _check_header(self):
         if self.ext != ".csv":
             return
-        with io.open(self.path, "r", encoding="utf-8", newline="") as fh:
+        with io.open(self.path, "r", encoding="utf-8", errors=ERRORS, newline="") as fh:
             header = next(csv.reader(fh), [])
         if header and header != self.columns:
             raise UsageError("--resume: {} has columns {} but this model writes {}: use a new "

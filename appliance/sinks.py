@@ -21,12 +21,22 @@ import sys
 
 from oncolens.appliance import gst
 from oncolens.appliance.errors import MissingDependency, OncoLensError, UsageError
-from oncolens.appliance.imageio import is_image_file, write_image
+from oncolens.appliance.imageio import GREY_ONLY, colour_path, is_image_file, write_image
+from oncolens.appliance.outpaths import check_output_dir, check_output_file
 
 log = logging.getLogger(__name__)
 
 # extension -> OpenCV fourcc that opencv-python writes without extra codecs
 VIDEO_FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
+
+
+def _check_pattern(uri):
+    """``out_%i.jpg`` takes one frame number; anything else is named before the first frame."""
+    try:
+        uri % 0
+    except (TypeError, ValueError) as exc:
+        raise UsageError("output {}: expected one number field such as %i or %04d in the file "
+                         "name ({})".format(uri, exc))
 
 
 def _refuse_existing(path, overwrite):
@@ -43,11 +53,21 @@ class ImageFileSink(object):
         self.written = []
         if "%" in os.path.basename(uri):
             self.mode = "pattern"
+            _check_pattern(uri)
         elif uri.endswith(("/", os.sep)) or os.path.isdir(uri) or not is_image_file(uri):
             self.mode = "dir"
         else:
             self.mode = "file"
             _refuse_existing(uri, overwrite)
+        if self.mode != "dir" and os.path.splitext(uri)[1].lower() in GREY_ONLY:
+            raise UsageError("output {}: {} holds grey images only and annotated frames are "
+                             "colour: name a .ppm, .png or .jpg".format(
+                                 uri, os.path.splitext(uri)[1]))
+        if self.mode == "dir":
+            check_output_dir(uri, "output")
+        else:  # an existing file is refused when it is written (or above), not here
+            check_output_file(uri % 0 if self.mode == "pattern" else uri, "output",
+                              overwrite=True)
 
     def target(self, frame):
         if self.mode == "pattern":
@@ -57,7 +77,7 @@ class ImageFileSink(object):
         rel = frame.relpath or "frame_{:06d}.jpg".format(frame.index)
         if not is_image_file(rel):
             rel += ".jpg"
-        return os.path.join(self.uri, rel)
+        return os.path.join(self.uri, colour_path(rel))
 
     def write(self, frame, image):
         if self.mode == "file" and self.written:
@@ -89,6 +109,7 @@ class VideoFileSink(object):
             raise UsageError("output {}: unsupported video type '{}' (expected one of: {})".format(
                 uri, ext, ", ".join(sorted(VIDEO_FOURCC))))
         _refuse_existing(uri, overwrite)
+        check_output_file(uri, "output", overwrite=True)
         self.fourcc = VIDEO_FOURCC[ext]
         self.rate = float(rate or 30.0)
         self.rate_given = bool(rate)

@@ -165,6 +165,9 @@ class ImageFilesSource(Source):
         except ImageReadError as exc:
             image, error = None, str(exc)
         self._good = self._good or image is not None
+        if passes:  # --input-loop: a later pass's outputs do not replace the first's
+            root, ext = os.path.splitext(rel)
+            rel = "{}_loop{}{}".format(root, passes, ext)
         frame = Frame(image, path, rel, self._index, time.time(), error)
         self._index += 1
         return frame

@@ -128,11 +128,36 @@ def test_torch_missing_names_the_package(tiny_bundle, tiny_data, monkeypatch):
     (["--backend=tpu"], "--backend: unknown backend 'tpu'"),
     (["--input-flip=sideways"], "--input-flip: unknown value 'sideways'"),
     (["--overlay=sparkles"], "--overlay: unknown value 'sparkles'"),
+    (["--topK=0"], "--topK: expected 1 or more"),
+    (["--input-loop=-5"], "--input-loop: expected -1 (forever), 0 (once)"),
+    (["--log-level=loud"], "--log-level: unknown level 'loud'"),
+    (["--log-file={tmp}/afile/x.log"], "--log-file {tmp}/afile/x.log: {tmp}/afile is a file"),
+    (["{tmp}/out_%q.jpg"], "expected one number field such as %i"),
+    (["{tmp}/out_%s_%i.jpg"], "expected one number field such as %i"),
+    (["{tmp}/out.pgm"], ".pgm holds grey images only"),
+    (["{tmp}/afile/out/"], "output {tmp}/afile/out/: {tmp}/afile is a file"),
+    (["{tmp}/afile/out.mp4"], "{tmp}/afile is a file, not a folder"),
 ])
-def test_bad_flags_are_one_line(tiny_bundle, tiny_data, argv, message):
+def test_bad_flags_are_one_line(tiny_bundle, tiny_data, tmp_path, argv, message):
+    (tmp_path / "afile").write_text(u"not a folder")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     src = os.path.join(tiny_data, "test", "normal")
     code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless", src] + argv)
+    message = message.replace("{tmp}", str(tmp_path))
     assert code != 0 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_silent_log_level_and_looping_into_a_folder(tiny_bundle, tiny_data, tmp_path):
+    src = os.path.join(tiny_data, "test", "normal")
+    names = sorted(os.listdir(src))
+    out = str(tmp_path / "out") + "/"
+    code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless",
+                                 "--log-level=silent", "--input-loop=1", src, out])
+    assert code == 0 and err.strip() == ""
+    root, ext = os.path.splitext(names[0])
+    written = sorted(os.listdir(out))
+    assert len(written) == 2 * len(names)  # the second pass keeps the first pass's files
+    assert names[0] in written and root + "_loop1" + ext in written
 
 
 @pytest.mark.parametrize("uri, message", [

@@ -215,12 +215,111 @@ def test_file_list_is_streamed_and_prefetch_is_bounded():
     (["--resume"], "--resume: needs --results"),
     (["--batch-size", "0"], "--batch-size"),
     (["--precision", "fp16"], "--precision: expected one of fp32, int8"),
+    (["--topK", "0"], "--topK: expected 1 or more"),
+    (["--threshold", "2"], "--threshold: expected a confidence between 0 and 1"),
+    (["--log-level", "loud"], "--log-level: unknown level 'loud'"),
+    (["--annotate", "{tmp}/afile"], "--annotate {tmp}/afile is a file: expected a folder"),
+    (["--results", "{tmp}/afile/r.csv"], "is a file, not a folder"),
+    (["--results", "{tmp}/r.csv", "--metrics", "{tmp}/afile/m.json"],
+     "--metrics {tmp}/afile/m.json: {tmp}/afile is a file"),
+    (["--results", "{tmp}/r.csv", "--metrics", "{tmp}/kept.json"],
+     "--metrics {tmp}/kept.json already exists"),
 ])
-def test_bad_flags_are_one_line(tiny_bundle, tiny_data, argv, message):
+def test_bad_flags_are_one_line(tiny_bundle, tiny_data, tmp_path, argv, message):
+    """Checked before the first image: nothing is classified, nothing written."""
+    (tmp_path / "afile").write_text(u"not a folder")
+    (tmp_path / "kept.json").write_text(u"{}")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     code, out, err = run_cli(["batch", os.path.join(tiny_data, "test"), "--model", tiny_bundle,
                               "--no-progress"] + argv)
     assert code != 0
-    assert message in err and len(err.strip().splitlines()) == 1
+    assert message.replace("{tmp}", str(tmp_path)) in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r.csv").exists() and "classified" not in out
+    assert (tmp_path / "kept.json").read_text() == u"{}"
+
+
+def test_resume_matches_a_file_however_its_folder_is_spelled(tiny_bundle, tiny_data, tmp_path,
+                                                             monkeypatch):
+    folder = _copy_test_split(tiny_data, tmp_path / "in")
+    monkeypatch.chdir(str(tmp_path))
+    results = str(tmp_path / "r.csv")
+    for spelling in ("in", "./in", folder, folder + "/"):
+        code, out, err = run_cli(["batch", spelling, "--model", tiny_bundle, "--results",
+                                  results, "--no-progress", "--resume"])
+        assert code == 0, err
+    rows = _csv_rows(results)
+    assert len(rows) == len(_all_images(folder))  # each file once, not once a spelling
+    assert "classified 0 images" in out and "{} skipped".format(len(rows)) in out
+
+
+def test_resume_refuses_rows_of_another_model(tiny_bundle, tiny_data, tmp_path):
+    folder = os.path.join(tiny_data, "test")
+    results = str(tmp_path / "r.jsonl")
+    code, _, err = run_cli(["batch", folder, "--model", tiny_bundle, "--results", results,
+                            "--no-progress"])
+    assert code == 0, err
+    rows = _jsonl_rows(results)
+    with io.open(results, "w", encoding="utf-8") as fh:  # as if another model had written it
+        for row in rows:
+            row["model_sha256"] = "0" * 64
+            fh.write(json.dumps(row) + "\n")
+    before = open(results, "rb").read()
+    code, out, err = run_cli(["batch", folder, "--model", tiny_bundle, "--results", results,
+                              "--no-progress", "--resume"])
+    assert code != 0 and "holds results of another model" in err
+    assert len(err.strip().splitlines()) == 1 and open(results, "rb").read() == before
+
+
+@pytest.mark.parametrize("ext", [".csv", ".jsonl"])
+def test_a_file_name_that_is_not_utf8_is_kept(tiny_bundle, tiny_data, tmp_path, ext):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    src = os.path.join(tiny_data, "test", "normal", "normal_test_0000.png")
+    odd = os.path.join(os.fsencode(str(folder)), b"caf\xe9.png")  # Latin-1, not UTF-8
+    shutil.copy(src, odd)
+    results = str(tmp_path / ("r" + ext))
+    code, out, err = run_cli(["batch", str(folder), "--model", tiny_bundle, "--results",
+                              results, "--no-progress"])
+    assert code == 0, err
+    from oncolens.appliance.results import read_rows
+    rows = list(read_rows(results))
+    assert len(rows) == 1 and os.fsencode(rows[0]["path"]) == odd and not rows[0]["error"]
+    code, out, err = run_cli(["batch", str(folder), "--model", tiny_bundle, "--results",
+                              results, "--no-progress", "--resume"])
+    assert code == 0 and "1 skipped" in out and len(list(read_rows(results))) == 1
+
+
+def test_annotated_copies_inside_the_input_are_not_classified(tiny_bundle, tiny_data, tmp_path):
+    folder = _copy_test_split(tiny_data, tmp_path / "in")
+    images = _all_images(folder)
+    results = str(tmp_path / "r.csv")
+    code, out, err = run_cli(["batch", folder, "--model", tiny_bundle, "--results", results,
+                              "--annotate", os.path.join(folder, "zz_annotated"),
+                              "--batch-size", "2", "--no-progress"])
+    assert code == 0, err
+    assert sorted(r["path"] for r in _csv_rows(results)) == images
+    assert len(_all_images(os.path.join(folder, "zz_annotated"))) == len(images)
+
+
+def test_a_grey_only_format_gets_a_colour_annotated_copy(tiny_bundle, tiny_data, tmp_path):
+    from oncolens.appliance.imageio import read_image
+    import cv2
+    folder = tmp_path / "in"
+    folder.mkdir()
+    grey = cv2.imread(os.path.join(tiny_data, "test", "normal", "normal_test_0000.png"),
+                      cv2.IMREAD_GRAYSCALE)
+    cv2.imwrite(str(folder / "slide.pgm"), grey)
+    shutil.copy(os.path.join(tiny_data, "test", "benign", "benign_test_0000.png"),
+                str(folder / "other.png"))
+    results, outdir = str(tmp_path / "r.csv"), tmp_path / "ann"
+    code, out, err = run_cli(["batch", str(folder), "--model", tiny_bundle, "--results",
+                              results, "--annotate", str(outdir), "--no-progress"])
+    assert code == 0, err
+    assert len(_csv_rows(results)) == 2
+    copy = read_image(str(outdir / "slide.ppm"))
+    assert copy.shape == grey.shape + (3,)
+    assert (copy != grey[..., None]).any()  # the verdict is drawn on it
+    assert (outdir / "other.png").exists()
 
 
 def test_int8_is_refused_without_a_measured_agreement(tiny_bundle, tiny_data, tmp_path):
