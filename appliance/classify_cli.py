@@ -167,6 +167,20 @@ def _check_values(args):
     if not 0.0 <= args.threshold <= 1.0:
         raise UsageError("--threshold: expected a confidence between 0 and 1, got {}".format(
             args.threshold))
+    _check_serving(args)
+
+
+def _check_serving(args):
+    """Serving off loopback without a token is refused before the model loads (an engine
+    build on a Nano can take minutes)."""
+    served = [(flag, address) for flag, address in (("--serve", args.serve),
+                                                       ("output", args.output))
+              if address and (flag == "--serve" or address.startswith("http://"))]
+    if served:
+        from oncolens.appliance.web.auth import require_token
+        from oncolens.appliance.web.live import parse_address
+        for flag, address in served:
+            require_token(parse_address(address)[0], args.token, flag=flag)
 
 
 @cli_entry("oncolens classify")

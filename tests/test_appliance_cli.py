@@ -184,3 +184,17 @@ def test_network_flag_runs_a_models_folder(tiny_bundle, tiny_data, tmp_path):
                                  "--headless", src])
     assert code == 0, err
     assert LINE.match(stdout.strip())
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--serve", "0.0.0.0:18431"], "--serve 0.0.0.0"),
+    (["http://0.0.0.0:18432"], "output 0.0.0.0"),
+])
+def test_serving_off_loopback_without_a_token_is_refused_before_the_model(tiny_data, argv,
+                                                                          flag, monkeypatch):
+    monkeypatch.delenv("ONCOLENS_TOKEN", raising=False)
+    src = os.path.join(tiny_data, "test", "normal")
+    code, stdout, err = run_cli(["classify", "--model", "/nonexistent/model", "--headless",
+                                 src] + argv)  # a model that would fail to load
+    assert code != 0 and flag in err and "token is required" in err
+    assert len(err.strip().splitlines()) == 1
