@@ -103,7 +103,7 @@ def check_export(model_dir, onnx_path=None, checkpoint=None, images_dir=None, n=
     from oncolens.appliance.bundle import load_bundle
     from oncolens.appliance.preprocess import Preprocessor
     from oncolens.export.images import check_images
-    bundle = load_bundle(onnx_path or model_dir)
+    bundle = load_bundle(onnx_path or model_dir, labels_flag=None)
     onnx_file = bundle.model_path or bundle.onnx_path
     onnx_full_check(onnx_file)
     ckpt_name = checkpoint or (bundle.info.get("onnx") or {}).get("checkpoint") \

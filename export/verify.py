@@ -49,7 +49,7 @@ def run_models(bundle, batch, engine_precisions=None):
 def bundle_for_engine(bundle, path):
     """The bundle with ``path`` as its model file (the engine may sit in the cache folder)."""
     from oncolens.appliance.bundle import load_bundle
-    engine_bundle = load_bundle(bundle.dir)
+    engine_bundle = load_bundle(bundle.dir, labels_flag=None)
     engine_bundle.model_path = path
     return engine_bundle
 
@@ -97,7 +97,7 @@ def verify_bundle(model_dir, images_dir=None, count=100, thresholds=None, precis
     from oncolens.appliance.bundle import load_bundle
     from oncolens.appliance.preprocess import Preprocessor
     from oncolens.export.images import check_images
-    bundle = load_bundle(model_dir)
+    bundle = load_bundle(model_dir, labels_flag=None)
     batch, source = check_images(bundle.info, Preprocessor.from_bundle(bundle), images_dir,
                                  count, seed)
     results, skipped = run_models(bundle, batch, precisions)

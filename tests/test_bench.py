@@ -169,3 +169,18 @@ def test_bf16_is_openvino_only_measured_and_recorded(tiny_bundle, tiny_data, tmp
     assert all(r["backend"].startswith("openvino") for r in rows)
     code, _, err = run_cli(batch + ["--backend", "onnxruntime", "--overwrite"])
     assert code == 2 and "--backend openvino only" in err
+
+
+def test_bench_a_bare_folder_uses_the_onnx_input_size(tiny_bundle, tiny_data, tmp_path):
+    """A jetson-inference folder (ONNX + labels.txt, 32 px input, no model.json)."""
+    import shutil
+    d = tmp_path / "bare"
+    d.mkdir()
+    for f in ("resnet18.onnx", "labels.txt"):
+        shutil.copy(os.path.join(tiny_bundle, f), str(d))
+    code, out, err = run_cli(["bench", "--model", str(d), "--images",
+                              os.path.join(tiny_data, "test"), "--backends", "onnxruntime",
+                              "--batch-sizes", "1", "--no-baseline", "--min-seconds", 0.05,
+                              "--warmup", 1])
+    assert code == 0, err
+    assert "onnxruntime fp32" in out

@@ -98,3 +98,15 @@ def test_selftest_with_the_standin_builds_verifies_and_times_each_precision(
     assert set(status.values()) == {"passed"}, status
     assert len(status) == 2 + 3 * 3
     assert doc["environment"]["tensorrt"] == "8.2.1.8"
+
+
+def test_verify_a_bare_folder_uses_the_onnx_input_size(tiny_bundle, tiny_data, tmp_path):
+    """No model.json, a 32 px ONNX: the images are prepared at 32 px, not 224."""
+    d = tmp_path / "bare"
+    d.mkdir()
+    for f in ("resnet18.onnx", "labels.txt", "model_best.pth.tar"):
+        shutil.copy(os.path.join(tiny_bundle, f), str(d))
+    code, out, err = run_cli(["export", "verify", "--model-dir", str(d), "--images", tiny_data,
+                              "--count", 4])
+    assert code == 0, err
+    assert "torch vs onnxruntime" in out and "agree 100.000%" in out
