@@ -6,6 +6,7 @@ fp32 reference: ONNX Runtime running the exported model, through the same prepro
 Agreement of every run (and of the baseline) is the share of agreement images whose top-1
 class equals the reference's.  Nothing here asserts a speed; it measures and reports.
 """
+import collections
 import logging
 import time
 
@@ -22,10 +23,32 @@ from oncolens.appliance.preprocess import Preprocessor
 log = logging.getLogger(__name__)
 
 
-def predict_all(backend, preprocessor, files, batch_size=8, workers=2):
-    """Top-1 indices for ``files`` (failed files are -1)."""
+class Unreadable(object):
+    """Image files that could not be read: each is warned about once, all are reported."""
+
+    def __init__(self):
+        self.files = collections.OrderedDict()
+
+    def add(self, path, reason):
+        if path not in self.files:
+            self.files[path] = reason
+            log.warning("bench: skipped an unreadable file: %s", reason)
+
+    def add_items(self, items):
+        for item in items:
+            self.add(item.path, item.error)
+
+    def report(self):
+        return {"count": len(self.files),
+                "files": [{"path": p, "reason": r} for p, r in self.files.items()]}
+
+
+def predict_all(backend, preprocessor, files, batch_size=8, workers=2, unreadable=None):
+    """Top-1 indices for ``files`` (failed files are -1, and noted in ``unreadable``)."""
     out = []
     for good, failed in batched(prefetch(files, preprocessor, workers), batch_size):
+        if unreadable is not None:
+            unreadable.add_items(failed)
         got = {}
         if good:
             probs = backend.infer(stack_inputs([i.tensor for i in good])).probs
@@ -40,14 +63,22 @@ def agreement(pred, ref):
     return round(sum(1 for p, r in pairs if p == r) / float(len(pairs)), 4) if pairs else None
 
 
-def sample_batch(preprocessor, files, size):
-    """A batch of ``size`` real preprocessed images (repeated when there are fewer)."""
+def sample_batch(preprocessor, files, size, unreadable=None):
+    """A batch of ``size`` real preprocessed images: the first readable ones (repeated when
+    there are fewer); unreadable files on the way are skipped and noted."""
+    unreadable = unreadable if unreadable is not None else Unreadable()
     tensors = []
-    for item in prefetch(files[:size], preprocessor, workers=0):
+    for item in prefetch(files, preprocessor, workers=0):
         if item.error is None:
             tensors.append(item.tensor)
+            if len(tensors) == size:
+                break
+        else:
+            unreadable.add(item.path, item.error)
     if not tensors:
-        raise OncoLensError("no readable image among the first files to benchmark")
+        first = next(iter(unreadable.files.values()), "no files")
+        raise OncoLensError("--images: none of the {} image files could be read ({})".format(
+            len(files), first))
     while len(tensors) < size:
         tensors.extend(tensors[:size - len(tensors)])
     return stack_inputs(tensors)
@@ -67,17 +98,21 @@ def network_only(backend, batch, warmup=3, min_seconds=3.0, min_iters=5):
             "network_latency_ms": latency_ms(lat), "network_calls": len(lat)}
 
 
-def end_to_end(backend, preprocessor, labels, files, batch_size, workers, warmup=3):
+def end_to_end(backend, preprocessor, labels, files, batch_size, workers, warmup=3,
+               unreadable=None):
     """The whole loop over ``files``: read + decode, preprocess (worker pool), batched
     inference, top-1 post-processing.  Per-image latency runs from the worker's start on a
     file to its result; stage shares are of the time each stage's work took."""
-    list(predict_all(backend, preprocessor, files[:max(warmup, batch_size)], batch_size, 0))
+    list(predict_all(backend, preprocessor, files[:max(warmup, batch_size)], batch_size, 0,
+                     unreadable))
     stages = [0.0, 0.0, 0.0, 0.0]
     lat, count = [], 0
     started = time.perf_counter()
     for good, failed in batched(prefetch(files, preprocessor, workers,
                                          depth=window(batch_size, workers)), batch_size):
         count += len(good)
+        if unreadable is not None:
+            unreadable.add_items(failed)
         if not good:
             continue
         t0 = time.perf_counter()
@@ -167,7 +202,7 @@ def _measure(cfg, backend, model, pre, run):
         log.info("bench: %s %s batch %d, %s preprocessing", run["backend"], run["precision"],
                  bs, run["preprocess"])
         one = dict(run, batch_size=bs, model_file=model.model_path)
-        batch = sample_batch(pre, cfg["files"], bs)
+        batch = sample_batch(pre, cfg["files"], bs, cfg["unreadable"])
         one.update(network_only(backend, batch, cfg["warmup"], cfg["min_seconds"]))
         if run["backend"] == "openvino":
             from oncolens.appliance.bench_ceiling import openvino_throughput
@@ -175,7 +210,7 @@ def _measure(cfg, backend, model, pre, run):
                 model, batch, cfg["min_seconds"], cfg["backend_options"].get("threads"),
                 run["precision"])
         one.update(end_to_end(backend, pre, cfg["bundle"].labels, cfg["files"], bs,
-                              cfg["workers"], cfg["warmup"]))
+                              cfg["workers"], cfg["warmup"], cfg["unreadable"]))
         runs.append(one)
     return runs
 
@@ -201,7 +236,8 @@ def run_one(cfg, bundle, backend_name, precision, ref):
         skips = [dict(skip, preprocess=mode, reason=why) for mode, why in skipped]
         device = device_of(backend)
         for mode, pre in chosen:
-            agree = agreement(predict_all(backend, pre, cfg["agreement_files"]), ref)
+            agree = agreement(predict_all(backend, pre, cfg["agreement_files"],
+                                          unreadable=cfg["unreadable"]), ref)
             if precision in ("int8", "bf16") and agree is not None:
                 from oncolens.appliance.variants import record_agreement
                 record_agreement(bundle, agree, len(ref), cfg["agreement_dir"], precision)
@@ -211,19 +247,20 @@ def run_one(cfg, bundle, backend_name, precision, ref):
     return runs, skips
 
 
-def reference(bundle, files):
+def reference(bundle, files, unreadable=None):
     from oncolens.appliance import variants
     with open_backend("onnxruntime", variants.dynamic_batch(bundle)) as backend:
-        return predict_all(backend, Preprocessor.from_bundle(bundle), files)
+        return predict_all(backend, Preprocessor.from_bundle(bundle), files,
+                           unreadable=unreadable)
 
 
 def baseline(cfg, bundle, ref):
     from oncolens.appliance.bench_naive import NaiveTorch
     try:
-        naive = NaiveTorch(bundle, cfg.get("device", "cpu"))
+        naive = NaiveTorch(bundle, cfg.get("device", "cpu"), cfg["unreadable"].add)
+        result = naive.run(cfg["files"], cfg["warmup"])
     except (MissingDependency, OncoLensError) as exc:
         return {"skipped": str(exc), "end_to_end_ips": None}
-    result = naive.run(cfg["files"], cfg["warmup"])
     result["agreement_vs_fp32"] = agreement(naive.top1(cfg["agreement_files"]), ref)
     result["single_thread"] = naive.run_single_thread(cfg["files"], cfg["warmup"])
     return result
@@ -270,7 +307,10 @@ def run_bench(cfg):
                   "backends", "precisions", "batch_sizes", "preprocess", "device", "workers",
                   "warmup", "min_seconds")),
               "runs": [], "skipped": []}
-    ref = reference(bundle, cfg["agreement_files"])
+    cfg["unreadable"] = Unreadable()
+    # at least one readable image, or one line now (not after the reference and baseline)
+    sample_batch(Preprocessor.from_bundle(bundle), cfg["files"], 1, cfg["unreadable"])
+    ref = reference(bundle, cfg["agreement_files"], cfg["unreadable"])
     result["baseline"] = baseline(cfg, bundle, ref) if cfg["baseline"] else None
     for backend_name in cfg["backends"]:
         for precision in cfg["precisions"]:
@@ -280,5 +320,6 @@ def run_bench(cfg):
                 log.warning("bench: %s %s skipped: %s", backend_name, precision, skip["reason"])
             result["skipped"].extend(skips)
     summarise(result)
+    result["unreadable"] = cfg["unreadable"].report()
     result["loadavg_end"] = loadavg()
     return result

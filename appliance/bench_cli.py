@@ -14,6 +14,7 @@ import os
 from oncolens.appliance.batch_cli import add_model_flags, resolve_model
 from oncolens.appliance.cliutil import cli_entry, normalize_flags, setup_logging
 from oncolens.appliance.errors import UsageError
+from oncolens.appliance.outpaths import check_output_file
 
 log = logging.getLogger("oncolens.bench")
 
@@ -97,9 +98,8 @@ def _device(value):
 
 def make_config(args):
     from oncolens.appliance.bundle import load_bundle
-    if args.json and os.path.exists(args.json) and not args.overwrite:
-        raise UsageError("--json {} already exists: pass --overwrite to replace it".format(
-            args.json))
+    if args.json:  # checked now: the figures must not be lost after minutes of measuring
+        check_output_file(args.json, "--json", args.overwrite)
     sizes = _csv(args.batch_sizes, "--batch-sizes", int)
     if min(sizes) < 1:
         raise UsageError("--batch-sizes: expected positive integers, got {}".format(
@@ -165,6 +165,10 @@ def table(result):
             skip["backend"], skip["precision"],
             " ({} preprocessing)".format(skip["preprocess"]) if skip.get("preprocess") else "",
             skip["reason"]))
+    unreadable = result.get("unreadable") or {}
+    if unreadable.get("count"):
+        lines.append("skipped {} unreadable file(s), not timed: {}".format(
+            unreadable["count"], ", ".join(f["path"] for f in unreadable["files"])))
     lines.append("machine: {} ({} cores), load average {} -> {}".format(
         result["machine"]["cpu"], result["machine"]["cores"], result["loadavg_start"],
         result["loadavg_end"]))
@@ -194,6 +198,9 @@ def main(argv):
     result = run_bench(cfg)
     print(table(result))
     if args.json:
+        folder = os.path.dirname(os.path.abspath(args.json))
+        if not os.path.isdir(folder):
+            os.makedirs(folder)
         tmp = args.json + ".tmp"
         with io.open(tmp, "w", encoding="utf-8") as fh:
             fh.write(json.dumps(result, indent=2, sort_keys=True) + "\n")

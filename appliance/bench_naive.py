@@ -6,7 +6,8 @@ import logging
 import os
 import time
 
-from oncolens.appliance.errors import BundleError, MissingDependency
+from oncolens.appliance.errors import (BundleError, ImageReadError, MissingDependency,
+                                       OncoLensError)
 
 log = logging.getLogger(__name__)
 
@@ -22,9 +23,13 @@ def checkpoint_of(bundle):
 
 
 class NaiveTorch(object):
-    """One image at a time, exactly as the tutorials write it; times every stage."""
+    """One image at a time, exactly as the tutorials write it; times every stage.
 
-    def __init__(self, bundle, device="cpu"):
+    A file PIL cannot read (or of a format the appliance does not read either, so both
+    loops time the same images) is skipped and passed to ``on_unreadable(path, reason)``.
+    """
+
+    def __init__(self, bundle, device="cpu", on_unreadable=None):
         try:
             import torch
             import torchvision.transforms as T
@@ -34,6 +39,7 @@ class NaiveTorch(object):
                                     "the PyTorch baseline", "pip install 'oncolens[train]'")
         from oncolens.appliance.archs import load_checkpoint, model_from_checkpoint
         self.torch, self.Image = torch, Image
+        self.on_unreadable = on_unreadable or (lambda path, reason: log.warning("%s", reason))
         self.device = torch.device(device or "cpu")
         self.model = model_from_checkpoint(load_checkpoint(checkpoint_of(bundle))).eval()
         self.model.to(self.device)
@@ -47,11 +53,22 @@ class NaiveTorch(object):
             T.Normalize(spec.get("mean", (0.485, 0.456, 0.406)),
                         spec.get("std", (0.229, 0.224, 0.225)))])
 
+    def open_image(self, path):
+        """The RGB PIL image; ImageReadError names the file when it cannot be read."""
+        from oncolens.appliance.pipeline import UNSUPPORTED_EXTENSIONS
+        if os.path.splitext(path)[1].lower() in UNSUPPORTED_EXTENSIONS:
+            raise ImageReadError("{}: unsupported image format (skipped by the appliance's "
+                                 "loop too)".format(path))
+        try:
+            return self.Image.open(path).convert("RGB")
+        except Exception as exc:  # PIL raises OSError, SyntaxError, DecompressionBombError...
+            raise ImageReadError("{}: PIL cannot read it ({})".format(path, exc))
+
     def classify(self, path):
         """(top-1 index, seconds for decode, preprocess, inference, postprocess)."""
         torch = self.torch
         t0 = time.perf_counter()
-        img = self.Image.open(path).convert("RGB")
+        img = self.open_image(path)
         t1 = time.perf_counter()
         x = self.transform(img).unsqueeze(0).to(self.device)
         t2 = time.perf_counter()
@@ -63,23 +80,35 @@ class NaiveTorch(object):
         t4 = time.perf_counter()
         return index, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)
 
+    def try_classify(self, path):
+        """classify(path), or None when the file cannot be read (reported, then skipped)."""
+        try:
+            return self.classify(path)
+        except ImageReadError as exc:
+            self.on_unreadable(path, str(exc))
+            return None
+
     def run(self, files, warmup=3):
         """Images/s end to end and network-only, latency and stage shares over ``files``."""
         from oncolens.appliance.benchstats import latency_ms, shares
         for path, _ in files[:warmup]:
-            self.classify(path)
+            self.try_classify(path)
         stages = [0.0, 0.0, 0.0, 0.0]
         lat = []
         started = time.perf_counter()
         for path, _ in files:
-            _, spent = self.classify(path)
-            stages = [a + b for a, b in zip(stages, spent)]
-            lat.append(sum(spent))
+            done = self.try_classify(path)
+            if done is not None:
+                stages = [a + b for a, b in zip(stages, done[1])]
+                lat.append(sum(done[1]))
         wall = time.perf_counter() - started
+        if not lat:
+            raise OncoLensError("the PyTorch baseline could read none of the {} files".format(
+                len(files)))
         return {"backend": "torch-eager", "precision": "fp32", "batch_size": 1,
                 "pipeline": "PIL + torchvision transforms + eager model, one image at a time",
-                "images": len(files), "seconds": round(wall, 6),
-                "end_to_end_ips": len(files) / wall, "network_ips": len(files) / stages[2],
+                "images": len(lat), "seconds": round(wall, 6),
+                "end_to_end_ips": len(lat) / wall, "network_ips": len(lat) / stages[2],
                 "latency_ms": latency_ms(lat), "stage_share": shares(stages),
                 "torch_threads": self.torch.get_num_threads(), "device": str(self.device)}
 
@@ -97,4 +126,5 @@ class NaiveTorch(object):
         return result
 
     def top1(self, files):
-        return [self.classify(path)[0] for path, _ in files]
+        """Top-1 index of each file (-1 for a file that cannot be read)."""
+        return [(self.try_classify(path) or (-1,))[0] for path, _ in files]

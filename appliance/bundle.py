@@ -7,6 +7,7 @@
 
 Every stage writes and checks it; a mismatch is a one-line ``BundleError`` naming both sides.
 """
+import codecs
 import copy
 import hashlib
 import io
@@ -45,12 +46,29 @@ def sha256_file(path, chunk=1 << 20):
     return digest.hexdigest()
 
 
+def _decode_text(path, data):
+    """Text of a labels file: UTF-8 (with or without a BOM), or UTF-16 with its BOM."""
+    if data.startswith(codecs.BOM_UTF8):
+        encoding = "utf-8-sig"
+    elif data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        encoding = "utf-16"
+    else:
+        encoding = "utf-8"
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise BundleError("labels file {}: not readable as {} text ({} at byte {}): expected "
+                          "one class a line, UTF-8".format(path, encoding.upper(), exc.reason,
+                                                          exc.start))
+
+
 def read_labels(path):
     """Labels, one a line; blank lines and surrounding spaces are ignored."""
     if not os.path.isfile(path):
         raise BundleError("labels file not found: {}".format(path))
-    with io.open(path, "r", encoding="utf-8") as fh:
-        labels = [line.strip() for line in fh if line.strip()]
+    with io.open(path, "rb") as fh:
+        text = _decode_text(path, fh.read())
+    labels = [line.strip() for line in text.splitlines() if line.strip()]
     if not labels:
         raise BundleError("labels file is empty: {}".format(path))
     if len(set(labels)) != len(labels):
@@ -216,12 +234,59 @@ def find_model_dir(model):
                       "checkpoint file)".format(model))
 
 
-def load_bundle(model, labels=None, info_overrides=None):
+def onnx_input_shape(path, input_name):
+    """[C, H, W] of the ONNX input ``input_name`` when the file says it, else None (also
+    when neither onnx nor onnxruntime is installed here: the backend then reads it)."""
+    dims = None
+    try:
+        import onnx
+        graph = onnx.load(path, load_external_data=False).graph
+        for value in graph.input:
+            if value.name == input_name:
+                dims = [d.dim_value if d.HasField("dim_value") else None
+                        for d in value.type.tensor_type.shape.dim]
+    except ImportError:
+        try:
+            import onnxruntime
+            session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+            dims = [i.shape for i in session.get_inputs() if i.name == input_name]
+            dims = dims[0] if dims else None
+        except Exception:  # not installed, or a file it cannot load: the backend says why
+            return None
+    except Exception:  # an unreadable file: the backend reports it with its own message
+        return None
+    if not dims or len(dims) != 4 or not all(isinstance(v, int) and v > 0 for v in dims[1:]):
+        return None
+    return [int(v) for v in dims[1:]]
+
+
+def _missing_labels_message(directory, labels, labels_flag):
+    if labels:
+        return "{} {}: labels file not found (expected one class a line, in output order)" \
+            .format(labels_flag or "labels", labels)
+    if labels_flag:
+        return "{} has no model.json and no labels file: pass {}=FILE (one class a line, in " \
+            "output order)".format(directory, labels_flag)
+    return "{} has no model.json and no labels.txt: expected a model folder (model.json from " \
+        "'oncolens export onnx', or labels.txt beside a jetson-inference ONNX)".format(directory)
+
+
+def _inferred_info(directory, model_file, labels_path):
+    from oncolens.appliance.preprocess import imagenet_preprocess
+    arch = "resnet18"
+    if model_file:
+        arch = os.path.basename(model_file).split(".")[0]
+    return new_model_info(arch, read_labels(labels_path), 224,
+                          imagenet_preprocess(224, policy="stretch"))
+
+
+def load_bundle(model, labels=None, info_overrides=None, labels_flag="--labels"):
     """Open a bundle from ``--model`` (folder or file) and an optional ``--labels`` file.
 
     With a model.json the labels and preprocessing come from it; an explicit ``labels``
     file must agree with it.  Without one (a bare jetson-inference export) the labels file
-    is required and jetson-inference's defaults are assumed.
+    is required, jetson-inference's defaults are assumed and the input size is the ONNX
+    file's.  ``labels_flag`` names the command's labels flag in messages (None: it has none).
     """
     directory, model_file = find_model_dir(model)
     json_path = os.path.join(directory, MODEL_JSON)
@@ -237,15 +302,9 @@ def load_bundle(model, labels=None, info_overrides=None):
     else:
         labels_path = labels or os.path.join(directory, LABELS_TXT)
         if not os.path.isfile(labels_path):
-            raise BundleError("{} has no model.json and no labels file: pass --labels=FILE "
-                              "(one class a line, in output order)".format(directory))
-        from_file = read_labels(labels_path)
+            raise BundleError(_missing_labels_message(directory, labels, labels_flag))
+        info = _inferred_info(directory, model_file, labels_path)
         labels_source, inferred = labels_path, True
-        from oncolens.appliance.preprocess import imagenet_preprocess
-        arch = "resnet18"
-        if model_file:
-            arch = os.path.basename(model_file).split(".")[0]
-        info = new_model_info(arch, from_file, 224, imagenet_preprocess(224, policy="stretch"))
     if info_overrides:
         info = copy.deepcopy(info)
         for key, value in info_overrides.items():
@@ -256,4 +315,8 @@ def load_bundle(model, labels=None, info_overrides=None):
     if model_file is None:
         onnx_file = Bundle(directory, info, info["labels"]).onnx_path
         model_file = onnx_file if os.path.isfile(onnx_file) else None
+    if inferred and model_file and model_file.endswith(".onnx"):
+        shape = onnx_input_shape(model_file, info["input"]["name"])
+        if shape:  # every stage (preprocessing, references) sees the model's real input
+            info["input"]["shape"] = shape
     return Bundle(directory, info, info["labels"], model_file, labels_source, inferred)

@@ -1,9 +1,10 @@
 """Derived model files: a dynamic-batch copy of a batch-1 ONNX export, and an int8 copy
 quantised statically on calibration images.
 
-They live beside the bundle in ``variants/`` (or under ``~/.cache/oncolens/variants`` when
-the bundle folder is read-only) and carry the first 12 hex digits of the source model's
-SHA-256 in their names, so a re-exported model never picks up a stale copy.
+They live beside the bundle in ``variants/`` (or under ``$ONCOLENS_CACHE_DIR/variants``,
+by default ``~/.cache/oncolens/variants``, when the bundle folder is read-only: a folder
+with no write bit counts as read-only even for root) and carry the first 12 hex digits of
+the source model's SHA-256 in their names, so a re-exported model never picks up a stale copy.
 
 An int8 copy is only ever used when asked for (``--precision int8``) and only once its top-1
 agreement with fp32 has been measured on real images and recorded in its ``.json`` sidecar
@@ -34,17 +35,30 @@ def _onnx():
     return onnx
 
 
+def _writable_here(here, model_dir):
+    """variants/ beside the model can take a new file: it exists and is writable, or the
+    model folder is (a folder with no write bit counts as read-only even for root, a probe
+    file decides for read-only mounts: as for engines, docs/EXPORT.md)."""
+    from oncolens.appliance.engines import folder_is_writable
+    if os.path.isdir(here):
+        return folder_is_writable(here)
+    return not os.path.exists(here) and folder_is_writable(model_dir)
+
+
 def variants_dir(bundle):
-    """Where this bundle's derived models go (created when missing)."""
+    """Where this bundle's derived models are written (created when missing): ``variants/``
+    beside the model, or ``$ONCOLENS_CACHE_DIR/variants/<sha>`` when that is read-only."""
+    from oncolens.appliance.engines import cache_root
     here = os.path.join(bundle.dir, "variants")
-    if os.path.isdir(here) or os.access(bundle.dir, os.W_OK):
+    if _writable_here(here, bundle.dir):
         if not os.path.isdir(here):
             os.makedirs(here)
         return here
     sha = (bundle.model_sha256 or "unknown")[:12]
-    there = os.path.join(os.path.expanduser("~"), ".cache", "oncolens", "variants", sha)
+    there = os.path.join(cache_root(), "variants", sha)
     if not os.path.isdir(there):
         os.makedirs(there)
+    log.debug("model folder %s is read-only: derived models go to %s", bundle.dir, there)
     return there
 
 
@@ -58,11 +72,16 @@ def source_onnx(bundle):
 
 
 def variant_path(bundle, kind):
+    """The copy of ``kind`` (dyn, int8, bf16): one shipped in the bundle's read-only
+    ``variants/`` when it is there (or its sidecar is), else where new ones are written."""
     src = source_onnx(bundle)
     from oncolens.appliance.bundle import sha256_file
     stem = os.path.splitext(os.path.basename(src))[0]
-    return os.path.join(variants_dir(bundle), "{}.{}.{}.onnx".format(
-        stem, sha256_file(src)[:12], kind))
+    name = "{}.{}.{}.onnx".format(stem, sha256_file(src)[:12], kind)
+    shipped = os.path.join(bundle.dir, "variants", name)
+    if os.path.isfile(shipped) or os.path.isfile(sidecar_path(shipped)):
+        return shipped
+    return os.path.join(variants_dir(bundle), name)
 
 
 def with_model(bundle, path):

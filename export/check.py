@@ -25,8 +25,9 @@ class ExportCheckError(OncoLensError):
     """The exported model does not compute what the checkpoint computes."""
 
 
-def onnx_full_check(path):
-    """onnx.checker with full_check (shape inference too); BundleError names the file."""
+def onnx_full_check(path, name=None):
+    """onnx.checker with full_check (shape inference too); BundleError names the file (or
+    ``name``, what it will be called)."""
     try:
         import onnx
     except ImportError:
@@ -35,7 +36,7 @@ def onnx_full_check(path):
         onnx.checker.check_model(path, full_check=True)
     except Exception as exc:  # onnx raises ValidationError and friends
         raise BundleError("{}: onnx.checker failed ({})".format(
-            path, str(exc).strip().splitlines()[0]))
+            name or path, str(exc).strip().splitlines()[0]))
 
 
 def compare(ref, test):
@@ -98,14 +99,19 @@ def verdict(stats, max_delta, min_agreement):
 
 
 def check_export(model_dir, onnx_path=None, checkpoint=None, images_dir=None, n=32,
-                 max_delta=MAX_DELTA, min_agreement=MIN_AGREEMENT, seed=0):
-    """Run the export check on a bundle; returns the stats, raises ExportCheckError."""
+                 max_delta=MAX_DELTA, min_agreement=MIN_AGREEMENT, seed=0, bundle=None,
+                 onnx_name=None):
+    """Run the export check on a bundle; returns the stats, raises ExportCheckError.
+
+    ``bundle`` (instead of reading ``model_dir``) is an export not yet in its bundle;
+    ``onnx_name`` is what messages call its file (the name it will have)."""
     from oncolens.appliance.bundle import load_bundle
     from oncolens.appliance.preprocess import Preprocessor
     from oncolens.export.images import check_images
-    bundle = load_bundle(onnx_path or model_dir)
+    bundle = bundle or load_bundle(onnx_path or model_dir, labels_flag=None)
     onnx_file = bundle.model_path or bundle.onnx_path
-    onnx_full_check(onnx_file)
+    onnx_name = onnx_name or onnx_file
+    onnx_full_check(onnx_file, onnx_name)
     ckpt_name = checkpoint or (bundle.info.get("onnx") or {}).get("checkpoint") \
         or "model_best.pth.tar"
     ckpt_path = ckpt_name if os.path.isabs(ckpt_name) else os.path.join(bundle.dir, ckpt_name)
@@ -116,7 +122,7 @@ def check_export(model_dir, onnx_path=None, checkpoint=None, images_dir=None, n=
     has_cam = result.cam is not None
     ref_probs, ref_cam = TorchReference(ckpt_path).run(batch, cam=has_cam)
     stats = compare(ref_probs, result.probs)
-    stats.update(images=source, onnx=onnx_file, checkpoint=ckpt_path)
+    stats.update(images=source, onnx=onnx_name, checkpoint=ckpt_path)
     log.info("%s", format_stats("torch vs ONNX Runtime", stats))
     problem = verdict(stats, max_delta, min_agreement)
     if has_cam:
@@ -126,5 +132,5 @@ def check_export(model_dir, onnx_path=None, checkpoint=None, images_dir=None, n=
                                                              CAM_MAX_DELTA)
     if problem:
         raise ExportCheckError("{} does not match {} on {}: {} (the export is wrong; do not "
-                               "deploy it)".format(onnx_file, ckpt_path, source, problem))
+                               "deploy it)".format(onnx_name, ckpt_path, source, problem))
     return stats

@@ -1,6 +1,7 @@
 """``oncolens export``: the export stage's subcommands (onnx, check, engine, verify)."""
 import argparse
 import logging
+import os
 
 from oncolens.appliance.cliutil import cli_entry, normalize_flags, setup_logging
 from oncolens.appliance.errors import UsageError
@@ -83,10 +84,24 @@ def build_parser():
     return p
 
 
-def _run_check(model_dir, onnx_path, checkpoint, args):
+def check_flags(args):
+    """The check's flags, before any work: --check-count, --tolerance, --images."""
+    if args.check_count < 1:
+        raise UsageError("--check-count: expected a positive number, got {}".format(
+            args.check_count))
+    if not args.tolerance >= 0:  # also NaN
+        raise UsageError("--tolerance: expected the largest |delta p| allowed, a number >= 0, "
+                         "got {}".format(args.tolerance))
+    if args.images:
+        from oncolens.export.images import sample_paths
+        sample_paths(args.images, 1)  # a folder with images, or one line saying what it is
+
+
+def _run_check(model_dir, onnx_path, checkpoint, args, bundle=None, onnx_name=None):
     from oncolens.export.check import check_export, format_stats
     stats = check_export(model_dir, onnx_path, checkpoint, args.images or None,
-                         args.check_count, max_delta=args.tolerance)
+                         args.check_count, max_delta=args.tolerance, bundle=bundle,
+                         onnx_name=onnx_name)
     print(format_stats("check: torch vs ONNX Runtime", stats))
     print("check: {}".format(stats["images"]))
     if "cam_max_abs_diff" in stats:
@@ -97,23 +112,32 @@ def _run_check(model_dir, onnx_path, checkpoint, args):
 def _export_onnx(argv):
     args = build_onnx_parser().parse_args(normalize_flags(argv))
     setup_logging(args.log_level)
-    if args.check_count < 1:
-        raise UsageError("--check-count: expected a positive number, got {}".format(
-            args.check_count))
-    from oncolens.export.onnx_export import export_onnx
+    if not args.no_check:
+        check_flags(args)
+    from oncolens.export.check import ExportCheckError
+    from oncolens.export.onnx_export import export_onnx, output_path
     model_dir = args.model_dir or "."
+
+    def check(bundle):  # on the new file, before it replaces anything in the bundle
+        name = output_path(model_dir, bundle.info["onnx"]["file"], bundle.info["arch"])
+        try:
+            _run_check(model_dir, None, args.input, args, bundle=bundle, onnx_name=name)
+        except ExportCheckError as exc:
+            raise ExportCheckError("{}; nothing was written: {} and {} are as they were"
+                                   .format(exc, name, os.path.join(model_dir, "model.json")))
+
     path, _ = export_onnx(model_dir, args.input, args.output or None, args.opset,
                           activation=not args.no_activation, overwrite=args.overwrite,
-                          batch=args.batch, dynamic_batch=args.dynamic_batch, cam=args.cam)
+                          batch=args.batch, dynamic_batch=args.dynamic_batch, cam=args.cam,
+                          check=None if args.no_check else check)
     print("exported {}".format(path))
-    if not args.no_check:
-        _run_check(model_dir, path, args.input, args)
     return 0
 
 
 def _check(argv):
     args = build_check_parser().parse_args(normalize_flags(argv))
     setup_logging(args.log_level)
+    check_flags(args)
     _run_check(args.model_dir or ".", args.model or None, args.input or None, args)
     return 0
 

@@ -91,7 +91,7 @@ def build_engine(args):
     trt = import_tensorrt("oncolens export engine")
     cuda = import_cuda("oncolens export engine")
     api = TrtApi(trt)
-    bundle = load_bundle(args.model_dir or ".")
+    bundle = load_bundle(args.model_dir or ".", labels_flag=None)
     ctx = CudaContext(cuda, args.device)
     calibrator = None
     try:

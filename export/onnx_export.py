@@ -7,10 +7,11 @@ import warnings
 
 from oncolens.appliance.archs import load_checkpoint, model_from_checkpoint
 from oncolens.appliance.bundle import (CAM_OUTPUT_NAME, DEFAULT_INPUT_NAME,
-                                       DEFAULT_OUTPUT_NAME, LABELS_TXT, MODEL_JSON,
-                                       new_model_info, read_model_info, sha256_file,
-                                       write_labels, write_model_info)
-from oncolens.appliance.errors import UsageError
+                                       DEFAULT_OUTPUT_NAME, LABELS_TXT, MODEL_JSON, Bundle,
+                                       new_model_info, read_labels, read_model_info,
+                                       sha256_file, write_labels, write_model_info)
+from oncolens.appliance.errors import BundleError, UsageError
+from oncolens.appliance.outpaths import check_output_dir, check_output_file
 from oncolens.appliance.preprocess import imagenet_preprocess
 
 log = logging.getLogger(__name__)
@@ -56,17 +57,46 @@ def torch_onnx_export(module, example, path, opset, dynamic_batch=False, output_
 
 
 def bundle_info_for(model_dir, ckpt, checkpoint_path):
-    """The model.json to update: the one beside the checkpoint, or one made from it."""
+    """The model.json to write.  The checkpoint is the truth for the architecture, classes
+    and resolution where it records them; model.json beside it (when there is one) gives
+    the rest and what the checkpoint lacks; a disagreement is a warning naming both."""
     json_path = os.path.join(model_dir, MODEL_JSON)
     if os.path.isfile(json_path):
-        return read_model_info(json_path)
+        return _reconcile(read_model_info(json_path), ckpt, checkpoint_path, json_path)
     classes = ckpt.get("classes")
     if not classes:
         raise UsageError("{}: the checkpoint has no 'classes' and {} has no model.json".format(
             checkpoint_path, model_dir))
-    res = int(ckpt.get("resolution", 224))
+    res = int(ckpt.get("resolution") or 224)
     return new_model_info(ckpt["arch"], classes, res,
                           ckpt.get("preprocess") or imagenet_preprocess(res))
+
+
+def _reconcile(info, ckpt, checkpoint_path, json_path):
+    """model.json's ``info`` with the checkpoint's arch, classes and resolution."""
+    def differs(what, ours, theirs):
+        log.warning("%s: %s %s, but %s says %s: exporting with the checkpoint's (model.json "
+                    "is rewritten to match)", checkpoint_path, what, theirs, json_path, ours)
+
+    classes = ckpt.get("classes")
+    if classes and list(classes) != info["labels"]:
+        differs("classes", info["labels"], list(classes))
+        info["labels"], info["num_classes"] = list(classes), len(classes)
+    elif not classes and ckpt.get("num_classes") and \
+            int(ckpt["num_classes"]) != len(info["labels"]):
+        raise UsageError("{} has {} outputs but {} lists {} classes ({}): the model.json of "
+                         "another model?".format(checkpoint_path, ckpt["num_classes"],
+                                                 json_path, len(info["labels"]),
+                                                 ", ".join(info["labels"])))
+    res = ckpt.get("resolution")
+    shape = info["input"]["shape"]
+    if res and [int(res), int(res)] != list(shape[1:]):
+        differs("resolution", "{}x{}".format(shape[1], shape[2]), "{0}x{0}".format(int(res)))
+        info["input"]["shape"] = [shape[0], int(res), int(res)]
+    if ckpt["arch"] != info["arch"]:
+        differs("arch", info["arch"], ckpt["arch"])
+        info["arch"] = ckpt["arch"]
+    return info
 
 
 def export_module(model, arch, activation=True, cam=False):
@@ -89,23 +119,23 @@ def check_export_options(opset, batch, dynamic_batch):
         raise UsageError("--batch and --dynamic-batch: give one or the other")
 
 
-def export_onnx(model_dir, input_name=None, output_name=None, opset=DEFAULT_OPSET,
-                activation=True, overwrite=True, batch=1, dynamic_batch=False, cam=False):
-    """Export ``model_dir/<input>`` to ONNX; returns (onnx path, updated model.json dict)."""
-    import torch
-    check_export_options(opset, batch, dynamic_batch)
-    checkpoint_path = os.path.join(model_dir, input_name or "model_best.pth.tar")
-    ckpt = load_checkpoint(checkpoint_path)
-    info = bundle_info_for(model_dir, ckpt, checkpoint_path)
-    out_name = output_name or "{}.onnx".format(ckpt["arch"])
-    out_path = out_name if os.path.isabs(out_name) else os.path.join(model_dir, out_name)
-    if os.path.exists(out_path) and not overwrite:
-        raise UsageError("output {} already exists: pass --overwrite".format(out_path))
-    model = model_from_checkpoint(ckpt)
-    module, output_names = export_module(model, ckpt["arch"], activation, cam)
-    c, h, w = info["input"]["shape"]
-    torch_onnx_export(module, torch.zeros(int(batch), c, h, w), out_path, opset,
-                      dynamic_batch=dynamic_batch, output_names=output_names)
+def output_path(model_dir, output_name, arch):
+    name = output_name or "{}.onnx".format(arch)
+    return name if os.path.isabs(name) else os.path.join(model_dir, name)
+
+
+def _staged(out_path):
+    """Where the export is written until it is checked (beside its final place)."""
+    folder = os.path.dirname(os.path.abspath(out_path))
+    if not os.path.isdir(folder):
+        os.makedirs(folder)
+    stem = os.path.splitext(os.path.basename(out_path))[0]
+    return os.path.join(folder, ".{}.unchecked.onnx".format(stem))
+
+
+def _record(info, model_dir, out_path, staged, checkpoint_path, opset, batch, dynamic_batch,
+            activation, cam):
+    """Fill ``info`` for the new ONNX (written at ``staged``, to be named ``out_path``)."""
     info["input"].update(name=DEFAULT_INPUT_NAME, dtype="float32", layout="NCHW")
     info["output"] = {"name": DEFAULT_OUTPUT_NAME,
                       "activation": "softmax" if activation else "none"}
@@ -113,12 +143,66 @@ def export_onnx(model_dir, input_name=None, output_name=None, opset=DEFAULT_OPSE
         info["output"]["cam"] = CAM_OUTPUT_NAME
     info["onnx"] = {"file": os.path.relpath(out_path, model_dir), "opset": int(opset),
                     "batch": "dynamic" if dynamic_batch else int(batch),
-                    "sha256": sha256_file(out_path),
+                    "sha256": sha256_file(staged),
                     "checkpoint": os.path.basename(checkpoint_path)}
     info["engines"] = []  # engines of an older ONNX no longer match it
+    return info
+
+
+def _commit(model_dir, info, staged, out_path):
+    """The checked export takes its name; model.json and labels.txt follow it."""
+    os.replace(staged, out_path)
     write_model_info(os.path.join(model_dir, MODEL_JSON), info)
-    if not os.path.isfile(os.path.join(model_dir, LABELS_TXT)):
-        write_labels(os.path.join(model_dir, LABELS_TXT), info["labels"])
+    labels_path = os.path.join(model_dir, LABELS_TXT)
+    if not os.path.isfile(labels_path) or _labels_or_none(labels_path) != info["labels"]:
+        if os.path.isfile(labels_path):
+            log.warning("%s rewritten with the checkpoint's classes: %s", labels_path,
+                        ", ".join(info["labels"]))
+        write_labels(labels_path, info["labels"])
+
+
+def _labels_or_none(path):
+    try:
+        return read_labels(path)
+    except BundleError:
+        return None
+
+
+def export_onnx(model_dir, input_name=None, output_name=None, opset=DEFAULT_OPSET,
+                activation=True, overwrite=True, batch=1, dynamic_batch=False, cam=False,
+                check=None):
+    """Export ``model_dir/<input>`` to ONNX; returns (onnx path, updated model.json dict).
+
+    ``check(bundle)``, when given, runs on the new file before anything in the bundle is
+    replaced: when it raises, the unchecked file is removed and the ONNX, model.json and
+    labels.txt already there are left as they were.
+    """
+    import torch
+    check_export_options(opset, batch, dynamic_batch)
+    check_output_dir(model_dir, "--model-dir")  # model.json is rewritten there
+    checkpoint_path = os.path.join(model_dir, input_name or "model_best.pth.tar")
+    ckpt = load_checkpoint(checkpoint_path)
+    out_path = output_path(model_dir, output_name, ckpt["arch"])
+    check_output_file(out_path, "--output", overwrite)
+    info = bundle_info_for(model_dir, ckpt, checkpoint_path)
+    module, output_names = export_module(model_from_checkpoint(ckpt), ckpt["arch"], activation,
+                                         cam)
+    c, h, w = info["input"]["shape"]
+    staged = _staged(out_path)
+    try:
+        torch_onnx_export(module, torch.zeros(int(batch), c, h, w), staged, opset,
+                          dynamic_batch=dynamic_batch, output_names=output_names)
+        _record(info, model_dir, out_path, staged, checkpoint_path, opset, batch,
+                dynamic_batch, activation, cam)
+        if check is not None:
+            check(Bundle(model_dir, info, info["labels"], staged,
+                         checkpoint_path if ckpt.get("classes") else None))
+    except BaseException:
+        for leftover in (staged, staged + ".tmp"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+        raise
+    _commit(model_dir, info, staged, out_path)
     log.info("exported %s (opset %d, batch %s, %s%s)", out_path, opset,
              "dynamic" if dynamic_batch else batch,
              "probabilities" if activation else "logits", ", cam_0" if cam else "")

@@ -15,6 +15,7 @@ import time
 from oncolens.appliance import engines
 from oncolens.appliance.cliutil import cli_entry, normalize_flags, setup_logging
 from oncolens.appliance.errors import OncoLensError, UsageError
+from oncolens.appliance.outpaths import check_output_dir, check_output_file
 from oncolens.export import selftest_env
 
 log = logging.getLogger(__name__)
@@ -68,8 +69,9 @@ def _paths(args):
                            os.path.basename(os.path.abspath(args.model_dir)))
         log.info("model folder %s is read-only: the report goes to %s", args.model_dir, out)
     json_path, md_path = os.path.join(out, "selftest.json"), os.path.join(out, "selftest.md")
-    if os.path.exists(json_path) and not args.overwrite:
-        raise UsageError("report {} already exists: pass --overwrite".format(json_path))
+    check_output_dir(out, "--out")  # before any step runs: the report must not be lost
+    for path in (json_path, md_path):
+        check_output_file(path, "--out", args.overwrite)
     if not os.path.isdir(out):
         os.makedirs(out)
     return json_path, md_path
@@ -79,6 +81,9 @@ def _paths(args):
 def main(argv):
     args = build_parser().parse_args(normalize_flags(argv))
     setup_logging(args.log_level)
+    for flag, value in (("--count", args.count), ("--frames", args.frames)):
+        if value < 1:
+            raise UsageError("{}: expected a positive number, got {}".format(flag, value))
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
     for p in precisions:
         if p not in ("fp32", "fp16", "int8"):

@@ -130,7 +130,7 @@ class Context(object):
         from oncolens.appliance.preprocess import Preprocessor
         from oncolens.export.images import check_images, image_folder, sample_paths
         self.args = args
-        self.bundle = load_bundle(args.model_dir)
+        self.bundle = load_bundle(args.model_dir, labels_flag=None)
         self.batch, self.source = check_images(self.bundle.info,
                                                Preprocessor.from_bundle(self.bundle),
                                                args.images or None, args.count)

@@ -10,7 +10,7 @@ import logging
 import os
 
 from oncolens.appliance.cliutil import cli_entry, normalize_flags, setup_logging
-from oncolens.appliance.errors import MissingDependency, OncoLensError
+from oncolens.appliance.errors import MissingDependency, OncoLensError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +20,12 @@ RANK = {"fp32": 0, "fp16": 1, "int8": 2}
 
 class VerifyFailed(OncoLensError):
     """At least one pair of models disagrees beyond its threshold."""
+
+
+class NothingCompared(OncoLensError):
+    """Only one implementation could run: there was no pair to compare (exit status 3)."""
+
+    exit_code = 3
 
 
 def run_models(bundle, batch, engine_precisions=None):
@@ -49,7 +55,7 @@ def run_models(bundle, batch, engine_precisions=None):
 def bundle_for_engine(bundle, path):
     """The bundle with ``path`` as its model file (the engine may sit in the cache folder)."""
     from oncolens.appliance.bundle import load_bundle
-    engine_bundle = load_bundle(bundle.dir)
+    engine_bundle = load_bundle(bundle.dir, labels_flag=None)
     engine_bundle.model_path = path
     return engine_bundle
 
@@ -97,13 +103,13 @@ def verify_bundle(model_dir, images_dir=None, count=100, thresholds=None, precis
     from oncolens.appliance.bundle import load_bundle
     from oncolens.appliance.preprocess import Preprocessor
     from oncolens.export.images import check_images
-    bundle = load_bundle(model_dir)
+    bundle = load_bundle(model_dir, labels_flag=None)
     batch, source = check_images(bundle.info, Preprocessor.from_bundle(bundle), images_dir,
                                  count, seed)
     results, skipped = run_models(bundle, batch, precisions)
     rows = compare_all(results, dict(THRESHOLDS, **(thresholds or {})))
-    return {"images": source, "rows": rows, "skipped": skipped,
-            "passed": all(r["passed"] for r in rows)}
+    return {"images": source, "rows": rows, "skipped": skipped, "ran": list(results),
+            "passed": bool(rows) and all(r["passed"] for r in rows)}
 
 
 def format_row(row):
@@ -130,10 +136,30 @@ def build_parser():
     return p
 
 
+def check_flags(args):
+    if args.count < 1:
+        raise UsageError("--count: expected a positive number of images, got {}".format(
+            args.count))
+    for prec in sorted(THRESHOLDS):
+        value = getattr(args, "min_agreement_" + prec)
+        if not 0.0 <= value <= 1.0:
+            raise UsageError("--min-agreement-{}: expected a share between 0 and 1, got "
+                             "{}".format(prec, value))
+
+
+def nothing_compared(report):
+    """The one line saying that verify had no pair to compare, and why."""
+    why = "; ".join("{}: {}".format(label, reason) for label, reason in report["skipped"])
+    return ("nothing was compared: only {} ran ({}); verify needs a second implementation: "
+            "the checkpoint (model_best.pth.tar) or a TensorRT engine ('oncolens export "
+            "engine')".format(" and ".join(report["ran"]) or "nothing", why))
+
+
 @cli_entry("oncolens export verify")
 def main(argv):
     args = build_parser().parse_args(normalize_flags(argv))
     setup_logging(args.log_level)
+    check_flags(args)
     thresholds = {p: getattr(args, "min_agreement_" + p) for p in THRESHOLDS}
     report = verify_bundle(args.model_dir or ".", args.images or None, args.count, thresholds,
                            args.precision)
@@ -142,6 +168,8 @@ def main(argv):
         print(format_row(row))
     for label, reason in report["skipped"]:
         print("skipped {}: {}".format(label, reason))
+    if not report["rows"]:
+        raise NothingCompared(nothing_compared(report))
     if not report["passed"]:
         failed = [r["pair"] for r in report["rows"] if not r["passed"]]
         raise VerifyFailed("below threshold: {}".format("; ".join(failed)))

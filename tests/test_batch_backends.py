@@ -1,5 +1,6 @@
 """The OpenVINO backend and the dynamic-batch copy give ONNX Runtime's probabilities."""
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -23,6 +24,49 @@ def test_dynamic_batch_copy_matches_the_export(tiny_bundle, tiny_data):
     with open_backend("onnxruntime", dyn) as backend:
         assert backend.max_batch is None
         np.testing.assert_allclose(backend.infer(batch).probs, want, atol=1e-5)
+
+
+def _read_only_copy(tiny_bundle, tmp_path, with_variants):
+    from oncolens.appliance.bundle import load_bundle
+    from oncolens.appliance.variants import dynamic_batch
+    d = tmp_path / "ro"
+    d.mkdir()
+    for f in ("model.json", "labels.txt", "resnet18.onnx"):
+        shutil.copy(os.path.join(tiny_bundle, f), str(d))
+    if with_variants:  # shipped with the model, then the folder is made read-only
+        dynamic_batch(load_bundle(str(d)))
+        os.chmod(str(d / "variants"), 0o555)
+    os.chmod(str(d), 0o555)  # no write bit anywhere: read-only even for root
+    return str(d)
+
+
+def test_variants_of_a_folder_without_write_bits_go_to_the_cache(tiny_bundle, tmp_path,
+                                                                 monkeypatch):
+    from oncolens.appliance.bundle import load_bundle
+    from oncolens.appliance.variants import dynamic_batch
+    cache = str(tmp_path / "cache")
+    monkeypatch.setenv("ONCOLENS_CACHE_DIR", cache)
+    d = _read_only_copy(tiny_bundle, tmp_path, with_variants=False)
+    try:
+        dyn = dynamic_batch(load_bundle(d))
+    finally:
+        os.chmod(d, 0o755)
+    assert not os.path.exists(os.path.join(d, "variants"))
+    assert dyn.model_path.startswith(os.path.join(cache, "variants") + os.sep)
+
+
+def test_variants_shipped_in_a_read_only_folder_are_used(tiny_bundle, tmp_path, monkeypatch):
+    from oncolens.appliance.bundle import load_bundle
+    from oncolens.appliance.variants import dynamic_batch
+    monkeypatch.setenv("ONCOLENS_CACHE_DIR", str(tmp_path / "cache"))
+    d = _read_only_copy(tiny_bundle, tmp_path, with_variants=True)
+    try:
+        dyn = dynamic_batch(load_bundle(d))
+    finally:
+        os.chmod(os.path.join(d, "variants"), 0o755)
+        os.chmod(d, 0o755)
+    assert os.path.dirname(dyn.model_path) == os.path.join(d, "variants")
+    assert not os.path.exists(str(tmp_path / "cache"))
 
 
 @pytest.mark.parametrize("n", [1, 5, 8])

@@ -169,3 +169,63 @@ def test_bf16_is_openvino_only_measured_and_recorded(tiny_bundle, tiny_data, tmp
     assert all(r["backend"].startswith("openvino") for r in rows)
     code, _, err = run_cli(batch + ["--backend", "onnxruntime", "--overwrite"])
     assert code == 2 and "--backend openvino only" in err
+
+
+def test_bench_a_bare_folder_uses_the_onnx_input_size(tiny_bundle, tiny_data, tmp_path):
+    """A jetson-inference folder (ONNX + labels.txt, 32 px input, no model.json)."""
+    import shutil
+    d = tmp_path / "bare"
+    d.mkdir()
+    for f in ("resnet18.onnx", "labels.txt"):
+        shutil.copy(os.path.join(tiny_bundle, f), str(d))
+    code, out, err = run_cli(["bench", "--model", str(d), "--images",
+                              os.path.join(tiny_data, "test"), "--backends", "onnxruntime",
+                              "--batch-sizes", "1", "--no-baseline", "--min-seconds", 0.05,
+                              "--warmup", 1])
+    assert code == 0, err
+    assert "onnxruntime fp32" in out
+
+
+def test_unreadable_images_are_skipped_named_and_counted(tiny_bundle, tiny_data, tmp_path,
+                                                         caplog):
+    """A bad file first in the folder (sample batch), a corrupt PNG and a GIF (the naive
+    PIL loop too): the bench runs on the readable ones and names the others."""
+    import shutil
+    images = tmp_path / "mixed"
+    shutil.copytree(os.path.join(tiny_data, "test"), str(images))
+    (images / "000_bad.png").write_bytes(b"nope!")
+    (images / "benign" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    shutil.copy(str(next((images / "normal").glob("*.png"))), str(images / "anim.gif"))
+    out = str(tmp_path / "new" / "b.json")  # its folder is made
+    code, stdout, err = run_cli(["bench", "--model", tiny_bundle, "--images", str(images),
+                                 "--backends", "onnxruntime", "--batch-sizes", "1,2",
+                                 "--min-seconds", 0.05, "--warmup", 1, "--json", out])
+    assert code == 0, err
+    with io.open(out, encoding="utf-8") as fh:
+        doc = json.load(fh)
+    bad = sorted(os.path.basename(f["path"]) for f in doc["unreadable"]["files"])
+    assert bad == ["000_bad.png", "anim.gif", "corrupt.png"] and doc["unreadable"]["count"] == 3
+    assert doc["baseline"]["images"] == 9 and doc["baseline"]["single_thread"]["images"] == 9
+    assert [r["images"] for r in doc["runs"]] == [9, 9]
+    assert "skipped 3 unreadable file(s)" in stdout
+    warned = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+    for name in bad:  # one warning a file, however many loops met it
+        assert len([w for w in warned if name in w]) == 1
+
+
+def test_no_readable_image_and_unusable_json_are_one_line_before_measuring(tiny_bundle,
+                                                                          tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.png").write_bytes(b"nope")
+    (bad / "b.jpg").write_bytes(b"")
+    code, _, err = run_cli(["bench", "--model", tiny_bundle, "--images", str(bad),
+                            "--backends", "onnxruntime", "--no-baseline"])
+    assert code == 1 and "--images: none of the 2 image files could be read" in err
+    assert "a.png" in err and len(err.strip().splitlines()) == 1
+    blocker = tmp_path / "afile"
+    blocker.write_text(u"x")
+    code, out, err = run_cli(["bench", "--model", tiny_bundle, "--images", str(bad),
+                              "--json", str(blocker / "b.json")])
+    assert code == 2 and "--json" in err and "is a file, not a folder" in err
+    assert len(err.strip().splitlines()) == 1 and not out

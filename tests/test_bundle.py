@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 
+from conftest import run_cli
 from oncolens.appliance import bundle
 from oncolens.appliance.errors import BundleError
 from oncolens.appliance.preprocess import imagenet_preprocess
@@ -93,3 +94,49 @@ def test_invalid_json_and_num_classes(bundle_dir):
         fh.write("{not json")
     with pytest.raises(BundleError, match="not valid JSON"):
         bundle.load_bundle(bundle_dir)
+
+
+def _bare(tiny_bundle, tmp_path, labels=True):
+    """A jetson-inference style folder: the ONNX (32 px input) and labels.txt, no model.json."""
+    out = tmp_path / "bare"
+    out.mkdir()
+    shutil.copy(os.path.join(tiny_bundle, "resnet18.onnx"), str(out))
+    if labels:
+        shutil.copy(os.path.join(tiny_bundle, "labels.txt"), str(out))
+    return str(out)
+
+
+def test_missing_labels_file_is_named_and_verify_is_not_told_to_pass_labels(tiny_bundle,
+                                                                          tmp_path):
+    d = _bare(tiny_bundle, tmp_path, labels=False)
+    missing = str(tmp_path / "nothere.txt")
+    with pytest.raises(BundleError) as err:
+        bundle.load_bundle(os.path.join(d, "resnet18.onnx"), labels=missing)
+    assert str(err.value).startswith("--labels {}: labels file not found".format(missing))
+    with pytest.raises(BundleError) as err:
+        bundle.load_bundle(d, labels_flag=None)
+    assert "--labels" not in str(err.value) and "no labels.txt" in str(err.value)
+    code, _, err = run_cli(["export", "verify", "--model-dir", str(tmp_path / "nothing")])
+    assert code != 0 and "--labels" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_labels_in_utf16_and_utf8_bom_are_read_and_garbage_is_one_line(tmp_path):
+    path = str(tmp_path / "labels.txt")
+    for encoding in ("utf-16", "utf-8-sig"):
+        with open(path, "wb") as fh:
+            fh.write(u"benign\r\nmalignant\r\nnormal\r\n".encode(encoding))
+        assert bundle.read_labels(path) == ["benign", "malignant", "normal"]
+    with open(path, "wb") as fh:
+        fh.write(b"\xff\xfe bad\n")  # a UTF-16 BOM, then an odd number of bytes
+    with pytest.raises(BundleError, match="labels file .*labels.txt: not readable as UTF-16"):
+        bundle.read_labels(path)
+    with open(path, "wb") as fh:
+        fh.write(b"caf\xe9\n")  # Latin-1
+    with pytest.raises(BundleError, match="not readable as UTF-8 text"):
+        bundle.read_labels(path)
+
+
+def test_bare_folder_takes_its_input_size_from_the_onnx(tiny_bundle, tmp_path):
+    d = _bare(tiny_bundle, tmp_path)
+    assert bundle.load_bundle(d).input_shape == (3, 32, 32)
+    assert bundle.load_bundle(os.path.join(d, "resnet18.onnx")).input_shape == (3, 32, 32)

@@ -236,3 +236,87 @@ def test_lite0_inplace_relu6_trains_like_a_clamp():
     np.testing.assert_allclose(grad.numpy(), ref_grad.numpy(), atol=1e-6)
     assert len(calls) == 33 and all(calls)
     assert float(grad.abs().max()) > 0
+
+
+def _stale_bundle_files(model_dir, arch, labels, size):
+    """model.json and labels.txt of another training run, left in the folder."""
+    from oncolens.appliance.bundle import new_model_info, write_labels, write_model_info
+    from oncolens.appliance.preprocess import imagenet_preprocess
+    write_model_info(os.path.join(model_dir, "model.json"),
+                     new_model_info(arch, labels, size, imagenet_preprocess(size)))
+    write_labels(os.path.join(model_dir, "labels.txt"), labels)
+
+
+def test_the_checkpoint_is_the_truth_for_classes_and_resolution(tmp_path, caplog):
+    from oncolens.appliance.bundle import read_labels, read_model_info
+    model_dir = str(tmp_path / "m")
+    _random_checkpoint(model_dir, "simple-cnn", 48, classes=("cat", "dog"))
+    _stale_bundle_files(model_dir, "simple-cnn", ["benign", "malignant", "normal"], 32)
+    code, out, err = run_cli(["export", "onnx", "--model-dir", model_dir, "--check-count", 4])
+    assert code == 0, err
+    sess = _session(os.path.join(model_dir, "simple-cnn.onnx"))
+    assert sess.get_inputs()[0].shape == [1, 3, 48, 48] and sess.get_outputs()[0].shape == [1, 2]
+    info = read_model_info(os.path.join(model_dir, "model.json"))
+    assert info["labels"] == ["cat", "dog"] and info["input"]["shape"] == [3, 48, 48]
+    assert read_labels(os.path.join(model_dir, "labels.txt")) == ["cat", "dog"]
+    warned = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert "48x48" in warned and "32x32" in warned
+    assert "'cat', 'dog'" in warned and "'benign', 'malignant', 'normal'" in warned
+
+
+def test_what_the_checkpoint_lacks_comes_from_model_json(tmp_path):
+    import torch
+    from oncolens.appliance.archs import build_model
+    from oncolens.appliance.bundle import read_model_info
+    model_dir = str(tmp_path / "m")
+    os.makedirs(model_dir)
+    torch.save({"arch": "simple-cnn", "num_classes": 3,
+                "state_dict": build_model("simple-cnn", 3).state_dict()},
+               os.path.join(model_dir, "model_best.pth.tar"))
+    _stale_bundle_files(model_dir, "simple-cnn", ["a", "b", "c"], 40)
+    code, out, err = run_cli(["export", "onnx", "--model-dir", model_dir, "--check-count", 4])
+    assert code == 0, err
+    info = read_model_info(os.path.join(model_dir, "model.json"))
+    assert info["labels"] == ["a", "b", "c"] and info["input"]["shape"] == [3, 40, 40]
+    _stale_bundle_files(model_dir, "simple-cnn", ["a", "b"], 40)  # another model's
+    code, out, err = run_cli(["export", "onnx", "--model-dir", model_dir, "--output", "x.onnx"])
+    assert code == 2 and "has 3 outputs but" in err and "lists 2 classes" in err
+    assert not os.path.exists(os.path.join(model_dir, "x.onnx"))
+
+
+def _snapshot(model_dir):
+    return dict((f, open(os.path.join(model_dir, f), "rb").read())
+                for f in sorted(os.listdir(model_dir)))
+
+
+def test_a_failed_export_leaves_the_bundle_as_it_was(tiny_bundle, tmp_path, monkeypatch):
+    model_dir = _copy_bundle(tiny_bundle, tmp_path)
+    before = _snapshot(model_dir)
+    blocker = tmp_path / "afile"
+    blocker.write_text(u"x")
+    for extra, message in [(["--images", str(tmp_path / "nonexist")], "--images"),
+                           (["--tolerance", "-1"], "--tolerance"),
+                           (["--check-count", "0"], "--check-count"),
+                           (["--output", str(blocker / "x.onnx")], "is a file, not a folder")]:
+        argv = ["export", "onnx", "--model-dir", model_dir, "--output", "r2.onnx"] + extra
+        code, _, err = run_cli(argv)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+        assert _snapshot(model_dir) == before
+    monkeypatch.setattr("oncolens.export.check.verdict", lambda *a: "forced to fail")
+    for extra in (["--output", "r2.onnx"], ["--overwrite"]):
+        code, _, err = run_cli(["export", "onnx", "--model-dir", model_dir] + extra)
+        assert code == 1 and "forced to fail" in err and "nothing was written" in err
+        assert len(err.strip().splitlines()) == 1
+        assert _snapshot(model_dir) == before  # no new ONNX, no leftover, model.json as it was
+
+
+def test_export_into_a_folder_that_does_not_exist_yet(tiny_bundle, tmp_path):
+    from oncolens.appliance.bundle import read_model_info
+    model_dir = _copy_bundle(tiny_bundle, tmp_path)
+    code, out, err = run_cli(["export", "onnx", "--model-dir", model_dir, "--output",
+                              os.path.join("sub", "new.onnx"), "--check-count", 2])
+    assert code == 0, err
+    assert os.path.isfile(os.path.join(model_dir, "sub", "new.onnx"))
+    info = read_model_info(os.path.join(model_dir, "model.json"))
+    assert info["onnx"]["file"] == os.path.join("sub", "new.onnx")
+    assert not [f for f in os.listdir(os.path.join(model_dir, "sub")) if "unchecked" in f]

@@ -98,3 +98,46 @@ def test_selftest_with_the_standin_builds_verifies_and_times_each_precision(
     assert set(status.values()) == {"passed"}, status
     assert len(status) == 2 + 3 * 3
     assert doc["environment"]["tensorrt"] == "8.2.1.8"
+
+
+def test_verify_a_bare_folder_uses_the_onnx_input_size(tiny_bundle, tiny_data, tmp_path):
+    """No model.json, a 32 px ONNX: the images are prepared at 32 px, not 224."""
+    d = tmp_path / "bare"
+    d.mkdir()
+    for f in ("resnet18.onnx", "labels.txt", "model_best.pth.tar"):
+        shutil.copy(os.path.join(tiny_bundle, f), str(d))
+    code, out, err = run_cli(["export", "verify", "--model-dir", str(d), "--images", tiny_data,
+                              "--count", 4])
+    assert code == 0, err
+    assert "torch vs onnxruntime" in out and "agree 100.000%" in out
+
+
+def test_verify_with_nothing_to_compare_says_so_and_fails(tiny_bundle, tmp_path):
+    """Only the ONNX: no checkpoint, no engine. Not a pass: exit 3 and why."""
+    d = _bundle_copy(tiny_bundle, tmp_path)
+    code, out, err = run_cli(["export", "verify", "--model-dir", d, "--count", 4])
+    assert code == 3, (out, err)
+    assert "nothing was compared: only onnxruntime ran" in err and "no checkpoint" in err
+    assert len(err.strip().splitlines()) == 1
+    assert "passed" not in out + err and " ok" not in out
+
+
+@pytest.mark.parametrize("extra, flag", [(["--count", "0"], "--count"),
+                                         (["--count", "-3"], "--count"),
+                                         (["--min-agreement-fp16", "1.5"],
+                                          "--min-agreement-fp16")])
+def test_verify_bad_numbers_are_one_line(tiny_bundle, extra, flag):
+    code, out, err = run_cli(["export", "verify", "--model-dir", tiny_bundle] + extra)
+    assert code == 2 and err.count(flag) == 1 and len(err.strip().splitlines()) == 1
+
+
+def test_selftest_unusable_out_is_one_line_before_any_step(tiny_bundle, tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text(u"x")
+    for out_dir, message in [(str(blocker), "is a file: expected a folder"),
+                             (str(blocker / "sub"), "is a file, not a folder")]:
+        code, out, err = run_cli(["selftest", "--model-dir", tiny_bundle, "--out", out_dir])
+        assert code == 2 and "--out" in err and message in err, err
+        assert len(err.strip().splitlines()) == 1 and not out
+    code, out, err = run_cli(["selftest", "--model-dir", tiny_bundle, "--count", 0])
+    assert code == 2 and "--count" in err
