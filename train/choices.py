@@ -3,7 +3,7 @@ before anything is written), the epoch count, and the ``auto`` settings that dep
 the starting weights came from."""
 import logging
 
-from oncolens.appliance.archs import build_model
+from oncolens.appliance.archs import build_model, canonical_arch, load_checkpoint
 from oncolens.appliance.errors import UsageError
 from oncolens.train.recipe import torch_module
 from oncolens.train.weights import zero_init_residual
@@ -55,14 +55,55 @@ def _check_final_fit(args):
                          "trains on; leave one of the two out")
 
 
-def check_resume(args, ckpt):
-    """--resume: the run goes on in the mode it was made in."""
+def load_resume(args, classes):
+    """The --resume checkpoint (None without one), checked against this run before anything
+    is written: the same network, input size and classes in the same order."""
+    if not args.resume:
+        return None
+    ckpt = load_checkpoint(args.resume)
+    check_resume(args, ckpt, classes)
+    return ckpt
+
+
+def check_resume(args, ckpt, classes=None):
+    """--resume: the run goes on with the network, size, classes and mode it was made with."""
+    where = "--resume {}".format(args.resume)
+    arch = canonical_arch(ckpt["arch"])
+    if arch != canonical_arch(args.arch):
+        raise UsageError("{}: the checkpoint is a {} but --arch is {}; resume with --arch {}"
+                         .format(where, arch, args.arch, arch))
+    if ckpt.get("resolution") is not None and int(ckpt["resolution"]) != args.resolution:
+        raise UsageError("{}: the checkpoint was trained at --resolution {} but this run asks "
+                         "for {}; resume with --resolution {}".format(
+                             where, ckpt["resolution"], args.resolution, ckpt["resolution"]))
+    if classes is not None:
+        _check_resume_classes(where, ckpt, list(classes), args.data)
     if bool(ckpt.get("final_fit")) != args.final_fit:
-        raise UsageError("--resume {}: that run was {}made with --final-fit; resume it the same "
-                         "way".format(args.resume, "" if ckpt.get("final_fit") else "not "))
+        raise UsageError("{}: that run was {}made with --final-fit; resume it the same "
+                         "way".format(where, "" if ckpt.get("final_fit") else "not "))
     if float(ckpt.get("body_lr_ratio", 1.0)) != args.body_lr_ratio:
-        raise UsageError("--resume {}: that run was made with --body-lr-ratio {:g}; resume it "
-                         "the same way".format(args.resume, float(ckpt.get("body_lr_ratio", 1.0))))
+        raise UsageError("{}: that run was made with --body-lr-ratio {:g}; resume it "
+                         "the same way".format(where, float(ckpt.get("body_lr_ratio", 1.0))))
+
+
+def _check_resume_classes(where, ckpt, classes, data):
+    old = ckpt.get("classes")
+    if old is None:  # a jetson-inference checkpoint may record only the count
+        count = ckpt.get("num_classes")
+        if count is not None and int(count) != len(classes):
+            raise UsageError("{}: the checkpoint has {} classes but {} has {} ({})".format(
+                where, count, data, len(classes), ", ".join(classes)))
+        return
+    old = list(old)
+    if old == classes:
+        return
+    if sorted(old) == sorted(classes):
+        raise UsageError("{}: the checkpoint's classes are in the order {} but {} lists them as "
+                         "{}; resume on a dataset whose labels.txt keeps the checkpoint's order"
+                         .format(where, ", ".join(old), data, ", ".join(classes)))
+    raise UsageError("{}: the checkpoint was trained on classes {} but {} has {}; resume on "
+                     "the same classes or train a new model".format(
+                         where, ", ".join(old), data, ", ".join(classes)))
 
 
 def check_zero_init(args):

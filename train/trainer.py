@@ -6,11 +6,11 @@ import time
 import numpy as np
 
 from oncolens import __version__
-from oncolens.appliance.archs import build_model, canonical_arch, load_checkpoint
+from oncolens.appliance.archs import build_model, canonical_arch
 from oncolens.appliance.errors import UsageError
 from oncolens.appliance.preprocess import imagenet_preprocess
 from oncolens.train import metrics
-from oncolens.train.choices import (check_args, check_resume, freeze_choice, resolve_epochs,
+from oncolens.train.choices import (check_args, freeze_choice, load_resume, resolve_epochs,
                                     settle_augmentation)
 from oncolens.train.data import discover_classes
 from oncolens.train.ema import WeightAverage
@@ -156,35 +156,42 @@ def _setup(args):
         if args.accum_steps == 1 and args.batch_size > 8:
             args.accum_steps = int(np.ceil(args.batch_size / 8.0))
     check_args(args)
+    classes = discover_classes(args.data)
+    ckpt = load_resume(args, classes)  # checked against this run before anything is written
     prepare_model_dir(args)
     runtime = make_runtime(args.gpu, args.precision, args.channels_last)
-    classes = discover_classes(args.data)
     mean, std = normalisation(args.arch)
     clahe = {"clip": float(args.clahe_clip), "tile": 8} if args.clahe else None
     preprocess = imagenet_preprocess(args.resolution, mean=mean, std=std, clahe=clahe)
-    return runtime, classes, preprocess
+    return runtime, classes, preprocess, ckpt
 
 
-def _starting_model(args, num_classes):
-    """The network with its starting weights (ImageNet, a file, random or --resume's), the
-    checkpoint resumed (or None), where the weights came from, and the auto settings decided."""
+def _starting_model(args, num_classes, ckpt):
+    """The network with its starting weights (ImageNet, a file, random or --resume's), where
+    the weights came from, and the auto settings decided."""
     model = build_model(args.arch, num_classes)
-    ckpt = load_checkpoint(args.resume) if args.resume else None
     if ckpt is None:
         init = initialise(model, args.arch, args.pretrained, args.weights)
         if args.zero_init_residual:
             log.info("--zero-init-residual: %d residual blocks start as the identity",
                      zero_init_residual(model))
     else:
-        check_resume(args, ckpt)
         init = ckpt.get("init", {"source": "checkpoint"})
         ckpt["state_dict"] = unscaled_state_dict(ckpt)  # model_best: the raw weights
-        model.load_state_dict(ckpt.get("train_state_dict", ckpt["state_dict"]))
+        _load_resumed(args, model, ckpt.get("train_state_dict", ckpt["state_dict"]))
     args.freeze_early = freeze_choice(args.freeze_early, init)
     if args.freeze_early and not args.evaluate:
         freeze_early_layers(model, args.resolution)
     settle_augmentation(args, init, ckpt)
-    return model, ckpt, init
+    return model, init
+
+
+def _load_resumed(args, model, state):
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:  # size mismatches: the checks above should have said why
+        raise UsageError("--resume {}: its weights do not fit --arch {} ({})".format(
+            args.resume, args.arch, str(exc).strip().splitlines()[-1].strip()))
 
 
 def _head_and_body(args, model):
@@ -218,9 +225,9 @@ def _resume_state(args, ckpt, optimizer, ema):
 def run_training(args):
     """Train as the command line says; returns the best epoch's validation metrics."""
     resolve_epochs(args)
-    runtime, classes, preprocess = _setup(args)
+    runtime, classes, preprocess, ckpt = _setup(args)
     micro = args.batch_size // args.accum_steps
-    model, ckpt, init = _starting_model(args, len(classes))
+    model, init = _starting_model(args, len(classes), ckpt)
     train_loader, val_loader, samples = make_loaders(args, classes, preprocess, micro)
     head, body = _head_and_body(args, model)
     model = runtime.model(model)
