@@ -114,7 +114,8 @@ def export_onnx(model_dir, input_name=None, output_name=None, opset=DEFAULT_OPSE
     info["onnx"] = {"file": os.path.relpath(out_path, model_dir), "opset": int(opset),
                     "batch": "dynamic" if dynamic_batch else int(batch),
                     "sha256": sha256_file(out_path),
-                    "checkpoint": os.path.basename(checkpoint_path)}
+                    "checkpoint": os.path.basename(checkpoint_path),
+                    "checkpoint_sha256": sha256_file(checkpoint_path)}
     info["engines"] = []  # engines of an older ONNX no longer match it
     write_model_info(os.path.join(model_dir, MODEL_JSON), info)
     if not os.path.isfile(os.path.join(model_dir, LABELS_TXT)):

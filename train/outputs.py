@@ -1,5 +1,6 @@
 """What a training run writes into ``--model-dir``: the checkpoints (jetson-inference's
 ``checkpoint.pth.tar`` and ``model_best.pth.tar``), ``labels.txt`` and ``model.json``."""
+import logging
 import os
 import shutil
 
@@ -7,11 +8,11 @@ from oncolens import __version__
 from oncolens.appliance.bundle import (MODEL_JSON, LABELS_TXT, new_model_info, sha256_file,
                                        write_labels, write_model_info)
 from oncolens.appliance.errors import UsageError
+from oncolens.train.modeldir import BEST, CHECKPOINT, derived_artefacts, remove_derived
 from oncolens.train.recipe import torch_module
 from oncolens.train.synth import dataset_provenance
 
-CHECKPOINT = "checkpoint.pth.tar"
-BEST = "model_best.pth.tar"
+log = logging.getLogger(__name__)
 
 
 def prepare_model_dir(args):
@@ -19,8 +20,21 @@ def prepare_model_dir(args):
     if os.path.exists(best) and not (args.overwrite or args.resume or args.evaluate):
         raise UsageError("--model-dir {} already holds a trained model: pass --overwrite to "
                          "replace it or --resume to continue it".format(args.model_dir))
+    if args.overwrite:
+        remove_derived(args.model_dir)
+    else:
+        _warn_stale_exports(args.model_dir)
     if not os.path.isdir(args.model_dir):
         os.makedirs(args.model_dir)
+
+
+def _warn_stale_exports(model_dir):
+    files, _ = derived_artefacts(model_dir) if os.path.isdir(model_dir) else ([], [])
+    onnx = [n for n in files if n.endswith(".onnx")]
+    if onnx:
+        log.warning("%s holds %s, exported from the model before this run: re-export it once "
+                    "training ends ('oncolens evaluate' uses the checkpoint until then)",
+                    model_dir, ", ".join(onnx))
 
 
 def save_checkpoint(state, model_dir, is_best, models=(None, None)):
