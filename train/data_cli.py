@@ -91,7 +91,9 @@ def build_split_parser():
     p.add_argument("--max-distance", type=int, default=4,
                    help="perceptual-hash distance that counts as the same image (4)")
     p.add_argument("--link", action="store_true", help="hard-link instead of copying")
-    p.add_argument("--overwrite", action="store_true", help="write into an existing folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier split in OUT (its train/ val/ test/, splits.csv and "
+                        "labels.txt are removed first)")
     p.add_argument("--log-level", default="info")
     return p
 
