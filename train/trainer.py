@@ -16,8 +16,8 @@ from oncolens.train.data import discover_classes
 from oncolens.train.ema import WeightAverage
 from oncolens.train.freeze import freeze_early_layers, head_parameters
 from oncolens.train.history import plot_history, read_history, write_history
-from oncolens.train.outputs import (BEST, prepare_model_dir, save_checkpoint, training_record,
-                                    write_bundle)
+from oncolens.train.outputs import (BEST, adopt_best, prepare_model_dir, save_checkpoint,
+                                    training_record, write_bundle)
 from oncolens.train.recipe import (learning_rate, make_loaders, make_loss, make_optimizer,
                                    progress, set_lr, torch_module)
 from oncolens.train.runtime import make_runtime, out_of_memory
@@ -159,6 +159,7 @@ def _setup(args):
     classes = discover_classes(args.data)
     ckpt = load_resume(args, classes)  # checked against this run before anything is written
     prepare_model_dir(args)
+    adopt_best(args, ckpt)
     runtime = make_runtime(args.gpu, args.precision, args.channels_last)
     mean, std = normalisation(args.arch)
     clahe = {"clip": float(args.clahe_clip), "tile": 8} if args.clahe else None
@@ -218,7 +219,8 @@ def _resume_state(args, ckpt, optimizer, ema):
     if "optimizer" in ckpt and not args.evaluate:
         optimizer.load_state_dict(ckpt["optimizer"])
     start_epoch = ckpt.get("epoch", args.start_epoch)
-    rows = [r for r in read_history(args.model_dir) if int(r["epoch"]) <= start_epoch]
+    history = read_history(os.path.dirname(args.resume) or ".")  # the checkpoint's own run
+    rows = [r for r in history if int(r["epoch"]) <= start_epoch]
     return ckpt.get("best", best), start_epoch, rows
 
 
