@@ -173,8 +173,13 @@ def build_parser():
 def main(argv):
     args = build_parser().parse_args(normalize_flags(argv))
     setup_logging(args.log_level)
+    from oncolens.appliance.errors import ImageReadError
+    from oncolens.train.precheck import worker_error_line
     from oncolens.train.trainer import run_training
-    result = run_training(args)
+    try:
+        result = run_training(args)
+    except ImageReadError as exc:  # from a data-loader worker: its traceback, then the error
+        raise ImageReadError(worker_error_line(exc))
     if args.final_fit:
         print("trained on train/ and val/ for {} epochs (--final-fit: no val figures; "
               "evaluate on a held-out split); model in {}".format(result["epoch"],

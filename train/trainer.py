@@ -18,6 +18,7 @@ from oncolens.train.freeze import freeze_early_layers, head_parameters
 from oncolens.train.history import plot_history, read_history, write_history
 from oncolens.train.outputs import (BEST, adopt_best, prepare_model_dir, save_checkpoint,
                                     training_record, write_bundle)
+from oncolens.train.precheck import check_classes, check_images
 from oncolens.train.recipe import (learning_rate, make_loaders, make_loss, make_optimizer,
                                    progress, set_lr, torch_module)
 from oncolens.train.runtime import make_runtime, out_of_memory
@@ -157,7 +158,9 @@ def _setup(args):
             args.accum_steps = int(np.ceil(args.batch_size / 8.0))
     check_args(args)
     classes = discover_classes(args.data)
+    samples = check_classes(args.data, classes, ("val",) if args.evaluate else ("train", "val"))
     ckpt = load_resume(args, classes)  # checked against this run before anything is written
+    check_images(sum(samples.values(), []), lambda it: progress(it, "checking images"))
     prepare_model_dir(args)
     adopt_best(args, ckpt)
     runtime = make_runtime(args.gpu, args.precision, args.channels_last)
