@@ -5,6 +5,7 @@ import logging
 
 from oncolens.appliance.archs import build_model, canonical_arch, load_checkpoint
 from oncolens.appliance.errors import UsageError
+from oncolens.train.flags import check_numbers
 from oncolens.train.recipe import torch_module
 from oncolens.train.weights import zero_init_residual
 
@@ -25,9 +26,13 @@ def resolve_epochs(args):
 
 
 def check_args(args):
-    """Refuse flags that contradict each other, each with a one-line reason."""
+    """Refuse flags out of range or that contradict each other, each with a one-line reason."""
+    check_numbers(args)
     if args.final_fit:
         _check_final_fit(args)
+    if args.evaluate and not args.resume:
+        raise UsageError("-e/--evaluate needs --resume CHECKPOINT: it scores that checkpoint "
+                         "on val/")
     if not args.body_lr_ratio > 0:
         raise UsageError("--body-lr-ratio: expected a positive fraction of --lr, got {}".format(
             args.body_lr_ratio))
@@ -38,9 +43,6 @@ def check_args(args):
                          "give one of the two")
     if args.zero_init_residual:
         check_zero_init(args)
-    if args.accum_steps < 1 or args.batch_size < args.accum_steps:
-        raise UsageError("--accum-steps: expected 1..--batch-size, got {}".format(
-            args.accum_steps))
 
 
 def _check_final_fit(args):
@@ -78,6 +80,10 @@ def check_resume(args, ckpt, classes=None):
                              where, ckpt["resolution"], args.resolution, ckpt["resolution"]))
     if classes is not None:
         _check_resume_classes(where, ckpt, list(classes), args.data)
+    if not args.evaluate and int(ckpt.get("epoch", 0)) >= args.epochs:
+        raise UsageError("{}: the checkpoint is at epoch {} and --epochs is {}: no epoch left "
+                         "to train; give a larger --epochs".format(where, ckpt.get("epoch"),
+                                                                  args.epochs))
     if bool(ckpt.get("final_fit")) != args.final_fit:
         raise UsageError("{}: that run was {}made with --final-fit; resume it the same "
                          "way".format(where, "" if ckpt.get("final_fit") else "not "))

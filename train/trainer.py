@@ -14,6 +14,7 @@ from oncolens.train.choices import (check_args, freeze_choice, load_resume, reso
                                     settle_augmentation)
 from oncolens.train.data import discover_classes
 from oncolens.train.ema import WeightAverage
+from oncolens.train.flags import low_memory_accum
 from oncolens.train.freeze import freeze_early_layers, head_parameters
 from oncolens.train.history import plot_history, read_history, write_history
 from oncolens.train.outputs import (BEST, adopt_best, prepare_model_dir, save_checkpoint,
@@ -146,23 +147,21 @@ def _better(summary, loss, best):
 
 def _setup(args):
     torch = torch_module()
+    args.arch = canonical_arch(args.arch)
+    if args.low_memory:
+        args.workers = min(args.workers, 1)
+        if args.accum_steps == 1 and args.batch_size > 8:
+            args.accum_steps = low_memory_accum(args.batch_size)
+    check_args(args)
     if args.seed is not None:
         torch.manual_seed(args.seed)
         np.random.seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.arch = canonical_arch(args.arch)
-    if args.low_memory:
-        args.workers = min(args.workers, 1)
-        if args.accum_steps == 1 and args.batch_size > 8:
-            args.accum_steps = int(np.ceil(args.batch_size / 8.0))
-    check_args(args)
     classes = discover_classes(args.data)
     samples = check_classes(args.data, classes, ("val",) if args.evaluate else ("train", "val"))
     ckpt = load_resume(args, classes)  # checked against this run before anything is written
     check_images(sum(samples.values(), []), lambda it: progress(it, "checking images"))
-    prepare_model_dir(args)
-    adopt_best(args, ckpt)
     runtime = make_runtime(args.gpu, args.precision, args.channels_last)
     mean, std = normalisation(args.arch)
     clahe = {"clip": float(args.clahe_clip), "tile": 8} if args.clahe else None
@@ -233,6 +232,8 @@ def run_training(args):
     runtime, classes, preprocess, ckpt = _setup(args)
     micro = args.batch_size // args.accum_steps
     model, init = _starting_model(args, len(classes), ckpt)
+    prepare_model_dir(args)  # every check above has passed: only now is anything written
+    adopt_best(args, ckpt)
     train_loader, val_loader, samples = make_loaders(args, classes, preprocess, micro)
     head, body = _head_and_body(args, model)
     model = runtime.model(model)
