@@ -1,9 +1,10 @@
 """What ``oncolens train`` decides before it trains: flags that cannot go together (refused
 before anything is written), the epoch count, and the ``auto`` settings that depend on where
 the starting weights came from."""
+import difflib
 import logging
 
-from oncolens.appliance.archs import build_model, canonical_arch, load_checkpoint
+from oncolens.appliance.archs import arch_names, build_model, canonical_arch, load_checkpoint
 from oncolens.appliance.errors import UsageError
 from oncolens.train.flags import check_numbers
 from oncolens.train.recipe import torch_module
@@ -25,9 +26,60 @@ def resolve_epochs(args):
         raise UsageError("--epochs: expected a positive number, got {}".format(args.epochs))
 
 
+def torchvision_classifiers():
+    """The image classifiers torchvision builds by name (list_models from 0.14 on; on the
+    Nano's 0.11, the lower-case builder functions of torchvision.models)."""
+    import torchvision
+    models = torchvision.models
+    if hasattr(models, "list_models"):
+        return sorted(models.list_models(module=models))
+    return sorted(n for n in dir(models) if n.islower() and not n.startswith("_") and
+                  callable(getattr(models, n)) and not n.startswith("get_"))
+
+
+def check_arch(arch):
+    """--arch must name a network this project or torchvision builds (names are lower case)."""
+    own = arch_names()
+    if arch in own:
+        return
+    others = [n for n in torchvision_classifiers() if n not in own]
+    if arch in others:
+        return
+    close = difflib.get_close_matches(arch.lower(), own + others, n=1, cutoff=0.6)
+    raise UsageError("--arch {}: unknown architecture{}; expected {} or a torchvision "
+                     "classifier ({})".format(arch, " (did you mean {}?)".format(close[0])
+                                              if close else "", ", ".join(own),
+                                              ", ".join(others)))
+
+
+def check_input_size(model, arch, resolution, num_classes):
+    """One forward pass of a blank image at --resolution, in eval mode (nothing changes): a
+    network that cannot take that size, or gives something else than one row of class
+    scores, is refused in one line, before training starts."""
+    torch = torch_module()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, 3, resolution, resolution))
+    except Exception as exc:  # torch and torchvision say it in many ways (RuntimeError,
+        # AssertionError, ValueError); the first line is the reason
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UsageError("--arch {} cannot take --resolution {} ({}): give a --resolution it "
+                         "accepts".format(arch, resolution, reason))
+    finally:
+        model.train(was_training)
+    if not hasattr(out, "shape") or tuple(out.shape) != (1, num_classes):
+        raise UsageError("--arch {}: its output is {}, not one row of {} class scores; oncolens "
+                         "train does not support it".format(
+                             arch, tuple(out.shape) if hasattr(out, "shape") else
+                             type(out).__name__, num_classes))
+
+
 def check_args(args):
     """Refuse flags out of range or that contradict each other, each with a one-line reason."""
     check_numbers(args)
+    check_arch(args.arch)
     if args.final_fit:
         _check_final_fit(args)
     if args.evaluate and not args.resume:

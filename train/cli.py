@@ -21,8 +21,8 @@ def _jetson_flags(p):
     p.add_argument("data", help="dataset folder with train/ and val/ class folders")
     p.add_argument("--model-dir", default="models", help="where to write the model (models)")
     p.add_argument("-a", "--arch", default="resnet18",
-                   help="resnet18 (default), efficientnet_lite0, simple-cnn or any torchvision "
-                        "classifier name")
+                   help="resnet18 (default), efficientnet_lite0, simple-cnn or a torchvision "
+                        "image classifier name (lower case; one that takes --resolution)")
     p.add_argument("--resolution", type=int, default=224, help="input size in pixels (224)")
     p.add_argument("-j", "--workers", type=int, default=2, help="data loading workers (2)")
     p.add_argument("--epochs", type=int, default=None,

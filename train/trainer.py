@@ -10,8 +10,8 @@ from oncolens.appliance.archs import build_model, canonical_arch
 from oncolens.appliance.errors import UsageError
 from oncolens.appliance.preprocess import imagenet_preprocess
 from oncolens.train import metrics
-from oncolens.train.choices import (check_args, freeze_choice, load_resume, resolve_epochs,
-                                    settle_augmentation)
+from oncolens.train.choices import (check_args, check_input_size, freeze_choice, load_resume,
+                                    resolve_epochs, settle_augmentation)
 from oncolens.train.data import discover_classes
 from oncolens.train.ema import WeightAverage
 from oncolens.train.flags import low_memory_accum
@@ -173,6 +173,7 @@ def _starting_model(args, num_classes, ckpt):
     """The network with its starting weights (ImageNet, a file, random or --resume's), where
     the weights came from, and the auto settings decided."""
     model = build_model(args.arch, num_classes)
+    check_input_size(model, args.arch, args.resolution, num_classes)
     if ckpt is None:
         init = initialise(model, args.arch, args.pretrained, args.weights)
         if args.zero_init_residual:
