@@ -52,3 +52,18 @@ def test_resume_with_no_epoch_left(tiny_data, tmp_path):
 def test_low_memory_splits_the_batch_evenly():
     from oncolens.train.flags import low_memory_accum
     assert [low_memory_accum(b) for b in (6, 8, 16, 32, 20, 13, 9)] == [1, 1, 2, 4, 4, 13, 3]
+
+
+def test_print_freq_given_logs_at_info(tiny_data, tmp_path, caplog):
+    import logging
+    caplog.set_level(logging.INFO)
+    model_dir = str(tmp_path / "m")
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir] + FAST)
+    assert code == 0, err
+    assert "epoch 1 [0/" not in caplog.text  # the default: DEBUG only
+    caplog.clear()
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", str(tmp_path / "p"), "-p", 1] +
+                             FAST)
+    assert code == 0, err
+    lines = [r for r in caplog.records if "epoch 1 [" in r.getMessage()]
+    assert lines and all(r.levelno == logging.INFO for r in lines)

@@ -37,7 +37,9 @@ def _jetson_flags(p):
     p.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, default=0.05,
                    help="weight decay, not applied to biases and norms (0.05; "
                         "jetson-inference: 1e-4)")
-    p.add_argument("-p", "--print-freq", type=int, default=10, help="log every N batches (10)")
+    p.add_argument("-p", "--print-freq", type=int, default=None,
+                   help="log the loss every N batches (0: never); without -p, every 10 "
+                        "batches at --log-level debug")
     p.add_argument("--resume", default="", help="checkpoint to resume from (restores the "
                                                 "epoch, optimizer and best metric)")
     p.add_argument("-e", "--evaluate", action="store_true",

@@ -115,6 +115,9 @@ def _mixed_loss(model, images, target, loss_fn, runtime, mixup, rng):
 def _train_epoch(model, loader, optimizer, loss_fn, runtime, schedule, args, epoch, ema=None):
     model.train()
     total, seen, start, accum = 0.0, 0, time.time(), args.accum_steps
+    # -p given: its lines at INFO; left at its default, every 10 batches at DEBUG
+    freq, level = (10, logging.DEBUG) if args.print_freq is None else \
+        (args.print_freq, logging.INFO)
     rng = np.random.default_rng(None if args.seed is None else args.seed * 1000 + epoch)
     optimizer.zero_grad()
     batches = progress(loader, "epoch {}".format(epoch + 1), total=len(loader))
@@ -133,9 +136,9 @@ def _train_epoch(model, loader, optimizer, loss_fn, runtime, schedule, args, epo
             (runtime.scaler.scale(loss) if runtime.scaler else loss).backward()
         total += float(loss.detach()) * len(target) * accum
         seen += len(target)
-        if args.print_freq and step % args.print_freq == 0:
-            log.debug("epoch %d [%d/%d] loss %.4f", epoch + 1, step, len(loader),
-                      float(loss.detach()) * accum)
+        if freq and step % freq == 0:
+            log.log(level, "epoch %d [%d/%d] loss %.4f", epoch + 1, step, len(loader),
+                    float(loss.detach()) * accum)
     return total / max(1, seen), seen / max(1e-9, time.time() - start)
 
 
