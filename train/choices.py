@@ -133,9 +133,9 @@ def check_resume(args, ckpt, classes=None):
     if classes is not None:
         _check_resume_classes(where, ckpt, list(classes), args.data)
     if not args.evaluate and int(ckpt.get("epoch", 0)) >= args.epochs:
-        raise UsageError("{}: the checkpoint is at epoch {} and --epochs is {}: no epoch left "
-                         "to train; give a larger --epochs".format(where, ckpt.get("epoch"),
-                                                                  args.epochs))
+        log.info("%s: the checkpoint is at epoch %s and --epochs is %d: no epoch left to "
+                 "train; only the bundle (and --calibrate) is redone", where, ckpt.get("epoch"),
+                 args.epochs)
     if bool(ckpt.get("final_fit")) != args.final_fit:
         raise UsageError("{}: that run was {}made with --final-fit; resume it the same "
                          "way".format(where, "" if ckpt.get("final_fit") else "not "))
