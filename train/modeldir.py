@@ -5,8 +5,9 @@ A training run writes the checkpoints, ``labels.txt``, ``model.json``, ``history
 model that is being replaced, so ``--overwrite`` removes them (and says which):
 
 - ``oncolens export onnx``: ``<arch>.onnx`` (or ``--output``), any ``*.onnx`` at the top;
-- ``oncolens export engine``: ``<model>.onnx.<batch>.<fallback>.<TensorRT>.<device>.<precision>.engine``
-  and its int8 ``.calibration`` cache;
+- ``oncolens export engine``: engines named
+  ``<model>.onnx.<batch>.<fallback>.<TensorRT>.<device>.<precision>.engine`` and their int8
+  ``.calibration`` caches;
 - ``oncolens bench`` / ``classify``: ``variants/`` (dynamic-batch and int8 copies);
 - ``oncolens selftest``: ``selftest/``;
 - ``oncolens evaluate``: ``eval-<split>/`` (report.md and its figures).
