@@ -3,17 +3,27 @@
 Shared by training, export and the PyTorch backend, so a checkpoint is always rebuilt the
 way it was trained.  Any torchvision classifier name works too.
 """
+import importlib
+
 from oncolens.appliance.errors import MissingDependency, UsageError
 
 
 def _torchvision():
     try:
-        import torch  # noqa: F401
+        importlib.import_module("torch")
         import torchvision
     except ImportError as exc:
         raise MissingDependency(str(exc).split("'")[1] if "'" in str(exc) else "torch",
                                 "this step", "pip install 'oncolens[train]'")
     return torchvision
+
+
+# Inception v3 and GoogLeNet train with auxiliary classifiers that return a tuple of outputs
+# in training mode: built without them they return one tensor, as every other network does
+# (their ImageNet weights still load, the auxiliary heads' tensors are skipped), with the
+# input transform that torchvision turns on with those weights.
+NO_AUX_ARCHS = ("inception_v3", "googlenet")
+NO_AUX = (("aux_logits", False), ("transform_input", True), ("init_weights", True))
 
 
 def _torchvision_classifier(arch, num_classes):
@@ -22,15 +32,16 @@ def _torchvision_classifier(arch, num_classes):
     if ctor is None or not callable(ctor):
         raise UsageError("--arch: unknown architecture '{}' (expected one of: {})".format(
             arch, ", ".join(arch_names())))
+    extra = dict(NO_AUX) if arch in NO_AUX_ARCHS else {}
     try:
-        return ctor(weights=None, num_classes=num_classes)
+        return ctor(weights=None, num_classes=num_classes, **extra)
     except TypeError:  # torchvision < 0.13 (the Nano's 0.11)
-        return ctor(pretrained=False, num_classes=num_classes)
+        return ctor(pretrained=False, num_classes=num_classes, **extra)
 
 
 def _net(name, num_classes):
     try:
-        import torch  # noqa: F401
+        importlib.import_module("torch")
     except ImportError:
         raise MissingDependency("torch", "this step", "pip install 'oncolens[train]'")
     from oncolens.appliance import nets

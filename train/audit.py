@@ -1,14 +1,19 @@
 """``oncolens data check``: what is in a dataset folder and what is wrong with it.
 
 Errors (non-zero exit): unreadable or empty files, the same image in two splits (leakage),
-the same image under two labels.  Warnings: duplicates within one split and class, images
-not stored as RGB (they are converted on reading), classes missing from a split.
+the same image under two labels, no files at all, fewer than two classes, a class in
+labels.txt with no training images.  Warnings: duplicates within one split and class, images
+not stored as RGB (they are converted on reading), classes missing from a split, class
+folders that labels.txt leaves out.
 """
 import collections
 import logging
+import os
 
 import numpy as np
 
+from oncolens.appliance.bundle import LABELS_TXT, read_labels
+from oncolens.appliance.errors import BundleError
 from oncolens.train.scan import duplicate_groups, scan
 
 log = logging.getLogger(__name__)
@@ -40,6 +45,42 @@ def _group_issue(records, group):
     return entry
 
 
+def class_issues(root, records, classes):
+    """What ``oncolens train`` would refuse or warn about in the classes: (errors, warnings).
+
+    With ``labels.txt``, a class it lists with no training images is an error and a folder it
+    leaves out a warning (train does not use its images); fewer than two classes is an error."""
+    errors, warnings = [], []
+    if not records:
+        errors.append("{}: no files found (expected {}/{{train,val[,test]}}/<class>/ or "
+                      "{}/<class>/ image folders)".format(root, root, root))
+        return errors, warnings
+    listed = None
+    if os.path.isfile(os.path.join(root, LABELS_TXT)):
+        try:
+            listed = read_labels(os.path.join(root, LABELS_TXT))
+        except BundleError as exc:
+            return [str(exc)], warnings
+        for split in sorted(set(str(r["split"]) for r in records)):
+            extra = sorted(set(r["class"] for r in records if str(r["split"]) == split) -
+                           set(listed))
+            if extra:
+                warnings.append("{}: folder(s) {} not in labels.txt: train does not use their "
+                                "images".format(split, ", ".join(extra)))
+        trained = set(r["class"] for r in records if r["split"] in ("train", None))
+        missing = [c for c in listed if c not in trained]
+        if missing:
+            errors.append("{}: no images of {} (labels.txt lists {}): train refuses a "
+                          "class with no training images".format(
+                              "train/" if any(r["split"] for r in records) else root,
+                              ", ".join(missing), "it" if len(missing) == 1 else "them"))
+    used = listed if listed is not None else classes
+    if len(used) < 2:
+        errors.append("{} class ({}): a classifier needs at least 2".format(
+            len(used), ", ".join(used)))
+    return errors, warnings
+
+
 def check(root, max_distance=4, progress=None):
     """The whole audit as a JSON-ready dictionary (``errors`` lists what fails the check)."""
     records = scan(root, progress)
@@ -67,6 +108,9 @@ def check(root, max_distance=4, progress=None):
         missing = [c for c in classes if not counter.get(c)]
         if missing and split != "None":
             warnings.append("split {} has no images of {}".format(split, ", ".join(missing)))
+    more_errors, more_warnings = class_issues(root, records, classes)
+    errors += more_errors
+    warnings += more_warnings
     modes = collections.Counter(r.get("mode") for r in records if "mode" in r)
     converted = sum(n for m, n in modes.items() if m != "RGB")
     if converted:

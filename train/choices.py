@@ -1,10 +1,12 @@
 """What ``oncolens train`` decides before it trains: flags that cannot go together (refused
 before anything is written), the epoch count, and the ``auto`` settings that depend on where
 the starting weights came from."""
+import difflib
 import logging
 
-from oncolens.appliance.archs import build_model
+from oncolens.appliance.archs import arch_names, build_model, canonical_arch, load_checkpoint
 from oncolens.appliance.errors import UsageError
+from oncolens.train.flags import check_numbers
 from oncolens.train.recipe import torch_module
 from oncolens.train.weights import zero_init_residual
 
@@ -24,10 +26,65 @@ def resolve_epochs(args):
         raise UsageError("--epochs: expected a positive number, got {}".format(args.epochs))
 
 
+def torchvision_classifiers():
+    """The image classifiers torchvision builds by name (list_models from 0.14 on; on the
+    Nano's 0.11, the lower-case builder functions of torchvision.models)."""
+    import torchvision
+    models = torchvision.models
+    if hasattr(models, "list_models"):
+        return sorted(models.list_models(module=models))
+    return sorted(n for n in dir(models) if n.islower() and not n.startswith("_") and
+                  callable(getattr(models, n)) and not n.startswith("get_"))
+
+
+def check_arch(arch):
+    """--arch must name a network this project or torchvision builds (names are lower case)."""
+    own = arch_names()
+    if arch in own:
+        return
+    others = [n for n in torchvision_classifiers() if n not in own]
+    if arch in others:
+        return
+    close = difflib.get_close_matches(arch.lower(), own + others, n=1, cutoff=0.6)
+    raise UsageError("--arch {}: unknown architecture{}; expected {} or a torchvision "
+                     "classifier ({})".format(arch, " (did you mean {}?)".format(close[0])
+                                              if close else "", ", ".join(own),
+                                              ", ".join(others)))
+
+
+def check_input_size(model, arch, resolution, num_classes):
+    """One forward pass of a blank image at --resolution, in eval mode (nothing changes): a
+    network that cannot take that size, or gives something else than one row of class
+    scores, is refused in one line, before training starts."""
+    torch = torch_module()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, 3, resolution, resolution))
+    except Exception as exc:  # torch and torchvision say it in many ways (RuntimeError,
+        # AssertionError, ValueError); the first line is the reason
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UsageError("--arch {} cannot take --resolution {} ({}): give a --resolution it "
+                         "accepts".format(arch, resolution, reason))
+    finally:
+        model.train(was_training)
+    if not hasattr(out, "shape") or tuple(out.shape) != (1, num_classes):
+        raise UsageError("--arch {}: its output is {}, not one row of {} class scores; oncolens "
+                         "train does not support it".format(
+                             arch, tuple(out.shape) if hasattr(out, "shape") else
+                             type(out).__name__, num_classes))
+
+
 def check_args(args):
-    """Refuse flags that contradict each other, each with a one-line reason."""
+    """Refuse flags out of range or that contradict each other, each with a one-line reason."""
+    check_numbers(args)
+    check_arch(args.arch)
     if args.final_fit:
         _check_final_fit(args)
+    if args.evaluate and not args.resume:
+        raise UsageError("-e/--evaluate needs --resume CHECKPOINT: it scores that checkpoint "
+                         "on val/")
     if not args.body_lr_ratio > 0:
         raise UsageError("--body-lr-ratio: expected a positive fraction of --lr, got {}".format(
             args.body_lr_ratio))
@@ -38,9 +95,6 @@ def check_args(args):
                          "give one of the two")
     if args.zero_init_residual:
         check_zero_init(args)
-    if args.accum_steps < 1 or args.batch_size < args.accum_steps:
-        raise UsageError("--accum-steps: expected 1..--batch-size, got {}".format(
-            args.accum_steps))
 
 
 def _check_final_fit(args):
@@ -55,14 +109,59 @@ def _check_final_fit(args):
                          "trains on; leave one of the two out")
 
 
-def check_resume(args, ckpt):
-    """--resume: the run goes on in the mode it was made in."""
+def load_resume(args, classes):
+    """The --resume checkpoint (None without one), checked against this run before anything
+    is written: the same network, input size and classes in the same order."""
+    if not args.resume:
+        return None
+    ckpt = load_checkpoint(args.resume)
+    check_resume(args, ckpt, classes)
+    return ckpt
+
+
+def check_resume(args, ckpt, classes=None):
+    """--resume: the run goes on with the network, size, classes and mode it was made with."""
+    where = "--resume {}".format(args.resume)
+    arch = canonical_arch(ckpt["arch"])
+    if arch != canonical_arch(args.arch):
+        raise UsageError("{}: the checkpoint is a {} but --arch is {}; resume with --arch {}"
+                         .format(where, arch, args.arch, arch))
+    if ckpt.get("resolution") is not None and int(ckpt["resolution"]) != args.resolution:
+        raise UsageError("{}: the checkpoint was trained at --resolution {} but this run asks "
+                         "for {}; resume with --resolution {}".format(
+                             where, ckpt["resolution"], args.resolution, ckpt["resolution"]))
+    if classes is not None:
+        _check_resume_classes(where, ckpt, list(classes), args.data)
+    if not args.evaluate and int(ckpt.get("epoch", 0)) >= args.epochs:
+        log.info("%s: the checkpoint is at epoch %s and --epochs is %d: no epoch left to "
+                 "train; only the bundle (and --calibrate) is redone", where, ckpt.get("epoch"),
+                 args.epochs)
     if bool(ckpt.get("final_fit")) != args.final_fit:
-        raise UsageError("--resume {}: that run was {}made with --final-fit; resume it the same "
-                         "way".format(args.resume, "" if ckpt.get("final_fit") else "not "))
+        raise UsageError("{}: that run was {}made with --final-fit; resume it the same "
+                         "way".format(where, "" if ckpt.get("final_fit") else "not "))
     if float(ckpt.get("body_lr_ratio", 1.0)) != args.body_lr_ratio:
-        raise UsageError("--resume {}: that run was made with --body-lr-ratio {:g}; resume it "
-                         "the same way".format(args.resume, float(ckpt.get("body_lr_ratio", 1.0))))
+        raise UsageError("{}: that run was made with --body-lr-ratio {:g}; resume it "
+                         "the same way".format(where, float(ckpt.get("body_lr_ratio", 1.0))))
+
+
+def _check_resume_classes(where, ckpt, classes, data):
+    old = ckpt.get("classes")
+    if old is None:  # a jetson-inference checkpoint may record only the count
+        count = ckpt.get("num_classes")
+        if count is not None and int(count) != len(classes):
+            raise UsageError("{}: the checkpoint has {} classes but {} has {} ({})".format(
+                where, count, data, len(classes), ", ".join(classes)))
+        return
+    old = list(old)
+    if old == classes:
+        return
+    if sorted(old) == sorted(classes):
+        raise UsageError("{}: the checkpoint's classes are in the order {} but {} lists them as "
+                         "{}; resume on a dataset whose labels.txt keeps the checkpoint's order"
+                         .format(where, ", ".join(old), data, ", ".join(classes)))
+    raise UsageError("{}: the checkpoint was trained on classes {} but {} has {}; resume on "
+                     "the same classes or train a new model".format(
+                         where, ", ".join(old), data, ", ".join(classes)))
 
 
 def check_zero_init(args):

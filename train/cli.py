@@ -21,8 +21,8 @@ def _jetson_flags(p):
     p.add_argument("data", help="dataset folder with train/ and val/ class folders")
     p.add_argument("--model-dir", default="models", help="where to write the model (models)")
     p.add_argument("-a", "--arch", default="resnet18",
-                   help="resnet18 (default), efficientnet_lite0, simple-cnn or any torchvision "
-                        "classifier name")
+                   help="resnet18 (default), efficientnet_lite0, simple-cnn or a torchvision "
+                        "image classifier name (lower case; one that takes --resolution)")
     p.add_argument("--resolution", type=int, default=224, help="input size in pixels (224)")
     p.add_argument("-j", "--workers", type=int, default=2, help="data loading workers (2)")
     p.add_argument("--epochs", type=int, default=None,
@@ -37,7 +37,9 @@ def _jetson_flags(p):
     p.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, default=0.05,
                    help="weight decay, not applied to biases and norms (0.05; "
                         "jetson-inference: 1e-4)")
-    p.add_argument("-p", "--print-freq", type=int, default=10, help="log every N batches (10)")
+    p.add_argument("-p", "--print-freq", type=int, default=None,
+                   help="log the loss every N batches (0: never); without -p, every 10 "
+                        "batches at --log-level debug")
     p.add_argument("--resume", default="", help="checkpoint to resume from (restores the "
                                                 "epoch, optimizer and best metric)")
     p.add_argument("-e", "--evaluate", action="store_true",
@@ -149,7 +151,8 @@ def _runtime_flags(p):
                    help="keep decoded training images in memory (auto: when under 2 GB)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing model in --model-dir")
+                   help="replace an existing model (or exported bundle) in --model-dir, and "
+                        "remove its ONNX, engines, variants/ and eval-*/ reports")
     p.add_argument("--log-level", default="info", help="debug, info, warning, error")
 
 
@@ -172,8 +175,13 @@ def build_parser():
 def main(argv):
     args = build_parser().parse_args(normalize_flags(argv))
     setup_logging(args.log_level)
+    from oncolens.appliance.errors import ImageReadError
+    from oncolens.train.precheck import worker_error_line
     from oncolens.train.trainer import run_training
-    result = run_training(args)
+    try:
+        result = run_training(args)
+    except ImageReadError as exc:  # from a data-loader worker: its traceback, then the error
+        raise ImageReadError(worker_error_line(exc))
     if args.final_fit:
         print("trained on train/ and val/ for {} epochs (--final-fit: no val figures; "
               "evaluate on a held-out split); model in {}".format(result["epoch"],

@@ -5,6 +5,7 @@ import os
 
 from oncolens.appliance.cliutil import cli_entry, normalize_flags, setup_logging
 from oncolens.appliance.errors import UsageError
+from oncolens.appliance.outpaths import check_output_dir, check_output_file
 
 log = logging.getLogger("oncolens.data")
 
@@ -21,7 +22,9 @@ def build_synth_parser():
     p.add_argument("--val", type=int, default=20, help="validation images per class (20)")
     p.add_argument("--test", type=int, default=20, help="test images per class (20)")
     p.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    p.add_argument("--overwrite", action="store_true", help="write into an existing folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace what an earlier synth wrote in OUT (its train/ val/ test/, "
+                        "labels.txt, README.md and SYNTHETIC.json are removed first)")
     p.add_argument("--log-level", default="info")
     return p
 
@@ -33,9 +36,13 @@ def _synth(argv):
         raise UsageError("--size: expected at least 32 pixels, got {}".format(args.size))
     if min(args.train, args.val, args.test) < 1:
         raise UsageError("--train/--val/--test: expected at least 1 image per class")
+    check_output_dir(args.out, "OUT")
     if os.path.exists(args.out) and os.listdir(args.out) and not args.overwrite:
         raise UsageError("{} already exists and is not empty: pass --overwrite".format(args.out))
-    from oncolens.train.synth import generate
+    from oncolens.train.split import clear_owned
+    from oncolens.train.synth import OWNED, generate
+    if args.overwrite:
+        clear_owned(args.out, OWNED)
     n = generate(args.out, args.size, (args.train, args.val, args.test), args.seed)
     print("wrote {} synthetic images to {}".format(n, args.out))
     return 0
@@ -52,6 +59,7 @@ def build_check_parser():
     p.add_argument("--max-distance", type=int, default=4,
                    help="perceptual-hash distance (bits of 64) that counts as the same image (4)")
     p.add_argument("--json", default=None, help="write the full audit to this JSON file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--log-level", default="info")
     return p
 
@@ -67,14 +75,24 @@ def _check(argv):
     args = build_check_parser().parse_args(normalize_flags(argv))
     setup_logging(args.log_level)
     from oncolens.train.audit import check, format_report
+    if args.json:
+        check_output_file(args.json, "--json", args.overwrite)
     result = check(args.dir, args.max_distance, progress=_progress("reading images"))
     for line in format_report(result):
         print(line)
     if args.json:
-        import json
-        with open(args.json, "w") as fh:
-            json.dump(result, fh, indent=2, sort_keys=True)
+        write_json(args.json, result)
     return 1 if result["errors"] else 0
+
+
+def write_json(path, payload):
+    """Write ``payload`` to ``path`` (checked beforehand), making its folder when missing."""
+    import json
+    parent = os.path.dirname(path)
+    if parent and not os.path.isdir(parent):
+        os.makedirs(parent)
+    with open(path, "w") as fh:
+        json.dump(payload, fh, indent=2, sort_keys=True)
 
 
 def build_split_parser():
@@ -91,7 +109,9 @@ def build_split_parser():
     p.add_argument("--max-distance", type=int, default=4,
                    help="perceptual-hash distance that counts as the same image (4)")
     p.add_argument("--link", action="store_true", help="hard-link instead of copying")
-    p.add_argument("--overwrite", action="store_true", help="write into an existing folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier split in OUT (its train/ val/ test/, splits.csv and "
+                        "labels.txt are removed first)")
     p.add_argument("--log-level", default="info")
     return p
 
@@ -119,9 +139,12 @@ COMMANDS = {"synth": (_synth, "write the synthetic demo dataset"),
 
 @cli_entry("oncolens data")
 def main(argv):
+    if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
+        raise UsageError("unknown command '{}' (expected one of: {})".format(
+            argv[0], ", ".join(sorted(COMMANDS))))
     if not argv or argv[0] not in COMMANDS:
         print("usage: oncolens data <command> [options]\n\ncommands:")
         for name, (_, helptext) in sorted(COMMANDS.items()):
             print("  {:8s} {}".format(name, helptext))
-        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+        return 0
     return COMMANDS[argv[0]][0](argv[1:])

@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from oncolens.appliance.bundle import MODEL_JSON, read_model_info
+from oncolens.appliance.bundle import MODEL_JSON, read_model_info, sha256_file
 from oncolens.appliance.errors import BundleError, ImageReadError, UsageError
 from oncolens.appliance.imageio import read_image
 from oncolens.train import metrics
@@ -61,20 +61,55 @@ class ApplianceRunner(object):
         self.clf.close()
 
 
-def _has_onnx(model_dir, info):
+def _recorded_checkpoint(model_dir, info):
+    """(path, sha256 it had at export) of the checkpoint the ONNX was exported from."""
+    onnx, trained = info.get("onnx") or {}, info.get("checkpoint") or {}
+    name = onnx.get("checkpoint") or trained.get("file") or "model_best.pth.tar"
+    expected = onnx.get("checkpoint_sha256")
+    if expected is None and name == trained.get("file"):  # exports before the record existed
+        expected = trained.get("sha256")
+    return os.path.join(model_dir, name), expected
+
+
+def stale_onnx(model_dir, info):
+    """(ONNX path, why it does not come from the current checkpoint, or None); (None, None)
+    when the folder holds no ONNX. A training run rewrites model.json without an ``onnx``
+    record, so an ONNX that model.json does not list was exported from an earlier model."""
     onnx = info.get("onnx") or {}
     name = onnx.get("file") if isinstance(onnx, dict) else None
-    if name and os.path.isfile(os.path.join(model_dir, name)):
-        return True
-    return any(f.endswith(".onnx") for f in os.listdir(model_dir))
+    path = os.path.join(model_dir, name) if name else None
+    if path is None or not os.path.isfile(path):
+        found = sorted(f for f in os.listdir(model_dir) if f.endswith(".onnx"))
+        if not found:
+            return None, None
+        return os.path.join(model_dir, found[0]), "model.json records no export of the " \
+            "current checkpoint (it was trained again after the export)"
+    if onnx.get("sha256") and sha256_file(path) != onnx["sha256"]:
+        return path, "the file is not the one model.json recorded at export"
+    ckpt, expected = _recorded_checkpoint(model_dir, info)
+    if expected and os.path.isfile(ckpt) and sha256_file(ckpt) != expected:
+        return path, "it was exported from an earlier {}".format(os.path.basename(ckpt))
+    return path, None
 
 
 def open_runner(model_dir, backend="auto"):
+    """The ONNX export through the appliance when it comes from the current checkpoint (or
+    ``--backend onnxruntime``), else the checkpoint. A stale ONNX is never scored: ``auto``
+    warns and runs the checkpoint, ``onnxruntime`` refuses."""
     if backend not in BACKENDS:
         raise UsageError("--backend: expected one of {}, got {!r}".format(", ".join(BACKENDS),
                                                                          backend))
     info = read_model_info(os.path.join(model_dir, MODEL_JSON))
-    if backend == "torch" or (backend == "auto" and not _has_onnx(model_dir, info)):
+    onnx, why = (None, None) if backend == "torch" else stale_onnx(model_dir, info)
+    ckpt = os.path.join(model_dir, (info.get("checkpoint") or {}).get("file", "model_best.pth.tar"))
+    if why and os.path.isfile(ckpt):
+        fix = "re-export it with 'oncolens export onnx --model-dir {}'".format(model_dir)
+        if backend == "onnxruntime":
+            raise UsageError("--backend onnxruntime: {} is stale ({}); {} or pass --backend "
+                             "torch".format(onnx, why, fix))
+        log.warning("%s is stale (%s): evaluating %s instead; %s", onnx, why, ckpt, fix)
+        return TorchRunner(model_dir, info), info
+    if backend == "torch" or (backend == "auto" and onnx is None):
         return TorchRunner(model_dir, info), info
     return ApplianceRunner(model_dir, backend), info
 

@@ -4,12 +4,13 @@
     oncolens evaluate --model-dir models/a --model-dir models/b data/busi/test --out cmp/
 """
 import argparse
-import json
 import logging
 import os
+import sys
 
 from oncolens.appliance.cliutil import cli_entry, normalize_flags, setup_logging
 from oncolens.appliance.errors import UsageError
+from oncolens.appliance.outpaths import check_output_dir, check_output_file
 
 log = logging.getLogger("oncolens.evaluate")
 
@@ -44,10 +45,14 @@ def _check_free(path, overwrite):
         raise UsageError("{} already exists: pass --overwrite to replace it".format(path))
 
 
+def _report_path(out_dir, prefix):
+    return os.path.join(out_dir, "{}report.md".format(prefix))
+
+
 def _write_outputs(report, out_dir, prefix, overwrite):
     from oncolens.train.plots import all_figures
     from oncolens.train.report import model_markdown
-    md_path = os.path.join(out_dir, "{}report.md".format(prefix))
+    md_path = _report_path(out_dir, prefix)
     _check_free(md_path, overwrite)
     if not os.path.isdir(out_dir):
         os.makedirs(out_dir)
@@ -55,6 +60,41 @@ def _write_outputs(report, out_dir, prefix, overwrite):
     with open(md_path, "w") as fh:
         fh.write(model_markdown(report, [os.path.basename(p) for p in pngs]))
     return md_path
+
+
+def plan_outputs(args):
+    """(model dir, report folder or None, file prefix) per model, every output checked before
+    any model runs: nothing is replaced without --overwrite, and no run fails at its end."""
+    split_name = os.path.basename(os.path.normpath(args.split_dir))
+    several = len(args.model_dir) > 1
+    if args.out:
+        check_output_dir(args.out, "--out")
+    if several and args.out:
+        _check_free(os.path.join(args.out, "comparison.md"), args.overwrite)
+    plans = []
+    for index, model_dir in enumerate(args.model_dir):
+        if not os.path.isdir(model_dir):
+            raise UsageError("--model-dir {}: folder not found".format(model_dir))
+        out = args.out or (None if several else os.path.join(model_dir, "eval-" + split_name))
+        prefix = "{}-{}-".format(index + 1, os.path.basename(os.path.normpath(model_dir))) \
+            if several else ""
+        if out:
+            check_output_dir(out, "--out")
+            _check_free(_report_path(out, prefix), args.overwrite)
+        plans.append((model_dir, out, prefix))
+    return plans
+
+
+def check_args(args):
+    if args.bootstrap < 0:
+        raise UsageError("--bootstrap: expected 0 or more rounds, got {}".format(args.bootstrap))
+    if args.bins < 1:
+        raise UsageError("--bins: expected 1 or more calibration bins, got {}".format(args.bins))
+    if not os.path.isdir(args.split_dir):
+        raise UsageError("{}: folder not found (expected class folders)".format(args.split_dir))
+    if args.json:
+        check_output_file(args.json, "--json", args.overwrite)
+    return plan_outputs(args)
 
 
 def _print_summary(report):
@@ -80,24 +120,16 @@ def _print_summary(report):
 def main(argv):
     args = build_parser().parse_args(normalize_flags(argv))
     setup_logging(args.log_level)
+    from oncolens.train.data_cli import write_json
     from oncolens.train.evaluate import evaluate_dir, public
     from oncolens.train.report import comparison_markdown
-    _check_free(args.json, args.overwrite)
-    if args.bootstrap < 0:
-        raise UsageError("--bootstrap: expected 0 or more rounds, got {}".format(args.bootstrap))
-    if not os.path.isdir(args.split_dir):
-        raise UsageError("{}: folder not found (expected class folders)".format(args.split_dir))
-    split_name = os.path.basename(os.path.normpath(args.split_dir))
+    plans = check_args(args)
     reports = []
-    for index, model_dir in enumerate(args.model_dir):
+    for model_dir, out, prefix in plans:
         report = evaluate_dir(model_dir, args.split_dir, args.backend, bins=args.bins,
                               bootstrap=args.bootstrap)
         _print_summary(report)
-        out = args.out or (os.path.join(model_dir, "eval-" + split_name)
-                           if len(args.model_dir) == 1 else None)
         if out:
-            prefix = "" if len(args.model_dir) == 1 else "{}-{}-".format(
-                index + 1, os.path.basename(os.path.normpath(model_dir)))
             print("report: {}".format(_write_outputs(report, out, prefix, args.overwrite)))
         reports.append(report)
     if len(reports) > 1:
@@ -110,7 +142,11 @@ def main(argv):
     if args.json:
         payload = public(reports[0]) if len(reports) == 1 else \
             {"models": [public(r) for r in reports]}
-        with open(args.json, "w") as fh:
-            json.dump(payload, fh, indent=2, sort_keys=True)
+        write_json(args.json, payload)
         print("metrics: {}".format(args.json))
+    failed = sum(len(r["failed"]) for r in reports)
+    if failed:
+        sys.stderr.write("oncolens evaluate: error: {} image(s) could not be read (listed above "
+                         "as 'unreadable'); the figures leave them out\n".format(failed))
+        return 1
     return 0

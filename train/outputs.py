@@ -1,5 +1,6 @@
 """What a training run writes into ``--model-dir``: the checkpoints (jetson-inference's
 ``checkpoint.pth.tar`` and ``model_best.pth.tar``), ``labels.txt`` and ``model.json``."""
+import logging
 import os
 import shutil
 
@@ -7,20 +8,69 @@ from oncolens import __version__
 from oncolens.appliance.bundle import (MODEL_JSON, LABELS_TXT, new_model_info, sha256_file,
                                        write_labels, write_model_info)
 from oncolens.appliance.errors import UsageError
+from oncolens.appliance.outpaths import check_output_dir
+from oncolens.train.modeldir import (BEST, CHECKPOINT, derived_artefacts, model_files,
+                                     remove_derived)
 from oncolens.train.recipe import torch_module
 from oncolens.train.synth import dataset_provenance
 
-CHECKPOINT = "checkpoint.pth.tar"
-BEST = "model_best.pth.tar"
+log = logging.getLogger(__name__)
+
+
+def _same_folder(a, b):
+    return os.path.realpath(a or ".") == os.path.realpath(b)
 
 
 def prepare_model_dir(args):
-    best = os.path.join(args.model_dir, BEST)
-    if os.path.exists(best) and not (args.overwrite or args.resume or args.evaluate):
-        raise UsageError("--model-dir {} already holds a trained model: pass --overwrite to "
-                         "replace it or --resume to continue it".format(args.model_dir))
+    """Check --model-dir before training writes into it, and make it. A folder that holds
+    model files (a trained model, an exported bundle) is only written into by a --resume of
+    its own checkpoint, or with --overwrite; -e/--evaluate writes nothing."""
+    check_output_dir(args.model_dir, "--model-dir")
+    if args.evaluate:
+        return
+    found = model_files(args.model_dir)
+    own = bool(args.resume) and _same_folder(os.path.dirname(args.resume), args.model_dir)
+    if found and not (args.overwrite or own):
+        shown = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
+        if args.resume:
+            raise UsageError("--model-dir {} holds another model ({}) than --resume {}: pass "
+                             "--overwrite to replace it, or resume into {}".format(
+                                 args.model_dir, shown, args.resume,
+                                 os.path.dirname(args.resume) or "."))
+        raise UsageError("--model-dir {} already holds model files ({}): pass --overwrite to "
+                         "replace them, --resume to continue, or give another folder".format(
+                             args.model_dir, shown))
+    if args.overwrite:
+        remove_derived(args.model_dir)
+    else:
+        _warn_stale_exports(args.model_dir)
     if not os.path.isdir(args.model_dir):
         os.makedirs(args.model_dir)
+
+
+def adopt_best(args, ckpt):
+    """--resume of a checkpoint from another folder: that run's model_best.pth.tar (its best
+    epoch so far) comes along into --model-dir; where it has none, the resumed run chooses
+    its best epoch afresh."""
+    source = os.path.dirname(args.resume) or "."
+    if ckpt is None or args.evaluate or _same_folder(source, args.model_dir):
+        return
+    best = os.path.join(args.model_dir, BEST)
+    if os.path.isfile(os.path.join(source, BEST)):
+        shutil.copyfile(os.path.join(source, BEST), best)
+        return
+    if os.path.exists(best):
+        os.remove(best)
+    ckpt.pop("best", None)
+
+
+def _warn_stale_exports(model_dir):
+    files, _ = derived_artefacts(model_dir) if os.path.isdir(model_dir) else ([], [])
+    onnx = [n for n in files if n.endswith(".onnx")]
+    if onnx:
+        log.warning("%s holds %s, exported from the model before this run: re-export it once "
+                    "training ends ('oncolens evaluate' uses the checkpoint until then)",
+                    model_dir, ", ".join(onnx))
 
 
 def save_checkpoint(state, model_dir, is_best, models=(None, None)):

@@ -2,7 +2,7 @@
 
 Stratified per class; near-duplicate groups (same scan saved twice) are kept on one side;
 groups whose copies carry different labels are dropped (their label is unknown).  Every
-file's fate is written to ``splits.csv``.
+file's fate, and where it went, is written to ``splits.csv``.
 """
 import csv
 import logging
@@ -13,6 +13,7 @@ import numpy as np
 
 from oncolens.appliance.bundle import LABELS_TXT, write_labels
 from oncolens.appliance.errors import UsageError
+from oncolens.appliance.outpaths import check_output_dir
 from oncolens.train.scan import SPLITS, duplicate_groups, layout, scan
 
 log = logging.getLogger(__name__)
@@ -70,31 +71,82 @@ def assign(records, ratios, seed=0, max_distance=4):
     return fate, group_of
 
 
-def split_dataset(src, out, ratios=(0.7, 0.15, 0.15), seed=0, max_distance=4, link=False,
-                  overwrite=False, progress=None):
-    """Copy (or hard-link) ``src/<class>/*`` into ``out/<split>/<class>/``; returns counts."""
+def _check_split_args(src, out, ratios, overwrite):
     kind, _ = layout(src)
     if kind != "flat":
         raise UsageError("{}: already has train/val/test folders; expected <class>/ folders "
                          "only".format(src))
-    if len(ratios) != 3 or min(ratios) < 0 or ratios[0] <= 0:
+    if len(ratios) != 3 or not all(np.isfinite(r) and r >= 0 for r in ratios) or \
+            not ratios[0] > 0:
         raise UsageError("--ratios: expected three non-negative numbers, train > 0, got {}"
-                         .format(ratios))
+                         .format(" ".join("{:g}".format(r) for r in ratios)))
+    check_output_dir(out, "OUT")
+    here, there = os.path.realpath(src), os.path.realpath(out)
+    if there == here or there.startswith(here + os.sep):
+        raise UsageError("OUT {}: is {} SRC {}; expected a folder outside it".format(
+            out, "the same folder as" if there == here else "inside", src))
     if os.path.exists(out) and os.listdir(out) and not overwrite:
         raise UsageError("{} already exists and is not empty: pass --overwrite".format(out))
+
+
+def clear_owned(out, names):
+    """--overwrite: remove what an earlier run wrote into ``out`` (``names`` at its top), so
+    no file of the earlier run is left mixed with the new one; returns what was removed."""
+    removed = []
+    for name in names:
+        path = os.path.join(out, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.remove(path)
+        else:
+            continue
+        removed.append(name)
+    if removed:
+        log.info("--overwrite: removed the earlier %s from %s", ", ".join(removed), out)
+    return removed
+
+
+def destinations(records, fate):
+    """Where each placed file goes, relative to OUT: ``<split>/<class>/<name>``, where a file in
+    a sub-folder of its class folder gets the sub-path joined with '_' (``site1/img.png`` ->
+    ``site1_img.png``), and a name taken already gets ``_2``, ``_3``... (so no file is lost).
+    Class folders stay flat: the appliance reads the truth from a file's parent folder."""
+    taken, dests = set(), []
+    for rec, where in zip(records, fate):
+        if where not in SPLITS:
+            dests.append("")
+            continue
+        inner = rec["path"].replace(os.sep, "/").split("/", 1)[1]
+        stem, ext = os.path.splitext(inner.replace("/", "_"))
+        dest, n = "/".join((where, rec["class"], stem + ext)), 1
+        while dest.lower() in taken:  # case-insensitive file systems too
+            n += 1
+            dest = "/".join((where, rec["class"], "{}_{}{}".format(stem, n, ext)))
+        taken.add(dest.lower())
+        dests.append(dest)
+    return dests
+
+
+def split_dataset(src, out, ratios=(0.7, 0.15, 0.15), seed=0, max_distance=4, link=False,
+                  overwrite=False, progress=None):
+    """Copy (or hard-link) ``src/<class>/*`` into ``out/<split>/<class>/``; returns counts."""
+    _check_split_args(src, out, ratios, overwrite)
     records = scan(src, progress)
     if not records:
         raise UsageError("{}: no files in its class folders".format(src))
     fate, group_of = assign(records, ratios, seed, max_distance)
     classes = sorted(set(r["class"] for r in records))
     counts = {s: {c: 0 for c in classes} for s in SPLITS}
-    for rec, where in zip(records, fate):
+    dests = destinations(records, fate)
+    if overwrite:
+        clear_owned(out, list(SPLITS) + [SPLITS_CSV, LABELS_TXT])
+    for rec, where, dest in zip(records, fate, dests):
         if where in SPLITS:
-            dest = os.path.join(out, where, rec["class"], os.path.basename(rec["path"]))
-            _place(os.path.join(src, rec["path"]), dest, link)
+            _place(os.path.join(src, rec["path"]), os.path.join(out, *dest.split("/")), link)
             counts[where][rec["class"]] += 1
     write_labels(os.path.join(out, LABELS_TXT), classes)
-    _write_csv(os.path.join(out, SPLITS_CSV), records, fate, group_of)
+    _write_csv(os.path.join(out, SPLITS_CSV), records, fate, group_of, dests)
     return counts, fate
 
 
@@ -110,10 +162,10 @@ def _place(source, dest, link):
         shutil.copy2(source, dest)
 
 
-def _write_csv(path, records, fate, group_of):
+def _write_csv(path, records, fate, group_of, dests):
     with open(path, "w") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["path", "class", "split", "group", "sha256", "phash"])
-        for rec, where, group in zip(records, fate, group_of):
+        writer.writerow(["path", "class", "split", "group", "sha256", "phash", "dest"])
+        for rec, where, group, dest in zip(records, fate, group_of, dests):
             writer.writerow([rec["path"], rec["class"], where, group, rec.get("sha256", ""),
-                             rec.get("phash", "")])
+                             rec.get("phash", ""), dest])

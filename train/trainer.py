@@ -6,18 +6,20 @@ import time
 import numpy as np
 
 from oncolens import __version__
-from oncolens.appliance.archs import build_model, canonical_arch, load_checkpoint
+from oncolens.appliance.archs import build_model, canonical_arch
 from oncolens.appliance.errors import UsageError
 from oncolens.appliance.preprocess import imagenet_preprocess
 from oncolens.train import metrics
-from oncolens.train.choices import (check_args, check_resume, freeze_choice, resolve_epochs,
-                                    settle_augmentation)
+from oncolens.train.choices import (check_args, check_input_size, freeze_choice, load_resume,
+                                    resolve_epochs, settle_augmentation)
 from oncolens.train.data import discover_classes
 from oncolens.train.ema import WeightAverage
+from oncolens.train.flags import low_memory_accum
 from oncolens.train.freeze import freeze_early_layers, head_parameters
 from oncolens.train.history import plot_history, read_history, write_history
-from oncolens.train.outputs import (BEST, prepare_model_dir, save_checkpoint, training_record,
-                                    write_bundle)
+from oncolens.train.outputs import (BEST, adopt_best, prepare_model_dir, save_checkpoint,
+                                    training_record, write_bundle)
+from oncolens.train.precheck import check_classes, check_images
 from oncolens.train.recipe import (learning_rate, make_loaders, make_loss, make_optimizer,
                                    progress, set_lr, torch_module)
 from oncolens.train.runtime import make_runtime, out_of_memory
@@ -113,6 +115,9 @@ def _mixed_loss(model, images, target, loss_fn, runtime, mixup, rng):
 def _train_epoch(model, loader, optimizer, loss_fn, runtime, schedule, args, epoch, ema=None):
     model.train()
     total, seen, start, accum = 0.0, 0, time.time(), args.accum_steps
+    # -p given: its lines at INFO; left at its default, every 10 batches at DEBUG
+    freq, level = (10, logging.DEBUG) if args.print_freq is None else \
+        (args.print_freq, logging.INFO)
     rng = np.random.default_rng(None if args.seed is None else args.seed * 1000 + epoch)
     optimizer.zero_grad()
     batches = progress(loader, "epoch {}".format(epoch + 1), total=len(loader))
@@ -131,9 +136,9 @@ def _train_epoch(model, loader, optimizer, loss_fn, runtime, schedule, args, epo
             (runtime.scaler.scale(loss) if runtime.scaler else loss).backward()
         total += float(loss.detach()) * len(target) * accum
         seen += len(target)
-        if args.print_freq and step % args.print_freq == 0:
-            log.debug("epoch %d [%d/%d] loss %.4f", epoch + 1, step, len(loader),
-                      float(loss.detach()) * accum)
+        if freq and step % freq == 0:
+            log.log(level, "epoch %d [%d/%d] loss %.4f", epoch + 1, step, len(loader),
+                    float(loss.detach()) * accum)
     return total / max(1, seen), seen / max(1e-9, time.time() - start)
 
 
@@ -145,46 +150,55 @@ def _better(summary, loss, best):
 
 def _setup(args):
     torch = torch_module()
+    args.arch = canonical_arch(args.arch)
+    if args.low_memory:
+        args.workers = min(args.workers, 1)
+        if args.accum_steps == 1 and args.batch_size > 8:
+            args.accum_steps = low_memory_accum(args.batch_size)
+    check_args(args)
     if args.seed is not None:
         torch.manual_seed(args.seed)
         np.random.seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.arch = canonical_arch(args.arch)
-    if args.low_memory:
-        args.workers = min(args.workers, 1)
-        if args.accum_steps == 1 and args.batch_size > 8:
-            args.accum_steps = int(np.ceil(args.batch_size / 8.0))
-    check_args(args)
-    prepare_model_dir(args)
-    runtime = make_runtime(args.gpu, args.precision, args.channels_last)
     classes = discover_classes(args.data)
+    samples = check_classes(args.data, classes, ("val",) if args.evaluate else ("train", "val"))
+    ckpt = load_resume(args, classes)  # checked against this run before anything is written
+    check_images(sum(samples.values(), []), lambda it: progress(it, "checking images"))
+    runtime = make_runtime(args.gpu, args.precision, args.channels_last)
     mean, std = normalisation(args.arch)
     clahe = {"clip": float(args.clahe_clip), "tile": 8} if args.clahe else None
     preprocess = imagenet_preprocess(args.resolution, mean=mean, std=std, clahe=clahe)
-    return runtime, classes, preprocess
+    return runtime, classes, preprocess, ckpt
 
 
-def _starting_model(args, num_classes):
-    """The network with its starting weights (ImageNet, a file, random or --resume's), the
-    checkpoint resumed (or None), where the weights came from, and the auto settings decided."""
+def _starting_model(args, num_classes, ckpt):
+    """The network with its starting weights (ImageNet, a file, random or --resume's), where
+    the weights came from, and the auto settings decided."""
     model = build_model(args.arch, num_classes)
-    ckpt = load_checkpoint(args.resume) if args.resume else None
+    check_input_size(model, args.arch, args.resolution, num_classes)
     if ckpt is None:
         init = initialise(model, args.arch, args.pretrained, args.weights)
         if args.zero_init_residual:
             log.info("--zero-init-residual: %d residual blocks start as the identity",
                      zero_init_residual(model))
     else:
-        check_resume(args, ckpt)
         init = ckpt.get("init", {"source": "checkpoint"})
         ckpt["state_dict"] = unscaled_state_dict(ckpt)  # model_best: the raw weights
-        model.load_state_dict(ckpt.get("train_state_dict", ckpt["state_dict"]))
+        _load_resumed(args, model, ckpt.get("train_state_dict", ckpt["state_dict"]))
     args.freeze_early = freeze_choice(args.freeze_early, init)
     if args.freeze_early and not args.evaluate:
         freeze_early_layers(model, args.resolution)
     settle_augmentation(args, init, ckpt)
-    return model, ckpt, init
+    return model, init
+
+
+def _load_resumed(args, model, state):
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:  # size mismatches: the checks above should have said why
+        raise UsageError("--resume {}: its weights do not fit --arch {} ({})".format(
+            args.resume, args.arch, str(exc).strip().splitlines()[-1].strip()))
 
 
 def _head_and_body(args, model):
@@ -211,16 +225,19 @@ def _resume_state(args, ckpt, optimizer, ema):
     if "optimizer" in ckpt and not args.evaluate:
         optimizer.load_state_dict(ckpt["optimizer"])
     start_epoch = ckpt.get("epoch", args.start_epoch)
-    rows = [r for r in read_history(args.model_dir) if int(r["epoch"]) <= start_epoch]
+    history = read_history(os.path.dirname(args.resume) or ".")  # the checkpoint's own run
+    rows = [r for r in history if int(r["epoch"]) <= start_epoch]
     return ckpt.get("best", best), start_epoch, rows
 
 
 def run_training(args):
     """Train as the command line says; returns the best epoch's validation metrics."""
     resolve_epochs(args)
-    runtime, classes, preprocess = _setup(args)
+    runtime, classes, preprocess, ckpt = _setup(args)
     micro = args.batch_size // args.accum_steps
-    model, ckpt, init = _starting_model(args, len(classes))
+    model, init = _starting_model(args, len(classes), ckpt)
+    prepare_model_dir(args)  # every check above has passed: only now is anything written
+    adopt_best(args, ckpt)
     train_loader, val_loader, samples = make_loaders(args, classes, preprocess, micro)
     head, body = _head_and_body(args, model)
     model = runtime.model(model)

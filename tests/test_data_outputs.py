@@ -1,0 +1,66 @@
+"""`oncolens data`: output paths checked before the work (one line, nothing replaced without
+--overwrite), synth --overwrite leaves nothing of the earlier set, unknown sub-commands say so."""
+import glob
+import json
+import os
+
+import pytest
+
+from conftest import run_cli
+
+
+def _one_line(code, err, word):
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert word in err, err
+
+
+@pytest.mark.parametrize("case", ["under-a-file", "a-folder", "exists"])
+def test_check_json_is_checked_first(tiny_data, tmp_path, case):
+    afile = tmp_path / "afile"
+    afile.write_text(u"x")
+    target = {"under-a-file": afile / "x.json", "a-folder": tmp_path,
+              "exists": tmp_path / "keep.json"}[case]
+    if case == "exists":
+        target.write_text(u"{\"keep\": true}")
+    code, out, err = run_cli(["data", "check", tiny_data, "--json", str(target)])
+    _one_line(code, err, "--json")
+    assert out == ""  # refused before the audit
+    if case == "exists":
+        assert json.load(open(str(target))) == {"keep": True}
+        code, out, err = run_cli(["data", "check", tiny_data, "--json", str(target),
+                                  "--overwrite"])
+        assert code == 0 and "counts" in json.load(open(str(target))), err
+
+
+def test_check_json_into_a_new_folder(tiny_data, tmp_path):
+    target = tmp_path / "new" / "x.json"
+    code, out, err = run_cli(["data", "check", tiny_data, "--json", str(target)])
+    assert code == 0, err  # a missing folder on the way is made
+    assert "counts" in json.load(open(str(target)))
+
+
+def test_synth_into_a_file_is_one_line(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text(u"x")
+    code, out, err = run_cli(["data", "synth", str(afile), "--size", 32])
+    _one_line(code, err, "is a file")
+
+
+def test_synth_overwrite_leaves_nothing_of_the_earlier_set(tmp_path):
+    out = str(tmp_path / "syn")
+    code, o, err = run_cli(["data", "synth", out, "--size", 32, "--train", 4, "--val", 2,
+                            "--test", 2])
+    assert code == 0, err
+    os.makedirs(os.path.join(out, "train", "stale_class"))
+    code, o, err = run_cli(["data", "synth", out, "--size", 32, "--train", 2, "--val", 1,
+                            "--test", 1, "--overwrite"])
+    assert code == 0, err
+    assert len(glob.glob(os.path.join(out, "*", "*", "*.png"))) == 12
+    assert not os.path.exists(os.path.join(out, "train", "stale_class"))
+
+
+def test_unknown_data_command(capsys):
+    code, out, err = run_cli(["data", "bogus"])
+    _one_line(code, err, "unknown command 'bogus'")
+    assert "check" in err and "split" in err and "synth" in err

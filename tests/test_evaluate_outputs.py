@@ -1,0 +1,61 @@
+"""`oncolens evaluate`: every output checked before any model runs (one line, nothing
+replaced without --overwrite), --bins in range, and a non-zero exit when images could not be
+read."""
+import os
+import shutil
+
+import pytest
+
+from conftest import run_cli
+
+
+def _one_line(code, out, err, word):
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert word in err, err
+    assert "accuracy" not in out  # refused before the evaluation
+
+
+@pytest.mark.parametrize("case", ["json-under-a-file", "json-a-folder", "out-a-file",
+                                  "bins-0", "bins-negative"])
+def test_bad_outputs_and_bins_are_refused_first(tiny_bundle, tiny_data, tmp_path, case):
+    afile = tmp_path / "afile"
+    afile.write_text(u"x")
+    extra, word = {"json-under-a-file": (["--json", str(afile / "x.json")], "--json"),
+                   "json-a-folder": (["--json", str(tmp_path)], "is a folder"),
+                   "out-a-file": (["--out", str(afile)], "--out"),
+                   "bins-0": (["--bins", "0"], "--bins"),
+                   "bins-negative": (["--bins", "-3"], "--bins")}[case]
+    code, out, err = run_cli(["evaluate", "--model-dir", tiny_bundle,
+                              os.path.join(tiny_data, "test"), "--out", str(tmp_path / "e")] +
+                             extra)
+    _one_line(code, out, err, word)
+
+
+def test_existing_reports_are_refused_before_the_run(tiny_bundle, tiny_data, tmp_path):
+    split = os.path.join(tiny_data, "test")
+    cmp_dir = tmp_path / "cmp"
+    cmp_dir.mkdir()
+    (cmp_dir / "comparison.md").write_text(u"keep")
+    code, out, err = run_cli(["evaluate", "--model-dir", tiny_bundle, "--model-dir", tiny_bundle,
+                              split, "--out", str(cmp_dir)])
+    _one_line(code, out, err, "comparison.md already exists")
+    assert (cmp_dir / "comparison.md").read_text() == u"keep"
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "report.md").write_text(u"keep")
+    code, out, err = run_cli(["evaluate", "--model-dir", tiny_bundle, split, "--out", str(one)])
+    _one_line(code, out, err, "report.md already exists")
+    assert (one / "report.md").read_text() == u"keep"
+
+
+def test_unreadable_images_make_the_exit_code_1(tiny_bundle, tiny_data, tmp_path):
+    split = str(tmp_path / "test")
+    shutil.copytree(os.path.join(tiny_data, "test"), split)
+    open(os.path.join(split, "benign", "zero.png"), "wb").close()
+    code, out, err = run_cli(["evaluate", "--model-dir", tiny_bundle, split, "--bootstrap", "0",
+                              "--out", str(tmp_path / "e")])
+    assert code == 1, err
+    assert "unreadable: " in out and "zero.png" in out
+    assert "1 image(s) could not be read" in err and "Traceback" not in err
+    assert os.path.isfile(str(tmp_path / "e" / "report.md"))  # the rest is still reported

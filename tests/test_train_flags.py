@@ -1,0 +1,73 @@
+"""Flags out of range are one line naming the flag, before anything is written (they used
+to end in tracebacks, or ran with something else than what was asked)."""
+import os
+
+import pytest
+
+from conftest import run_cli
+
+FAST = ["--resolution", 32, "-b", 6, "-j", 0, "--seed", 3, "--no-pretrained",
+        "--arch", "simple-cnn", "--epochs", 1]
+
+CASES = [
+    (["--resolution", 0], "--resolution: expected a positive number of pixels, got 0"),
+    (["--resolution", -5], "--resolution"),
+    (["-j", -1], "-j/--workers: expected 0 or more"),
+    (["--lr", -1], "--lr: expected 0 or more"),
+    (["--lr", "nan"], "--lr"),
+    (["--label-smoothing", 2], "--label-smoothing: expected 0 <= smoothing < 1"),
+    (["--crop-scale", 2], "--crop-scale: expected a fraction of the image area"),
+    (["--momentum", -1], "--momentum"),
+    (["--threads", -2], "--threads"),
+    (["--patience", -1], "--patience"),
+    (["--time-limit", -1], "--time-limit"),
+    (["--start-epoch", -2], "--start-epoch"),
+    (["--start-epoch", 5, "--epochs", 3], "--start-epoch 5 is not before --epochs 3"),
+    (["-b", 0], "-b/--batch-size: expected 1 or more"),
+    (["-b", 8, "--accum-steps", 3], "-b/--batch-size 8 is not a multiple of --accum-steps 3"),
+    (["--seed", -1], "--seed"),
+    (["-e"], "-e/--evaluate needs --resume CHECKPOINT"),
+]
+
+
+@pytest.mark.parametrize("extra,message", CASES, ids=[" ".join(map(str, c[0])) for c in CASES])
+def test_bad_flag_is_one_line_and_writes_nothing(tiny_data, tmp_path, extra, message):
+    model_dir = str(tmp_path / "m")
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir] + FAST + extra)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert message in err, err
+    assert not os.path.exists(model_dir)
+
+
+def test_resume_with_no_epoch_left_says_so(tiny_data, tmp_path, caplog):
+    """Allowed (it redoes the bundle, e.g. to add or take out --calibrate), but said."""
+    import logging
+    caplog.set_level(logging.INFO)
+    model_dir = str(tmp_path / "m")
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir] + FAST)
+    assert code == 0, err
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--resume",
+                              os.path.join(model_dir, "checkpoint.pth.tar")] + FAST)
+    assert code == 0, err
+    assert "at epoch 1 and --epochs is 1: no epoch left to train" in caplog.text
+
+
+def test_low_memory_splits_the_batch_evenly():
+    from oncolens.train.flags import low_memory_accum
+    assert [low_memory_accum(b) for b in (6, 8, 16, 32, 20, 13, 9)] == [1, 1, 2, 4, 4, 13, 3]
+
+
+def test_print_freq_given_logs_at_info(tiny_data, tmp_path, caplog):
+    import logging
+    caplog.set_level(logging.INFO)
+    model_dir = str(tmp_path / "m")
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir] + FAST)
+    assert code == 0, err
+    assert "epoch 1 [0/" not in caplog.text  # the default: DEBUG only
+    caplog.clear()
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", str(tmp_path / "p"), "-p", 1] +
+                             FAST)
+    assert code == 0, err
+    lines = [r for r in caplog.records if "epoch 1 [" in r.getMessage()]
+    assert lines and all(r.levelno == logging.INFO for r in lines)

@@ -1,0 +1,94 @@
+"""What train may write into --model-dir: never a folder that holds another model (a
+trained one, or an exported bundle) without --overwrite; a --resume of a checkpoint from
+another folder neither replaces that folder's model nor splices its history."""
+import csv
+import hashlib
+import os
+import shutil
+
+import pytest
+
+from conftest import run_cli
+
+FAST = ["--resolution", 32, "-b", 6, "-j", 0, "--seed", 3, "--no-pretrained",
+        "--arch", "simple-cnn"]
+
+
+def _sha(path):
+    with open(path, "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()
+
+
+def _epochs(model_dir):
+    with open(os.path.join(model_dir, "history.csv")) as fh:
+        return [r["epoch"] for r in csv.DictReader(fh)]
+
+
+def _one_line(code, err):
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory, tiny_data):
+    root = tmp_path_factory.mktemp("two")
+    dirs = []
+    for name, seed in (("x1", 3), ("x2", 4)):
+        model_dir = str(root / name)
+        code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs", 1] +
+                                 FAST + ["--seed", seed])
+        assert code == 0, err
+        dirs.append(model_dir)
+    return dirs
+
+
+def test_an_exported_bundle_without_checkpoints_is_not_replaced(two_models, tiny_data,
+                                                                tmp_path):
+    bundle = str(tmp_path / "deploy")
+    os.makedirs(bundle)
+    for name in ("model.json", "labels.txt"):
+        shutil.copy(os.path.join(two_models[0], name), bundle)
+    open(os.path.join(bundle, "simple-cnn.onnx"), "wb").write(b"onnx")
+    before = _sha(os.path.join(bundle, "model.json"))
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", bundle, "--epochs", 1] + FAST)
+    _one_line(code, err)
+    assert "already holds model files" in err and "model.json" in err and "--overwrite" in err
+    assert _sha(os.path.join(bundle, "model.json")) == before
+    assert sorted(os.listdir(bundle)) == ["labels.txt", "model.json", "simple-cnn.onnx"]
+
+
+def test_resume_from_another_folder(two_models, tiny_data, tmp_path):
+    x1, x2 = two_models
+    foreign = os.path.join(x2, "checkpoint.pth.tar")
+    before = _sha(os.path.join(x1, "model_best.pth.tar"))
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", x1, "--epochs", 2,
+                              "--resume", foreign] + FAST)
+    _one_line(code, err)
+    assert "holds another model" in err and x2 in err
+    assert _sha(os.path.join(x1, "model_best.pth.tar")) == before
+    # into a new folder: allowed, and history.csv goes on from the checkpoint's own run
+    x3 = str(tmp_path / "x3")
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", x3, "--epochs", 2,
+                              "--resume", foreign] + FAST)
+    assert code == 0, err
+    assert _epochs(x3) == ["1", "2"]
+    with open(os.path.join(x2, "history.csv")) as fh:
+        first = fh.read().splitlines()[1]
+    with open(os.path.join(x3, "history.csv")) as fh:
+        assert fh.read().splitlines()[1] == first
+    # with --overwrite into x1: x2's run replaces x1's, model_best and history included
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", x1, "--epochs", 2,
+                              "--resume", foreign, "--overwrite"] + FAST)
+    assert code == 0, err
+    assert _epochs(x1) == ["1", "2"]
+    with open(os.path.join(x1, "history.csv")) as fh:
+        assert fh.read().splitlines()[1] == first
+
+
+def test_model_dir_that_is_a_file(tiny_data, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text(u"x")
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", str(afile), "--epochs", 1] +
+                             FAST)
+    _one_line(code, err)
+    assert "--model-dir" in err and "is a file" in err

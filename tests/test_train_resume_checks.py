@@ -1,0 +1,77 @@
+"""--resume is checked against the new run before anything is written: the same network,
+input size and classes in the same order (a mismatch used to train on, or crash deep in
+torch)."""
+import hashlib
+import os
+import shutil
+
+import pytest
+
+from conftest import run_cli
+
+FAST = ["--resolution", 32, "-b", 6, "-j", 0, "--seed", 3, "--no-pretrained",
+        "--arch", "simple-cnn"]
+
+
+def _sha(path):
+    with open(path, "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_data):
+    model_dir = str(tmp_path_factory.mktemp("resume") / "m")
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs", 1] +
+                             FAST)
+    assert code == 0, err
+    return model_dir
+
+
+def _refused(err, code):
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+
+def _with_labels(tiny_data, root, labels, drop=()):
+    data = str(root)
+    shutil.copytree(tiny_data, data)
+    with open(os.path.join(data, "labels.txt"), "w") as fh:
+        fh.write("".join(c + "\n" for c in labels))
+    for cls in drop:
+        for split in ("train", "val", "test"):
+            shutil.rmtree(os.path.join(data, split, cls))
+    return data
+
+
+def test_resume_refuses_another_resolution_or_arch(trained, tiny_data):
+    ckpt = os.path.join(trained, "checkpoint.pth.tar")
+    before = _sha(os.path.join(trained, "model_best.pth.tar"))
+    args = ["train", tiny_data, "--model-dir", trained, "--epochs", 2, "--resume", ckpt]
+    code, out, err = run_cli(args + FAST[:-2] + ["--arch", "simple-cnn", "--resolution", 48])
+    _refused(err, code)
+    assert "--resolution 32" in err and "48" in err and ckpt in err
+    code, out, err = run_cli(args + FAST[:-2] + ["--arch", "resnet18"])
+    _refused(err, code)
+    assert "simple-cnn" in err and "--arch is resnet18" in err
+    assert _sha(os.path.join(trained, "model_best.pth.tar")) == before
+
+
+def test_resume_refuses_classes_in_another_order_or_another_set(trained, tiny_data, tmp_path):
+    ckpt = os.path.join(trained, "checkpoint.pth.tar")
+    before = _sha(os.path.join(trained, "model_best.pth.tar"))
+    reordered = _with_labels(tiny_data, tmp_path / "reordered", ["normal", "benign", "malignant"])
+    code, out, err = run_cli(["train", reordered, "--model-dir", trained, "--epochs", 2,
+                              "--resume", ckpt] + FAST)
+    _refused(err, code)
+    assert "benign, malignant, normal" in err and "normal, benign, malignant" in err
+    assert "order" in err
+    fewer = _with_labels(tiny_data, tmp_path / "fewer", ["benign", "malignant"], ["normal"])
+    code, out, err = run_cli(["train", fewer, "--model-dir", trained, "--epochs", 2,
+                              "--resume", ckpt, "-e"] + FAST)
+    _refused(err, code)
+    assert "benign, malignant, normal" in err and "benign, malignant" in err
+    assert _sha(os.path.join(trained, "model_best.pth.tar")) == before
+    # the same run, resumed as it was made, still goes on
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", trained, "--epochs", 2,
+                              "--resume", ckpt] + FAST)
+    assert code == 0, err

@@ -1,0 +1,93 @@
+"""What a model folder holds, and what ``oncolens train --overwrite`` clears out of it.
+
+A training run writes the checkpoints, ``labels.txt``, ``model.json``, ``history.csv`` and
+``curves.png``. Later commands derive more from that model, and those files describe the
+model that is being replaced, so ``--overwrite`` removes them (and says which):
+
+- ``oncolens export onnx``: ``<arch>.onnx`` (or ``--output``), any ``*.onnx`` at the top;
+- ``oncolens export engine``: engines named
+  ``<model>.onnx.<batch>.<fallback>.<TensorRT>.<device>.<precision>.engine`` and their int8
+  ``.calibration`` caches;
+- ``oncolens bench`` / ``classify``: ``variants/`` (dynamic-batch and int8 copies);
+- ``oncolens selftest``: ``selftest/``;
+- ``oncolens evaluate``: ``eval-<split>/`` (report.md and its figures).
+
+A folder is only removed when everything in it is what OncoLens writes there; anything else
+is left, with a warning.
+"""
+import logging
+import os
+import shutil
+
+from oncolens.appliance.bundle import LABELS_TXT, MODEL_JSON
+from oncolens.appliance.engines import parse_engine_name
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pth.tar"
+BEST = "model_best.pth.tar"
+TRAIN_FILES = (CHECKPOINT, BEST, LABELS_TXT, MODEL_JSON, "history.csv", "curves.png")
+EVAL_FILES = ("report.md", "confusion.png", "roc.png", "reliability.png")
+SELFTEST_FILES = ("selftest.json", "selftest.md")
+
+
+def _is_engine(name):
+    if name.endswith(".calibration"):
+        name = name[:-len(".calibration")] + ".engine"
+    return parse_engine_name(name) is not None
+
+
+def _owned_folder(model_dir, name):
+    """True for a sub-folder that only holds what OncoLens writes under that name."""
+    path = os.path.join(model_dir, name)
+    if not os.path.isdir(path) or os.path.islink(path):
+        return False
+    entries = os.listdir(path)
+    if name == "variants":
+        return all(e.endswith((".onnx", ".json")) for e in entries)
+    if name == "selftest":
+        return set(entries) <= set(SELFTEST_FILES)
+    if name.startswith("eval-"):
+        return set(entries) <= set(EVAL_FILES)
+    return False
+
+
+def model_files(model_dir):
+    """The names in ``model_dir`` that make it a model folder (train's files, exports)."""
+    if not os.path.isdir(model_dir):
+        return []
+    return sorted(n for n in os.listdir(model_dir)
+                  if n in TRAIN_FILES or n.endswith(".onnx") or _is_engine(n))
+
+
+def derived_artefacts(model_dir):
+    """(files, folders) derived from the model in ``model_dir``; folders that hold anything
+    else are left out (and named in a warning)."""
+    files, folders = [], []
+    for name in sorted(os.listdir(model_dir)):
+        path = os.path.join(model_dir, name)
+        if os.path.isfile(path) and (name.endswith(".onnx") or _is_engine(name)):
+            files.append(name)
+        elif name in ("variants", "selftest") or name.startswith("eval-"):
+            if _owned_folder(model_dir, name):
+                folders.append(name)
+            elif os.path.isdir(path):
+                log.warning("--overwrite: left %s in place: it holds files OncoLens did not "
+                            "write there", path)
+    return files, folders
+
+
+def remove_derived(model_dir):
+    """Remove what was derived from the model being replaced; returns the names removed."""
+    if not os.path.isdir(model_dir):
+        return []
+    files, folders = derived_artefacts(model_dir)
+    for name in files:
+        os.remove(os.path.join(model_dir, name))
+    for name in folders:
+        shutil.rmtree(os.path.join(model_dir, name))
+    removed = files + [n + "/" for n in folders]
+    if removed:
+        log.info("--overwrite: removed the previous model's %s from %s", ", ".join(removed),
+                 model_dir)
+    return removed

@@ -1,0 +1,82 @@
+"""What ``oncolens train`` checks in the dataset before it writes anything: at least two
+classes, training images for every class, class folders that labels.txt leaves out (a
+warning: their images are not used), and every train/val image decodes (all bad files are
+listed, one line each, before a one-line error; not an exception from a data-loader worker
+after an epoch)."""
+import logging
+import os
+
+from oncolens.appliance.bundle import LABELS_TXT
+from oncolens.appliance.errors import ImageReadError, UsageError
+from oncolens.appliance.imageio import read_image
+from oncolens.train.data import class_counts, list_samples
+
+log = logging.getLogger(__name__)
+
+
+def _source(data_dir):
+    return "labels.txt" if os.path.isfile(os.path.join(data_dir, LABELS_TXT)) else \
+        "the class folders of train/"
+
+
+def unlisted_folders(split_dir, classes):
+    """Class folders in ``split_dir`` that are not among ``classes`` (their images unused)."""
+    if not os.path.isdir(split_dir):
+        return []
+    return sorted(d for d in os.listdir(split_dir)
+                  if os.path.isdir(os.path.join(split_dir, d)) and d not in classes)
+
+
+def check_classes(data_dir, classes, splits=("train", "val")):
+    """Errors: fewer than two classes, a class with no training images. Warnings: folders
+    not among the classes, a class with no val images. Returns {split: samples}."""
+    if len(classes) < 2:
+        raise UsageError("{}: {} lists {} class ({}): a classifier needs at least 2".format(
+            data_dir, _source(data_dir), len(classes), ", ".join(classes)))
+    samples = {}
+    for split in splits:
+        split_dir = os.path.join(data_dir, split)
+        extra = unlisted_folders(split_dir, classes)
+        if extra:
+            log.warning("%s: folder(s) %s are not in %s (%s): their images are not used",
+                        split_dir, ", ".join(extra), _source(data_dir), ", ".join(classes))
+        samples[split] = list_samples(split_dir, classes)
+        counts = class_counts(samples[split], len(classes))
+        missing = [c for c, n in zip(classes, counts) if n == 0]
+        if missing and split == "train":
+            raise UsageError("{}: no images of {} ({} lists {}): every class needs training "
+                             "images; add them, or remove the class from labels.txt".format(
+                                 split_dir, ", ".join(missing), _source(data_dir),
+                                 ", ".join(classes)))
+        if missing:
+            log.warning("%s: no images of %s: its recall cannot be measured there", split_dir,
+                        ", ".join(missing))
+    return samples
+
+
+def check_images(samples, progress=None):
+    """Decode every image once; log each that fails, then raise one line for them all."""
+    bad = []
+    for path, _ in (progress(samples) if progress else samples):
+        try:
+            read_image(path)
+        except ImageReadError as exc:
+            log.error("%s", exc)
+            bad.append(path)
+    if len(bad) == 1:
+        raise UsageError("{} cannot be read as an image: remove or replace it".format(bad[0]))
+    if bad:
+        raise UsageError("{} of {} images cannot be read (listed above): remove or replace "
+                         "them ('oncolens data check' audits a dataset)".format(
+                             len(bad), len(samples)))
+
+
+def worker_error_line(exc):
+    """An error re-raised from a data-loader worker carries the worker's whole traceback;
+    its last line is the error itself (``module.Class: message``)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return str(exc)
+    last = lines[-1]
+    head, sep, rest = last.partition(": ")
+    return rest if sep and head.rsplit(".", 1)[-1] == type(exc).__name__ else last
