@@ -315,6 +315,11 @@ def load_bundle(model, labels=None, info_overrides=None, labels_flag="--labels")
     if model_file is None:
         onnx_file = Bundle(directory, info, info["labels"]).onnx_path
         model_file = onnx_file if os.path.isfile(onnx_file) else None
+        if model_file and not inferred and not info.get("onnx"):
+            raise BundleError("{} was exported before the model in {} was trained again ({} "
+                              "records no export of it): run 'oncolens export onnx --model-dir "
+                              "{}', or pass the .onnx file itself to use it anyway".format(
+                                  onnx_file, directory, MODEL_JSON, directory))
     if inferred and model_file and model_file.endswith(".onnx"):
         shape = onnx_input_shape(model_file, info["input"]["name"])
         if shape:  # every stage (preprocessing, references) sees the model's real input

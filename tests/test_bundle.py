@@ -140,3 +140,23 @@ def test_bare_folder_takes_its_input_size_from_the_onnx(tiny_bundle, tmp_path):
     d = _bare(tiny_bundle, tmp_path)
     assert bundle.load_bundle(d).input_shape == (3, 32, 32)
     assert bundle.load_bundle(os.path.join(d, "resnet18.onnx")).input_shape == (3, 32, 32)
+
+
+def test_an_onnx_older_than_the_model_json_is_not_used_silently(tiny_bundle, tiny_data,
+                                                                  tmp_path):
+    """Training again rewrites model.json without an export record: the ONNX left in the
+    folder is the earlier model's, and classify must not pass it off as the new one."""
+    folder = str(tmp_path / "model")
+    shutil.copytree(tiny_bundle, folder, ignore=shutil.ignore_patterns("variants"))
+    path = os.path.join(folder, "model.json")
+    with open(path) as fh:
+        info = json.load(fh)
+    onnx_file = os.path.join(folder, info.pop("onnx")["file"])
+    with open(path, "w") as fh:
+        json.dump(info, fh)
+    src = os.path.join(tiny_data, "test", "normal")
+    code, out, err = run_cli(["classify", "--model", folder, "--headless", src])
+    assert code != 0 and "was exported before the model" in err and "export onnx" in err
+    assert len(err.strip().splitlines()) == 1
+    code, out, err = run_cli(["classify", "--model", onnx_file, "--headless", src])
+    assert code == 0, err  # named explicitly: used as asked
