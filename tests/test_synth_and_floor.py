@@ -48,11 +48,14 @@ def test_synth_classes_look_as_documented():
     assert stained["malignant"][1] < stained["normal"][1]
 
 
-def test_provenance_reaches_model_json(tiny_bundle):
+def test_provenance_reaches_model_json(tiny_bundle, tiny_data):
     import json
+    from oncolens.export.images import recorded_dataset
     info = json.load(open(os.path.join(tiny_bundle, "model.json")))
     assert info["provenance"]["synthetic"] is True
     assert "demos and tests only" in info["provenance"]["note"]
+    # the export check finds the synthetic set's real images, not random ones
+    assert recorded_dataset(info) == os.path.abspath(tiny_data)
 
 
 def test_syntax_floor_is_python_3_6():

@@ -125,9 +125,12 @@ def generate(out_dir, size=128, counts=(60, 20, 20), seed=0, classes=CLASSES, pr
 
 
 def dataset_provenance(data_dir):
-    """The provenance a dataset folder declares (SYNTHETIC.json), or a plain record."""
+    """The provenance a dataset folder declares (SYNTHETIC.json), or a plain record; both
+    name the folder, so the export check can use its real images."""
     path = os.path.join(data_dir, "SYNTHETIC.json")
     if os.path.isfile(path):
         with io.open(path, "r", encoding="utf-8") as fh:
-            return json.load(fh)
+            record = json.load(fh)
+        record.setdefault("dataset", os.path.abspath(data_dir))
+        return record
     return {"synthetic": False, "dataset": os.path.abspath(data_dir)}
