@@ -124,3 +124,39 @@ def test_header_sizes_are_read_for_every_format(ext):
     with pytest.raises(UploadError) as info:
         check_image(data, 53 * 37 - 1)
     assert info.value.status == 400 and info.value.code == "too_many_pixels"
+
+
+def test_extreme_aspect_ratio_is_400_before_resizing(server):
+    """A 1x30000 PNG is a few bytes, but resized for the model it would be 37x1097143."""
+    import cv2
+    url, audit = server
+    wide = cv2.imencode(".png", np.zeros((1, 30000, 3), np.uint8))[1].tobytes()
+    assert len(wide) < 1000
+    for body in (wide, cv2.imencode(".png", np.zeros((30000, 1, 3), np.uint8))[1].tobytes()):
+        reply = request(url, "/classify", "POST", body)
+        assert reply.status == 400
+        error = error_of(reply)
+        assert error["code"] == "bad_aspect" and "--max-pixels" in error["message"]
+    # a long strip that resizes within the limit (37 x 3700 for this 32 px model) is classified
+    strip = cv2.imencode(".png", np.full((10, 1000, 3), 128, np.uint8))[1].tobytes()
+    assert request(url, "/classify", "POST", strip).status == 200
+
+
+def test_resize_check_uses_the_preprocessing_geometry():
+    import cv2
+    from oncolens.appliance.preprocess import resize_geometry
+    from oncolens.appliance.web.upload import UploadError, check_image
+    spec = {"resize": "center_crop", "crop_ratio": 0.875}
+
+    def resized(width, height):
+        new_h, new_w = resize_geometry(spec, (height, width), (224, 224))[:2]
+        return new_w, new_h
+
+    data = cv2.imencode(".png", np.zeros((1, 10000, 3), np.uint8))[1].tobytes()
+    with pytest.raises(UploadError) as info:
+        check_image(data, 40000000, resized)
+    assert info.value.code == "bad_aspect" and "10000x1" in str(info.value)
+    assert "2560000x256" in str(info.value)
+    assert check_image(data, 40000000) == ("png", 10000, 1)      # without a model: no check
+    photo = cv2.imencode(".png", np.zeros((3000, 4000, 3), np.uint8))[1].tobytes()
+    assert check_image(photo, 40000000, resized) == ("png", 4000, 3000)

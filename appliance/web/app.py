@@ -13,6 +13,7 @@ import uuid
 
 from oncolens import __version__
 from oncolens.appliance.errors import MissingDependency
+from oncolens.appliance.preprocess import resize_geometry
 from oncolens.appliance.web.audit import AuditLog
 from oncolens.appliance.web.auth import token_ok
 from oncolens.appliance.web.metrics import CONTENT_TYPE as METRICS_TYPE, PATHS, Metrics
@@ -215,11 +216,18 @@ class ServeApp(object):
             os.replace(path + ".part", path)
         return path
 
+    def resized_size(self, width, height):
+        """(width, height) the model's preprocessing resizes such an image to (before the crop)."""
+        pre = self.classifier.preprocessor
+        new_h, new_w = resize_geometry(pre.spec, (height, width), (pre.height, pre.width))[:2]
+        return new_w, new_h
+
     def read_upload(self, environ):
         """(bytes, format, rgb) of the request's image; UploadError when refused."""
         data = image_bytes(environ, read_body(environ, self.max_bytes))
+        resized = self.resized_size if getattr(self.classifier, "preprocessor", None) else None
         fmt, rgb = decode_upload(data, self.max_pixels, "upload {}".format(
-            environ.get("oncolens.request_id")))
+            environ.get("oncolens.request_id")), resized)
         return data, fmt, rgb
 
     def submit(self, rgb):

@@ -205,8 +205,28 @@ def _complete(fmt, data):
     return True
 
 
-def check_image(data, max_pixels):
-    """Refuse what is not an image (415), too many pixels or truncated (400): (fmt, w, h)."""
+def _check_resize(fmt, width, height, max_pixels, resized):
+    """Refuse an image whose resize to the model's input would make over ``max_pixels``.
+
+    The preprocessing scales the shorter side to the model's size whatever the aspect ratio,
+    so a 1x10000 PNG of 89 bytes becomes a 256x2560000 image (gigabytes) before the crop.
+    """
+    if resized is None:
+        return
+    new_w, new_h = resized(width, height)
+    if new_w * new_h > max_pixels:
+        raise UploadError(400, "bad_aspect", "the {} image is {}x{} pixels: resized for the "
+                          "model's input it would be {}x{}, over the limit of {} pixels "
+                          "(--max-pixels); expected a less extreme aspect ratio".format(
+                              fmt.upper(), width, height, new_w, new_h, max_pixels))
+
+
+def check_image(data, max_pixels, resized=None):
+    """Refuse what is not an image (415), too many pixels or truncated (400): (fmt, w, h).
+
+    ``resized(width, height) -> (width, height)``: the size the model's preprocessing
+    resizes such an image to before cropping; over ``max_pixels`` is refused (bad_aspect).
+    """
     if not data:
         raise UploadError(400, "empty", "the upload is empty")
     fmt = sniff(data)
@@ -225,14 +245,15 @@ def check_image(data, max_pixels):
         raise UploadError(400, "too_many_pixels", "the {} header claims {}x{} pixels, over the "
                           "limit of {} (a decompression bomb?)".format(
                               fmt.upper(), width, height, max_pixels))
+    _check_resize(fmt, width, height, max_pixels, resized)
     if not _complete(fmt, data):
         raise UploadError(400, "truncated", "the {} file is truncated".format(fmt.upper()))
     return fmt, width, height
 
 
-def decode_upload(data, max_pixels, origin="upload"):
+def decode_upload(data, max_pixels, origin="upload", resized=None):
     """Check then decode ``data``: (format, RGB uint8 image)."""
-    fmt = check_image(data, max_pixels)[0]
+    fmt = check_image(data, max_pixels, resized)[0]
     try:
         return fmt, decode_image(data, origin)
     except ImageReadError:
