@@ -112,3 +112,40 @@ def test_full_queue_answers_503_with_retry_after_over_http(tiny_bundle, tiny_dat
     assert int(refused.headers["retry-after"]) >= 1
     assert json.loads(refused.body.decode("utf-8"))["error"]["code"] == "busy"
     assert statuses == [200, 200, 200]
+
+
+def test_a_failing_image_fails_only_its_own_request():
+    """Three images in one batch, one of which the model cannot take: two answers, one error."""
+    import numpy as np
+    from oncolens.appliance.web.queue import InferenceQueue
+    gate = threading.Event()
+    calls = []
+
+    class Picky(object):
+        def infer_images(self, images):
+            calls.append(len(images))
+            gate.wait(10)
+            if any(img.shape[1] > 100 for img in images):
+                raise MemoryError("Failed to allocate 1536000000 bytes in /opt/secret/path")
+            return type("R", (), {"probs": np.ones((len(images), 3), np.float32) / 3})()
+
+    q = InferenceQueue(Picky(), maxsize=8, max_batch=4)
+    try:
+        first = q.submit(np.zeros((4, 4, 3), np.uint8))
+        for _ in range(50):                           # the worker holds the first one
+            if first.started:
+                break
+            threading.Event().wait(0.02)
+        good1 = q.submit(np.zeros((4, 4, 3), np.uint8))
+        poison = q.submit(np.zeros((1, 999, 3), np.uint8))
+        good2 = q.submit(np.zeros((4, 4, 3), np.uint8))
+        gate.set()
+        for job in (first, good1, poison, good2):
+            assert job.wait(10)
+    finally:
+        gate.set()
+        q.close()
+    assert calls[:2] == [1, 3]                        # the three went in one batch
+    assert first.error is None and good1.error is None and good2.error is None
+    assert good1.probs.shape == (3,) and good2.probs.shape == (3,)
+    assert poison.error and "MemoryError" in poison.error and "/opt/secret" not in poison.error

@@ -89,20 +89,31 @@ class InferenceQueue(object):
             if jobs:
                 self._process(jobs)
 
+    def _infer(self, jobs):
+        """Run ``jobs`` through the model; a failure fails only the image that caused it."""
+        try:
+            probs = self.classifier.infer_images([job.image for job in jobs]).probs
+        except Exception as exc:  # any failure answers the requests, never hangs them
+            if len(jobs) > 1:     # find out whose it is: one image at a time
+                log.warning("a batch of %d failed (%s): running its images one by one",
+                            len(jobs), type(exc).__name__)
+                for job in jobs:
+                    self._infer([job])
+                return
+            log.exception("inference failed for one image")
+            # the message stays in the log: it may describe the server (paths, memory)
+            jobs[0].error = "inference failed ({}): see the server log".format(
+                type(exc).__name__)
+            return
+        for job, row in zip(jobs, probs):
+            job.probs = row
+
     def _process(self, jobs):
         self.busy = True
         start = time.time()
         for job in jobs:
             job.started = start
-        try:
-            probs = self.classifier.infer_images([job.image for job in jobs]).probs
-            for job, row in zip(jobs, probs):
-                job.probs = row
-        except Exception as exc:  # any backend failure answers the requests, never hangs them
-            log.exception("inference failed for a batch of %d", len(jobs))
-            for job in jobs:
-                job.error = "inference failed: {}".format(str(exc).splitlines()[0] if str(exc)
-                                                          else type(exc).__name__)
+        self._infer(jobs)
         elapsed = time.time() - start
         per_image = elapsed / len(jobs)
         self._per_image = per_image if self._per_image is None else (
