@@ -8,11 +8,12 @@ import json
 import logging
 import os
 import re
+import tempfile
 import time
 import uuid
 
 from oncolens import __version__
-from oncolens.appliance.errors import MissingDependency
+from oncolens.appliance.errors import MissingDependency, UsageError
 from oncolens.appliance.preprocess import resize_geometry
 from oncolens.appliance.web.audit import AuditLog
 from oncolens.appliance.web.auth import token_ok
@@ -41,6 +42,20 @@ def bottle_module():
     return bottle
 
 
+def prepare_save_dir(path):
+    """Make the --save-uploads folder and check a file can be written there (UsageError)."""
+    if not path:
+        return
+    try:
+        if not os.path.isdir(path):
+            os.makedirs(path)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".oncolens-probe-"):
+            pass
+    except (OSError, IOError) as exc:
+        raise UsageError("--save-uploads {}: cannot write there ({})".format(
+            path, exc.strerror or exc))
+
+
 class ServeApp(object):
     def __init__(self, classifier=None, token=None, live=None, max_upload_mb=20.0,
                  max_pixels=40000000, queue_size=16, max_batch=4, timeout=60.0,
@@ -53,10 +68,9 @@ class ServeApp(object):
         self.max_pixels = int(max_pixels)
         self.timeout = float(timeout)
         self.save_dir = save_uploads
-        if save_uploads and not os.path.isdir(save_uploads):
-            os.makedirs(save_uploads)
+        prepare_save_dir(save_uploads)
         self.metrics = Metrics()
-        self.audit = AuditLog(audit_log)
+        self.audit = audit_log if isinstance(audit_log, AuditLog) else AuditLog(audit_log)
         self.queue = InferenceQueue(classifier, queue_size, max_batch) if classifier else None
         self.model_sha256 = classifier.bundle.model_sha256 if classifier else None
         self.wsgi = self._middleware(self._routes())

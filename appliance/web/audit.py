@@ -9,6 +9,8 @@ import json
 import os
 import threading
 
+from oncolens.appliance.errors import UsageError
+
 FIELDS = ("time", "request_id", "status", "input_sha256", "model_sha256", "label", "confidence")
 
 
@@ -22,10 +24,14 @@ class AuditLog(object):
         self._lock = threading.Lock()
         self._fh = None
         if path:
-            parent = os.path.dirname(os.path.abspath(path))
-            if not os.path.isdir(parent):
-                os.makedirs(parent)
-            self._fh = io.open(path, "a", encoding="utf-8")
+            try:
+                parent = os.path.dirname(os.path.abspath(path))
+                if not os.path.isdir(parent):
+                    os.makedirs(parent)
+                self._fh = io.open(path, "a", encoding="utf-8")
+            except (OSError, IOError) as exc:
+                raise UsageError("--audit-log {}: cannot open it for appending ({})".format(
+                    path, exc.strerror or exc))
 
     def write(self, request_id, status, input_sha256=None, model_sha256=None, label=None,
               confidence=None):
