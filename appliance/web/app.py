@@ -152,9 +152,10 @@ class ServeApp(object):
 
     def _framework_error(self, error):
         self.bottle.response.content_type = JSON_TYPE
-        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "error")
-        message = {404: "no such page", 405: "method not allowed here"}.get(
-            error.status_code, "the request failed")
+        code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
+                413: "too_large", 500: "internal"}.get(error.status_code, "error")
+        message = {404: "no such page", 405: "method not allowed here",
+                   500: "internal error"}.get(error.status_code, "the request failed")
         return self.error_body(self._rid(), error.status_code, code, message)
 
     # -- pages ------------------------------------------------------------------------------

@@ -6,10 +6,13 @@ confidence.  Never a file name, never pixels.  No file is written unless a path 
 import datetime
 import io
 import json
+import logging
 import os
 import threading
 
 from oncolens.appliance.errors import UsageError
+
+log = logging.getLogger(__name__)
 
 FIELDS = ("time", "request_id", "status", "input_sha256", "model_sha256", "label", "confidence")
 
@@ -49,5 +52,9 @@ class AuditLog(object):
     def close(self):
         with self._lock:
             if self._fh is not None:
-                self._fh.close()
-                self._fh = None
+                fh, self._fh = self._fh, None
+                try:
+                    fh.close()
+                except (OSError, IOError) as exc:  # lines that could not be written (full disk)
+                    log.error("audit log %s: lines lost on closing (%s)", self.path,
+                              exc.strerror or exc)

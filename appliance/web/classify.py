@@ -71,7 +71,24 @@ def annotated_response(app, result, preds, rgb, environ):
 
 
 def handle_classify(app, environ):
+    """The answer to one POST /classify; an unexpected error is answered 500 ``internal``,
+    counted and audited like every other outcome."""
     rid = environ.get("oncolens.request_id", "-")
+    seen = {}
+    try:
+        return _classify(app, environ, rid, seen)
+    except Exception:
+        log.exception("%s: /classify failed", rid)
+        app.metrics.observe_error("internal")
+        try:
+            app.audit.write(rid, 500, seen.get("sha"), app.model_sha256)
+        except Exception:   # the audit log itself may be what failed (a full disk)
+            log.exception("%s: cannot write the audit log", rid)
+        return app.error_response(500, "internal", "internal error (the server log has the "
+                                  "details under request id {})".format(rid))
+
+
+def _classify(app, environ, rid, seen):
     started = time.time()
     if app.queue is None:
         return app.error_response(404, "no_model", "this server has no model to classify with")
@@ -79,7 +96,7 @@ def handle_classify(app, environ):
         data, fmt, rgb = app.read_upload(environ)
     except UploadError as exc:
         return refuse(app, rid, exc)
-    sha = hashlib.sha256(data).hexdigest()
+    sha = seen["sha"] = hashlib.sha256(data).hexdigest()
     decoded = time.time()
     app.save_upload(data, sha, fmt)
     try:
