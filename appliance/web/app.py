@@ -102,6 +102,7 @@ class ServeApp(object):
 
             if not token_ok(environ, self.token):
                 self._drop_body(environ)
+                self._refused_unauthorized(environ, path, rid)
                 body = self.error_body(rid, 401, "unauthorized", "a valid token is required "
                                        "(Authorization: Bearer T or ?token=T)")
                 start("401 Unauthorized", [("Content-Type", JSON_TYPE),
@@ -121,6 +122,16 @@ class ServeApp(object):
             return result
 
         return application
+
+    def _refused_unauthorized(self, environ, path, rid):
+        """A /classify refused for its token is counted and audited like any refusal."""
+        if path != "/classify" or environ.get("REQUEST_METHOD") != "POST":
+            return
+        self.metrics.observe_error("unauthorized")
+        try:
+            self.audit.write(rid, 401, None, self.model_sha256)
+        except Exception:
+            log.exception("%s: cannot write the audit log", rid)
 
     def _drop_body(self, environ):
         try:
