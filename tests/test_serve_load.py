@@ -149,3 +149,41 @@ def test_a_failing_image_fails_only_its_own_request():
     assert first.error is None and good1.error is None and good2.error is None
     assert good1.probs.shape == (3,) and good2.probs.shape == (3,)
     assert poison.error and "MemoryError" in poison.error and "/opt/secret" not in poison.error
+
+
+def test_decoding_is_limited_whatever_the_number_of_uploads(tiny_bundle, tiny_data, monkeypatch):
+    """Six uploads at once: at most two decode at a time (decoding is where memory goes)."""
+    import time
+    from oncolens.appliance.classifier import Classifier
+    from oncolens.appliance.web import app as app_module
+    real, active, peak, lock = app_module.decode_upload, [0], [0], threading.Lock()
+
+    def slow_decode(*args, **kwargs):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        try:
+            time.sleep(0.3)
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(app_module, "decode_upload", slow_decode)
+    data = read(sample_image(tiny_data))
+    with Classifier.open(tiny_bundle, backend="onnxruntime") as clf:
+        with running(clf, queue_size=16) as (url, app):
+            with concurrent.futures.ThreadPoolExecutor(6) as pool:
+                statuses = list(pool.map(lambda _: request(url, "/classify", "POST", data).status,
+                                         range(6)))
+        with running(clf, timeout=0.1) as (url, app):     # no slot within --timeout: 503
+            with concurrent.futures.ThreadPoolExecutor(6) as pool:
+                replies = list(pool.map(lambda _: request(url, "/classify", "POST", data),
+                                        range(6)))
+            text = request(url, "/metrics").body.decode("utf-8")
+    assert statuses == [200] * 6
+    assert peak[0] == app_module.DECODE_SLOTS == 2
+    busy = [r for r in replies if r.status == 503]
+    assert busy and all(int(r.headers["retry-after"]) >= 1 for r in busy)
+    assert all(json.loads(r.body.decode("utf-8"))["error"]["code"] == "busy" for r in busy)
+    assert metric(text, "oncolens_classify_errors_total", reason="decode_busy") == len(busy)

@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import tempfile
+import threading
 import time
 import uuid
 
@@ -20,14 +21,15 @@ from oncolens.appliance.web.auth import token_ok
 from oncolens.appliance.web.metrics import CONTENT_TYPE as METRICS_TYPE, PATHS, Metrics
 from oncolens.appliance.web.classify import handle_classify
 from oncolens.appliance.web.queue import InferenceQueue
-from oncolens.appliance.web.upload import (EXTENSIONS, decode_upload, drain, image_bytes,
-                                           read_body)
+from oncolens.appliance.web.upload import (EXTENSIONS, UploadError, check_image, decode_upload,
+                                           drain, image_bytes, read_body)
 
 log = logging.getLogger(__name__)
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static", "index.html")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 JSON_TYPE = "application/json"
+DECODE_SLOTS = 2  # uploads decoded at once (the rest wait, up to --timeout)
 # The page may talk to this server only: no CDN, no external URL can load.
 CSP = ("default-src 'none'; img-src 'self' blob: data:; style-src 'unsafe-inline'; "
        "script-src 'unsafe-inline'; connect-src 'self'; base-uri 'none'; form-action 'none'; "
@@ -59,7 +61,7 @@ def prepare_save_dir(path):
 class ServeApp(object):
     def __init__(self, classifier=None, token=None, live=None, max_upload_mb=20.0,
                  max_pixels=40000000, queue_size=16, max_batch=4, timeout=60.0,
-                 save_uploads=None, audit_log=None):
+                 save_uploads=None, audit_log=None, decode_slots=DECODE_SLOTS):
         self.bottle = bottle_module()
         self.classifier = classifier
         self.token = token or None
@@ -72,6 +74,9 @@ class ServeApp(object):
         self.metrics = Metrics()
         self.audit = audit_log if isinstance(audit_log, AuditLog) else AuditLog(audit_log)
         self.queue = InferenceQueue(classifier, queue_size, max_batch) if classifier else None
+        # decoding is where an upload's memory is spent (a 300 KB PNG may decode to 300 MB):
+        # at most this many at once, whatever the number of connections
+        self._decoding = threading.BoundedSemaphore(max(1, int(decode_slots)))
         self.model_sha256 = classifier.bundle.model_sha256 if classifier else None
         self.wsgi = self._middleware(self._routes())
 
@@ -252,8 +257,16 @@ class ServeApp(object):
         """(bytes, format, rgb) of the request's image; UploadError when refused."""
         data = image_bytes(environ, read_body(environ, self.max_bytes))
         resized = self.resized_size if getattr(self.classifier, "preprocessor", None) else None
-        fmt, rgb = decode_upload(data, self.max_pixels, "upload {}".format(
-            environ.get("oncolens.request_id")), resized)
+        check_image(data, self.max_pixels, resized)      # cheap: before waiting for a slot
+        if not self._decoding.acquire(timeout=self.timeout):
+            retry = self.queue.retry_after() if self.queue is not None else 1
+            raise UploadError(503, "busy", "the server is busy decoding other images: try "
+                              "again in {} s".format(retry), retry_after=retry)
+        try:
+            fmt, rgb = decode_upload(data, self.max_pixels, "upload {}".format(
+                environ.get("oncolens.request_id")), resized)
+        finally:
+            self._decoding.release()
         return data, fmt, rgb
 
     def submit(self, rgb):

@@ -25,10 +25,12 @@ def _query(environ, name, default=""):
 
 
 def refuse(app, rid, exc):
-    app.metrics.observe_error(exc.code)
+    reason = "decode_busy" if exc.code == "busy" else exc.code
+    app.metrics.observe_error(reason)
     app.audit.write(rid, exc.status, None, app.model_sha256)
-    log.info("%s refused %d %s", rid, exc.status, exc.code)
-    return app.error_response(exc.status, exc.code, str(exc))
+    log.info("%s refused %d %s", rid, exc.status, reason)
+    headers = {"Retry-After": str(int(exc.retry_after))} if exc.retry_after else None
+    return app.error_response(exc.status, exc.code, str(exc), headers=headers)
 
 
 def busy(app, rid, sha, retry_after):

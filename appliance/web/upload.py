@@ -24,10 +24,11 @@ EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "bmp": ".bmp", "tiff": ".tif", "web
 class UploadError(OncoLensError):
     """An upload that is refused: ``status`` is the HTTP status, ``code`` a short word."""
 
-    def __init__(self, status, code, message):
+    def __init__(self, status, code, message, retry_after=None):
         super(UploadError, self).__init__(message)
         self.status = status
         self.code = code
+        self.retry_after = retry_after
 
 
 def drain(stream, remaining):
