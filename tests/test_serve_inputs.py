@@ -160,3 +160,42 @@ def test_resize_check_uses_the_preprocessing_geometry():
     assert check_image(data, 40000000) == ("png", 10000, 1)      # without a model: no check
     photo = cv2.imencode(".png", np.zeros((3000, 4000, 3), np.uint8))[1].tobytes()
     assert check_image(photo, 40000000, resized) == ("png", 4000, 3000)
+
+
+def _jpeg_with_thumbnail(rgb):
+    """A JPEG whose APP1 segment carries a whole small JPEG (an EXIF-style thumbnail)."""
+    import cv2
+    main = cv2.imencode(".jpg", rgb)[1].tobytes()
+    thumb = cv2.imencode(".jpg", rgb[::4, ::4])[1].tobytes()
+    payload = b"Exif\0\0" + thumb
+    app1 = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+    return main[:2] + app1 + main[2:]
+
+
+def test_bytes_after_the_end_marker_are_accepted(server, tiny_data):
+    """Phones append data after EOI/IEND (motion photos): the image itself is complete."""
+    import cv2
+    url = server[0]
+    png = read(sample_image(tiny_data))
+    rgb = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    tail = b"\x00\x00\x00\x18ftypmp42" + os.urandom(3000) + b"IEND\xff\xd9" + os.urandom(500)
+    jpeg = cv2.imencode(".jpg", rgb)[1].tobytes()
+    progressive = cv2.imencode(".jpg", rgb, [int(cv2.IMWRITE_JPEG_PROGRESSIVE), 1])[1].tobytes()
+    for image in (png, jpeg, progressive, _jpeg_with_thumbnail(rgb)):
+        plain = json.loads(request(url, "/classify", "POST", image).body.decode("utf-8"))
+        reply = request(url, "/classify", "POST", image + tail)
+        assert reply.status == 200, reply.body
+        assert json.loads(reply.body.decode("utf-8"))["probabilities"] == plain["probabilities"]
+
+
+def test_truncated_jpeg_is_400_even_with_a_thumbnail_or_progressive(server, tiny_data):
+    import cv2
+    url = server[0]
+    rgb = cv2.imdecode(np.frombuffer(read(sample_image(tiny_data)), np.uint8), cv2.IMREAD_COLOR)
+    rgb = cv2.resize(rgb, (256, 256))
+    progressive = cv2.imencode(".jpg", rgb, [int(cv2.IMWRITE_JPEG_PROGRESSIVE), 1])[1].tobytes()
+    for image in (_jpeg_with_thumbnail(rgb), progressive):
+        for cut in (len(image) * 2 // 3, len(image) - 2):
+            reply = request(url, "/classify", "POST", image[:cut])
+            assert reply.status == 400, cut
+            assert error_of(reply)["code"] == "truncated"

@@ -17,6 +17,8 @@ DRAIN_CAP = 64 << 20      # read (and drop) at most this much of an oversized bo
 CHUNK = 1 << 16
 JPEG_SOF = frozenset([0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD,
                       0xCE, 0xCF])
+# a JPEG marker: 0xFF then neither a stuffed zero, a restart marker nor a fill byte
+JPEG_MARKER = re.compile(b"\xff[^\x00\xd0-\xd7\xff]")
 EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "bmp": ".bmp", "tiff": ".tif", "webp": ".webp",
               "pnm": ".ppm"}
 
@@ -198,11 +200,50 @@ def dimensions(fmt, data):
         return None
 
 
+def _png_complete(data):
+    """Whether the chunks, followed by their lengths from the signature, reach IEND.
+
+    Bytes after IEND (some phones and editors append data) do not matter."""
+    i = 8
+    while i + 8 <= len(data):
+        length = struct.unpack(">I", data[i:i + 4])[0]
+        end = i + 12 + length
+        if end > len(data):
+            return False
+        if data[i + 4:i + 8] == b"IEND":
+            return True
+        i = end
+    return False
+
+
+def _jpeg_complete(data):
+    """Whether the segments and scans, followed from the start, reach the end marker (EOI).
+
+    Segments are skipped by their length (an EXIF thumbnail's own EOI does not count), the
+    entropy-coded data up to the next marker; bytes after EOI (the video of a phone's
+    "motion photo") do not matter."""
+    i = 2
+    while True:
+        found = JPEG_MARKER.search(data, i)
+        if found is None:
+            return False
+        at = found.start()
+        marker = data[at + 1]
+        if marker == 0xD9:
+            return True
+        if marker == 0x01:            # TEM: no length
+            i = at + 2
+            continue
+        if at + 4 > len(data):
+            return False
+        i = at + 2 + struct.unpack(">H", data[at + 2:at + 4])[0]
+
+
 def _complete(fmt, data):
     if fmt == "png":
-        return b"IEND" in data[-16:]
+        return _png_complete(data)
     if fmt == "jpeg":
-        return b"\xff\xd9" in data[-1024:]
+        return _jpeg_complete(data)
     return True
 
 
