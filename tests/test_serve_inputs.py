@@ -199,3 +199,26 @@ def test_truncated_jpeg_is_400_even_with_a_thumbnail_or_progressive(server, tiny
             reply = request(url, "/classify", "POST", image[:cut])
             assert reply.status == 400, cut
             assert error_of(reply)["code"] == "truncated"
+
+
+def os2_bmp(rgb):
+    """An OS/2 1.x BMP (12-byte BITMAPCOREHEADER, 16-bit width and height), 24 bits a pixel."""
+    height, width = rgb.shape[:2]
+    stride = (width * 3 + 3) // 4 * 4
+    rows = b"".join(rgb[y, :, ::-1].tobytes().ljust(stride, b"\0")
+                    for y in range(height - 1, -1, -1))
+    core = struct.pack("<IHHHH", 12, width, height, 1, 24)
+    return (b"BM" + struct.pack("<IHHI", 26 + len(rows), 0, 0, 26) + core + rows)
+
+
+def test_os2_bmp_is_read_with_its_own_header_layout(server):
+    from oncolens.appliance.web.upload import UploadError, check_image, decode_upload
+    rgb = (np.arange(30 * 41 * 3) % 253).astype(np.uint8).reshape(30, 41, 3)
+    data = os2_bmp(rgb)
+    assert check_image(data, 10 ** 6) == ("bmp", 41, 30)
+    assert np.array_equal(decode_upload(data, 10 ** 6)[1], rgb)
+    assert request(server[0], "/classify", "POST", data).status == 200
+    damaged = data[:14] + struct.pack("<I", 20) + data[18:]      # no such header size
+    with pytest.raises(UploadError) as info:
+        check_image(damaged, 10 ** 6)
+    assert info.value.status == 400 and "header" in str(info.value)

@@ -161,6 +161,18 @@ def _webp_size(data):
     return None
 
 
+def _bmp_size(data):
+    """The header's size says its layout: 12 bytes (OS/2 BITMAPCOREHEADER) has 16-bit
+    width and height, 40 and more (Windows, OS/2 2.x) 32-bit signed ones."""
+    header = struct.unpack("<I", data[14:18])[0]
+    if header == 12:
+        return struct.unpack("<HH", data[18:22])
+    if header >= 40:
+        w, h = struct.unpack("<ii", data[18:26])
+        return abs(w), abs(h)
+    return None
+
+
 def _tiff_size(data):
     end = "<" if data[:2] == b"II" else ">"
     try:
@@ -188,8 +200,7 @@ def dimensions(fmt, data):
         if fmt == "jpeg":
             return _jpeg_size(data)
         if fmt == "bmp":
-            w, h = struct.unpack("<ii", data[18:26])
-            return abs(w), abs(h)
+            return _bmp_size(data)
         if fmt == "webp":
             return _webp_size(data)
         if fmt == "tiff":
