@@ -183,7 +183,51 @@ def test_decoding_is_limited_whatever_the_number_of_uploads(tiny_bundle, tiny_da
             text = request(url, "/metrics").body.decode("utf-8")
     assert statuses == [200] * 6
     assert peak[0] == app_module.DECODE_SLOTS == 2
-    busy = [r for r in replies if r.status == 503]
-    assert busy and all(int(r.headers["retry-after"]) >= 1 for r in busy)
-    assert all(json.loads(r.body.decode("utf-8"))["error"]["code"] == "busy" for r in busy)
+    codes = [json.loads(r.body.decode("utf-8")).get("error", {}).get("code") for r in replies]
+    busy = [r for r, code in zip(replies, codes) if code == "busy"]
+    assert busy and all(r.status == 503 and int(r.headers["retry-after"]) >= 1 for r in busy)
+    assert set(codes) <= {"busy", "timeout", None}    # the two decoded may time out in the model
     assert metric(text, "oncolens_classify_errors_total", reason="decode_busy") == len(busy)
+
+
+def test_a_model_timeout_is_its_own_answer_and_a_waiting_image_is_dropped(tiny_bundle,
+                                                                          tiny_data):
+    """--timeout: 503 'timeout' (not 'busy'), reason model_timeout; the image the model was
+    already running is counted as classified, the one still waiting is never run."""
+    import time
+    from oncolens.appliance.classifier import Classifier
+    data = read(sample_image(tiny_data))
+    gate, ran = threading.Event(), []
+    with Classifier.open(tiny_bundle, backend="onnxruntime") as clf:
+        real = clf.infer_images
+
+        def held(images):
+            ran.append(len(images))
+            gate.wait(30)
+            return real(images)
+
+        clf.infer_images = held
+        with running(clf, queue_size=4, max_batch=1, timeout=0.5) as (url, app):
+            with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                first = pool.submit(request, url, "/classify", "POST", data)
+                for _ in range(100):
+                    if app.queue.busy:
+                        break
+                    time.sleep(0.02)
+                second = pool.submit(request, url, "/classify", "POST", data)
+                replies = [first.result(), second.result()]
+            gate.set()
+            for _ in range(100):                      # the worker finishes the first one
+                if not app.queue.busy:
+                    break
+                time.sleep(0.02)
+            time.sleep(0.2)
+            text = request(url, "/metrics").body.decode("utf-8")
+    for reply in replies:
+        assert reply.status == 503 and int(reply.headers["retry-after"]) >= 1
+        error = json.loads(reply.body.decode("utf-8"))["error"]
+        assert error["code"] == "timeout" and "--timeout" in error["message"]
+    assert metric(text, "oncolens_classify_errors_total", reason="model_timeout") == 2
+    assert metric(text, "oncolens_classify_errors_total", reason="queue_full") is None
+    assert ran == [1]                                 # the second image was never run
+    assert metric(text, "oncolens_images_classified_total") == 1

@@ -73,7 +73,8 @@ class ServeApp(object):
         prepare_save_dir(save_uploads)
         self.metrics = Metrics()
         self.audit = audit_log if isinstance(audit_log, AuditLog) else AuditLog(audit_log)
-        self.queue = InferenceQueue(classifier, queue_size, max_batch) if classifier else None
+        self.queue = InferenceQueue(classifier, queue_size, max_batch,
+                                    self.metrics.observe_images) if classifier else None
         # decoding is where an upload's memory is spent (a 300 KB PNG may decode to 300 MB):
         # at most this many at once, whatever the number of connections
         self._decoding = threading.BoundedSemaphore(max(1, int(decode_slots)))

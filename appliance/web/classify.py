@@ -41,6 +41,15 @@ def busy(app, rid, sha, retry_after):
         retry_after), headers={"Retry-After": str(int(retry_after))})
 
 
+def timed_out(app, rid, sha, retry_after):
+    app.metrics.observe_error("model_timeout")
+    app.audit.write(rid, 503, sha, app.model_sha256)
+    log.info("%s refused 503: no answer from the model within %g s", rid, app.timeout)
+    return app.error_response(503, "timeout", "the model did not answer within {:g} s "
+                              "(--timeout): try again in {} s".format(app.timeout, retry_after),
+                              headers={"Retry-After": str(int(retry_after))})
+
+
 def build_result(app, rid, upload, job, started, decoded):
     data, sha, fmt, rgb = upload
     clf = app.classifier
@@ -106,13 +115,13 @@ def _classify(app, environ, rid, seen):
     except QueueFull as exc:
         return busy(app, rid, sha, exc.retry_after)
     if not job.wait(app.timeout):
-        return busy(app, rid, sha, app.queue.retry_after())
+        job.cancel()
+        return timed_out(app, rid, sha, app.queue.retry_after())
     if job.error:
         app.metrics.observe_error("inference")
         app.audit.write(rid, 500, sha, app.model_sha256)
         return app.error_response(500, "inference_failed", job.error)
     result, preds = build_result(app, rid, (data, sha, fmt, rgb), job, started, decoded)
-    app.metrics.observe_images(1)
     app.metrics.observe_latency(time.time() - started)
     app.audit.write(rid, 200, sha, app.model_sha256, result["label"], result["confidence"])
     log.info("%s input sha256=%s -> %s %.4f", rid, sha[:16], result["label"],

@@ -32,6 +32,11 @@ class Job(object):
         self.submitted = time.time()
         self.started = None
         self.infer_s = None
+        self.cancelled = False
+
+    def cancel(self):
+        """Nobody waits for this one any more (its request timed out): skip it if not begun."""
+        self.cancelled = True
 
     def wait(self, timeout=None):
         return self.done.wait(timeout)
@@ -42,8 +47,9 @@ class Job(object):
 
 
 class InferenceQueue(object):
-    def __init__(self, classifier, maxsize=16, max_batch=4):
+    def __init__(self, classifier, maxsize=16, max_batch=4, on_classified=None):
         self.classifier = classifier
+        self.on_classified = on_classified  # called with the number of images the model ran
         self.capacity = int(maxsize)
         self.max_batch = max(1, int(max_batch))
         self._q = _queue.Queue(self.capacity)
@@ -109,11 +115,21 @@ class InferenceQueue(object):
             job.probs = row
 
     def _process(self, jobs):
+        for job in [job for job in jobs if job.cancelled]:
+            job.error = "cancelled: the request timed out"
+            job.image = None
+            job.done.set()
+        jobs = [job for job in jobs if not job.cancelled]
+        if not jobs:
+            return
         self.busy = True
         start = time.time()
         for job in jobs:
             job.started = start
         self._infer(jobs)
+        ran = sum(1 for job in jobs if job.error is None)
+        if ran and self.on_classified is not None:
+            self.on_classified(ran)
         elapsed = time.time() - start
         per_image = elapsed / len(jobs)
         self._per_image = per_image if self._per_image is None else (
