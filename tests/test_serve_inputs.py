@@ -222,3 +222,46 @@ def test_os2_bmp_is_read_with_its_own_header_layout(server):
     with pytest.raises(UploadError) as info:
         check_image(damaged, 10 ** 6)
     assert info.value.status == 400 and "header" in str(info.value)
+
+
+def raw_http(url, payload, timeout=10):
+    """Send bytes as they are; (status, headers, body) of the answer."""
+    import socket
+    import urllib.parse
+    parts = urllib.parse.urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as sock:
+        sock.sendall(payload)
+        answer = b""
+        while True:
+            block = sock.recv(65536)
+            if not block:
+                break
+            answer += block
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict((k.strip().lower(), v.strip()) for k, _, v in
+                   (line.partition(":") for line in lines[1:]))
+    return int(lines[0].split()[1]), headers, body
+
+
+def test_protocol_errors_are_json_and_counted(server):
+    url = server[0]
+    before = request(url, "/metrics").body.decode("utf-8")
+    cases = [(b"GARBAGE\r\n\r\n", 400, "bad_request"),
+             (b"GET /?token=s3cret HTTP/9.9\r\n\r\n", 505, "bad_version"),
+             (b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n", 431,
+              "headers_too_large"),
+             (b"GET /" + b"a" * 70000 + b" HTTP/1.0\r\n\r\n", 414, "uri_too_long")]
+    for payload, status, code in cases:
+        got, headers, body = raw_http(url, payload)
+        assert got == status, payload[:30]
+        assert headers["content-type"] == "application/json" and headers["x-request-id"]
+        error = json.loads(body.decode("utf-8"))["error"]
+        assert error == {"status": status, "code": code, "message": error["message"]}
+        assert "s3cret" not in body.decode("utf-8")              # the request line is not echoed
+    text = request(url, "/metrics").body.decode("utf-8")
+    for _, status, _ in cases:
+        assert (metric(text, "oncolens_http_requests_total", path="other", code=str(status)) -
+                (metric(before, "oncolens_http_requests_total", path="other",
+                        code=str(status)) or 0)) == 1
+

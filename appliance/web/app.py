@@ -127,6 +127,7 @@ class ServeApp(object):
                      (time.time() - started) * 1000.0)
             return result
 
+        application.metrics = self.metrics  # the HTTP layer counts what it refuses itself
         return application
 
     def _refused_unauthorized(self, environ, path, rid):
