@@ -265,3 +265,27 @@ def test_protocol_errors_are_json_and_counted(server):
                 (metric(before, "oncolens_http_requests_total", path="other",
                         code=str(status)) or 0)) == 1
 
+
+def test_negative_content_length_is_400_bad_length(server):
+    status, _, body = raw_http(server[0], b"POST /classify HTTP/1.0\r\nContent-Length: -5\r\n"
+                                          b"\r\n")
+    error = json.loads(body.decode("utf-8"))["error"]
+    assert status == 400 and error["code"] == "bad_length" and "-5" in error["message"]
+    status, _, body = raw_http(server[0], b"POST /classify HTTP/1.0\r\n\r\n")
+    assert status == 411 and json.loads(body.decode("utf-8"))["error"]["code"] == "length_required"
+
+
+def test_float_tiff_is_named_as_unsupported(server):
+    import cv2
+    for shape in ((20, 30, 3), (20, 30)):
+        data = cv2.imencode(".tif", np.random.RandomState(0).rand(*shape).astype(np.float32))[1]
+        reply = request(server[0], "/classify", "POST", data.tobytes())
+        assert reply.status == 400
+        error = error_of(reply)
+        assert error["code"] == "undecodable"
+        assert error["message"].startswith("32-bit float TIFF is not supported")
+    damaged = bytearray(cv2.imencode(".tif", np.zeros((20, 30, 3), np.uint8))[1].tobytes())
+    damaged[8:200] = b"\xAB" * 192                 # pixels of an 8-bit TIFF gone
+    reply = request(server[0], "/classify", "POST", bytes(damaged))
+    if reply.status == 400:                          # where OpenCV notices
+        assert "float" not in error_of(reply)["message"]
