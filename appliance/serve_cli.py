@@ -72,7 +72,7 @@ def check_args(args):
                         ("--queue", args.queue), ("--max-batch", args.max_batch),
                         ("--timeout", args.timeout)):
         if not math.isfinite(value) or value <= 0:
-            raise UsageError("{} {}: expected a positive number".format(flag, value))
+            raise UsageError("{} {}: expected a positive, finite number".format(flag, value))
     if args.timeout > MAX_TIMEOUT:
         raise UsageError("--timeout {}: expected at most {} seconds".format(
             args.timeout, MAX_TIMEOUT))
