@@ -7,6 +7,7 @@ Binds to loopback unless told otherwise; any other address needs a token.  See d
 """
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
@@ -14,9 +15,11 @@ import threading
 
 from oncolens.appliance.cliutil import cli_entry, normalize_flags, setup_logging
 from oncolens.appliance.errors import UsageError
+from oncolens.appliance.outpaths import check_output_dir, check_output_file
 
 log = logging.getLogger("oncolens.serve")
 TOKEN_ENV = "ONCOLENS_TOKEN"
+MAX_TIMEOUT = 86400.0  # a day; longer waits overflow threading's timeouts
 
 
 def build_parser():
@@ -58,18 +61,25 @@ def build_parser():
 
 
 def check_args(args):
+    """Every flag's value, before the model is loaded: one line naming the flag otherwise."""
     if not args.model and not args.network:
         raise UsageError("--model: required (a model folder, .onnx or engine), or --network=NAME")
     if not 0 <= args.port <= 65535:
         raise UsageError("--port {}: expected 0..65535".format(args.port))
+    if args.topk < 1:
+        raise UsageError("--topK {}: expected 1 or more classes".format(args.topk))
     for flag, value in (("--max-upload-mb", args.max_upload_mb), ("--max-pixels", args.max_pixels),
                         ("--queue", args.queue), ("--max-batch", args.max_batch),
                         ("--timeout", args.timeout)):
-        if value <= 0:
-            raise UsageError("{} {}: expected a positive number".format(flag, value))
-    if args.save_uploads and os.path.exists(args.save_uploads) and not os.path.isdir(
-            args.save_uploads):
-        raise UsageError("--save-uploads {}: exists and is not a folder".format(args.save_uploads))
+        if not math.isfinite(value) or value <= 0:
+            raise UsageError("{} {}: expected a positive, finite number".format(flag, value))
+    if args.timeout > MAX_TIMEOUT:
+        raise UsageError("--timeout {}: expected at most {} seconds".format(
+            args.timeout, MAX_TIMEOUT))
+    if args.save_uploads:
+        check_output_dir(args.save_uploads, "--save-uploads")
+    if args.audit_log:
+        check_output_file(args.audit_log, "--audit-log", overwrite=True)
 
 
 def _stop_on_sigterm(server):
@@ -92,15 +102,22 @@ def main(argv):
     check_args(args)
     from oncolens.appliance.classifier import Classifier
     from oncolens.appliance.sdnotify import Notifier
-    from oncolens.appliance.web.app import ServeApp, bottle_module
+    from oncolens.appliance.web.app import ServeApp, bottle_module, prepare_save_dir
+    from oncolens.appliance.web.audit import AuditLog
     from oncolens.appliance.web.server import ServerThread
     bottle_module()                          # a missing framework is said before the model loads
+    prepare_save_dir(args.save_uploads)      # the outputs too: made and opened now
+    audit = AuditLog(args.audit_log)
     model = args.model or os.path.join(args.models_root, args.network)
-    clf = Classifier.open(model, labels=args.labels, input_blob=args.input_blob,
-                          output_blob=args.output_blob, backend=args.backend, top=args.topk)
+    try:
+        clf = Classifier.open(model, labels=args.labels, input_blob=args.input_blob,
+                              output_blob=args.output_blob, backend=args.backend, top=args.topk)
+    except BaseException:
+        audit.close()
+        raise
     app = ServeApp(clf, token=token, max_upload_mb=args.max_upload_mb,
                    max_pixels=args.max_pixels, queue_size=args.queue, max_batch=args.max_batch,
-                   timeout=args.timeout, save_uploads=args.save_uploads, audit_log=args.audit_log)
+                   timeout=args.timeout, save_uploads=args.save_uploads, audit_log=audit)
     try:
         server = ServerThread(app.wsgi, args.host, args.port)
     except (OSError, IOError) as exc:

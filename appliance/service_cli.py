@@ -75,9 +75,10 @@ def render_files(args):
     values = {"ONCOLENS_MODEL": args.model, "ONCOLENS_INPUT": args.input,
               "ONCOLENS_OUTPUT": args.output, "ONCOLENS_FLAGS": args.flags,
               "ONCOLENS_CACHE_DIR": args.cache_dir}
-    env_text = render_env(values)
+    # the unit first: its checks name the flags (--output), the file's the variables
     unit_text = render_unit(exec_cmd=exec_cmd, user=args.user, watchdog_sec=args.watchdog_sec,
                             cache_dir=args.cache_dir or CACHE_DIR, output=args.output or "")
+    env_text = render_env(values)
     return [(_under_root(args.root, UNIT_PATH), unit_text),
             (_under_root(args.root, ENV_PATH), env_text)]
 

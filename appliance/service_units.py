@@ -139,6 +139,21 @@ def _check_value(name, value):
     return value
 
 
+# Values the unit splits at whitespace: $ONCOLENS_OUTPUT in ExecStart= and ReadWritePaths=.
+SPLIT_AT_SPACES = {
+    "ONCOLENS_OUTPUT": "the unit passes it as $ONCOLENS_OUTPUT and lists its folder in "
+                       "ReadWritePaths=, both split at spaces",
+    "ONCOLENS_CACHE_DIR": "the unit lists it in ReadWritePaths=, which is split at spaces",
+}
+
+
+def _check_no_space(name, value, why):
+    if any(ch.isspace() for ch in value):
+        raise UsageError("{} {!r}: contains whitespace; expected a path without spaces "
+                         "({})".format(name, value, why))
+    return value
+
+
 def render_env(values=None):
     """The environment file's text; ``values`` overrides the defaults of ENV_VARS."""
     values = dict(values or {})
@@ -149,6 +164,8 @@ def render_env(values=None):
     for name, default, comment in ENV_VARS:
         value = values.get(name)
         value = default if value is None else _check_value(name, str(value))
+        if name in SPLIT_AT_SPACES:
+            _check_no_space(name, value, SPLIT_AT_SPACES[name])
         lines.append("\n".join("# " + line for line in comment.splitlines()))
         lines.append("{}={}\n".format(name, value))
     return "\n".join(lines)
@@ -198,6 +215,8 @@ def render_unit(exec_cmd=DEFAULT_EXEC, user="oncolens", watchdog_sec=30, cache_d
             watchdog_sec))
     for name, value in (("exec", exec_cmd), ("cache-dir", cache_dir), ("output", output)):
         _check_value("--" + name, value)
+    _check_no_space("--output", output, SPLIT_AT_SPACES["ONCOLENS_OUTPUT"])
+    _check_no_space("--cache-dir", cache_dir, SPLIT_AT_SPACES["ONCOLENS_CACHE_DIR"])
     if not os.path.isabs(exec_cmd.split()[0]):
         raise UsageError("--exec: {} is not an absolute path (systemd needs one)".format(
             exec_cmd.split()[0]))

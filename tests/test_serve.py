@@ -191,3 +191,36 @@ def test_labels_outside_latin1_survive_the_headers(tiny_bundle, tiny_data):
     result = json.loads(reply.headers["x-result"])
     assert unquote(reply.headers["x-label"]) == result["label"] == plain["label"]
     assert sorted(result["probabilities"]) == sorted([u"良性", u"恶性", u"正常"])
+
+
+def test_an_unexpected_error_is_500_internal_counted_and_audited(classifier, tiny_data,
+                                                                  tmp_path):
+    import shutil
+    keep, audit = str(tmp_path / "kept"), str(tmp_path / "audit.jsonl")
+    data = read(sample_image(tiny_data, "benign", 0))
+    with running(classifier, save_uploads=keep, audit_log=audit) as (url, _):
+        assert request(url, "/classify", "POST", data).status == 200
+        shutil.rmtree(keep)                       # the folder goes away while serving
+        reply = request(url, "/classify", "POST", data, {"X-Request-Id": "gone-1"})
+        text = request(url, "/metrics").body.decode("utf-8")
+    assert reply.status == 500
+    error = json.loads(reply.body.decode("utf-8"))["error"]
+    assert error["code"] == "internal" and "gone-1" in error["message"]
+    assert keep not in error["message"]            # no server paths in the answer
+    assert metric(text, "oncolens_classify_errors_total", reason="internal") == 1
+    assert metric(text, "oncolens_http_requests_total", path="/classify", code="500") == 1
+    record = json.loads(open(audit).read().splitlines()[-1])
+    assert record["request_id"] == "gone-1" and record["status"] == 500
+    assert record["input_sha256"] == hashlib.sha256(data).hexdigest()
+    assert record["label"] is None
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (a full disk)")
+def test_a_full_disk_under_the_audit_log_is_500_internal(classifier, tiny_data):
+    data = read(sample_image(tiny_data, "benign", 0))
+    with running(classifier, audit_log="/dev/full") as (url, _):
+        reply = request(url, "/classify", "POST", data)
+        text = request(url, "/metrics").body.decode("utf-8")
+    assert reply.status == 500
+    assert json.loads(reply.body.decode("utf-8"))["error"]["code"] == "internal"
+    assert metric(text, "oncolens_classify_errors_total", reason="internal") == 1

@@ -88,3 +88,27 @@ def test_token_required_on_every_route(tiny_bundle, tiny_data, caplog):
             assert health["token_required"] is True
     assert token not in caplog.text                 # never logged, not even from ?token=
     assert "/classify" in caplog.text                # the requests were logged
+
+
+def test_unauthorized_classify_is_counted_and_audited(tiny_bundle, tiny_data, tmp_path):
+    from serve_util import metric
+    from oncolens.appliance.classifier import Classifier
+    token = "t0ken-Audit7"
+    audit = str(tmp_path / "audit.jsonl")
+    data = read(sample_image(tiny_data))
+    with Classifier.open(tiny_bundle, backend="onnxruntime") as clf:
+        with running(clf, token=token, audit_log=audit) as (url, _):
+            for query in ("", "?token=wrong-" + token):
+                reply = request(url, "/classify" + query, "POST", data,
+                                {"X-Request-Id": "no-token-1"})
+                assert reply.status == 401
+            assert request(url, "/health").status == 401      # not a /classify: not audited
+            text = request(url, "/metrics?token=" + token).body.decode("utf-8")
+    assert metric(text, "oncolens_classify_errors_total", reason="unauthorized") == 2
+    lines = open(audit).read().splitlines()
+    assert len(lines) == 2 and token not in "".join(lines)
+    for line in lines:
+        record = json.loads(line)
+        assert record["request_id"] == "no-token-1" and record["status"] == 401
+        assert record["label"] is None and record["input_sha256"] is None
+        assert record["model_sha256"] == clf.bundle.model_sha256

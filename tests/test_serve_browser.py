@@ -125,3 +125,45 @@ def test_page_drop_and_live_stream(browser, tiny_bundle, tiny_data):
             page.close()
         finally:
             sink.close()
+
+
+def test_page_clears_the_previous_verdict(browser, tiny_bundle, big_image, tmp_path):
+    """While a new image is classified, and after one is refused, no old verdict is shown."""
+    import threading
+    from oncolens.appliance.classifier import Classifier
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    gate = threading.Event()
+    gate.set()
+    with Classifier.open(tiny_bundle, backend="onnxruntime") as clf:
+        real = clf.infer_images
+
+        def held(images):
+            gate.wait(30)
+            return real(images)
+
+        clf.infer_images = held
+        with running(clf) as (url, _):
+            page, _ = _open(browser, url)
+            page.set_input_files("#file", big_image)
+            page.wait_for_selector("#label:not([data-label=''])", timeout=30000)
+            assert page.is_visible("#result")
+            gate.clear()                                  # the next image waits in the model
+            page.set_input_files("#file", big_image)
+            _wait_for(page, "document.getElementById('status').textContent.includes('Classifying')")
+            assert not page.is_visible("#result")
+            assert page.get_attribute("#label", "data-label") == ""
+            assert page.query_selector_all("#bars .bar") == []
+            gate.set()
+            page.wait_for_selector("#label:not([data-label=''])", timeout=30000)
+            assert page.is_visible("#result")
+            page.set_input_files("#file", str(text))      # refused: 415
+            _wait_for(page, "document.getElementById('status').className === 'error'")
+            assert "415" in page.text_content("#status")
+            assert not page.is_visible("#result")
+            assert page.get_attribute("#label", "data-label") == ""
+            assert page.evaluate("document.getElementById('annotated').getAttribute('src')") is None
+            page.screenshot(path=os.path.join(ARTIFACTS, "serve-page-refused.png"),
+                            full_page=True)
+            page.close()

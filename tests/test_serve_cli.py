@@ -42,3 +42,33 @@ def test_bench_prints_figures(tiny_bundle, capsys):
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert figures["requests"] == 12 and figures["statuses"] == {"200": 12}
     assert figures["requests_per_s"] > 0 and figures["p99_ms"] >= figures["p50_ms"] > 0
+
+
+def test_serve_cli_refuses_bad_values_before_loading_the_model(tmp_path):
+    """One line naming the flag, exit 2, and the (missing) model is never looked at."""
+    missing = str(tmp_path / "no-model")
+    folder = tmp_path / "afolder"
+    folder.mkdir()
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    cases = [
+        (["--max-upload-mb", "nan"], "--max-upload-mb"),
+        (["--max-upload-mb", "inf"], "--max-upload-mb"),
+        (["--timeout", "inf"], "--timeout"),
+        (["--timeout", "nan"], "--timeout"),
+        (["--timeout", "1e12"], "--timeout"),
+        (["--topK", "0"], "--topK"),
+        (["--topK", "-3"], "--topK"),
+        (["--audit-log", str(folder)], "--audit-log"),
+        (["--audit-log", str(blocker / "a.jsonl")], "--audit-log"),
+        (["--audit-log", "/proc/nope/a.jsonl"], "--audit-log"),
+        (["--save-uploads", str(blocker)], "--save-uploads"),
+        (["--save-uploads", "/proc/nope/x"], "--save-uploads"),
+    ]
+    for extra, flag in cases:
+        code, out, err = run_cli(["serve", "--model", missing, "--port", 0] + extra)
+        assert code == 2, (extra, err)
+        assert err.startswith("oncolens serve: error: " + flag), (extra, err)
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        assert "not found" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "afolder"]

@@ -124,3 +124,168 @@ def test_header_sizes_are_read_for_every_format(ext):
     with pytest.raises(UploadError) as info:
         check_image(data, 53 * 37 - 1)
     assert info.value.status == 400 and info.value.code == "too_many_pixels"
+
+
+def test_extreme_aspect_ratio_is_400_before_resizing(server):
+    """A 1x30000 PNG is a few bytes, but resized for the model it would be 37x1097143."""
+    import cv2
+    url, audit = server
+    wide = cv2.imencode(".png", np.zeros((1, 30000, 3), np.uint8))[1].tobytes()
+    assert len(wide) < 1000
+    for body in (wide, cv2.imencode(".png", np.zeros((30000, 1, 3), np.uint8))[1].tobytes()):
+        reply = request(url, "/classify", "POST", body)
+        assert reply.status == 400
+        error = error_of(reply)
+        assert error["code"] == "bad_aspect" and "--max-pixels" in error["message"]
+    # a long strip that resizes within the limit (37 x 3700 for this 32 px model) is classified
+    strip = cv2.imencode(".png", np.full((10, 1000, 3), 128, np.uint8))[1].tobytes()
+    assert request(url, "/classify", "POST", strip).status == 200
+
+
+def test_resize_check_uses_the_preprocessing_geometry():
+    import cv2
+    from oncolens.appliance.preprocess import resize_geometry
+    from oncolens.appliance.web.upload import UploadError, check_image
+    spec = {"resize": "center_crop", "crop_ratio": 0.875}
+
+    def resized(width, height):
+        new_h, new_w = resize_geometry(spec, (height, width), (224, 224))[:2]
+        return new_w, new_h
+
+    data = cv2.imencode(".png", np.zeros((1, 10000, 3), np.uint8))[1].tobytes()
+    with pytest.raises(UploadError) as info:
+        check_image(data, 40000000, resized)
+    assert info.value.code == "bad_aspect" and "10000x1" in str(info.value)
+    assert "2560000x256" in str(info.value)
+    assert check_image(data, 40000000) == ("png", 10000, 1)      # without a model: no check
+    photo = cv2.imencode(".png", np.zeros((3000, 4000, 3), np.uint8))[1].tobytes()
+    assert check_image(photo, 40000000, resized) == ("png", 4000, 3000)
+
+
+def _jpeg_with_thumbnail(rgb):
+    """A JPEG whose APP1 segment carries a whole small JPEG (an EXIF-style thumbnail)."""
+    import cv2
+    main = cv2.imencode(".jpg", rgb)[1].tobytes()
+    thumb = cv2.imencode(".jpg", rgb[::4, ::4])[1].tobytes()
+    payload = b"Exif\0\0" + thumb
+    app1 = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+    return main[:2] + app1 + main[2:]
+
+
+def test_bytes_after_the_end_marker_are_accepted(server, tiny_data):
+    """Phones append data after EOI/IEND (motion photos): the image itself is complete."""
+    import cv2
+    url = server[0]
+    png = read(sample_image(tiny_data))
+    rgb = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    tail = b"\x00\x00\x00\x18ftypmp42" + os.urandom(3000) + b"IEND\xff\xd9" + os.urandom(500)
+    jpeg = cv2.imencode(".jpg", rgb)[1].tobytes()
+    progressive = cv2.imencode(".jpg", rgb, [int(cv2.IMWRITE_JPEG_PROGRESSIVE), 1])[1].tobytes()
+    for image in (png, jpeg, progressive, _jpeg_with_thumbnail(rgb)):
+        plain = json.loads(request(url, "/classify", "POST", image).body.decode("utf-8"))
+        reply = request(url, "/classify", "POST", image + tail)
+        assert reply.status == 200, reply.body
+        assert json.loads(reply.body.decode("utf-8"))["probabilities"] == plain["probabilities"]
+
+
+def test_truncated_jpeg_is_400_even_with_a_thumbnail_or_progressive(server, tiny_data):
+    import cv2
+    url = server[0]
+    rgb = cv2.imdecode(np.frombuffer(read(sample_image(tiny_data)), np.uint8), cv2.IMREAD_COLOR)
+    rgb = cv2.resize(rgb, (256, 256))
+    progressive = cv2.imencode(".jpg", rgb, [int(cv2.IMWRITE_JPEG_PROGRESSIVE), 1])[1].tobytes()
+    for image in (_jpeg_with_thumbnail(rgb), progressive):
+        for cut in (len(image) * 2 // 3, len(image) - 2):
+            reply = request(url, "/classify", "POST", image[:cut])
+            assert reply.status == 400, cut
+            assert error_of(reply)["code"] == "truncated"
+
+
+def os2_bmp(rgb):
+    """An OS/2 1.x BMP (12-byte BITMAPCOREHEADER, 16-bit width and height), 24 bits a pixel."""
+    height, width = rgb.shape[:2]
+    stride = (width * 3 + 3) // 4 * 4
+    rows = b"".join(rgb[y, :, ::-1].tobytes().ljust(stride, b"\0")
+                    for y in range(height - 1, -1, -1))
+    core = struct.pack("<IHHHH", 12, width, height, 1, 24)
+    return (b"BM" + struct.pack("<IHHI", 26 + len(rows), 0, 0, 26) + core + rows)
+
+
+def test_os2_bmp_is_read_with_its_own_header_layout(server):
+    from oncolens.appliance.web.upload import UploadError, check_image, decode_upload
+    rgb = (np.arange(30 * 41 * 3) % 253).astype(np.uint8).reshape(30, 41, 3)
+    data = os2_bmp(rgb)
+    assert check_image(data, 10 ** 6) == ("bmp", 41, 30)
+    assert np.array_equal(decode_upload(data, 10 ** 6)[1], rgb)
+    assert request(server[0], "/classify", "POST", data).status == 200
+    damaged = data[:14] + struct.pack("<I", 20) + data[18:]      # no such header size
+    with pytest.raises(UploadError) as info:
+        check_image(damaged, 10 ** 6)
+    assert info.value.status == 400 and "header" in str(info.value)
+
+
+def raw_http(url, payload, timeout=10):
+    """Send bytes as they are; (status, headers, body) of the answer."""
+    import socket
+    import urllib.parse
+    parts = urllib.parse.urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as sock:
+        sock.sendall(payload)
+        answer = b""
+        while True:
+            block = sock.recv(65536)
+            if not block:
+                break
+            answer += block
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict((k.strip().lower(), v.strip()) for k, _, v in
+                   (line.partition(":") for line in lines[1:]))
+    return int(lines[0].split()[1]), headers, body
+
+
+def test_protocol_errors_are_json_and_counted(server):
+    url = server[0]
+    before = request(url, "/metrics").body.decode("utf-8")
+    cases = [(b"GARBAGE\r\n\r\n", 400, "bad_request"),
+             (b"GET /?token=s3cret HTTP/9.9\r\n\r\n", 505, "bad_version"),
+             (b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n", 431,
+              "headers_too_large"),
+             (b"GET /" + b"a" * 70000 + b" HTTP/1.0\r\n\r\n", 414, "uri_too_long")]
+    for payload, status, code in cases:
+        got, headers, body = raw_http(url, payload)
+        assert got == status, payload[:30]
+        assert headers["content-type"] == "application/json" and headers["x-request-id"]
+        error = json.loads(body.decode("utf-8"))["error"]
+        assert error == {"status": status, "code": code, "message": error["message"]}
+        assert "s3cret" not in body.decode("utf-8")              # the request line is not echoed
+    text = request(url, "/metrics").body.decode("utf-8")
+    for _, status, _ in cases:
+        assert (metric(text, "oncolens_http_requests_total", path="other", code=str(status)) -
+                (metric(before, "oncolens_http_requests_total", path="other",
+                        code=str(status)) or 0)) == 1
+
+
+def test_negative_content_length_is_400_bad_length(server):
+    status, _, body = raw_http(server[0], b"POST /classify HTTP/1.0\r\nContent-Length: -5\r\n"
+                                          b"\r\n")
+    error = json.loads(body.decode("utf-8"))["error"]
+    assert status == 400 and error["code"] == "bad_length" and "-5" in error["message"]
+    status, _, body = raw_http(server[0], b"POST /classify HTTP/1.0\r\n\r\n")
+    assert status == 411 and json.loads(body.decode("utf-8"))["error"]["code"] == "length_required"
+
+
+def test_float_tiff_is_named_as_unsupported(server):
+    import cv2
+    for shape in ((20, 30, 3), (20, 30)):
+        data = cv2.imencode(".tif", np.random.RandomState(0).rand(*shape).astype(np.float32))[1]
+        reply = request(server[0], "/classify", "POST", data.tobytes())
+        assert reply.status == 400
+        error = error_of(reply)
+        assert error["code"] == "undecodable"
+        assert error["message"].startswith("32-bit float TIFF is not supported")
+    damaged = bytearray(cv2.imencode(".tif", np.zeros((20, 30, 3), np.uint8))[1].tobytes())
+    damaged[8:200] = b"\xAB" * 192                 # pixels of an 8-bit TIFF gone
+    reply = request(server[0], "/classify", "POST", bytes(damaged))
+    if reply.status == 400:                          # where OpenCV notices
+        assert "float" not in error_of(reply)["message"]

@@ -155,6 +155,17 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path):
     assert any("notyfy" in line for line in ours), ours
 
 
+def test_systemd_analyze_verify_accepts_extra_folders(tmp_path):
+    from oncolens.appliance.service_units import render_unit
+    tool = _systemd_analyze()
+    unit = render_unit(output="/data/out-1/", cache_dir="/data/cache_2")
+    assert unit_settings(unit)["ReadWritePaths"][0].split()[2:] == ["/data/cache_2",
+                                                                     "/data/out-1"]
+    root, _ = _fake_root(tmp_path, unit)
+    code, ours = _verify(tool, root)
+    assert code == 0 and not ours, "\n".join(ours)
+
+
 # ---- oncolens service install -------------------------------------------------------------
 
 def test_install_writes_refuses_then_overwrites(tmp_path):
@@ -208,11 +219,24 @@ def test_print_shows_both_files_and_writes_nothing(tmp_path):
     (["--user", "bad user"], "not a valid user name"),
     (["--exec", "oncolens"], "not an absolute path"),
     (["--watchdog-sec", "1"], "too short"),
+    (["--output=/data/my out/"], "--output '/data/my out/': contains whitespace"),
+    (["--output=/data/out/\tx"], "--output '/data/out/\\tx': contains whitespace"),
+    (["--cache-dir=/data/my cache"], "--cache-dir '/data/my cache': contains whitespace"),
 ])
 def test_install_rejects_values_it_cannot_write(tmp_path, extra, message):
     code, out, err = run_cli(["service", "install", "--print", "--exec",
                               "/usr/local/bin/oncolens"] + extra)
-    assert code != 0 and message in err and err.startswith("oncolens service: error:")
+    assert code == 2 and message in err and err.startswith("oncolens service: error:"), err
+    assert len(err.strip().splitlines()) == 1 and not out
+
+
+def test_environment_file_refuses_values_the_unit_would_split():
+    from oncolens.appliance.errors import UsageError
+    from oncolens.appliance.service_units import render_env
+    render_env({"ONCOLENS_MODEL": "/var/lib/oncolens/models/my model"})   # ${...}: one word
+    for name in ("ONCOLENS_OUTPUT", "ONCOLENS_CACHE_DIR"):
+        with pytest.raises(UsageError, match=name + " .*contains whitespace"):
+            render_env({name: "/data/my out/"})
 
 
 def test_install_reports_a_folder_it_cannot_write(tmp_path):

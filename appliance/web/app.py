@@ -8,24 +8,28 @@ import json
 import logging
 import os
 import re
+import tempfile
+import threading
 import time
 import uuid
 
 from oncolens import __version__
-from oncolens.appliance.errors import MissingDependency
+from oncolens.appliance.errors import MissingDependency, UsageError
+from oncolens.appliance.preprocess import resize_geometry
 from oncolens.appliance.web.audit import AuditLog
 from oncolens.appliance.web.auth import token_ok
 from oncolens.appliance.web.metrics import CONTENT_TYPE as METRICS_TYPE, PATHS, Metrics
 from oncolens.appliance.web.classify import handle_classify
 from oncolens.appliance.web.queue import InferenceQueue
-from oncolens.appliance.web.upload import (EXTENSIONS, decode_upload, drain, image_bytes,
-                                           read_body)
+from oncolens.appliance.web.upload import (EXTENSIONS, UploadError, check_image, decode_upload,
+                                           drain, image_bytes, read_body)
 
 log = logging.getLogger(__name__)
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static", "index.html")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 JSON_TYPE = "application/json"
+DECODE_SLOTS = 2  # uploads decoded at once (the rest wait, up to --timeout)
 # The page may talk to this server only: no CDN, no external URL can load.
 CSP = ("default-src 'none'; img-src 'self' blob: data:; style-src 'unsafe-inline'; "
        "script-src 'unsafe-inline'; connect-src 'self'; base-uri 'none'; form-action 'none'; "
@@ -40,10 +44,24 @@ def bottle_module():
     return bottle
 
 
+def prepare_save_dir(path):
+    """Make the --save-uploads folder and check a file can be written there (UsageError)."""
+    if not path:
+        return
+    try:
+        if not os.path.isdir(path):
+            os.makedirs(path)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".oncolens-probe-"):
+            pass
+    except (OSError, IOError) as exc:
+        raise UsageError("--save-uploads {}: cannot write there ({})".format(
+            path, exc.strerror or exc))
+
+
 class ServeApp(object):
     def __init__(self, classifier=None, token=None, live=None, max_upload_mb=20.0,
                  max_pixels=40000000, queue_size=16, max_batch=4, timeout=60.0,
-                 save_uploads=None, audit_log=None):
+                 save_uploads=None, audit_log=None, decode_slots=DECODE_SLOTS):
         self.bottle = bottle_module()
         self.classifier = classifier
         self.token = token or None
@@ -52,11 +70,14 @@ class ServeApp(object):
         self.max_pixels = int(max_pixels)
         self.timeout = float(timeout)
         self.save_dir = save_uploads
-        if save_uploads and not os.path.isdir(save_uploads):
-            os.makedirs(save_uploads)
+        prepare_save_dir(save_uploads)
         self.metrics = Metrics()
-        self.audit = AuditLog(audit_log)
-        self.queue = InferenceQueue(classifier, queue_size, max_batch) if classifier else None
+        self.audit = audit_log if isinstance(audit_log, AuditLog) else AuditLog(audit_log)
+        self.queue = InferenceQueue(classifier, queue_size, max_batch,
+                                    self.metrics.observe_images) if classifier else None
+        # decoding is where an upload's memory is spent (a 300 KB PNG may decode to 300 MB):
+        # at most this many at once, whatever the number of connections
+        self._decoding = threading.BoundedSemaphore(max(1, int(decode_slots)))
         self.model_sha256 = classifier.bundle.model_sha256 if classifier else None
         self.wsgi = self._middleware(self._routes())
 
@@ -87,6 +108,7 @@ class ServeApp(object):
 
             if not token_ok(environ, self.token):
                 self._drop_body(environ)
+                self._refused_unauthorized(environ, path, rid)
                 body = self.error_body(rid, 401, "unauthorized", "a valid token is required "
                                        "(Authorization: Bearer T or ?token=T)")
                 start("401 Unauthorized", [("Content-Type", JSON_TYPE),
@@ -105,7 +127,18 @@ class ServeApp(object):
                      (time.time() - started) * 1000.0)
             return result
 
+        application.metrics = self.metrics  # the HTTP layer counts what it refuses itself
         return application
+
+    def _refused_unauthorized(self, environ, path, rid):
+        """A /classify refused for its token is counted and audited like any refusal."""
+        if path != "/classify" or environ.get("REQUEST_METHOD") != "POST":
+            return
+        self.metrics.observe_error("unauthorized")
+        try:
+            self.audit.write(rid, 401, None, self.model_sha256)
+        except Exception:
+            log.exception("%s: cannot write the audit log", rid)
 
     def _drop_body(self, environ):
         try:
@@ -137,9 +170,10 @@ class ServeApp(object):
 
     def _framework_error(self, error):
         self.bottle.response.content_type = JSON_TYPE
-        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "error")
-        message = {404: "no such page", 405: "method not allowed here"}.get(
-            error.status_code, "the request failed")
+        code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
+                413: "too_large", 500: "internal"}.get(error.status_code, "error")
+        message = {404: "no such page", 405: "method not allowed here",
+                   500: "internal error"}.get(error.status_code, "the request failed")
         return self.error_body(self._rid(), error.status_code, code, message)
 
     # -- pages ------------------------------------------------------------------------------
@@ -215,11 +249,26 @@ class ServeApp(object):
             os.replace(path + ".part", path)
         return path
 
+    def resized_size(self, width, height):
+        """(width, height) the model's preprocessing resizes such an image to (before the crop)."""
+        pre = self.classifier.preprocessor
+        new_h, new_w = resize_geometry(pre.spec, (height, width), (pre.height, pre.width))[:2]
+        return new_w, new_h
+
     def read_upload(self, environ):
         """(bytes, format, rgb) of the request's image; UploadError when refused."""
         data = image_bytes(environ, read_body(environ, self.max_bytes))
-        fmt, rgb = decode_upload(data, self.max_pixels, "upload {}".format(
-            environ.get("oncolens.request_id")))
+        resized = self.resized_size if getattr(self.classifier, "preprocessor", None) else None
+        check_image(data, self.max_pixels, resized)      # cheap: before waiting for a slot
+        if not self._decoding.acquire(timeout=self.timeout):
+            retry = self.queue.retry_after() if self.queue is not None else 1
+            raise UploadError(503, "busy", "the server is busy decoding other images: try "
+                              "again in {} s".format(retry), retry_after=retry)
+        try:
+            fmt, rgb = decode_upload(data, self.max_pixels, "upload {}".format(
+                environ.get("oncolens.request_id")), resized)
+        finally:
+            self._decoding.release()
         return data, fmt, rgb
 
     def submit(self, rgb):

@@ -6,8 +6,13 @@ confidence.  Never a file name, never pixels.  No file is written unless a path 
 import datetime
 import io
 import json
+import logging
 import os
 import threading
+
+from oncolens.appliance.errors import UsageError
+
+log = logging.getLogger(__name__)
 
 FIELDS = ("time", "request_id", "status", "input_sha256", "model_sha256", "label", "confidence")
 
@@ -22,10 +27,14 @@ class AuditLog(object):
         self._lock = threading.Lock()
         self._fh = None
         if path:
-            parent = os.path.dirname(os.path.abspath(path))
-            if not os.path.isdir(parent):
-                os.makedirs(parent)
-            self._fh = io.open(path, "a", encoding="utf-8")
+            try:
+                parent = os.path.dirname(os.path.abspath(path))
+                if not os.path.isdir(parent):
+                    os.makedirs(parent)
+                self._fh = io.open(path, "a", encoding="utf-8")
+            except (OSError, IOError) as exc:
+                raise UsageError("--audit-log {}: cannot open it for appending ({})".format(
+                    path, exc.strerror or exc))
 
     def write(self, request_id, status, input_sha256=None, model_sha256=None, label=None,
               confidence=None):
@@ -43,5 +52,9 @@ class AuditLog(object):
     def close(self):
         with self._lock:
             if self._fh is not None:
-                self._fh.close()
-                self._fh = None
+                fh, self._fh = self._fh, None
+                try:
+                    fh.close()
+                except (OSError, IOError) as exc:  # lines that could not be written (full disk)
+                    log.error("audit log %s: lines lost on closing (%s)", self.path,
+                              exc.strerror or exc)

@@ -25,10 +25,12 @@ def _query(environ, name, default=""):
 
 
 def refuse(app, rid, exc):
-    app.metrics.observe_error(exc.code)
+    reason = "decode_busy" if exc.code == "busy" else exc.code
+    app.metrics.observe_error(reason)
     app.audit.write(rid, exc.status, None, app.model_sha256)
-    log.info("%s refused %d %s", rid, exc.status, exc.code)
-    return app.error_response(exc.status, exc.code, str(exc))
+    log.info("%s refused %d %s", rid, exc.status, reason)
+    headers = {"Retry-After": str(int(exc.retry_after))} if exc.retry_after else None
+    return app.error_response(exc.status, exc.code, str(exc), headers=headers)
 
 
 def busy(app, rid, sha, retry_after):
@@ -37,6 +39,15 @@ def busy(app, rid, sha, retry_after):
     log.info("%s refused 503 queue full (retry after %d s)", rid, retry_after)
     return app.error_response(503, "busy", "the model is busy: try again in {} s".format(
         retry_after), headers={"Retry-After": str(int(retry_after))})
+
+
+def timed_out(app, rid, sha, retry_after):
+    app.metrics.observe_error("model_timeout")
+    app.audit.write(rid, 503, sha, app.model_sha256)
+    log.info("%s refused 503: no answer from the model within %g s", rid, app.timeout)
+    return app.error_response(503, "timeout", "the model did not answer within {:g} s "
+                              "(--timeout): try again in {} s".format(app.timeout, retry_after),
+                              headers={"Retry-After": str(int(retry_after))})
 
 
 def build_result(app, rid, upload, job, started, decoded):
@@ -71,7 +82,24 @@ def annotated_response(app, result, preds, rgb, environ):
 
 
 def handle_classify(app, environ):
+    """The answer to one POST /classify; an unexpected error is answered 500 ``internal``,
+    counted and audited like every other outcome."""
     rid = environ.get("oncolens.request_id", "-")
+    seen = {}
+    try:
+        return _classify(app, environ, rid, seen)
+    except Exception:
+        log.exception("%s: /classify failed", rid)
+        app.metrics.observe_error("internal")
+        try:
+            app.audit.write(rid, 500, seen.get("sha"), app.model_sha256)
+        except Exception:   # the audit log itself may be what failed (a full disk)
+            log.exception("%s: cannot write the audit log", rid)
+        return app.error_response(500, "internal", "internal error (the server log has the "
+                                  "details under request id {})".format(rid))
+
+
+def _classify(app, environ, rid, seen):
     started = time.time()
     if app.queue is None:
         return app.error_response(404, "no_model", "this server has no model to classify with")
@@ -79,7 +107,7 @@ def handle_classify(app, environ):
         data, fmt, rgb = app.read_upload(environ)
     except UploadError as exc:
         return refuse(app, rid, exc)
-    sha = hashlib.sha256(data).hexdigest()
+    sha = seen["sha"] = hashlib.sha256(data).hexdigest()
     decoded = time.time()
     app.save_upload(data, sha, fmt)
     try:
@@ -87,13 +115,13 @@ def handle_classify(app, environ):
     except QueueFull as exc:
         return busy(app, rid, sha, exc.retry_after)
     if not job.wait(app.timeout):
-        return busy(app, rid, sha, app.queue.retry_after())
+        job.cancel()
+        return timed_out(app, rid, sha, app.queue.retry_after())
     if job.error:
         app.metrics.observe_error("inference")
         app.audit.write(rid, 500, sha, app.model_sha256)
         return app.error_response(500, "inference_failed", job.error)
     result, preds = build_result(app, rid, (data, sha, fmt, rgb), job, started, decoded)
-    app.metrics.observe_images(1)
     app.metrics.observe_latency(time.time() - started)
     app.audit.write(rid, 200, sha, app.model_sha256, result["label"], result["confidence"])
     log.info("%s input sha256=%s -> %s %.4f", rid, sha[:16], result["label"],

@@ -32,6 +32,11 @@ class Job(object):
         self.submitted = time.time()
         self.started = None
         self.infer_s = None
+        self.cancelled = False
+
+    def cancel(self):
+        """Nobody waits for this one any more (its request timed out): skip it if not begun."""
+        self.cancelled = True
 
     def wait(self, timeout=None):
         return self.done.wait(timeout)
@@ -42,8 +47,9 @@ class Job(object):
 
 
 class InferenceQueue(object):
-    def __init__(self, classifier, maxsize=16, max_batch=4):
+    def __init__(self, classifier, maxsize=16, max_batch=4, on_classified=None):
         self.classifier = classifier
+        self.on_classified = on_classified  # called with the number of images the model ran
         self.capacity = int(maxsize)
         self.max_batch = max(1, int(max_batch))
         self._q = _queue.Queue(self.capacity)
@@ -89,20 +95,41 @@ class InferenceQueue(object):
             if jobs:
                 self._process(jobs)
 
+    def _infer(self, jobs):
+        """Run ``jobs`` through the model; a failure fails only the image that caused it."""
+        try:
+            probs = self.classifier.infer_images([job.image for job in jobs]).probs
+        except Exception as exc:  # any failure answers the requests, never hangs them
+            if len(jobs) > 1:     # find out whose it is: one image at a time
+                log.warning("a batch of %d failed (%s): running its images one by one",
+                            len(jobs), type(exc).__name__)
+                for job in jobs:
+                    self._infer([job])
+                return
+            log.exception("inference failed for one image")
+            # the message stays in the log: it may describe the server (paths, memory)
+            jobs[0].error = "inference failed ({}): see the server log".format(
+                type(exc).__name__)
+            return
+        for job, row in zip(jobs, probs):
+            job.probs = row
+
     def _process(self, jobs):
+        for job in [job for job in jobs if job.cancelled]:
+            job.error = "cancelled: the request timed out"
+            job.image = None
+            job.done.set()
+        jobs = [job for job in jobs if not job.cancelled]
+        if not jobs:
+            return
         self.busy = True
         start = time.time()
         for job in jobs:
             job.started = start
-        try:
-            probs = self.classifier.infer_images([job.image for job in jobs]).probs
-            for job, row in zip(jobs, probs):
-                job.probs = row
-        except Exception as exc:  # any backend failure answers the requests, never hangs them
-            log.exception("inference failed for a batch of %d", len(jobs))
-            for job in jobs:
-                job.error = "inference failed: {}".format(str(exc).splitlines()[0] if str(exc)
-                                                          else type(exc).__name__)
+        self._infer(jobs)
+        ran = sum(1 for job in jobs if job.error is None)
+        if ran and self.on_classified is not None:
+            self.on_classified(ran)
         elapsed = time.time() - start
         per_image = elapsed / len(jobs)
         self._per_image = per_image if self._per_image is None else (

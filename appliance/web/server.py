@@ -5,17 +5,55 @@ itself sits behind the bounded queue (``queue.py``), which is what limits the wo
 Access logging goes through ``logging`` without query strings (a ``?token=`` must never
 reach a log); the app logs each request with its request id.
 """
+import json
 import logging
 import socket
 import socketserver
 import threading
+import uuid
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 log = logging.getLogger(__name__)
 
 
+# What the HTTP layer itself refuses (before the app sees the request): code and message.
+# The request line is never echoed back: it may carry ?token=.
+PROTOCOL_ERRORS = {
+    400: ("bad_request", "malformed request line or header"),
+    414: ("uri_too_long", "the request line is over 64 KiB"),
+    431: ("headers_too_large", "a header line is over 64 KiB, or there are over 100 headers"),
+    501: ("not_implemented", "unsupported method"),
+    505: ("bad_version", "HTTP version not supported"),
+}
+
+
 class QuietHandler(WSGIRequestHandler):
     timeout = 60  # seconds a client may stall before its connection is dropped
+
+    def send_error(self, code, message=None, explain=None):
+        """A protocol error as the app's JSON error shape, counted in /metrics ("other")."""
+        name, text = PROTOCOL_ERRORS.get(code, ("bad_request", "the request was refused"))
+        rid = uuid.uuid4().hex[:16]
+        body = json.dumps({"error": {"status": code, "code": name, "message": text},
+                           "request_id": rid}, sort_keys=True).encode("utf-8")
+        metrics = getattr(self.server.get_app(), "metrics", None)
+        if metrics is not None:
+            metrics.observe_request("other", code)
+        log.info("%s refused %d %s (before the app)", rid, code, name)
+        self.close_connection = True
+        if self.request_version not in ("HTTP/1.0", "HTTP/1.1"):
+            self.request_version = "HTTP/1.0"   # a status line and headers, whatever was sent
+        try:
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("X-Request-Id", rid)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+        except OSError:    # the client went away
+            pass
 
     def log_request(self, code="-", size="-"):
         pass  # the app logs requests (with ids, without query strings)

@@ -17,6 +17,8 @@ DRAIN_CAP = 64 << 20      # read (and drop) at most this much of an oversized bo
 CHUNK = 1 << 16
 JPEG_SOF = frozenset([0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD,
                       0xCE, 0xCF])
+# a JPEG marker: 0xFF then neither a stuffed zero, a restart marker nor a fill byte
+JPEG_MARKER = re.compile(b"\xff[^\x00\xd0-\xd7\xff]")
 EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "bmp": ".bmp", "tiff": ".tif", "webp": ".webp",
               "pnm": ".ppm"}
 
@@ -24,10 +26,11 @@ EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "bmp": ".bmp", "tiff": ".tif", "web
 class UploadError(OncoLensError):
     """An upload that is refused: ``status`` is the HTTP status, ``code`` a short word."""
 
-    def __init__(self, status, code, message):
+    def __init__(self, status, code, message, retry_after=None):
         super(UploadError, self).__init__(message)
         self.status = status
         self.code = code
+        self.retry_after = retry_after
 
 
 def drain(stream, remaining):
@@ -48,12 +51,15 @@ def read_body(environ, max_bytes):
     if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
         raise UploadError(411, "length_required",
                           "send the image with a Content-Length (chunked bodies are refused)")
+    declared = (environ.get("CONTENT_LENGTH") or "").strip()
+    if not declared:
+        raise UploadError(411, "length_required", "send the image with a Content-Length")
     try:
-        length = int(environ.get("CONTENT_LENGTH") or -1)
+        length = int(declared)
     except ValueError:
         raise UploadError(400, "bad_length", "Content-Length is not a number")
     if length < 0:
-        raise UploadError(411, "length_required", "send the image with a Content-Length")
+        raise UploadError(400, "bad_length", "Content-Length {} is negative".format(length))
     stream = environ["wsgi.input"]
     if length > max_bytes:
         drain(stream, length)
@@ -158,21 +164,53 @@ def _webp_size(data):
     return None
 
 
-def _tiff_size(data):
+def _bmp_size(data):
+    """The header's size says its layout: 12 bytes (OS/2 BITMAPCOREHEADER) has 16-bit
+    width and height, 40 and more (Windows, OS/2 2.x) 32-bit signed ones."""
+    header = struct.unpack("<I", data[14:18])[0]
+    if header == 12:
+        return struct.unpack("<HH", data[18:22])
+    if header >= 40:
+        w, h = struct.unpack("<ii", data[18:26])
+        return abs(w), abs(h)
+    return None
+
+
+def _tiff_tags(data, wanted):
+    """{tag: first value} of the first IFD's ``wanted`` tags (a value stored elsewhere in
+    the file, when it does not fit the entry, is read from there)."""
     end = "<" if data[:2] == b"II" else ">"
+    offset = struct.unpack(end + "I", data[4:8])[0]
+    count = struct.unpack(end + "H", data[offset:offset + 2])[0]
+    found = {}
+    for n in range(count):
+        entry = data[offset + 2 + 12 * n:offset + 14 + 12 * n]
+        tag, kind, values = struct.unpack(end + "HHI", entry[:8])
+        if tag in wanted:
+            fmt = end + ("H" if kind == 3 else "I")
+            where = 8
+            if values * struct.calcsize(fmt) > 4:
+                where = struct.unpack(end + "I", entry[8:12])[0]
+                entry = data
+            found[tag] = struct.unpack(fmt, entry[where:where + struct.calcsize(fmt)])[0]
+    return found
+
+
+def _tiff_size(data):
     try:
-        offset = struct.unpack(end + "I", data[4:8])[0]
-        count = struct.unpack(end + "H", data[offset:offset + 2])[0]
-        found = {}
-        for n in range(count):
-            entry = data[offset + 2 + 12 * n:offset + 14 + 12 * n]
-            tag, kind = struct.unpack(end + "HH", entry[:4])
-            if tag in (256, 257):
-                fmt = end + ("H" if kind == 3 else "I")
-                found[tag] = struct.unpack(fmt, entry[8:8 + struct.calcsize(fmt)])[0]
+        found = _tiff_tags(data, (256, 257))
         return found[256], found[257]
     except (struct.error, KeyError):
         return None
+
+
+def _tiff_float(data):
+    """Whether a TIFF's samples are 32-bit floats (SampleFormat 3), which OpenCV cannot
+    turn into an 8-bit image."""
+    try:
+        return _tiff_tags(data, (339,)).get(339) == 3
+    except struct.error:
+        return False
 
 
 def dimensions(fmt, data):
@@ -185,8 +223,7 @@ def dimensions(fmt, data):
         if fmt == "jpeg":
             return _jpeg_size(data)
         if fmt == "bmp":
-            w, h = struct.unpack("<ii", data[18:26])
-            return abs(w), abs(h)
+            return _bmp_size(data)
         if fmt == "webp":
             return _webp_size(data)
         if fmt == "tiff":
@@ -197,16 +234,75 @@ def dimensions(fmt, data):
         return None
 
 
+def _png_complete(data):
+    """Whether the chunks, followed by their lengths from the signature, reach IEND.
+
+    Bytes after IEND (some phones and editors append data) do not matter."""
+    i = 8
+    while i + 8 <= len(data):
+        length = struct.unpack(">I", data[i:i + 4])[0]
+        end = i + 12 + length
+        if end > len(data):
+            return False
+        if data[i + 4:i + 8] == b"IEND":
+            return True
+        i = end
+    return False
+
+
+def _jpeg_complete(data):
+    """Whether the segments and scans, followed from the start, reach the end marker (EOI).
+
+    Segments are skipped by their length (an EXIF thumbnail's own EOI does not count), the
+    entropy-coded data up to the next marker; bytes after EOI (the video of a phone's
+    "motion photo") do not matter."""
+    i = 2
+    while True:
+        found = JPEG_MARKER.search(data, i)
+        if found is None:
+            return False
+        at = found.start()
+        marker = data[at + 1]
+        if marker == 0xD9:
+            return True
+        if marker == 0x01:            # TEM: no length
+            i = at + 2
+            continue
+        if at + 4 > len(data):
+            return False
+        i = at + 2 + struct.unpack(">H", data[at + 2:at + 4])[0]
+
+
 def _complete(fmt, data):
     if fmt == "png":
-        return b"IEND" in data[-16:]
+        return _png_complete(data)
     if fmt == "jpeg":
-        return b"\xff\xd9" in data[-1024:]
+        return _jpeg_complete(data)
     return True
 
 
-def check_image(data, max_pixels):
-    """Refuse what is not an image (415), too many pixels or truncated (400): (fmt, w, h)."""
+def _check_resize(fmt, width, height, max_pixels, resized):
+    """Refuse an image whose resize to the model's input would make over ``max_pixels``.
+
+    The preprocessing scales the shorter side to the model's size whatever the aspect ratio,
+    so a 1x10000 PNG of 89 bytes becomes a 256x2560000 image (gigabytes) before the crop.
+    """
+    if resized is None:
+        return
+    new_w, new_h = resized(width, height)
+    if new_w * new_h > max_pixels:
+        raise UploadError(400, "bad_aspect", "the {} image is {}x{} pixels: resized for the "
+                          "model's input it would be {}x{}, over the limit of {} pixels "
+                          "(--max-pixels); expected a less extreme aspect ratio".format(
+                              fmt.upper(), width, height, new_w, new_h, max_pixels))
+
+
+def check_image(data, max_pixels, resized=None):
+    """Refuse what is not an image (415), too many pixels or truncated (400): (fmt, w, h).
+
+    ``resized(width, height) -> (width, height)``: the size the model's preprocessing
+    resizes such an image to before cropping; over ``max_pixels`` is refused (bad_aspect).
+    """
     if not data:
         raise UploadError(400, "empty", "the upload is empty")
     fmt = sniff(data)
@@ -225,16 +321,20 @@ def check_image(data, max_pixels):
         raise UploadError(400, "too_many_pixels", "the {} header claims {}x{} pixels, over the "
                           "limit of {} (a decompression bomb?)".format(
                               fmt.upper(), width, height, max_pixels))
+    _check_resize(fmt, width, height, max_pixels, resized)
     if not _complete(fmt, data):
         raise UploadError(400, "truncated", "the {} file is truncated".format(fmt.upper()))
     return fmt, width, height
 
 
-def decode_upload(data, max_pixels, origin="upload"):
+def decode_upload(data, max_pixels, origin="upload", resized=None):
     """Check then decode ``data``: (format, RGB uint8 image)."""
-    fmt = check_image(data, max_pixels)[0]
+    fmt = check_image(data, max_pixels, resized)[0]
     try:
         return fmt, decode_image(data, origin)
     except ImageReadError:
+        if fmt == "tiff" and _tiff_float(data):
+            raise UploadError(400, "undecodable", "32-bit float TIFF is not supported "
+                              "(expected 8- or 16-bit integer samples)")
         raise UploadError(400, "undecodable", "the {} file is damaged: it does not "
                           "decode".format(fmt.upper()))
