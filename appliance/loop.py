@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 
-from oncolens.appliance.errors import OncoLensError
+from oncolens.appliance.errors import ImageReadError, OncoLensError
 from oncolens.appliance.overlay import crop_box, render
 from oncolens.appliance.postprocess import Smoother, console_line, overlay_text
 from oncolens.appliance.sdnotify import Notifier
@@ -216,7 +216,12 @@ class LiveLoop(object):
                     log.error("%s", frame.error)
                     self.stats.failed += 1
                     continue
-                self.process(frame)
+                try:
+                    self.process(frame)
+                except ImageReadError as exc:  # refused by the preprocessing: skip the frame
+                    log.error("%s: %s", frame.origin, exc)
+                    self.stats.failed += 1
+                    continue
                 self.notifier.watchdog()
                 last = self._status(last)
         finally:

@@ -78,7 +78,10 @@ def load_item(index, path, relpath, preprocessor, keep_image=False):
             data = fh.read()
         rgb = decode_image(data, path)
         decoded = time.perf_counter()
-        tensor = preprocessor(rgb)
+        try:
+            tensor = preprocessor(rgb)
+        except ImageReadError as exc:  # an image the model's preprocessing refuses
+            raise ImageReadError("{}: {}".format(path, exc))
         done = time.perf_counter()
     except ImageReadError as exc:
         return Item(index, path, relpath, None, None, str(exc), 0.0, 0.0, started)

@@ -19,6 +19,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 TF_LITE_MEAN = (127.0 / 255.0,) * 3
 TF_LITE_STD = (128.0 / 255.0,) * 3
 DEFAULT_CROP_RATIO = 0.875
+# the largest image the resize step may make before its crop (1 GB of uint8 RGB would be 3x
+# this): a 1x40000 strip would otherwise become 256x10240000 pixels on its way to 224x224
+MAX_RESIZED_PIXELS = 100000000
 POLICIES = ("center_crop", "stretch")
 
 
@@ -84,6 +87,11 @@ def resize_to_input(rgb, spec, out_hw):
     rgb = clahe_if_asked(rgb, spec.get("clahe"))
     src_hw = rgb.shape[:2]
     new_h, new_w, top, left = resize_geometry(spec, src_hw, (out_h, out_w))
+    if new_h * new_w > MAX_RESIZED_PIXELS:
+        from oncolens.appliance.errors import ImageReadError
+        raise ImageReadError("the image is {}x{} pixels: resized for the model it would be "
+                             "{}x{}, over {} pixels: expected a less extreme aspect ratio"
+                             .format(src_hw[1], src_hw[0], new_w, new_h, MAX_RESIZED_PIXELS))
     interp = cv2.INTER_AREA if shrinks(spec, src_hw, (new_h, new_w)) else cv2.INTER_LINEAR
     resized = cv2.resize(rgb, (new_w, new_h), interpolation=interp)
     return resized[top:top + out_h, left:left + out_w]

@@ -329,3 +329,27 @@ def test_int8_is_refused_without_a_measured_agreement(tiny_bundle, tiny_data, tm
                               "--precision", "int8", "--no-progress"])
     assert code != 0 and "no int8 copy with a measured agreement" in err
     assert "oncolens bench" in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_extremely_elongated_image_is_a_recorded_failure(tiny_bundle, tiny_data, tmp_path,
+                                                            caplog):
+    """A 1x200000 strip would be resized to gigabytes on its way to the model's input: it is
+    refused on its own and the run goes on, in batch and in the live loop."""
+    import cv2
+    folder = tmp_path / "in"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "strip.png"), np.full((1, 200000, 3), 128, np.uint8))
+    shutil.copy(os.path.join(tiny_data, "test", "benign", "benign_test_0000.png"),
+                str(folder / "ok.png"))
+    results = str(tmp_path / "r.csv")
+    code, out, err = run_cli(["batch", str(folder), "--model", tiny_bundle, "--results",
+                              results, "--no-progress"])
+    assert code == 1 and "classified 1 images" in out and "1 failed" in out
+    rows = {os.path.basename(r["path"]): r for r in _csv_rows(results)}
+    assert "less extreme aspect ratio" in rows["strip.png"]["error"]
+    assert "strip.png" in rows["strip.png"]["error"] and not rows["ok.png"]["error"]
+    caplog.clear()
+    code, out, err = run_cli(["classify", "--model", tiny_bundle, "--headless", str(folder)])
+    assert code == 1 and out.count("imagenet:") == 1  # ok.png classified, the strip not
+    assert any("strip.png" in r.getMessage() and "less extreme aspect ratio" in r.getMessage()
+               for r in caplog.records if r.name == "oncolens.appliance.loop")
