@@ -3,6 +3,7 @@ import collections
 import contextlib
 import http.client
 import os
+import threading
 import urllib.parse
 
 Reply = collections.namedtuple("Reply", ["status", "headers", "body"])
@@ -63,3 +64,25 @@ def metric(text, name, **labels):
         if line.startswith(want + " "):
             return float(line.split()[-1])
     return None
+
+
+def hold_inference(clf, gate, ran=None):
+    """Make ``clf`` wait for ``gate`` before each inference call (batch sizes into ``ran``)."""
+    real = clf.infer_images
+
+    def held(images):
+        if ran is not None:
+            ran.append(len(images))
+        gate.wait(30)
+        return real(images)
+
+    clf.infer_images = held
+
+
+def wait_started(job, tries=50):
+    """Wait (up to a second) until the queue's worker holds ``job``."""
+    for _ in range(tries):
+        if job.started:
+            return True
+        threading.Event().wait(0.02)
+    return False

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import REPO
-from serve_util import read, request, running, sample_image
+from serve_util import hold_inference, read, request, running, sample_image
 
 ARTIFACTS = os.path.join(REPO, "test-artifacts")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -137,13 +137,7 @@ def test_page_clears_the_previous_verdict(browser, tiny_bundle, big_image, tmp_p
     gate = threading.Event()
     gate.set()
     with Classifier.open(tiny_bundle, backend="onnxruntime") as clf:
-        real = clf.infer_images
-
-        def held(images):
-            gate.wait(30)
-            return real(images)
-
-        clf.infer_images = held
+        hold_inference(clf, gate)
         with running(clf) as (url, _):
             page, _ = _open(browser, url)
             page.set_input_files("#file", big_image)

@@ -5,7 +5,8 @@ import threading
 
 import pytest
 
-from serve_util import metric, read, request, running, sample_image
+from serve_util import (hold_inference, metric, read, request, running, sample_image,
+                        wait_started)
 
 CLIENTS = 16
 REQUESTS = 200
@@ -64,10 +65,7 @@ def test_queue_full_raises_with_retry_after():
     q = InferenceQueue(Slow(), maxsize=2, max_batch=1)
     try:
         first = q.submit(np.zeros((4, 4, 3), np.uint8))
-        for _ in range(50):                           # wait until the worker holds it
-            if first.started:
-                break
-            threading.Event().wait(0.02)
+        wait_started(first)
         waiting = [q.submit(np.zeros((4, 4, 3), np.uint8)) for _ in range(2)]
         with pytest.raises(QueueFull) as info:
             q.submit(np.zeros((4, 4, 3), np.uint8))
@@ -85,13 +83,7 @@ def test_full_queue_answers_503_with_retry_after_over_http(tiny_bundle, tiny_dat
     data = read(sample_image(tiny_data))
     gate = threading.Event()
     with Classifier.open(tiny_bundle, backend="onnxruntime") as clf:
-        real = clf.infer_images
-
-        def held(images):
-            gate.wait(30)
-            return real(images)
-
-        clf.infer_images = held
+        hold_inference(clf, gate)
         with running(clf, queue_size=2, max_batch=1) as (url, app):
             with concurrent.futures.ThreadPoolExecutor(3) as pool:
                 held_replies = [pool.submit(request, url, "/classify", "POST", data)]
@@ -132,10 +124,7 @@ def test_a_failing_image_fails_only_its_own_request():
     q = InferenceQueue(Picky(), maxsize=8, max_batch=4)
     try:
         first = q.submit(np.zeros((4, 4, 3), np.uint8))
-        for _ in range(50):                           # the worker holds the first one
-            if first.started:
-                break
-            threading.Event().wait(0.02)
+        wait_started(first)
         good1 = q.submit(np.zeros((4, 4, 3), np.uint8))
         poison = q.submit(np.zeros((1, 999, 3), np.uint8))
         good2 = q.submit(np.zeros((4, 4, 3), np.uint8))
@@ -199,14 +188,7 @@ def test_a_model_timeout_is_its_own_answer_and_a_waiting_image_is_dropped(tiny_b
     data = read(sample_image(tiny_data))
     gate, ran = threading.Event(), []
     with Classifier.open(tiny_bundle, backend="onnxruntime") as clf:
-        real = clf.infer_images
-
-        def held(images):
-            ran.append(len(images))
-            gate.wait(30)
-            return real(images)
-
-        clf.infer_images = held
+        hold_inference(clf, gate, ran)
         with running(clf, queue_size=4, max_batch=1, timeout=0.5) as (url, app):
             with concurrent.futures.ThreadPoolExecutor(2) as pool:
                 first = pool.submit(request, url, "/classify", "POST", data)
