@@ -55,7 +55,9 @@ class Progress(object):
 
 def _row(item, labels, probs=None, pred=None, backend="", precision="", sha=""):
     truth = truth_of(item.relpath, labels)
-    row = collections.OrderedDict([("path", item.path), ("relpath", item.relpath),
+    # absolute: a --resume from another folder still recognises the file
+    row = collections.OrderedDict([("path", os.path.abspath(item.path)),
+                                   ("relpath", item.relpath),
                                    ("label", None), ("index", None), ("confidence", None)])
     for n, label in enumerate(labels):
         row["p_" + label] = round(float(probs[n]), 6) if probs is not None else None

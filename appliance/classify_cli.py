@@ -88,8 +88,8 @@ def build_parser():
     _output_flags(p)
     g = p.add_argument_group("appliance")
     g.add_argument("--overlay", default="text",
-                   help="comma list of: text, cam (heatmap under the text), none (nothing "
-                        "drawn)")
+                   help="comma list of: text (or labels), cam (heatmap under the text), none "
+                        "(nothing drawn)")
     g.add_argument("--serve", metavar="[HOST]:PORT",
                    help="also serve the web page, the live annotated stream (MJPEG) and "
                         "POST /classify, e.g. :8080 (loopback; another host needs --token)")
@@ -153,6 +153,9 @@ def _setup_logging(args):
     setup_logging(level)
     if args.log_file:
         check_output_file(args.log_file, "--log-file", overwrite=True)
+        parent = os.path.dirname(args.log_file)
+        if parent and not os.path.isdir(parent):
+            os.makedirs(parent)
         handler = logging.FileHandler(args.log_file)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger().addHandler(handler)

@@ -50,9 +50,10 @@ GREY_ONLY = {".pgm": ".ppm", ".pbm": ".ppm"}
 
 def colour_path(path):
     """The name an annotated (colour) copy of ``path`` is written under: the same name,
-    except that a grey-only format (``x.pgm``) becomes its colour sibling (``x.ppm``)."""
-    root, ext = os.path.splitext(path)
-    return root + GREY_ONLY[ext.lower()] if ext.lower() in GREY_ONLY else path
+    except that a grey-only format gets its colour sibling added (``x.pgm`` -> ``x.pgm.ppm``,
+    which no ``x.ppm`` beside it can clash with)."""
+    ext = os.path.splitext(path)[1].lower()
+    return path + GREY_ONLY[ext] if ext in GREY_ONLY else path
 
 
 def write_image(path, rgb, quality=92):

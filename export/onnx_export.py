@@ -10,7 +10,7 @@ from oncolens.appliance.bundle import (CAM_OUTPUT_NAME, DEFAULT_INPUT_NAME,
                                        DEFAULT_OUTPUT_NAME, LABELS_TXT, MODEL_JSON, Bundle,
                                        new_model_info, read_labels, read_model_info,
                                        sha256_file, write_labels, write_model_info)
-from oncolens.appliance.errors import BundleError, UsageError
+from oncolens.appliance.errors import BundleError, OncoLensError, UsageError
 from oncolens.appliance.outpaths import check_output_dir, check_output_file
 from oncolens.appliance.preprocess import imagenet_preprocess
 
@@ -49,9 +49,19 @@ def torch_onnx_export(module, example, path, opset, dynamic_batch=False, output_
         warnings.simplefilter("ignore")
         with torch.no_grad():
             try:
-                torch.onnx.export(module, example, tmp, dynamo=False, **kwargs)
-            except TypeError:  # torch < 2.5 has no dynamo flag (the Nano's 1.10)
-                torch.onnx.export(module, example, tmp, **kwargs)
+                try:
+                    torch.onnx.export(module, example, tmp, dynamo=False, **kwargs)
+                except TypeError:  # torch < 2.5 has no dynamo flag (the Nano's 1.10)
+                    torch.onnx.export(module, example, tmp, **kwargs)
+            except Exception as exc:  # an operator ONNX (at this opset) has no form for
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+                if isinstance(exc, (OSError, MemoryError)):
+                    raise
+                text = str(exc).strip().splitlines()
+                raise OncoLensError("torch cannot export this network to ONNX opset {} ({}: "
+                                    "{})".format(opset, type(exc).__name__,
+                                                 text[0] if text else "no message"))
     os.replace(tmp, path)
     return path
 

@@ -243,7 +243,10 @@ def test_resume_matches_a_file_however_its_folder_is_spelled(tiny_bundle, tiny_d
     folder = _copy_test_split(tiny_data, tmp_path / "in")
     monkeypatch.chdir(str(tmp_path))
     results = str(tmp_path / "r.csv")
-    for spelling in ("in", "./in", folder, folder + "/"):
+    for spelling in ("in", "./in", folder, folder + "/", "../in"):
+        if spelling == "../in":  # and from another folder
+            (tmp_path / "sub").mkdir()
+            monkeypatch.chdir(str(tmp_path / "sub"))
         code, out, err = run_cli(["batch", spelling, "--model", tiny_bundle, "--results",
                                   results, "--no-progress", "--resume"])
         assert code == 0, err
@@ -311,15 +314,16 @@ def test_a_grey_only_format_gets_a_colour_annotated_copy(tiny_bundle, tiny_data,
     cv2.imwrite(str(folder / "slide.pgm"), grey)
     shutil.copy(os.path.join(tiny_data, "test", "benign", "benign_test_0000.png"),
                 str(folder / "other.png"))
+    cv2.imwrite(str(folder / "slide.ppm"), cv2.imread(str(folder / "other.png")))
     results, outdir = str(tmp_path / "r.csv"), tmp_path / "ann"
     code, out, err = run_cli(["batch", str(folder), "--model", tiny_bundle, "--results",
                               results, "--annotate", str(outdir), "--no-progress"])
     assert code == 0, err
-    assert len(_csv_rows(results)) == 2
-    copy = read_image(str(outdir / "slide.ppm"))
+    assert len(_csv_rows(results)) == 3
+    copy = read_image(str(outdir / "slide.pgm.ppm"))
     assert copy.shape == grey.shape + (3,)
     assert (copy != grey[..., None]).any()  # the verdict is drawn on it
-    assert (outdir / "other.png").exists()
+    assert (outdir / "other.png").exists() and (outdir / "slide.ppm").exists()
 
 
 def test_int8_is_refused_without_a_measured_agreement(tiny_bundle, tiny_data, tmp_path):

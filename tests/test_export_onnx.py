@@ -320,3 +320,19 @@ def test_export_into_a_folder_that_does_not_exist_yet(tiny_bundle, tmp_path):
     info = read_model_info(os.path.join(model_dir, "model.json"))
     assert info["onnx"]["file"] == os.path.join("sub", "new.onnx")
     assert not [f for f in os.listdir(os.path.join(model_dir, "sub")) if "unchecked" in f]
+
+
+def test_an_operator_onnx_cannot_express_is_one_line_and_leaves_no_file(tmp_path):
+    import torch
+    from oncolens.appliance.errors import OncoLensError
+    from oncolens.export.onnx_export import torch_onnx_export
+
+    class Spectrum(torch.nn.Module):
+        def forward(self, x):
+            return torch.fft.rfft(x).abs()
+
+    path = str(tmp_path / "m.onnx")
+    with pytest.raises(OncoLensError, match=r"cannot export this network to ONNX opset 13 "
+                                            r"\(UnsupportedOperatorError: .*fft_rfft"):
+        torch_onnx_export(Spectrum(), torch.zeros(1, 3, 8, 8), path, 13)
+    assert os.listdir(str(tmp_path)) == []

@@ -75,3 +75,8 @@ def test_resume_refuses_classes_in_another_order_or_another_set(trained, tiny_da
     code, out, err = run_cli(["train", tiny_data, "--model-dir", trained, "--epochs", 2,
                               "--resume", ckpt] + FAST)
     assert code == 0, err
+    # -e scores the checkpoint on val/ and says so, without claiming a model was written
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", trained, "--resume", ckpt,
+                              "-e"] + FAST)
+    assert code == 0, err
+    assert "val accuracy" in out and ckpt in out and "model in" not in out

@@ -57,6 +57,10 @@ def check_input_size(model, arch, resolution, num_classes):
     network that cannot take that size, or gives something else than one row of class
     scores, is refused in one line, before training starts."""
     torch = torch_module()
+    if any(isinstance(m, torch.nn.MultiheadAttention) for m in model.modules()):
+        raise UsageError("--arch {}: its attention layers export to ONNX only at opset 14 or "
+                         "later, and the Nano's TensorRT 8.2 parses up to 13, so it could not "
+                         "run in the appliance: choose a convolutional network".format(arch))
     was_training = model.training
     model.eval()
     try:

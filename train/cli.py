@@ -186,6 +186,9 @@ def main(argv):
         print("trained on train/ and val/ for {} epochs (--final-fit: no val figures; "
               "evaluate on a held-out split); model in {}".format(result["epoch"],
                                                                   args.model_dir))
+    elif args.evaluate:  # -e: nothing was written
+        print("val accuracy {:.4f}, macro-F1 {:.4f} of {} (epoch {})".format(
+            result["accuracy"], result["macro_f1"], args.resume, result["epoch"]))
     else:
         print("best val accuracy {:.4f}, macro-F1 {:.4f} at epoch {}; model in {}".format(
             result["accuracy"], result["macro_f1"], result["epoch"], args.model_dir))
