@@ -198,3 +198,16 @@ def test_serving_off_loopback_without_a_token_is_refused_before_the_model(tiny_d
                                  src] + argv)  # a model that would fail to load
     assert code != 0 and flag in err and "token is required" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_log_file_in_a_new_folder(tiny_bundle, tiny_data, tmp_path):
+    import subprocess
+    import sys
+    log_file = tmp_path / "logs" / "run.log"
+    src = os.path.join(tiny_data, "test", "normal")
+    done = subprocess.run([sys.executable, "-m", "oncolens", "classify", "--model", tiny_bundle,
+                           "--headless", src, "--log-file", str(log_file)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True)
+    assert done.returncode == 0, done.stderr
+    assert "frame(s)" in log_file.read_text()
