@@ -64,6 +64,9 @@ def _decode_text(path, data):
 
 def read_labels(path):
     """Labels, one a line; blank lines and surrounding spaces are ignored."""
+    if os.path.isdir(path):
+        raise BundleError("labels file {} is a folder: expected a text file, one class a "
+                          "line".format(path))
     if not os.path.isfile(path):
         raise BundleError("labels file not found: {}".format(path))
     with io.open(path, "rb") as fh:
