@@ -39,7 +39,9 @@ def build_parser():
                     "resumable.")
     p.add_argument("input", help="folder, quoted glob or image file")
     add_model_flags(p)
-    p.add_argument("--backend", default="auto", help="auto, onnxruntime or openvino")
+    p.add_argument("--backend", default="auto",
+                   help="auto, jetson, tensorrt, onnxruntime, openvino or torch (auto: fastest "
+                        "present)")
     p.add_argument("--precision", default="fp32",
                    help="fp32 (default), int8, or bf16 (OpenVINO, on CPUs with AVX512-BF16 or "
                         "AMX); int8 and bf16 only once 'oncolens bench' has measured and "

@@ -79,7 +79,8 @@ def build_parser():
                    help="temporal smoothing: weight of the newest frame (0-1) or a number of "
                         "frames (0: off)")
     g.add_argument("--backend", default="auto",
-                   help="auto, jetson, tensorrt, onnxruntime or torch (auto: fastest present)")
+                   help="auto, jetson, tensorrt, onnxruntime, openvino or torch (auto: fastest "
+                        "present)")
     g.add_argument("--precision", choices=("fp32", "fp16", "int8"),
                    help="engine precision (default: the backend's)")
     g.add_argument("--preprocess", choices=("center_crop", "stretch"),

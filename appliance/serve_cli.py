@@ -33,7 +33,9 @@ def build_parser():
     p.add_argument("--labels", help="labels file (optional when the model has a model.json)")
     p.add_argument("--input-blob", help="input tensor name (default from model.json)")
     p.add_argument("--output-blob", help="output tensor name (default from model.json)")
-    p.add_argument("--backend", default="auto", help="auto or onnxruntime")
+    p.add_argument("--backend", default="auto",
+                   help="auto, jetson, tensorrt, onnxruntime, openvino or torch (auto: fastest "
+                        "present)")
     p.add_argument("--topK", "--topk", dest="topk", type=int, default=1,
                    help="classes drawn on the annotated image and listed in 'top' (1)")
     p.add_argument("--host", default="127.0.0.1",

@@ -95,3 +95,19 @@ def test_stale_onnx_is_found_by_the_checkpoints_checksum(exported):
     write_model_info(path, info)
     onnx, why = stale_onnx(exported, read_model_info(path))
     assert "earlier model_best.pth.tar" in why
+
+
+def test_resume_warns_about_an_onnx_exported_into_a_sub_folder(tmp_path, tiny_data, caplog):
+    model_dir = str(tmp_path / "m")
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir] + FAST)
+    assert code == 0, err
+    code, out, err = run_cli(["export", "onnx", "--model-dir", model_dir, "--output",
+                              "onnx/model.onnx"])
+    assert code == 0, err
+    caplog.set_level(logging.WARNING)
+    resume = os.path.join(model_dir, "checkpoint.pth.tar")
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--resume", resume]
+                             + FAST[:-1] + [2])
+    assert code == 0, err
+    assert any("onnx/model.onnx" in r.getMessage() and "re-export" in r.getMessage()
+               for r in caplog.records)

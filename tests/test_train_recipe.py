@@ -342,8 +342,8 @@ def test_zero_init_residual(tmp_path, tiny_data):
     assert code == 0, err
     assert _info(model_dir)["training"]["zero_init_residual"] is True
     refused = ((["--arch", "simple-cnn", "--no-pretrained"], "simple-cnn"),
-               (["--arch", "resnet18", "--weights", os.path.join(model_dir, "model_best.pth.tar")],
-                "--no-pretrained"),
+               (["--arch", "resnet18", "--weights", os.path.join(model_dir, "model_best.pth.tar"),
+                 "--no-pretrained"], "--weights: leave it out"),
                (["--arch", "resnet18"], "--no-pretrained"))
     for i, (extra, word) in enumerate(refused):
         bad = str(tmp_path / "bad{}".format(i))

@@ -45,6 +45,7 @@ def check_arch(arch):
     others = [n for n in torchvision_classifiers() if n not in own]
     if arch in others:
         return
+    others = [n for n in others if not n.startswith("vit_")]  # refused: see check_input_size
     close = difflib.get_close_matches(arch.lower(), own + others, n=1, cutoff=0.6)
     raise UsageError("--arch {}: unknown architecture{}; expected {} or a torchvision "
                      "classifier ({})".format(arch, " (did you mean {}?)".format(close[0])
@@ -173,9 +174,9 @@ def check_zero_init(args):
     (checked before the model directory is made)."""
     if args.weights or args.pretrained is not False:
         raise UsageError("--zero-init-residual: sets up random weights, but this run starts "
-                         "from {}; add --no-pretrained".format(
-                             "--weights" if args.weights else "ImageNet weights (--pretrained "
-                             "is on by default)"))
+                         "from {}".format("--weights: leave it out" if args.weights else
+                                          "ImageNet weights (--pretrained is on by default): "
+                                          "add --no-pretrained"))
     with torch_module().random.fork_rng(devices=[]):  # leave the seeded stream untouched
         blocks = zero_init_residual(build_model(args.arch, 2))
     if not blocks:

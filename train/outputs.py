@@ -1,5 +1,7 @@
 """What a training run writes into ``--model-dir``: the checkpoints (jetson-inference's
 ``checkpoint.pth.tar`` and ``model_best.pth.tar``), ``labels.txt`` and ``model.json``."""
+import io
+import json
 import logging
 import os
 import shutil
@@ -67,10 +69,23 @@ def adopt_best(args, ckpt):
 def _warn_stale_exports(model_dir):
     files, _ = derived_artefacts(model_dir) if os.path.isdir(model_dir) else ([], [])
     onnx = [n for n in files if n.endswith(".onnx")]
+    recorded = _recorded_onnx(model_dir)  # an --output elsewhere in the folder
+    if recorded and recorded not in onnx:
+        onnx.append(recorded)
     if onnx:
         log.warning("%s holds %s, exported from the model before this run: re-export it once "
                     "training ends ('oncolens evaluate' uses the checkpoint until then)",
                     model_dir, ", ".join(onnx))
+
+
+def _recorded_onnx(model_dir):
+    """The ONNX file the folder's model.json names, when it is there (before the rewrite)."""
+    try:
+        with io.open(os.path.join(model_dir, MODEL_JSON), "r", encoding="utf-8") as fh:
+            name = (json.load(fh).get("onnx") or {}).get("file")
+    except (IOError, OSError, ValueError, AttributeError):
+        return None
+    return name if name and os.path.isfile(os.path.join(model_dir, name)) else None
 
 
 def save_checkpoint(state, model_dir, is_best, models=(None, None)):

@@ -60,7 +60,8 @@ class OpenVinoBackend(Backend):
         if not path.endswith(".onnx"):
             path = bundle.onnx_path
         if not os.path.isfile(path):
-            raise BundleError("ONNX model not found: {}".format(path))
+            raise BundleError("ONNX model not found: {} (run 'oncolens export onnx' "
+                              "first)".format(path))
         self.core = ov.Core()
         try:
             self.model = self.core.read_model(path)

@@ -43,7 +43,8 @@ class OnnxRuntimeBackend(Backend):
         if not path.endswith(".onnx"):
             path = bundle.onnx_path
         if not os.path.isfile(path):
-            raise BundleError("ONNX model not found: {}".format(path))
+            raise BundleError("ONNX model not found: {} (run 'oncolens export onnx' "
+                              "first)".format(path))
         return path
 
     @classmethod
