@@ -84,6 +84,9 @@ class Annotator(object):
         from oncolens.appliance.overlay import draw_lines
         from oncolens.appliance.postprocess import overlay_text
         target = colour_path(os.path.join(self.outdir, item.relpath))
+        if os.path.realpath(target) == os.path.realpath(item.path):
+            raise UsageError("--annotate {}: the copy of {} would replace it: give a folder "
+                             "apart from the input".format(self.outdir, item.path))
         if os.path.exists(target) and not self.overwrite:
             raise UsageError("output {} already exists: pass --overwrite to replace it".format(
                 target))

@@ -79,7 +79,8 @@ def open_classifier(args, batch_size=1):
     if args.output_blob:
         overrides["output"] = {"name": args.output_blob}
     bundle = load_bundle(resolve_model(args), args.labels, overrides or None)
-    bundle = for_precision(bundle, args.precision, batch_size)
+    if not (args.backend == "torch" and args.precision == "fp32"):  # torch: the checkpoint
+        bundle = for_precision(bundle, args.precision, batch_size)
     options = {"threads": args.threads} if args.threads else {}
     backend = args.backend
     if args.precision == "bf16":  # OpenVINO computes the fp32 file in bf16
@@ -126,13 +127,32 @@ def _check_outputs(args):
     if metrics:
         check_output_file(metrics, "--metrics", overwrite=keep)
         check_output_file(confusion_path(metrics), "--metrics", overwrite=keep)
+        if args.results and os.path.realpath(metrics) in (
+                os.path.realpath(args.results), os.path.realpath(confusion_path(metrics))):
+            raise UsageError("--metrics {}: the same file as --results or its picture: give "
+                             "another name".format(metrics))
     if args.annotate:
         check_output_dir(args.annotate, "--annotate")
+        _check_annotate_apart(args.input, args.annotate)
+
+
+def _check_annotate_apart(uri, annotate):
+    """Annotated copies keep the input's names under --annotate: that folder must not be
+    where the inputs are, or the copies would replace them."""
+    base = uri if os.path.isdir(uri) else os.path.dirname(uri.split("*")[0].split("?")[0]
+                                                          .split("[")[0]) or "."
+    if os.path.realpath(annotate) == os.path.realpath(base):
+        raise UsageError("--annotate {}: the input folder itself; the annotated copies would "
+                         "replace the images: give another folder".format(annotate))
 
 
 def confusion_path(metrics):
-    """The confusion-matrix picture written beside the metrics JSON."""
-    return os.path.splitext(metrics)[0].replace(".metrics", "") + ".confusion.png"
+    """The confusion-matrix picture written beside the metrics JSON (r.metrics.json ->
+    r.confusion.png)."""
+    stem = os.path.splitext(metrics)[0]
+    if stem.endswith(".metrics"):
+        stem = stem[:-len(".metrics")]
+    return stem + ".confusion.png"
 
 
 def metrics_path(args):

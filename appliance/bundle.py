@@ -185,6 +185,8 @@ class Bundle(object):
         self.labels_source = labels_source or os.path.join(directory, MODEL_JSON)
         # True when there is no model.json: input size and names come from the model file
         self.inferred = inferred
+        # why the folder's ONNX must not be used (trained again after its export), or None
+        self.stale_onnx = None
 
     @property
     def input_name(self):
@@ -204,6 +206,8 @@ class Bundle(object):
 
     @property
     def onnx_path(self):
+        if self.stale_onnx:
+            raise BundleError(self.stale_onnx)
         onnx = self.info.get("onnx") or {}
         if onnx.get("file"):
             return os.path.join(self.dir, onnx["file"])
@@ -213,7 +217,7 @@ class Bundle(object):
     def model_sha256(self):
         """Checksum of the model file in use (computed once)."""
         if not hasattr(self, "_sha"):
-            path = self.model_path or self.onnx_path
+            path = self.model_path or ("" if self.stale_onnx else self.onnx_path)
             self._sha = sha256_file(path) if os.path.isfile(path) else None
         return self._sha
 
@@ -264,6 +268,9 @@ def onnx_input_shape(path, input_name):
 
 
 def _missing_labels_message(directory, labels, labels_flag):
+    if labels and os.path.isdir(labels):
+        return "{} {} is a folder: expected a text file, one class a line".format(
+            labels_flag or "labels", labels)
     if labels:
         return "{} {}: labels file not found (expected one class a line, in output order)" \
             .format(labels_flag or "labels", labels)
@@ -319,10 +326,13 @@ def load_bundle(model, labels=None, info_overrides=None, labels_flag="--labels")
         onnx_file = Bundle(directory, info, info["labels"]).onnx_path
         model_file = onnx_file if os.path.isfile(onnx_file) else None
         if model_file and not inferred and not info.get("onnx"):
-            raise BundleError("{} was exported before the model in {} was trained again ({} "
-                              "records no export of it): run 'oncolens export onnx --model-dir "
-                              "{}', or pass the .onnx file itself to use it anyway".format(
-                                  onnx_file, directory, MODEL_JSON, directory))
+            stale = "{} was exported before the model in {} was trained again ({} records no " \
+                "export of it): run 'oncolens export onnx --model-dir {}', pass the .onnx file " \
+                "itself to use it anyway, or --backend torch for the checkpoint".format(
+                    onnx_file, directory, MODEL_JSON, directory)
+            bundle = Bundle(directory, info, info["labels"], None, labels_source, inferred)
+            bundle.stale_onnx = stale  # the ONNX backends refuse; the checkpoint still runs
+            return bundle
     if inferred and model_file and model_file.endswith(".onnx"):
         shape = onnx_input_shape(model_file, info["input"]["name"])
         if shape:  # every stage (preprocessing, references) sees the model's real input

@@ -184,7 +184,7 @@ def _check_serving(args):
         from oncolens.appliance.web.auth import require_token
         from oncolens.appliance.web.live import parse_address
         for flag, address in served:
-            require_token(parse_address(address)[0], args.token, flag=flag)
+            require_token(parse_address(address, flag)[0], args.token, flag=flag)
 
 
 @cli_entry("oncolens classify")

@@ -33,7 +33,7 @@ def _check_parent(path, flag):
 def check_output_file(path, flag, overwrite=False, hint="pass --overwrite to replace it"):
     """``path`` can be written as a file: its folder exists or can be made, and unless
     ``overwrite`` nothing is there yet."""
-    if os.path.isdir(path):
+    if os.path.isdir(path) or not os.path.basename(path):
         raise UsageError("{} {} is a folder: expected a file name".format(flag, path))
     if os.path.exists(path) and not overwrite:
         raise UsageError("{} {} already exists: {}".format(flag, path, hint))

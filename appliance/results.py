@@ -73,8 +73,10 @@ def read_rows(path):
 
 
 def path_key(path):
-    """One spelling of a path: ``x``, ``./x`` and ``/abs/x`` (or a link to it) are one file."""
-    return os.path.normcase(os.path.realpath(path))
+    """One spelling of a path: ``in/x``, ``./in/x`` and ``/abs/in/x`` (or through a link to
+    the folder) are one file; two names of one file (a link beside it) stay two."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.normcase(os.path.join(os.path.realpath(folder), name))
 
 
 def done_paths(path):

@@ -85,6 +85,9 @@ class ImageFileSink(object):
                              "one frame: give a folder (ending in /) or a pattern like "
                              "out_%i.jpg".format(self.uri))
         path = self.target(frame)
+        if frame.origin and os.path.realpath(path) == os.path.realpath(frame.origin):
+            raise UsageError("output {}: it would replace the input image {}: give another "
+                             "folder or name".format(path, frame.origin))
         if self.mode != "file":
             _refuse_existing(path, self.overwrite)
         write_image(path, image)

@@ -208,12 +208,12 @@ def export_onnx(model_dir, input_name=None, output_name=None, opset=DEFAULT_OPSE
         if check is not None:
             check(Bundle(model_dir, info, info["labels"], staged,
                          checkpoint_path if ckpt.get("classes") else None))
+        _commit(model_dir, info, staged, out_path)
     except BaseException:
         for leftover in (staged, staged + ".tmp"):
             if os.path.exists(leftover):
                 os.remove(leftover)
         raise
-    _commit(model_dir, info, staged, out_path)
     log.info("exported %s (opset %d, batch %s, %s%s)", out_path, opset,
              "dynamic" if dynamic_batch else batch,
              "probabilities" if activation else "logits", ", cam_0" if cam else "")

@@ -224,6 +224,9 @@ def test_file_list_is_streamed_and_prefetch_is_bounded():
      "--metrics {tmp}/afile/m.json: {tmp}/afile is a file"),
     (["--results", "{tmp}/r.csv", "--metrics", "{tmp}/kept.json"],
      "--metrics {tmp}/kept.json already exists"),
+    (["--results", "{tmp}/r.jsonl", "--metrics", "{tmp}/r.jsonl"],
+     "the same file as --results"),
+    (["--results", "{tmp}/r.csv", "--metrics", "{tmp}/newdir/"], "is a folder: expected a file"),
 ])
 def test_bad_flags_are_one_line(tiny_bundle, tiny_data, tmp_path, argv, message):
     """Checked before the first image: nothing is classified, nothing written."""
@@ -357,3 +360,49 @@ def test_an_extremely_elongated_image_is_a_recorded_failure(tiny_bundle, tiny_da
     assert code == 1 and out.count("imagenet:") == 1  # ok.png classified, the strip not
     assert any("strip.png" in r.getMessage() and "less extreme aspect ratio" in r.getMessage()
                for r in caplog.records if r.name == "oncolens.appliance.loop")
+
+
+def test_annotating_into_the_input_folder_is_refused(tiny_bundle, tiny_data, tmp_path):
+    folder = _copy_test_split(tiny_data, tmp_path / "in")
+    before = {p: open(p, "rb").read() for p in _all_images(folder)}
+    for extra in (["--resume"], ["--overwrite"]):
+        code, out, err = run_cli(["batch", folder, "--model", tiny_bundle, "--annotate",
+                                  folder + "/", "--results", str(tmp_path / "r.csv"),
+                                  "--no-progress"] + extra)
+        assert code != 0 and "the input folder itself" in err
+    one = _all_images(folder)[0]  # a single file, annotated into its own folder
+    code, out, err = run_cli(["batch", one, "--model", tiny_bundle, "--annotate",
+                              os.path.dirname(one), "--overwrite", "--no-progress"])
+    assert code != 0 and "the input folder itself" in err
+    assert {p: open(p, "rb").read() for p in _all_images(folder)} == before
+
+
+def test_confusion_picture_goes_beside_the_metrics(tiny_bundle, tiny_data, tmp_path):
+    results = str(tmp_path / "run.metrics" / "r.csv")
+    code, out, err = run_cli(["batch", os.path.join(tiny_data, "test"), "--model", tiny_bundle,
+                              "--results", results, "--no-progress"])
+    assert code == 0, err
+    assert sorted(os.listdir(str(tmp_path))) == ["run.metrics"]
+    assert sorted(os.listdir(str(tmp_path / "run.metrics"))) == [
+        "r.confusion.png", "r.csv", "r.metrics.json"]
+
+
+def test_resume_keeps_a_linked_second_name_apart(tiny_bundle, tiny_data, tmp_path):
+    folder = tmp_path / "in" / "benign"
+    folder.mkdir(parents=True)
+    shutil.copy(os.path.join(tiny_data, "test", "benign", "benign_test_0000.png"),
+                str(folder / "a.png"))
+    os.symlink("a.png", str(folder / "b.png"))
+    results = str(tmp_path / "r.csv")
+    code, out, err = run_cli(["batch", str(tmp_path / "in"), "--model", tiny_bundle,
+                              "--results", results, "--no-progress"])
+    assert code == 0, err
+    rows = _csv_rows(results)
+    with io.open(results, "w", encoding="utf-8", newline="") as fh:  # b's row never written
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(r for r in rows if not r["path"].endswith("b.png"))
+    code, out, err = run_cli(["batch", str(tmp_path / "in"), "--model", tiny_bundle,
+                              "--results", results, "--no-progress", "--resume"])
+    assert code == 0, err
+    assert sorted(os.path.basename(r["path"]) for r in _csv_rows(results)) == ["a.png", "b.png"]

@@ -160,6 +160,9 @@ def test_an_onnx_older_than_the_model_json_is_not_used_silently(tiny_bundle, tin
     assert len(err.strip().splitlines()) == 1
     code, out, err = run_cli(["classify", "--model", onnx_file, "--headless", src])
     assert code == 0, err  # named explicitly: used as asked
+    code, out, err = run_cli(["batch", src, "--model", folder, "--backend", "torch",
+                              "--no-progress"])
+    assert code == 0, err  # the checkpoint is the current model
 
 
 def test_a_folder_given_as_labels_file_is_named(tmp_path):

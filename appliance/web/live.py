@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 DEFAULT_HOST = "127.0.0.1"
 
 
-def parse_address(address):
+def parse_address(address, flag="--serve"):
     """``:8080``, ``@:8080``, ``http://@:8080``, ``HOST:8080`` or ``8080`` -> (host, port).
 
     No host (or ``@``) means loopback: listening on the network is asked for with an
@@ -31,8 +31,8 @@ def parse_address(address):
     host = host.strip("[]")
     if not port.isdigit() or int(port) > 65535 or "://" in text or "/" in text or (
             ":" in host and not text.startswith("[")):
-        raise UsageError("--serve {}: expected [HOST]:PORT, e.g. :8080 or http://@:8080".format(
-            address))
+        raise UsageError("{} {}: expected [HOST]:PORT, e.g. :8080 or http://@:8080".format(
+            flag, address))
     return host or DEFAULT_HOST, int(port)
 
 
