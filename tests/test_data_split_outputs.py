@@ -92,3 +92,26 @@ def test_bad_output_or_ratios_are_one_line(tmp_path, case):
             "out-inside-src": "inside"}[case] in err
     assert not os.path.exists(str(tmp_path / "o"))
     assert not os.path.exists(os.path.join(src, "split"))
+
+
+def test_overwrite_never_clears_a_dataset_it_did_not_write(tmp_path, tiny_data):
+    """--overwrite of synth or split removes an earlier run's train/ val/ test/, and only
+    that: a real dataset's folders, or the source itself, are never deleted."""
+    import shutil
+    real = tmp_path / "real"
+    shutil.copytree(tiny_data, str(real))
+    os.remove(str(real / "SYNTHETIC.json"))  # a dataset that synth did not make
+    before = sorted(os.listdir(str(real / "train" / "benign")))
+    code, out, err = run_cli(["data", "synth", str(real), "--overwrite"])
+    assert code != 0 and "not written by 'oncolens data synth'" not in err
+    assert "not written by 'data synth' (no SYNTHETIC.json)" in err
+    raw = tmp_path / "raw"
+    shutil.copytree(str(real / "train"), str(raw))
+    code, out, err = run_cli(["data", "split", str(raw), str(real), "--overwrite"])
+    assert code != 0 and "not written by 'data split' (no splits.csv)" in err
+    assert sorted(os.listdir(str(real / "train" / "benign"))) == before
+    proj = tmp_path / "proj"
+    shutil.copytree(str(real / "train"), str(proj / "train"))
+    code, out, err = run_cli(["data", "split", str(proj / "train"), str(proj), "--overwrite"])
+    assert code != 0 and "is inside OUT's train/" in err
+    assert sorted(os.listdir(str(proj / "train" / "benign"))) == before

@@ -39,9 +39,10 @@ def _synth(argv):
     check_output_dir(args.out, "OUT")
     if os.path.exists(args.out) and os.listdir(args.out) and not args.overwrite:
         raise UsageError("{} already exists and is not empty: pass --overwrite".format(args.out))
-    from oncolens.train.split import clear_owned
+    from oncolens.train.split import clear_owned, require_marker
     from oncolens.train.synth import OWNED, generate
-    if args.overwrite:
+    if args.overwrite and os.path.exists(args.out) and os.listdir(args.out):
+        require_marker(args.out, "SYNTHETIC.json", "data synth")
         clear_owned(args.out, OWNED)
     n = generate(args.out, args.size, (args.train, args.val, args.test), args.seed)
     print("wrote {} synthetic images to {}".format(n, args.out))

@@ -48,6 +48,11 @@ def run_demo(args):
         if not args.overwrite:
             raise UsageError("{} already exists: pass --overwrite to replace it, or --out "
                              "to write elsewhere".format(args.out))
+        if not os.path.isdir(args.out) or (os.listdir(args.out) and not os.path.isfile(
+                os.path.join(args.out, "data", "SYNTHETIC.json"))):
+            raise UsageError("--out {}: not an earlier demo's folder (no data/SYNTHETIC.json), "
+                             "so --overwrite will not delete it: give another --out".format(
+                                 args.out))
         shutil.rmtree(args.out)
     data = os.path.join(args.out, "data")
     model_dir = os.path.join(args.out, "model")

@@ -85,8 +85,23 @@ def _check_split_args(src, out, ratios, overwrite):
     if there == here or there.startswith(here + os.sep):
         raise UsageError("OUT {}: is {} SRC {}; expected a folder outside it".format(
             out, "the same folder as" if there == here else "inside", src))
-    if os.path.exists(out) and os.listdir(out) and not overwrite:
-        raise UsageError("{} already exists and is not empty: pass --overwrite".format(out))
+    for name in SPLITS:  # SRC inside the folders a split writes (and --overwrite clears)
+        owned = os.path.realpath(os.path.join(out, name))
+        if here == owned or here.startswith(owned + os.sep):
+            raise UsageError("SRC {}: is inside OUT's {}/, which the split writes; copy the "
+                             "source elsewhere first".format(src, name))
+    if os.path.exists(out) and os.listdir(out):
+        if not overwrite:
+            raise UsageError("{} already exists and is not empty: pass --overwrite".format(out))
+        require_marker(out, SPLITS_CSV, "data split")
+
+
+def require_marker(out, marker, command):
+    """--overwrite clears only a folder an earlier ``command`` wrote (it left ``marker``):
+    never the train/ val/ test/ of a dataset it did not make."""
+    if not os.path.isfile(os.path.join(out, marker)):
+        raise UsageError("OUT {}: not written by '{}' (no {}), so --overwrite will not remove "
+                         "its contents: give an empty or new folder".format(out, command, marker))
 
 
 def clear_owned(out, names):
