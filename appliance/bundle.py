@@ -327,9 +327,9 @@ def load_bundle(model, labels=None, info_overrides=None, labels_flag="--labels")
         model_file = onnx_file if os.path.isfile(onnx_file) else None
         if model_file and not inferred and not info.get("onnx"):
             stale = "{} was exported before the model in {} was trained again ({} records no " \
-                "export of it): run 'oncolens export onnx --model-dir {}', pass the .onnx file " \
-                "itself to use it anyway, or --backend torch for the checkpoint".format(
-                    onnx_file, directory, MODEL_JSON, directory)
+                "export of it): run 'oncolens export onnx --model-dir {} --overwrite', pass " \
+                "the .onnx file itself to use it anyway, or --backend torch for the " \
+                "checkpoint".format(onnx_file, directory, MODEL_JSON, directory)
             bundle = Bundle(directory, info, info["labels"], None, labels_source, inferred)
             bundle.stale_onnx = stale  # the ONNX backends refuse; the checkpoint still runs
             return bundle

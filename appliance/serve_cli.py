@@ -62,6 +62,13 @@ def build_parser():
     return p
 
 
+def _finite(value):
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
 def check_args(args):
     """Every flag's value, before the model is loaded: one line naming the flag otherwise."""
     if not args.model and not args.network:
@@ -73,7 +80,7 @@ def check_args(args):
     for flag, value in (("--max-upload-mb", args.max_upload_mb), ("--max-pixels", args.max_pixels),
                         ("--queue", args.queue), ("--max-batch", args.max_batch),
                         ("--timeout", args.timeout)):
-        if not math.isfinite(value) or value <= 0:
+        if not _finite(value) or value <= 0:
             raise UsageError("{} {}: expected a positive, finite number".format(flag, value))
     if args.timeout > MAX_TIMEOUT:
         raise UsageError("--timeout {}: expected at most {} seconds".format(

@@ -289,3 +289,19 @@ def test_float_tiff_is_named_as_unsupported(server):
     reply = request(server[0], "/classify", "POST", bytes(damaged))
     if reply.status == 400:                          # where OpenCV notices
         assert "float" not in error_of(reply)["message"]
+
+
+def test_a_file_of_millions_of_empty_parts_is_refused_quickly():
+    """Walking a JPEG's segments or a PNG's chunks is bounded: a 20 MB file of empty
+    markers is refused as a bad header, not walked for seconds per request."""
+    import struct
+    from oncolens.appliance.web.upload import MAX_PARTS, UploadError, check_image
+    sof = b"\xff\xc0" + struct.pack(">HBHHB", 11, 8, 8, 8, 1) + b"\x01\x11\x00"
+    jpeg = b"\xff\xd8" + sof + b"\xff\x01" * (MAX_PARTS + 10)
+    png = (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" +
+           struct.pack(">IIBBBBB", 8, 8, 8, 2, 0, 0, 0) + b"\x00" * 4 +
+           (struct.pack(">I", 0) + b"tEXt" + b"\x00" * 4) * (MAX_PARTS + 10))
+    for data in (jpeg, png):
+        with pytest.raises(UploadError) as info:
+            check_image(data, 40000000)
+        assert info.value.code == "bad_header" and "more than" in str(info.value)

@@ -26,6 +26,7 @@ CASES = [
     (["-b", 0], "-b/--batch-size: expected 1 or more"),
     (["-b", 8, "--accum-steps", 3], "-b/--batch-size 8 is not a multiple of --accum-steps 3"),
     (["--seed", -1], "--seed"),
+    (["--seed", 2 ** 32], "--seed"),
     (["-e"], "-e/--evaluate needs --resume CHECKPOINT"),
 ]
 

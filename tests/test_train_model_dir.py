@@ -92,3 +92,40 @@ def test_model_dir_that_is_a_file(tiny_data, tmp_path):
                              FAST)
     _one_line(code, err)
     assert "--model-dir" in err and "is a file" in err
+
+
+def test_resume_with_no_epoch_left_brings_the_whole_run_along(tmp_path, tiny_data):
+    source, target = str(tmp_path / "m1"), str(tmp_path / "m5")
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", source, "--epochs", 2] + FAST)
+    assert code == 0, err
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", target, "--epochs", 2,
+                              "--resume", os.path.join(source, "checkpoint.pth.tar")] + FAST)
+    assert code == 0, err
+    for name in ("checkpoint.pth.tar", "model_best.pth.tar"):
+        assert _sha(os.path.join(target, name)) == _sha(os.path.join(source, name))
+    assert _epochs(target) == ["1", "2"]
+
+
+def test_resume_with_no_better_epoch_keeps_a_current_export(tmp_path, tiny_data):
+    model_dir = str(tmp_path / "m")
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs", 2] + FAST)
+    assert code == 0, err
+    code, out, err = run_cli(["export", "onnx", "--model-dir", model_dir])
+    assert code == 0, err
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs", 2,
+                              "--resume", os.path.join(model_dir, "checkpoint.pth.tar")] + FAST)
+    assert code == 0, err  # no epoch left: model_best is the exported one
+    src = os.path.join(tiny_data, "test", "normal")
+    code, out, err = run_cli(["classify", "--model", model_dir, "--headless", src])
+    assert code == 0, err
+
+
+def test_evaluate_only_ignores_the_model_dir(tmp_path, tiny_data, monkeypatch):
+    model_dir = str(tmp_path / "m")
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs", 1] + FAST)
+    assert code == 0, err
+    monkeypatch.chdir(str(tmp_path))
+    (tmp_path / "models").write_text(u"a file where the default --model-dir would go")
+    code, out, err = run_cli(["train", tiny_data, "-e", "--resume",
+                              os.path.join(model_dir, "checkpoint.pth.tar")] + FAST)
+    assert code == 0, err

@@ -103,7 +103,7 @@ def open_runner(model_dir, backend="auto"):
     onnx, why = (None, None) if backend == "torch" else stale_onnx(model_dir, info)
     ckpt = os.path.join(model_dir, (info.get("checkpoint") or {}).get("file", "model_best.pth.tar"))
     if why and os.path.isfile(ckpt):
-        fix = "re-export it with 'oncolens export onnx --model-dir {}'".format(model_dir)
+        fix = "re-export it with 'oncolens export onnx --model-dir {} --overwrite'".format(model_dir)
         if backend == "onnxruntime":
             raise UsageError("--backend onnxruntime: {} is stale ({}); {} or pass --backend "
                              "torch".format(onnx, why, fix))

@@ -40,7 +40,7 @@ RULES = (
     ("--start-epoch", "start_epoch", _at_least(0), "0 or more"),
     ("--threads", "threads", _at_least(0), "0 (torch's choice) or more"),
     ("-p/--print-freq", "print_freq", _at_least(0), "0 (never) or more batches"),
-    ("--seed", "seed", _at_least(0), "0 or more"),
+    ("--seed", "seed", lambda v: 0 <= v < 2 ** 32, "0 to 4294967295"),
     ("--gpu", "gpu", _at_least(0), "a GPU index, 0 or more"),
 )
 

@@ -23,13 +23,14 @@ def _same_folder(a, b):
     return os.path.realpath(a or ".") == os.path.realpath(b)
 
 
-def prepare_model_dir(args):
-    """Check --model-dir before training writes into it, and make it. A folder that holds
-    model files (a trained model, an exported bundle) is only written into by a --resume of
-    its own checkpoint, or with --overwrite; -e/--evaluate writes nothing."""
-    check_output_dir(args.model_dir, "--model-dir")
+def check_model_dir(args):
+    """Refuse a --model-dir training may not write into (checked before the images are
+    read). A folder that holds model files (a trained model, an exported bundle) is only
+    written into by a --resume of its own checkpoint, or with --overwrite; -e/--evaluate
+    writes nothing, so any --model-dir will do."""
     if args.evaluate:
         return
+    check_output_dir(args.model_dir, "--model-dir")
     found = model_files(args.model_dir)
     own = bool(args.resume) and _same_folder(os.path.dirname(args.resume), args.model_dir)
     if found and not (args.overwrite or own):
@@ -42,6 +43,14 @@ def prepare_model_dir(args):
         raise UsageError("--model-dir {} already holds model files ({}): pass --overwrite to "
                          "replace them, --resume to continue, or give another folder".format(
                              args.model_dir, shown))
+
+
+def prepare_model_dir(args):
+    """Check --model-dir (``check_model_dir``) and make it, clearing what --overwrite
+    replaces; -e/--evaluate writes nothing."""
+    check_model_dir(args)
+    if args.evaluate:
+        return
     if args.overwrite:
         remove_derived(args.model_dir)
     else:
@@ -57,6 +66,7 @@ def adopt_best(args, ckpt):
     source = os.path.dirname(args.resume) or "."
     if ckpt is None or args.evaluate or _same_folder(source, args.model_dir):
         return
+    shutil.copyfile(args.resume, os.path.join(args.model_dir, CHECKPOINT))  # where it stands
     best = os.path.join(args.model_dir, BEST)
     if os.path.isfile(os.path.join(source, BEST)):
         shutil.copyfile(os.path.join(source, BEST), best)
@@ -129,11 +139,28 @@ def write_bundle(args, classes, preprocess, best, training):
     else:
         scores = {"val": {"accuracy": best["accuracy"], "macro_f1": best["macro_f1"],
                           "loss": best.get("loss")}}
+    sha = sha256_file(os.path.join(args.model_dir, BEST))
     info = new_model_info(
         args.arch, classes, args.resolution, preprocess,
-        checkpoint={"file": BEST, "sha256": sha256_file(os.path.join(args.model_dir, BEST))},
+        checkpoint={"file": BEST, "sha256": sha},
         training=training,
         metrics=scores,
         provenance=dataset_provenance(args.data))
+    info.update(_exports_of(args.model_dir, sha))
     write_model_info(os.path.join(args.model_dir, MODEL_JSON), info)
     return info
+
+
+def _exports_of(model_dir, sha):
+    """The ONNX and engine records of the old model.json, kept when they were exported from
+    this very model_best (a resume that found no better epoch): they are not stale."""
+    try:
+        with io.open(os.path.join(model_dir, MODEL_JSON), "r", encoding="utf-8") as fh:
+            old = json.load(fh)
+    except (IOError, OSError, ValueError):
+        return {}
+    onnx = old.get("onnx") if isinstance(old, dict) else None
+    if not isinstance(onnx, dict) or onnx.get("checkpoint_sha256") != sha or \
+            not os.path.isfile(os.path.join(model_dir, onnx.get("file") or "")):
+        return {}
+    return {"onnx": onnx, "engines": old.get("engines") or []}

@@ -17,8 +17,8 @@ from oncolens.train.ema import WeightAverage
 from oncolens.train.flags import low_memory_accum
 from oncolens.train.freeze import freeze_early_layers, head_parameters
 from oncolens.train.history import plot_history, read_history, write_history
-from oncolens.train.outputs import (BEST, adopt_best, prepare_model_dir, save_checkpoint,
-                                    training_record, write_bundle)
+from oncolens.train.outputs import (BEST, adopt_best, check_model_dir, prepare_model_dir,
+                                    save_checkpoint, training_record, write_bundle)
 from oncolens.train.precheck import check_classes, check_images
 from oncolens.train.recipe import (learning_rate, make_loaders, make_loss, make_optimizer,
                                    progress, set_lr, torch_module)
@@ -164,6 +164,7 @@ def _setup(args):
     classes = discover_classes(args.data)
     samples = check_classes(args.data, classes, ("val",) if args.evaluate else ("train", "val"))
     ckpt = load_resume(args, classes)  # checked against this run before anything is written
+    check_model_dir(args)
     check_images(sum(samples.values(), []), lambda it: progress(it, "checking images"))
     runtime = make_runtime(args.gpu, args.precision, args.channels_last)
     mean, std = normalisation(args.arch)
@@ -248,6 +249,8 @@ def run_training(args):
         steps = int(np.ceil(len(train_loader) / float(args.accum_steps)))
         ema = WeightAverage(model, args.ema_epochs, steps)
     best, start_epoch, rows = _resume_state(args, ckpt, optimizer, ema)
+    if rows and not args.evaluate:  # the resumed run's history, even if no epoch is left
+        write_history(args.model_dir, rows)
     if args.evaluate:
         loss, summary, _, _ = evaluate(ema.model if ema else model, val_loader, runtime,
                                        len(classes))

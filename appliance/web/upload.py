@@ -234,12 +234,25 @@ def dimensions(fmt, data):
         return None
 
 
+# real images have tens of chunks or segments; a file of millions of empty ones would cost
+# seconds of Python per request to walk
+MAX_PARTS = 100000
+
+
+def _too_many_parts(fmt):
+    return UploadError(400, "bad_header", "the {} file has more than {} chunks or segments: "
+                       "not an image this service reads".format(fmt.upper(), MAX_PARTS))
+
+
 def _png_complete(data):
     """Whether the chunks, followed by their lengths from the signature, reach IEND.
 
     Bytes after IEND (some phones and editors append data) do not matter."""
-    i = 8
+    i, parts = 8, 0
     while i + 8 <= len(data):
+        parts += 1
+        if parts > MAX_PARTS:
+            raise _too_many_parts("png")
         length = struct.unpack(">I", data[i:i + 4])[0]
         end = i + 12 + length
         if end > len(data):
@@ -256,8 +269,11 @@ def _jpeg_complete(data):
     Segments are skipped by their length (an EXIF thumbnail's own EOI does not count), the
     entropy-coded data up to the next marker; bytes after EOI (the video of a phone's
     "motion photo") do not matter."""
-    i = 2
+    i, parts = 2, 0
     while True:
+        parts += 1
+        if parts > MAX_PARTS:
+            raise _too_many_parts("jpeg")
         found = JPEG_MARKER.search(data, i)
         if found is None:
             return False
