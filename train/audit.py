@@ -66,7 +66,8 @@ def class_issues(root, records, classes):
                            set(listed))
             if extra:
                 warnings.append("{}: folder(s) {} not in labels.txt: train does not use their "
-                                "images".format(split, ", ".join(extra)))
+                                "images".format(root if split == "None" else split,
+                                                ", ".join(extra)))
         trained = set(r["class"] for r in records if r["split"] in ("train", None))
         missing = [c for c in listed if c not in trained]
         if missing:
