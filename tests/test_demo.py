@@ -1,9 +1,19 @@
-"""``oncolens demo``: the whole pipeline end to end, and --overwrite only on a demo's folder."""
+"""``oncolens demo``: the whole pipeline end to end, and --overwrite only on a demo's folder.
+
+The demo runs as its own process, as a user runs it (training, export and the live loop
+leave nothing behind in the test process)."""
 import os
+import subprocess
+import sys
 
-from conftest import run_cli
+SMALL = ["--epochs", "1", "--per-class", "6", "--size", "48", "--resolution", "32"]
 
-SMALL = ["--epochs", 1, "--per-class", 6, "--size", 48, "--resolution", 32]
+
+def run_cli(argv):
+    done = subprocess.run([sys.executable, "-m", "oncolens"] + [str(a) for a in argv],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True)
+    return done.returncode, done.stdout, done.stderr
 
 
 def test_demo_runs_end_to_end_and_overwrite_replaces_only_a_demo(tmp_path):
