@@ -116,7 +116,8 @@ def _check_args(args):
 
 def _check_outputs(args):
     """Every file the run will write can be written, before the first image is read."""
-    from oncolens.appliance.outpaths import check_output_dir, check_output_file
+    from oncolens.appliance.outpaths import (check_output_dir, check_output_file,
+                                             check_text_file)
     from oncolens.appliance.results import results_format
     keep = args.overwrite or args.resume
     if args.results:
@@ -125,6 +126,7 @@ def _check_outputs(args):
                           hint="pass --resume to continue it or --overwrite to replace it")
     metrics = metrics_path(args)
     if metrics:
+        check_text_file(metrics, "--metrics")
         check_output_file(metrics, "--metrics", overwrite=keep)
         check_output_file(confusion_path(metrics), "--metrics", overwrite=keep)
         if args.results and os.path.realpath(metrics) in (

@@ -14,7 +14,7 @@ import os
 from oncolens.appliance.batch_cli import add_model_flags, resolve_model
 from oncolens.appliance.cliutil import cli_entry, normalize_flags, setup_logging
 from oncolens.appliance.errors import UsageError
-from oncolens.appliance.outpaths import check_output_file
+from oncolens.appliance.outpaths import check_output_file, check_text_file
 
 log = logging.getLogger("oncolens.bench")
 
@@ -99,6 +99,7 @@ def _device(value):
 def make_config(args):
     from oncolens.appliance.bundle import load_bundle
     if args.json:  # checked now: the figures must not be lost after minutes of measuring
+        check_text_file(args.json, "--json")
         check_output_file(args.json, "--json", args.overwrite)
     sizes = _csv(args.batch_sizes, "--batch-sizes", int)
     if min(sizes) < 1:

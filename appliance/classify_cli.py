@@ -15,7 +15,7 @@ import sys
 
 from oncolens.appliance.cliutil import cli_entry, normalize_flags, setup_logging
 from oncolens.appliance.errors import UsageError
-from oncolens.appliance.outpaths import check_output_file
+from oncolens.appliance.outpaths import check_output_file, check_text_file
 
 log = logging.getLogger("oncolens.classify")
 
@@ -153,7 +153,8 @@ def _setup_logging(args):
     level = "debug" if (args.verbose or args.debug) else args.log_level
     setup_logging(level)
     if args.log_file:
-        check_output_file(args.log_file, "--log-file", overwrite=True)
+        check_text_file(args.log_file, "--log-file")
+        check_output_file(args.log_file, "--log-file", overwrite=True)  # a log is appended to
         parent = os.path.dirname(args.log_file)
         if parent and not os.path.isdir(parent):
             os.makedirs(parent)

@@ -138,6 +138,7 @@ def test_torch_missing_names_the_package(tiny_bundle, tiny_data, monkeypatch):
     (["{tmp}/afile/out/"], "output {tmp}/afile/out/: {tmp}/afile is a file"),
     (["{tmp}/afile/out.mp4"], "{tmp}/afile is a file, not a folder"),
     (["--log-file={tmp}/logs/"], "--log-file {tmp}/logs/ is a folder: expected a file name"),
+    (["--log-file={tmp}/a.png"], "an image or video file name; expected a report or log"),
     (["http://localhost:80a"], "output http://localhost:80a: expected [HOST]:PORT"),
 ])
 def test_bad_flags_are_one_line(tiny_bundle, tiny_data, tmp_path, argv, message):

@@ -227,6 +227,8 @@ def test_file_list_is_streamed_and_prefetch_is_bounded():
     (["--results", "{tmp}/r.jsonl", "--metrics", "{tmp}/r.jsonl"],
      "the same file as --results"),
     (["--results", "{tmp}/r.csv", "--metrics", "{tmp}/newdir/"], "is a folder: expected a file"),
+    (["--results", "{tmp}/r.csv", "--metrics", "{tmp}/x.png", "--overwrite"],
+     "--metrics {tmp}/x.png: an image or video file name"),
 ])
 def test_bad_flags_are_one_line(tiny_bundle, tiny_data, tmp_path, argv, message):
     """Checked before the first image: nothing is classified, nothing written."""

@@ -104,11 +104,14 @@ def test_overwrite_never_clears_a_dataset_it_did_not_write(tmp_path, tiny_data):
     before = sorted(os.listdir(str(real / "train" / "benign")))
     code, out, err = run_cli(["data", "synth", str(real), "--overwrite"])
     assert code != 0 and "not written by 'oncolens data synth'" not in err
-    assert "not written by 'data synth' (no SYNTHETIC.json)" in err
+    assert "not written by 'data synth' (no SYNTHETIC.json of its own)" in err
     raw = tmp_path / "raw"
     shutil.copytree(str(real / "train"), str(raw))
     code, out, err = run_cli(["data", "split", str(raw), str(real), "--overwrite"])
-    assert code != 0 and "not written by 'data split' (no splits.csv)" in err
+    assert code != 0 and "not written by 'data split' (no splits.csv of its own)" in err
+    (real / "splits.csv").write_text(u"patient_id,split\nP001,train\n")  # the user's own
+    code, out, err = run_cli(["data", "split", str(raw), str(real), "--overwrite"])
+    assert code != 0 and "not written by 'data split'" in err
     assert sorted(os.listdir(str(real / "train" / "benign"))) == before
     proj = tmp_path / "proj"
     shutil.copytree(str(real / "train"), str(proj / "train"))

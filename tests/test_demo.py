@@ -36,3 +36,8 @@ def test_demo_runs_end_to_end_and_overwrite_replaces_only_a_demo(tmp_path):
     code, stdout, err = run_cli(["demo", "--out", str(mine), "--overwrite"] + SMALL)
     assert code != 0 and "not an earlier demo's folder" in err
     assert (mine / "notes.txt").read_text() == u"keep me"
+    # an earlier demo's folder with a file of the user's added: nothing is deleted
+    (tmp_path / "demo" / "report.docx").write_text(u"mine")
+    code, stdout, err = run_cli(["demo", "--out", out, "--overwrite"] + SMALL)
+    assert code != 0 and "it also holds report.docx" in err
+    assert os.path.isdir(os.path.join(out, "model"))

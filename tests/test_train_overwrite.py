@@ -34,10 +34,12 @@ def exported(tmp_path, tiny_data):
 def test_overwrite_removes_the_previous_models_exports(exported, tiny_data, caplog):
     caplog.set_level(logging.INFO)
     engine = "simple-cnn.onnx.1.1.8201.GPU.FP16.engine"
-    derived = [engine, "simple-cnn.onnx.1.1.8201.GPU.INT8.calibration", "old.onnx",
+    derived = [engine, "simple-cnn.onnx.1.1.8201.GPU.INT8.calibration",
                "variants/simple-cnn.0123456789ab.dyn.onnx", "eval-test/report.md",
                "eval-test/roc.png", "selftest/selftest.json"]
-    kept = ["notes.txt", "eval-mine/my-notes.txt", "variants-backup/x.onnx"]
+    # files of the user's: another network, a backup copy of the export, its engine
+    kept = ["notes.txt", "eval-mine/my-notes.txt", "variants-backup/x.onnx", "teacher.onnx",
+            "simple-cnn-v1-backup.onnx", "teacher.onnx.1.1.8201.GPU.FP16.engine"]
     for name in derived[1:] + kept:
         _touch(os.path.join(exported, name))
     _touch(os.path.join(exported, engine))

@@ -7,7 +7,6 @@ Everything goes under ``./oncolens-demo/`` (``--out``); an existing one is kept 
 import argparse
 import logging
 import os
-import shutil
 import time
 
 from oncolens.appliance.cliutil import cli_entry, normalize_flags, setup_logging
@@ -38,6 +37,23 @@ def _step(n, text):
     print("[{}/4] {}".format(n, text), flush=True)
 
 
+DEMO_OUTPUTS = ("data", "model", "annotated", "test_predictions.txt")
+
+
+def _clear_earlier_demo(out):
+    """--overwrite: remove an earlier demo's outputs, and only from a folder that holds
+    nothing else (its data/ made by 'oncolens data synth')."""
+    from oncolens.train.split import clear_owned, made_by
+    others = sorted(set(os.listdir(out)) - set(DEMO_OUTPUTS)) if os.path.isdir(out) else []
+    if os.path.islink(out) or not os.path.isdir(out) or others or (
+            os.listdir(out) and not made_by(os.path.join(out, "data"), "SYNTHETIC.json")):
+        raise UsageError("--out {}: not an earlier demo's folder{}, so --overwrite will not "
+                         "delete anything there: give another --out".format(
+                             out, " (it also holds {})".format(", ".join(others[:3]))
+                             if others else ""))
+    clear_owned(out, DEMO_OUTPUTS)
+
+
 def run_demo(args):
     from oncolens.appliance.classify_cli import main as classify_main
     from oncolens.export.onnx_export import export_onnx
@@ -48,12 +64,7 @@ def run_demo(args):
         if not args.overwrite:
             raise UsageError("{} already exists: pass --overwrite to replace it, or --out "
                              "to write elsewhere".format(args.out))
-        if not os.path.isdir(args.out) or (os.listdir(args.out) and not os.path.isfile(
-                os.path.join(args.out, "data", "SYNTHETIC.json"))):
-            raise UsageError("--out {}: not an earlier demo's folder (no data/SYNTHETIC.json), "
-                             "so --overwrite will not delete it: give another --out".format(
-                                 args.out))
-        shutil.rmtree(args.out)
+        _clear_earlier_demo(args.out)
     data = os.path.join(args.out, "data")
     model_dir = os.path.join(args.out, "model")
     annotated = os.path.join(args.out, "annotated") + os.sep

@@ -4,9 +4,10 @@ A training run writes the checkpoints, ``labels.txt``, ``model.json``, ``history
 ``curves.png``. Later commands derive more from that model, and those files describe the
 model that is being replaced, so ``--overwrite`` removes them (and says which):
 
-- ``oncolens export onnx``: ``<arch>.onnx`` (or ``--output``), any ``*.onnx`` at the top;
-- ``oncolens export engine``: engines named
-  ``<model>.onnx.<batch>.<fallback>.<TensorRT>.<device>.<precision>.engine`` and their int8
+- ``oncolens export onnx``: the ONNX ``model.json`` records (``--output``) and ``<arch>.onnx``
+  of the arch it records; any other ``*.onnx`` (a file of the user's) is left, with a warning;
+- ``oncolens export engine``: engines of those ONNX files, named
+  ``<model>.onnx.<batch>.<fallback>.<TensorRT>.<device>.<precision>.engine``, and their int8
   ``.calibration`` caches;
 - ``oncolens bench`` / ``classify``: ``variants/`` (dynamic-batch and int8 copies);
 - ``oncolens selftest``: ``selftest/``;
@@ -15,6 +16,8 @@ model that is being replaced, so ``--overwrite`` removes them (and says which):
 A folder is only removed when everything in it is what OncoLens writes there; anything else
 is left, with a warning.
 """
+import io
+import json
 import logging
 import os
 import shutil
@@ -60,14 +63,48 @@ def model_files(model_dir):
                   if n in TRAIN_FILES or n.endswith(".onnx") or _is_engine(n))
 
 
+def _exports(model_dir):
+    """The ONNX files of the model in ``model_dir``: the one model.json records and
+    ``<arch>.onnx`` of its arch (paths relative to the folder)."""
+    try:
+        with io.open(os.path.join(model_dir, MODEL_JSON), "r", encoding="utf-8") as fh:
+            info = json.load(fh)
+    except (IOError, OSError, ValueError):
+        return set()
+    if not isinstance(info, dict):
+        return set()
+    names = set()
+    if isinstance(info.get("onnx"), dict) and info["onnx"].get("file"):
+        names.add(os.path.normpath(info["onnx"]["file"]))
+    if info.get("arch"):
+        names.add("{}.onnx".format(info["arch"]))
+    return names
+
+
+def _derived_file(name, exports):
+    if name.endswith(".onnx"):
+        return name in exports
+    if _is_engine(name):
+        stem = name[:-len(".calibration")] + ".engine" if name.endswith(".calibration") else name
+        return parse_engine_name(stem)["model"] in exports
+    return False
+
+
 def derived_artefacts(model_dir):
-    """(files, folders) derived from the model in ``model_dir``; folders that hold anything
-    else are left out (and named in a warning)."""
+    """(files, folders) derived from the model in ``model_dir``; other ONNX files and
+    folders that hold anything else are left out (and named in a warning)."""
     files, folders = [], []
+    exports = _exports(model_dir)
+    for name in [n for n in exports if os.sep in n]:  # an --output in a sub-folder
+        if os.path.isfile(os.path.join(model_dir, name)):
+            files.append(name)
     for name in sorted(os.listdir(model_dir)):
         path = os.path.join(model_dir, name)
-        if os.path.isfile(path) and (name.endswith(".onnx") or _is_engine(name)):
+        if os.path.isfile(path) and _derived_file(name, exports):
             files.append(name)
+        elif os.path.isfile(path) and name.endswith(".onnx"):
+            log.warning("--overwrite: left %s in place: model.json does not name it as this "
+                        "model's export", path)
         elif name in ("variants", "selftest") or name.startswith("eval-"):
             if _owned_folder(model_dir, name):
                 folders.append(name)

@@ -5,6 +5,8 @@ groups whose copies carry different labels are dropped (their label is unknown).
 file's fate, and where it went, is written to ``splits.csv``.
 """
 import csv
+import io
+import json
 import logging
 import os
 import shutil
@@ -96,12 +98,30 @@ def _check_split_args(src, out, ratios, overwrite):
         require_marker(out, SPLITS_CSV, "data split")
 
 
+CSV_HEAD = "path,class,split,group,sha256,phash"  # the columns data split writes first
+
+
+def made_by(out, marker):
+    """Whether ``out/marker`` is the record the command writes there: splits.csv with the
+    split's columns, SYNTHETIC.json naming 'oncolens data synth'."""
+    path = os.path.join(out, marker)
+    try:
+        with io.open(path, "r", encoding="utf-8") as fh:
+            if marker.endswith(".csv"):
+                return fh.readline().strip().startswith(CSV_HEAD)
+            record = json.load(fh)
+            return isinstance(record, dict) and record.get("generator") == "oncolens data synth"
+    except (IOError, OSError, ValueError):
+        return False
+
+
 def require_marker(out, marker, command):
-    """--overwrite clears only a folder an earlier ``command`` wrote (it left ``marker``):
+    """--overwrite clears only a folder an earlier ``command`` wrote (its ``marker`` record):
     never the train/ val/ test/ of a dataset it did not make."""
-    if not os.path.isfile(os.path.join(out, marker)):
-        raise UsageError("OUT {}: not written by '{}' (no {}), so --overwrite will not remove "
-                         "its contents: give an empty or new folder".format(out, command, marker))
+    if not made_by(out, marker):
+        raise UsageError("OUT {}: not written by '{}' (no {} of its own), so --overwrite will "
+                         "not remove its contents: give an empty or new folder".format(
+                             out, command, marker))
 
 
 def clear_owned(out, names):
