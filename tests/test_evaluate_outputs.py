@@ -59,3 +59,14 @@ def test_unreadable_images_make_the_exit_code_1(tiny_bundle, tiny_data, tmp_path
     assert "unreadable: " in out and "zero.png" in out
     assert "1 image(s) could not be read" in err and "Traceback" not in err
     assert os.path.isfile(str(tmp_path / "e" / "report.md"))  # the rest is still reported
+
+
+def test_out_inside_the_split_is_refused(tiny_bundle, tiny_data, tmp_path):
+    import shutil
+    split = str(tmp_path / "test")
+    shutil.copytree(os.path.join(tiny_data, "test"), split)
+    before = sorted(os.listdir(os.path.join(split, "benign")))
+    code, out, err = run_cli(["evaluate", "--model-dir", tiny_bundle, split, "--out",
+                              os.path.join(split, "benign")])
+    assert code == 2 and "inside the split" in err
+    assert sorted(os.listdir(os.path.join(split, "benign"))) == before

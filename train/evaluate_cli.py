@@ -69,6 +69,12 @@ def plan_outputs(args):
     several = len(args.model_dir) > 1
     if args.out:
         check_output_dir(args.out, "--out")
+        inside = os.path.realpath(args.out)
+        split = os.path.realpath(args.split_dir)
+        if inside == split or inside.startswith(split + os.sep):
+            raise UsageError("--out {}: inside the split {} being evaluated; its figures would "
+                             "count as images next time: give a folder outside it".format(
+                                 args.out, args.split_dir))
     if several and args.out:
         _check_free(os.path.join(args.out, "comparison.md"), args.overwrite)
     plans = []
