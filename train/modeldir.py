@@ -75,7 +75,9 @@ def _exports(model_dir):
         return set()
     names = set()
     if isinstance(info.get("onnx"), dict) and info["onnx"].get("file"):
-        names.add(os.path.normpath(info["onnx"]["file"]))
+        name = os.path.normpath(info["onnx"]["file"])
+        if not os.path.isabs(name) and not name.startswith(os.pardir):  # inside the folder
+            names.add(name)
     if info.get("arch"):
         names.add("{}.onnx".format(info["arch"]))
     return names
