@@ -13,7 +13,7 @@ import time
 
 from oncolens.appliance.evaluation import truth_of
 from oncolens.appliance.pipeline import batched, iter_image_files, prefetch, window
-from oncolens.appliance.results import ResultsWriter, check_same_model, done_paths, path_key
+from oncolens.appliance.results import ResultsWriter, done_paths, path_key
 
 log = logging.getLogger(__name__)
 
@@ -150,11 +150,10 @@ def _open_results(results, labels, resume, overwrite, sha, precision):
     if not resume:
         return writer, set()
     try:  # read after the writer has cut an unfinished last line
-        check_same_model(results, sha, precision)
+        skip = done_paths(results, sha, precision)
     except Exception:
         writer.close()
         raise
-    skip = done_paths(results)
     log.info("--resume: %d files already in %s are skipped", len(skip), results)
     return writer, skip
 

@@ -13,7 +13,7 @@ import logging
 import os
 
 from oncolens.appliance.classify_cli import resolve_model
-from oncolens.appliance.cliutil import cli_entry, normalize_flags, setup_logging
+from oncolens.appliance.cliutil import check_top, cli_entry, normalize_flags, setup_logging
 from oncolens.appliance.errors import UsageError
 
 log = logging.getLogger("oncolens.batch")
@@ -101,11 +101,7 @@ def _check_args(args):
             args.batch_size))
     if args.workers < 0:
         raise UsageError("--workers: expected 0 or more, got {}".format(args.workers))
-    if args.topk < 1:
-        raise UsageError("--topK: expected 1 or more classes, got {}".format(args.topk))
-    if not 0.0 <= args.threshold <= 1.0:
-        raise UsageError("--threshold: expected a confidence between 0 and 1, got {}".format(
-            args.threshold))
+    check_top(args.topk, args.threshold)
     if args.resume and not args.results:
         raise UsageError("--resume: needs --results FILE (the file to continue)")
     _check_outputs(args)
@@ -141,8 +137,13 @@ def _check_outputs(args):
 def _check_annotate_apart(uri, annotate):
     """Annotated copies keep the input's names under --annotate: that folder must not be
     where the inputs are, or the copies would replace them."""
-    base = uri if os.path.isdir(uri) else os.path.dirname(uri.split("*")[0].split("?")[0]
-                                                          .split("[")[0]) or "."
+    from oncolens.appliance.sources import glob_base
+    if os.path.isdir(uri):
+        base = uri
+    elif any(ch in uri for ch in "*?["):
+        base = glob_base(uri)
+    else:
+        base = os.path.dirname(uri) or "."
     if os.path.realpath(annotate) == os.path.realpath(base):
         raise UsageError("--annotate {}: the input folder itself; the annotated copies would "
                          "replace the images: give another folder".format(annotate))

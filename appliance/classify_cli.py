@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from oncolens.appliance.cliutil import cli_entry, normalize_flags, setup_logging
+from oncolens.appliance.cliutil import check_top, cli_entry, normalize_flags, setup_logging
 from oncolens.appliance.errors import UsageError
 from oncolens.appliance.outpaths import check_output_file, check_text_file
 
@@ -164,14 +164,10 @@ def _setup_logging(args):
 
 
 def _check_values(args):
-    if args.topk < 1:
-        raise UsageError("--topK: expected 1 or more classes, got {}".format(args.topk))
+    check_top(args.topk, args.threshold)
     if args.input_loop < -1:
         raise UsageError("--input-loop: expected -1 (forever), 0 (once) or a number of more "
                          "passes, got {}".format(args.input_loop))
-    if not 0.0 <= args.threshold <= 1.0:
-        raise UsageError("--threshold: expected a confidence between 0 and 1, got {}".format(
-            args.threshold))
     _check_serving(args)
 
 

@@ -42,6 +42,15 @@ def setup_logging(level="info"):
     )
 
 
+def check_top(topk, threshold=None):
+    """imagenet's --topK (1 or more) and --threshold (a confidence) in range."""
+    if topk < 1:
+        raise UsageError("--topK: expected 1 or more classes, got {}".format(topk))
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise UsageError("--threshold: expected a confidence between 0 and 1, got {}".format(
+            threshold))
+
+
 def cli_entry(prog):
     """Decorate a ``main(argv)``: OncoLensError becomes one line on stderr and an exit code."""
 

@@ -9,6 +9,7 @@ Paths are written as the file system names them: a name that is not valid UTF-8 
 bytes (``surrogateescape``), so it is read back, and skipped by ``--resume``, as the same name.
 """
 import csv
+import functools
 import io
 import json
 import logging
@@ -72,30 +73,39 @@ def read_rows(path):
                 yield row
 
 
+@functools.lru_cache(maxsize=256)
+def _real_folder(folder):
+    return os.path.realpath(folder)  # once per folder, not once per file
+
+
 def path_key(path):
     """One spelling of a path: ``in/x``, ``./in/x`` and ``/abs/in/x`` (or through a link to
     the folder) are one file; two names of one file (a link beside it) stay two."""
     folder, name = os.path.split(os.path.abspath(path))
-    return os.path.normcase(os.path.join(os.path.realpath(folder), name))
+    return os.path.normcase(os.path.join(_real_folder(folder), name))
 
 
-def done_paths(path):
-    """The files already in a results file (what ``--resume`` skips), as ``path_key``s."""
-    return set(path_key(row["path"]) for row in read_rows(path))
+def done_paths(path, sha="", precision=""):
+    """The files already in a results file (what ``--resume`` skips), as ``path_key``s.
 
-
-def check_same_model(path, sha, precision):
-    """``--resume`` appends only rows of the same model file at the same precision: one
-    results file (and its metrics) never mixes two models."""
+    Appending happens only to rows of the same model file at the same precision: one
+    results file (and its metrics) never mixes two models, so another's rows are refused."""
+    done = set()
     for row in read_rows(path):
-        theirs = (row.get("model_sha256") or "", row.get("precision") or "")
-        if theirs[0] and sha and theirs[0] != sha:
-            raise UsageError("--resume: {} holds results of another model (SHA-256 {}...; this "
-                             "model {}...): use a new results file".format(
-                                 path, theirs[0][:12], sha[:12]))
-        if theirs[1] and precision and theirs[1] != precision:
-            raise UsageError("--resume: {} holds results at precision {}, this run is {}: use "
-                             "a new results file".format(path, theirs[1], precision))
+        _check_same_model(path, row, sha, precision)
+        done.add(path_key(row["path"]))
+    return done
+
+
+def _check_same_model(path, row, sha, precision):
+    theirs = (row.get("model_sha256") or "", row.get("precision") or "")
+    if theirs[0] and sha and theirs[0] != sha:
+        raise UsageError("--resume: {} holds results of another model (SHA-256 {}...; this "
+                         "model {}...): use a new results file".format(
+                             path, theirs[0][:12], sha[:12]))
+    if theirs[1] and precision and theirs[1] != precision:
+        raise UsageError("--resume: {} holds results at precision {}, this run is {}: use "
+                         "a new results file".format(path, theirs[1], precision))
 
 
 class ResultsWriter(object):

@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 
-from oncolens.appliance.cliutil import cli_entry, normalize_flags, setup_logging
+from oncolens.appliance.cliutil import check_top, cli_entry, normalize_flags, setup_logging
 from oncolens.appliance.errors import UsageError
 from oncolens.appliance.outpaths import check_output_dir, check_output_file
 
@@ -75,8 +75,7 @@ def check_args(args):
         raise UsageError("--model: required (a model folder, .onnx or engine), or --network=NAME")
     if not 0 <= args.port <= 65535:
         raise UsageError("--port {}: expected 0..65535".format(args.port))
-    if args.topk < 1:
-        raise UsageError("--topK {}: expected 1 or more classes".format(args.topk))
+    check_top(args.topk)
     for flag, value in (("--max-upload-mb", args.max_upload_mb), ("--max-pixels", args.max_pixels),
                         ("--queue", args.queue), ("--max-batch", args.max_batch),
                         ("--timeout", args.timeout)):

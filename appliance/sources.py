@@ -59,13 +59,14 @@ def list_images(uri):
         return [(uri, os.path.basename(uri))]
     if any(ch in uri for ch in "*?["):
         paths = sorted(p for p in glob.glob(uri, recursive=True) if os.path.isfile(p))
-        base = _glob_base(uri)
+        base = glob_base(uri)
         return [(p, os.path.relpath(p, base)) for p in paths if is_image_file(p)]
     raise UsageError("input not found: {} (expected an image file, a folder, a quoted glob or "
                      "a stream URI)".format(uri))
 
 
-def _glob_base(pattern):
+def glob_base(pattern):
+    """The folder a glob's relative names start from: its parts before the first wildcard."""
     parts = []
     for part in pattern.split(os.sep):
         if any(ch in part for ch in "*?["):

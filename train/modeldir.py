@@ -63,16 +63,21 @@ def model_files(model_dir):
                   if n in TRAIN_FILES or n.endswith(".onnx") or _is_engine(n))
 
 
-def _exports(model_dir):
-    """The ONNX files of the model in ``model_dir``: the one model.json records and
-    ``<arch>.onnx`` of its arch (paths relative to the folder)."""
+def recorded_info(model_dir):
+    """The folder's model.json as it stands (before training rewrites it), or {} when there
+    is none or it cannot be read."""
     try:
         with io.open(os.path.join(model_dir, MODEL_JSON), "r", encoding="utf-8") as fh:
             info = json.load(fh)
     except (IOError, OSError, ValueError):
-        return set()
-    if not isinstance(info, dict):
-        return set()
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def _exports(model_dir):
+    """The ONNX files of the model in ``model_dir``: the one model.json records and
+    ``<arch>.onnx`` of its arch (paths relative to the folder)."""
+    info = recorded_info(model_dir)
     names = set()
     if isinstance(info.get("onnx"), dict) and info["onnx"].get("file"):
         name = os.path.normpath(info["onnx"]["file"])
@@ -93,9 +98,9 @@ def _derived_file(name, exports):
 
 
 def derived_artefacts(model_dir):
-    """(files, folders) derived from the model in ``model_dir``; other ONNX files and
-    folders that hold anything else are left out (and named in a warning)."""
-    files, folders = [], []
+    """(files, folders, kept) derived from the model in ``model_dir``; ``kept``: the other
+    ONNX files and the folders that hold anything else, with why each is left."""
+    files, folders, kept = [], [], []
     exports = _exports(model_dir)
     for name in [n for n in exports if os.sep in n]:  # an --output in a sub-folder
         if os.path.isfile(os.path.join(model_dir, name)):
@@ -105,22 +110,22 @@ def derived_artefacts(model_dir):
         if os.path.isfile(path) and _derived_file(name, exports):
             files.append(name)
         elif os.path.isfile(path) and name.endswith(".onnx"):
-            log.warning("--overwrite: left %s in place: model.json does not name it as this "
-                        "model's export", path)
+            kept.append((path, "model.json does not name it as this model's export"))
         elif name in ("variants", "selftest") or name.startswith("eval-"):
             if _owned_folder(model_dir, name):
                 folders.append(name)
             elif os.path.isdir(path):
-                log.warning("--overwrite: left %s in place: it holds files OncoLens did not "
-                            "write there", path)
-    return files, folders
+                kept.append((path, "it holds files OncoLens did not write there"))
+    return files, folders, kept
 
 
 def remove_derived(model_dir):
     """Remove what was derived from the model being replaced; returns the names removed."""
     if not os.path.isdir(model_dir):
         return []
-    files, folders = derived_artefacts(model_dir)
+    files, folders, kept = derived_artefacts(model_dir)
+    for path, why in kept:
+        log.warning("--overwrite: left %s in place: %s", path, why)
     for name in files:
         os.remove(os.path.join(model_dir, name))
     for name in folders:

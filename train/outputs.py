@@ -1,7 +1,5 @@
 """What a training run writes into ``--model-dir``: the checkpoints (jetson-inference's
 ``checkpoint.pth.tar`` and ``model_best.pth.tar``), ``labels.txt`` and ``model.json``."""
-import io
-import json
 import logging
 import os
 import shutil
@@ -12,7 +10,7 @@ from oncolens.appliance.bundle import (MODEL_JSON, LABELS_TXT, new_model_info, s
 from oncolens.appliance.errors import UsageError
 from oncolens.appliance.outpaths import check_output_dir
 from oncolens.train.modeldir import (BEST, CHECKPOINT, derived_artefacts, model_files,
-                                     remove_derived)
+                                     recorded_info, remove_derived)
 from oncolens.train.recipe import torch_module
 from oncolens.train.synth import dataset_provenance
 
@@ -77,25 +75,12 @@ def adopt_best(args, ckpt):
 
 
 def _warn_stale_exports(model_dir):
-    files, _ = derived_artefacts(model_dir) if os.path.isdir(model_dir) else ([], [])
-    onnx = [n for n in files if n.endswith(".onnx")]
-    recorded = _recorded_onnx(model_dir)  # an --output elsewhere in the folder
-    if recorded and recorded not in onnx:
-        onnx.append(recorded)
+    files = derived_artefacts(model_dir)[0] if os.path.isdir(model_dir) else []
+    onnx = [n for n in files if n.endswith(".onnx")]  # with an --output in a sub-folder
     if onnx:
         log.warning("%s holds %s, exported from the model before this run: re-export it once "
                     "training ends ('oncolens evaluate' uses the checkpoint until then)",
                     model_dir, ", ".join(onnx))
-
-
-def _recorded_onnx(model_dir):
-    """The ONNX file the folder's model.json names, when it is there (before the rewrite)."""
-    try:
-        with io.open(os.path.join(model_dir, MODEL_JSON), "r", encoding="utf-8") as fh:
-            name = (json.load(fh).get("onnx") or {}).get("file")
-    except (IOError, OSError, ValueError, AttributeError):
-        return None
-    return name if name and os.path.isfile(os.path.join(model_dir, name)) else None
 
 
 def save_checkpoint(state, model_dir, is_best, models=(None, None)):
@@ -154,12 +139,8 @@ def write_bundle(args, classes, preprocess, best, training):
 def _exports_of(model_dir, sha):
     """The ONNX and engine records of the old model.json, kept when they were exported from
     this very model_best (a resume that found no better epoch): they are not stale."""
-    try:
-        with io.open(os.path.join(model_dir, MODEL_JSON), "r", encoding="utf-8") as fh:
-            old = json.load(fh)
-    except (IOError, OSError, ValueError):
-        return {}
-    onnx = old.get("onnx") if isinstance(old, dict) else None
+    old = recorded_info(model_dir)
+    onnx = old.get("onnx")
     if not isinstance(onnx, dict) or onnx.get("checkpoint_sha256") != sha or \
             not os.path.isfile(os.path.join(model_dir, onnx.get("file") or "")):
         return {}

@@ -259,14 +259,14 @@ class ServeApp(object):
         """(bytes, format, rgb) of the request's image; UploadError when refused."""
         data = image_bytes(environ, read_body(environ, self.max_bytes))
         resized = self.resized_size if getattr(self.classifier, "preprocessor", None) else None
-        check_image(data, self.max_pixels, resized)      # cheap: before waiting for a slot
+        fmt = check_image(data, self.max_pixels, resized)[0]  # before waiting for a slot
         if not self._decoding.acquire(timeout=self.timeout):
             retry = self.queue.retry_after() if self.queue is not None else 1
             raise UploadError(503, "busy", "the server is busy decoding other images: try "
                               "again in {} s".format(retry), retry_after=retry)
         try:
             fmt, rgb = decode_upload(data, self.max_pixels, "upload {}".format(
-                environ.get("oncolens.request_id")), resized)
+                environ.get("oncolens.request_id")), resized, fmt)
         finally:
             self._decoding.release()
         return data, fmt, rgb

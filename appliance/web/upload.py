@@ -343,9 +343,10 @@ def check_image(data, max_pixels, resized=None):
     return fmt, width, height
 
 
-def decode_upload(data, max_pixels, origin="upload", resized=None):
-    """Check then decode ``data``: (format, RGB uint8 image)."""
-    fmt = check_image(data, max_pixels, resized)[0]
+def decode_upload(data, max_pixels, origin="upload", resized=None, fmt=None):
+    """Check then decode ``data``: (format, RGB uint8 image). ``fmt``: what ``check_image``
+    already found, when it has been run (the check is not repeated)."""
+    fmt = fmt or check_image(data, max_pixels, resized)[0]
     try:
         return fmt, decode_image(data, origin)
     except ImageReadError:
