@@ -8,6 +8,7 @@ import time
 
 from oncolens.appliance.errors import (BundleError, ImageReadError, MissingDependency,
                                        OncoLensError)
+from oncolens.appliance.imageio import check_format
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +56,7 @@ class NaiveTorch(object):
 
     def open_image(self, path):
         """The RGB PIL image; ImageReadError names the file when it cannot be read."""
-        from oncolens.appliance.pipeline import UNSUPPORTED_EXTENSIONS
-        if os.path.splitext(path)[1].lower() in UNSUPPORTED_EXTENSIONS:
-            raise ImageReadError("{}: unsupported image format (skipped by the appliance's "
-                                 "loop too)".format(path))
+        check_format(path)  # the same refusal as the appliance's loop
         try:
             return self.Image.open(path).convert("RGB")
         except Exception as exc:  # PIL raises OSError, SyntaxError, DecompressionBombError...

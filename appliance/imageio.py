@@ -7,9 +7,26 @@ from oncolens.appliance.errors import ImageReadError, OncoLensError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 
+# Image formats we are asked about but cannot decode: a folder's files in these formats are
+# listed and fail with a message naming the format, never skipped in silence.
+UNSUPPORTED_EXTENSIONS = (".gif", ".heic", ".heif", ".avif", ".jp2", ".j2k", ".jxl", ".svg",
+                          ".ico", ".psd", ".dcm", ".dicom", ".nef", ".cr2", ".dng", ".raw")
+
 
 def is_image_file(path):
     return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
+
+
+def is_unsupported_image(path):
+    return os.path.splitext(path)[1].lower() in UNSUPPORTED_EXTENSIONS
+
+
+def check_format(path):
+    """ImageReadError naming the file when its extension is an image format we cannot read."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext in UNSUPPORTED_EXTENSIONS:
+        raise ImageReadError("{}: unsupported image format {} (expected {})".format(
+            path, ext, "/".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)))
 
 
 def decode_image(data, origin="<bytes>"):
@@ -27,6 +44,7 @@ def decode_image(data, origin="<bytes>"):
 
 def read_image(path):
     """Read an image file as RGB uint8; ImageReadError names the file and the problem."""
+    check_format(path)
     try:
         with open(path, "rb") as fh:
             data = fh.read()

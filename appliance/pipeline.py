@@ -13,14 +13,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from oncolens.appliance.errors import ImageReadError
-from oncolens.appliance.imageio import IMAGE_EXTENSIONS, decode_image, is_image_file
+from oncolens.appliance.imageio import (IMAGE_EXTENSIONS, UNSUPPORTED_EXTENSIONS, check_format,
+                                        decode_image, is_image_file)
 from oncolens.appliance.sources import list_images
 
 log = logging.getLogger(__name__)
-
-# Image formats we are asked about but cannot decode: recorded as failures, not skipped.
-UNSUPPORTED_EXTENSIONS = (".gif", ".heic", ".heif", ".avif", ".jp2", ".j2k", ".jxl", ".svg",
-                          ".ico", ".psd", ".dcm", ".dicom", ".nef", ".cr2", ".dng", ".raw")
 
 # path: the file as found; relpath: its name relative to the input (kept for outputs);
 # tensor: float32 CxHxW or None; image: the decoded RGB frame when asked to keep it;
@@ -69,11 +66,8 @@ def iter_image_files(uri, counts=None, exclude=None):
 def load_item(index, path, relpath, preprocessor, keep_image=False):
     """Read, decode and preprocess one file; a failure becomes an Item with ``error``."""
     started = time.perf_counter()
-    ext = os.path.splitext(path)[1].lower()
     try:
-        if ext in UNSUPPORTED_EXTENSIONS:
-            raise ImageReadError("{}: unsupported image format {} (expected {})".format(
-                path, ext, "/".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)))
+        check_format(path)
         with open(path, "rb") as fh:
             data = fh.read()
         rgb = decode_image(data, path)

@@ -18,7 +18,7 @@ import time
 
 from oncolens.appliance import gst
 from oncolens.appliance.errors import ImageReadError, MissingDependency, OncoLensError, UsageError
-from oncolens.appliance.imageio import is_image_file, read_image
+from oncolens.appliance.imageio import is_image_file, is_unsupported_image, read_image
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +44,22 @@ class SourceLost(OncoLensError):
     """A camera or stream could not be opened or stopped delivering frames."""
 
 
-def list_images(uri):
-    """The image files named by a file, a folder (recursive) or a glob, sorted; relpaths kept."""
+def list_images(uri, unsupported=False):
+    """The image files named by a file, a folder (recursive) or a glob, sorted; relpaths kept.
+
+    With ``unsupported``, files in image formats we cannot read (.gif, .heic ...) are listed
+    too, so that the caller reports each as a failure instead of skipping it in silence.
+    """
+    def wanted(path):
+        return is_image_file(path) or (unsupported and is_unsupported_image(path))
+
     if os.path.isdir(uri):
         found = []
         for parent, dirs, files in os.walk(uri):
             dirs.sort()
             for name in sorted(files):
                 path = os.path.join(parent, name)
-                if is_image_file(path):
+                if wanted(path):
                     found.append((path, os.path.relpath(path, uri)))
         return found
     if os.path.isfile(uri):
@@ -60,7 +67,7 @@ def list_images(uri):
     if any(ch in uri for ch in "*?["):
         paths = sorted(p for p in glob.glob(uri, recursive=True) if os.path.isfile(p))
         base = glob_base(uri)
-        return [(p, os.path.relpath(p, base)) for p in paths if is_image_file(p)]
+        return [(p, os.path.relpath(p, base)) for p in paths if wanted(p)]
     raise UsageError("input not found: {} (expected an image file, a folder, a quoted glob or "
                      "a stream URI)".format(uri))
 
@@ -137,7 +144,7 @@ class ImageFilesSource(Source):
 
     def __init__(self, uri, loop=0, flip=None):
         self.uri = uri
-        self.files = list_images(uri)
+        self.files = list_images(uri, unsupported=True)
         if not self.files:
             raise UsageError("input {}: no image files found".format(uri))
         self.loop = int(loop or 0)

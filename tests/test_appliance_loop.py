@@ -148,6 +148,27 @@ def test_undecodable_frame_is_logged_and_skipped(tiny_bundle, tiny_data, tmp_pat
     assert "b.png: not a decodable image" in caplog.text
 
 
+def test_unsupported_format_in_a_folder_is_a_failure_not_skipped(tiny_bundle, tiny_data,
+                                                                 tmp_path, caplog):
+    """As in batch: a .gif in the folder is named and counted, not skipped in silence."""
+    import shutil
+    from oncolens.appliance.classifier import Classifier
+    from oncolens.appliance.loop import LiveLoop
+    from oncolens.appliance.sources import open_source
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(os.path.join(tiny_data, "test", "normal", "normal_test_0000.png"),
+                str(folder / "a.png"))
+    (folder / "b.gif").write_bytes(b"GIF89a")
+    (folder / "notes.txt").write_text("not an image")
+    sink = ListSink()
+    with Classifier.open(tiny_bundle) as clf:
+        stats = LiveLoop(clf, open_source(str(folder)), [sink], notifier=FakeNotifier()).run()
+    assert stats.frames == 1 and stats.failed == 1
+    assert "b.gif: unsupported image format .gif" in caplog.text
+    assert "notes.txt" not in caplog.text
+
+
 def test_smoothing_follows_jetson_inference():
     from oncolens.appliance.postprocess import Smoother
     a, b = np.array([1.0, 0.0]), np.array([0.0, 1.0])
