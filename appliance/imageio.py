@@ -1,5 +1,7 @@
 """Reading and writing image files as RGB uint8 arrays (OpenCV underneath)."""
 import os
+import struct
+import threading
 
 import numpy as np
 
@@ -29,14 +31,81 @@ def check_format(path):
             path, ext, "/".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)))
 
 
+def tiff_tags(data, wanted):
+    """{tag: first value} of a TIFF's first IFD's ``wanted`` tags (a value stored elsewhere
+    in the file, when it does not fit the entry, is read from there); struct.error when the
+    file is too short for what it claims."""
+    end = "<" if data[:2] == b"II" else ">"
+    offset = struct.unpack(end + "I", data[4:8])[0]
+    count = struct.unpack(end + "H", data[offset:offset + 2])[0]
+    found = {}
+    for n in range(count):
+        entry = data[offset + 2 + 12 * n:offset + 14 + 12 * n]
+        tag, kind, values = struct.unpack(end + "HHI", entry[:8])
+        if tag in wanted:
+            fmt = end + ("H" if kind == 3 else "I")
+            where = 8
+            if values * struct.calcsize(fmt) > 4:
+                where = struct.unpack(end + "I", entry[8:12])[0]
+                entry = data
+            found[tag] = struct.unpack(fmt, entry[where:where + struct.calcsize(fmt)])[0]
+    return found
+
+
+def tiff_float(data):
+    """Whether ``data`` is a TIFF whose samples are 32-bit floats (SampleFormat 3), which
+    OpenCV cannot turn into an 8-bit image."""
+    if data[:4] not in (b"II*\x00", b"MM\x00*"):
+        return False
+    try:
+        return tiff_tags(data, (339,)).get(339) == 3
+    except struct.error:
+        return False
+
+
+class _QuietOpenCV(object):
+    """OpenCV's log level at ERROR while images decode: a file it cannot read prints a WARN
+    line naming no file, and our own error, which names it, follows anyway. Counted, so that
+    decoding threads overlapping each other restore the level once, when the last one ends."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.active = 0
+        self.saved = None
+
+    def __enter__(self):
+        import cv2
+        logging = getattr(getattr(cv2, "utils", None), "logging", None)  # absent in old builds
+        with self.lock:
+            if self.active == 0 and logging is not None:
+                self.saved = (logging, logging.getLogLevel())
+                logging.setLogLevel(min(self.saved[1], logging.LOG_LEVEL_ERROR))
+            self.active += 1
+
+    def __exit__(self, *exc):
+        with self.lock:
+            self.active -= 1
+            if self.active == 0 and self.saved is not None:
+                logging, level = self.saved
+                logging.setLogLevel(level)
+                self.saved = None
+
+
+_quiet_opencv = _QuietOpenCV()
+
+
 def decode_image(data, origin="<bytes>"):
     """Decode encoded bytes to RGB uint8 HxWx3 (greyscale, palette and RGBA become RGB)."""
     import cv2
     if not data:
         raise ImageReadError("{}: empty file".format(origin))
     buf = np.frombuffer(data, dtype=np.uint8)
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    with _quiet_opencv:
+        img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if img is None or img.size == 0:
+        if tiff_float(data):
+            raise ImageReadError("{}: 32-bit float TIFF is not supported (expected 8- or 16-bit "
+                                 "integer samples)".format(origin))
         raise ImageReadError("{}: not a decodable image (expected {})".format(
             origin, "/".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)))
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)

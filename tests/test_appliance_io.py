@@ -232,3 +232,22 @@ def test_jetson_utils_source_and_sink_with_a_stand_in(monkeypatch):
     assert made["output"] == ("rtp://10.0.0.2:5000", ["--output-codec=h265",
                                                      "--bitrate=2000000"])
     assert len(sink.out.rendered) == 1 and made["status"] == "status" and not sink.stopped
+
+
+def test_float_tiff_is_named_and_opencv_stays_quiet(tmp_path, capfd):
+    """A 32-bit float TIFF (from a microscope's analysis software) fails with a message that
+    says why, and OpenCV's own WARN line, which names no file, is not printed."""
+    import cv2
+    from oncolens.appliance.errors import ImageReadError
+    from oncolens.appliance.imageio import read_image
+    path = tmp_path / "stack.tif"
+    cv2.imwrite(str(path), np.random.RandomState(0).rand(20, 30).astype(np.float32))
+    level = cv2.utils.logging.getLogLevel()
+    with pytest.raises(ImageReadError) as err:
+        read_image(str(path))
+    assert str(err.value) == "{}: 32-bit float TIFF is not supported (expected 8- or 16-bit " \
+                             "integer samples)".format(path)
+    assert "WARN" not in capfd.readouterr().err
+    assert cv2.utils.logging.getLogLevel() == level          # put back afterwards
+    cv2.imwrite(str(tmp_path / "deep.tif"), np.full((20, 30), 40000, np.uint16))
+    assert read_image(str(tmp_path / "deep.tif")).shape == (20, 30, 3)

@@ -11,7 +11,7 @@ import socket
 import struct
 
 from oncolens.appliance.errors import ImageReadError, OncoLensError
-from oncolens.appliance.imageio import decode_image
+from oncolens.appliance.imageio import decode_image, tiff_float, tiff_tags
 
 DRAIN_CAP = 64 << 20      # read (and drop) at most this much of an oversized body
 CHUNK = 1 << 16
@@ -176,41 +176,12 @@ def _bmp_size(data):
     return None
 
 
-def _tiff_tags(data, wanted):
-    """{tag: first value} of the first IFD's ``wanted`` tags (a value stored elsewhere in
-    the file, when it does not fit the entry, is read from there)."""
-    end = "<" if data[:2] == b"II" else ">"
-    offset = struct.unpack(end + "I", data[4:8])[0]
-    count = struct.unpack(end + "H", data[offset:offset + 2])[0]
-    found = {}
-    for n in range(count):
-        entry = data[offset + 2 + 12 * n:offset + 14 + 12 * n]
-        tag, kind, values = struct.unpack(end + "HHI", entry[:8])
-        if tag in wanted:
-            fmt = end + ("H" if kind == 3 else "I")
-            where = 8
-            if values * struct.calcsize(fmt) > 4:
-                where = struct.unpack(end + "I", entry[8:12])[0]
-                entry = data
-            found[tag] = struct.unpack(fmt, entry[where:where + struct.calcsize(fmt)])[0]
-    return found
-
-
 def _tiff_size(data):
     try:
-        found = _tiff_tags(data, (256, 257))
+        found = tiff_tags(data, (256, 257))
         return found[256], found[257]
     except (struct.error, KeyError):
         return None
-
-
-def _tiff_float(data):
-    """Whether a TIFF's samples are 32-bit floats (SampleFormat 3), which OpenCV cannot
-    turn into an 8-bit image."""
-    try:
-        return _tiff_tags(data, (339,)).get(339) == 3
-    except struct.error:
-        return False
 
 
 def dimensions(fmt, data):
@@ -350,7 +321,7 @@ def decode_upload(data, max_pixels, origin="upload", resized=None, fmt=None):
     try:
         return fmt, decode_image(data, origin)
     except ImageReadError:
-        if fmt == "tiff" and _tiff_float(data):
+        if fmt == "tiff" and tiff_float(data):
             raise UploadError(400, "undecodable", "32-bit float TIFF is not supported "
                               "(expected 8- or 16-bit integer samples)")
         raise UploadError(400, "undecodable", "the {} file is damaged: it does not "
