@@ -30,14 +30,14 @@ def _check_parent(path, flag):
         raise UsageError("{} {}: folder {} is not writable".format(flag, path, found))
 
 
-def check_text_file(path, flag):
+def check_text_file(path, flag, expected="a report or log file name (.json, .csv, .log, ...)"):
     """A report or log (JSON, CSV, text) is never written under an image's or a video's
     name: with --overwrite that name could be an input being classified."""
     from oncolens.appliance.imageio import IMAGE_EXTENSIONS
     ext = os.path.splitext(path)[1].lower()
     if ext in IMAGE_EXTENSIONS or ext in (".mp4", ".avi", ".mkv", ".mov", ".m4v"):
-        raise UsageError("{} {}: an image or video file name; expected a report or log "
-                         "file name (.json, .csv, .log, ...)".format(flag, path))
+        raise UsageError("{} {}: an image or video file name; expected {}".format(
+            flag, path, expected))
 
 
 def check_output_file(path, flag, overwrite=False, hint="pass --overwrite to replace it"):

@@ -115,10 +115,22 @@ def build_engine(args):
         ctx.close()
 
 
+def check_cache_paths(args):
+    """--calib-cache and --timing-cache are read when present and written after the build:
+    checked before TensorRT is loaded, so a folder or an image's name given by mistake is a
+    one-line error, not a failure at the end of a build of minutes (or an image written over)."""
+    from oncolens.appliance.outpaths import check_output_file, check_text_file
+    for flag, path in (("--calib-cache", args.calib_cache), ("--timing-cache", args.timing_cache)):
+        if path:
+            check_output_file(path, flag, overwrite=True)   # a cache is meant to be reused
+            check_text_file(path, flag, expected="a cache file name (.calibration, .timing)")
+
+
 @cli_entry("oncolens export engine")
 def main(argv):
     args = build_parser().parse_args(normalize_flags(argv))
     setup_logging(args.log_level)
+    check_cache_paths(args)
     path, entry, built = build_engine(args)
     print("{} {}".format("built" if built else "up to date:", path))
     print("engine: TensorRT {}, {}, {}, max batch {}, GPU '{}'".format(

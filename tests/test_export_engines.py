@@ -102,3 +102,21 @@ def test_pick_entry_prefers_fp16_and_skips_stale(tmp_path):
     assert engines.pick_entry(entries, str(tmp_path), "8.2.1", "NVIDIA Tegra X1",
                               max_batch=4) is None
     assert engines.pick_entry(entries, str(tmp_path), "10.3.0", "NVIDIA Tegra X1") is None
+
+
+def test_cache_flags_are_checked_before_tensorrt_is_needed(tmp_path):
+    """--calib-cache / --timing-cache naming a folder, an image or a path under a file are
+    one-line errors before anything is built (here without TensorRT at all)."""
+    from conftest import run_cli
+    (tmp_path / "scan.png").write_bytes(b"\x89PNG")
+    (tmp_path / "afile").write_text("x")
+    cases = [("--timing-cache", str(tmp_path), "is a folder: expected a file name"),
+             ("--calib-cache", str(tmp_path / "scan.png"), "an image or video file name; "
+              "expected a cache file name"),
+             ("--timing-cache", str(tmp_path / "afile" / "t.timing"), "is a file, not a folder")]
+    for flag, path, message in cases:
+        code, out, err = run_cli(["export", "engine", "--model-dir", str(tmp_path), flag, path])
+        assert code == 2, (flag, err)
+        assert flag in err and message in err
+        assert len(err.strip().splitlines()) == 1
+    assert (tmp_path / "scan.png").read_bytes() == b"\x89PNG"
