@@ -84,23 +84,39 @@ def render_files(args):
 
 
 def write_files(files, overwrite):
+    """Write every file or none: each target is checked first (not a folder, a folder above
+    it that exists or can be made and is writable), then all are staged as ``.tmp`` beside
+    their targets and only then moved into place; a failure removes what was staged."""
+    from oncolens.appliance.outpaths import check_output_file
     existing = [path for path, _ in files if os.path.exists(path)]
     if existing and not overwrite:
         raise UsageError("{} already exists (pass --overwrite to replace it)".format(
             " and ".join(existing)))
-    for path, text in files:
+    hint = "(run it with sudo, or pass --root DIR or --print)"
+    for path, _ in files:
         try:
+            check_output_file(path, "cannot write", overwrite=True)
+        except UsageError as exc:
+            raise UsageError("{} {}".format(exc, hint))
+    staged = []
+    try:
+        for path, text in files:
             folder = os.path.dirname(path)
             if not os.path.isdir(folder):
                 os.makedirs(folder)
             tmp = path + ".tmp"
+            staged.append(tmp)
             with open(tmp, "w") as fh:
                 fh.write(text)
             os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except (OSError, IOError) as exc:
-            raise UsageError("cannot write {}: {} (run it with sudo, or pass --root DIR or "
-                             "--print)".format(path, exc.strerror or exc))
+        for path, _ in files:
+            os.replace(path + ".tmp", path)
+    except (OSError, IOError) as exc:
+        for tmp in staged:
+            if os.path.isfile(tmp):
+                os.remove(tmp)
+        raise UsageError("cannot write {}: {} {}".format(
+            getattr(exc, "filename", None) or path, exc.strerror or exc, hint))
 
 
 NEXT_STEPS = """\

@@ -248,6 +248,20 @@ def test_install_reports_a_folder_it_cannot_write(tmp_path):
     assert "--root DIR or --print" in err and "Traceback" not in err
 
 
+def test_install_writes_both_files_or_neither(tmp_path):
+    """A target that cannot be written (here the environment file's name is a folder) is
+    refused before anything is written: no unit without its file, no stray .tmp."""
+    root = tmp_path / "r"
+    (root / "etc" / "default" / "oncolens").mkdir(parents=True)
+    code, out, err = run_cli(["service", "install", "--root", str(root), "--exec",
+                              "/usr/local/bin/oncolens", "--overwrite"])
+    assert code == 2 and "etc/default/oncolens is a folder" in err, err
+    assert len(err.strip().splitlines()) == 1
+    written = sorted(os.path.relpath(os.path.join(d, f), str(root))
+                     for d, _, files in os.walk(str(root)) for f in files)
+    assert written == [] and not (root / "etc" / "systemd").exists()
+
+
 def test_service_without_an_action_shows_its_usage():
     code, out, err = run_cli(["service"])
     assert code == 2 and "install" in out
