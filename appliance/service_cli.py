@@ -94,9 +94,12 @@ def write_files(files, overwrite):
             " and ".join(existing)))
     hint = "(run it with sudo, or pass --root DIR or --print)"
     for path, _ in files:
+        if os.path.isdir(path):
+            raise UsageError("cannot write {}: a folder of that name is in the way (expected "
+                             "the file itself)".format(path))
         try:
             check_output_file(path, "cannot write", overwrite=True)
-        except UsageError as exc:
+        except UsageError as exc:  # a file where a folder should be, or one not writable
             raise UsageError("{} {}".format(exc, hint))
     staged = []
     try:

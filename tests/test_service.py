@@ -255,7 +255,7 @@ def test_install_writes_both_files_or_neither(tmp_path):
     (root / "etc" / "default" / "oncolens").mkdir(parents=True)
     code, out, err = run_cli(["service", "install", "--root", str(root), "--exec",
                               "/usr/local/bin/oncolens", "--overwrite"])
-    assert code == 2 and "etc/default/oncolens is a folder" in err, err
+    assert code == 2 and "etc/default/oncolens: a folder of that name is in the way" in err, err
     assert len(err.strip().splitlines()) == 1
     written = sorted(os.path.relpath(os.path.join(d, f), str(root))
                      for d, _, files in os.walk(str(root)) for f in files)
