@@ -117,3 +117,25 @@ def test_worker_error_line():
                          "oncolens.appliance.errors.ImageReadError: /d/val/a.png: empty file\n")
     assert worker_error_line(exc) == "/d/val/a.png: empty file"
     assert worker_error_line(ImageReadError("a.png: empty file")) == "a.png: empty file"
+
+
+def test_image_check_on_threads_lists_bad_files_in_dataset_order(tiny_data, tmp_path, caplog):
+    """The decode check runs on several threads; its error lines still follow the dataset's
+    order, and every file is decoded (counted here)."""
+    import glob
+    from oncolens.train import precheck
+    from oncolens.appliance.errors import UsageError
+    good = sorted(glob.glob(os.path.join(tiny_data, "train", "*", "*.png")))
+    bad = []
+    for n in range(5):
+        path = tmp_path / "bad{}.png".format(n)
+        path.write_bytes(b"not a png" * n)
+        bad.append(str(path))
+    samples = [(p, 0) for p in good[:3] + [bad[0]] + good[3:6] + bad[1:] + good[6:]]
+    seen = []
+    caplog.set_level(logging.ERROR)
+    with pytest.raises(UsageError, match="5 of {} images cannot be read".format(len(samples))):
+        precheck.check_images(samples, lambda it: (seen.append(1) or v for v in it), threads=3)
+    assert len(seen) == len(samples)          # every verdict went through the progress bar
+    named = [r.getMessage().split(":")[0] for r in caplog.records]
+    assert named == bad

@@ -165,7 +165,8 @@ def _setup(args):
     samples = check_classes(args.data, classes, ("val",) if args.evaluate else ("train", "val"))
     ckpt = load_resume(args, classes)  # checked against this run before anything is written
     check_model_dir(args)
-    check_images(sum(samples.values(), []), lambda it: progress(it, "checking images"))
+    every = sum(samples.values(), [])
+    check_images(every, lambda it: progress(it, "checking images", total=len(every)))
     runtime = make_runtime(args.gpu, args.precision, args.channels_last)
     mean, std = normalisation(args.arch)
     clahe = {"clip": float(args.clahe_clip), "tile": 8} if args.clahe else None
