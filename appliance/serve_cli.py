@@ -52,6 +52,10 @@ def build_parser():
                    help="images that may wait for the model; beyond that 503 + Retry-After (16)")
     p.add_argument("--max-batch", type=int, default=4,
                    help="most waiting images run through the model at once (4)")
+    from oncolens.appliance.web.app import DECODE_SLOTS
+    p.add_argument("--decode-slots", type=int, default=DECODE_SLOTS,
+                   help="uploads decoded at once, the rest wait their turn (decoding is where "
+                        "an upload's memory goes; {})".format(DECODE_SLOTS))
     p.add_argument("--timeout", type=float, default=60.0,
                    help="seconds a request waits for the model before 503 (60)")
     p.add_argument("--save-uploads", metavar="DIR",
@@ -78,7 +82,7 @@ def check_args(args):
     check_top(args.topk)
     for flag, value in (("--max-upload-mb", args.max_upload_mb), ("--max-pixels", args.max_pixels),
                         ("--queue", args.queue), ("--max-batch", args.max_batch),
-                        ("--timeout", args.timeout)):
+                        ("--decode-slots", args.decode_slots), ("--timeout", args.timeout)):
         if not _finite(value) or value <= 0:
             raise UsageError("{} {}: expected a positive, finite number".format(flag, value))
     if args.timeout > MAX_TIMEOUT:
@@ -125,7 +129,8 @@ def main(argv):
         raise
     app = ServeApp(clf, token=token, max_upload_mb=args.max_upload_mb,
                    max_pixels=args.max_pixels, queue_size=args.queue, max_batch=args.max_batch,
-                   timeout=args.timeout, save_uploads=args.save_uploads, audit_log=audit)
+                   timeout=args.timeout, save_uploads=args.save_uploads, audit_log=audit,
+                   decode_slots=args.decode_slots)
     try:
         server = ServerThread(app.wsgi, args.host, args.port)
     except (OSError, IOError) as exc:

@@ -165,6 +165,13 @@ def test_decoding_is_limited_whatever_the_number_of_uploads(tiny_bundle, tiny_da
             with concurrent.futures.ThreadPoolExecutor(6) as pool:
                 statuses = list(pool.map(lambda _: request(url, "/classify", "POST", data).status,
                                          range(6)))
+        peak_of_two, peak[0] = peak[0], 0
+        with running(clf, queue_size=16, decode_slots=1) as (url, app):   # --decode-slots 1
+            with concurrent.futures.ThreadPoolExecutor(3) as pool:
+                one = list(pool.map(lambda _: request(url, "/classify", "POST", data).status,
+                                    range(3)))
+        assert one == [200] * 3 and peak[0] == 1
+        peak[0] = peak_of_two
         with running(clf, timeout=0.1) as (url, app):     # no slot within --timeout: 503
             with concurrent.futures.ThreadPoolExecutor(6) as pool:
                 replies = list(pool.map(lambda _: request(url, "/classify", "POST", data),
