@@ -115,6 +115,22 @@ def build_engine(args):
         ctx.close()
 
 
+def check_numbers(args):
+    """The numeric flags, before TensorRT loads: one line naming the flag otherwise."""
+    for flag, value, least in (("--max-batch", args.max_batch, 1),
+                               ("--opt-batch", args.opt_batch, 1),
+                               ("--workspace", args.workspace, 1),
+                               ("--calib-count", args.calib_count, 1),
+                               ("--calib-batch", args.calib_batch, 1),
+                               ("--dla-core", args.dla_core, 0), ("--device", args.device, 0)):
+        if value is not None and value < least:
+            raise UsageError("{} {}: expected {}".format(
+                flag, value, "a positive number" if least else "0 or more"))
+    if args.opt_batch > args.max_batch:
+        raise UsageError("--opt-batch {}: expected at most --max-batch ({})".format(
+            args.opt_batch, args.max_batch))
+
+
 def check_cache_paths(args):
     """--calib-cache and --timing-cache are read when present and written after the build:
     checked before TensorRT is loaded, so a folder or an image's name given by mistake is a
@@ -130,6 +146,7 @@ def check_cache_paths(args):
 def main(argv):
     args = build_parser().parse_args(normalize_flags(argv))
     setup_logging(args.log_level)
+    check_numbers(args)
     check_cache_paths(args)
     path, entry, built = build_engine(args)
     print("{} {}".format("built" if built else "up to date:", path))

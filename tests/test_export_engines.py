@@ -120,3 +120,18 @@ def test_cache_flags_are_checked_before_tensorrt_is_needed(tmp_path):
         assert flag in err and message in err
         assert len(err.strip().splitlines()) == 1
     assert (tmp_path / "scan.png").read_bytes() == b"\x89PNG"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--max-batch", "0"], "--max-batch 0: expected a positive number"),
+    (["--workspace", "-5"], "--workspace -5: expected a positive number"),
+    (["--calib-count", "0"], "--calib-count 0: expected a positive number"),
+    (["--calib-batch", "0"], "--calib-batch 0: expected a positive number"),
+    (["--dla-core", "-1"], "--dla-core -1: expected 0 or more"),
+    (["--device", "-1"], "--device -1: expected 0 or more"),
+    (["--max-batch", "4", "--opt-batch", "8"], "--opt-batch 8: expected at most --max-batch (4)"),
+])
+def test_engine_numbers_are_checked_before_tensorrt_is_needed(tmp_path, extra, message):
+    from conftest import run_cli
+    code, out, err = run_cli(["export", "engine", "--model-dir", str(tmp_path)] + extra)
+    assert code == 2 and err.strip() == "oncolens export engine: error: " + message, err
