@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import re
 
 from oncolens import __version__
 from oncolens.appliance.errors import BundleError
@@ -62,8 +63,14 @@ def _decode_text(path, data):
                                                           exc.start))
 
 
+# an ImageNet synset ID before the class name, as in jetson-inference's ilsvrc12_synset_words.txt
+# ("n01440764 tench, Tinca tinca"): its label loader keeps only the name, and so do we
+SYNSET_PREFIX = re.compile(r"^n[0-9]{8}\s+(?=\S)")
+
+
 def read_labels(path):
-    """Labels, one a line; blank lines and surrounding spaces are ignored."""
+    """Labels, one a line; blank lines and surrounding spaces are ignored, and an ImageNet
+    synset ID before a name is dropped (jetson-inference reads such files the same way)."""
     if os.path.isdir(path):
         raise BundleError("labels file {} is a folder: expected a text file, one class a "
                           "line".format(path))
@@ -71,7 +78,7 @@ def read_labels(path):
         raise BundleError("labels file not found: {}".format(path))
     with io.open(path, "rb") as fh:
         text = _decode_text(path, fh.read())
-    labels = [line.strip() for line in text.splitlines() if line.strip()]
+    labels = [SYNSET_PREFIX.sub("", line.strip()) for line in text.splitlines() if line.strip()]
     if not labels:
         raise BundleError("labels file is empty: {}".format(path))
     if len(set(labels)) != len(labels):
@@ -267,6 +274,59 @@ def onnx_input_shape(path, input_name):
     return [int(v) for v in dims[1:]]
 
 
+def onnx_output_activation(path, output_name):
+    """'softmax' when the graph's output ``output_name`` comes straight from a Softmax node,
+    'none' when from another node, None when that cannot be read here (no onnx package)."""
+    try:
+        import onnx
+        graph = onnx.load(path, load_external_data=False).graph
+    except ImportError:
+        return None
+    except Exception:  # an unreadable file: the backend reports it with its own message
+        return None
+    for node in graph.node:
+        if output_name in node.output:
+            return "softmax" if node.op_type == "Softmax" else "none"
+    return None
+
+
+def _checked_onnx_file(directory, json_path, model_file, info):
+    """An .onnx named by --model in a folder with a model.json must be the export that
+    model.json records, or a byte-identical copy: its activation, input size and labels
+    would otherwise be applied to another network (Softmax twice, or a logit shown as a
+    percentage).  Where no export is recorded (the folder was trained again after one), the
+    file's own graph says whether it ends in Softmax, and its input size must match."""
+    record = info.get("onnx") or {}
+    if record.get("file"):
+        recorded = os.path.join(directory, record["file"])
+        same = os.path.isfile(recorded) and os.path.samefile(recorded, model_file)
+        if not record.get("sha256"):
+            if same:
+                return info
+        elif sha256_file(model_file) == record["sha256"]:
+            return info
+        raise BundleError("{}: {} describes {} (sha256 {}...), {}: pass --model {} to run "
+                          "the recorded export, or move {} to a folder of its own with its "
+                          "labels.txt to run it as a bare ONNX".format(
+                              model_file, json_path, record["file"],
+                              (record.get("sha256") or "?")[:12],
+                              "which has changed since" if same else "not this file",
+                              directory, os.path.basename(model_file)))
+    info = copy.deepcopy(info)
+    shape = onnx_input_shape(model_file, info["input"].get("name", DEFAULT_INPUT_NAME))
+    if shape and list(shape) != list(info["input"]["shape"]):
+        raise BundleError("{} takes {} input but {} describes {} (the model was trained again "
+                          "at another size after this export): export it again with 'oncolens "
+                          "export onnx --model-dir {} --overwrite'".format(
+                              model_file, "x".join(str(v) for v in shape), json_path,
+                              "x".join(str(v) for v in info["input"]["shape"]), directory))
+    activation = onnx_output_activation(model_file,
+                                        info["output"].get("name", DEFAULT_OUTPUT_NAME))
+    if activation:
+        info["output"]["activation"] = activation
+    return info
+
+
 def _missing_labels_message(directory, labels, labels_flag):
     if labels and os.path.isdir(labels):
         return "{} {} is a folder: expected a text file, one class a line".format(
@@ -322,6 +382,8 @@ def load_bundle(model, labels=None, info_overrides=None, labels_flag="--labels")
                 info.setdefault(key, {}).update(value)
             else:
                 info[key] = value
+    if model_file and not inferred and model_file.endswith(".onnx"):
+        info = _checked_onnx_file(directory, json_path, model_file, info)
     if model_file is None:
         onnx_file = Bundle(directory, info, info["labels"]).onnx_path
         model_file = onnx_file if os.path.isfile(onnx_file) else None

@@ -165,6 +165,50 @@ def test_an_onnx_older_than_the_model_json_is_not_used_silently(tiny_bundle, tin
     assert code == 0, err  # the checkpoint is the current model
 
 
+def test_an_onnx_file_that_model_json_does_not_describe_is_refused(tiny_bundle, tmp_path):
+    """--model DIR/file.onnx beside a model.json recording another export: model.json's
+    activation would be applied to the wrong network (Softmax twice on a Softmax export, or
+    none on a logits one), so the confidences would be wrong. Refused, naming both files; a
+    byte-identical copy is accepted; with no export recorded, the graph says what it ends in."""
+    import numpy as np
+    folder = str(tmp_path / "rx")
+    shutil.copytree(tiny_bundle, folder, ignore=shutil.ignore_patterns("variants"))
+    softmax_onnx = os.path.join(folder, "resnet18.onnx")
+    shutil.copy(softmax_onnx, os.path.join(folder, "copy.onnx"))
+    assert bundle.load_bundle(os.path.join(folder, "copy.onnx")).info["output"][
+        "activation"] == "softmax"
+    code, out, err = run_cli(["export", "onnx", "--model-dir", folder, "--output=logits.onnx",
+                              "--no-activation"])
+    assert code == 0, err
+    with pytest.raises(BundleError) as err_info:
+        bundle.load_bundle(softmax_onnx)
+    message = str(err_info.value)
+    assert "describes logits.onnx" in message and "not this file" in message
+    assert "--model {}".format(folder) in message
+    assert bundle.load_bundle(folder).info["output"]["activation"] == "none"
+    # no export recorded: each file is read as its graph says
+    path = os.path.join(folder, "model.json")
+    with open(path) as fh:
+        info = json.load(fh)
+    info.pop("onnx")
+    with open(path, "w") as fh:
+        json.dump(info, fh)
+    from oncolens.appliance.classifier import Classifier
+    image = (np.random.RandomState(0).rand(40, 40, 3) * 255).astype(np.uint8)
+    probs = []
+    for name in ("resnet18.onnx", "logits.onnx"):
+        with Classifier.open(os.path.join(folder, name), backend="onnxruntime") as clf:
+            probs.append(clf.infer_images([image]).probs[0])
+    assert np.allclose(probs[0], probs[1], atol=1e-5) and abs(probs[0].sum() - 1) < 1e-5
+
+
+def test_synset_ids_before_class_names_are_dropped_as_jetson_inference_does(tmp_path):
+    path = tmp_path / "synset.txt"
+    path.write_text("n01440764 benign\nn01443537  malignant lesion\nnormal\nn0144 short\n")
+    assert bundle.read_labels(str(path)) == ["benign", "malignant lesion", "normal",
+                                             "n0144 short"]
+
+
 def test_a_folder_given_as_labels_file_is_named(tmp_path):
     with pytest.raises(BundleError, match="is a folder: expected a text file"):
         bundle.read_labels(str(tmp_path))
