@@ -24,10 +24,12 @@ def normalize_flags(argv):
 
 
 # jetson-inference's --log-level names, and Python's
+# jetson-utils' levels: silent, error, warning, success, info, verbose, debug ("success"
+# shows warnings and errors but not info lines: it sits between them)
 LOG_LEVELS = {"silent": logging.CRITICAL + 10, "critical": logging.CRITICAL,
               "error": logging.ERROR, "warning": logging.WARNING, "warn": logging.WARNING,
-              "success": logging.INFO, "info": logging.INFO, "verbose": logging.DEBUG,
-              "debug": logging.DEBUG}
+              "success": (logging.WARNING + logging.INFO) // 2, "info": logging.INFO,
+              "verbose": logging.DEBUG, "debug": logging.DEBUG}
 
 
 def setup_logging(level="info"):
@@ -43,9 +45,11 @@ def setup_logging(level="info"):
 
 
 def check_top(topk, threshold=None):
-    """imagenet's --topK (1 or more) and --threshold (a confidence) in range."""
-    if topk < 1:
-        raise UsageError("--topK: expected 1 or more classes, got {}".format(topk))
+    """imagenet's --topK (0: every class at or above --threshold, or 1 or more) and
+    --threshold (a confidence) in range."""
+    if topk < 0:
+        raise UsageError("--topK: expected 0 (every class at or above --threshold) or more "
+                         "classes, got {}".format(topk))
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise UsageError("--threshold: expected a confidence between 0 and 1, got {}".format(
             threshold))

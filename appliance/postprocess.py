@@ -7,13 +7,16 @@ Prediction = collections.namedtuple("Prediction", ["index", "label", "confidence
 
 
 def top_k(probs, labels, k=1, threshold=0.0):
-    """The ``k`` most likely classes of one image at or above ``threshold`` (best first).
+    """The ``k`` most likely classes of one image at or above ``threshold`` (best first);
+    ``k`` 0: every class at or above it, as imagenet's ``--topK=0``.
 
     The best class is always returned, even under the threshold, so a frame never goes
-    unlabelled (jetson-inference does the same for top-1).
+    unlabelled (imagenet would draw nothing on such a frame).
     """
     probs = np.asarray(probs, dtype=np.float64).ravel()
-    order = np.argsort(-probs, kind="stable")[:max(1, int(k))]
+    order = np.argsort(-probs, kind="stable")
+    if int(k) > 0:
+        order = order[:int(k)]
     preds = [Prediction(int(i), labels[int(i)], float(probs[i])) for i in order]
     return [p for n, p in enumerate(preds) if n == 0 or p.confidence >= threshold]
 

@@ -128,7 +128,7 @@ def test_torch_missing_names_the_package(tiny_bundle, tiny_data, monkeypatch):
     (["--backend=tpu"], "--backend: unknown backend 'tpu'"),
     (["--input-flip=sideways"], "--input-flip: unknown value 'sideways'"),
     (["--overlay=sparkles"], "--overlay: unknown value 'sparkles'"),
-    (["--topK=0"], "--topK: expected 1 or more"),
+    (["--topK=-1"], "--topK: expected 0 (every class at or above --threshold) or more"),
     (["--input-loop=-5"], "--input-loop: expected -1 (forever), 0 (once)"),
     (["--log-level=loud"], "--log-level: unknown level 'loud'"),
     (["--log-file={tmp}/afile/x.log"], "--log-file {tmp}/afile/x.log: {tmp}/afile is a file"),
@@ -148,6 +148,16 @@ def test_bad_flags_are_one_line(tiny_bundle, tiny_data, tmp_path, argv, message)
     code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless", src] + argv)
     message = message.replace("{tmp}", str(tmp_path))
     assert code != 0 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_jetson_log_levels_order():
+    """jetson-utils' order: success sits between warning and info (info lines hidden)."""
+    import logging
+    from oncolens.appliance.cliutil import LOG_LEVELS
+    order = ["debug", "verbose", "info", "success", "warning", "error", "silent"]
+    values = [LOG_LEVELS[name] for name in order]
+    assert values == sorted(values) and LOG_LEVELS["info"] < LOG_LEVELS["success"]
+    assert LOG_LEVELS["success"] < logging.WARNING
 
 
 def test_silent_log_level_and_looping_into_a_folder(tiny_bundle, tiny_data, tmp_path):

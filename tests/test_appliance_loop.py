@@ -181,6 +181,19 @@ def test_smoothing_follows_jetson_inference():
     np.testing.assert_allclose(Smoother(0)(b), b)
 
 
+def test_top_k_zero_lists_every_class_at_or_above_the_threshold():
+    """imagenet's --topK=0: every class at or above --threshold, best first; the best class
+    is kept even below it (a frame is never unlabelled)."""
+    from oncolens.appliance.postprocess import top_k
+    labels = ["benign", "malignant", "normal", "other"]
+    probs = [0.30, 0.45, 0.20, 0.05]
+    assert [p.label for p in top_k(probs, labels, 0, 0.1)] == ["malignant", "benign", "normal"]
+    assert [p.label for p in top_k(probs, labels, 0, 0.0)] == ["malignant", "benign", "normal",
+                                                                "other"]
+    assert [p.label for p in top_k(probs, labels, 2, 0.0)] == ["malignant", "benign"]
+    assert [p.label for p in top_k(probs, labels, 0, 0.9)] == ["malignant"]
+
+
 def test_status_line_labels_both_rates():
     from oncolens.appliance.loop import Stats, status_text
 

@@ -215,7 +215,7 @@ def test_file_list_is_streamed_and_prefetch_is_bounded():
     (["--resume"], "--resume: needs --results"),
     (["--batch-size", "0"], "--batch-size"),
     (["--precision", "fp16"], "--precision: expected one of fp32, int8"),
-    (["--topK", "0"], "--topK: expected 1 or more"),
+    (["--topK", "-1"], "--topK: expected 0 (every class"),
     (["--threshold", "2"], "--threshold: expected a confidence between 0 and 1"),
     (["--log-level", "loud"], "--log-level: unknown level 'loud'"),
     (["--annotate", "{tmp}/afile"], "--annotate {tmp}/afile is a file: expected a folder"),

@@ -58,7 +58,7 @@ def test_serve_cli_refuses_bad_values_before_loading_the_model(tmp_path):
         (["--timeout", "nan"], "--timeout"),
         (["--timeout", "1e12"], "--timeout"),
         (["--max-pixels", "1" + "0" * 400], "--max-pixels"),
-        (["--topK", "0"], "--topK"),
+        (["--topK", "-1"], "--topK"),
         (["--decode-slots", "0"], "--decode-slots"),
         (["--topK", "-3"], "--topK"),
         (["--audit-log", str(folder)], "--audit-log"),
