@@ -37,7 +37,7 @@ def build_parser():
                    help="auto, jetson, tensorrt, onnxruntime, openvino or torch (auto: fastest "
                         "present)")
     p.add_argument("--topK", "--topk", dest="topk", type=int, default=1,
-                   help="classes drawn on the annotated image and listed in 'top' (1)")
+                   help="classes drawn on the annotated image and listed in 'top' (1; 0: all)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (127.0.0.1); any non-loopback one needs a token")
     p.add_argument("--port", type=int, default=8080, help="port (8080; 0 picks a free one)")
