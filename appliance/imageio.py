@@ -1,4 +1,5 @@
-"""Reading and writing image files as RGB uint8 arrays (OpenCV underneath)."""
+"""Reading and writing image files as RGB uint8 arrays (OpenCV underneath), and walking the
+folders that hold them."""
 import os
 import struct
 import threading
@@ -13,6 +14,34 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", "
 # listed and fail with a message naming the format, never skipped in silence.
 UNSUPPORTED_EXTENSIONS = (".gif", ".heic", ".heif", ".avif", ".jp2", ".j2k", ".jxl", ".svg",
                           ".ico", ".psd", ".dcm", ".dicom", ".nef", ".cr2", ".dng", ".raw")
+
+
+# Files every command leaves out of a folder: hidden ones (``.DS_Store``, macOS's ``._x.png``
+# resource forks, editors' ``.swp``) and the thumbnail caches and settings Windows writes.
+JUNK_FILES = ("thumbs.db", "desktop.ini")
+
+
+def is_ignored_name(name):
+    """Whether a file or folder ``name`` is hidden (starts with '.') or OS junk."""
+    return name.startswith(".") or name.lower() in JUNK_FILES
+
+
+def list_folders(path):
+    """The sub-folders of ``path`` (class folders), sorted, hidden ones left out."""
+    return sorted(d for d in os.listdir(path)
+                  if not is_ignored_name(d) and os.path.isdir(os.path.join(path, d)))
+
+
+def walk_files(root, skip_dir=None):
+    """Every file under the folder ``root``, as paths, sorted folder by folder (one folder's
+    listing at a time); hidden files and folders and OS junk (``is_ignored_name``) are left
+    out, and so is the folder whose real path is ``skip_dir``."""
+    for parent, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not is_ignored_name(d) and not (
+            skip_dir and os.path.realpath(os.path.join(parent, d)) == skip_dir))
+        for name in sorted(files):
+            if not is_ignored_name(name):
+                yield os.path.join(parent, name)
 
 
 def is_image_file(path):

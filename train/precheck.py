@@ -8,7 +8,7 @@ import os
 
 from oncolens.appliance.bundle import LABELS_TXT
 from oncolens.appliance.errors import ImageReadError, UsageError
-from oncolens.appliance.imageio import read_image
+from oncolens.appliance.imageio import list_folders, read_image
 from oncolens.train.data import class_counts, list_samples
 
 log = logging.getLogger(__name__)
@@ -23,8 +23,7 @@ def unlisted_folders(split_dir, classes):
     """Class folders in ``split_dir`` that are not among ``classes`` (their images unused)."""
     if not os.path.isdir(split_dir):
         return []
-    return sorted(d for d in os.listdir(split_dir)
-                  if os.path.isdir(os.path.join(split_dir, d)) and d not in classes)
+    return [d for d in list_folders(split_dir) if d not in classes]
 
 
 def check_classes(data_dir, classes, splits=("train", "val")):

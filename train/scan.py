@@ -9,7 +9,7 @@ import os
 import numpy as np
 
 from oncolens.appliance.errors import UsageError
-from oncolens.appliance.imageio import is_image_file
+from oncolens.appliance.imageio import is_image_file, list_folders, walk_files
 from oncolens.train.phash import UnionFind, near_pairs, phash
 
 log = logging.getLogger(__name__)
@@ -27,18 +27,15 @@ def layout(root):
 
 
 def walk(root):
-    """(relative path, split or None, class) for every file under the class folders."""
+    """(relative path, split or None, class) for every file under the class folders (hidden
+    files and OS junk left out, as every command does)."""
     kind, splits = layout(root)
     entries = []
     for split in splits:
         base = os.path.join(root, split) if split else root
-        for cls in sorted(d for d in os.listdir(base) if os.path.isdir(os.path.join(base, d))):
-            for parent, dirs, files in os.walk(os.path.join(base, cls)):
-                dirs.sort()
-                for name in sorted(files):
-                    if name.startswith(".") or name.lower().endswith((".txt", ".csv", ".md")):
-                        continue
-                    path = os.path.join(parent, name)
+        for cls in list_folders(base):
+            for path in walk_files(os.path.join(base, cls)):
+                if not path.lower().endswith((".txt", ".csv", ".md")):
                     entries.append((os.path.relpath(path, root), split, cls))
     return entries
 
