@@ -1,5 +1,6 @@
 """Reading and writing image files as RGB uint8 arrays (OpenCV underneath), and walking the
 folders that hold them."""
+import logging
 import os
 import struct
 import threading
@@ -7,6 +8,8 @@ import threading
 import numpy as np
 
 from oncolens.appliance.errors import ImageReadError, OncoLensError
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 
@@ -35,10 +38,27 @@ def list_folders(path):
 def walk_files(root, skip_dir=None):
     """Every file under the folder ``root``, as paths, sorted folder by folder (one folder's
     listing at a time); hidden files and folders and OS junk (``is_ignored_name``) are left
-    out, and so is the folder whose real path is ``skip_dir``."""
-    for parent, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not is_ignored_name(d) and not (
-            skip_dir and os.path.realpath(os.path.join(parent, d)) == skip_dir))
+    out, and so is the folder whose real path is ``skip_dir``.
+
+    Symbolic links to folders are followed (as torchvision's ImageFolder does), each real
+    folder walked once: a link to a folder already walked, or to one that holds ``root`` (a
+    cycle), is skipped with a warning."""
+    top = os.path.realpath(root)
+    seen = set([top])
+    for parent, dirs, files in os.walk(root, followlinks=True):
+        keep = []
+        for d in sorted(dirs):
+            path = os.path.join(parent, d)
+            real = os.path.realpath(path)
+            if is_ignored_name(d) or (skip_dir and real == skip_dir):
+                continue
+            if real in seen or top.startswith(real.rstrip(os.sep) + os.sep):
+                log.warning("%s: links to %s, %s: not read again", path, real,
+                            "read already" if real in seen else "which holds it (a link cycle)")
+                continue
+            seen.add(real)
+            keep.append(d)
+        dirs[:] = keep
         for name in sorted(files):
             if not is_ignored_name(name):
                 yield os.path.join(parent, name)

@@ -67,3 +67,46 @@ def test_data_check_and_train_ignore_hidden_files_and_os_junk(tiny_data, tmp_pat
                               "--bootstrap", 0, "--backend", "torch"])
     assert code == 0, out + err
     assert "unreadable" not in out
+
+
+def _linked_dataset(tiny_data, tmp_path):
+    """test/ with its malignant images in a folder elsewhere, linked in as a sub-folder
+    (a second site's scans), plus a link cycle and a second link to the same folder."""
+    data = str(tmp_path / "d")
+    shutil.copytree(tiny_data, data)
+    ext = str(tmp_path / "ext")
+    shutil.copytree(os.path.join(tiny_data, "val", "malignant"), ext)
+    for split in ("train", "test"):
+        os.symlink(ext, os.path.join(data, split, "malignant", "site2"))
+    os.symlink(ext, os.path.join(data, "test", "malignant", "site2_again"))
+    os.symlink(os.path.join(data, "test"), os.path.join(data, "test", "malignant", "loop"))
+    os.symlink(os.path.join(data, "test", "malignant"), os.path.join(ext, "back"))
+    return data
+
+
+def test_every_walker_follows_linked_folders_once(tiny_data, tmp_path, caplog):
+    from oncolens.appliance.pipeline import iter_image_files
+    from oncolens.appliance.sources import list_images
+    from oncolens.train.data import list_samples
+    from oncolens.train.scan import walk
+    data = _linked_dataset(tiny_data, tmp_path)
+    test = os.path.join(data, "test")
+    linked = set(os.listdir(os.path.join(tiny_data, "val", "malignant")))
+    walked = {
+        "scan": [os.path.join(data, rel) for rel, split, _ in walk(data) if split == "test"],
+        "list_samples": [p for p, _ in list_samples(test, ["benign", "malignant", "normal"])],
+        "list_images": [p for p, _ in list_images(test)],
+        "iter_image_files": [p for p, _ in iter_image_files(test)],
+    }
+    for name, paths in walked.items():
+        assert len(paths) == 9 + len(linked), (name, paths)  # every image once, none twice
+        assert _names(p for p in paths if os.sep + "site2" + os.sep in p) == linked, name
+    assert "read already" in caplog.text and "a link cycle" in caplog.text
+
+
+def test_data_check_counts_images_in_linked_folders(tiny_data, tmp_path):
+    data = _linked_dataset(tiny_data, tmp_path)
+    code, out, err = run_cli(["data", "check", data, "--max-distance", "-1"])
+    # the linked images are in train/ and test/ (and val/): leakage, the images were read
+    assert "leakage" in out and "site2" in out, out
+    assert "test   benign 3  malignant 6  normal 3  (total 12)" in out, out
