@@ -198,7 +198,8 @@ def _place(source, dest, link):
 
 
 def _write_csv(path, records, fate, group_of, dests):
-    with open(path, "w") as fh:
+    """splits.csv, UTF-8; a file name that is not valid UTF-8 keeps its own bytes."""
+    with io.open(path, "w", encoding="utf-8", errors="surrogateescape", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["path", "class", "split", "group", "sha256", "phash", "dest"])
         for rec, where, group, dest in zip(records, fate, group_of, dests):
