@@ -1,8 +1,8 @@
 """What ``oncolens train`` checks in the dataset before it writes anything: at least two
 classes, training images for every class, class folders that labels.txt leaves out (a
-warning: their images are not used), and every train/val image decodes (all bad files are
-listed, one line each, before a one-line error; not an exception from a data-loader worker
-after an epoch)."""
+warning: their images are not used), and every train/val image decodes (all bad files,
+files in formats we cannot read such as .gif included, are listed, one line each, before a
+one-line error; not an exception from a data-loader worker after an epoch)."""
 import logging
 import os
 
@@ -76,9 +76,12 @@ def check_images(samples, progress=None, threads=None):
         for path, error in zip(paths, progress(verdicts) if progress else verdicts):
             if error is not None:
                 log.error("%s", error)
-                bad.append(path)
+                bad.append((path, error))
     if len(bad) == 1:
-        raise UsageError("{} cannot be read as an image: remove or replace it".format(bad[0]))
+        path, error = bad[0]
+        why = error[len(path) + 2:] if error.startswith(path + ": ") else error
+        raise UsageError("{} cannot be read as an image ({}): remove or replace it".format(
+            path, why))
     if bad:
         raise UsageError("{} of {} images cannot be read (listed above): remove or replace "
                          "them ('oncolens data check' audits a dataset)".format(

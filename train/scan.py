@@ -8,8 +8,8 @@ import os
 
 import numpy as np
 
-from oncolens.appliance.errors import UsageError
-from oncolens.appliance.imageio import is_image_file, list_folders, walk_files
+from oncolens.appliance.errors import ImageReadError, UsageError
+from oncolens.appliance.imageio import check_format, is_image_file, list_folders, walk_files
 from oncolens.train.phash import UnionFind, near_pairs, phash
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,11 @@ def describe_file(path):
         data = fh.read()
     info["sha256"] = hashlib.sha256(data).hexdigest()
     if not is_image_file(path):
-        info["error"] = "not an image file (by its extension)"
+        try:
+            check_format(path)
+            info["error"] = "not an image file (by its extension)"
+        except ImageReadError as exc:  # .gif, .heic ...: say which format
+            info["error"] = str(exc)[len(path) + 2:]
         return info
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None or img.size == 0:
