@@ -43,10 +43,13 @@ def check_classes(data_dir, classes, splits=("train", "val")):
         counts = class_counts(samples[split], len(classes))
         missing = [c for c, n in zip(classes, counts) if n == 0]
         if missing and split == "train":
+            fix = "remove the class from labels.txt" if _source(data_dir) == "labels.txt" \
+                else "remove the empty folder(s) {}".format(", ".join(
+                    os.path.join(split_dir, c) for c in missing))
             raise UsageError("{}: no images of {} ({} lists {}): every class needs training "
-                             "images; add them, or remove the class from labels.txt".format(
+                             "images; add them, or {}".format(
                                  split_dir, ", ".join(missing), _source(data_dir),
-                                 ", ".join(classes)))
+                                 ", ".join(classes), fix))
         if missing:
             log.warning("%s: no images of %s: its recall cannot be measured there", split_dir,
                         ", ".join(missing))

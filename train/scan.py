@@ -26,6 +26,13 @@ def layout(root):
     return ("split", present) if present else ("flat", [None])
 
 
+def class_folders(root):
+    """{split (None when flat): [class folder names]}, the folders as they are, empty or not."""
+    kind, splits = layout(root)
+    return {split: list_folders(os.path.join(root, split) if split else root)
+            for split in splits}
+
+
 def walk(root):
     """(relative path, split or None, class) for every file under the class folders (hidden
     files and OS junk left out, as every command does)."""

@@ -16,7 +16,7 @@ import numpy as np
 from oncolens.appliance.bundle import LABELS_TXT, write_labels
 from oncolens.appliance.errors import UsageError
 from oncolens.appliance.outpaths import check_output_dir
-from oncolens.train.scan import SPLITS, duplicate_groups, layout, scan
+from oncolens.train.scan import SPLITS, class_folders, duplicate_groups, layout, scan
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +172,10 @@ def split_dataset(src, out, ratios=(0.7, 0.15, 0.15), seed=0, max_distance=4, li
         raise UsageError("{}: no files in its class folders".format(src))
     fate, group_of = assign(records, ratios, seed, max_distance)
     classes = sorted(set(r["class"] for r in records))
+    empty = [c for c in class_folders(src)[None] if c not in classes]
+    if empty:
+        log.warning("%s: class folder(s) %s hold no files: left out of %s", src,
+                    ", ".join(empty), os.path.join(out, LABELS_TXT))
     counts = {s: {c: 0 for c in classes} for s in SPLITS}
     dests = destinations(records, fate)
     if overwrite:

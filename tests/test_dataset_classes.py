@@ -1,0 +1,49 @@
+"""Class folders and labels.txt: data check reports what train refuses, train's message fits
+the dataset (no labels.txt named where there is none), data split honours SRC/labels.txt and
+says what it leaves out."""
+import logging
+import os
+import shutil
+
+from conftest import run_cli
+
+FAST = ["--resolution", 32, "-b", 6, "-j", 0, "--seed", 3, "--no-pretrained",
+        "--arch", "simple-cnn", "--epochs", 1]
+
+
+def _copy(tiny_data, tmp_path, name="d"):
+    data = str(tmp_path / name)
+    shutil.copytree(tiny_data, data)
+    return data
+
+
+def _flat(tiny_data, tmp_path, name="raw"):
+    raw = str(tmp_path / name)
+    for cls in ("benign", "malignant", "normal"):
+        shutil.copytree(os.path.join(tiny_data, "train", cls), os.path.join(raw, cls))
+    return raw
+
+
+def test_an_empty_class_folder_is_an_error_in_check_and_train(tiny_data, tmp_path):
+    data = _copy(tiny_data, tmp_path)
+    os.remove(os.path.join(data, "labels.txt"))
+    os.makedirs(os.path.join(data, "train", "atypical"))
+    code, out, err = run_cli(["data", "check", data, "--max-distance", "-1"])
+    assert code == 1, out
+    assert "error: train/: no images in class folder(s) atypical" in out, out
+    model_dir = str(tmp_path / "m")
+    code, out, err = run_cli(["train", data, "--model-dir", model_dir] + FAST)
+    assert code == 2 and "no images of atypical" in err, err
+    assert "labels.txt" not in err and "remove the empty folder" in err, err
+    assert os.path.join(data, "train", "atypical") in err
+
+
+def test_split_warns_about_an_empty_class_folder(tiny_data, tmp_path, caplog):
+    raw = _flat(tiny_data, tmp_path)
+    os.makedirs(os.path.join(raw, "atypical"))
+    caplog.set_level(logging.WARNING)
+    code, out, err = run_cli(["data", "check", raw, "--max-distance", "-1"])
+    assert "warning: {}: class folder(s) atypical hold no images".format(raw) in out, out
+    code, out, err = run_cli(["data", "split", raw, str(tmp_path / "out")])
+    assert code == 0, err
+    assert "class folder(s) atypical hold no files" in caplog.text
