@@ -47,3 +47,39 @@ def test_split_warns_about_an_empty_class_folder(tiny_data, tmp_path, caplog):
     code, out, err = run_cli(["data", "split", raw, str(tmp_path / "out")])
     assert code == 0, err
     assert "class folder(s) atypical hold no files" in caplog.text
+
+
+def _labels(folder, names):
+    with open(os.path.join(folder, "labels.txt"), "w") as fh:
+        fh.write("".join(n + "\n" for n in names))
+
+
+def test_split_honours_the_sources_labels_txt(tiny_data, tmp_path, caplog):
+    import csv
+    raw = _flat(tiny_data, tmp_path)
+    _labels(raw, ["normal", "malignant"])
+    out = str(tmp_path / "out")
+    caplog.set_level(logging.WARNING)
+    code, o, err = run_cli(["data", "split", raw, out])
+    assert code == 0, err
+    with open(os.path.join(out, "labels.txt")) as fh:
+        assert fh.read().split() == ["normal", "malignant"]
+    assert "folder(s) benign not in labels.txt" in caplog.text
+    assert not os.path.exists(os.path.join(out, "train", "benign"))
+    with open(os.path.join(out, "splits.csv")) as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 18
+    assert set(r["split"] for r in rows if r["class"] == "benign") == \
+        {"dropped: folder not in labels.txt"}
+    assert o.splitlines()[0].split() == ["train", "normal", "4", "malignant", "4"], o
+    code, out2, err = run_cli(["data", "check", out, "--max-distance", "-1"])
+    assert code == 0, out2
+
+
+def test_split_refuses_a_listed_class_with_no_files(tiny_data, tmp_path):
+    raw = _flat(tiny_data, tmp_path)
+    _labels(raw, ["benign", "malignant", "normal", "zebra"])
+    out = str(tmp_path / "out")
+    code, o, err = run_cli(["data", "split", raw, out])
+    assert code == 2 and "zebra" in err and "labels.txt" in err, err
+    assert len(err.strip().splitlines()) == 1 and not os.path.exists(out)

@@ -153,7 +153,7 @@ def _split(argv):
                                  args.link, args.overwrite, progress=_progress("reading images"))
     for split in ("train", "val", "test"):
         echo("{:6s} ".format(split) + "  ".join(
-            "{} {}".format(c, n) for c, n in sorted(counts[split].items())))
+            "{} {}".format(c, n) for c, n in counts[split].items()))  # labels.txt's order
     dropped = [f for f in fate if f and f.startswith("dropped")]
     if dropped:
         echo("dropped {} file(s) (see splits.csv)".format(len(dropped)))
