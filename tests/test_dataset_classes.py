@@ -83,3 +83,20 @@ def test_split_refuses_a_listed_class_with_no_files(tiny_data, tmp_path):
     code, o, err = run_cli(["data", "split", raw, out])
     assert code == 2 and "zebra" in err and "labels.txt" in err, err
     assert len(err.strip().splitlines()) == 1 and not os.path.exists(out)
+
+
+def test_check_words_a_flat_dataset_for_its_layout(tiny_data, tmp_path):
+    raw = _flat(tiny_data, tmp_path)
+    first = sorted(os.listdir(os.path.join(raw, "benign")))[0]
+    shutil.copy(os.path.join(raw, "benign", first), os.path.join(raw, "benign", "again.png"))
+    _labels(raw, ["normal", "malignant", "zebra"])
+    code, out, err = run_cli(["data", "check", raw])
+    assert "warning: duplicates in benign (identical files): benign/" in out, out
+    assert "None" not in out
+    assert "folder(s) benign not in labels.txt: data split leaves them out" in out, out
+    assert "no images of zebra (labels.txt lists it): data split refuses" in out, out
+    assert "train does not use" not in out and "train refuses" not in out, out
+    data = _copy(tiny_data, tmp_path)
+    shutil.copytree(os.path.join(data, "train", "normal"), os.path.join(data, "train", "other"))
+    code, out, err = run_cli(["data", "check", data, "--max-distance", "-1"])
+    assert "train: folder(s) other not in labels.txt: train does not use their images" in out

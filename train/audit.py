@@ -81,20 +81,22 @@ def class_issues(root, records, classes, folders=None):
             listed = read_labels(os.path.join(root, LABELS_TXT))
         except BundleError as exc:
             return [str(exc)], warnings
+        flat = not any(r["split"] for r in records)  # train reads only a split layout
         for split in sorted(set(str(r["split"]) for r in records)):
             extra = sorted(set(r["class"] for r in records if str(r["split"]) == split) -
                            set(listed))
             if extra:
-                warnings.append("{}: folder(s) {} not in labels.txt: train does not use their "
-                                "images".format(root if split == "None" else split,
-                                                ", ".join(extra)))
+                warnings.append("{}: folder(s) {} not in labels.txt: {}".format(
+                    root if flat else split, ", ".join(extra),
+                    "data split leaves them out" if flat else "train does not use their images"))
         trained = set(r["class"] for r in records if r["split"] in ("train", None))
         missing = [c for c in listed if c not in trained]
         if missing:
-            errors.append("{}: no images of {} (labels.txt lists {}): train refuses a "
-                          "class with no training images".format(
-                              "train/" if any(r["split"] for r in records) else root,
-                              ", ".join(missing), "it" if len(missing) == 1 else "them"))
+            errors.append("{}: no images of {} (labels.txt lists {}): {}".format(
+                root if flat else "train/", ", ".join(missing),
+                "it" if len(missing) == 1 else "them",
+                "data split refuses a class with no files" if flat else
+                "train refuses a class with no training images"))
     used = listed if listed is not None else classes
     if len(used) < 2:
         errors.append("{} class ({}): a classifier needs at least 2".format(
@@ -125,8 +127,9 @@ def check(root, max_distance=4, progress=None):
             errors.append("leakage across splits {} ({}): {}".format(
                 "/".join(g["splits"]), what, ", ".join(g["paths"])))
         else:
-            warnings.append("duplicates in {}/{} ({}): {}".format(
-                g["splits"][0], g["classes"][0], what, ", ".join(g["paths"])))
+            where = g["classes"][0] if g["splits"] == ["None"] else "/".join(
+                (g["splits"][0], g["classes"][0]))  # a flat dataset has no split
+            warnings.append("duplicates in {} ({}): {}".format(where, what, ", ".join(g["paths"])))
     for split, counter in counts.items():
         missing = [c for c in classes if not counter.get(c)]
         if missing and split != "None":
