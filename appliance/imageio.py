@@ -160,15 +160,49 @@ def decode_image(data, origin="<bytes>"):
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def read_image(path):
-    """Read an image file as RGB uint8; ImageReadError names the file and the problem."""
+def read_bytes(path):
+    """An image file's encoded bytes; ImageReadError for a format we cannot read, or a file
+    that cannot be opened."""
     check_format(path)
     try:
         with open(path, "rb") as fh:
-            data = fh.read()
+            return fh.read()
     except (IOError, OSError) as exc:
         raise ImageReadError("{}: cannot read ({})".format(path, exc.strerror or exc))
-    return decode_image(data, path)
+
+
+def read_image(path):
+    """Read an image file as RGB uint8; ImageReadError names the file and the problem."""
+    return decode_image(read_bytes(path), path)
+
+
+def sixteen_bit(data):
+    """Whether encoded bytes are a 16-bit PNG (IHDR bit depth) or TIFF (BitsPerSample), from
+    the header alone, without decoding."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) > 24:
+        return bytearray(data[24:25])[0] == 16
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        try:
+            return tiff_tags(data, (258,)).get(258) == 16
+        except struct.error:
+            return False
+    return False
+
+
+def sixteen_bit_peak(data):
+    """The highest colour sample (alpha left out) of a 16-bit PNG or TIFF, decoded as it is
+    stored; None for any other image. ``decode_image`` keeps the top 8 of the 16 bits, so a
+    12-bit camera's image (peak 4095) decodes as 0..15, nearly black."""
+    if not sixteen_bit(data):
+        return None
+    import cv2
+    with _quiet_opencv:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None or img.dtype != np.uint16 or img.size == 0:
+        return None
+    if img.ndim == 3:
+        img = img[:, :, :3] if img.shape[2] >= 3 else img[:, :, :1]
+    return int(img.max())
 
 
 def encode_image(rgb, ext=".jpg", quality=92):

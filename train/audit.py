@@ -15,7 +15,8 @@ import numpy as np
 from oncolens.appliance.bundle import LABELS_TXT, read_labels
 from oncolens.appliance.errors import BundleError
 from oncolens.appliance.imageio import is_image_file, is_unsupported_image
-from oncolens.train.scan import class_folders, duplicate_groups, scan
+from oncolens.train.scan import (LOW_BITS_PEAK, class_folders, duplicate_groups,
+                                 low_bits_warning, scan)
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,9 @@ def check(root, max_distance=4, progress=None):
     more_errors, more_warnings = class_issues(root, records, classes, folders)
     errors += more_errors
     warnings += more_warnings
+    low = [r for r in records if r.get("peak", LOW_BITS_PEAK) < LOW_BITS_PEAK]
+    if low:
+        warnings.append(low_bits_warning(len(low), low[0]["path"], low[0]["peak"]))
     modes = collections.Counter(r.get("mode") for r in records if "mode" in r)
     converted = sum(n for m, n in modes.items() if m != "RGB")
     if converted:

@@ -8,8 +8,9 @@ import os
 
 from oncolens.appliance.bundle import LABELS_TXT
 from oncolens.appliance.errors import ImageReadError, UsageError
-from oncolens.appliance.imageio import list_folders, read_image
+from oncolens.appliance.imageio import decode_image, list_folders, read_bytes, sixteen_bit_peak
 from oncolens.train.data import class_counts, list_samples
+from oncolens.train.scan import LOW_BITS_PEAK, low_bits_warning
 
 log = logging.getLogger(__name__)
 
@@ -56,30 +57,37 @@ def check_classes(data_dir, classes, splits=("train", "val")):
     return samples
 
 
-def _decode_error(path):
-    """None when ``path`` decodes, else the ImageReadError's message (images are dropped at
-    once: only the verdict is kept)."""
+def _verdict(path):
+    """(None, a 16-bit image's highest sample or None) when ``path`` decodes, else (the
+    ImageReadError's message, None); images are dropped at once: only the verdict is kept.
+    Only the files whose header says 16-bit are decoded a second time, as stored."""
     try:
-        read_image(path)
+        data = read_bytes(path)
+        decode_image(data, path)
     except ImageReadError as exc:
-        return str(exc)
-    return None
+        return str(exc), None
+    return None, sixteen_bit_peak(data)
 
 
 def check_images(samples, progress=None, threads=None):
     """Decode every image once, on ``threads`` threads (OpenCV decodes outside the GIL; by
     default one per core, at most 8); log each that fails, in the dataset's order, then
-    raise one line for them all."""
+    raise one line for them all. 16-bit images that use only their low bits (they read as
+    nearly black) are warned about once, with a count and an example."""
     from concurrent.futures import ThreadPoolExecutor
     threads = threads or min(8, os.cpu_count() or 1)
     paths = [path for path, _ in samples]
-    bad = []
+    bad, low = [], []
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        verdicts = pool.map(_decode_error, paths)
-        for path, error in zip(paths, progress(verdicts) if progress else verdicts):
+        verdicts = pool.map(_verdict, paths)
+        for path, (error, peak) in zip(paths, progress(verdicts) if progress else verdicts):
             if error is not None:
                 log.error("%s", error)
                 bad.append((path, error))
+            elif peak is not None and peak < LOW_BITS_PEAK:
+                low.append((path, peak))
+    if low:
+        log.warning("%s", low_bits_warning(len(low), low[0][0], low[0][1]))
     if len(bad) == 1:
         path, error = bad[0]
         why = error[len(path) + 2:] if error.startswith(path + ": ") else error

@@ -48,7 +48,8 @@ def walk(root):
 
 
 def describe_file(path):
-    """Dictionary with sha256, size, mode and phash; 'error' instead when unreadable."""
+    """Dictionary with sha256, size, mode and phash (and a 16-bit image's highest sample,
+    'peak'); 'error' instead when unreadable."""
     import cv2
     info = {"bytes": os.path.getsize(path)}
     if info["bytes"] == 0:
@@ -72,6 +73,9 @@ def describe_file(path):
     info["mode"] = MODES.get(channels, "{}ch".format(channels)) + \
         ("16" if img.dtype == np.uint16 else "")
     info["width"], info["height"] = int(img.shape[1]), int(img.shape[0])
+    if img.dtype == np.uint16:  # its highest colour sample (alpha left out)
+        colour = img if img.ndim == 2 else img[:, :, :3 if channels >= 3 else 1]
+        info["peak"] = int(colour.max())
     if img.dtype != np.uint8:
         img = (img / 257).astype(np.uint8)
     if channels == 1:
@@ -80,6 +84,21 @@ def describe_file(path):
         grey = cv2.cvtColor(np.ascontiguousarray(img[:, :, :3]), cv2.COLOR_BGR2GRAY)
     info["phash"] = "{:016x}".format(phash(grey))
     return info
+
+
+# 16-bit images whose highest sample is below this use 12 bits or fewer: reading keeps the
+# top 8 of the 16 bits (OpenCV's IMREAD_COLOR), so they become 0..15, nearly black.
+LOW_BITS_PEAK = 4096
+
+
+def low_bits_warning(count, example, peak):
+    """The one warning line, shared by data check and train's image check, for ``count``
+    16-bit images that use only their low bits (``example``: one of them, at ``peak``)."""
+    return ("{} 16-bit image(s) use only the low bits (highest value below {}; e.g. {}: {}): "
+            "they read as nearly black, with about {} grey levels, because reading keeps "
+            "only the top 8 of 16 bits; rescale them to 8-bit (or to the full 16-bit range) "
+            "before training (docs/TRAINING.md, Data)".format(
+                count, LOW_BITS_PEAK, example, peak, LOW_BITS_PEAK // 256))
 
 
 def scan(root, progress=None):
