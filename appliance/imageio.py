@@ -1,4 +1,6 @@
-"""Reading and writing image files as RGB uint8 arrays (OpenCV underneath)."""
+"""Reading and writing image files as RGB uint8 arrays (OpenCV underneath), and walking the
+folders that hold them."""
+import logging
 import os
 import struct
 import threading
@@ -7,12 +9,59 @@ import numpy as np
 
 from oncolens.appliance.errors import ImageReadError, OncoLensError
 
+log = logging.getLogger(__name__)
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 
 # Image formats we are asked about but cannot decode: a folder's files in these formats are
 # listed and fail with a message naming the format, never skipped in silence.
 UNSUPPORTED_EXTENSIONS = (".gif", ".heic", ".heif", ".avif", ".jp2", ".j2k", ".jxl", ".svg",
                           ".ico", ".psd", ".dcm", ".dicom", ".nef", ".cr2", ".dng", ".raw")
+
+
+# Files every command leaves out of a folder: hidden ones (``.DS_Store``, macOS's ``._x.png``
+# resource forks, editors' ``.swp``) and the thumbnail caches and settings Windows writes.
+JUNK_FILES = ("thumbs.db", "desktop.ini")
+
+
+def is_ignored_name(name):
+    """Whether a file or folder ``name`` is hidden (starts with '.') or OS junk."""
+    return name.startswith(".") or name.lower() in JUNK_FILES
+
+
+def list_folders(path):
+    """The sub-folders of ``path`` (class folders), sorted, hidden ones left out."""
+    return sorted(d for d in os.listdir(path)
+                  if not is_ignored_name(d) and os.path.isdir(os.path.join(path, d)))
+
+
+def walk_files(root, skip_dir=None):
+    """Every file under the folder ``root``, as paths, sorted folder by folder (one folder's
+    listing at a time); hidden files and folders and OS junk (``is_ignored_name``) are left
+    out, and so is the folder whose real path is ``skip_dir``.
+
+    Symbolic links to folders are followed (as torchvision's ImageFolder does), each real
+    folder walked once: a link to a folder already walked, or to one that holds ``root`` (a
+    cycle), is skipped with a warning."""
+    top = os.path.realpath(root)
+    seen = set([top])
+    for parent, dirs, files in os.walk(root, followlinks=True):
+        keep = []
+        for d in sorted(dirs):
+            path = os.path.join(parent, d)
+            real = os.path.realpath(path)
+            if is_ignored_name(d) or (skip_dir and real == skip_dir):
+                continue
+            if real in seen or top.startswith(real.rstrip(os.sep) + os.sep):
+                log.warning("%s: links to %s, %s: not read again", path, real,
+                            "read already" if real in seen else "which holds it (a link cycle)")
+                continue
+            seen.add(real)
+            keep.append(d)
+        dirs[:] = keep
+        for name in sorted(files):
+            if not is_ignored_name(name):
+                yield os.path.join(parent, name)
 
 
 def is_image_file(path):
@@ -111,15 +160,49 @@ def decode_image(data, origin="<bytes>"):
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def read_image(path):
-    """Read an image file as RGB uint8; ImageReadError names the file and the problem."""
+def read_bytes(path):
+    """An image file's encoded bytes; ImageReadError for a format we cannot read, or a file
+    that cannot be opened."""
     check_format(path)
     try:
         with open(path, "rb") as fh:
-            data = fh.read()
+            return fh.read()
     except (IOError, OSError) as exc:
         raise ImageReadError("{}: cannot read ({})".format(path, exc.strerror or exc))
-    return decode_image(data, path)
+
+
+def read_image(path):
+    """Read an image file as RGB uint8; ImageReadError names the file and the problem."""
+    return decode_image(read_bytes(path), path)
+
+
+def sixteen_bit(data):
+    """Whether encoded bytes are a 16-bit PNG (IHDR bit depth) or TIFF (BitsPerSample), from
+    the header alone, without decoding."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) > 24:
+        return bytearray(data[24:25])[0] == 16
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        try:
+            return tiff_tags(data, (258,)).get(258) == 16
+        except struct.error:
+            return False
+    return False
+
+
+def sixteen_bit_peak(data):
+    """The highest colour sample (alpha left out) of a 16-bit PNG or TIFF, decoded as it is
+    stored; None for any other image. ``decode_image`` keeps the top 8 of the 16 bits, so a
+    12-bit camera's image (peak 4095) decodes as 0..15, nearly black."""
+    if not sixteen_bit(data):
+        return None
+    import cv2
+    with _quiet_opencv:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None or img.dtype != np.uint16 or img.size == 0:
+        return None
+    if img.ndim == 3:
+        img = img[:, :, :3] if img.shape[2] >= 3 else img[:, :, :1]
+    return int(img.max())
 
 
 def encode_image(rgb, ext=".jpg", quality=92):

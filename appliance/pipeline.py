@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from oncolens.appliance.errors import ImageReadError
 from oncolens.appliance.imageio import (IMAGE_EXTENSIONS, UNSUPPORTED_EXTENSIONS, check_format,
-                                        decode_image, is_image_file)
+                                        decode_image, is_image_file, walk_files)
 from oncolens.appliance.sources import list_images
 
 log = logging.getLogger(__name__)
@@ -42,18 +42,13 @@ def iter_image_files(uri, counts=None, exclude=None):
     the folder ``exclude`` (where annotated copies are being written) is not entered.
     Files whose extension is an image format we cannot read are yielded too (they become
     recorded failures); other files (notes, CSVs, checksums) are counted in
-    ``counts["ignored"]`` and left out.
+    ``counts["ignored"]`` and left out; hidden files and OS junk are left out uncounted.
     """
     counts = counts if counts is not None else collections.Counter()
     skip_dir = os.path.realpath(exclude) if exclude else None
     if os.path.isdir(uri):
-        for parent, dirs, files in os.walk(uri):
-            dirs[:] = sorted(d for d in dirs
-                             if os.path.realpath(os.path.join(parent, d)) != skip_dir)
-            for name in sorted(files):
-                if name.startswith(".") or not _wanted(name, counts):
-                    continue
-                path = os.path.join(parent, name)
+        for path in walk_files(uri, skip_dir):
+            if _wanted(os.path.basename(path), counts):
                 yield path, os.path.relpath(path, uri)
         return
     if os.path.isfile(uri) and not is_image_file(uri):

@@ -18,7 +18,8 @@ import time
 
 from oncolens.appliance import gst
 from oncolens.appliance.errors import ImageReadError, MissingDependency, OncoLensError, UsageError
-from oncolens.appliance.imageio import is_image_file, is_unsupported_image, read_image
+from oncolens.appliance.imageio import (is_image_file, is_unsupported_image, read_image,
+                                        walk_files)
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class SourceLost(OncoLensError):
 
 def list_images(uri, unsupported=False):
     """The image files named by a file, a folder (recursive) or a glob, sorted; relpaths kept.
+    Hidden files and OS junk in a folder are left out (``imageio.walk_files``).
 
     With ``unsupported``, files in image formats we cannot read (.gif, .heic ...) are listed
     too, so that the caller reports each as a failure instead of skipping it in silence.
@@ -54,14 +56,7 @@ def list_images(uri, unsupported=False):
         return is_image_file(path) or (unsupported and is_unsupported_image(path))
 
     if os.path.isdir(uri):
-        found = []
-        for parent, dirs, files in os.walk(uri):
-            dirs.sort()
-            for name in sorted(files):
-                path = os.path.join(parent, name)
-                if wanted(path):
-                    found.append((path, os.path.relpath(path, uri)))
-        return found
+        return [(path, os.path.relpath(path, uri)) for path in walk_files(uri) if wanted(path)]
     if os.path.isfile(uri):
         return [(uri, os.path.basename(uri))]
     if any(ch in uri for ch in "*?["):

@@ -14,7 +14,9 @@ import numpy as np
 
 from oncolens.appliance.bundle import LABELS_TXT, read_labels
 from oncolens.appliance.errors import BundleError
-from oncolens.train.scan import duplicate_groups, scan
+from oncolens.appliance.imageio import is_image_file, is_unsupported_image
+from oncolens.train.scan import (LOW_BITS_PEAK, class_folders, duplicate_groups,
+                                 low_bits_warning, scan)
 
 log = logging.getLogger(__name__)
 
@@ -45,36 +47,57 @@ def _group_issue(records, group):
     return entry
 
 
-def class_issues(root, records, classes):
+def _empty_folders(root, records, folders):
+    """Without labels.txt, the classes are train/'s folders (a flat dataset's, for data
+    split): one that holds no images is an error (train refuses it) or, flat, a warning."""
+    imaged = set(r["class"] for r in records if r["split"] in ("train", None) and
+                 (is_image_file(r["path"]) or is_unsupported_image(r["path"])))
+    kind = "split" if any(r["split"] for r in records) else "flat"
+    empty = [c for c in folders.get("train" if kind == "split" else None, []) if c not in imaged]
+    if not empty:
+        return [], []
+    if kind == "flat":
+        return [], ["{}: class folder(s) {} hold no images: data split leaves them out".format(
+            root, ", ".join(empty))]
+    return ["train/: no images in class folder(s) {}: train refuses a class with no training "
+            "images; add images or remove the empty folder(s)".format(", ".join(empty))], []
+
+
+def class_issues(root, records, classes, folders=None):
     """What ``oncolens train`` would refuse or warn about in the classes: (errors, warnings).
 
     With ``labels.txt``, a class it lists with no training images is an error and a folder it
-    leaves out a warning (train does not use its images); fewer than two classes is an error."""
+    leaves out a warning (train does not use its images); without it, a class folder of
+    train/ with no images is an error; fewer than two classes is an error."""
     errors, warnings = [], []
     if not records:
         errors.append("{}: no files found (expected {}/{{train,val[,test]}}/<class>/ or "
                       "{}/<class>/ image folders)".format(root, root, root))
         return errors, warnings
+    if not os.path.isfile(os.path.join(root, LABELS_TXT)):
+        errors, warnings = _empty_folders(root, records, folders or {})
     listed = None
     if os.path.isfile(os.path.join(root, LABELS_TXT)):
         try:
             listed = read_labels(os.path.join(root, LABELS_TXT))
         except BundleError as exc:
             return [str(exc)], warnings
+        flat = not any(r["split"] for r in records)  # train reads only a split layout
         for split in sorted(set(str(r["split"]) for r in records)):
             extra = sorted(set(r["class"] for r in records if str(r["split"]) == split) -
                            set(listed))
             if extra:
-                warnings.append("{}: folder(s) {} not in labels.txt: train does not use their "
-                                "images".format(root if split == "None" else split,
-                                                ", ".join(extra)))
+                warnings.append("{}: folder(s) {} not in labels.txt: {}".format(
+                    root if flat else split, ", ".join(extra),
+                    "data split leaves them out" if flat else "train does not use their images"))
         trained = set(r["class"] for r in records if r["split"] in ("train", None))
         missing = [c for c in listed if c not in trained]
         if missing:
-            errors.append("{}: no images of {} (labels.txt lists {}): train refuses a "
-                          "class with no training images".format(
-                              "train/" if any(r["split"] for r in records) else root,
-                              ", ".join(missing), "it" if len(missing) == 1 else "them"))
+            errors.append("{}: no images of {} (labels.txt lists {}): {}".format(
+                root if flat else "train/", ", ".join(missing),
+                "it" if len(missing) == 1 else "them",
+                "data split refuses a class with no files" if flat else
+                "train refuses a class with no training images"))
     used = listed if listed is not None else classes
     if len(used) < 2:
         errors.append("{} class ({}): a classifier needs at least 2".format(
@@ -85,10 +108,12 @@ def class_issues(root, records, classes):
 def check(root, max_distance=4, progress=None):
     """The whole audit as a JSON-ready dictionary (``errors`` lists what fails the check)."""
     records = scan(root, progress)
+    folders = class_folders(root)
     counts = collections.OrderedDict()
     for r in records:
         counts.setdefault(str(r["split"]), collections.Counter())[r["class"]] += 1
-    classes = sorted(set(r["class"] for r in records))
+    classes = sorted(set(r["class"] for r in records) | set(
+        sum(folders.values(), []) if records else []))
     groups = [_group_issue(records, g) for g in duplicate_groups(records, max_distance)]
     errors, warnings = [], []
     for r in records:
@@ -103,15 +128,19 @@ def check(root, max_distance=4, progress=None):
             errors.append("leakage across splits {} ({}): {}".format(
                 "/".join(g["splits"]), what, ", ".join(g["paths"])))
         else:
-            warnings.append("duplicates in {}/{} ({}): {}".format(
-                g["splits"][0], g["classes"][0], what, ", ".join(g["paths"])))
+            where = g["classes"][0] if g["splits"] == ["None"] else "/".join(
+                (g["splits"][0], g["classes"][0]))  # a flat dataset has no split
+            warnings.append("duplicates in {} ({}): {}".format(where, what, ", ".join(g["paths"])))
     for split, counter in counts.items():
         missing = [c for c in classes if not counter.get(c)]
         if missing and split != "None":
             warnings.append("split {} has no images of {}".format(split, ", ".join(missing)))
-    more_errors, more_warnings = class_issues(root, records, classes)
+    more_errors, more_warnings = class_issues(root, records, classes, folders)
     errors += more_errors
     warnings += more_warnings
+    low = [r for r in records if r.get("peak", LOW_BITS_PEAK) < LOW_BITS_PEAK]
+    if low:
+        warnings.append(low_bits_warning(len(low), low[0]["path"], low[0]["peak"]))
     modes = collections.Counter(r.get("mode") for r in records if "mode" in r)
     converted = sum(n for m, n in modes.items() if m != "RGB")
     if converted:

@@ -9,7 +9,8 @@ import numpy as np
 
 from oncolens.appliance.bundle import LABELS_TXT, read_labels
 from oncolens.appliance.errors import UsageError
-from oncolens.appliance.imageio import is_image_file, read_image
+from oncolens.appliance.imageio import (is_image_file, is_unsupported_image, list_folders,
+                                        read_image, walk_files)
 
 
 def discover_classes(data_dir, split="train"):
@@ -21,14 +22,17 @@ def discover_classes(data_dir, split="train"):
     if not os.path.isdir(root):
         raise UsageError("{}: no '{}' folder (expected {}/{{train,val[,test]}}/<class>/images)"
                          .format(data_dir, split, data_dir))
-    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    classes = list_folders(root)
     if not classes:
         raise UsageError("{}: no class folders inside".format(root))
     return classes
 
 
 def list_samples(split_dir, classes):
-    """(path, class index) for every image under ``split_dir/<class>/``, sorted."""
+    """(path, class index) for every image under ``split_dir/<class>/``, sorted (hidden files
+    and OS junk left out, as every command does). Files in an image format we cannot read
+    (.gif, .heic ...) are listed too, so that train's image check and evaluate name them
+    as unreadable instead of leaving them out in silence."""
     if not os.path.isdir(split_dir):
         raise UsageError("{}: folder not found (expected one sub-folder per class: {})".format(
             split_dir, ", ".join(classes)))
@@ -37,12 +41,8 @@ def list_samples(split_dir, classes):
         folder = os.path.join(split_dir, cls)
         if not os.path.isdir(folder):
             continue
-        for parent, dirs, files in os.walk(folder):
-            dirs.sort()
-            for name in sorted(files):
-                path = os.path.join(parent, name)
-                if is_image_file(path):
-                    samples.append((path, index))
+        samples += [(path, index) for path in walk_files(folder)
+                    if is_image_file(path) or is_unsupported_image(path)]
     if not samples:
         raise UsageError("{}: no images found in its class folders ({})".format(
             split_dir, ", ".join(classes)))

@@ -1,13 +1,41 @@
 """``oncolens data``: make, check and split datasets."""
 import argparse
+import io
 import logging
 import os
+import sys
 
 from oncolens.appliance.cliutil import cli_entry, normalize_flags, setup_logging
 from oncolens.appliance.errors import UsageError
 from oncolens.appliance.outpaths import check_output_dir, check_output_file
 
 log = logging.getLogger("oncolens.data")
+
+# File names that are not valid UTF-8 reach Python as surrogates; they are written back
+# with their own bytes (as batch's results do), never a UnicodeEncodeError.
+NAME_ERRORS = "surrogateescape"
+
+
+def echo(line=""):
+    """print() a line that may hold such a file name: a strict stdout (a UTF-8 locale other
+    than C.UTF-8) gets the name's own bytes instead of raising UnicodeEncodeError."""
+    try:
+        print(line)
+        return
+    except UnicodeEncodeError:
+        pass
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    try:
+        data = (line + "\n").encode(encoding, NAME_ERRORS)
+    except UnicodeEncodeError:
+        data = (line + "\n").encode(encoding, "backslashreplace")
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:
+        print(data.decode(encoding, "replace"), end="")
+        return
+    sys.stdout.flush()
+    buffer.write(data)
+    buffer.flush()
 
 
 def build_synth_parser():
@@ -80,7 +108,7 @@ def _check(argv):
         check_output_file(args.json, "--json", args.overwrite)
     result = check(args.dir, args.max_distance, progress=_progress("reading images"))
     for line in format_report(result):
-        print(line)
+        echo(line)
     if args.json:
         write_json(args.json, result)
     return 1 if result["errors"] else 0
@@ -92,8 +120,8 @@ def write_json(path, payload):
     parent = os.path.dirname(path)
     if parent and not os.path.isdir(parent):
         os.makedirs(parent)
-    with open(path, "w") as fh:
-        json.dump(payload, fh, indent=2, sort_keys=True)
+    with io.open(path, "w", encoding="utf-8", errors=NAME_ERRORS) as fh:
+        json.dump(payload, fh, indent=2, sort_keys=True)  # ASCII: names come out as \udcxx
 
 
 def build_split_parser():
@@ -124,12 +152,12 @@ def _split(argv):
     counts, fate = split_dataset(args.src, args.out, args.ratios, args.seed, args.max_distance,
                                  args.link, args.overwrite, progress=_progress("reading images"))
     for split in ("train", "val", "test"):
-        print("{:6s} ".format(split) + "  ".join(
-            "{} {}".format(c, n) for c, n in sorted(counts[split].items())))
+        echo("{:6s} ".format(split) + "  ".join(
+            "{} {}".format(c, n) for c, n in counts[split].items()))  # labels.txt's order
     dropped = [f for f in fate if f and f.startswith("dropped")]
     if dropped:
-        print("dropped {} file(s) (see splits.csv)".format(len(dropped)))
-    print("wrote {}".format(args.out))
+        echo("dropped {} file(s) (see splits.csv)".format(len(dropped)))
+    echo("wrote {}".format(args.out))
     return 0
 
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from oncolens.appliance.bundle import MODEL_JSON, read_model_info, sha256_file
 from oncolens.appliance.errors import BundleError, ImageReadError, UsageError
-from oncolens.appliance.imageio import read_image
+from oncolens.appliance.imageio import list_folders, read_image
 from oncolens.train import metrics
 from oncolens.train.data import list_samples
 from oncolens.train.temperature import without_temperature
@@ -124,8 +124,7 @@ def evaluate_dir(model_dir, split_dir, backend="auto", batch=16, bins=15, bootst
         raise BundleError("--model-dir {}: folder not found".format(model_dir))
     runner, info = open_runner(model_dir, backend)
     labels = info["labels"]
-    folders = sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d))) \
-        if os.path.isdir(split_dir) else []
+    folders = list_folders(split_dir) if os.path.isdir(split_dir) else []
     unknown = [d for d in folders if d not in labels]
     if unknown:
         raise UsageError("{}: class folder(s) {} are not among the model's labels ({})".format(

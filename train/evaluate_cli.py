@@ -4,6 +4,7 @@
     oncolens evaluate --model-dir models/a --model-dir models/b data/busi/test --out cmp/
 """
 import argparse
+import io
 import logging
 import os
 import sys
@@ -45,6 +46,12 @@ def _check_free(path, overwrite):
         raise UsageError("{} already exists: pass --overwrite to replace it".format(path))
 
 
+def _text_file(path):
+    """A report file, UTF-8; folder names that are not valid UTF-8 keep their own bytes."""
+    from oncolens.train.data_cli import NAME_ERRORS
+    return io.open(path, "w", encoding="utf-8", errors=NAME_ERRORS)
+
+
 def _report_path(out_dir, prefix):
     return os.path.join(out_dir, "{}report.md".format(prefix))
 
@@ -57,7 +64,7 @@ def _write_outputs(report, out_dir, prefix, overwrite):
     if not os.path.isdir(out_dir):
         os.makedirs(out_dir)
     pngs = all_figures(report, out_dir, prefix)
-    with open(md_path, "w") as fh:
+    with _text_file(md_path) as fh:
         fh.write(model_markdown(report, [os.path.basename(p) for p in pngs]))
     return md_path
 
@@ -104,29 +111,30 @@ def check_args(args):
 
 
 def _print_summary(report):
-    print("{}: accuracy {:.4f}  macro-F1 {:.4f}  ROC-AUC {}  ECE {:.4f}  ({} images)".format(
+    from oncolens.train.data_cli import echo
+    echo("{}: accuracy {:.4f}  macro-F1 {:.4f}  ROC-AUC {}  ECE {:.4f}  ({} images)".format(
         report["model_dir"], report["accuracy"], report["macro_f1"],
         "n/a" if report["roc_auc_macro"] is None else "{:.4f}".format(report["roc_auc_macro"]),
         report["ece"], report["count"]))
     if report.get("ci"):
-        print("  95% CI (bootstrap): accuracy {:.3f}-{:.3f}  macro-F1 {:.3f}-{:.3f}".format(
+        echo("  95% CI (bootstrap): accuracy {:.3f}-{:.3f}  macro-F1 {:.3f}-{:.3f}".format(
             *(report["ci"]["accuracy"] + report["ci"]["macro_f1"])))
     if "ece_without_temperature" in report:
-        print("  ECE {:.4f} before temperature scaling (T = {:.3f}, fitted on val/ at "
-              "training)".format(report["ece_without_temperature"], report["temperature"]))
+        echo("  ECE {:.4f} before temperature scaling (T = {:.3f}, fitted on val/ at "
+             "training)".format(report["ece_without_temperature"], report["temperature"]))
     for label in report["labels"]:
         row = report["per_class"][label]
-        print("  {:12s} precision {:.3f}  recall {:.3f}  F1 {:.3f}  support {}".format(
+        echo("  {:12s} precision {:.3f}  recall {:.3f}  F1 {:.3f}  support {}".format(
             label, row["precision"], row["recall"], row["f1"], row["support"]))
     for failure in report["failed"]:
-        print("  unreadable: {} ({})".format(failure["path"], failure["error"]))
+        echo("  unreadable: {} ({})".format(failure["path"], failure["error"]))
 
 
 @cli_entry("oncolens evaluate")
 def main(argv):
     args = build_parser().parse_args(normalize_flags(argv))
     setup_logging(args.log_level)
-    from oncolens.train.data_cli import write_json
+    from oncolens.train.data_cli import echo, write_json
     from oncolens.train.evaluate import evaluate_dir, public
     from oncolens.train.report import comparison_markdown
     plans = check_args(args)
@@ -136,20 +144,20 @@ def main(argv):
                               bootstrap=args.bootstrap)
         _print_summary(report)
         if out:
-            print("report: {}".format(_write_outputs(report, out, prefix, args.overwrite)))
+            echo("report: {}".format(_write_outputs(report, out, prefix, args.overwrite)))
         reports.append(report)
     if len(reports) > 1:
         table = comparison_markdown(reports)
-        print("")
-        print(table)
+        echo("")
+        echo(table)
         if args.out:
-            with open(os.path.join(args.out, "comparison.md"), "w") as fh:
+            with _text_file(os.path.join(args.out, "comparison.md")) as fh:
                 fh.write(table)
     if args.json:
         payload = public(reports[0]) if len(reports) == 1 else \
             {"models": [public(r) for r in reports]}
         write_json(args.json, payload)
-        print("metrics: {}".format(args.json))
+        echo("metrics: {}".format(args.json))
     failed = sum(len(r["failed"]) for r in reports)
     if failed:
         sys.stderr.write("oncolens evaluate: error: {} image(s) could not be read (listed above "

@@ -1,15 +1,16 @@
 """What ``oncolens train`` checks in the dataset before it writes anything: at least two
 classes, training images for every class, class folders that labels.txt leaves out (a
-warning: their images are not used), and every train/val image decodes (all bad files are
-listed, one line each, before a one-line error; not an exception from a data-loader worker
-after an epoch)."""
+warning: their images are not used), and every train/val image decodes (all bad files,
+files in formats we cannot read such as .gif included, are listed, one line each, before a
+one-line error; not an exception from a data-loader worker after an epoch)."""
 import logging
 import os
 
 from oncolens.appliance.bundle import LABELS_TXT
 from oncolens.appliance.errors import ImageReadError, UsageError
-from oncolens.appliance.imageio import read_image
+from oncolens.appliance.imageio import decode_image, list_folders, read_bytes, sixteen_bit_peak
 from oncolens.train.data import class_counts, list_samples
+from oncolens.train.scan import LOW_BITS_PEAK, low_bits_warning
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +24,7 @@ def unlisted_folders(split_dir, classes):
     """Class folders in ``split_dir`` that are not among ``classes`` (their images unused)."""
     if not os.path.isdir(split_dir):
         return []
-    return sorted(d for d in os.listdir(split_dir)
-                  if os.path.isdir(os.path.join(split_dir, d)) and d not in classes)
+    return [d for d in list_folders(split_dir) if d not in classes]
 
 
 def check_classes(data_dir, classes, splits=("train", "val")):
@@ -44,42 +44,55 @@ def check_classes(data_dir, classes, splits=("train", "val")):
         counts = class_counts(samples[split], len(classes))
         missing = [c for c, n in zip(classes, counts) if n == 0]
         if missing and split == "train":
+            fix = "remove the class from labels.txt" if _source(data_dir) == "labels.txt" \
+                else "remove the empty folder(s) {}".format(", ".join(
+                    os.path.join(split_dir, c) for c in missing))
             raise UsageError("{}: no images of {} ({} lists {}): every class needs training "
-                             "images; add them, or remove the class from labels.txt".format(
+                             "images; add them, or {}".format(
                                  split_dir, ", ".join(missing), _source(data_dir),
-                                 ", ".join(classes)))
+                                 ", ".join(classes), fix))
         if missing:
             log.warning("%s: no images of %s: its recall cannot be measured there", split_dir,
                         ", ".join(missing))
     return samples
 
 
-def _decode_error(path):
-    """None when ``path`` decodes, else the ImageReadError's message (images are dropped at
-    once: only the verdict is kept)."""
+def _verdict(path):
+    """(None, a 16-bit image's highest sample or None) when ``path`` decodes, else (the
+    ImageReadError's message, None); images are dropped at once: only the verdict is kept.
+    Only the files whose header says 16-bit are decoded a second time, as stored."""
     try:
-        read_image(path)
+        data = read_bytes(path)
+        decode_image(data, path)
     except ImageReadError as exc:
-        return str(exc)
-    return None
+        return str(exc), None
+    return None, sixteen_bit_peak(data)
 
 
 def check_images(samples, progress=None, threads=None):
     """Decode every image once, on ``threads`` threads (OpenCV decodes outside the GIL; by
     default one per core, at most 8); log each that fails, in the dataset's order, then
-    raise one line for them all."""
+    raise one line for them all. 16-bit images that use only their low bits (they read as
+    nearly black) are warned about once, with a count and an example."""
     from concurrent.futures import ThreadPoolExecutor
     threads = threads or min(8, os.cpu_count() or 1)
     paths = [path for path, _ in samples]
-    bad = []
+    bad, low = [], []
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        verdicts = pool.map(_decode_error, paths)
-        for path, error in zip(paths, progress(verdicts) if progress else verdicts):
+        verdicts = pool.map(_verdict, paths)
+        for path, (error, peak) in zip(paths, progress(verdicts) if progress else verdicts):
             if error is not None:
                 log.error("%s", error)
-                bad.append(path)
+                bad.append((path, error))
+            elif peak is not None and peak < LOW_BITS_PEAK:
+                low.append((path, peak))
+    if low:
+        log.warning("%s", low_bits_warning(len(low), low[0][0], low[0][1]))
     if len(bad) == 1:
-        raise UsageError("{} cannot be read as an image: remove or replace it".format(bad[0]))
+        path, error = bad[0]
+        why = error[len(path) + 2:] if error.startswith(path + ": ") else error
+        raise UsageError("{} cannot be read as an image ({}): remove or replace it".format(
+            path, why))
     if bad:
         raise UsageError("{} of {} images cannot be read (listed above): remove or replace "
                          "them ('oncolens data check' audits a dataset)".format(

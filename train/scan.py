@@ -8,8 +8,8 @@ import os
 
 import numpy as np
 
-from oncolens.appliance.errors import UsageError
-from oncolens.appliance.imageio import is_image_file
+from oncolens.appliance.errors import ImageReadError, UsageError
+from oncolens.appliance.imageio import check_format, is_image_file, list_folders, walk_files
 from oncolens.train.phash import UnionFind, near_pairs, phash
 
 log = logging.getLogger(__name__)
@@ -26,25 +26,30 @@ def layout(root):
     return ("split", present) if present else ("flat", [None])
 
 
+def class_folders(root):
+    """{split (None when flat): [class folder names]}, the folders as they are, empty or not."""
+    kind, splits = layout(root)
+    return {split: list_folders(os.path.join(root, split) if split else root)
+            for split in splits}
+
+
 def walk(root):
-    """(relative path, split or None, class) for every file under the class folders."""
+    """(relative path, split or None, class) for every file under the class folders (hidden
+    files and OS junk left out, as every command does)."""
     kind, splits = layout(root)
     entries = []
     for split in splits:
         base = os.path.join(root, split) if split else root
-        for cls in sorted(d for d in os.listdir(base) if os.path.isdir(os.path.join(base, d))):
-            for parent, dirs, files in os.walk(os.path.join(base, cls)):
-                dirs.sort()
-                for name in sorted(files):
-                    if name.startswith(".") or name.lower().endswith((".txt", ".csv", ".md")):
-                        continue
-                    path = os.path.join(parent, name)
+        for cls in list_folders(base):
+            for path in walk_files(os.path.join(base, cls)):
+                if not path.lower().endswith((".txt", ".csv", ".md")):
                     entries.append((os.path.relpath(path, root), split, cls))
     return entries
 
 
 def describe_file(path):
-    """Dictionary with sha256, size, mode and phash; 'error' instead when unreadable."""
+    """Dictionary with sha256, size, mode and phash (and a 16-bit image's highest sample,
+    'peak'); 'error' instead when unreadable."""
     import cv2
     info = {"bytes": os.path.getsize(path)}
     if info["bytes"] == 0:
@@ -54,7 +59,11 @@ def describe_file(path):
         data = fh.read()
     info["sha256"] = hashlib.sha256(data).hexdigest()
     if not is_image_file(path):
-        info["error"] = "not an image file (by its extension)"
+        try:
+            check_format(path)
+            info["error"] = "not an image file (by its extension)"
+        except ImageReadError as exc:  # .gif, .heic ...: say which format
+            info["error"] = str(exc)[len(path) + 2:]
         return info
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None or img.size == 0:
@@ -64,6 +73,9 @@ def describe_file(path):
     info["mode"] = MODES.get(channels, "{}ch".format(channels)) + \
         ("16" if img.dtype == np.uint16 else "")
     info["width"], info["height"] = int(img.shape[1]), int(img.shape[0])
+    if img.dtype == np.uint16:  # its highest colour sample (alpha left out)
+        colour = img if img.ndim == 2 else img[:, :, :3 if channels >= 3 else 1]
+        info["peak"] = int(colour.max())
     if img.dtype != np.uint8:
         img = (img / 257).astype(np.uint8)
     if channels == 1:
@@ -72,6 +84,21 @@ def describe_file(path):
         grey = cv2.cvtColor(np.ascontiguousarray(img[:, :, :3]), cv2.COLOR_BGR2GRAY)
     info["phash"] = "{:016x}".format(phash(grey))
     return info
+
+
+# 16-bit images whose highest sample is below this use 12 bits or fewer: reading keeps the
+# top 8 of the 16 bits (OpenCV's IMREAD_COLOR), so they become 0..15, nearly black.
+LOW_BITS_PEAK = 4096
+
+
+def low_bits_warning(count, example, peak):
+    """The one warning line, shared by data check and train's image check, for ``count``
+    16-bit images that use only their low bits (``example``: one of them, at ``peak``)."""
+    return ("{} 16-bit image(s) use only the low bits (highest value below {}; e.g. {}: {}): "
+            "they read as nearly black, with about {} grey levels, because reading keeps "
+            "only the top 8 of 16 bits; rescale them to 8-bit (or to the full 16-bit range) "
+            "before training (docs/TRAINING.md, Data)".format(
+                count, LOW_BITS_PEAK, example, peak, LOW_BITS_PEAK // 256))
 
 
 def scan(root, progress=None):

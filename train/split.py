@@ -13,10 +13,10 @@ import shutil
 
 import numpy as np
 
-from oncolens.appliance.bundle import LABELS_TXT, write_labels
+from oncolens.appliance.bundle import LABELS_TXT, read_labels, write_labels
 from oncolens.appliance.errors import UsageError
 from oncolens.appliance.outpaths import check_output_dir
-from oncolens.train.scan import SPLITS, duplicate_groups, layout, scan
+from oncolens.train.scan import SPLITS, class_folders, duplicate_groups, layout, scan
 
 log = logging.getLogger(__name__)
 
@@ -165,13 +165,18 @@ def destinations(records, fate):
 
 def split_dataset(src, out, ratios=(0.7, 0.15, 0.15), seed=0, max_distance=4, link=False,
                   overwrite=False, progress=None):
-    """Copy (or hard-link) ``src/<class>/*`` into ``out/<split>/<class>/``; returns counts."""
+    """Copy (or hard-link) ``src/<class>/*`` into ``out/<split>/<class>/``; returns counts.
+    The classes are ``src/labels.txt``'s when there is one (``source_classes``)."""
     _check_split_args(src, out, ratios, overwrite)
     records = scan(src, progress)
     if not records:
         raise UsageError("{}: no files in its class folders".format(src))
-    fate, group_of = assign(records, ratios, seed, max_distance)
-    classes = sorted(set(r["class"] for r in records))
+    classes = source_classes(src, records, out)
+    kept = [i for i, rec in enumerate(records) if rec["class"] in classes]
+    fate, group_of = ["dropped: folder not in labels.txt"] * len(records), [""] * len(records)
+    for i, where, group in zip(kept, *assign([records[i] for i in kept], ratios, seed,
+                                             max_distance)):
+        fate[i], group_of[i] = where, group
     counts = {s: {c: 0 for c in classes} for s in SPLITS}
     dests = destinations(records, fate)
     if overwrite:
@@ -183,6 +188,33 @@ def split_dataset(src, out, ratios=(0.7, 0.15, 0.15), seed=0, max_distance=4, li
     write_labels(os.path.join(out, LABELS_TXT), classes)
     _write_csv(os.path.join(out, SPLITS_CSV), records, fate, group_of, dests)
     return counts, fate
+
+
+def source_classes(src, records, out):
+    """The classes OUT/labels.txt will list: SRC/labels.txt's, in its order, when there is one
+    (a folder it leaves out is warned about and left out, as data check and train do; a class
+    it lists with no files is an error, before anything is copied); else the class folders
+    that hold files, alphabetical (an empty one is warned about)."""
+    found = sorted(set(r["class"] for r in records))
+    labels_path = os.path.join(src, LABELS_TXT)
+    if not os.path.isfile(labels_path):
+        empty = [c for c in class_folders(src)[None] if c not in found]
+        if empty:
+            log.warning("%s: class folder(s) %s hold no files: left out of %s", src,
+                        ", ".join(empty), os.path.join(out, LABELS_TXT))
+        return found
+    classes = read_labels(labels_path)
+    missing = [c for c in classes if c not in found]
+    if missing:
+        raise UsageError("{}: lists {}, but {} has no files of {}: add them, or remove {} "
+                         "from labels.txt".format(labels_path, ", ".join(missing), src,
+                                                  "it" if len(missing) == 1 else "them",
+                                                  "it" if len(missing) == 1 else "them"))
+    extra = [c for c in found if c not in classes]
+    if extra:
+        log.warning("%s: folder(s) %s not in labels.txt (%s): left out (splits.csv records "
+                    "their files as dropped)", src, ", ".join(extra), ", ".join(classes))
+    return classes
 
 
 def _place(source, dest, link):
@@ -198,7 +230,8 @@ def _place(source, dest, link):
 
 
 def _write_csv(path, records, fate, group_of, dests):
-    with open(path, "w") as fh:
+    """splits.csv, UTF-8; a file name that is not valid UTF-8 keeps its own bytes."""
+    with io.open(path, "w", encoding="utf-8", errors="surrogateescape", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["path", "class", "split", "group", "sha256", "phash", "dest"])
         for rec, where, group, dest in zip(records, fate, group_of, dests):

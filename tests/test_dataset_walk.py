@@ -1,0 +1,112 @@
+"""How every command walks a folder of images: hidden files (macOS ``._x.png`` resource
+forks, ``.DS_Store``) and OS junk (``Thumbs.db``, ``desktop.ini``) are left out alike by
+data check, data split, train, evaluate, classify and batch."""
+import os
+import shutil
+
+from conftest import run_cli
+
+FAST = ["--resolution", 32, "-b", 6, "-j", 0, "--seed", 3, "--no-pretrained",
+        "--arch", "simple-cnn", "--epochs", 1]
+APPLEDOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        "
+
+
+def _plant_junk(folder):
+    with open(os.path.join(folder, "._x.png"), "wb") as fh:
+        fh.write(APPLEDOUBLE)
+    with open(os.path.join(folder, ".DS_Store"), "wb") as fh:
+        fh.write(b"\x00\x00\x00\x01Bud1")
+    for name in ("Thumbs.db", "desktop.ini"):
+        with open(os.path.join(folder, name), "wb") as fh:
+            fh.write(b"\xd0\xcf\x11\xe0 junk")
+    hidden = os.path.join(folder, ".ipynb_checkpoints")
+    os.makedirs(hidden)
+    with open(os.path.join(hidden, "x-checkpoint.png"), "wb") as fh:
+        fh.write(APPLEDOUBLE)
+
+
+def _junk_dataset(tiny_data, tmp_path):
+    data = str(tmp_path / "d")
+    shutil.copytree(tiny_data, data)
+    for split in ("train", "val", "test"):
+        _plant_junk(os.path.join(data, split, "benign"))
+    return data
+
+
+def _names(paths):
+    return set(os.path.basename(p) for p in paths)
+
+
+def test_every_walker_leaves_out_hidden_files_and_os_junk(tiny_data, tmp_path):
+    from oncolens.appliance.pipeline import iter_image_files
+    from oncolens.appliance.sources import list_images
+    from oncolens.train.data import list_samples
+    from oncolens.train.scan import walk
+    data = _junk_dataset(tiny_data, tmp_path)
+    junk = {"._x.png", ".DS_Store", "Thumbs.db", "desktop.ini", "x-checkpoint.png"}
+    test = os.path.join(data, "test")
+    walked = {
+        "scan": _names(os.path.join(data, rel) for rel, _, _ in walk(data)),
+        "list_samples": _names(p for p, _ in list_samples(test, ["benign", "malignant"])),
+        "list_images": _names(p for p, _ in list_images(test, unsupported=True)),
+        "iter_image_files": _names(p for p, _ in iter_image_files(test)),
+    }
+    for name, found in walked.items():
+        assert found and not found & junk, (name, found & junk)
+
+
+def test_data_check_and_train_ignore_hidden_files_and_os_junk(tiny_data, tmp_path):
+    data = _junk_dataset(tiny_data, tmp_path)
+    code, out, err = run_cli(["data", "check", data, "--max-distance", "-1"])
+    assert code == 0, out
+    assert "Thumbs.db" not in out and "._x.png" not in out
+    model_dir = str(tmp_path / "m")
+    code, out, err = run_cli(["train", data, "--model-dir", model_dir] + FAST)
+    assert code == 0, err
+    code, out, err = run_cli(["evaluate", "--model-dir", model_dir, os.path.join(data, "test"),
+                              "--bootstrap", 0, "--backend", "torch"])
+    assert code == 0, out + err
+    assert "unreadable" not in out
+
+
+def _linked_dataset(tiny_data, tmp_path):
+    """test/ with its malignant images in a folder elsewhere, linked in as a sub-folder
+    (a second site's scans), plus a link cycle and a second link to the same folder."""
+    data = str(tmp_path / "d")
+    shutil.copytree(tiny_data, data)
+    ext = str(tmp_path / "ext")
+    shutil.copytree(os.path.join(tiny_data, "val", "malignant"), ext)
+    for split in ("train", "test"):
+        os.symlink(ext, os.path.join(data, split, "malignant", "site2"))
+    os.symlink(ext, os.path.join(data, "test", "malignant", "site2_again"))
+    os.symlink(os.path.join(data, "test"), os.path.join(data, "test", "malignant", "loop"))
+    os.symlink(os.path.join(data, "test", "malignant"), os.path.join(ext, "back"))
+    return data
+
+
+def test_every_walker_follows_linked_folders_once(tiny_data, tmp_path, caplog):
+    from oncolens.appliance.pipeline import iter_image_files
+    from oncolens.appliance.sources import list_images
+    from oncolens.train.data import list_samples
+    from oncolens.train.scan import walk
+    data = _linked_dataset(tiny_data, tmp_path)
+    test = os.path.join(data, "test")
+    linked = set(os.listdir(os.path.join(tiny_data, "val", "malignant")))
+    walked = {
+        "scan": [os.path.join(data, rel) for rel, split, _ in walk(data) if split == "test"],
+        "list_samples": [p for p, _ in list_samples(test, ["benign", "malignant", "normal"])],
+        "list_images": [p for p, _ in list_images(test)],
+        "iter_image_files": [p for p, _ in iter_image_files(test)],
+    }
+    for name, paths in walked.items():
+        assert len(paths) == 9 + len(linked), (name, paths)  # every image once, none twice
+        assert _names(p for p in paths if os.sep + "site2" + os.sep in p) == linked, name
+    assert "read already" in caplog.text and "a link cycle" in caplog.text
+
+
+def test_data_check_counts_images_in_linked_folders(tiny_data, tmp_path):
+    data = _linked_dataset(tiny_data, tmp_path)
+    code, out, err = run_cli(["data", "check", data, "--max-distance", "-1"])
+    # the linked images are in train/ and test/ (and val/): leakage, the images were read
+    assert "leakage" in out and "site2" in out, out
+    assert "test   benign 3  malignant 6  normal 3  (total 12)" in out, out

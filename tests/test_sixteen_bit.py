@@ -1,0 +1,62 @@
+"""16-bit images that use only their low bits (a 12-bit microscope camera's, highest value
+4095) read as 0..15 (the top 8 of 16 bits): data check and train's image check warn once,
+with a count and an example; decoding itself is unchanged."""
+import logging
+import os
+import shutil
+
+import cv2
+import numpy as np
+
+from conftest import run_cli
+
+FAST = ["--resolution", 32, "-b", 6, "-j", 0, "--seed", 3, "--no-pretrained",
+        "--arch", "simple-cnn", "--epochs", 1]
+
+
+def _twelve_bit(path, peak=4095, channels=1):
+    rng = np.random.default_rng(len(path))
+    img = rng.integers(0, peak + 1, size=(48, 48)).astype(np.uint16)
+    img[0, 0] = peak
+    assert cv2.imwrite(path, img if channels == 1 else cv2.merge([img] * channels))
+
+
+def test_sixteen_bit_peak_reads_the_header_then_the_samples(tmp_path):
+    from oncolens.appliance.imageio import read_image, sixteen_bit, sixteen_bit_peak
+    for name, channels in (("a.png", 1), ("b.tif", 1), ("c.png", 3), ("d.tif", 3)):
+        path = str(tmp_path / name)
+        _twelve_bit(path, channels=channels)
+        data = open(path, "rb").read()
+        assert sixteen_bit(data) and sixteen_bit_peak(data) == 4095, name
+        assert read_image(path).max() in (15, 16)  # decoding is unchanged: what train sees
+    eight = str(tmp_path / "e.png")
+    assert cv2.imwrite(eight, np.full((8, 8), 200, np.uint8))
+    data = open(eight, "rb").read()
+    assert not sixteen_bit(data) and sixteen_bit_peak(data) is None
+
+
+def _dataset(tiny_data, tmp_path):
+    data = str(tmp_path / "d")
+    shutil.copytree(tiny_data, data)
+    _twelve_bit(os.path.join(data, "train", "benign", "cam_0.png"))
+    _twelve_bit(os.path.join(data, "train", "benign", "cam_1.tif"), channels=3)
+    _twelve_bit(os.path.join(data, "val", "normal", "cam_2.png"))
+    _twelve_bit(os.path.join(data, "val", "normal", "full.png"), peak=65535)  # no warning
+    return data
+
+
+def test_data_check_and_train_warn_once_about_low_bit_16_bit_images(tiny_data, tmp_path,
+                                                                    caplog):
+    data = _dataset(tiny_data, tmp_path)
+    code, out, err = run_cli(["data", "check", data, "--max-distance", "-1"])
+    assert code == 0, out
+    lines = [l for l in out.splitlines() if "16-bit" in l and "low bits" in l]
+    assert len(lines) == 1 and lines[0].startswith("warning: 3 16-bit image(s)"), out
+    assert "train/benign/cam_0.png: 4095" in lines[0] and "about 16 grey levels" in lines[0]
+    assert "rescale" in lines[0] and "8-bit" in lines[0]
+    caplog.set_level(logging.WARNING)
+    code, out, err = run_cli(["train", data, "--model-dir", str(tmp_path / "m")] + FAST)
+    assert code == 0, err
+    warned = [r.getMessage() for r in caplog.records if "low bits" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("3 16-bit image(s)"), warned
+    assert os.path.join(data, "train", "benign", "cam_0.png") in warned[0]
