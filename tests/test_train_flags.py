@@ -72,3 +72,25 @@ def test_print_freq_given_logs_at_info(tiny_data, tmp_path, caplog):
     assert code == 0, err
     lines = [r for r in caplog.records if "epoch 1 [" in r.getMessage()]
     assert lines and all(r.levelno == logging.INFO for r in lines)
+
+
+def test_a_jetson_inference_sgd_line_under_adamw_is_warned_about(tiny_data, tmp_path, caplog):
+    """train.py's --lr 0.1 --momentum 0.9 are SGD's: under the default AdamW the rate
+    diverges and the momentum does nothing, so both are named before training starts."""
+    import logging
+    from oncolens.train.choices import check_optimizer
+    from oncolens.train.cli import build_parser
+    caplog.set_level(logging.WARNING)
+    args = build_parser().parse_args([tiny_data, "--lr", "0.1", "--momentum", "0.9"])
+    check_optimizer(args)
+    text = caplog.text
+    assert "--momentum 0.9: SGD's momentum; --optimizer adamw has none and ignores it" in text
+    assert "--lr 0.1 with --optimizer adamw: a rate this high usually diverges" in text
+    assert "--optimizer sgd --lr 0.1 --momentum 0.9 --wd 1e-4" in text
+    caplog.clear()
+    for argv in ([tiny_data, "--optimizer", "sgd", "--lr", "0.1", "--momentum", "0.8"],
+                 [tiny_data]):
+        args = build_parser().parse_args(argv)
+        check_optimizer(args)
+        assert args.momentum == (0.8 if "sgd" in argv else 0.9)
+    assert caplog.text == ""

@@ -84,6 +84,7 @@ def check_input_size(model, arch, resolution, num_classes):
 def check_args(args):
     """Refuse flags out of range or that contradict each other, each with a one-line reason."""
     check_numbers(args)
+    check_optimizer(args)
     check_arch(args.arch)
     if args.final_fit:
         _check_final_fit(args)
@@ -100,6 +101,22 @@ def check_args(args):
                          "give one of the two")
     if args.zero_init_residual:
         check_zero_init(args)
+
+
+def check_optimizer(args):
+    """jetson-inference's train.py lines are SGD lines (--lr 0.1 --momentum 0.9): under the
+    default AdamW they would diverge, or --momentum would do nothing, so each gets a
+    warning that names the flag for its recipe."""
+    sgd = "jetson-inference's recipe is --optimizer sgd --lr 0.1 --momentum 0.9 --wd 1e-4"
+    if args.optimizer != "sgd":
+        if args.momentum is not None:
+            log.warning("--momentum %s: SGD's momentum; --optimizer %s has none and ignores it "
+                        "(%s)", args.momentum, args.optimizer, sgd)
+        if args.lr is not None and args.lr > 0.01:
+            log.warning("--lr %s with --optimizer %s: a rate this high usually diverges (its "
+                        "default is 1e-3; %s)", args.lr, args.optimizer, sgd)
+    if args.momentum is None:
+        args.momentum = 0.9
 
 
 def _check_final_fit(args):

@@ -36,7 +36,8 @@ def _jetson_flags(p):
                    help="mini-batch size (32; jetson-inference: 8)")
     p.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=1e-3,
                    help="peak learning rate (1e-3; jetson-inference: 0.1 with SGD)")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (0.9)")
+    p.add_argument("--momentum", type=float, default=None,
+                   help="SGD momentum (0.9; with AdamW, ignored with a warning)")
     p.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, default=0.05,
                    help="weight decay, not applied to biases and norms (0.05; "
                         "jetson-inference: 1e-4)")
