@@ -62,3 +62,18 @@ def test_evaluate_names_an_unreadable_non_utf8_file(tiny_bundle, tiny_data, tmp_
     assert b"unreadable: " in proc.stdout and CAFE in proc.stdout
     with open(os.path.join(out, "report.md"), "rb") as fh:
         assert b"t\xe9st" in fh.read()
+
+
+def test_split_refuses_a_class_folder_name_that_labels_txt_cannot_hold(tiny_data, tmp_path):
+    """labels.txt is UTF-8 (jetson-inference reads it so): a Latin-1 class folder name is
+    one line naming it, before anything is copied."""
+    raw = str(tmp_path / "raw")
+    for cls in ("benign", "normal"):
+        shutil.copytree(os.path.join(tiny_data, "train", cls), os.path.join(raw, cls))
+    os.rename(os.path.join(raw, "benign").encode(), raw.encode() + b"/b\xe9nin")
+    out = str(tmp_path / "out")
+    proc = _run("data", "split", raw, out)
+    assert proc.returncode == 2
+    err = proc.stderr.decode("utf-8", "replace").strip()
+    assert "is not a valid UTF-8 name" in err and "rename the folder" in err
+    assert len(err.splitlines()) == 1 and not os.path.exists(out)

@@ -196,6 +196,13 @@ def source_classes(src, records, out):
     it lists with no files is an error, before anything is copied); else the class folders
     that hold files, alphabetical (an empty one is warned about)."""
     found = sorted(set(r["class"] for r in records))
+    for name in found:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:  # a name from a Latin-1 archive, kept as surrogates
+            raise UsageError("{}: class folder {} is not a valid UTF-8 name, which labels.txt "
+                             "must be (jetson-inference reads it as UTF-8): rename the folder"
+                             .format(src, name.encode("utf-8", "surrogateescape")))
     labels_path = os.path.join(src, LABELS_TXT)
     if not os.path.isfile(labels_path):
         empty = [c for c in class_folders(src)[None] if c not in found]
