@@ -7,10 +7,12 @@ every result is appended to the results file and flushed as its batch finishes, 
 killed run loses nothing already classified and ``resume=True`` picks up where it stopped.
 """
 import collections
+import itertools
 import logging
 import os
 import time
 
+from oncolens.appliance.errors import UsageError
 from oncolens.appliance.evaluation import truth_of
 from oncolens.appliance.pipeline import batched, iter_image_files, prefetch, window
 from oncolens.appliance.results import ResultsWriter, done_paths, path_key
@@ -79,7 +81,6 @@ class Annotator(object):
         self.overwrite = overwrite
 
     def __call__(self, item, preds):
-        from oncolens.appliance.errors import UsageError
         from oncolens.appliance.imageio import colour_path, write_image
         from oncolens.appliance.overlay import draw_lines
         from oncolens.appliance.postprocess import overlay_text
@@ -93,6 +94,19 @@ class Annotator(object):
         write_image(target, draw_lines(item.image, [overlay_text(p) for p in preds]))
 
 
+def image_files(uri, counts, exclude=None):
+    """``iter_image_files(uri)``, refused at once when it lists no file (a glob that matches
+    nothing, a folder of notes): before anything is written, so a corrected rerun is not
+    blocked by a header-only results file, nor an --overwrite'd one emptied."""
+    found = iter_image_files(uri, counts, exclude=exclude)
+    first = next(found, None)
+    if first is None:
+        ignored = counts["ignored"]
+        raise UsageError("input {}: no image files found{}".format(
+            uri, " ({} non-image file(s) ignored)".format(ignored) if ignored else ""))
+    return itertools.chain([first], found)
+
+
 def run_batch(clf, uri, results=None, annotate=None, batch_size=8, workers=2, resume=False,
               overwrite=False, progress=True, on_row=None):
     """Classify every image under ``uri``; returns a Summary. ``on_row(row)`` sees each row."""
@@ -104,10 +118,10 @@ def run_batch(clf, uri, results=None, annotate=None, batch_size=8, workers=2, re
     if annotate:
         _check_annotate_dir(annotate, resume, overwrite)
         annotator = Annotator(annotate, overwrite or resume)
-    writer, skip = _open_results(results, labels, resume, overwrite, sha, precision)
     counts = collections.Counter()
-    files = (f for f in iter_image_files(uri, counts, exclude=annotate)
-             if not _skipped(f, skip, counts))
+    found = image_files(uri, counts, exclude=annotate)  # before the results file is made
+    writer, skip = _open_results(results, labels, resume, overwrite, sha, precision)
+    files = (f for f in found if not _skipped(f, skip, counts))
     items = prefetch(files, clf.preprocessor, workers=workers, depth=window(batch_size, workers),
                      keep_image=annotator is not None)
     bar = Progress(progress)
@@ -159,7 +173,6 @@ def _open_results(results, labels, resume, overwrite, sha, precision):
 
 
 def _check_annotate_dir(outdir, resume, overwrite):
-    from oncolens.appliance.errors import UsageError
     if os.path.isdir(outdir) and os.listdir(outdir) and not (resume or overwrite):
         raise UsageError("--annotate {}: the folder exists and is not empty: pass --resume to "
                          "continue a run or --overwrite to replace its files".format(outdir))

@@ -9,6 +9,7 @@ written beside the results (``.metrics.json`` and ``.confusion.png``).  A file t
 read is recorded with its error and the run goes on; the exit code is 1 when any failed.
 """
 import argparse
+import collections
 import logging
 import os
 
@@ -108,6 +109,8 @@ def _check_args(args):
     if not os.path.exists(args.input) and not any(ch in args.input for ch in "*?["):
         raise UsageError("input not found: {} (expected a folder, a quoted glob or an image "
                          "file)".format(args.input))
+    from oncolens.appliance.batch import image_files
+    image_files(args.input, collections.Counter(), exclude=args.annotate)  # before the model
 
 
 def _check_outputs(args):
