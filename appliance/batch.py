@@ -13,7 +13,7 @@ import os
 import time
 
 from oncolens.appliance.errors import UsageError
-from oncolens.appliance.evaluation import truth_of
+from oncolens.appliance.evaluation import input_folder, truth_of
 from oncolens.appliance.pipeline import batched, iter_image_files, prefetch, window
 from oncolens.appliance.results import ResultsWriter, done_paths, path_key
 
@@ -55,8 +55,9 @@ class Progress(object):
             self.bar.close()
 
 
-def _row(item, labels, probs=None, pred=None, backend="", precision="", sha=""):
-    truth = truth_of(item.relpath, labels)
+def _row(item, labels, probs=None, pred=None, backend="", precision="", sha="",
+         input_name=None):
+    truth = truth_of(item.relpath, labels, input_name)
     # absolute: a --resume from another folder still recognises the file
     row = collections.OrderedDict([("path", os.path.abspath(item.path)),
                                    ("relpath", item.relpath),
@@ -118,6 +119,7 @@ def run_batch(clf, uri, results=None, annotate=None, batch_size=8, workers=2, re
     if annotate:
         _check_annotate_dir(annotate, resume, overwrite)
         annotator = Annotator(annotate, overwrite or resume)
+    input_name = os.path.basename(os.path.abspath(input_folder(uri)))
     counts = collections.Counter()
     found = image_files(uri, counts, exclude=annotate)  # before the results file is made
     writer, skip = _open_results(results, labels, resume, overwrite, sha, precision)
@@ -128,12 +130,13 @@ def run_batch(clf, uri, results=None, annotate=None, batch_size=8, workers=2, re
     started = time.time()
     try:
         for good, failed in batched(items, batch_size):
-            rows = [_row(item, labels, backend=backend, precision=precision, sha=sha)
-                    for item in failed]
+            rows = [_row(item, labels, backend=backend, precision=precision, sha=sha,
+                         input_name=input_name) for item in failed]
             for item in failed:
                 log.error("%s", item.error)
             if good:
-                rows.extend(_classify(clf, good, labels, annotator, backend, precision, sha))
+                rows.extend(_classify(clf, good, labels, annotator, backend, precision, sha,
+                                      input_name))
             for row in rows:
                 if writer is not None:
                     writer.write(row)
@@ -185,13 +188,13 @@ def _skipped(entry, skip, counts):
     return False
 
 
-def _classify(clf, good, labels, annotator, backend, precision, sha):
+def _classify(clf, good, labels, annotator, backend, precision, sha, input_name=None):
     import numpy as np
     result = clf.backend.infer(np.stack([item.tensor for item in good]))
     rows = []
     for item, probs in zip(good, result.probs):
         preds = clf.predictions(probs)
-        rows.append(_row(item, labels, probs, preds[0], backend, precision, sha))
+        rows.append(_row(item, labels, probs, preds[0], backend, precision, sha, input_name))
         if annotator is not None:
             annotator(item, preds)
     return rows

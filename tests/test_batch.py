@@ -441,3 +441,36 @@ def test_run_batch_refuses_an_empty_input_before_the_results_file(tiny_bundle, t
         with pytest.raises(UsageError, match="no image files found"):
             run_batch(clf, str(tmp_path / "*.png"), results=results, progress=False)
     assert not os.path.exists(results)
+
+
+def test_truth_is_the_nearest_label_folder_else_the_input_folder():
+    from oncolens.appliance.evaluation import input_folder, truth_of
+    j = os.path.join
+    assert truth_of(j("Benign", "x.png"), LABELS) == "benign"
+    assert truth_of(j("benign", "p1", "x.png"), LABELS) == "benign"
+    assert truth_of(j("benign", "normal", "x.png"), LABELS) == "normal"  # the nearest
+    assert truth_of(j("p1", "x.png"), LABELS, input_name="malignant") == "malignant"
+    assert truth_of(j("benign", "x.png"), LABELS, input_name="malignant") == "benign"
+    assert truth_of("x.png", LABELS, input_name="test") is None
+    assert input_folder(j("a", "benign", "*.png")) == j("a", "benign")
+    assert input_folder(j("a", "benign", "x.png")) == j("a", "benign")
+
+
+def test_batch_finds_truth_in_a_class_folder_and_a_nested_layout(tiny_bundle, tiny_data,
+                                                                 tmp_path):
+    """The same truth ``oncolens evaluate`` finds: a class folder as the input, and class
+    folders with a folder per patient inside."""
+    test = os.path.join(tiny_data, "test")
+    nest = tmp_path / "nest"
+    for label in LABELS:
+        shutil.copytree(os.path.join(test, label), str(nest / label / ("p_" + label)))
+    for n, uri in enumerate([os.path.join(test, "benign"), str(nest),
+                             os.path.join(test, "malignant", "*.png")]):
+        results = str(tmp_path / "t{}.csv".format(n))
+        code, out, err = run_cli(["batch", uri, "--model", tiny_bundle, "--results", results,
+                                  "--no-progress"])
+        assert code == 0, err
+        rows = _csv_rows(results)
+        assert rows and all(row["truth"] == os.path.basename(os.path.dirname(row["path"]))
+                            .replace("p_", "") for row in rows)
+        assert "accuracy" in out and os.path.exists(str(tmp_path / "t{}.metrics.json".format(n)))
