@@ -7,11 +7,13 @@ every result is appended to the results file and flushed as its batch finishes, 
 killed run loses nothing already classified and ``resume=True`` picks up where it stopped.
 """
 import collections
+import itertools
 import logging
 import os
 import time
 
-from oncolens.appliance.evaluation import truth_of
+from oncolens.appliance.errors import UsageError
+from oncolens.appliance.evaluation import input_folder, truth_of
 from oncolens.appliance.pipeline import batched, iter_image_files, prefetch, window
 from oncolens.appliance.results import ResultsWriter, done_paths, path_key
 
@@ -53,8 +55,9 @@ class Progress(object):
             self.bar.close()
 
 
-def _row(item, labels, probs=None, pred=None, backend="", precision="", sha=""):
-    truth = truth_of(item.relpath, labels)
+def _row(item, labels, probs=None, pred=None, backend="", precision="", sha="",
+         input_name=None):
+    truth = truth_of(item.relpath, labels, input_name)
     # absolute: a --resume from another folder still recognises the file
     row = collections.OrderedDict([("path", os.path.abspath(item.path)),
                                    ("relpath", item.relpath),
@@ -79,7 +82,6 @@ class Annotator(object):
         self.overwrite = overwrite
 
     def __call__(self, item, preds):
-        from oncolens.appliance.errors import UsageError
         from oncolens.appliance.imageio import colour_path, write_image
         from oncolens.appliance.overlay import draw_lines
         from oncolens.appliance.postprocess import overlay_text
@@ -93,6 +95,19 @@ class Annotator(object):
         write_image(target, draw_lines(item.image, [overlay_text(p) for p in preds]))
 
 
+def image_files(uri, counts, exclude=None):
+    """``iter_image_files(uri)``, refused at once when it lists no file (a glob that matches
+    nothing, a folder of notes): before anything is written, so a corrected rerun is not
+    blocked by a header-only results file, nor an --overwrite'd one emptied."""
+    found = iter_image_files(uri, counts, exclude=exclude)
+    first = next(found, None)
+    if first is None:
+        ignored = counts["ignored"]
+        raise UsageError("input {}: no image files found{}".format(
+            uri, " ({} non-image file(s) ignored)".format(ignored) if ignored else ""))
+    return itertools.chain([first], found)
+
+
 def run_batch(clf, uri, results=None, annotate=None, batch_size=8, workers=2, resume=False,
               overwrite=False, progress=True, on_row=None):
     """Classify every image under ``uri``; returns a Summary. ``on_row(row)`` sees each row."""
@@ -104,22 +119,24 @@ def run_batch(clf, uri, results=None, annotate=None, batch_size=8, workers=2, re
     if annotate:
         _check_annotate_dir(annotate, resume, overwrite)
         annotator = Annotator(annotate, overwrite or resume)
-    writer, skip = _open_results(results, labels, resume, overwrite, sha, precision)
+    input_name = os.path.basename(os.path.abspath(input_folder(uri)))
     counts = collections.Counter()
-    files = (f for f in iter_image_files(uri, counts, exclude=annotate)
-             if not _skipped(f, skip, counts))
+    found = image_files(uri, counts, exclude=annotate)  # before the results file is made
+    writer, skip = _open_results(results, labels, resume, overwrite, sha, precision)
+    files = (f for f in found if not _skipped(f, skip, counts))
     items = prefetch(files, clf.preprocessor, workers=workers, depth=window(batch_size, workers),
                      keep_image=annotator is not None)
     bar = Progress(progress)
     started = time.time()
     try:
         for good, failed in batched(items, batch_size):
-            rows = [_row(item, labels, backend=backend, precision=precision, sha=sha)
-                    for item in failed]
+            rows = [_row(item, labels, backend=backend, precision=precision, sha=sha,
+                         input_name=input_name) for item in failed]
             for item in failed:
                 log.error("%s", item.error)
             if good:
-                rows.extend(_classify(clf, good, labels, annotator, backend, precision, sha))
+                rows.extend(_classify(clf, good, labels, annotator, backend, precision, sha,
+                                      input_name))
             for row in rows:
                 if writer is not None:
                     writer.write(row)
@@ -159,7 +176,6 @@ def _open_results(results, labels, resume, overwrite, sha, precision):
 
 
 def _check_annotate_dir(outdir, resume, overwrite):
-    from oncolens.appliance.errors import UsageError
     if os.path.isdir(outdir) and os.listdir(outdir) and not (resume or overwrite):
         raise UsageError("--annotate {}: the folder exists and is not empty: pass --resume to "
                          "continue a run or --overwrite to replace its files".format(outdir))
@@ -172,13 +188,13 @@ def _skipped(entry, skip, counts):
     return False
 
 
-def _classify(clf, good, labels, annotator, backend, precision, sha):
+def _classify(clf, good, labels, annotator, backend, precision, sha, input_name=None):
     import numpy as np
     result = clf.backend.infer(np.stack([item.tensor for item in good]))
     rows = []
     for item, probs in zip(good, result.probs):
         preds = clf.predictions(probs)
-        rows.append(_row(item, labels, probs, preds[0], backend, precision, sha))
+        rows.append(_row(item, labels, probs, preds[0], backend, precision, sha, input_name))
         if annotator is not None:
             annotator(item, preds)
     return rows

@@ -3,12 +3,14 @@
     oncolens batch archive/ --model models/busi-resnet18 --results out.csv \
         --annotate annotated/ --batch-size 8 --workers 2 [--resume]
 
-Ground truth comes from parent folder names that are labels (``test/malignant/x.png``): then
+Ground truth comes from folder names that are labels (``test/malignant/x.png``, the nearest
+such folder inside the input, else the input folder's own name; see evaluation.truth_of): then
 accuracy, macro-F1, per-class precision/recall and the confusion matrix are printed and
 written beside the results (``.metrics.json`` and ``.confusion.png``).  A file that cannot be
 read is recorded with its error and the run goes on; the exit code is 1 when any failed.
 """
 import argparse
+import collections
 import logging
 import os
 
@@ -108,6 +110,8 @@ def _check_args(args):
     if not os.path.exists(args.input) and not any(ch in args.input for ch in "*?["):
         raise UsageError("input not found: {} (expected a folder, a quoted glob or an image "
                          "file)".format(args.input))
+    from oncolens.appliance.batch import image_files
+    image_files(args.input, collections.Counter(), exclude=args.annotate)  # before the model
 
 
 def _check_outputs(args):
@@ -137,13 +141,8 @@ def _check_outputs(args):
 def _check_annotate_apart(uri, annotate):
     """Annotated copies keep the input's names under --annotate: that folder must not be
     where the inputs are, or the copies would replace them."""
-    from oncolens.appliance.sources import glob_base
-    if os.path.isdir(uri):
-        base = uri
-    elif any(ch in uri for ch in "*?["):
-        base = glob_base(uri)
-    else:
-        base = os.path.dirname(uri) or "."
+    from oncolens.appliance.evaluation import input_folder
+    base = input_folder(uri)
     if os.path.realpath(annotate) == os.path.realpath(base):
         raise UsageError("--annotate {}: the input folder itself; the annotated copies would "
                          "replace the images: give another folder".format(annotate))
@@ -174,7 +173,8 @@ def report_metrics(args, labels, extra_rows):
     rows = read_rows(args.results) if args.results else extra_rows
     m = metrics_from_rows(rows, labels)
     if m is None:
-        log.info("no ground truth (no parent folder is named after a label): no metrics")
+        log.info("no ground truth (neither a folder inside the input nor the input folder is "
+                 "named after a label): no metrics")
         return None
     print(format_metrics(m))
     path = metrics_path(args)

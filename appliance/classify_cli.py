@@ -195,18 +195,20 @@ def main(argv):
         log.warning("--prototxt: Caffe models are not supported: ignored")
     from oncolens.appliance.classifier import Classifier
     from oncolens.appliance.loop import LiveLoop
-    from oncolens.appliance.sinks import open_sink
+    from oncolens.appliance.sinks import check_file_output, open_sink
     from oncolens.appliance.sources import open_source
 
     model = resolve_model(args)
     modes = overlay_modes(args.overlay)
     source = open_source(args.input, **source_options(args))
+    output = choose_output(args)
+    check_file_output(output, source, overwrite=args.overwrite)  # before the model loads
     clf = Classifier.open(model, labels=args.labels, input_blob=args.input_blob,
                           output_blob=args.output_blob, backend=args.backend, top=args.topk,
                           threshold=args.threshold, policy=args.preprocess,
                           precision=args.precision)
     with clf:
-        sink = open_sink(choose_output(args), overwrite=args.overwrite, rate=args.input_rate,
+        sink = open_sink(output, overwrite=args.overwrite, rate=args.input_rate,
                          codec=args.output_codec, bitrate=args.bitrate,
                          encoder=args.output_encoder, save=args.output_save,
                          jetson_utils=False if args.no_jetson_utils else None,

@@ -1,7 +1,10 @@
 """Ground truth from folder names, and the metrics of a batch run (table, JSON, PNG).
 
-A file's ground truth is its parent folder's name when that name is one of the model's
-labels (compared without regard to case), as in ``test/malignant/x.png``.
+A file's ground truth is the nearest of its folders inside the input that is named after one
+of the model's labels (compared without regard to case): ``test/malignant/x.png`` and
+``test/malignant/patient7/x.png`` under ``test`` are malignant.  When none is, the input
+folder's own name counts (a class folder given as the input, ``test/malignant``, or a glob
+inside one).
 """
 import io
 import json
@@ -10,11 +13,27 @@ import os
 import numpy as np
 
 
-def truth_of(relpath, labels):
-    """The label named by the file's parent folder, or None."""
-    parent = os.path.basename(os.path.dirname(relpath))
+def input_folder(uri):
+    """The folder an input's relative names start from: a folder itself, a glob's part
+    before its first wildcard, a file's folder."""
+    from oncolens.appliance.sources import glob_base
+    if os.path.isdir(uri):
+        return uri
+    if any(ch in uri for ch in "*?["):
+        return glob_base(uri)
+    return os.path.dirname(uri) or "."
+
+
+def truth_of(relpath, labels, input_name=None):
+    """The label named by the nearest of ``relpath``'s folders, else by ``input_name`` (the
+    input folder's own name), or None."""
     lowered = dict((label.lower(), label) for label in labels)
-    return lowered.get(parent.lower())
+    folder = os.path.dirname(relpath)
+    while folder:
+        folder, name = os.path.split(folder)
+        if name.lower() in lowered:
+            return lowered[name.lower()]
+    return lowered.get((input_name or "").lower())
 
 
 def metrics_from_rows(rows, labels):

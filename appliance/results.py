@@ -2,7 +2,7 @@
 ``--resume`` and for the metrics.
 
 One row a file: path, relpath, predicted label and index, confidence, every class's
-probability (``p_<label>``), ground truth (from the parent folder, when it is a label),
+probability (``p_<label>``), ground truth (from a folder named after a label),
 the error (empty when it worked), backend, precision and the model file's SHA-256.
 
 Paths are written as the file system names them: a name that is not valid UTF-8 keeps its

@@ -21,7 +21,8 @@ import sys
 
 from oncolens.appliance import gst
 from oncolens.appliance.errors import MissingDependency, OncoLensError, UsageError
-from oncolens.appliance.imageio import GREY_ONLY, colour_path, is_image_file, write_image
+from oncolens.appliance.imageio import (GREY_ONLY, colour_path, is_image_file,
+                                        is_unsupported_image, write_image)
 from oncolens.appliance.outpaths import check_output_dir, check_output_file
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,36 @@ def _check_pattern(uri):
 def _refuse_existing(path, overwrite):
     if os.path.exists(path) and not overwrite:
         raise UsageError("output {} already exists: pass --overwrite to replace it".format(path))
+
+
+def _refuse_input(path, origin):
+    if origin and os.path.realpath(path) == os.path.realpath(origin):
+        raise UsageError("output {}: it would replace the input image {}: give another "
+                         "folder or name".format(path, origin))
+
+
+def planned_frames(source):
+    """``(frames, endless)``: the frames an image-file source will give that can be written
+    (no image: the names only), in order, or ``(None, False)`` when they are not known up
+    front (a video, a camera, a stream).  Names follow ``ImageFilesSource.read``: with
+    ``--input-loop N`` pass p's copies are ``<name>_loop<p>.<ext>``; a forever loop (-1)
+    lists its first pass and says it is ``endless``.  Files in formats that cannot be read
+    (.gif, .heic ...) give no frame to write and are left out."""
+    from oncolens.appliance.sources import Frame
+    files = getattr(source, "files", None)
+    if files is None:
+        return None, False
+    loop = int(getattr(source, "loop", 0) or 0)
+    frames = []
+    for n in range(1 if loop < 0 else loop + 1):
+        for pos, (path, rel) in enumerate(files):
+            if is_unsupported_image(path):
+                continue
+            if n:
+                root, ext = os.path.splitext(rel)
+                rel = "{}_loop{}{}".format(root, n, ext)
+            frames.append(Frame(None, path, rel, n * len(files) + pos, None, None))
+    return frames, loop < 0
 
 
 class ImageFileSink(object):
@@ -79,16 +110,36 @@ class ImageFileSink(object):
             rel += ".jpg"
         return os.path.join(self.uri, colour_path(rel))
 
+    def _single_file_only(self):
+        return UsageError("output {} is a single image file but the input has more than one "
+                          "frame: give a folder (ending in /) or a pattern like "
+                          "out_%i.jpg".format(self.uri))
+
+    def check_frames(self, frames, endless=False):
+        """Refuse, before the first frame, what ``write`` would refuse on the way: more than
+        one frame into a single image file, a name that exists (without overwrite) or is an
+        input, two frames with the same name."""
+        if self.mode == "file" and (len(frames) > 1 or (endless and frames)):
+            raise self._single_file_only()
+        seen = {}
+        for frame in frames:
+            path = self.target(frame)
+            key = os.path.normpath(os.path.abspath(path))
+            if key in seen:
+                raise UsageError("output {}: both {} and {} would be written to it: rename one "
+                                 "or give a pattern like out_%i.jpg".format(
+                                     path, seen[key], frame.origin))
+            seen[key] = frame.origin
+            if os.path.exists(path):
+                _refuse_input(path, frame.origin)
+                _refuse_existing(path, self.overwrite)
+
     def write(self, frame, image):
         if self.mode == "file" and self.written:
-            raise UsageError("output {} is a single image file but the input has more than "
-                             "one frame: give a folder (ending in /) or a pattern like "
-                             "out_%i.jpg".format(self.uri))
+            raise self._single_file_only()
         path = self.target(frame)
-        if frame.origin and os.path.realpath(path) == os.path.realpath(frame.origin):
-            raise UsageError("output {}: it would replace the input image {}: give another "
-                             "folder or name".format(path, frame.origin))
-        if self.mode != "file":
+        _refuse_input(path, frame.origin)
+        if self.mode != "file":  # a video's or a camera's names are only known as they come
             _refuse_existing(path, self.overwrite)
         write_image(path, image)
         self.written.append(path)
@@ -266,11 +317,29 @@ def _open_jetson_utils(uri, scheme, options):
         raise OncoLensError("output {}: jetson_utils cannot open it ({})".format(uri, exc))
 
 
+def _scheme(uri):
+    return uri.partition("://")[0].lower() if "://" in uri else "file"
+
+
+def check_file_output(uri, source, overwrite=False):
+    """The checks a file output makes when opened, plus, for image files, every name an
+    image-file ``source`` will give: made before the model loads, so nothing is written and
+    no input is classified when one of them would be refused on the way."""
+    if not uri or _scheme(uri) != "file":
+        return
+    if os.path.splitext(uri)[1].lower() in VIDEO_FOURCC:
+        VideoFileSink(uri, overwrite=overwrite)
+        return
+    frames, endless = planned_frames(source)
+    if frames is not None:
+        ImageFileSink(uri, overwrite=overwrite).check_frames(frames, endless)
+
+
 def open_sink(uri, overwrite=False, **options):
     """The sink ``uri`` names, or None for no output (or a display that cannot open)."""
     if not uri:
         return None
-    scheme = uri.partition("://")[0].lower() if "://" in uri else "file"
+    scheme = _scheme(uri)
     if scheme in JETSON_UTILS_SCHEMES and options.get("jetson_utils", True) is not False:
         sink = _open_jetson_utils(uri, scheme, options)
         if sink is not False:

@@ -251,3 +251,58 @@ def test_float_tiff_is_named_and_opencv_stays_quiet(tmp_path, capfd):
     assert cv2.utils.logging.getLogLevel() == level          # put back afterwards
     cv2.imwrite(str(tmp_path / "deep.tif"), np.full((20, 30), 40000, np.uint16))
     assert read_image(str(tmp_path / "deep.tif")).shape == (20, 30, 3)
+
+
+def test_existing_outputs_are_refused_before_the_first_frame(tiny_bundle, tiny_data, tmp_path):
+    """A folder's output names are known from its file list: an existing one is named at the
+    start, and nothing is written or classified (not two copies, then an error)."""
+    import shutil
+    src = os.path.join(tiny_data, "test", "benign")
+    third = sorted(os.listdir(src))[2]
+    out = tmp_path / "o8"
+    out.mkdir()
+    shutil.copy(os.path.join(src, third), str(out))
+    code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless", src,
+                                 str(out) + os.sep])
+    assert code != 0 and len(err.strip().splitlines()) == 1
+    assert os.path.join(str(out), third) in err and "--overwrite" in err
+    assert stdout == "" and os.listdir(str(out)) == [third]
+
+
+def test_many_images_into_one_image_file_are_refused_at_start(tiny_bundle, tiny_data, tmp_path):
+    one = str(tmp_path / "one.jpg")
+    image = os.path.join(tiny_data, "test", "benign", "benign_test_0000.png")
+    for argv in ([os.path.join(tiny_data, "test", "benign")], ["--input-loop=1", image]):
+        code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless"] + argv +
+                                    [one])
+        assert code != 0 and "one.jpg is a single image file" in err
+        assert stdout == "" and not os.path.exists(one)
+    code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless", image, one])
+    assert code == 0 and os.path.exists(one), err
+
+
+def test_planned_names_are_the_written_names_and_clashes_are_refused(tiny_bundle, tiny_data,
+                                                                     tmp_path):
+    """The names checked at the start are those the run writes, later passes included; a
+    later pass's name that an input already has is refused at the start too."""
+    import shutil
+    from oncolens.appliance.sinks import ImageFileSink, planned_frames
+    from oncolens.appliance.sources import open_source
+    src = os.path.join(tiny_data, "test", "normal")
+    out = str(tmp_path / "out") + os.sep
+    frames, endless = planned_frames(open_source(src, loop=1))
+    assert not endless
+    planned = sorted(ImageFileSink(out).target(f) for f in frames)
+    code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless",
+                                 "--input-loop=1", src, out])
+    assert code == 0, err
+    assert planned == sorted(os.path.join(out, name) for name in os.listdir(out))
+    clash = tmp_path / "clash"
+    shutil.copytree(src, str(clash))
+    first = sorted(os.listdir(str(clash)))[0]
+    root, ext = os.path.splitext(first)
+    shutil.copy(str(clash / first), str(clash / (root + "_loop1" + ext)))
+    out2 = str(tmp_path / "out2") + os.sep
+    code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless",
+                                 "--input-loop=1", str(clash), out2])
+    assert code != 0 and "would be written to it" in err and not os.path.exists(out2)

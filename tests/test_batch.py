@@ -408,3 +408,69 @@ def test_resume_keeps_a_linked_second_name_apart(tiny_bundle, tiny_data, tmp_pat
                               "--results", results, "--no-progress", "--resume"])
     assert code == 0, err
     assert sorted(os.path.basename(r["path"]) for r in _csv_rows(results)) == ["a.png", "b.png"]
+
+
+def test_an_input_with_no_image_files_writes_nothing(tiny_bundle, tiny_data, tmp_path):
+    """Refused before any output is made: the corrected rerun is not blocked by a header-only
+    results file, and an --overwrite'd one is not emptied."""
+    results, annotate = str(tmp_path / "e.csv"), str(tmp_path / "ann")
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "a.txt").write_text(u"not an image")
+    for uri in (str(tmp_path / "nomatch" / "*.png"), str(notes)):
+        code, out, err = run_cli(["batch", uri, "--model", tiny_bundle, "--results", results,
+                                  "--annotate", annotate, "--no-progress"])
+        assert code != 0 and "input {}: no image files found".format(uri) in err
+        assert len(err.strip().splitlines()) == 1 and "no metrics" not in err
+        assert os.listdir(str(tmp_path)) == ["notes"]
+    code, out, err = run_cli(["batch", os.path.join(tiny_data, "test", "*", "*.png"), "--model",
+                              tiny_bundle, "--results", results, "--no-progress"])
+    assert code == 0, err
+    kept = _csv_rows(results)
+    code, out, err = run_cli(["batch", str(tmp_path / "nomatch" / "*.png"), "--model",
+                              tiny_bundle, "--results", results, "--overwrite", "--no-progress"])
+    assert code != 0 and _csv_rows(results) == kept
+
+
+def test_run_batch_refuses_an_empty_input_before_the_results_file(tiny_bundle, tmp_path):
+    from oncolens.appliance.batch import run_batch
+    from oncolens.appliance.classifier import Classifier
+    from oncolens.appliance.errors import UsageError
+    results = str(tmp_path / "r.csv")
+    with Classifier.open(tiny_bundle) as clf:
+        with pytest.raises(UsageError, match="no image files found"):
+            run_batch(clf, str(tmp_path / "*.png"), results=results, progress=False)
+    assert not os.path.exists(results)
+
+
+def test_truth_is_the_nearest_label_folder_else_the_input_folder():
+    from oncolens.appliance.evaluation import input_folder, truth_of
+    j = os.path.join
+    assert truth_of(j("Benign", "x.png"), LABELS) == "benign"
+    assert truth_of(j("benign", "p1", "x.png"), LABELS) == "benign"
+    assert truth_of(j("benign", "normal", "x.png"), LABELS) == "normal"  # the nearest
+    assert truth_of(j("p1", "x.png"), LABELS, input_name="malignant") == "malignant"
+    assert truth_of(j("benign", "x.png"), LABELS, input_name="malignant") == "benign"
+    assert truth_of("x.png", LABELS, input_name="test") is None
+    assert input_folder(j("a", "benign", "*.png")) == j("a", "benign")
+    assert input_folder(j("a", "benign", "x.png")) == j("a", "benign")
+
+
+def test_batch_finds_truth_in_a_class_folder_and_a_nested_layout(tiny_bundle, tiny_data,
+                                                                 tmp_path):
+    """The same truth ``oncolens evaluate`` finds: a class folder as the input, and class
+    folders with a folder per patient inside."""
+    test = os.path.join(tiny_data, "test")
+    nest = tmp_path / "nest"
+    for label in LABELS:
+        shutil.copytree(os.path.join(test, label), str(nest / label / ("p_" + label)))
+    for n, uri in enumerate([os.path.join(test, "benign"), str(nest),
+                             os.path.join(test, "malignant", "*.png")]):
+        results = str(tmp_path / "t{}.csv".format(n))
+        code, out, err = run_cli(["batch", uri, "--model", tiny_bundle, "--results", results,
+                                  "--no-progress"])
+        assert code == 0, err
+        rows = _csv_rows(results)
+        assert rows and all(row["truth"] == os.path.basename(os.path.dirname(row["path"]))
+                            .replace("p_", "") for row in rows)
+        assert "accuracy" in out and os.path.exists(str(tmp_path / "t{}.metrics.json".format(n)))
