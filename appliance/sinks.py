@@ -321,12 +321,18 @@ def _scheme(uri):
     return uri.partition("://")[0].lower() if "://" in uri else "file"
 
 
+def file_path(uri):
+    """The path of a file output: jetson-inference's ``file://out.jpg`` names ``out.jpg``."""
+    return uri[len("file://"):] if uri[:len("file://")].lower() == "file://" else uri
+
+
 def check_file_output(uri, source, overwrite=False):
     """The checks a file output makes when opened, plus, for image files, every name an
     image-file ``source`` will give: made before the model loads, so nothing is written and
     no input is classified when one of them would be refused on the way."""
     if not uri or _scheme(uri) != "file":
         return
+    uri = file_path(uri)
     if os.path.splitext(uri)[1].lower() in VIDEO_FOURCC:
         VideoFileSink(uri, overwrite=overwrite)
         return
@@ -355,6 +361,7 @@ def open_sink(uri, overwrite=False, **options):
         raise UsageError("output {}: unknown scheme '{}://' (expected a file, folder, pattern, "
                          "video file, {})".format(uri, scheme, ", ".join(
                              s + "://" for s in sorted(table))))
+    uri = file_path(uri)
     if os.path.splitext(uri)[1].lower() in VIDEO_FOURCC:
         return VideoFileSink(uri, overwrite=overwrite, **options)
     return ImageFileSink(uri, overwrite=overwrite, **options)

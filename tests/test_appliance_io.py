@@ -106,6 +106,23 @@ def test_pattern_output_and_folder_names(tiny_bundle, tiny_data, tmp_path):
     assert sorted(os.listdir(folder)) == ["v_000000.jpg", "v_000001.jpg", "v_000002.jpg"]
 
 
+def test_file_uri_outputs_name_the_path(tiny_bundle, tiny_data, tmp_path, monkeypatch):
+    """jetson-inference's file:// outputs (file:///abs/out.jpg, file://dir/, a pattern)
+    write to the path, not to a folder literally named 'file:'."""
+    image = os.path.join(tiny_data, "test", "benign", sorted(os.listdir(
+        os.path.join(tiny_data, "test", "benign")))[0])
+    monkeypatch.chdir(str(tmp_path))
+    code, out, err = run_cli(["classify", "--model", tiny_bundle, "--headless", image,
+                              "file://" + str(tmp_path / "one.jpg")])
+    assert code == 0, err
+    code, out, err = run_cli(["classify", "--model", tiny_bundle, "--headless",
+                              os.path.join(tiny_data, "test", "normal"), "file://outdir/"])
+    assert code == 0, err
+    assert os.path.isfile(str(tmp_path / "one.jpg"))
+    assert len(os.listdir(str(tmp_path / "outdir"))) == 3
+    assert not os.path.exists(str(tmp_path / "file:"))
+
+
 def test_sink_table_and_rtp_needs_gstreamer(tmp_path):
     from oncolens.appliance import sinks
     from oncolens.appliance.errors import MissingDependency, UsageError
