@@ -62,7 +62,8 @@ def build_parser():
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing results file and annotated copies")
     p.add_argument("--topK", "--topk", dest="topk", type=int, default=1,
-                   help="classes drawn on annotated copies (1)")
+                   help="classes drawn on annotated copies (1; 0: every class at or above "
+                        "--threshold)")
     p.add_argument("--threshold", type=float, default=0.01,
                    help="minimum confidence of the 2nd..K-th class drawn (0.01)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

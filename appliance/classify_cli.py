@@ -72,7 +72,8 @@ def build_parser():
                                                   "(oncolens batch batches folders)")
     g.add_argument("--profile", action="store_true", help="accepted; see the status line")
     g.add_argument("--topK", "--topk", dest="topk", type=int, default=1,
-                   help="how many classes to show per frame (1)")
+                   help="how many classes to show per frame (1; 0: every class at or above "
+                        "--threshold)")
     g.add_argument("--threshold", type=float, default=0.01,
                    help="minimum confidence of the 2nd..K-th class shown (0.01)")
     g.add_argument("--smoothing", type=float, default=0.0,
@@ -190,7 +191,11 @@ def main(argv):
     _setup_logging(args)
     _check_values(args)
     for flag in unknown:
-        log.warning("%s: not a flag oncolens classify knows: ignored", flag)
+        if flag.startswith("-"):
+            log.warning("%s: not a flag oncolens classify knows: ignored", flag)
+        else:  # imagenet ignores extra arguments too (parse_known_args)
+            log.warning("%s: an extra argument (oncolens classify takes INPUT [OUTPUT]): "
+                        "ignored", flag)
     if args.prototxt:
         log.warning("--prototxt: Caffe models are not supported: ignored")
     from oncolens.appliance.classifier import Classifier

@@ -69,13 +69,16 @@ def test_copied_command_line_runs_with_unknown_flag_reported(tiny_bundle, tiny_d
         "classify", "--model=" + os.path.join(tiny_bundle, "resnet18.onnx"),
         "--input_blob=input_0", "--output_blob=output_0",
         "--labels=" + os.path.join(tiny_bundle, "labels.txt"), "--headless", "--topK=2",
-        "--threshold=0", "--some-future-flag=1", os.path.join(tiny_data, "test", "benign"), out])
+        "--threshold=0", "--some-future-flag=1", os.path.join(tiny_data, "test", "benign"), out,
+        "extra.jpg"])
     assert code == 0, err
     lines = stdout.splitlines()
     assert len(lines) == 6 and all(LINE.match(l) for l in lines)   # 3 images x top-2
     assert sorted(os.listdir(out)) == sorted(os.listdir(os.path.join(tiny_data, "test",
                                                                      "benign")))
     assert "--some-future-flag=1: not a flag oncolens classify knows: ignored" in caplog.text
+    assert "extra.jpg: an extra argument (oncolens classify takes INPUT [OUTPUT]): ignored" \
+        in caplog.text
 
 
 def test_jetson_utils_only_flags_are_reported_elsewhere(tiny_bundle, tiny_data, caplog):
