@@ -70,7 +70,8 @@ SYNSET_PREFIX = re.compile(r"^n[0-9]{8}\s+(?=\S)")
 
 def read_labels(path):
     """Labels, one a line; blank lines and surrounding spaces are ignored, and an ImageNet
-    synset ID before a name is dropped (jetson-inference reads such files the same way)."""
+    synset ID before a name is dropped (jetson-inference reads such files the same way)
+    unless two names would then be the same (the lines are kept whole)."""
     if os.path.isdir(path):
         raise BundleError("labels file {} is a folder: expected a text file, one class a "
                           "line".format(path))
@@ -78,9 +79,12 @@ def read_labels(path):
         raise BundleError("labels file not found: {}".format(path))
     with io.open(path, "rb") as fh:
         text = _decode_text(path, fh.read())
-    labels = [SYNSET_PREFIX.sub("", line.strip()) for line in text.splitlines() if line.strip()]
-    if not labels:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
         raise BundleError("labels file is empty: {}".format(path))
+    labels = [SYNSET_PREFIX.sub("", line) for line in lines]
+    if len(set(labels)) != len(labels):  # ImageNet's has two 'crane's: the IDs tell them apart
+        labels = lines
     if len(set(labels)) != len(labels):
         raise BundleError("labels file has duplicate classes: {}".format(path))
     return labels

@@ -35,28 +35,46 @@ def list_folders(path):
                   if not is_ignored_name(d) and os.path.isdir(os.path.join(path, d)))
 
 
-def walk_files(root, skip_dir=None):
+def real_folders(top):
+    """Real paths of the folders under ``top`` (itself included) reached without following
+    a link: the folders that are read under their own names."""
+    return set(os.path.realpath(parent) for parent, _, _ in os.walk(top))
+
+
+def walk_files(root, skip_dir=None, within=None):
     """Every file under the folder ``root``, as paths, sorted folder by folder (one folder's
     listing at a time); hidden files and folders and OS junk (``is_ignored_name``) are left
     out, and so is the folder whose real path is ``skip_dir``.
 
     Symbolic links to folders are followed (as torchvision's ImageFolder does), each real
-    folder walked once: a link to a folder already walked, or to one that holds ``root`` (a
-    cycle), is skipped with a warning."""
-    top = os.path.realpath(root)
-    seen = set([top])
+    folder read once and under its own name: a link to a folder inside ``within`` (default
+    ``root``: the dataset or input the walk belongs to, e.g. a sibling class folder) is a
+    second view of it, and a link to a folder already read through another link, or to one
+    that holds the link (a cycle), is skipped; each with a warning."""
+    inside = real_folders(within or root)
+    walked = set()
     for parent, dirs, files in os.walk(root, followlinks=True):
+        here = os.path.realpath(parent)
         keep = []
         for d in sorted(dirs):
             path = os.path.join(parent, d)
             real = os.path.realpath(path)
             if is_ignored_name(d) or (skip_dir and real == skip_dir):
                 continue
-            if real in seen or top.startswith(real.rstrip(os.sep) + os.sep):
-                log.warning("%s: links to %s, %s: not read again", path, real,
-                            "read already" if real in seen else "which holds it (a link cycle)")
+            if os.path.islink(path):
+                why = None
+                if here == real or here.startswith(real.rstrip(os.sep) + os.sep):
+                    why = "which holds it (a link cycle)"
+                elif real in inside:
+                    why = "which is read under its own name"
+                elif real in walked:
+                    why = "read already through another link"
+                if why:
+                    log.warning("%s: links to %s, %s: not read twice", path, real, why)
+                    continue
+            elif real in walked:  # a real folder of a linked tree, reached again
                 continue
-            seen.add(real)
+            walked.add(real)
             keep.append(d)
         dirs[:] = keep
         for name in sorted(files):

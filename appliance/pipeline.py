@@ -54,8 +54,8 @@ def iter_image_files(uri, counts=None, exclude=None):
     if os.path.isfile(uri) and not is_image_file(uri):
         yield uri, os.path.basename(uri)  # named explicitly: its failure is recorded
         return
-    for path, rel in list_images(uri):
-        yield path, rel
+    for path, rel in list_images(uri, unsupported=True, exclude=exclude):
+        yield path, rel  # a glob: its .gif files become recorded failures too
 
 
 def load_item(index, path, relpath, preprocessor, keep_image=False):

@@ -326,6 +326,22 @@ def file_path(uri):
     return uri[len("file://"):] if uri[:len("file://")].lower() == "file://" else uri
 
 
+def output_folder(uri):
+    """The folder a file output writes its images into (a folder, or a pattern's folder),
+    or None (one file, a video, a display, a stream): an input walk leaves it out, so a
+    rerun with --overwrite does not read its own earlier outputs as inputs."""
+    if not uri or _scheme(uri) != "file":
+        return None
+    path = file_path(uri)
+    if os.path.splitext(path)[1].lower() in VIDEO_FOURCC:
+        return None
+    if path.endswith(("/", os.sep)) or os.path.isdir(path):
+        return path
+    if "%" in os.path.basename(path):
+        return os.path.dirname(path) or "."
+    return None
+
+
 def check_file_output(uri, source, overwrite=False):
     """The checks a file output makes when opened, plus, for image files, every name an
     image-file ``source`` will give: made before the model loads, so nothing is written and

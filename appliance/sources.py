@@ -45,9 +45,11 @@ class SourceLost(OncoLensError):
     """A camera or stream could not be opened or stopped delivering frames."""
 
 
-def list_images(uri, unsupported=False):
+def list_images(uri, unsupported=False, exclude=None):
     """The image files named by a file, a folder (recursive) or a glob, sorted; relpaths kept.
-    Hidden files and OS junk in a folder are left out (``imageio.walk_files``).
+    Hidden files and OS junk in a folder are left out (``imageio.walk_files``), and so is
+    the folder ``exclude`` (where outputs go); a file a glob reaches by several paths (a
+    link cycle under ``**``) is listed once.
 
     With ``unsupported``, files in image formats we cannot read (.gif, .heic ...) are listed
     too, so that the caller reports each as a failure instead of skipping it in silence.
@@ -55,14 +57,22 @@ def list_images(uri, unsupported=False):
     def wanted(path):
         return is_image_file(path) or (unsupported and is_unsupported_image(path))
 
+    skip_dir = os.path.realpath(exclude) if exclude else None
     if os.path.isdir(uri):
-        return [(path, os.path.relpath(path, uri)) for path in walk_files(uri) if wanted(path)]
+        return [(path, os.path.relpath(path, uri)) for path in walk_files(uri, skip_dir)
+                if wanted(path)]
     if os.path.isfile(uri):
         return [(uri, os.path.basename(uri))]
     if any(ch in uri for ch in "*?["):
-        paths = sorted(p for p in glob.glob(uri, recursive=True) if os.path.isfile(p))
         base = glob_base(uri)
-        return [(p, os.path.relpath(p, base)) for p in paths if wanted(p)]
+        found, seen = [], set()
+        for path in sorted(p for p in glob.glob(uri, recursive=True) if os.path.isfile(p)):
+            real = os.path.realpath(path)
+            inside = skip_dir and real.startswith(skip_dir.rstrip(os.sep) + os.sep)
+            if wanted(path) and real not in seen and not inside:
+                seen.add(real)
+                found.append((path, os.path.relpath(path, base)))
+        return found
     raise UsageError("input not found: {} (expected an image file, a folder, a quoted glob or "
                      "a stream URI)".format(uri))
 
@@ -137,9 +147,9 @@ class ImageFilesSource(Source):
 
     kind = "images"
 
-    def __init__(self, uri, loop=0, flip=None):
+    def __init__(self, uri, loop=0, flip=None, exclude=None):
         self.uri = uri
-        self.files = list_images(uri, unsupported=True)
+        self.files = list_images(uri, unsupported=True, exclude=exclude)
         if not self.files:
             raise UsageError("input {}: no image files found".format(uri))
         self.loop = int(loop or 0)
@@ -368,4 +378,5 @@ def open_source(uri, **options):
         return CaptureSource(path, "video", lambda: cv2.VideoCapture(path), live=False,
                              loop=options.get("loop"), flip=options.get("flip"), size=size)
     warn_unsupported("image files", options, ("width", "height", "codec", "latency"))
-    return ImageFilesSource(path, loop=options.get("loop", 0) or 0, flip=options.get("flip"))
+    return ImageFilesSource(path, loop=options.get("loop", 0) or 0, flip=options.get("flip"),
+                            exclude=options.get("exclude"))

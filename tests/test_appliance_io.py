@@ -1,5 +1,6 @@
 """Sources and sinks this machine can run, with their outputs read back."""
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -323,3 +324,22 @@ def test_planned_names_are_the_written_names_and_clashes_are_refused(tiny_bundle
     code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless",
                                  "--input-loop=1", str(clash), out2])
     assert code != 0 and "would be written to it" in err and not os.path.exists(out2)
+
+
+def test_an_output_folder_inside_the_input_is_left_out_of_it(tiny_bundle, tiny_data, tmp_path):
+    """classify IN IN/out/ twice (--overwrite): the second run reads the same 3 images, not
+    its own earlier outputs as well (and writes no IN/out/out/)."""
+    src = str(tmp_path / "in")
+    shutil.copytree(os.path.join(tiny_data, "test", "benign"), src)
+    for extra in ([], ["--overwrite"]):
+        code, out, err = run_cli(["classify", "--model", tiny_bundle, "--headless", src,
+                                  os.path.join(src, "out") + os.sep] + extra)
+        assert code == 0, err
+        assert len(out.splitlines()) == 3
+    assert sorted(os.listdir(os.path.join(src, "out"))) == sorted(
+        os.listdir(os.path.join(tiny_data, "test", "benign")))
+    shutil.rmtree(os.path.join(src, "out"))
+    for extra in ([], ["--overwrite"]):                 # a pattern's folder too
+        code, out, err = run_cli(["classify", "--model", tiny_bundle, "--headless", src,
+                                  os.path.join(src, "num", "o_%i.jpg")] + extra)
+        assert code == 0 and len(out.splitlines()) == 3, err

@@ -207,6 +207,9 @@ def test_synset_ids_before_class_names_are_dropped_as_jetson_inference_does(tmp_
     path.write_text("n01440764 benign\nn01443537  malignant lesion\nnormal\nn0144 short\n")
     assert bundle.read_labels(str(path)) == ["benign", "malignant lesion", "normal",
                                              "n0144 short"]
+    path.write_text("n02012849 crane\nn03126707 crane\nn01440764 tench, Tinca tinca\n")
+    assert bundle.read_labels(str(path)) == ["n02012849 crane", "n03126707 crane",
+                                             "n01440764 tench, Tinca tinca"]
 
 
 def test_a_folder_given_as_labels_file_is_named(tmp_path):

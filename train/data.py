@@ -41,7 +41,7 @@ def list_samples(split_dir, classes):
         folder = os.path.join(split_dir, cls)
         if not os.path.isdir(folder):
             continue
-        samples += [(path, index) for path in walk_files(folder)
+        samples += [(path, index) for path in walk_files(folder, within=split_dir)
                     if is_image_file(path) or is_unsupported_image(path)]
     if not samples:
         raise UsageError("{}: no images found in its class folders ({})".format(

@@ -9,7 +9,8 @@ import os
 import numpy as np
 
 from oncolens.appliance.errors import ImageReadError, UsageError
-from oncolens.appliance.imageio import check_format, is_image_file, list_folders, walk_files
+from oncolens.appliance.imageio import (check_format, is_image_file, list_folders, real_folders,
+                                        walk_files)
 from oncolens.train.phash import UnionFind, near_pairs, phash
 
 log = logging.getLogger(__name__)
@@ -37,11 +38,18 @@ def walk(root):
     """(relative path, split or None, class) for every file under the class folders (hidden
     files and OS junk left out, as every command does)."""
     kind, splits = layout(root)
-    entries = []
+    entries, inside = [], None
     for split in splits:
         base = os.path.join(root, split) if split else root
         for cls in list_folders(base):
-            for path in walk_files(os.path.join(base, cls)):
+            folder = os.path.join(base, cls)
+            if os.path.islink(folder):
+                inside = inside if inside is not None else real_folders(root)
+                if os.path.realpath(folder) in inside:
+                    log.warning("%s: links to %s, which is read under its own name: not read "
+                                "twice", folder, os.path.realpath(folder))
+                    continue
+            for path in walk_files(folder, within=root):
                 if not path.lower().endswith((".txt", ".csv", ".md")):
                     entries.append((os.path.relpath(path, root), split, cls))
     return entries
