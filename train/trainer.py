@@ -186,8 +186,11 @@ def _starting_model(args, num_classes, ckpt):
                      zero_init_residual(model))
     else:
         init = ckpt.get("init", {"source": "checkpoint"})
+        saved = ckpt["state_dict"]  # what `oncolens evaluate` and the export score
         ckpt["state_dict"] = unscaled_state_dict(ckpt)  # model_best: the raw weights
-        _load_resumed(args, model, ckpt.get("train_state_dict", ckpt["state_dict"]))
+        # -e scores the saved weights whatever --ema-epochs; training goes on from the live ones
+        _load_resumed(args, model, saved if args.evaluate else
+                      ckpt.get("train_state_dict", ckpt["state_dict"]))
     args.freeze_early = freeze_choice(args.freeze_early, init)
     if args.freeze_early and not args.evaluate:
         freeze_early_layers(model, args.resolution)
@@ -253,11 +256,10 @@ def run_training(args):
     if rows and not args.evaluate:  # the resumed run's history, even if no epoch is left
         write_history(args.model_dir, rows)
     if args.evaluate:
-        loss, summary, _, _ = evaluate(ema.model if ema else model, val_loader, runtime,
-                                       len(classes))
+        loss, summary, _, _ = evaluate(model, val_loader, runtime, len(classes))
         log.info("val loss %.4f accuracy %.4f macro-F1 %.4f", loss, summary["accuracy"],
                  summary["macro_f1"])
-        return dict(summary, epoch=start_epoch)
+        return dict(summary, epoch=start_epoch, loss=loss)
     log.info("training %s on %d images (%s), %s, batch %d%s", args.arch, len(samples),
              ", ".join(classes), runtime.describe(), args.batch_size,
              " ({} x {})".format(args.accum_steps, micro) if args.accum_steps > 1 else "")
