@@ -37,3 +37,63 @@ def test_evaluate_scores_the_saved_weights_whatever_ema_epochs(averaged, tiny_da
     with_average = _val_loss(caplog, argv)
     raw = _val_loss(caplog, argv + ["--ema-epochs", 0])
     assert raw == with_average  # the same loss and the same printed figures
+
+
+class _Clock(object):
+    def __init__(self, now):
+        self.now = now
+
+    def time(self):
+        return self.now
+
+
+def _budget_args(**kw):
+    import argparse
+    values = dict(schedule="cosine", lr=1e-3, warmup_epochs=1, min_lr_ratio=0.01,
+                  epochs=100000, time_limit=1.0)
+    values.update(kw)
+    return argparse.Namespace(**values)
+
+
+def test_resumed_time_budget_counts_the_time_trained_and_goes_on_down(monkeypatch):
+    from oncolens.train import trainer
+    clock = _Clock(1000.0)
+    monkeypatch.setattr(trainer, "time", clock)
+    args = _budget_args()
+    first = trainer.Schedule(args, 10, 0)
+    lrs = []
+    for epoch in range(4):  # 4 epochs of 10 steps, a second a step: 40 s of the 60
+        for _ in range(10):
+            lrs.append(first.next_lr())
+            clock.now += 1.0
+        assert first.epoch_done(10.0)
+    saved = first.state()  # the checkpoint's clock
+    clock.now += 5000.0  # killed, and resumed much later in a new process
+    resumed = trainer.Schedule(args, 10, 4, saved)
+    assert resumed.elapsed() == pytest.approx(40.0)
+    assert resumed.next_lr() <= lrs[-1] < 0.9e-3  # the cosine goes on from where it was
+    assert resumed.room()
+    clock.now += 15.0  # 55 s of 60 trained: no room for another 10 s epoch
+    assert not trainer.Schedule(args, 10, 5, resumed.state()).room()
+
+
+def test_resuming_a_run_that_used_its_budget_trains_no_more(tiny_data, tmp_path):
+    import json
+    import torch
+    model_dir = str(tmp_path / "m")
+    budget = FAST + ["--time-limit", 0.01]  # 0.6 s: one or a few epochs, no --epochs
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir] + budget)
+    assert code == 0, err
+    ckpt = os.path.join(model_dir, "checkpoint.pth.tar")
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    with open(os.path.join(model_dir, "history.csv")) as fh:
+        before = fh.read()
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--resume", ckpt] +
+                             budget)
+    assert code == 0, err
+    with open(os.path.join(model_dir, "history.csv")) as fh:
+        assert fh.read() == before  # no epoch, so no rate back up
+    with open(os.path.join(model_dir, "model.json")) as fh:
+        training = json.load(fh)["training"]
+    assert training["stopped"] == "time-limit"
+    assert training["train_seconds"] >= round(saved["clock"]["train_seconds"], 1) > 0

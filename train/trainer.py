@@ -54,31 +54,46 @@ def evaluate(model, loader, runtime, num_classes):
 
 
 class Schedule(object):
-    """Learning rate per optimiser step; with ``--time-limit`` the cosine follows the clock."""
+    """Learning rate per optimiser step; with ``--time-limit`` the cosine follows the clock.
 
-    def __init__(self, args, steps_per_epoch, start_epoch):
+    ``resumed`` is the checkpoint's ``clock`` (``state()``): the time a resumed run had
+    already trained counts against the budget, and its cosine goes on where it was."""
+
+    def __init__(self, args, steps_per_epoch, start_epoch, resumed=None):
+        resumed = resumed or {}
         self.args = args
         self.steps_per_epoch = steps_per_epoch
         self.step = start_epoch * steps_per_epoch
-        self.start = time.time()
+        done = float(resumed.get("train_seconds") or 0.0)
+        self.start = time.time() - done
         self.budget = float(args.time_limit or 0) * 60.0
-        self.warmup_seconds = None
-        self.epoch_times = []
+        self.warmup_seconds = resumed.get("warmup_seconds")
+        warm_steps = self._warm_steps()
+        if self.warmup_seconds is None and self.step and self.step >= warm_steps:
+            # a checkpoint that does not say: its warm-up's share of the time trained
+            self.warmup_seconds = done * warm_steps / float(self.step)
+        self.epoch_times = [float(t) for t in resumed.get("epoch_seconds") or []]
 
     @property
     def planned(self):
         return self.args.epochs
 
+    def _warm_steps(self):
+        return self.args.warmup_epochs * self.steps_per_epoch
+
+    def elapsed(self):
+        """Seconds trained, the resumed run's included."""
+        return time.time() - self.start
+
     def time_fraction(self):
         """Elapsed share of the budget after warm-up (0 without a budget)."""
-        if not self.budget:
-            return 0.0
-        warm_steps = self.args.warmup_epochs * self.steps_per_epoch
-        if self.step < warm_steps:
+        if self.step < self._warm_steps():
             return 0.0
         if self.warmup_seconds is None:
-            self.warmup_seconds = time.time() - self.start
-        used = time.time() - self.start - self.warmup_seconds
+            self.warmup_seconds = self.elapsed()
+        if not self.budget:
+            return 0.0
+        used = self.elapsed() - self.warmup_seconds
         return used / max(1e-9, self.budget - self.warmup_seconds)
 
     def next_lr(self):
@@ -87,13 +102,24 @@ class Schedule(object):
         self.step += 1
         return lr
 
-    def epoch_done(self, seconds):
+    def room(self):
         """False when the budget has no room for another epoch as long as the last ones."""
-        self.epoch_times.append(seconds)
         if not self.budget:
             return True
+        if not self.epoch_times:
+            return self.elapsed() < self.budget
         recent = float(np.median(self.epoch_times[-3:]))
-        return self.budget - (time.time() - self.start) >= recent
+        return self.budget - self.elapsed() >= recent
+
+    def epoch_done(self, seconds):
+        """Record an epoch's time; then ``room()``."""
+        self.epoch_times.append(seconds)
+        return self.room()
+
+    def state(self):
+        """What a checkpoint records for --resume (its ``clock``)."""
+        return {"train_seconds": self.elapsed(), "warmup_seconds": self.warmup_seconds,
+                "epoch_seconds": self.epoch_times[-3:]}
 
 
 def _mixed_loss(model, images, target, loss_fn, runtime, mixup, rng):
@@ -266,7 +292,8 @@ def run_training(args):
     try:
         best, seconds, stopped = _loop(args, (model, ema), optimizer, loss_fn, runtime,
                                        train_loader, val_loader, classes, preprocess, best,
-                                       start_epoch, rows, init, body)
+                                       start_epoch, rows, init, body,
+                                       ckpt.get("clock") if ckpt else None)
     except RuntimeError as exc:
         if out_of_memory(exc):
             raise UsageError("out of memory at batch size {} and {} px: pass --low-memory, or a "
@@ -320,12 +347,16 @@ def _head_phase(body, epoch, head_epochs, start_epoch):
 
 
 def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, classes,
-          preprocess, best, start_epoch, rows, init, body=()):
+          preprocess, best, start_epoch, rows, init, body=(), clock=None):
     model, ema = models
     judged = ema.model if ema is not None else model
     schedule = Schedule(args, int(np.ceil(len(train_loader) / float(args.accum_steps))),
-                        start_epoch)
-    since_best, stopped, started = 0, "epochs", time.time()
+                        start_epoch, clock)
+    since_best, stopped = 0, "epochs"
+    if start_epoch < args.epochs and not schedule.room():  # a resumed run that used it up
+        log.info("--time-limit %g min: the resumed run has trained %.0f s of it; no epoch left",
+                 args.time_limit, schedule.elapsed())
+        return best, schedule.elapsed(), "time-limit"
     for epoch in range(start_epoch, args.epochs):
         t0 = time.time()
         _head_phase(body, epoch, args.head_epochs, start_epoch)
@@ -351,21 +382,23 @@ def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, c
                  "{:g} min".format(args.time_limit) if args.epochs_from_budget else args.epochs,
                  lr, train_loss, ips, _val_text(val_loss, summary), time.time() - t0,
                  "  *best*" if is_best and val_loader is not None else "")
+        room = schedule.epoch_done(time.time() - t0)
         state = {"epoch": epoch + 1, "arch": args.arch, "resolution": args.resolution,
                  "classes": classes, "num_classes": len(classes),
                  "state_dict": judged.state_dict(), "accuracy": summary["accuracy"],
                  "loss": val_loss, "optimizer": optimizer.state_dict(), "best": best,
                  "macro_f1": summary["macro_f1"], "preprocess": preprocess, "init": init,
                  "final_fit": val_loader is None, "body_lr_ratio": args.body_lr_ratio,
-                 "trivial_augment": args.trivial_augment, "oncolens_version": __version__}
+                 "trivial_augment": args.trivial_augment, "oncolens_version": __version__,
+                 "clock": schedule.state()}
         save_checkpoint(state, args.model_dir, is_best, (model, ema))
         write_history(args.model_dir, rows)
         if args.patience and since_best >= args.patience:
             log.info("no better val macro-F1 for %d epochs: stopping early", args.patience)
             stopped = "patience"
             break
-        if not schedule.epoch_done(time.time() - t0) and epoch + 1 < args.epochs:
+        if not room and epoch + 1 < args.epochs:
             log.info("--time-limit %g min reached after %d epochs", args.time_limit, epoch + 1)
             stopped = "time-limit"
             break
-    return best, time.time() - started, stopped
+    return best, schedule.elapsed(), stopped
