@@ -351,3 +351,27 @@ def test_zero_init_residual(tmp_path, tiny_data):
                                   "--zero-init-residual"] + extra)
         assert code != 0 and "--zero-init-residual" in err and word in err, err
         assert len(err.strip().splitlines()) == 1 and not os.path.exists(bad)
+
+
+def test_weights_file_never_copies_the_classifier_head(tmp_path, tiny_data, caplog):
+    """--weights: the head stays new even where its shape fits (as many classes, a
+    --calibrate temperature folded into it), and the log names its tensors."""
+    import torch
+    from oncolens.appliance.archs import build_model
+    from oncolens.train.weights import initialise
+    torch.manual_seed(1)
+    source = build_model("simple-cnn", 3)
+    path = str(tmp_path / "w.pth")
+    torch.save(source.state_dict(), path)
+    torch.manual_seed(2)
+    model = build_model("simple-cnn", 3)
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    with caplog.at_level(logging.INFO, logger="oncolens.train.weights"):
+        assert initialise(model, "simple-cnn", None, path, 32)["source"] == "file"
+    state, given = model.state_dict(), source.state_dict()
+    head = [k for k in state if k.startswith("fc.")]
+    assert head and all(torch.equal(state[k], fresh[k]) for k in head)
+    assert all(torch.equal(state[k], given[k]) for k in state if k not in head)
+    line = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loaded")][0]
+    assert "loaded {} of {}".format(len(state) - len(head), len(state)) in line
+    assert "classifier head fc.bias, fc.weight" in line

@@ -61,3 +61,16 @@ def head_parameters(model, resolution):
     """The parameters of the last layer that runs (the classifier head), for layer-wise rates."""
     order = _leaf_order(model, resolution)
     return list(order[-1][0].parameters(recurse=False)) if order else []
+
+
+def head_state_names(model, resolution):
+    """The state-dict names of the classifier head's tensors (the layer ``head_parameters``
+    finds), which starting weights never overwrite."""
+    order = _leaf_order(model, resolution)
+    if not order:
+        return set()
+    head = order[-1][0]
+    for name, module in model.named_modules():
+        if module is head:
+            return {(name + "." if name else "") + key for key in head.state_dict()}
+    return set()

@@ -206,7 +206,8 @@ def _starting_model(args, num_classes, ckpt):
     model = build_model(args.arch, num_classes)
     check_input_size(model, args.arch, args.resolution, num_classes)
     if ckpt is None:
-        init = initialise(model, args.arch, args.pretrained, args.weights)
+        init = initialise(model, args.arch, args.pretrained, args.weights,
+                          args.resolution)
         if args.zero_init_residual:
             log.info("--zero-init-residual: %d residual blocks start as the identity",
                      zero_init_residual(model))

