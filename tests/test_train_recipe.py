@@ -375,3 +375,29 @@ def test_weights_file_never_copies_the_classifier_head(tmp_path, tiny_data, capl
     line = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loaded")][0]
     assert "loaded {} of {}".format(len(state) - len(head), len(state)) in line
     assert "classifier head fc.bias, fc.weight" in line
+
+
+def test_every_accumulated_step_sees_batch_size_images(tmp_path, tiny_data, monkeypatch):
+    """--accum-steps / --low-memory: the micro-batches of an incomplete last step are
+    dropped, as -b alone drops an incomplete last batch (18 images, -b 12: one step)."""
+    from oncolens.train import runtime, trainer
+    seen, steps = [], []
+    mixed, stepped = trainer._mixed_loss, runtime.Runtime.step
+
+    def count(model, images, target, *a):
+        seen.append(len(target))
+        return mixed(model, images, target, *a)
+
+    def step(self, loss, optimizer):
+        steps.append(sum(seen))
+        del seen[:]
+        return stepped(self, loss, optimizer)
+    monkeypatch.setattr(trainer, "_mixed_loss", count)
+    monkeypatch.setattr(runtime.Runtime, "step", step)
+    for accum in (1, 3):
+        del steps[:]
+        code, out, err = run_cli(["train", tiny_data, "--model-dir", str(tmp_path / str(accum)),
+                                  "--epochs", 2, "--arch", "simple-cnn", "--accum-steps", accum]
+                                 + FAST[:2] + ["-b", 12] + FAST[4:])
+        assert code == 0, err
+        assert steps == [12, 12], (accum, steps)  # one step of 12 images an epoch

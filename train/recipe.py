@@ -83,7 +83,11 @@ def augment_options(args):
 
 def make_loaders(args, classes, preprocess, micro_batch):
     """(train loader, val loader, training samples); with ``--final-fit`` the training samples
-    are train/ and val/ together and there is no val loader (None)."""
+    are train/ and val/ together and there is no val loader (None).
+
+    The train loader's batches are whole steps of ``-b`` images (an incomplete last one is
+    dropped, unless it is the only one), which the trainer splits into ``--accum-steps``
+    micro-batches; val/ is read in ``micro_batch`` images at a time."""
     torch = torch_module()
     res = args.resolution
     pre = Preprocessor(preprocess, (3, res, res))
@@ -107,17 +111,17 @@ def make_loaders(args, classes, preprocess, micro_batch):
     common = dict(num_workers=args.workers, worker_init_fn=_seed_worker if args.workers else None)
     if args.workers:
         common["persistent_workers"] = True
+    step, drop = args.batch_size, len(samples) > args.batch_size
     if args.sampler == "weighted":
         weights = balanced_class_weights(samples, len(classes))[[t for _, t in samples]]
         sampler = torch.utils.data.WeightedRandomSampler(
             torch.as_tensor(weights, dtype=torch.double), len(samples), replacement=True,
             generator=gen)
-        train = torch.utils.data.DataLoader(train_ds, batch_size=micro_batch, sampler=sampler,
-                                            drop_last=len(samples) > micro_batch, **common)
+        train = torch.utils.data.DataLoader(train_ds, batch_size=step, sampler=sampler,
+                                            drop_last=drop, **common)
     else:
-        train = torch.utils.data.DataLoader(train_ds, batch_size=micro_batch, shuffle=True,
-                                            generator=gen, drop_last=len(samples) > micro_batch,
-                                            **common)
+        train = torch.utils.data.DataLoader(train_ds, batch_size=step, shuffle=True,
+                                            generator=gen, drop_last=drop, **common)
     val = None
     if val_samples is not None:
         val = torch.utils.data.DataLoader(FolderDataset(val_samples, pre), batch_size=micro_batch,

@@ -139,6 +139,8 @@ def _mixed_loss(model, images, target, loss_fn, runtime, mixup, rng):
 
 
 def _train_epoch(model, loader, optimizer, loss_fn, runtime, schedule, args, epoch, ema=None):
+    """One pass over ``loader``, whose batches are the steps (``-b`` images each): with
+    --accum-steps N each is split into N micro-batches whose gradients add up."""
     model.train()
     total, seen, start, accum = 0.0, 0, time.time(), args.accum_steps
     # -p given: its lines at INFO; left at its default, every 10 batches at DEBUG
@@ -147,24 +149,27 @@ def _train_epoch(model, loader, optimizer, loss_fn, runtime, schedule, args, epo
     rng = np.random.default_rng(None if args.seed is None else args.seed * 1000 + epoch)
     optimizer.zero_grad()
     batches = progress(loader, "epoch {}".format(epoch + 1), total=len(loader))
+    micro = max(1, args.batch_size // accum)
     for step, (images, target) in enumerate(batches):
-        if step % accum == 0:
-            set_lr(optimizer, schedule.next_lr())
-        loss = _mixed_loss(model, images, target, loss_fn, runtime, args.mixup, rng)
-        if accum > 1:
-            loss = loss / accum
-        if (step + 1) % accum == 0 or step + 1 == len(loader):
-            runtime.step(loss, optimizer)
-            optimizer.zero_grad()
-            if ema is not None:
-                ema.update(model)
-        else:
-            (runtime.scaler.scale(loss) if runtime.scaler else loss).backward()
-        total += float(loss.detach()) * len(target) * accum
+        set_lr(optimizer, schedule.next_lr())
+        step_loss = 0.0
+        parts = list(zip(images.split(micro), target.split(micro)))
+        for index, (part, part_target) in enumerate(parts):
+            # each micro-batch's mean loss, weighted by its share of the step's images
+            loss = _mixed_loss(model, part, part_target, loss_fn, runtime, args.mixup,
+                               rng) * (len(part_target) / float(len(target)))
+            if index + 1 < len(parts):
+                (runtime.scaler.scale(loss) if runtime.scaler else loss).backward()
+            else:
+                runtime.step(loss, optimizer)
+            step_loss += float(loss.detach())
+        optimizer.zero_grad()
+        if ema is not None:
+            ema.update(model)
+        total += step_loss * len(target)
         seen += len(target)
         if freq and step % freq == 0:
-            log.log(level, "epoch %d [%d/%d] loss %.4f", epoch + 1, step, len(loader),
-                    float(loss.detach()) * accum)
+            log.log(level, "epoch %d [%d/%d] loss %.4f", epoch + 1, step, len(loader), step_loss)
     return total / max(1, seen), seen / max(1e-9, time.time() - start)
 
 
@@ -277,8 +282,7 @@ def run_training(args):
     loss_fn = make_loss(args, samples, len(classes), runtime.device)
     ema = None
     if args.ema_epochs > 0:
-        steps = int(np.ceil(len(train_loader) / float(args.accum_steps)))
-        ema = WeightAverage(model, args.ema_epochs, steps)
+        ema = WeightAverage(model, args.ema_epochs, len(train_loader))
     best, start_epoch, rows = _resume_state(args, ckpt, optimizer, ema)
     if rows and not args.evaluate:  # the resumed run's history, even if no epoch is left
         write_history(args.model_dir, rows)
@@ -351,8 +355,7 @@ def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, c
           preprocess, best, start_epoch, rows, init, body=(), clock=None):
     model, ema = models
     judged = ema.model if ema is not None else model
-    schedule = Schedule(args, int(np.ceil(len(train_loader) / float(args.accum_steps))),
-                        start_epoch, clock)
+    schedule = Schedule(args, len(train_loader), start_epoch, clock)
     since_best, stopped = 0, "epochs"
     if start_epoch < args.epochs and not schedule.room():  # a resumed run that used it up
         log.info("--time-limit %g min: the resumed run has trained %.0f s of it; no epoch left",
