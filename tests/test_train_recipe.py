@@ -140,12 +140,17 @@ def test_weights_file_and_simple_cnn(tmp_path, tiny_data):
     assert out.count("imagenet:") >= 3
 
 
-def test_accumulation_and_patience(tmp_path, tiny_data):
+def test_accumulation_and_patience(tmp_path, tiny_data, caplog):
     model_dir = str(tmp_path / "m")
-    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs", 6,
-                              "--arch", "simple-cnn", "--accum-steps", 2, "--patience", 1,
-                              "--lr", 0, "--warmup-epochs", 0] + FAST)
+    with caplog.at_level(logging.INFO, logger="oncolens.train.trainer"):
+        code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs", 6,
+                                  "--arch", "simple-cnn", "--accum-steps", 2, "--patience", 1,
+                                  "--lr", 0, "--warmup-epochs", 0] + FAST)
     assert code == 0, err
+    # an epoch with the best macro-F1 and a lower val loss counts as better: the message
+    # says the rule
+    assert "no better epoch for 1 epochs (by val macro-F1, ties broken by lower val loss)" \
+        in caplog.text
     info = _info(model_dir)
     assert info["training"]["accum_steps"] == 2
     # lr 0: only batch-norm statistics move, so some epoch soon fails to improve

@@ -74,7 +74,8 @@ def _recipe_flags(p):
                    help="'weighted' draws classes equally often (then the loss is unweighted)")
     p.add_argument("--label-smoothing", type=float, default=0.1, help="(0.1)")
     p.add_argument("--patience", type=int, default=0,
-                   help="stop after N epochs without a better val macro-F1 (0: never)")
+                   help="stop after N epochs without a better epoch: higher val macro-F1, "
+                        "or the same with lower val loss (0: never)")
     p.add_argument("--time-limit", type=float, default=0.0, metavar="MINUTES",
                    help="training budget in minutes; the cosine schedule is fitted to it "
                         "(0: none)")

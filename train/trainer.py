@@ -398,7 +398,8 @@ def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, c
         save_checkpoint(state, args.model_dir, is_best, (model, ema))
         write_history(args.model_dir, rows)
         if args.patience and since_best >= args.patience:
-            log.info("no better val macro-F1 for %d epochs: stopping early", args.patience)
+            log.info("no better epoch for %d epochs (by val macro-F1, ties broken by lower val "
+                     "loss): stopping early", args.patience)
             stopped = "patience"
             break
         if not room and epoch + 1 < args.epochs:
