@@ -61,9 +61,13 @@ def test_evaluate_bootstrap_off_and_bad_value(tmp_path, tiny_bundle, tiny_data):
     with open(json_path) as fh:
         assert json.load(fh)["ci"] is None
     assert "95% CI" not in open(str(tmp_path / "e" / "report.md")).read()
-    code, out, err = run_cli(["evaluate", "--model-dir", tiny_bundle, "--bootstrap", "-5",
-                              os.path.join(tiny_data, "test")])
-    assert code != 0 and "--bootstrap" in err
+    for rounds in ("-5", "1", "99"):  # 1..99 rounds cannot make a 95% interval
+        code, out, err = run_cli(["evaluate", "--model-dir", tiny_bundle, "--bootstrap", rounds,
+                                  os.path.join(tiny_data, "test")])
+        assert code == 2 and err == ("oncolens evaluate: error: --bootstrap: expected 0 (no "
+                                     "intervals) or at least 100 rounds for a 95% interval, "
+                                     "got {}\n".format(rounds)), (rounds, err)
+        assert out == ""
 
 
 def test_evaluate_unknown_class_folder(tmp_path, tiny_bundle, tiny_data):
