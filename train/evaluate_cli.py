@@ -148,6 +148,9 @@ def main(argv):
         report = evaluate_dir(model_dir, args.split_dir, args.backend, bins=args.bins,
                               bootstrap=args.bootstrap)
         _print_summary(report)
+        from oncolens.train.evaluate import not_held_out
+        if not_held_out(report):
+            log.warning("%s", not_held_out(report))
         if out:
             echo("report: {}".format(_write_outputs(report, out, prefix, args.overwrite)))
         reports.append(report)
