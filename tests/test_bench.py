@@ -229,3 +229,43 @@ def test_no_readable_image_and_unusable_json_are_one_line_before_measuring(tiny_
                               "--json", str(blocker / "b.json")])
     assert code == 2 and "--json" in err and "is a file, not a folder" in err
     assert len(err.strip().splitlines()) == 1 and not out
+
+
+@pytest.mark.parametrize("flags, reduce_range", [(["avx2", "fma"], True), ([], True),
+                                                 (["avx2", "avx512f", "avx512_vnni"], False),
+                                                 (["avx2", "avx_vnni"], False),
+                                                 (["amx_int8", "amx_tile"], False)])
+def test_int8_reduce_range_only_without_vnni_or_amx(flags, reduce_range):
+    from oncolens.appliance.variants import int8_reduce_range
+    assert int8_reduce_range(flags)[0] is reduce_range
+
+
+def test_int8_copy_uses_and_records_reduce_range_of_this_cpu(tiny_bundle, tiny_data, tmp_path,
+                                                             monkeypatch, caplog):
+    import shutil
+    import onnxruntime.quantization as ortq
+    from oncolens.appliance import benchstats, variants
+    from oncolens.appliance.bundle import load_bundle
+    model_dir = str(tmp_path / "m")
+    shutil.copytree(tiny_bundle, model_dir, ignore=shutil.ignore_patterns("variants"))
+    seen = []
+    real = ortq.quantize_static
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["reduce_range"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ortq, "quantize_static", spy)
+    for flags, expected in ((["avx2", "avx512_vnni"], False), (["avx2"], True)):
+        monkeypatch.setattr(benchstats, "cpu_flags", lambda: flags)
+        copy = variants.quantize_int8(load_bundle(model_dir), os.path.join(tiny_data, "train"),
+                                      count=3, overwrite=True)
+        calibration = variants.read_sidecar(copy.model_path)["calibration"]
+        assert seen[-1] is expected and calibration["reduce_range"] is expected
+        assert ("reduce_range" in calibration["method"]) is expected
+    # a copy made with 8-bit weights, run on a CPU without VNNI or AMX: a warning
+    variants.write_sidecar(copy.model_path, {"calibration": dict(calibration, reduce_range=False),
+                                             "agreement_vs_fp32": {"top1": 1.0, "images": 9,
+                                                                   "dir": tiny_data}})
+    variants.for_precision(load_bundle(model_dir), "int8")
+    assert "8-bit weights on a CPU with VNNI or AMX" in caplog.text
