@@ -226,8 +226,10 @@ def agreement_record(bundle, precision):
     return variant_path(bundle, precision)
 
 
-def record_agreement(bundle, agreement, images, folder, precision="int8"):
-    """Write the agreement measured at ``precision`` for ``bundle`` (as exported)."""
+def record_agreement(bundle, agreement, images, folder, precision="int8", single_class=None):
+    """Write the agreement measured at ``precision`` for ``bundle`` (as exported).
+    ``single_class``: the one label the fp32 reference gave every image, if so; such an
+    agreement is recorded but unlocks nothing (``for_precision`` refuses it)."""
     extra = {}
     if precision == "bf16":
         from oncolens.appliance.benchstats import cpu_model
@@ -235,6 +237,7 @@ def record_agreement(bundle, agreement, images, folder, precision="int8"):
                  "runtime": "openvino INFERENCE_PRECISION_HINT bf16"}
     write_sidecar(agreement_record(bundle, precision), dict(extra, agreement_vs_fp32={
         "top1": agreement, "images": images, "dir": os.path.abspath(folder),
+        "reference_single_class": single_class,
         "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
 
 
@@ -273,6 +276,13 @@ def for_precision(bundle, precision, batch_size=1):
     agreement = record.get("agreement_vs_fp32")
     if not agreement:
         raise UsageError(_UNMEASURED[precision].format(bundle.dir))
+    if agreement.get("reference_single_class") is not None:
+        raise UsageError("--precision {}: the agreement recorded for {} is no measure: the fp32 "
+                         "reference predicted '{}' for every image of {}; measure it again "
+                         "with 'oncolens bench --precisions fp32,{}' on a trained model or on "
+                         "--agreement-images it tells apart".format(
+                             precision, bundle.dir, agreement["reference_single_class"],
+                             agreement["dir"], precision))
     log.warning("precision %s: %s (top-1 agreement with fp32 %.2f%% on %d images of %s%s)",
                 precision, bundle.dir if runs_fp32_file else path, 100.0 * agreement["top1"],
                 agreement["images"], agreement["dir"],
