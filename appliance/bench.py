@@ -240,7 +240,8 @@ def run_one(cfg, bundle, backend_name, precision, ref):
                                           unreadable=cfg["unreadable"]), ref)
             if precision in ("int8", "bf16") and agree is not None:
                 from oncolens.appliance.variants import record_agreement
-                record_agreement(bundle, agree, len(ref), cfg["agreement_dir"], precision)
+                record_agreement(bundle, agree, len(ref), cfg["agreement_dir"], precision,
+                                 single_class=cfg.get("reference_single_class"))
             run = {"backend": backend_name, "precision": precision, "preprocess": mode,
                    "device": device, "agreement_vs_fp32": agree}
             runs.extend(_measure(cfg, backend, model, pre, run))
@@ -252,6 +253,17 @@ def reference(bundle, files, unreadable=None):
     with open_backend("onnxruntime", variants.dynamic_batch(bundle)) as backend:
         return predict_all(backend, Preprocessor.from_bundle(bundle), files,
                            unreadable=unreadable)
+
+
+def single_class(bundle, ref):
+    """The label the fp32 reference gives every readable agreement image, when it gives only
+    one: agreement with such a reference says nothing of a lower precision (a copy that also
+    answers that class for everything agrees 100%)."""
+    classes = set(r for r in ref if r >= 0)
+    if len(classes) != 1:
+        return None
+    index = classes.pop()
+    return bundle.labels[index] if index < len(bundle.labels) else str(index)
 
 
 def baseline(cfg, bundle, ref):
@@ -311,6 +323,13 @@ def run_bench(cfg):
     # at least one readable image, or one line now (not after the reference and baseline)
     sample_batch(Preprocessor.from_bundle(bundle), cfg["files"], 1, cfg["unreadable"])
     ref = reference(bundle, cfg["agreement_files"], cfg["unreadable"])
+    cfg["reference_single_class"] = only = single_class(bundle, ref)
+    result["agreement_images"]["reference_single_class"] = only
+    if only is not None:
+        log.warning("bench: the fp32 reference predicts '%s' for every one of the %d agreement "
+                    "images (%s): agreement with it is no measure, and unlocks no int8 or bf16 "
+                    "copy; use a trained model, or --agreement-images with several classes "
+                    "in its answers", only, len([r for r in ref if r >= 0]), cfg["agreement_dir"])
     result["baseline"] = baseline(cfg, bundle, ref) if cfg["baseline"] else None
     for backend_name in cfg["backends"]:
         for precision in cfg["precisions"]:

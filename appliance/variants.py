@@ -133,6 +133,23 @@ class _Calibration(object):
         return None
 
 
+# x86 flags (/proc/cpuinfo) of an int8 dot product that cannot overflow: VNNI and AMX
+INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def int8_reduce_range(flags=None):
+    """(reduce_range, why) for an int8 copy made on this CPU. Without VNNI or AMX (AVX2 only,
+    or not x86: no "flags" line) the u8s8 multiply-add can saturate, and 7-bit weights
+    (reduce_range) avoid it; with them the full 8 bits are kept."""
+    if flags is None:
+        from oncolens.appliance.benchstats import cpu_flags
+        flags = cpu_flags()
+    found = [f for f in INT8_DOT_FLAGS if f in flags]
+    if found:
+        return False, "8-bit weights: this CPU has {}".format(", ".join(found))
+    return True, "7-bit weights: this CPU has none of {}".format(", ".join(INT8_DOT_FLAGS))
+
+
 def quantize_int8(bundle, calib_dir, count=100, overwrite=False):
     """Write the bundle's int8 copy (QDQ, per-channel weights) calibrated on ``calib_dir``."""
     try:
@@ -155,15 +172,17 @@ def quantize_int8(bundle, calib_dir, count=100, overwrite=False):
     started = time.time()
     tmp = dst + ".tmp.onnx"
     _at_least_opset(fp32.model_path, tmp, 13)  # per-channel QDQ needs opset 13
-    # reduce_range: 7-bit weights avoid the u8s8 overflow of CPUs without VNNI (AVX2 only)
+    reduce_range, why = int8_reduce_range()
     quantize_static(tmp, tmp, reader, quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    per_channel=True, reduce_range=True,
+                    per_channel=True, reduce_range=reduce_range,
                     calibrate_method=CalibrationMethod.MinMax)
     os.replace(tmp, dst)
+    method = "minmax, per-channel weights" + (", reduce_range" if reduce_range else "")
     write_sidecar(dst, {"precision": "int8", "source": os.path.basename(source_onnx(bundle)),
                         "calibration": {"dir": os.path.abspath(calib_dir), "images": len(files),
-                                        "method": "minmax, per-channel weights, reduce_range"},
+                                        "method": method, "reduce_range": reduce_range,
+                                        "reduce_range_why": why},
                         "seconds": round(time.time() - started, 1)})
     log.info("wrote int8 copy %s (calibrated on %d images of %s)", dst, len(files), calib_dir)
     return with_model(bundle, dst)
@@ -207,8 +226,10 @@ def agreement_record(bundle, precision):
     return variant_path(bundle, precision)
 
 
-def record_agreement(bundle, agreement, images, folder, precision="int8"):
-    """Write the agreement measured at ``precision`` for ``bundle`` (as exported)."""
+def record_agreement(bundle, agreement, images, folder, precision="int8", single_class=None):
+    """Write the agreement measured at ``precision`` for ``bundle`` (as exported).
+    ``single_class``: the one label the fp32 reference gave every image, if so; such an
+    agreement is recorded but unlocks nothing (``for_precision`` refuses it)."""
     extra = {}
     if precision == "bf16":
         from oncolens.appliance.benchstats import cpu_model
@@ -216,6 +237,7 @@ def record_agreement(bundle, agreement, images, folder, precision="int8"):
                  "runtime": "openvino INFERENCE_PRECISION_HINT bf16"}
     write_sidecar(agreement_record(bundle, precision), dict(extra, agreement_vs_fp32={
         "top1": agreement, "images": images, "dir": os.path.abspath(folder),
+        "reference_single_class": single_class,
         "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
 
 
@@ -254,8 +276,19 @@ def for_precision(bundle, precision, batch_size=1):
     agreement = record.get("agreement_vs_fp32")
     if not agreement:
         raise UsageError(_UNMEASURED[precision].format(bundle.dir))
+    if agreement.get("reference_single_class") is not None:
+        raise UsageError("--precision {}: the agreement recorded for {} is no measure: the fp32 "
+                         "reference predicted '{}' for every image of {}; measure it again "
+                         "with 'oncolens bench --precisions fp32,{}' on a trained model or on "
+                         "--agreement-images it tells apart".format(
+                             precision, bundle.dir, agreement["reference_single_class"],
+                             agreement["dir"], precision))
     log.warning("precision %s: %s (top-1 agreement with fp32 %.2f%% on %d images of %s%s)",
                 precision, bundle.dir if runs_fp32_file else path, 100.0 * agreement["top1"],
                 agreement["images"], agreement["dir"],
                 ", measured on " + record["cpu"] if record.get("cpu") else "")
+    if (record.get("calibration") or {}).get("reduce_range") is False and int8_reduce_range()[0]:
+        log.warning("precision int8: %s was made with 8-bit weights on a CPU with VNNI or AMX; "
+                    "this one has neither, and they can saturate here: delete it and run "
+                    "'oncolens bench --precisions fp32,int8' here to remake it", path)
     return _fp32(bundle, batch_size) if runs_fp32_file else with_model(bundle, path)

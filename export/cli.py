@@ -157,7 +157,25 @@ TARGETS = {"onnx": _export_onnx, "check": _check, "engine": _engine, "verify": _
 
 @cli_entry("oncolens export")
 def main(argv):
-    if not argv or argv[0] not in TARGETS:
+    if not argv or argv[0] in ("-h", "--help"):
         build_parser().print_help()
-        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+        return 0
+    if argv[0] not in TARGETS:
+        raise UsageError(_unknown_target(argv[0]))
     return TARGETS[argv[0]](argv[1:])
+
+
+def _unknown_target(name):
+    """One line for a subcommand export does not have, with the nearest it or oncolens has."""
+    import difflib
+    from oncolens.cli import SUBCOMMANDS
+    expected = ", ".join(TARGETS)
+    if name.startswith("-"):
+        return "expected a subcommand ({}) before '{}'".format(expected, name)
+    hint = ""
+    close = difflib.get_close_matches(name, list(TARGETS), n=1)
+    if close:
+        hint = "; did you mean 'oncolens export {}'?".format(close[0])
+    elif name in [command for command, _, _ in SUBCOMMANDS]:
+        hint = "; did you mean 'oncolens {}'?".format(name)
+    return "unknown subcommand '{}' (expected {}{})".format(name, expected, hint)

@@ -12,17 +12,33 @@ from conftest import run_cli
 
 
 @pytest.fixture(scope="module")
-def bench_json(tiny_bundle, tiny_data, tmp_path_factory):
+def bench_bundle(tiny_data, tmp_path_factory):
+    """Like tiny_bundle, trained until its answers on val/ are not all one class: agreement
+    with an fp32 reference that answers one class for everything unlocks nothing."""
+    model_dir = str(tmp_path_factory.mktemp("bench_bundle") / "model")
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--resolution", 32,
+                              "--epochs", 3, "-b", 6, "-j", 0, "--seed", 3, "--lr", 0.001,
+                              "--no-pretrained"])
+    assert code == 0, err
+    code, out, err = run_cli(["export", "onnx", "--model-dir", model_dir])
+    assert code == 0, err
+    return model_dir
+
+
+@pytest.fixture(scope="module")
+def bench_json(bench_bundle, tiny_data, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("bench") / "bench.json")
     code, stdout, err = run_cli([
-        "bench", "--model", tiny_bundle, "--images", os.path.join(tiny_data, "test"),
+        "bench", "--model", bench_bundle, "--images", os.path.join(tiny_data, "test"),
         "--agreement-images", os.path.join(tiny_data, "val"), "--precisions", "fp32,int8",
         "--calib-images", os.path.join(tiny_data, "train"), "--calib-count", 6,
         "--batch-sizes", "1,3", "--min-seconds", 0.05, "--warmup", 1, "--json", out])
     assert code == 0, err
     assert "torch-eager (naive)" in stdout and "onnxruntime int8" in stdout
     with io.open(out, encoding="utf-8") as fh:
-        return json.load(fh)
+        result = json.load(fh)
+    assert result["agreement_images"]["reference_single_class"] is None
+    return result
 
 
 def _openvino_installed():
@@ -86,17 +102,17 @@ def test_bench_figures_are_positive_and_consistent(bench_json):
     assert all(r["agreement_vs_fp32"] == 1.0 for r in ort_fp32)  # it is the reference
 
 
-def test_int8_is_used_only_when_asked_and_with_its_agreement(bench_json, tiny_bundle, tiny_data,
-                                                             tmp_path):
+def test_int8_is_used_only_when_asked_and_with_its_agreement(bench_json, bench_bundle,
+                                                             tiny_data, tmp_path):
     from oncolens.appliance.bundle import load_bundle
     from oncolens.appliance.variants import read_sidecar, variant_path
-    path = variant_path(load_bundle(tiny_bundle), "int8")
+    path = variant_path(load_bundle(bench_bundle), "int8")
     recorded = read_sidecar(path)["agreement_vs_fp32"]
     run = [r for r in bench_json["runs"] if r["backend"] == "onnxruntime"
            and r["precision"] == "int8"][0]
     assert recorded["top1"] == run["agreement_vs_fp32"] and recorded["images"] == 9
     results = str(tmp_path / "int8.jsonl")
-    code, _, err = run_cli(["batch", os.path.join(tiny_data, "test"), "--model", tiny_bundle,
+    code, _, err = run_cli(["batch", os.path.join(tiny_data, "test"), "--model", bench_bundle,
                             "--precision", "int8", "--results", results, "--no-progress"])
     assert code == 0, err
     with io.open(results, encoding="utf-8") as fh:
@@ -105,7 +121,7 @@ def test_int8_is_used_only_when_asked_and_with_its_agreement(bench_json, tiny_bu
     if _openvino_installed():  # OpenVINO names what the file is, not what it was asked for
         from oncolens.appliance.backends import open_backend
         from oncolens.appliance.variants import with_model
-        bundle = load_bundle(tiny_bundle)
+        bundle = load_bundle(bench_bundle)
         with open_backend("openvino", with_model(bundle, path)) as backend:
             assert backend.precision == "int8"
         with open_backend("openvino", bundle, precision="int8") as backend:
@@ -123,7 +139,7 @@ def test_bench_refuses_to_overwrite_and_bad_flags(bench_json, tiny_bundle, tiny_
         assert code != 0 and message in err and len(err.strip().splitlines()) == 1
 
 
-def test_bf16_is_openvino_only_measured_and_recorded(tiny_bundle, tiny_data, tmp_path):
+def test_bf16_is_openvino_only_measured_and_recorded(bench_bundle, tiny_data, tmp_path):
     """bf16 is OpenVINO computing the fp32 file in bf16: measured and recorded where the CPU
     has native bf16, skipped with its reason elsewhere, and batch runs it only once recorded."""
     ov = pytest.importorskip("openvino")
@@ -131,7 +147,7 @@ def test_bf16_is_openvino_only_measured_and_recorded(tiny_bundle, tiny_data, tmp
     from oncolens.appliance.variants import agreement_record, read_sidecar
     model_dir = str(tmp_path / "model")
     import shutil
-    shutil.copytree(tiny_bundle, model_dir)  # a bundle of its own: nothing recorded yet
+    shutil.copytree(bench_bundle, model_dir)  # a bundle of its own: nothing recorded yet
     test_dir = os.path.join(tiny_data, "test")
     results = str(tmp_path / "bf16.jsonl")
     batch = ["batch", test_dir, "--model", model_dir, "--precision", "bf16", "--results",
@@ -229,3 +245,78 @@ def test_no_readable_image_and_unusable_json_are_one_line_before_measuring(tiny_
                               "--json", str(blocker / "b.json")])
     assert code == 2 and "--json" in err and "is a file, not a folder" in err
     assert len(err.strip().splitlines()) == 1 and not out
+
+
+@pytest.mark.parametrize("flags, reduce_range", [(["avx2", "fma"], True), ([], True),
+                                                 (["avx2", "avx512f", "avx512_vnni"], False),
+                                                 (["avx2", "avx_vnni"], False),
+                                                 (["amx_int8", "amx_tile"], False)])
+def test_int8_reduce_range_only_without_vnni_or_amx(flags, reduce_range):
+    from oncolens.appliance.variants import int8_reduce_range
+    assert int8_reduce_range(flags)[0] is reduce_range
+
+
+def test_int8_copy_uses_and_records_reduce_range_of_this_cpu(tiny_bundle, tiny_data, tmp_path,
+                                                             monkeypatch, caplog):
+    import shutil
+    import onnxruntime.quantization as ortq
+    from oncolens.appliance import benchstats, variants
+    from oncolens.appliance.bundle import load_bundle
+    model_dir = str(tmp_path / "m")
+    shutil.copytree(tiny_bundle, model_dir, ignore=shutil.ignore_patterns("variants"))
+    seen = []
+    real = ortq.quantize_static
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["reduce_range"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ortq, "quantize_static", spy)
+    for flags, expected in ((["avx2", "avx512_vnni"], False), (["avx2"], True)):
+        monkeypatch.setattr(benchstats, "cpu_flags", lambda: flags)
+        copy = variants.quantize_int8(load_bundle(model_dir), os.path.join(tiny_data, "train"),
+                                      count=3, overwrite=True)
+        calibration = variants.read_sidecar(copy.model_path)["calibration"]
+        assert seen[-1] is expected and calibration["reduce_range"] is expected
+        assert ("reduce_range" in calibration["method"]) is expected
+    # a copy made with 8-bit weights, run on a CPU without VNNI or AMX: a warning
+    variants.write_sidecar(copy.model_path, {"calibration": dict(calibration, reduce_range=False),
+                                             "agreement_vs_fp32": {"top1": 1.0, "images": 9,
+                                                                   "dir": tiny_data}})
+    variants.for_precision(load_bundle(model_dir), "int8")
+    assert "8-bit weights on a CPU with VNNI or AMX" in caplog.text
+
+
+def test_agreement_with_a_one_class_reference_unlocks_nothing(tiny_bundle, tiny_data, tmp_path,
+                                                              caplog):
+    import shutil
+    from oncolens.appliance.bundle import load_bundle
+    from oncolens.appliance.variants import read_sidecar, variant_path
+    model_dir = str(tmp_path / "m")
+    shutil.copytree(tiny_bundle, model_dir, ignore=shutil.ignore_patterns("variants"))
+    same = tmp_path / "same" / "benign"  # the same image twice: one class in every answer
+    same.mkdir(parents=True)
+    first = sorted(os.listdir(os.path.join(tiny_data, "val", "benign")))[0]
+    for name in ("a.png", "b.png"):
+        shutil.copy(os.path.join(tiny_data, "val", "benign", first), str(same / name))
+    out = str(tmp_path / "b.json")
+    code, _, err = run_cli([
+        "bench", "--model", model_dir, "--images", os.path.join(tiny_data, "test"),
+        "--agreement-images", str(same.parent), "--precisions", "fp32,int8",
+        "--backends", "onnxruntime", "--no-baseline",
+        "--calib-images", os.path.join(tiny_data, "train"), "--calib-count", 3,
+        "--batch-sizes", "1", "--min-seconds", 0.01, "--warmup", 1, "--json", out])
+    assert code == 0, err
+    with io.open(out, encoding="utf-8") as fh:
+        only = json.load(fh)["agreement_images"]["reference_single_class"]
+    assert only in ("benign", "malignant", "normal")
+    warnings = [r.getMessage() for r in caplog.records if "no measure" in r.getMessage()]
+    assert len(warnings) == 1 and "predicts '{}' for every one of the 2".format(only) \
+        in warnings[0]
+    recorded = read_sidecar(variant_path(load_bundle(model_dir), "int8"))["agreement_vs_fp32"]
+    assert recorded["reference_single_class"] == only and recorded["images"] == 2
+    code, out_text, err = run_cli(["batch", os.path.join(tiny_data, "test"), "--model",
+                                   model_dir, "--precision", "int8", "--results",
+                                   str(tmp_path / "r.jsonl"), "--no-progress"])
+    assert code == 2 and "--precision int8" in err and "no measure" in err
+    assert len(err.strip().splitlines()) == 1

@@ -61,9 +61,13 @@ def test_evaluate_bootstrap_off_and_bad_value(tmp_path, tiny_bundle, tiny_data):
     with open(json_path) as fh:
         assert json.load(fh)["ci"] is None
     assert "95% CI" not in open(str(tmp_path / "e" / "report.md")).read()
-    code, out, err = run_cli(["evaluate", "--model-dir", tiny_bundle, "--bootstrap", "-5",
-                              os.path.join(tiny_data, "test")])
-    assert code != 0 and "--bootstrap" in err
+    for rounds in ("-5", "1", "99"):  # 1..99 rounds cannot make a 95% interval
+        code, out, err = run_cli(["evaluate", "--model-dir", tiny_bundle, "--bootstrap", rounds,
+                                  os.path.join(tiny_data, "test")])
+        assert code == 2 and err == ("oncolens evaluate: error: --bootstrap: expected 0 (no "
+                                     "intervals) or at least 100 rounds for a 95% interval, "
+                                     "got {}\n".format(rounds)), (rounds, err)
+        assert out == ""
 
 
 def test_evaluate_unknown_class_folder(tmp_path, tiny_bundle, tiny_data):
@@ -71,3 +75,38 @@ def test_evaluate_unknown_class_folder(tmp_path, tiny_bundle, tiny_data):
     (split / "cats").mkdir(parents=True)
     code, out, err = run_cli(["evaluate", "--model-dir", tiny_bundle, str(split)])
     assert code != 0 and "cats" in err and "labels" in err
+
+
+def test_evaluate_warns_when_the_split_was_trained_on(tmp_path, tiny_bundle, tiny_data, caplog):
+    import shutil
+    model_dir = str(tmp_path / "ff")
+    shutil.copytree(tiny_bundle, model_dir)
+    path = os.path.join(model_dir, "model.json")
+    with open(path) as fh:
+        info = json.load(fh)
+    info["metrics"], info["training"]["final_fit"] = {"val": None, "fit_on": ["train", "val"]}, True
+    with open(path, "w") as fh:  # as a --final-fit run records it
+        json.dump(info, fh)
+    json_path, out_dir = str(tmp_path / "m.json"), str(tmp_path / "e")
+    for split, trained in (("val", True), ("test", False)):
+        caplog.clear()
+        code, out, err = run_cli(["evaluate", "--model-dir", model_dir, "--bootstrap", 0,
+                                  os.path.join(tiny_data, split), "--json", json_path,
+                                  "--out", out_dir, "--overwrite"])
+        assert code == 0, err
+        with open(json_path) as fh:
+            assert json.load(fh)["trained_on_split"] == ("val" if trained else None)
+        report = open(os.path.join(out_dir, "report.md")).read()
+        warnings = [r.getMessage() for r in caplog.records if "held-out" in r.getMessage()]
+        if trained:
+            assert "**Warning: not held-out.**" in report and "--final-fit" in report
+            assert len(warnings) == 1 and "val/ and was part of training" in warnings[0]
+        else:
+            assert "held-out" not in report and not warnings
+    # a model trained the usual way was fit on train/ only
+    code, out, err = run_cli(["evaluate", "--model-dir", tiny_bundle, "--bootstrap", 0,
+                              os.path.join(tiny_data, "train"), "--json", json_path,
+                              "--out", out_dir, "--overwrite"])
+    assert code == 0, err
+    with open(json_path) as fh:
+        assert json.load(fh)["trained_on_split"] == "train"

@@ -336,3 +336,19 @@ def test_an_operator_onnx_cannot_express_is_one_line_and_leaves_no_file(tmp_path
                                             r"\(UnsupportedOperatorError: .*fft_rfft"):
         torch_onnx_export(Spectrum(), torch.zeros(1, 3, 8, 8), path, 13)
     assert os.listdir(str(tmp_path)) == []
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["selftest", "--model-dir", "m"],
+     "unknown subcommand 'selftest' (expected onnx, check, engine, verify; "
+     "did you mean 'oncolens selftest'?)"),
+    (["onxx"], "unknown subcommand 'onxx' (expected onnx, check, engine, verify; "
+               "did you mean 'oncolens export onnx'?)"),
+    (["--model-dir", "m"], "expected a subcommand (onnx, check, engine, verify) before "
+                           "'--model-dir'"),
+])
+def test_export_unknown_subcommand_is_one_line_on_stderr(argv, says):
+    code, out, err = run_cli(["export"] + argv)
+    assert code == 2
+    assert err == "oncolens export: error: {}\n".format(says)
+    assert out == ""

@@ -114,6 +114,33 @@ def open_runner(model_dir, backend="auto"):
     return ApplianceRunner(model_dir, backend), info
 
 
+def trained_on(info, split_dir):
+    """The name of the training split ``split_dir`` is ("train", or "val" after --final-fit),
+    per model.json's dataset record; None when it is not one of them (or there is no record).
+    Figures on such a split are not held-out."""
+    dataset = (info.get("provenance") or {}).get("dataset")
+    if not dataset:
+        return None
+    fit_on = (info.get("metrics") or {}).get("fit_on") or ["train"]
+    here = os.path.realpath(split_dir)
+    for name in fit_on:
+        if os.path.realpath(os.path.join(dataset, name)) == here:
+            return name
+    return None
+
+
+def not_held_out(report):
+    """One sentence when the report's split was part of training, else None."""
+    name = report.get("trained_on_split")
+    if not name:
+        return None
+    how = "--final-fit trained it on train/ and val/" if \
+        (report.get("training") or {}).get("final_fit") else "it was trained on train/"
+    return ("{} is the model's {}/ and was part of training ({}): these figures are not "
+            "held-out; evaluate on a split it never saw, such as test/".format(
+                report["split_dir"], name, how))
+
+
 def evaluate_dir(model_dir, split_dir, backend="auto", batch=16, bins=15, bootstrap=1000):
     """Run the model on every image of ``split_dir/<class>/``; returns the report dictionary.
 
@@ -159,7 +186,8 @@ def evaluate_dir(model_dir, split_dir, backend="auto", batch=16, bins=15, bootst
     report.update({"model_dir": os.path.abspath(model_dir), "split_dir": os.path.abspath(split_dir),
                    "arch": info.get("arch"), "resolution": info["input"]["shape"][-1],
                    "runner": runner.describe(), "failed": failed,
-                   "training": info.get("training", {})})
+                   "training": info.get("training", {}),
+                   "trained_on_split": trained_on(info, split_dir)})
     report["_probs"], report["_targets"], report["_paths"] = probs, np.array(targets), paths
     return report
 

@@ -15,6 +15,10 @@ from oncolens.appliance.outpaths import check_output_dir, check_output_file
 
 log = logging.getLogger("oncolens.evaluate")
 
+# Fewer rounds cannot make a 95% percentile interval: with 1 round both ends are that one
+# resample, which need not contain the estimate; 100 is the usual floor.
+MIN_BOOTSTRAP = 100
+
 
 def build_parser():
     p = argparse.ArgumentParser(
@@ -35,7 +39,7 @@ def build_parser():
     p.add_argument("--bins", type=int, default=15, help="calibration bins (15)")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                    help="bootstrap rounds for the 95%% confidence intervals of accuracy and "
-                        "macro-F1 (1000; 0: none)")
+                        "macro-F1 (1000; at least 100; 0: none)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--log-level", default="info")
     return p
@@ -99,8 +103,9 @@ def plan_outputs(args):
 
 
 def check_args(args):
-    if args.bootstrap < 0:
-        raise UsageError("--bootstrap: expected 0 or more rounds, got {}".format(args.bootstrap))
+    if args.bootstrap < 0 or 0 < args.bootstrap < MIN_BOOTSTRAP:
+        raise UsageError("--bootstrap: expected 0 (no intervals) or at least {} rounds for a "
+                         "95% interval, got {}".format(MIN_BOOTSTRAP, args.bootstrap))
     if args.bins < 1:
         raise UsageError("--bins: expected 1 or more calibration bins, got {}".format(args.bins))
     if not os.path.isdir(args.split_dir):
@@ -143,6 +148,9 @@ def main(argv):
         report = evaluate_dir(model_dir, args.split_dir, args.backend, bins=args.bins,
                               bootstrap=args.bootstrap)
         _print_summary(report)
+        from oncolens.train.evaluate import not_held_out
+        if not_held_out(report):
+            log.warning("%s", not_held_out(report))
         if out:
             echo("report: {}".format(_write_outputs(report, out, prefix, args.overwrite)))
         reports.append(report)

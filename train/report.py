@@ -1,4 +1,5 @@
 """Markdown reports for ``oncolens evaluate``: one model, or a comparison of several."""
+from oncolens.train.evaluate import not_held_out
 
 
 def _fmt(value, digits=3):
@@ -29,8 +30,11 @@ def _temperature(report):
 
 def model_markdown(report, pngs=None):
     labels = report["labels"]
-    lines = ["# Evaluation: {}".format(report["model_dir"]), "",
-             "- split: `{}` ({} images)".format(report["split_dir"], report["count"]),
+    lines = ["# Evaluation: {}".format(report["model_dir"]), ""]
+    warning = not_held_out(report)
+    if warning:
+        lines += ["**Warning: not held-out.** {}.".format(warning[0].upper() + warning[1:]), ""]
+    lines += ["- split: `{}` ({} images)".format(report["split_dir"], report["count"]),
              "- model: {} at {} px, run by {}".format(report["arch"], report["resolution"],
                                                       report["runner"]),
              "- accuracy **{}**{}, macro-F1 **{}**{}, balanced accuracy {}, macro ROC-AUC "
@@ -75,4 +79,7 @@ def comparison_markdown(reports):
         cells += [_fmt(r["per_class"].get(l, {}).get("recall")) for l in labels]
         cells.append(str(r.get("training", {}).get("train_seconds", "n/a")))
         lines.append("| " + " | ".join(cells) + " |")
+    notes = [not_held_out(r) for r in reports if not_held_out(r)]
+    if notes:
+        lines += [""] + ["Warning: not held-out: {}.".format(note) for note in notes]
     return "\n".join(lines) + "\n"
