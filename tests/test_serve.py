@@ -178,6 +178,29 @@ def test_uploads_are_kept_only_with_save_uploads(classifier, tiny_data, tmp_path
     assert read(os.path.join(keep, os.listdir(keep)[0])) == data
 
 
+def test_the_same_upload_twice_at_once_is_kept_once_and_both_answered(classifier, tiny_data,
+                                                                     tmp_path, monkeypatch):
+    """A second upload of the same image saved while the first one is being moved into place
+    (the first request's rename runs the second request to its end) is answered 200 too."""
+    import oncolens.appliance.web.app as app_module
+    keep = str(tmp_path / "kept")
+    data = read(sample_image(tiny_data, "normal", 1))
+    real_replace, inner = os.replace, []
+
+    def replace_after_another_upload(src, dst):
+        if not inner:
+            inner.append(None)
+            inner[0] = request(url, "/classify", "POST", data).status
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(app_module.os, "replace", replace_after_another_upload)
+    with running(classifier, save_uploads=keep) as (url, _):
+        outer = request(url, "/classify", "POST", data).status
+    assert (outer, inner) == (200, [200])
+    assert os.listdir(keep) == [hashlib.sha256(data).hexdigest() + ".png"]
+    assert read(os.path.join(keep, os.listdir(keep)[0])) == data
+
+
 def test_labels_outside_latin1_survive_the_headers(tiny_bundle, tiny_data):
     from urllib.parse import unquote
     from oncolens.appliance.classifier import Classifier

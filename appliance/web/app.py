@@ -244,9 +244,16 @@ class ServeApp(object):
             return None
         path = os.path.join(self.save_dir, sha + EXTENSIONS.get(fmt, ".bin"))
         if not os.path.exists(path):
-            with open(path + ".part", "wb") as fh:
-                fh.write(data)
-            os.replace(path + ".part", path)
+            # a temporary name of its own: the same image uploaded twice at once must not
+            # have one request move the other's file away (it was answered 500)
+            part = "{}.{}.part".format(path, uuid.uuid4().hex[:16])
+            try:
+                with open(part, "wb") as fh:
+                    fh.write(data)
+                os.replace(part, path)
+            finally:
+                if os.path.exists(part):
+                    os.remove(part)
         return path
 
     def resized_size(self, width, height):
