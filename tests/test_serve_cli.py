@@ -74,3 +74,23 @@ def test_serve_cli_refuses_bad_values_before_loading_the_model(tmp_path):
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
         assert "not found" not in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "afolder"]
+
+
+def test_bench_refuses_bad_values_in_one_line(tmp_path, capsys):
+    """A missing --image, a --url that is not http://HOST:PORT, --size 0: one line naming the
+    flag, exit 2, before any request (they were tracebacks)."""
+    from oncolens.appliance.web import bench
+    cases = [
+        (["--url", "http://127.0.0.1:9/", "--image", str(tmp_path / "none.png")], "--image"),
+        (["--url", "http://127.0.0.1:9/", "--image", str(tmp_path)], "--image"),
+        (["--url", "127.0.0.1:8080"], "--url"),
+        (["--url", "garbage"], "--url"),
+        (["--url", "http://127.0.0.1:99999/"], "--url"),
+        (["--url", "http://127.0.0.1:9/", "--size", "0"], "--size"),
+    ]
+    for argv, flag in cases:
+        code = bench.main(argv + ["--requests", "1", "--warmup", "0"])
+        err = capsys.readouterr().err
+        assert code == 2, (argv, err)
+        assert err.startswith("oncolens serve bench: error: " + flag), (argv, err)
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err

@@ -153,6 +153,33 @@ def summarise(wall, results, clients):
             "python": platform.python_version()}
 
 
+def check_url(url):
+    """--url must be http://HOST[:PORT][/] (a bare host:port, or https://, was a traceback)."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        parts.port
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme != "http" or not parts.hostname:
+        raise UsageError("--url {}: expected http://HOST[:PORT]/, e.g. "
+                         "http://127.0.0.1:8080/".format(url))
+    return url
+
+
+def check_size(size):
+    if size < 1:
+        raise UsageError("--size {}: expected a side of 1 pixel or more".format(size))
+    return size
+
+
+def read_image_file(path):
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except (OSError, IOError) as exc:
+        raise UsageError("--image {}: cannot read it ({})".format(path, exc.strerror or exc))
+
+
 @cli_entry("oncolens serve bench")
 def main(argv):
     args = build_parser().parse_args(normalize_flags(argv))
@@ -160,7 +187,9 @@ def main(argv):
         raise UsageError("give --model (a server is started) or --url (a running server)")
     if args.clients < 1 or args.requests < 1:
         raise UsageError("--clients and --requests: expected positive numbers")
-    body = open(args.image, "rb").read() if args.image else synthetic_png(args.size)
+    if args.url:
+        check_url(args.url)
+    body = read_image_file(args.image) if args.image else synthetic_png(check_size(args.size))
     token = args.token or os.environ.get("ONCOLENS_TOKEN")
     proc, url = (None, args.url)
     if args.model:
