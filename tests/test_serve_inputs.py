@@ -98,6 +98,22 @@ def test_empty_and_formless_bodies(server):
     assert reply.status == 400 and error_of(reply)["code"] == "no_file"
 
 
+def test_query_values_the_server_does_not_know_are_400_bad_query(server, tiny_data):
+    """format=gif was answered a JPEG and annotated=2 JSON, as if they had been asked for."""
+    url = server[0]
+    data = read(sample_image(tiny_data))
+    for query, name in (("annotated=1&format=gif", "format=gif"), ("annotated=2", "annotated=2"),
+                        ("annotated=1&format=tiff", "format=tiff")):
+        reply = request(url, "/classify?" + query, "POST", data)
+        assert reply.status == 400, query
+        error = error_of(reply)
+        assert error["code"] == "bad_query" and error["message"].startswith(name), error
+    png = request(url, "/classify?annotated=TRUE&format=PNG", "POST", data)
+    assert png.status == 200 and png.headers["content-type"] == "image/png"
+    for query in ("annotated=0&format=png", "annotated=", "annotated=1&format=jpg"):
+        assert request(url, "/classify?" + query, "POST", data).status == 200, query
+
+
 def test_refusals_are_counted_and_audited(server, tiny_data):
     url, audit = server
     before = request(url, "/metrics").body.decode("utf-8")

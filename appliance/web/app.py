@@ -107,7 +107,7 @@ class ServeApp(object):
                 return start_response(status, list(headers) + [("X-Request-Id", rid)], exc_info)
 
             if not token_ok(environ, self.token):
-                self._drop_body(environ)
+                self.drop_body(environ)
                 self._refused_unauthorized(environ, path, rid)
                 body = self.error_body(rid, 401, "unauthorized", "a valid token is required "
                                        "(Authorization: Bearer T or ?token=T)")
@@ -140,7 +140,7 @@ class ServeApp(object):
         except Exception:
             log.exception("%s: cannot write the audit log", rid)
 
-    def _drop_body(self, environ):
+    def drop_body(self, environ):
         try:
             length = int(environ.get("CONTENT_LENGTH") or 0)
         except ValueError:

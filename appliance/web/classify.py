@@ -20,8 +20,26 @@ from oncolens.appliance.web.upload import UploadError
 log = logging.getLogger(__name__)
 
 
+# the query's values: anything else is refused (400 bad_query) before the upload is read
+ANNOTATED = {"1": True, "true": True, "yes": True, "on": True,
+             "": False, "0": False, "false": False, "no": False, "off": False}
+FORMATS = {"": ".jpg", "jpeg": ".jpg", "jpg": ".jpg", "png": ".png"}
+
+
 def _query(environ, name, default=""):
     return parse_qs(environ.get("QUERY_STRING", "")).get(name, [default])[0].lower()
+
+
+def answer_options(environ):
+    """(annotated, image extension) the query asks for; UploadError for a value neither
+    knows (``format=gif`` was answered a JPEG, ``annotated=2`` JSON, without a word)."""
+    annotated, fmt = _query(environ, "annotated"), _query(environ, "format")
+    if annotated not in ANNOTATED:
+        raise UploadError(400, "bad_query", "annotated={}: expected 1 (the annotated image) "
+                          "or 0 (JSON)".format(annotated[:32]))
+    if fmt not in FORMATS:
+        raise UploadError(400, "bad_query", "format={}: expected jpeg or png".format(fmt[:32]))
+    return ANNOTATED[annotated], FORMATS[fmt]
 
 
 def refuse(app, rid, exc):
@@ -71,8 +89,7 @@ def build_result(app, rid, upload, job, started, decoded):
     }, preds
 
 
-def annotated_response(app, result, preds, rgb, environ):
-    fmt = ".png" if _query(environ, "format") == "png" else ".jpg"
+def annotated_response(app, result, preds, rgb, fmt):
     image = encode_image(draw_lines(rgb, [overlay_text(p) for p in preds]), fmt)
     compact = json.dumps(result, sort_keys=True, separators=(",", ":"))  # ASCII: header-safe
     return app.bottle.HTTPResponse(body=image, status=200, headers={
@@ -104,6 +121,11 @@ def _classify(app, environ, rid, seen):
     if app.queue is None:
         return app.error_response(404, "no_model", "this server has no model to classify with")
     try:
+        annotated, image_ext = answer_options(environ)
+    except UploadError as exc:
+        app.drop_body(environ)
+        return refuse(app, rid, exc)
+    try:
         data, fmt, rgb = app.read_upload(environ)
     except UploadError as exc:
         return refuse(app, rid, exc)
@@ -126,6 +148,6 @@ def _classify(app, environ, rid, seen):
     app.audit.write(rid, 200, sha, app.model_sha256, result["label"], result["confidence"])
     log.info("%s input sha256=%s -> %s %.4f", rid, sha[:16], result["label"],
              result["confidence"])
-    if _query(environ, "annotated") in ("1", "true", "yes", "on"):
-        return annotated_response(app, result, preds, rgb, environ)
+    if annotated:
+        return annotated_response(app, result, preds, rgb, image_ext)
     return app.json_response(result)
