@@ -62,6 +62,19 @@ def test_multipart_upload_gives_the_same_answer_as_a_raw_body(server, tiny_data)
     assert form["probabilities"] == raw["probabilities"]
 
 
+def test_a_form_field_whose_name_starts_with_image_is_not_the_file(server, tiny_data):
+    """A text field image_id=42 before the file part was taken for the image (415)."""
+    url = server[0]
+    data = read(sample_image(tiny_data, "normal", 2))
+    body, headers = multipart("image", "scan.png", data)
+    body = body.replace(b'name="note"', b'name="image_id"').replace(b"hello", b"42")
+    reply = request(url, "/classify", "POST", body, headers)
+    assert reply.status == 200, reply.body
+    assert json.loads(reply.body.decode("utf-8"))["input"]["bytes"] == len(data)
+    headers = {"Content-Type": headers["Content-Type"].replace("boundary=", "Boundary=")}
+    assert request(url, "/classify", "POST", body, headers).status == 200  # any case
+
+
 def test_annotated_image_decodes_and_carries_the_result(server, tiny_data):
     import cv2
     url = server[0]

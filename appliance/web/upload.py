@@ -82,10 +82,14 @@ def read_body(environ, max_bytes):
 
 
 def _multipart_boundary(content_type):
-    match = re.search(r'boundary="?([^";]+)"?', content_type)
+    match = re.search(r'boundary="?([^";]+)"?', content_type, re.I)  # parameter names: any case
     if not match:
         raise UploadError(400, "bad_multipart", "multipart body without a boundary")
     return match.group(1).encode("latin-1")
+
+
+# a form field named exactly image or file (not image_id, files, profile, ...)
+IMAGE_FIELD = re.compile(r'\bname=(?:"(?:image|file)"|(?:image|file)(?=[\s;]|$))', re.M)
 
 
 def multipart_file(body, content_type):
@@ -98,7 +102,7 @@ def multipart_file(body, content_type):
         if not sep:
             continue
         head = head.decode("latin-1").lower()
-        if "filename=" in head or re.search(r'name="?(image|file)"?', head):
+        if "filename=" in head or IMAGE_FIELD.search(head):
             return content[:-2] if content.endswith(b"\r\n") else content
     raise UploadError(400, "no_file", "the form has no file part (send the image as a field "
                       "named 'image' or as the raw body)")
