@@ -94,3 +94,18 @@ def test_bench_refuses_bad_values_in_one_line(tmp_path, capsys):
         assert code == 2, (argv, err)
         assert err.startswith("oncolens serve bench: error: " + flag), (argv, err)
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+
+def test_an_ipv6_host_in_brackets_gives_a_url_with_one_pair():
+    """--host [::1] printed http://[[::1]]:PORT/ (the brackets added twice)."""
+    import socket
+    import pytest
+    from oncolens.appliance.web.server import ServerThread
+    try:
+        server = ServerThread(lambda environ, start: [], "[::1]", 0)
+    except (OSError, socket.error) as exc:
+        pytest.skip("no IPv6 loopback here ({})".format(exc))
+    try:
+        assert server.url == "http://[::1]:{}/".format(server.port)
+    finally:
+        server.stop()

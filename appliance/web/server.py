@@ -95,7 +95,7 @@ class ServerThread(object):
         cls = _ThreadingWSGIServer6 if ":" in host else ThreadingWSGIServer
         self.httpd = cls((host.strip("[]"), int(port)), QuietHandler)
         self.httpd.set_app(app)
-        self.host = host
+        self.host = host.strip("[]")  # --host [::1] as well as ::1: the URL adds the brackets
         self.port = self.httpd.server_address[1]
         self._thread = None
 
