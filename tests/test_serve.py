@@ -94,6 +94,38 @@ def test_annotated_image_decodes_and_carries_the_result(server, tiny_data):
     assert cv2.imdecode(np.frombuffer(png.body, np.uint8), cv2.IMREAD_COLOR).shape == (48, 48, 3)
 
 
+def test_an_image_wider_than_jpeg_allows_is_annotated_as_png(server):
+    """A 65501 px wide image was classified, audited 200, then answered 500 internal: JPEG
+    holds at most 65500 px a side."""
+    from oncolens.appliance.imageio import encode_image
+    url, _, audit = server
+    data = encode_image(np.full((40, 65501, 3), 90, np.uint8), ".png")
+    reply = request(url, "/classify?annotated=1", "POST", data, {"X-Request-Id": "wide-1"})
+    assert reply.status == 200, reply.body
+    assert reply.headers["content-type"] == "image/png" and reply.body[:4] == b"\x89PNG"
+    assert json.loads(reply.headers["x-result"])["input"]["width"] == 65501
+    lines = [json.loads(line) for line in open(audit).read().splitlines()]
+    assert [r["status"] for r in lines if r["request_id"] == "wide-1"] == [200]
+
+
+def test_an_answer_that_cannot_be_made_is_audited_once_as_500(classifier, tiny_data, tmp_path,
+                                                              monkeypatch):
+    import oncolens.appliance.web.classify as classify_module
+
+    def fails(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(classify_module, "encode_image", fails)
+    audit = str(tmp_path / "audit.jsonl")
+    with running(classifier, audit_log=audit) as (url, _):
+        reply = request(url, "/classify?annotated=1", "POST",
+                        read(sample_image(tiny_data)), {"X-Request-Id": "enc-1"})
+        text = request(url, "/metrics").body.decode("utf-8")
+    assert reply.status == 500
+    assert [json.loads(line)["status"] for line in open(audit).read().splitlines()] == [500]
+    assert metric(text, "oncolens_classify_latency_seconds_count") == 0
+
+
 def test_health(server):
     url, app, _ = server
     reply = request(url, "/health")

@@ -89,7 +89,12 @@ def build_result(app, rid, upload, job, started, decoded):
     }, preds
 
 
+JPEG_MAX_SIDE = 65500  # libjpeg's limit: a wider or taller image is answered as PNG
+
+
 def annotated_response(app, result, preds, rgb, fmt):
+    if fmt == ".jpg" and max(rgb.shape[:2]) > JPEG_MAX_SIDE:
+        fmt = ".png"
     image = encode_image(draw_lines(rgb, [overlay_text(p) for p in preds]), fmt)
     compact = json.dumps(result, sort_keys=True, separators=(",", ":"))  # ASCII: header-safe
     return app.bottle.HTTPResponse(body=image, status=200, headers={
@@ -144,10 +149,12 @@ def _classify(app, environ, rid, seen):
         app.audit.write(rid, 500, sha, app.model_sha256)
         return app.error_response(500, "inference_failed", job.error)
     result, preds = build_result(app, rid, (data, sha, fmt, rgb), job, started, decoded)
+    # the answer is made before the result is counted and audited: a failure to make it is
+    # then audited once, as the 500 it is answered with
+    response = (annotated_response(app, result, preds, rgb, image_ext) if annotated
+                else app.json_response(result))
     app.metrics.observe_latency(time.time() - started)
     app.audit.write(rid, 200, sha, app.model_sha256, result["label"], result["confidence"])
     log.info("%s input sha256=%s -> %s %.4f", rid, sha[:16], result["label"],
              result["confidence"])
-    if annotated:
-        return annotated_response(app, result, preds, rgb, image_ext)
-    return app.json_response(result)
+    return response
