@@ -56,6 +56,20 @@ def test_not_an_image_is_415(server):
     assert request(url, "/classify", "POST", form, headers).status == 415
 
 
+def test_an_image_format_not_read_here_is_named_in_the_415(server):
+    """A GIF, HEIC or DICOM upload was told it is 'not an image'."""
+    url = server[0]
+    for body, name in ((b"GIF89a" + b"\0" * 40, "GIF"),
+                       (b"\0\0\0\x18ftypheic" + b"\0" * 30, "HEIC/HEIF"),
+                       (b"\0" * 128 + b"DICM" + b"\0" * 64, "DICOM")):
+        error = error_of(request(url, "/classify", "POST", body))
+        assert error["code"] == "not_an_image", name
+        assert error["message"].startswith("the upload is in {} format, which this service "
+                                           "does not read".format(name)), error
+    error = error_of(request(url, "/classify", "POST", b"%PDF-1.4 not an image at all"))
+    assert error["message"].startswith("the upload is not an image"), error
+
+
 def test_truncated_png_and_jpeg_are_400(server, tiny_data):
     from oncolens.appliance.imageio import encode_image, read_image
     url = server[0]

@@ -134,6 +134,29 @@ def sniff(data):
     return None
 
 
+# image formats a client may send that OpenCV here does not read: named in the 415, as
+# batch and classify name them (a GIF or a DICOM file is an image, just not one read here)
+HEIF_BRANDS = frozenset([b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1",
+                         b"msf1"])
+
+
+def unsupported_format(data):
+    """The name of an image format ``data`` is in that this service does not read, or None."""
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS:
+        return "HEIC/HEIF"
+    if data[4:8] == b"ftyp" and data[8:12] in (b"avif", b"avis"):
+        return "AVIF"
+    if data[128:132] == b"DICM":
+        return "DICOM"
+    if data[:12] == b"\x00\x00\x00\x0cjP  \r\n\x87\n" or data[:4] == b"\xff\x4f\xff\x51":
+        return "JPEG 2000"
+    if data[:4] == b"8BPS":
+        return "Photoshop (PSD)"
+    return None
+
+
 def _jpeg_size(data):
     i = 2
     while i + 9 <= len(data):
@@ -298,8 +321,11 @@ def check_image(data, max_pixels, resized=None):
         raise UploadError(400, "empty", "the upload is empty")
     fmt = sniff(data)
     if fmt is None:
-        raise UploadError(415, "not_an_image", "the upload is not an image (expected PNG, "
-                          "JPEG, BMP, TIFF, WebP or PNM)")
+        other = unsupported_format(data)
+        raise UploadError(415, "not_an_image", "the upload is {} (expected PNG, JPEG, BMP, "
+                          "TIFF, WebP or PNM)".format(
+                              "in {} format, which this service does not read".format(other)
+                              if other else "not an image"))
     size = dimensions(fmt, data)
     if size is None:
         raise UploadError(400, "truncated", "the {} header is truncated or damaged".format(
