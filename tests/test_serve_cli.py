@@ -38,10 +38,17 @@ def test_bench_prints_figures(tiny_bundle, capsys):
         with running(clf) as (url, _):
             code = bench.main(["--url", url, "--clients", "4", "--requests", "12",
                                "--warmup", "2", "--size", "64", "--json"])
-    assert code == 0
-    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+            assert code == 0
+            figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+            assert bench.main(["--url", url, "--clients", "2", "--requests", "2",
+                               "--warmup", "0", "--size", "64"]) == 0
+            line = capsys.readouterr().out.strip().splitlines()[-1]
     assert figures["requests"] == 12 and figures["statuses"] == {"200": 12}
     assert figures["requests_per_s"] > 0 and figures["p99_ms"] >= figures["p50_ms"] > 0
+    # the machine named is where the clients ran, not the server measured through --url
+    assert figures["server"] == url
+    assert line.endswith("; server {}, clients on {}, Python {}".format(
+        url, figures["machine"], figures["python"])), line
 
 
 def test_serve_cli_refuses_bad_values_before_loading_the_model(tmp_path):

@@ -180,6 +180,14 @@ def read_image_file(path):
         raise UsageError("--image {}: cannot read it ({})".format(path, exc.strerror or exc))
 
 
+def where(figures):
+    """What ran where: with --url the server's machine is not the one measured from."""
+    here = "{machine}, Python {python}".format(**figures)
+    if figures["server"] == "started here":
+        return here
+    return "server {}, clients on {}".format(figures["server"], here)
+
+
 @cli_entry("oncolens serve bench")
 def main(argv):
     args = build_parser().parse_args(normalize_flags(argv))
@@ -201,12 +209,14 @@ def main(argv):
         code = stop_server(proc) if proc is not None else 0
     figures = summarise(wall, results, args.clients)
     figures["server_exit"] = code
+    # machine and python describe where the clients ran: the server too only when started here
+    figures["server"] = "started here" if proc is not None else url
     if args.json:
         print(json.dumps(figures, sort_keys=True))
     else:
         print("serve bench: {requests} requests, {clients} clients: {requests_per_s} requests/s, "
               "latency p50 {p50_ms} ms, p90 {p90_ms} ms, p99 {p99_ms} ms, max {max_ms} ms; "
-              "statuses {statuses}; {machine}, Python {python}".format(**figures))
+              "statuses {statuses}; {where}".format(where=where(figures), **figures))
     return 0
 
 
