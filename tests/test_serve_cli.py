@@ -116,3 +116,26 @@ def test_an_ipv6_host_in_brackets_gives_a_url_with_one_pair():
         assert server.url == "http://[::1]:{}/".format(server.port)
     finally:
         server.stop()
+
+
+def test_bench_keeps_a_server_that_took_long_to_start(tiny_bundle, monkeypatch):
+    """start_server read the clock after the 'listening on' line came and killed a server
+    slower than its timeout (a Nano's first start builds its engine for minutes)."""
+    from oncolens.appliance.web import bench
+    import time as real_time
+
+    class SlowClock(object):
+        """Each reading is 10 minutes after the last one."""
+        def __init__(self):
+            self.now = real_time.time()
+
+        def time(self):
+            self.now += 600.0
+            return self.now
+
+    monkeypatch.setattr(bench, "time", SlowClock())
+    proc, url = bench.start_server(tiny_bundle, queue=2)
+    try:
+        assert proc.poll() is None and url.startswith("http://127.0.0.1:")
+    finally:
+        assert bench.stop_server(proc) == 0

@@ -50,8 +50,11 @@ def synthetic_png(size, seed=0):
     return encode_image(img, ".png")
 
 
-def start_server(model, queue=64, backend="auto", extra=None, timeout=120):
-    """``oncolens serve --port 0`` in a child process: (process, url)."""
+def start_server(model, queue=64, backend="auto", extra=None, timeout=1200):
+    """``oncolens serve --port 0`` in a child process: (process, url).
+
+    ``timeout``: seconds it may take to say it listens (a Nano's first start builds the
+    TensorRT engine for minutes; the device unit allows 20)."""
     cmd = [sys.executable, "-m", "oncolens", "serve", "--model", model, "--port", "0",
            "--queue", str(queue), "--backend", backend, "--log-level", "warning"] + (extra or [])
     env = dict(os.environ)
@@ -59,12 +62,16 @@ def start_server(model, queue=64, backend="auto", extra=None, timeout=120):
     if os.path.isfile(os.path.join(root, "oncolens", "__init__.py")):  # a source checkout
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env, universal_newlines=True)
-    deadline = time.time() + timeout
-    line = proc.stdout.readline()
-    if "listening on" not in line or time.time() > deadline:
+    first = []
+    reader = threading.Thread(target=lambda: first.append(proc.stdout.readline()))
+    reader.daemon = True
+    reader.start()
+    reader.join(timeout)    # (the clock was read after the line came: a slow start that
+    line = first[0] if first else ""  # did say it listens was killed and called failed)
+    if "listening on" not in line:
         proc.kill()
-        raise OncoLensError("oncolens serve did not start: {}".format(line.strip() or
-                                                                      "no output"))
+        raise OncoLensError("oncolens serve did not start: {}".format(
+            line.strip() or ("no output" if first else "nothing within {:g} s".format(timeout))))
     return proc, line.split("listening on ", 1)[1].split()[0]
 
 
