@@ -154,7 +154,7 @@ def _record(info, model_dir, out_path, staged, checkpoint_path, opset, batch, dy
     info["onnx"] = {"file": os.path.relpath(out_path, model_dir), "opset": int(opset),
                     "batch": "dynamic" if dynamic_batch else int(batch),
                     "sha256": sha256_file(staged),
-                    "checkpoint": os.path.basename(checkpoint_path),
+                    "checkpoint": os.path.relpath(checkpoint_path, model_dir),
                     "checkpoint_sha256": sha256_file(checkpoint_path)}
     info["engines"] = []  # engines of an older ONNX no longer match it
     return info

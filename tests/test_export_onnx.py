@@ -322,6 +322,23 @@ def test_export_into_a_folder_that_does_not_exist_yet(tiny_bundle, tmp_path):
     assert not [f for f in os.listdir(os.path.join(model_dir, "sub")) if "unchecked" in f]
 
 
+def test_a_checkpoint_in_a_sub_folder_is_recorded_by_its_path_for_check_and_verify(
+        tiny_bundle, tmp_path):
+    from oncolens.appliance.bundle import read_model_info
+    model_dir = _copy_bundle(tiny_bundle, tmp_path)
+    _random_checkpoint(os.path.join(model_dir, "runs"), "resnet18", 32)  # other weights
+    code, out, err = run_cli(["export", "onnx", "--model-dir", model_dir, "--input",
+                              os.path.join("runs", "model_best.pth.tar"), "--overwrite"])
+    assert code == 0, err
+    info = read_model_info(os.path.join(model_dir, "model.json"))
+    assert info["onnx"]["checkpoint"] == os.path.join("runs", "model_best.pth.tar")
+    # check and verify compare the ONNX with that checkpoint, not model_best.pth.tar beside it
+    code, out, err = run_cli(["export", "check", "--model-dir", model_dir])
+    assert code == 0, err
+    code, out, err = run_cli(["export", "verify", "--model-dir", model_dir, "--count", 4])
+    assert code == 0 and "torch vs onnxruntime" in out, err
+
+
 def test_an_operator_onnx_cannot_express_is_one_line_and_leaves_no_file(tmp_path):
     import torch
     from oncolens.appliance.errors import OncoLensError
