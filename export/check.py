@@ -64,7 +64,7 @@ class TorchReference(object):
     def __init__(self, checkpoint_path):
         from oncolens.appliance.archs import load_checkpoint, model_from_checkpoint
         self.ckpt = load_checkpoint(checkpoint_path)
-        self.model = model_from_checkpoint(self.ckpt)
+        self.model = model_from_checkpoint(self.ckpt, checkpoint_path)
         self.arch = self.ckpt["arch"]
 
     def run(self, batch, cam=False, chunk=16):

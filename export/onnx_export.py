@@ -195,9 +195,9 @@ def export_onnx(model_dir, input_name=None, output_name=None, opset=DEFAULT_OPSE
     ckpt = load_checkpoint(checkpoint_path)
     out_path = output_path(model_dir, output_name, ckpt["arch"])
     check_output_file(out_path, "--output", overwrite)
+    model = model_from_checkpoint(ckpt, checkpoint_path)  # weights of another arch: one line
     info = bundle_info_for(model_dir, ckpt, checkpoint_path)
-    module, output_names = export_module(model_from_checkpoint(ckpt), ckpt["arch"], activation,
-                                         cam)
+    module, output_names = export_module(model, ckpt["arch"], activation, cam)
     c, h, w = info["input"]["shape"]
     staged = _staged(out_path)
     try:

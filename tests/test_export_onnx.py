@@ -339,6 +339,27 @@ def test_a_checkpoint_in_a_sub_folder_is_recorded_by_its_path_for_check_and_veri
     assert code == 0 and "torch vs onnxruntime" in out, err
 
 
+@pytest.mark.parametrize("edit, says", [
+    (dict(arch="resnet18"), "its weights are not those of arch 'resnet18' with 3 classes "
+                            "(missing conv1.weight"),
+    (dict(arch="vgg99"), "unknown architecture 'vgg99'"),
+    (dict(classes=["a", "b"]), "lists 2 classes (a, b) but records num_classes 3"),
+    (dict(classes=None, num_classes=None), "records neither 'classes' nor 'num_classes'"),
+])
+def test_a_checkpoint_that_is_not_what_it_says_is_one_line(tmp_path, edit, says):
+    import torch
+    model_dir = str(tmp_path / "m")
+    _random_checkpoint(model_dir, "simple-cnn", 32)
+    path = os.path.join(model_dir, "model_best.pth.tar")
+    ckpt = torch.load(path, weights_only=False)
+    ckpt.update(edit)
+    torch.save(ckpt, path)
+    code, out, err = run_cli(["export", "onnx", "--model-dir", model_dir])
+    assert code == 1 and says in err and path in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert os.listdir(model_dir) == ["model_best.pth.tar"]  # nothing written
+
+
 def test_an_operator_onnx_cannot_express_is_one_line_and_leaves_no_file(tmp_path):
     import torch
     from oncolens.appliance.errors import OncoLensError
