@@ -310,6 +310,25 @@ def test_a_failed_export_leaves_the_bundle_as_it_was(tiny_bundle, tmp_path, monk
         assert _snapshot(model_dir) == before  # no new ONNX, no leftover, model.json as it was
 
 
+@pytest.mark.parametrize("output, says", [
+    ("model_best.pth.tar", "is the checkpoint being exported"),
+    ("checkpoint.pth.tar", "is a checkpoint's name"),
+    ("model.json", "is the bundle's model.json"),
+    (os.path.join(".", "labels.txt"), "is the bundle's labels.txt"),
+])
+def test_output_never_replaces_the_checkpoint_or_the_bundle_files(tiny_bundle, tmp_path,
+                                                                   output, says):
+    model_dir = _copy_bundle(tiny_bundle, tmp_path)
+    shutil.copy(os.path.join(model_dir, "model_best.pth.tar"),
+                os.path.join(model_dir, "checkpoint.pth.tar"))
+    before = _snapshot(model_dir)
+    for extra in ([], ["--overwrite"]):  # 'already exists: pass --overwrite' is no advice here
+        code, out, err = run_cli(["export", "onnx", "--model-dir", model_dir, "--output",
+                                  output] + extra)
+        assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
+        assert _snapshot(model_dir) == before
+
+
 def test_export_into_a_folder_that_does_not_exist_yet(tiny_bundle, tmp_path):
     from oncolens.appliance.bundle import read_model_info
     model_dir = _copy_bundle(tiny_bundle, tmp_path)
