@@ -32,6 +32,9 @@ def onnx_full_check(path, name=None):
         import onnx
     except ImportError:
         raise MissingDependency("onnx", "the export check", "pip install 'oncolens[onnx]'")
+    if not os.path.isfile(path):
+        raise BundleError("ONNX model not found: {} (run 'oncolens export onnx' first)".format(
+            name or path))
     try:
         onnx.checker.check_model(path, full_check=True)
     except Exception as exc:  # onnx raises ValidationError and friends

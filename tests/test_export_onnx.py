@@ -329,6 +329,15 @@ def test_output_never_replaces_the_checkpoint_or_the_bundle_files(tiny_bundle, t
         assert _snapshot(model_dir) == before
 
 
+def test_check_before_any_export_says_the_onnx_is_missing(tiny_bundle, tmp_path):
+    model_dir = _copy_bundle(tiny_bundle, tmp_path)
+    os.remove(os.path.join(model_dir, "resnet18.onnx"))
+    code, out, err = run_cli(["export", "check", "--model-dir", model_dir])
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "ONNX model not found: {}".format(os.path.join(model_dir, "resnet18.onnx")) in err
+    assert "run 'oncolens export onnx' first" in err and "checker" not in err
+
+
 def test_export_into_a_folder_that_does_not_exist_yet(tiny_bundle, tmp_path):
     from oncolens.appliance.bundle import read_model_info
     model_dir = _copy_bundle(tiny_bundle, tmp_path)
