@@ -5,7 +5,7 @@ way it was trained.  Any torchvision classifier name works too.
 """
 import importlib
 
-from oncolens.appliance.errors import MissingDependency, UsageError
+from oncolens.appliance.errors import BundleError, MissingDependency, UsageError
 
 
 def _torchvision():
@@ -104,12 +104,48 @@ def load_checkpoint(path):
     return ckpt
 
 
-def model_from_checkpoint(ckpt):
-    """Rebuild the network of a loaded checkpoint, weights restored, in eval mode."""
+def model_from_checkpoint(ckpt, where="the checkpoint"):
+    """Rebuild the network of a loaded checkpoint, weights restored, in eval mode.
+
+    ``where`` (the checkpoint's path) names it in the one-line error for weights that are
+    not those of its ``arch`` (a checkpoint of another network, or edited by hand)."""
+    from oncolens.appliance.errors import BundleError
     state = ckpt["state_dict"]
     state = {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()}
-    num_classes = ckpt.get("num_classes") or len(ckpt.get("classes", [])) or None
-    model = build_model(ckpt["arch"], num_classes)
-    model.load_state_dict(state)
+    classes = ckpt.get("classes") or []
+    num_classes = ckpt.get("num_classes") or len(classes) or None
+    if num_classes is None:
+        raise BundleError("{}: records neither 'classes' nor 'num_classes': its number of "
+                          "outputs is unknown".format(where))
+    if classes and len(classes) != int(num_classes):
+        raise BundleError("{}: lists {} classes ({}) but records num_classes {}".format(
+            where, len(classes), ", ".join(str(c) for c in classes), num_classes))
+    try:
+        model = build_model(ckpt["arch"], num_classes)
+    except UsageError as exc:  # an arch this OncoLens does not build: no --arch flag here
+        raise BundleError("{}: {}".format(where, str(exc).replace("--arch: ", "", 1)))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError:  # keys or shapes of another network
+        raise BundleError("{}: its weights are not those of arch '{}' with {} classes ({}): "
+                          "a checkpoint of another network?".format(
+                              where, ckpt["arch"], num_classes, _mismatch(model, state)))
     model.eval()
     return model
+
+
+def _mismatch(model, state):
+    """What differs between a network's own weights and ``state``, in a few words."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = ["{} is {}, not {}".format(k, list(getattr(state[k], "shape", [])),
+                                        list(own[k].shape))
+              for k in own if k in state and
+              tuple(getattr(state[k], "shape", ())) != tuple(own[k].shape)]
+    parts = []
+    for what, names in (("missing", missing), ("unexpected", unexpected)):
+        if names:
+            parts.append("{} {}{}".format(what, names[0], " and {} more".format(
+                len(names) - 1) if len(names) > 1 else ""))
+    return "; ".join(parts + shapes[:2]) or "load_state_dict refused them"

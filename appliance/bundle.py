@@ -12,6 +12,7 @@ import copy
 import hashlib
 import io
 import json
+import numbers
 import os
 import re
 
@@ -140,6 +141,7 @@ def validate_model_info(info, where=MODEL_JSON):
     missing = [key for key in REQUIRED_KEYS if key not in info]
     if missing:
         raise BundleError("{}: missing key(s) {}".format(where, ", ".join(missing)))
+    _check_sections(info, where)
     labels = info["labels"]
     if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
         raise BundleError("{}: 'labels' must be a non-empty list of strings".format(where))
@@ -152,6 +154,31 @@ def validate_model_info(info, where=MODEL_JSON):
         raise BundleError("{}: 'input.shape' must be [channels, height, width], got {!r}".format(
             where, shape))
     return info
+
+
+OBJECT_KEYS = ("input", "output", "preprocess", "onnx", "checkpoint", "training", "metrics",
+               "provenance")
+
+
+def _check_sections(info, where):
+    """The sections every stage reads with .get(): objects (engines a list of objects), and
+    mean / std three numbers, so a hand-edited model.json is one line, not a crash in a backend."""
+    for key in OBJECT_KEYS:
+        if (key in REQUIRED_KEYS or info.get(key) is not None) and \
+                not isinstance(info.get(key), dict):
+            raise BundleError("{}: '{}' must be a JSON object, got {!r}".format(
+                where, key, info[key]))
+    engines = info.get("engines")
+    if engines is not None and not (isinstance(engines, list) and
+                                    all(isinstance(e, dict) for e in engines)):
+        raise BundleError("{}: 'engines' must be a list of objects, got {!r}".format(
+            where, engines))
+    for key in ("mean", "std"):
+        value = info["preprocess"].get(key)
+        if value is not None and not (isinstance(value, (list, tuple)) and len(value) == 3 and all(
+                isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)):
+            raise BundleError("{}: 'preprocess.{}' must be 3 numbers (R, G, B), got {!r}".format(
+                where, key, value))
 
 
 def read_model_info(path):

@@ -32,6 +32,9 @@ def onnx_full_check(path, name=None):
         import onnx
     except ImportError:
         raise MissingDependency("onnx", "the export check", "pip install 'oncolens[onnx]'")
+    if not os.path.isfile(path):
+        raise BundleError("ONNX model not found: {} (run 'oncolens export onnx' first)".format(
+            name or path))
     try:
         onnx.checker.check_model(path, full_check=True)
     except Exception as exc:  # onnx raises ValidationError and friends
@@ -64,7 +67,7 @@ class TorchReference(object):
     def __init__(self, checkpoint_path):
         from oncolens.appliance.archs import load_checkpoint, model_from_checkpoint
         self.ckpt = load_checkpoint(checkpoint_path)
-        self.model = model_from_checkpoint(self.ckpt)
+        self.model = model_from_checkpoint(self.ckpt, checkpoint_path)
         self.arch = self.ckpt["arch"]
 
     def run(self, batch, cam=False, chunk=16):

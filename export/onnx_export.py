@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 11  # parsed by TensorRT 8.2 (the Nano) and every later release
 MIN_OPSET, MAX_OPSET = 9, 13  # TensorRT 8.2's ONNX parser: opset 13 at most
+CHECKPOINT_SUFFIXES = (".pth", ".tar", ".pt")
 
 
 def wrap_softmax(model):
@@ -134,6 +135,21 @@ def output_path(model_dir, output_name, arch):
     return name if os.path.isabs(name) else os.path.join(model_dir, name)
 
 
+def check_not_a_bundle_file(out_path, model_dir, checkpoint_path):
+    """--output never names a checkpoint (the one exported above all), model.json or
+    labels.txt: --overwrite replaces an ONNX file, never the trained model or the files the
+    export rewrites after it."""
+    protected = [(checkpoint_path, "the checkpoint being exported"),
+                 (os.path.join(model_dir, MODEL_JSON), "the bundle's model.json"),
+                 (os.path.join(model_dir, LABELS_TXT), "the bundle's labels.txt")]
+    same = [what for p, what in protected if os.path.abspath(p) == os.path.abspath(out_path)
+            or (os.path.exists(p) and os.path.exists(out_path) and os.path.samefile(p, out_path))]
+    if same or out_path.lower().endswith(CHECKPOINT_SUFFIXES):
+        raise UsageError("--output {} is {}: expected an ONNX file name (the default is "
+                         "<arch>.onnx)".format(out_path, same[0] if same
+                                               else "a checkpoint's name"))
+
+
 def _staged(out_path):
     """Where the export is written until it is checked (beside its final place)."""
     folder = os.path.dirname(os.path.abspath(out_path))
@@ -154,7 +170,7 @@ def _record(info, model_dir, out_path, staged, checkpoint_path, opset, batch, dy
     info["onnx"] = {"file": os.path.relpath(out_path, model_dir), "opset": int(opset),
                     "batch": "dynamic" if dynamic_batch else int(batch),
                     "sha256": sha256_file(staged),
-                    "checkpoint": os.path.basename(checkpoint_path),
+                    "checkpoint": os.path.relpath(checkpoint_path, model_dir),
                     "checkpoint_sha256": sha256_file(checkpoint_path)}
     info["engines"] = []  # engines of an older ONNX no longer match it
     return info
@@ -194,10 +210,11 @@ def export_onnx(model_dir, input_name=None, output_name=None, opset=DEFAULT_OPSE
     checkpoint_path = os.path.join(model_dir, input_name or "model_best.pth.tar")
     ckpt = load_checkpoint(checkpoint_path)
     out_path = output_path(model_dir, output_name, ckpt["arch"])
+    check_not_a_bundle_file(out_path, model_dir, checkpoint_path)
     check_output_file(out_path, "--output", overwrite)
+    model = model_from_checkpoint(ckpt, checkpoint_path)  # weights of another arch: one line
     info = bundle_info_for(model_dir, ckpt, checkpoint_path)
-    module, output_names = export_module(model_from_checkpoint(ckpt), ckpt["arch"], activation,
-                                         cam)
+    module, output_names = export_module(model, ckpt["arch"], activation, cam)
     c, h, w = info["input"]["shape"]
     staged = _staged(out_path)
     try:

@@ -63,10 +63,14 @@ def bundle_for_engine(bundle, path):
 def run_engines(bundle, batch, precisions=None):
     """Yield (label, precision, probs, skip reason) for each engine model.json lists."""
     from oncolens.appliance import engines
-    entries = engines.known_entries(bundle.info, bundle.dir, bundle.onnx_path)
-    entries = [e for e in entries if not precisions or e.get("precision") in precisions]
+    listed = engines.known_entries(bundle.info, bundle.dir, bundle.onnx_path)
+    entries = [e for e in listed if not precisions or e.get("precision") in precisions]
     if not entries:
-        yield "tensorrt", None, None, "no engine listed in model.json (oncolens export engine)"
+        others = sorted(set(str(e.get("precision")) for e in listed))
+        yield "tensorrt", None, None, "no {}engine listed in model.json{} (oncolens export " \
+            "engine{})".format("/".join(precisions) + " " if precisions else "",
+                               "; it lists {} only".format(", ".join(others)) if others else "",
+                               " --precision " + precisions[0] if precisions else "")
         return
     for entry in entries:
         path = engines.entry_path(entry, bundle.dir)

@@ -96,6 +96,26 @@ def test_invalid_json_and_num_classes(bundle_dir):
         bundle.load_bundle(bundle_dir)
 
 
+@pytest.mark.parametrize("key, value, says", [
+    ("input", "x", "'input' must be a JSON object, got 'x'"),
+    ("output", [], "'output' must be a JSON object, got []"),
+    ("preprocess", None, "'preprocess' must be a JSON object, got None"),
+    ("onnx", "resnet18.onnx", "'onnx' must be a JSON object"),
+    ("engines", {"a": 1}, "'engines' must be a list of objects"),
+    ("preprocess", {"resize": "center_crop", "mean": "abc"}, "'preprocess.mean' must be 3 "
+                                                              "numbers"),
+    ("preprocess", {"resize": "center_crop", "std": [1, 2]}, "'preprocess.std' must be 3"),
+])
+def test_a_hand_edited_section_of_the_wrong_type_is_one_line(bundle_dir, key, value, says):
+    _edit(os.path.join(bundle_dir, "model.json"), **{key: value})
+    with pytest.raises(BundleError) as err:
+        bundle.load_bundle(bundle_dir)
+    assert says in str(err.value) and "model.json" in str(err.value)
+    for argv in (["export", "check"], ["export", "verify", "--count", 2]):
+        code, out, err = run_cli(argv + ["--model-dir", bundle_dir])
+        assert code == 1 and says in err and len(err.strip().splitlines()) == 1, err
+
+
 def _bare(tiny_bundle, tmp_path, labels=True):
     """A jetson-inference style folder: the ONNX (32 px input) and labels.txt, no model.json."""
     out = tmp_path / "bare"

@@ -310,6 +310,34 @@ def test_a_failed_export_leaves_the_bundle_as_it_was(tiny_bundle, tmp_path, monk
         assert _snapshot(model_dir) == before  # no new ONNX, no leftover, model.json as it was
 
 
+@pytest.mark.parametrize("output, says", [
+    ("model_best.pth.tar", "is the checkpoint being exported"),
+    ("checkpoint.pth.tar", "is a checkpoint's name"),
+    ("model.json", "is the bundle's model.json"),
+    (os.path.join(".", "labels.txt"), "is the bundle's labels.txt"),
+])
+def test_output_never_replaces_the_checkpoint_or_the_bundle_files(tiny_bundle, tmp_path,
+                                                                   output, says):
+    model_dir = _copy_bundle(tiny_bundle, tmp_path)
+    shutil.copy(os.path.join(model_dir, "model_best.pth.tar"),
+                os.path.join(model_dir, "checkpoint.pth.tar"))
+    before = _snapshot(model_dir)
+    for extra in ([], ["--overwrite"]):  # 'already exists: pass --overwrite' is no advice here
+        code, out, err = run_cli(["export", "onnx", "--model-dir", model_dir, "--output",
+                                  output] + extra)
+        assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
+        assert _snapshot(model_dir) == before
+
+
+def test_check_before_any_export_says_the_onnx_is_missing(tiny_bundle, tmp_path):
+    model_dir = _copy_bundle(tiny_bundle, tmp_path)
+    os.remove(os.path.join(model_dir, "resnet18.onnx"))
+    code, out, err = run_cli(["export", "check", "--model-dir", model_dir])
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "ONNX model not found: {}".format(os.path.join(model_dir, "resnet18.onnx")) in err
+    assert "run 'oncolens export onnx' first" in err and "checker" not in err
+
+
 def test_export_into_a_folder_that_does_not_exist_yet(tiny_bundle, tmp_path):
     from oncolens.appliance.bundle import read_model_info
     model_dir = _copy_bundle(tiny_bundle, tmp_path)
@@ -320,6 +348,44 @@ def test_export_into_a_folder_that_does_not_exist_yet(tiny_bundle, tmp_path):
     info = read_model_info(os.path.join(model_dir, "model.json"))
     assert info["onnx"]["file"] == os.path.join("sub", "new.onnx")
     assert not [f for f in os.listdir(os.path.join(model_dir, "sub")) if "unchecked" in f]
+
+
+def test_a_checkpoint_in_a_sub_folder_is_recorded_by_its_path_for_check_and_verify(
+        tiny_bundle, tmp_path):
+    from oncolens.appliance.bundle import read_model_info
+    model_dir = _copy_bundle(tiny_bundle, tmp_path)
+    _random_checkpoint(os.path.join(model_dir, "runs"), "resnet18", 32)  # other weights
+    code, out, err = run_cli(["export", "onnx", "--model-dir", model_dir, "--input",
+                              os.path.join("runs", "model_best.pth.tar"), "--overwrite"])
+    assert code == 0, err
+    info = read_model_info(os.path.join(model_dir, "model.json"))
+    assert info["onnx"]["checkpoint"] == os.path.join("runs", "model_best.pth.tar")
+    # check and verify compare the ONNX with that checkpoint, not model_best.pth.tar beside it
+    code, out, err = run_cli(["export", "check", "--model-dir", model_dir])
+    assert code == 0, err
+    code, out, err = run_cli(["export", "verify", "--model-dir", model_dir, "--count", 4])
+    assert code == 0 and "torch vs onnxruntime" in out, err
+
+
+@pytest.mark.parametrize("edit, says", [
+    (dict(arch="resnet18"), "its weights are not those of arch 'resnet18' with 3 classes "
+                            "(missing conv1.weight"),
+    (dict(arch="vgg99"), "unknown architecture 'vgg99'"),
+    (dict(classes=["a", "b"]), "lists 2 classes (a, b) but records num_classes 3"),
+    (dict(classes=None, num_classes=None), "records neither 'classes' nor 'num_classes'"),
+])
+def test_a_checkpoint_that_is_not_what_it_says_is_one_line(tmp_path, edit, says):
+    import torch
+    model_dir = str(tmp_path / "m")
+    _random_checkpoint(model_dir, "simple-cnn", 32)
+    path = os.path.join(model_dir, "model_best.pth.tar")
+    ckpt = torch.load(path, weights_only=False)
+    ckpt.update(edit)
+    torch.save(ckpt, path)
+    code, out, err = run_cli(["export", "onnx", "--model-dir", model_dir])
+    assert code == 1 and says in err and path in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert os.listdir(model_dir) == ["model_best.pth.tar"]  # nothing written
 
 
 def test_an_operator_onnx_cannot_express_is_one_line_and_leaves_no_file(tmp_path):

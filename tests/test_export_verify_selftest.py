@@ -32,6 +32,24 @@ def test_verify_without_tensorrt_compares_torch_and_onnx(tiny_bundle, tiny_data,
     assert "skipped tensorrt: no engine listed in model.json" in out
 
 
+def test_verify_precision_with_no_such_engine_names_the_ones_listed(tiny_bundle, tmp_path,
+                                                                     cache):
+    from oncolens.appliance import engines
+    from oncolens.appliance.bundle import read_model_info, write_model_info
+    d = _with_checkpoint(tiny_bundle, tmp_path)
+    path = os.path.join(d, "model.json")
+    info = read_model_info(path)
+    engine = os.path.join(d, engines.engine_file_name("resnet18.onnx", 1, "8.2.1", "fp16"))
+    engines.add_entry(info, engines.make_entry(engine, d, "8.2.1", "NVIDIA Tegra X1", "fp16", 1))
+    write_model_info(path, info)
+    code, out, err = run_cli(["export", "verify", "--model-dir", d, "--count", 2,
+                              "--precision", "int8"])
+    assert code == 0, err
+    assert "skipped tensorrt: no int8 engine listed in model.json; it lists fp16 only " \
+        "(oncolens export engine --precision int8)" in out
+    assert "no engine listed" not in out
+
+
 def _replace_engine_payload(engine_path, onnx_path):
     """Swap the ONNX inside a stand-in engine file (a wrong engine, same name)."""
     data = open(engine_path, "rb").read()

@@ -50,7 +50,7 @@ class TorchBackend(Backend):
         self.torch = torch
         if options.get("threads"):  # --threads, as the other CPU runtimes take it
             torch.set_num_threads(int(options["threads"]))
-        self.model = model_from_checkpoint(ckpt)
+        self.model = model_from_checkpoint(ckpt, path)
         self.path = path
         num = ckpt.get("num_classes") or len(ckpt.get("classes") or []) or None
         check_labels_match(bundle.labels, num, bundle.labels_source, path)
