@@ -159,6 +159,15 @@ def nothing_compared(report):
             "engine')".format(" and ".join(report["ran"]) or "nothing", why))
 
 
+def engine_not_compared(report, precisions):
+    """The one line saying that --precision asked for engines and none of them ran: the rows
+    printed compare the checkpoint and the ONNX only, which is not what was asked."""
+    why = "; ".join(reason for label, reason in report["skipped"] if label.startswith("tensorrt"))
+    return ("--precision {}: no {} engine was compared ({}); the rows above are {} only, not "
+            "the engine asked for".format(" --precision ".join(precisions), "/".join(precisions),
+                                          why or "none ran", " and ".join(report["ran"])))
+
+
 @cli_entry("oncolens export verify")
 def main(argv):
     args = build_parser().parse_args(normalize_flags(argv))
@@ -174,6 +183,8 @@ def main(argv):
         print("skipped {}: {}".format(label, reason))
     if not report["rows"]:
         raise NothingCompared(nothing_compared(report))
+    if args.precision and not any(label.startswith("tensorrt") for label in report["ran"]):
+        raise NothingCompared(engine_not_compared(report, args.precision))
     if not report["passed"]:
         failed = [r["pair"] for r in report["rows"] if not r["passed"]]
         raise VerifyFailed("below threshold: {}".format("; ".join(failed)))

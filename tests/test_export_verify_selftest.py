@@ -44,10 +44,13 @@ def test_verify_precision_with_no_such_engine_names_the_ones_listed(tiny_bundle,
     write_model_info(path, info)
     code, out, err = run_cli(["export", "verify", "--model-dir", d, "--count", 2,
                               "--precision", "int8"])
-    assert code == 0, err
+    assert code == 3, err  # the int8 engine asked for was not compared: not a pass
     assert "skipped tensorrt: no int8 engine listed in model.json; it lists fp16 only " \
         "(oncolens export engine --precision int8)" in out
-    assert "no engine listed" not in out
+    assert "torch vs onnxruntime" in out and "no engine listed" not in out
+    assert len(err.strip().splitlines()) == 1
+    assert "--precision int8: no int8 engine was compared (no int8 engine listed" in err
+    assert "the rows above are torch and onnxruntime only" in err
 
 
 def _replace_engine_payload(engine_path, onnx_path):
