@@ -135,7 +135,8 @@ class _QuietOpenCV(object):
     line naming no file, and our own error, which names it, follows anyway. Counted, so that
     decoding threads overlapping each other restore the level once, when the last one ends."""
 
-    def __init__(self):
+    def __init__(self, level="LOG_LEVEL_ERROR"):
+        self.level = level
         self.lock = threading.Lock()
         self.active = 0
         self.saved = None
@@ -146,7 +147,7 @@ class _QuietOpenCV(object):
         with self.lock:
             if self.active == 0 and logging is not None:
                 self.saved = (logging, logging.getLogLevel())
-                logging.setLogLevel(min(self.saved[1], logging.LOG_LEVEL_ERROR))
+                logging.setLogLevel(min(self.saved[1], getattr(logging, self.level)))
             self.active += 1
 
     def __exit__(self, *exc):
@@ -159,6 +160,7 @@ class _QuietOpenCV(object):
 
 
 _quiet_opencv = _QuietOpenCV()
+_silent_opencv = _QuietOpenCV("LOG_LEVEL_SILENT")  # encoding: its only errors are ours to say
 
 
 def decode_image(data, origin="<bytes>"):
@@ -223,12 +225,26 @@ def sixteen_bit_peak(data):
     return int(img.max())
 
 
+# the largest side a format holds (libjpeg, libwebp); a larger image cannot be written in it
+MAX_SIDE = {".jpg": ("JPEG", 65500), ".jpeg": ("JPEG", 65500), ".jpe": ("JPEG", 65500),
+            ".webp": ("WebP", 16383)}
+
+
 def encode_image(rgb, ext=".jpg", quality=92):
     import cv2
     params = [int(cv2.IMWRITE_JPEG_QUALITY), int(quality)] if ext.lower() in (".jpg", ".jpeg") else []
-    ok, buf = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
+    ok, buf = False, None
+    with _silent_opencv:  # its own ERROR lines would repeat the one below, less clearly
+        try:
+            ok, buf = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
+        except cv2.error:
+            ok = False
     if not ok:
-        raise OncoLensError("cannot encode an image as {}".format(ext))
+        h, w = rgb.shape[:2]
+        name, limit = MAX_SIDE.get(ext.lower(), (None, None))
+        raise OncoLensError("cannot encode a {}x{} image as {}{}".format(
+            w, h, ext, " ({} holds at most {} pixels a side: name a .png output)".format(
+                name, limit) if limit and max(w, h) > limit else ""))
     return buf.tobytes()
 
 
@@ -247,7 +263,10 @@ def colour_path(path):
 def write_image(path, rgb, quality=92):
     """Write an RGB uint8 image; the format follows the file's extension."""
     ext = os.path.splitext(path)[1] or ".jpg"
-    data = encode_image(rgb, ext, quality)
+    try:
+        data = encode_image(rgb, ext, quality)
+    except OncoLensError as exc:
+        raise OncoLensError("{}: {}".format(path, exc))
     parent = os.path.dirname(path)
     if parent and not os.path.isdir(parent):
         os.makedirs(parent)

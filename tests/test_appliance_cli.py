@@ -227,3 +227,29 @@ def test_log_file_in_a_new_folder(tiny_bundle, tiny_data, tmp_path):
                           universal_newlines=True)
     assert done.returncode == 0, done.stderr
     assert "frame(s)" in log_file.read_text()
+
+
+def test_an_output_format_too_small_for_the_image_is_one_line_naming_it(tiny_bundle, tmp_path):
+    """A 70000 px wide PNG classified into a .jpg: JPEG holds 65500 px a side. One line naming
+    the output file and the limit, none of OpenCV's own ERROR lines; a .png output works."""
+    import subprocess
+    import sys
+    import cv2
+    import numpy as np
+    src = str(tmp_path / "wide.png")
+    cv2.imwrite(src, np.random.RandomState(0).randint(0, 255, (8, 70000, 3), np.uint8))
+    runs = {}
+    for name in ("wide_out.jpg", "wide_out.png"):
+        runs[name] = subprocess.run(
+            [sys.executable, "-m", "oncolens", "classify", "--model", tiny_bundle, "--headless",
+             "--log-level", "warning", src, str(tmp_path / name)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    bad = runs["wide_out.jpg"]
+    assert bad.returncode == 1, bad.stderr
+    assert bad.stderr.strip() == ("oncolens classify: error: {}: cannot encode a 70000x8 image as "
+                                  ".jpg (JPEG holds at most 65500 pixels a side: name a .png "
+                                  "output)".format(tmp_path / "wide_out.jpg"))
+    assert not (tmp_path / "wide_out.jpg").exists()
+    good = runs["wide_out.png"]
+    assert good.returncode == 0, good.stderr
+    assert cv2.imread(str(tmp_path / "wide_out.png")).shape == (8, 70000, 3)
