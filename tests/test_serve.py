@@ -223,6 +223,22 @@ def test_uploads_are_kept_only_with_save_uploads(classifier, tiny_data, tmp_path
     assert read(os.path.join(keep, os.listdir(keep)[0])) == data
 
 
+def test_kept_netpbm_uploads_are_named_by_their_kind(classifier, tiny_data, tmp_path):
+    """A PGM upload is kept as .pgm and a PPM as .ppm (both were kept as .ppm)."""
+    import cv2
+    rgb = cv2.imread(sample_image(tiny_data, "benign", 2))
+    pgm = cv2.imencode(".pgm", cv2.cvtColor(rgb, cv2.COLOR_BGR2GRAY))[1].tobytes()
+    ppm = cv2.imencode(".ppm", rgb)[1].tobytes()
+    keep = str(tmp_path / "kept")
+    with running(classifier, save_uploads=keep) as (url, _):
+        for data in (pgm, ppm):
+            assert request(url, "/classify", "POST", data).status == 200
+    assert sorted(os.listdir(keep)) == sorted([hashlib.sha256(pgm).hexdigest() + ".pgm",
+                                               hashlib.sha256(ppm).hexdigest() + ".ppm"])
+    assert cv2.imread(os.path.join(keep, hashlib.sha256(pgm).hexdigest() + ".pgm"),
+                      cv2.IMREAD_UNCHANGED).ndim == 2
+
+
 def test_the_same_upload_twice_at_once_is_kept_once_and_both_answered(classifier, tiny_data,
                                                                      tmp_path, monkeypatch):
     """A second upload of the same image saved while the first one is being moved into place

@@ -21,8 +21,8 @@ from oncolens.appliance.web.auth import token_ok
 from oncolens.appliance.web.metrics import CONTENT_TYPE as METRICS_TYPE, PATHS, Metrics
 from oncolens.appliance.web.classify import handle_classify
 from oncolens.appliance.web.queue import InferenceQueue
-from oncolens.appliance.web.upload import (EXTENSIONS, UploadError, check_image, decode_upload,
-                                           drain, image_bytes, read_body)
+from oncolens.appliance.web.upload import (UploadError, check_image, decode_upload, drain,
+                                           image_bytes, read_body, saved_extension)
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +242,7 @@ class ServeApp(object):
     def save_upload(self, data, sha, fmt):
         if not self.save_dir:
             return None
-        path = os.path.join(self.save_dir, sha + EXTENSIONS.get(fmt, ".bin"))
+        path = os.path.join(self.save_dir, sha + saved_extension(fmt, data))
         if not os.path.exists(path):
             # a temporary name of its own: the same image uploaded twice at once must not
             # have one request move the other's file away (it was answered 500)

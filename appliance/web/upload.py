@@ -21,6 +21,16 @@ JPEG_SOF = frozenset([0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB
 JPEG_MARKER = re.compile(b"\xff[^\x00\xd0-\xd7\xff]")
 EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "bmp": ".bmp", "tiff": ".tif", "webp": ".webp",
               "pnm": ".ppm"}
+PNM_EXTENSIONS = {b"1": ".pbm", b"4": ".pbm", b"2": ".pgm", b"5": ".pgm", b"3": ".ppm",
+                  b"6": ".ppm"}  # by the digit of the magic number
+
+
+def saved_extension(fmt, data):
+    """The file extension an upload of format ``fmt`` is kept under: a PGM or PBM as such
+    (the netpbm family shares one format name here), not as .ppm."""
+    if fmt == "pnm":
+        return PNM_EXTENSIONS.get(data[1:2], ".ppm")
+    return EXTENSIONS.get(fmt, ".bin")
 
 
 class UploadError(OncoLensError):
