@@ -3,6 +3,8 @@
 """
 import logging
 import os
+import re
+import sys
 import warnings
 
 from oncolens.appliance.archs import load_checkpoint, model_from_checkpoint
@@ -36,6 +38,63 @@ def wrap_softmax(model):
     return WithSoftmax(model).eval()
 
 
+class _TorchLogCapture(object):
+    """Holds what torch's exporter writes to file descriptor 1 while it runs, and gives it
+    back to stdout afterwards unless the export failed. torch 2.x's TorchScript exporter turns
+    its C++ log on for every export (setup_onnx_logging tests a function object for truth), so
+    an export that fails dumps the whole graph (dozens of lines) on stdout before the one line
+    that says why; on failure it goes to the debug log instead."""
+
+    def __init__(self):
+        self.saved = self.buf = None
+        self.failed = False
+
+    def __enter__(self):
+        import tempfile
+        try:
+            sys.stdout.flush()
+            self.saved = os.dup(1)
+        except (OSError, ValueError, AttributeError):  # no fd 1 (a daemon): nothing to hold
+            self.saved = None
+            return self
+        self.buf = tempfile.TemporaryFile()
+        os.dup2(self.buf.fileno(), 1)
+        return self
+
+    def text(self):
+        if self.buf is None:
+            return ""
+        self.buf.seek(0)
+        return self.buf.read().decode("utf-8", "replace").strip()
+
+    def __exit__(self, kind, exc, tb):
+        if self.saved is None:
+            return False
+        os.dup2(self.saved, 1)
+        os.close(self.saved)
+        held = self.text()
+        self.buf.close()
+        self.buf = None
+        if held and kind is None:
+            sys.stdout.write(held + "\n")
+            sys.stdout.flush()
+        return False
+
+
+def _opset_advice(message, opset):
+    """What to do when torch says the operator needs a later opset ('... was added in version
+    12 ...'): the --opset that exports it, or that no opset TensorRT 8.2 parses can."""
+    found = re.search(r"added in (?:opset )?version (\d+)", message)
+    if not found or int(found.group(1)) <= int(opset):
+        return ""
+    need = int(found.group(1))
+    if need <= MAX_OPSET:
+        return ": pass --opset {} (TensorRT 8.2 on the Nano parses up to {})".format(
+            need, MAX_OPSET)
+    return ": it needs opset {}, past the {} TensorRT 8.2 on the Nano parses".format(
+        need, MAX_OPSET)
+
+
 def torch_onnx_export(module, example, path, opset, dynamic_batch=False, output_names=None):
     """torch.onnx.export with the TorchScript exporter (opset <= 13 for TensorRT 8.2)."""
     import torch
@@ -46,7 +105,7 @@ def torch_onnx_export(module, example, path, opset, dynamic_batch=False, output_
         kwargs["dynamic_axes"] = {name: {0: "batch"} for name in
                                   [DEFAULT_INPUT_NAME] + list(output_names)}
     tmp = path + ".tmp"
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _TorchLogCapture() as torch_log:
         warnings.simplefilter("ignore")
         with torch.no_grad():
             try:
@@ -59,10 +118,13 @@ def torch_onnx_export(module, example, path, opset, dynamic_batch=False, output_
                     os.remove(tmp)
                 if isinstance(exc, (OSError, MemoryError)):
                     raise
+                if torch_log.text():
+                    log.debug("torch's export log:\n%s", torch_log.text())
                 text = str(exc).strip().splitlines()
                 raise OncoLensError("torch cannot export this network to ONNX opset {} ({}: "
-                                    "{})".format(opset, type(exc).__name__,
-                                                 text[0] if text else "no message"))
+                                    "{}){}".format(opset, type(exc).__name__,
+                                                   text[0] if text else "no message",
+                                                   _opset_advice(str(exc), opset)))
     os.replace(tmp, path)
     return path
 

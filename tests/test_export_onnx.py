@@ -404,6 +404,31 @@ def test_an_operator_onnx_cannot_express_is_one_line_and_leaves_no_file(tmp_path
     assert os.listdir(str(tmp_path)) == []
 
 
+def test_an_operator_of_a_later_opset_names_the_opset_to_pass(tmp_path, capfd):
+    """maxvit_t's einsum exports from opset 12: at the default 11 the line says --opset 12,
+    and torch's dump of the graph (on stdout, dozens of lines) is not printed."""
+    import torch
+    from oncolens.appliance.errors import OncoLensError
+    from oncolens.export.onnx_export import torch_onnx_export
+
+    class Einsum(torch.nn.Module):
+        def forward(self, x):
+            return torch.einsum("bchw,bchw->bc", x, x)
+
+    path = str(tmp_path / "m.onnx")
+    with pytest.raises(OncoLensError, match=r"opset 11 \(UnsupportedOperatorError: .*einsum.*\): "
+                                            r"pass --opset 12 \(TensorRT 8.2 on the Nano parses "
+                                            r"up to 13\)$"):
+        torch_onnx_export(Einsum(), torch.zeros(1, 3, 8, 8), path, 11)
+    out, err = capfd.readouterr()
+    assert "graph" not in out + err and "einsum" not in out + err, (out, err)
+    print("printed before")
+    torch_onnx_export(Einsum(), torch.zeros(1, 3, 8, 8), path, 12)
+    print("printed after")
+    assert capfd.readouterr().out == "printed before\nprinted after\n"
+    assert os.listdir(str(tmp_path)) == ["m.onnx"]
+
+
 @pytest.mark.parametrize("argv, says", [
     (["selftest", "--model-dir", "m"],
      "unknown subcommand 'selftest' (expected onnx, check, engine, verify; "
