@@ -131,32 +131,48 @@ def tiff_float(data):
 
 
 class _QuietOpenCV(object):
-    """OpenCV's log level at ERROR while images decode: a file it cannot read prints a WARN
-    line naming no file, and our own error, which names it, follows anyway. Counted, so that
-    decoding threads overlapping each other restore the level once, when the last one ends."""
+    """OpenCV's log level lowered while images decode (to ERROR: a file it cannot read prints
+    a WARN line naming no file, and our own error, which names it, follows anyway) or encode
+    (to SILENT: our error names the file and the limit). Every instance counts into one shared
+    state, so that threads overlapping each other, decoding or encoding, leave the quietest
+    level still wanted in force and restore the user's level once, when the last one ends."""
+
+    lock = threading.Lock()
+    active = {}   # level name -> how many are inside
+    saved = None  # (cv2.utils.logging, the level before the first one entered)
 
     def __init__(self, level="LOG_LEVEL_ERROR"):
         self.level = level
-        self.lock = threading.Lock()
-        self.active = 0
-        self.saved = None
+
+    @classmethod
+    def _apply(cls):
+        logging, before = cls.saved
+        wanted = [getattr(logging, name) for name, n in cls.active.items() if n > 0]
+        logging.setLogLevel(min([before] + wanted) if wanted else before)
 
     def __enter__(self):
         import cv2
         logging = getattr(getattr(cv2, "utils", None), "logging", None)  # absent in old builds
-        with self.lock:
-            if self.active == 0 and logging is not None:
-                self.saved = (logging, logging.getLogLevel())
-                logging.setLogLevel(min(self.saved[1], getattr(logging, self.level)))
-            self.active += 1
+        if logging is None:
+            return self
+        cls = _QuietOpenCV
+        with cls.lock:
+            if cls.saved is None:
+                cls.saved = (logging, logging.getLogLevel())
+            cls.active[self.level] = cls.active.get(self.level, 0) + 1
+            cls._apply()
+        return self
 
     def __exit__(self, *exc):
-        with self.lock:
-            self.active -= 1
-            if self.active == 0 and self.saved is not None:
-                logging, level = self.saved
-                logging.setLogLevel(level)
-                self.saved = None
+        cls = _QuietOpenCV
+        with cls.lock:
+            if cls.saved is None or not cls.active.get(self.level):
+                return False
+            cls.active[self.level] -= 1
+            cls._apply()
+            if not any(cls.active.values()):
+                cls.saved = None
+        return False
 
 
 _quiet_opencv = _QuietOpenCV()

@@ -343,3 +343,25 @@ def test_an_output_folder_inside_the_input_is_left_out_of_it(tiny_bundle, tiny_d
         code, out, err = run_cli(["classify", "--model", tiny_bundle, "--headless", src,
                                   os.path.join(src, "num", "o_%i.jpg")] + extra)
         assert code == 0 and len(out.splitlines()) == 3, err
+
+
+def test_opencv_log_level_is_restored_when_decoding_and_encoding_overlap():
+    """A decode (ERROR) and an encode (SILENT) overlapping in two threads, the decode ending
+    first: the quietest level wanted holds while both run, and the user's level comes back
+    after the last one (each used to restore its own saved level: WARN stayed silenced)."""
+    import cv2
+    from oncolens.appliance.imageio import _quiet_opencv, _silent_opencv
+    logging = cv2.utils.logging
+    before = logging.getLogLevel()
+    logging.setLogLevel(logging.LOG_LEVEL_INFO)
+    try:
+        _quiet_opencv.__enter__()
+        assert logging.getLogLevel() == logging.LOG_LEVEL_ERROR
+        _silent_opencv.__enter__()
+        assert logging.getLogLevel() == logging.LOG_LEVEL_SILENT
+        _quiet_opencv.__exit__(None, None, None)
+        assert logging.getLogLevel() == logging.LOG_LEVEL_SILENT
+        _silent_opencv.__exit__(None, None, None)
+        assert logging.getLogLevel() == logging.LOG_LEVEL_INFO
+    finally:
+        logging.setLogLevel(before)
