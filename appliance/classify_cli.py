@@ -188,6 +188,12 @@ def _check_serving(args):
 @cli_entry("oncolens classify")
 def main(argv):
     args, unknown = build_parser().parse_known_args(normalize_flags(argv))
+    extra = [arg for arg in unknown if not arg.startswith("-")]
+    if args.output is None and extra:
+        # imagenet finds INPUT and OUTPUT anywhere on the line; argparse gives OUTPUT's slot
+        # away when a flag comes between them (in.jpg --topK=2 out.jpg): it is the output
+        args.output = extra[0]
+        unknown.remove(extra[0])
     _setup_logging(args)
     _check_values(args)
     for flag in unknown:

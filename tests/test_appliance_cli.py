@@ -81,6 +81,22 @@ def test_copied_command_line_runs_with_unknown_flag_reported(tiny_bundle, tiny_d
         in caplog.text
 
 
+def test_output_after_a_flag_is_still_the_output(tiny_bundle, tiny_data, tmp_path, caplog):
+    """imagenet takes INPUT and OUTPUT anywhere on the line: a flag between them (here one
+    that takes no value and one it does not know) must not turn OUTPUT into an ignored extra
+    argument (the run went headless and wrote nothing)."""
+    src = os.path.join(tiny_data, "test", "benign")
+    out = str(tmp_path / "out") + os.sep
+    code, stdout, err = run_cli(["classify", "--model", tiny_bundle, src, "--headless",
+                                 "--input-loop=1", "--some-future-flag=1", out, "extra.jpg"])
+    assert code == 0, err
+    assert sorted(os.listdir(out)) == sorted(
+        [n for f in os.listdir(src) for n in (f, "{}_loop1{}".format(*os.path.splitext(f)))])
+    assert "--some-future-flag=1: not a flag oncolens classify knows: ignored" in caplog.text
+    assert "extra.jpg: an extra argument" in caplog.text
+    assert "out" + os.sep + ": an extra argument" not in caplog.text
+
+
 def test_jetson_utils_only_flags_are_reported_elsewhere(tiny_bundle, tiny_data, caplog):
     src = os.path.join(tiny_data, "test", "normal", "normal_test_0000.png")
     code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless",
