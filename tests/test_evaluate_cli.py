@@ -31,6 +31,9 @@ def test_evaluate_json_report_and_figures(tmp_path, tiny_bundle, tiny_data):
     assert low <= report["macro_f1"] <= high and report["ci"]["rounds"] == 1000
     assert "macro-F1 **{:.3f}** (95% CI {:.3f}-{:.3f})".format(
         report["macro_f1"], low, high) in markdown
+    # the printed summary has the figures TRAINING.md says it prints
+    assert "accuracy {:.4f}  balanced accuracy {:.4f}  macro-F1 {:.4f}".format(
+        report["accuracy"], report["balanced_accuracy"], report["macro_f1"]) in out
     # the checkpoint through torch gives the same numbers as the ONNX model
     code, out, err = run_cli(["evaluate", "--model-dir", tiny_bundle, "--backend", "torch",
                               os.path.join(tiny_data, "test"), "--json", json_path,

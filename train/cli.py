@@ -157,7 +157,7 @@ def _runtime_flags(p):
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing model (or exported bundle) in --model-dir, and "
-                        "remove its ONNX, engines, variants/ and eval-*/ reports")
+                        "remove its ONNX, engines, variants/, eval-*/ and selftest/ reports")
     p.add_argument("--log-level", default="info", help="debug, info, warning, error")
 
 

@@ -117,10 +117,11 @@ def check_args(args):
 
 def _print_summary(report):
     from oncolens.train.data_cli import echo
-    echo("{}: accuracy {:.4f}  macro-F1 {:.4f}  ROC-AUC {}  ECE {:.4f}  ({} images)".format(
-        report["model_dir"], report["accuracy"], report["macro_f1"],
-        "n/a" if report["roc_auc_macro"] is None else "{:.4f}".format(report["roc_auc_macro"]),
-        report["ece"], report["count"]))
+    echo("{}: accuracy {:.4f}  balanced accuracy {:.4f}  macro-F1 {:.4f}  ROC-AUC {}  "
+         "ECE {:.4f}  ({} images)".format(
+             report["model_dir"], report["accuracy"], report["balanced_accuracy"],
+             report["macro_f1"], "n/a" if report["roc_auc_macro"] is None else
+             "{:.4f}".format(report["roc_auc_macro"]), report["ece"], report["count"]))
     if report.get("ci"):
         echo("  95% CI (bootstrap): accuracy {:.3f}-{:.3f}  macro-F1 {:.3f}-{:.3f}".format(
             *(report["ci"]["accuracy"] + report["ci"]["macro_f1"])))
