@@ -109,7 +109,6 @@ def model_from_checkpoint(ckpt, where="the checkpoint"):
 
     ``where`` (the checkpoint's path) names it in the one-line error for weights that are
     not those of its ``arch`` (a checkpoint of another network, or edited by hand)."""
-    from oncolens.appliance.errors import BundleError
     state = ckpt["state_dict"]
     state = {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()}
     classes = ckpt.get("classes") or []

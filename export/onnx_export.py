@@ -47,7 +47,6 @@ class _TorchLogCapture(object):
 
     def __init__(self):
         self.saved = self.buf = None
-        self.failed = False
 
     def __enter__(self):
         import tempfile
@@ -118,8 +117,9 @@ def torch_onnx_export(module, example, path, opset, dynamic_batch=False, output_
                     os.remove(tmp)
                 if isinstance(exc, (OSError, MemoryError)):
                     raise
-                if torch_log.text():
-                    log.debug("torch's export log:\n%s", torch_log.text())
+                held = torch_log.text()
+                if held:
+                    log.debug("torch's export log:\n%s", held)
                 text = str(exc).strip().splitlines()
                 raise OncoLensError("torch cannot export this network to ONNX opset {} ({}: "
                                     "{}){}".format(opset, type(exc).__name__,

@@ -11,7 +11,7 @@ import logging
 import time
 from urllib.parse import parse_qs, quote
 
-from oncolens.appliance.imageio import encode_image
+from oncolens.appliance.imageio import MAX_SIDE, encode_image
 from oncolens.appliance.overlay import draw_lines
 from oncolens.appliance.postprocess import overlay_text
 from oncolens.appliance.web.queue import QueueFull
@@ -89,11 +89,8 @@ def build_result(app, rid, upload, job, started, decoded):
     }, preds
 
 
-JPEG_MAX_SIDE = 65500  # libjpeg's limit: a wider or taller image is answered as PNG
-
-
 def annotated_response(app, result, preds, rgb, fmt):
-    if fmt == ".jpg" and max(rgb.shape[:2]) > JPEG_MAX_SIDE:
+    if fmt in MAX_SIDE and max(rgb.shape[:2]) > MAX_SIDE[fmt][1]:  # JPEG cannot hold it: PNG
         fmt = ".png"
     image = encode_image(draw_lines(rgb, [overlay_text(p) for p in preds]), fmt)
     compact = json.dumps(result, sort_keys=True, separators=(",", ":"))  # ASCII: header-safe
