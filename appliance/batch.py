@@ -122,7 +122,7 @@ def run_batch(clf, uri, results=None, annotate=None, batch_size=8, workers=2, re
     input_name = os.path.basename(os.path.abspath(input_folder(uri)))
     counts = collections.Counter()
     found = image_files(uri, counts, exclude=annotate)  # before the results file is made
-    writer, skip = _open_results(results, labels, resume, overwrite, sha, precision)
+    writer, skip = _open_results(results, labels, resume, overwrite, sha, precision, backend)
     files = (f for f in found if not _skipped(f, skip, counts))
     items = prefetch(files, clf.preprocessor, workers=workers, depth=window(batch_size, workers),
                      keep_image=annotator is not None)
@@ -159,7 +159,7 @@ def run_batch(clf, uri, results=None, annotate=None, batch_size=8, workers=2, re
                    time.time() - started)
 
 
-def _open_results(results, labels, resume, overwrite, sha, precision):
+def _open_results(results, labels, resume, overwrite, sha, precision, backend):
     """The results writer (None without a file) and the files ``--resume`` skips."""
     if not results:
         return None, set()
@@ -167,7 +167,7 @@ def _open_results(results, labels, resume, overwrite, sha, precision):
     if not resume:
         return writer, set()
     try:  # read after the writer has cut an unfinished last line
-        skip = done_paths(results, sha, precision)
+        skip = done_paths(results, sha, precision, backend)
     except Exception:
         writer.close()
         raise

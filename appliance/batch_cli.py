@@ -58,7 +58,8 @@ def build_parser():
     p.add_argument("--workers", type=int, default=2,
                    help="decode/preprocess threads running ahead of inference (2; 0: none)")
     p.add_argument("--resume", action="store_true",
-                   help="skip files already in --results and append to it")
+                   help="skip files already in --results and append to it (refused when "
+                        "its rows are of another model, precision or backend)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing results file and annotated copies")
     p.add_argument("--topK", "--topk", dest="topk", type=int, default=1,

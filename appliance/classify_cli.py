@@ -197,8 +197,9 @@ def main(argv):
     _setup_logging(args)
     _check_values(args)
     for flag in unknown:
-        if flag.startswith("-"):
-            log.warning("%s: not a flag oncolens classify knows: ignored", flag)
+        if flag.startswith("-"):  # named without its value (--x=VALUE), which may be a secret
+            log.warning("%s: not a flag oncolens classify knows: ignored",
+                        flag.partition("=")[0])
         else:  # imagenet ignores extra arguments too (parse_known_args)
             log.warning("%s: an extra argument (oncolens classify takes INPUT [OUTPUT]): "
                         "ignored", flag)

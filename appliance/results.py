@@ -85,16 +85,26 @@ def path_key(path):
     return os.path.normcase(os.path.join(_real_folder(folder), name))
 
 
-def done_paths(path, sha="", precision=""):
+def done_paths(path, sha="", precision="", backend=""):
     """The files already in a results file (what ``--resume`` skips), as ``path_key``s.
 
-    Appending happens only to rows of the same model file at the same precision: one
-    results file (and its metrics) never mixes two models, so another's rows are refused."""
+    Appending happens only to rows of the same model file at the same precision on the same
+    backend: one results file (and its metrics) never mixes two models, or two runtimes'
+    figures, so another's rows are refused."""
     done = set()
     for row in read_rows(path):
         _check_same_model(path, row, sha, precision)
+        _check_same_backend(path, row, backend)
         done.add(path_key(row["path"]))
     return done
+
+
+def _check_same_backend(path, row, backend):
+    theirs = row.get("backend") or ""
+    if theirs and backend and theirs != backend:
+        raise UsageError("--resume: {} holds results from backend {}, this run uses {}: pass "
+                         "--backend {} to continue it, or give a new --results file (or "
+                         "--overwrite to replace it)".format(path, theirs, backend, theirs))
 
 
 def _check_same_model(path, row, sha, precision):

@@ -133,3 +133,24 @@ def test_openvino_computes_fp32_unless_bf16_is_asked_for(tiny_bundle, tiny_data)
             assert compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16
             half = backend.infer(batch).probs
         np.testing.assert_allclose(half, want, atol=0.05)  # bf16 keeps ~3 significant digits
+
+
+def test_resume_refuses_rows_of_another_backend(tiny_bundle, tiny_data, tmp_path):
+    """Rows name their backend, but the metrics cover the whole file: a --resume with
+    another backend (same model file, same precision) would mix two runtimes' figures in
+    them without a word, so it is refused in one line and the file is left as it was."""
+    from conftest import run_cli
+    folder = os.path.join(tiny_data, "test")
+    results = str(tmp_path / "r.csv")
+    code, _, err = run_cli(["batch", folder, "--model", tiny_bundle, "--results", results,
+                            "--backend", "onnxruntime", "--no-progress"])
+    assert code == 0, err
+    before = open(results, "rb").read()
+    code, out, err = run_cli(["batch", folder, "--model", tiny_bundle, "--results", results,
+                              "--backend", "torch", "--no-progress", "--resume"])
+    assert code != 0 and len(err.strip().splitlines()) == 1, err
+    assert "backend onnxruntime" in err and "torch" in err and "--backend onnxruntime" in err
+    assert "--overwrite" in err and open(results, "rb").read() == before
+    code, out, err = run_cli(["batch", folder, "--model", tiny_bundle, "--results", results,
+                              "--backend", "onnxruntime", "--no-progress", "--resume"])
+    assert code == 0 and open(results, "rb").read() == before, err  # all there: skipped

@@ -36,8 +36,26 @@ def test_demo_runs_end_to_end_and_overwrite_replaces_only_a_demo(tmp_path):
     code, stdout, err = run_cli(["demo", "--out", str(mine), "--overwrite"] + SMALL)
     assert code != 0 and "not an earlier demo's folder" in err
     assert (mine / "notes.txt").read_text() == u"keep me"
-    # an earlier demo's folder with a file of the user's added: nothing is deleted
-    (tmp_path / "demo" / "report.docx").write_text(u"mine")
+    # an earlier demo's folder with a file of the user's added, at its top or inside what the
+    # demo wrote: the file is named and nothing is deleted
+    demo_files = _files(out)
+    for rel in ("report.docx", os.path.join("annotated", "benign", "my_slide.png"),
+                os.path.join("model", "notes.txt"), os.path.join("data", "test", "extra.png")):
+        path = os.path.join(out, rel)
+        with open(path, "w") as fh:
+            fh.write(u"mine")
+        code, stdout, err = run_cli(["demo", "--out", out, "--overwrite"] + SMALL)
+        assert code != 0 and rel in err and "deletes nothing" in err, err
+        assert open(path).read() == u"mine"
+        os.remove(path)
+        assert _files(out) == demo_files  # every file of the earlier demo is still there
+    # a folder of the user's made inside it counts too
+    os.mkdir(os.path.join(out, "annotated", "keep"))
     code, stdout, err = run_cli(["demo", "--out", out, "--overwrite"] + SMALL)
-    assert code != 0 and "it also holds report.docx" in err
-    assert os.path.isdir(os.path.join(out, "model"))
+    assert code != 0 and os.path.join("annotated", "keep") in err
+    assert os.path.isdir(os.path.join(out, "annotated", "keep"))
+
+
+def _files(folder):
+    return sorted(os.path.relpath(os.path.join(parent, name), folder)
+                  for parent, _, names in os.walk(folder) for name in names)

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from conftest import REPO, run_cli
+from conftest import REPO, cli_subprocess_cmd, run_cli, subprocess_env
 
 
 def _digest(folder):
@@ -31,6 +31,19 @@ def test_synth_is_deterministic_and_labelled_synthetic(tmp_path):
     assert "SYNTHETIC" in open(os.path.join(a, "README.md")).read()
     code, _, err = run_cli(["data", "synth", a])
     assert code != 0 and "already exists" in err
+
+
+def test_synth_summary_is_printed_once_on_a_shared_terminal(tmp_path):
+    """stdout carries the result line; the log on stderr does not repeat it, so a terminal
+    showing both (2>&1) shows it once."""
+    out = str(tmp_path / "s")
+    proc = subprocess.run(cli_subprocess_cmd("data", "synth", out, "--size", 32, "--train", 1,
+                                             "--val", 1, "--test", 1),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          env=subprocess_env(), universal_newlines=True)
+    assert proc.returncode == 0, proc.stdout
+    assert proc.stdout.count("synthetic images to") == 1, proc.stdout
+    assert proc.stdout.strip() == "wrote 9 synthetic images to {}".format(out)
 
 
 def test_synth_classes_look_as_documented():

@@ -4,7 +4,8 @@ the starting weights came from."""
 import difflib
 import logging
 
-from oncolens.appliance.archs import arch_names, build_model, canonical_arch, load_checkpoint
+from oncolens.appliance.archs import (EXPORT_OPSETS, arch_names, build_model, canonical_arch,
+                                      load_checkpoint)
 from oncolens.appliance.errors import UsageError
 from oncolens.train.flags import check_numbers
 from oncolens.train.recipe import torch_module
@@ -53,6 +54,22 @@ def check_arch(arch):
                                               ", ".join(others)))
 
 
+def warn_export_opset(arch):
+    """A network that exports only at a later opset than the export's default trains as any
+    other; one line says so at the start, with what is known of it on the Nano: TensorRT 8.2
+    parses ONNX up to opset 13, and no real TensorRT has run in this project
+    (docs/EXPORT.md), so whether its engine builds there is untested."""
+    from oncolens.export.onnx_export import DEFAULT_OPSET, MAX_OPSET
+    opset = EXPORT_OPSETS.get(canonical_arch(arch))
+    if opset is None or opset <= DEFAULT_OPSET:
+        return
+    log.warning("--arch %s: its ONNX export needs --opset %d (the export's default, %d, cannot "
+                "express it): export with 'oncolens export onnx --opset %d'. The Nano's "
+                "TensorRT 8.2 parses ONNX up to opset %d, but a %s engine has not been built "
+                "on a Nano (no real TensorRT has run in this project), so it is untested there",
+                arch, opset, DEFAULT_OPSET, opset, MAX_OPSET, arch)
+
+
 def check_input_size(model, arch, resolution, num_classes):
     """One forward pass of a blank image at --resolution, in eval mode (nothing changes): a
     network that cannot take that size, or gives something else than one row of class
@@ -86,6 +103,8 @@ def check_args(args):
     check_numbers(args)
     check_optimizer(args)
     check_arch(args.arch)
+    if not args.evaluate:
+        warn_export_opset(args.arch)
     if args.final_fit:
         _check_final_fit(args)
     if args.evaluate and not args.resume:

@@ -2,7 +2,8 @@
 
 Settings are chosen so it finishes in a few minutes on a 2-core CPU without a GPU.
 Everything goes under ``./oncolens-demo/`` (``--out``); an existing one is kept unless
-``--overwrite``.
+``--overwrite``, which removes only what an earlier demo wrote there and refuses (removing
+nothing) when the folder holds anything else.
 """
 import argparse
 import logging
@@ -22,7 +23,11 @@ def build_parser():
                     "train a ResNet-18, export it to ONNX, classify the test split into "
                     "annotated images, and print the test accuracy.")
     p.add_argument("--out", default="oncolens-demo", help="output folder (./oncolens-demo)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo the demo in an existing --out: an earlier demo's outputs are "
+                        "removed first, only when the folder holds nothing but what the demo "
+                        "wrote; a file or folder of yours anywhere inside (annotated/ "
+                        "included) is named and nothing is removed")
     p.add_argument("--epochs", type=int, default=8, help="training epochs (8)")
     p.add_argument("--size", type=int, default=96, help="synthetic image size (96)")
     p.add_argument("--resolution", type=int, default=64, help="network input size (64)")
@@ -37,20 +42,12 @@ def _step(n, text):
     print("[{}/4] {}".format(n, text), flush=True)
 
 
-DEMO_OUTPUTS = ("data", "model", "annotated", "test_predictions.txt")
-
-
 def _clear_earlier_demo(out):
     """--overwrite: remove an earlier demo's outputs, and only from a folder that holds
-    nothing else (its data/ made by 'oncolens data synth')."""
-    from oncolens.train.split import clear_owned, made_by
-    others = sorted(set(os.listdir(out)) - set(DEMO_OUTPUTS)) if os.path.isdir(out) else []
-    if os.path.islink(out) or not os.path.isdir(out) or others or (
-            os.listdir(out) and not made_by(os.path.join(out, "data"), "SYNTHETIC.json")):
-        raise UsageError("--out {}: not an earlier demo's folder{}, so --overwrite will not "
-                         "delete anything there: give another --out".format(
-                             out, " (it also holds {})".format(", ".join(others[:3]))
-                             if others else ""))
+    nothing else, anywhere inside (its data/ made by 'oncolens data synth')."""
+    from oncolens.train.demo_files import DEMO_OUTPUTS, check_earlier_demo
+    from oncolens.train.split import clear_owned
+    check_earlier_demo(out)
     clear_owned(out, DEMO_OUTPUTS)
 
 

@@ -120,7 +120,9 @@ def generate(out_dir, size=128, counts=(60, 20, 20), seed=0, classes=CLASSES, pr
     with io.open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as fh:
         fh.write(u"# Synthetic cell images\n\n{}\n\nseed {}, {} px, per class: train {}, val {}, "
                  u"test {}.\n".format(NOTICE, seed, size, *counts))
-    log.info("wrote %d synthetic images to %s", written, out_dir)
+    # debug, not info: `data synth` prints this count as its result on stdout, and an info
+    # line saying the same on stderr showed it twice on a terminal
+    log.debug("wrote %d synthetic images to %s", written, out_dir)
     return written
 
 
