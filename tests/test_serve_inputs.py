@@ -7,7 +7,7 @@ import zlib
 import numpy as np
 import pytest
 
-from serve_util import metric, multipart, read, request, running, sample_image
+from serve_util import metric, multipart, raw_http, read, request, running, sample_image
 
 
 @pytest.fixture(scope="module")
@@ -252,26 +252,6 @@ def test_os2_bmp_is_read_with_its_own_header_layout(server):
     with pytest.raises(UploadError) as info:
         check_image(damaged, 10 ** 6)
     assert info.value.status == 400 and "header" in str(info.value)
-
-
-def raw_http(url, payload, timeout=10):
-    """Send bytes as they are; (status, headers, body) of the answer."""
-    import socket
-    import urllib.parse
-    parts = urllib.parse.urlsplit(url)
-    with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as sock:
-        sock.sendall(payload)
-        answer = b""
-        while True:
-            block = sock.recv(65536)
-            if not block:
-                break
-            answer += block
-    head, _, body = answer.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = dict((k.strip().lower(), v.strip()) for k, _, v in
-                   (line.partition(":") for line in lines[1:]))
-    return int(lines[0].split()[1]), headers, body
 
 
 def test_protocol_errors_are_json_and_counted(server):

@@ -31,14 +31,15 @@ class QuietHandler(WSGIRequestHandler):
     timeout = 60  # seconds a client may stall before its connection is dropped
 
     def send_error(self, code, message=None, explain=None):
-        """A protocol error as the app's JSON error shape, counted in /metrics ("other")."""
+        """A protocol error as the app's JSON error shape, counted in /metrics ("other") and
+        written to the audit log, as every refused request is."""
         name, text = PROTOCOL_ERRORS.get(code, ("bad_request", "the request was refused"))
         rid = uuid.uuid4().hex[:16]
         body = json.dumps({"error": {"status": code, "code": name, "message": text},
                            "request_id": rid}, sort_keys=True).encode("utf-8")
-        metrics = getattr(self.server.get_app(), "metrics", None)
-        if metrics is not None:
-            metrics.observe_request("other", code)
+        refused = getattr(self.server.get_app(), "refused", None)
+        if refused is not None:  # counted in /metrics ("other") and audited by the app
+            refused(rid, code)
         log.info("%s refused %d %s (before the app)", rid, code, name)
         self.close_connection = True
         if self.request_version not in ("HTTP/1.0", "HTTP/1.1"):
