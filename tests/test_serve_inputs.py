@@ -285,6 +285,32 @@ def test_negative_content_length_is_400_bad_length(server):
     assert status == 411 and json.loads(body.decode("utf-8"))["error"]["code"] == "length_required"
 
 
+def test_differing_content_lengths_are_400_bad_length(server, tiny_data):
+    """RFC 9112 section 6.3: two Content-Length headers that differ, or a list of differing
+    values, leave the body's end unknown and are refused (wsgiref used the first header);
+    identical values, repeated or listed, count as one."""
+    url, audit = server
+    png = read(sample_image(tiny_data))
+    size = str(len(png)).encode("ascii")
+    before = request(url, "/metrics").body.decode("utf-8")
+    for lengths in ([size, size + b"0"], [size + b", 7"], [b"7", b"7, 8"]):
+        head = b"".join(b"Content-Length: " + value + b"\r\n" for value in lengths)
+        status, headers, body = raw_http(url, b"POST /classify HTTP/1.0\r\n" + head + b"\r\n")
+        error = json.loads(body.decode("utf-8"))["error"]
+        assert status == 400 and error["code"] == "bad_length", lengths
+        assert "differing" in error["message"]
+        assert json.loads(open(audit).read().splitlines()[-1])["request_id"] == \
+            headers["x-request-id"]
+    text = request(url, "/metrics").body.decode("utf-8")
+    assert (metric(text, "oncolens_http_requests_total", path="other", code="400") -
+            (metric(before, "oncolens_http_requests_total", path="other", code="400") or 0)) == 3
+    for lengths in ([size, size], [size + b", " + size], [size + b"," + size, size]):
+        head = b"".join(b"Content-Length: " + value + b"\r\n" for value in lengths)
+        status, _, body = raw_http(url, b"POST /classify HTTP/1.0\r\n" + head + b"\r\n" + png)
+        assert status == 200, (lengths, body[:200])
+        assert json.loads(body.decode("utf-8"))["input"]["bytes"] == len(png)
+
+
 def test_float_tiff_is_named_as_unsupported(server):
     import cv2
     for shape in ((20, 30, 3), (20, 30)):

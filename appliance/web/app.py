@@ -132,8 +132,9 @@ class ServeApp(object):
         return application
 
     def refused_before_routes(self, rid, status):
-        """A request the HTTP layer refused itself (a malformed request line or header, a
-        request line or header too long, an unknown HTTP version): counted under path "other" and audited, every one of them, since what it asked for
+        """A request the HTTP layer refused itself (a malformed request line or header,
+        differing Content-Length values, a request line or header too long, an unknown HTTP
+        version): counted under path "other" and audited, every one of them, since what it asked for
         cannot be trusted then (it may have been an upload)."""
         self.metrics.observe_request("other", status)
         self.audit_refusal(rid, status)
