@@ -8,6 +8,10 @@ import threading
 import urllib.parse
 
 Reply = collections.namedtuple("Reply", ["status", "headers", "body"])
+# README's wording, which the page shows at its top
+RESEARCH_NOTICE = ("Research use only. OncoLens is not a medical device and is not cleared or "
+                   "approved for diagnosis. Its outputs must not be used to make clinical "
+                   "decisions.")
 
 
 def sample_image(tiny_data, cls="malignant", n=0):
