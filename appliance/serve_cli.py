@@ -139,13 +139,13 @@ def main(argv):
         clf.close()
         raise UsageError("--host {} --port {}: cannot listen there ({})".format(
             args.host, args.port, exc.strerror or exc))
+    _stop_on_sigterm(server)    # before saying it listens: a stop may come at once after
     print("oncolens serve: listening on {} (model sha256 {}, {}{})".format(
         server.url, (app.model_sha256 or "?")[:16], clf.backend.describe(),
         ", token required" if token else ""))
     sys.stdout.flush()
     notifier = Notifier()
     notifier.ready("serving on {}".format(server.url))
-    _stop_on_sigterm(server)
     try:
         server.serve_forever()
     finally:
