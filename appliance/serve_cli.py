@@ -61,7 +61,8 @@ def build_parser():
     p.add_argument("--save-uploads", metavar="DIR",
                    help="keep each upload as DIR/<sha256>.<ext> (off: nothing is written)")
     p.add_argument("--audit-log", metavar="FILE",
-                   help="append one JSON line per /classify request to FILE")
+                   help="append one JSON line per /classify request (and per request "
+                        "refused by the HTTP layer) to FILE")
     p.add_argument("--log-level", default="info", help="debug, info, warning, error")
     return p
 
@@ -138,13 +139,13 @@ def main(argv):
         clf.close()
         raise UsageError("--host {} --port {}: cannot listen there ({})".format(
             args.host, args.port, exc.strerror or exc))
+    _stop_on_sigterm(server)    # before saying it listens: a stop may come at once after
     print("oncolens serve: listening on {} (model sha256 {}, {}{})".format(
         server.url, (app.model_sha256 or "?")[:16], clf.backend.describe(),
         ", token required" if token else ""))
     sys.stdout.flush()
     notifier = Notifier()
     notifier.ready("serving on {}".format(server.url))
-    _stop_on_sigterm(server)
     try:
         server.serve_forever()
     finally:

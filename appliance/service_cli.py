@@ -16,8 +16,8 @@ import sys
 
 from oncolens.appliance.cliutil import cli_entry, normalize_flags
 from oncolens.appliance.errors import UsageError
-from oncolens.appliance.service_units import (CACHE_DIR, ENV_PATH, ENV_VARS, STATE_DIR, UNIT_PATH,
-                                              render_env, render_unit)
+from oncolens.appliance.service_units import (CACHE_DIR, ENV_MODE, ENV_PATH, ENV_VARS, STATE_DIR,
+                                              UNIT_MODE, UNIT_PATH, render_env, render_unit)
 
 
 def build_parser():
@@ -66,7 +66,8 @@ def _under_root(root, path):
 
 
 def render_files(args):
-    """[(absolute target path, text)] for the unit and the environment file."""
+    """[(absolute target path, text, mode)] for the unit (0644) and the environment file
+    (0600: it may hold ONCOLENS_TOKEN)."""
     exec_cmd = args.exec_cmd or default_exec()
     if exec_cmd.startswith(("/home/", "/root/")):
         sys.stderr.write("oncolens service: warning: {} is under /home or /root, which the "
@@ -79,21 +80,23 @@ def render_files(args):
     unit_text = render_unit(exec_cmd=exec_cmd, user=args.user, watchdog_sec=args.watchdog_sec,
                             cache_dir=args.cache_dir or CACHE_DIR, output=args.output or "")
     env_text = render_env(values)
-    return [(_under_root(args.root, UNIT_PATH), unit_text),
-            (_under_root(args.root, ENV_PATH), env_text)]
+    return [(_under_root(args.root, UNIT_PATH), unit_text, UNIT_MODE),
+            (_under_root(args.root, ENV_PATH), env_text, ENV_MODE)]
 
 
 def write_files(files, overwrite):
     """Write every file or none: each target is checked first (not a folder, a folder above
     it that exists or can be made and is writable), then all are staged as ``.tmp`` beside
-    their targets and only then moved into place; a failure removes what was staged."""
+    their targets and only then moved into place; a failure removes what was staged.
+    Each file is created with its mode (the environment file is never readable by others,
+    not even while it is written)."""
     from oncolens.appliance.outpaths import check_output_file
-    existing = [path for path, _ in files if os.path.exists(path)]
+    existing = [path for path, _, _ in files if os.path.exists(path)]
     if existing and not overwrite:
         raise UsageError("{} already exists (pass --overwrite to replace it)".format(
             " and ".join(existing)))
     hint = "(run it with sudo, or pass --root DIR or --print)"
-    for path, _ in files:
+    for path, _, _ in files:
         if os.path.isdir(path):
             raise UsageError("cannot write {}: a folder of that name is in the way (expected "
                              "the file itself)".format(path))
@@ -103,16 +106,14 @@ def write_files(files, overwrite):
             raise UsageError("{} {}".format(exc, hint))
     staged = []
     try:
-        for path, text in files:
+        for path, text, mode in files:
             folder = os.path.dirname(path)
             if not os.path.isdir(folder):
                 os.makedirs(folder)
             tmp = path + ".tmp"
             staged.append(tmp)
-            with open(tmp, "w") as fh:
-                fh.write(text)
-            os.chmod(tmp, 0o644)
-        for path, _ in files:
+            _write_new(tmp, text, mode)
+        for path, _, _ in files:
             os.replace(path + ".tmp", path)
     except (OSError, IOError) as exc:
         for tmp in staged:
@@ -120,6 +121,17 @@ def write_files(files, overwrite):
                 os.remove(tmp)
         raise UsageError("cannot write {}: {} {}".format(
             getattr(exc, "filename", None) or path, exc.strerror or exc, hint))
+
+
+def _write_new(path, text, mode):
+    """``text`` to a new file ``path`` created with ``mode`` (then set exactly, whatever the
+    umask); a stale file of that name (a run that was cut short) is removed first."""
+    if os.path.lexists(path):
+        os.remove(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(path, mode)
 
 
 NEXT_STEPS = """\
@@ -141,12 +153,12 @@ def main(argv):
         return 2
     files = render_files(args)
     if args.print_only:
-        for path, text in files:
+        for path, text, _ in files:
             print("# ---- {} ----".format(path))
             print(text)
         return 0
     write_files(files, args.overwrite)
-    for path, _ in files:
-        print("wrote {}".format(path))
+    for path, _, mode in files:
+        print("wrote {} (mode {:o})".format(path, mode))
     print(NEXT_STEPS.format(user=args.user, state=STATE_DIR))
     return 0

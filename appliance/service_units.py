@@ -32,6 +32,12 @@ ENV_VARS = [
      "rtp://HOST:PORT, a video file, or a folder ending in / (it grows: mind the disk)."),
     ("ONCOLENS_FLAGS", "",
      "More imagenet-style flags, split at spaces, e.g. --topK=3 --input-width=1280."),
+    ("ONCOLENS_TOKEN", "",
+     "The token of the web page and API when serving (--serve in ONCOLENS_FLAGS, or an\n"
+     "http:// ONCOLENS_OUTPUT): set it here, not as --token in ONCOLENS_FLAGS, where ps\n"
+     "shows it to every user (this file is readable by root only). Empty: no token, so\n"
+     "loopback only. Letters, digits, - and _, e.g. from\n"
+     "python3 -c 'import secrets; print(secrets.token_urlsafe(24))'"),
     ("ONCOLENS_CACHE_DIR", CACHE_DIR,
      "Engine cache: TensorRT engines go to $ONCOLENS_CACHE_DIR/engines when the model\n"
      "folder is read-only. Outside /var/cache/oncolens, re-run 'oncolens service install'\n"
@@ -43,8 +49,11 @@ ENV_HEADER = """\
 # 'docker run --env-file /etc/default/oncolens' alike: one VAR=value a line, no quotes.
 # The service runs:
 #   oncolens classify --model=$ONCOLENS_MODEL --headless $ONCOLENS_FLAGS $ONCOLENS_INPUT $ONCOLENS_OUTPUT
+# Readable by root only (mode 0600): it may hold ONCOLENS_TOKEN.
 # After a change: sudo systemctl restart oncolens
 """
+ENV_MODE = 0o600   # the environment file: root only (systemd's PID 1 and 'sudo docker' read it)
+UNIT_MODE = 0o644
 
 # @NAME@ placeholders (systemd's own ${VAR} syntax stays as it is).
 UNIT_TEMPLATE = """\
@@ -79,6 +88,8 @@ Environment=ONCOLENS_INPUT=/dev/video0
 Environment=ONCOLENS_OUTPUT=
 Environment=ONCOLENS_FLAGS=
 Environment=ONCOLENS_CACHE_DIR=@CACHE_DIR@
+# ONCOLENS_TOKEN, the token for --serve and http:// outputs, belongs in the environment
+# file, which only root reads: never here, since any user may read a unit (systemctl show).
 Environment=CUDA_CACHE_PATH=@CACHE_DIR@/cuda
 Environment=PYTHONUNBUFFERED=1
 EnvironmentFile=-@ENV_PATH@

@@ -3,10 +3,15 @@ import collections
 import contextlib
 import http.client
 import os
+import socket
 import threading
 import urllib.parse
 
 Reply = collections.namedtuple("Reply", ["status", "headers", "body"])
+# README's wording, which the page shows at its top
+RESEARCH_NOTICE = ("Research use only. OncoLens is not a medical device and is not cleared or "
+                   "approved for diagnosis. Its outputs must not be used to make clinical "
+                   "decisions.")
 
 
 def sample_image(tiny_data, cls="malignant", n=0):
@@ -43,6 +48,24 @@ def request(url, path, method="GET", body=None, headers=None, timeout=60):
         return Reply(resp.status, dict((k.lower(), v) for k, v in resp.getheaders()), data)
     finally:
         conn.close()
+
+
+def raw_http(url, payload, timeout=10):
+    """Send bytes as they are; (status, headers, body) of the answer."""
+    parts = urllib.parse.urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as sock:
+        sock.sendall(payload)
+        answer = b""
+        while True:
+            block = sock.recv(65536)
+            if not block:
+                break
+            answer += block
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict((k.strip().lower(), v.strip()) for k, _, v in
+                   (line.partition(":") for line in lines[1:]))
+    return int(lines[0].split()[1]), headers, body
 
 
 def multipart(field, filename, data, content_type="image/png"):

@@ -96,9 +96,11 @@ def test_entrypoint_is_the_appliance_with_the_services_environment():
     assert "systemd/oncolens-entrypoint /usr/local/bin/oncolens-entrypoint" in " ".join(
         args for word, args in ins if word == "RUN")
     assert not [args for word, args in ins if word == "CMD"]
-    # the same variables with the same defaults as /etc/default/oncolens
+    # the same variables with the same defaults as /etc/default/oncolens, but for the token:
+    # a secret has no place in an image (unset and empty both mean no token)
     env = dict(item.split("=", 1) for word, args in ins if word == "ENV" for item in args.split())
     file_values = env_values(read(ENV_FILE))
+    assert file_values.pop("ONCOLENS_TOKEN") == "" and "ONCOLENS_TOKEN" not in env
     assert {k: env.get(k) for k in file_values} == file_values
 
 

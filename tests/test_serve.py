@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from serve_util import metric, multipart, read, request, running, sample_image
+from serve_util import RESEARCH_NOTICE, metric, multipart, read, request, running, sample_image
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +173,8 @@ def test_page_is_self_contained(server):
     assert 'id="file"' in page and "classify?annotated=1" in page
     assert "http://" not in page and "https://" not in page and "//cdn" not in page
     assert "default-src 'none'" in reply.headers["content-security-policy"]
+    text = " ".join(page.replace("<strong>", "").replace("</strong>", "").split())
+    assert RESEARCH_NOTICE in text                    # README's wording, on the page itself
 
 
 def test_unknown_paths_and_methods_get_json_errors(server):

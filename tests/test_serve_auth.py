@@ -43,12 +43,30 @@ def test_token_check_uses_header_or_query(monkeypatch):
     assert len(calls) == 5                          # every presented token is compared so
 
 
-def test_cli_refuses_a_network_address_without_a_token(monkeypatch, tiny_bundle):
-    monkeypatch.delenv("ONCOLENS_TOKEN", raising=False)
+@pytest.mark.parametrize("env", [None, ""])
+def test_cli_refuses_a_network_address_without_a_token(monkeypatch, tiny_bundle, env):
+    """An empty ONCOLENS_TOKEN (as /etc/default/oncolens has it) is no token, not token ''."""
+    if env is None:
+        monkeypatch.delenv("ONCOLENS_TOKEN", raising=False)
+    else:
+        monkeypatch.setenv("ONCOLENS_TOKEN", env)
     for host in ("0.0.0.0", "192.0.2.1", "::"):
         code, out, err = run_cli(["serve", "--model", tiny_bundle, "--host", host, "--port", 0])
         assert code == 2, err
         assert "oncolens serve: error: --host {}".format(host) in err and "token" in err
+    code, out, err = run_cli(["classify", "--model", tiny_bundle, "--serve", "0.0.0.0:0",
+                              "--headless", tiny_bundle])
+    assert code == 2 and "--serve 0.0.0.0" in err and "token" in err, err
+
+
+def test_an_empty_token_requires_none():
+    from oncolens.appliance.web.live import open_live_sink
+    sink = open_live_sink("127.0.0.1:0", token="")
+    try:
+        health = json.loads(request(sink.url, "/health").body.decode("utf-8"))
+        assert health["token_required"] is False
+    finally:
+        sink.close()
 
 
 def test_cli_refuses_before_loading_the_model(monkeypatch, tmp_path):

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import REPO
-from serve_util import hold_inference, read, request, running, sample_image
+from serve_util import RESEARCH_NOTICE, hold_inference, read, request, running, sample_image
 
 ARTIFACTS = os.path.join(REPO, "test-artifacts")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -79,6 +79,11 @@ def test_page_upload_shows_the_label(browser, tiny_bundle, big_image):
             expected = json.loads(request(url, "/classify", "POST", read(big_image)).body.decode())
             page, seen = _open(browser, url)
             assert "resnet18" in page.text_content("#model")
+            # the research-use notice is shown at the top, seen without scrolling
+            assert " ".join(page.text_content("#notice").split()) == RESEARCH_NOTICE
+            assert page.is_visible("#notice")
+            box = page.query_selector("#notice").bounding_box()
+            assert box["height"] > 0 and box["y"] + box["height"] <= 820
             page.set_input_files("#file", big_image)
             page.wait_for_selector("#label:not([data-label=''])", timeout=30000)
             label = page.get_attribute("#label", "data-label")

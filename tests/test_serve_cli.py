@@ -139,3 +139,30 @@ def test_bench_keeps_a_server_that_took_long_to_start(tiny_bundle, monkeypatch):
         assert proc.poll() is None and url.startswith("http://127.0.0.1:")
     finally:
         assert bench.stop_server(proc) == 0
+
+
+def test_sigterm_is_handled_once_the_server_says_it_listens(tiny_bundle, monkeypatch):
+    """The 'listening on' line (and READY=1) came before the SIGTERM handler was set: a
+    stop sent as soon as the line was read killed the server (exit -15, not 0)."""
+    import contextlib
+    import io
+    import signal
+    from oncolens.appliance.web.server import ServerThread
+    from oncolens.cli import main
+    seen = []
+
+    class Out(io.StringIO):
+        def write(self, text):
+            if "listening on" in text:
+                seen.append(signal.getsignal(signal.SIGTERM))
+            return io.StringIO.write(self, text)
+
+    monkeypatch.setattr(ServerThread, "serve_forever", lambda self: None)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        with contextlib.redirect_stdout(Out()):
+            code = main(["serve", "--model", tiny_bundle, "--port", "0"])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert code == 0 and len(seen) == 1
+    assert callable(seen[0]) and seen[0] is not previous

@@ -7,7 +7,7 @@ import zlib
 import numpy as np
 import pytest
 
-from serve_util import metric, multipart, read, request, running, sample_image
+from serve_util import metric, multipart, raw_http, read, request, running, sample_image
 
 
 @pytest.fixture(scope="module")
@@ -254,26 +254,6 @@ def test_os2_bmp_is_read_with_its_own_header_layout(server):
     assert info.value.status == 400 and "header" in str(info.value)
 
 
-def raw_http(url, payload, timeout=10):
-    """Send bytes as they are; (status, headers, body) of the answer."""
-    import socket
-    import urllib.parse
-    parts = urllib.parse.urlsplit(url)
-    with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as sock:
-        sock.sendall(payload)
-        answer = b""
-        while True:
-            block = sock.recv(65536)
-            if not block:
-                break
-            answer += block
-    head, _, body = answer.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = dict((k.strip().lower(), v.strip()) for k, _, v in
-                   (line.partition(":") for line in lines[1:]))
-    return int(lines[0].split()[1]), headers, body
-
-
 def test_protocol_errors_are_json_and_counted(server):
     url = server[0]
     before = request(url, "/metrics").body.decode("utf-8")
@@ -303,6 +283,32 @@ def test_negative_content_length_is_400_bad_length(server):
     assert status == 400 and error["code"] == "bad_length" and "-5" in error["message"]
     status, _, body = raw_http(server[0], b"POST /classify HTTP/1.0\r\n\r\n")
     assert status == 411 and json.loads(body.decode("utf-8"))["error"]["code"] == "length_required"
+
+
+def test_differing_content_lengths_are_400_bad_length(server, tiny_data):
+    """RFC 9112 section 6.3: two Content-Length headers that differ, or a list of differing
+    values, leave the body's end unknown and are refused (wsgiref used the first header);
+    identical values, repeated or listed, count as one."""
+    url, audit = server
+    png = read(sample_image(tiny_data))
+    size = str(len(png)).encode("ascii")
+    before = request(url, "/metrics").body.decode("utf-8")
+    for lengths in ([size, size + b"0"], [size + b", 7"], [b"7", b"7, 8"]):
+        head = b"".join(b"Content-Length: " + value + b"\r\n" for value in lengths)
+        status, headers, body = raw_http(url, b"POST /classify HTTP/1.0\r\n" + head + b"\r\n")
+        error = json.loads(body.decode("utf-8"))["error"]
+        assert status == 400 and error["code"] == "bad_length", lengths
+        assert "differing" in error["message"]
+        assert json.loads(open(audit).read().splitlines()[-1])["request_id"] == \
+            headers["x-request-id"]
+    text = request(url, "/metrics").body.decode("utf-8")
+    assert (metric(text, "oncolens_http_requests_total", path="other", code="400") -
+            (metric(before, "oncolens_http_requests_total", path="other", code="400") or 0)) == 3
+    for lengths in ([size, size], [size + b", " + size], [size + b"," + size, size]):
+        head = b"".join(b"Content-Length: " + value + b"\r\n" for value in lengths)
+        status, _, body = raw_http(url, b"POST /classify HTTP/1.0\r\n" + head + b"\r\n" + png)
+        assert status == 200, (lengths, body[:200])
+        assert json.loads(body.decode("utf-8"))["input"]["bytes"] == len(png)
 
 
 def test_float_tiff_is_named_as_unsupported(server):

@@ -262,6 +262,58 @@ def test_install_writes_both_files_or_neither(tmp_path):
     assert written == [] and not (root / "etc" / "systemd").exists()
 
 
+def _mode(path):
+    return os.stat(path).st_mode & 0o777
+
+
+def test_environment_file_is_readable_by_root_only(tmp_path):
+    """The file may hold ONCOLENS_TOKEN: it is written 0600 (systemd reads it as PID 1, docker
+    under sudo), whatever the umask, a file it replaces or a stale .tmp; the unit stays 0644."""
+    root = str(tmp_path / "r")
+    args = ["service", "install", "--root", root, "--exec", "/usr/local/bin/oncolens"]
+    env = os.path.join(root, "etc", "default", "oncolens")
+    unit = os.path.join(root, "etc", "systemd", "system", "oncolens.service")
+    old_umask = os.umask(0)
+    try:
+        code, out, err = run_cli(args)
+        assert code == 0, err
+        assert _mode(env) == 0o600 and _mode(unit) == 0o644
+        assert "{} (mode 600)".format(env) in out
+        assert env_values(read(env))["ONCOLENS_TOKEN"] == ""
+        os.chmod(env, 0o644)                                  # a file made by hand, say
+        with open(env + ".tmp", "w") as fh:                   # and a run cut short
+            fh.write("ONCOLENS_TOKEN=old\n")
+        os.chmod(env + ".tmp", 0o666)
+        code, out, err = run_cli(args + ["--overwrite"])
+        assert code == 0, err
+        assert _mode(env) == 0o600 and not os.path.exists(env + ".tmp")
+    finally:
+        os.umask(old_umask)
+
+
+def test_the_token_reaches_the_appliance_from_the_file_not_its_command_line(monkeypatch):
+    """ONCOLENS_TOKEN set in the environment file is the token of --serve (never in the
+    command line ps shows); left empty it is no token: serving off loopback is refused."""
+    from oncolens.appliance.classify_cli import _check_serving, build_parser
+    from oncolens.appliance.cliutil import normalize_flags
+    from oncolens.appliance.errors import UsageError
+    unit = read(UNIT)
+    for token in ("s3cret-Tok_en", ""):
+        env_text = read(ENV_FILE).replace("ONCOLENS_FLAGS=", "ONCOLENS_FLAGS=--serve=0.0.0.0:8080")
+        env_text = env_text.replace("ONCOLENS_TOKEN=", "ONCOLENS_TOKEN=" + token)
+        env = unit_env(unit, env_text)
+        argv = systemd_argv(unit_settings(unit)["ExecStart"][0], env)
+        assert not token or token not in " ".join(argv)
+        monkeypatch.setenv("ONCOLENS_TOKEN", env["ONCOLENS_TOKEN"])
+        args = build_parser().parse_args(normalize_flags(argv[2:]))
+        assert args.token == token and args.serve == "0.0.0.0:8080"
+        if token:
+            _check_serving(args)
+        else:
+            with pytest.raises(UsageError, match="token is required"):
+                _check_serving(args)
+
+
 def test_service_without_an_action_shows_its_usage():
     code, out, err = run_cli(["service"])
     assert code == 2 and "install" in out

@@ -127,18 +127,32 @@ class ServeApp(object):
                      (time.time() - started) * 1000.0)
             return result
 
-        application.metrics = self.metrics  # the HTTP layer counts what it refuses itself
+        # what the HTTP layer refuses before this application sees it (server.py)
+        application.refused = self.refused_before_routes
         return application
+
+    def refused_before_routes(self, rid, status):
+        """A request the HTTP layer refused itself (a malformed request line or header,
+        differing Content-Length values, a request line or header too long, an unknown HTTP
+        version): counted under path "other" and audited, every one of them, since what it asked for
+        cannot be trusted then (it may have been an upload)."""
+        self.metrics.observe_request("other", status)
+        self.audit_refusal(rid, status)
+
+    def audit_refusal(self, rid, status):
+        """An audit line for a request refused outside /classify's own handling; a failure to
+        write it is logged, never raised (the refusal is answered all the same)."""
+        try:
+            self.audit.write(rid, status, None, self.model_sha256)
+        except Exception:   # the audit log itself may be what failed (a full disk)
+            log.exception("%s: cannot write the audit log", rid)
 
     def _refused_unauthorized(self, environ, path, rid):
         """A /classify refused for its token is counted and audited like any refusal."""
         if path != "/classify" or environ.get("REQUEST_METHOD") != "POST":
             return
         self.metrics.observe_error("unauthorized")
-        try:
-            self.audit.write(rid, 401, None, self.model_sha256)
-        except Exception:
-            log.exception("%s: cannot write the audit log", rid)
+        self.audit_refusal(rid, 401)
 
     def drop_body(self, environ):
         try:

@@ -120,8 +120,10 @@ def handle_classify(app, environ):
 
 def _classify(app, environ, rid, seen):
     started = time.time()
-    if app.queue is None:
-        return app.error_response(404, "no_model", "this server has no model to classify with")
+    if app.queue is None:   # a live stream without a classifier: refused like any upload
+        app.drop_body(environ)
+        return refuse(app, rid, UploadError(404, "no_model", "this server has no model to "
+                                            "classify with"))
     try:
         annotated, image_ext = answer_options(environ)
     except UploadError as exc:

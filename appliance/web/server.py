@@ -30,15 +30,45 @@ PROTOCOL_ERRORS = {
 class QuietHandler(WSGIRequestHandler):
     timeout = 60  # seconds a client may stall before its connection is dropped
 
+    content_length = None   # the request's one Content-Length value (parse_request)
+
+    def parse_request(self):
+        return WSGIRequestHandler.parse_request(self) and self._check_content_length()
+
+    def _check_content_length(self):
+        """RFC 9112 section 6.3: Content-Length values that differ (two headers, or a list
+        such as "12, 13") leave the body's end unknown: 400 ``bad_length``, connection closed.
+        Identical ones ("12, 12", or the same header twice) count as one value; wsgiref
+        alone would pass the first header on and ignore the rest."""
+        values = self.headers.get_all("Content-Length") or []
+        members = set(part.strip() for value in values for part in value.split(","))
+        members.discard("")
+        if len(members) > 1:
+            self.refuse(400, "bad_length", "the request has differing Content-Length values")
+            return False
+        self.content_length = members.pop() if members else None
+        return True
+
+    def get_environ(self):
+        env = WSGIRequestHandler.get_environ(self)
+        if self.content_length is not None:
+            env["CONTENT_LENGTH"] = self.content_length
+        return env
+
     def send_error(self, code, message=None, explain=None):
-        """A protocol error as the app's JSON error shape, counted in /metrics ("other")."""
+        """http.server's refusals, in the app's JSON error shape (``refuse``)."""
         name, text = PROTOCOL_ERRORS.get(code, ("bad_request", "the request was refused"))
+        self.refuse(code, name, text)
+
+    def refuse(self, code, name, text):
+        """A protocol error as the app's JSON error shape, counted in /metrics ("other") and
+        written to the audit log, as every refused request is."""
         rid = uuid.uuid4().hex[:16]
         body = json.dumps({"error": {"status": code, "code": name, "message": text},
                            "request_id": rid}, sort_keys=True).encode("utf-8")
-        metrics = getattr(self.server.get_app(), "metrics", None)
-        if metrics is not None:
-            metrics.observe_request("other", code)
+        refused = getattr(self.server.get_app(), "refused", None)
+        if refused is not None:  # counted in /metrics ("other") and audited by the app
+            refused(rid, code)
         log.info("%s refused %d %s (before the app)", rid, code, name)
         self.close_connection = True
         if self.request_version not in ("HTTP/1.0", "HTTP/1.1"):
