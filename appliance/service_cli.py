@@ -46,7 +46,7 @@ def build_parser():
                       help="the oncolens command in ExecStart (default: the one running now)")
     inst.add_argument("--watchdog-sec", type=int, default=30,
                       help="WatchdogSec: restart when no frame went through for this long (30)")
-    inst.add_argument("--overwrite", action="store_true", help="replace existing files")
+    inst.add_argument("--overwrite", action="store_true", help="replace existing files (the environment file's ONCOLENS_TOKEN is kept)")
     return p
 
 
@@ -65,9 +65,9 @@ def _under_root(root, path):
     return os.path.join(os.path.abspath(root), path.lstrip("/"))
 
 
-def render_files(args):
+def render_files(args, token=None):
     """[(absolute target path, text, mode)] for the unit (0644) and the environment file
-    (0600: it may hold ONCOLENS_TOKEN)."""
+    (0600: it may hold ONCOLENS_TOKEN, ``token``)."""
     exec_cmd = args.exec_cmd or default_exec()
     if exec_cmd.startswith(("/home/", "/root/")):
         sys.stderr.write("oncolens service: warning: {} is under /home or /root, which the "
@@ -75,13 +75,34 @@ def render_files(args):
                          "install .) or pass --exec\n".format(exec_cmd))
     values = {"ONCOLENS_MODEL": args.model, "ONCOLENS_INPUT": args.input,
               "ONCOLENS_OUTPUT": args.output, "ONCOLENS_FLAGS": args.flags,
-              "ONCOLENS_CACHE_DIR": args.cache_dir}
+              "ONCOLENS_CACHE_DIR": args.cache_dir, "ONCOLENS_TOKEN": token}
     # the unit first: its checks name the flags (--output), the file's the variables
     unit_text = render_unit(exec_cmd=exec_cmd, user=args.user, watchdog_sec=args.watchdog_sec,
                             cache_dir=args.cache_dir or CACHE_DIR, output=args.output or "")
     env_text = render_env(values)
     return [(_under_root(args.root, UNIT_PATH), unit_text, UNIT_MODE),
             (_under_root(args.root, ENV_PATH), env_text, ENV_MODE)]
+
+
+def existing_token(path):
+    """The ONCOLENS_TOKEN of the environment file in place, or None. A re-install with
+    --overwrite keeps it: install takes no token (a flag would show in ps and the shell's
+    history), so replacing the files must not lock the lab out of the page."""
+    try:
+        with open(path) as fh:
+            lines = fh.read().splitlines()
+    except (OSError, IOError, UnicodeDecodeError):
+        return None
+    token = None
+    for line in lines:  # the last assignment wins, as for systemd and docker
+        name, sep, value = line.partition("=")
+        if sep and name == "ONCOLENS_TOKEN":
+            token = value.strip() or None
+    if token and any(ch in token for ch in "\"'\\"):
+        raise UsageError("{}: its ONCOLENS_TOKEN holds a quote or a backslash, which systemd "
+                         "and docker read differently; edit it before re-installing (the "
+                         "token is kept across --overwrite)".format(path))
+    return token
 
 
 def write_files(files, overwrite):
@@ -151,7 +172,10 @@ def main(argv):
     if args.action != "install":
         parser.print_help()
         return 2
-    files = render_files(args)
+    token = None
+    if args.overwrite and not args.print_only:  # --print never shows a token
+        token = existing_token(_under_root(args.root, ENV_PATH))
+    files = render_files(args, token)
     if args.print_only:
         for path, text, _ in files:
             print("# ---- {} ----".format(path))
@@ -160,5 +184,7 @@ def main(argv):
     write_files(files, args.overwrite)
     for path, _, mode in files:
         print("wrote {} (mode {:o})".format(path, mode))
+    if token:
+        print("kept ONCOLENS_TOKEN from the environment file it replaced")
     print(NEXT_STEPS.format(user=args.user, state=STATE_DIR))
     return 0

@@ -291,6 +291,31 @@ def test_environment_file_is_readable_by_root_only(tmp_path):
         os.umask(old_umask)
 
 
+def test_reinstall_keeps_the_token_and_print_never_shows_it(tmp_path):
+    """install takes no token; --overwrite keeps the one set by hand (the other variables go
+    back to what the options say), and --print shows none."""
+    root = str(tmp_path / "r")
+    args = ["service", "install", "--root", root, "--exec", "/usr/local/bin/oncolens"]
+    env = os.path.join(root, "etc", "default", "oncolens")
+    assert run_cli(args + ["--flags=--serve=0.0.0.0:8080"])[0] == 0
+    with open(env) as fh:
+        text = fh.read().replace("ONCOLENS_TOKEN=\n", "ONCOLENS_TOKEN=s3cret-tok_1\n")
+    with open(env, "w") as fh:
+        fh.write(text)
+    code, out, err = run_cli(args + ["--print", "--overwrite"])
+    assert code == 0 and "s3cret" not in out + err
+    code, out, err = run_cli(args + ["--input", "csi://0", "--overwrite"])
+    assert code == 0, err
+    values = env_values(read(env))
+    assert values["ONCOLENS_TOKEN"] == "s3cret-tok_1" and values["ONCOLENS_INPUT"] == "csi://0"
+    assert values["ONCOLENS_FLAGS"] == "" and "kept ONCOLENS_TOKEN" in out
+    assert "s3cret" not in out + err and _mode(env) == 0o600
+    with open(env, "a") as fh:                   # a quote systemd and docker read apart
+        fh.write("ONCOLENS_TOKEN='q'\n")
+    code, out, err = run_cli(args + ["--overwrite"])
+    assert code != 0 and "ONCOLENS_TOKEN holds a quote" in err and "'q'" not in err
+
+
 def test_the_token_reaches_the_appliance_from_the_file_not_its_command_line(monkeypatch):
     """ONCOLENS_TOKEN set in the environment file is the token of --serve (never in the
     command line ps shows); left empty it is no token: serving off loopback is refused."""
