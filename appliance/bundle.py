@@ -20,6 +20,7 @@ from oncolens.appliance.errors import BundleError
 # model.json's schema and its check live in modelinfo.py; still importable from here
 from oncolens.appliance.modelinfo import (FORMAT, KNOWN_KEYS, MODEL_JSON,  # noqa: F401
                                           REQUIRED_KEYS, SCHEMA_VERSION, validate_model_info)
+from oncolens.appliance.onnxinfo import read_onnx_info
 
 LABELS_TXT = "labels.txt"
 
@@ -208,45 +209,10 @@ def find_model_dir(model):
 
 
 def onnx_input_shape(path, input_name):
-    """[C, H, W] of the ONNX input ``input_name`` when the file says it, else None (also
-    when neither onnx nor onnxruntime is installed here: the backend then reads it)."""
-    dims = None
-    try:
-        import onnx
-        graph = onnx.load(path, load_external_data=False).graph
-        for value in graph.input:
-            if value.name == input_name:
-                dims = [d.dim_value if d.HasField("dim_value") else None
-                        for d in value.type.tensor_type.shape.dim]
-    except ImportError:
-        try:
-            import onnxruntime
-            session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-            dims = [i.shape for i in session.get_inputs() if i.name == input_name]
-            dims = dims[0] if dims else None
-        except Exception:  # not installed, or a file it cannot load: the backend says why
-            return None
-    except Exception:  # an unreadable file: the backend reports it with its own message
-        return None
-    if not dims or len(dims) != 4 or not all(isinstance(v, int) and v > 0 for v in dims[1:]):
-        return None
-    return [int(v) for v in dims[1:]]
-
-
-def onnx_output_activation(path, output_name):
-    """'softmax' when the graph's output ``output_name`` comes straight from a Softmax node,
-    'none' when from another node, None when that cannot be read here (no onnx package)."""
-    try:
-        import onnx
-        graph = onnx.load(path, load_external_data=False).graph
-    except ImportError:
-        return None
-    except Exception:  # an unreadable file: the backend reports it with its own message
-        return None
-    for node in graph.node:
-        if output_name in node.output:
-            return "softmax" if node.op_type == "Softmax" else "none"
-    return None
+    """[C, H, W] of the ONNX input ``input_name`` when the file says it, else None (the
+    backend then reads it).  Read from the file itself (onnxinfo.py): no model is loaded."""
+    info = read_onnx_info(path)
+    return info.input_shape(input_name) if info else None
 
 
 def _checked_onnx_file(directory, json_path, model_file, info):
@@ -272,15 +238,16 @@ def _checked_onnx_file(directory, json_path, model_file, info):
                               "which has changed since" if same else "not this file",
                               directory, os.path.basename(model_file)))
     info = copy.deepcopy(info)
-    shape = onnx_input_shape(model_file, info["input"].get("name", DEFAULT_INPUT_NAME))
+    onnx_info = read_onnx_info(model_file)  # None: unreadable, the backend will say why
+    shape = onnx_info and onnx_info.input_shape(info["input"].get("name", DEFAULT_INPUT_NAME))
     if shape and list(shape) != list(info["input"]["shape"]):
         raise BundleError("{} takes {} input but {} describes {} (the model was trained again "
                           "at another size after this export): export it again with 'oncolens "
                           "export onnx --model-dir {} --overwrite'".format(
                               model_file, "x".join(str(v) for v in shape), json_path,
                               "x".join(str(v) for v in info["input"]["shape"]), directory))
-    activation = onnx_output_activation(model_file,
-                                        info["output"].get("name", DEFAULT_OUTPUT_NAME))
+    activation = onnx_info and onnx_info.output_activation(
+        info["output"].get("name", DEFAULT_OUTPUT_NAME))
     if activation:
         info["output"]["activation"] = activation
     return info
