@@ -12,30 +12,22 @@ import copy
 import hashlib
 import io
 import json
-import numbers
 import os
 import re
 
 from oncolens import __version__
 from oncolens.appliance.errors import BundleError
+# model.json's schema and its check live in modelinfo.py; still importable from here
+from oncolens.appliance.modelinfo import (FORMAT, KNOWN_KEYS, MODEL_JSON,  # noqa: F401
+                                          REQUIRED_KEYS, SCHEMA_VERSION, validate_model_info)
+from oncolens.appliance.onnxinfo import read_onnx_info
 
-MODEL_JSON = "model.json"
 LABELS_TXT = "labels.txt"
-FORMAT = "oncolens-bundle"
-SCHEMA_VERSION = 1
 
 DEFAULT_INPUT_NAME = "input_0"   # jetson-inference's names
 DEFAULT_OUTPUT_NAME = "output_0"
 CAM_OUTPUT_NAME = "cam_0"
 
-# Top-level keys this version understands.  A key outside this set means the file was
-# written by a newer OncoLens (or edited by hand) and is refused rather than ignored.
-KNOWN_KEYS = frozenset([
-    "format", "schema", "oncolens_version", "arch", "labels", "num_classes",
-    "input", "output", "preprocess", "onnx", "checkpoint", "training", "metrics",
-    "provenance", "engines", "created",
-])
-REQUIRED_KEYS = ("format", "schema", "arch", "labels", "input", "output", "preprocess")
 MODEL_SUFFIXES = (".onnx", ".engine", ".trt", ".plan", ".pth", ".tar", ".pt")
 
 
@@ -116,69 +108,6 @@ def new_model_info(arch, labels, input_size, preprocess, **extra):
         info[key] = value
     validate_model_info(info, MODEL_JSON)
     return info
-
-
-def validate_model_info(info, where=MODEL_JSON):
-    """Check a model.json dictionary; raise BundleError naming the file and the problem."""
-    if not isinstance(info, dict):
-        raise BundleError("{}: expected a JSON object at the top level".format(where))
-    if info.get("format") != FORMAT:
-        raise BundleError("{}: 'format' is {!r}, expected {!r}".format(
-            where, info.get("format"), FORMAT))
-    schema = info.get("schema")
-    if not isinstance(schema, int) or schema < 1:
-        raise BundleError("{}: 'schema' must be a positive integer, got {!r}".format(where, schema))
-    if schema > SCHEMA_VERSION:
-        raise BundleError("{}: written by a newer OncoLens (schema {}, oncolens {}); this is "
-                          "oncolens {} (schema {}): upgrade OncoLens".format(
-                              where, schema, info.get("oncolens_version", "?"),
-                              __version__, SCHEMA_VERSION))
-    unknown = sorted(set(info) - KNOWN_KEYS)
-    if unknown:
-        raise BundleError("{}: unknown key(s) {} (written by a newer OncoLens {}? this is {})".format(
-            where, ", ".join(repr(k) for k in unknown), info.get("oncolens_version", "?"),
-            __version__))
-    missing = [key for key in REQUIRED_KEYS if key not in info]
-    if missing:
-        raise BundleError("{}: missing key(s) {}".format(where, ", ".join(missing)))
-    _check_sections(info, where)
-    labels = info["labels"]
-    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
-        raise BundleError("{}: 'labels' must be a non-empty list of strings".format(where))
-    if "num_classes" in info and info["num_classes"] != len(labels):
-        raise BundleError("{}: 'num_classes' is {} but 'labels' has {} entries".format(
-            where, info["num_classes"], len(labels)))
-    shape = info["input"].get("shape")
-    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) and v > 0
-                                                                   for v in shape)):
-        raise BundleError("{}: 'input.shape' must be [channels, height, width], got {!r}".format(
-            where, shape))
-    return info
-
-
-OBJECT_KEYS = ("input", "output", "preprocess", "onnx", "checkpoint", "training", "metrics",
-               "provenance")
-
-
-def _check_sections(info, where):
-    """The sections every stage reads with .get(): objects (engines a list of objects), and
-    mean / std three numbers, so a hand-edited model.json is one line, not a crash in a backend."""
-    for key in OBJECT_KEYS:
-        if (key in REQUIRED_KEYS or info.get(key) is not None) and \
-                not isinstance(info.get(key), dict):
-            raise BundleError("{}: '{}' must be a JSON object, got {!r}".format(
-                where, key, info[key]))
-    engines = info.get("engines")
-    if engines is not None and not (isinstance(engines, list) and
-                                    all(isinstance(e, dict) for e in engines)):
-        raise BundleError("{}: 'engines' must be a list of objects, got {!r}".format(
-            where, engines))
-    for key in ("mean", "std"):
-        value = info["preprocess"].get(key)
-        if value is not None and not (isinstance(value, (list, tuple)) and len(value) == 3 and all(
-                isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)):
-            raise BundleError("{}: 'preprocess.{}' must be 3 numbers (R, G, B), got {!r}".format(
-                where, key, value))
 
 
 def read_model_info(path):
@@ -280,45 +209,10 @@ def find_model_dir(model):
 
 
 def onnx_input_shape(path, input_name):
-    """[C, H, W] of the ONNX input ``input_name`` when the file says it, else None (also
-    when neither onnx nor onnxruntime is installed here: the backend then reads it)."""
-    dims = None
-    try:
-        import onnx
-        graph = onnx.load(path, load_external_data=False).graph
-        for value in graph.input:
-            if value.name == input_name:
-                dims = [d.dim_value if d.HasField("dim_value") else None
-                        for d in value.type.tensor_type.shape.dim]
-    except ImportError:
-        try:
-            import onnxruntime
-            session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-            dims = [i.shape for i in session.get_inputs() if i.name == input_name]
-            dims = dims[0] if dims else None
-        except Exception:  # not installed, or a file it cannot load: the backend says why
-            return None
-    except Exception:  # an unreadable file: the backend reports it with its own message
-        return None
-    if not dims or len(dims) != 4 or not all(isinstance(v, int) and v > 0 for v in dims[1:]):
-        return None
-    return [int(v) for v in dims[1:]]
-
-
-def onnx_output_activation(path, output_name):
-    """'softmax' when the graph's output ``output_name`` comes straight from a Softmax node,
-    'none' when from another node, None when that cannot be read here (no onnx package)."""
-    try:
-        import onnx
-        graph = onnx.load(path, load_external_data=False).graph
-    except ImportError:
-        return None
-    except Exception:  # an unreadable file: the backend reports it with its own message
-        return None
-    for node in graph.node:
-        if output_name in node.output:
-            return "softmax" if node.op_type == "Softmax" else "none"
-    return None
+    """[C, H, W] of the ONNX input ``input_name`` when the file says it, else None (the
+    backend then reads it).  Read from the file itself (onnxinfo.py): no model is loaded."""
+    info = read_onnx_info(path)
+    return info.input_shape(input_name) if info else None
 
 
 def _checked_onnx_file(directory, json_path, model_file, info):
@@ -344,15 +238,16 @@ def _checked_onnx_file(directory, json_path, model_file, info):
                               "which has changed since" if same else "not this file",
                               directory, os.path.basename(model_file)))
     info = copy.deepcopy(info)
-    shape = onnx_input_shape(model_file, info["input"].get("name", DEFAULT_INPUT_NAME))
+    onnx_info = read_onnx_info(model_file)  # None: unreadable, the backend will say why
+    shape = onnx_info and onnx_info.input_shape(info["input"].get("name", DEFAULT_INPUT_NAME))
     if shape and list(shape) != list(info["input"]["shape"]):
         raise BundleError("{} takes {} input but {} describes {} (the model was trained again "
                           "at another size after this export): export it again with 'oncolens "
                           "export onnx --model-dir {} --overwrite'".format(
                               model_file, "x".join(str(v) for v in shape), json_path,
                               "x".join(str(v) for v in info["input"]["shape"]), directory))
-    activation = onnx_output_activation(model_file,
-                                        info["output"].get("name", DEFAULT_OUTPUT_NAME))
+    activation = onnx_info and onnx_info.output_activation(
+        info["output"].get("name", DEFAULT_OUTPUT_NAME))
     if activation:
         info["output"]["activation"] = activation
     return info

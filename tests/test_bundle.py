@@ -235,3 +235,101 @@ def test_synset_ids_before_class_names_are_dropped_as_jetson_inference_does(tmp_
 def test_a_folder_given_as_labels_file_is_named(tmp_path):
     with pytest.raises(BundleError, match="is a folder: expected a text file"):
         bundle.read_labels(str(tmp_path))
+
+
+def _count_model_loads(monkeypatch):
+    """Count every onnx.load and ONNX Runtime session from here on."""
+    import onnx
+    import onnxruntime
+    counts = {"onnx.load": 0, "InferenceSession": 0}
+    real_load, real_session = onnx.load, onnxruntime.InferenceSession
+
+    def load(*args, **kwargs):
+        counts["onnx.load"] += 1
+        return real_load(*args, **kwargs)
+
+    def session(*args, **kwargs):
+        counts["InferenceSession"] += 1
+        return real_session(*args, **kwargs)
+
+    monkeypatch.setattr(onnx, "load", load)
+    monkeypatch.setattr(onnxruntime, "InferenceSession", session)
+    return counts
+
+
+@pytest.mark.parametrize("onnx_package", ["installed", "absent"])
+def test_a_bare_onnx_is_loaded_once_by_the_backend(tiny_bundle, tmp_path, monkeypatch,
+                                                   onnx_package):
+    """load_bundle reads a bare export's input size from the file itself: ONNX Runtime's
+    session is the only load (it used to be parsed by onnx.load first, or, without the onnx
+    package, opened in a second ONNX Runtime session)."""
+    import sys
+    from oncolens.appliance.classifier import Classifier
+    d = _bare(tiny_bundle, tmp_path)
+    counts = _count_model_loads(monkeypatch)
+    if onnx_package == "absent":
+        monkeypatch.setitem(sys.modules, "onnx", None)  # as on a host with onnxruntime only
+    for model in (d, os.path.join(d, "resnet18.onnx")):
+        for backend in ("onnxruntime", "auto"):
+            counts.update({"onnx.load": 0, "InferenceSession": 0})
+            with Classifier.open(model, backend=backend) as clf:
+                assert clf.backend.name == "onnxruntime"
+                assert clf.bundle.input_shape == (3, 32, 32)
+                assert clf.preprocessor.height == 32
+            assert counts == {"onnx.load": 0, "InferenceSession": 1}, (model, backend)
+    # before any backend (export verify, bench): the input size is known, nothing loaded
+    counts.update({"onnx.load": 0, "InferenceSession": 0})
+    assert bundle.load_bundle(d).input_shape == (3, 32, 32)
+    assert counts == {"onnx.load": 0, "InferenceSession": 0}
+
+
+def _onnx_view(path):
+    """What the onnx package reads: {input: dims}, {output tensor: op_type}."""
+    import onnx
+    graph = onnx.load(path, load_external_data=False).graph
+    inputs = {v.name: [d.dim_value if d.HasField("dim_value") else None
+                       for d in v.type.tensor_type.shape.dim]
+              if v.type.tensor_type.HasField("shape") else None for v in graph.input}
+    producers = {out: node.op_type for node in graph.node for out in node.output}
+    return inputs, producers
+
+
+def test_onnx_info_reads_what_the_onnx_package_reads(tiny_bundle, tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from oncolens.appliance.onnxinfo import read_onnx_info
+    from oncolens.appliance.variants import dynamic_batch
+    weights = numpy_helper.from_array(np.ones((3, 40000), np.float32), "w")  # skipped, unread
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["logits"], name="mm"),
+         helper.make_node("Softmax", ["logits"], ["prob"], axis=1),
+         helper.make_node("Relu", ["mask"], ["mask_out"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3]),
+         helper.make_tensor_value_info("mask", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info(u"入力", TensorProto.FLOAT, [1, 3, 300, 2 ** 40])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["batch", 40000])],
+        initializer=[weights])
+    made = str(tmp_path / "made.onnx")
+    onnx.save(helper.make_model(graph), made)
+    paths = [made, os.path.join(tiny_bundle, "resnet18.onnx"),
+             dynamic_batch(bundle.load_bundle(tiny_bundle)).model_path]
+    for path in paths:
+        info = read_onnx_info(path)
+        assert (info.inputs, info.producers) == _onnx_view(path), path
+    info = read_onnx_info(made)
+    assert info.inputs["x"] == [None, 3] and info.inputs["mask"] is None
+    assert info.input_shape(u"入力") == [3, 300, 2 ** 40] and info.input_shape("x") is None
+    assert info.output_activation("prob") == "softmax"
+    assert info.output_activation("logits") == "none"
+    assert info.output_activation("nothing") is None
+    assert read_onnx_info(paths[2]).input_shape("input_0") == [3, 32, 32]
+    # not an ONNX file, an empty one, a cut one: None (the backend says why)
+    for name, data in (("text.onnx", b"not a model\n"), ("empty.onnx", b""),
+                       ("cut.onnx", open(paths[1], "rb").read()[:5000])):
+        path = str(tmp_path / name)
+        with open(path, "wb") as fh:
+            fh.write(data)
+        assert read_onnx_info(path) is None, name
+    assert read_onnx_info(str(tmp_path / "missing.onnx")) is None

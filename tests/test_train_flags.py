@@ -74,6 +74,23 @@ def test_print_freq_given_logs_at_info(tiny_data, tmp_path, caplog):
     assert lines and all(r.levelno == logging.INFO for r in lines)
 
 
+@pytest.mark.parametrize("accum", [1, 3])
+def test_print_freq_counts_batches_of_b_images_whatever_accum_steps(tiny_data, tmp_path,
+                                                                    caplog, accum):
+    """jetson-inference's train.py logs when ``i % print_freq == 0`` over the loader's
+    batches of -b images. --accum-steps splits each such batch into micro-batches inside one
+    step; they must not count as batches of their own (18 training images, -b 6: 3 batches,
+    so -p 2 logs batches 0 and 2 of 3 whether or not each is split in three)."""
+    import logging
+    caplog.set_level(logging.INFO)
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", str(tmp_path / "m"), "-p", 2,
+                              "--accum-steps", accum] + FAST)
+    assert code == 0, err
+    lines = [r.getMessage().split(" loss ")[0] for r in caplog.records
+             if r.getMessage().startswith("epoch 1 [")]
+    assert lines == ["epoch 1 [0/3]", "epoch 1 [2/3]"]
+
+
 def test_a_jetson_inference_sgd_line_under_adamw_is_warned_about(tiny_data, tmp_path, caplog):
     """train.py's --lr 0.1 --momentum 0.9 are SGD's: under the default AdamW the rate
     diverges and the momentum does nothing, so both are named before training starts."""

@@ -56,11 +56,11 @@ def _budget_args(**kw):
 
 
 def test_resumed_time_budget_counts_the_time_trained_and_goes_on_down(monkeypatch):
-    from oncolens.train import trainer
+    from oncolens.train import recipe  # Schedule and the clock it reads
     clock = _Clock(1000.0)
-    monkeypatch.setattr(trainer, "time", clock)
+    monkeypatch.setattr(recipe, "time", clock)
     args = _budget_args()
-    first = trainer.Schedule(args, 10, 0)
+    first = recipe.Schedule(args, 10, 0)
     lrs = []
     for epoch in range(4):  # 4 epochs of 10 steps, a second a step: 40 s of the 60
         for _ in range(10):
@@ -69,12 +69,12 @@ def test_resumed_time_budget_counts_the_time_trained_and_goes_on_down(monkeypatc
         assert first.epoch_done(10.0)
     saved = first.state()  # the checkpoint's clock
     clock.now += 5000.0  # killed, and resumed much later in a new process
-    resumed = trainer.Schedule(args, 10, 4, saved)
+    resumed = recipe.Schedule(args, 10, 4, saved)
     assert resumed.elapsed() == pytest.approx(40.0)
     assert resumed.next_lr() <= lrs[-1] < 0.9e-3  # the cosine goes on from where it was
     assert resumed.room()
     clock.now += 15.0  # 55 s of 60 trained: no room for another 10 s epoch
-    assert not trainer.Schedule(args, 10, 5, resumed.state()).room()
+    assert not recipe.Schedule(args, 10, 5, resumed.state()).room()
 
 
 def test_resuming_a_run_that_used_its_budget_trains_no_more(tiny_data, tmp_path):

@@ -42,8 +42,9 @@ def _jetson_flags(p):
                    help="weight decay, not applied to biases and norms (0.05; "
                         "jetson-inference: 1e-4)")
     p.add_argument("-p", "--print-freq", type=int, default=None,
-                   help="log the loss every N batches (0: never); without -p, every 10 "
-                        "batches at --log-level debug")
+                   help="log the loss every N batches of -b images, as train.py counts "
+                        "them (one split by --accum-steps still counts once; 0: never); "
+                        "without -p, every 10 batches at --log-level debug")
     p.add_argument("--resume", default="", help="checkpoint to resume from (restores the "
                                                 "epoch, optimizer and best metric)")
     p.add_argument("-e", "--evaluate", action="store_true",

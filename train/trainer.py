@@ -20,8 +20,8 @@ from oncolens.train.history import plot_history, read_history, write_history
 from oncolens.train.outputs import (BEST, adopt_best, check_model_dir, prepare_model_dir,
                                     save_checkpoint, training_record, write_bundle)
 from oncolens.train.precheck import check_classes, check_images
-from oncolens.train.recipe import (learning_rate, make_loaders, make_loss, make_optimizer,
-                                   progress, set_lr, torch_module)
+from oncolens.train.recipe import (Schedule, make_loaders, make_loss, make_optimizer, progress,
+                                   set_lr, torch_module)
 from oncolens.train.runtime import make_runtime, out_of_memory
 from oncolens.train.temperature import (calibrate_checkpoint, remove_temperature,
                                         unscaled_state_dict)
@@ -51,75 +51,6 @@ def evaluate(model, loader, runtime, num_classes):
     targets = np.concatenate(targets)
     summary = metrics.summary(targets, probs.argmax(1), num_classes)
     return sum(losses) / len(targets), summary, probs, targets
-
-
-class Schedule(object):
-    """Learning rate per optimiser step; with ``--time-limit`` the cosine follows the clock.
-
-    ``resumed`` is the checkpoint's ``clock`` (``state()``): the time a resumed run had
-    already trained counts against the budget, and its cosine goes on where it was."""
-
-    def __init__(self, args, steps_per_epoch, start_epoch, resumed=None):
-        resumed = resumed or {}
-        self.args = args
-        self.steps_per_epoch = steps_per_epoch
-        self.step = start_epoch * steps_per_epoch
-        done = float(resumed.get("train_seconds") or 0.0)
-        self.start = time.time() - done
-        self.budget = float(args.time_limit or 0) * 60.0
-        self.warmup_seconds = resumed.get("warmup_seconds")
-        warm_steps = self._warm_steps()
-        if self.warmup_seconds is None and self.step and self.step >= warm_steps:
-            # a checkpoint that does not say: its warm-up's share of the time trained
-            self.warmup_seconds = done * warm_steps / float(self.step)
-        self.epoch_times = [float(t) for t in resumed.get("epoch_seconds") or []]
-
-    @property
-    def planned(self):
-        return self.args.epochs
-
-    def _warm_steps(self):
-        return self.args.warmup_epochs * self.steps_per_epoch
-
-    def elapsed(self):
-        """Seconds trained, the resumed run's included."""
-        return time.time() - self.start
-
-    def time_fraction(self):
-        """Elapsed share of the budget after warm-up (0 without a budget)."""
-        if self.step < self._warm_steps():
-            return 0.0
-        if self.warmup_seconds is None:
-            self.warmup_seconds = self.elapsed()
-        if not self.budget:
-            return 0.0
-        used = self.elapsed() - self.warmup_seconds
-        return used / max(1e-9, self.budget - self.warmup_seconds)
-
-    def next_lr(self):
-        lr = learning_rate(self.args, self.step, self.steps_per_epoch, self.args.epochs,
-                           self.time_fraction())
-        self.step += 1
-        return lr
-
-    def room(self):
-        """False when the budget has no room for another epoch as long as the last ones."""
-        if not self.budget:
-            return True
-        if not self.epoch_times:
-            return self.elapsed() < self.budget
-        recent = float(np.median(self.epoch_times[-3:]))
-        return self.budget - self.elapsed() >= recent
-
-    def epoch_done(self, seconds):
-        """Record an epoch's time; then ``room()``."""
-        self.epoch_times.append(seconds)
-        return self.room()
-
-    def state(self):
-        """What a checkpoint records for --resume (its ``clock``)."""
-        return {"train_seconds": self.elapsed(), "warmup_seconds": self.warmup_seconds,
-                "epoch_seconds": self.epoch_times[-3:]}
 
 
 def _mixed_loss(model, images, target, loss_fn, runtime, mixup, rng):

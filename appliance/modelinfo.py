@@ -1,0 +1,83 @@
+"""``model.json``'s schema: the keys and sections a valid one has, and the check every
+stage runs on it (appliance/bundle.py reads and writes the file).  A problem is a one-line
+``BundleError`` naming the file and the key."""
+import numbers
+
+from oncolens import __version__
+from oncolens.appliance.errors import BundleError
+
+MODEL_JSON = "model.json"
+FORMAT = "oncolens-bundle"
+SCHEMA_VERSION = 1
+
+# Top-level keys this version understands.  A key outside this set means the file was
+# written by a newer OncoLens (or edited by hand) and is refused rather than ignored.
+KNOWN_KEYS = frozenset([
+    "format", "schema", "oncolens_version", "arch", "labels", "num_classes",
+    "input", "output", "preprocess", "onnx", "checkpoint", "training", "metrics",
+    "provenance", "engines", "created",
+])
+REQUIRED_KEYS = ("format", "schema", "arch", "labels", "input", "output", "preprocess")
+
+
+def validate_model_info(info, where=MODEL_JSON):
+    """Check a model.json dictionary; raise BundleError naming the file and the problem."""
+    if not isinstance(info, dict):
+        raise BundleError("{}: expected a JSON object at the top level".format(where))
+    if info.get("format") != FORMAT:
+        raise BundleError("{}: 'format' is {!r}, expected {!r}".format(
+            where, info.get("format"), FORMAT))
+    schema = info.get("schema")
+    if not isinstance(schema, int) or schema < 1:
+        raise BundleError("{}: 'schema' must be a positive integer, got {!r}".format(where, schema))
+    if schema > SCHEMA_VERSION:
+        raise BundleError("{}: written by a newer OncoLens (schema {}, oncolens {}); this is "
+                          "oncolens {} (schema {}): upgrade OncoLens".format(
+                              where, schema, info.get("oncolens_version", "?"),
+                              __version__, SCHEMA_VERSION))
+    unknown = sorted(set(info) - KNOWN_KEYS)
+    if unknown:
+        raise BundleError("{}: unknown key(s) {} (written by a newer OncoLens {}? this is {})".format(
+            where, ", ".join(repr(k) for k in unknown), info.get("oncolens_version", "?"),
+            __version__))
+    missing = [key for key in REQUIRED_KEYS if key not in info]
+    if missing:
+        raise BundleError("{}: missing key(s) {}".format(where, ", ".join(missing)))
+    _check_sections(info, where)
+    labels = info["labels"]
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise BundleError("{}: 'labels' must be a non-empty list of strings".format(where))
+    if "num_classes" in info and info["num_classes"] != len(labels):
+        raise BundleError("{}: 'num_classes' is {} but 'labels' has {} entries".format(
+            where, info["num_classes"], len(labels)))
+    shape = info["input"].get("shape")
+    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) and v > 0
+                                                                   for v in shape)):
+        raise BundleError("{}: 'input.shape' must be [channels, height, width], got {!r}".format(
+            where, shape))
+    return info
+
+
+OBJECT_KEYS = ("input", "output", "preprocess", "onnx", "checkpoint", "training", "metrics",
+               "provenance")
+
+
+def _check_sections(info, where):
+    """The sections every stage reads with .get(): objects (engines a list of objects), and
+    mean / std three numbers, so a hand-edited model.json is one line, not a crash in a backend."""
+    for key in OBJECT_KEYS:
+        if (key in REQUIRED_KEYS or info.get(key) is not None) and \
+                not isinstance(info.get(key), dict):
+            raise BundleError("{}: '{}' must be a JSON object, got {!r}".format(
+                where, key, info[key]))
+    engines = info.get("engines")
+    if engines is not None and not (isinstance(engines, list) and
+                                    all(isinstance(e, dict) for e in engines)):
+        raise BundleError("{}: 'engines' must be a list of objects, got {!r}".format(
+            where, engines))
+    for key in ("mean", "std"):
+        value = info["preprocess"].get(key)
+        if value is not None and not (isinstance(value, (list, tuple)) and len(value) == 3 and all(
+                isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)):
+            raise BundleError("{}: 'preprocess.{}' must be 3 numbers (R, G, B), got {!r}".format(
+                where, key, value))
