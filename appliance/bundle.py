@@ -154,6 +154,7 @@ class Bundle(object):
         self.inferred = inferred
         # why the folder's ONNX must not be used (trained again after its export), or None
         self.stale_onnx = None
+        self.file_in_use = None  # set by the Classifier: the file its backend runs
 
     @property
     def input_name(self):
@@ -180,11 +181,20 @@ class Bundle(object):
             return os.path.join(self.dir, onnx["file"])
         return os.path.join(self.dir, "{}.onnx".format(self.info["arch"]))
 
+    def set_file_in_use(self, path):
+        """The file a backend opened runs the model (a checkpoint for torch, the ONNX beside
+        a --model engine or checkpoint for ONNX Runtime and OpenVINO): its checksum is the
+        one results and audit lines record."""
+        if path and path not in (self.file_in_use, self.model_path):
+            self.file_in_use = path
+            self.__dict__.pop("_sha", None)
+
     @property
     def model_sha256(self):
         """Checksum of the model file in use (computed once)."""
         if not hasattr(self, "_sha"):
-            path = self.model_path or ("" if self.stale_onnx else self.onnx_path)
+            path = self.file_in_use or self.model_path or (
+                "" if self.stale_onnx else self.onnx_path)
             self._sha = sha256_file(path) if os.path.isfile(path) else None
         return self._sha
 

@@ -16,6 +16,7 @@ class Classifier(object):
     def __init__(self, bundle, backend="auto", policy=None, top=1, threshold=0.0, **options):
         self.bundle = bundle
         self.backend = open_backend(backend, bundle, **options)
+        bundle.set_file_in_use(self.backend.path)  # what model_sha256 is the checksum of
         self.preprocessor = Preprocessor.from_bundle(bundle, policy)
         self.top = int(top)
         self.threshold = float(threshold)

@@ -93,8 +93,8 @@ def done_paths(path, sha="", precision="", backend=""):
     figures, so another's rows are refused."""
     done = set()
     for row in read_rows(path):
+        _check_same_backend(path, row, backend)  # first: its model file may differ too
         _check_same_model(path, row, sha, precision)
-        _check_same_backend(path, row, backend)
         done.add(path_key(row["path"]))
     return done
 

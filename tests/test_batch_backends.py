@@ -154,3 +154,21 @@ def test_resume_refuses_rows_of_another_backend(tiny_bundle, tiny_data, tmp_path
     code, out, err = run_cli(["batch", folder, "--model", tiny_bundle, "--results", results,
                               "--backend", "onnxruntime", "--no-progress", "--resume"])
     assert code == 0 and open(results, "rb").read() == before, err  # all there: skipped
+
+
+def test_rows_name_the_checksum_of_the_file_the_backend_runs(tiny_bundle, tiny_data, tmp_path):
+    """--backend torch on a model folder runs its checkpoint: the rows name the checkpoint's
+    SHA-256, not the ONNX's beside it (onnxruntime's rows name the ONNX)."""
+    from conftest import run_cli
+    from oncolens.appliance.bundle import sha256_file
+    from oncolens.appliance.results import read_rows
+    want = {"torch": sha256_file(os.path.join(tiny_bundle, "model_best.pth.tar")),
+            "onnxruntime": sha256_file(os.path.join(tiny_bundle, "resnet18.onnx"))}
+    assert want["torch"] != want["onnxruntime"]
+    for backend, sha in want.items():
+        out = str(tmp_path / "{}.csv".format(backend))
+        code, _, err = run_cli(["batch", "--model", tiny_bundle, "--backend", backend,
+                                os.path.join(tiny_data, "val"), "--results", out])
+        assert code == 0, err
+        rows = read_rows(out)
+        assert rows and {r["model_sha256"] for r in rows} == {sha}, backend

@@ -22,6 +22,7 @@ class Backend(object):
 
     name = "base"
     precision = "fp32"
+    path = None  # the model file this backend runs, where it is not the bundle's usual one
     max_batch = None  # None: any batch size
 
     def __init__(self, bundle, **options):

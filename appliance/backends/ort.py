@@ -21,7 +21,7 @@ class OnnxRuntimeBackend(Backend):
         except ImportError:
             raise MissingDependency("onnxruntime", "the onnxruntime backend",
                                     "pip install onnxruntime")
-        path = self.model_file(bundle)
+        path = self.path = self.model_file(bundle)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
