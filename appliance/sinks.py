@@ -350,6 +350,11 @@ def check_file_output(uri, source, overwrite=False):
         return
     uri = file_path(uri)
     if os.path.splitext(uri)[1].lower() in VIDEO_FOURCC:
+        if getattr(source, "kind", None) == "video" and os.path.exists(uri) \
+                and os.path.samefile(uri, source.uri):  # written while read: both lost
+            raise UsageError("output {}: it is the input video {}: give another name (even "
+                             "--overwrite cannot replace a video while reading it)".format(
+                                 uri, source.uri))
         VideoFileSink(uri, overwrite=overwrite)
         return
     frames, endless = planned_frames(source)

@@ -1,0 +1,29 @@
+"""``oncolens classify`` on video files, globs and image outputs: what is refused before the
+model loads, with the files read back."""
+import os
+
+from conftest import run_cli
+from test_appliance_io import read_video, write_video
+
+
+def _bytes(path):
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def test_a_video_is_not_written_over_itself_even_with_overwrite(tiny_bundle, tmp_path):
+    """The output video opened over the input it is reading truncated it: the input was lost
+    and the output was a damaged copy with fewer frames (exit 0)."""
+    src = write_video(str(tmp_path / "scan.mp4"), 8, w=96, h=72)
+    before = _bytes(src)
+    os.symlink(src, str(tmp_path / "alias.mp4"))
+    for out in (src, "file://" + src, str(tmp_path / "alias.mp4")):
+        code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless",
+                                     "--overwrite", src, out])
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert "is the input video" in err and stdout == ""
+        assert _bytes(src) == before and len(read_video(src)) == 8
+    out = str(tmp_path / "annotated.mp4")
+    code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless", src, out])
+    assert code == 0, err
+    assert len(read_video(out)) == 8 and stdout.count("imagenet:  ") == 8
