@@ -27,3 +27,21 @@ def test_a_video_is_not_written_over_itself_even_with_overwrite(tiny_bundle, tmp
     code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless", src, out])
     assert code == 0, err
     assert len(read_video(out)) == 8 and stdout.count("imagenet:  ") == 8
+
+
+def test_a_video_type_we_cannot_write_is_refused_not_made_a_folder(tiny_bundle, tiny_data,
+                                                                     tmp_path):
+    """out.webm (a type read as input only) became a folder named out.webm full of JPEGs."""
+    clip = write_video(str(tmp_path / "clip.mp4"), 3)
+    folder = os.path.join(tiny_data, "test", "benign")
+    for src in (clip, folder):
+        for name in ("out.webm", "out.mpg", "out.h264"):
+            out = str(tmp_path / name)
+            code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless", src,
+                                         out])
+            assert code == 2 and len(err.strip().splitlines()) == 1, err
+            assert "unsupported video type '{}'".format(os.path.splitext(name)[1]) in err
+            assert ".mp4" in err and stdout == "" and not os.path.exists(out)
+    code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless", clip,
+                                 str(tmp_path / "frames.webm") + os.sep])  # a folder, said so
+    assert code == 0 and len(os.listdir(str(tmp_path / "frames.webm"))) == 3, err
