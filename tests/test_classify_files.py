@@ -45,3 +45,35 @@ def test_a_video_type_we_cannot_write_is_refused_not_made_a_folder(tiny_bundle, 
     code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless", clip,
                                  str(tmp_path / "frames.webm") + os.sep])  # a folder, said so
     assert code == 0 and len(os.listdir(str(tmp_path / "frames.webm"))) == 3, err
+
+
+def test_bad_input_size_rate_and_encoder_values_are_one_line_before_the_model(tiny_bundle,
+                                                                              tmp_path):
+    """--input-width=-80 was a cv2.resize traceback; --input-rate=-5 'OpenCV cannot write
+    mp4v video here' with an empty out.mp4 left behind (a rerun then needed --overwrite);
+    --output-codec and --bitrate were never checked."""
+    clip = write_video(str(tmp_path / "clip.mp4"), 3)
+    out = str(tmp_path / "out.mp4")
+    for argv, message in (
+            (["--input-width=-80", "--input-height=60"], "--input-width: expected pixels above 0"),
+            (["--input-rate=-5"], "--input-rate: expected frames per second above 0"),
+            (["--input-rate=nan"], "--input-rate: expected frames per second above 0"),
+            (["--bitrate=-5"], "--bitrate: expected bits per second above 0"),
+            (["--output-codec=h266"], "--output-codec: unknown codec 'h266'"),
+            (["--status-every=-1"], "--status-every: expected seconds, 0 or more")):
+        code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless", clip,
+                                     out] + argv)
+        assert code == 2 and len(err.strip().splitlines()) == 1, (argv, err)
+        assert message in err and stdout == "" and not os.path.exists(out), (argv, err)
+
+
+def test_encoder_flags_on_a_video_file_are_named_not_silently_ignored(tiny_bundle, tmp_path,
+                                                                       caplog):
+    clip = write_video(str(tmp_path / "clip.mp4"), 3)
+    out = str(tmp_path / "out.mp4")
+    code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless", clip, out,
+                                 "--output-codec=h265", "--bitrate=2000000"])
+    assert code == 0, err
+    assert len(read_video(out)) == 3
+    for flag in ("--output-codec", "--bitrate"):
+        assert "{} is used by rtp:// outputs only: ignored for {}".format(flag, out) in caplog.text
