@@ -65,6 +65,8 @@ def list_images(uri, unsupported=False, exclude=None):
         return [(uri, os.path.basename(uri))]
     if any(ch in uri for ch in "*?["):
         base = glob_base(uri)
+        if skip_dir and not skip_dir.startswith(os.path.realpath(base).rstrip(os.sep) + os.sep):
+            skip_dir = None  # the glob's own folder or one above it is kept, as for a folder
         found, seen = [], set()
         for path in sorted(p for p in glob.glob(uri, recursive=True) if os.path.isfile(p)):
             real = os.path.realpath(path)

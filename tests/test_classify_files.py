@@ -77,3 +77,25 @@ def test_encoder_flags_on_a_video_file_are_named_not_silently_ignored(tiny_bundl
     assert len(read_video(out)) == 3
     for flag in ("--output-codec", "--bitrate"):
         assert "{} is used by rtp:// outputs only: ignored for {}".format(flag, out) in caplog.text
+
+
+def test_a_glob_into_a_pattern_in_its_own_folder(tiny_bundle, tiny_data, tmp_path):
+    """The pattern's folder was left out of a glob's matches even when it was the glob's own
+    folder: 'scans/*.png' 'scans/out_%i.jpg' said 'no image files found' with three there."""
+    import shutil
+    scans = str(tmp_path / "scans")
+    shutil.copytree(os.path.join(tiny_data, "test", "benign"), scans)
+    inputs = sorted(os.listdir(scans))
+    pattern = os.path.join(scans, "out_%i.jpg")
+    code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless",
+                                 os.path.join(scans, "*.png"), pattern])
+    assert code == 0, err
+    assert stdout.count("imagenet:  ") == len(inputs) == 3
+    assert sorted(os.listdir(scans)) == sorted(inputs + ["out_0.jpg", "out_1.jpg", "out_2.jpg"])
+    # an output folder inside the glob's folder is still left out of its matches
+    os.mkdir(os.path.join(scans, "sub"))
+    shutil.copy(os.path.join(scans, "out_0.jpg"), os.path.join(scans, "sub", "a.jpg"))
+    code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless",
+                                 os.path.join(scans, "*", "*.jpg"),
+                                 os.path.join(scans, "sub") + os.sep, "--overwrite"])
+    assert code == 2 and "no image files found" in err and stdout == ""
