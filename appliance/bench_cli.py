@@ -69,6 +69,34 @@ def _csv(value, flag, cast=str):
     return items
 
 
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+
+
+def _names(value, flag, known):
+    """A comma list of names from ``known``: a typo is one line now, not a run skipped
+    after the reference and the baseline were measured (and exit 0 beside another run)."""
+    names = _csv(value, flag)
+    for name in names:
+        if name not in known:
+            raise UsageError("{}: unknown '{}' (expected a comma list of: {})".format(
+                flag, name, ", ".join(known)))
+    return names
+
+
+def _check_numbers(args):
+    """The counts and durations, before anything is measured."""
+    for flag, value, least in (("--workers", args.workers, 0), ("--warmup", args.warmup, 0),
+                               ("--max-images", args.max_images, 0),
+                               ("--calib-count", args.calib_count, 1),
+                               ("--threads", args.threads, 0)):
+        if value is not None and value < least:
+            raise UsageError("{}: expected {}, got {}".format(
+                flag, "a positive number" if least else "0 or more", value))
+    if not 0 <= args.min_seconds < float("inf"):
+        raise UsageError("--min-seconds: expected seconds, 0 or more, got {}".format(
+            args.min_seconds))
+
+
 def _files(folder, flag, limit=0):
     from oncolens.appliance.pipeline import iter_image_files
     if not os.path.isdir(folder):
@@ -97,7 +125,11 @@ def _device(value):
 
 
 def make_config(args):
+    from oncolens.appliance.backends import backend_names
     from oncolens.appliance.bundle import load_bundle
+    _check_numbers(args)
+    backends = _names(args.backends, "--backends", backend_names())
+    precisions = _names(args.precisions, "--precisions", PRECISIONS)
     if args.json:  # checked now: the figures must not be lost after minutes of measuring
         check_text_file(args.json, "--json")
         check_output_file(args.json, "--json", args.overwrite)
@@ -121,8 +153,7 @@ def make_config(args):
             "files": files, "images_dir": os.path.abspath(args.images),
             "agreement_files": _files(agreement_dir, "--agreement-images"),
             "agreement_dir": os.path.abspath(agreement_dir),
-            "backends": _csv(args.backends, "--backends"),
-            "precisions": _csv(args.precisions, "--precisions"),
+            "backends": backends, "precisions": precisions,
             "batch_sizes": sizes, "preprocess": preprocess, "device": device,
             "workers": args.workers, "warmup": args.warmup,
             "min_seconds": args.min_seconds, "calib_images": args.calib_images,

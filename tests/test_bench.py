@@ -134,7 +134,16 @@ def test_bench_refuses_to_overwrite_and_bad_flags(bench_json, tiny_bundle, tiny_
     images = os.path.join(tiny_data, "test")
     for extra, message in [(["--json", str(existing)], "already exists"),
                            (["--batch-sizes", "0"], "--batch-sizes"),
-                           (["--batch-sizes", "x"], "--batch-sizes")]:
+                           (["--batch-sizes", "x"], "--batch-sizes"),
+                           # a typo was skipped after minutes of measuring, exit 0 beside
+                           # the runs that were right
+                           (["--backends", "onnxruntime,openvnio"],
+                            "--backends: unknown 'openvnio'"),
+                           (["--precisions", "fp32,in8"], "--precisions: unknown 'in8'"),
+                           (["--workers", "-1"], "--workers: expected 0 or more"),
+                           (["--warmup", "-2"], "--warmup: expected 0 or more"),
+                           (["--calib-count", "0"], "--calib-count: expected a positive"),
+                           (["--min-seconds", "nan"], "--min-seconds: expected seconds")]:
         code, _, err = run_cli(["bench", "--model", tiny_bundle, "--images", images] + extra)
         assert code != 0 and message in err and len(err.strip().splitlines()) == 1
 
