@@ -272,6 +272,7 @@ def baseline(cfg, bundle, ref):
         naive = NaiveTorch(bundle, cfg.get("device", "cpu"), cfg["unreadable"].add)
         result = naive.run(cfg["files"], cfg["warmup"])
     except (MissingDependency, OncoLensError) as exc:
+        log.warning("bench: the naive PyTorch loop (baseline) skipped: %s", exc)
         return {"skipped": str(exc), "end_to_end_ips": None}
     result["agreement_vs_fp32"] = agreement(naive.top1(cfg["agreement_files"]), ref)
     result["single_thread"] = naive.run_single_thread(cfg["files"], cfg["warmup"])

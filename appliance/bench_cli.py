@@ -197,6 +197,8 @@ def table(result):
             skip["backend"], skip["precision"],
             " ({} preprocessing)".format(skip["preprocess"]) if skip.get("preprocess") else "",
             skip["reason"]))
+    if base.get("skipped"):  # without it "x naive" is "-": say why
+        lines.append("skipped the naive torch loop (baseline): {}".format(base["skipped"]))
     unreadable = result.get("unreadable") or {}
     if unreadable.get("count"):
         lines.append("skipped {} unreadable file(s), not timed: {}".format(

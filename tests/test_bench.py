@@ -209,6 +209,12 @@ def test_bench_a_bare_folder_uses_the_onnx_input_size(tiny_bundle, tiny_data, tm
                               "--warmup", 1])
     assert code == 0, err
     assert "onnxruntime fp32" in out
+    # with the baseline asked for: no checkpoint, so "x naive" is "-" and the table says why
+    code, out, err = run_cli(["bench", "--model", str(d), "--images",
+                              os.path.join(tiny_data, "test"), "--backends", "onnxruntime",
+                              "--batch-sizes", "1", "--min-seconds", 0.05, "--warmup", 1])
+    assert code == 0, err
+    assert "skipped the naive torch loop (baseline): {}: no checkpoint".format(d) in out
 
 
 def test_unreadable_images_are_skipped_named_and_counted(tiny_bundle, tiny_data, tmp_path,
