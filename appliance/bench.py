@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from oncolens.appliance.backends import open_backend
-from oncolens.appliance.benchstats import latency_ms, loadavg, machine_info, shares
+from oncolens.appliance.benchstats import gpu_info, latency_ms, loadavg, machine_info, shares
 from oncolens.appliance.device_preprocess import stack_inputs
 from oncolens.appliance.errors import MissingDependency, OncoLensError
 from oncolens.appliance.pipeline import batched, prefetch, window
@@ -340,6 +340,9 @@ def run_bench(cfg):
                 log.warning("bench: %s %s skipped: %s", backend_name, precision, skip["reason"])
             result["skipped"].extend(skips)
     summarise(result)
+    cuda = [d for d in [cfg.get("device")] + [r.get("device") for r in result["runs"]]
+            if str(d).startswith("cuda")]
+    result["machine"]["gpu"] = gpu_info(cuda[0]) if cuda else None
     result["unreadable"] = cfg["unreadable"].report()
     result["loadavg_end"] = loadavg()
     return result

@@ -203,9 +203,11 @@ def table(result):
     if unreadable.get("count"):
         lines.append("skipped {} unreadable file(s), not timed: {}".format(
             unreadable["count"], ", ".join(f["path"] for f in unreadable["files"])))
-    lines.append("machine: {} ({} cores), load average {} -> {}".format(
-        result["machine"]["cpu"], result["machine"]["cores"], result["loadavg_start"],
-        result["loadavg_end"]))
+    gpu = result["machine"].get("gpu")
+    lines.append("machine: {} ({} cores){}, load average {} -> {}".format(
+        result["machine"]["cpu"], result["machine"]["cores"],
+        ", GPU {} (CUDA {})".format(gpu["name"], gpu["cuda"]) if gpu else "",
+        result["loadavg_start"], result["loadavg_end"]))
     return "\n".join(lines)
 
 

@@ -335,3 +335,24 @@ def test_agreement_with_a_one_class_reference_unlocks_nothing(tiny_bundle, tiny_
                                    str(tmp_path / "r.jsonl"), "--no-progress"])
     assert code == 2 and "--precision int8" in err and "no measure" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_gpu_run_names_its_gpu_beside_the_cpu(bench_json, monkeypatch):
+    """--device cuda figures went out under the CPU's name alone ("machine: AMD EPYC (2
+    cores)"): the JSON and the table now name the GPU; on the CPU the field is null."""
+    import copy
+
+    import torch
+
+    from oncolens.appliance import benchstats
+    from oncolens.appliance.bench_cli import table
+    assert "gpu" in bench_json["machine"] and bench_json["machine"]["gpu"] is None
+    assert benchstats.gpu_info("cpu") is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: "NVIDIA H100 #{}".format(i))
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    gpu = benchstats.gpu_info("cuda:1")
+    assert gpu == {"device": "cuda:1", "name": "NVIDIA H100 #1", "cuda": "13.0"}
+    result = copy.deepcopy(bench_json)
+    result["machine"]["gpu"] = gpu
+    assert ", GPU NVIDIA H100 #1 (CUDA 13.0), load average" in table(result)
