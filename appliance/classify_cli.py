@@ -186,6 +186,8 @@ def _check_numbers(args):
     if not 0 <= args.status_every < float("inf"):
         raise UsageError("--status-every: expected seconds, 0 or more, got {}".format(
             args.status_every))
+    from oncolens.appliance.postprocess import Smoother
+    Smoother(args.smoothing)  # --smoothing: a weight or a number of frames, checked now
     if args.output_codec:
         from oncolens.appliance.gst import check_codec
         check_codec(args.output_codec, "--output-codec", ("h264", "h265"))

@@ -99,3 +99,18 @@ def test_a_glob_into_a_pattern_in_its_own_folder(tiny_bundle, tiny_data, tmp_pat
                                  os.path.join(scans, "*", "*.jpg"),
                                  os.path.join(scans, "sub") + os.sep, "--overwrite"])
     assert code == 2 and "no image files found" in err and stdout == ""
+
+
+def test_smoothing_that_is_not_a_number_is_refused(tiny_bundle, tmp_path):
+    """--smoothing=nan printed and drew '00nan% benign' on every frame after the first."""
+    clip = write_video(str(tmp_path / "clip.mp4"), 3)
+    for value in ("nan", "inf", "-1"):
+        out = str(tmp_path / "out_{}.mp4".format(value))
+        code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless", clip, out,
+                                     "--smoothing=" + value])
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert "--smoothing: expected a weight in [0, 1] or a number of frames" in err
+        assert stdout == "" and not os.path.exists(out)
+    code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless", clip,
+                                 "--smoothing=2"])
+    assert code == 0 and stdout.count("imagenet:  ") == 3 and "nan%" not in stdout, err
