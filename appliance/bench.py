@@ -320,6 +320,8 @@ def run_bench(cfg):
                   "backends", "precisions", "batch_sizes", "preprocess", "device", "workers",
                   "warmup", "min_seconds")),
               "runs": [], "skipped": []}
+    # --threads changes every figure: recorded (None: the runtime's own choice, all cores)
+    result["settings"]["threads"] = cfg["backend_options"].get("threads")
     cfg["unreadable"] = Unreadable()
     # at least one readable image, or one line now (not after the reference and baseline)
     sample_batch(Preprocessor.from_bundle(bundle), cfg["files"], 1, cfg["unreadable"])

@@ -215,6 +215,15 @@ def test_bench_a_bare_folder_uses_the_onnx_input_size(tiny_bundle, tiny_data, tm
                               "--batch-sizes", "1", "--min-seconds", 0.05, "--warmup", 1])
     assert code == 0, err
     assert "skipped the naive torch loop (baseline): {}: no checkpoint".format(d) in out
+    # --threads changes every figure: the JSON says which was used (it did not)
+    out = str(tmp_path / "one-thread.json")
+    code, _, err = run_cli(["bench", "--model", str(d), "--images",
+                            os.path.join(tiny_data, "test"), "--backends", "onnxruntime",
+                            "--batch-sizes", "1", "--min-seconds", 0.05, "--warmup", 1,
+                            "--no-baseline", "--threads", 1, "--json", out])
+    assert code == 0, err
+    with io.open(out, encoding="utf-8") as fh:
+        assert json.load(fh)["settings"]["threads"] == 1
 
 
 def test_unreadable_images_are_skipped_named_and_counted(tiny_bundle, tiny_data, tmp_path,
