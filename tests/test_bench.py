@@ -209,6 +209,9 @@ def test_bench_a_bare_folder_uses_the_onnx_input_size(tiny_bundle, tiny_data, tm
                               "--warmup", 1])
     assert code == 0, err
     assert "onnxruntime fp32" in out
+    # the latency columns say they are per image, end to end (not the network's per call)
+    header = out.splitlines()[0]
+    assert "e2e p50 ms" in header and "e2e p99 ms" in header, header
     # with the baseline asked for: no checkpoint, so "x naive" is "-" and the table says why
     code, out, err = run_cli(["bench", "--model", str(d), "--images",
                               os.path.join(tiny_data, "test"), "--backends", "onnxruntime",
