@@ -167,12 +167,16 @@ def _open(cfg, bundle, backend_name, precision):
         if precision == "fp16" and not str(cfg["device"]).startswith("cuda"):
             raise _torch_precision_skip(precision, "fp32", cfg["device"])  # before loading it
         options.update(precision=precision, device=cfg["device"])
-    if backend_name == "openvino":
+    if backend_name in ("openvino", "tensorrt"):  # TensorRT: an engine of that precision
         options.update(precision=precision)
     backend = open_backend(backend_name, model, **options)  # bf16 without it: skipped
-    if backend_name == "torch" and backend.precision != precision:
-        backend.close()
-        raise _torch_precision_skip(precision, backend.precision, cfg["device"])
+    if backend_name in ("torch", "tensorrt") and backend.precision != precision:
+        backend.close()  # never figures of one precision under another's name
+        if backend_name == "torch":
+            raise _torch_precision_skip(precision, backend.precision, cfg["device"])
+        raise OncoLensError("--precisions {}: the tensorrt backend runs a {} engine here "
+                            "({})".format(precision, backend.precision,
+                                          getattr(backend, "engine_path", "?")))
     return model, backend
 
 
@@ -201,7 +205,9 @@ def _measure(cfg, backend, model, pre, run):
     for bs in cfg["batch_sizes"]:
         log.info("bench: %s %s batch %d, %s preprocessing", run["backend"], run["precision"],
                  bs, run["preprocess"])
-        one = dict(run, batch_size=bs, model_file=model.model_path)
+        # the file that ran: for TensorRT the engine, not the ONNX it was built from
+        one = dict(run, batch_size=bs,
+                   model_file=getattr(backend, "engine_path", None) or model.model_path)
         batch = sample_batch(pre, cfg["files"], bs, cfg["unreadable"])
         one.update(network_only(backend, batch, cfg["warmup"], cfg["min_seconds"]))
         if run["backend"] == "openvino":
