@@ -250,6 +250,8 @@ def run_one(cfg, bundle, backend_name, precision, ref):
                                  single_class=cfg.get("reference_single_class"))
             run = {"backend": backend_name, "precision": precision, "preprocess": mode,
                    "device": device, "agreement_vs_fp32": agree}
+            if isinstance(getattr(backend, "device", None), dict):  # TensorRT: the GPU
+                run["gpu"] = backend.device.get("name")
             runs.extend(_measure(cfg, backend, model, pre, run))
     return runs, skips
 
@@ -350,7 +352,10 @@ def run_bench(cfg):
     summarise(result)
     cuda = [d for d in [cfg.get("device")] + [r.get("device") for r in result["runs"]]
             if str(d).startswith("cuda")]
-    result["machine"]["gpu"] = gpu_info(cuda[0]) if cuda else None
+    gpu = gpu_info(cuda[0]) if cuda else None
+    named = [r["gpu"] for r in result["runs"] if r.get("gpu")]  # TensorRT's, without torch
+    result["machine"]["gpu"] = gpu or ({"device": "cuda", "name": named[0], "cuda": None}
+                                       if named else None)
     result["unreadable"] = cfg["unreadable"].report()
     result["loadavg_end"] = loadavg()
     return result

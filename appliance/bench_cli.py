@@ -208,7 +208,8 @@ def table(result):
     gpu = result["machine"].get("gpu")
     lines.append("machine: {} ({} cores){}, load average {} -> {}".format(
         result["machine"]["cpu"], result["machine"]["cores"],
-        ", GPU {} (CUDA {})".format(gpu["name"], gpu["cuda"]) if gpu else "",
+        ", GPU {}{}".format(gpu["name"], " (CUDA {})".format(gpu["cuda"]) if gpu.get("cuda")
+                            else "") if gpu else "",
         result["loadavg_start"], result["loadavg_end"]))
     return "\n".join(lines)
 

@@ -30,6 +30,10 @@ def test_a_tensorrt_row_runs_an_engine_of_its_own_precision(dyn_bundle, tiny_dat
     rows = [(r["backend"], r["precision"], os.path.basename(r["model_file"]))
             for r in result["runs"]]
     assert rows == [("tensorrt", "fp32", "resnet18.onnx.1.1.8201.GPU.FP32.engine")], rows
+    # the GPU is named from TensorRT's device where torch sees no CUDA (as here)
+    assert result["machine"]["gpu"]["name"] == "NVIDIA Tegra X1"
+    assert result["runs"][0]["gpu"] == "NVIDIA Tegra X1"
+    assert ", GPU NVIDIA Tegra X1, load average" in out
     # no int8 engine (it needs 'oncolens export engine --calib-images'): skipped, said why
     (skip,) = result["skipped"]
     assert skip["precision"] == "int8" and "INT8 engine needs calibration" in skip["reason"]
