@@ -206,8 +206,9 @@ class CaptureSource(Source):
         self.close()
         cap = self.opener()
         if cap is None or not cap.isOpened():
-            raise SourceLost("cannot open {} ({}): check the device or address".format(
-                self.uri, self.kind))
+            raise SourceLost("cannot open {} ({}): {}".format(
+                self.uri, self.kind, "check the device or address" if self.live else
+                "OpenCV cannot read it as a video (a damaged file, or a codec it lacks)"))
         self.cap = cap
         fps = cap.get(5)  # cv2.CAP_PROP_FPS
         self.rate = fps if fps and 0 < fps < 1000 else self.rate
@@ -377,8 +378,11 @@ def open_source(uri, **options):
             size = (int(options["width"]), int(options["height"]))
         elif options.get("width") or options.get("height"):
             log.warning("--input-width and --input-height must be given together: ignored")
-        return CaptureSource(path, "video", lambda: cv2.VideoCapture(path), live=False,
-                             loop=options.get("loop"), flip=options.get("flip"), size=size)
+        source = CaptureSource(path, "video", lambda: cv2.VideoCapture(path), live=False,
+                               loop=options.get("loop"), flip=options.get("flip"), size=size)
+        source.open()  # a file OpenCV cannot read is named now, before a model loads
+        source.close()
+        return source
     warn_unsupported("image files", options, ("width", "height", "codec", "latency"))
     return ImageFilesSource(path, loop=options.get("loop", 0) or 0, flip=options.get("flip"),
                             exclude=options.get("exclude"))

@@ -114,3 +114,17 @@ def test_smoothing_that_is_not_a_number_is_refused(tiny_bundle, tmp_path):
     code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless", clip,
                                  "--smoothing=2"])
     assert code == 0 and stdout.count("imagenet:  ") == 3 and "nan%" not in stdout, err
+
+
+def test_a_video_opencv_cannot_read_is_named_before_the_model_loads(tiny_bundle, tmp_path,
+                                                                    caplog):
+    """It was named after the model loaded (minutes for an engine build on a Nano), with a
+    camera's advice: 'check the device or address'."""
+    bad = tmp_path / "scan.mp4"
+    bad.write_bytes(b"not a video")
+    code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless", str(bad),
+                                 str(tmp_path / "out.mp4")])
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "cannot open {} (video): OpenCV cannot read it as a video".format(bad) in err
+    assert "backend auto" not in caplog.text and stdout == ""
+    assert not os.path.exists(str(tmp_path / "out.mp4"))
