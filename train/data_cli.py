@@ -53,7 +53,7 @@ def build_synth_parser():
     p.add_argument("--overwrite", action="store_true",
                    help="replace what an earlier synth wrote in OUT (its train/ val/ test/, "
                         "labels.txt, README.md and SYNTHETIC.json are removed first)")
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-level", default="info", help="debug, info, warning, error (info)")
     return p
 
 
@@ -89,7 +89,7 @@ def build_check_parser():
                    help="perceptual-hash distance (bits of 64) that counts as the same image (4)")
     p.add_argument("--json", default=None, help="write the full audit to this JSON file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-level", default="info", help="debug, info, warning, error (info)")
     return p
 
 
@@ -141,7 +141,7 @@ def build_split_parser():
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier split in OUT (its train/ val/ test/, splits.csv and "
                         "labels.txt are removed first)")
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-level", default="info", help="debug, info, warning, error (info)")
     return p
 
 

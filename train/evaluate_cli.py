@@ -41,7 +41,7 @@ def build_parser():
                    help="bootstrap rounds for the 95%% confidence intervals of accuracy and "
                         "macro-F1 (1000; at least 100; 0: none)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-level", default="info", help="debug, info, warning, error (info)")
     return p
 
 
