@@ -10,7 +10,7 @@ import os
 import sys
 
 from oncolens.appliance.cliutil import cli_entry, normalize_flags, setup_logging
-from oncolens.appliance.errors import UsageError
+from oncolens.appliance.errors import OncoLensError, UsageError
 from oncolens.appliance.outpaths import check_output_dir, check_output_file
 
 log = logging.getLogger("oncolens.evaluate")
@@ -136,40 +136,60 @@ def _print_summary(report):
         echo("  unreadable: {} ({})".format(failure["path"], failure["error"]))
 
 
-@cli_entry("oncolens evaluate")
-def main(argv):
-    args = build_parser().parse_args(normalize_flags(argv))
-    setup_logging(args.log_level)
-    from oncolens.train.data_cli import echo, write_json
-    from oncolens.train.evaluate import evaluate_dir, public
-    from oncolens.train.report import comparison_markdown
-    plans = check_args(args)
-    reports = []
+def _evaluate_each(plans, args):
+    """(reports, models not evaluated): with several --model-dir, a model that cannot be
+    evaluated (a broken folder, a class folder it does not know) is recorded and the others
+    go on; a single model's error ends the run as before."""
+    from oncolens.train.data_cli import echo
+    from oncolens.train.evaluate import evaluate_dir, not_held_out
+    reports, not_evaluated = [], []
     for model_dir, out, prefix in plans:
-        report = evaluate_dir(model_dir, args.split_dir, args.backend, bins=args.bins,
-                              bootstrap=args.bootstrap)
+        try:
+            report = evaluate_dir(model_dir, args.split_dir, args.backend, bins=args.bins,
+                                  bootstrap=args.bootstrap)
+        except OncoLensError as exc:
+            if len(plans) == 1:
+                raise
+            echo("{}: not evaluated: {}".format(os.path.abspath(model_dir), exc))
+            not_evaluated.append({"model_dir": os.path.abspath(model_dir), "error": str(exc)})
+            continue
         _print_summary(report)
-        from oncolens.train.evaluate import not_held_out
         if not_held_out(report):
             log.warning("%s", not_held_out(report))
         if out:
             echo("report: {}".format(_write_outputs(report, out, prefix, args.overwrite)))
         reports.append(report)
-    if len(reports) > 1:
-        table = comparison_markdown(reports)
+    return reports, not_evaluated
+
+
+@cli_entry("oncolens evaluate")
+def main(argv):
+    args = build_parser().parse_args(normalize_flags(argv))
+    setup_logging(args.log_level)
+    from oncolens.train.data_cli import echo, write_json
+    from oncolens.train.evaluate import public
+    from oncolens.train.report import comparison_markdown
+    plans = check_args(args)
+    reports, not_evaluated = _evaluate_each(plans, args)
+    if len(plans) > 1 and reports:
+        table = comparison_markdown(reports, not_evaluated)
         echo("")
         echo(table)
         if args.out:
             with _text_file(os.path.join(args.out, "comparison.md")) as fh:
                 fh.write(table)
-    if args.json:
-        payload = public(reports[0]) if len(reports) == 1 else \
-            {"models": [public(r) for r in reports]}
+    if args.json and reports:
+        payload = public(reports[0]) if len(plans) == 1 else \
+            {"models": [public(r) for r in reports], "not_evaluated": not_evaluated}
         write_json(args.json, payload)
         echo("metrics: {}".format(args.json))
     failed = sum(len(r["failed"]) for r in reports)
     if failed:
         sys.stderr.write("oncolens evaluate: error: {} image(s) could not be read (listed above "
                          "as 'unreadable'); the figures leave them out\n".format(failed))
-        return 1
-    return 0
+    if not_evaluated:
+        sys.stderr.write("oncolens evaluate: error: {} of {} model(s) could not be evaluated "
+                         "(listed above as 'not evaluated'){}\n".format(
+                             len(not_evaluated), len(plans),
+                             "" if reports else "; nothing was written"))
+    return 1 if failed or not_evaluated else 0

@@ -66,14 +66,26 @@ def model_markdown(report, pngs=None):
     return "\n".join(lines) + "\n"
 
 
-def comparison_markdown(reports):
-    """One row per model: the table that sets a baseline against transfer learning."""
-    labels = reports[0]["labels"]
+def _names(reports):
+    """Each model's folder name, or its whole path where two models share a name."""
+    names = [r["model_dir"].rstrip("/").split("/")[-1] for r in reports]
+    return [r["model_dir"] if names.count(n) > 1 else n for r, n in zip(reports, names)]
+
+
+def comparison_markdown(reports, not_evaluated=()):
+    """One row per model: the table that sets a baseline against transfer learning. A recall
+    column for every class of any model (n/a for a model without it); the models that could
+    not be evaluated are listed under it."""
+    labels = []
+    for r in reports:
+        labels += [l for l in r["labels"] if l not in labels]
     head = ["model", "arch", "px", "accuracy", "macro-F1", "95% CI", "ROC-AUC", "ECE"] + \
         ["recall {}".format(l) for l in labels] + ["train s"]
-    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-    for r in reports:
-        cells = [r["model_dir"].rstrip("/").split("/")[-1], str(r["arch"]), str(r["resolution"]),
+    lines = ["On `{}` ({} images):".format(reports[0]["split_dir"], ", ".join(
+        sorted(set(str(r["count"]) for r in reports)))), "",
+        "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for r, name in zip(reports, _names(reports)):
+        cells = [name, str(r["arch"]), str(r["resolution"]),
                  _fmt(r["accuracy"]), _fmt(r["macro_f1"]), _ci_range(r, "macro_f1") or "n/a",
                  _fmt(r["roc_auc_macro"]), _fmt(r["ece"])]
         cells += [_fmt(r["per_class"].get(l, {}).get("recall")) for l in labels]
@@ -82,4 +94,7 @@ def comparison_markdown(reports):
     notes = [not_held_out(r) for r in reports if not_held_out(r)]
     if notes:
         lines += [""] + ["Warning: not held-out: {}.".format(note) for note in notes]
+    if not_evaluated:
+        lines += [""] + ["Not evaluated: {} ({}).".format(f["model_dir"], f["error"])
+                         for f in not_evaluated]
     return "\n".join(lines) + "\n"
