@@ -159,3 +159,24 @@ def test_several_models_a_failing_one_is_recorded_and_the_rest_go_on(tmp_path, t
     assert "recall normal" in table and "On `{}` (6 images)".format(split) in table
     rows = [l for l in table.splitlines() if l.startswith("| two classes |")]
     assert len(rows) == 1 and rows[0].split(" | ")[10] == "n/a", table
+
+
+def test_report_links_its_figures_when_the_model_folder_has_spaces(tmp_path, tiny_bundle,
+                                                                   tiny_data):
+    """Several models write '<n>-<folder name>-roc.png': a folder name with a space or
+    brackets made the Markdown image links break (CommonMark ends a link at a space)."""
+    import re
+    import shutil
+    from urllib.parse import unquote
+    named = str(tmp_path / "run 2 (seed 1) é")
+    shutil.copytree(tiny_bundle, named)
+    out_dir = str(tmp_path / "cmp")
+    code, out, err = run_cli(["evaluate", "--model-dir", tiny_bundle, "--model-dir", named,
+                              os.path.join(tiny_data, "test"), "--out", out_dir,
+                              "--bootstrap", 0])
+    assert code == 0, err
+    report = open(os.path.join(out_dir, "2-run 2 (seed 1) é-report.md"), encoding="utf-8").read()
+    links = re.findall(r"!\[[^\]]*\]\(([^()\s]+)\)", report)
+    assert len(links) == 3, report
+    for link in links:
+        assert os.path.isfile(os.path.join(out_dir, unquote(link))), link

@@ -1,4 +1,6 @@
 """Markdown reports for ``oncolens evaluate``: one model, or a comparison of several."""
+from urllib.parse import quote
+
 from oncolens.train.evaluate import not_held_out
 
 
@@ -61,8 +63,8 @@ def model_markdown(report, pngs=None):
         lines.append("| {} | {} |".format(label, " | ".join(str(v) for v in row)))
     if report.get("failed"):
         lines += ["", "Unreadable images (skipped): {}".format(len(report["failed"]))]
-    for png in pngs or []:
-        lines += ["", "![{}]({})".format(png, png)]
+    for png in pngs or []:  # a link with a space, '(' or ')' in it would not render
+        lines += ["", "![{}]({})".format(png, quote(png.encode("utf-8", "surrogateescape")))]
     return "\n".join(lines) + "\n"
 
 
