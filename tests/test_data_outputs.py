@@ -47,6 +47,13 @@ def test_synth_into_a_file_is_one_line(tmp_path):
     _one_line(code, err, "is a file")
 
 
+def test_synth_negative_seed_is_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "syn"  # numpy refused it with a traceback, after train/ was made
+    code, o, err = run_cli(["data", "synth", str(out), "--size", 32, "--seed", "-1"])
+    _one_line(code, err, "--seed: expected 0 to 4294967295, got -1")
+    assert not out.exists()
+
+
 def test_synth_overwrite_leaves_nothing_of_the_earlier_set(tmp_path):
     out = str(tmp_path / "syn")
     code, o, err = run_cli(["data", "synth", out, "--size", 32, "--train", 4, "--val", 2,

@@ -76,7 +76,8 @@ def test_files_in_sub_folders_keep_distinct_names(tmp_path):
     assert len(os.listdir(os.path.join(out, "train", "benign"))) == 4
 
 
-@pytest.mark.parametrize("case", ["out-is-a-file", "nan-ratio", "out-inside-src"])
+@pytest.mark.parametrize("case", ["out-is-a-file", "nan-ratio", "out-inside-src",
+                                  "negative-seed", "seed-too-big"])
 def test_bad_output_or_ratios_are_one_line(tmp_path, case):
     src = str(tmp_path / "raw")
     _flat(src, 3)
@@ -84,12 +85,15 @@ def test_bad_output_or_ratios_are_one_line(tmp_path, case):
     afile.write_text(u"x")
     argv = {"out-is-a-file": [src, str(afile)],
             "nan-ratio": [src, str(tmp_path / "o"), "--ratios", "nan", "1", "1"],
-            "out-inside-src": [src, os.path.join(src, "split")]}[case]
+            "out-inside-src": [src, os.path.join(src, "split")],
+            "negative-seed": [src, str(tmp_path / "o"), "--seed", "-1"],
+            "seed-too-big": [src, str(tmp_path / "o"), "--seed", str(2 ** 32)]}[case]
     code, o, err = run_cli(["data", "split"] + argv)
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert {"out-is-a-file": "is a file", "nan-ratio": "--ratios",
-            "out-inside-src": "inside"}[case] in err
+            "out-inside-src": "inside", "negative-seed": "--seed: expected 0 to 4294967295",
+            "seed-too-big": "--seed"}[case] in err
     assert not os.path.exists(str(tmp_path / "o"))
     assert not os.path.exists(os.path.join(src, "split"))
 

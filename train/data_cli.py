@@ -38,6 +38,15 @@ def echo(line=""):
     buffer.flush()
 
 
+MAX_SEED = 2 ** 32 - 1  # as train's --seed
+
+
+def check_seed(seed):
+    """--seed in train's range: numpy refuses a negative seed with a traceback."""
+    if not 0 <= seed <= MAX_SEED:
+        raise UsageError("--seed: expected 0 to {}, got {}".format(MAX_SEED, seed))
+
+
 def build_synth_parser():
     p = argparse.ArgumentParser(
         prog="oncolens data synth",
@@ -49,7 +58,7 @@ def build_synth_parser():
     p.add_argument("--train", type=int, default=60, help="training images per class (60)")
     p.add_argument("--val", type=int, default=20, help="validation images per class (20)")
     p.add_argument("--test", type=int, default=20, help="test images per class (20)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    p.add_argument("--seed", type=int, default=0, help="random seed, 0 to 4294967295 (0)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace what an earlier synth wrote in OUT (its train/ val/ test/, "
                         "labels.txt, README.md and SYNTHETIC.json are removed first)")
@@ -64,6 +73,7 @@ def _synth(argv):
         raise UsageError("--size: expected at least 32 pixels, got {}".format(args.size))
     if min(args.train, args.val, args.test) < 1:
         raise UsageError("--train/--val/--test: expected at least 1 image per class")
+    check_seed(args.seed)
     check_output_dir(args.out, "OUT")
     if os.path.exists(args.out) and os.listdir(args.out) and not args.overwrite:
         raise UsageError("{} already exists and is not empty: pass --overwrite".format(args.out))
@@ -134,7 +144,7 @@ def build_split_parser():
     p.add_argument("out", help="output folder (must not exist, unless --overwrite)")
     p.add_argument("--ratios", type=float, nargs=3, default=[0.7, 0.15, 0.15],
                    metavar=("TRAIN", "VAL", "TEST"), help="split fractions (0.7 0.15 0.15)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    p.add_argument("--seed", type=int, default=0, help="random seed, 0 to 4294967295 (0)")
     p.add_argument("--max-distance", type=int, default=4,
                    help="perceptual-hash distance that counts as the same image (4)")
     p.add_argument("--link", action="store_true", help="hard-link instead of copying")
@@ -148,6 +158,7 @@ def build_split_parser():
 def _split(argv):
     args = build_split_parser().parse_args(normalize_flags(argv))
     setup_logging(args.log_level)
+    check_seed(args.seed)
     from oncolens.train.split import split_dataset
     counts, fate = split_dataset(args.src, args.out, args.ratios, args.seed, args.max_distance,
                                  args.link, args.overwrite, progress=_progress("reading images"))
