@@ -122,3 +122,68 @@ def test_overwrite_never_clears_a_dataset_it_did_not_write(tmp_path, tiny_data):
     code, out, err = run_cli(["data", "split", str(proj / "train"), str(proj), "--overwrite"])
     assert code != 0 and "is inside OUT's train/" in err
     assert sorted(os.listdir(str(proj / "train" / "benign"))) == before
+
+
+def _other_file_system(path):
+    """A writable folder on another file system than ``path`` (/dev/shm), or None."""
+    shm = "/dev/shm"
+    if not os.path.isdir(shm) or not os.access(shm, os.W_OK) or \
+            os.stat(shm).st_dev == os.stat(path).st_dev:
+        return None
+    return shm
+
+
+def test_link_across_file_systems_is_refused_before_anything_is_written(tmp_path):
+    """os.link failed half-way with a traceback, leaving a split without its splits.csv
+    (which --overwrite then refused to clear)."""
+    import tempfile
+    src = str(tmp_path / "raw")
+    _flat(src, 4)
+    shm = _other_file_system(str(tmp_path))
+    if shm is None:
+        pytest.skip("no second file system (/dev/shm) to link across")
+    out = os.path.join(tempfile.mkdtemp(dir=shm), "split")
+    try:
+        code, o, err = run_cli(["data", "split", src, out, "--link"])
+        assert code == 2, err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        assert "--link" in err and "another file system" in err
+        assert not os.path.exists(out)
+        code, o, err = run_cli(["data", "split", src, out])  # copying works
+        assert code == 0, err
+    finally:
+        import shutil
+        shutil.rmtree(os.path.dirname(out))
+
+
+def test_a_failed_link_removes_what_the_split_placed(tmp_path, monkeypatch):
+    """A file system without hard links (exFAT) fails on the first os.link, a full disk on
+    any copy: one line naming the file, and no half split left in OUT."""
+    src, out = str(tmp_path / "raw"), str(tmp_path / "out")
+    _flat(src, 4)
+    calls = []
+
+    def link(a, b):
+        calls.append(b)
+        if len(calls) == 3:
+            raise OSError(1, "Operation not permitted")
+        return real_link(a, b)
+    real_link = os.link
+    monkeypatch.setattr(os, "link", link)
+    code, o, err = run_cli(["data", "split", src, out, "--link"])
+    assert code == 2 and "Traceback" not in err, err
+    assert "linking" in err and "Operation not permitted" in err and calls[2] in err
+    assert os.listdir(out) == []  # the two linked files and their folders are gone
+    assert sorted(os.listdir(os.path.join(src, "benign"))) == ["0.png", "1.png", "2.png", "3.png"]
+
+
+def test_every_file_dropped_still_writes_why(tmp_path):
+    """A --max-distance that groups every image drops them all (one image under two
+    labels): splits.csv says so, instead of a traceback on OUT/labels.txt."""
+    src, out = str(tmp_path / "raw"), str(tmp_path / "out")
+    _flat(src, 3)
+    code, o, err = run_cli(["data", "split", src, out, "--max-distance", "64"])
+    assert code == 0 and "Traceback" not in err, err
+    assert "dropped 6 file(s)" in o
+    assert {r["split"] for r in _rows(out)} == {"dropped: same image under labels "
+                                                "benign/malignant"}
