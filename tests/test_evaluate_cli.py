@@ -180,3 +180,30 @@ def test_report_links_its_figures_when_the_model_folder_has_spaces(tmp_path, tin
     assert len(links) == 3, report
     for link in links:
         assert os.path.isfile(os.path.join(out_dir, unquote(link))), link
+
+
+def test_a_class_with_no_images_in_the_split_has_no_recall(tmp_path, tiny_bundle, tiny_data,
+                                                           caplog):
+    """A split without one of the model's classes (its folder missing, or empty) printed
+    'recall 0.000' for it, as if the model had missed every one of its images."""
+    import shutil
+    split = tmp_path / "no normal"
+    for cls in ("benign", "malignant"):
+        shutil.copytree(os.path.join(tiny_data, "test", cls), str(split / cls))
+    (split / "normal").mkdir()  # an empty class folder: as good as a missing one
+    json_path, out_dir = str(tmp_path / "m.json"), str(tmp_path / "e")
+    code, out, err = run_cli(["evaluate", "--model-dir", tiny_bundle, str(split), "--json",
+                              json_path, "--out", out_dir, "--bootstrap", 0])
+    assert code == 0, err
+    with open(json_path) as fh:
+        report = json.load(fh)
+    assert report["absent_classes"] == ["normal"] and report["count"] == 6
+    assert report["per_class"]["normal"]["support"] == 0
+    line = [l for l in out.splitlines() if l.strip().startswith("normal")][0]
+    assert "recall n/a" in line and "support 0" in line, out
+    assert "recall 0.000" not in line
+    markdown = open(os.path.join(out_dir, "report.md")).read()
+    assert "has no images of normal" in markdown
+    row = [l for l in markdown.splitlines() if l.startswith("| normal | ")][0]
+    assert row.split(" | ")[2] == "n/a", row
+    assert any("has no images of normal" in r.getMessage() for r in caplog.records)

@@ -187,9 +187,27 @@ def evaluate_dir(model_dir, split_dir, backend="auto", batch=16, bins=15, bootst
                    "arch": info.get("arch"), "resolution": info["input"]["shape"][-1],
                    "runner": runner.describe(), "failed": failed,
                    "training": info.get("training", {}),
-                   "trained_on_split": trained_on(info, split_dir)})
+                   "trained_on_split": trained_on(info, split_dir),
+                   "absent_classes": [l for l in labels if not report["per_class"][l]["support"]]})
     report["_probs"], report["_targets"], report["_paths"] = probs, np.array(targets), paths
     return report
+
+
+def absent_note(report):
+    """One sentence when the split has no images of some of the model's classes, else None:
+    their recall is undefined (shown as n/a), and the averages leave them out."""
+    absent = report.get("absent_classes")
+    if not absent:
+        return None
+    return ("{} has no images of {}: {} recall is undefined (n/a); macro-F1 counts {} only "
+            "where the model predicted {} (F1 0), balanced accuracy and ROC-AUC never".format(
+                report["split_dir"], ", ".join(absent), "its" if len(absent) == 1 else "their",
+                "it" if len(absent) == 1 else "them", "it" if len(absent) == 1 else "them"))
+
+
+def recall_text(row, digits=3):
+    """A class's recall, or n/a where the split has none of its images."""
+    return "{:.{}f}".format(row["recall"], digits) if row["support"] else "n/a"
 
 
 def public(report):

@@ -117,6 +117,7 @@ def check_args(args):
 
 def _print_summary(report):
     from oncolens.train.data_cli import echo
+    from oncolens.train.evaluate import recall_text
     echo("{}: accuracy {:.4f}  balanced accuracy {:.4f}  macro-F1 {:.4f}  ROC-AUC {}  "
          "ECE {:.4f}  ({} images)".format(
              report["model_dir"], report["accuracy"], report["balanced_accuracy"],
@@ -130,8 +131,8 @@ def _print_summary(report):
              "training)".format(report["ece_without_temperature"], report["temperature"]))
     for label in report["labels"]:
         row = report["per_class"][label]
-        echo("  {:12s} precision {:.3f}  recall {:.3f}  F1 {:.3f}  support {}".format(
-            label, row["precision"], row["recall"], row["f1"], row["support"]))
+        echo("  {:12s} precision {:.3f}  recall {}  F1 {:.3f}  support {}".format(
+            label, row["precision"], recall_text(row), row["f1"], row["support"]))
     for failure in report["failed"]:
         echo("  unreadable: {} ({})".format(failure["path"], failure["error"]))
 
@@ -141,7 +142,7 @@ def _evaluate_each(plans, args):
     evaluated (a broken folder, a class folder it does not know) is recorded and the others
     go on; a single model's error ends the run as before."""
     from oncolens.train.data_cli import echo
-    from oncolens.train.evaluate import evaluate_dir, not_held_out
+    from oncolens.train.evaluate import absent_note, evaluate_dir, not_held_out
     reports, not_evaluated = [], []
     for model_dir, out, prefix in plans:
         try:
@@ -154,8 +155,9 @@ def _evaluate_each(plans, args):
             not_evaluated.append({"model_dir": os.path.abspath(model_dir), "error": str(exc)})
             continue
         _print_summary(report)
-        if not_held_out(report):
-            log.warning("%s", not_held_out(report))
+        for note in (not_held_out(report), absent_note(report)):
+            if note:
+                log.warning("%s", note)
         if out:
             echo("report: {}".format(_write_outputs(report, out, prefix, args.overwrite)))
         reports.append(report)
