@@ -70,3 +70,15 @@ def test_out_inside_the_split_is_refused(tiny_bundle, tiny_data, tmp_path):
                               os.path.join(split, "benign")])
     assert code == 2 and "inside the split" in err
     assert sorted(os.listdir(os.path.join(split, "benign"))) == before
+
+
+def test_the_default_out_of_a_split_given_as_dot_is_named_after_its_folder(
+        tiny_bundle, tiny_data, tmp_path, monkeypatch):
+    """'oncolens evaluate --model-dir M .' inside test/ wrote M/eval-./ (and '..' M/eval-../)."""
+    model_dir = str(tmp_path / "m")
+    shutil.copytree(tiny_bundle, model_dir)
+    monkeypatch.chdir(os.path.join(tiny_data, "test"))
+    code, out, err = run_cli(["evaluate", "--model-dir", model_dir, ".", "--bootstrap", "0"])
+    assert code == 0, err
+    assert os.path.isfile(os.path.join(model_dir, "eval-test", "report.md"))
+    assert not [n for n in os.listdir(model_dir) if n.startswith("eval-.")]

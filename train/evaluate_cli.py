@@ -76,7 +76,7 @@ def _write_outputs(report, out_dir, prefix, overwrite):
 def plan_outputs(args):
     """(model dir, report folder or None, file prefix) per model, every output checked before
     any model runs: nothing is replaced without --overwrite, and no run fails at its end."""
-    split_name = os.path.basename(os.path.normpath(args.split_dir))
+    split_name = os.path.basename(os.path.abspath(args.split_dir))  # "." is its folder
     several = len(args.model_dir) > 1
     if args.out:
         check_output_dir(args.out, "--out")
@@ -93,7 +93,7 @@ def plan_outputs(args):
         if not os.path.isdir(model_dir):
             raise UsageError("--model-dir {}: folder not found".format(model_dir))
         out = args.out or (None if several else os.path.join(model_dir, "eval-" + split_name))
-        prefix = "{}-{}-".format(index + 1, os.path.basename(os.path.normpath(model_dir))) \
+        prefix = "{}-{}-".format(index + 1, os.path.basename(os.path.abspath(model_dir))) \
             if several else ""
         if out:
             check_output_dir(out, "--out")
