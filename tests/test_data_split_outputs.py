@@ -187,3 +187,31 @@ def test_every_file_dropped_still_writes_why(tmp_path):
     assert "dropped 6 file(s)" in o
     assert {r["split"] for r in _rows(out)} == {"dropped: same image under labels "
                                                 "benign/malignant"}
+
+
+def test_images_outside_the_class_folders_are_named_not_lost_in_silence(tmp_path, tiny_bundle,
+                                                                        tiny_data, caplog):
+    """An image lying in SRC (or in a split) beside the class folders was left out with no
+    word: data split's splits.csv, which records every file, did not list it; data check and
+    evaluate said nothing, and evaluate's image count left it out."""
+    import shutil
+    src, out = str(tmp_path / "raw"), str(tmp_path / "out")
+    _flat(src, 3)
+    _image(np.random.default_rng(5), os.path.join(src, "loose.png"))
+    code, o, err = run_cli(["data", "check", src, "--max-distance", "-1"])
+    assert code == 0, err
+    assert "warning: {}: 1 image file(s) outside the class folders".format(src) in o
+    assert "loose.png" in o
+    code, o, err = run_cli(["data", "split", src, out])
+    assert code == 0, err
+    rows = {r["path"]: r["split"] for r in _rows(out)}
+    assert rows["loose.png"] == "dropped: not in a class folder"
+    split = str(tmp_path / "test")
+    shutil.copytree(os.path.join(tiny_data, "test"), split)
+    shutil.copy(os.path.join(src, "loose.png"), os.path.join(split, "loose.png"))
+    code, o, err = run_cli(["evaluate", "--model-dir", tiny_bundle, split, "--bootstrap", 0,
+                            "--out", str(tmp_path / "e")])
+    assert code == 0, err
+    assert "(9 images)" in o
+    assert any("1 image file(s) outside the class folders" in r.getMessage() and
+               "loose.png" in r.getMessage() for r in caplog.records)

@@ -16,7 +16,7 @@ from oncolens.appliance.bundle import LABELS_TXT, read_labels
 from oncolens.appliance.errors import BundleError
 from oncolens.appliance.imageio import is_image_file, is_unsupported_image
 from oncolens.train.scan import (LOW_BITS_PEAK, class_folders, duplicate_groups,
-                                 low_bits_warning, scan)
+                                 loose_images, loose_warning, low_bits_warning, scan)
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,10 @@ def check(root, max_distance=4, progress=None):
     more_errors, more_warnings = class_issues(root, records, classes, folders)
     errors += more_errors
     warnings += more_warnings
+    for split in folders:
+        folder = os.path.join(root, split) if split else root
+        if loose_images(folder):
+            warnings.append(loose_warning(folder, loose_images(folder)))
     low = [r for r in records if r.get("peak", LOW_BITS_PEAK) < LOW_BITS_PEAK]
     if low:
         warnings.append(low_bits_warning(len(low), low[0]["path"], low[0]["peak"]))

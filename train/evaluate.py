@@ -14,6 +14,7 @@ from oncolens.appliance.errors import BundleError, ImageReadError, UsageError
 from oncolens.appliance.imageio import list_folders, read_image
 from oncolens.train import metrics
 from oncolens.train.data import list_samples
+from oncolens.train.scan import loose_images, loose_warning
 from oncolens.train.temperature import without_temperature
 
 log = logging.getLogger(__name__)
@@ -157,6 +158,9 @@ def evaluate_dir(model_dir, split_dir, backend="auto", batch=16, bins=15, bootst
         raise UsageError("{}: class folder(s) {} are not among the model's labels ({})".format(
             split_dir, ", ".join(unknown), ", ".join(labels)))
     samples = list_samples(split_dir, labels)
+    loose = loose_images(split_dir)
+    if loose:
+        log.warning("%s", loose_warning(split_dir, loose))
     probs, targets, paths, failed = [], [], [], []
     try:
         for start in range(0, len(samples), batch):

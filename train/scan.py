@@ -9,7 +9,8 @@ import os
 import numpy as np
 
 from oncolens.appliance.errors import ImageReadError, UsageError
-from oncolens.appliance.imageio import (check_format, is_image_file, list_folders, real_folders,
+from oncolens.appliance.imageio import (check_format, is_ignored_name, is_image_file,
+                                        is_unsupported_image, list_folders, real_folders,
                                         walk_files)
 from oncolens.train.phash import UnionFind, near_pairs, phash
 
@@ -32,6 +33,20 @@ def class_folders(root):
     kind, splits = layout(root)
     return {split: list_folders(os.path.join(root, split) if split else root)
             for split in splits}
+
+
+def loose_images(folder):
+    """Image files lying directly in ``folder``, outside any class folder (hidden ones left
+    out): no command reads them, since a file's class is the folder it is in."""
+    return sorted(name for name in os.listdir(folder)
+                  if not is_ignored_name(name) and os.path.isfile(os.path.join(folder, name)) and
+                  (is_image_file(name) or is_unsupported_image(name)))
+
+
+def loose_warning(folder, names):
+    """The one line that says so, naming the first of them."""
+    return ("{}: {} image file(s) outside the class folders are left out (e.g. {}): move each "
+            "into the folder of its class".format(folder, len(names), names[0]))
 
 
 def walk(root):

@@ -16,7 +16,8 @@ import numpy as np
 from oncolens.appliance.bundle import LABELS_TXT, read_labels, write_labels
 from oncolens.appliance.errors import UsageError
 from oncolens.appliance.outpaths import check_output_dir
-from oncolens.train.scan import SPLITS, class_folders, duplicate_groups, layout, scan
+from oncolens.train.scan import (SPLITS, class_folders, duplicate_groups, layout,
+                                 loose_images, loose_warning, scan)
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +178,12 @@ def split_dataset(src, out, ratios=(0.7, 0.15, 0.15), seed=0, max_distance=4, li
     for i, where, group in zip(kept, *assign([records[i] for i in kept], ratios, seed,
                                              max_distance)):
         fate[i], group_of[i] = where, group
+    loose = loose_images(src)
+    if loose:  # splits.csv records every file, these too
+        log.warning("%s", loose_warning(src, loose))
+        records = records + [{"path": name, "class": ""} for name in loose]
+        fate += ["dropped: not in a class folder"] * len(loose)
+        group_of += [""] * len(loose)
     counts = {s: {c: 0 for c in classes} for s in SPLITS}
     dests = destinations(records, fate)
     moves = [(os.path.join(src, rec["path"]), os.path.join(out, *dest.split("/")))
