@@ -113,3 +113,25 @@ def test_split_refuses_existing_output(tmp_path, tiny_data):
     (out_dir / "x").write_text(u"x")
     code, out, err = run_cli(["data", "split", os.path.join(tiny_data, "train"), str(out_dir)])
     assert code != 0 and "--overwrite" in err
+
+
+def test_check_fails_a_split_dataset_without_train_or_val_images(tmp_path, tiny_data, caplog):
+    """train refuses a dataset without images in train/ or val/; data check passed it with
+    0 errors (a split made with --ratios 1 0 0 has no val/ at all)."""
+    import shutil
+    no_train = str(tmp_path / "no_train")
+    for split in ("val", "test"):
+        shutil.copytree(os.path.join(tiny_data, split), os.path.join(no_train, split))
+    code, out, err = run_cli(["data", "check", no_train])
+    assert code == 1, out
+    assert "error: {}/: no readable images".format(os.path.join(no_train, "train")) in out
+    raw, out_dir = str(tmp_path / "raw"), str(tmp_path / "all_train")
+    for cls in ("benign", "malignant"):
+        shutil.copytree(os.path.join(tiny_data, "train", cls), os.path.join(raw, cls))
+    code, out, err = run_cli(["data", "split", raw, out_dir, "--ratios", "1", "0", "0"])
+    assert code == 0, err
+    assert any("no image went to val/" in r.getMessage() for r in caplog.records)
+    code, out, err = run_cli(["data", "check", out_dir])
+    assert code == 1, out
+    assert "error: {}/: no readable images".format(os.path.join(out_dir, "val")) in out
+    assert "train needs images in train/ and val/" in out

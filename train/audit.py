@@ -1,8 +1,8 @@
 """``oncolens data check``: what is in a dataset folder and what is wrong with it.
 
 Errors (non-zero exit): unreadable or empty files, the same image in two splits (leakage),
-the same image under two labels, no files at all, fewer than two classes, a class in
-labels.txt with no training images.  Warnings: duplicates within one split and class, images
+the same image under two labels, no files at all, a split dataset without readable images in
+train/ or val/, fewer than two classes, a class in labels.txt with no training images.  Warnings: duplicates within one split and class, images
 not stored as RGB (they are converted on reading), classes missing from a split, class
 folders that labels.txt leaves out.
 """
@@ -61,6 +61,17 @@ def _empty_folders(root, records, folders):
             root, ", ".join(empty))]
     return ["train/: no images in class folder(s) {}: train refuses a class with no training "
             "images; add images or remove the empty folder(s)".format(", ".join(empty))], []
+
+
+def missing_splits(root, records):
+    """``oncolens train`` reads train/ and val/ of a split dataset and refuses one without
+    readable images in either: one error each."""
+    if not any(r["split"] for r in records):
+        return []
+    have = set(r["split"] for r in records if "error" not in r)
+    return ["{}/: no readable images (the folder is missing or empty): train needs images in "
+            "train/ and val/".format(os.path.join(root, split))
+            for split in ("train", "val") if split not in have]
 
 
 def class_issues(root, records, classes, folders=None):
@@ -136,7 +147,7 @@ def check(root, max_distance=4, progress=None):
         if missing and split != "None":
             warnings.append("split {} has no images of {}".format(split, ", ".join(missing)))
     more_errors, more_warnings = class_issues(root, records, classes, folders)
-    errors += more_errors
+    errors += missing_splits(root, records) + more_errors
     warnings += more_warnings
     for split in folders:
         folder = os.path.join(root, split) if split else root

@@ -165,6 +165,9 @@ def _split(argv):
     for split in ("train", "val", "test"):
         echo("{:6s} ".format(split) + "  ".join(
             "{} {}".format(c, n) for c, n in counts[split].items()))  # labels.txt's order
+    if not sum(counts["val"].values()):
+        log.warning("%s: no image went to val/, which train needs (it chooses the best epoch "
+                    "there): give --ratios a larger val share", os.path.join(args.out, "val"))
     dropped = [f for f in fate if f and f.startswith("dropped")]
     if dropped:
         echo("dropped {} file(s) (see splits.csv)".format(len(dropped)))
