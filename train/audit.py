@@ -16,7 +16,8 @@ from oncolens.appliance.bundle import LABELS_TXT, read_labels
 from oncolens.appliance.errors import BundleError
 from oncolens.appliance.imageio import is_image_file, is_unsupported_image
 from oncolens.train.scan import (LOW_BITS_PEAK, class_folders, duplicate_groups,
-                                 loose_images, loose_warning, low_bits_warning, scan)
+                                 loose_images, loose_warning, low_bits_warning, not_images,
+                                 not_images_warning, scan)
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ def class_issues(root, records, classes, folders=None):
 
 def check(root, max_distance=4, progress=None):
     """The whole audit as a JSON-ready dictionary (``errors`` lists what fails the check)."""
-    records = scan(root, progress)
+    records, others = not_images(scan(root, progress))
     folders = class_folders(root)
     counts = collections.OrderedDict()
     for r in records:
@@ -149,6 +150,8 @@ def check(root, max_distance=4, progress=None):
     more_errors, more_warnings = class_issues(root, records, classes, folders)
     errors += missing_splits(root, records) + more_errors
     warnings += more_warnings
+    if others:
+        warnings.append(not_images_warning(others))
     for split in folders:
         folder = os.path.join(root, split) if split else root
         if loose_images(folder):
@@ -165,7 +168,8 @@ def check(root, max_distance=4, progress=None):
     return {"root": root, "images": len(records), "classes": classes,
             "counts": {s: dict(c) for s, c in counts.items()}, "modes": dict(modes),
             "sizes": _sizes(records), "duplicate_groups": groups, "errors": errors,
-            "warnings": warnings, "max_distance": max_distance, "records": records}
+            "warnings": warnings, "max_distance": max_distance, "records": records,
+            "not_images": [r["path"] for r in others]}
 
 
 def format_report(result):

@@ -70,6 +70,21 @@ def walk(root):
     return entries
 
 
+NOT_AN_IMAGE = "not an image file (by its extension)"
+
+
+def not_images(records):
+    """(records of images, records of other files): a class folder's notes.json or case.xml
+    is read by no command, so it is neither counted nor an error (a warning names it)."""
+    return ([r for r in records if "ignored" not in r],
+            [r for r in records if "ignored" in r])
+
+
+def not_images_warning(others):
+    return ("{} file(s) in the class folders are not images by their extension, and no "
+            "command reads them (e.g. {})".format(len(others), others[0]["path"]))
+
+
 def describe_file(path):
     """Dictionary with sha256, size, mode and phash (and a 16-bit image's highest sample,
     'peak'); 'error' instead when unreadable."""
@@ -84,7 +99,7 @@ def describe_file(path):
     if not is_image_file(path):
         try:
             check_format(path)
-            info["error"] = "not an image file (by its extension)"
+            info["ignored"] = NOT_AN_IMAGE  # as train and evaluate leave it out
         except ImageReadError as exc:  # .gif, .heic ...: say which format
             info["error"] = str(exc)[len(path) + 2:]
         return info

@@ -17,7 +17,8 @@ from oncolens.appliance.bundle import LABELS_TXT, read_labels, write_labels
 from oncolens.appliance.errors import UsageError
 from oncolens.appliance.outpaths import check_output_dir
 from oncolens.train.scan import (SPLITS, class_folders, duplicate_groups, layout,
-                                 loose_images, loose_warning, scan)
+                                 loose_images, loose_warning, not_images, not_images_warning,
+                                 scan)
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,7 @@ def split_dataset(src, out, ratios=(0.7, 0.15, 0.15), seed=0, max_distance=4, li
     """Copy (or hard-link) ``src/<class>/*`` into ``out/<split>/<class>/``; returns counts.
     The classes are ``src/labels.txt``'s when there is one (``source_classes``)."""
     _check_split_args(src, out, ratios, overwrite)
-    records = scan(src, progress)
+    records, others = not_images(scan(src, progress))
     if not records:
         raise UsageError("{}: no files in its class folders".format(src))
     classes = source_classes(src, records, out)
@@ -178,12 +179,7 @@ def split_dataset(src, out, ratios=(0.7, 0.15, 0.15), seed=0, max_distance=4, li
     for i, where, group in zip(kept, *assign([records[i] for i in kept], ratios, seed,
                                              max_distance)):
         fate[i], group_of[i] = where, group
-    loose = loose_images(src)
-    if loose:  # splits.csv records every file, these too
-        log.warning("%s", loose_warning(src, loose))
-        records = records + [{"path": name, "class": ""} for name in loose]
-        fate += ["dropped: not in a class folder"] * len(loose)
-        group_of += [""] * len(loose)
+    records = records + _left_out(src, others, fate, group_of)
     counts = {s: {c: 0 for c in classes} for s in SPLITS}
     dests = destinations(records, fate)
     moves = [(os.path.join(src, rec["path"]), os.path.join(out, *dest.split("/")))
@@ -201,6 +197,20 @@ def split_dataset(src, out, ratios=(0.7, 0.15, 0.15), seed=0, max_distance=4, li
     write_labels(os.path.join(out, LABELS_TXT), classes)
     _write_csv(os.path.join(out, SPLITS_CSV), records, fate, group_of, dests)
     return counts, fate
+
+
+def _left_out(src, others, fate, group_of):
+    """Records of the files no command reads, which splits.csv lists too: files that are not
+    images, and images beside the class folders; their fates are appended to ``fate``."""
+    loose = [{"path": name, "class": ""} for name in loose_images(src)]
+    if others:
+        log.warning("%s", not_images_warning(others))
+    if loose:
+        log.warning("%s", loose_warning(src, [r["path"] for r in loose]))
+    fate += ["dropped: not an image file"] * len(others) + \
+        ["dropped: not in a class folder"] * len(loose)
+    group_of += [""] * (len(others) + len(loose))
+    return others + loose
 
 
 def source_classes(src, records, out):
