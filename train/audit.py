@@ -2,9 +2,10 @@
 
 Errors (non-zero exit): unreadable or empty files, the same image in two splits (leakage),
 the same image under two labels, no files at all, a split dataset without readable images in
-train/ or val/, fewer than two classes, a class in labels.txt with no training images.  Warnings: duplicates within one split and class, images
-not stored as RGB (they are converted on reading), classes missing from a split, class
-folders that labels.txt leaves out.
+train/ or val/, fewer than two classes, a class in labels.txt with no training images.
+Warnings: duplicates within one split and class, images not stored as RGB (they are converted
+on reading), classes missing from a split, class folders that labels.txt leaves out, files
+that are not images, images beside the class folders.
 """
 import collections
 import logging
