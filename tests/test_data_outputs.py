@@ -33,6 +33,15 @@ def test_check_json_is_checked_first(tiny_data, tmp_path, case):
         assert code == 0 and "counts" in json.load(open(str(target))), err
 
 
+def test_check_json_never_takes_an_image_name(tiny_data, tmp_path):
+    """With --overwrite, --json train/benign/x.png would replace an image of the dataset."""
+    image = sorted(glob.glob(os.path.join(tiny_data, "train", "benign", "*.png")))[0]
+    before = open(image, "rb").read()
+    code, out, err = run_cli(["data", "check", tiny_data, "--json", image, "--overwrite"])
+    _one_line(code, err, "--json")
+    assert "an image or video file name" in err and open(image, "rb").read() == before
+
+
 def test_check_json_into_a_new_folder(tiny_data, tmp_path):
     target = tmp_path / "new" / "x.json"
     code, out, err = run_cli(["data", "check", tiny_data, "--json", str(target)])

@@ -7,7 +7,8 @@ import sys
 
 from oncolens.appliance.cliutil import cli_entry, normalize_flags, setup_logging
 from oncolens.appliance.errors import UsageError
-from oncolens.appliance.outpaths import check_output_dir, check_output_file
+from oncolens.appliance.outpaths import (check_output_dir, check_output_file,
+                                          check_text_file)
 
 log = logging.getLogger("oncolens.data")
 
@@ -115,6 +116,7 @@ def _check(argv):
     setup_logging(args.log_level)
     from oncolens.train.audit import check, format_report
     if args.json:
+        check_text_file(args.json, "--json", "a .json file name")
         check_output_file(args.json, "--json", args.overwrite)
     result = check(args.dir, args.max_distance, progress=_progress("reading images"))
     for line in format_report(result):

@@ -11,7 +11,8 @@ import sys
 
 from oncolens.appliance.cliutil import cli_entry, normalize_flags, setup_logging
 from oncolens.appliance.errors import OncoLensError, UsageError
-from oncolens.appliance.outpaths import check_output_dir, check_output_file
+from oncolens.appliance.outpaths import (check_output_dir, check_output_file,
+                                          check_text_file)
 
 log = logging.getLogger("oncolens.evaluate")
 
@@ -111,6 +112,7 @@ def check_args(args):
     if not os.path.isdir(args.split_dir):
         raise UsageError("{}: folder not found (expected class folders)".format(args.split_dir))
     if args.json:
+        check_text_file(args.json, "--json", "a .json file name")
         check_output_file(args.json, "--json", args.overwrite)
     return plan_outputs(args)
 
