@@ -80,3 +80,13 @@ def test_unknown_data_command(capsys):
     code, out, err = run_cli(["data", "bogus"])
     _one_line(code, err, "unknown command 'bogus'")
     assert "check" in err and "split" in err and "synth" in err
+
+
+def test_a_json_that_cannot_be_written_is_one_line(tiny_data, tmp_path):
+    """/proc takes no new files, even from root, for whom the check before the run (write
+    permission) always passes: the audit's end was a traceback."""
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("no /proc here")
+    code, out, err = run_cli(["data", "check", tiny_data, "--json", "/proc/oncolens.json"])
+    assert code == 2 and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1 and "--json /proc/oncolens.json" in err, err

@@ -129,11 +129,15 @@ def _check(argv):
 def write_json(path, payload):
     """Write ``payload`` to ``path`` (checked beforehand), making its folder when missing."""
     import json
-    parent = os.path.dirname(path)
-    if parent and not os.path.isdir(parent):
-        os.makedirs(parent)
-    with io.open(path, "w", encoding="utf-8", errors=NAME_ERRORS) as fh:
-        json.dump(payload, fh, indent=2, sort_keys=True)  # ASCII: names come out as \udcxx
+    try:
+        parent = os.path.dirname(path)
+        if parent and not os.path.isdir(parent):
+            os.makedirs(parent)
+        with io.open(path, "w", encoding="utf-8", errors=NAME_ERRORS) as fh:
+            json.dump(payload, fh, indent=2, sort_keys=True)  # ASCII: names as \udcxx
+    except (IOError, OSError) as exc:  # what the check before the run could not foresee
+        raise UsageError("--json {}: cannot be written ({}); what was printed above is all "
+                         "there is of it".format(path, exc.strerror or exc))
 
 
 def build_split_parser():
