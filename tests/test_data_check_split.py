@@ -5,6 +5,7 @@ import shutil
 
 import cv2
 import numpy as np
+import pytest
 
 from conftest import run_cli
 
@@ -157,3 +158,15 @@ def test_a_file_that_is_not_an_image_is_a_warning_not_an_error(tmp_path, tiny_da
     with open(os.path.join(split, "splits.csv")) as fh:
         rows = {r["path"]: r["split"] for r in csv.DictReader(fh)}
     assert rows["benign/case.json"] == "dropped: not an image file"
+
+
+@pytest.mark.parametrize("argv", [["data", "check", "{f}"], ["data", "split", "{f}", "{out}"],
+                                  ["train", "{f}", "--model-dir", "{out}"],
+                                  ["evaluate", "--model-dir", "{f}", "{f}"]])
+def test_a_file_where_a_folder_is_expected_is_named_as_a_file(tmp_path, argv):
+    """A file given for a folder is 'not a folder (a file)', not 'folder not found'."""
+    f = tmp_path / "labels.txt"
+    f.write_text("benign\nmalignant\n")
+    code, out, err = run_cli([a.format(f=f, out=tmp_path / "out") for a in argv])
+    assert code == 2 and "{}: not a folder (a file)".format(f) in err
+    assert "folder not found" not in err and not (tmp_path / "out").exists()

@@ -10,7 +10,7 @@ import os
 import numpy as np
 
 from oncolens.appliance.bundle import MODEL_JSON, read_model_info, sha256_file
-from oncolens.appliance.errors import BundleError, ImageReadError, UsageError
+from oncolens.appliance.errors import BundleError, ImageReadError, UsageError, not_a_folder
 from oncolens.appliance.imageio import list_folders, read_image
 from oncolens.train import metrics
 from oncolens.train.data import list_samples
@@ -182,7 +182,7 @@ def evaluate_dir(model_dir, split_dir, backend="auto", batch=16, bins=15, bootst
     know is an error, an unreadable image is recorded and skipped.
     """
     if not os.path.isdir(model_dir):
-        raise BundleError("--model-dir {}: folder not found".format(model_dir))
+        raise BundleError("--model-dir {}: {}".format(model_dir, not_a_folder(model_dir)))
     runner, info = open_runner(model_dir, backend)
     labels = info["labels"]
     try:  # closed also when the split does not suit this model (several are evaluated)

@@ -10,7 +10,7 @@ import os
 import sys
 
 from oncolens.appliance.cliutil import cli_entry, normalize_flags, setup_logging
-from oncolens.appliance.errors import OncoLensError, UsageError
+from oncolens.appliance.errors import OncoLensError, UsageError, not_a_folder
 from oncolens.appliance.outpaths import (check_output_dir, check_output_file,
                                           check_text_file)
 
@@ -92,7 +92,8 @@ def plan_outputs(args):
     plans = []
     for index, model_dir in enumerate(args.model_dir):
         if not os.path.isdir(model_dir):
-            raise UsageError("--model-dir {}: folder not found".format(model_dir))
+            raise UsageError("--model-dir {}: {} (expected a model folder)".format(
+                model_dir, not_a_folder(model_dir)))
         out = args.out or (None if several else os.path.join(model_dir, "eval-" + split_name))
         prefix = "{}-{}-".format(index + 1, os.path.basename(os.path.abspath(model_dir))) \
             if several else ""
@@ -110,7 +111,8 @@ def check_args(args):
     if args.bins < 1:
         raise UsageError("--bins: expected 1 or more calibration bins, got {}".format(args.bins))
     if not os.path.isdir(args.split_dir):
-        raise UsageError("{}: folder not found (expected class folders)".format(args.split_dir))
+        raise UsageError("{}: {} (expected class folders)".format(
+            args.split_dir, not_a_folder(args.split_dir)))
     if args.json:
         check_text_file(args.json, "--json", "a .json file name")
         check_output_file(args.json, "--json", args.overwrite)

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from oncolens.appliance.errors import ImageReadError, UsageError
+from oncolens.appliance.errors import ImageReadError, UsageError, not_a_folder
 from oncolens.appliance.imageio import (check_format, is_ignored_name, is_image_file,
                                         is_unsupported_image, list_folders, real_folders,
                                         walk_files)
@@ -23,7 +23,7 @@ MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 def layout(root):
     """('split', [splits present]) or ('flat', [None])."""
     if not os.path.isdir(root):
-        raise UsageError("{}: folder not found".format(root))
+        raise UsageError("{}: {} (expected a dataset folder)".format(root, not_a_folder(root)))
     present = [s for s in SPLITS if os.path.isdir(os.path.join(root, s))]
     return ("split", present) if present else ("flat", [None])
 
