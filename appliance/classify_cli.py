@@ -62,11 +62,14 @@ def build_parser():
     g = p.add_argument_group("model (imageNet flags)")
     g.add_argument("--model", help="model folder, .onnx, engine (.engine/.trt/.plan) or "
                                    "checkpoint (.pth/.pth.tar)")
-    g.add_argument("--network", help="a model folder under --models-root (models/NAME/)")
+    g.add_argument("--network", help="a model folder under --models-root (models/NAME/); no "
+                                     "default (imagenet's googlenet is not shipped)")
     g.add_argument("--models-root", default="models", help="where --network looks (models)")
     g.add_argument("--labels", help="labels file (optional with a model.json)")
-    g.add_argument("--input-blob", help="input tensor (default: model.json, else input_0)")
-    g.add_argument("--output-blob", help="output tensor (default: model.json, else output_0)")
+    g.add_argument("--input-blob", help="input tensor (default: model.json, else input_0, "
+                                        "as onnx_export.py names it; imagenet's: data)")
+    g.add_argument("--output-blob", help="output tensor (default: model.json, else output_0; "
+                                         "imagenet's: prob)")
     g.add_argument("--prototxt", help="Caffe models are not supported: ignored")
     g.add_argument("--batch-size", type=int, help="accepted; frames are classified one by one "
                                                   "(oncolens batch batches folders)")

@@ -1,6 +1,12 @@
 """Errors that the command line turns into one clear line and a non-zero exit."""
 
 
+def not_a_folder(path):
+    """Why ``path`` cannot be read as a folder: 'folder not found', or that it is a file."""
+    import os
+    return "not a folder (a file)" if os.path.exists(path) else "folder not found"
+
+
 class OncoLensError(Exception):
     """Base class: its message is shown to the user as it is, on one line."""
 

@@ -9,7 +9,7 @@ import os
 from oncolens.appliance.errors import UsageError
 
 
-def _first_existing(path):
+def first_existing(path):
     """The nearest ancestor of ``path`` (or ``path`` itself) that exists."""
     here = os.path.abspath(path)
     while not os.path.exists(here):
@@ -22,7 +22,7 @@ def _first_existing(path):
 
 def _check_parent(path, flag):
     parent = os.path.dirname(os.path.abspath(path))
-    found = _first_existing(parent)
+    found = first_existing(parent)
     if not os.path.isdir(found):
         raise UsageError("{} {}: {} is a file, not a folder: expected a path inside a folder"
                          .format(flag, path, found))

@@ -31,8 +31,9 @@ def build_parser():
     p.add_argument("--network", help="a model folder name under --models-root (models/NAME/)")
     p.add_argument("--models-root", default="models", help="where --network looks (models)")
     p.add_argument("--labels", help="labels file (optional when the model has a model.json)")
-    p.add_argument("--input-blob", help="input tensor name (default from model.json)")
-    p.add_argument("--output-blob", help="output tensor name (default from model.json)")
+    p.add_argument("--input-blob", help="input tensor name (default from model.json, else input_0)")
+    p.add_argument("--output-blob",
+                   help="output tensor name (default from model.json, else output_0)")
     p.add_argument("--backend", default="auto",
                    help="auto, jetson, tensorrt, onnxruntime, openvino or torch (auto: fastest "
                         "present)")
@@ -47,7 +48,8 @@ def build_parser():
     p.add_argument("--max-upload-mb", type=float, default=20.0,
                    help="larger uploads get 413 (20)")
     p.add_argument("--max-pixels", type=int, default=40000000,
-                   help="images whose header claims more pixels get 400 (40000000)")
+                   help="images whose header claims more pixels, or that the model's resize "
+                        "would make larger, get 400 (40000000)")
     p.add_argument("--queue", type=int, default=16,
                    help="images that may wait for the model; beyond that 503 + Retry-After (16)")
     p.add_argument("--max-batch", type=int, default=4,

@@ -56,7 +56,8 @@ def build_parser():
     p.add_argument("--precisions", default="fp32,fp16,int8",
                    help="engine precisions to build (fp32,fp16,int8)")
     p.add_argument("--frames", type=int, default=100, help="frames per speed measurement (100)")
-    p.add_argument("--out", default="", help="report folder (default: <model-dir>/selftest)")
+    p.add_argument("--out", default="", help="report folder (default: <model-dir>/selftest; "
+                   "for a read-only model folder $ONCOLENS_CACHE_DIR/selftest/<its name>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report")
     p.add_argument("--log-level", default="info", help="debug, info, warning, error")
     return p

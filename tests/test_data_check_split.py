@@ -5,6 +5,7 @@ import shutil
 
 import cv2
 import numpy as np
+import pytest
 
 from conftest import run_cli
 
@@ -113,3 +114,59 @@ def test_split_refuses_existing_output(tmp_path, tiny_data):
     (out_dir / "x").write_text(u"x")
     code, out, err = run_cli(["data", "split", os.path.join(tiny_data, "train"), str(out_dir)])
     assert code != 0 and "--overwrite" in err
+
+
+def test_check_fails_a_split_dataset_without_train_or_val_images(tmp_path, tiny_data, caplog):
+    """train refuses a dataset without images in train/ or val/; data check passed it with
+    0 errors (a split made with --ratios 1 0 0 has no val/ at all)."""
+    import shutil
+    no_train = str(tmp_path / "no_train")
+    for split in ("val", "test"):
+        shutil.copytree(os.path.join(tiny_data, split), os.path.join(no_train, split))
+    code, out, err = run_cli(["data", "check", no_train])
+    assert code == 1, out
+    assert "error: {}/: no readable images".format(os.path.join(no_train, "train")) in out
+    raw, out_dir = str(tmp_path / "raw"), str(tmp_path / "all_train")
+    for cls in ("benign", "malignant"):
+        shutil.copytree(os.path.join(tiny_data, "train", cls), os.path.join(raw, cls))
+    code, out, err = run_cli(["data", "split", raw, out_dir, "--ratios", "1", "0", "0"])
+    assert code == 0, err
+    assert any("no image went to val/" in r.getMessage() for r in caplog.records)
+    code, out, err = run_cli(["data", "check", out_dir])
+    assert code == 1, out
+    assert "error: {}/: no readable images".format(os.path.join(out_dir, "val")) in out
+    assert "train needs images in train/ and val/" in out
+
+
+def test_a_file_that_is_not_an_image_is_a_warning_not_an_error(tmp_path, tiny_data):
+    """A case.json beside the images (train and evaluate leave it out) failed data check
+    with 'not an image file' and was counted as an image of its class; data split recorded
+    it as 'dropped: unreadable'."""
+    data = str(tmp_path / "data")
+    shutil.copytree(tiny_data, data)
+    with open(os.path.join(data, "train", "benign", "case.json"), "w") as fh:
+        fh.write("{}")
+    code, out, err = run_cli(["data", "check", data, "--max-distance", "-1"])
+    assert code == 0, out
+    assert "train  benign 6  malignant 6  normal 6" in out
+    assert "warning: 1 file(s) in the class folders are not images" in out
+    assert "train/benign/case.json" in out
+    raw, split = str(tmp_path / "raw"), str(tmp_path / "split")
+    shutil.copytree(os.path.join(data, "train"), raw)
+    code, out, err = run_cli(["data", "split", raw, split])
+    assert code == 0, err
+    with open(os.path.join(split, "splits.csv")) as fh:
+        rows = {r["path"]: r["split"] for r in csv.DictReader(fh)}
+    assert rows["benign/case.json"] == "dropped: not an image file"
+
+
+@pytest.mark.parametrize("argv", [["data", "check", "{f}"], ["data", "split", "{f}", "{out}"],
+                                  ["train", "{f}", "--model-dir", "{out}"],
+                                  ["evaluate", "--model-dir", "{f}", "{f}"]])
+def test_a_file_where_a_folder_is_expected_is_named_as_a_file(tmp_path, argv):
+    """A file given for a folder is 'not a folder (a file)', not 'folder not found'."""
+    f = tmp_path / "labels.txt"
+    f.write_text("benign\nmalignant\n")
+    code, out, err = run_cli([a.format(f=f, out=tmp_path / "out") for a in argv])
+    assert code == 2 and "{}: not a folder (a file)".format(f) in err
+    assert "folder not found" not in err and not (tmp_path / "out").exists()

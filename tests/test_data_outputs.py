@@ -33,6 +33,15 @@ def test_check_json_is_checked_first(tiny_data, tmp_path, case):
         assert code == 0 and "counts" in json.load(open(str(target))), err
 
 
+def test_check_json_never_takes_an_image_name(tiny_data, tmp_path):
+    """With --overwrite, --json train/benign/x.png would replace an image of the dataset."""
+    image = sorted(glob.glob(os.path.join(tiny_data, "train", "benign", "*.png")))[0]
+    before = open(image, "rb").read()
+    code, out, err = run_cli(["data", "check", tiny_data, "--json", image, "--overwrite"])
+    _one_line(code, err, "--json")
+    assert "an image or video file name" in err and open(image, "rb").read() == before
+
+
 def test_check_json_into_a_new_folder(tiny_data, tmp_path):
     target = tmp_path / "new" / "x.json"
     code, out, err = run_cli(["data", "check", tiny_data, "--json", str(target)])
@@ -45,6 +54,13 @@ def test_synth_into_a_file_is_one_line(tmp_path):
     afile.write_text(u"x")
     code, out, err = run_cli(["data", "synth", str(afile), "--size", 32])
     _one_line(code, err, "is a file")
+
+
+def test_synth_negative_seed_is_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "syn"  # numpy refused it with a traceback, after train/ was made
+    code, o, err = run_cli(["data", "synth", str(out), "--size", 32, "--seed", "-1"])
+    _one_line(code, err, "--seed: expected 0 to 4294967295, got -1")
+    assert not out.exists()
 
 
 def test_synth_overwrite_leaves_nothing_of_the_earlier_set(tmp_path):
@@ -64,3 +80,13 @@ def test_unknown_data_command(capsys):
     code, out, err = run_cli(["data", "bogus"])
     _one_line(code, err, "unknown command 'bogus'")
     assert "check" in err and "split" in err and "synth" in err
+
+
+def test_a_json_that_cannot_be_written_is_one_line(tiny_data, tmp_path):
+    """/proc takes no new files, even from root, for whom the check before the run (write
+    permission) always passes: the audit's end was a traceback."""
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("no /proc here")
+    code, out, err = run_cli(["data", "check", tiny_data, "--json", "/proc/oncolens.json"])
+    assert code == 2 and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1 and "--json /proc/oncolens.json" in err, err

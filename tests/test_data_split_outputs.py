@@ -76,7 +76,8 @@ def test_files_in_sub_folders_keep_distinct_names(tmp_path):
     assert len(os.listdir(os.path.join(out, "train", "benign"))) == 4
 
 
-@pytest.mark.parametrize("case", ["out-is-a-file", "nan-ratio", "out-inside-src"])
+@pytest.mark.parametrize("case", ["out-is-a-file", "nan-ratio", "out-inside-src",
+                                  "negative-seed", "seed-too-big"])
 def test_bad_output_or_ratios_are_one_line(tmp_path, case):
     src = str(tmp_path / "raw")
     _flat(src, 3)
@@ -84,12 +85,15 @@ def test_bad_output_or_ratios_are_one_line(tmp_path, case):
     afile.write_text(u"x")
     argv = {"out-is-a-file": [src, str(afile)],
             "nan-ratio": [src, str(tmp_path / "o"), "--ratios", "nan", "1", "1"],
-            "out-inside-src": [src, os.path.join(src, "split")]}[case]
+            "out-inside-src": [src, os.path.join(src, "split")],
+            "negative-seed": [src, str(tmp_path / "o"), "--seed", "-1"],
+            "seed-too-big": [src, str(tmp_path / "o"), "--seed", str(2 ** 32)]}[case]
     code, o, err = run_cli(["data", "split"] + argv)
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert {"out-is-a-file": "is a file", "nan-ratio": "--ratios",
-            "out-inside-src": "inside"}[case] in err
+            "out-inside-src": "inside", "negative-seed": "--seed: expected 0 to 4294967295",
+            "seed-too-big": "--seed"}[case] in err
     assert not os.path.exists(str(tmp_path / "o"))
     assert not os.path.exists(os.path.join(src, "split"))
 
@@ -118,3 +122,96 @@ def test_overwrite_never_clears_a_dataset_it_did_not_write(tmp_path, tiny_data):
     code, out, err = run_cli(["data", "split", str(proj / "train"), str(proj), "--overwrite"])
     assert code != 0 and "is inside OUT's train/" in err
     assert sorted(os.listdir(str(proj / "train" / "benign"))) == before
+
+
+def _other_file_system(path):
+    """A writable folder on another file system than ``path`` (/dev/shm), or None."""
+    shm = "/dev/shm"
+    if not os.path.isdir(shm) or not os.access(shm, os.W_OK) or \
+            os.stat(shm).st_dev == os.stat(path).st_dev:
+        return None
+    return shm
+
+
+def test_link_across_file_systems_is_refused_before_anything_is_written(tmp_path):
+    """os.link failed half-way with a traceback, leaving a split without its splits.csv
+    (which --overwrite then refused to clear)."""
+    import tempfile
+    src = str(tmp_path / "raw")
+    _flat(src, 4)
+    shm = _other_file_system(str(tmp_path))
+    if shm is None:
+        pytest.skip("no second file system (/dev/shm) to link across")
+    out = os.path.join(tempfile.mkdtemp(dir=shm), "split")
+    try:
+        code, o, err = run_cli(["data", "split", src, out, "--link"])
+        assert code == 2, err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        assert "--link" in err and "another file system" in err
+        assert not os.path.exists(out)
+        code, o, err = run_cli(["data", "split", src, out])  # copying works
+        assert code == 0, err
+    finally:
+        import shutil
+        shutil.rmtree(os.path.dirname(out))
+
+
+def test_a_failed_link_removes_what_the_split_placed(tmp_path, monkeypatch):
+    """A file system without hard links (exFAT) fails on the first os.link, a full disk on
+    any copy: one line naming the file, and no half split left in OUT."""
+    src, out = str(tmp_path / "raw"), str(tmp_path / "out")
+    _flat(src, 4)
+    calls = []
+
+    def link(a, b):
+        calls.append(b)
+        if len(calls) == 3:
+            raise OSError(1, "Operation not permitted")
+        return real_link(a, b)
+    real_link = os.link
+    monkeypatch.setattr(os, "link", link)
+    code, o, err = run_cli(["data", "split", src, out, "--link"])
+    assert code == 2 and "Traceback" not in err, err
+    assert "linking" in err and "Operation not permitted" in err and calls[2] in err
+    assert os.listdir(out) == []  # the two linked files and their folders are gone
+    assert sorted(os.listdir(os.path.join(src, "benign"))) == ["0.png", "1.png", "2.png", "3.png"]
+
+
+def test_every_file_dropped_still_writes_why(tmp_path):
+    """A --max-distance that groups every image drops them all (one image under two
+    labels): splits.csv says so, instead of a traceback on OUT/labels.txt."""
+    src, out = str(tmp_path / "raw"), str(tmp_path / "out")
+    _flat(src, 3)
+    code, o, err = run_cli(["data", "split", src, out, "--max-distance", "64"])
+    assert code == 0 and "Traceback" not in err, err
+    assert "dropped 6 file(s)" in o
+    assert {r["split"] for r in _rows(out)} == {"dropped: same image under labels "
+                                                "benign/malignant"}
+
+
+def test_images_outside_the_class_folders_are_named_not_lost_in_silence(tmp_path, tiny_bundle,
+                                                                        tiny_data, caplog):
+    """An image lying in SRC (or in a split) beside the class folders was left out with no
+    word: data split's splits.csv, which records every file, did not list it; data check and
+    evaluate said nothing, and evaluate's image count left it out."""
+    import shutil
+    src, out = str(tmp_path / "raw"), str(tmp_path / "out")
+    _flat(src, 3)
+    _image(np.random.default_rng(5), os.path.join(src, "loose.png"))
+    code, o, err = run_cli(["data", "check", src, "--max-distance", "-1"])
+    assert code == 0, err
+    assert "warning: {}: 1 image file(s) outside the class folders".format(src) in o
+    assert "loose.png" in o
+    code, o, err = run_cli(["data", "split", src, out])
+    assert code == 0, err
+    rows = {r["path"]: r["split"] for r in _rows(out)}
+    assert rows["loose.png"] == "dropped: not in a class folder"
+    split = str(tmp_path / "test")
+    shutil.copytree(os.path.join(tiny_data, "test"), split)
+    shutil.copy(os.path.join(src, "loose.png"), os.path.join(split, "loose.png"))
+    code, o, err = run_cli(["evaluate", "--model-dir", tiny_bundle, split, "--bootstrap", 0,
+                            "--out", str(tmp_path / "e")])
+    assert code == 0, err
+    assert "(9 images)" in o
+    assert any("1 image file(s) outside the class folders" in r.getMessage() and
+               "loose.png" in r.getMessage() for r in caplog.records)

@@ -53,6 +53,8 @@ def test_evaluate_compares_models(tmp_path, tiny_bundle, tiny_data):
     table = open(os.path.join(out_dir, "comparison.md")).read()
     assert table.count("| arch |") == 1 and table.count("| resnet18 |") == 2
     assert "| 95% CI |" in table
+    # two models with one folder name are told apart by their paths
+    assert table.count("| {} | resnet18 |".format(os.path.abspath(tiny_bundle))) == 2
 
 
 def test_evaluate_bootstrap_off_and_bad_value(tmp_path, tiny_bundle, tiny_data):
@@ -113,3 +115,95 @@ def test_evaluate_warns_when_the_split_was_trained_on(tmp_path, tiny_bundle, tin
     assert code == 0, err
     with open(json_path) as fh:
         assert json.load(fh)["trained_on_split"] == "train"
+
+
+def test_several_models_a_failing_one_is_recorded_and_the_rest_go_on(tmp_path, tiny_bundle,
+                                                                     tiny_data):
+    """One model that cannot be evaluated (a class folder it does not know, a broken
+    model.json) no longer ends a comparison: the others are reported, the JSON and
+    comparison.md are written with the failures listed, and the exit code is 1."""
+    import shutil
+    two = tmp_path / "two-class data"
+    for split in ("train", "val", "test"):
+        for cls in ("benign", "malignant"):
+            shutil.copytree(os.path.join(tiny_data, split, cls), str(two / split / cls))
+    small = str(tmp_path / "two classes")
+    code, out, err = run_cli(["train", str(two), "--model-dir", small, "--arch", "simple-cnn",
+                              "--resolution", 32, "--epochs", 1, "-j", 0, "--no-pretrained"])
+    assert code == 0, err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.json").write_text(u"{not json")
+    json_path, out_dir = str(tmp_path / "cmp.json"), str(tmp_path / "cmp")
+    code, out, err = run_cli(["evaluate", "--model-dir", small, "--model-dir", tiny_bundle,
+                              "--model-dir", str(broken), os.path.join(tiny_data, "test"),
+                              "--json", json_path, "--out", out_dir, "--bootstrap", 0])
+    assert code == 1, err
+    assert "2 of 3 model(s) could not be evaluated" in err and "Traceback" not in err
+    with open(json_path) as fh:
+        payload = json.load(fh)
+    assert [m["model_dir"] for m in payload["models"]] == [os.path.abspath(tiny_bundle)]
+    assert payload["models"][0]["count"] == 9
+    failed = {f["model_dir"]: f["error"] for f in payload["not_evaluated"]}
+    assert "normal" in failed[os.path.abspath(small)]
+    assert "not valid JSON" in failed[str(broken)]
+    table = open(os.path.join(out_dir, "comparison.md")).read()
+    assert "| model |" in table and "Not evaluated: {}".format(str(broken)) in table
+    assert os.path.isfile(os.path.join(out_dir, "2-model-report.md"))
+    # models with different classes: a recall column for every class, n/a where it has none
+    split = str(two / "test")
+    code, out, err = run_cli(["evaluate", "--model-dir", small, "--model-dir", tiny_bundle,
+                              split, "--out", str(tmp_path / "cmp2"), "--bootstrap", 0])
+    assert code == 0, err
+    table = open(str(tmp_path / "cmp2" / "comparison.md")).read()
+    assert "recall normal" in table and "On `{}` (6 images)".format(split) in table
+    rows = [l for l in table.splitlines() if l.startswith("| two classes |")]
+    assert len(rows) == 1 and rows[0].split(" | ")[10] == "n/a", table
+
+
+def test_report_links_its_figures_when_the_model_folder_has_spaces(tmp_path, tiny_bundle,
+                                                                   tiny_data):
+    """Several models write '<n>-<folder name>-roc.png': a folder name with a space or
+    brackets made the Markdown image links break (CommonMark ends a link at a space)."""
+    import re
+    import shutil
+    from urllib.parse import unquote
+    named = str(tmp_path / "run 2 (seed 1) é")
+    shutil.copytree(tiny_bundle, named)
+    out_dir = str(tmp_path / "cmp")
+    code, out, err = run_cli(["evaluate", "--model-dir", tiny_bundle, "--model-dir", named,
+                              os.path.join(tiny_data, "test"), "--out", out_dir,
+                              "--bootstrap", 0])
+    assert code == 0, err
+    report = open(os.path.join(out_dir, "2-run 2 (seed 1) é-report.md"), encoding="utf-8").read()
+    links = re.findall(r"!\[[^\]]*\]\(([^()\s]+)\)", report)
+    assert len(links) == 3, report
+    for link in links:
+        assert os.path.isfile(os.path.join(out_dir, unquote(link))), link
+
+
+def test_a_class_with_no_images_in_the_split_has_no_recall(tmp_path, tiny_bundle, tiny_data,
+                                                           caplog):
+    """A split without one of the model's classes (its folder missing, or empty) printed
+    'recall 0.000' for it, as if the model had missed every one of its images."""
+    import shutil
+    split = tmp_path / "no normal"
+    for cls in ("benign", "malignant"):
+        shutil.copytree(os.path.join(tiny_data, "test", cls), str(split / cls))
+    (split / "normal").mkdir()  # an empty class folder: as good as a missing one
+    json_path, out_dir = str(tmp_path / "m.json"), str(tmp_path / "e")
+    code, out, err = run_cli(["evaluate", "--model-dir", tiny_bundle, str(split), "--json",
+                              json_path, "--out", out_dir, "--bootstrap", 0])
+    assert code == 0, err
+    with open(json_path) as fh:
+        report = json.load(fh)
+    assert report["absent_classes"] == ["normal"] and report["count"] == 6
+    assert report["per_class"]["normal"]["support"] == 0
+    line = [l for l in out.splitlines() if l.strip().startswith("normal")][0]
+    assert "recall n/a" in line and "support 0" in line, out
+    assert "recall 0.000" not in line
+    markdown = open(os.path.join(out_dir, "report.md")).read()
+    assert "has no images of normal" in markdown
+    row = [l for l in markdown.splitlines() if l.startswith("| normal | ")][0]
+    assert row.split(" | ")[2] == "n/a", row
+    assert any("has no images of normal" in r.getMessage() for r in caplog.records)

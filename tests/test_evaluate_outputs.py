@@ -17,7 +17,7 @@ def _one_line(code, out, err, word):
 
 
 @pytest.mark.parametrize("case", ["json-under-a-file", "json-a-folder", "out-a-file",
-                                  "bins-0", "bins-negative"])
+                                  "bins-0", "bins-negative", "json-an-image-name"])
 def test_bad_outputs_and_bins_are_refused_first(tiny_bundle, tiny_data, tmp_path, case):
     afile = tmp_path / "afile"
     afile.write_text(u"x")
@@ -25,7 +25,10 @@ def test_bad_outputs_and_bins_are_refused_first(tiny_bundle, tiny_data, tmp_path
                    "json-a-folder": (["--json", str(tmp_path)], "is a folder"),
                    "out-a-file": (["--out", str(afile)], "--out"),
                    "bins-0": (["--bins", "0"], "--bins"),
-                   "bins-negative": (["--bins", "-3"], "--bins")}[case]
+                   "bins-negative": (["--bins", "-3"], "--bins"),
+                   # with --overwrite it could be an image of the split
+                   "json-an-image-name": (["--json", str(tmp_path / "a.png"), "--overwrite"],
+                                          "--json")}[case]
     code, out, err = run_cli(["evaluate", "--model-dir", tiny_bundle,
                               os.path.join(tiny_data, "test"), "--out", str(tmp_path / "e")] +
                              extra)
@@ -70,3 +73,15 @@ def test_out_inside_the_split_is_refused(tiny_bundle, tiny_data, tmp_path):
                               os.path.join(split, "benign")])
     assert code == 2 and "inside the split" in err
     assert sorted(os.listdir(os.path.join(split, "benign"))) == before
+
+
+def test_the_default_out_of_a_split_given_as_dot_is_named_after_its_folder(
+        tiny_bundle, tiny_data, tmp_path, monkeypatch):
+    """'oncolens evaluate --model-dir M .' inside test/ wrote M/eval-./ (and '..' M/eval-../)."""
+    model_dir = str(tmp_path / "m")
+    shutil.copytree(tiny_bundle, model_dir)
+    monkeypatch.chdir(os.path.join(tiny_data, "test"))
+    code, out, err = run_cli(["evaluate", "--model-dir", model_dir, ".", "--bootstrap", "0"])
+    assert code == 0, err
+    assert os.path.isfile(os.path.join(model_dir, "eval-test", "report.md"))
+    assert not [n for n in os.listdir(model_dir) if n.startswith("eval-.")]

@@ -1,10 +1,11 @@
 """``oncolens data check``: what is in a dataset folder and what is wrong with it.
 
 Errors (non-zero exit): unreadable or empty files, the same image in two splits (leakage),
-the same image under two labels, no files at all, fewer than two classes, a class in
-labels.txt with no training images.  Warnings: duplicates within one split and class, images
-not stored as RGB (they are converted on reading), classes missing from a split, class
-folders that labels.txt leaves out.
+the same image under two labels, no files at all, a split dataset without readable images in
+train/ or val/, fewer than two classes, a class in labels.txt with no training images.
+Warnings: duplicates within one split and class, images not stored as RGB (they are converted
+on reading), classes missing from a split, class folders that labels.txt leaves out, files
+that are not images, images beside the class folders.
 """
 import collections
 import logging
@@ -16,7 +17,8 @@ from oncolens.appliance.bundle import LABELS_TXT, read_labels
 from oncolens.appliance.errors import BundleError
 from oncolens.appliance.imageio import is_image_file, is_unsupported_image
 from oncolens.train.scan import (LOW_BITS_PEAK, class_folders, duplicate_groups,
-                                 low_bits_warning, scan)
+                                 loose_images, loose_warning, low_bits_warning, not_images,
+                                 not_images_warning, scan)
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,17 @@ def _empty_folders(root, records, folders):
             "images; add images or remove the empty folder(s)".format(", ".join(empty))], []
 
 
+def missing_splits(root, records):
+    """``oncolens train`` reads train/ and val/ of a split dataset and refuses one without
+    readable images in either: one error each."""
+    if not any(r["split"] for r in records):
+        return []
+    have = set(r["split"] for r in records if "error" not in r)
+    return ["{}/: no readable images (the folder is missing or empty): train needs images in "
+            "train/ and val/".format(os.path.join(root, split))
+            for split in ("train", "val") if split not in have]
+
+
 def class_issues(root, records, classes, folders=None):
     """What ``oncolens train`` would refuse or warn about in the classes: (errors, warnings).
 
@@ -107,7 +120,7 @@ def class_issues(root, records, classes, folders=None):
 
 def check(root, max_distance=4, progress=None):
     """The whole audit as a JSON-ready dictionary (``errors`` lists what fails the check)."""
-    records = scan(root, progress)
+    records, others = not_images(scan(root, progress))
     folders = class_folders(root)
     counts = collections.OrderedDict()
     for r in records:
@@ -136,8 +149,14 @@ def check(root, max_distance=4, progress=None):
         if missing and split != "None":
             warnings.append("split {} has no images of {}".format(split, ", ".join(missing)))
     more_errors, more_warnings = class_issues(root, records, classes, folders)
-    errors += more_errors
+    errors += missing_splits(root, records) + more_errors
     warnings += more_warnings
+    if others:
+        warnings.append(not_images_warning(others))
+    for split in folders:
+        folder = os.path.join(root, split) if split else root
+        if loose_images(folder):
+            warnings.append(loose_warning(folder, loose_images(folder)))
     low = [r for r in records if r.get("peak", LOW_BITS_PEAK) < LOW_BITS_PEAK]
     if low:
         warnings.append(low_bits_warning(len(low), low[0]["path"], low[0]["peak"]))
@@ -150,7 +169,8 @@ def check(root, max_distance=4, progress=None):
     return {"root": root, "images": len(records), "classes": classes,
             "counts": {s: dict(c) for s, c in counts.items()}, "modes": dict(modes),
             "sizes": _sizes(records), "duplicate_groups": groups, "errors": errors,
-            "warnings": warnings, "max_distance": max_distance, "records": records}
+            "warnings": warnings, "max_distance": max_distance, "records": records,
+            "not_images": [r["path"] for r in others]}
 
 
 def format_report(result):

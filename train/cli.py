@@ -13,7 +13,10 @@ DIFFERS = ("Defaults that differ from jetson-inference's train.py (chosen for sm
            "medical sets on a CPU): AdamW instead of SGD, --lr 1e-3 instead of 0.1, --wd 0.05 "
            "instead of 1e-4, -b 32 instead of 8, cosine schedule with warm-up instead of /10 "
            "every 30 epochs, class-weighted loss, augmentation, best epoch by validation "
-           "macro-F1 instead of accuracy, --pretrained on. --optimizer sgd --lr 0.1 --wd 1e-4 "
+           "macro-F1 instead of accuracy, the CPU unless --gpu N is given (train.py: GPU 0), "
+           "the loss every 10 batches at --log-level debug unless -p is given (train.py "
+           "prints it every 10). As in train.py: --pretrained on, --epochs 35, --resolution "
+           "224, -j 2, --momentum 0.9 (with --optimizer sgd). --optimizer sgd --lr 0.1 --wd 1e-4 "
            "-b 8 --schedule step --warmup-epochs 0 --class-weights none --label-smoothing 0 "
            "--ema-epochs 0 --freeze-early off --no-trivial-augment --crop-scale 0.08 "
            "--colour-jitter 0 --orientation fixed gives jetson-inference's recipe back (the "
@@ -44,19 +47,22 @@ def _jetson_flags(p):
     p.add_argument("-p", "--print-freq", type=int, default=None,
                    help="log the loss every N batches of -b images, as train.py counts "
                         "them (one split by --accum-steps still counts once; 0: never); "
-                        "without -p, every 10 batches at --log-level debug")
+                        "without -p, every 10 batches at --log-level debug (jetson-inference: "
+                        "10, always shown)")
     p.add_argument("--resume", default="", help="checkpoint to resume from (restores the "
                                                 "epoch, optimizer and best metric)")
     p.add_argument("-e", "--evaluate", action="store_true",
                    help="only evaluate the --resume checkpoint on val/")
     p.add_argument("--pretrained", dest="pretrained", action="store_true", default=None,
-                   help="start from ImageNet weights (default: on; torchvision's cache or "
+                   help="start from ImageNet weights (default: on, as jetson-inference; "
+                        "torchvision's cache or "
                         "download, offline for efficientnet_lite0; when left at its default "
                         "and the weights cannot be had, a warning and random weights)")
     p.add_argument("--no-pretrained", dest="pretrained", action="store_false",
                    help="start from random weights")
     p.add_argument("--seed", type=int, default=None, help="random seed for a repeatable run")
-    p.add_argument("--gpu", type=int, default=None, help="GPU id to use (CPU when none)")
+    p.add_argument("--gpu", type=int, default=None,
+                   help="GPU id to use (default: none, the CPU; jetson-inference: 0)")
 
 
 def _recipe_flags(p):

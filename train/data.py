@@ -8,13 +8,16 @@ import os
 import numpy as np
 
 from oncolens.appliance.bundle import LABELS_TXT, read_labels
-from oncolens.appliance.errors import UsageError
+from oncolens.appliance.errors import UsageError, not_a_folder
 from oncolens.appliance.imageio import (is_image_file, is_unsupported_image, list_folders,
                                         read_image, walk_files)
 
 
 def discover_classes(data_dir, split="train"):
     """The class names: ``labels.txt`` when present, else the split's folders, alphabetical."""
+    if not os.path.isdir(data_dir):
+        raise UsageError("{}: {} (expected {}/{{train,val[,test]}}/<class>/images)".format(
+            data_dir, not_a_folder(data_dir), data_dir))
     labels_path = os.path.join(data_dir, LABELS_TXT)
     if os.path.isfile(labels_path):
         return read_labels(labels_path)
@@ -34,8 +37,8 @@ def list_samples(split_dir, classes):
     (.gif, .heic ...) are listed too, so that train's image check and evaluate name them
     as unreadable instead of leaving them out in silence."""
     if not os.path.isdir(split_dir):
-        raise UsageError("{}: folder not found (expected one sub-folder per class: {})".format(
-            split_dir, ", ".join(classes)))
+        raise UsageError("{}: {} (expected one sub-folder per class: {})".format(
+            split_dir, not_a_folder(split_dir), ", ".join(classes)))
     samples = []
     for index, cls in enumerate(classes):
         folder = os.path.join(split_dir, cls)

@@ -7,7 +7,8 @@ import sys
 
 from oncolens.appliance.cliutil import cli_entry, normalize_flags, setup_logging
 from oncolens.appliance.errors import UsageError
-from oncolens.appliance.outpaths import check_output_dir, check_output_file
+from oncolens.appliance.outpaths import (check_output_dir, check_output_file,
+                                          check_text_file)
 
 log = logging.getLogger("oncolens.data")
 
@@ -38,6 +39,15 @@ def echo(line=""):
     buffer.flush()
 
 
+MAX_SEED = 2 ** 32 - 1  # as train's --seed
+
+
+def check_seed(seed):
+    """--seed in train's range: numpy refuses a negative seed with a traceback."""
+    if not 0 <= seed <= MAX_SEED:
+        raise UsageError("--seed: expected 0 to {}, got {}".format(MAX_SEED, seed))
+
+
 def build_synth_parser():
     p = argparse.ArgumentParser(
         prog="oncolens data synth",
@@ -49,11 +59,11 @@ def build_synth_parser():
     p.add_argument("--train", type=int, default=60, help="training images per class (60)")
     p.add_argument("--val", type=int, default=20, help="validation images per class (20)")
     p.add_argument("--test", type=int, default=20, help="test images per class (20)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    p.add_argument("--seed", type=int, default=0, help="random seed, 0 to 4294967295 (0)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace what an earlier synth wrote in OUT (its train/ val/ test/, "
                         "labels.txt, README.md and SYNTHETIC.json are removed first)")
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-level", default="info", help="debug, info, warning, error (info)")
     return p
 
 
@@ -64,6 +74,7 @@ def _synth(argv):
         raise UsageError("--size: expected at least 32 pixels, got {}".format(args.size))
     if min(args.train, args.val, args.test) < 1:
         raise UsageError("--train/--val/--test: expected at least 1 image per class")
+    check_seed(args.seed)
     check_output_dir(args.out, "OUT")
     if os.path.exists(args.out) and os.listdir(args.out) and not args.overwrite:
         raise UsageError("{} already exists and is not empty: pass --overwrite".format(args.out))
@@ -89,7 +100,7 @@ def build_check_parser():
                    help="perceptual-hash distance (bits of 64) that counts as the same image (4)")
     p.add_argument("--json", default=None, help="write the full audit to this JSON file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-level", default="info", help="debug, info, warning, error (info)")
     return p
 
 
@@ -105,6 +116,7 @@ def _check(argv):
     setup_logging(args.log_level)
     from oncolens.train.audit import check, format_report
     if args.json:
+        check_text_file(args.json, "--json", "a .json file name")
         check_output_file(args.json, "--json", args.overwrite)
     result = check(args.dir, args.max_distance, progress=_progress("reading images"))
     for line in format_report(result):
@@ -117,11 +129,15 @@ def _check(argv):
 def write_json(path, payload):
     """Write ``payload`` to ``path`` (checked beforehand), making its folder when missing."""
     import json
-    parent = os.path.dirname(path)
-    if parent and not os.path.isdir(parent):
-        os.makedirs(parent)
-    with io.open(path, "w", encoding="utf-8", errors=NAME_ERRORS) as fh:
-        json.dump(payload, fh, indent=2, sort_keys=True)  # ASCII: names come out as \udcxx
+    try:
+        parent = os.path.dirname(path)
+        if parent and not os.path.isdir(parent):
+            os.makedirs(parent)
+        with io.open(path, "w", encoding="utf-8", errors=NAME_ERRORS) as fh:
+            json.dump(payload, fh, indent=2, sort_keys=True)  # ASCII: names as \udcxx
+    except (IOError, OSError) as exc:  # what the check before the run could not foresee
+        raise UsageError("--json {}: cannot be written ({}); what was printed above is all "
+                         "there is of it".format(path, exc.strerror or exc))
 
 
 def build_split_parser():
@@ -134,26 +150,30 @@ def build_split_parser():
     p.add_argument("out", help="output folder (must not exist, unless --overwrite)")
     p.add_argument("--ratios", type=float, nargs=3, default=[0.7, 0.15, 0.15],
                    metavar=("TRAIN", "VAL", "TEST"), help="split fractions (0.7 0.15 0.15)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    p.add_argument("--seed", type=int, default=0, help="random seed, 0 to 4294967295 (0)")
     p.add_argument("--max-distance", type=int, default=4,
                    help="perceptual-hash distance that counts as the same image (4)")
     p.add_argument("--link", action="store_true", help="hard-link instead of copying")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier split in OUT (its train/ val/ test/, splits.csv and "
                         "labels.txt are removed first)")
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-level", default="info", help="debug, info, warning, error (info)")
     return p
 
 
 def _split(argv):
     args = build_split_parser().parse_args(normalize_flags(argv))
     setup_logging(args.log_level)
+    check_seed(args.seed)
     from oncolens.train.split import split_dataset
     counts, fate = split_dataset(args.src, args.out, args.ratios, args.seed, args.max_distance,
                                  args.link, args.overwrite, progress=_progress("reading images"))
     for split in ("train", "val", "test"):
         echo("{:6s} ".format(split) + "  ".join(
             "{} {}".format(c, n) for c, n in counts[split].items()))  # labels.txt's order
+    if not sum(counts["val"].values()):
+        log.warning("%s: no image went to val/, which train needs (it chooses the best epoch "
+                    "there): give --ratios a larger val share", os.path.join(args.out, "val"))
     dropped = [f for f in fate if f and f.startswith("dropped")]
     if dropped:
         echo("dropped {} file(s) (see splits.csv)".format(len(dropped)))

@@ -34,7 +34,7 @@ def build_parser():
     p.add_argument("--per-class", type=int, default=40,
                    help="training images per class; val and test get a third each (40)")
     p.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-level", default="info", help="debug, info, warning, error (info)")
     return p
 
 

@@ -10,10 +10,11 @@ import os
 import numpy as np
 
 from oncolens.appliance.bundle import MODEL_JSON, read_model_info, sha256_file
-from oncolens.appliance.errors import BundleError, ImageReadError, UsageError
+from oncolens.appliance.errors import BundleError, ImageReadError, UsageError, not_a_folder
 from oncolens.appliance.imageio import list_folders, read_image
 from oncolens.train import metrics
 from oncolens.train.data import list_samples
+from oncolens.train.scan import loose_images, loose_warning
 from oncolens.train.temperature import without_temperature
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,39 @@ def not_held_out(report):
                 report["split_dir"], name, how))
 
 
+def _samples(split_dir, labels):
+    """(path, class index) of the split's images; a class folder the model does not know is
+    an error, images beside the class folders a warning."""
+    folders = list_folders(split_dir) if os.path.isdir(split_dir) else []
+    unknown = [d for d in folders if d not in labels]
+    if unknown:
+        raise UsageError("{}: class folder(s) {} are not among the model's labels ({})".format(
+            split_dir, ", ".join(unknown), ", ".join(labels)))
+    samples = list_samples(split_dir, labels)
+    loose = loose_images(split_dir)
+    if loose:
+        log.warning("%s", loose_warning(split_dir, loose))
+    return samples
+
+
+def _score(runner, samples, batch):
+    """(probabilities, targets, paths, unreadable files) over the samples, in batches."""
+    probs, targets, paths, failed = [], [], [], []
+    for start in range(0, len(samples), batch):
+        chunk, images = samples[start:start + batch], []
+        for path, target in chunk:
+            try:
+                images.append(read_image(path))
+            except ImageReadError as exc:
+                failed.append({"path": path, "error": str(exc)})
+                continue
+            targets.append(target)
+            paths.append(path)
+        if images:
+            probs.append(runner.probs(images))
+    return probs, targets, paths, failed
+
+
 def evaluate_dir(model_dir, split_dir, backend="auto", batch=16, bins=15, bootstrap=1000):
     """Run the model on every image of ``split_dir/<class>/``; returns the report dictionary.
 
@@ -148,29 +182,11 @@ def evaluate_dir(model_dir, split_dir, backend="auto", batch=16, bins=15, bootst
     know is an error, an unreadable image is recorded and skipped.
     """
     if not os.path.isdir(model_dir):
-        raise BundleError("--model-dir {}: folder not found".format(model_dir))
+        raise BundleError("--model-dir {}: {}".format(model_dir, not_a_folder(model_dir)))
     runner, info = open_runner(model_dir, backend)
     labels = info["labels"]
-    folders = list_folders(split_dir) if os.path.isdir(split_dir) else []
-    unknown = [d for d in folders if d not in labels]
-    if unknown:
-        raise UsageError("{}: class folder(s) {} are not among the model's labels ({})".format(
-            split_dir, ", ".join(unknown), ", ".join(labels)))
-    samples = list_samples(split_dir, labels)
-    probs, targets, paths, failed = [], [], [], []
-    try:
-        for start in range(0, len(samples), batch):
-            chunk, images = samples[start:start + batch], []
-            for path, target in chunk:
-                try:
-                    images.append(read_image(path))
-                except ImageReadError as exc:
-                    failed.append({"path": path, "error": str(exc)})
-                    continue
-                targets.append(target)
-                paths.append(path)
-            if images:
-                probs.append(runner.probs(images))
+    try:  # closed also when the split does not suit this model (several are evaluated)
+        probs, targets, paths, failed = _score(runner, _samples(split_dir, labels), batch)
     finally:
         runner.close()
     if not targets:
@@ -187,9 +203,27 @@ def evaluate_dir(model_dir, split_dir, backend="auto", batch=16, bins=15, bootst
                    "arch": info.get("arch"), "resolution": info["input"]["shape"][-1],
                    "runner": runner.describe(), "failed": failed,
                    "training": info.get("training", {}),
-                   "trained_on_split": trained_on(info, split_dir)})
+                   "trained_on_split": trained_on(info, split_dir),
+                   "absent_classes": [l for l in labels if not report["per_class"][l]["support"]]})
     report["_probs"], report["_targets"], report["_paths"] = probs, np.array(targets), paths
     return report
+
+
+def absent_note(report):
+    """One sentence when the split has no images of some of the model's classes, else None:
+    their recall is undefined (shown as n/a), and the averages leave them out."""
+    absent = report.get("absent_classes")
+    if not absent:
+        return None
+    return ("{} has no images of {}: {} recall is undefined (n/a); macro-F1 counts {} only "
+            "where the model predicted {} (F1 0), balanced accuracy and ROC-AUC never".format(
+                report["split_dir"], ", ".join(absent), "its" if len(absent) == 1 else "their",
+                "it" if len(absent) == 1 else "them", "it" if len(absent) == 1 else "them"))
+
+
+def recall_text(row, digits=3):
+    """A class's recall, or n/a where the split has none of its images."""
+    return "{:.{}f}".format(row["recall"], digits) if row["support"] else "n/a"
 
 
 def public(report):

@@ -10,8 +10,9 @@ import os
 import sys
 
 from oncolens.appliance.cliutil import cli_entry, normalize_flags, setup_logging
-from oncolens.appliance.errors import UsageError
-from oncolens.appliance.outpaths import check_output_dir, check_output_file
+from oncolens.appliance.errors import OncoLensError, UsageError, not_a_folder
+from oncolens.appliance.outpaths import (check_output_dir, check_output_file,
+                                          check_text_file)
 
 log = logging.getLogger("oncolens.evaluate")
 
@@ -41,7 +42,7 @@ def build_parser():
                    help="bootstrap rounds for the 95%% confidence intervals of accuracy and "
                         "macro-F1 (1000; at least 100; 0: none)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-level", default="info", help="debug, info, warning, error (info)")
     return p
 
 
@@ -76,7 +77,7 @@ def _write_outputs(report, out_dir, prefix, overwrite):
 def plan_outputs(args):
     """(model dir, report folder or None, file prefix) per model, every output checked before
     any model runs: nothing is replaced without --overwrite, and no run fails at its end."""
-    split_name = os.path.basename(os.path.normpath(args.split_dir))
+    split_name = os.path.basename(os.path.abspath(args.split_dir))  # "." is its folder
     several = len(args.model_dir) > 1
     if args.out:
         check_output_dir(args.out, "--out")
@@ -91,9 +92,10 @@ def plan_outputs(args):
     plans = []
     for index, model_dir in enumerate(args.model_dir):
         if not os.path.isdir(model_dir):
-            raise UsageError("--model-dir {}: folder not found".format(model_dir))
+            raise UsageError("--model-dir {}: {} (expected a model folder)".format(
+                model_dir, not_a_folder(model_dir)))
         out = args.out or (None if several else os.path.join(model_dir, "eval-" + split_name))
-        prefix = "{}-{}-".format(index + 1, os.path.basename(os.path.normpath(model_dir))) \
+        prefix = "{}-{}-".format(index + 1, os.path.basename(os.path.abspath(model_dir))) \
             if several else ""
         if out:
             check_output_dir(out, "--out")
@@ -109,14 +111,17 @@ def check_args(args):
     if args.bins < 1:
         raise UsageError("--bins: expected 1 or more calibration bins, got {}".format(args.bins))
     if not os.path.isdir(args.split_dir):
-        raise UsageError("{}: folder not found (expected class folders)".format(args.split_dir))
+        raise UsageError("{}: {} (expected class folders)".format(
+            args.split_dir, not_a_folder(args.split_dir)))
     if args.json:
+        check_text_file(args.json, "--json", "a .json file name")
         check_output_file(args.json, "--json", args.overwrite)
     return plan_outputs(args)
 
 
 def _print_summary(report):
     from oncolens.train.data_cli import echo
+    from oncolens.train.evaluate import recall_text
     echo("{}: accuracy {:.4f}  balanced accuracy {:.4f}  macro-F1 {:.4f}  ROC-AUC {}  "
          "ECE {:.4f}  ({} images)".format(
              report["model_dir"], report["accuracy"], report["balanced_accuracy"],
@@ -130,10 +135,37 @@ def _print_summary(report):
              "training)".format(report["ece_without_temperature"], report["temperature"]))
     for label in report["labels"]:
         row = report["per_class"][label]
-        echo("  {:12s} precision {:.3f}  recall {:.3f}  F1 {:.3f}  support {}".format(
-            label, row["precision"], row["recall"], row["f1"], row["support"]))
+        echo("  {:12s} precision {:.3f}  recall {}  F1 {:.3f}  support {}".format(
+            label, row["precision"], recall_text(row), row["f1"], row["support"]))
     for failure in report["failed"]:
         echo("  unreadable: {} ({})".format(failure["path"], failure["error"]))
+
+
+def _evaluate_each(plans, args):
+    """(reports, models not evaluated): with several --model-dir, a model that cannot be
+    evaluated (a broken folder, a class folder it does not know) is recorded and the others
+    go on; a single model's error ends the run as before."""
+    from oncolens.train.data_cli import echo
+    from oncolens.train.evaluate import absent_note, evaluate_dir, not_held_out
+    reports, not_evaluated = [], []
+    for model_dir, out, prefix in plans:
+        try:
+            report = evaluate_dir(model_dir, args.split_dir, args.backend, bins=args.bins,
+                                  bootstrap=args.bootstrap)
+        except OncoLensError as exc:
+            if len(plans) == 1:
+                raise
+            echo("{}: not evaluated: {}".format(os.path.abspath(model_dir), exc))
+            not_evaluated.append({"model_dir": os.path.abspath(model_dir), "error": str(exc)})
+            continue
+        _print_summary(report)
+        for note in (not_held_out(report), absent_note(report)):
+            if note:
+                log.warning("%s", note)
+        if out:
+            echo("report: {}".format(_write_outputs(report, out, prefix, args.overwrite)))
+        reports.append(report)
+    return reports, not_evaluated
 
 
 @cli_entry("oncolens evaluate")
@@ -141,35 +173,29 @@ def main(argv):
     args = build_parser().parse_args(normalize_flags(argv))
     setup_logging(args.log_level)
     from oncolens.train.data_cli import echo, write_json
-    from oncolens.train.evaluate import evaluate_dir, public
+    from oncolens.train.evaluate import public
     from oncolens.train.report import comparison_markdown
     plans = check_args(args)
-    reports = []
-    for model_dir, out, prefix in plans:
-        report = evaluate_dir(model_dir, args.split_dir, args.backend, bins=args.bins,
-                              bootstrap=args.bootstrap)
-        _print_summary(report)
-        from oncolens.train.evaluate import not_held_out
-        if not_held_out(report):
-            log.warning("%s", not_held_out(report))
-        if out:
-            echo("report: {}".format(_write_outputs(report, out, prefix, args.overwrite)))
-        reports.append(report)
-    if len(reports) > 1:
-        table = comparison_markdown(reports)
+    reports, not_evaluated = _evaluate_each(plans, args)
+    if len(plans) > 1 and reports:
+        table = comparison_markdown(reports, not_evaluated)
         echo("")
         echo(table)
         if args.out:
             with _text_file(os.path.join(args.out, "comparison.md")) as fh:
                 fh.write(table)
-    if args.json:
-        payload = public(reports[0]) if len(reports) == 1 else \
-            {"models": [public(r) for r in reports]}
+    if args.json and reports:
+        payload = public(reports[0]) if len(plans) == 1 else \
+            {"models": [public(r) for r in reports], "not_evaluated": not_evaluated}
         write_json(args.json, payload)
         echo("metrics: {}".format(args.json))
     failed = sum(len(r["failed"]) for r in reports)
     if failed:
         sys.stderr.write("oncolens evaluate: error: {} image(s) could not be read (listed above "
                          "as 'unreadable'); the figures leave them out\n".format(failed))
-        return 1
-    return 0
+    if not_evaluated:
+        sys.stderr.write("oncolens evaluate: error: {} of {} model(s) could not be evaluated "
+                         "(listed above as 'not evaluated'){}\n".format(
+                             len(not_evaluated), len(plans),
+                             "" if reports else "; nothing was written"))
+    return 1 if failed or not_evaluated else 0

@@ -1,5 +1,7 @@
 """Markdown reports for ``oncolens evaluate``: one model, or a comparison of several."""
-from oncolens.train.evaluate import not_held_out
+from urllib.parse import quote
+
+from oncolens.train.evaluate import absent_note, not_held_out, recall_text
 
 
 def _fmt(value, digits=3):
@@ -34,6 +36,8 @@ def model_markdown(report, pngs=None):
     warning = not_held_out(report)
     if warning:
         lines += ["**Warning: not held-out.** {}.".format(warning[0].upper() + warning[1:]), ""]
+    if absent_note(report):
+        lines += ["**Note:** {}.".format(absent_note(report)), ""]
     lines += ["- split: `{}` ({} images)".format(report["split_dir"], report["count"]),
              "- model: {} at {} px, run by {}".format(report["arch"], report["resolution"],
                                                       report["runner"]),
@@ -48,7 +52,7 @@ def model_markdown(report, pngs=None):
     for label in labels:
         row = report["per_class"][label]
         lines.append("| {} | {} | {} | {} | {} | {} |".format(
-            label, _fmt(row["precision"]), _fmt(row["recall"]), _fmt(row["f1"]),
+            label, _fmt(row["precision"]), recall_text(row), _fmt(row["f1"]),
             _fmt(row["roc_auc"]), row["support"]))
     if report.get("ci"):
         lines += ["", "The intervals are percentile bootstrap intervals over the {} images "
@@ -61,25 +65,45 @@ def model_markdown(report, pngs=None):
         lines.append("| {} | {} |".format(label, " | ".join(str(v) for v in row)))
     if report.get("failed"):
         lines += ["", "Unreadable images (skipped): {}".format(len(report["failed"]))]
-    for png in pngs or []:
-        lines += ["", "![{}]({})".format(png, png)]
+    for png in pngs or []:  # a link with a space, '(' or ')' in it would not render
+        lines += ["", "![{}]({})".format(png, quote(png.encode("utf-8", "surrogateescape")))]
     return "\n".join(lines) + "\n"
 
 
-def comparison_markdown(reports):
-    """One row per model: the table that sets a baseline against transfer learning."""
-    labels = reports[0]["labels"]
+def _names(reports):
+    """Each model's folder name, or its whole path where two models share a name."""
+    names = [r["model_dir"].rstrip("/").split("/")[-1] for r in reports]
+    return [r["model_dir"] if names.count(n) > 1 else n for r, n in zip(reports, names)]
+
+
+def comparison_markdown(reports, not_evaluated=()):
+    """One row per model: the table that sets a baseline against transfer learning. A recall
+    column for every class of any model (n/a for a model without it); the models that could
+    not be evaluated are listed under it."""
+    labels = []
+    for r in reports:
+        labels += [l for l in r["labels"] if l not in labels]
     head = ["model", "arch", "px", "accuracy", "macro-F1", "95% CI", "ROC-AUC", "ECE"] + \
         ["recall {}".format(l) for l in labels] + ["train s"]
-    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-    for r in reports:
-        cells = [r["model_dir"].rstrip("/").split("/")[-1], str(r["arch"]), str(r["resolution"]),
+    lines = ["On `{}` ({} images):".format(reports[0]["split_dir"], ", ".join(
+        sorted(set(str(r["count"]) for r in reports)))), "",
+        "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for r, name in zip(reports, _names(reports)):
+        cells = [name, str(r["arch"]), str(r["resolution"]),
                  _fmt(r["accuracy"]), _fmt(r["macro_f1"]), _ci_range(r, "macro_f1") or "n/a",
                  _fmt(r["roc_auc_macro"]), _fmt(r["ece"])]
-        cells += [_fmt(r["per_class"].get(l, {}).get("recall")) for l in labels]
+        cells += [recall_text(r["per_class"][l]) if l in r["per_class"] else "n/a"
+                  for l in labels]
         cells.append(str(r.get("training", {}).get("train_seconds", "n/a")))
         lines.append("| " + " | ".join(cells) + " |")
     notes = [not_held_out(r) for r in reports if not_held_out(r)]
     if notes:
         lines += [""] + ["Warning: not held-out: {}.".format(note) for note in notes]
+    absent = sorted(set(sum((r.get("absent_classes") or [] for r in reports), [])))
+    if absent:
+        lines += ["", "Note: the split has no images of {}: recall n/a.".format(
+            ", ".join(absent))]
+    if not_evaluated:
+        lines += [""] + ["Not evaluated: {} ({}).".format(f["model_dir"], f["error"])
+                         for f in not_evaluated]
     return "\n".join(lines) + "\n"

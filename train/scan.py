@@ -8,8 +8,9 @@ import os
 
 import numpy as np
 
-from oncolens.appliance.errors import ImageReadError, UsageError
-from oncolens.appliance.imageio import (check_format, is_image_file, list_folders, real_folders,
+from oncolens.appliance.errors import ImageReadError, UsageError, not_a_folder
+from oncolens.appliance.imageio import (check_format, is_ignored_name, is_image_file,
+                                        is_unsupported_image, list_folders, real_folders,
                                         walk_files)
 from oncolens.train.phash import UnionFind, near_pairs, phash
 
@@ -22,7 +23,7 @@ MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 def layout(root):
     """('split', [splits present]) or ('flat', [None])."""
     if not os.path.isdir(root):
-        raise UsageError("{}: folder not found".format(root))
+        raise UsageError("{}: {} (expected a dataset folder)".format(root, not_a_folder(root)))
     present = [s for s in SPLITS if os.path.isdir(os.path.join(root, s))]
     return ("split", present) if present else ("flat", [None])
 
@@ -32,6 +33,20 @@ def class_folders(root):
     kind, splits = layout(root)
     return {split: list_folders(os.path.join(root, split) if split else root)
             for split in splits}
+
+
+def loose_images(folder):
+    """Image files lying directly in ``folder``, outside any class folder (hidden ones left
+    out): no command reads them, since a file's class is the folder it is in."""
+    return sorted(name for name in os.listdir(folder)
+                  if not is_ignored_name(name) and os.path.isfile(os.path.join(folder, name)) and
+                  (is_image_file(name) or is_unsupported_image(name)))
+
+
+def loose_warning(folder, names):
+    """The one line that says so, naming the first of them."""
+    return ("{}: {} image file(s) outside the class folders are left out (e.g. {}): move each "
+            "into the folder of its class".format(folder, len(names), names[0]))
 
 
 def walk(root):
@@ -55,6 +70,21 @@ def walk(root):
     return entries
 
 
+NOT_AN_IMAGE = "not an image file (by its extension)"
+
+
+def not_images(records):
+    """(records of images, records of other files): a class folder's notes.json or case.xml
+    is read by no command, so it is neither counted nor an error (a warning names it)."""
+    return ([r for r in records if "ignored" not in r],
+            [r for r in records if "ignored" in r])
+
+
+def not_images_warning(others):
+    return ("{} file(s) in the class folders are not images by their extension, and no "
+            "command reads them (e.g. {})".format(len(others), others[0]["path"]))
+
+
 def describe_file(path):
     """Dictionary with sha256, size, mode and phash (and a 16-bit image's highest sample,
     'peak'); 'error' instead when unreadable."""
@@ -69,7 +99,7 @@ def describe_file(path):
     if not is_image_file(path):
         try:
             check_format(path)
-            info["error"] = "not an image file (by its extension)"
+            info["ignored"] = NOT_AN_IMAGE  # as train and evaluate leave it out
         except ImageReadError as exc:  # .gif, .heic ...: say which format
             info["error"] = str(exc)[len(path) + 2:]
         return info

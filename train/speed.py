@@ -15,11 +15,13 @@ from oncolens.appliance.cliutil import cli_entry, normalize_flags
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m oncolens.train.speed",
                                 description="Measure training images/s per precision mode.")
-    p.add_argument("--arch", default="resnet18")
-    p.add_argument("--resolution", type=int, default=224)
-    p.add_argument("-b", "--batch-size", type=int, default=32)
+    p.add_argument("--arch", default="resnet18", help="network (resnet18)")
+    p.add_argument("--resolution", type=int, default=224, help="input size in pixels (224)")
+    p.add_argument("-b", "--batch-size", type=int, default=32, help="images per step (32)")
     p.add_argument("--steps", type=int, default=3, help="timed steps per mode (3)")
-    p.add_argument("--modes", default="fp32,fp32+cl,bf16+cl")
+    p.add_argument("--modes", default="fp32,fp32+cl,bf16+cl",
+                   help="comma list; +cl: channels_last, bf16: bf16 autocast "
+                        "(fp32,fp32+cl,bf16+cl)")
     p.add_argument("--freeze-early", action="store_true",
                    help="freeze the layers at 1/2 and 1/4 of the input resolution, as "
                         "training from pretrained weights does (default: all layers train)")

@@ -16,7 +16,9 @@ import numpy as np
 from oncolens.appliance.bundle import LABELS_TXT, read_labels, write_labels
 from oncolens.appliance.errors import UsageError
 from oncolens.appliance.outpaths import check_output_dir
-from oncolens.train.scan import SPLITS, class_folders, duplicate_groups, layout, scan
+from oncolens.train.scan import (SPLITS, class_folders, duplicate_groups, layout,
+                                 loose_images, loose_warning, not_images, not_images_warning,
+                                 scan)
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +170,7 @@ def split_dataset(src, out, ratios=(0.7, 0.15, 0.15), seed=0, max_distance=4, li
     """Copy (or hard-link) ``src/<class>/*`` into ``out/<split>/<class>/``; returns counts.
     The classes are ``src/labels.txt``'s when there is one (``source_classes``)."""
     _check_split_args(src, out, ratios, overwrite)
-    records = scan(src, progress)
+    records, others = not_images(scan(src, progress))
     if not records:
         raise UsageError("{}: no files in its class folders".format(src))
     classes = source_classes(src, records, out)
@@ -177,17 +179,38 @@ def split_dataset(src, out, ratios=(0.7, 0.15, 0.15), seed=0, max_distance=4, li
     for i, where, group in zip(kept, *assign([records[i] for i in kept], ratios, seed,
                                              max_distance)):
         fate[i], group_of[i] = where, group
+    records = records + _left_out(src, others, fate, group_of)
     counts = {s: {c: 0 for c in classes} for s in SPLITS}
     dests = destinations(records, fate)
+    moves = [(os.path.join(src, rec["path"]), os.path.join(out, *dest.split("/")))
+             for rec, where, dest in zip(records, fate, dests) if where in SPLITS]
+    if link:
+        _check_links(moves, out)
     if overwrite:
         clear_owned(out, list(SPLITS) + [SPLITS_CSV, LABELS_TXT])
-    for rec, where, dest in zip(records, fate, dests):
+    _place_all(moves, out, link)
+    for rec, where in zip(records, fate):
         if where in SPLITS:
-            _place(os.path.join(src, rec["path"]), os.path.join(out, *dest.split("/")), link)
             counts[where][rec["class"]] += 1
+    if not os.path.isdir(out):  # every file dropped: still say why, in splits.csv
+        os.makedirs(out)
     write_labels(os.path.join(out, LABELS_TXT), classes)
     _write_csv(os.path.join(out, SPLITS_CSV), records, fate, group_of, dests)
     return counts, fate
+
+
+def _left_out(src, others, fate, group_of):
+    """Records of the files no command reads, which splits.csv lists too: files that are not
+    images, and images beside the class folders; their fates are appended to ``fate``."""
+    loose = [{"path": name, "class": ""} for name in loose_images(src)]
+    if others:
+        log.warning("%s", not_images_warning(others))
+    if loose:
+        log.warning("%s", loose_warning(src, [r["path"] for r in loose]))
+    fate += ["dropped: not an image file"] * len(others) + \
+        ["dropped: not in a class folder"] * len(loose)
+    group_of += [""] * (len(others) + len(loose))
+    return others + loose
 
 
 def source_classes(src, records, out):
@@ -222,6 +245,38 @@ def source_classes(src, records, out):
         log.warning("%s: folder(s) %s not in labels.txt (%s): left out (splits.csv records "
                     "their files as dropped)", src, ", ".join(extra), ", ".join(classes))
     return classes
+
+
+def _check_links(moves, out):
+    """--link: hard links cannot leave their file system; say so before anything is written
+    (os.link failed half-way, leaving a split without its splits.csv)."""
+    from oncolens.appliance.outpaths import first_existing
+    device = os.stat(first_existing(out)).st_dev
+    for source, _ in moves:
+        if os.stat(source).st_dev != device:
+            raise UsageError("--link: {} is on another file system than OUT {}, and hard links "
+                             "cannot cross file systems: leave out --link to copy the files"
+                             .format(source, out))
+
+
+def _place_all(moves, out, link):
+    """Copy (or link) every file; when one fails, remove what this run placed (OUT held none
+    of it before) and say which file, in one line."""
+    done = []
+    try:
+        for source, dest in moves:
+            _place(source, dest, link)
+            done.append(dest)
+    except (IOError, OSError) as exc:
+        for placed in done:
+            os.remove(placed)
+        for name in SPLITS:
+            folder = os.path.join(out, name)
+            for parent, _, _ in sorted(os.walk(folder), reverse=True):
+                if not os.listdir(parent):
+                    os.rmdir(parent)
+        raise UsageError("{} {} -> {}: {}; nothing of this split was left in {}".format(
+            "linking" if link else "copying", source, dest, exc.strerror or exc, out))
 
 
 def _place(source, dest, link):
