@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from oncolens.appliance.backends import open_backend
-from oncolens.appliance.benchstats import latency_ms, loadavg, machine_info, shares
+from oncolens.appliance.benchstats import gpu_info, latency_ms, loadavg, machine_info, shares
 from oncolens.appliance.device_preprocess import stack_inputs
 from oncolens.appliance.errors import MissingDependency, OncoLensError
 from oncolens.appliance.pipeline import batched, prefetch, window
@@ -167,12 +167,16 @@ def _open(cfg, bundle, backend_name, precision):
         if precision == "fp16" and not str(cfg["device"]).startswith("cuda"):
             raise _torch_precision_skip(precision, "fp32", cfg["device"])  # before loading it
         options.update(precision=precision, device=cfg["device"])
-    if backend_name == "openvino":
+    if backend_name in ("openvino", "tensorrt"):  # TensorRT: an engine of that precision
         options.update(precision=precision)
     backend = open_backend(backend_name, model, **options)  # bf16 without it: skipped
-    if backend_name == "torch" and backend.precision != precision:
-        backend.close()
-        raise _torch_precision_skip(precision, backend.precision, cfg["device"])
+    if backend_name in ("torch", "tensorrt") and backend.precision != precision:
+        backend.close()  # never figures of one precision under another's name
+        if backend_name == "torch":
+            raise _torch_precision_skip(precision, backend.precision, cfg["device"])
+        raise OncoLensError("--precisions {}: the tensorrt backend runs a {} engine here "
+                            "({})".format(precision, backend.precision,
+                                          getattr(backend, "engine_path", "?")))
     return model, backend
 
 
@@ -201,7 +205,9 @@ def _measure(cfg, backend, model, pre, run):
     for bs in cfg["batch_sizes"]:
         log.info("bench: %s %s batch %d, %s preprocessing", run["backend"], run["precision"],
                  bs, run["preprocess"])
-        one = dict(run, batch_size=bs, model_file=model.model_path)
+        # the file that ran: for TensorRT the engine, not the ONNX it was built from
+        one = dict(run, batch_size=bs,
+                   model_file=getattr(backend, "engine_path", None) or model.model_path)
         batch = sample_batch(pre, cfg["files"], bs, cfg["unreadable"])
         one.update(network_only(backend, batch, cfg["warmup"], cfg["min_seconds"]))
         if run["backend"] == "openvino":
@@ -244,6 +250,8 @@ def run_one(cfg, bundle, backend_name, precision, ref):
                                  single_class=cfg.get("reference_single_class"))
             run = {"backend": backend_name, "precision": precision, "preprocess": mode,
                    "device": device, "agreement_vs_fp32": agree}
+            if isinstance(getattr(backend, "device", None), dict):  # TensorRT: the GPU
+                run["gpu"] = backend.device.get("name")
             runs.extend(_measure(cfg, backend, model, pre, run))
     return runs, skips
 
@@ -272,6 +280,7 @@ def baseline(cfg, bundle, ref):
         naive = NaiveTorch(bundle, cfg.get("device", "cpu"), cfg["unreadable"].add)
         result = naive.run(cfg["files"], cfg["warmup"])
     except (MissingDependency, OncoLensError) as exc:
+        log.warning("bench: the naive PyTorch loop (baseline) skipped: %s", exc)
         return {"skipped": str(exc), "end_to_end_ips": None}
     result["agreement_vs_fp32"] = agreement(naive.top1(cfg["agreement_files"]), ref)
     result["single_thread"] = naive.run_single_thread(cfg["files"], cfg["warmup"])
@@ -319,6 +328,8 @@ def run_bench(cfg):
                   "backends", "precisions", "batch_sizes", "preprocess", "device", "workers",
                   "warmup", "min_seconds")),
               "runs": [], "skipped": []}
+    # --threads changes every figure: recorded (None: the runtime's own choice, all cores)
+    result["settings"]["threads"] = cfg["backend_options"].get("threads")
     cfg["unreadable"] = Unreadable()
     # at least one readable image, or one line now (not after the reference and baseline)
     sample_batch(Preprocessor.from_bundle(bundle), cfg["files"], 1, cfg["unreadable"])
@@ -339,6 +350,12 @@ def run_bench(cfg):
                 log.warning("bench: %s %s skipped: %s", backend_name, precision, skip["reason"])
             result["skipped"].extend(skips)
     summarise(result)
+    cuda = [d for d in [cfg.get("device")] + [r.get("device") for r in result["runs"]]
+            if str(d).startswith("cuda")]
+    gpu = gpu_info(cuda[0]) if cuda else None
+    named = [r["gpu"] for r in result["runs"] if r.get("gpu")]  # TensorRT's, without torch
+    result["machine"]["gpu"] = gpu or ({"device": "cuda", "name": named[0], "cuda": None}
+                                       if named else None)
     result["unreadable"] = cfg["unreadable"].report()
     result["loadavg_end"] = loadavg()
     return result

@@ -69,6 +69,34 @@ def _csv(value, flag, cast=str):
     return items
 
 
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+
+
+def _names(value, flag, known):
+    """A comma list of names from ``known``: a typo is one line now, not a run skipped
+    after the reference and the baseline were measured (and exit 0 beside another run)."""
+    names = _csv(value, flag)
+    for name in names:
+        if name not in known:
+            raise UsageError("{}: unknown '{}' (expected a comma list of: {})".format(
+                flag, name, ", ".join(known)))
+    return names
+
+
+def _check_numbers(args):
+    """The counts and durations, before anything is measured."""
+    for flag, value, least in (("--workers", args.workers, 0), ("--warmup", args.warmup, 0),
+                               ("--max-images", args.max_images, 0),
+                               ("--calib-count", args.calib_count, 1),
+                               ("--threads", args.threads, 0)):
+        if value is not None and value < least:
+            raise UsageError("{}: expected {}, got {}".format(
+                flag, "a positive number" if least else "0 or more", value))
+    if not 0 <= args.min_seconds < float("inf"):
+        raise UsageError("--min-seconds: expected seconds, 0 or more, got {}".format(
+            args.min_seconds))
+
+
 def _files(folder, flag, limit=0):
     from oncolens.appliance.pipeline import iter_image_files
     if not os.path.isdir(folder):
@@ -97,7 +125,11 @@ def _device(value):
 
 
 def make_config(args):
+    from oncolens.appliance.backends import backend_names
     from oncolens.appliance.bundle import load_bundle
+    _check_numbers(args)
+    backends = _names(args.backends, "--backends", backend_names())
+    precisions = _names(args.precisions, "--precisions", PRECISIONS)
     if args.json:  # checked now: the figures must not be lost after minutes of measuring
         check_text_file(args.json, "--json")
         check_output_file(args.json, "--json", args.overwrite)
@@ -121,8 +153,7 @@ def make_config(args):
             "files": files, "images_dir": os.path.abspath(args.images),
             "agreement_files": _files(agreement_dir, "--agreement-images"),
             "agreement_dir": os.path.abspath(agreement_dir),
-            "backends": _csv(args.backends, "--backends"),
-            "precisions": _csv(args.precisions, "--precisions"),
+            "backends": backends, "precisions": precisions,
             "batch_sizes": sizes, "preprocess": preprocess, "device": device,
             "workers": args.workers, "warmup": args.warmup,
             "min_seconds": args.min_seconds, "calib_images": args.calib_images,
@@ -132,24 +163,26 @@ def make_config(args):
 
 def table(result):
     """The figures as a console table."""
-    lines = ["{:<30}{:>6}{:>11}{:>11}{:>9}{:>9}{:>9}{:>10}".format(
-        "backend precision [device]", "batch", "net img/s", "e2e img/s", "p50 ms", "p99 ms",
-        "x naive", "agree")]
+    # the latencies are per image, end to end (from a worker's start on the file to its
+    # result: waiting for the batch included), not the network's per-call latency
+    lines = ["{:<30}{:>6}{:>11}{:>11}{:>12}{:>12}{:>9}{:>10}".format(
+        "backend precision [device]", "batch", "net img/s", "e2e img/s", "e2e p50 ms",
+        "e2e p99 ms", "x naive", "agree")]
     base = result.get("baseline") or {}
     if base.get("end_to_end_ips"):
-        lines.append("{:<30}{:>6}{:>11.1f}{:>11.1f}{:>9.1f}{:>9.1f}{:>9}{:>10}".format(
+        lines.append("{:<30}{:>6}{:>11.1f}{:>11.1f}{:>12.1f}{:>12.1f}{:>9}{:>10}".format(
             _where("torch-eager (naive)", base.get("device", "cpu")), 1, base["network_ips"],
             base["end_to_end_ips"],
             base["latency_ms"]["p50"], base["latency_ms"]["p99"], "1.00",
             _pct(base.get("agreement_vs_fp32"))))
         one = base.get("single_thread") or {}
         if one.get("end_to_end_ips"):
-            lines.append("{:<30}{:>6}{:>11.1f}{:>11.1f}{:>9.1f}{:>9.1f}{:>9.2f}{:>10}".format(
+            lines.append("{:<30}{:>6}{:>11.1f}{:>11.1f}{:>12.1f}{:>12.1f}{:>9.2f}{:>10}".format(
                 "  same, torch 1 thread", 1, one["network_ips"], one["end_to_end_ips"],
                 one["latency_ms"]["p50"], one["latency_ms"]["p99"],
                 one["end_to_end_ips"] / base["end_to_end_ips"], "-"))
     for run in result["runs"]:
-        lines.append("{:<30}{:>6}{:>11.1f}{:>11.1f}{:>9.1f}{:>9.1f}{:>9}{:>10}".format(
+        lines.append("{:<30}{:>6}{:>11.1f}{:>11.1f}{:>12.1f}{:>12.1f}{:>9}{:>10}".format(
             _where("{} {}".format(run["backend"], run["precision"]), run.get("device", "cpu"),
                    run.get("preprocess", "host")), run["batch_size"],
             run["network_ips"], run["end_to_end_ips"], run["latency_ms"]["p50"],
@@ -166,13 +199,18 @@ def table(result):
             skip["backend"], skip["precision"],
             " ({} preprocessing)".format(skip["preprocess"]) if skip.get("preprocess") else "",
             skip["reason"]))
+    if base.get("skipped"):  # without it "x naive" is "-": say why
+        lines.append("skipped the naive torch loop (baseline): {}".format(base["skipped"]))
     unreadable = result.get("unreadable") or {}
     if unreadable.get("count"):
         lines.append("skipped {} unreadable file(s), not timed: {}".format(
             unreadable["count"], ", ".join(f["path"] for f in unreadable["files"])))
-    lines.append("machine: {} ({} cores), load average {} -> {}".format(
-        result["machine"]["cpu"], result["machine"]["cores"], result["loadavg_start"],
-        result["loadavg_end"]))
+    gpu = result["machine"].get("gpu")
+    lines.append("machine: {} ({} cores){}, load average {} -> {}".format(
+        result["machine"]["cpu"], result["machine"]["cores"],
+        ", GPU {}{}".format(gpu["name"], " (CUDA {})".format(gpu["cuda"]) if gpu.get("cuda")
+                            else "") if gpu else "",
+        result["loadavg_start"], result["loadavg_end"]))
     return "\n".join(lines)
 
 

@@ -66,6 +66,23 @@ def machine_info():
             "versions": versions()}
 
 
+def gpu_info(device):
+    """The CUDA GPU a run on ``device`` (cuda or cuda:N) used: its name and torch's CUDA
+    version, so a GPU's figures do not go out under the CPU's name alone; None on the CPU."""
+    if not str(device or "cpu").startswith("cuda"):
+        return None
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    index = str(device).partition(":")[2]
+    index = int(index) if index.isdigit() else torch.cuda.current_device()
+    return {"device": "cuda:{}".format(index), "name": torch.cuda.get_device_name(index),
+            "cuda": torch.version.cuda}
+
+
 def loadavg():
     try:
         return [round(v, 2) for v in os.getloadavg()]

@@ -43,7 +43,7 @@ def _output_flags(p):
     g.add_argument("--output-codec", help="h264 or h265 (rtp:// output)")
     g.add_argument("--output-encoder", help="jetson_utils only: cpu, omx or v4l2")
     g.add_argument("--output-save", help="jetson_utils only: also save the output stream")
-    g.add_argument("--bitrate", type=int, default=4000000, help="rtp:// bit rate (4000000)")
+    g.add_argument("--bitrate", type=int, help="rtp:// bit rate in bits/s (4000000)")
     g.add_argument("--headless", action="store_true", help="no display window")
     g.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
@@ -172,7 +172,40 @@ def _check_values(args):
     if args.input_loop < -1:
         raise UsageError("--input-loop: expected -1 (forever), 0 (once) or a number of more "
                          "passes, got {}".format(args.input_loop))
+    _check_numbers(args)
     _check_serving(args)
+
+
+def _check_numbers(args):
+    """Values a source or a sink failed on mid-run (a traceback from cv2.resize, 'OpenCV
+    cannot write mp4v video here' and an empty file left): one line naming the flag now."""
+    for flag, value, what in (("--input-width", args.input_width, "pixels"),
+                              ("--input-height", args.input_height, "pixels"),
+                              ("--input-rate", args.input_rate, "frames per second"),
+                              ("--bitrate", args.bitrate, "bits per second")):
+        if value is not None and not 0 <= value < float("inf"):
+            raise UsageError("{}: expected {} above 0 (0: the default), got {}".format(
+                flag, what, value))
+    if not 0 <= args.status_every < float("inf"):
+        raise UsageError("--status-every: expected seconds, 0 or more, got {}".format(
+            args.status_every))
+    from oncolens.appliance.postprocess import Smoother
+    Smoother(args.smoothing)  # --smoothing: a weight or a number of frames, checked now
+    if args.output_codec:
+        from oncolens.appliance.gst import check_codec
+        check_codec(args.output_codec, "--output-codec", ("h264", "h265"))
+
+
+def _warn_output_flags(args, output):
+    """--output-codec and --bitrate are the encoder's of a stream: a video file is written
+    as mp4v or MJPG whatever they say, so they are named rather than ignored in silence."""
+    scheme = output.partition("://")[0].lower() if output and "://" in output else "file"
+    if scheme in ("rtp", "rtsp", "webrtc"):
+        return
+    for flag, value in (("--output-codec", args.output_codec), ("--bitrate", args.bitrate)):
+        if value:
+            log.warning("%s is used by rtp:// outputs only: ignored for %s", flag,
+                        output or "no output")
 
 
 def _check_serving(args):
@@ -216,6 +249,7 @@ def main(argv):
     model = resolve_model(args)
     modes = overlay_modes(args.overlay)
     output = choose_output(args)
+    _warn_output_flags(args, output)
     # the output folder is left out of the input: a rerun does not read its own outputs
     source = open_source(args.input, exclude=output_folder(output), **source_options(args))
     check_file_output(output, source, overwrite=args.overwrite)  # before the model loads

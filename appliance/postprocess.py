@@ -40,7 +40,7 @@ class Smoother(object):
 
     def __init__(self, factor=0.0):
         factor = float(factor or 0.0)
-        if factor < 0:
+        if not 0 <= factor < float("inf"):  # NaN made every smoothed frame "00nan%"
             from oncolens.appliance.errors import UsageError
             raise UsageError("--smoothing: expected a weight in [0, 1] or a number of frames, "
                              "got {}".format(factor))

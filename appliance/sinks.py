@@ -31,6 +31,17 @@ log = logging.getLogger(__name__)
 VIDEO_FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
 
 
+def is_video_output(path):
+    """A video file output: a type we write, or one read as input only (.webm, .mpg ...),
+    which VideoFileSink refuses by name rather than make a folder called ``x.webm``."""
+    from oncolens.appliance.sources import VIDEO_EXTENSIONS
+    ext = os.path.splitext(path)[1].lower()
+    if ext in VIDEO_FOURCC:
+        return True
+    return ext in VIDEO_EXTENSIONS and not path.endswith(("/", os.sep)) \
+        and not os.path.isdir(path)
+
+
 def _check_pattern(uri):
     """``out_%i.jpg`` takes one frame number; anything else is named before the first frame."""
     try:
@@ -333,7 +344,7 @@ def output_folder(uri):
     if not uri or _scheme(uri) != "file":
         return None
     path = file_path(uri)
-    if os.path.splitext(path)[1].lower() in VIDEO_FOURCC:
+    if is_video_output(path):
         return None
     if path.endswith(("/", os.sep)) or os.path.isdir(path):
         return path
@@ -349,7 +360,12 @@ def check_file_output(uri, source, overwrite=False):
     if not uri or _scheme(uri) != "file":
         return
     uri = file_path(uri)
-    if os.path.splitext(uri)[1].lower() in VIDEO_FOURCC:
+    if is_video_output(uri):
+        if getattr(source, "kind", None) == "video" and os.path.exists(uri) \
+                and os.path.samefile(uri, source.uri):  # written while read: both lost
+            raise UsageError("output {}: it is the input video {}: give another name (even "
+                             "--overwrite cannot replace a video while reading it)".format(
+                                 uri, source.uri))
         VideoFileSink(uri, overwrite=overwrite)
         return
     frames, endless = planned_frames(source)
@@ -378,6 +394,6 @@ def open_sink(uri, overwrite=False, **options):
                          "video file, {})".format(uri, scheme, ", ".join(
                              s + "://" for s in sorted(table))))
     uri = file_path(uri)
-    if os.path.splitext(uri)[1].lower() in VIDEO_FOURCC:
+    if is_video_output(uri):
         return VideoFileSink(uri, overwrite=overwrite, **options)
     return ImageFileSink(uri, overwrite=overwrite, **options)

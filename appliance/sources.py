@@ -65,6 +65,8 @@ def list_images(uri, unsupported=False, exclude=None):
         return [(uri, os.path.basename(uri))]
     if any(ch in uri for ch in "*?["):
         base = glob_base(uri)
+        if skip_dir and not skip_dir.startswith(os.path.realpath(base).rstrip(os.sep) + os.sep):
+            skip_dir = None  # the glob's own folder or one above it is kept, as for a folder
         found, seen = [], set()
         for path in sorted(p for p in glob.glob(uri, recursive=True) if os.path.isfile(p)):
             real = os.path.realpath(path)
@@ -204,8 +206,9 @@ class CaptureSource(Source):
         self.close()
         cap = self.opener()
         if cap is None or not cap.isOpened():
-            raise SourceLost("cannot open {} ({}): check the device or address".format(
-                self.uri, self.kind))
+            raise SourceLost("cannot open {} ({}): {}".format(
+                self.uri, self.kind, "check the device or address" if self.live else
+                "OpenCV cannot read it as a video (a damaged file, or a codec it lacks)"))
         self.cap = cap
         fps = cap.get(5)  # cv2.CAP_PROP_FPS
         self.rate = fps if fps and 0 < fps < 1000 else self.rate
@@ -375,8 +378,11 @@ def open_source(uri, **options):
             size = (int(options["width"]), int(options["height"]))
         elif options.get("width") or options.get("height"):
             log.warning("--input-width and --input-height must be given together: ignored")
-        return CaptureSource(path, "video", lambda: cv2.VideoCapture(path), live=False,
-                             loop=options.get("loop"), flip=options.get("flip"), size=size)
+        source = CaptureSource(path, "video", lambda: cv2.VideoCapture(path), live=False,
+                               loop=options.get("loop"), flip=options.get("flip"), size=size)
+        source.open()  # a file OpenCV cannot read is named now, before a model loads
+        source.close()
+        return source
     warn_unsupported("image files", options, ("width", "height", "codec", "latency"))
     return ImageFilesSource(path, loop=options.get("loop", 0) or 0, flip=options.get("flip"),
                             exclude=options.get("exclude"))

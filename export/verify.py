@@ -75,6 +75,11 @@ def run_engines(bundle, batch, precisions=None):
     for entry in entries:
         path = engines.entry_path(entry, bundle.dir)
         label = "tensorrt {} {}".format(entry.get("precision"), os.path.basename(path))
+        if not os.path.isfile(path):  # was a FileNotFoundError traceback
+            yield label, None, None, "listed in model.json, but {} is missing: build it again " \
+                "with 'oncolens export engine --model-dir {} --precision {}'".format(
+                    path, bundle.dir, entry.get("precision"))
+            continue
         try:
             from oncolens.appliance.backends.tensorrt import TensorRTBackend
             with TensorRTBackend(bundle_for_engine(bundle, path), allow_rebuild=False) as backend:

@@ -134,7 +134,16 @@ def test_bench_refuses_to_overwrite_and_bad_flags(bench_json, tiny_bundle, tiny_
     images = os.path.join(tiny_data, "test")
     for extra, message in [(["--json", str(existing)], "already exists"),
                            (["--batch-sizes", "0"], "--batch-sizes"),
-                           (["--batch-sizes", "x"], "--batch-sizes")]:
+                           (["--batch-sizes", "x"], "--batch-sizes"),
+                           # a typo was skipped after minutes of measuring, exit 0 beside
+                           # the runs that were right
+                           (["--backends", "onnxruntime,openvnio"],
+                            "--backends: unknown 'openvnio'"),
+                           (["--precisions", "fp32,in8"], "--precisions: unknown 'in8'"),
+                           (["--workers", "-1"], "--workers: expected 0 or more"),
+                           (["--warmup", "-2"], "--warmup: expected 0 or more"),
+                           (["--calib-count", "0"], "--calib-count: expected a positive"),
+                           (["--min-seconds", "nan"], "--min-seconds: expected seconds")]:
         code, _, err = run_cli(["bench", "--model", tiny_bundle, "--images", images] + extra)
         assert code != 0 and message in err and len(err.strip().splitlines()) == 1
 
@@ -200,6 +209,24 @@ def test_bench_a_bare_folder_uses_the_onnx_input_size(tiny_bundle, tiny_data, tm
                               "--warmup", 1])
     assert code == 0, err
     assert "onnxruntime fp32" in out
+    # the latency columns say they are per image, end to end (not the network's per call)
+    header = out.splitlines()[0]
+    assert "e2e p50 ms" in header and "e2e p99 ms" in header, header
+    # with the baseline asked for: no checkpoint, so "x naive" is "-" and the table says why
+    code, out, err = run_cli(["bench", "--model", str(d), "--images",
+                              os.path.join(tiny_data, "test"), "--backends", "onnxruntime",
+                              "--batch-sizes", "1", "--min-seconds", 0.05, "--warmup", 1])
+    assert code == 0, err
+    assert "skipped the naive torch loop (baseline): {}: no checkpoint".format(d) in out
+    # --threads changes every figure: the JSON says which was used (it did not)
+    out = str(tmp_path / "one-thread.json")
+    code, _, err = run_cli(["bench", "--model", str(d), "--images",
+                            os.path.join(tiny_data, "test"), "--backends", "onnxruntime",
+                            "--batch-sizes", "1", "--min-seconds", 0.05, "--warmup", 1,
+                            "--no-baseline", "--threads", 1, "--json", out])
+    assert code == 0, err
+    with io.open(out, encoding="utf-8") as fh:
+        assert json.load(fh)["settings"]["threads"] == 1
 
 
 def test_unreadable_images_are_skipped_named_and_counted(tiny_bundle, tiny_data, tmp_path,
@@ -320,3 +347,24 @@ def test_agreement_with_a_one_class_reference_unlocks_nothing(tiny_bundle, tiny_
                                    str(tmp_path / "r.jsonl"), "--no-progress"])
     assert code == 2 and "--precision int8" in err and "no measure" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_gpu_run_names_its_gpu_beside_the_cpu(bench_json, monkeypatch):
+    """--device cuda figures went out under the CPU's name alone ("machine: AMD EPYC (2
+    cores)"): the JSON and the table now name the GPU; on the CPU the field is null."""
+    import copy
+
+    import torch
+
+    from oncolens.appliance import benchstats
+    from oncolens.appliance.bench_cli import table
+    assert "gpu" in bench_json["machine"] and bench_json["machine"]["gpu"] is None
+    assert benchstats.gpu_info("cpu") is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: "NVIDIA H100 #{}".format(i))
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    gpu = benchstats.gpu_info("cuda:1")
+    assert gpu == {"device": "cuda:1", "name": "NVIDIA H100 #1", "cuda": "13.0"}
+    result = copy.deepcopy(bench_json)
+    result["machine"]["gpu"] = gpu
+    assert ", GPU NVIDIA H100 #1 (CUDA 13.0), load average" in table(result)

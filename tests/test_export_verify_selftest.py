@@ -162,3 +162,24 @@ def test_selftest_unusable_out_is_one_line_before_any_step(tiny_bundle, tmp_path
         assert len(err.strip().splitlines()) == 1 and not out
     code, out, err = run_cli(["selftest", "--model-dir", tiny_bundle, "--count", 0])
     assert code == 2 and "--count" in err
+
+
+def test_verify_names_a_listed_engine_whose_file_is_gone(dyn_bundle, tiny_data, tmp_path,  # noqa
+                                                         cache, monkeypatch):
+    """An engine deleted by hand (model.json still lists it) was a FileNotFoundError
+    traceback out of 'export verify'."""
+    trt_standin.install(monkeypatch, version="8.2.1.8", fast_int8=True)
+    d = _with_checkpoint(dyn_bundle, tmp_path)
+    code, out, err = run_cli(["export", "engine", "--model-dir", d, "--precision", "fp16"])
+    assert code == 0, err
+    engine = os.path.join(d, "resnet18.onnx.1.1.8201.GPU.FP16.engine")
+    os.remove(engine)
+    code, out, err = run_cli(["export", "verify", "--model-dir", d, "--images", tiny_data,
+                              "--count", 5])
+    assert code == 0, err
+    assert "skipped tensorrt fp16 resnet18.onnx.1.1.8201.GPU.FP16.engine: listed in " \
+        "model.json, but {} is missing".format(engine) in out
+    assert "torch vs onnxruntime" in out
+    code, out, err = run_cli(["export", "verify", "--model-dir", d, "--images", tiny_data,
+                              "--count", 5, "--precision", "fp16"])
+    assert code == 3 and "is missing" in err and len(err.strip().splitlines()) == 1, err

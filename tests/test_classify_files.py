@@ -1,0 +1,130 @@
+"""``oncolens classify`` on video files, globs and image outputs: what is refused before the
+model loads, with the files read back."""
+import os
+
+from conftest import run_cli
+from test_appliance_io import read_video, write_video
+
+
+def _bytes(path):
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def test_a_video_is_not_written_over_itself_even_with_overwrite(tiny_bundle, tmp_path):
+    """The output video opened over the input it is reading truncated it: the input was lost
+    and the output was a damaged copy with fewer frames (exit 0)."""
+    src = write_video(str(tmp_path / "scan.mp4"), 8, w=96, h=72)
+    before = _bytes(src)
+    os.symlink(src, str(tmp_path / "alias.mp4"))
+    for out in (src, "file://" + src, str(tmp_path / "alias.mp4")):
+        code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless",
+                                     "--overwrite", src, out])
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert "is the input video" in err and stdout == ""
+        assert _bytes(src) == before and len(read_video(src)) == 8
+    out = str(tmp_path / "annotated.mp4")
+    code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless", src, out])
+    assert code == 0, err
+    assert len(read_video(out)) == 8 and stdout.count("imagenet:  ") == 8
+
+
+def test_a_video_type_we_cannot_write_is_refused_not_made_a_folder(tiny_bundle, tiny_data,
+                                                                     tmp_path):
+    """out.webm (a type read as input only) became a folder named out.webm full of JPEGs."""
+    clip = write_video(str(tmp_path / "clip.mp4"), 3)
+    folder = os.path.join(tiny_data, "test", "benign")
+    for src in (clip, folder):
+        for name in ("out.webm", "out.mpg", "out.h264"):
+            out = str(tmp_path / name)
+            code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless", src,
+                                         out])
+            assert code == 2 and len(err.strip().splitlines()) == 1, err
+            assert "unsupported video type '{}'".format(os.path.splitext(name)[1]) in err
+            assert ".mp4" in err and stdout == "" and not os.path.exists(out)
+    code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless", clip,
+                                 str(tmp_path / "frames.webm") + os.sep])  # a folder, said so
+    assert code == 0 and len(os.listdir(str(tmp_path / "frames.webm"))) == 3, err
+
+
+def test_bad_input_size_rate_and_encoder_values_are_one_line_before_the_model(tiny_bundle,
+                                                                              tmp_path):
+    """--input-width=-80 was a cv2.resize traceback; --input-rate=-5 'OpenCV cannot write
+    mp4v video here' with an empty out.mp4 left behind (a rerun then needed --overwrite);
+    --output-codec and --bitrate were never checked."""
+    clip = write_video(str(tmp_path / "clip.mp4"), 3)
+    out = str(tmp_path / "out.mp4")
+    for argv, message in (
+            (["--input-width=-80", "--input-height=60"], "--input-width: expected pixels above 0"),
+            (["--input-rate=-5"], "--input-rate: expected frames per second above 0"),
+            (["--input-rate=nan"], "--input-rate: expected frames per second above 0"),
+            (["--bitrate=-5"], "--bitrate: expected bits per second above 0"),
+            (["--output-codec=h266"], "--output-codec: unknown codec 'h266'"),
+            (["--status-every=-1"], "--status-every: expected seconds, 0 or more")):
+        code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless", clip,
+                                     out] + argv)
+        assert code == 2 and len(err.strip().splitlines()) == 1, (argv, err)
+        assert message in err and stdout == "" and not os.path.exists(out), (argv, err)
+
+
+def test_encoder_flags_on_a_video_file_are_named_not_silently_ignored(tiny_bundle, tmp_path,
+                                                                       caplog):
+    clip = write_video(str(tmp_path / "clip.mp4"), 3)
+    out = str(tmp_path / "out.mp4")
+    code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless", clip, out,
+                                 "--output-codec=h265", "--bitrate=2000000"])
+    assert code == 0, err
+    assert len(read_video(out)) == 3
+    for flag in ("--output-codec", "--bitrate"):
+        assert "{} is used by rtp:// outputs only: ignored for {}".format(flag, out) in caplog.text
+
+
+def test_a_glob_into_a_pattern_in_its_own_folder(tiny_bundle, tiny_data, tmp_path):
+    """The pattern's folder was left out of a glob's matches even when it was the glob's own
+    folder: 'scans/*.png' 'scans/out_%i.jpg' said 'no image files found' with three there."""
+    import shutil
+    scans = str(tmp_path / "scans")
+    shutil.copytree(os.path.join(tiny_data, "test", "benign"), scans)
+    inputs = sorted(os.listdir(scans))
+    pattern = os.path.join(scans, "out_%i.jpg")
+    code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless",
+                                 os.path.join(scans, "*.png"), pattern])
+    assert code == 0, err
+    assert stdout.count("imagenet:  ") == len(inputs) == 3
+    assert sorted(os.listdir(scans)) == sorted(inputs + ["out_0.jpg", "out_1.jpg", "out_2.jpg"])
+    # an output folder inside the glob's folder is still left out of its matches
+    os.mkdir(os.path.join(scans, "sub"))
+    shutil.copy(os.path.join(scans, "out_0.jpg"), os.path.join(scans, "sub", "a.jpg"))
+    code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless",
+                                 os.path.join(scans, "*", "*.jpg"),
+                                 os.path.join(scans, "sub") + os.sep, "--overwrite"])
+    assert code == 2 and "no image files found" in err and stdout == ""
+
+
+def test_smoothing_that_is_not_a_number_is_refused(tiny_bundle, tmp_path):
+    """--smoothing=nan printed and drew '00nan% benign' on every frame after the first."""
+    clip = write_video(str(tmp_path / "clip.mp4"), 3)
+    for value in ("nan", "inf", "-1"):
+        out = str(tmp_path / "out_{}.mp4".format(value))
+        code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless", clip, out,
+                                     "--smoothing=" + value])
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert "--smoothing: expected a weight in [0, 1] or a number of frames" in err
+        assert stdout == "" and not os.path.exists(out)
+    code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless", clip,
+                                 "--smoothing=2"])
+    assert code == 0 and stdout.count("imagenet:  ") == 3 and "nan%" not in stdout, err
+
+
+def test_a_video_opencv_cannot_read_is_named_before_the_model_loads(tiny_bundle, tmp_path,
+                                                                    caplog):
+    """It was named after the model loaded (minutes for an engine build on a Nano), with a
+    camera's advice: 'check the device or address'."""
+    bad = tmp_path / "scan.mp4"
+    bad.write_bytes(b"not a video")
+    code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless", str(bad),
+                                 str(tmp_path / "out.mp4")])
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "cannot open {} (video): OpenCV cannot read it as a video".format(bad) in err
+    assert "backend auto" not in caplog.text and stdout == ""
+    assert not os.path.exists(str(tmp_path / "out.mp4"))
