@@ -9,13 +9,13 @@ accuracy, macro-F1, per-class precision/recall and the confusion matrix are prin
 written beside the results (``.metrics.json`` and ``.confusion.png``).  A file that cannot be
 read is recorded with its error and the run goes on; the exit code is 1 when any failed.
 """
-import argparse
 import collections
 import logging
 import os
 
 from oncolens.appliance.classify_cli import resolve_model
-from oncolens.appliance.cliutil import check_top, cli_entry, normalize_flags, setup_logging
+from oncolens.appliance.cliutil import (OneLineParser, check_top, cli_entry, normalize_flags,
+                                        setup_logging)
 from oncolens.appliance.errors import UsageError
 
 log = logging.getLogger("oncolens.batch")
@@ -34,7 +34,7 @@ def add_model_flags(p):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="oncolens batch",
         description="Classify every image in a folder (recursive) or quoted glob: results as "
                     "CSV or JSON Lines, metrics from class-folder names, annotated copies, "

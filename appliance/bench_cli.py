@@ -4,7 +4,6 @@ precision x batch size, against the naive per-image PyTorch loop measured in the
     oncolens bench --model models/busi-resnet18 --images data/busi/test --json bench.json \
         --precisions fp32,int8 --calib-images data/busi/train --agreement-images data/busi/val
 """
-import argparse
 import io
 import itertools
 import json
@@ -12,7 +11,7 @@ import logging
 import os
 
 from oncolens.appliance.batch_cli import add_model_flags, resolve_model
-from oncolens.appliance.cliutil import cli_entry, normalize_flags, setup_logging
+from oncolens.appliance.cliutil import OneLineParser, cli_entry, normalize_flags, setup_logging
 from oncolens.appliance.errors import UsageError
 from oncolens.appliance.outpaths import check_output_file, check_text_file
 
@@ -20,7 +19,7 @@ log = logging.getLogger("oncolens.bench")
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="oncolens bench",
         description="Measure images/s (network-only and end to end), latency p50/p90/p99 and "
                     "the share of decode, preprocess, inference and post-processing, with the "

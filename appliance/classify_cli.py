@@ -8,12 +8,12 @@
 Flags are imagenet's (``-`` and ``_`` interchangeable, ``--flag=value`` or ``--flag value``);
 a flag it does not know is reported and ignored, as imagenet does.
 """
-import argparse
 import logging
 import os
 import sys
 
-from oncolens.appliance.cliutil import check_top, cli_entry, normalize_flags, setup_logging
+from oncolens.appliance.cliutil import (OneLineParser, check_top, cli_entry, normalize_flags,
+                                        setup_logging)
 from oncolens.appliance.errors import UsageError
 from oncolens.appliance.outpaths import check_output_file, check_text_file
 
@@ -49,7 +49,7 @@ def _output_flags(p):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="oncolens classify",
         description="Classify frames from an image, folder, quoted glob, video, camera or "
                     "stream and draw the class and confidence on each; flags as "

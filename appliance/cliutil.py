@@ -1,4 +1,5 @@
 """Small helpers shared by every subcommand's ``main``."""
+import argparse
 import functools
 import logging
 import sys
@@ -6,6 +7,15 @@ import sys
 from oncolens.appliance.errors import OncoLensError, UsageError
 
 log = logging.getLogger(__name__)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's parser, whose errors (a flag it does not know, a value of the wrong type,
+    an argument missing) are one line naming the flag and what was wrong, and exit 2,
+    without the usage summary (30 lines for classify) above it."""
+
+    def error(self, message):
+        self.exit(2, "{}: error: {} (see '{} --help')\n".format(self.prog, message, self.prog))
 
 
 def normalize_flags(argv):

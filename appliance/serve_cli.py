@@ -5,7 +5,6 @@
 
 Binds to loopback unless told otherwise; any other address needs a token.  See docs/SERVE.md.
 """
-import argparse
 import logging
 import math
 import os
@@ -13,7 +12,8 @@ import signal
 import sys
 import threading
 
-from oncolens.appliance.cliutil import check_top, cli_entry, normalize_flags, setup_logging
+from oncolens.appliance.cliutil import (OneLineParser, check_top, cli_entry, normalize_flags,
+                                        setup_logging)
 from oncolens.appliance.errors import UsageError
 from oncolens.appliance.outpaths import check_output_dir, check_output_file
 
@@ -23,7 +23,7 @@ MAX_TIMEOUT = 86400.0  # a day; longer waits overflow threading's timeouts
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="oncolens serve",
         description="Serve a model over HTTP: POST /classify, GET /health, GET /metrics and a "
                     "web page at /. Loopback only unless --host is given with a token.")

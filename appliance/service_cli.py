@@ -9,19 +9,18 @@ Writes ``/etc/systemd/system/oncolens.service`` and ``/etc/default/oncolens`` (u
 ``--root`` when given) and prints the commands that create the user and start the service;
 it never overwrites an existing file without ``--overwrite``.
 """
-import argparse
 import os
 import shutil
 import sys
 
-from oncolens.appliance.cliutil import cli_entry, normalize_flags
+from oncolens.appliance.cliutil import OneLineParser, cli_entry, normalize_flags
 from oncolens.appliance.errors import UsageError
 from oncolens.appliance.service_units import (CACHE_DIR, ENV_MODE, ENV_PATH, ENV_VARS, STATE_DIR,
                                               UNIT_MODE, UNIT_PATH, render_env, render_unit)
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="oncolens service",
         description="Run OncoLens as a systemd device service (docs/JETSON.md).")
     sub = p.add_subparsers(dest="action", metavar="ACTION")

@@ -3,7 +3,7 @@ import argparse
 import logging
 import os
 
-from oncolens.appliance.cliutil import cli_entry, normalize_flags, setup_logging
+from oncolens.appliance.cliutil import OneLineParser, cli_entry, normalize_flags, setup_logging
 from oncolens.appliance.errors import UsageError
 
 log = logging.getLogger("oncolens.export")
@@ -33,7 +33,7 @@ def add_check_flags(p):
 
 
 def build_onnx_parser():
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="oncolens export onnx",
         description="Export a checkpoint to ONNX with Softmax appended, input 'input_0' and "
                     "output 'output_0' (flags as jetson-inference's onnx_export.py), then "
@@ -60,7 +60,7 @@ def build_onnx_parser():
 
 
 def build_check_parser():
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="oncolens export check",
         description="Check an exported ONNX against its checkpoint (onnx.checker, then torch "
                     "vs ONNX Runtime on the same images).")
@@ -73,7 +73,7 @@ def build_check_parser():
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="oncolens export",
+    p = OneLineParser(prog="oncolens export",
                                 description="Export a trained model for the device.")
     sub = p.add_subparsers(dest="target")
     sub.add_parser("onnx", help="checkpoint -> ONNX (+ check)", add_help=False)

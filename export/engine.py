@@ -4,19 +4,18 @@ The build itself (TensorRT 8.0-8.6 and 10.x) is appliance/backends/trt_build.py,
 with the runtime; this module adds the command line, INT8 calibration from real images
 and the report of what was built where.
 """
-import argparse
 import logging
 import os
 
 from oncolens.appliance import engines
-from oncolens.appliance.cliutil import cli_entry, normalize_flags, setup_logging
+from oncolens.appliance.cliutil import OneLineParser, cli_entry, normalize_flags, setup_logging
 from oncolens.appliance.errors import UsageError
 
 log = logging.getLogger(__name__)
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="oncolens export engine",
         description="Build a TensorRT engine from a bundle's ONNX (needs TensorRT + pycuda: "
                     "a Jetson or an NVIDIA GPU host).  The engine is named as jetson-inference "

@@ -7,13 +7,12 @@ end-to-end FPS (read + preprocess + infer + top-1, per image file).  Steps that 
 here are reported as skipped with the reason.  Writes ``selftest.json`` and
 ``selftest.md`` to attach to a bug report.
 """
-import argparse
 import logging
 import os
 import time
 
 from oncolens.appliance import engines
-from oncolens.appliance.cliutil import cli_entry, normalize_flags, setup_logging
+from oncolens.appliance.cliutil import OneLineParser, cli_entry, normalize_flags, setup_logging
 from oncolens.appliance.errors import OncoLensError, UsageError
 from oncolens.appliance.outpaths import check_output_dir, check_output_file
 from oncolens.export import selftest_env
@@ -45,7 +44,7 @@ class Report(object):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="oncolens selftest",
         description="Build engines at each precision, verify them against ONNX Runtime on real "
                     "images, measure FPS, and write selftest.json + selftest.md.")

@@ -5,11 +5,10 @@ For each pair: top-1 agreement and max / mean |delta p|.  A pair fails below its
 agreement threshold, chosen by the lower precision of the two: fp32 >= 99.9%,
 fp16 >= 99%, int8 >= 97% (all configurable).  Exit status 1 when any pair fails.
 """
-import argparse
 import logging
 import os
 
-from oncolens.appliance.cliutil import cli_entry, normalize_flags, setup_logging
+from oncolens.appliance.cliutil import OneLineParser, cli_entry, normalize_flags, setup_logging
 from oncolens.appliance.errors import MissingDependency, OncoLensError, UsageError
 
 log = logging.getLogger(__name__)
@@ -128,7 +127,7 @@ def format_row(row):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="oncolens export verify",
         description="Compare the checkpoint (torch), the ONNX (ONNX Runtime) and each engine "
                     "(TensorRT) on the same real images; non-zero exit below thresholds.")

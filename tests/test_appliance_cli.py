@@ -271,3 +271,24 @@ def test_an_output_format_too_small_for_the_image_is_one_line_naming_it(tiny_bun
     good = runs["wide_out.png"]
     assert good.returncode == 0, good.stderr
     assert cv2.imread(str(tmp_path / "wide_out.png")).shape == (8, 70000, 3)
+
+
+@pytest.mark.parametrize("argv, names", [
+    (["classify", "--smoothing=abc", "in.jpg"], "argument --smoothing: invalid float value"),
+    (["train", "--epochs", "many", "data"], "argument --epochs: invalid int value"),
+    (["export", "onnx", "--bogus"], "unrecognized arguments: --bogus"),
+    (["data", "split"], "the following arguments are required: src, out"),
+    (["batch", "--backend"], "argument --backend: expected one argument"),
+])
+def test_a_parse_error_is_one_line_without_the_usage(argv, names):
+    """A bad flag is one line naming it (and where the flags are listed), exit 2: not
+    argparse's usage summary, 30 lines for classify, above it."""
+    import subprocess
+    from conftest import cli_subprocess_cmd, subprocess_env
+    proc = subprocess.run(cli_subprocess_cmd(*argv), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, env=subprocess_env(), universal_newlines=True)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    prog = "oncolens " + " ".join(argv[:2] if argv[0] in ("export", "data") else argv[:1])
+    assert lines[0].startswith("{}: error: {}".format(prog, names))
+    assert lines[0].endswith("(see '{} --help')".format(prog))

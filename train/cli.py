@@ -2,10 +2,9 @@
 
     oncolens train --model-dir=models/busi-lite0 --arch efficientnet_lite0 data/busi
 """
-import argparse
 import logging
 
-from oncolens.appliance.cliutil import cli_entry, normalize_flags, setup_logging
+from oncolens.appliance.cliutil import OneLineParser, cli_entry, normalize_flags, setup_logging
 
 log = logging.getLogger("oncolens.train")
 
@@ -169,7 +168,7 @@ def _runtime_flags(p):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="oncolens train",
         description="Train a classifier on DATA/train and DATA/val class folders; writes "
                     "checkpoint.pth.tar, model_best.pth.tar, labels.txt, model.json, "

@@ -1,11 +1,10 @@
 """``oncolens data``: make, check and split datasets."""
-import argparse
 import io
 import logging
 import os
 import sys
 
-from oncolens.appliance.cliutil import cli_entry, normalize_flags, setup_logging
+from oncolens.appliance.cliutil import OneLineParser, cli_entry, normalize_flags, setup_logging
 from oncolens.appliance.errors import UsageError
 from oncolens.appliance.outpaths import (check_output_dir, check_output_file,
                                           check_text_file)
@@ -49,7 +48,7 @@ def check_seed(seed):
 
 
 def build_synth_parser():
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="oncolens data synth",
         description="Write a deterministic synthetic dataset of microscopy-like cell images "
                     "(normal / benign / malignant) to OUT/{train,val,test}/<class>/. For demos "
@@ -89,7 +88,7 @@ def _synth(argv):
 
 
 def build_check_parser():
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="oncolens data check",
         description="Audit a dataset folder (DIR/{train,val,test}/<class>/ or DIR/<class>/): "
                     "counts per class and split, unreadable or empty files, image sizes and "
@@ -141,7 +140,7 @@ def write_json(path, payload):
 
 
 def build_split_parser():
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="oncolens data split",
         description="Split a flat class-folder dataset SRC/<class>/ into OUT/{train,val,test}/"
                     "<class>/, stratified by class, near-duplicates kept on one side, images "

@@ -5,19 +5,18 @@ Everything goes under ``./oncolens-demo/`` (``--out``); an existing one is kept 
 ``--overwrite``, which removes only what an earlier demo wrote there and refuses (removing
 nothing) when the folder holds anything else.
 """
-import argparse
 import logging
 import os
 import time
 
-from oncolens.appliance.cliutil import cli_entry, normalize_flags, setup_logging
+from oncolens.appliance.cliutil import OneLineParser, cli_entry, normalize_flags, setup_logging
 from oncolens.appliance.errors import UsageError
 
 log = logging.getLogger("oncolens.demo")
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="oncolens demo",
         description="Run the whole pipeline on the embedded synthetic dataset: synthesise, "
                     "train a ResNet-18, export it to ONNX, classify the test split into "

@@ -3,13 +3,12 @@
     oncolens evaluate --model-dir models/busi-lite0 data/busi/test --json results.json
     oncolens evaluate --model-dir models/a --model-dir models/b data/busi/test --out cmp/
 """
-import argparse
 import io
 import logging
 import os
 import sys
 
-from oncolens.appliance.cliutil import cli_entry, normalize_flags, setup_logging
+from oncolens.appliance.cliutil import OneLineParser, cli_entry, normalize_flags, setup_logging
 from oncolens.appliance.errors import OncoLensError, UsageError, not_a_folder
 from oncolens.appliance.outpaths import (check_output_dir, check_output_file,
                                           check_text_file)
@@ -22,7 +21,7 @@ MIN_BOOTSTRAP = 100
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="oncolens evaluate",
         description="Accuracy, macro-F1, per-class precision/recall/F1/support, confusion matrix, "
                     "one-vs-rest ROC-AUC and expected calibration error of trained model "

@@ -5,15 +5,14 @@
 Synthetic batches, forward + backward + AdamW step; prints images/s per mode.  A
 measurement tool for docs/TRAINING.md, not part of training.
 """
-import argparse
 import time
 
 from oncolens.appliance.benchstats import cpu_model
-from oncolens.appliance.cliutil import cli_entry, normalize_flags
+from oncolens.appliance.cliutil import OneLineParser, cli_entry, normalize_flags
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m oncolens.train.speed",
+    p = OneLineParser(prog="python -m oncolens.train.speed",
                                 description="Measure training images/s per precision mode.")
     p.add_argument("--arch", default="resnet18", help="network (resnet18)")
     p.add_argument("--resolution", type=int, default=224, help="input size in pixels (224)")

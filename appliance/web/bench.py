@@ -6,7 +6,6 @@
 Without ``--url`` it starts ``oncolens serve --port 0`` on loopback in a child process,
 measures, and stops it.  Every request is a real HTTP POST /classify on a new connection.
 """
-import argparse
 import http.client
 import json
 import os
@@ -20,12 +19,12 @@ import urllib.parse
 
 import numpy as np
 
-from oncolens.appliance.cliutil import cli_entry, normalize_flags
+from oncolens.appliance.cliutil import OneLineParser, cli_entry, normalize_flags
 from oncolens.appliance.errors import OncoLensError, UsageError
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m oncolens.appliance.web.bench",
         description="Measure requests/s and p50/p99 latency of POST /classify with N clients.")
     p.add_argument("--model", help="start 'oncolens serve --model MODEL' on loopback for the run")
