@@ -85,7 +85,7 @@ class Annotator(object):
         from oncolens.appliance.imageio import colour_path, write_image
         from oncolens.appliance.overlay import draw_lines
         from oncolens.appliance.postprocess import overlay_text
-        target = colour_path(os.path.join(self.outdir, item.relpath))
+        target = colour_path(os.path.join(self.outdir, item.relpath), item.path)
         if os.path.realpath(target) == os.path.realpath(item.path):
             raise UsageError("--annotate {}: the copy of {} would replace it: give a folder "
                              "apart from the input".format(self.outdir, item.path))

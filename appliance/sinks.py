@@ -108,7 +108,7 @@ class ImageFileSink(object):
         rel = frame.relpath or "frame_{:06d}.jpg".format(frame.index)
         if not is_image_file(rel):
             rel += ".jpg"
-        return os.path.join(self.uri, colour_path(rel))
+        return os.path.join(self.uri, colour_path(rel, frame.origin))
 
     def _single_file_only(self):
         return UsageError("output {} is a single image file but the input has more than one "

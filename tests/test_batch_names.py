@@ -1,9 +1,11 @@
 """``oncolens batch`` and ``classify``: file and folder names that once went wrong (a folder
-named with a glob's wildcard characters)."""
+named with a glob's wildcard characters, annotated copies whose names could clash)."""
 import csv
 import io
 import os
 import shutil
+
+import numpy as np
 
 from conftest import run_cli
 
@@ -33,3 +35,39 @@ def test_one_file_in_a_folder_named_with_brackets_keeps_its_truth(tiny_bundle, t
     rows = _csv_rows(results)
     assert [(row["relpath"], row["truth"]) for row in rows] == [("x.png", "benign")]
     assert "accuracy" in out
+
+
+def test_annotated_copies_of_x_pgm_and_x_pgm_ppm_do_not_clash(tiny_bundle, tiny_data,
+                                                              tmp_path):
+    """A grey-only ``x.pgm``'s colour copy was named ``x.pgm.ppm`` even beside an input of
+    that name: batch then stopped half-way ('already exists'), or with --overwrite the one
+    copy replaced the other. Each input now gets its own copy, and classify agrees."""
+    import cv2
+    from oncolens.appliance.imageio import read_image
+    folder = tmp_path / "in" / "benign"
+    folder.mkdir(parents=True)
+    rgb = read_image(_first_image(tiny_data, "benign"))
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    cv2.imwrite(str(folder / "x.pgm"), grey)
+    cv2.imwrite(str(folder / "x.pgm.ppm"), cv2.cvtColor(255 - rgb, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(folder / "y.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    for overwrite in ([], ["--overwrite"]):
+        ann = tmp_path / "ann"
+        code, out, err = run_cli(["batch", str(tmp_path / "in"), "--model", tiny_bundle,
+                                  "--annotate", str(ann), "--results", str(tmp_path / "r.csv"),
+                                  "--batch-size", 1, "--no-progress"] + overwrite)
+        assert code == 0, err
+        assert len(_csv_rows(str(tmp_path / "r.csv"))) == 3
+        names = sorted(os.listdir(str(ann / "benign")))
+        assert names == ["x.pgm.1.ppm", "x.pgm.ppm", "y.png"], names
+        # each copy is of its own input: the inverted image's copy stays bright where the
+        # grey one is dark (outside the text box in the top-left corner)
+        copy_of_ppm = read_image(str(ann / "benign" / "x.pgm.ppm"))[-8:, -8:].astype(int)
+        copy_of_pgm = read_image(str(ann / "benign" / "x.pgm.1.ppm"))[-8:, -8:].astype(int)
+        assert np.abs(copy_of_ppm - (255 - rgb[-8:, -8:].astype(int))).mean() < 3
+        assert np.abs(copy_of_pgm - grey[-8:, -8:, None].astype(int)).mean() < 3
+    out_dir = tmp_path / "cls"
+    code, out, err = run_cli(["classify", "--model=" + tiny_bundle, str(tmp_path / "in"),
+                              str(out_dir) + os.sep, "--headless"])
+    assert code == 0, err
+    assert sorted(os.listdir(str(out_dir / "benign"))) == ["x.pgm.1.ppm", "x.pgm.ppm", "y.png"]
