@@ -109,8 +109,10 @@ def image_files(uri, counts, exclude=None):
 
 
 def run_batch(clf, uri, results=None, annotate=None, batch_size=8, workers=2, resume=False,
-              overwrite=False, progress=True, on_row=None):
-    """Classify every image under ``uri``; returns a Summary. ``on_row(row)`` sees each row."""
+              overwrite=False, progress=True, on_row=None, outputs=()):
+    """Classify every image under ``uri``; returns a Summary. ``on_row(row)`` sees each row.
+    ``outputs``: image files the run writes (the confusion picture), never classified when
+    they lie inside the input (a rerun would take the last run's picture for an input)."""
     labels = clf.labels
     backend = clf.backend.name
     precision = getattr(clf.backend, "precision", "fp32")
@@ -123,7 +125,9 @@ def run_batch(clf, uri, results=None, annotate=None, batch_size=8, workers=2, re
     counts = collections.Counter()
     found = image_files(uri, counts, exclude=annotate)  # before the results file is made
     writer, skip = _open_results(results, labels, resume, overwrite, sha, precision, backend)
-    files = (f for f in found if not _skipped(f, skip, counts))
+    own = set(path_key(path) for path in outputs)
+    files = (f for f in found
+             if path_key(f[0]) not in own and not _skipped(f, skip, counts))
     items = prefetch(files, clf.preprocessor, workers=workers, depth=window(batch_size, workers),
                      keep_image=annotator is not None)
     bar = Progress(progress)

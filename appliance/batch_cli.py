@@ -159,6 +159,13 @@ def confusion_path(metrics):
     return stem + ".confusion.png"
 
 
+def _own_images(args):
+    """The image file the run writes (the confusion picture beside the metrics): when it
+    lies inside the input, a rerun must not classify the last run's copy."""
+    metrics = metrics_path(args)
+    return [confusion_path(metrics)] if metrics else []
+
+
 def metrics_path(args):
     if args.metrics:
         return args.metrics
@@ -205,7 +212,8 @@ def main(argv):
         summary = run_batch(clf, args.input, results=args.results, annotate=args.annotate,
                             batch_size=args.batch_size, workers=args.workers,
                             resume=args.resume, overwrite=args.overwrite,
-                            progress=not args.no_progress, on_row=keep)
+                            progress=not args.no_progress, on_row=keep,
+                            outputs=_own_images(args))
         labels = clf.labels
     done = summary.classified + summary.failed
     print("classified {} images in {:.1f} s ({:.1f} images/s); {} failed; {} skipped "

@@ -71,3 +71,20 @@ def test_annotated_copies_of_x_pgm_and_x_pgm_ppm_do_not_clash(tiny_bundle, tiny_
                               str(out_dir) + os.sep, "--headless"])
     assert code == 0, err
     assert sorted(os.listdir(str(out_dir / "benign"))) == ["x.pgm.1.ppm", "x.pgm.ppm", "y.png"]
+
+
+def test_the_confusion_picture_inside_the_input_is_not_classified(tiny_bundle, tiny_data,
+                                                                   tmp_path):
+    """``--results IN/r.csv`` writes ``IN/r.confusion.png``: a rerun (--resume, or
+    --overwrite) classified that picture as one more input image."""
+    folder = str(tmp_path / "in")
+    shutil.copytree(os.path.join(tiny_data, "test"), folder)
+    results = os.path.join(folder, "r.csv")
+    for extra in ([], ["--resume"], ["--overwrite"]):
+        code, out, err = run_cli(["batch", folder, "--model", tiny_bundle, "--results",
+                                  results, "--no-progress"] + extra)
+        assert code == 0, err
+        assert os.path.exists(os.path.join(folder, "r.confusion.png"))
+        rows = _csv_rows(results)
+        assert "r.confusion.png" not in [row["relpath"] for row in rows], extra
+        assert len(rows) == len(set(row["path"] for row in rows))
