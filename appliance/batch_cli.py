@@ -184,6 +184,7 @@ def report_metrics(args, labels, extra_rows):
     if m is None:
         log.info("no ground truth (neither a folder inside the input nor the input folder is "
                  "named after a label): no metrics")
+        _drop_stale_metrics(metrics_path(args))
         return None
     print(format_metrics(m))
     path = metrics_path(args)
@@ -194,6 +195,16 @@ def report_metrics(args, labels, extra_rows):
         write_image(png, confusion_image(m))
         print("metrics: {} and {}".format(path, png))
     return m
+
+
+def _drop_stale_metrics(path):
+    """An earlier run's metrics JSON and picture (there only with --overwrite or --resume)
+    would be taken for this run's: they go when this run has no metrics to put there."""
+    for stale in ([path, confusion_path(path)] if path else []):
+        if os.path.isfile(stale):
+            os.remove(stale)
+            log.warning("%s: removed: it held an earlier run's metrics, and this run has "
+                        "none", stale)
 
 
 @cli_entry("oncolens batch")

@@ -88,3 +88,21 @@ def test_the_confusion_picture_inside_the_input_is_not_classified(tiny_bundle, t
         rows = _csv_rows(results)
         assert "r.confusion.png" not in [row["relpath"] for row in rows], extra
         assert len(rows) == len(set(row["path"] for row in rows))
+
+
+def test_overwrite_without_truth_leaves_no_earlier_metrics(tiny_bundle, tiny_data, tmp_path):
+    """--overwrite on an input with no ground truth replaced the results file but left the
+    earlier run's r.metrics.json and r.confusion.png beside it, as if they were its own."""
+    results = str(tmp_path / "r.csv")
+    code, out, err = run_cli(["batch", os.path.join(tiny_data, "test"), "--model", tiny_bundle,
+                              "--results", results, "--no-progress"])
+    assert code == 0 and os.path.exists(str(tmp_path / "r.metrics.json")), err
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    shutil.copy(_first_image(tiny_data, "benign"), str(plain / "x.png"))
+    code, out, err = run_cli(["batch", str(plain), "--model", tiny_bundle, "--results", results,
+                              "--overwrite", "--no-progress"])
+    assert code == 0, err
+    assert [row["relpath"] for row in _csv_rows(results)] == ["x.png"]
+    assert not os.path.exists(str(tmp_path / "r.metrics.json"))
+    assert not os.path.exists(str(tmp_path / "r.confusion.png"))
