@@ -119,8 +119,12 @@ def run_batch(clf, uri, results=None, annotate=None, batch_size=8, workers=2, re
     sha = clf.bundle.model_sha256 or ""
     annotator = None
     if annotate:
-        _check_annotate_dir(annotate, resume, overwrite)
-        annotator = Annotator(annotate, overwrite or resume)
+        # --resume of a results file that holds nothing yet continues no run: another run's
+        # copies in the folder are not this run's to replace
+        going_on = resume and bool(results) and os.path.isfile(results) and os.path.getsize(
+            results) > 0
+        _check_annotate_dir(annotate, going_on, overwrite)
+        annotator = Annotator(annotate, overwrite or going_on)
     input_name = os.path.basename(os.path.abspath(input_folder(uri)))
     counts = collections.Counter()
     found = image_files(uri, counts, exclude=annotate)  # before the results file is made
@@ -181,8 +185,9 @@ def _open_results(results, labels, resume, overwrite, sha, precision, backend):
 
 def _check_annotate_dir(outdir, resume, overwrite):
     if os.path.isdir(outdir) and os.listdir(outdir) and not (resume or overwrite):
-        raise UsageError("--annotate {}: the folder exists and is not empty: pass --resume to "
-                         "continue a run or --overwrite to replace its files".format(outdir))
+        raise UsageError("--annotate {}: the folder exists and is not empty: pass --resume "
+                         "with the --results file of the run that wrote it to continue that "
+                         "run, or --overwrite to replace its files".format(outdir))
 
 
 def _skipped(entry, skip, counts):

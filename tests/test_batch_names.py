@@ -106,3 +106,29 @@ def test_overwrite_without_truth_leaves_no_earlier_metrics(tiny_bundle, tiny_dat
     assert [row["relpath"] for row in _csv_rows(results)] == ["x.png"]
     assert not os.path.exists(str(tmp_path / "r.metrics.json"))
     assert not os.path.exists(str(tmp_path / "r.confusion.png"))
+
+
+def test_resume_of_a_new_results_file_keeps_another_runs_annotated_copies(tiny_bundle,
+                                                                           tiny_data, tmp_path):
+    """--resume with a results file that does not exist yet continues nothing: the
+    --annotate folder of another run is refused as without --resume (its same-named copies
+    were silently replaced by this run's)."""
+    first, second = tmp_path / "a" / "benign", tmp_path / "b" / "benign"
+    first.mkdir(parents=True)
+    second.mkdir(parents=True)
+    shutil.copy(_first_image(tiny_data, "benign"), str(first / "x.png"))
+    shutil.copy(_first_image(tiny_data, "malignant"), str(second / "x.png"))
+    ann = tmp_path / "ann"
+    code, out, err = run_cli(["batch", str(first), "--model", tiny_bundle, "--annotate",
+                              str(ann), "--results", str(tmp_path / "r1.csv"), "--no-progress"])
+    assert code == 0, err
+    before = (ann / "x.png").read_bytes()
+    code, out, err = run_cli(["batch", str(second), "--model", tiny_bundle, "--annotate",
+                              str(ann), "--results", str(tmp_path / "r2.csv"), "--resume",
+                              "--no-progress"])
+    assert code == 2 and "--annotate" in err and "not empty" in err, err
+    assert (ann / "x.png").read_bytes() == before
+    code, out, err = run_cli(["batch", str(first), "--model", tiny_bundle, "--annotate",
+                              str(ann), "--results", str(tmp_path / "r1.csv"), "--resume",
+                              "--no-progress"])
+    assert code == 0, err  # continuing the run that wrote the folder is still allowed
