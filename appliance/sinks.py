@@ -326,6 +326,15 @@ def file_path(uri):
     return uri[len("file://"):] if uri[:len("file://")].lower() == "file://" else uri
 
 
+def pattern_files(uri):
+    """For a numbered output (``out_%i.jpg``): whether a path is one of the files it writes,
+    so that an input walk leaves them out (``outpaths.numbered_files``); else None."""
+    from oncolens.appliance.outpaths import numbered_files
+    folder = output_folder(uri)
+    path = file_path(uri) if folder is not None else ""
+    return numbered_files(path) if "%" in os.path.basename(path) else None
+
+
 def output_folder(uri):
     """The folder a file output writes its images into (a folder, or a pattern's folder),
     or None (one file, a video, a display, a stream): an input walk leaves it out, so a

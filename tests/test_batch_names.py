@@ -132,3 +132,19 @@ def test_resume_of_a_new_results_file_keeps_another_runs_annotated_copies(tiny_b
                               str(ann), "--results", str(tmp_path / "r1.csv"), "--resume",
                               "--no-progress"])
     assert code == 0, err  # continuing the run that wrote the folder is still allowed
+
+
+def test_a_numbered_output_in_the_input_folder_is_not_read_back(tiny_bundle, tiny_data,
+                                                                 tmp_path):
+    """classify IN IN/o_%i.jpg, then again with --overwrite: the second run read the first
+    run's o_0.jpg ... as inputs (twice the frames, copies of copies written as o_3.jpg ...)."""
+    src = str(tmp_path / "in")
+    shutil.copytree(os.path.join(tiny_data, "test", "benign"), src)
+    originals = sorted(os.listdir(src))
+    for extra in ([], ["--overwrite"]):
+        code, out, err = run_cli(["classify", "--model", tiny_bundle, "--headless", src,
+                                  os.path.join(src, "o_%i.jpg")] + extra)
+        assert code == 0, err
+        assert len(out.splitlines()) == len(originals), out
+    numbered = ["o_{}.jpg".format(n) for n in range(len(originals))]
+    assert sorted(os.listdir(src)) == sorted(originals + numbered)
