@@ -85,7 +85,7 @@ class Annotator(object):
         from oncolens.appliance.imageio import colour_path, write_image
         from oncolens.appliance.overlay import draw_lines
         from oncolens.appliance.postprocess import overlay_text
-        target = colour_path(os.path.join(self.outdir, item.relpath))
+        target = colour_path(os.path.join(self.outdir, item.relpath), item.path)
         if os.path.realpath(target) == os.path.realpath(item.path):
             raise UsageError("--annotate {}: the copy of {} would replace it: give a folder "
                              "apart from the input".format(self.outdir, item.path))
@@ -109,21 +109,29 @@ def image_files(uri, counts, exclude=None):
 
 
 def run_batch(clf, uri, results=None, annotate=None, batch_size=8, workers=2, resume=False,
-              overwrite=False, progress=True, on_row=None):
-    """Classify every image under ``uri``; returns a Summary. ``on_row(row)`` sees each row."""
+              overwrite=False, progress=True, on_row=None, outputs=()):
+    """Classify every image under ``uri``; returns a Summary. ``on_row(row)`` sees each row.
+    ``outputs``: image files the run writes (the confusion picture), never classified when
+    they lie inside the input (a rerun would take the last run's picture for an input)."""
     labels = clf.labels
     backend = clf.backend.name
     precision = getattr(clf.backend, "precision", "fp32")
     sha = clf.bundle.model_sha256 or ""
     annotator = None
     if annotate:
-        _check_annotate_dir(annotate, resume, overwrite)
-        annotator = Annotator(annotate, overwrite or resume)
+        # --resume of a results file that holds nothing yet continues no run: another run's
+        # copies in the folder are not this run's to replace
+        going_on = resume and bool(results) and os.path.isfile(results) and os.path.getsize(
+            results) > 0
+        _check_annotate_dir(annotate, going_on, overwrite)
+        annotator = Annotator(annotate, overwrite or going_on)
     input_name = os.path.basename(os.path.abspath(input_folder(uri)))
     counts = collections.Counter()
     found = image_files(uri, counts, exclude=annotate)  # before the results file is made
     writer, skip = _open_results(results, labels, resume, overwrite, sha, precision, backend)
-    files = (f for f in found if not _skipped(f, skip, counts))
+    own = set(path_key(path) for path in outputs)
+    files = (f for f in found
+             if path_key(f[0]) not in own and not _skipped(f, skip, counts))
     items = prefetch(files, clf.preprocessor, workers=workers, depth=window(batch_size, workers),
                      keep_image=annotator is not None)
     bar = Progress(progress)
@@ -177,8 +185,9 @@ def _open_results(results, labels, resume, overwrite, sha, precision, backend):
 
 def _check_annotate_dir(outdir, resume, overwrite):
     if os.path.isdir(outdir) and os.listdir(outdir) and not (resume or overwrite):
-        raise UsageError("--annotate {}: the folder exists and is not empty: pass --resume to "
-                         "continue a run or --overwrite to replace its files".format(outdir))
+        raise UsageError("--annotate {}: the folder exists and is not empty: pass --resume "
+                         "with the --results file of the run that wrote it to continue that "
+                         "run, or --overwrite to replace its files".format(outdir))
 
 
 def _skipped(entry, skip, counts):

@@ -159,6 +159,13 @@ def confusion_path(metrics):
     return stem + ".confusion.png"
 
 
+def _own_images(args):
+    """The image file the run writes (the confusion picture beside the metrics): when it
+    lies inside the input, a rerun must not classify the last run's copy."""
+    metrics = metrics_path(args)
+    return [confusion_path(metrics)] if metrics else []
+
+
 def metrics_path(args):
     if args.metrics:
         return args.metrics
@@ -177,6 +184,7 @@ def report_metrics(args, labels, extra_rows):
     if m is None:
         log.info("no ground truth (neither a folder inside the input nor the input folder is "
                  "named after a label): no metrics")
+        _drop_stale_metrics(metrics_path(args))
         return None
     print(format_metrics(m))
     path = metrics_path(args)
@@ -187,6 +195,16 @@ def report_metrics(args, labels, extra_rows):
         write_image(png, confusion_image(m))
         print("metrics: {} and {}".format(path, png))
     return m
+
+
+def _drop_stale_metrics(path):
+    """An earlier run's metrics JSON and picture (there only with --overwrite or --resume)
+    would be taken for this run's: they go when this run has no metrics to put there."""
+    for stale in ([path, confusion_path(path)] if path else []):
+        if os.path.isfile(stale):
+            os.remove(stale)
+            log.warning("%s: removed: it held an earlier run's metrics, and this run has "
+                        "none", stale)
 
 
 @cli_entry("oncolens batch")
@@ -205,7 +223,8 @@ def main(argv):
         summary = run_batch(clf, args.input, results=args.results, annotate=args.annotate,
                             batch_size=args.batch_size, workers=args.workers,
                             resume=args.resume, overwrite=args.overwrite,
-                            progress=not args.no_progress, on_row=keep)
+                            progress=not args.no_progress, on_row=keep,
+                            outputs=_own_images(args))
         labels = clf.labels
     done = summary.classified + summary.failed
     print("classified {} images in {:.1f} s ({:.1f} images/s); {} failed; {} skipped "

@@ -243,7 +243,8 @@ def main(argv):
         log.warning("--prototxt: Caffe models are not supported: ignored")
     from oncolens.appliance.classifier import Classifier
     from oncolens.appliance.loop import LiveLoop
-    from oncolens.appliance.sinks import check_file_output, open_sink, output_folder
+    from oncolens.appliance.sinks import (check_file_output, open_sink, output_folder,
+                                          pattern_files)
     from oncolens.appliance.sources import open_source
 
     model = resolve_model(args)
@@ -251,7 +252,8 @@ def main(argv):
     output = choose_output(args)
     _warn_output_flags(args, output)
     # the output folder is left out of the input: a rerun does not read its own outputs
-    source = open_source(args.input, exclude=output_folder(output), **source_options(args))
+    source = open_source(args.input, exclude=output_folder(output), skip=pattern_files(output),
+                         **source_options(args))
     check_file_output(output, source, overwrite=args.overwrite)  # before the model loads
     clf = Classifier.open(model, labels=args.labels, input_blob=args.input_blob,
                           output_blob=args.output_blob, backend=args.backend, top=args.topk,

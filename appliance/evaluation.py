@@ -14,12 +14,13 @@ import numpy as np
 
 
 def input_folder(uri):
-    """The folder an input's relative names start from: a folder itself, a glob's part
-    before its first wildcard, a file's folder."""
+    """The folder an input's relative names start from: a folder itself, a file's folder
+    (also when a folder above it is named with a wildcard character, ``scans [2024]/x.png``:
+    it is a file, not a glob), a glob's part before its first wildcard."""
     from oncolens.appliance.sources import glob_base
     if os.path.isdir(uri):
         return uri
-    if any(ch in uri for ch in "*?["):
+    if not os.path.isfile(uri) and any(ch in uri for ch in "*?["):
         return glob_base(uri)
     return os.path.dirname(uri) or "."
 

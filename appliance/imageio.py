@@ -268,12 +268,21 @@ def encode_image(rgb, ext=".jpg", quality=92):
 GREY_ONLY = {".pgm": ".ppm", ".pbm": ".ppm"}
 
 
-def colour_path(path):
+def colour_path(path, source=None):
     """The name an annotated (colour) copy of ``path`` is written under: the same name,
     except that a grey-only format gets its colour sibling added (``x.pgm`` -> ``x.pgm.ppm``,
-    which no ``x.ppm`` beside it can clash with)."""
+    which no ``x.ppm`` beside it can clash with). When the input file ``source`` has an
+    ``x.pgm.ppm`` beside it (whose own copy takes that name), the first of ``x.pgm.1.ppm``,
+    ``x.pgm.2.ppm`` ... that is not an input beside it: each input its own copy, the same
+    name on every run."""
     ext = os.path.splitext(path)[1].lower()
-    return path + GREY_ONLY[ext] if ext in GREY_ONLY else path
+    if ext not in GREY_ONLY:
+        return path
+    colour = GREY_ONLY[ext]
+    n = 0
+    while source and os.path.exists(source + ("" if not n else ".{}".format(n)) + colour):
+        n += 1
+    return path + ("" if not n else ".{}".format(n)) + colour
 
 
 def write_image(path, rgb, quality=92):

@@ -5,6 +5,7 @@ was told to write cannot be created: each command checks its output flags first,
 line naming the flag, the path and what was expected.
 """
 import os
+import re
 
 from oncolens.appliance.errors import UsageError
 
@@ -59,3 +60,29 @@ def check_output_dir(path, flag):
             raise UsageError("{} {}: folder is not writable".format(flag, path))
         return
     _check_parent(path, flag)
+
+
+def numbered_files(pattern):
+    """Whether a path is one of the files the numbered output ``pattern`` (``out_%i.jpg``)
+    writes (``out_0.jpg``, ``out_17.jpg`` in its folder): an input walk leaves them out, so
+    a rerun into the input's own folder does not read its earlier outputs as inputs."""
+    regex = re.compile(_pattern_regex(os.path.basename(pattern)) + r"\Z")
+    folder = os.path.realpath(os.path.dirname(pattern) or ".")
+
+    def written(path):
+        return (regex.match(os.path.basename(path)) is not None and
+                os.path.realpath(os.path.dirname(path) or ".") == folder)
+    return written
+
+
+def _pattern_regex(name):
+    parts = re.split(r"(%%|%[#0\- +]*\d*(?:\.\d+)?[a-zA-Z])", name)
+    out = []
+    for n, part in enumerate(parts):
+        if n % 2 == 0:
+            out.append(re.escape(part))
+        elif part == "%%":
+            out.append("%")
+        else:  # the number field: digits for %i/%d/%u, anything for the rest
+            out.append(r"[-+ ]?\d+" if part[-1] in "diu" else ".+")
+    return "".join(out)

@@ -119,7 +119,7 @@ class ImageFileSink(object):
         rel = frame.relpath or "frame_{:06d}.jpg".format(frame.index)
         if not is_image_file(rel):
             rel += ".jpg"
-        return os.path.join(self.uri, colour_path(rel))
+        return os.path.join(self.uri, colour_path(rel, frame.origin))
 
     def _single_file_only(self):
         return UsageError("output {} is a single image file but the input has more than one "
@@ -335,6 +335,15 @@ def _scheme(uri):
 def file_path(uri):
     """The path of a file output: jetson-inference's ``file://out.jpg`` names ``out.jpg``."""
     return uri[len("file://"):] if uri[:len("file://")].lower() == "file://" else uri
+
+
+def pattern_files(uri):
+    """For a numbered output (``out_%i.jpg``): whether a path is one of the files it writes,
+    so that an input walk leaves them out (``outpaths.numbered_files``); else None."""
+    from oncolens.appliance.outpaths import numbered_files
+    folder = output_folder(uri)
+    path = file_path(uri) if folder is not None else ""
+    return numbered_files(path) if "%" in os.path.basename(path) else None
 
 
 def output_folder(uri):

@@ -45,7 +45,7 @@ class SourceLost(OncoLensError):
     """A camera or stream could not be opened or stopped delivering frames."""
 
 
-def list_images(uri, unsupported=False, exclude=None):
+def list_images(uri, unsupported=False, exclude=None, skip=None):
     """The image files named by a file, a folder (recursive) or a glob, sorted; relpaths kept.
     Hidden files and OS junk in a folder are left out (``imageio.walk_files``), and so is
     the folder ``exclude`` (where outputs go); a file a glob reaches by several paths (a
@@ -55,6 +55,8 @@ def list_images(uri, unsupported=False, exclude=None):
     too, so that the caller reports each as a failure instead of skipping it in silence.
     """
     def wanted(path):
+        if skip is not None and skip(path):  # a numbered output's files (out_%i.jpg)
+            return False
         return is_image_file(path) or (unsupported and is_unsupported_image(path))
 
     skip_dir = os.path.realpath(exclude) if exclude else None
@@ -149,9 +151,9 @@ class ImageFilesSource(Source):
 
     kind = "images"
 
-    def __init__(self, uri, loop=0, flip=None, exclude=None):
+    def __init__(self, uri, loop=0, flip=None, exclude=None, skip=None):
         self.uri = uri
-        self.files = list_images(uri, unsupported=True, exclude=exclude)
+        self.files = list_images(uri, unsupported=True, exclude=exclude, skip=skip)
         if not self.files:
             raise UsageError("input {}: no image files found".format(uri))
         self.loop = int(loop or 0)
@@ -385,4 +387,4 @@ def open_source(uri, **options):
         return source
     warn_unsupported("image files", options, ("width", "height", "codec", "latency"))
     return ImageFilesSource(path, loop=options.get("loop", 0) or 0, flip=options.get("flip"),
-                            exclude=options.get("exclude"))
+                            exclude=options.get("exclude"), skip=options.get("skip"))
