@@ -80,3 +80,32 @@ def test_resume_refuses_classes_in_another_order_or_another_set(trained, tiny_da
                               "-e"] + FAST)
     assert code == 0, err
     assert "val accuracy" in out and ckpt in out and "model in" not in out
+
+
+def test_resume_and_evaluate_refuse_another_clahe(trained, tiny_data, tmp_path):
+    """CLAHE is part of the model's preprocessing: a --resume or -e without the checkpoint's
+    own used to train on (or score) other images than the model was made for, and the
+    resumed run's model.json dropped preprocess.clahe."""
+    model_dir = str(tmp_path / "clahe")
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs", 1,
+                              "--clahe", "--clahe-clip", 3] + FAST)
+    assert code == 0, err
+    ckpt = os.path.join(model_dir, "checkpoint.pth.tar")
+    before = _sha(os.path.join(model_dir, "model.json"))
+    resume = ["train", tiny_data, "--model-dir", model_dir, "--epochs", 2, "--resume", ckpt]
+    for extra in ([], ["--clahe"], ["-e"]):
+        code, out, err = run_cli(resume + extra + FAST)
+        _refused(err, code)
+        assert "--clahe --clahe-clip 3" in err and ckpt in err
+    assert _sha(os.path.join(model_dir, "model.json")) == before
+    code, out, err = run_cli(resume + ["--clahe", "--clahe-clip", 3] + FAST)
+    assert code == 0, err
+    import json
+    with open(os.path.join(model_dir, "model.json")) as fh:
+        assert json.load(fh)["preprocess"]["clahe"] == {"clip": 3.0, "tile": 8}
+    # and the other way round: a run without CLAHE is not resumed with it
+    code, out, err = run_cli(["train", tiny_data, "--resume",
+                              os.path.join(trained, "checkpoint.pth.tar"), "-e",
+                              "--clahe"] + FAST)
+    _refused(err, code)
+    assert "trained without --clahe" in err

@@ -171,6 +171,7 @@ def check_resume(args, ckpt, classes=None):
         raise UsageError("{}: the checkpoint was trained at --resolution {} but this run asks "
                          "for {}; resume with --resolution {}".format(
                              where, ckpt["resolution"], args.resolution, ckpt["resolution"]))
+    _check_resume_clahe(where, ckpt, args)
     if classes is not None:
         _check_resume_classes(where, ckpt, list(classes), args.data)
     if not args.evaluate and int(ckpt.get("epoch", 0)) >= args.epochs:
@@ -183,6 +184,27 @@ def check_resume(args, ckpt, classes=None):
     if float(ckpt.get("body_lr_ratio", 1.0)) != args.body_lr_ratio:
         raise UsageError("{}: that run was made with --body-lr-ratio {:g}; resume it "
                          "the same way".format(where, float(ckpt.get("body_lr_ratio", 1.0))))
+
+
+def _clahe_flags(clahe):
+    return "with --clahe --clahe-clip {:g}".format(float(clahe["clip"])) if clahe else \
+        "without --clahe"
+
+
+def _check_resume_clahe(where, ckpt, args):
+    """CLAHE is part of the model's preprocessing (model.json's ``preprocess.clahe``): a
+    --resume or -e without the checkpoint's own would train on, or score, other images than
+    the model was made for, and the bundle would drop the step it was trained with."""
+    recorded = ckpt.get("preprocess")
+    if not isinstance(recorded, dict):  # a jetson-inference checkpoint: no CLAHE
+        return
+    old = recorded.get("clahe") or None
+    new = {"clip": float(args.clahe_clip), "tile": 8} if args.clahe else None
+    if (old is None) != (new is None) or old and (
+            float(old.get("clip", 0)) != new["clip"] or int(old.get("tile", 8)) != 8):
+        raise UsageError("{}: the checkpoint was trained {} (its preprocessing) but this run "
+                         "is {}; resume {}".format(where, _clahe_flags(old),
+                                                   _clahe_flags(new), _clahe_flags(old)))
 
 
 def _check_resume_classes(where, ckpt, classes, data):
