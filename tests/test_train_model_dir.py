@@ -129,3 +129,23 @@ def test_evaluate_only_ignores_the_model_dir(tmp_path, tiny_data, monkeypatch):
     code, out, err = run_cli(["train", tiny_data, "-e", "--resume",
                               os.path.join(model_dir, "checkpoint.pth.tar")] + FAST)
     assert code == 0, err
+
+
+def test_a_model_dir_inside_the_splits_is_refused(tiny_data, tmp_path):
+    """--model-dir DATA/train/benign used to be written: its curves.png then trained as a
+    benign image on the next run (and a new folder in train/ reads as a class)."""
+    data = str(tmp_path / "data")
+    shutil.copytree(tiny_data, data)
+    listing = {s: sorted(os.listdir(os.path.join(data, s))) for s in ("train", "val", "test")}
+    benign = sorted(os.listdir(os.path.join(data, "train", "benign")))
+    for inside in (os.path.join(data, "train", "benign"), os.path.join(data, "val"),
+                   os.path.join(data, "test", "models", "m")):
+        code, out, err = run_cli(["train", data, "--model-dir", inside, "--epochs", 1] + FAST)
+        _one_line(code, err)
+        assert inside in err and "--model-dir" in err
+    assert sorted(os.listdir(os.path.join(data, "train", "benign"))) == benign
+    assert {s: sorted(os.listdir(os.path.join(data, s))) for s in listing} == listing
+    # beside the splits is fine: nothing reads DATA/models
+    code, out, err = run_cli(["train", data, "--model-dir", os.path.join(data, "models"),
+                              "--epochs", 1] + FAST)
+    assert code == 0, err

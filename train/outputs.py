@@ -29,6 +29,7 @@ def check_model_dir(args):
     if args.evaluate:
         return
     check_output_dir(args.model_dir, "--model-dir")
+    _check_outside_splits(args.model_dir, args.data)
     found = model_files(args.model_dir)
     own = bool(args.resume) and _same_folder(os.path.dirname(args.resume), args.model_dir)
     if found and not (args.overwrite or own):
@@ -41,6 +42,23 @@ def check_model_dir(args):
         raise UsageError("--model-dir {} already holds model files ({}): pass --overwrite to "
                          "replace them, --resume to continue, or give another folder".format(
                              args.model_dir, shown))
+
+
+def _inside(path, folder):
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _check_outside_splits(model_dir, data):
+    """A --model-dir in DATA/train, val or test would have its files read as images
+    (curves.png in a class folder, or a folder of its own taken for a new class)."""
+    for split in ("train", "val", "test"):
+        folder = os.path.join(data, split)
+        if _inside(model_dir, folder):
+            raise UsageError("--model-dir {} is inside the dataset's {} (its curves.png "
+                             "would be read as an image, or the folder as a class): give a "
+                             "folder outside the train/, val/ and test/ of {}".format(
+                                 model_dir, folder, data))
 
 
 def prepare_model_dir(args):
