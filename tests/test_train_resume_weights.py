@@ -97,3 +97,29 @@ def test_resuming_a_run_that_used_its_budget_trains_no_more(tiny_data, tmp_path)
         training = json.load(fh)["training"]
     assert training["stopped"] == "time-limit"
     assert training["train_seconds"] >= round(saved["clock"]["train_seconds"], 1) > 0
+
+
+def test_model_json_records_where_the_epochs_began_and_ended(tmp_path, tiny_data):
+    """model.json said "epochs": 3 for a --start-epoch 2 run that trained one epoch, and
+    "epochs": 1 for a --resume of an epoch-3 checkpoint; SGD's --momentum and --min-lr-ratio
+    were not recorded at all."""
+    import json
+    model_dir = str(tmp_path / "m")
+    fast = ["--resolution", 32, "-b", 6, "-j", 0, "--seed", 3, "--no-pretrained", "--arch",
+            "simple-cnn", "--optimizer", "sgd", "--lr", 0.01, "--momentum", 0.8]
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--start-epoch", 2,
+                              "--epochs", 3, "--min-lr-ratio", 0.1] + fast)
+    assert code == 0, err
+
+    def training():
+        with open(os.path.join(model_dir, "model.json")) as fh:
+            return json.load(fh)["training"]
+    first = training()
+    assert (first["epochs"], first["start_epoch"], first["last_epoch"]) == (3, 2, 3)
+    assert first["momentum"] == 0.8 and first["min_lr_ratio"] == 0.1
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs", 1,
+                              "--min-lr-ratio", 0.1, "--resume",
+                              os.path.join(model_dir, "checkpoint.pth.tar")] + fast)
+    assert code == 0, err
+    again = training()
+    assert (again["epochs"], again["start_epoch"], again["last_epoch"]) == (1, 2, 3)

@@ -118,13 +118,14 @@ def save_checkpoint(state, model_dir, is_best, models=(None, None)):
 
 def training_record(args, runtime, init, seconds, stopped):
     """The ``training`` block of model.json: the recipe and how the run went."""
-    keys = ("epochs", "batch_size", "lr", "optimizer", "schedule", "warmup_epochs",
-            "weight_decay", "label_smoothing", "class_weights", "sampler", "crop_scale",
-            "colour_jitter", "stain_jitter", "orientation", "no_rot90", "no_augment", "seed",
-            "time_limit", "patience", "accum_steps", "low_memory", "mixup", "ema_epochs",
-            "freeze_early", "final_fit", "body_lr_ratio", "head_epochs", "trivial_augment",
-            "zero_init_residual")
+    keys = ("epochs", "start_epoch", "batch_size", "lr", "optimizer", "schedule",
+            "warmup_epochs", "min_lr_ratio", "weight_decay", "label_smoothing",
+            "class_weights", "sampler", "crop_scale", "colour_jitter", "stain_jitter",
+            "orientation", "no_rot90", "no_augment", "seed", "time_limit", "patience",
+            "accum_steps", "low_memory", "mixup", "ema_epochs", "freeze_early", "final_fit",
+            "body_lr_ratio", "head_epochs", "trivial_augment", "zero_init_residual")
     record = {k: getattr(args, k) for k in keys}
+    record["momentum"] = args.momentum if args.optimizer == "sgd" else None  # AdamW: none
     if getattr(args, "epochs_from_budget", False):
         record["epochs"] = None  # as many as --time-limit allowed (see "stopped")
     record.update({"best_epoch": None, "init": init, "runtime": runtime.describe(),

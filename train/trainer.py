@@ -215,6 +215,8 @@ def run_training(args):
     if args.ema_epochs > 0:
         ema = WeightAverage(model, args.ema_epochs, len(train_loader))
     best, start_epoch, rows = _resume_state(args, ckpt, optimizer, ema)
+    if ckpt is not None:  # model.json's start_epoch: where the run it continues began
+        args.start_epoch = ckpt.get("start_epoch")  # None: the checkpoint does not say
     if rows and not args.evaluate:  # the resumed run's history, even if no epoch is left
         write_history(args.model_dir, rows)
     if args.evaluate:
@@ -226,7 +228,7 @@ def run_training(args):
              ", ".join(classes), runtime.describe(), args.batch_size,
              " ({} x {})".format(args.accum_steps, micro) if args.accum_steps > 1 else "")
     try:
-        best, seconds, stopped = _loop(args, (model, ema), optimizer, loss_fn, runtime,
+        best, seconds, stopped, last = _loop(args, (model, ema), optimizer, loss_fn, runtime,
                                        train_loader, val_loader, classes, preprocess, best,
                                        start_epoch, rows, init, body,
                                        ckpt.get("clock") if ckpt else None)
@@ -237,7 +239,7 @@ def run_training(args):
                                  micro, args.resolution))
         raise
     training = dict(training_record(args, runtime, init, seconds, stopped),
-                    train_images=len(samples),
+                    train_images=len(samples), last_epoch=last,
                     calibration=_calibrate(args, classes, val_loader, runtime))
     write_bundle(args, classes, preprocess, best, training)
     plot_history(args.model_dir, read_history(args.model_dir))
@@ -287,12 +289,13 @@ def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, c
     model, ema = models
     judged = ema.model if ema is not None else model
     schedule = Schedule(args, len(train_loader), start_epoch, clock)
-    since_best, stopped = 0, "epochs"
+    since_best, stopped, last = 0, "epochs", start_epoch
     if start_epoch < args.epochs and not schedule.room():  # a resumed run that used it up
         log.info("--time-limit %g min: the resumed run has trained %.0f s of it; no epoch left",
                  args.time_limit, schedule.elapsed())
-        return best, schedule.elapsed(), "time-limit"
+        return best, schedule.elapsed(), "time-limit", last
     for epoch in range(start_epoch, args.epochs):
+        last = epoch + 1
         t0 = time.time()
         _head_phase(body, epoch, args.head_epochs, start_epoch)
         train_loss, ips = _train_epoch(model, train_loader, optimizer, loss_fn, runtime,
@@ -325,7 +328,7 @@ def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, c
                  "macro_f1": summary["macro_f1"], "preprocess": preprocess, "init": init,
                  "final_fit": val_loader is None, "body_lr_ratio": args.body_lr_ratio,
                  "trivial_augment": args.trivial_augment, "oncolens_version": __version__,
-                 "clock": schedule.state()}
+                 "clock": schedule.state(), "start_epoch": args.start_epoch}
         save_checkpoint(state, args.model_dir, is_best, (model, ema))
         write_history(args.model_dir, rows)
         if args.patience and since_best >= args.patience:
@@ -337,4 +340,4 @@ def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, c
             log.info("--time-limit %g min reached after %d epochs", args.time_limit, epoch + 1)
             stopped = "time-limit"
             break
-    return best, schedule.elapsed(), stopped
+    return best, schedule.elapsed(), stopped, last
