@@ -109,3 +109,39 @@ def test_resume_and_evaluate_refuse_another_clahe(trained, tiny_data, tmp_path):
                               "--clahe"] + FAST)
     _refused(err, code)
     assert "trained without --clahe" in err
+
+
+def test_resume_keeps_the_optimizer_and_takes_this_runs_settings(trained, tiny_data,
+                                                                 tmp_path):
+    """A --resume with another --optimizer ended in a KeyError traceback (AdamW's state into
+    SGD) after the new --model-dir had been written; --wd given on a resume was replaced by
+    the checkpoint's own while model.json recorded the new value."""
+    import torch
+    ckpt = os.path.join(trained, "checkpoint.pth.tar")
+    new = str(tmp_path / "sgd")
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", new, "--epochs", 2,
+                              "--resume", ckpt, "--optimizer", "sgd"] + FAST)
+    _refused(err, code)
+    assert "--optimizer adamw" in err and not os.path.exists(new)
+    wd = str(tmp_path / "wd")
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", wd, "--epochs", 4,
+                              "--resume", ckpt, "--wd", 0.5] + FAST)
+    assert code == 0, err
+    saved = torch.load(os.path.join(wd, "checkpoint.pth.tar"), weights_only=False)
+    assert sorted(g["weight_decay"] for g in saved["optimizer"]["param_groups"]) == [0.0, 0.5]
+    assert saved["optimizer"]["state"]  # the moments went on
+    # a checkpoint whose optimizer has other parameter groups (jetson-inference's one SGD
+    # group) resumes its weights with a fresh optimizer, not a ValueError traceback
+    from oncolens.appliance.archs import build_model
+    net = build_model("simple-cnn", 3)
+    net.load_state_dict(saved["state_dict"])
+    jetson = dict(epoch=1, arch="simple-cnn", resolution=32, classes=saved["classes"],
+                  num_classes=3, state_dict=saved["state_dict"], accuracy=0.3, loss=1.0,
+                  optimizer=torch.optim.SGD(net.parameters(), 0.1, momentum=0.9).state_dict())
+    os.makedirs(str(tmp_path / "jetson"))
+    jetson_ckpt = str(tmp_path / "jetson" / "checkpoint.pth.tar")
+    torch.save(jetson, jetson_ckpt)
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", str(tmp_path / "jetson"),
+                              "--epochs", 2, "--resume", jetson_ckpt, "--optimizer", "sgd",
+                              "--lr", 0.01] + FAST)
+    assert code == 0, err

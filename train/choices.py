@@ -181,9 +181,25 @@ def check_resume(args, ckpt, classes=None):
     if bool(ckpt.get("final_fit")) != args.final_fit:
         raise UsageError("{}: that run was {}made with --final-fit; resume it the same "
                          "way".format(where, "" if ckpt.get("final_fit") else "not "))
+    saved = _saved_optimizer(ckpt)
+    if saved and saved != args.optimizer and not args.evaluate:
+        raise UsageError("{}: that run was made with --optimizer {}, whose state it holds; "
+                         "resume it with --optimizer {}".format(where, saved, saved))
     if float(ckpt.get("body_lr_ratio", 1.0)) != args.body_lr_ratio:
         raise UsageError("{}: that run was made with --body-lr-ratio {:g}; resume it "
                          "the same way".format(where, float(ckpt.get("body_lr_ratio", 1.0))))
+
+
+def _saved_optimizer(ckpt):
+    """adamw or sgd, from the parameter groups of the checkpoint's optimizer state (which
+    does not name it); None where it does not say."""
+    groups = (ckpt.get("optimizer") or {}).get("param_groups") if \
+        isinstance(ckpt.get("optimizer"), dict) else None
+    if not groups:
+        return None
+    if "betas" in groups[0]:
+        return "adamw"
+    return "sgd" if "momentum" in groups[0] else None
 
 
 def _clahe_flags(clahe):
