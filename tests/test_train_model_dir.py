@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from conftest import run_cli
+from conftest import cli_subprocess_cmd, run_cli, subprocess_env
 
 FAST = ["--resolution", 32, "-b", 6, "-j", 0, "--seed", 3, "--no-pretrained",
         "--arch", "simple-cnn"]
@@ -149,3 +149,56 @@ def test_a_model_dir_inside_the_splits_is_refused(tiny_data, tmp_path):
     code, out, err = run_cli(["train", data, "--model-dir", os.path.join(data, "models"),
                               "--epochs", 1] + FAST)
     assert code == 0, err
+
+
+def test_a_checkpoint_write_stopped_midway_leaves_the_earlier_files(tmp_path, monkeypatch):
+    """Ctrl-C while model_best.pth.tar was being copied left it truncated (the previous best
+    lost), and one during torch.save left a checkpoint.pth.tar.tmp as big as the model."""
+    import torch
+    from oncolens.train import outputs
+    model_dir = str(tmp_path)
+    outputs.save_checkpoint({"epoch": 1}, model_dir, True)
+    before = {"model_best.pth.tar": _sha(os.path.join(model_dir, "model_best.pth.tar"))}
+
+    def half_then_interrupt(data, dst):
+        with open(dst, "wb") as fh:
+            fh.write(data[:len(data) // 2])
+        raise KeyboardInterrupt
+    monkeypatch.setattr(outputs.shutil, "copyfile",
+                        lambda src, dst: half_then_interrupt(open(src, "rb").read(), dst))
+    with pytest.raises(KeyboardInterrupt):
+        outputs.save_checkpoint({"epoch": 2}, model_dir, True)
+    assert _sha(os.path.join(model_dir, "model_best.pth.tar")) == before["model_best.pth.tar"]
+    assert torch.load(os.path.join(model_dir, "checkpoint.pth.tar"))["epoch"] == 2
+    monkeypatch.setattr(outputs.torch_module(), "save",
+                        lambda state, dst: half_then_interrupt(b"x" * 4096, dst))
+    with pytest.raises(KeyboardInterrupt):
+        outputs.save_checkpoint({"epoch": 3}, model_dir, False)
+    assert torch.load(os.path.join(model_dir, "checkpoint.pth.tar"))["epoch"] == 2
+    assert sorted(os.listdir(model_dir)) == ["checkpoint.pth.tar", "model_best.pth.tar"]
+
+
+def test_ctrl_c_mid_run_then_resume(tiny_data, tmp_path):
+    """SIGINT from outside while training: one line, exit 130, no temporary file left, and
+    --resume goes on from the last saved epoch with history.csv's epochs in sequence."""
+    import signal
+    import subprocess
+    model_dir = str(tmp_path / "m")
+    argv = ["train", tiny_data, "--model-dir", model_dir] + FAST
+    proc = subprocess.Popen(cli_subprocess_cmd(*(argv + ["--epochs", 500])),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=subprocess_env(), universal_newlines=True)
+    for line in proc.stderr:
+        if "epoch 2/500" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    out, err = proc.communicate()
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "oncolens train: interrupted"
+    assert not [n for n in os.listdir(model_dir) if n.endswith(".tmp")]
+    import torch
+    done = torch.load(os.path.join(model_dir, "checkpoint.pth.tar"), weights_only=False)
+    code, out, err = run_cli(argv + ["--epochs", done["epoch"] + 1, "--resume",
+                                     os.path.join(model_dir, "checkpoint.pth.tar")])
+    assert code == 0, err
+    assert _epochs(model_dir) == [str(e) for e in range(1, done["epoch"] + 2)]

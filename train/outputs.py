@@ -110,10 +110,22 @@ def save_checkpoint(state, model_dir, is_best, models=(None, None)):
     if ema is not None:
         state = dict(state, train_state_dict=model.state_dict(), ema=ema.state())
     path = os.path.join(model_dir, CHECKPOINT)
-    torch.save(state, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    _replace(path, lambda tmp: torch.save(state, tmp))
     if is_best:
-        shutil.copyfile(path, os.path.join(model_dir, BEST))
+        _replace(os.path.join(model_dir, BEST), lambda tmp: shutil.copyfile(path, tmp))
+
+
+def _replace(path, write):
+    """``write`` a temporary file beside ``path``, then move it over ``path``: a run stopped
+    midway (Ctrl-C, a full disk) leaves the earlier file whole and no temporary one."""
+    tmp = path + ".tmp"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def training_record(args, runtime, init, seconds, stopped):

@@ -344,8 +344,8 @@ def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, c
                  "final_fit": val_loader is None, "body_lr_ratio": args.body_lr_ratio,
                  "trivial_augment": args.trivial_augment, "oncolens_version": __version__,
                  "clock": schedule.state(), "start_epoch": args.start_epoch}
+        write_history(args.model_dir, rows)  # first: a resume keeps the rows up to its epoch
         save_checkpoint(state, args.model_dir, is_best, (model, ema))
-        write_history(args.model_dir, rows)
         if args.patience and since_best >= args.patience:
             log.info("no better epoch for %d epochs (by val macro-F1, ties broken by lower val "
                      "loss): stopping early", args.patience)
