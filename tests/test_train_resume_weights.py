@@ -123,3 +123,29 @@ def test_model_json_records_where_the_epochs_began_and_ended(tmp_path, tiny_data
     assert code == 0, err
     again = training()
     assert (again["epochs"], again["start_epoch"], again["last_epoch"]) == (1, 2, 3)
+
+
+def test_resume_counts_the_epochs_since_the_best_towards_patience(tmp_path, tiny_data):
+    """--patience restarted from 0 on --resume: a run stopped (or interrupted) long after its
+    best epoch trained --patience more epochs when resumed."""
+    import json
+    import torch
+    model_dir = str(tmp_path / "m")
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs", 3] +
+                             FAST)
+    assert code == 0, err
+    ckpt_path = os.path.join(model_dir, "checkpoint.pth.tar")
+    ckpt = torch.load(ckpt_path, weights_only=False)
+    ckpt["best"]["epoch"] = 1  # two epochs without a better one since
+    torch.save(ckpt, ckpt_path)
+    resume = ["train", tiny_data, "--model-dir", model_dir, "--epochs", 10, "--resume",
+              ckpt_path] + FAST
+    code, out, err = run_cli(resume + ["--patience", 2])
+    assert code == 0, err
+    with open(os.path.join(model_dir, "model.json")) as fh:
+        training = json.load(fh)["training"]
+    assert training["stopped"] == "patience" and training["last_epoch"] == 3
+    assert torch.load(ckpt_path, weights_only=False)["epoch"] == 3
+    code, out, err = run_cli(resume + ["--patience", 3, "--epochs", 4])
+    assert code == 0, err
+    assert torch.load(ckpt_path, weights_only=False)["epoch"] == 4  # one epoch of patience left

@@ -299,16 +299,33 @@ def _head_phase(body, epoch, head_epochs, start_epoch):
         param.requires_grad_(not alone)
 
 
+def _used_up(args, schedule, start_epoch, since_best):
+    """A resumed run with epochs left by --epochs whose budget or patience it had used up
+    already: the reason (model.json's "stopped"), else None."""
+    if start_epoch >= args.epochs:
+        return None
+    if not schedule.room():
+        log.info("--time-limit %g min: the resumed run has trained %.0f s of it; no epoch left",
+                 args.time_limit, schedule.elapsed())
+        return "time-limit"
+    if args.patience and since_best >= args.patience:
+        log.info("--patience %d: the resumed run has had no better epoch for %d epochs; no "
+                 "epoch left", args.patience, since_best)
+        return "patience"
+    return None
+
+
 def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, classes,
           preprocess, best, start_epoch, rows, init, body=(), clock=None):
     model, ema = models
     judged = ema.model if ema is not None else model
     schedule = Schedule(args, len(train_loader), start_epoch, clock)
-    since_best, stopped, last = 0, "epochs", start_epoch
-    if start_epoch < args.epochs and not schedule.room():  # a resumed run that used it up
-        log.info("--time-limit %g min: the resumed run has trained %.0f s of it; no epoch left",
-                 args.time_limit, schedule.elapsed())
-        return best, schedule.elapsed(), "time-limit", last
+    stopped, last = "epochs", start_epoch
+    # a resumed run's epochs since its best count towards --patience
+    since_best = max(0, start_epoch - best["epoch"]) if best.get("epoch", -1) > 0 else 0
+    used_up = _used_up(args, schedule, start_epoch, since_best)
+    if used_up:
+        return best, schedule.elapsed(), used_up, last
     for epoch in range(start_epoch, args.epochs):
         last = epoch + 1
         t0 = time.time()
