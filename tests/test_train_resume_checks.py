@@ -145,3 +145,15 @@ def test_resume_keeps_the_optimizer_and_takes_this_runs_settings(trained, tiny_d
                               "--epochs", 2, "--resume", jetson_ckpt, "--optimizer", "sgd",
                               "--lr", 0.01] + FAST)
     assert code == 0, err
+
+
+def test_weights_with_resume_is_refused(trained, tiny_data, tmp_path):
+    """--weights was silently ignored by a --resume (or -e), which goes on from its own."""
+    ckpt = os.path.join(trained, "checkpoint.pth.tar")
+    for extra in ([], ["-e"]):
+        code, out, err = run_cli(["train", tiny_data, "--model-dir", str(tmp_path / "w"),
+                                  "--epochs", 5, "--resume", ckpt, "--weights",
+                                  os.path.join(trained, "model_best.pth.tar")] + extra + FAST)
+        _refused(err, code)
+        assert "--weights" in err and "--resume" in err
+    assert not os.path.exists(str(tmp_path / "w"))

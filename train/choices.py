@@ -110,6 +110,10 @@ def check_args(args):
     if args.evaluate and not args.resume:
         raise UsageError("-e/--evaluate needs --resume CHECKPOINT: it scores that checkpoint "
                          "on val/")
+    if args.weights and args.resume:
+        raise UsageError("--weights {}: the starting weights of a new run, but --resume {} goes "
+                         "on from that checkpoint's own; give one of the two".format(
+                             args.weights, args.resume))
     if not args.body_lr_ratio > 0:
         raise UsageError("--body-lr-ratio: expected a positive fraction of --lr, got {}".format(
             args.body_lr_ratio))
