@@ -149,3 +149,17 @@ def test_resume_counts_the_epochs_since_the_best_towards_patience(tmp_path, tiny
     code, out, err = run_cli(resume + ["--patience", 3, "--epochs", 4])
     assert code == 0, err
     assert torch.load(ckpt_path, weights_only=False)["epoch"] == 4  # one epoch of patience left
+
+
+def test_evaluate_reads_val_alone(averaged, tiny_data, tmp_path, caplog):
+    """-e scores val/ but built the training loader too: it needed a train/ folder (its
+    precheck did not) and decoded every training image into the cache first."""
+    import shutil
+    data = str(tmp_path / "val_only")
+    os.makedirs(data)
+    shutil.copytree(os.path.join(tiny_data, "val"), os.path.join(data, "val"))
+    shutil.copy(os.path.join(tiny_data, "labels.txt"), data)
+    ckpt = os.path.join(averaged, "checkpoint.pth.tar")
+    whole = _val_loss(caplog, ["train", tiny_data, "-e", "--resume", ckpt] + FAST)
+    assert not [r for r in caplog.records if "class weights" in r.getMessage()]
+    assert _val_loss(caplog, ["train", data, "-e", "--resume", ckpt] + FAST) == whole

@@ -20,8 +20,8 @@ from oncolens.train.history import plot_history, read_history, write_history
 from oncolens.train.outputs import (BEST, adopt_best, check_model_dir, prepare_model_dir,
                                     save_checkpoint, training_record, write_bundle)
 from oncolens.train.precheck import check_classes, check_images
-from oncolens.train.recipe import (Schedule, make_loaders, make_loss, make_optimizer, progress,
-                                   set_lr, torch_module)
+from oncolens.train.recipe import (Schedule, make_loaders, make_loss, make_optimizer,
+                                   make_val_loader, progress, set_lr, torch_module)
 from oncolens.train.runtime import make_runtime, out_of_memory
 from oncolens.train.temperature import (calibrate_checkpoint, remove_temperature,
                                         unscaled_state_dict)
@@ -219,6 +219,8 @@ def run_training(args):
     runtime, classes, preprocess, ckpt = _setup(args)
     micro = args.batch_size // args.accum_steps
     model, init = _starting_model(args, len(classes), ckpt)
+    if args.evaluate:  # writes nothing, reads nothing of train/
+        return _evaluate_only(args, runtime.model(model), classes, preprocess, runtime, ckpt)
     prepare_model_dir(args)  # every check above has passed: only now is anything written
     adopt_best(args, ckpt)
     train_loader, val_loader, samples = make_loaders(args, classes, preprocess, micro)
@@ -232,13 +234,8 @@ def run_training(args):
     best, start_epoch, rows = _resume_state(args, ckpt, optimizer, ema)
     if ckpt is not None:  # model.json's start_epoch: where the run it continues began
         args.start_epoch = ckpt.get("start_epoch")  # None: the checkpoint does not say
-    if rows and not args.evaluate:  # the resumed run's history, even if no epoch is left
+    if rows:  # the resumed run's history, even if no epoch is left
         write_history(args.model_dir, rows)
-    if args.evaluate:
-        loss, summary, _, _ = evaluate(model, val_loader, runtime, len(classes))
-        log.info("val loss %.4f accuracy %.4f macro-F1 %.4f", loss, summary["accuracy"],
-                 summary["macro_f1"])
-        return dict(summary, epoch=start_epoch, loss=loss)
     log.info("training %s on %d images (%s), %s, batch %d%s", args.arch, len(samples),
              ", ".join(classes), runtime.describe(), args.batch_size,
              " ({} x {})".format(args.accum_steps, micro) if args.accum_steps > 1 else "")
@@ -259,6 +256,15 @@ def run_training(args):
     write_bundle(args, classes, preprocess, best, training)
     plot_history(args.model_dir, read_history(args.model_dir))
     return dict(best, train_seconds=seconds, stopped=stopped)
+
+
+def _evaluate_only(args, model, classes, preprocess, runtime, ckpt):
+    """-e/--evaluate: the --resume checkpoint's saved weights scored on val/."""
+    loader = make_val_loader(args, classes, preprocess, args.batch_size // args.accum_steps)
+    loss, summary, _, _ = evaluate(model, loader, runtime, len(classes))
+    log.info("val loss %.4f accuracy %.4f macro-F1 %.4f", loss, summary["accuracy"],
+             summary["macro_f1"])
+    return dict(summary, epoch=ckpt.get("epoch", args.start_epoch), loss=loss)
 
 
 def _calibrate(args, classes, val_loader, runtime):
