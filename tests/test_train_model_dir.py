@@ -136,15 +136,17 @@ def test_a_model_dir_inside_the_splits_is_refused(tiny_data, tmp_path):
     benign image on the next run (and a new folder in train/ reads as a class)."""
     data = str(tmp_path / "data")
     shutil.copytree(tiny_data, data)
+    os.remove(os.path.join(data, "labels.txt"))  # DATA's classes: its train/ folders
     listing = {s: sorted(os.listdir(os.path.join(data, s))) for s in ("train", "val", "test")}
     benign = sorted(os.listdir(os.path.join(data, "train", "benign")))
-    for inside in (os.path.join(data, "train", "benign"), os.path.join(data, "val"),
+    for inside in (data, os.path.join(data, "train", "benign"), os.path.join(data, "val"),
                    os.path.join(data, "test", "models", "m")):
         code, out, err = run_cli(["train", data, "--model-dir", inside, "--epochs", 1] + FAST)
         _one_line(code, err)
         assert inside in err and "--model-dir" in err
     assert sorted(os.listdir(os.path.join(data, "train", "benign"))) == benign
     assert {s: sorted(os.listdir(os.path.join(data, s))) for s in listing} == listing
+    assert "model.json" not in os.listdir(data) and "labels.txt" not in os.listdir(data)
     # beside the splits is fine: nothing reads DATA/models
     code, out, err = run_cli(["train", data, "--model-dir", os.path.join(data, "models"),
                               "--epochs", 1] + FAST)

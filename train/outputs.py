@@ -51,7 +51,13 @@ def _inside(path, folder):
 
 def _check_outside_splits(model_dir, data):
     """A --model-dir in DATA/train, val or test would have its files read as images
-    (curves.png in a class folder, or a folder of its own taken for a new class)."""
+    (curves.png in a class folder, or a folder of its own taken for a new class); DATA itself
+    would get (or lose to --overwrite) the labels.txt that lists the dataset's classes."""
+    if os.path.realpath(model_dir) == os.path.realpath(data):
+        raise UsageError("--model-dir {} is the dataset folder itself: the model's labels.txt "
+                         "would become (or replace) the dataset's list of classes; give a "
+                         "folder of its own, such as {}".format(
+                             model_dir, os.path.join(data, "models")))
     for split in ("train", "val", "test"):
         folder = os.path.join(data, split)
         if _inside(model_dir, folder):
