@@ -98,6 +98,26 @@ def check_input_size(model, arch, resolution, num_classes):
                              type(out).__name__, num_classes))
 
 
+def check_batch_of_one(model, args):
+    """-b 1 (one image a step, or a micro-batch of one with --accum-steps): a network whose
+    batch norm then sees one value per channel (ResNet-18's last block at 32 px) cannot
+    train on it; refused in one line before anything is written, not a traceback."""
+    if args.evaluate or args.batch_size // args.accum_steps != 1:
+        return
+    import copy
+    torch = torch_module()
+    trial = copy.deepcopy(model).train()  # the batch-norm statistics of ``model`` stay
+    try:
+        with torch.no_grad():
+            trial(torch.zeros(1, 3, args.resolution, args.resolution))
+    except ValueError as exc:
+        raise UsageError("-b/--batch-size {} (micro-batches of 1 image): --arch {} at "
+                         "--resolution {} cannot train on one image at a time ({}); give "
+                         "micro-batches of 2 or more images, or a larger --resolution".format(
+                             args.batch_size, args.arch, args.resolution,
+                             str(exc).strip().splitlines()[0]))
+
+
 def check_args(args):
     """Refuse flags out of range or that contradict each other, each with a one-line reason."""
     check_numbers(args)

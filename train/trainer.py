@@ -10,8 +10,9 @@ from oncolens.appliance.archs import build_model, canonical_arch
 from oncolens.appliance.errors import UsageError
 from oncolens.appliance.preprocess import imagenet_preprocess
 from oncolens.train import metrics
-from oncolens.train.choices import (check_args, check_input_size, freeze_choice, load_resume,
-                                    resolve_epochs, settle_augmentation)
+from oncolens.train.choices import (check_args, check_batch_of_one, check_input_size,
+                                    freeze_choice, load_resume, resolve_epochs,
+                                    settle_augmentation)
 from oncolens.train.data import discover_classes
 from oncolens.train.ema import WeightAverage
 from oncolens.train.flags import low_memory_accum
@@ -69,6 +70,18 @@ def _mixed_loss(model, images, target, loss_fn, runtime, mixup, rng):
     return lam * loss_fn(logits, target) + (1.0 - lam) * loss_fn(logits, target[index])
 
 
+def _micro_batches(images, target, micro):
+    """The step's --accum-steps micro-batches of ``micro`` images; a last one of a single
+    image (an only step of an odd size) joins the one before: batch norm cannot train on
+    one value per channel."""
+    parts = list(zip(images.split(micro), target.split(micro)))
+    if len(parts) > 1 and len(parts[-1][1]) == 1:
+        torch = torch_module()
+        (a, ta), (b, tb) = parts[-2], parts[-1]
+        parts[-2:] = [(torch.cat([a, b]), torch.cat([ta, tb]))]
+    return parts
+
+
 def _train_epoch(model, loader, optimizer, loss_fn, runtime, schedule, args, epoch, ema=None):
     """One pass over ``loader``, whose batches are the steps (``-b`` images each): with
     --accum-steps N each is split into N micro-batches whose gradients add up."""
@@ -84,7 +97,7 @@ def _train_epoch(model, loader, optimizer, loss_fn, runtime, schedule, args, epo
     for step, (images, target) in enumerate(batches):
         set_lr(optimizer, schedule.next_lr())
         step_loss = 0.0
-        parts = list(zip(images.split(micro), target.split(micro)))
+        parts = _micro_batches(images, target, micro)
         for index, (part, part_target) in enumerate(parts):
             # each micro-batch's mean loss, weighted by its share of the step's images
             loss = _mixed_loss(model, part, part_target, loss_fn, runtime, args.mixup,
@@ -141,6 +154,7 @@ def _starting_model(args, num_classes, ckpt):
     the weights came from, and the auto settings decided."""
     model = build_model(args.arch, num_classes)
     check_input_size(model, args.arch, args.resolution, num_classes)
+    check_batch_of_one(model, args)
     if ckpt is None:
         init = initialise(model, args.arch, args.pretrained, args.weights,
                           args.resolution)
