@@ -202,6 +202,9 @@ def check_resume(args, ckpt, classes=None):
         log.info("%s: the checkpoint is at epoch %s and --epochs is %d: no epoch left to "
                  "train; only the bundle (and --calibrate) is redone", where, ckpt.get("epoch"),
                  args.epochs)
+    if args.evaluate and ckpt.get("final_fit"):
+        raise UsageError("{}: -e/--evaluate scores val/, which that --final-fit run trained "
+                         "on; use 'oncolens evaluate' on a held-out split".format(where))
     if bool(ckpt.get("final_fit")) != args.final_fit:
         raise UsageError("{}: that run was {}made with --final-fit; resume it the same "
                          "way".format(where, "" if ckpt.get("final_fit") else "not "))
