@@ -157,3 +157,23 @@ def test_weights_with_resume_is_refused(trained, tiny_data, tmp_path):
         _refused(err, code)
         assert "--weights" in err and "--resume" in err
     assert not os.path.exists(str(tmp_path / "w"))
+
+
+def test_zero_init_residual_is_a_property_of_the_starting_weights(tiny_data, tmp_path):
+    """A --resume of a --zero-init-residual run recorded "zero_init_residual": false in
+    model.json, and --zero-init-residual given to a resume (which ignored it) recorded true."""
+    import json
+    model_dir = str(tmp_path / "zero")
+    fast = FAST[:-2] + ["--arch", "resnet18"]
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs", 1,
+                              "--zero-init-residual"] + fast)
+    assert code == 0, err
+    ckpt = os.path.join(model_dir, "checkpoint.pth.tar")
+    resume = ["train", tiny_data, "--model-dir", model_dir, "--epochs", 2, "--resume", ckpt]
+    code, out, err = run_cli(resume + ["--zero-init-residual"] + fast)
+    _refused(err, code)
+    assert "--zero-init-residual" in err and "--resume" in err
+    code, out, err = run_cli(resume + fast)
+    assert code == 0, err
+    with open(os.path.join(model_dir, "model.json")) as fh:
+        assert json.load(fh)["training"]["zero_init_residual"] is True

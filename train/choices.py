@@ -130,6 +130,10 @@ def check_args(args):
     if args.evaluate and not args.resume:
         raise UsageError("-e/--evaluate needs --resume CHECKPOINT: it scores that checkpoint "
                          "on val/")
+    if args.zero_init_residual and args.resume:
+        raise UsageError("--zero-init-residual: sets up the starting weights of a new run, but "
+                         "--resume {} goes on from that checkpoint's own; leave it out".format(
+                             args.resume))
     if args.weights and args.resume:
         raise UsageError("--weights {}: the starting weights of a new run, but --resume {} goes "
                          "on from that checkpoint's own; give one of the two".format(

@@ -141,8 +141,10 @@ def training_record(args, runtime, init, seconds, stopped):
             "class_weights", "sampler", "crop_scale", "colour_jitter", "stain_jitter",
             "orientation", "no_rot90", "no_augment", "seed", "time_limit", "patience",
             "accum_steps", "low_memory", "mixup", "ema_epochs", "freeze_early", "final_fit",
-            "body_lr_ratio", "head_epochs", "trivial_augment", "zero_init_residual")
+            "body_lr_ratio", "head_epochs", "trivial_augment")
     record = {k: getattr(args, k) for k in keys}
+    # how the starting weights were made, carried through --resume (None: not recorded)
+    record["zero_init_residual"] = init.get("zero_init_residual")
     record["momentum"] = args.momentum if args.optimizer == "sgd" else None  # AdamW: none
     if getattr(args, "epochs_from_budget", False):
         record["epochs"] = None  # as many as --time-limit allowed (see "stopped")

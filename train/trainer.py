@@ -156,8 +156,8 @@ def _starting_model(args, num_classes, ckpt):
     check_input_size(model, args.arch, args.resolution, num_classes)
     check_batch_of_one(model, args)
     if ckpt is None:
-        init = initialise(model, args.arch, args.pretrained, args.weights,
-                          args.resolution)
+        init = dict(initialise(model, args.arch, args.pretrained, args.weights,
+                               args.resolution), zero_init_residual=args.zero_init_residual)
         if args.zero_init_residual:
             log.info("--zero-init-residual: %d residual blocks start as the identity",
                      zero_init_residual(model))
