@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from conftest import cli_subprocess_cmd, run_cli, subprocess_env
+from conftest import run_cli
 
 FAST = ["--resolution", 32, "-b", 6, "-j", 0, "--seed", 3, "--no-pretrained",
         "--arch", "simple-cnn"]
@@ -179,31 +179,3 @@ def test_a_checkpoint_write_stopped_midway_leaves_the_earlier_files(tmp_path, mo
     assert torch.load(os.path.join(model_dir, "checkpoint.pth.tar"))["epoch"] == 2
     assert sorted(os.listdir(model_dir)) == ["checkpoint.pth.tar", "model_best.pth.tar"]
 
-
-def test_ctrl_c_mid_run_then_resume(tiny_data, tmp_path):
-    """SIGINT from outside while training: one line, exit 130, no temporary file left, and
-    --resume goes on from the last saved epoch with history.csv's epochs in sequence."""
-    import signal
-    import subprocess
-    model_dir = str(tmp_path / "m")
-    argv = ["train", tiny_data, "--model-dir", model_dir] + FAST
-    proc = subprocess.Popen(cli_subprocess_cmd(*(argv + ["--epochs", 500])),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=subprocess_env(), universal_newlines=True)
-    for line in proc.stderr:
-        if "epoch 2/500" in line:
-            proc.send_signal(signal.SIGINT)
-            break
-    out, err = proc.communicate()
-    assert proc.returncode == 130, err
-    assert err.strip().splitlines()[-1] == "oncolens train: interrupted"
-    assert not [n for n in os.listdir(model_dir) if n.endswith(".tmp")]
-    done = len(_epochs(model_dir))  # the rows up to the checkpoint's epoch, or one more
-    resumed = subprocess.run(cli_subprocess_cmd(*(argv + ["--epochs", done + 1, "--resume",
-                                                          os.path.join(model_dir,
-                                                                       "checkpoint.pth.tar")])),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             env=subprocess_env(), universal_newlines=True)
-    assert resumed.returncode == 0, resumed.stderr
-    rows = _epochs(model_dir)
-    assert rows == [str(e) for e in range(1, len(rows) + 1)] and len(rows) in (done, done + 1)
