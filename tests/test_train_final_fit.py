@@ -58,6 +58,12 @@ def test_final_fit_trains_on_train_and_val_and_keeps_the_last_epoch(tmp_path, ti
     assert sum(sum(row) for row in scored["confusion_matrix"]) == 9
     code, out, err = run_cli(["export", "onnx", "--model-dir", model_dir])
     assert code == 0, err
+    # -e of it says why it cannot score val/ (it said "resume it the same way", which -e
+    # with --final-fit then refused)
+    code, out, err = run_cli(["train", tiny_data, "-e", "--resume",
+                              os.path.join(model_dir, "checkpoint.pth.tar")] + FAST)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "-e/--evaluate scores val/" in err and "oncolens evaluate" in err
 
 
 @pytest.mark.parametrize("extra,flag", [(["--patience", 2], "--patience"),

@@ -111,3 +111,23 @@ def test_a_jetson_inference_sgd_line_under_adamw_is_warned_about(tiny_data, tmp_
         check_optimizer(args)
         assert args.momentum == (0.8 if "sgd" in argv else 0.9)
     assert caplog.text == ""
+
+
+def test_batches_of_one_image(tiny_data, tmp_path):
+    """-b 1 with ResNet-18 at 32 px (batch norm over one value per channel) was a ValueError
+    traceback after --model-dir was made; with --accum-steps, an only step of an odd size
+    ended in a micro-batch of one image and the same traceback."""
+    import shutil
+    fast = ["--resolution", 32, "-j", 0, "--seed", 3, "--no-pretrained", "--epochs", 1]
+    model_dir = str(tmp_path / "one")
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "-b", 1] + fast)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "-b/--batch-size 1" in err and "--resolution 32" in err
+    assert not os.path.exists(model_dir)
+    data = str(tmp_path / "odd")
+    shutil.copytree(tiny_data, data)
+    benign = os.path.join(data, "train", "benign")
+    os.remove(os.path.join(benign, sorted(os.listdir(benign))[0]))  # 17 training images
+    code, out, err = run_cli(["train", data, "--model-dir", str(tmp_path / "odd_model"),
+                              "-b", 32, "--accum-steps", 2] + fast)
+    assert code == 0, err

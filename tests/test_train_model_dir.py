@@ -129,3 +129,53 @@ def test_evaluate_only_ignores_the_model_dir(tmp_path, tiny_data, monkeypatch):
     code, out, err = run_cli(["train", tiny_data, "-e", "--resume",
                               os.path.join(model_dir, "checkpoint.pth.tar")] + FAST)
     assert code == 0, err
+
+
+def test_a_model_dir_inside_the_splits_is_refused(tiny_data, tmp_path):
+    """--model-dir DATA/train/benign used to be written: its curves.png then trained as a
+    benign image on the next run (and a new folder in train/ reads as a class)."""
+    data = str(tmp_path / "data")
+    shutil.copytree(tiny_data, data)
+    os.remove(os.path.join(data, "labels.txt"))  # DATA's classes: its train/ folders
+    listing = {s: sorted(os.listdir(os.path.join(data, s))) for s in ("train", "val", "test")}
+    benign = sorted(os.listdir(os.path.join(data, "train", "benign")))
+    for inside in (data, os.path.join(data, "train", "benign"), os.path.join(data, "val"),
+                   os.path.join(data, "test", "models", "m")):
+        code, out, err = run_cli(["train", data, "--model-dir", inside, "--epochs", 1] + FAST)
+        _one_line(code, err)
+        assert inside in err and "--model-dir" in err
+    assert sorted(os.listdir(os.path.join(data, "train", "benign"))) == benign
+    assert {s: sorted(os.listdir(os.path.join(data, s))) for s in listing} == listing
+    assert "model.json" not in os.listdir(data) and "labels.txt" not in os.listdir(data)
+    # beside the splits is fine: nothing reads DATA/models
+    code, out, err = run_cli(["train", data, "--model-dir", os.path.join(data, "models"),
+                              "--epochs", 1] + FAST)
+    assert code == 0, err
+
+
+def test_a_checkpoint_write_stopped_midway_leaves_the_earlier_files(tmp_path, monkeypatch):
+    """Ctrl-C while model_best.pth.tar was being copied left it truncated (the previous best
+    lost), and one during torch.save left a checkpoint.pth.tar.tmp as big as the model."""
+    import torch
+    from oncolens.train import outputs
+    model_dir = str(tmp_path)
+    outputs.save_checkpoint({"epoch": 1}, model_dir, True)
+    before = {"model_best.pth.tar": _sha(os.path.join(model_dir, "model_best.pth.tar"))}
+
+    def half_then_interrupt(data, dst):
+        with open(dst, "wb") as fh:
+            fh.write(data[:len(data) // 2])
+        raise KeyboardInterrupt
+    monkeypatch.setattr(outputs.shutil, "copyfile",
+                        lambda src, dst: half_then_interrupt(open(src, "rb").read(), dst))
+    with pytest.raises(KeyboardInterrupt):
+        outputs.save_checkpoint({"epoch": 2}, model_dir, True)
+    assert _sha(os.path.join(model_dir, "model_best.pth.tar")) == before["model_best.pth.tar"]
+    assert torch.load(os.path.join(model_dir, "checkpoint.pth.tar"))["epoch"] == 2
+    monkeypatch.setattr(outputs.torch_module(), "save",
+                        lambda state, dst: half_then_interrupt(b"x" * 4096, dst))
+    with pytest.raises(KeyboardInterrupt):
+        outputs.save_checkpoint({"epoch": 3}, model_dir, False)
+    assert torch.load(os.path.join(model_dir, "checkpoint.pth.tar"))["epoch"] == 2
+    assert sorted(os.listdir(model_dir)) == ["checkpoint.pth.tar", "model_best.pth.tar"]
+

@@ -97,3 +97,69 @@ def test_resuming_a_run_that_used_its_budget_trains_no_more(tiny_data, tmp_path)
         training = json.load(fh)["training"]
     assert training["stopped"] == "time-limit"
     assert training["train_seconds"] >= round(saved["clock"]["train_seconds"], 1) > 0
+
+
+def test_model_json_records_where_the_epochs_began_and_ended(tmp_path, tiny_data):
+    """model.json said "epochs": 3 for a --start-epoch 2 run that trained one epoch, and
+    "epochs": 1 for a --resume of an epoch-3 checkpoint; SGD's --momentum and --min-lr-ratio
+    were not recorded at all."""
+    import json
+    model_dir = str(tmp_path / "m")
+    fast = ["--resolution", 32, "-b", 6, "-j", 0, "--seed", 3, "--no-pretrained", "--arch",
+            "simple-cnn", "--optimizer", "sgd", "--lr", 0.01, "--momentum", 0.8]
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--start-epoch", 2,
+                              "--epochs", 3, "--min-lr-ratio", 0.1] + fast)
+    assert code == 0, err
+
+    def training():
+        with open(os.path.join(model_dir, "model.json")) as fh:
+            return json.load(fh)["training"]
+    first = training()
+    assert (first["epochs"], first["start_epoch"], first["last_epoch"]) == (3, 2, 3)
+    assert first["momentum"] == 0.8 and first["min_lr_ratio"] == 0.1
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs", 1,
+                              "--min-lr-ratio", 0.1, "--resume",
+                              os.path.join(model_dir, "checkpoint.pth.tar")] + fast)
+    assert code == 0, err
+    again = training()
+    assert (again["epochs"], again["start_epoch"], again["last_epoch"]) == (1, 2, 3)
+
+
+def test_resume_counts_the_epochs_since_the_best_towards_patience(tmp_path, tiny_data):
+    """--patience restarted from 0 on --resume: a run stopped (or interrupted) long after its
+    best epoch trained --patience more epochs when resumed."""
+    import json
+    import torch
+    model_dir = str(tmp_path / "m")
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs", 3] +
+                             FAST)
+    assert code == 0, err
+    ckpt_path = os.path.join(model_dir, "checkpoint.pth.tar")
+    ckpt = torch.load(ckpt_path, weights_only=False)
+    ckpt["best"]["epoch"] = 1  # two epochs without a better one since
+    torch.save(ckpt, ckpt_path)
+    resume = ["train", tiny_data, "--model-dir", model_dir, "--epochs", 10, "--resume",
+              ckpt_path] + FAST
+    code, out, err = run_cli(resume + ["--patience", 2])
+    assert code == 0, err
+    with open(os.path.join(model_dir, "model.json")) as fh:
+        training = json.load(fh)["training"]
+    assert training["stopped"] == "patience" and training["last_epoch"] == 3
+    assert torch.load(ckpt_path, weights_only=False)["epoch"] == 3
+    code, out, err = run_cli(resume + ["--patience", 3, "--epochs", 4])
+    assert code == 0, err
+    assert torch.load(ckpt_path, weights_only=False)["epoch"] == 4  # one epoch of patience left
+
+
+def test_evaluate_reads_val_alone(averaged, tiny_data, tmp_path, caplog):
+    """-e scores val/ but built the training loader too: it needed a train/ folder (its
+    precheck did not) and decoded every training image into the cache first."""
+    import shutil
+    data = str(tmp_path / "val_only")
+    os.makedirs(data)
+    shutil.copytree(os.path.join(tiny_data, "val"), os.path.join(data, "val"))
+    shutil.copy(os.path.join(tiny_data, "labels.txt"), data)
+    ckpt = os.path.join(averaged, "checkpoint.pth.tar")
+    whole = _val_loss(caplog, ["train", tiny_data, "-e", "--resume", ckpt] + FAST)
+    assert not [r for r in caplog.records if "class weights" in r.getMessage()]
+    assert _val_loss(caplog, ["train", data, "-e", "--resume", ckpt] + FAST) == whole

@@ -98,6 +98,26 @@ def check_input_size(model, arch, resolution, num_classes):
                              type(out).__name__, num_classes))
 
 
+def check_batch_of_one(model, args):
+    """-b 1 (one image a step, or a micro-batch of one with --accum-steps): a network whose
+    batch norm then sees one value per channel (ResNet-18's last block at 32 px) cannot
+    train on it; refused in one line before anything is written, not a traceback."""
+    if args.evaluate or args.batch_size // args.accum_steps != 1:
+        return
+    import copy
+    torch = torch_module()
+    trial = copy.deepcopy(model).train()  # the batch-norm statistics of ``model`` stay
+    try:
+        with torch.no_grad():
+            trial(torch.zeros(1, 3, args.resolution, args.resolution))
+    except ValueError as exc:
+        raise UsageError("-b/--batch-size {} (micro-batches of 1 image): --arch {} at "
+                         "--resolution {} cannot train on one image at a time ({}); give "
+                         "micro-batches of 2 or more images, or a larger --resolution".format(
+                             args.batch_size, args.arch, args.resolution,
+                             str(exc).strip().splitlines()[0]))
+
+
 def check_args(args):
     """Refuse flags out of range or that contradict each other, each with a one-line reason."""
     check_numbers(args)
@@ -110,6 +130,14 @@ def check_args(args):
     if args.evaluate and not args.resume:
         raise UsageError("-e/--evaluate needs --resume CHECKPOINT: it scores that checkpoint "
                          "on val/")
+    if args.zero_init_residual and args.resume:
+        raise UsageError("--zero-init-residual: sets up the starting weights of a new run, but "
+                         "--resume {} goes on from that checkpoint's own; leave it out".format(
+                             args.resume))
+    if args.weights and args.resume:
+        raise UsageError("--weights {}: the starting weights of a new run, but --resume {} goes "
+                         "on from that checkpoint's own; give one of the two".format(
+                             args.weights, args.resume))
     if not args.body_lr_ratio > 0:
         raise UsageError("--body-lr-ratio: expected a positive fraction of --lr, got {}".format(
             args.body_lr_ratio))
@@ -171,18 +199,59 @@ def check_resume(args, ckpt, classes=None):
         raise UsageError("{}: the checkpoint was trained at --resolution {} but this run asks "
                          "for {}; resume with --resolution {}".format(
                              where, ckpt["resolution"], args.resolution, ckpt["resolution"]))
+    _check_resume_clahe(where, ckpt, args)
     if classes is not None:
         _check_resume_classes(where, ckpt, list(classes), args.data)
     if not args.evaluate and int(ckpt.get("epoch", 0)) >= args.epochs:
         log.info("%s: the checkpoint is at epoch %s and --epochs is %d: no epoch left to "
                  "train; only the bundle (and --calibrate) is redone", where, ckpt.get("epoch"),
                  args.epochs)
+    if args.evaluate and ckpt.get("final_fit"):
+        raise UsageError("{}: -e/--evaluate scores val/, which that --final-fit run trained "
+                         "on; use 'oncolens evaluate' on a held-out split".format(where))
     if bool(ckpt.get("final_fit")) != args.final_fit:
         raise UsageError("{}: that run was {}made with --final-fit; resume it the same "
                          "way".format(where, "" if ckpt.get("final_fit") else "not "))
+    saved = _saved_optimizer(ckpt)
+    if saved and saved != args.optimizer and not args.evaluate:
+        raise UsageError("{}: that run was made with --optimizer {}, whose state it holds; "
+                         "resume it with --optimizer {}".format(where, saved, saved))
     if float(ckpt.get("body_lr_ratio", 1.0)) != args.body_lr_ratio:
         raise UsageError("{}: that run was made with --body-lr-ratio {:g}; resume it "
                          "the same way".format(where, float(ckpt.get("body_lr_ratio", 1.0))))
+
+
+def _saved_optimizer(ckpt):
+    """adamw or sgd, from the parameter groups of the checkpoint's optimizer state (which
+    does not name it); None where it does not say."""
+    groups = (ckpt.get("optimizer") or {}).get("param_groups") if \
+        isinstance(ckpt.get("optimizer"), dict) else None
+    if not groups:
+        return None
+    if "betas" in groups[0]:
+        return "adamw"
+    return "sgd" if "momentum" in groups[0] else None
+
+
+def _clahe_flags(clahe):
+    return "with --clahe --clahe-clip {:g}".format(float(clahe["clip"])) if clahe else \
+        "without --clahe"
+
+
+def _check_resume_clahe(where, ckpt, args):
+    """CLAHE is part of the model's preprocessing (model.json's ``preprocess.clahe``): a
+    --resume or -e without the checkpoint's own would train on, or score, other images than
+    the model was made for, and the bundle would drop the step it was trained with."""
+    recorded = ckpt.get("preprocess")
+    if not isinstance(recorded, dict):  # a jetson-inference checkpoint: no CLAHE
+        return
+    old = recorded.get("clahe") or None
+    new = {"clip": float(args.clahe_clip), "tile": 8} if args.clahe else None
+    if (old is None) != (new is None) or old and (
+            float(old.get("clip", 0)) != new["clip"] or int(old.get("tile", 8)) != 8):
+        raise UsageError("{}: the checkpoint was trained {} (its preprocessing) but this run "
+                         "is {}; resume {}".format(where, _clahe_flags(old),
+                                                   _clahe_flags(new), _clahe_flags(old)))
 
 
 def _check_resume_classes(where, ckpt, classes, data):

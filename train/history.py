@@ -22,12 +22,17 @@ def read_history(model_dir):
 def write_history(model_dir, rows):
     """Rewrite history.csv (rows are dicts with FIELDS)."""
     path = os.path.join(model_dir, HISTORY_CSV)
-    with open(path + ".tmp", "w") as fh:
-        writer = csv.DictWriter(fh, fieldnames=FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(row)
-    os.replace(path + ".tmp", path)
+    try:
+        with open(path + ".tmp", "w") as fh:
+            writer = csv.DictWriter(fh, fieldnames=FIELDS, extrasaction="ignore")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow(row)
+        os.replace(path + ".tmp", path)
+    except BaseException:  # Ctrl-C, a full disk: the earlier history.csv stays, alone
+        if os.path.exists(path + ".tmp"):
+            os.remove(path + ".tmp")
+        raise
     return path
 
 

@@ -29,6 +29,7 @@ def check_model_dir(args):
     if args.evaluate:
         return
     check_output_dir(args.model_dir, "--model-dir")
+    _check_outside_splits(args.model_dir, args.data)
     found = model_files(args.model_dir)
     own = bool(args.resume) and _same_folder(os.path.dirname(args.resume), args.model_dir)
     if found and not (args.overwrite or own):
@@ -41,6 +42,29 @@ def check_model_dir(args):
         raise UsageError("--model-dir {} already holds model files ({}): pass --overwrite to "
                          "replace them, --resume to continue, or give another folder".format(
                              args.model_dir, shown))
+
+
+def _inside(path, folder):
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _check_outside_splits(model_dir, data):
+    """A --model-dir in DATA/train, val or test would have its files read as images
+    (curves.png in a class folder, or a folder of its own taken for a new class); DATA itself
+    would get (or lose to --overwrite) the labels.txt that lists the dataset's classes."""
+    if os.path.realpath(model_dir) == os.path.realpath(data):
+        raise UsageError("--model-dir {} is the dataset folder itself: the model's labels.txt "
+                         "would become (or replace) the dataset's list of classes; give a "
+                         "folder of its own, such as {}".format(
+                             model_dir, os.path.join(data, "models")))
+    for split in ("train", "val", "test"):
+        folder = os.path.join(data, split)
+        if _inside(model_dir, folder):
+            raise UsageError("--model-dir {} is inside the dataset's {} (its curves.png "
+                             "would be read as an image, or the folder as a class): give a "
+                             "folder outside the train/, val/ and test/ of {}".format(
+                                 model_dir, folder, data))
 
 
 def prepare_model_dir(args):
@@ -92,21 +116,36 @@ def save_checkpoint(state, model_dir, is_best, models=(None, None)):
     if ema is not None:
         state = dict(state, train_state_dict=model.state_dict(), ema=ema.state())
     path = os.path.join(model_dir, CHECKPOINT)
-    torch.save(state, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    _replace(path, lambda tmp: torch.save(state, tmp))
     if is_best:
-        shutil.copyfile(path, os.path.join(model_dir, BEST))
+        _replace(os.path.join(model_dir, BEST), lambda tmp: shutil.copyfile(path, tmp))
+
+
+def _replace(path, write):
+    """``write`` a temporary file beside ``path``, then move it over ``path``: a run stopped
+    midway (Ctrl-C, a full disk) leaves the earlier file whole and no temporary one."""
+    tmp = path + ".tmp"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def training_record(args, runtime, init, seconds, stopped):
     """The ``training`` block of model.json: the recipe and how the run went."""
-    keys = ("epochs", "batch_size", "lr", "optimizer", "schedule", "warmup_epochs",
-            "weight_decay", "label_smoothing", "class_weights", "sampler", "crop_scale",
-            "colour_jitter", "stain_jitter", "orientation", "no_rot90", "no_augment", "seed",
-            "time_limit", "patience", "accum_steps", "low_memory", "mixup", "ema_epochs",
-            "freeze_early", "final_fit", "body_lr_ratio", "head_epochs", "trivial_augment",
-            "zero_init_residual")
+    keys = ("epochs", "start_epoch", "batch_size", "lr", "optimizer", "schedule",
+            "warmup_epochs", "min_lr_ratio", "weight_decay", "label_smoothing",
+            "class_weights", "sampler", "crop_scale", "colour_jitter", "stain_jitter",
+            "orientation", "no_rot90", "no_augment", "seed", "time_limit", "patience",
+            "accum_steps", "low_memory", "mixup", "ema_epochs", "freeze_early", "final_fit",
+            "body_lr_ratio", "head_epochs", "trivial_augment")
     record = {k: getattr(args, k) for k in keys}
+    # how the starting weights were made, carried through --resume (None: not recorded)
+    record["zero_init_residual"] = init.get("zero_init_residual")
+    record["momentum"] = args.momentum if args.optimizer == "sgd" else None  # AdamW: none
     if getattr(args, "epochs_from_budget", False):
         record["epochs"] = None  # as many as --time-limit allowed (see "stopped")
     record.update({"best_epoch": None, "init": init, "runtime": runtime.describe(),

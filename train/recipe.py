@@ -122,11 +122,21 @@ def make_loaders(args, classes, preprocess, micro_batch):
     else:
         train = torch.utils.data.DataLoader(train_ds, batch_size=step, shuffle=True,
                                             generator=gen, drop_last=drop, **common)
-    val = None
-    if val_samples is not None:
-        val = torch.utils.data.DataLoader(FolderDataset(val_samples, pre), batch_size=micro_batch,
-                                          shuffle=False, num_workers=min(args.workers, 1))
+    val = None if val_samples is None else _val_loader(args, val_samples, pre, micro_batch)
     return train, val, samples
+
+
+def _val_loader(args, samples, pre, micro_batch):
+    return torch_module().utils.data.DataLoader(FolderDataset(samples, pre),
+                                                batch_size=micro_batch, shuffle=False,
+                                                num_workers=min(args.workers, 1))
+
+
+def make_val_loader(args, classes, preprocess, micro_batch):
+    """val/ alone, for -e/--evaluate (which reads nothing of train/)."""
+    res = args.resolution
+    samples = list_samples(os.path.join(args.data, "val"), classes)
+    return _val_loader(args, samples, Preprocessor(preprocess, (3, res, res)), micro_batch)
 
 
 def make_loss(args, samples, num_classes, device):

@@ -10,8 +10,9 @@ from oncolens.appliance.archs import build_model, canonical_arch
 from oncolens.appliance.errors import UsageError
 from oncolens.appliance.preprocess import imagenet_preprocess
 from oncolens.train import metrics
-from oncolens.train.choices import (check_args, check_input_size, freeze_choice, load_resume,
-                                    resolve_epochs, settle_augmentation)
+from oncolens.train.choices import (check_args, check_batch_of_one, check_input_size,
+                                    freeze_choice, load_resume, resolve_epochs,
+                                    settle_augmentation)
 from oncolens.train.data import discover_classes
 from oncolens.train.ema import WeightAverage
 from oncolens.train.flags import low_memory_accum
@@ -20,8 +21,8 @@ from oncolens.train.history import plot_history, read_history, write_history
 from oncolens.train.outputs import (BEST, adopt_best, check_model_dir, prepare_model_dir,
                                     save_checkpoint, training_record, write_bundle)
 from oncolens.train.precheck import check_classes, check_images
-from oncolens.train.recipe import (Schedule, make_loaders, make_loss, make_optimizer, progress,
-                                   set_lr, torch_module)
+from oncolens.train.recipe import (Schedule, make_loaders, make_loss, make_optimizer,
+                                   make_val_loader, progress, set_lr, torch_module)
 from oncolens.train.runtime import make_runtime, out_of_memory
 from oncolens.train.temperature import (calibrate_checkpoint, remove_temperature,
                                         unscaled_state_dict)
@@ -69,6 +70,18 @@ def _mixed_loss(model, images, target, loss_fn, runtime, mixup, rng):
     return lam * loss_fn(logits, target) + (1.0 - lam) * loss_fn(logits, target[index])
 
 
+def _micro_batches(images, target, micro):
+    """The step's --accum-steps micro-batches of ``micro`` images; a last one of a single
+    image (an only step of an odd size) joins the one before: batch norm cannot train on
+    one value per channel."""
+    parts = list(zip(images.split(micro), target.split(micro)))
+    if len(parts) > 1 and len(parts[-1][1]) == 1:
+        torch = torch_module()
+        (a, ta), (b, tb) = parts[-2], parts[-1]
+        parts[-2:] = [(torch.cat([a, b]), torch.cat([ta, tb]))]
+    return parts
+
+
 def _train_epoch(model, loader, optimizer, loss_fn, runtime, schedule, args, epoch, ema=None):
     """One pass over ``loader``, whose batches are the steps (``-b`` images each): with
     --accum-steps N each is split into N micro-batches whose gradients add up."""
@@ -84,7 +97,7 @@ def _train_epoch(model, loader, optimizer, loss_fn, runtime, schedule, args, epo
     for step, (images, target) in enumerate(batches):
         set_lr(optimizer, schedule.next_lr())
         step_loss = 0.0
-        parts = list(zip(images.split(micro), target.split(micro)))
+        parts = _micro_batches(images, target, micro)
         for index, (part, part_target) in enumerate(parts):
             # each micro-batch's mean loss, weighted by its share of the step's images
             loss = _mixed_loss(model, part, part_target, loss_fn, runtime, args.mixup,
@@ -141,9 +154,10 @@ def _starting_model(args, num_classes, ckpt):
     the weights came from, and the auto settings decided."""
     model = build_model(args.arch, num_classes)
     check_input_size(model, args.arch, args.resolution, num_classes)
+    check_batch_of_one(model, args)
     if ckpt is None:
-        init = initialise(model, args.arch, args.pretrained, args.weights,
-                          args.resolution)
+        init = dict(initialise(model, args.arch, args.pretrained, args.weights,
+                               args.resolution), zero_init_residual=args.zero_init_residual)
         if args.zero_init_residual:
             log.info("--zero-init-residual: %d residual blocks start as the identity",
                      zero_init_residual(model))
@@ -183,6 +197,21 @@ def _head_and_body(args, model):
     return head, body
 
 
+def _load_optimizer(args, optimizer, saved):
+    """The resumed run's optimizer state (AdamW's moments, SGD's momentum buffers) under this
+    run's settings: loading a state also brings back each group's weight decay, momentum ...
+    of the run that saved it, which would silently override --wd and --momentum."""
+    settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    try:
+        optimizer.load_state_dict(saved)
+    except ValueError as exc:  # other parameter groups (a jetson-inference checkpoint)
+        log.warning("--resume %s: its optimizer state does not fit this run (%s): the "
+                    "optimizer starts afresh, the weights go on", args.resume, exc)
+        return
+    for group, own in zip(optimizer.param_groups, settings):
+        group.update(own)
+
+
 def _resume_state(args, ckpt, optimizer, ema):
     """The best epoch so far, the epoch to start from and history.csv's rows up to it."""
     best = {"macro_f1": -1.0, "accuracy": 0.0, "epoch": -1, "loss": float("inf")}
@@ -191,7 +220,7 @@ def _resume_state(args, ckpt, optimizer, ema):
     if ema is not None:
         ema.restore(ckpt["state_dict"], ckpt.get("ema", {}))
     if "optimizer" in ckpt and not args.evaluate:
-        optimizer.load_state_dict(ckpt["optimizer"])
+        _load_optimizer(args, optimizer, ckpt["optimizer"])
     start_epoch = ckpt.get("epoch", args.start_epoch)
     history = read_history(os.path.dirname(args.resume) or ".")  # the checkpoint's own run
     rows = [r for r in history if int(r["epoch"]) <= start_epoch]
@@ -204,6 +233,8 @@ def run_training(args):
     runtime, classes, preprocess, ckpt = _setup(args)
     micro = args.batch_size // args.accum_steps
     model, init = _starting_model(args, len(classes), ckpt)
+    if args.evaluate:  # writes nothing, reads nothing of train/
+        return _evaluate_only(args, runtime.model(model), classes, preprocess, runtime, ckpt)
     prepare_model_dir(args)  # every check above has passed: only now is anything written
     adopt_best(args, ckpt)
     train_loader, val_loader, samples = make_loaders(args, classes, preprocess, micro)
@@ -215,18 +246,15 @@ def run_training(args):
     if args.ema_epochs > 0:
         ema = WeightAverage(model, args.ema_epochs, len(train_loader))
     best, start_epoch, rows = _resume_state(args, ckpt, optimizer, ema)
-    if rows and not args.evaluate:  # the resumed run's history, even if no epoch is left
+    if ckpt is not None:  # model.json's start_epoch: where the run it continues began
+        args.start_epoch = ckpt.get("start_epoch")  # None: the checkpoint does not say
+    if rows:  # the resumed run's history, even if no epoch is left
         write_history(args.model_dir, rows)
-    if args.evaluate:
-        loss, summary, _, _ = evaluate(model, val_loader, runtime, len(classes))
-        log.info("val loss %.4f accuracy %.4f macro-F1 %.4f", loss, summary["accuracy"],
-                 summary["macro_f1"])
-        return dict(summary, epoch=start_epoch, loss=loss)
     log.info("training %s on %d images (%s), %s, batch %d%s", args.arch, len(samples),
              ", ".join(classes), runtime.describe(), args.batch_size,
              " ({} x {})".format(args.accum_steps, micro) if args.accum_steps > 1 else "")
     try:
-        best, seconds, stopped = _loop(args, (model, ema), optimizer, loss_fn, runtime,
+        best, seconds, stopped, last = _loop(args, (model, ema), optimizer, loss_fn, runtime,
                                        train_loader, val_loader, classes, preprocess, best,
                                        start_epoch, rows, init, body,
                                        ckpt.get("clock") if ckpt else None)
@@ -237,11 +265,20 @@ def run_training(args):
                                  micro, args.resolution))
         raise
     training = dict(training_record(args, runtime, init, seconds, stopped),
-                    train_images=len(samples),
+                    train_images=len(samples), last_epoch=last,
                     calibration=_calibrate(args, classes, val_loader, runtime))
     write_bundle(args, classes, preprocess, best, training)
     plot_history(args.model_dir, read_history(args.model_dir))
     return dict(best, train_seconds=seconds, stopped=stopped)
+
+
+def _evaluate_only(args, model, classes, preprocess, runtime, ckpt):
+    """-e/--evaluate: the --resume checkpoint's saved weights scored on val/."""
+    loader = make_val_loader(args, classes, preprocess, args.batch_size // args.accum_steps)
+    loss, summary, _, _ = evaluate(model, loader, runtime, len(classes))
+    log.info("val loss %.4f accuracy %.4f macro-F1 %.4f", loss, summary["accuracy"],
+             summary["macro_f1"])
+    return dict(summary, epoch=ckpt.get("epoch", args.start_epoch), loss=loss)
 
 
 def _calibrate(args, classes, val_loader, runtime):
@@ -282,17 +319,35 @@ def _head_phase(body, epoch, head_epochs, start_epoch):
         param.requires_grad_(not alone)
 
 
+def _used_up(args, schedule, start_epoch, since_best):
+    """A resumed run with epochs left by --epochs whose budget or patience it had used up
+    already: the reason (model.json's "stopped"), else None."""
+    if start_epoch >= args.epochs:
+        return None
+    if not schedule.room():
+        log.info("--time-limit %g min: the resumed run has trained %.0f s of it; no epoch left",
+                 args.time_limit, schedule.elapsed())
+        return "time-limit"
+    if args.patience and since_best >= args.patience:
+        log.info("--patience %d: the resumed run has had no better epoch for %d epochs; no "
+                 "epoch left", args.patience, since_best)
+        return "patience"
+    return None
+
+
 def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, classes,
           preprocess, best, start_epoch, rows, init, body=(), clock=None):
     model, ema = models
     judged = ema.model if ema is not None else model
     schedule = Schedule(args, len(train_loader), start_epoch, clock)
-    since_best, stopped = 0, "epochs"
-    if start_epoch < args.epochs and not schedule.room():  # a resumed run that used it up
-        log.info("--time-limit %g min: the resumed run has trained %.0f s of it; no epoch left",
-                 args.time_limit, schedule.elapsed())
-        return best, schedule.elapsed(), "time-limit"
+    stopped, last = "epochs", start_epoch
+    # a resumed run's epochs since its best count towards --patience
+    since_best = max(0, start_epoch - best["epoch"]) if best.get("epoch", -1) > 0 else 0
+    used_up = _used_up(args, schedule, start_epoch, since_best)
+    if used_up:
+        return best, schedule.elapsed(), used_up, last
     for epoch in range(start_epoch, args.epochs):
+        last = epoch + 1
         t0 = time.time()
         _head_phase(body, epoch, args.head_epochs, start_epoch)
         train_loss, ips = _train_epoch(model, train_loader, optimizer, loss_fn, runtime,
@@ -325,9 +380,9 @@ def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, c
                  "macro_f1": summary["macro_f1"], "preprocess": preprocess, "init": init,
                  "final_fit": val_loader is None, "body_lr_ratio": args.body_lr_ratio,
                  "trivial_augment": args.trivial_augment, "oncolens_version": __version__,
-                 "clock": schedule.state()}
+                 "clock": schedule.state(), "start_epoch": args.start_epoch}
+        write_history(args.model_dir, rows)  # first: a resume keeps the rows up to its epoch
         save_checkpoint(state, args.model_dir, is_best, (model, ema))
-        write_history(args.model_dir, rows)
         if args.patience and since_best >= args.patience:
             log.info("no better epoch for %d epochs (by val macro-F1, ties broken by lower val "
                      "loss): stopping early", args.patience)
@@ -337,4 +392,4 @@ def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, c
             log.info("--time-limit %g min reached after %d epochs", args.time_limit, epoch + 1)
             stopped = "time-limit"
             break
-    return best, schedule.elapsed(), stopped
+    return best, schedule.elapsed(), stopped, last
