@@ -14,6 +14,7 @@ import time
 
 from oncolens.appliance.errors import UsageError
 from oncolens.appliance.evaluation import input_folder, truth_of
+from oncolens.appliance.imageio import LowBitsWarning
 from oncolens.appliance.pipeline import batched, iter_image_files, prefetch, window
 from oncolens.appliance.results import ResultsWriter, done_paths, path_key
 
@@ -133,7 +134,7 @@ def run_batch(clf, uri, results=None, annotate=None, batch_size=8, workers=2, re
     files = (f for f in found
              if path_key(f[0]) not in own and not _skipped(f, skip, counts))
     items = prefetch(files, clf.preprocessor, workers=workers, depth=window(batch_size, workers),
-                     keep_image=annotator is not None)
+                     keep_image=annotator is not None, low_bits=LowBitsWarning(log))
     bar = Progress(progress)
     started = time.time()
     try:

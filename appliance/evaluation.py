@@ -39,7 +39,11 @@ def truth_of(relpath, labels, input_name=None):
 
 def metrics_from_rows(rows, labels):
     """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix of
-    the rows that have ground truth and no error; None when there are none."""
+    the rows that have ground truth and no error; None when there are none.
+
+    ``absent_classes``: the labels no such row has as its truth (support 0), as ``oncolens
+    evaluate`` lists them. Their recall is undefined (kept as 0.0 in the JSON, printed n/a);
+    macro-F1 counts such a class only where it was predicted (F1 0), as evaluate does."""
     from oncolens.appliance.metrics import confusion_matrix, per_class, summary
     index = dict((label, n) for n, label in enumerate(labels))
     y_true, y_pred = [], []
@@ -63,7 +67,20 @@ def metrics_from_rows(rows, labels):
                                         "recall": float(recall[n]), "f1": float(f1[n]),
                                         "support": int(support[n])})
                                for n, label in enumerate(labels))
+    result["absent_classes"] = [label for n, label in enumerate(labels) if not support[n]]
     return result
+
+
+def absent_note(m):
+    """One line when some of the model's classes have no image with ground truth, else None."""
+    absent = m.get("absent_classes")
+    if not absent:
+        return None
+    one = len(absent) == 1
+    return ("note: none of the images with ground truth is {}: {} recall is undefined (n/a); macro-F1 "
+            "counts {} only where the model predicted {} (F1 0)".format(
+                " or ".join(absent), "its" if one else "their", "it" if one else "them",
+                "it" if one else "them"))
 
 
 def format_metrics(m):
@@ -81,8 +98,11 @@ def format_metrics(m):
                  "F1".rjust(9) + "support".rjust(9))
     for label in labels:
         pc = m["per_class"][label]
-        lines.append(label[:width - 1].ljust(width) + "{:11.4f}{:9.4f}{:9.4f}{:9d}".format(
-            pc["precision"], pc["recall"], pc["f1"], pc["support"]))
+        recall = "{:9.4f}".format(pc["recall"]) if pc["support"] else "n/a".rjust(9)
+        lines.append(label[:width - 1].ljust(width) + "{:11.4f}{}{:9.4f}{:9d}".format(
+            pc["precision"], recall, pc["f1"], pc["support"]))
+    if absent_note(m):
+        lines += ["", absent_note(m)]
     return "\n".join(lines)
 
 

@@ -241,6 +241,44 @@ def sixteen_bit_peak(data):
     return int(img.max())
 
 
+# 16-bit images whose highest sample is below this use 12 bits or fewer: reading keeps the
+# top 8 of the 16 bits (OpenCV's IMREAD_COLOR), so they become 0..15, nearly black.
+LOW_BITS_PEAK = 4096
+
+
+class LowBitsWarning(object):
+    """One warning a run (one instance a run) for the first 16-bit PNG or TIFF read that uses
+    only its low bits, as ``data check`` and train's image check detect them (a 12-bit
+    camera's image: it decodes nearly black). Only files whose header says 16-bit are decoded
+    a second time, and none once it has warned; safe to call from several reading threads."""
+
+    def __init__(self, logger=None):
+        self.log = logger or log
+        self.lock = threading.Lock()
+        self.warned = False
+
+    def check(self, path, data):
+        if self.warned or not sixteen_bit(data):
+            return
+        try:
+            peak = sixteen_bit_peak(data)
+        except Exception:  # cv2.error on a file IMREAD_COLOR read: the warning is advice only
+            return
+        if peak is None or peak >= LOW_BITS_PEAK:
+            return
+        with self.lock:
+            if self.warned:
+                return
+            self.warned = True
+        self.log.warning(
+            "%s: a 16-bit image that uses only its low bits (highest value %d, below %d, as a "
+            "12-bit camera's): reading keeps the top 8 of its 16 bits, so it reads as nearly "
+            "black, with about %d grey levels, and its result means little; rescale such images "
+            "to 8-bit (or to the full 16-bit range) first (docs/TRAINING.md, Data). Warned once "
+            "a run: other such files are not named", path, peak, LOW_BITS_PEAK,
+            LOW_BITS_PEAK // 256)
+
+
 # the largest side a format holds (libjpeg, libwebp); a larger image cannot be written in it
 MAX_SIDE = {".jpg": ("JPEG", 65500), ".jpeg": ("JPEG", 65500), ".jpe": ("JPEG", 65500),
             ".webp": ("WebP", 16383)}

@@ -58,14 +58,17 @@ def iter_image_files(uri, counts=None, exclude=None):
         yield path, rel  # a glob: its .gif files become recorded failures too
 
 
-def load_item(index, path, relpath, preprocessor, keep_image=False):
-    """Read, decode and preprocess one file; a failure becomes an Item with ``error``."""
+def load_item(index, path, relpath, preprocessor, keep_image=False, low_bits=None):
+    """Read, decode and preprocess one file; a failure becomes an Item with ``error``.
+    ``low_bits``: an imageio.LowBitsWarning that sees each decoded file's bytes."""
     started = time.perf_counter()
     try:
         check_format(path)
         with open(path, "rb") as fh:
             data = fh.read()
         rgb = decode_image(data, path)
+        if low_bits is not None:
+            low_bits.check(path, data)
         decoded = time.perf_counter()
         try:
             tensor = preprocessor(rgb)
@@ -98,21 +101,23 @@ def window(batch_size, workers):
     return 2 * int(batch_size) + 2 * max(1, int(workers))
 
 
-def prefetch(files, preprocessor, workers=2, depth=32, keep_image=False):
-    """Items for ``files`` ((path, relpath) pairs) in order, loaded ``depth`` ahead.
+def prefetch(files, preprocessor, workers=2, depth=32, keep_image=False, low_bits=None):
+    """Items for ``files`` ((path, relpath) pairs) in order, loaded ``depth`` ahead
+    (``low_bits``: as load_item's).
 
     ``workers`` threads decode and preprocess while the caller runs inference; with
     ``workers=0`` everything happens in the caller's thread (no overlap).
     """
     if int(workers) <= 0:
         for index, (path, rel) in enumerate(files):
-            yield load_item(index, path, rel, preprocessor, keep_image)
+            yield load_item(index, path, rel, preprocessor, keep_image, low_bits)
         return
     depth = max(int(depth), int(workers))
     pending = collections.deque()
     with ThreadPoolExecutor(max_workers=int(workers)) as pool:
         for index, (path, rel) in enumerate(files):
-            pending.append(pool.submit(load_item, index, path, rel, preprocessor, keep_image))
+            pending.append(pool.submit(load_item, index, path, rel, preprocessor, keep_image,
+                                       low_bits))
             if len(pending) >= depth:
                 yield pending.popleft().result()
         while pending:

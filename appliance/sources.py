@@ -18,8 +18,8 @@ import time
 
 from oncolens.appliance import gst
 from oncolens.appliance.errors import ImageReadError, MissingDependency, OncoLensError, UsageError
-from oncolens.appliance.imageio import (is_image_file, is_unsupported_image, read_image,
-                                        walk_files)
+from oncolens.appliance.imageio import (LowBitsWarning, decode_image, is_image_file,
+                                        is_unsupported_image, read_bytes, walk_files)
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +160,7 @@ class ImageFilesSource(Source):
         self.flip = gst.flip_entry(flip)[0]
         self._index = 0
         self._good = False  # a pass gave at least one image: looping makes sense
+        self.low_bits = LowBitsWarning(log)  # once for the whole input, every pass included
 
     def __len__(self):
         return len(self.files)
@@ -176,7 +177,9 @@ class ImageFilesSource(Source):
             raise EndOfStream()
         path, rel = self.files[pos]
         try:
-            image, error = read_image(path), None
+            data = read_bytes(path)
+            image, error = decode_image(data, path), None
+            self.low_bits.check(path, data)
             if self.flip != "none":
                 image = flip_image(image, self.flip)
         except ImageReadError as exc:

@@ -1,6 +1,7 @@
 """16-bit images that use only their low bits (a 12-bit microscope camera's, highest value
 4095) read as 0..15 (the top 8 of 16 bits): data check and train's image check warn once,
-with a count and an example; decoding itself is unchanged."""
+with a count and an example, batch and classify once a run, naming the first; decoding
+itself is unchanged."""
 import logging
 import os
 import shutil
@@ -60,3 +61,49 @@ def test_data_check_and_train_warn_once_about_low_bit_16_bit_images(tiny_data, t
     warned = [r.getMessage() for r in caplog.records if "low bits" in r.getMessage()]
     assert len(warned) == 1 and warned[0].startswith("3 16-bit image(s)"), warned
     assert os.path.join(data, "train", "benign", "cam_0.png") in warned[0]
+
+
+def _folder_with_low_bits(tiny_data, tmp_path):
+    """Two low-bit 16-bit images among ordinary ones, one full-range 16-bit image."""
+    folder = str(tmp_path / "in")
+    os.makedirs(os.path.join(folder, "b"))
+    shutil.copytree(os.path.join(tiny_data, "test", "benign"), os.path.join(folder, "a"))
+    _twelve_bit(os.path.join(folder, "b", "cam_0.png"))
+    _twelve_bit(os.path.join(folder, "b", "cam_1.tif"), channels=3)
+    _twelve_bit(os.path.join(folder, "a", "full.png"), peak=65535)  # no warning
+    return folder
+
+
+def _low_bit_warnings(caplog):
+    return [r.getMessage() for r in caplog.records
+            if r.levelno == logging.WARNING and "only its low bits" in r.getMessage()]
+
+
+def test_batch_warns_once_a_run_naming_the_first_low_bit_file(tiny_bundle, tiny_data,
+                                                               tmp_path, caplog):
+    folder = _folder_with_low_bits(tiny_data, tmp_path)
+    caplog.set_level(logging.WARNING)
+    for n, workers in enumerate((0, 2)):
+        caplog.clear()
+        code, out, err = run_cli(["batch", folder, "--model", tiny_bundle, "--no-progress",
+                                  "--workers", workers, "--results", tmp_path / "{}.csv".format(n)])
+        assert code == 0, err
+        warned = _low_bit_warnings(caplog)
+        assert len(warned) == 1, warned  # once a run, never once an image
+        assert "highest value 4095" in warned[0] and "nearly black" in warned[0]
+        assert "rescale" in warned[0] and "once a run" in warned[0]
+        if not workers:  # in order: the first such file
+            assert warned[0].startswith(os.path.join(folder, "b", "cam_0.png") + ":"), warned
+
+
+def test_classify_warns_once_a_run_naming_the_first_low_bit_file(tiny_bundle, tiny_data,
+                                                                  tmp_path, caplog):
+    folder = _folder_with_low_bits(tiny_data, tmp_path)
+    caplog.set_level(logging.WARNING)
+    code, out, err = run_cli(["classify", "--model", tiny_bundle, "--headless",
+                              "--input-loop", 1, folder, str(tmp_path / "out") + os.sep])
+    assert code == 0, err
+    warned = _low_bit_warnings(caplog)
+    assert len(warned) == 1, warned  # two files, two passes: one warning
+    assert warned[0].startswith(os.path.join(folder, "b", "cam_0.png") + ":"), warned
+    assert "highest value 4095" in warned[0] and "nearly black" in warned[0]

@@ -9,7 +9,8 @@ import os
 import numpy as np
 
 from oncolens.appliance.errors import ImageReadError, UsageError, not_a_folder
-from oncolens.appliance.imageio import (check_format, is_ignored_name, is_image_file,
+from oncolens.appliance.imageio import (LOW_BITS_PEAK, check_format, is_ignored_name,
+                                        is_image_file,
                                         is_unsupported_image, list_folders, real_folders,
                                         walk_files)
 from oncolens.train.phash import UnionFind, near_pairs, phash
@@ -124,9 +125,6 @@ def describe_file(path):
     return info
 
 
-# 16-bit images whose highest sample is below this use 12 bits or fewer: reading keeps the
-# top 8 of the 16 bits (OpenCV's IMREAD_COLOR), so they become 0..15, nearly black.
-LOW_BITS_PEAK = 4096
 
 
 def low_bits_warning(count, example, peak):
