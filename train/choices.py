@@ -183,7 +183,7 @@ def load_resume(args, classes):
     is written: the same network, input size and classes in the same order."""
     if not args.resume:
         return None
-    ckpt = load_checkpoint(args.resume)
+    ckpt = load_checkpoint(args.resume, "--resume")
     check_resume(args, ckpt, classes)
     return ckpt
 

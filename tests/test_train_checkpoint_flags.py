@@ -1,0 +1,65 @@
+"""The flags that take a checkpoint file (train's --resume and --weights, export's --input)
+given a folder: one line naming the flag and the checkpoints the folder holds (it used to be
+"checkpoint not found: DIR", naming neither)."""
+import os
+
+import pytest
+
+from conftest import run_cli
+
+FAST = ["--resolution", 32, "-b", 6, "-j", 0, "--seed", 3, "--no-pretrained",
+        "--arch", "simple-cnn"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_data):
+    model_dir = str(tmp_path_factory.mktemp("flags") / "m")
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs", 1] +
+                             FAST)
+    assert code == 0, err
+    return model_dir
+
+
+def _one_line(err, code):
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+
+def test_train_checkpoint_flags_given_a_folder(trained, tiny_data, tmp_path):
+    new = str(tmp_path / "new")
+    for flag, extra in (("--resume", []), ("--resume", ["-e"]), ("--weights", [])):
+        code, out, err = run_cli(["train", tiny_data, "--model-dir", new, "--epochs", 2,
+                                  flag, trained] + extra + FAST)
+        _one_line(err, code)
+        assert "{} {}: is a folder".format(flag, trained) in err
+        assert os.path.join(trained, "checkpoint.pth.tar") in err
+        assert os.path.join(trained, "model_best.pth.tar") in err
+    # a folder without checkpoints says so; a missing file names the flag
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", new, "--epochs", 2,
+                              "--resume", tiny_data] + FAST)
+    _one_line(err, code)
+    assert "--resume {}: is a folder".format(tiny_data) in err and "holds no" in err
+    missing = os.path.join(trained, "nope.pth.tar")
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", new, "--epochs", 2,
+                              "--resume", missing] + FAST)
+    _one_line(err, code)
+    assert "--resume {}: checkpoint not found".format(missing) in err
+    assert not os.path.exists(new)
+
+
+def test_export_input_given_a_folder(trained, tmp_path):
+    only_best = str(tmp_path / "best")
+    os.makedirs(only_best)
+    os.link(os.path.join(trained, "model_best.pth.tar"),
+            os.path.join(only_best, "model_best.pth.tar"))
+    code, out, err = run_cli(["export", "onnx", "--model-dir", trained, "--input",
+                              only_best])
+    _one_line(err, code)
+    assert "--input {}: is a folder".format(only_best) in err
+    assert os.path.join(only_best, "model_best.pth.tar") in err
+    assert "checkpoint.pth.tar" not in err
+    code, out, err = run_cli(["export", "onnx", "--model-dir", trained, "--input", "x.pth"])
+    _one_line(err, code)
+    assert "--input x.pth: checkpoint not found ({})".format(
+        os.path.join(trained, "x.pth")) in err
+    assert not [n for n in os.listdir(trained) if n.endswith(".onnx")]
