@@ -63,3 +63,23 @@ def test_export_input_given_a_folder(trained, tmp_path):
     assert "--input x.pth: checkpoint not found ({})".format(
         os.path.join(trained, "x.pth")) in err
     assert not [n for n in os.listdir(trained) if n.endswith(".onnx")]
+
+
+def test_evaluate_takes_the_checkpoints_classes_without_labels_or_train(trained, tiny_data,
+                                                                      tmp_path):
+    """-e scores val/ only, yet a dataset without labels.txt needed a train/ folder to know
+    its classes: the checkpoint's are taken, as long as val/'s class folders are those."""
+    import shutil
+    best = os.path.join(trained, "model_best.pth.tar")
+    only_val = str(tmp_path / "only-val")
+    shutil.copytree(os.path.join(tiny_data, "val"), os.path.join(only_val, "val"))
+    code, out, err = run_cli(["train", only_val, "-e", "--resume", best] + FAST)
+    assert code == 0, err
+    assert "val accuracy" in out and best in out
+    assert sorted(os.listdir(only_val)) == ["val"]  # -e writes nothing
+    other = str(tmp_path / "other")
+    shutil.copytree(only_val, other)
+    os.rename(os.path.join(other, "val", "normal"), os.path.join(other, "val", "cyst"))
+    code, out, err = run_cli(["train", other, "-e", "--resume", best] + FAST)
+    _one_line(err, code)
+    assert "benign, malignant, normal" in err and "benign, cyst, malignant" in err
