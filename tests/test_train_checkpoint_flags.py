@@ -83,3 +83,51 @@ def test_evaluate_takes_the_checkpoints_classes_without_labels_or_train(trained,
     code, out, err = run_cli(["train", other, "-e", "--resume", best] + FAST)
     _one_line(err, code)
     assert "benign, malignant, normal" in err and "benign, cyst, malignant" in err
+
+
+def _epochs(model_dir):
+    from oncolens.train.history import read_history
+    return [int(r["epoch"]) for r in read_history(model_dir)]
+
+
+def _sha(path):
+    import hashlib
+    with open(path, "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()
+
+
+def test_resume_of_an_earlier_checkpoint_of_the_same_folder(tiny_data, tmp_path):
+    """--resume M/model_best.pth.tar --model-dir M, the best epoch before the last, replaced
+    M/checkpoint.pth.tar and dropped history.csv's later rows with no word: refused without
+    --overwrite, naming what would be lost; -e, another folder or --overwrite still go on."""
+    import shutil
+    model_dir = str(tmp_path / "m")
+    train = ["train", tiny_data, "--model-dir", model_dir]
+    code, out, err = run_cli(train + ["--epochs", 2] + FAST)
+    assert code == 0, err
+    early = str(tmp_path / "epoch2.pth.tar")
+    shutil.copyfile(os.path.join(model_dir, "checkpoint.pth.tar"), early)
+    latest = os.path.join(model_dir, "checkpoint.pth.tar")
+    code, out, err = run_cli(train + ["--epochs", 4, "--resume", latest] + FAST)
+    assert code == 0, err
+    best = os.path.join(model_dir, "model_best.pth.tar")
+    shutil.copyfile(early, best)  # the best epoch was the second
+    before = _sha(latest)
+    code, out, err = run_cli(train + ["--epochs", 6, "--resume", best] + FAST)
+    _one_line(err, code)
+    assert "epoch 2" in err and "epochs 3-4" in err and "--overwrite" in err
+    assert latest in err
+    assert _sha(latest) == before and _epochs(model_dir) == [1, 2, 3, 4]
+    # -e writes nothing: allowed
+    code, out, err = run_cli(train + ["--resume", best, "-e"] + FAST)
+    assert code == 0, err
+    # branching off into another folder keeps this one whole
+    other = str(tmp_path / "branch")
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", other, "--epochs", 3,
+                              "--resume", best] + FAST)
+    assert code == 0, err
+    assert _epochs(other) == [1, 2, 3] and _epochs(model_dir) == [1, 2, 3, 4]
+    # --overwrite goes back as asked
+    code, out, err = run_cli(train + ["--epochs", 3, "--resume", best, "--overwrite"] + FAST)
+    assert code == 0, err
+    assert _epochs(model_dir) == [1, 2, 3]

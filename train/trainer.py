@@ -140,7 +140,7 @@ def _setup(args):
     samples = check_classes(args.data, classes, ("val",) if args.evaluate else ("train", "val"))
     if ckpt is not None:  # checked against this run before anything is written
         check_resume(args, ckpt, classes)
-    check_model_dir(args)
+    check_model_dir(args, ckpt)
     every = sum(samples.values(), [])
     check_images(every, lambda it: progress(it, "checking images", total=len(every)))
     runtime = make_runtime(args.gpu, args.precision, args.channels_last)
