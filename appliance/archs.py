@@ -84,14 +84,37 @@ def build_model(arch, num_classes):
     return ARCHS[arch](int(num_classes))
 
 
-def load_checkpoint(path):
-    """Read a checkpoint file on the CPU (jetson-inference's keys plus OncoLens's)."""
+CHECKPOINT_NAMES = ("checkpoint.pth.tar", "model_best.pth.tar")  # jetson-inference's
+
+
+def check_checkpoint_file(path, flag, shown=None):
+    """Refuse in one line naming ``flag`` a checkpoint ``path`` that is not a file: a folder
+    (suggesting the checkpoints it holds) or nothing at all. ``shown`` is the flag's value as
+    given, where ``path`` was made from it (export's --input is inside --model-dir)."""
+    import os
+    shown = path if shown is None else shown
+    if os.path.isfile(path):
+        return
+    if not os.path.isdir(path):
+        raise UsageError("{} {}: checkpoint not found{}".format(
+            flag, shown, "" if shown == path else " ({})".format(path)))
+    found = [os.path.join(shown, name) for name in CHECKPOINT_NAMES
+             if os.path.isfile(os.path.join(path, name))]
+    hint = "give {}".format(" or ".join(found)) if found else \
+        "it holds no {}".format(" or ".join(CHECKPOINT_NAMES))
+    raise UsageError("{} {}: is a folder, not a checkpoint file; {}".format(flag, shown, hint))
+
+
+def load_checkpoint(path, flag=None, shown=None):
+    """Read a checkpoint file on the CPU (jetson-inference's keys plus OncoLens's); with
+    ``flag``, a path that is not a file is refused naming it (``check_checkpoint_file``)."""
     try:
         import torch
     except ImportError:
         raise MissingDependency("torch", "reading a checkpoint", "pip install 'oncolens[train]'")
     import os
-    from oncolens.appliance.errors import BundleError
+    if flag:
+        check_checkpoint_file(path, flag, shown)
     if not os.path.isfile(path):
         raise BundleError("checkpoint not found: {}".format(path))
     try:

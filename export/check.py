@@ -118,6 +118,9 @@ def check_export(model_dir, onnx_path=None, checkpoint=None, images_dir=None, n=
     ckpt_name = checkpoint or (bundle.info.get("onnx") or {}).get("checkpoint") \
         or "model_best.pth.tar"
     ckpt_path = ckpt_name if os.path.isabs(ckpt_name) else os.path.join(bundle.dir, ckpt_name)
+    if checkpoint:  # --input: a folder or a missing file named in one line, before any work
+        from oncolens.appliance.archs import check_checkpoint_file
+        check_checkpoint_file(ckpt_path, "--input", checkpoint)
     batch, source = check_images(bundle.info, Preprocessor.from_bundle(bundle), images_dir,
                                  n, seed)
     with onnx_runtime(bundle) as backend:

@@ -270,7 +270,7 @@ def export_onnx(model_dir, input_name=None, output_name=None, opset=DEFAULT_OPSE
     check_export_options(opset, batch, dynamic_batch)
     check_output_dir(model_dir, "--model-dir")  # model.json is rewritten there
     checkpoint_path = os.path.join(model_dir, input_name or "model_best.pth.tar")
-    ckpt = load_checkpoint(checkpoint_path)
+    ckpt = load_checkpoint(checkpoint_path, "--input", input_name or "model_best.pth.tar")
     out_path = output_path(model_dir, output_name, ckpt["arch"])
     check_not_a_bundle_file(out_path, model_dir, checkpoint_path)
     check_output_file(out_path, "--output", overwrite)

@@ -3,10 +3,13 @@ before anything is written), the epoch count, and the ``auto`` settings that dep
 the starting weights came from."""
 import difflib
 import logging
+import os
 
 from oncolens.appliance.archs import (EXPORT_OPSETS, arch_names, build_model, canonical_arch,
                                       load_checkpoint)
+from oncolens.appliance.bundle import LABELS_TXT
 from oncolens.appliance.errors import UsageError
+from oncolens.train.data import discover_classes
 from oncolens.train.flags import check_numbers
 from oncolens.train.recipe import torch_module
 from oncolens.train.weights import zero_init_residual
@@ -178,14 +181,28 @@ def _check_final_fit(args):
                          "trains on; leave one of the two out")
 
 
-def load_resume(args, classes):
-    """The --resume checkpoint (None without one), checked against this run before anything
-    is written: the same network, input size and classes in the same order."""
-    if not args.resume:
-        return None
-    ckpt = load_checkpoint(args.resume)
-    check_resume(args, ckpt, classes)
-    return ckpt
+def load_resume(args):
+    """The --resume checkpoint (None without one), read before the dataset so that -e can
+    take its classes (``run_classes``); ``check_resume`` then checks it against this run."""
+    return load_checkpoint(args.resume, "--resume") if args.resume else None
+
+
+def run_classes(args, ckpt):
+    """The run's classes: labels.txt, else train/'s folders. -e scores val/ only: on a
+    dataset with neither, the checkpoint's classes, in its order, where val/'s class folders
+    are those (else val/'s folders, which ``check_resume`` refuses, naming both)."""
+    data = args.data
+    if not args.evaluate or ckpt is None or not os.path.isdir(data) or \
+            os.path.isfile(os.path.join(data, LABELS_TXT)) or \
+            os.path.isdir(os.path.join(data, "train")):
+        return discover_classes(data)
+    found = discover_classes(data, "val")
+    saved = ckpt.get("classes")
+    if saved and sorted(saved) == sorted(found):
+        log.info("%s: no labels.txt and no train/: the classes are the checkpoint's (%s)",
+                 data, ", ".join(saved))
+        return list(saved)
+    return found
 
 
 def check_resume(args, ckpt, classes=None):

@@ -11,6 +11,7 @@ from oncolens.appliance.errors import UsageError
 from oncolens.appliance.outpaths import check_output_dir
 from oncolens.train.modeldir import (BEST, CHECKPOINT, derived_artefacts, model_files,
                                      recorded_info, remove_derived)
+from oncolens.train.history import HISTORY_CSV, read_history
 from oncolens.train.recipe import torch_module
 from oncolens.train.synth import dataset_provenance
 
@@ -21,13 +22,16 @@ def _same_folder(a, b):
     return os.path.realpath(a or ".") == os.path.realpath(b)
 
 
-def check_model_dir(args):
+def check_model_dir(args, ckpt=None):
     """Refuse a --model-dir training may not write into (checked before the images are
     read). A folder that holds model files (a trained model, an exported bundle) is only
     written into by a --resume of its own checkpoint, or with --overwrite; -e/--evaluate
-    writes nothing, so any --model-dir will do."""
+    writes nothing, so any --model-dir will do. With the resumed ``ckpt``, a --resume that
+    goes back to an earlier epoch of the folder's own run is refused too (``_check_rewind``)."""
     if args.evaluate:
         return
+    if ckpt is not None:
+        _check_rewind(args, ckpt)
     check_output_dir(args.model_dir, "--model-dir")
     _check_outside_splits(args.model_dir, args.data)
     found = model_files(args.model_dir)
@@ -42,6 +46,36 @@ def check_model_dir(args):
         raise UsageError("--model-dir {} already holds model files ({}): pass --overwrite to "
                          "replace them, --resume to continue, or give another folder".format(
                              args.model_dir, shown))
+
+
+def _latest_epoch(model_dir):
+    """The last epoch the folder's run trained: history.csv's last row, else (a folder
+    without one, as jetson-inference's) its checkpoint.pth.tar's epoch."""
+    rows = read_history(model_dir)
+    if rows:
+        return max(int(r["epoch"]) for r in rows)
+    from oncolens.appliance.archs import load_checkpoint
+    return int(load_checkpoint(os.path.join(model_dir, CHECKPOINT)).get("epoch") or 0)
+
+
+def _check_rewind(args, ckpt):
+    """--resume of an earlier checkpoint of --model-dir's own run (its model_best.pth.tar)
+    would replace the later checkpoint.pth.tar and drop history.csv's later epochs, with
+    no word: refused without --overwrite, naming the epochs that would be lost."""
+    latest = os.path.join(args.model_dir, CHECKPOINT)
+    if args.overwrite or not _same_folder(os.path.dirname(args.resume), args.model_dir) or \
+            not os.path.isfile(latest) or os.path.samefile(args.resume, latest):
+        return
+    at, last = int(ckpt.get("epoch") or 0), _latest_epoch(args.model_dir)
+    if last <= at:
+        return
+    lost = "epoch {}".format(last) if last == at + 1 else "epochs {}-{}".format(at + 1, last)
+    raise UsageError("--resume {} goes back to epoch {} of the run in {}, which trained to "
+                     "epoch {}: going on from there would replace its {} and drop {} from its "
+                     "{}; pass --overwrite to do that, resume {} to go on from epoch {}, or "
+                     "give another --model-dir to branch off".format(
+                         args.resume, at, args.model_dir, last, CHECKPOINT, lost, HISTORY_CSV,
+                         latest, last))
 
 
 def _inside(path, folder):

@@ -11,9 +11,8 @@ from oncolens.appliance.errors import UsageError
 from oncolens.appliance.preprocess import imagenet_preprocess
 from oncolens.train import metrics
 from oncolens.train.choices import (check_args, check_batch_of_one, check_input_size,
-                                    freeze_choice, load_resume, resolve_epochs,
-                                    settle_augmentation)
-from oncolens.train.data import discover_classes
+                                    check_resume, freeze_choice, load_resume, resolve_epochs,
+                                    run_classes, settle_augmentation)
 from oncolens.train.ema import WeightAverage
 from oncolens.train.flags import low_memory_accum
 from oncolens.train.freeze import freeze_early_layers, head_parameters
@@ -136,10 +135,12 @@ def _setup(args):
         np.random.seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
-    classes = discover_classes(args.data)
+    ckpt = load_resume(args)
+    classes = run_classes(args, ckpt)
     samples = check_classes(args.data, classes, ("val",) if args.evaluate else ("train", "val"))
-    ckpt = load_resume(args, classes)  # checked against this run before anything is written
-    check_model_dir(args)
+    if ckpt is not None:  # checked against this run before anything is written
+        check_resume(args, ckpt, classes)
+    check_model_dir(args, ckpt)
     every = sum(samples.values(), [])
     check_images(every, lambda it: progress(it, "checking images", total=len(every)))
     runtime = make_runtime(args.gpu, args.precision, args.channels_last)

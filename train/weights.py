@@ -29,10 +29,9 @@ def normalisation(arch):
 
 
 def _read_state(path):
-    from oncolens.appliance.archs import load_checkpoint
+    from oncolens.appliance.archs import check_checkpoint_file, load_checkpoint
     import torch
-    if not os.path.isfile(path):
-        raise UsageError("--weights {}: file not found".format(path))
+    check_checkpoint_file(path, "--weights")
     try:
         try:
             state = torch.load(path, map_location="cpu", weights_only=False)
