@@ -85,6 +85,7 @@ def build_model(arch, num_classes):
 
 
 CHECKPOINT_NAMES = ("checkpoint.pth.tar", "model_best.pth.tar")  # jetson-inference's
+CHECKPOINT_SUFFIXES = (".pth", ".pth.tar", ".tar", ".pt")  # a file of torch.save's
 
 
 def check_checkpoint_file(path, flag, shown=None):

@@ -71,16 +71,20 @@ def metrics_from_rows(rows, labels):
     return result
 
 
+def undefined_recall(absent):
+    """What batch and evaluate both say of the classes ``absent`` from the truth."""
+    it, its = ("it", "its") if len(absent) == 1 else ("them", "their")
+    return "{} recall is undefined (n/a); macro-F1 counts {} only where the model predicted " \
+        "{} (F1 0)".format(its, it, it)
+
+
 def absent_note(m):
     """One line when some of the model's classes have no image with ground truth, else None."""
     absent = m.get("absent_classes")
     if not absent:
         return None
-    one = len(absent) == 1
-    return ("note: none of the images with ground truth is {}: {} recall is undefined (n/a); macro-F1 "
-            "counts {} only where the model predicted {} (F1 0)".format(
-                " or ".join(absent), "its" if one else "their", "it" if one else "them",
-                "it" if one else "them"))
+    return "note: none of the images with ground truth is {}: {}".format(
+        " or ".join(absent), undefined_recall(absent))
 
 
 def format_metrics(m):

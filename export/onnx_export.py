@@ -7,7 +7,7 @@ import re
 import sys
 import warnings
 
-from oncolens.appliance.archs import load_checkpoint, model_from_checkpoint
+from oncolens.appliance.archs import CHECKPOINT_SUFFIXES, load_checkpoint, model_from_checkpoint
 from oncolens.appliance.bundle import (CAM_OUTPUT_NAME, DEFAULT_INPUT_NAME,
                                        DEFAULT_OUTPUT_NAME, LABELS_TXT, MODEL_JSON, Bundle,
                                        new_model_info, read_labels, read_model_info,
@@ -20,7 +20,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 11  # parsed by TensorRT 8.2 (the Nano) and every later release
 MIN_OPSET, MAX_OPSET = 9, 13  # TensorRT 8.2's ONNX parser: opset 13 at most
-CHECKPOINT_SUFFIXES = (".pth", ".tar", ".pt")
 
 
 def wrap_softmax(model):

@@ -11,6 +11,7 @@ import numpy as np
 
 from oncolens.appliance.bundle import MODEL_JSON, read_model_info, sha256_file
 from oncolens.appliance.errors import BundleError, ImageReadError, UsageError, not_a_folder
+from oncolens.appliance.evaluation import undefined_recall
 from oncolens.appliance.imageio import list_folders, read_image
 from oncolens.train import metrics
 from oncolens.train.data import list_samples
@@ -215,10 +216,8 @@ def absent_note(report):
     absent = report.get("absent_classes")
     if not absent:
         return None
-    return ("{} has no images of {}: {} recall is undefined (n/a); macro-F1 counts {} only "
-            "where the model predicted {} (F1 0), balanced accuracy and ROC-AUC never".format(
-                report["split_dir"], ", ".join(absent), "its" if len(absent) == 1 else "their",
-                "it" if len(absent) == 1 else "them", "it" if len(absent) == 1 else "them"))
+    return "{} has no images of {}: {}, balanced accuracy and ROC-AUC never".format(
+        report["split_dir"], ", ".join(absent), undefined_recall(absent))
 
 
 def recall_text(row, digits=3):

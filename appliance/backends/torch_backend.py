@@ -8,12 +8,12 @@ import os
 
 import numpy as np
 
+from oncolens.appliance.archs import CHECKPOINT_SUFFIXES
 from oncolens.appliance.backends.base import Backend, InferResult, softmax
 from oncolens.appliance.bundle import check_labels_match
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_SUFFIXES = (".pth", ".pth.tar", ".tar", ".pt")
 CHECKPOINT_NAMES = ("model_best.pth.tar", "checkpoint.pth.tar")
 
 
