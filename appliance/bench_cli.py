@@ -69,6 +69,9 @@ def _csv(value, flag, cast=str):
 
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+# a row of the printed table: where, batch, net img/s, e2e img/s, e2e p50 and p99 ms,
+# x naive (text), agreement (text)
+ROW = "{:<30}{:>6}{:>11.1f}{:>11.1f}{:>12.1f}{:>12.1f}{:>9}{:>10}"
 
 
 def _names(value, flag, known):
@@ -169,19 +172,19 @@ def table(result):
         "e2e p99 ms", "x naive", "agree")]
     base = result.get("baseline") or {}
     if base.get("end_to_end_ips"):
-        lines.append("{:<30}{:>6}{:>11.1f}{:>11.1f}{:>12.1f}{:>12.1f}{:>9}{:>10}".format(
+        lines.append(ROW.format(
             _where("torch-eager (naive)", base.get("device", "cpu")), 1, base["network_ips"],
             base["end_to_end_ips"],
             base["latency_ms"]["p50"], base["latency_ms"]["p99"], "1.00",
             _pct(base.get("agreement_vs_fp32"))))
         one = base.get("single_thread") or {}
         if one.get("end_to_end_ips"):
-            lines.append("{:<30}{:>6}{:>11.1f}{:>11.1f}{:>12.1f}{:>12.1f}{:>9.2f}{:>10}".format(
+            lines.append(ROW.format(
                 "  same, torch 1 thread", 1, one["network_ips"], one["end_to_end_ips"],
                 one["latency_ms"]["p50"], one["latency_ms"]["p99"],
-                one["end_to_end_ips"] / base["end_to_end_ips"], "-"))
+                "{:.2f}".format(one["end_to_end_ips"] / base["end_to_end_ips"]), "-"))
     for run in result["runs"]:
-        lines.append("{:<30}{:>6}{:>11.1f}{:>11.1f}{:>12.1f}{:>12.1f}{:>9}{:>10}".format(
+        lines.append(ROW.format(
             _where("{} {}".format(run["backend"], run["precision"]), run.get("device", "cpu"),
                    run.get("preprocess", "host")), run["batch_size"],
             run["network_ips"], run["end_to_end_ips"], run["latency_ms"]["p50"],
