@@ -155,8 +155,9 @@ def check(root, max_distance=4, progress=None):
         warnings.append(not_images_warning(others))
     for split in folders:
         folder = os.path.join(root, split) if split else root
-        if loose_images(folder):
-            warnings.append(loose_warning(folder, loose_images(folder)))
+        loose = loose_images(folder)
+        if loose:
+            warnings.append(loose_warning(folder, loose))
     low = [r for r in records if r.get("peak", LOW_BITS_PEAK) < LOW_BITS_PEAK]
     if low:
         warnings.append(low_bits_warning(len(low), low[0]["path"], low[0]["peak"]))

@@ -6,6 +6,7 @@ import sys
 
 from oncolens.appliance.cliutil import OneLineParser, cli_entry, normalize_flags, setup_logging
 from oncolens.appliance.errors import UsageError
+from oncolens.train.flags import MAX_SEED
 from oncolens.appliance.outpaths import (check_output_dir, check_output_file,
                                           check_text_file)
 
@@ -36,9 +37,6 @@ def echo(line=""):
     sys.stdout.flush()
     buffer.write(data)
     buffer.flush()
-
-
-MAX_SEED = 2 ** 32 - 1  # as train's --seed
 
 
 def check_seed(seed):

@@ -4,6 +4,8 @@ import math
 
 from oncolens.appliance.errors import UsageError
 
+MAX_SEED = 2 ** 32 - 1  # numpy's seeds (a negative one is its traceback)
+
 
 def _at_least(low):
     return lambda v: v >= low
@@ -40,7 +42,7 @@ RULES = (
     ("--start-epoch", "start_epoch", _at_least(0), "0 or more"),
     ("--threads", "threads", _at_least(0), "0 (torch's choice) or more"),
     ("-p/--print-freq", "print_freq", _at_least(0), "0 (never) or more batches"),
-    ("--seed", "seed", lambda v: 0 <= v < 2 ** 32, "0 to 4294967295"),
+    ("--seed", "seed", lambda v: 0 <= v <= MAX_SEED, "0 to {}".format(MAX_SEED)),
     ("--gpu", "gpu", _at_least(0), "a GPU index, 0 or more"),
 )
 
