@@ -15,7 +15,7 @@ import os
 
 from oncolens.appliance.classify_cli import resolve_model
 from oncolens.appliance.cliutil import (OneLineParser, check_top, cli_entry, normalize_flags,
-                                        setup_logging)
+                                        setup_logging, sigterm_as_interrupt)
 from oncolens.appliance.errors import UsageError
 
 log = logging.getLogger("oncolens.batch")
@@ -213,7 +213,21 @@ def _drop_stale_metrics(path):
 def main(argv):
     args = build_parser().parse_args(normalize_flags(argv))
     setup_logging(args.log_level)
-    return _run(args)
+    # SIGTERM (systemd, timeout) unwinds as Ctrl-C does: the rows written are flushed and
+    # kept, and the one line says how to go on (exit 143; Ctrl-C 130)
+    with sigterm_as_interrupt():
+        try:
+            return _run(args)
+        except KeyboardInterrupt as exc:
+            exc.hint = _resume_hint(args)
+            raise
+
+
+def _resume_hint(args):
+    if not args.results:
+        return "no --results file, so nothing was kept"
+    return "the rows written so far are kept in {}: run the same command with --resume to " \
+           "continue".format(args.results)
 
 
 def _run(args):

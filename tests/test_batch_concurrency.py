@@ -1,8 +1,9 @@
-"""``oncolens batch`` against other runs: one run at a time writes a results file (an flock
-on it)."""
+"""``oncolens batch`` against other runs and signals: one run at a time writes a results
+file (an flock on it), and SIGTERM ends a run as Ctrl-C does (rows kept, a resume hint)."""
 import csv
 import io
 import os
+import signal
 import subprocess
 import time
 
@@ -119,3 +120,31 @@ def test_a_run_is_refused_while_another_process_writes_the_file(tiny_bundle, man
     assert code == 2 and LOCKED in err and results in err, err
     paths = [r["path"] for r in _rows(results)]
     assert len(paths) == len(set(paths))
+
+
+@pytest.mark.parametrize("signum,status,how", [(signal.SIGTERM, 143, "interrupted by SIGTERM"),
+                                               (signal.SIGINT, 130, "interrupted")])
+def test_sigterm_keeps_the_rows_and_says_how_to_resume_as_ctrl_c_does(
+        tiny_bundle, many_images, tmp_path, signum, status, how):
+    """SIGTERM (systemd, timeout) ended a run with status -15 and no word; it now unwinds as
+    Ctrl-C does: the rows written are whole and kept, one line says to --resume."""
+    results = str(tmp_path / "r.csv")
+    proc = _start(many_images, tiny_bundle, results)
+    proc.send_signal(signum)
+    out, err = proc.communicate()
+    assert proc.returncode == status, err.decode()[-2000:]
+    assert err.decode().splitlines()[-1] == (
+        "oncolens batch: {}: the rows written so far are kept in {}: run the same command "
+        "with --resume to continue".format(how, results))
+    with open(results, "rb") as fh:
+        assert fh.read().endswith(b"\n")
+    rows = _rows(results)
+    assert 1 <= len(rows) < MANY
+    assert all(r["label"] in LABELS and r["model_sha256"] for r in rows)
+    if signum != signal.SIGTERM:
+        return
+    code, _, err = run_cli(["batch", many_images, "--model", tiny_bundle, "--results", results,
+                            "--resume", "--no-progress"])
+    assert code == 0, err
+    paths = [r["path"] for r in _rows(results)]
+    assert len(paths) == len(set(paths)) == MANY
