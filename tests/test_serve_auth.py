@@ -130,3 +130,18 @@ def test_unauthorized_classify_is_counted_and_audited(tiny_bundle, tiny_data, tm
         assert record["request_id"] == "no-token-1" and record["status"] == 401
         assert record["label"] is None and record["input_sha256"] is None
         assert record["model_sha256"] == clf.bundle.model_sha256
+
+
+@pytest.mark.parametrize("env", [None, "", "from-the-env"])
+@pytest.mark.parametrize("flag", [["--token", ""], ["--token="], ["--token", "  "]])
+def test_an_explicitly_empty_token_flag_is_refused(monkeypatch, tmp_path, env, flag):
+    """--token "" fell back to $ONCOLENS_TOKEN, or to no token at all, without a word: it is
+    refused with one line naming the flag, before the model is looked at or a port bound."""
+    if env is None:
+        monkeypatch.delenv("ONCOLENS_TOKEN", raising=False)
+    else:
+        monkeypatch.setenv("ONCOLENS_TOKEN", env)
+    code, out, err = run_cli(["serve", "--model", str(tmp_path / "missing"), "--port", 0] + flag)
+    assert code == 2, err
+    assert err == ("oncolens serve: error: --token: expected a token, got an empty value: "
+                   "leave --token out to use $ONCOLENS_TOKEN\n")
