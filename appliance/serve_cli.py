@@ -65,7 +65,7 @@ def build_parser():
                    help="keep each upload as DIR/<sha256>.<ext> (off: nothing is written)")
     p.add_argument("--audit-log", metavar="FILE",
                    help="append one JSON line per /classify request (and per request "
-                        "refused by the HTTP layer) to FILE")
+                        "refused for its token, on any path, or by the HTTP layer) to FILE")
     p.add_argument("--log-level", default="info", help="debug, info, warning, error")
     return p
 
