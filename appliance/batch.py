@@ -110,10 +110,12 @@ def image_files(uri, counts, exclude=None):
 
 
 def run_batch(clf, uri, results=None, annotate=None, batch_size=8, workers=2, resume=False,
-              overwrite=False, progress=True, on_row=None, outputs=()):
+              overwrite=False, progress=True, on_row=None, outputs=(), lock=None):
     """Classify every image under ``uri``; returns a Summary. ``on_row(row)`` sees each row.
     ``outputs``: image files the run writes (the confusion picture), never classified when
-    they lie inside the input (a rerun would take the last run's picture for an input)."""
+    they lie inside the input (a rerun would take the last run's picture for an input).
+    ``lock``: the results file's ResultsLock when the caller holds it beyond the run (for
+    the metrics); without one, the results file is locked while the run writes it."""
     labels = clf.labels
     backend = clf.backend.name
     precision = getattr(clf.backend, "precision", "fp32")
@@ -129,7 +131,8 @@ def run_batch(clf, uri, results=None, annotate=None, batch_size=8, workers=2, re
     input_name = os.path.basename(os.path.abspath(input_folder(uri)))
     counts = collections.Counter()
     found = image_files(uri, counts, exclude=annotate)  # before the results file is made
-    writer, skip = _open_results(results, labels, resume, overwrite, sha, precision, backend)
+    writer, skip = _open_results(results, labels, resume, overwrite, sha, precision, backend,
+                                 lock)
     own = set(path_key(path) for path in outputs)
     files = (f for f in found
              if path_key(f[0]) not in own and not _skipped(f, skip, counts))
@@ -168,11 +171,11 @@ def run_batch(clf, uri, results=None, annotate=None, batch_size=8, workers=2, re
                    time.time() - started)
 
 
-def _open_results(results, labels, resume, overwrite, sha, precision, backend):
+def _open_results(results, labels, resume, overwrite, sha, precision, backend, lock=None):
     """The results writer (None without a file) and the files ``--resume`` skips."""
     if not results:
         return None, set()
-    writer = ResultsWriter(results, labels, resume, overwrite)
+    writer = ResultsWriter(results, labels, resume, overwrite, lock)
     if not resume:
         return writer, set()
     try:  # read after the writer has cut an unfinished last line

@@ -15,7 +15,7 @@ import os
 
 from oncolens.appliance.classify_cli import resolve_model
 from oncolens.appliance.cliutil import (OneLineParser, check_top, cli_entry, normalize_flags,
-                                        setup_logging)
+                                        setup_logging, sigterm_as_interrupt)
 from oncolens.appliance.errors import UsageError
 
 log = logging.getLogger("oncolens.batch")
@@ -123,9 +123,11 @@ def _check_outputs(args):
     from oncolens.appliance.results import results_format
     keep = args.overwrite or args.resume
     if args.results:
+        from oncolens.appliance.results import ResultsLock
         results_format(args.results)
         check_output_file(args.results, "--results", overwrite=keep,
                           hint="pass --resume to continue it or --overwrite to replace it")
+        ResultsLock(args.results).probe()  # another run writing it: refused before the model
     metrics = metrics_path(args)
     if metrics:
         check_text_file(metrics, "--metrics")
@@ -211,29 +213,54 @@ def _drop_stale_metrics(path):
 def main(argv):
     args = build_parser().parse_args(normalize_flags(argv))
     setup_logging(args.log_level)
+    # SIGTERM (systemd, timeout) unwinds as Ctrl-C does: the rows written are flushed and
+    # kept, and the one line says how to go on (exit 143; Ctrl-C 130)
+    with sigterm_as_interrupt():
+        try:
+            return _run(args)
+        except KeyboardInterrupt as exc:
+            exc.hint = _resume_hint(args)
+            raise
+
+
+def _resume_hint(args):
+    if not args.results:
+        return "no --results file, so nothing was kept"
+    return "the rows written so far are kept in {}: run the same command with --resume to " \
+           "continue".format(args.results)
+
+
+def _run(args):
     _check_args(args)
     from oncolens.appliance.batch import run_batch
     from oncolens.appliance.pipeline import opencv_single_threaded
+    from oncolens.appliance.results import ResultsLock
     opencv_single_threaded()
     rows = []
     keep = None if args.results else rows.append  # without a file, metrics need the rows
-    with open_classifier(args, args.batch_size) as clf:
-        log.info("model %s on %s, batch %d, %d workers", clf.bundle.model_path,
-                 clf.backend.describe(), args.batch_size, args.workers)
-        summary = run_batch(clf, args.input, results=args.results, annotate=args.annotate,
-                            batch_size=args.batch_size, workers=args.workers,
-                            resume=args.resume, overwrite=args.overwrite,
-                            progress=not args.no_progress, on_row=keep,
-                            outputs=_own_images(args))
-        labels = clf.labels
-    done = summary.classified + summary.failed
-    print("classified {} images in {:.1f} s ({:.1f} images/s); {} failed; {} skipped "
-          "(--resume); {} non-image files ignored".format(
-              summary.classified, summary.seconds, done / summary.seconds if summary.seconds
-              else 0.0, summary.failed, summary.skipped, summary.ignored))
-    if args.results:
-        print("results: {}".format(args.results))
-    report_metrics(args, labels, rows)
+    # held from the first row until the metrics are written: one run at a time writes them
+    lock = ResultsLock(args.results) if args.results else None
+    try:
+        with open_classifier(args, args.batch_size) as clf:
+            log.info("model %s on %s, batch %d, %d workers", clf.bundle.model_path,
+                     clf.backend.describe(), args.batch_size, args.workers)
+            summary = run_batch(clf, args.input, results=args.results, annotate=args.annotate,
+                                batch_size=args.batch_size, workers=args.workers,
+                                resume=args.resume, overwrite=args.overwrite,
+                                progress=not args.no_progress, on_row=keep,
+                                outputs=_own_images(args), lock=lock)
+            labels = clf.labels
+        done = summary.classified + summary.failed
+        print("classified {} images in {:.1f} s ({:.1f} images/s); {} failed; {} skipped "
+              "(--resume); {} non-image files ignored".format(
+                  summary.classified, summary.seconds, done / summary.seconds if summary.seconds
+                  else 0.0, summary.failed, summary.skipped, summary.ignored))
+        if args.results:
+            print("results: {}".format(args.results))
+        report_metrics(args, labels, rows)
+    finally:
+        if lock is not None:
+            lock.release()
     if done == 0 and summary.skipped == 0:
         raise UsageError("input {}: no image files found".format(args.input))
     return 1 if summary.failed else 0

@@ -1,7 +1,9 @@
 """Small helpers shared by every subcommand's ``main``."""
 import argparse
+import contextlib
 import functools
 import logging
+import signal
 import sys
 
 from oncolens.appliance.errors import OncoLensError, UsageError
@@ -65,8 +67,39 @@ def check_top(topk, threshold=None):
             threshold))
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (systemd's stop, ``timeout``, ``kill``) raised in the main thread as Ctrl-C's
+    KeyboardInterrupt is, so that it unwinds the same way (``finally`` blocks flush and
+    close files) and ``cli_entry`` says so in one line; the exit status is 128 + 15."""
+
+    signum = signal.SIGTERM
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """While inside: SIGTERM raises Terminated (a KeyboardInterrupt) in the main thread; the
+    previous handler comes back after.  Outside the main thread (tests calling a main in a
+    thread) nothing changes."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        installed = True
+    except ValueError:  # not the main thread
+        installed = False
+    try:
+        yield
+    finally:
+        if installed:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def cli_entry(prog):
-    """Decorate a ``main(argv)``: OncoLensError becomes one line on stderr and an exit code."""
+    """Decorate a ``main(argv)``: OncoLensError becomes one line on stderr and an exit code;
+    Ctrl-C (and SIGTERM, where the command raises Terminated for it) one line and 128 +
+    the signal's number, with the ``hint`` the command attached to the exception, if any."""
 
     def wrap(func):
         @functools.wraps(func)
@@ -76,9 +109,13 @@ def cli_entry(prog):
             except OncoLensError as exc:
                 sys.stderr.write("{}: error: {}\n".format(prog, exc))
                 return exc.exit_code
-            except KeyboardInterrupt:
-                sys.stderr.write("{}: interrupted\n".format(prog))
-                return 130
+            except KeyboardInterrupt as exc:
+                signum = int(getattr(exc, "signum", signal.SIGINT))
+                hint = getattr(exc, "hint", None)
+                sys.stderr.write("{}: interrupted{}{}\n".format(
+                    prog, " by SIGTERM" if signum == signal.SIGTERM else "",
+                    ": " + hint if hint else ""))
+                return 128 + signum
 
         return main
 

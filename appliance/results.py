@@ -9,6 +9,7 @@ Paths are written as the file system names them: a name that is not valid UTF-8 
 bytes (``surrogateescape``), so it is read back, and skipped by ``--resume``, as the same name.
 """
 import csv
+import errno
 import functools
 import io
 import json
@@ -16,6 +17,11 @@ import logging
 import os
 
 from oncolens.appliance.errors import UsageError
+
+try:
+    import fcntl
+except ImportError:  # not on Linux: runs go unlocked
+    fcntl = None
 
 log = logging.getLogger(__name__)
 
@@ -118,20 +124,101 @@ def _check_same_model(path, row, sha, precision):
                          "a new results file".format(path, theirs[1], precision))
 
 
-class ResultsWriter(object):
-    """Appends rows to a .csv or .jsonl file, flushing after every batch."""
+class ResultsLock(object):
+    """An exclusive advisory lock (``flock``) on a results file, so that one run at a time
+    writes it: two ``--resume`` runs into one file interleaved and duplicated rows.  The
+    second run is refused at once (UsageError naming the file); the lock goes with the file
+    descriptor, so a run that dies, however, leaves none behind.
 
-    def __init__(self, path, labels, resume=False, overwrite=False):
+    ``acquire()`` creates the file when it is not there (a run is about to write it);
+    ``probe()`` only checks an existing one, before the model is loaded."""
+
+    def __init__(self, path):
+        self.path = path
+        self.fd = None
+
+    def acquire(self):
+        if self.fd is None:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            if not self._lock(fd):
+                os.close(fd)
+                raise self.busy()
+            self.fd = fd
+        return self
+
+    def release(self):
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)  # closing the descriptor releases the lock
+
+    def probe(self):
+        """Refuse at once when another run holds the lock of an existing file."""
+        if self.fd is not None or not os.path.isfile(self.path):
+            return
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return  # unreadable: the writer says why when it opens the file
+        try:
+            if not self._lock(fd):
+                raise self.busy()
+        finally:
+            os.close(fd)
+
+    def busy(self):
+        return UsageError("--results {}: another oncolens batch run is writing it (the file "
+                          "is locked): wait for that run to end, or give another --results "
+                          "file".format(self.path))
+
+    def _lock(self, fd):
+        """False when another open file holds the lock; True when taken (or when this file
+        system cannot lock: a warning says so, and the run goes on)."""
+        if fcntl is None:
+            return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (IOError, OSError) as exc:
+            if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                return False
+            log.warning("%s: cannot lock it (%s): a second run writing it at the same time "
+                        "would not be stopped", self.path, exc.strerror or exc)
+        return True
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+class ResultsWriter(object):
+    """Appends rows to a .csv or .jsonl file, flushing after every batch.  It holds the
+    file's ResultsLock from before it looks at the file until ``close()``; given a ``lock``
+    (held longer by the caller, e.g. while the metrics are written), it takes that one and
+    leaves releasing it to the caller."""
+
+    def __init__(self, path, labels, resume=False, overwrite=False, lock=None):
         self.path = path
         self.ext = results_format(path)
         self.columns = columns(labels)
-        exists = os.path.isfile(path) and os.path.getsize(path) > 0
-        if exists and not (resume or overwrite):
-            raise UsageError("results file {} already exists: pass --resume to continue it or "
-                             "--overwrite to replace it".format(path))
         parent = os.path.dirname(path)
         if parent and not os.path.isdir(parent):
             os.makedirs(parent)
+        self._own_lock = lock is None
+        self.lock = (lock or ResultsLock(path)).acquire()  # before the file is read or cut
+        try:
+            self._open(resume, overwrite)
+        except BaseException:
+            if self._own_lock:
+                self.lock.release()
+            raise
+
+    def _open(self, resume, overwrite):
+        path = self.path
+        exists = os.path.getsize(path) > 0  # the lock made it: empty is new
+        if exists and not (resume or overwrite):
+            raise UsageError("results file {} already exists: pass --resume to continue it or "
+                             "--overwrite to replace it".format(path))
         append = exists and resume
         if append:
             _drop_partial_line(path)
@@ -169,6 +256,10 @@ class ResultsWriter(object):
             pass
 
     def close(self):
-        if not self.fh.closed:
-            self.flush()
-            self.fh.close()
+        try:
+            if not self.fh.closed:
+                self.flush()
+                self.fh.close()
+        finally:
+            if self._own_lock:
+                self.lock.release()

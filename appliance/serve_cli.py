@@ -44,7 +44,8 @@ def build_parser():
     p.add_argument("--port", type=int, default=8080, help="port (8080; 0 picks a free one)")
     p.add_argument("--token", default=None,
                    help="require this token on every request (Authorization: Bearer T or "
-                        "?token=T); default ${}".format(TOKEN_ENV))
+                        "?token=T); default ${} (an empty --token is refused: leave it out "
+                        "to use ${})".format(TOKEN_ENV, TOKEN_ENV))
     p.add_argument("--max-upload-mb", type=float, default=20.0,
                    help="larger uploads get 413 (20)")
     p.add_argument("--max-pixels", type=int, default=40000000,
@@ -64,7 +65,7 @@ def build_parser():
                    help="keep each upload as DIR/<sha256>.<ext> (off: nothing is written)")
     p.add_argument("--audit-log", metavar="FILE",
                    help="append one JSON line per /classify request (and per request "
-                        "refused by the HTTP layer) to FILE")
+                        "refused for its token, on any path, or by the HTTP layer) to FILE")
     p.add_argument("--log-level", default="info", help="debug, info, warning, error")
     return p
 
@@ -74,6 +75,17 @@ def _finite(value):
         return math.isfinite(value)
     except OverflowError:  # an integer too large for a float
         return False
+
+
+def resolve_token(args):
+    """--token, else $ONCOLENS_TOKEN (empty there: no token).  An explicitly empty --token
+    is refused: it silently fell back to the variable, or to no token at all."""
+    if args.token is not None:
+        if not args.token.strip():
+            raise UsageError("--token: expected a token, got an empty value: leave --token "
+                             "out to use ${}".format(TOKEN_ENV))
+        return args.token
+    return os.environ.get(TOKEN_ENV) or None
 
 
 def check_args(args):
@@ -112,7 +124,7 @@ def main(argv):
     args = build_parser().parse_args(normalize_flags(argv))
     setup_logging(args.log_level)
     from oncolens.appliance.web.auth import require_token
-    token = args.token or os.environ.get(TOKEN_ENV) or None
+    token = resolve_token(args)
     require_token(args.host, token)          # before anything is loaded or bound
     check_args(args)
     from oncolens.appliance.classifier import Classifier

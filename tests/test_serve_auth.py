@@ -108,25 +108,50 @@ def test_token_required_on_every_route(tiny_bundle, tiny_data, caplog):
     assert "/classify" in caplog.text                # the requests were logged
 
 
-def test_unauthorized_classify_is_counted_and_audited(tiny_bundle, tiny_data, tmp_path):
+def test_unauthorized_requests_are_audited_on_every_path(tiny_bundle, tiny_data, tmp_path):
+    """A 401 was audited for POST /classify only: failed attempts on the page, /health,
+    /metrics or an unknown path left no line.  Every 401 is audited now (only a POST
+    /classify counts among /classify's errors); an authenticated 404 or 405 is not."""
     from serve_util import metric
     from oncolens.appliance.classifier import Classifier
     token = "t0ken-Audit7"
     audit = str(tmp_path / "audit.jsonl")
     data = read(sample_image(tiny_data))
+    refused = [("/classify", "POST"), ("/classify?token=wrong-" + token, "POST"),
+               ("/health", "GET"), ("/metrics?token=wrong", "GET"), ("/", "GET"),
+               ("/nope", "GET"), ("/classify", "GET")]
     with Classifier.open(tiny_bundle, backend="onnxruntime") as clf:
         with running(clf, token=token, audit_log=audit) as (url, _):
-            for query in ("", "?token=wrong-" + token):
-                reply = request(url, "/classify" + query, "POST", data,
-                                {"X-Request-Id": "no-token-1"})
-                assert reply.status == 401
-            assert request(url, "/health").status == 401      # not a /classify: not audited
+            for n, (path, method) in enumerate(refused):
+                reply = request(url, path, method, data if method == "POST" else None,
+                                {"X-Request-Id": "no-token-{}".format(n)})
+                assert reply.status == 401, path
+            for path, method, status in (("/nope", "GET", 404), ("/classify", "GET", 405)):
+                reply = request(url, path + "?token=" + token, method)
+                assert reply.status == status, path
             text = request(url, "/metrics?token=" + token).body.decode("utf-8")
     assert metric(text, "oncolens_classify_errors_total", reason="unauthorized") == 2
     lines = open(audit).read().splitlines()
-    assert len(lines) == 2 and token not in "".join(lines)
-    for line in lines:
-        record = json.loads(line)
-        assert record["request_id"] == "no-token-1" and record["status"] == 401
+    assert token not in "".join(lines)
+    records = [json.loads(line) for line in lines]
+    assert [r["request_id"] for r in records] == ["no-token-{}".format(n)
+                                                  for n in range(len(refused))]
+    for record in records:
+        assert record["status"] == 401
         assert record["label"] is None and record["input_sha256"] is None
         assert record["model_sha256"] == clf.bundle.model_sha256
+
+
+@pytest.mark.parametrize("env", [None, "", "from-the-env"])
+@pytest.mark.parametrize("flag", [["--token", ""], ["--token="], ["--token", "  "]])
+def test_an_explicitly_empty_token_flag_is_refused(monkeypatch, tmp_path, env, flag):
+    """--token "" fell back to $ONCOLENS_TOKEN, or to no token at all, without a word: it is
+    refused with one line naming the flag, before the model is looked at or a port bound."""
+    if env is None:
+        monkeypatch.delenv("ONCOLENS_TOKEN", raising=False)
+    else:
+        monkeypatch.setenv("ONCOLENS_TOKEN", env)
+    code, out, err = run_cli(["serve", "--model", str(tmp_path / "missing"), "--port", 0] + flag)
+    assert code == 2, err
+    assert err == ("oncolens serve: error: --token: expected a token, got an empty value: "
+                   "leave --token out to use $ONCOLENS_TOKEN\n")

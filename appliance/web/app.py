@@ -148,10 +148,11 @@ class ServeApp(object):
             log.exception("%s: cannot write the audit log", rid)
 
     def _refused_unauthorized(self, environ, path, rid):
-        """A /classify refused for its token is counted and audited like any refusal."""
-        if path != "/classify" or environ.get("REQUEST_METHOD") != "POST":
-            return
-        self.metrics.observe_error("unauthorized")
+        """A request refused for its token is audited whatever its path (a failed attempt to
+        get in is what an audit log is for: the page, /health and /metrics were left out);
+        a POST /classify is counted among /classify's errors too."""
+        if path == "/classify" and environ.get("REQUEST_METHOD") == "POST":
+            self.metrics.observe_error("unauthorized")
         self.audit_refusal(rid, 401)
 
     def drop_body(self, environ):

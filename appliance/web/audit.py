@@ -1,5 +1,6 @@
-"""The audit log: one JSON object a line per /classify request (refused ones included) and
-per request the HTTP layer refused before a route saw it, for traceability.
+"""The audit log: one JSON object a line per /classify request (refused ones included), per
+request refused for its token (401, on any path) and per request the HTTP layer refused
+before a route saw it, for traceability.
 
 Each line: time (UTC, ISO 8601), request_id, status, input_sha256, model_sha256, label,
 confidence.  Never a file name, never pixels.  No file is written unless a path is given.
