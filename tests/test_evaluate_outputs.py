@@ -85,3 +85,36 @@ def test_the_default_out_of_a_split_given_as_dot_is_named_after_its_folder(
     assert code == 0, err
     assert os.path.isfile(os.path.join(model_dir, "eval-test", "report.md"))
     assert not [n for n in os.listdir(model_dir) if n.startswith("eval-.")]
+
+
+def test_overwrite_replaces_the_earlier_evaluation_whole(tiny_bundle, tiny_data, tmp_path):
+    """Two models into --out, then one model with --overwrite: the second model's report and
+    figures (and comparison.md) of the earlier run stayed beside the new report. Now
+    --overwrite removes every file evaluate wrote there, and only those; without it, an
+    earlier evaluation's files are refused even where the new run's names differ."""
+    split = os.path.join(tiny_data, "test")
+    other = str(tmp_path / "b")
+    shutil.copytree(tiny_bundle, other)
+    out = tmp_path / "cmp"
+    code, o, err = run_cli(["evaluate", "--model-dir", tiny_bundle, "--model-dir", other, split,
+                            "--out", str(out), "--bootstrap", "0"])
+    assert code == 0, err
+    earlier = set(os.listdir(str(out)))
+    assert {"comparison.md", "1-model-report.md", "2-b-report.md",
+            "2-b-confusion.png"} <= earlier, earlier
+    (out / "notes.txt").write_text(u"mine")
+    (out / "my-report.md").write_text(u"mine")
+    (out / "mine").mkdir()
+    code, o, err = run_cli(["evaluate", "--model-dir", tiny_bundle, split, "--out", str(out),
+                            "--bootstrap", "0"])
+    assert code == 2, err
+    assert "1-model-confusion.png already exists" in err and "--overwrite" in err, err
+    assert set(os.listdir(str(out))) == earlier | {"notes.txt", "my-report.md", "mine"}
+    code, o, err = run_cli(["evaluate", "--model-dir", tiny_bundle, split, "--out", str(out),
+                            "--bootstrap", "0", "--overwrite"])
+    assert code == 0, err
+    names = set(os.listdir(str(out)))
+    assert {"report.md", "confusion.png", "notes.txt", "my-report.md", "mine"} <= names
+    assert not names & earlier - {"report.md", "confusion.png", "roc.png",
+                                  "reliability.png"}, names
+    assert (out / "notes.txt").read_text() == u"mine"

@@ -6,6 +6,7 @@
 import io
 import logging
 import os
+import re
 import sys
 
 from oncolens.appliance.cliutil import OneLineParser, cli_entry, normalize_flags, setup_logging
@@ -40,7 +41,10 @@ def build_parser():
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                    help="bootstrap rounds for the 95%% confidence intervals of accuracy and "
                         "macro-F1 (1000; at least 100; 0: none)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing output files: the report folder's files of an "
+                        "earlier evaluation (report.md, comparison.md, the figures, every "
+                        "model's) are all removed first; nothing else there")
     p.add_argument("--log-level", default="info", help="debug, info, warning, error (info)")
     return p
 
@@ -60,11 +64,48 @@ def _report_path(out_dir, prefix):
     return os.path.join(out_dir, "{}report.md".format(prefix))
 
 
-def _write_outputs(report, out_dir, prefix, overwrite):
+def earlier_outputs(out_dir):
+    """The files in ``out_dir`` at the names evaluate writes there, sorted: report.md and the
+    figures of one model, comparison.md and ``<n>-<model folder>-`` ones of several. Nothing
+    else in the folder is evaluate's."""
+    from oncolens.train.plots import FIGURES
+    ends = "|".join(re.escape(end) for end in ["report.md"] + [f + ".png" for f in FIGURES])
+    own = re.compile(r"(comparison\.md|([1-9][0-9]*-.+-)?({}))\Z".format(ends))
+    try:
+        names = os.listdir(out_dir)
+    except OSError:  # not there yet
+        return []
+    return sorted(n for n in names if own.match(n) and
+                  not os.path.isdir(os.path.join(out_dir, n)))
+
+
+def _check_earlier(out_dir, overwrite):
+    """An earlier evaluation's files in ``out_dir`` are replaced only with --overwrite, which
+    removes all of them (see _clear_earlier), so the folder never mixes two runs."""
+    earlier = earlier_outputs(out_dir)
+    if earlier and not overwrite:
+        raise UsageError("{} already exists{}: pass --overwrite to replace the earlier "
+                         "evaluation's files".format(
+                             os.path.join(out_dir, earlier[0]), " (and {} more of its "
+                             "files)".format(len(earlier) - 1) if earlier[1:] else ""))
+
+
+def _clear_earlier(out_dir, cleared):
+    """--overwrite: before this run's first file in ``out_dir``, remove every file an earlier
+    evaluation wrote there (another model's report and figures too); nothing else."""
+    if out_dir not in cleared:
+        from oncolens.train.split import clear_owned
+        clear_owned(out_dir, earlier_outputs(out_dir))
+        cleared.add(out_dir)
+
+
+def _write_outputs(report, out_dir, prefix, overwrite, cleared):
     from oncolens.train.plots import all_figures
     from oncolens.train.report import model_markdown
     md_path = _report_path(out_dir, prefix)
     _check_free(md_path, overwrite)
+    if overwrite:
+        _clear_earlier(out_dir, cleared)
     if not os.path.isdir(out_dir):
         os.makedirs(out_dir)
     pngs = all_figures(report, out_dir, prefix)
@@ -87,6 +128,7 @@ def plan_outputs(args):
                              "count as images next time: give a folder outside it".format(
                                  args.out, args.split_dir))
     if several and args.out:
+        _check_earlier(args.out, args.overwrite)
         _check_free(os.path.join(args.out, "comparison.md"), args.overwrite)
     plans = []
     for index, model_dir in enumerate(args.model_dir):
@@ -98,6 +140,7 @@ def plan_outputs(args):
             if several else ""
         if out:
             check_output_dir(out, "--out")
+            _check_earlier(out, args.overwrite)
             _check_free(_report_path(out, prefix), args.overwrite)
         plans.append((model_dir, out, prefix))
     return plans
@@ -146,7 +189,7 @@ def _evaluate_each(plans, args):
     go on; a single model's error ends the run as before."""
     from oncolens.train.data_cli import echo
     from oncolens.train.evaluate import absent_note, evaluate_dir, not_held_out
-    reports, not_evaluated = [], []
+    reports, not_evaluated, cleared = [], [], set()
     for model_dir, out, prefix in plans:
         try:
             report = evaluate_dir(model_dir, args.split_dir, args.backend, bins=args.bins,
@@ -162,7 +205,8 @@ def _evaluate_each(plans, args):
             if note:
                 log.warning("%s", note)
         if out:
-            echo("report: {}".format(_write_outputs(report, out, prefix, args.overwrite)))
+            echo("report: {}".format(_write_outputs(report, out, prefix, args.overwrite,
+                                                        cleared)))
         reports.append(report)
     return reports, not_evaluated
 
