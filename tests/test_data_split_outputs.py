@@ -198,7 +198,7 @@ def test_images_outside_the_class_folders_are_named_not_lost_in_silence(tmp_path
     src, out = str(tmp_path / "raw"), str(tmp_path / "out")
     _flat(src, 3)
     _image(np.random.default_rng(5), os.path.join(src, "loose.png"))
-    code, o, err = run_cli(["data", "check", src, "--max-distance", "-1"])
+    code, o, err = run_cli(["data", "check", src, "--max-distance", "0"])
     assert code == 0, err
     assert "warning: {}: 1 image file(s) outside the class folders".format(src) in o
     assert "loose.png" in o

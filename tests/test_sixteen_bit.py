@@ -49,7 +49,7 @@ def _dataset(tiny_data, tmp_path):
 def test_data_check_and_train_warn_once_about_low_bit_16_bit_images(tiny_data, tmp_path,
                                                                     caplog):
     data = _dataset(tiny_data, tmp_path)
-    code, out, err = run_cli(["data", "check", data, "--max-distance", "-1"])
+    code, out, err = run_cli(["data", "check", data, "--max-distance", "0"])
     assert code == 0, out
     lines = [l for l in out.splitlines() if "16-bit" in l and "low bits" in l]
     assert len(lines) == 1 and lines[0].startswith("warning: 3 16-bit image(s)"), out
