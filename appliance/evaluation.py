@@ -12,6 +12,8 @@ import os
 
 import numpy as np
 
+from oncolens.appliance.errors import plural
+
 
 def input_folder(uri):
     """The folder an input's relative names start from: a folder itself, a file's folder
@@ -91,8 +93,8 @@ def format_metrics(m):
     """The metrics as a few lines of text for the console."""
     labels = m["labels"]
     width = max(8, max(len(label) for label in labels) + 1)
-    lines = ["accuracy {:.4f}   macro-F1 {:.4f}   ({} images with ground truth)".format(
-        m["accuracy"], m["macro_f1"], m["images"]), "",
+    lines = ["accuracy {:.4f}   macro-F1 {:.4f}   ({} with ground truth)".format(
+        m["accuracy"], m["macro_f1"], plural(m["images"], "image")), "",
         "confusion matrix (rows: true class, columns: predicted)",
         " " * width + "".join(label[:width - 1].rjust(width) for label in labels)]
     for label, row in zip(labels, m["confusion_matrix"]):

@@ -73,7 +73,7 @@ def test_check_finds_planted_problems(tmp_path):
 def test_check_clean_dataset_passes(tiny_data):
     code, out, err = run_cli(["data", "check", tiny_data])
     assert code == 0, out + err
-    assert "0 error(s)" in out
+    assert "0 errors" in out
 
 
 def test_split_keeps_near_duplicates_together_and_stratifies(tmp_path):
@@ -149,7 +149,7 @@ def test_a_file_that_is_not_an_image_is_a_warning_not_an_error(tmp_path, tiny_da
     code, out, err = run_cli(["data", "check", data, "--max-distance", "0"])
     assert code == 0, out
     assert "train  benign 6  malignant 6  normal 6" in out
-    assert "warning: 1 file(s) in the class folders are not images" in out
+    assert "warning: 1 file in the class folders without an image extension" in out
     assert "train/benign/case.json" in out
     raw, split = str(tmp_path / "raw"), str(tmp_path / "split")
     shutil.copytree(os.path.join(data, "train"), raw)

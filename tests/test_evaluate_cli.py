@@ -139,7 +139,7 @@ def test_several_models_a_failing_one_is_recorded_and_the_rest_go_on(tmp_path, t
                               "--model-dir", str(broken), os.path.join(tiny_data, "test"),
                               "--json", json_path, "--out", out_dir, "--bootstrap", 0])
     assert code == 1, err
-    assert "2 of 3 model(s) could not be evaluated" in err and "Traceback" not in err
+    assert "2 of 3 models could not be evaluated" in err and "Traceback" not in err
     with open(json_path) as fh:
         payload = json.load(fh)
     assert [m["model_dir"] for m in payload["models"]] == [os.path.abspath(tiny_bundle)]

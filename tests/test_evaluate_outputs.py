@@ -60,7 +60,7 @@ def test_unreadable_images_make_the_exit_code_1(tiny_bundle, tiny_data, tmp_path
                               "--out", str(tmp_path / "e")])
     assert code == 1, err
     assert "unreadable: " in out and "zero.png" in out
-    assert "1 image(s) could not be read" in err and "Traceback" not in err
+    assert "1 image could not be read" in err and "Traceback" not in err
     assert os.path.isfile(str(tmp_path / "e" / "report.md"))  # the rest is still reported
 
 
@@ -118,3 +118,24 @@ def test_overwrite_replaces_the_earlier_evaluation_whole(tiny_bundle, tiny_data,
     assert not names & earlier - {"report.md", "confusion.png", "roc.png",
                                   "reliability.png"}, names
     assert (out / "notes.txt").read_text() == u"mine"
+
+
+def test_counts_of_one_are_singular(tiny_bundle, tiny_data, tmp_path):
+    """'(1 images)' in evaluate's printout and report, '1 files' in data check: every count
+    goes through errors.plural."""
+    from oncolens.appliance.errors import plural
+    assert [plural(1, "image"), plural(0, "image"), plural(2, "class"),
+            plural(3, "entry", "entries"), plural(2, "epoch")] == [
+                "1 image", "0 images", "2 classes", "3 entries", "2 epochs"]
+    split = tmp_path / "one"
+    os.makedirs(str(split / "benign"))
+    first = sorted(os.listdir(os.path.join(tiny_data, "test", "benign")))[0]
+    shutil.copy(os.path.join(tiny_data, "test", "benign", first), str(split / "benign"))
+    code, out, err = run_cli(["evaluate", "--model-dir", tiny_bundle, str(split),
+                              "--bootstrap", "0", "--out", str(tmp_path / "e")])
+    assert code == 0, err
+    assert "(1 image)" in out and "1 images" not in out, out
+    report = (tmp_path / "e" / "report.md").read_text()
+    assert "`{}` (1 image)".format(split) in report and "1 images" not in report
+    code, out, err = run_cli(["data", "check", str(split)])
+    assert "{}: 1 file, classes benign".format(split) in out, out

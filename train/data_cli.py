@@ -5,7 +5,7 @@ import os
 import sys
 
 from oncolens.appliance.cliutil import OneLineParser, cli_entry, normalize_flags, setup_logging
-from oncolens.appliance.errors import UsageError
+from oncolens.appliance.errors import UsageError, plural
 from oncolens.train.flags import MAX_SEED
 from oncolens.appliance.outpaths import (check_output_dir, check_output_file,
                                           check_text_file)
@@ -90,7 +90,7 @@ def _synth(argv):
         require_marker(args.out, "SYNTHETIC.json", "data synth")
         clear_owned(args.out, OWNED)
     n = generate(args.out, args.size, (args.train, args.val, args.test), args.seed)
-    print("wrote {} synthetic images to {}".format(n, args.out))
+    print("wrote {} to {}".format(plural(n, "synthetic image"), args.out))
     return 0
 
 
@@ -184,7 +184,7 @@ def _split(argv):
                     "there): give --ratios a larger val share", os.path.join(args.out, "val"))
     dropped = [f for f in fate if f and f.startswith("dropped")]
     if dropped:
-        echo("dropped {} file(s) (see splits.csv)".format(len(dropped)))
+        echo("dropped {} (see splits.csv)".format(plural(len(dropped), "file")))
     echo("wrote {}".format(args.out))
     return 0
 

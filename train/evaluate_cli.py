@@ -10,7 +10,7 @@ import re
 import sys
 
 from oncolens.appliance.cliutil import OneLineParser, cli_entry, normalize_flags, setup_logging
-from oncolens.appliance.errors import OncoLensError, UsageError, not_a_folder
+from oncolens.appliance.errors import OncoLensError, UsageError, not_a_folder, plural
 from oncolens.appliance.outpaths import (check_output_dir, check_output_file,
                                           check_text_file)
 
@@ -86,8 +86,8 @@ def _check_earlier(out_dir, overwrite):
     if earlier and not overwrite:
         raise UsageError("{} already exists{}: pass --overwrite to replace the earlier "
                          "evaluation's files".format(
-                             os.path.join(out_dir, earlier[0]), " (and {} more of its "
-                             "files)".format(len(earlier) - 1) if earlier[1:] else ""))
+                             os.path.join(out_dir, earlier[0]), " (and {} of that run)".format(
+                                 plural(len(earlier) - 1, "more file")) if earlier[1:] else ""))
 
 
 def _clear_earlier(out_dir, cleared):
@@ -165,10 +165,11 @@ def _print_summary(report):
     from oncolens.train.data_cli import echo
     from oncolens.train.evaluate import recall_text
     echo("{}: accuracy {:.4f}  balanced accuracy {:.4f}  macro-F1 {:.4f}  ROC-AUC {}  "
-         "ECE {:.4f}  ({} images)".format(
+         "ECE {:.4f}  ({})".format(
              report["model_dir"], report["accuracy"], report["balanced_accuracy"],
              report["macro_f1"], "n/a" if report["roc_auc_macro"] is None else
-             "{:.4f}".format(report["roc_auc_macro"]), report["ece"], report["count"]))
+             "{:.4f}".format(report["roc_auc_macro"]), report["ece"],
+             plural(report["count"], "image")))
     if report.get("ci"):
         echo("  95% CI (bootstrap): accuracy {:.3f}-{:.3f}  macro-F1 {:.3f}-{:.3f}".format(
             *(report["ci"]["accuracy"] + report["ci"]["macro_f1"])))
@@ -234,11 +235,12 @@ def main(argv):
         echo("metrics: {}".format(args.json))
     failed = sum(len(r["failed"]) for r in reports)
     if failed:
-        sys.stderr.write("oncolens evaluate: error: {} image(s) could not be read (listed above "
-                         "as 'unreadable'); the figures leave them out\n".format(failed))
+        sys.stderr.write("oncolens evaluate: error: {} could not be read (listed above as "
+                         "'unreadable'); the figures leave them out\n".format(
+                             plural(failed, "image")))
     if not_evaluated:
-        sys.stderr.write("oncolens evaluate: error: {} of {} model(s) could not be evaluated "
+        sys.stderr.write("oncolens evaluate: error: {} of {} could not be evaluated "
                          "(listed above as 'not evaluated'){}\n".format(
-                             len(not_evaluated), len(plans),
+                             len(not_evaluated), plural(len(plans), "model"),
                              "" if reports else "; nothing was written"))
     return 1 if failed or not_evaluated else 0
