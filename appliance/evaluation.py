@@ -80,6 +80,13 @@ def undefined_recall(absent):
         "{} (F1 0)".format(its, it, it)
 
 
+def never_predicted(m):
+    """The labels the model predicted for no image (a confusion-matrix column of zeros): their
+    precision is 0/0, undefined. The JSON keeps scikit-learn's 0.0; tables print n/a."""
+    cm = m["confusion_matrix"]
+    return [label for k, label in enumerate(m["labels"]) if not any(row[k] for row in cm)]
+
+
 def absent_note(m):
     """One line when some of the model's classes have no image with ground truth, else None."""
     absent = m.get("absent_classes")
@@ -102,13 +109,18 @@ def format_metrics(m):
     lines.append("")
     lines.append("class".ljust(width) + "precision".rjust(11) + "recall".rjust(9) +
                  "F1".rjust(9) + "support".rjust(9))
+    unpredicted = never_predicted(m)
     for label in labels:
         pc = m["per_class"][label]
         recall = "{:9.4f}".format(pc["recall"]) if pc["support"] else "n/a".rjust(9)
-        lines.append(label[:width - 1].ljust(width) + "{:11.4f}{}{:9.4f}{:9d}".format(
-            pc["precision"], recall, pc["f1"], pc["support"]))
+        precision = "n/a" if label in unpredicted else "{:.4f}".format(pc["precision"])
+        lines.append(label[:width - 1].ljust(width) + "{:>11}{}{:9.4f}{:9d}".format(
+            precision, recall, pc["f1"], pc["support"]))
     if absent_note(m):
         lines += ["", absent_note(m)]
+    if unpredicted:
+        lines += ["note: the model predicted none of the images as {}: precision is undefined "
+                  "(n/a)".format(" or ".join(unpredicted))]
     return "\n".join(lines)
 
 

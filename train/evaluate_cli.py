@@ -163,7 +163,7 @@ def check_args(args):
 
 def _print_summary(report):
     from oncolens.train.data_cli import echo
-    from oncolens.train.evaluate import recall_text
+    from oncolens.train.evaluate import precision_text, recall_text
     echo("{}: accuracy {:.4f}  balanced accuracy {:.4f}  macro-F1 {:.4f}  ROC-AUC {}  "
          "ECE {:.4f}  ({})".format(
              report["model_dir"], report["accuracy"], report["balanced_accuracy"],
@@ -178,8 +178,8 @@ def _print_summary(report):
              "training)".format(report["ece_without_temperature"], report["temperature"]))
     for label in report["labels"]:
         row = report["per_class"][label]
-        echo("  {:12s} precision {:.3f}  recall {}  F1 {:.3f}  support {}".format(
-            label, row["precision"], recall_text(row), row["f1"], row["support"]))
+        echo("  {:12s} precision {}  recall {}  F1 {:.3f}  support {}".format(
+            label, precision_text(report, label), recall_text(row), row["f1"], row["support"]))
     for failure in report["failed"]:
         echo("  unreadable: {} ({})".format(failure["path"], failure["error"]))
 

@@ -2,7 +2,7 @@
 from urllib.parse import quote
 
 from oncolens.appliance.errors import plural
-from oncolens.train.evaluate import absent_note, not_held_out, recall_text
+from oncolens.train.evaluate import absent_note, not_held_out, precision_text, recall_text
 
 
 def _fmt(value, digits=3):
@@ -53,7 +53,7 @@ def model_markdown(report, pngs=None):
     for label in labels:
         row = report["per_class"][label]
         lines.append("| {} | {} | {} | {} | {} | {} |".format(
-            label, _fmt(row["precision"]), recall_text(row), _fmt(row["f1"]),
+            label, precision_text(report, label), recall_text(row), _fmt(row["f1"]),
             _fmt(row["roc_auc"]), row["support"]))
     if report.get("ci"):
         lines += ["", "The intervals are percentile bootstrap intervals over the {} "
