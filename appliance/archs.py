@@ -5,7 +5,7 @@ way it was trained.  Any torchvision classifier name works too.
 """
 import importlib
 
-from oncolens.appliance.errors import BundleError, MissingDependency, UsageError
+from oncolens.appliance.errors import BundleError, MissingDependency, UsageError, plural
 
 
 def _torchvision():
@@ -144,8 +144,8 @@ def model_from_checkpoint(ckpt, where="the checkpoint"):
         raise BundleError("{}: records neither 'classes' nor 'num_classes': its number of "
                           "outputs is unknown".format(where))
     if classes and len(classes) != int(num_classes):
-        raise BundleError("{}: lists {} classes ({}) but records num_classes {}".format(
-            where, len(classes), ", ".join(str(c) for c in classes), num_classes))
+        raise BundleError("{}: lists {} ({}) but records num_classes {}".format(
+            where, plural(len(classes), "class"), ", ".join(str(c) for c in classes), num_classes))
     try:
         model = build_model(ckpt["arch"], num_classes)
     except UsageError as exc:  # an arch this OncoLens does not build: no --arch flag here

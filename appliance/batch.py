@@ -12,7 +12,7 @@ import logging
 import os
 import time
 
-from oncolens.appliance.errors import UsageError
+from oncolens.appliance.errors import UsageError, plural
 from oncolens.appliance.evaluation import input_folder, truth_of
 from oncolens.appliance.imageio import LowBitsWarning
 from oncolens.appliance.pipeline import batched, iter_image_files, prefetch, window
@@ -49,7 +49,8 @@ class Progress(object):
         now = time.time()
         if self.enabled and now - self.last >= self.every:
             self.last = now
-            log.info("%d images, %.1f images/s", self.count, self.count / (now - self.started))
+            log.info("%s, %.1f images/s", plural(self.count, "image"),
+                     self.count / (now - self.started))
 
     def close(self):
         if self.bar is not None:
@@ -105,7 +106,7 @@ def image_files(uri, counts, exclude=None):
     if first is None:
         ignored = counts["ignored"]
         raise UsageError("input {}: no image files found{}".format(
-            uri, " ({} non-image file(s) ignored)".format(ignored) if ignored else ""))
+            uri, " ({} ignored)".format(plural(ignored, "non-image file")) if ignored else ""))
     return itertools.chain([first], found)
 
 
@@ -164,9 +165,9 @@ def run_batch(clf, uri, results=None, annotate=None, batch_size=8, workers=2, re
         if writer is not None:
             writer.close()
     if skip and not counts["skipped"]:
-        log.warning("--resume: none of the %d files in %s is under %s: was it started on "
-                    "another input, or from another folder with relative paths?", len(skip),
-                    results, uri)
+        log.warning("--resume: none of the %s in %s is under %s: was it started on "
+                    "another input, or from another folder with relative paths?",
+                    plural(len(skip), "file"), results, uri)
     return Summary(counts["classified"], counts["failed"], counts["skipped"], counts["ignored"],
                    time.time() - started)
 
@@ -183,7 +184,7 @@ def _open_results(results, labels, resume, overwrite, sha, precision, backend, l
     except Exception:
         writer.close()
         raise
-    log.info("--resume: %d files already in %s are skipped", len(skip), results)
+    log.info("--resume: skipping %s already in %s", plural(len(skip), "file"), results)
     return writer, skip
 
 

@@ -16,7 +16,7 @@ import os
 from oncolens.appliance.classify_cli import resolve_model
 from oncolens.appliance.cliutil import (OneLineParser, check_top, cli_entry, normalize_flags,
                                         setup_logging, sigterm_as_interrupt)
-from oncolens.appliance.errors import UsageError
+from oncolens.appliance.errors import UsageError, plural
 
 log = logging.getLogger("oncolens.batch")
 
@@ -251,10 +251,11 @@ def _run(args):
                                 outputs=_own_images(args), lock=lock)
             labels = clf.labels
         done = summary.classified + summary.failed
-        print("classified {} images in {:.1f} s ({:.1f} images/s); {} failed; {} skipped "
-              "(--resume); {} non-image files ignored".format(
-                  summary.classified, summary.seconds, done / summary.seconds if summary.seconds
-                  else 0.0, summary.failed, summary.skipped, summary.ignored))
+        print("classified {} in {:.1f} s ({:.1f} images/s); {} failed; {} skipped "
+              "(--resume); {} ignored".format(
+                  plural(summary.classified, "image"), summary.seconds, done / summary.seconds
+                  if summary.seconds else 0.0, summary.failed, summary.skipped,
+                  plural(summary.ignored, "non-image file")))
         if args.results:
             print("results: {}".format(args.results))
         report_metrics(args, labels, rows)

@@ -15,7 +15,7 @@ import numpy as np
 from oncolens.appliance.backends import open_backend
 from oncolens.appliance.benchstats import gpu_info, latency_ms, loadavg, machine_info, shares
 from oncolens.appliance.device_preprocess import stack_inputs
-from oncolens.appliance.errors import MissingDependency, OncoLensError
+from oncolens.appliance.errors import MissingDependency, OncoLensError, plural
 from oncolens.appliance.pipeline import batched, prefetch, window
 from oncolens.appliance.postprocess import top_k
 from oncolens.appliance.preprocess import Preprocessor
@@ -77,8 +77,8 @@ def sample_batch(preprocessor, files, size, unreadable=None):
             unreadable.add(item.path, item.error)
     if not tensors:
         first = next(iter(unreadable.files.values()), "no files")
-        raise OncoLensError("--images: none of the {} image files could be read ({})".format(
-            len(files), first))
+        raise OncoLensError("--images: none of the {} could be read ({})".format(
+            plural(len(files), "image file"), first))
     while len(tensors) < size:
         tensors.extend(tensors[:size - len(tensors)])
     return stack_inputs(tensors)

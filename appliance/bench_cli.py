@@ -12,7 +12,7 @@ import os
 
 from oncolens.appliance.batch_cli import add_model_flags, resolve_model
 from oncolens.appliance.cliutil import OneLineParser, cli_entry, normalize_flags, setup_logging
-from oncolens.appliance.errors import UsageError
+from oncolens.appliance.errors import UsageError, plural
 from oncolens.appliance.outpaths import check_output_file, check_text_file
 
 log = logging.getLogger("oncolens.bench")
@@ -205,8 +205,9 @@ def table(result):
         lines.append("skipped the naive torch loop (baseline): {}".format(base["skipped"]))
     unreadable = result.get("unreadable") or {}
     if unreadable.get("count"):
-        lines.append("skipped {} unreadable file(s), not timed: {}".format(
-            unreadable["count"], ", ".join(f["path"] for f in unreadable["files"])))
+        lines.append("skipped {}, not timed: {}".format(
+            plural(unreadable["count"], "unreadable file"),
+            ", ".join(f["path"] for f in unreadable["files"])))
     gpu = result["machine"].get("gpu")
     lines.append("machine: {} ({} cores){}, load average {} -> {}".format(
         result["machine"]["cpu"], result["machine"]["cores"],

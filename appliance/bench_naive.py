@@ -7,7 +7,7 @@ import os
 import time
 
 from oncolens.appliance.errors import (BundleError, ImageReadError, MissingDependency,
-                                       OncoLensError)
+                                       OncoLensError, plural)
 from oncolens.appliance.imageio import check_format
 
 log = logging.getLogger(__name__)
@@ -101,8 +101,8 @@ class NaiveTorch(object):
                 lat.append(sum(done[1]))
         wall = time.perf_counter() - started
         if not lat:
-            raise OncoLensError("the PyTorch baseline could read none of the {} files".format(
-                len(files)))
+            raise OncoLensError("the PyTorch baseline could read none of the {}".format(
+                plural(len(files), "file")))
         return {"backend": "torch-eager", "precision": "fp32", "batch_size": 1,
                 "pipeline": "PIL + torchvision transforms + eager model, one image at a time",
                 "images": len(lat), "seconds": round(wall, 6),

@@ -16,7 +16,7 @@ import os
 import re
 
 from oncolens import __version__
-from oncolens.appliance.errors import BundleError
+from oncolens.appliance.errors import BundleError, plural
 # model.json's schema and its check live in modelinfo.py; still importable from here
 from oncolens.appliance.modelinfo import (FORMAT, KNOWN_KEYS, MODEL_JSON,  # noqa: F401
                                           REQUIRED_KEYS, SCHEMA_VERSION, validate_model_info)
@@ -134,9 +134,9 @@ def write_model_info(path, info):
 def check_labels_match(labels, num_outputs, labels_where, model_where):
     """Labels count must equal the model's output size; say both sides when it does not."""
     if num_outputs is not None and len(labels) != int(num_outputs):
-        raise BundleError("{} lists {} classes but {} has {} outputs: use the labels file the "
-                          "model was trained with".format(labels_where, len(labels), model_where,
-                                                          num_outputs))
+        raise BundleError("{} lists {} but {} has {}: use the labels file the model was "
+                          "trained with".format(labels_where, plural(len(labels), "class"),
+                                                model_where, plural(int(num_outputs), "output")))
 
 
 class Bundle(object):

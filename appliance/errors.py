@@ -7,6 +7,17 @@ def not_a_folder(path):
     return "not a folder (a file)" if os.path.exists(path) else "folder not found"
 
 
+def plural(count, word, many=None):
+    """``count`` with ``word`` in its number: '1 image', '0 images', '2 classes'. ``many`` is
+    the plural where it is not ``word`` + 's' (or + 'es' after s, x, sh): 'batches'.
+    Every message that counts something says it through here."""
+    if count == 1:
+        return "1 {}".format(word)
+    if many is None:
+        many = word + ("es" if word.endswith(("s", "x", "sh")) else "s")
+    return "{} {}".format(count, many)
+
+
 class OncoLensError(Exception):
     """Base class: its message is shown to the user as it is, on one line."""
 

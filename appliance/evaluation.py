@@ -12,6 +12,8 @@ import os
 
 import numpy as np
 
+from oncolens.appliance.errors import plural
+
 
 def input_folder(uri):
     """The folder an input's relative names start from: a folder itself, a file's folder
@@ -78,6 +80,13 @@ def undefined_recall(absent):
         "{} (F1 0)".format(its, it, it)
 
 
+def never_predicted(m):
+    """The labels the model predicted for no image (a confusion-matrix column of zeros): their
+    precision is 0/0, undefined. The JSON keeps scikit-learn's 0.0; tables print n/a."""
+    cm = m["confusion_matrix"]
+    return [label for k, label in enumerate(m["labels"]) if not any(row[k] for row in cm)]
+
+
 def absent_note(m):
     """One line when some of the model's classes have no image with ground truth, else None."""
     absent = m.get("absent_classes")
@@ -91,8 +100,8 @@ def format_metrics(m):
     """The metrics as a few lines of text for the console."""
     labels = m["labels"]
     width = max(8, max(len(label) for label in labels) + 1)
-    lines = ["accuracy {:.4f}   macro-F1 {:.4f}   ({} images with ground truth)".format(
-        m["accuracy"], m["macro_f1"], m["images"]), "",
+    lines = ["accuracy {:.4f}   macro-F1 {:.4f}   ({} with ground truth)".format(
+        m["accuracy"], m["macro_f1"], plural(m["images"], "image")), "",
         "confusion matrix (rows: true class, columns: predicted)",
         " " * width + "".join(label[:width - 1].rjust(width) for label in labels)]
     for label, row in zip(labels, m["confusion_matrix"]):
@@ -100,13 +109,18 @@ def format_metrics(m):
     lines.append("")
     lines.append("class".ljust(width) + "precision".rjust(11) + "recall".rjust(9) +
                  "F1".rjust(9) + "support".rjust(9))
+    unpredicted = never_predicted(m)
     for label in labels:
         pc = m["per_class"][label]
         recall = "{:9.4f}".format(pc["recall"]) if pc["support"] else "n/a".rjust(9)
-        lines.append(label[:width - 1].ljust(width) + "{:11.4f}{}{:9.4f}{:9d}".format(
-            pc["precision"], recall, pc["f1"], pc["support"]))
+        precision = "n/a" if label in unpredicted else "{:.4f}".format(pc["precision"])
+        lines.append(label[:width - 1].ljust(width) + "{:>11}{}{:9.4f}{:9d}".format(
+            precision, recall, pc["f1"], pc["support"]))
     if absent_note(m):
         lines += ["", absent_note(m)]
+    if unpredicted:
+        lines += ["note: the model predicted none of the images as {}: precision is undefined "
+                  "(n/a)".format(" or ".join(unpredicted))]
     return "\n".join(lines)
 
 

@@ -4,7 +4,7 @@ stage runs on it (appliance/bundle.py reads and writes the file).  A problem is 
 import numbers
 
 from oncolens import __version__
-from oncolens.appliance.errors import BundleError
+from oncolens.appliance.errors import BundleError, plural
 
 MODEL_JSON = "model.json"
 FORMAT = "oncolens-bundle"
@@ -48,8 +48,8 @@ def validate_model_info(info, where=MODEL_JSON):
     if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
         raise BundleError("{}: 'labels' must be a non-empty list of strings".format(where))
     if "num_classes" in info and info["num_classes"] != len(labels):
-        raise BundleError("{}: 'num_classes' is {} but 'labels' has {} entries".format(
-            where, info["num_classes"], len(labels)))
+        raise BundleError("{}: 'num_classes' is {} but 'labels' has {}".format(
+            where, info["num_classes"], plural(len(labels), "entry", "entries")))
     shape = info["input"].get("shape")
     if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) and v > 0
                                                                    for v in shape)):

@@ -19,7 +19,7 @@ import os
 import time
 
 from oncolens.appliance.bundle import Bundle
-from oncolens.appliance.errors import MissingDependency, UsageError
+from oncolens.appliance.errors import MissingDependency, UsageError, plural
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,8 @@ def quantize_int8(bundle, calib_dir, count=100, overwrite=False):
                                         "method": method, "reduce_range": reduce_range,
                                         "reduce_range_why": why},
                         "seconds": round(time.time() - started, 1)})
-    log.info("wrote int8 copy %s (calibrated on %d images of %s)", dst, len(files), calib_dir)
+    log.info("wrote int8 copy %s (calibrated on %s of %s)", dst, plural(len(files), "image"),
+             calib_dir)
     return with_model(bundle, dst)
 
 
@@ -283,9 +284,9 @@ def for_precision(bundle, precision, batch_size=1):
                          "--agreement-images it tells apart".format(
                              precision, bundle.dir, agreement["reference_single_class"],
                              agreement["dir"], precision))
-    log.warning("precision %s: %s (top-1 agreement with fp32 %.2f%% on %d images of %s%s)",
+    log.warning("precision %s: %s (top-1 agreement with fp32 %.2f%% on %s of %s%s)",
                 precision, bundle.dir if runs_fp32_file else path, 100.0 * agreement["top1"],
-                agreement["images"], agreement["dir"],
+                plural(agreement["images"], "image"), agreement["dir"],
                 ", measured on " + record["cpu"] if record.get("cpu") else "")
     if (record.get("calibration") or {}).get("reduce_range") is False and int8_reduce_range()[0]:
         log.warning("precision int8: %s was made with 8-bit weights on a CPU with VNNI or AMX; "

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from oncolens.appliance.errors import ImageReadError, UsageError
+from oncolens.appliance.errors import ImageReadError, UsageError, plural
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,8 @@ class CalibrationBatches(object):
             raise UsageError("--calib-batch: expected a positive number, got {}".format(
                 batch_size))
         if len(self.paths) < self.batch_size:
-            raise UsageError("calibration needs at least {} images (one batch), found {}".format(
-                self.batch_size, len(self.paths)))
+            raise UsageError("calibration needs at least {} (one batch), found {}".format(
+                plural(self.batch_size, "image"), len(self.paths)))
         self.skipped = []
 
     def __len__(self):
@@ -57,8 +57,8 @@ class CalibrationBatches(object):
                 yield np.ascontiguousarray(np.stack(current), dtype=np.float32)
                 current = []
         if current:
-            log.info("calibration: last %d image(s) left out (not a full batch of %d)",
-                     len(current), self.batch_size)
+            log.info("calibration: last %s left out (not a full batch of %d)",
+                     plural(len(current), "image"), self.batch_size)
 
 
 def read_cache(path):

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from oncolens.appliance.errors import BundleError, MissingDependency, OncoLensError
+from oncolens.appliance.errors import BundleError, MissingDependency, OncoLensError, plural
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,8 @@ def compare(ref, test):
 
 
 def format_stats(name, stats):
-    return "{}: top-1 agreement {:.2f}% ({} images), max |dp| {:.2e}, mean |dp| {:.2e}".format(
-        name, 100.0 * stats["agreement"], stats["n"], stats["max_abs_diff"],
+    return "{}: top-1 agreement {:.2f}% ({}), max |dp| {:.2e}, mean |dp| {:.2e}".format(
+        name, 100.0 * stats["agreement"], plural(stats["n"], "image"), stats["max_abs_diff"],
         stats["mean_abs_diff"])
 
 

@@ -9,7 +9,7 @@ import os
 
 from oncolens.appliance import engines
 from oncolens.appliance.cliutil import OneLineParser, cli_entry, normalize_flags, setup_logging
-from oncolens.appliance.errors import UsageError
+from oncolens.appliance.errors import UsageError, plural
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,8 @@ def make_int8_calibrator(bundle, api, cuda, args):
         paths = sample_paths(args.calib_images, args.calib_count, split="train")
         batches = CalibrationBatches(paths, Preprocessor.from_bundle(bundle),
                                      calibration_batch_size(bundle, args))
-        log.info("int8: calibrating on %d batches of %d images from %s", len(batches),
-                 batches.batch_size, args.calib_images)
+        log.info("int8: calibrating on %s of %s from %s", plural(len(batches), "batch", "batches"),
+                 plural(batches.batch_size, "image"), args.calib_images)
     elif not os.path.isfile(cache):
         raise UsageError("--precision int8 needs --calib-images DIR (real images, e.g. the "
                          "dataset) or an existing calibration cache ({} not found)".format(cache))

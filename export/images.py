@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from oncolens.appliance.errors import ImageReadError, UsageError
+from oncolens.appliance.errors import ImageReadError, UsageError, plural
 from oncolens.appliance.sources import list_images
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def load_batch(paths, preprocessor):
         except ImageReadError as exc:
             log.warning("skipped: %s", exc)
     if not arrays:
-        raise UsageError("none of the {} images could be read".format(len(paths)))
+        raise UsageError("none of the {} could be read".format(plural(len(paths), "image")))
     return np.stack(arrays).astype(np.float32), used
 
 
@@ -77,9 +77,9 @@ def check_images(info, preprocessor, images_dir=None, n=32, seed=0):
     folder = images_dir or recorded_dataset(info)
     if folder:
         batch, used = load_batch(sample_paths(folder, n), preprocessor)
-        return batch, "{} real images from {}".format(len(used), image_folder(folder))
+        return batch, "{} from {}".format(plural(len(used), "real image"), image_folder(folder))
     return random_batch(n, preprocessor_shape(preprocessor), seed), \
-        "{} random images (pass --images DIR for real ones)".format(n)
+        "{} (pass --images DIR for real ones)".format(plural(n, "random image"))
 
 
 def preprocessor_shape(preprocessor):

@@ -12,7 +12,7 @@ from oncolens.appliance.bundle import (CAM_OUTPUT_NAME, DEFAULT_INPUT_NAME,
                                        DEFAULT_OUTPUT_NAME, LABELS_TXT, MODEL_JSON, Bundle,
                                        new_model_info, read_labels, read_model_info,
                                        sha256_file, write_labels, write_model_info)
-from oncolens.appliance.errors import BundleError, OncoLensError, UsageError
+from oncolens.appliance.errors import BundleError, OncoLensError, UsageError, plural
 from oncolens.appliance.outpaths import check_output_dir, check_output_file
 from oncolens.appliance.preprocess import imagenet_preprocess
 
@@ -156,9 +156,10 @@ def _reconcile(info, ckpt, checkpoint_path, json_path):
         info["labels"], info["num_classes"] = list(classes), len(classes)
     elif not classes and ckpt.get("num_classes") and \
             int(ckpt["num_classes"]) != len(info["labels"]):
-        raise UsageError("{} has {} outputs but {} lists {} classes ({}): the model.json of "
-                         "another model?".format(checkpoint_path, ckpt["num_classes"],
-                                                 json_path, len(info["labels"]),
+        raise UsageError("{} has {} but {} lists {} ({}): the model.json of "
+                         "another model?".format(checkpoint_path,
+                                                 plural(int(ckpt["num_classes"]), "output"),
+                                                 json_path, plural(len(info["labels"]), "class"),
                                                  ", ".join(info["labels"])))
     res = ckpt.get("resolution")
     shape = info["input"]["shape"]

@@ -125,7 +125,7 @@ def test_corrupt_empty_and_unsupported_files_are_recorded(tiny_bundle, tiny_data
     for name in ("broken.png", "empty.jpg", "clip.gif"):
         assert rows[name]["label"] is None and rows[name]["p_benign"] is None
     assert sum(1 for r in rows.values() if r["label"]) == good
-    assert "3 failed" in out and "1 non-image files ignored" in out
+    assert "3 failed" in out and "1 non-image file ignored" in out
     with io.open(str(tmp_path / "r.metrics.json")) as fh:
         metrics = json.load(fh)
     assert metrics["images"] == good and metrics["failed"] == 3
@@ -353,7 +353,7 @@ def test_an_extremely_elongated_image_is_a_recorded_failure(tiny_bundle, tiny_da
     results = str(tmp_path / "r.csv")
     code, out, err = run_cli(["batch", str(folder), "--model", tiny_bundle, "--results",
                               results, "--no-progress"])
-    assert code == 1 and "classified 1 images" in out and "1 failed" in out
+    assert code == 1 and "classified 1 image in " in out and "1 failed" in out
     rows = {os.path.basename(r["path"]): r for r in _csv_rows(results)}
     assert "less extreme aspect ratio" in rows["strip.png"]["error"]
     assert "strip.png" in rows["strip.png"]["error"] and not rows["ok.png"]["error"]

@@ -35,6 +35,19 @@ def test_an_absent_class_never_predicted_has_recall_na_and_leaves_macro_f1_alone
     assert "none of the images with ground truth is normal" in text
 
 
+def test_a_class_never_predicted_prints_no_precision():
+    """Malignant has images but was never predicted: its precision printed 0.0000 (0/0 by
+    scikit-learn's convention); the JSON keeps 0.0, the table says n/a and why."""
+    from oncolens.appliance.evaluation import format_metrics, metrics_from_rows
+    pairs = [("benign", "benign")] * 2 + [("malignant", "benign"), ("normal", "normal")]
+    m = metrics_from_rows(_rows(pairs), LABELS)
+    assert m["per_class"]["malignant"]["precision"] == 0.0
+    text = format_metrics(m)
+    assert _line(text, "malignant").split()[1:3] == ["n/a", "0.0000"], text
+    assert _line(text, "benign").split()[1] == "0.6667", text
+    assert "the model predicted none of the images as malignant: precision is undefined" in text
+
+
 def test_an_absent_class_that_was_predicted_counts_in_macro_f1_with_f1_zero():
     from oncolens.appliance.evaluation import format_metrics, metrics_from_rows
     pairs = [("benign", "benign")] * 2 + [("benign", "normal")] + [("malignant", "malignant")]

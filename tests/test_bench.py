@@ -250,7 +250,7 @@ def test_unreadable_images_are_skipped_named_and_counted(tiny_bundle, tiny_data,
     assert bad == ["000_bad.png", "anim.gif", "corrupt.png"] and doc["unreadable"]["count"] == 3
     assert doc["baseline"]["images"] == 9 and doc["baseline"]["single_thread"]["images"] == 9
     assert [r["images"] for r in doc["runs"]] == [9, 9]
-    assert "skipped 3 unreadable file(s)" in stdout
+    assert "skipped 3 unreadable files" in stdout
     warned = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
     for name in bad:  # one warning a file, however many loops met it
         assert len([w for w in warned if name in w]) == 1

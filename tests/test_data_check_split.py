@@ -73,7 +73,7 @@ def test_check_finds_planted_problems(tmp_path):
 def test_check_clean_dataset_passes(tiny_data):
     code, out, err = run_cli(["data", "check", tiny_data])
     assert code == 0, out + err
-    assert "0 error(s)" in out
+    assert "0 errors" in out
 
 
 def test_split_keeps_near_duplicates_together_and_stratifies(tmp_path):
@@ -146,10 +146,10 @@ def test_a_file_that_is_not_an_image_is_a_warning_not_an_error(tmp_path, tiny_da
     shutil.copytree(tiny_data, data)
     with open(os.path.join(data, "train", "benign", "case.json"), "w") as fh:
         fh.write("{}")
-    code, out, err = run_cli(["data", "check", data, "--max-distance", "-1"])
+    code, out, err = run_cli(["data", "check", data, "--max-distance", "0"])
     assert code == 0, out
     assert "train  benign 6  malignant 6  normal 6" in out
-    assert "warning: 1 file(s) in the class folders are not images" in out
+    assert "warning: 1 file in the class folders without an image extension" in out
     assert "train/benign/case.json" in out
     raw, split = str(tmp_path / "raw"), str(tmp_path / "split")
     shutil.copytree(os.path.join(data, "train"), raw)
@@ -170,3 +170,20 @@ def test_a_file_where_a_folder_is_expected_is_named_as_a_file(tmp_path, argv):
     code, out, err = run_cli([a.format(f=f, out=tmp_path / "out") for a in argv])
     assert code == 2 and "{}: not a folder (a file)".format(f) in err
     assert "folder not found" not in err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["check", "split"])
+@pytest.mark.parametrize("value", ["-1", "65", "-64"])
+def test_max_distance_outside_the_hash_is_refused_before_reading(tmp_path, tiny_data, command,
+                                                                 value):
+    """--max-distance is a Hamming distance between 64-bit hashes: a negative one silently
+    turned the near-duplicate search off, one past 64 grouped every image; both ran."""
+    out = str(tmp_path / "out")
+    args = [os.path.join(tiny_data, "train")] + ([out] if command == "split" else [])
+    code, o, err = run_cli(["data", command] + args + ["--max-distance", value])
+    assert code == 2, err
+    assert err.strip().splitlines() == [
+        "oncolens data: error: --max-distance: expected a Hamming distance of 0 to 64 bits, "
+        "got {}".format(value)], err
+    assert o == "" and "reading images" not in err
+    assert not os.path.exists(out)

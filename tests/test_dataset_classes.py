@@ -28,7 +28,7 @@ def test_an_empty_class_folder_is_an_error_in_check_and_train(tiny_data, tmp_pat
     data = _copy(tiny_data, tmp_path)
     os.remove(os.path.join(data, "labels.txt"))
     os.makedirs(os.path.join(data, "train", "atypical"))
-    code, out, err = run_cli(["data", "check", data, "--max-distance", "-1"])
+    code, out, err = run_cli(["data", "check", data, "--max-distance", "0"])
     assert code == 1, out
     assert "error: train/: no images in class folder(s) atypical" in out, out
     model_dir = str(tmp_path / "m")
@@ -42,7 +42,7 @@ def test_split_warns_about_an_empty_class_folder(tiny_data, tmp_path, caplog):
     raw = _flat(tiny_data, tmp_path)
     os.makedirs(os.path.join(raw, "atypical"))
     caplog.set_level(logging.WARNING)
-    code, out, err = run_cli(["data", "check", raw, "--max-distance", "-1"])
+    code, out, err = run_cli(["data", "check", raw, "--max-distance", "0"])
     assert "warning: {}: class folder(s) atypical hold no images".format(raw) in out, out
     code, out, err = run_cli(["data", "split", raw, str(tmp_path / "out")])
     assert code == 0, err
@@ -72,7 +72,7 @@ def test_split_honours_the_sources_labels_txt(tiny_data, tmp_path, caplog):
     assert set(r["split"] for r in rows if r["class"] == "benign") == \
         {"dropped: folder not in labels.txt"}
     assert o.splitlines()[0].split() == ["train", "normal", "4", "malignant", "4"], o
-    code, out2, err = run_cli(["data", "check", out, "--max-distance", "-1"])
+    code, out2, err = run_cli(["data", "check", out, "--max-distance", "0"])
     assert code == 0, out2
 
 
@@ -98,5 +98,5 @@ def test_check_words_a_flat_dataset_for_its_layout(tiny_data, tmp_path):
     assert "train does not use" not in out and "train refuses" not in out, out
     data = _copy(tiny_data, tmp_path)
     shutil.copytree(os.path.join(data, "train", "normal"), os.path.join(data, "train", "other"))
-    code, out, err = run_cli(["data", "check", data, "--max-distance", "-1"])
+    code, out, err = run_cli(["data", "check", data, "--max-distance", "0"])
     assert "train: folder(s) other not in labels.txt: train does not use their images" in out

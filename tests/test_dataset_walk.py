@@ -57,7 +57,7 @@ def test_every_walker_leaves_out_hidden_files_and_os_junk(tiny_data, tmp_path):
 
 def test_data_check_and_train_ignore_hidden_files_and_os_junk(tiny_data, tmp_path):
     data = _junk_dataset(tiny_data, tmp_path)
-    code, out, err = run_cli(["data", "check", data, "--max-distance", "-1"])
+    code, out, err = run_cli(["data", "check", data, "--max-distance", "0"])
     assert code == 0, out
     assert "Thumbs.db" not in out and "._x.png" not in out
     model_dir = str(tmp_path / "m")
@@ -106,7 +106,7 @@ def test_every_walker_follows_linked_folders_once(tiny_data, tmp_path, caplog):
 
 def test_data_check_counts_images_in_linked_folders(tiny_data, tmp_path):
     data = _linked_dataset(tiny_data, tmp_path)
-    code, out, err = run_cli(["data", "check", data, "--max-distance", "-1"])
+    code, out, err = run_cli(["data", "check", data, "--max-distance", "0"])
     # the linked images are in train/ and test/ (and val/): leakage, the images were read
     assert "leakage" in out and "site2" in out, out
     assert "test   benign 3  malignant 6  normal 3  (total 12)" in out, out

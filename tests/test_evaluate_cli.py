@@ -139,7 +139,7 @@ def test_several_models_a_failing_one_is_recorded_and_the_rest_go_on(tmp_path, t
                               "--model-dir", str(broken), os.path.join(tiny_data, "test"),
                               "--json", json_path, "--out", out_dir, "--bootstrap", 0])
     assert code == 1, err
-    assert "2 of 3 model(s) could not be evaluated" in err and "Traceback" not in err
+    assert "2 of 3 models could not be evaluated" in err and "Traceback" not in err
     with open(json_path) as fh:
         payload = json.load(fh)
     assert [m["model_dir"] for m in payload["models"]] == [os.path.abspath(tiny_bundle)]
@@ -207,3 +207,37 @@ def test_a_class_with_no_images_in_the_split_has_no_recall(tmp_path, tiny_bundle
     row = [l for l in markdown.splitlines() if l.startswith("| normal | ")][0]
     assert row.split(" | ")[2] == "n/a", row
     assert any("has no images of normal" in r.getMessage() for r in caplog.records)
+
+
+def test_a_class_never_predicted_has_no_precision(tmp_path, tiny_bundle, tiny_data):
+    """A class the model predicted for no image printed 'precision 0.000' (scikit-learn's
+    zero_division), as if every prediction of it had been wrong; the JSON keeps 0.0."""
+    import shutil
+    import torch
+    model_dir = str(tmp_path / "m")
+    shutil.copytree(tiny_bundle, model_dir)
+    for name in ("checkpoint.pth.tar", "model_best.pth.tar"):
+        path = os.path.join(model_dir, name)
+        if os.path.isfile(path):
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+            ckpt["state_dict"]["fc.bias"][2] = -1e4  # labels: benign, malignant, normal
+            torch.save(ckpt, path)
+    json_path, out_dir = str(tmp_path / "m.json"), str(tmp_path / "e")
+    code, out, err = run_cli(["evaluate", "--model-dir", model_dir, "--backend", "torch",
+                              os.path.join(tiny_data, "test"), "--json", json_path, "--out",
+                              out_dir, "--bootstrap", 0])
+    assert code == 0, err
+    with open(json_path) as fh:
+        report = json.load(fh)
+    assert [row[2] for row in report["confusion_matrix"]] == [0, 0, 0]
+    assert report["per_class"]["normal"]["precision"] == 0.0
+    line = [l for l in out.splitlines() if l.strip().startswith("normal")][0]
+    assert "precision n/a (never predicted)" in line, out
+    assert "precision 0.000" not in line
+    row = [l for l in open(os.path.join(out_dir, "report.md")).read().splitlines()
+           if l.startswith("| normal | ")][0]
+    assert row.split(" | ")[1] == "n/a (never predicted)", row
+    for k, label in enumerate(report["labels"]):  # a class it did predict keeps its figure
+        line = [l for l in out.splitlines() if l.strip().startswith(label + " ")][0]
+        never = not any(row[k] for row in report["confusion_matrix"])
+        assert ("precision n/a (never predicted)" in line) == never, out

@@ -60,7 +60,7 @@ def test_unreadable_images_make_the_exit_code_1(tiny_bundle, tiny_data, tmp_path
                               "--out", str(tmp_path / "e")])
     assert code == 1, err
     assert "unreadable: " in out and "zero.png" in out
-    assert "1 image(s) could not be read" in err and "Traceback" not in err
+    assert "1 image could not be read" in err and "Traceback" not in err
     assert os.path.isfile(str(tmp_path / "e" / "report.md"))  # the rest is still reported
 
 
@@ -85,3 +85,57 @@ def test_the_default_out_of_a_split_given_as_dot_is_named_after_its_folder(
     assert code == 0, err
     assert os.path.isfile(os.path.join(model_dir, "eval-test", "report.md"))
     assert not [n for n in os.listdir(model_dir) if n.startswith("eval-.")]
+
+
+def test_overwrite_replaces_the_earlier_evaluation_whole(tiny_bundle, tiny_data, tmp_path):
+    """Two models into --out, then one model with --overwrite: the second model's report and
+    figures (and comparison.md) of the earlier run stayed beside the new report. Now
+    --overwrite removes every file evaluate wrote there, and only those; without it, an
+    earlier evaluation's files are refused even where the new run's names differ."""
+    split = os.path.join(tiny_data, "test")
+    other = str(tmp_path / "b")
+    shutil.copytree(tiny_bundle, other)
+    out = tmp_path / "cmp"
+    code, o, err = run_cli(["evaluate", "--model-dir", tiny_bundle, "--model-dir", other, split,
+                            "--out", str(out), "--bootstrap", "0"])
+    assert code == 0, err
+    earlier = set(os.listdir(str(out)))
+    assert {"comparison.md", "1-model-report.md", "2-b-report.md",
+            "2-b-confusion.png"} <= earlier, earlier
+    (out / "notes.txt").write_text(u"mine")
+    (out / "my-report.md").write_text(u"mine")
+    (out / "mine").mkdir()
+    code, o, err = run_cli(["evaluate", "--model-dir", tiny_bundle, split, "--out", str(out),
+                            "--bootstrap", "0"])
+    assert code == 2, err
+    assert "1-model-confusion.png already exists" in err and "--overwrite" in err, err
+    assert set(os.listdir(str(out))) == earlier | {"notes.txt", "my-report.md", "mine"}
+    code, o, err = run_cli(["evaluate", "--model-dir", tiny_bundle, split, "--out", str(out),
+                            "--bootstrap", "0", "--overwrite"])
+    assert code == 0, err
+    names = set(os.listdir(str(out)))
+    assert {"report.md", "confusion.png", "notes.txt", "my-report.md", "mine"} <= names
+    assert not names & earlier - {"report.md", "confusion.png", "roc.png",
+                                  "reliability.png"}, names
+    assert (out / "notes.txt").read_text() == u"mine"
+
+
+def test_counts_of_one_are_singular(tiny_bundle, tiny_data, tmp_path):
+    """'(1 images)' in evaluate's printout and report, '1 files' in data check: every count
+    goes through errors.plural."""
+    from oncolens.appliance.errors import plural
+    assert [plural(1, "image"), plural(0, "image"), plural(2, "class"),
+            plural(3, "entry", "entries"), plural(2, "epoch")] == [
+                "1 image", "0 images", "2 classes", "3 entries", "2 epochs"]
+    split = tmp_path / "one"
+    os.makedirs(str(split / "benign"))
+    first = sorted(os.listdir(os.path.join(tiny_data, "test", "benign")))[0]
+    shutil.copy(os.path.join(tiny_data, "test", "benign", first), str(split / "benign"))
+    code, out, err = run_cli(["evaluate", "--model-dir", tiny_bundle, str(split),
+                              "--bootstrap", "0", "--out", str(tmp_path / "e")])
+    assert code == 0, err
+    assert "(1 image)" in out and "1 images" not in out, out
+    report = (tmp_path / "e" / "report.md").read_text()
+    assert "`{}` (1 image)".format(split) in report and "1 images" not in report
+    code, out, err = run_cli(["data", "check", str(split)])
+    assert "{}: 1 file, classes benign".format(split) in out, out

@@ -53,6 +53,6 @@ def test_evaluate_lists_an_unsupported_format_and_exits_1(tiny_bundle, tiny_data
 def test_data_check_names_the_unsupported_format(tiny_data, tmp_path):
     data = _copy(tiny_data, tmp_path)
     _gif(os.path.join(data, "train", "benign"))
-    code, out, err = run_cli(["data", "check", data, "--max-distance", "-1"])
+    code, out, err = run_cli(["data", "check", data, "--max-distance", "0"])
     assert code == 1
     assert "error: train/benign/scan.gif: unsupported image format .gif" in out, out

@@ -149,7 +149,7 @@ def test_accumulation_and_patience(tmp_path, tiny_data, caplog):
     assert code == 0, err
     # an epoch with the best macro-F1 and a lower val loss counts as better: the message
     # says the rule
-    assert "no better epoch for 1 epochs (by val macro-F1, ties broken by lower val loss)" \
+    assert "no better epoch for 1 epoch (by val macro-F1, ties broken by lower val loss)" \
         in caplog.text
     info = _info(model_dir)
     assert info["training"]["accum_steps"] == 2

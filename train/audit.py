@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from oncolens.appliance.bundle import LABELS_TXT, read_labels
-from oncolens.appliance.errors import BundleError
+from oncolens.appliance.errors import BundleError, plural
 from oncolens.appliance.imageio import is_image_file, is_unsupported_image
 from oncolens.train.scan import (LOW_BITS_PEAK, class_folders, duplicate_groups,
                                  loose_images, loose_warning, low_bits_warning, not_images,
@@ -113,8 +113,8 @@ def class_issues(root, records, classes, folders=None):
                 "train refuses a class with no training images"))
     used = listed if listed is not None else classes
     if len(used) < 2:
-        errors.append("{} class ({}): a classifier needs at least 2".format(
-            len(used), ", ".join(used)))
+        errors.append("{} ({}): a classifier needs at least 2".format(
+            plural(len(used), "class"), ", ".join(used)))
     return errors, warnings
 
 
@@ -164,8 +164,8 @@ def check(root, max_distance=4, progress=None):
     modes = collections.Counter(r.get("mode") for r in records if "mode" in r)
     converted = sum(n for m, n in modes.items() if m != "RGB")
     if converted:
-        warnings.append("{} image(s) not stored as 8-bit RGB ({}): converted to RGB on "
-                        "reading".format(converted, ", ".join(
+        warnings.append("{} not stored as 8-bit RGB ({}): converted to RGB on "
+                        "reading".format(plural(converted, "image"), ", ".join(
                             "{} {}".format(n, m) for m, n in sorted(modes.items()) if m != "RGB")))
     return {"root": root, "images": len(records), "classes": classes,
             "counts": {s: dict(c) for s, c in counts.items()}, "modes": dict(modes),
@@ -176,7 +176,7 @@ def check(root, max_distance=4, progress=None):
 
 def format_report(result):
     """Human-readable lines for the terminal."""
-    lines = ["{}: {} files, classes {}".format(result["root"], result["images"],
+    lines = ["{}: {}, classes {}".format(result["root"], plural(result["images"], "file"),
                                               ", ".join(result["classes"]))]
     for split, counter in result["counts"].items():
         name = "(flat)" if split == "None" else split
@@ -197,6 +197,6 @@ def format_report(result):
         lines.append("warning: " + w)
     for e in result["errors"]:
         lines.append("error: " + e)
-    lines.append("{} error(s), {} warning(s)".format(len(result["errors"]),
-                                                     len(result["warnings"])))
+    lines.append("{}, {}".format(plural(len(result["errors"]), "error"),
+                                 plural(len(result["warnings"]), "warning")))
     return lines

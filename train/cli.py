@@ -5,6 +5,7 @@
 import logging
 
 from oncolens.appliance.cliutil import OneLineParser, cli_entry, normalize_flags, setup_logging
+from oncolens.appliance.errors import plural
 
 log = logging.getLogger("oncolens.train")
 
@@ -194,9 +195,9 @@ def main(argv):
     except ImageReadError as exc:  # from a data-loader worker: its traceback, then the error
         raise ImageReadError(worker_error_line(exc))
     if args.final_fit:
-        print("trained on train/ and val/ for {} epochs (--final-fit: no val figures; "
-              "evaluate on a held-out split); model in {}".format(result["epoch"],
-                                                                  args.model_dir))
+        print("trained on train/ and val/ for {} (--final-fit: no val figures; evaluate on "
+              "a held-out split); model in {}".format(plural(result["epoch"], "epoch"),
+                                                      args.model_dir))
     elif args.evaluate:  # -e: nothing was written
         print("val accuracy {:.4f}, macro-F1 {:.4f} of {} (epoch {})".format(
             result["accuracy"], result["macro_f1"], args.resume, result["epoch"]))

@@ -5,7 +5,7 @@ import os
 import sys
 
 from oncolens.appliance.cliutil import OneLineParser, cli_entry, normalize_flags, setup_logging
-from oncolens.appliance.errors import UsageError
+from oncolens.appliance.errors import UsageError, plural
 from oncolens.train.flags import MAX_SEED
 from oncolens.appliance.outpaths import (check_output_dir, check_output_file,
                                           check_text_file)
@@ -45,6 +45,15 @@ def check_seed(seed):
         raise UsageError("--seed: expected 0 to {}, got {}".format(MAX_SEED, seed))
 
 
+def check_max_distance(value):
+    """--max-distance within the hash's bits: a negative one matched no pair in silence, one
+    past 64 every pair; refused before any image is read."""
+    from oncolens.train.phash import BITS
+    if not 0 <= value <= BITS:
+        raise UsageError("--max-distance: expected a Hamming distance of 0 to {} bits, got "
+                         "{}".format(BITS, value))
+
+
 def build_synth_parser():
     p = OneLineParser(
         prog="oncolens data synth",
@@ -81,7 +90,7 @@ def _synth(argv):
         require_marker(args.out, "SYNTHETIC.json", "data synth")
         clear_owned(args.out, OWNED)
     n = generate(args.out, args.size, (args.train, args.val, args.test), args.seed)
-    print("wrote {} synthetic images to {}".format(n, args.out))
+    print("wrote {} to {}".format(plural(n, "synthetic image"), args.out))
     return 0
 
 
@@ -94,7 +103,7 @@ def build_check_parser():
                     "splits and the same image under two labels are errors (exit code 1).")
     p.add_argument("dir", help="dataset folder")
     p.add_argument("--max-distance", type=int, default=4,
-                   help="perceptual-hash distance (bits of 64) that counts as the same image (4)")
+                   help="perceptual-hash distance, 0 to 64 bits, that counts as the same image (4)")
     p.add_argument("--json", default=None, help="write the full audit to this JSON file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--log-level", default="info", help="debug, info, warning, error (info)")
@@ -111,6 +120,7 @@ def _progress(desc):
 def _check(argv):
     args = build_check_parser().parse_args(normalize_flags(argv))
     setup_logging(args.log_level)
+    check_max_distance(args.max_distance)
     from oncolens.train.audit import check, format_report
     if args.json:
         check_text_file(args.json, "--json", "a .json file name")
@@ -149,7 +159,7 @@ def build_split_parser():
                    metavar=("TRAIN", "VAL", "TEST"), help="split fractions (0.7 0.15 0.15)")
     p.add_argument("--seed", type=int, default=0, help="random seed, 0 to 4294967295 (0)")
     p.add_argument("--max-distance", type=int, default=4,
-                   help="perceptual-hash distance that counts as the same image (4)")
+                   help="perceptual-hash distance, 0 to 64 bits, that counts as the same image (4)")
     p.add_argument("--link", action="store_true", help="hard-link instead of copying")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier split in OUT (its train/ val/ test/, splits.csv and "
@@ -162,6 +172,7 @@ def _split(argv):
     args = build_split_parser().parse_args(normalize_flags(argv))
     setup_logging(args.log_level)
     check_seed(args.seed)
+    check_max_distance(args.max_distance)
     from oncolens.train.split import split_dataset
     counts, fate = split_dataset(args.src, args.out, args.ratios, args.seed, args.max_distance,
                                  args.link, args.overwrite, progress=_progress("reading images"))
@@ -173,7 +184,7 @@ def _split(argv):
                     "there): give --ratios a larger val share", os.path.join(args.out, "val"))
     dropped = [f for f in fate if f and f.startswith("dropped")]
     if dropped:
-        echo("dropped {} file(s) (see splits.csv)".format(len(dropped)))
+        echo("dropped {} (see splits.csv)".format(plural(len(dropped), "file")))
     echo("wrote {}".format(args.out))
     return 0
 

@@ -10,7 +10,7 @@ import os
 import time
 
 from oncolens.appliance.cliutil import OneLineParser, cli_entry, normalize_flags, setup_logging
-from oncolens.appliance.errors import UsageError
+from oncolens.appliance.errors import UsageError, plural
 
 log = logging.getLogger("oncolens.demo")
 
@@ -68,8 +68,8 @@ def run_demo(args):
     held_out = max(1, args.per_class // 3)
     _step(1, "synthesising {} px cell images in {}".format(args.size, data))
     generate(data, args.size, (args.per_class, held_out, held_out), args.seed)
-    _step(2, "training ResNet-18 at {} px for {} epochs (CPU)".format(args.resolution,
-                                                                     args.epochs))
+    _step(2, "training ResNet-18 at {} px for {} (CPU)".format(
+        args.resolution, plural(args.epochs, "epoch")))
     code = train_main([data, "--model-dir", model_dir, "--resolution", str(args.resolution),
                        "--epochs", str(args.epochs), "--batch-size", "16", "--no-pretrained",
                        "--seed", str(args.seed), "--workers", "1",

@@ -11,7 +11,7 @@ import numpy as np
 
 from oncolens.appliance.bundle import MODEL_JSON, read_model_info, sha256_file
 from oncolens.appliance.errors import BundleError, ImageReadError, UsageError, not_a_folder
-from oncolens.appliance.evaluation import undefined_recall
+from oncolens.appliance.evaluation import never_predicted, undefined_recall
 from oncolens.appliance.imageio import list_folders, read_image
 from oncolens.train import metrics
 from oncolens.train.data import list_samples
@@ -223,6 +223,13 @@ def absent_note(report):
 def recall_text(row, digits=3):
     """A class's recall, or n/a where the split has none of its images."""
     return "{:.{}f}".format(row["recall"], digits) if row["support"] else "n/a"
+
+
+def precision_text(report, label, digits=3):
+    """A class's precision, or n/a where the model predicted none of the images as it."""
+    if label in never_predicted(report):
+        return "n/a (never predicted)"
+    return "{:.{}f}".format(report["per_class"][label]["precision"], digits)
 
 
 def public(report):

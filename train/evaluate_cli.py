@@ -6,10 +6,11 @@
 import io
 import logging
 import os
+import re
 import sys
 
 from oncolens.appliance.cliutil import OneLineParser, cli_entry, normalize_flags, setup_logging
-from oncolens.appliance.errors import OncoLensError, UsageError, not_a_folder
+from oncolens.appliance.errors import OncoLensError, UsageError, not_a_folder, plural
 from oncolens.appliance.outpaths import (check_output_dir, check_output_file,
                                           check_text_file)
 
@@ -40,7 +41,10 @@ def build_parser():
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                    help="bootstrap rounds for the 95%% confidence intervals of accuracy and "
                         "macro-F1 (1000; at least 100; 0: none)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing output files: the report folder's files of an "
+                        "earlier evaluation (report.md, comparison.md, the figures, every "
+                        "model's) are all removed first; nothing else there")
     p.add_argument("--log-level", default="info", help="debug, info, warning, error (info)")
     return p
 
@@ -60,11 +64,48 @@ def _report_path(out_dir, prefix):
     return os.path.join(out_dir, "{}report.md".format(prefix))
 
 
-def _write_outputs(report, out_dir, prefix, overwrite):
+def earlier_outputs(out_dir):
+    """The files in ``out_dir`` at the names evaluate writes there, sorted: report.md and the
+    figures of one model, comparison.md and ``<n>-<model folder>-`` ones of several. Nothing
+    else in the folder is evaluate's."""
+    from oncolens.train.plots import FIGURES
+    ends = "|".join(re.escape(end) for end in ["report.md"] + [f + ".png" for f in FIGURES])
+    own = re.compile(r"(comparison\.md|([1-9][0-9]*-.+-)?({}))\Z".format(ends))
+    try:
+        names = os.listdir(out_dir)
+    except OSError:  # not there yet
+        return []
+    return sorted(n for n in names if own.match(n) and
+                  not os.path.isdir(os.path.join(out_dir, n)))
+
+
+def _check_earlier(out_dir, overwrite):
+    """An earlier evaluation's files in ``out_dir`` are replaced only with --overwrite, which
+    removes all of them (see _clear_earlier), so the folder never mixes two runs."""
+    earlier = earlier_outputs(out_dir)
+    if earlier and not overwrite:
+        raise UsageError("{} already exists{}: pass --overwrite to replace the earlier "
+                         "evaluation's files".format(
+                             os.path.join(out_dir, earlier[0]), " (and {} of that run)".format(
+                                 plural(len(earlier) - 1, "more file")) if earlier[1:] else ""))
+
+
+def _clear_earlier(out_dir, cleared):
+    """--overwrite: before this run's first file in ``out_dir``, remove every file an earlier
+    evaluation wrote there (another model's report and figures too); nothing else."""
+    if out_dir not in cleared:
+        from oncolens.train.split import clear_owned
+        clear_owned(out_dir, earlier_outputs(out_dir))
+        cleared.add(out_dir)
+
+
+def _write_outputs(report, out_dir, prefix, overwrite, cleared):
     from oncolens.train.plots import all_figures
     from oncolens.train.report import model_markdown
     md_path = _report_path(out_dir, prefix)
     _check_free(md_path, overwrite)
+    if overwrite:
+        _clear_earlier(out_dir, cleared)
     if not os.path.isdir(out_dir):
         os.makedirs(out_dir)
     pngs = all_figures(report, out_dir, prefix)
@@ -87,6 +128,7 @@ def plan_outputs(args):
                              "count as images next time: give a folder outside it".format(
                                  args.out, args.split_dir))
     if several and args.out:
+        _check_earlier(args.out, args.overwrite)
         _check_free(os.path.join(args.out, "comparison.md"), args.overwrite)
     plans = []
     for index, model_dir in enumerate(args.model_dir):
@@ -98,6 +140,7 @@ def plan_outputs(args):
             if several else ""
         if out:
             check_output_dir(out, "--out")
+            _check_earlier(out, args.overwrite)
             _check_free(_report_path(out, prefix), args.overwrite)
         plans.append((model_dir, out, prefix))
     return plans
@@ -120,12 +163,13 @@ def check_args(args):
 
 def _print_summary(report):
     from oncolens.train.data_cli import echo
-    from oncolens.train.evaluate import recall_text
+    from oncolens.train.evaluate import precision_text, recall_text
     echo("{}: accuracy {:.4f}  balanced accuracy {:.4f}  macro-F1 {:.4f}  ROC-AUC {}  "
-         "ECE {:.4f}  ({} images)".format(
+         "ECE {:.4f}  ({})".format(
              report["model_dir"], report["accuracy"], report["balanced_accuracy"],
              report["macro_f1"], "n/a" if report["roc_auc_macro"] is None else
-             "{:.4f}".format(report["roc_auc_macro"]), report["ece"], report["count"]))
+             "{:.4f}".format(report["roc_auc_macro"]), report["ece"],
+             plural(report["count"], "image")))
     if report.get("ci"):
         echo("  95% CI (bootstrap): accuracy {:.3f}-{:.3f}  macro-F1 {:.3f}-{:.3f}".format(
             *(report["ci"]["accuracy"] + report["ci"]["macro_f1"])))
@@ -134,8 +178,8 @@ def _print_summary(report):
              "training)".format(report["ece_without_temperature"], report["temperature"]))
     for label in report["labels"]:
         row = report["per_class"][label]
-        echo("  {:12s} precision {:.3f}  recall {}  F1 {:.3f}  support {}".format(
-            label, row["precision"], recall_text(row), row["f1"], row["support"]))
+        echo("  {:12s} precision {}  recall {}  F1 {:.3f}  support {}".format(
+            label, precision_text(report, label), recall_text(row), row["f1"], row["support"]))
     for failure in report["failed"]:
         echo("  unreadable: {} ({})".format(failure["path"], failure["error"]))
 
@@ -146,7 +190,7 @@ def _evaluate_each(plans, args):
     go on; a single model's error ends the run as before."""
     from oncolens.train.data_cli import echo
     from oncolens.train.evaluate import absent_note, evaluate_dir, not_held_out
-    reports, not_evaluated = [], []
+    reports, not_evaluated, cleared = [], [], set()
     for model_dir, out, prefix in plans:
         try:
             report = evaluate_dir(model_dir, args.split_dir, args.backend, bins=args.bins,
@@ -162,7 +206,8 @@ def _evaluate_each(plans, args):
             if note:
                 log.warning("%s", note)
         if out:
-            echo("report: {}".format(_write_outputs(report, out, prefix, args.overwrite)))
+            echo("report: {}".format(_write_outputs(report, out, prefix, args.overwrite,
+                                                        cleared)))
         reports.append(report)
     return reports, not_evaluated
 
@@ -190,11 +235,12 @@ def main(argv):
         echo("metrics: {}".format(args.json))
     failed = sum(len(r["failed"]) for r in reports)
     if failed:
-        sys.stderr.write("oncolens evaluate: error: {} image(s) could not be read (listed above "
-                         "as 'unreadable'); the figures leave them out\n".format(failed))
+        sys.stderr.write("oncolens evaluate: error: {} could not be read (listed above as "
+                         "'unreadable'); the figures leave them out\n".format(
+                             plural(failed, "image")))
     if not_evaluated:
-        sys.stderr.write("oncolens evaluate: error: {} of {} model(s) could not be evaluated "
+        sys.stderr.write("oncolens evaluate: error: {} of {} could not be evaluated "
                          "(listed above as 'not evaluated'){}\n".format(
-                             len(not_evaluated), len(plans),
+                             len(not_evaluated), plural(len(plans), "model"),
                              "" if reports else "; nothing was written"))
     return 1 if failed or not_evaluated else 0

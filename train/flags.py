@@ -2,7 +2,7 @@
 value out of its range is one line naming the flag, what it expects and what it got."""
 import math
 
-from oncolens.appliance.errors import UsageError
+from oncolens.appliance.errors import UsageError, plural
 
 MAX_SEED = 2 ** 32 - 1  # numpy's seeds (a negative one is its traceback)
 
@@ -57,9 +57,9 @@ def check_numbers(args):
             raise UsageError("{}: expected {}, got {}".format(flag, expected, value))
     if args.batch_size % args.accum_steps:
         raise UsageError("-b/--batch-size {} is not a multiple of --accum-steps {}: each step "
-                         "would see {} images; give a -b that --accum-steps divides".format(
-                             args.batch_size, args.accum_steps,
-                             args.batch_size // args.accum_steps * args.accum_steps))
+                         "would see {}; give a -b that --accum-steps divides".format(
+                             args.batch_size, args.accum_steps, plural(
+                                 args.batch_size // args.accum_steps * args.accum_steps, "image")))
     if not args.resume and args.start_epoch >= args.epochs:
         raise UsageError("--start-epoch {} is not before --epochs {}: no epoch left to train"
                          .format(args.start_epoch, args.epochs))

@@ -7,6 +7,7 @@ within a distance, in blocks so that memory stays small.
 """
 import numpy as np
 
+BITS = 64  # the hash's length: the largest Hamming distance two hashes can have
 _BITS = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 

@@ -86,11 +86,13 @@ def _save(plt, fig, path):
     return path
 
 
+FIGURES = ("confusion", "roc", "reliability")  # each written as <prefix><name>.png
+
+
 def all_figures(report, out_dir, prefix=""):
     """confusion, ROC and reliability PNGs in ``out_dir``; the paths written."""
     written = []
-    for name, func in (("confusion", confusion_png), ("roc", roc_png),
-                       ("reliability", reliability_png)):
+    for name, func in zip(FIGURES, (confusion_png, roc_png, reliability_png)):
         path = func(report, os.path.join(out_dir, "{}{}.png".format(prefix, name)))
         if path:
             written.append(path)

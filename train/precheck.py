@@ -7,7 +7,7 @@ import logging
 import os
 
 from oncolens.appliance.bundle import LABELS_TXT
-from oncolens.appliance.errors import ImageReadError, UsageError
+from oncolens.appliance.errors import ImageReadError, UsageError, plural
 from oncolens.appliance.imageio import decode_image, list_folders, read_bytes, sixteen_bit_peak
 from oncolens.train.data import class_counts, list_samples
 from oncolens.train.scan import LOW_BITS_PEAK, low_bits_warning
@@ -31,8 +31,8 @@ def check_classes(data_dir, classes, splits=("train", "val")):
     """Errors: fewer than two classes, a class with no training images. Warnings: folders
     not among the classes, a class with no val images. Returns {split: samples}."""
     if len(classes) < 2:
-        raise UsageError("{}: {} lists {} class ({}): a classifier needs at least 2".format(
-            data_dir, _source(data_dir), len(classes), ", ".join(classes)))
+        raise UsageError("{}: {} lists {} ({}): a classifier needs at least 2".format(
+            data_dir, _source(data_dir), plural(len(classes), "class"), ", ".join(classes)))
     samples = {}
     for split in splits:
         split_dir = os.path.join(data_dir, split)
@@ -94,9 +94,9 @@ def check_images(samples, progress=None, threads=None):
         raise UsageError("{} cannot be read as an image ({}): remove or replace it".format(
             path, why))
     if bad:
-        raise UsageError("{} of {} images cannot be read (listed above): remove or replace "
+        raise UsageError("{} of {} cannot be read (listed above): remove or replace "
                          "them ('oncolens data check' audits a dataset)".format(
-                             len(bad), len(samples)))
+                             len(bad), plural(len(samples), "image")))
 
 
 def worker_error_line(exc):

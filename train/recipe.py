@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from oncolens.appliance.errors import MissingDependency, UsageError
+from oncolens.appliance.errors import MissingDependency, UsageError, plural
 from oncolens.appliance.preprocess import Preprocessor
 from oncolens.train.augment import TrainAugment
 from oncolens.train.data import (CachedDataset, FolderDataset, balanced_class_weights,
@@ -94,8 +94,9 @@ def make_loaders(args, classes, preprocess, micro_batch):
     samples = list_samples(os.path.join(args.data, "train"), classes)
     val_samples = list_samples(os.path.join(args.data, "val"), classes)
     if args.final_fit:
-        log.info("--final-fit: training on train/ (%d images) and val/ (%d) together; no epoch "
-                 "is chosen on val/, the last one is kept", len(samples), len(val_samples))
+        log.info("--final-fit: training on train/ (%s) and val/ (%d) together; no epoch "
+                 "is chosen on val/, the last one is kept", plural(len(samples), "image"),
+                 len(val_samples))
         samples, val_samples = samples + val_samples, None
     resolve_orientation(args, samples)
     augment = TrainAugment(pre, args.seed, augment_options(args))

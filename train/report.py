@@ -1,7 +1,8 @@
 """Markdown reports for ``oncolens evaluate``: one model, or a comparison of several."""
 from urllib.parse import quote
 
-from oncolens.train.evaluate import absent_note, not_held_out, recall_text
+from oncolens.appliance.errors import plural
+from oncolens.train.evaluate import absent_note, not_held_out, precision_text, recall_text
 
 
 def _fmt(value, digits=3):
@@ -38,7 +39,7 @@ def model_markdown(report, pngs=None):
         lines += ["**Warning: not held-out.** {}.".format(warning[0].upper() + warning[1:]), ""]
     if absent_note(report):
         lines += ["**Note:** {}.".format(absent_note(report)), ""]
-    lines += ["- split: `{}` ({} images)".format(report["split_dir"], report["count"]),
+    lines += ["- split: `{}` ({})".format(report["split_dir"], plural(report["count"], "image")),
              "- model: {} at {} px, run by {}".format(report["arch"], report["resolution"],
                                                       report["runner"]),
              "- accuracy **{}**{}, macro-F1 **{}**{}, balanced accuracy {}, macro ROC-AUC "
@@ -52,12 +53,12 @@ def model_markdown(report, pngs=None):
     for label in labels:
         row = report["per_class"][label]
         lines.append("| {} | {} | {} | {} | {} | {} |".format(
-            label, _fmt(row["precision"]), recall_text(row), _fmt(row["f1"]),
+            label, precision_text(report, label), recall_text(row), _fmt(row["f1"]),
             _fmt(row["roc_auc"]), row["support"]))
     if report.get("ci"):
-        lines += ["", "The intervals are percentile bootstrap intervals over the {} images "
+        lines += ["", "The intervals are percentile bootstrap intervals over the {} "
                   "({} rounds): how far the figure could move on another sample of this "
-                  "size.".format(report["count"], report["ci"]["rounds"])]
+                  "size.".format(plural(report["count"], "image"), report["ci"]["rounds"])]
     lines += ["", "Confusion matrix (rows: true class, columns: predicted):", "",
               "| true \\ predicted | " + " | ".join(labels) + " |",
               "|---" * (len(labels) + 1) + "|"]
@@ -85,8 +86,10 @@ def comparison_markdown(reports, not_evaluated=()):
         labels += [l for l in r["labels"] if l not in labels]
     head = ["model", "arch", "px", "accuracy", "macro-F1", "95% CI", "ROC-AUC", "ECE"] + \
         ["recall {}".format(l) for l in labels] + ["train s"]
-    lines = ["On `{}` ({} images):".format(reports[0]["split_dir"], ", ".join(
-        sorted(set(str(r["count"]) for r in reports)))), "",
+    counts = sorted(set(r["count"] for r in reports))
+    lines = ["On `{}` ({}):".format(reports[0]["split_dir"], plural(counts[0], "image") if
+                                    len(counts) == 1 else "{} images".format(
+                                        ", ".join(str(c) for c in counts))), "",
         "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for r, name in zip(reports, _names(reports)):
         cells = [name, str(r["arch"]), str(r["resolution"]),

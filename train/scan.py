@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from oncolens.appliance.errors import ImageReadError, UsageError, not_a_folder
+from oncolens.appliance.errors import ImageReadError, UsageError, not_a_folder, plural
 from oncolens.appliance.imageio import (LOW_BITS_PEAK, check_format, is_ignored_name,
                                         is_image_file,
                                         is_unsupported_image, list_folders, real_folders,
@@ -46,8 +46,8 @@ def loose_images(folder):
 
 def loose_warning(folder, names):
     """The one line that says so, naming the first of them."""
-    return ("{}: {} image file(s) outside the class folders are left out (e.g. {}): move each "
-            "into the folder of its class".format(folder, len(names), names[0]))
+    return ("{}: {} outside the class folders, left out (e.g. {}): move each into the "
+            "folder of its class".format(folder, plural(len(names), "image file"), names[0]))
 
 
 def walk(root):
@@ -82,8 +82,8 @@ def not_images(records):
 
 
 def not_images_warning(others):
-    return ("{} file(s) in the class folders are not images by their extension, and no "
-            "command reads them (e.g. {})".format(len(others), others[0]["path"]))
+    return ("{} in the class folders without an image extension: no command reads such "
+            "files (e.g. {})".format(plural(len(others), "file"), others[0]["path"]))
 
 
 def describe_file(path):
@@ -130,11 +130,12 @@ def describe_file(path):
 def low_bits_warning(count, example, peak):
     """The one warning line, shared by data check and train's image check, for ``count``
     16-bit images that use only their low bits (``example``: one of them, at ``peak``)."""
-    return ("{} 16-bit image(s) use only the low bits (highest value below {}; e.g. {}: {}): "
-            "they read as nearly black, with about {} grey levels, because reading keeps "
+    return ("{} using only the low bits (highest value below {}; e.g. {}: {}): "
+            "such images read as nearly black, with about {} grey levels, because reading keeps "
             "only the top 8 of 16 bits; rescale them to 8-bit (or to the full 16-bit range) "
             "before training (docs/TRAINING.md, Data)".format(
-                count, LOW_BITS_PEAK, example, peak, LOW_BITS_PEAK // 256))
+                plural(count, "16-bit image"), LOW_BITS_PEAK, example, peak,
+                LOW_BITS_PEAK // 256))
 
 
 def scan(root, progress=None):

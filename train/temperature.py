@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 
+from oncolens.appliance.errors import plural
 from oncolens.appliance.metrics import calibration
 
 log = logging.getLogger(__name__)
@@ -201,7 +202,7 @@ def calibrate_checkpoint(path, arch, num_classes, loader, runtime, bins=15):
               "val_nll": [round(nll(raw, targets), 4), round(nll(raw, targets, temperature), 4)],
               "val_ece": [round(before, 4), round(after, 4)],
               "seconds": round(time.time() - started, 1)}
-    log.info("temperature scaling on val/ (%d images): T = %.3f, NLL %.3f -> %.3f, ECE %.3f -> "
-             "%.3f; folded into %s of %s", len(targets), temperature, record["val_nll"][0],
-             record["val_nll"][1], before, after, name, os.path.basename(path))
+    log.info("temperature scaling on val/ (%s): T = %.3f, NLL %.3f -> %.3f, ECE %.3f -> "
+             "%.3f; folded into %s of %s", plural(len(targets), "image"), temperature,
+             record["val_nll"][0], record["val_nll"][1], before, after, name, os.path.basename(path))
     return record

@@ -7,7 +7,7 @@ import numpy as np
 
 from oncolens import __version__
 from oncolens.appliance.archs import build_model, canonical_arch
-from oncolens.appliance.errors import UsageError
+from oncolens.appliance.errors import UsageError, plural
 from oncolens.appliance.preprocess import imagenet_preprocess
 from oncolens.train import metrics
 from oncolens.train.choices import (check_args, check_batch_of_one, check_input_size,
@@ -251,7 +251,7 @@ def run_training(args):
         args.start_epoch = ckpt.get("start_epoch")  # None: the checkpoint does not say
     if rows:  # the resumed run's history, even if no epoch is left
         write_history(args.model_dir, rows)
-    log.info("training %s on %d images (%s), %s, batch %d%s", args.arch, len(samples),
+    log.info("training %s on %s (%s), %s, batch %d%s", args.arch, plural(len(samples), "image"),
              ", ".join(classes), runtime.describe(), args.batch_size,
              " ({} x {})".format(args.accum_steps, micro) if args.accum_steps > 1 else "")
     try:
@@ -330,8 +330,8 @@ def _used_up(args, schedule, start_epoch, since_best):
                  args.time_limit, schedule.elapsed())
         return "time-limit"
     if args.patience and since_best >= args.patience:
-        log.info("--patience %d: the resumed run has had no better epoch for %d epochs; no "
-                 "epoch left", args.patience, since_best)
+        log.info("--patience %d: the resumed run has had no better epoch for %s; no "
+                 "epoch left", args.patience, plural(since_best, "epoch"))
         return "patience"
     return None
 
@@ -385,12 +385,13 @@ def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, c
         write_history(args.model_dir, rows)  # first: a resume keeps the rows up to its epoch
         save_checkpoint(state, args.model_dir, is_best, (model, ema))
         if args.patience and since_best >= args.patience:
-            log.info("no better epoch for %d epochs (by val macro-F1, ties broken by lower val "
-                     "loss): stopping early", args.patience)
+            log.info("no better epoch for %s (by val macro-F1, ties broken by lower val "
+                     "loss): stopping early", plural(args.patience, "epoch"))
             stopped = "patience"
             break
         if not room and epoch + 1 < args.epochs:
-            log.info("--time-limit %g min reached after %d epochs", args.time_limit, epoch + 1)
+            log.info("--time-limit %g min reached after %s", args.time_limit,
+                     plural(epoch + 1, "epoch"))
             stopped = "time-limit"
             break
     return best, schedule.elapsed(), stopped, last

@@ -13,7 +13,7 @@ import logging
 import numpy as np
 
 from oncolens.appliance.backends.base import Backend, InferResult
-from oncolens.appliance.errors import BundleError, MissingDependency
+from oncolens.appliance.errors import BundleError, MissingDependency, plural
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,9 @@ class JetsonBackend(Backend):
         self.net = ji.imageNet(argv=argv)
         num = self.net.GetNumClasses()
         if num != len(bundle.labels):
-            raise BundleError("{} lists {} classes but {} has {} outputs".format(
-                bundle.labels_source, len(bundle.labels), path, num))
+            raise BundleError("{} lists {} but {} has {}".format(
+                bundle.labels_source, plural(len(bundle.labels), "class"), path,
+                plural(num, "output")))
         self.mean = bundle.preprocess.get("mean")
         self.std = bundle.preprocess.get("std")
 
