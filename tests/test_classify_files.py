@@ -128,3 +128,39 @@ def test_a_video_opencv_cannot_read_is_named_before_the_model_loads(tiny_bundle,
     assert "cannot open {} (video): OpenCV cannot read it as a video".format(bad) in err
     assert "backend auto" not in caplog.text and stdout == ""
     assert not os.path.exists(str(tmp_path / "out.mp4"))
+
+
+class _FailingWriter(object):
+    """A cv2.VideoWriter that cannot open, after creating its file empty (as OpenCV builds do
+    that open the file before the encoder; in this one a 1x1 mp4v frame fails without one)."""
+
+    def __init__(self, path, *args):
+        open(path, "ab").close()  # made when missing, never truncated
+
+    def isOpened(self):
+        return False
+
+    def release(self):
+        pass
+
+
+def test_a_video_writer_that_cannot_open_leaves_no_file_and_no_folder(tiny_bundle, tiny_data,
+                                                                       tmp_path, monkeypatch):
+    """The failed writer's empty out.mp4 was left behind (a rerun then needed --overwrite),
+    and so were the folders made for it; a file that was there before is kept as it was."""
+    import cv2
+    monkeypatch.setattr(cv2, "VideoWriter", _FailingWriter)
+    image = os.path.join(tiny_data, "test", "benign", "benign_test_0000.png")
+    out = str(tmp_path / "new" / "sub" / "out.mp4")
+    code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless", image, out])
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "output {}: OpenCV cannot open a mp4v video writer for 48x48 frames".format(out) \
+        in err and ".avi" in err
+    assert not os.path.exists(str(tmp_path / "new"))
+    kept = str(tmp_path / "kept.avi")
+    with open(kept, "wb") as fh:
+        fh.write(b"an earlier run's video")
+    code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless",
+                                 "--overwrite", image, kept])
+    assert code == 1 and "output {}: OpenCV cannot open a MJPG video writer".format(kept) in err
+    assert _bytes(kept) == b"an earlier run's video"
