@@ -16,6 +16,7 @@ from oncolens.appliance.backends import open_backend
 from oncolens.appliance.benchstats import gpu_info, latency_ms, loadavg, machine_info, shares
 from oncolens.appliance.device_preprocess import stack_inputs
 from oncolens.appliance.errors import MissingDependency, OncoLensError, plural
+from oncolens.appliance.imageio import LowBitsWarning
 from oncolens.appliance.pipeline import batched, prefetch, window
 from oncolens.appliance.postprocess import top_k
 from oncolens.appliance.preprocess import Preprocessor
@@ -333,6 +334,9 @@ def run_bench(cfg):
     cfg["unreadable"] = Unreadable()
     # at least one readable image, or one line now (not after the reference and baseline)
     sample_batch(Preprocessor.from_bundle(bundle), cfg["files"], 1, cfg["unreadable"])
+    # near-black 16-bit images: warned once, outside every timed loop
+    paths = [path for path, _ in cfg["files"] + cfg["agreement_files"]]
+    LowBitsWarning(log).scan(collections.OrderedDict.fromkeys(paths))
     ref = reference(bundle, cfg["agreement_files"], cfg["unreadable"])
     cfg["reference_single_class"] = only = single_class(bundle, ref)
     result["agreement_images"]["reference_single_class"] = only

@@ -20,6 +20,8 @@ from oncolens.appliance.outpaths import check_output_file, check_text_file
 log = logging.getLogger("oncolens.classify")
 
 OVERLAYS = ("text", "labels", "cam", "none")
+# the longest RTSP/RTP jitter buffer taken (ms): a minute of video held back is a typo
+MAX_LATENCY_MS = 60000
 
 
 def _input_flags(p):
@@ -33,7 +35,8 @@ def _input_flags(p):
                    help="files and videos: 0 once, N more passes, -1 forever (0)")
     g.add_argument("--input-codec", help="h264, h265 or mjpeg (streams; mjpeg for V4L2)")
     g.add_argument("--input-rtsp-latency", "--input-latency", dest="input_latency", type=int,
-                   help="RTSP/RTP jitter buffer in ms (200)")
+                   help="RTSP/RTP jitter buffer in ms, 0 to {} (200; 0: the "
+                        "default)".format(MAX_LATENCY_MS))
     g.add_argument("--input-save", help="jetson_utils only: also save the input stream")
     g.add_argument("--input-decoder", help="jetson_utils only: cpu, omx or v4l2")
 
@@ -186,6 +189,10 @@ def _check_numbers(args):
         if value is not None and not 0 <= value < float("inf"):
             raise UsageError("{}: expected {} above 0 (0: the default), got {}".format(
                 flag, what, value))
+    if args.input_latency is not None and not 0 <= args.input_latency <= MAX_LATENCY_MS:
+        raise UsageError("--input-rtsp-latency (--input-latency): expected milliseconds from 0 "
+                         "to {} (the jitter buffer; 0: the default, 200), got {}".format(
+                             MAX_LATENCY_MS, args.input_latency))
     if not 0 <= args.status_every < float("inf"):
         raise UsageError("--status-every: expected seconds, 0 or more, got {}".format(
             args.status_every))

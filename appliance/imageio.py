@@ -246,6 +246,28 @@ def sixteen_bit_peak(data):
 LOW_BITS_PEAK = 4096
 
 
+def low_bits_peak(data):
+    """The highest sample of encoded bytes that are a 16-bit PNG or TIFF using only its low
+    bits (below LOW_BITS_PEAK), else None: any other image, or one that does not decode
+    (only a file whose header says 16-bit is decoded, a second time)."""
+    if not sixteen_bit(data):
+        return None
+    try:
+        peak = sixteen_bit_peak(data)
+    except Exception:  # cv2.error on a file IMREAD_COLOR read: the warning is advice only
+        return None
+    return peak if peak is not None and peak < LOW_BITS_PEAK else None
+
+
+def low_bits_advice(peak):
+    """What a low-bits image means for its result, and what to do: one sentence."""
+    return ("a 16-bit image that uses only its low bits (highest value {}, below {}, as a "
+            "12-bit camera's): reading keeps the top 8 of its 16 bits, so it reads as nearly "
+            "black, with about {} grey levels, and its result means little; rescale such images "
+            "to 8-bit (or to the full 16-bit range) first".format(
+                peak, LOW_BITS_PEAK, LOW_BITS_PEAK // 256))
+
+
 class LowBitsWarning(object):
     """One warning a run (one instance a run) for the first 16-bit PNG or TIFF read that uses
     only its low bits, as ``data check`` and train's image check detect them (a 12-bit
@@ -258,25 +280,34 @@ class LowBitsWarning(object):
         self.warned = False
 
     def check(self, path, data):
-        if self.warned or not sixteen_bit(data):
+        if self.warned:
             return
-        try:
-            peak = sixteen_bit_peak(data)
-        except Exception:  # cv2.error on a file IMREAD_COLOR read: the warning is advice only
-            return
-        if peak is None or peak >= LOW_BITS_PEAK:
+        peak = low_bits_peak(data)
+        if peak is None:
             return
         with self.lock:
             if self.warned:
                 return
             self.warned = True
-        self.log.warning(
-            "%s: a 16-bit image that uses only its low bits (highest value %d, below %d, as a "
-            "12-bit camera's): reading keeps the top 8 of its 16 bits, so it reads as nearly "
-            "black, with about %d grey levels, and its result means little; rescale such images "
-            "to 8-bit (or to the full 16-bit range) first (docs/TRAINING.md, Data). Warned once "
-            "a run: other such files are not named", path, peak, LOW_BITS_PEAK,
-            LOW_BITS_PEAK // 256)
+        self.log.warning("%s: %s (docs/TRAINING.md, Data). Warned once a run: other such files "
+                         "are not named", path, low_bits_advice(peak))
+
+    def scan(self, paths):
+        """``check`` the image files ``paths`` in order until it has warned, reading a file
+        whole only when its header may say 16-bit (a TIFF's may be at its end); a file that
+        cannot be read is left to the caller's own report."""
+        for path in paths:
+            if self.warned:
+                return
+            try:
+                with open(path, "rb") as fh:
+                    head = fh.read(32)
+                    if head[:4] not in (b"II*\x00", b"MM\x00*") and not sixteen_bit(head):
+                        continue
+                    data = head + fh.read()
+            except (IOError, OSError):
+                continue
+            self.check(path, data)
 
 
 # the largest side a format holds (libjpeg, libwebp); a larger image cannot be written in it

@@ -86,6 +86,30 @@ def planned_frames(source):
     return frames, loop < 0
 
 
+def _missing_folders(folder):
+    """The folders that do not exist yet on the way to ``folder``, outermost first."""
+    missing = []
+    while folder and not os.path.exists(folder):
+        missing.insert(0, folder)
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    return missing
+
+
+def _remove_made(path, existed, folders):
+    """Remove the file ``path`` if it was not there before (``existed``), then ``folders``
+    (made for it, outermost first) where they are still empty; never anything else."""
+    try:
+        if not existed and os.path.isfile(path):
+            os.remove(path)
+        for folder in reversed(folders):
+            os.rmdir(folder)
+    except OSError:  # something else was put there meanwhile: left as it is
+        pass
+
+
 class ImageFileSink(object):
     """Frames to image files: one file, a numbered pattern, or a folder mirroring the input."""
 
@@ -188,16 +212,32 @@ class VideoFileSink(object):
             self.rate = float(rate)
 
     def _open(self, image):
+        """The writer, at ``image``'s size. When OpenCV cannot open it, what this made (the
+        file, when it was not there before, and the folders made for it) is removed and one
+        line names the output: no empty file is left for a rerun to trip over."""
         import cv2
-        parent = os.path.dirname(self.uri)
-        if parent and not os.path.isdir(parent):
-            os.makedirs(parent)
+        made = _missing_folders(os.path.dirname(self.uri))
+        if made:
+            os.makedirs(made[-1])
+        existed = os.path.lexists(self.uri)
         self.size = (image.shape[1], image.shape[0])
-        self.writer = cv2.VideoWriter(self.uri, cv2.VideoWriter_fourcc(*self.fourcc), self.rate,
-                                      self.size)
-        if not self.writer.isOpened():
-            raise OncoLensError("output {}: OpenCV cannot write {} video here".format(
-                self.uri, self.fourcc))
+        try:
+            writer = cv2.VideoWriter(self.uri, cv2.VideoWriter_fourcc(*self.fourcc), self.rate,
+                                     self.size)
+            opened = writer.isOpened()
+        except cv2.error:
+            writer, opened = None, False
+        if not opened:
+            if writer is not None:
+                writer.release()
+            _remove_made(self.uri, existed, made)
+            raise OncoLensError(
+                "output {}: OpenCV cannot open a {} video writer for {}x{} frames at {:g} fps: "
+                "nothing written (name another video type: {})".format(
+                    self.uri, self.fourcc, self.size[0], self.size[1], self.rate,
+                    ", ".join(sorted(e for e, f in VIDEO_FOURCC.items()
+                                     if f != self.fourcc))))
+        self.writer = writer
 
     def write(self, frame, image):
         import cv2

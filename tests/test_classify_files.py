@@ -51,7 +51,8 @@ def test_bad_input_size_rate_and_encoder_values_are_one_line_before_the_model(ti
                                                                               tmp_path):
     """--input-width=-80 was a cv2.resize traceback; --input-rate=-5 'OpenCV cannot write
     mp4v video here' with an empty out.mp4 left behind (a rerun then needed --overwrite);
-    --output-codec and --bitrate were never checked."""
+    --output-codec and --bitrate were never checked; --input-latency=-5 was taken (rtspsrc
+    then failed on it, or it was ignored for a file)."""
     clip = write_video(str(tmp_path / "clip.mp4"), 3)
     out = str(tmp_path / "out.mp4")
     for argv, message in (
@@ -60,7 +61,11 @@ def test_bad_input_size_rate_and_encoder_values_are_one_line_before_the_model(ti
             (["--input-rate=nan"], "--input-rate: expected frames per second above 0"),
             (["--bitrate=-5"], "--bitrate: expected bits per second above 0"),
             (["--output-codec=h266"], "--output-codec: unknown codec 'h266'"),
-            (["--status-every=-1"], "--status-every: expected seconds, 0 or more")):
+            (["--status-every=-1"], "--status-every: expected seconds, 0 or more"),
+            (["--input-latency=-5"], "--input-rtsp-latency (--input-latency): expected "
+                                     "milliseconds from 0 to 60000"),
+            (["--input-rtsp-latency=90000"], "--input-rtsp-latency (--input-latency): "
+                                             "expected milliseconds from 0 to 60000")):
         code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless", clip,
                                      out] + argv)
         assert code == 2 and len(err.strip().splitlines()) == 1, (argv, err)
@@ -128,3 +133,54 @@ def test_a_video_opencv_cannot_read_is_named_before_the_model_loads(tiny_bundle,
     assert "cannot open {} (video): OpenCV cannot read it as a video".format(bad) in err
     assert "backend auto" not in caplog.text and stdout == ""
     assert not os.path.exists(str(tmp_path / "out.mp4"))
+
+
+class _FailingWriter(object):
+    """A cv2.VideoWriter that cannot open, after creating its file empty (as OpenCV builds do
+    that open the file before the encoder; in this one a 1x1 mp4v frame fails without one)."""
+
+    def __init__(self, path, *args):
+        open(path, "ab").close()  # made when missing, never truncated
+
+    def isOpened(self):
+        return False
+
+    def release(self):
+        pass
+
+
+def test_a_video_writer_that_cannot_open_leaves_no_file_and_no_folder(tiny_bundle, tiny_data,
+                                                                       tmp_path, monkeypatch):
+    """The failed writer's empty out.mp4 was left behind (a rerun then needed --overwrite),
+    and so were the folders made for it; a file that was there before is kept as it was."""
+    import cv2
+    monkeypatch.setattr(cv2, "VideoWriter", _FailingWriter)
+    image = os.path.join(tiny_data, "test", "benign", "benign_test_0000.png")
+    out = str(tmp_path / "new" / "sub" / "out.mp4")
+    code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless", image, out])
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "output {}: OpenCV cannot open a mp4v video writer for 48x48 frames".format(out) \
+        in err and ".avi" in err
+    assert not os.path.exists(str(tmp_path / "new"))
+    kept = str(tmp_path / "kept.avi")
+    with open(kept, "wb") as fh:
+        fh.write(b"an earlier run's video")
+    code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless",
+                                 "--overwrite", image, kept])
+    assert code == 1 and "output {}: OpenCV cannot open a MJPG video writer".format(kept) in err
+    assert _bytes(kept) == b"an earlier run's video"
+
+
+def test_a_bad_latency_is_refused_before_the_stream_is_opened(tiny_bundle, monkeypatch):
+    from oncolens.appliance import sources
+
+    def never(*args, **kwargs):
+        raise AssertionError("the source was opened")
+    monkeypatch.setattr(sources, "open_source", never)
+    for value in ("-1", "60001"):
+        code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless",
+                                     "--no-jetson-utils", "--input-rtsp-latency", value,
+                                     "rtsp://127.0.0.1:9/stream"])
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert "--input-rtsp-latency (--input-latency): expected milliseconds from 0 to " \
+            "60000 (the jitter buffer; 0: the default, 200), got {}".format(value) in err

@@ -1,7 +1,7 @@
 """16-bit images that use only their low bits (a 12-bit microscope camera's, highest value
 4095) read as 0..15 (the top 8 of 16 bits): data check and train's image check warn once,
-with a count and an example, batch and classify once a run, naming the first; decoding
-itself is unchanged."""
+with a count and an example, batch, classify and bench once a run, naming the first; serve
+in each such upload's answer and log; decoding itself is unchanged."""
 import logging
 import os
 import shutil
@@ -109,3 +109,44 @@ def test_classify_warns_once_a_run_naming_the_first_low_bit_file(tiny_bundle, ti
     assert len(warned) == 1, warned  # two files, two passes: one warning
     assert warned[0].startswith(os.path.join(folder, "b", "cam_0.png") + ":"), warned
     assert "highest value 4095" in warned[0] and "nearly black" in warned[0]
+
+
+def test_serve_answers_and_logs_a_warning_for_a_low_bit_upload(tiny_bundle, tmp_path, caplog):
+    """serve classified such an upload without a word: its answer now says so (also in
+    the annotated answer's X-Result), and its log names the request."""
+    import json
+    from serve_util import read, request, running
+    from oncolens.appliance.classifier import Classifier
+    low, full = str(tmp_path / "cam.png"), str(tmp_path / "full.tif")
+    _twelve_bit(low)
+    _twelve_bit(full, peak=65535, channels=3)
+    caplog.set_level(logging.WARNING)
+    with Classifier.open(tiny_bundle, backend="onnxruntime") as clf, \
+            running(clf) as (url, app):
+        reply = request(url, "/classify", "POST", read(low))
+        assert reply.status == 200, reply.body
+        result = json.loads(reply.body.decode("utf-8"))
+        annotated = request(url, "/classify?annotated=1", "POST", read(low))
+        ordinary = json.loads(request(url, "/classify", "POST", read(full)).body.decode("utf-8"))
+    assert [w["code"] for w in result["warnings"]] == ["low_bits"]
+    message = result["warnings"][0]["message"]
+    assert "highest value 4095" in message and "nearly black" in message and "rescale" in message
+    assert json.loads(annotated.headers["x-result"])["warnings"] == result["warnings"]
+    assert "warnings" not in ordinary
+    warned = _low_bit_warnings(caplog)
+    assert len(warned) == 2 and warned[0].startswith(result["request_id"]), warned
+
+
+def test_bench_warns_once_naming_the_first_low_bit_file(tiny_bundle, tiny_data, tmp_path,
+                                                         caplog):
+    folder = _folder_with_low_bits(tiny_data, tmp_path)
+    caplog.set_level(logging.WARNING)
+    code, out, err = run_cli(["bench", "--model", tiny_bundle, "--images", folder,
+                              "--backends", "onnxruntime", "--batch-sizes", 1, "--no-baseline",
+                              "--min-seconds", 0.05, "--warmup", 1,
+                              "--json", tmp_path / "b.json"])
+    assert code == 0, err
+    warned = _low_bit_warnings(caplog)
+    assert len(warned) == 1, warned  # once, though the images are read in several loops
+    assert warned[0].startswith(os.path.join(folder, "b", "cam_0.png") + ":"), warned
+    assert "highest value 4095" in warned[0] and "once a run" in warned[0]

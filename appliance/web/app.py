@@ -15,6 +15,7 @@ import uuid
 
 from oncolens import __version__
 from oncolens.appliance.errors import MissingDependency, UsageError
+from oncolens.appliance.imageio import low_bits_peak
 from oncolens.appliance.preprocess import resize_geometry
 from oncolens.appliance.web.audit import AuditLog
 from oncolens.appliance.web.auth import token_ok
@@ -278,7 +279,9 @@ class ServeApp(object):
         return new_w, new_h
 
     def read_upload(self, environ):
-        """(bytes, format, rgb) of the request's image; UploadError when refused."""
+        """(bytes, format, rgb, low-bits peak) of the request's image (the peak: the highest
+        sample of a 16-bit image that uses only its low bits, else None); UploadError when
+        refused."""
         data = image_bytes(environ, read_body(environ, self.max_bytes))
         resized = self.resized_size if getattr(self.classifier, "preprocessor", None) else None
         fmt = check_image(data, self.max_pixels, resized)[0]  # before waiting for a slot
@@ -289,9 +292,10 @@ class ServeApp(object):
         try:
             fmt, rgb = decode_upload(data, self.max_pixels, "upload {}".format(
                 environ.get("oncolens.request_id")), resized, fmt)
+            peak = low_bits_peak(data)  # a 16-bit upload decodes once more, in its slot
         finally:
             self._decoding.release()
-        return data, fmt, rgb
+        return data, fmt, rgb, peak
 
     def submit(self, rgb):
         return self.queue.submit(rgb)

@@ -11,7 +11,7 @@ import logging
 import time
 from urllib.parse import parse_qs, quote
 
-from oncolens.appliance.imageio import MAX_SIDE, encode_image
+from oncolens.appliance.imageio import MAX_SIDE, encode_image, low_bits_advice
 from oncolens.appliance.overlay import draw_lines
 from oncolens.appliance.postprocess import overlay_text
 from oncolens.appliance.web.queue import QueueFull
@@ -68,13 +68,24 @@ def timed_out(app, rid, sha, retry_after):
                               headers={"Retry-After": str(int(retry_after))})
 
 
-def build_result(app, rid, upload, job, started, decoded):
+def warnings_of(rid, sha, low_bits):
+    """The answer's ``warnings`` (``code`` and ``message`` each), also logged: an upload that
+    is a 16-bit image using only its low bits (``low_bits``: its highest value) reads nearly
+    black, and its result means little."""
+    if low_bits is None:
+        return []
+    message = low_bits_advice(low_bits)
+    log.warning("%s input sha256=%s: %s", rid, sha[:16], message)
+    return [{"code": "low_bits", "message": message}]
+
+
+def build_result(app, rid, upload, job, started, decoded, warnings=None):
     data, sha, fmt, rgb = upload
     clf = app.classifier
     preds = clf.predictions(job.probs)
     best = preds[0]
     done = time.time()
-    return {
+    result = {
         "request_id": rid,
         "label": best.label, "confidence": best.confidence, "index": best.index,
         "top": [{"label": p.label, "confidence": p.confidence, "index": p.index} for p in preds],
@@ -86,7 +97,10 @@ def build_result(app, rid, upload, job, started, decoded):
                       "queue": round(job.queued_s * 1000.0, 3),
                       "inference": round((job.infer_s or 0.0) * 1000.0, 3),
                       "total": round((done - started) * 1000.0, 3)},
-    }, preds
+    }
+    if warnings:  # only when there is one: an ordinary answer is unchanged
+        result["warnings"] = warnings
+    return result, preds
 
 
 def annotated_response(app, result, preds, rgb, fmt):
@@ -130,7 +144,7 @@ def _classify(app, environ, rid, seen):
         app.drop_body(environ)
         return refuse(app, rid, exc)
     try:
-        data, fmt, rgb = app.read_upload(environ)
+        data, fmt, rgb, low_bits = app.read_upload(environ)
     except UploadError as exc:
         return refuse(app, rid, exc)
     sha = seen["sha"] = hashlib.sha256(data).hexdigest()
@@ -147,7 +161,8 @@ def _classify(app, environ, rid, seen):
         app.metrics.observe_error("inference")
         app.audit.write(rid, 500, sha, app.model_sha256)
         return app.error_response(500, "inference_failed", job.error)
-    result, preds = build_result(app, rid, (data, sha, fmt, rgb), job, started, decoded)
+    result, preds = build_result(app, rid, (data, sha, fmt, rgb), job, started, decoded,
+                                 warnings_of(rid, sha, low_bits))
     # the answer is made before the result is counted and audited: a failure to make it is
     # then audited once, as the 500 it is answered with
     response = (annotated_response(app, result, preds, rgb, image_ext) if annotated
