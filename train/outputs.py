@@ -158,7 +158,7 @@ def _match_best(args, ckpt):
         log.warning("%s (a run stopped between writing the two): copied from the "
                     "checkpoint", shown)
         _replace(path, lambda tmp: shutil.copyfile(args.resume, tmp))
-    elif on_disk.get("epoch") and int(on_disk["epoch"]) < int(ckpt.get("epoch") or 0):
+    elif on_disk.get("epoch") and int(on_disk["epoch"]) <= int(ckpt.get("epoch") or 0):
         log.warning("%s: going on with epoch %d as the best so far", shown, on_disk["epoch"])
         ckpt["best"] = {k: on_disk.get(k) for k in ("macro_f1", "accuracy", "epoch", "loss")}
     else:
