@@ -20,8 +20,9 @@ from oncolens.train.history import plot_history, read_history, write_history
 from oncolens.train.outputs import (BEST, adopt_best, check_model_dir, prepare_model_dir,
                                     save_checkpoint, training_record, write_bundle)
 from oncolens.train.precheck import check_classes, check_images
-from oncolens.train.recipe import (Schedule, make_loaders, make_loss, make_optimizer,
-                                   make_val_loader, progress, set_lr, torch_module)
+from oncolens.train.recipe import (Schedule, load_optimizer, make_loaders, make_loss,
+                                   make_optimizer, make_val_loader, progress, set_lr,
+                                   torch_module)
 from oncolens.train.runtime import make_runtime, out_of_memory
 from oncolens.train.temperature import (calibrate_checkpoint, remove_temperature,
                                         unscaled_state_dict)
@@ -198,21 +199,6 @@ def _head_and_body(args, model):
     return head, body
 
 
-def _load_optimizer(args, optimizer, saved):
-    """The resumed run's optimizer state (AdamW's moments, SGD's momentum buffers) under this
-    run's settings: loading a state also brings back each group's weight decay, momentum ...
-    of the run that saved it, which would silently override --wd and --momentum."""
-    settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-    try:
-        optimizer.load_state_dict(saved)
-    except ValueError as exc:  # other parameter groups (a jetson-inference checkpoint)
-        log.warning("--resume %s: its optimizer state does not fit this run (%s): the "
-                    "optimizer starts afresh, the weights go on", args.resume, exc)
-        return
-    for group, own in zip(optimizer.param_groups, settings):
-        group.update(own)
-
-
 def _resume_state(args, ckpt, optimizer, ema):
     """The best epoch so far, the epoch to start from and history.csv's rows up to it."""
     best = {"macro_f1": -1.0, "accuracy": 0.0, "epoch": -1, "loss": float("inf")}
@@ -221,7 +207,7 @@ def _resume_state(args, ckpt, optimizer, ema):
     if ema is not None:
         ema.restore(ckpt["state_dict"], ckpt.get("ema", {}))
     if "optimizer" in ckpt and not args.evaluate:
-        _load_optimizer(args, optimizer, ckpt["optimizer"])
+        load_optimizer(args, optimizer, ckpt["optimizer"])
     start_epoch = ckpt.get("epoch", args.start_epoch)
     history = read_history(os.path.dirname(args.resume) or ".")  # the checkpoint's own run
     rows = [r for r in history if int(r["epoch"]) <= start_epoch]
