@@ -325,6 +325,7 @@ def _used_up(args, schedule, start_epoch, since_best):
 def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, classes,
           preprocess, best, start_epoch, rows, init, body=(), clock=None):
     model, ema = models
+    seconds = float((clock or {}).get("train_seconds") or 0.0)
     judged = ema.model if ema is not None else model
     schedule = Schedule(args, len(train_loader), start_epoch, clock)
     stopped, last = "epochs", start_epoch
@@ -332,7 +333,7 @@ def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, c
     since_best = max(0, start_epoch - best["epoch"]) if best.get("epoch", -1) > 0 else 0
     used_up = _used_up(args, schedule, start_epoch, since_best)
     if used_up:
-        return best, schedule.elapsed(), used_up, last
+        return best, seconds, used_up, last
     for epoch in range(start_epoch, args.epochs):
         last = epoch + 1
         t0 = time.time()
@@ -360,6 +361,8 @@ def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, c
                  lr, train_loss, ips, _val_text(val_loss, summary), time.time() - t0,
                  "  *best*" if is_best and val_loader is not None else "")
         room = schedule.epoch_done(time.time() - t0)
+        clock = schedule.state()
+        seconds = clock["train_seconds"]  # what the checkpoint says: a stop loses no more
         state = {"epoch": epoch + 1, "arch": args.arch, "resolution": args.resolution,
                  "classes": classes, "num_classes": len(classes),
                  "state_dict": judged.state_dict(), "accuracy": summary["accuracy"],
@@ -367,7 +370,7 @@ def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, c
                  "macro_f1": summary["macro_f1"], "preprocess": preprocess, "init": init,
                  "final_fit": val_loader is None, "body_lr_ratio": args.body_lr_ratio,
                  "trivial_augment": args.trivial_augment, "oncolens_version": __version__,
-                 "clock": schedule.state(), "start_epoch": args.start_epoch}
+                 "clock": clock, "start_epoch": args.start_epoch}
         write_history(args.model_dir, rows)  # first: a resume keeps the rows up to its epoch
         save_checkpoint(state, args.model_dir, is_best, (model, ema))
         if args.patience and since_best >= args.patience:
@@ -379,4 +382,4 @@ def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, c
             log.info("--time-limit %g min reached after %d epochs", args.time_limit, epoch + 1)
             stopped = "time-limit"
             break
-    return best, schedule.elapsed(), stopped, last
+    return best, seconds, stopped, last
