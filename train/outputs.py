@@ -202,20 +202,27 @@ def _replace(path, write):
         raise
 
 
-def training_record(args, runtime, init, seconds, stopped):
-    """The ``training`` block of model.json: the recipe and how the run went."""
-    keys = ("epochs", "start_epoch", "batch_size", "lr", "optimizer", "schedule",
-            "warmup_epochs", "min_lr_ratio", "weight_decay", "label_smoothing",
-            "class_weights", "sampler", "crop_scale", "colour_jitter", "stain_jitter",
-            "orientation", "no_rot90", "no_augment", "seed", "time_limit", "patience",
-            "accum_steps", "low_memory", "mixup", "ema_epochs", "freeze_early", "final_fit",
-            "body_lr_ratio", "head_epochs", "trivial_augment")
-    record = {k: getattr(args, k) for k in keys}
-    # how the starting weights were made, carried through --resume (None: not recorded)
-    record["zero_init_residual"] = init.get("zero_init_residual")
+RECIPE = ("epochs", "batch_size", "lr", "optimizer", "schedule", "warmup_epochs",
+          "min_lr_ratio", "weight_decay", "label_smoothing", "class_weights", "sampler",
+          "crop_scale", "colour_jitter", "stain_jitter", "orientation", "no_rot90", "no_augment",
+          "seed", "time_limit", "patience", "accum_steps", "low_memory", "mixup", "ema_epochs",
+          "freeze_early", "final_fit", "body_lr_ratio", "head_epochs", "trivial_augment")
+
+
+def recipe_flags(args):
+    """This run's recipe, as model.json's ``training`` (and each of its ``runs``) records it."""
+    record = {k: getattr(args, k) for k in RECIPE}
     record["momentum"] = args.momentum if args.optimizer == "sgd" else None  # AdamW: none
     if getattr(args, "epochs_from_budget", False):
         record["epochs"] = None  # as many as --time-limit allowed (see "stopped")
+    return record
+
+
+def training_record(args, runtime, init, seconds, stopped):
+    """The ``training`` block of model.json: the (last run's) recipe and how it went."""
+    record = dict(recipe_flags(args), start_epoch=args.start_epoch)
+    # how the starting weights were made, carried through --resume (None: not recorded)
+    record["zero_init_residual"] = init.get("zero_init_residual")
     record.update({"best_epoch": None, "init": init, "runtime": runtime.describe(),
                    "train_seconds": round(seconds, 1), "stopped": stopped,
                    "oncolens_version": __version__})

@@ -18,11 +18,13 @@ from oncolens.train.flags import low_memory_accum
 from oncolens.train.freeze import freeze_early_layers, head_parameters
 from oncolens.train.history import plot_history, read_history, write_history
 from oncolens.train.outputs import (BEST, adopt_best, check_model_dir, prepare_model_dir,
-                                    save_checkpoint, training_record, write_bundle)
+                                    recipe_flags, save_checkpoint, training_record,
+                                    write_bundle)
 from oncolens.train.precheck import check_classes, check_images
 from oncolens.train.recipe import (Schedule, load_optimizer, make_loaders, make_loss,
                                    make_optimizer, make_val_loader, progress, set_lr,
                                    torch_module)
+from oncolens.train.runs import RunLog, stop_reason
 from oncolens.train.runtime import make_runtime, out_of_memory
 from oncolens.train.temperature import (calibrate_checkpoint, remove_temperature,
                                         unscaled_state_dict)
@@ -233,6 +235,7 @@ def run_training(args):
     if args.ema_epochs > 0:
         ema = WeightAverage(model, args.ema_epochs, len(train_loader))
     best, start_epoch, rows = _resume_state(args, ckpt, optimizer, ema)
+    runs = RunLog(ckpt, start_epoch, recipe_flags(args), runtime.describe())
     if ckpt is not None:  # model.json's start_epoch: where the run it continues began
         args.start_epoch = ckpt.get("start_epoch")  # None: the checkpoint does not say
     if rows:  # the resumed run's history, even if no epoch is left
@@ -244,7 +247,7 @@ def run_training(args):
         best, seconds, stopped, last = _loop(args, (model, ema), optimizer, loss_fn, runtime,
                                        train_loader, val_loader, classes, preprocess, best,
                                        start_epoch, rows, init, body,
-                                       ckpt.get("clock") if ckpt else None)
+                                       ckpt.get("clock") if ckpt else None, runs)
     except RuntimeError as exc:
         if out_of_memory(exc):
             raise UsageError("out of memory at batch size {} and {} px: pass --low-memory, or a "
@@ -253,6 +256,7 @@ def run_training(args):
         raise
     training = dict(training_record(args, runtime, init, seconds, stopped),
                     train_images=len(samples), last_epoch=last,
+                    runs=runs.upto(last, seconds, stopped),
                     calibration=_calibrate(args, classes, val_loader, runtime))
     write_bundle(args, classes, preprocess, best, training)
     plot_history(args.model_dir, read_history(args.model_dir))
@@ -323,7 +327,7 @@ def _used_up(args, schedule, start_epoch, since_best):
 
 
 def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, classes,
-          preprocess, best, start_epoch, rows, init, body=(), clock=None):
+          preprocess, best, start_epoch, rows, init, body=(), clock=None, runs=None):
     model, ema = models
     seconds = float((clock or {}).get("train_seconds") or 0.0)
     judged = ema.model if ema is not None else model
@@ -370,7 +374,9 @@ def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, c
                  "macro_f1": summary["macro_f1"], "preprocess": preprocess, "init": init,
                  "final_fit": val_loader is None, "body_lr_ratio": args.body_lr_ratio,
                  "trivial_augment": args.trivial_augment, "oncolens_version": __version__,
-                 "clock": clock, "start_epoch": args.start_epoch}
+                 "clock": clock, "start_epoch": args.start_epoch,
+                 "runs": runs.upto(epoch + 1, seconds, stop_reason(args, since_best, room,
+                                                                   epoch))}
         write_history(args.model_dir, rows)  # first: a resume keeps the rows up to its epoch
         save_checkpoint(state, args.model_dir, is_best, (model, ema))
         if args.patience and since_best >= args.patience:
