@@ -125,19 +125,21 @@ def test_model_json_records_where_the_epochs_began_and_ended(tmp_path, tiny_data
     assert (again["epochs"], again["start_epoch"], again["last_epoch"]) == (1, 2, 3)
 
 
-def test_resume_counts_the_epochs_since_the_best_towards_patience(tmp_path, tiny_data):
+def test_resume_counts_the_epochs_since_the_best_towards_patience(tmp_path, tiny_data,
+                                                                  monkeypatch):
     """--patience restarted from 0 on --resume: a run stopped (or interrupted) long after its
     best epoch trained --patience more epochs when resumed."""
     import json
     import torch
+    from oncolens.train import trainer
     model_dir = str(tmp_path / "m")
-    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs", 3] +
-                             FAST)
+    with monkeypatch.context() as patch:  # epoch 1 the best: two epochs without a better one
+        patch.setattr(trainer, "_better", lambda summary, loss, best: best["epoch"] < 1)
+        code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs",
+                                  3] + FAST)
     assert code == 0, err
     ckpt_path = os.path.join(model_dir, "checkpoint.pth.tar")
-    ckpt = torch.load(ckpt_path, weights_only=False)
-    ckpt["best"]["epoch"] = 1  # two epochs without a better one since
-    torch.save(ckpt, ckpt_path)
+    assert torch.load(ckpt_path, weights_only=False)["best"]["epoch"] == 1
     resume = ["train", tiny_data, "--model-dir", model_dir, "--epochs", 10, "--resume",
               ckpt_path] + FAST
     code, out, err = run_cli(resume + ["--patience", 2])

@@ -118,18 +118,52 @@ def prepare_model_dir(args):
 def adopt_best(args, ckpt):
     """--resume of a checkpoint from another folder: that run's model_best.pth.tar (its best
     epoch so far) comes along into --model-dir; where it has none, the resumed run chooses
-    its best epoch afresh."""
+    its best epoch afresh. Either way, the model_best.pth.tar in --model-dir is then the
+    one the checkpoint's best epoch says (``_match_best``)."""
     source = os.path.dirname(args.resume) or "."
-    if ckpt is None or args.evaluate or _same_folder(source, args.model_dir):
+    if ckpt is None or args.evaluate:
         return
-    shutil.copyfile(args.resume, os.path.join(args.model_dir, CHECKPOINT))  # where it stands
-    best = os.path.join(args.model_dir, BEST)
-    if os.path.isfile(os.path.join(source, BEST)):
-        shutil.copyfile(os.path.join(source, BEST), best)
+    if not _same_folder(source, args.model_dir):
+        shutil.copyfile(args.resume, os.path.join(args.model_dir, CHECKPOINT))  # where it is
+        best = os.path.join(args.model_dir, BEST)
+        if os.path.isfile(os.path.join(source, BEST)):
+            shutil.copyfile(os.path.join(source, BEST), best)
+        else:
+            if os.path.exists(best):
+                os.remove(best)
+            ckpt.pop("best", None)
+    _match_best(args, ckpt)
+
+
+def _match_best(args, ckpt):
+    """save_checkpoint replaces checkpoint.pth.tar, then model_best.pth.tar: a run stopped
+    between the two (Ctrl-C, a crash) left a checkpoint whose own epoch is its best beside
+    the model_best of an earlier best epoch. The checkpoint holds that epoch's weights, so
+    the copy is finished here; a model_best of another epoch than the checkpoint's best
+    (not one this run can have left) is said, and its own epoch and figures are believed."""
+    from oncolens.appliance.archs import load_checkpoint
+    best = ckpt.get("best") or {}
+    if int(best.get("epoch") or -1) < 1:
+        return  # no best epoch chosen yet (or a jetson-inference checkpoint)
+    path = os.path.join(args.model_dir, BEST)
+    if os.path.isfile(path) and os.path.samefile(path, args.resume):
         return
-    if os.path.exists(best):
-        os.remove(best)
-    ckpt.pop("best", None)
+    on_disk = load_checkpoint(path) if os.path.isfile(path) else {}
+    if on_disk.get("epoch") == best["epoch"]:
+        return
+    held = "holds epoch {}".format(on_disk["epoch"]) if on_disk else "is missing"
+    shown = "--resume {}: {} {}, not epoch {}, the checkpoint's best".format(
+        args.resume, BEST, held, best["epoch"])
+    if best["epoch"] == ckpt.get("epoch"):
+        log.warning("%s (a run stopped between writing the two): copied from the "
+                    "checkpoint", shown)
+        _replace(path, lambda tmp: shutil.copyfile(args.resume, tmp))
+    elif on_disk.get("epoch") and int(on_disk["epoch"]) <= int(ckpt.get("epoch") or 0):
+        log.warning("%s: going on with epoch %d as the best so far", shown, on_disk["epoch"])
+        ckpt["best"] = {k: on_disk.get(k) for k in ("macro_f1", "accuracy", "epoch", "loss")}
+    else:
+        log.warning("%s: this run chooses its best epoch afresh", shown)
+        ckpt.pop("best", None)
 
 
 def _warn_stale_exports(model_dir):
@@ -168,20 +202,27 @@ def _replace(path, write):
         raise
 
 
-def training_record(args, runtime, init, seconds, stopped):
-    """The ``training`` block of model.json: the recipe and how the run went."""
-    keys = ("epochs", "start_epoch", "batch_size", "lr", "optimizer", "schedule",
-            "warmup_epochs", "min_lr_ratio", "weight_decay", "label_smoothing",
-            "class_weights", "sampler", "crop_scale", "colour_jitter", "stain_jitter",
-            "orientation", "no_rot90", "no_augment", "seed", "time_limit", "patience",
-            "accum_steps", "low_memory", "mixup", "ema_epochs", "freeze_early", "final_fit",
-            "body_lr_ratio", "head_epochs", "trivial_augment")
-    record = {k: getattr(args, k) for k in keys}
-    # how the starting weights were made, carried through --resume (None: not recorded)
-    record["zero_init_residual"] = init.get("zero_init_residual")
+RECIPE = ("epochs", "batch_size", "lr", "optimizer", "schedule", "warmup_epochs",
+          "min_lr_ratio", "weight_decay", "label_smoothing", "class_weights", "sampler",
+          "crop_scale", "colour_jitter", "stain_jitter", "orientation", "no_rot90", "no_augment",
+          "seed", "time_limit", "patience", "accum_steps", "low_memory", "mixup", "ema_epochs",
+          "freeze_early", "final_fit", "body_lr_ratio", "head_epochs", "trivial_augment")
+
+
+def recipe_flags(args):
+    """This run's recipe, as model.json's ``training`` (and each of its ``runs``) records it."""
+    record = {k: getattr(args, k) for k in RECIPE}
     record["momentum"] = args.momentum if args.optimizer == "sgd" else None  # AdamW: none
     if getattr(args, "epochs_from_budget", False):
         record["epochs"] = None  # as many as --time-limit allowed (see "stopped")
+    return record
+
+
+def training_record(args, runtime, init, seconds, stopped):
+    """The ``training`` block of model.json: the (last run's) recipe and how it went."""
+    record = dict(recipe_flags(args), start_epoch=args.start_epoch)
+    # how the starting weights were made, carried through --resume (None: not recorded)
+    record["zero_init_residual"] = init.get("zero_init_residual")
     record.update({"best_epoch": None, "init": init, "runtime": runtime.describe(),
                    "train_seconds": round(seconds, 1), "stopped": stopped,
                    "oncolens_version": __version__})

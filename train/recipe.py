@@ -178,6 +178,21 @@ def make_optimizer(args, model, head=()):
     raise UsageError("--optimizer: expected adamw or sgd, got {!r}".format(args.optimizer))
 
 
+def load_optimizer(args, optimizer, saved):
+    """The resumed run's optimizer state (AdamW's moments, SGD's momentum buffers) under this
+    run's settings: loading a state also brings back each group's weight decay, momentum ...
+    of the run that saved it, which would silently override --wd and --momentum."""
+    settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    try:
+        optimizer.load_state_dict(saved)
+    except ValueError as exc:  # other parameter groups (a jetson-inference checkpoint)
+        log.warning("--resume %s: its optimizer state does not fit this run (%s): the "
+                    "optimizer starts afresh, the weights go on", args.resume, exc)
+        return
+    for group, own in zip(optimizer.param_groups, settings):
+        group.update(own)
+
+
 def learning_rate(args, step, steps_per_epoch, planned_epochs, time_fraction=0.0):
     """The rate for optimiser step ``step`` (0-based) of a ``planned_epochs`` run.
 

@@ -18,10 +18,13 @@ from oncolens.train.flags import low_memory_accum
 from oncolens.train.freeze import freeze_early_layers, head_parameters
 from oncolens.train.history import plot_history, read_history, write_history
 from oncolens.train.outputs import (BEST, adopt_best, check_model_dir, prepare_model_dir,
-                                    save_checkpoint, training_record, write_bundle)
+                                    recipe_flags, save_checkpoint, training_record,
+                                    write_bundle)
 from oncolens.train.precheck import check_classes, check_images
-from oncolens.train.recipe import (Schedule, make_loaders, make_loss, make_optimizer,
-                                   make_val_loader, progress, set_lr, torch_module)
+from oncolens.train.recipe import (Schedule, load_optimizer, make_loaders, make_loss,
+                                   make_optimizer, make_val_loader, progress, set_lr,
+                                   torch_module)
+from oncolens.train.runs import RunLog, stop_reason
 from oncolens.train.runtime import make_runtime, out_of_memory
 from oncolens.train.temperature import (calibrate_checkpoint, remove_temperature,
                                         unscaled_state_dict)
@@ -198,21 +201,6 @@ def _head_and_body(args, model):
     return head, body
 
 
-def _load_optimizer(args, optimizer, saved):
-    """The resumed run's optimizer state (AdamW's moments, SGD's momentum buffers) under this
-    run's settings: loading a state also brings back each group's weight decay, momentum ...
-    of the run that saved it, which would silently override --wd and --momentum."""
-    settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-    try:
-        optimizer.load_state_dict(saved)
-    except ValueError as exc:  # other parameter groups (a jetson-inference checkpoint)
-        log.warning("--resume %s: its optimizer state does not fit this run (%s): the "
-                    "optimizer starts afresh, the weights go on", args.resume, exc)
-        return
-    for group, own in zip(optimizer.param_groups, settings):
-        group.update(own)
-
-
 def _resume_state(args, ckpt, optimizer, ema):
     """The best epoch so far, the epoch to start from and history.csv's rows up to it."""
     best = {"macro_f1": -1.0, "accuracy": 0.0, "epoch": -1, "loss": float("inf")}
@@ -221,7 +209,7 @@ def _resume_state(args, ckpt, optimizer, ema):
     if ema is not None:
         ema.restore(ckpt["state_dict"], ckpt.get("ema", {}))
     if "optimizer" in ckpt and not args.evaluate:
-        _load_optimizer(args, optimizer, ckpt["optimizer"])
+        load_optimizer(args, optimizer, ckpt["optimizer"])
     start_epoch = ckpt.get("epoch", args.start_epoch)
     history = read_history(os.path.dirname(args.resume) or ".")  # the checkpoint's own run
     rows = [r for r in history if int(r["epoch"]) <= start_epoch]
@@ -247,6 +235,7 @@ def run_training(args):
     if args.ema_epochs > 0:
         ema = WeightAverage(model, args.ema_epochs, len(train_loader))
     best, start_epoch, rows = _resume_state(args, ckpt, optimizer, ema)
+    runs = RunLog(ckpt, start_epoch, recipe_flags(args), runtime.describe())
     if ckpt is not None:  # model.json's start_epoch: where the run it continues began
         args.start_epoch = ckpt.get("start_epoch")  # None: the checkpoint does not say
     if rows:  # the resumed run's history, even if no epoch is left
@@ -258,7 +247,7 @@ def run_training(args):
         best, seconds, stopped, last = _loop(args, (model, ema), optimizer, loss_fn, runtime,
                                        train_loader, val_loader, classes, preprocess, best,
                                        start_epoch, rows, init, body,
-                                       ckpt.get("clock") if ckpt else None)
+                                       ckpt.get("clock") if ckpt else None, runs)
     except RuntimeError as exc:
         if out_of_memory(exc):
             raise UsageError("out of memory at batch size {} and {} px: pass --low-memory, or a "
@@ -267,6 +256,7 @@ def run_training(args):
         raise
     training = dict(training_record(args, runtime, init, seconds, stopped),
                     train_images=len(samples), last_epoch=last,
+                    runs=runs.upto(last, seconds, stopped),
                     calibration=_calibrate(args, classes, val_loader, runtime))
     write_bundle(args, classes, preprocess, best, training)
     plot_history(args.model_dir, read_history(args.model_dir))
@@ -337,8 +327,9 @@ def _used_up(args, schedule, start_epoch, since_best):
 
 
 def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, classes,
-          preprocess, best, start_epoch, rows, init, body=(), clock=None):
+          preprocess, best, start_epoch, rows, init, body=(), clock=None, runs=None):
     model, ema = models
+    seconds = float((clock or {}).get("train_seconds") or 0.0)
     judged = ema.model if ema is not None else model
     schedule = Schedule(args, len(train_loader), start_epoch, clock)
     stopped, last = "epochs", start_epoch
@@ -346,7 +337,7 @@ def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, c
     since_best = max(0, start_epoch - best["epoch"]) if best.get("epoch", -1) > 0 else 0
     used_up = _used_up(args, schedule, start_epoch, since_best)
     if used_up:
-        return best, schedule.elapsed(), used_up, last
+        return best, seconds, used_up, last
     for epoch in range(start_epoch, args.epochs):
         last = epoch + 1
         t0 = time.time()
@@ -374,6 +365,8 @@ def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, c
                  lr, train_loss, ips, _val_text(val_loss, summary), time.time() - t0,
                  "  *best*" if is_best and val_loader is not None else "")
         room = schedule.epoch_done(time.time() - t0)
+        clock = schedule.state()
+        seconds = clock["train_seconds"]  # what the checkpoint says: a stop loses no more
         state = {"epoch": epoch + 1, "arch": args.arch, "resolution": args.resolution,
                  "classes": classes, "num_classes": len(classes),
                  "state_dict": judged.state_dict(), "accuracy": summary["accuracy"],
@@ -381,7 +374,9 @@ def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, c
                  "macro_f1": summary["macro_f1"], "preprocess": preprocess, "init": init,
                  "final_fit": val_loader is None, "body_lr_ratio": args.body_lr_ratio,
                  "trivial_augment": args.trivial_augment, "oncolens_version": __version__,
-                 "clock": schedule.state(), "start_epoch": args.start_epoch}
+                 "clock": clock, "start_epoch": args.start_epoch,
+                 "runs": runs.upto(epoch + 1, seconds, stop_reason(args, since_best, room,
+                                                                   epoch))}
         write_history(args.model_dir, rows)  # first: a resume keeps the rows up to its epoch
         save_checkpoint(state, args.model_dir, is_best, (model, ema))
         if args.patience and since_best >= args.patience:
@@ -394,4 +389,4 @@ def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, c
                      plural(epoch + 1, "epoch"))
             stopped = "time-limit"
             break
-    return best, schedule.elapsed(), stopped, last
+    return best, seconds, stopped, last

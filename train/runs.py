@@ -1,0 +1,61 @@
+"""model.json's ``training.runs``: every run that trained the model, the first and each
+``--resume`` after it, with the recipe it used. model.json's other ``training`` keys give the
+last run's flags; a model trained in parts needs the list to say how it was made.
+
+Each checkpoint holds the list as far as its epoch (this run's entry included), so a
+``--resume`` carries it on, and a run stopped by Ctrl-C or a crash stays on it with
+``"stopped": null``, as far as its last finished epoch.
+"""
+import time
+
+from oncolens import __version__
+
+
+def _now():
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def earlier_runs(ckpt):
+    """The runs a resumed checkpoint records; for one that records none (made before they
+    were, or by jetson-inference), one entry for all its epochs, ``recipe`` null."""
+    if ckpt is None:
+        return []
+    if isinstance(ckpt.get("runs"), list):
+        return [dict(run) for run in ckpt["runs"]]
+    if not ckpt.get("epoch"):
+        return []
+    seconds = (ckpt.get("clock") or {}).get("train_seconds")
+    return [{"start_epoch": ckpt.get("start_epoch"), "last_epoch": ckpt["epoch"],
+             "train_seconds": None if seconds is None else round(float(seconds), 1),
+             "stopped": None, "started": None, "ended": None, "runtime": None,
+             "oncolens_version": ckpt.get("oncolens_version"), "recipe": None}]
+
+
+def stop_reason(args, since_best, room, epoch):
+    """Why the loop stops after ``epoch`` (0-based), by the tests it makes once the epoch is
+    saved: "patience", "time-limit", "epochs", or None where it goes on."""
+    if args.patience and since_best >= args.patience:
+        return "patience"
+    if epoch + 1 >= args.epochs:
+        return "epochs"
+    return None if room else "time-limit"
+
+
+class RunLog(object):
+    """The runs before this one and this run's own entry, which each checkpoint updates."""
+
+    def __init__(self, ckpt, start_epoch, recipe, runtime):
+        self.earlier = earlier_runs(ckpt)
+        # the time trained before this run, as the resumed checkpoint's clock says
+        self.done = float(((ckpt or {}).get("clock") or {}).get("train_seconds") or 0.0)
+        self.entry = {"start_epoch": start_epoch, "last_epoch": start_epoch,
+                      "train_seconds": 0.0, "stopped": None, "started": _now(), "ended": None,
+                      "runtime": runtime, "oncolens_version": __version__, "recipe": recipe}
+
+    def upto(self, last_epoch, seconds, stopped):
+        """Every run so far, this one up to ``last_epoch``; ``seconds`` is the model's
+        train_seconds then (the earlier runs' time included), ``stopped`` why this run ended
+        there (None: it goes on)."""
+        self.entry.update(last_epoch=last_epoch, stopped=stopped, ended=_now(),
+                          train_seconds=round(max(0.0, seconds - self.done), 1))
+        return self.earlier + [dict(self.entry)]
