@@ -184,6 +184,37 @@ class ImageFileSink(object):
         pass
 
 
+def _writer_backends(cv2):
+    """The apiPreference arguments to try, in order: OpenCV's own video writer backends in its
+    order of preference, less CV_IMAGES (the image-sequence writer, ``name_%03d.png``: it never
+    fits a video file name, and when tried before the one that does, e.g. where OpenCV has no
+    FFMPEG, it prints a multi-line CV_IMAGES warning on every run). ``[()]`` (OpenCV's own
+    choice, CAP_ANY) where this OpenCV cannot list them."""
+    try:
+        backends = [int(b) for b in cv2.videoio_registry.getWriterBackends()]
+    except (AttributeError, cv2.error):
+        return [()]
+    wanted = [(b,) for b in backends if b != getattr(cv2, "CAP_IMAGES", 2000)]
+    return wanted or [()]
+
+
+def open_video_writer(path, fourcc, fps, size):
+    """An opened cv2.VideoWriter for ``path`` (``fourcc`` four characters, ``size`` (w, h)),
+    each writer backend tried in turn as OpenCV's own choice would, but for the image-sequence
+    one; None when none opens it."""
+    import cv2
+    code = cv2.VideoWriter_fourcc(*fourcc)
+    for api in _writer_backends(cv2):
+        try:
+            writer = cv2.VideoWriter(path, *(api + (code, fps, size)))
+        except cv2.error:
+            continue
+        if writer.isOpened():
+            return writer
+        writer.release()
+    return None
+
+
 class VideoFileSink(object):
     """Frames to a video file (cv2.VideoWriter), opened at the first frame's size.
 
@@ -215,21 +246,13 @@ class VideoFileSink(object):
         """The writer, at ``image``'s size. When OpenCV cannot open it, what this made (the
         file, when it was not there before, and the folders made for it) is removed and one
         line names the output: no empty file is left for a rerun to trip over."""
-        import cv2
         made = _missing_folders(os.path.dirname(self.uri))
         if made:
             os.makedirs(made[-1])
         existed = os.path.lexists(self.uri)
         self.size = (image.shape[1], image.shape[0])
-        try:
-            writer = cv2.VideoWriter(self.uri, cv2.VideoWriter_fourcc(*self.fourcc), self.rate,
-                                     self.size)
-            opened = writer.isOpened()
-        except cv2.error:
-            writer, opened = None, False
-        if not opened:
-            if writer is not None:
-                writer.release()
+        writer = open_video_writer(self.uri, self.fourcc, self.rate, self.size)
+        if writer is None:
             _remove_made(self.uri, existed, made)
             raise OncoLensError(
                 "output {}: OpenCV cannot open a {} video writer for {}x{} frames at {:g} fps: "

@@ -1,8 +1,11 @@
 """``oncolens classify`` on video files, globs and image outputs: what is refused before the
 model loads, with the files read back."""
 import os
+import subprocess
 
-from conftest import run_cli
+import pytest
+
+from conftest import cli_subprocess_cmd, run_cli, subprocess_env
 from test_appliance_io import read_video, write_video
 
 
@@ -184,3 +187,50 @@ def test_a_bad_latency_is_refused_before_the_stream_is_opened(tiny_bundle, monke
         assert code == 2 and len(err.strip().splitlines()) == 1, err
         assert "--input-rtsp-latency (--input-latency): expected milliseconds from 0 to " \
             "60000 (the jitter buffer; 0: the default, 200), got {}".format(value) in err
+
+
+# OpenCV with no FFMPEG (as some builds have): its FFMPEG and GStreamer writers disabled
+NO_FFMPEG = {"OPENCV_VIDEOIO_PRIORITY_FFMPEG": "0", "OPENCV_VIDEOIO_PRIORITY_GSTREAMER": "0"}
+
+
+@pytest.mark.parametrize("name, backends", [("out.avi", {}), ("out.mkv", {}),
+                                            ("out.avi", NO_FFMPEG)])
+def test_a_video_output_prints_no_image_sequence_warning(tiny_bundle, tiny_data, tmp_path,
+                                                         name, backends):
+    """OpenCV's own choice of writer tried its image-sequence backend (CV_IMAGES) before the
+    one that writes the .avi where it has no FFMPEG, and every run printed a multi-line
+    ``[ WARN ... CV_IMAGES ... filename_pattern.empty()]`` block; the video was written."""
+    folder = os.path.join(tiny_data, "test", "benign")
+    images = sorted(os.listdir(folder))
+    out = str(tmp_path / name)
+    env = subprocess_env()
+    env.update(backends)
+    proc = subprocess.run(cli_subprocess_cmd("classify", "--model", tiny_bundle, "--headless",
+                                             folder, out),
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "CV_IMAGES" not in proc.stderr and "filename_pattern" not in proc.stderr, \
+        proc.stderr
+    assert "[ WARN" not in proc.stderr and "[ERROR" not in proc.stderr, proc.stderr
+    assert "wrote {} frames to {}".format(len(images), out) in proc.stderr
+    frames = read_video(out)
+    assert len(frames) == len(images) and frames[0].shape == (48, 48, 3)
+
+
+def test_the_video_writer_skips_only_the_image_sequence_backend(tmp_path, monkeypatch):
+    """Each writer backend OpenCV lists is tried in its order but CV_IMAGES; an OpenCV that
+    cannot list them makes its own choice, as before."""
+    import cv2
+    import numpy as np
+    from oncolens.appliance.sinks import _writer_backends, open_video_writer
+    listed = [int(b) for b in cv2.videoio_registry.getWriterBackends()]
+    assert _writer_backends(cv2) == [(b,) for b in listed if b != cv2.CAP_IMAGES]
+    monkeypatch.delattr(cv2.videoio_registry, "getWriterBackends")
+    assert _writer_backends(cv2) == [()]
+    out = str(tmp_path / "plain.avi")
+    writer = open_video_writer(out, "MJPG", 5.0, (32, 24))
+    assert writer is not None
+    writer.write(np.zeros((24, 32, 3), np.uint8))
+    writer.release()
+    assert len(read_video(out)) == 1

@@ -166,3 +166,58 @@ def test_page_clears_the_previous_verdict(browser, tiny_bundle, big_image, tmp_p
             page.screenshot(path=os.path.join(ARTIFACTS, "serve-page-refused.png"),
                             full_page=True)
             page.close()
+
+
+def _twelve_bit_png(path, side=96):
+    """A 12-bit camera's image stored as a 16-bit PNG (highest value 4095): it reads nearly
+    black, and serve's answer carries a ``low_bits`` warning."""
+    import cv2
+    import numpy as np
+    img = np.random.default_rng(7).integers(0, 4096, size=(side, side)).astype(np.uint16)
+    img[0, 0] = 4095
+    assert cv2.imwrite(path, img)
+    return path
+
+
+def test_page_shows_an_answers_warnings(browser, tiny_bundle, big_image, tmp_path,
+                                        monkeypatch):
+    """A low-bits 16-bit upload's warning stands under its label, as text; the next, ordinary
+    answer shows none."""
+    from oncolens.appliance.classifier import Classifier
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    dark = _twelve_bit_png(str(tmp_path / "twelve_bit.png"))
+    with Classifier.open(tiny_bundle, backend="onnxruntime") as clf:
+        with running(clf) as (url, _):
+            answer = json.loads(request(url, "/classify", "POST", read(dark)).body.decode())
+            assert [w["code"] for w in answer["warnings"]] == ["low_bits"], answer
+            message = answer["warnings"][0]["message"]
+            page, _ = _open(browser, url)
+            assert not page.is_visible("#warnings")
+            page.set_input_files("#file", dark)
+            page.wait_for_selector("#label:not([data-label=''])", timeout=30000)
+            assert page.get_attribute("#label", "data-label") == answer["label"]
+            assert page.is_visible("#warnings")
+            items = page.query_selector_all("#warnings li")
+            assert [i.get_attribute("data-code") for i in items] == ["low_bits"]
+            assert items[0].text_content() == "Warning: " + message
+            # next to the result: between the label and the probability bars
+            label, warning = page.query_selector("#label"), page.query_selector("#warnings")
+            bars = page.query_selector("#bars")
+            assert (label.bounding_box()["y"] < warning.bounding_box()["y"]
+                    < bars.bounding_box()["y"])
+            page.screenshot(path=os.path.join(ARTIFACTS, "serve-page-warning.png"),
+                            full_page=True)
+            page.set_input_files("#file", big_image)       # an ordinary image: no warning
+            _wait_for(page, "document.getElementById('annotated').naturalWidth === 256")
+            assert page.query_selector_all("#warnings li") == []
+            assert not page.is_visible("#warnings")
+            # a message is shown as text, never parsed as markup
+            markup = '<b id="bold">x</b><img id="injected" src="x">'
+            monkeypatch.setattr("oncolens.appliance.web.classify.low_bits_advice",
+                                lambda peak: markup)
+            page.set_input_files("#file", dark)
+            _wait_for(page, "document.querySelectorAll('#warnings li').length === 1")
+            assert page.text_content("#warnings li") == "Warning: " + markup
+            assert page.evaluate("document.getElementById('injected') === null && "
+                                 "document.getElementById('bold') === null")
+            page.close()
