@@ -12,6 +12,7 @@ import logging
 import os
 import time
 
+from oncolens.appliance.batch_copies import EarlierCopies
 from oncolens.appliance.errors import UsageError, plural
 from oncolens.appliance.evaluation import input_folder, truth_of
 from oncolens.appliance.imageio import LowBitsWarning
@@ -73,6 +74,7 @@ def _row(item, labels, probs=None, pred=None, backend="", precision="", sha="",
     row["correct"] = (None if truth is None or pred is None else int(pred.label == truth))
     row["error"] = item.error
     row["backend"], row["precision"], row["model_sha256"] = backend, precision, sha
+    row["annotated"] = None  # the copy's absolute path, once written
     return row
 
 
@@ -95,6 +97,7 @@ class Annotator(object):
             raise UsageError("output {} already exists: pass --overwrite to replace it".format(
                 target))
         write_image(target, draw_lines(item.image, [overlay_text(p) for p in preds]))
+        return target
 
 
 def image_files(uri, counts, exclude=None):
@@ -121,7 +124,7 @@ def run_batch(clf, uri, results=None, annotate=None, batch_size=8, workers=2, re
     backend = clf.backend.name
     precision = getattr(clf.backend, "precision", "fp32")
     sha = clf.bundle.model_sha256 or ""
-    annotator = None
+    annotator = copies = None
     if annotate:
         # --resume of a results file that holds nothing yet continues no run: another run's
         # copies in the folder are not this run's to replace
@@ -129,11 +132,15 @@ def run_batch(clf, uri, results=None, annotate=None, batch_size=8, workers=2, re
             results) > 0
         _check_annotate_dir(annotate, going_on, overwrite)
         annotator = Annotator(annotate, overwrite or going_on)
+        if overwrite and not going_on:  # the earlier run's copies go with its results
+            copies = EarlierCopies(annotate, input_folder(uri))
     input_name = os.path.basename(os.path.abspath(input_folder(uri)))
     counts = collections.Counter()
     found = image_files(uri, counts, exclude=annotate)  # before the results file is made
     writer, skip = _open_results(results, labels, resume, overwrite, sha, precision, backend,
-                                 lock)
+                                 lock, copies)
+    if copies is not None:
+        copies.warn_unrecorded(results)
     own = set(path_key(path) for path in outputs)
     files = (f for f in found
              if path_key(f[0]) not in own and not _skipped(f, skip, counts))
@@ -172,11 +179,13 @@ def run_batch(clf, uri, results=None, annotate=None, batch_size=8, workers=2, re
                    time.time() - started)
 
 
-def _open_results(results, labels, resume, overwrite, sha, precision, backend, lock=None):
-    """The results writer (None without a file) and the files ``--resume`` skips."""
+def _open_results(results, labels, resume, overwrite, sha, precision, backend, lock=None,
+                  on_replace=None):
+    """The results writer (None without a file) and the files ``--resume`` skips;
+    ``on_replace``: see ResultsWriter."""
     if not results:
         return None, set()
-    writer = ResultsWriter(results, labels, resume, overwrite, lock)
+    writer = ResultsWriter(results, labels, resume, overwrite, lock, on_replace)
     if not resume:
         return writer, set()
     try:  # read after the writer has cut an unfinished last line
@@ -208,7 +217,8 @@ def _classify(clf, good, labels, annotator, backend, precision, sha, input_name=
     rows = []
     for item, probs in zip(good, result.probs):
         preds = clf.predictions(probs)
-        rows.append(_row(item, labels, probs, preds[0], backend, precision, sha, input_name))
+        row = _row(item, labels, probs, preds[0], backend, precision, sha, input_name)
         if annotator is not None:
-            annotator(item, preds)
+            row["annotated"] = os.path.abspath(annotator(item, preds))
+        rows.append(row)
     return rows

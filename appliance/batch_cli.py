@@ -61,7 +61,9 @@ def build_parser():
                    help="skip files already in --results and append to it (refused when "
                         "its rows are of another model, precision or backend)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing results file and annotated copies")
+                   help="replace an existing results file and metrics; with --annotate, "
+                        "the earlier run's annotated copies that its --results rows name are "
+                        "removed first")
     p.add_argument("--topK", "--topk", dest="topk", type=int, default=1,
                    help="classes drawn on annotated copies (1; 0: every class at or above "
                         "--threshold)")

@@ -3,7 +3,9 @@
 
 One row a file: path, relpath, predicted label and index, confidence, every class's
 probability (``p_<label>``), ground truth (from a folder named after a label),
-the error (empty when it worked), backend, precision and the model file's SHA-256.
+the error (empty when it worked), backend, precision, the model file's SHA-256 and the
+annotated copy written for it (absolute; empty without one), which ``--overwrite`` of
+``--annotate`` goes by (batch_copies).
 
 Paths are written as the file system names them: a name that is not valid UTF-8 keeps its
 bytes (``surrogateescape``), so it is read back, and skipped by ``--resume``, as the same name.
@@ -27,7 +29,8 @@ log = logging.getLogger(__name__)
 
 FORMATS = (".csv", ".jsonl")
 BASE_COLUMNS = ["path", "relpath", "label", "index", "confidence"]
-TAIL_COLUMNS = ["truth", "correct", "error", "backend", "precision", "model_sha256"]
+TAIL_COLUMNS = ["truth", "correct", "error", "backend", "precision", "model_sha256",
+                "annotated"]
 ERRORS = "surrogateescape"  # file names that are not UTF-8 keep their bytes
 
 
@@ -195,9 +198,11 @@ class ResultsWriter(object):
     """Appends rows to a .csv or .jsonl file, flushing after every batch.  It holds the
     file's ResultsLock from before it looks at the file until ``close()``; given a ``lock``
     (held longer by the caller, e.g. while the metrics are written), it takes that one and
-    leaves releasing it to the caller."""
+    leaves releasing it to the caller. ``on_replace(path)`` is called under the lock just
+    before ``overwrite`` empties a file that holds anything (its rows are still there)."""
 
-    def __init__(self, path, labels, resume=False, overwrite=False, lock=None):
+    def __init__(self, path, labels, resume=False, overwrite=False, lock=None,
+                 on_replace=None):
         self.path = path
         self.ext = results_format(path)
         self.columns = columns(labels)
@@ -207,13 +212,13 @@ class ResultsWriter(object):
         self._own_lock = lock is None
         self.lock = (lock or ResultsLock(path)).acquire()  # before the file is read or cut
         try:
-            self._open(resume, overwrite)
+            self._open(resume, overwrite, on_replace)
         except BaseException:
             if self._own_lock:
                 self.lock.release()
             raise
 
-    def _open(self, resume, overwrite):
+    def _open(self, resume, overwrite, on_replace=None):
         path = self.path
         exists = os.path.getsize(path) > 0  # the lock made it: empty is new
         if exists and not (resume or overwrite):
@@ -223,6 +228,8 @@ class ResultsWriter(object):
         if append:
             _drop_partial_line(path)
             self._check_header()
+        elif exists and on_replace is not None:
+            on_replace(path)
         self.fh = io.open(path, "a" if append else "w", encoding="utf-8", errors=ERRORS,
                           newline="")
         self.csv = None
@@ -237,7 +244,9 @@ class ResultsWriter(object):
             return
         with io.open(self.path, "r", encoding="utf-8", errors=ERRORS, newline="") as fh:
             header = next(csv.reader(fh), [])
-        if header and header != self.columns:
+        if header == self.columns[:-1]:  # written before rows named their annotated copy
+            self.columns = header
+        elif header and header != self.columns:
             raise UsageError("--resume: {} has columns {} but this model writes {}: use a new "
                              "results file".format(self.path, ",".join(header),
                                                    ",".join(self.columns)))

@@ -24,11 +24,11 @@ from oncolens.appliance.imageio import (GREY_ONLY, colour_path, is_image_file,
                                         is_unsupported_image, write_image)
 from oncolens.appliance.outpaths import check_output_dir, check_output_file
 from oncolens.appliance.stream_sinks import DisplayUnavailable
+from oncolens.appliance.video_writer import (VIDEO_FOURCC, _writer_backends,  # noqa: F401
+                                             open_video_writer, other_outputs)
 
 log = logging.getLogger(__name__)
 
-# extension -> OpenCV fourcc that opencv-python writes without extra codecs
-VIDEO_FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
 
 
 def is_video_output(path):
@@ -184,37 +184,6 @@ class ImageFileSink(object):
         pass
 
 
-def _writer_backends(cv2):
-    """The apiPreference arguments to try, in order: OpenCV's own video writer backends in its
-    order of preference, less CV_IMAGES (the image-sequence writer, ``name_%03d.png``: it never
-    fits a video file name, and when tried before the one that does, e.g. where OpenCV has no
-    FFMPEG, it prints a multi-line CV_IMAGES warning on every run). ``[()]`` (OpenCV's own
-    choice, CAP_ANY) where this OpenCV cannot list them."""
-    try:
-        backends = [int(b) for b in cv2.videoio_registry.getWriterBackends()]
-    except (AttributeError, cv2.error):
-        return [()]
-    wanted = [(b,) for b in backends if b != getattr(cv2, "CAP_IMAGES", 2000)]
-    return wanted or [()]
-
-
-def open_video_writer(path, fourcc, fps, size):
-    """An opened cv2.VideoWriter for ``path`` (``fourcc`` four characters, ``size`` (w, h)),
-    each writer backend tried in turn as OpenCV's own choice would, but for the image-sequence
-    one; None when none opens it."""
-    import cv2
-    code = cv2.VideoWriter_fourcc(*fourcc)
-    for api in _writer_backends(cv2):
-        try:
-            writer = cv2.VideoWriter(path, *(api + (code, fps, size)))
-        except cv2.error:
-            continue
-        if writer.isOpened():
-            return writer
-        writer.release()
-    return None
-
-
 class VideoFileSink(object):
     """Frames to a video file (cv2.VideoWriter), opened at the first frame's size.
 
@@ -256,10 +225,8 @@ class VideoFileSink(object):
             _remove_made(self.uri, existed, made)
             raise OncoLensError(
                 "output {}: OpenCV cannot open a {} video writer for {}x{} frames at {:g} fps: "
-                "nothing written (name another video type: {})".format(
-                    self.uri, self.fourcc, self.size[0], self.size[1], self.rate,
-                    ", ".join(sorted(e for e, f in VIDEO_FOURCC.items()
-                                     if f != self.fourcc))))
+                "nothing written ({})".format(self.uri, self.fourcc, self.size[0], self.size[1],
+                                              self.rate, other_outputs(self.uri, self.fourcc)))
         self.writer = writer
 
     def write(self, frame, image):

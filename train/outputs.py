@@ -32,6 +32,7 @@ def check_model_dir(args, ckpt=None):
         return
     if ckpt is not None:
         _check_rewind(args, ckpt)
+        _check_best_left(args, ckpt)
     check_output_dir(args.model_dir, "--model-dir")
     _check_outside_splits(args.model_dir, args.data)
     found = model_files(args.model_dir)
@@ -117,9 +118,10 @@ def prepare_model_dir(args):
 
 def adopt_best(args, ckpt):
     """--resume of a checkpoint from another folder: that run's model_best.pth.tar (its best
-    epoch so far) comes along into --model-dir; where it has none, the resumed run chooses
-    its best epoch afresh. Either way, the model_best.pth.tar in --model-dir is then the
-    one the checkpoint's best epoch says (``_match_best``)."""
+    epoch so far) comes along into --model-dir. Either way, the model_best.pth.tar in
+    --model-dir is then the one the checkpoint's best epoch says (``_match_best``): where
+    none comes along, the checkpoint itself when its own epoch is its best, else the resumed
+    run chooses its best epoch afresh."""
     source = os.path.dirname(args.resume) or "."
     if ckpt is None or args.evaluate:
         return
@@ -128,42 +130,79 @@ def adopt_best(args, ckpt):
         best = os.path.join(args.model_dir, BEST)
         if os.path.isfile(os.path.join(source, BEST)):
             shutil.copyfile(os.path.join(source, BEST), best)
-        else:
-            if os.path.exists(best):
-                os.remove(best)
-            ckpt.pop("best", None)
+        elif os.path.exists(best):
+            os.remove(best)
     _match_best(args, ckpt)
+
+
+def _best_plan(resume, ckpt, path):
+    """What becomes of the model_best.pth.tar at ``path`` (where --resume ``ckpt``'s run has
+    it) for a resumed run: ("keep", {}), ("copy" from the checkpoint, which holds its best
+    epoch, model_best's dictionary), ("believe" the model_best of another epoch, its
+    dictionary) or ("afresh", its dictionary): none fits, the run chooses its best anew."""
+    from oncolens.appliance.archs import load_checkpoint
+    best = ckpt.get("best") or {}
+    if int(best.get("epoch") or -1) < 1:  # no best epoch chosen yet (or jetson-inference's)
+        return ("keep" if os.path.isfile(path) else "afresh"), {}
+    if os.path.isfile(path) and os.path.samefile(path, resume):
+        return "keep", {}
+    on_disk = load_checkpoint(path) if os.path.isfile(path) else {}
+    if on_disk.get("epoch") == best["epoch"]:
+        return "keep", on_disk
+    if best["epoch"] == ckpt.get("epoch"):
+        return "copy", on_disk
+    if on_disk.get("epoch") and int(on_disk["epoch"]) <= int(ckpt.get("epoch") or 0):
+        return "believe", on_disk
+    return "afresh", on_disk
 
 
 def _match_best(args, ckpt):
     """save_checkpoint replaces checkpoint.pth.tar, then model_best.pth.tar: a run stopped
     between the two (Ctrl-C, a crash) left a checkpoint whose own epoch is its best beside
-    the model_best of an earlier best epoch. The checkpoint holds that epoch's weights, so
-    the copy is finished here; a model_best of another epoch than the checkpoint's best
-    (not one this run can have left) is said, and its own epoch and figures are believed."""
-    from oncolens.appliance.archs import load_checkpoint
-    best = ckpt.get("best") or {}
-    if int(best.get("epoch") or -1) < 1:
-        return  # no best epoch chosen yet (or a jetson-inference checkpoint)
+    the model_best of an earlier best epoch (or none). The checkpoint holds that epoch's
+    weights, so the copy is finished here; a model_best of another epoch than the
+    checkpoint's best (not one this run can have left) is said, and its own epoch and
+    figures are believed."""
     path = os.path.join(args.model_dir, BEST)
-    if os.path.isfile(path) and os.path.samefile(path, args.resume):
+    plan, on_disk = _best_plan(args.resume, ckpt, path)
+    if plan == "keep":
         return
-    on_disk = load_checkpoint(path) if os.path.isfile(path) else {}
-    if on_disk.get("epoch") == best["epoch"]:
-        return
+    best = ckpt.get("best") or {}
     held = "holds epoch {}".format(on_disk["epoch"]) if on_disk else "is missing"
     shown = "--resume {}: {} {}, not epoch {}, the checkpoint's best".format(
-        args.resume, BEST, held, best["epoch"])
-    if best["epoch"] == ckpt.get("epoch"):
-        log.warning("%s (a run stopped between writing the two): copied from the "
-                    "checkpoint", shown)
+        args.resume, BEST, held, best.get("epoch"))
+    if plan == "copy":
+        log.warning("%s (a run stopped between writing the two, or a checkpoint resumed "
+                    "without it): copied from the checkpoint", shown)
         _replace(path, lambda tmp: shutil.copyfile(args.resume, tmp))
-    elif on_disk.get("epoch") and int(on_disk["epoch"]) <= int(ckpt.get("epoch") or 0):
+    elif plan == "believe":
         log.warning("%s: going on with epoch %d as the best so far", shown, on_disk["epoch"])
         ckpt["best"] = {k: on_disk.get(k) for k in ("macro_f1", "accuracy", "epoch", "loss")}
-    else:
+    elif best:
         log.warning("%s: this run chooses its best epoch afresh", shown)
         ckpt.pop("best", None)
+
+
+def _check_best_left(args, ckpt):
+    """A --resume with no epoch left to train writes only the bundle, from a model_best:
+    where none comes along and the checkpoint cannot stand in for it (its best epoch is an
+    earlier one, or it names none), refused before anything is written."""
+    if int(ckpt.get("epoch") or 0) < args.epochs:
+        return
+    source = os.path.dirname(args.resume) or "."
+    path = os.path.join(source, BEST)
+    plan, on_disk = _best_plan(args.resume, ckpt, path)
+    if plan != "afresh":
+        return
+    best = (ckpt.get("best") or {}).get("epoch")
+    held = "holds epoch {}, later than the checkpoint's".format(on_disk["epoch"]) if \
+        on_disk else "is missing"
+    raise UsageError("--resume {}: {} {}, and the checkpoint cannot stand in for it ({}); it "
+                     "is at epoch {}, so --epochs {} leaves nothing to train: pass a larger "
+                     "--epochs to train on and choose a best epoch afresh, or put that run's "
+                     "{} back".format(args.resume, path, held, "its best epoch was {}".format(
+                         best) if best else "it names no best epoch", ckpt.get("epoch"),
+                         args.epochs, BEST))
 
 
 def _warn_stale_exports(model_dir):

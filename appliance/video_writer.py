@@ -1,0 +1,71 @@
+"""Video files through cv2.VideoWriter: which writer backends are tried, and what to name
+instead when none opens an output (sinks.VideoFileSink)."""
+import os
+
+# extension -> OpenCV fourcc that opencv-python writes without extra codecs
+VIDEO_FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
+
+
+def _writer_backends(cv2):
+    """The apiPreference arguments to try, in order: OpenCV's own video writer backends in its
+    order of preference, less CV_IMAGES (the image-sequence writer, ``name_%03d.png``: it never
+    fits a video file name, and when tried before the one that does, e.g. where OpenCV has no
+    FFMPEG, it prints a multi-line CV_IMAGES warning on every run). ``[()]`` (OpenCV's own
+    choice, CAP_ANY) where this OpenCV cannot list them."""
+    try:
+        backends = [int(b) for b in cv2.videoio_registry.getWriterBackends()]
+    except (AttributeError, cv2.error):
+        return [()]
+    wanted = [(b,) for b in backends if b != getattr(cv2, "CAP_IMAGES", 2000)]
+    return wanted or [()]
+
+
+def open_video_writer(path, fourcc, fps, size):
+    """An opened cv2.VideoWriter for ``path`` (``fourcc`` four characters, ``size`` (w, h)),
+    each writer backend tried in turn as OpenCV's own choice would, but for the image-sequence
+    one; None when none opens it."""
+    import cv2
+    code = cv2.VideoWriter_fourcc(*fourcc)
+    for api in _writer_backends(cv2):
+        try:
+            writer = cv2.VideoWriter(path, *(api + (code, fps, size)))
+        except cv2.error:
+            continue
+        if writer.isOpened():
+            return writer
+        writer.release()
+    return None
+
+
+def _writable_types(cv2):
+    """The video types this OpenCV can write, from its writer backends: every one of
+    VIDEO_FOURCC with FFMPEG or GStreamer, only .avi with no more than its own MJPEG writer
+    (CV_MJPEG, AVI only), none without either; None where it cannot list them."""
+    try:
+        backends = set(int(b) for b in cv2.videoio_registry.getWriterBackends())
+    except (AttributeError, cv2.error):
+        return None
+    if backends & set([getattr(cv2, "CAP_FFMPEG", 1900), getattr(cv2, "CAP_GSTREAMER", 1800)]):
+        return sorted(VIDEO_FOURCC)
+    return [".avi"] if getattr(cv2, "CAP_OPENCV_MJPEG", 2200) in backends else []
+
+
+IMAGES_INSTEAD = "a folder of images (a name ending in /, or a pattern like out_%i.jpg)"
+
+
+def other_outputs(uri, fourcc):
+    """What to name instead of the video output ``uri`` whose ``fourcc`` writer did not open:
+    the video types of the other codec that this OpenCV's writer backends can write (an
+    .avi where its own MJPEG writer is all it has), and a folder of images, which any can."""
+    import cv2
+    ext = os.path.splitext(uri)[1].lower()
+    writable = _writable_types(cv2)
+    if writable is None or len(writable) > 1:  # a full writer: the codec is what failed
+        others = [e for e in sorted(VIDEO_FOURCC) if VIDEO_FOURCC[e] != fourcc and
+                  (writable is None or e in writable)]
+    else:
+        others = [e for e in writable if e != ext]
+    if not others:
+        return "this OpenCV writes no other video type: write {} instead".format(IMAGES_INSTEAD)
+    return "name another video type this OpenCV can write: {}; or write {}".format(
+        ", ".join(others), IMAGES_INSTEAD)

@@ -1,0 +1,109 @@
+"""--resume with no epoch left to train (the checkpoint's epoch is already --epochs) only
+writes the bundle, from model_best.pth.tar: where that file was missing, the run failed at
+the bundle step with "checkpoint not found", after writing history.csv and the rest. Now a
+checkpoint whose own epoch is its best stands in for it, and one that cannot is refused up
+front, in one line, with nothing written."""
+import json
+import os
+import shutil
+
+import pytest
+
+from conftest import run_cli
+
+FAST = ["--resolution", 32, "-b", 6, "-j", 0, "--seed", 3, "--no-pretrained",
+        "--arch", "simple-cnn"]
+
+
+def _load(path):
+    import torch
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _snapshot(folder):
+    found = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as fh:
+                found[os.path.relpath(path, folder)] = fh.read()
+    return found
+
+
+@pytest.fixture(scope="module")
+def two_epochs(tmp_path_factory, tiny_data):
+    """A run of two epochs whose best is epoch 1 (epoch 2 was no better)."""
+    from oncolens.train import trainer
+    model_dir = str(tmp_path_factory.mktemp("no_best") / "m")
+    mp = pytest.MonkeyPatch()
+    try:
+        mp.setattr(trainer, "_better", lambda summary, loss, best: best["epoch"] < 1)
+        code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs", 2]
+                                 + FAST)
+    finally:
+        mp.undo()
+    assert code == 0, err
+    saved = _load(os.path.join(model_dir, "checkpoint.pth.tar"))
+    assert saved["epoch"] == 2 and saved["best"]["epoch"] == 1
+    return model_dir
+
+
+def test_a_checkpoint_whose_epoch_is_its_best_completes_the_bundle(tmp_path, tiny_data):
+    """The checkpoint alone, resumed into another folder: it holds its best epoch's weights,
+    so model_best.pth.tar is copied from it and the bundle is written."""
+    import torch
+    first = str(tmp_path / "first")
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", first, "--epochs", 1] + FAST)
+    assert code == 0, err
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    ckpt = str(alone / "checkpoint.pth.tar")
+    shutil.copyfile(os.path.join(first, "checkpoint.pth.tar"), ckpt)
+    saved = _load(ckpt)
+    assert saved["epoch"] == saved["best"]["epoch"] == 1
+    model_dir = str(tmp_path / "m")
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs", 1,
+                              "--resume", ckpt] + FAST)
+    assert code == 0, err
+    kept = _load(os.path.join(model_dir, "model_best.pth.tar"))
+    assert kept["epoch"] == 1
+    for name, tensor in saved["state_dict"].items():
+        assert torch.equal(kept["state_dict"][name], tensor), name
+    with open(os.path.join(model_dir, "model.json")) as fh:
+        info = json.load(fh)
+    assert info["training"]["best_epoch"] == 1
+    assert info["metrics"]["val"]["macro_f1"] == pytest.approx(saved["macro_f1"])
+
+
+@pytest.mark.parametrize("record", ["earlier best", "no best"])
+def test_no_model_best_and_no_epoch_left_is_refused_before_anything_is_written(
+        tmp_path, tiny_data, two_epochs, record):
+    import torch
+    model_dir = str(tmp_path / "m")
+    shutil.copytree(two_epochs, model_dir)
+    best = os.path.join(model_dir, "model_best.pth.tar")
+    os.remove(best)
+    ckpt = os.path.join(model_dir, "checkpoint.pth.tar")
+    if record == "no best":  # as a checkpoint that names no best epoch (jetson-inference's)
+        saved = _load(ckpt)
+        del saved["best"]
+        torch.save(saved, ckpt)
+    before = _snapshot(model_dir)
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs", 2,
+                              "--resume", ckpt] + FAST)
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("oncolens train: error: --resume {}: {} is missing".format(
+        ckpt, best)), err
+    assert ("its best epoch was 1" if record == "earlier best" else
+            "it names no best epoch") in err
+    assert "a larger --epochs" in err
+    assert _snapshot(model_dir) == before
+    # what the line says to do: with an epoch to train, the run chooses its best afresh
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs", 3,
+                              "--resume", ckpt] + FAST)
+    assert code == 0, err
+    assert _load(best)["epoch"] == 3
+    with open(os.path.join(model_dir, "model.json")) as fh:
+        assert json.load(fh)["training"]["best_epoch"] == 3
