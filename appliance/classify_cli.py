@@ -16,6 +16,7 @@ from oncolens.appliance.cliutil import (OneLineParser, check_top, cli_entry, nor
                                         setup_logging)
 from oncolens.appliance.errors import UsageError
 from oncolens.appliance.outpaths import check_output_file, check_text_file
+from oncolens.appliance.web.auth import TOKEN_ENV, resolve_token
 
 log = logging.getLogger("oncolens.classify")
 
@@ -101,8 +102,10 @@ def build_parser():
     g.add_argument("--serve", metavar="[HOST]:PORT",
                    help="also serve the web page, the live annotated stream (MJPEG) and "
                         "POST /classify, e.g. :8080 (loopback; another host needs --token)")
-    g.add_argument("--token", default=os.environ.get("ONCOLENS_TOKEN"),
-                   help="API token for --serve or an http:// output (env ONCOLENS_TOKEN)")
+    g.add_argument("--token", default=None,
+                   help="API token for --serve or an http:// output; default ${} (an empty "
+                        "--token is refused: leave it out to use ${})".format(TOKEN_ENV,
+                                                                              TOKEN_ENV))
     g.add_argument("--status-every", type=float, default=5.0,
                    help="seconds between status lines (5)")
     g.add_argument("--no-jetson-utils", action="store_true",
@@ -217,7 +220,9 @@ def _warn_output_flags(args, output):
 
 def _check_serving(args):
     """Serving off loopback without a token is refused before the model loads (an engine
-    build on a Nano can take minutes)."""
+    build on a Nano can take minutes), as is an explicitly empty --token (it turned the
+    token off, even with $ONCOLENS_TOKEN set); ``args.token`` becomes the token to use."""
+    args.token = resolve_token(args.token)
     served = [(flag, address) for flag, address in (("--serve", args.serve),
                                                        ("output", args.output))
               if address and (flag == "--serve" or address.startswith("http://"))]

@@ -2,6 +2,7 @@
 folders that hold them."""
 import logging
 import os
+import stat
 import struct
 import threading
 
@@ -50,7 +51,8 @@ def walk_files(root, skip_dir=None, within=None):
     folder read once and under its own name: a link to a folder inside ``within`` (default
     ``root``: the dataset or input the walk belongs to, e.g. a sibling class folder) is a
     second view of it, and a link to a folder already read through another link, or to one
-    that holds the link (a cycle), is skipped; each with a warning."""
+    that holds the link (a cycle), is skipped; each with a warning. A FIFO, socket or device
+    is yielded like a file, for its reader to refuse unopened (``check_format``)."""
     inside = real_folders(within or root)
     walked = set()
     for parent, dirs, files in os.walk(root, followlinks=True):
@@ -90,8 +92,33 @@ def is_unsupported_image(path):
     return os.path.splitext(path)[1].lower() in UNSUPPORTED_EXTENSIONS
 
 
+# what a path is when it is not a regular file (os.stat's mode test, in the words we say)
+NOT_REGULAR = (("S_ISFIFO", "a FIFO"), ("S_ISSOCK", "a socket"), ("S_ISCHR", "a character device"),
+               ("S_ISBLK", "a block device"), ("S_ISDIR", "a folder"))
+
+
+def not_regular(path):
+    """Why ``path`` cannot be read as a file without opening it: 'not a regular file (a
+    FIFO)' for a named pipe, socket or device named like an image (opening a FIFO to read
+    waits, forever, for a writer), else None. A symbolic link is judged by what it points
+    to; a path that cannot be looked at (missing, a broken link) is left to ``open`` to say."""
+    try:
+        mode = os.stat(path).st_mode
+    except (IOError, OSError):
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((words for test, words in NOT_REGULAR if getattr(stat, test)(mode)), None)
+    return "not a regular file{}".format(" ({})".format(kind) if kind else "")
+
+
 def check_format(path):
-    """ImageReadError naming the file when its extension is an image format we cannot read."""
+    """ImageReadError naming the file when it is no image we can read, told without opening
+    it: not a regular file (``not_regular``: a FIFO is never opened), or an image format we
+    cannot read (by its extension). Every reader of image files calls it before ``open``."""
+    why = not_regular(path)
+    if why:
+        raise ImageReadError("{}: {}: not opened (expected an image file)".format(path, why))
     ext = os.path.splitext(path)[1].lower()
     if ext in UNSUPPORTED_EXTENSIONS:
         raise ImageReadError("{}: unsupported image format {} (expected {})".format(

@@ -16,9 +16,9 @@ from oncolens.appliance.cliutil import (OneLineParser, check_top, cli_entry, nor
                                         setup_logging)
 from oncolens.appliance.errors import UsageError
 from oncolens.appliance.outpaths import check_output_dir, check_output_file
+from oncolens.appliance.web.auth import TOKEN_ENV
 
 log = logging.getLogger("oncolens.serve")
-TOKEN_ENV = "ONCOLENS_TOKEN"
 MAX_TIMEOUT = 86400.0  # a day; longer waits overflow threading's timeouts
 
 
@@ -77,17 +77,6 @@ def _finite(value):
         return False
 
 
-def resolve_token(args):
-    """--token, else $ONCOLENS_TOKEN (empty there: no token).  An explicitly empty --token
-    is refused: it silently fell back to the variable, or to no token at all."""
-    if args.token is not None:
-        if not args.token.strip():
-            raise UsageError("--token: expected a token, got an empty value: leave --token "
-                             "out to use ${}".format(TOKEN_ENV))
-        return args.token
-    return os.environ.get(TOKEN_ENV) or None
-
-
 def check_args(args):
     """Every flag's value, before the model is loaded: one line naming the flag otherwise."""
     if not args.model and not args.network:
@@ -123,8 +112,8 @@ def _stop_on_sigterm(server):
 def main(argv):
     args = build_parser().parse_args(normalize_flags(argv))
     setup_logging(args.log_level)
-    from oncolens.appliance.web.auth import require_token
-    token = resolve_token(args)
+    from oncolens.appliance.web.auth import require_token, resolve_token
+    token = resolve_token(args.token)
     require_token(args.host, token)          # before anything is loaded or bound
     check_args(args)
     from oncolens.appliance.classifier import Classifier

@@ -49,7 +49,8 @@ def list_images(uri, unsupported=False, exclude=None, skip=None):
     """The image files named by a file, a folder (recursive) or a glob, sorted; relpaths kept.
     Hidden files and OS junk in a folder are left out (``imageio.walk_files``), and so is
     the folder ``exclude`` (where outputs go); a file a glob reaches by several paths (a
-    link cycle under ``**``) is listed once.
+    link cycle under ``**``) is listed once. A FIFO, socket or device named like an image is
+    listed like a file: its reader refuses it unopened (``imageio.check_format``).
 
     With ``unsupported``, files in image formats we cannot read (.gif, .heic ...) are listed
     too, so that the caller reports each as a failure instead of skipping it in silence.
@@ -63,14 +64,15 @@ def list_images(uri, unsupported=False, exclude=None, skip=None):
     if os.path.isdir(uri):
         return [(path, os.path.relpath(path, uri)) for path in walk_files(uri, skip_dir)
                 if wanted(path)]
-    if os.path.isfile(uri):
+    if os.path.exists(uri):  # a file; a FIFO or device too, which its reader refuses by name
         return [(uri, os.path.basename(uri))]
     if any(ch in uri for ch in "*?["):
         base = glob_base(uri)
         if skip_dir and not skip_dir.startswith(os.path.realpath(base).rstrip(os.sep) + os.sep):
             skip_dir = None  # the glob's own folder or one above it is kept, as for a folder
         found, seen = [], set()
-        for path in sorted(p for p in glob.glob(uri, recursive=True) if os.path.isfile(p)):
+        for path in sorted(p for p in glob.glob(uri, recursive=True)
+                           if os.path.exists(p) and not os.path.isdir(p)):  # FIFOs: refused
             real = os.path.realpath(path)
             inside = skip_dir and real.startswith(skip_dir.rstrip(os.sep) + os.sep)
             if wanted(path) and real not in seen and not inside:

@@ -155,3 +155,22 @@ def test_an_explicitly_empty_token_flag_is_refused(monkeypatch, tmp_path, env, f
     assert code == 2, err
     assert err == ("oncolens serve: error: --token: expected a token, got an empty value: "
                    "leave --token out to use $ONCOLENS_TOKEN\n")
+
+
+@pytest.mark.parametrize("serve", [["--serve", ":0"], ["--serve", "0.0.0.0:0"], []])
+@pytest.mark.parametrize("env", [None, "", "from-the-env"])
+@pytest.mark.parametrize("flag", [["--token", ""], ["--token="], ["--token", "  "]])
+def test_classify_refuses_an_explicitly_empty_token_flag_as_serve_does(monkeypatch, tmp_path,
+                                                                       serve, env, flag):
+    """classify --serve --token "" turned the token off without a word, even with
+    $ONCOLENS_TOKEN set: refused as serve refuses it (one shared check), before the model or
+    the input is looked at."""
+    if env is None:
+        monkeypatch.delenv("ONCOLENS_TOKEN", raising=False)
+    else:
+        monkeypatch.setenv("ONCOLENS_TOKEN", env)
+    code, out, err = run_cli(["classify", "--model", str(tmp_path / "missing"), "--headless"] +
+                             serve + flag + [str(tmp_path / "in.png")])
+    assert code == 2 and out == "", err
+    assert err == ("oncolens classify: error: --token: expected a token, got an empty value: "
+                   "leave --token out to use $ONCOLENS_TOKEN\n")

@@ -11,8 +11,8 @@ import numpy as np
 from oncolens.appliance.errors import ImageReadError, UsageError, not_a_folder, plural
 from oncolens.appliance.imageio import (LOW_BITS_PEAK, check_format, is_ignored_name,
                                         is_image_file,
-                                        is_unsupported_image, list_folders, real_folders,
-                                        walk_files)
+                                        is_unsupported_image, list_folders, not_regular,
+                                        real_folders, walk_files)
 from oncolens.train.phash import UnionFind, near_pairs, phash
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,9 @@ def describe_file(path):
     """Dictionary with sha256, size, mode and phash (and a 16-bit image's highest sample,
     'peak'); 'error' instead when unreadable."""
     import cv2
+    why = not_regular(path)  # a FIFO named like an image: opening it would wait forever
+    if why:
+        return {"bytes": 0, "error": why}
     info = {"bytes": os.path.getsize(path)}
     if info["bytes"] == 0:
         info["error"] = "empty file"

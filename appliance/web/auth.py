@@ -1,10 +1,26 @@
 """Who may use the server: loopback by default, a token for any other address."""
 import hmac
 import ipaddress
+import os
 
 from oncolens.appliance.errors import UsageError
 
 from urllib.parse import parse_qs
+
+TOKEN_ENV = "ONCOLENS_TOKEN"
+
+
+def resolve_token(token):
+    """The token to serve with: ``token`` (a --token value; None when the flag is left out),
+    else $ONCOLENS_TOKEN (empty there: no token). An explicitly empty or blank --token is
+    refused (UsageError naming the flag): it silently fell back to the variable, or turned
+    the token off. ``oncolens serve`` and ``oncolens classify`` both call it."""
+    if token is not None:
+        if not token.strip():
+            raise UsageError("--token: expected a token, got an empty value: leave --token "
+                             "out to use ${}".format(TOKEN_ENV))
+        return token
+    return os.environ.get(TOKEN_ENV) or None
 
 
 def is_loopback(host):

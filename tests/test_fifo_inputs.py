@@ -1,0 +1,174 @@
+"""A FIFO (named pipe) named like an image in an input folder: every command that walks
+folders for images hung on it for ever (opening a FIFO to read waits for a writer). Now each
+refuses it unopened, "not a regular file", the way it already reports an unreadable image,
+and goes on with the rest; a symbolic link to a regular image still works.
+
+Every command runs in a child process with a timeout, so that a hang fails the test instead
+of hanging the run."""
+import csv
+import io
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import cli_subprocess_cmd, subprocess_env
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs os.mkfifo (POSIX)")
+
+TIMEOUT = 300  # seconds: a generous limit on a busy machine; a hang is for ever
+NOT_REGULAR = "not a regular file (a FIFO)"
+
+
+def _run(argv, cwd=None):
+    """(exit code, stdout + stderr) of ``oncolens ARGV``; fails when it does not end."""
+    return _child(cli_subprocess_cmd(*argv), "oncolens " + str(argv[0]), cwd)
+
+
+def _child(cmd, what, cwd=None):
+    try:
+        done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              env=subprocess_env(), cwd=cwd, timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pytest.fail("{} did not end within {} s: it hung on the FIFO".format(what, TIMEOUT))
+    return done.returncode, done.stdout.decode("utf-8", "replace")
+
+
+def _add_fifo(folder, link=True):
+    """A FIFO named like an image in ``folder`` and (``link``) a symbolic link to a real
+    image of the folder beside it; ``folder``."""
+    real = os.path.join(folder, sorted(os.listdir(folder))[0])
+    os.mkfifo(os.path.join(folder, "pipe.png"))
+    if link:
+        os.symlink(os.path.abspath(real), os.path.join(folder, "linked.png"))
+    return folder
+
+
+def _with_fifo(tiny_data, dst, split="test", link=True):
+    """A copy of the synthetic dataset with ``_add_fifo`` in ``split/benign/``."""
+    shutil.copytree(tiny_data, dst)
+    _add_fifo(os.path.join(dst, split, "benign"), link)
+    return dst
+
+
+def test_not_regular_says_what_a_path_is(tmp_path):
+    from oncolens.appliance.imageio import not_regular
+    image = tmp_path / "a.png"
+    image.write_bytes(b"\x89PNG")
+    os.symlink(str(image), str(tmp_path / "link.png"))
+    os.mkfifo(str(tmp_path / "pipe.png"))
+    os.symlink(str(tmp_path / "pipe.png"), str(tmp_path / "to_pipe.png"))
+    assert not_regular(str(image)) is None and not_regular(str(tmp_path / "link.png")) is None
+    assert not_regular(str(tmp_path / "pipe.png")) == NOT_REGULAR
+    assert not_regular(str(tmp_path / "to_pipe.png")) == NOT_REGULAR  # judged by its target
+    assert not_regular(str(tmp_path / "missing.png")) is None  # open() says why
+    assert not_regular(str(tmp_path)) == "not a regular file (a folder)"
+
+
+def test_batch_records_the_fifo_and_classifies_the_rest(tiny_bundle, tiny_data, tmp_path):
+    data = _with_fifo(tiny_data, str(tmp_path / "data"))
+    results = str(tmp_path / "results.csv")
+    code, out = _run(["batch", os.path.join(data, "test"), "--model", tiny_bundle,
+                      "--results", results, "--no-progress"])
+    assert code == 1, out  # some files failed
+    with io.open(results, encoding="utf-8", newline="") as fh:
+        rows = {r["relpath"]: r for r in csv.DictReader(fh)}
+    fifo = rows[os.path.join("benign", "pipe.png")]
+    assert fifo["label"] == "" and NOT_REGULAR in fifo["error"] and "pipe.png" in fifo["error"]
+    assert rows[os.path.join("benign", "linked.png")]["label"] in ("benign", "malignant", "normal")
+    assert [r for r in rows.values() if r["error"]] == [fifo]
+    assert len(rows) == 3 * 3 + 2
+
+
+def test_batch_and_classify_refuse_a_fifo_named_as_the_input(tiny_bundle, tmp_path):
+    """Named alone it was 'input not found'; now its failure is recorded, as any file's."""
+    fifo = str(tmp_path / "pipe.png")
+    os.mkfifo(fifo)
+    results = str(tmp_path / "results.csv")
+    code, out = _run(["batch", fifo, "--model", tiny_bundle, "--results", results,
+                      "--no-progress"])
+    assert code == 1 and "pipe.png: " + NOT_REGULAR in out, out
+    with io.open(results, encoding="utf-8", newline="") as fh:
+        assert NOT_REGULAR in list(csv.DictReader(fh))[0]["error"]
+    code, out = _run(["classify", "--model", tiny_bundle, "--headless", fifo])
+    assert code == 1 and "pipe.png: " + NOT_REGULAR in out, out
+
+
+def test_classify_a_folder_names_the_fifo_and_classifies_the_rest(tiny_bundle, tiny_data,
+                                                                  tmp_path):
+    data = _with_fifo(tiny_data, str(tmp_path / "data"))
+    code, out = _run(["classify", "--model", tiny_bundle, "--headless",
+                      os.path.join(data, "test", "benign")])
+    assert code == 1, out
+    assert os.path.join("benign", "pipe.png") + ": " + NOT_REGULAR in out
+    assert out.count("imagenet: ") == 3 + 1  # the three images and the link
+
+
+def test_data_check_and_split_report_the_fifo(tiny_data, tmp_path):
+    """data check said 'empty file' (a FIFO's size is 0): now what it is."""
+    data = _with_fifo(tiny_data, str(tmp_path / "data"), split="train")
+    code, out = _run(["data", "check", data])
+    assert code == 1, out
+    assert "error: {}: {}".format(os.path.join("train", "benign", "pipe.png"), NOT_REGULAR) in out
+    flat = str(tmp_path / "flat")
+    shutil.copytree(os.path.join(tiny_data, "train"), flat)
+    _add_fifo(os.path.join(flat, "benign"))
+    code, out = _run(["data", "split", flat, str(tmp_path / "split")])
+    assert code == 0, out
+    with io.open(str(tmp_path / "split" / "splits.csv"), encoding="utf-8", newline="") as fh:
+        fates = {r["path"]: r for r in csv.DictReader(fh)}
+    assert "dropped: unreadable" in fates[os.path.join("benign", "pipe.png")].values()
+    assert os.path.join("benign", "linked.png") in fates
+    copied = [n for _, _, names in os.walk(str(tmp_path / "split")) for n in names]
+    assert "pipe.png" not in copied and "linked.png" in copied
+
+
+def test_train_refuses_the_dataset_naming_the_fifo(tiny_data, tmp_path):
+    data = _with_fifo(tiny_data, str(tmp_path / "data"), split="train", link=False)
+    model = str(tmp_path / "model")
+    code, out = _run(["train", data, "--model-dir", model, "--resolution", 32, "--epochs", 1,
+                      "-b", 6, "-j", 0, "--no-pretrained"])
+    assert code == 2, out
+    assert "pipe.png" in out.strip().splitlines()[-1] and NOT_REGULAR in out
+    assert not os.path.exists(os.path.join(model, "model_best.pth.tar"))
+
+
+def test_evaluate_lists_the_fifo_as_unreadable(tiny_bundle, tiny_data, tmp_path):
+    data = _with_fifo(tiny_data, str(tmp_path / "data"))
+    code, out = _run(["evaluate", os.path.join(data, "test"), "--model-dir", tiny_bundle,
+                      "--out", str(tmp_path / "eval")])
+    assert code == 1, out
+    assert "unreadable: " in out and "pipe.png: " + NOT_REGULAR in out
+    assert os.path.isfile(str(tmp_path / "eval" / "report.md"))
+
+
+def test_export_check_images_skip_the_fifo(tiny_bundle, tiny_data, tmp_path):
+    data = _with_fifo(tiny_data, str(tmp_path / "data"))
+    folder = os.path.join(data, "test", "benign")
+    code, out = _run(["export", "check", "--model-dir", tiny_bundle, "--images", folder])
+    assert code == 0, out
+    assert "skipped: " in out and "pipe.png: " + NOT_REGULAR in out
+    assert "4 real images from" in out
+
+
+def test_calibration_images_skip_the_fifo(tiny_data, tmp_path):
+    """TensorRT's calibration batches and onnxruntime's int8 calibration reader."""
+    data = _with_fifo(tiny_data, str(tmp_path / "data"))
+    script = "\n".join([
+        "import sys",
+        "from oncolens.export.calibrate import CalibrationBatches",
+        "from oncolens.appliance.pipeline import iter_image_files",
+        "from oncolens.appliance.variants import _Calibration",
+        "files = list(iter_image_files(sys.argv[1]))",
+        "batches = CalibrationBatches([p for p, _ in files], lambda rgb: rgb * 1.0, 2)",
+        "print('batches', len(list(batches)), 'skipped', batches.skipped)",
+        "reader = _Calibration(files, lambda rgb: rgb * 1.0, 'input_0')",
+        "print('read', sum(1 for _ in iter(reader.get_next, None)))",
+    ])
+    folder = os.path.join(data, "test", "benign")
+    code, out = _child([sys.executable, "-c", script, folder], "calibration")
+    assert code == 0, out
+    assert "batches 2 skipped [{!r}]".format(os.path.join(folder, "pipe.png")) in out
+    assert "read 4" in out and out.count(NOT_REGULAR) == 2
