@@ -73,6 +73,8 @@ def test_serve_cli_refuses_bad_values_before_loading_the_model(tmp_path):
         (["--audit-log", "/proc/nope/a.jsonl"], "--audit-log"),
         (["--save-uploads", str(blocker)], "--save-uploads"),
         (["--save-uploads", "/proc/nope/x"], "--save-uploads"),
+        (["--trusted-proxy", "proxy.lan"], "--trusted-proxy"),
+        (["--trusted-proxy", ""], "--trusted-proxy"),
     ]
     for extra, flag in cases:
         code, out, err = run_cli(["serve", "--model", missing, "--port", 0] + extra)
