@@ -65,7 +65,12 @@ def build_parser():
                    help="keep each upload as DIR/<sha256>.<ext> (off: nothing is written)")
     p.add_argument("--audit-log", metavar="FILE",
                    help="append one JSON line per /classify request (and per request "
-                        "refused for its token, on any path, or by the HTTP layer) to FILE")
+                        "refused for its token, on any path, or by the HTTP layer) to FILE; "
+                        "each names the method, path and client address")
+    p.add_argument("--trusted-proxy", metavar="ADDR",
+                   help="the reverse proxy's IP address: on requests from it, the audit log "
+                        "also records the last X-Forwarded-For address (off: the header is "
+                        "never trusted)")
     p.add_argument("--log-level", default="info", help="debug, info, warning, error")
     return p
 
@@ -96,6 +101,11 @@ def check_args(args):
         check_output_dir(args.save_uploads, "--save-uploads")
     if args.audit_log:
         check_output_file(args.audit_log, "--audit-log", overwrite=True)
+    if args.trusted_proxy is not None:
+        from oncolens.appliance.web.audit import parse_ip
+        if parse_ip(args.trusted_proxy) is None:
+            raise UsageError("--trusted-proxy {}: expected an IP address (the reverse proxy's, "
+                             "e.g. 127.0.0.1)".format(args.trusted_proxy or '""'))
 
 
 def _stop_on_sigterm(server):
@@ -134,7 +144,7 @@ def main(argv):
     app = ServeApp(clf, token=token, max_upload_mb=args.max_upload_mb,
                    max_pixels=args.max_pixels, queue_size=args.queue, max_batch=args.max_batch,
                    timeout=args.timeout, save_uploads=args.save_uploads, audit_log=audit,
-                   decode_slots=args.decode_slots)
+                   decode_slots=args.decode_slots, trusted_proxy=args.trusted_proxy)
     try:
         server = ServerThread(app.wsgi, args.host, args.port)
     except (OSError, IOError) as exc:

@@ -202,7 +202,7 @@ def test_audit_log_has_checksums_and_no_names(server, tiny_data):
     assert len(mine) == 1
     record = mine[0]
     assert set(record) == {"time", "request_id", "status", "input_sha256", "model_sha256",
-                           "label", "confidence"}
+                           "label", "confidence", "method", "path", "client", "forwarded_for"}
     result = json.loads(reply.body.decode("utf-8"))
     assert record["input_sha256"] == result["input"]["sha256"]
     assert record["model_sha256"] == app.model_sha256

@@ -6,7 +6,9 @@ import pytest
 
 from serve_util import metric, raw_http, request, running
 
-FIELDS = ["confidence", "input_sha256", "label", "model_sha256", "request_id", "status", "time"]
+# the original seven, then who asked for what (test_serve_audit_who.py)
+FIELDS = sorted(["confidence", "input_sha256", "label", "model_sha256", "request_id", "status",
+                 "time", "method", "path", "client", "forwarded_for"])
 
 
 def audit_lines(path):

@@ -8,18 +8,23 @@ from serve_util import read, request, running, sample_image
 def test_serve_process_answers_and_stops_on_sigterm(tiny_bundle, tiny_data, tmp_path):
     from oncolens.appliance.web.bench import start_server, stop_server
     audit = str(tmp_path / "logs" / "audit.jsonl")
-    proc, url = start_server(tiny_bundle, queue=4, extra=["--audit-log", audit])
+    proc, url = start_server(tiny_bundle, queue=4, extra=["--audit-log", audit,
+                                                          "--trusted-proxy", "127.0.0.1"])
     try:
         assert url.startswith("http://127.0.0.1:")
         health = json.loads(request(url, "/health").body.decode("utf-8"))
         assert health["model_loaded"] and health["queue"]["capacity"] == 4
-        reply = request(url, "/classify", "POST", read(sample_image(tiny_data)))
+        reply = request(url, "/classify", "POST", read(sample_image(tiny_data)),
+                        headers={"X-Forwarded-For": "198.51.100.3, 192.0.2.7"})
         assert reply.status == 200
     finally:
         code = stop_server(proc)
     assert code == 0
     record = json.loads(open(audit).read().splitlines()[-1])
     assert record["request_id"] == reply.headers["x-request-id"]
+    assert (record["method"], record["path"], record["client"]) == ("POST", "/classify",
+                                                                    "127.0.0.1")
+    assert record["forwarded_for"] == "192.0.2.7"   # the proxy's own entry, the last one
 
 
 def test_serve_cli_flag_errors(tiny_bundle, tmp_path):
@@ -73,6 +78,8 @@ def test_serve_cli_refuses_bad_values_before_loading_the_model(tmp_path):
         (["--audit-log", "/proc/nope/a.jsonl"], "--audit-log"),
         (["--save-uploads", str(blocker)], "--save-uploads"),
         (["--save-uploads", "/proc/nope/x"], "--save-uploads"),
+        (["--trusted-proxy", "proxy.lan"], "--trusted-proxy"),
+        (["--trusted-proxy", ""], "--trusted-proxy"),
     ]
     for extra, flag in cases:
         code, out, err = run_cli(["serve", "--model", missing, "--port", 0] + extra)

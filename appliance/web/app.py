@@ -17,7 +17,7 @@ from oncolens import __version__
 from oncolens.appliance.errors import MissingDependency, UsageError
 from oncolens.appliance.imageio import low_bits_peak
 from oncolens.appliance.preprocess import resize_geometry
-from oncolens.appliance.web.audit import AuditLog
+from oncolens.appliance.web.audit import AuditLog, parse_ip, request_fields
 from oncolens.appliance.web.auth import token_ok
 from oncolens.appliance.web.metrics import CONTENT_TYPE as METRICS_TYPE, PATHS, Metrics
 from oncolens.appliance.web.classify import handle_classify
@@ -62,8 +62,14 @@ def prepare_save_dir(path):
 class ServeApp(object):
     def __init__(self, classifier=None, token=None, live=None, max_upload_mb=20.0,
                  max_pixels=40000000, queue_size=16, max_batch=4, timeout=60.0,
-                 save_uploads=None, audit_log=None, decode_slots=DECODE_SLOTS):
+                 save_uploads=None, audit_log=None, decode_slots=DECODE_SLOTS,
+                 trusted_proxy=None):
         self.bottle = bottle_module()
+        # X-Forwarded-For is read (for the audit log only) from this peer alone, if any
+        self.trusted_proxy = parse_ip(trusted_proxy) if trusted_proxy else None
+        if trusted_proxy and self.trusted_proxy is None:
+            raise UsageError("--trusted-proxy {}: expected an IP address (the reverse proxy's, "
+                             "e.g. 127.0.0.1)".format(trusted_proxy))
         self.classifier = classifier
         self.token = token or None
         self.live = live
@@ -100,6 +106,7 @@ class ServeApp(object):
             rid = environ.get("HTTP_X_REQUEST_ID", "")
             rid = rid if REQUEST_ID.match(rid) else uuid.uuid4().hex[:16]
             environ["oncolens.request_id"] = rid
+            environ["oncolens.audit"] = request_fields(environ, self.trusted_proxy)
             path = environ.get("PATH_INFO") or "/"
             started, state = time.time(), {"code": 500}
 
@@ -132,19 +139,26 @@ class ServeApp(object):
         application.refused = self.refused_before_routes
         return application
 
-    def refused_before_routes(self, rid, status):
+    def refused_before_routes(self, rid, status, client=None):
         """A request the HTTP layer refused itself (a malformed request line or header,
         differing Content-Length values, a request line or header too long, an unknown HTTP
         version): counted under path "other" and audited, every one of them, since what it asked for
-        cannot be trusted then (it may have been an upload)."""
+        cannot be trusted then (it may have been an upload). Its audit line names the client
+        (the socket peer) but no method or path: the request line was not trusted."""
         self.metrics.observe_request("other", status)
-        self.audit_refusal(rid, status)
+        self.audit_refusal(rid, status, {"client": client})
 
-    def audit_refusal(self, rid, status):
+    def audit_write(self, environ, status, input_sha256=None, label=None, confidence=None):
+        """The audit line of a request the middleware saw (its method, path and client)."""
+        self.audit.write(environ.get("oncolens.request_id", "-"), status, input_sha256,
+                         self.model_sha256, label, confidence,
+                         request=environ.get("oncolens.audit"))
+
+    def audit_refusal(self, rid, status, request=None):
         """An audit line for a request refused outside /classify's own handling; a failure to
         write it is logged, never raised (the refusal is answered all the same)."""
         try:
-            self.audit.write(rid, status, None, self.model_sha256)
+            self.audit.write(rid, status, None, self.model_sha256, request=request)
         except Exception:   # the audit log itself may be what failed (a full disk)
             log.exception("%s: cannot write the audit log", rid)
 
@@ -154,7 +168,7 @@ class ServeApp(object):
         a POST /classify is counted among /classify's errors too."""
         if path == "/classify" and environ.get("REQUEST_METHOD") == "POST":
             self.metrics.observe_error("unauthorized")
-        self.audit_refusal(rid, 401)
+        self.audit_refusal(rid, 401, environ.get("oncolens.audit"))
 
     def drop_body(self, environ):
         try:

@@ -42,26 +42,29 @@ def answer_options(environ):
     return ANNOTATED[annotated], FORMATS[fmt]
 
 
-def refuse(app, rid, exc):
+def refuse(app, environ, exc):
+    rid = environ.get("oncolens.request_id", "-")
     reason = "decode_busy" if exc.code == "busy" else exc.code
     app.metrics.observe_error(reason)
-    app.audit.write(rid, exc.status, None, app.model_sha256)
+    app.audit_write(environ, exc.status)
     log.info("%s refused %d %s", rid, exc.status, reason)
     headers = {"Retry-After": str(int(exc.retry_after))} if exc.retry_after else None
     return app.error_response(exc.status, exc.code, str(exc), headers=headers)
 
 
-def busy(app, rid, sha, retry_after):
+def busy(app, environ, sha, retry_after):
+    rid = environ.get("oncolens.request_id", "-")
     app.metrics.observe_error("queue_full")
-    app.audit.write(rid, 503, sha, app.model_sha256)
+    app.audit_write(environ, 503, sha)
     log.info("%s refused 503 queue full (retry after %d s)", rid, retry_after)
     return app.error_response(503, "busy", "the model is busy: try again in {} s".format(
         retry_after), headers={"Retry-After": str(int(retry_after))})
 
 
-def timed_out(app, rid, sha, retry_after):
+def timed_out(app, environ, sha, retry_after):
+    rid = environ.get("oncolens.request_id", "-")
     app.metrics.observe_error("model_timeout")
-    app.audit.write(rid, 503, sha, app.model_sha256)
+    app.audit_write(environ, 503, sha)
     log.info("%s refused 503: no answer from the model within %g s", rid, app.timeout)
     return app.error_response(503, "timeout", "the model did not answer within {:g} s "
                               "(--timeout): try again in {} s".format(app.timeout, retry_after),
@@ -125,7 +128,7 @@ def handle_classify(app, environ):
         log.exception("%s: /classify failed", rid)
         app.metrics.observe_error("internal")
         try:
-            app.audit.write(rid, 500, seen.get("sha"), app.model_sha256)
+            app.audit_write(environ, 500, seen.get("sha"))
         except Exception:   # the audit log itself may be what failed (a full disk)
             log.exception("%s: cannot write the audit log", rid)
         return app.error_response(500, "internal", "internal error (the server log has the "
@@ -136,30 +139,30 @@ def _classify(app, environ, rid, seen):
     started = time.time()
     if app.queue is None:   # a live stream without a classifier: refused like any upload
         app.drop_body(environ)
-        return refuse(app, rid, UploadError(404, "no_model", "this server has no model to "
+        return refuse(app, environ, UploadError(404, "no_model", "this server has no model to "
                                             "classify with"))
     try:
         annotated, image_ext = answer_options(environ)
     except UploadError as exc:
         app.drop_body(environ)
-        return refuse(app, rid, exc)
+        return refuse(app, environ, exc)
     try:
         data, fmt, rgb, low_bits = app.read_upload(environ)
     except UploadError as exc:
-        return refuse(app, rid, exc)
+        return refuse(app, environ, exc)
     sha = seen["sha"] = hashlib.sha256(data).hexdigest()
     decoded = time.time()
     app.save_upload(data, sha, fmt)
     try:
         job = app.submit(rgb)
     except QueueFull as exc:
-        return busy(app, rid, sha, exc.retry_after)
+        return busy(app, environ, sha, exc.retry_after)
     if not job.wait(app.timeout):
         job.cancel()
-        return timed_out(app, rid, sha, app.queue.retry_after())
+        return timed_out(app, environ, sha, app.queue.retry_after())
     if job.error:
         app.metrics.observe_error("inference")
-        app.audit.write(rid, 500, sha, app.model_sha256)
+        app.audit_write(environ, 500, sha)
         return app.error_response(500, "inference_failed", job.error)
     result, preds = build_result(app, rid, (data, sha, fmt, rgb), job, started, decoded,
                                  warnings_of(rid, sha, low_bits))
@@ -168,7 +171,7 @@ def _classify(app, environ, rid, seen):
     response = (annotated_response(app, result, preds, rgb, image_ext) if annotated
                 else app.json_response(result))
     app.metrics.observe_latency(time.time() - started)
-    app.audit.write(rid, 200, sha, app.model_sha256, result["label"], result["confidence"])
+    app.audit_write(environ, 200, sha, result["label"], result["confidence"])
     log.info("%s input sha256=%s -> %s %.4f", rid, sha[:16], result["label"],
              result["confidence"])
     return response

@@ -68,7 +68,7 @@ class QuietHandler(WSGIRequestHandler):
                            "request_id": rid}, sort_keys=True).encode("utf-8")
         refused = getattr(self.server.get_app(), "refused", None)
         if refused is not None:  # counted in /metrics ("other") and audited by the app
-            refused(rid, code)
+            refused(rid, code, client=self.client_address[0])
         log.info("%s refused %d %s (before the app)", rid, code, name)
         self.close_connection = True
         if self.request_version not in ("HTTP/1.0", "HTTP/1.1"):
