@@ -153,6 +153,23 @@ def test_export_check_images_skip_the_fifo(tiny_bundle, tiny_data, tmp_path):
     assert "4 real images from" in out
 
 
+def test_bench_skips_the_fifo_and_says_why(tiny_bundle, tiny_data, tmp_path):
+    """bench hung on the FIFO in its 16-bit scan of --images (a plain open); its summary named
+    the skipped files without the reason."""
+    data = _with_fifo(tiny_data, str(tmp_path / "data"))
+    images = os.path.join(data, "test")
+    with open(os.path.join(images, "normal", "bad.png"), "wb") as fh:
+        fh.write(b"nope!")
+    code, out = _run(["bench", "--model", tiny_bundle, "--images", images, "--backends",
+                      "onnxruntime", "--batch-sizes", 1, "--min-seconds", 0.05, "--warmup", 1,
+                      "--no-baseline"])
+    assert code == 0, out
+    summary = out[out.index("skipped 2 unreadable files, not timed:"):]
+    assert "  {}: {}".format(os.path.join(images, "benign", "pipe.png"), NOT_REGULAR) in summary
+    assert "  {}: not a decodable image".format(os.path.join(images, "normal", "bad.png")) \
+        in summary
+
+
 def test_calibration_images_skip_the_fifo(tiny_data, tmp_path):
     """TensorRT's calibration batches and onnxruntime's int8 calibration reader."""
     data = _with_fifo(tiny_data, str(tmp_path / "data"))
