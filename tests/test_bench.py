@@ -276,7 +276,8 @@ def test_no_readable_image_and_unusable_json_are_one_line_before_measuring(tiny_
     (bad / "b.jpg").write_bytes(b"")
     code, _, err = run_cli(["bench", "--model", tiny_bundle, "--images", str(bad),
                             "--backends", "onnxruntime", "--no-baseline"])
-    assert code == 1 and "--images: none of the 2 image files could be read" in err
+    assert code == 1 and "--images: none of the 2 image files could be read; the first: {}: " \
+        "not a decodable image".format(bad / "a.png") in err
     assert "a.png" in err and len(err.strip().splitlines()) == 1
     blocker = tmp_path / "afile"
     blocker.write_text(u"x")

@@ -131,7 +131,10 @@ def test_train_refuses_the_dataset_naming_the_fifo(tiny_data, tmp_path):
     code, out = _run(["train", data, "--model-dir", model, "--resolution", 32, "--epochs", 1,
                       "-b", 6, "-j", 0, "--no-pretrained"])
     assert code == 2, out
-    assert "pipe.png" in out.strip().splitlines()[-1] and NOT_REGULAR in out
+    fifo = os.path.join(data, "train", "benign", "pipe.png")  # the reason read cleanly, not
+    assert out.strip().splitlines()[-1] == (                   # wrapped in parentheses again
+        "oncolens train: error: {} cannot be read as an image: {}: not opened (expected an "
+        "image file); remove or replace it".format(fifo, NOT_REGULAR))
     assert not os.path.exists(os.path.join(model, "model_best.pth.tar"))
 
 
@@ -140,7 +143,9 @@ def test_evaluate_lists_the_fifo_as_unreadable(tiny_bundle, tiny_data, tmp_path)
     code, out = _run(["evaluate", os.path.join(data, "test"), "--model-dir", tiny_bundle,
                       "--out", str(tmp_path / "eval")])
     assert code == 1, out
-    assert "unreadable: " in out and "pipe.png: " + NOT_REGULAR in out
+    fifo = os.path.join(data, "test", "benign", "pipe.png")  # named once, its reason unwrapped
+    assert "  unreadable: {}: {}: not opened (expected an image file)\n".format(
+        fifo, NOT_REGULAR) in out
     assert os.path.isfile(str(tmp_path / "eval" / "report.md"))
 
 
