@@ -175,6 +175,17 @@ def test_bench_skips_the_fifo_and_says_why(tiny_bundle, tiny_data, tmp_path):
         in summary
 
 
+def test_serve_bench_refuses_a_fifo_image_unopened(tmp_path):
+    """The serve load-test client read --image with a plain open(): a FIFO hung it."""
+    fifo = str(tmp_path / "pipe.png")
+    os.mkfifo(fifo)
+    code, out = _child([sys.executable, "-m", "oncolens.appliance.web.bench", "--url",
+                        "http://127.0.0.1:9/", "--image", fifo, "--requests", "1"],
+                       "the serve bench")
+    assert code == 2 and out.strip() == "oncolens serve bench: error: --image {}: {}: not " \
+        "opened (expected an image file)".format(fifo, NOT_REGULAR), out
+
+
 def test_calibration_images_skip_the_fifo(tiny_data, tmp_path):
     """TensorRT's calibration batches and onnxruntime's int8 calibration reader."""
     data = _with_fifo(tiny_data, str(tmp_path / "data"))
