@@ -78,7 +78,7 @@ def sample_batch(preprocessor, files, size, unreadable=None):
             unreadable.add(item.path, item.error)
     if not tensors:
         first = next(iter(unreadable.files.values()), "no files")
-        raise OncoLensError("--images: none of the {} could be read ({})".format(
+        raise OncoLensError("--images: none of the {} could be read; the first: {}".format(
             plural(len(files), "image file"), first))
     while len(tensors) < size:
         tensors.extend(tensors[:size - len(tensors)])

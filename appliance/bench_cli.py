@@ -71,6 +71,7 @@ def _csv(value, flag, cast=str):
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 # a row of the printed table: where, batch, net img/s, e2e img/s, e2e p50 and p99 ms,
 # x naive (text), agreement (text)
+UNREADABLE_SHOWN = 10  # unreadable files named in the console summary, with their reasons
 ROW = "{:<30}{:>6}{:>11.1f}{:>11.1f}{:>12.1f}{:>12.1f}{:>9}{:>10}"
 
 
@@ -203,11 +204,7 @@ def table(result):
             skip["reason"]))
     if base.get("skipped"):  # without it "x naive" is "-": say why
         lines.append("skipped the naive torch loop (baseline): {}".format(base["skipped"]))
-    unreadable = result.get("unreadable") or {}
-    if unreadable.get("count"):
-        lines.append("skipped {}, not timed: {}".format(
-            plural(unreadable["count"], "unreadable file"),
-            ", ".join(f["path"] for f in unreadable["files"])))
+    lines.extend(unreadable_lines(result.get("unreadable") or {}))
     gpu = result["machine"].get("gpu")
     lines.append("machine: {} ({} cores){}, load average {} -> {}".format(
         result["machine"]["cpu"], result["machine"]["cores"],
@@ -215,6 +212,23 @@ def table(result):
                             else "") if gpu else "",
         result["loadavg_start"], result["loadavg_end"]))
     return "\n".join(lines)
+
+
+def unreadable_lines(unreadable, limit=UNREADABLE_SHOWN):
+    """The skipped files, each with the reader's one-line reason (it named the files only),
+    the first ``limit`` of them: a folder of thousands is not listed whole on the console."""
+    files = unreadable.get("files") or []
+    if not unreadable.get("count"):
+        return []
+    lines = ["skipped {}, not timed:".format(plural(unreadable["count"], "unreadable file"))]
+    for item in files[:limit]:
+        path, reason = item["path"], item["reason"] or "unreadable"
+        lines.append("  " + (reason if reason.startswith(path + ": ") else
+                             "{}: {}".format(path, reason)))
+    if len(files) > limit:
+        lines.append("  ... and {} more (--json FILE lists every one, with its reason)".format(
+            len(files) - limit))
+    return lines
 
 
 def _where(name, device, preprocess="host"):

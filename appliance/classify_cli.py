@@ -276,7 +276,8 @@ def main(argv):
                          codec=args.output_codec, bitrate=args.bitrate,
                          encoder=args.output_encoder, save=args.output_save,
                          jetson_utils=False if args.no_jetson_utils else None,
-                         classifier=clf, token=args.token)
+                         classifier=clf, token=args.token,
+                         inputs=[path for path, _ in getattr(source, "files", None) or ()])
         sinks = [sink]
         if args.serve:
             from oncolens.appliance.web.live import open_live_sink

@@ -18,6 +18,14 @@ def plural(count, word, many=None):
     return "{} {}".format(count, many)
 
 
+def reason_of(path, error):
+    """An image reader's one-line error less the ``path: `` it starts with, so that a line
+    naming the file already does not name it twice, nor wrap the reason in parentheses
+    (whose own parentheses then nested: '(not a regular file (a FIFO): ...)')."""
+    error = str(error)
+    return error[len(path) + 2:] if error.startswith(str(path) + ": ") else error
+
+
 class OncoLensError(Exception):
     """Base class: its message is shown to the user as it is, on one line."""
 

@@ -322,10 +322,13 @@ class LowBitsWarning(object):
     def scan(self, paths):
         """``check`` the image files ``paths`` in order until it has warned, reading a file
         whole only when its header may say 16-bit (a TIFF's may be at its end); a file that
-        cannot be read is left to the caller's own report."""
+        cannot be read, or is no regular file (a FIFO: opening it waited for a writer, and
+        ``oncolens bench`` hung), is left to the caller's own report."""
         for path in paths:
             if self.warned:
                 return
+            if not_regular(path):
+                continue
             try:
                 with open(path, "rb") as fh:
                     head = fh.read(32)

@@ -19,6 +19,7 @@ import importlib
 import logging
 import os
 
+from oncolens.appliance.classify_copies import CopyRecord, warn_pattern_leftovers
 from oncolens.appliance.errors import OncoLensError, UsageError
 from oncolens.appliance.imageio import (GREY_ONLY, colour_path, is_image_file,
                                         is_unsupported_image, write_image)
@@ -28,7 +29,6 @@ from oncolens.appliance.video_writer import (VIDEO_FOURCC, _writer_backends,  # 
                                              open_video_writer, other_outputs)
 
 log = logging.getLogger(__name__)
-
 
 
 def is_video_output(path):
@@ -111,12 +111,16 @@ def _remove_made(path, existed, folders):
 
 
 class ImageFileSink(object):
-    """Frames to image files: one file, a numbered pattern, or a folder mirroring the input."""
+    """Frames to image files: one file, a numbered pattern, or a folder mirroring the input.
+    A folder's copies are recorded in it (``classify_copies``): ``start()``, before the first
+    frame, removes the ones an earlier run recorded when ``overwrite`` is set. ``inputs``:
+    the input files, never removed."""
 
-    def __init__(self, uri, overwrite=False, **options):
+    def __init__(self, uri, overwrite=False, inputs=(), **options):
         self.uri = uri
         self.overwrite = overwrite
         self.written = []
+        self.record = None
         if "%" in os.path.basename(uri):
             self.mode = "pattern"
             _check_pattern(uri)
@@ -131,6 +135,7 @@ class ImageFileSink(object):
                                  uri, os.path.splitext(uri)[1]))
         if self.mode == "dir":
             check_output_dir(uri, "output")
+            self.record = CopyRecord(uri, overwrite, inputs)
         else:  # an existing file is refused when it is written (or above), not here
             check_output_file(uri % 0 if self.mode == "pattern" else uri, "output",
                               overwrite=True)
@@ -178,10 +183,19 @@ class ImageFileSink(object):
             _refuse_existing(path, self.overwrite)
         write_image(path, image)
         self.written.append(path)
+        if self.record is not None:
+            self.record.add(path)
         return path
 
+    def start(self):
+        if self.record is not None:
+            self.record.start()
+
     def close(self):
-        pass
+        if self.record is not None:
+            self.record.close()
+        if self.mode == "pattern":
+            warn_pattern_leftovers(self.uri, self.written)
 
 
 class VideoFileSink(object):
@@ -353,4 +367,6 @@ def open_sink(uri, overwrite=False, **options):
     uri = file_path(uri)
     if is_video_output(uri):
         return VideoFileSink(uri, overwrite=overwrite, **options)
-    return ImageFileSink(uri, overwrite=overwrite, **options)
+    sink = ImageFileSink(uri, overwrite=overwrite, **options)
+    sink.start()  # with overwrite, a folder's earlier copies go now, after the model loaded
+    return sink

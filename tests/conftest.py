@@ -19,6 +19,13 @@ def run_cli(argv):
     return code, out.getvalue(), err.getvalue()
 
 
+def copies_in(folder):
+    """The names in a classify output folder, sorted, less its record of the copies it
+    wrote (.oncolens-classify.jsonl, which --overwrite goes by)."""
+    from oncolens.appliance.classify_copies import RECORD
+    return sorted(name for name in os.listdir(folder) if name != RECORD)
+
+
 def cli_subprocess_cmd(*args):
     """The command line that runs oncolens from this checkout in a child process."""
     return [sys.executable, "-m", "oncolens"] + [str(a) for a in args]

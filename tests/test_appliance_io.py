@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import copies_in, run_cli
 
 
 def _coded_frame(n, w=64, h=48):
@@ -104,7 +104,7 @@ def test_pattern_output_and_folder_names(tiny_bundle, tiny_data, tmp_path):
     folder = str(tmp_path / "frames") + os.sep
     code, out, err = run_cli(["classify", "--model", tiny_bundle, "--headless", video, folder])
     assert code == 0, err
-    assert sorted(os.listdir(folder)) == ["v_000000.jpg", "v_000001.jpg", "v_000002.jpg"]
+    assert copies_in(folder) == ["v_000000.jpg", "v_000001.jpg", "v_000002.jpg"]
 
 
 def test_file_uri_outputs_name_the_path(tiny_bundle, tiny_data, tmp_path, monkeypatch):
@@ -120,7 +120,7 @@ def test_file_uri_outputs_name_the_path(tiny_bundle, tiny_data, tmp_path, monkey
                               os.path.join(tiny_data, "test", "normal"), "file://outdir/"])
     assert code == 0, err
     assert os.path.isfile(str(tmp_path / "one.jpg"))
-    assert len(os.listdir(str(tmp_path / "outdir"))) == 3
+    assert len(copies_in(str(tmp_path / "outdir"))) == 3
     assert not os.path.exists(str(tmp_path / "file:"))
 
 
@@ -314,7 +314,7 @@ def test_planned_names_are_the_written_names_and_clashes_are_refused(tiny_bundle
     code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless",
                                  "--input-loop=1", src, out])
     assert code == 0, err
-    assert planned == sorted(os.path.join(out, name) for name in os.listdir(out))
+    assert planned == sorted(os.path.join(out, name) for name in copies_in(out))
     clash = tmp_path / "clash"
     shutil.copytree(src, str(clash))
     first = sorted(os.listdir(str(clash)))[0]
@@ -336,7 +336,7 @@ def test_an_output_folder_inside_the_input_is_left_out_of_it(tiny_bundle, tiny_d
                                   os.path.join(src, "out") + os.sep] + extra)
         assert code == 0, err
         assert len(out.splitlines()) == 3
-    assert sorted(os.listdir(os.path.join(src, "out"))) == sorted(
+    assert copies_in(os.path.join(src, "out")) == sorted(
         os.listdir(os.path.join(tiny_data, "test", "benign")))
     shutil.rmtree(os.path.join(src, "out"))
     for extra in ([], ["--overwrite"]):                 # a pattern's folder too

@@ -250,10 +250,22 @@ def test_unreadable_images_are_skipped_named_and_counted(tiny_bundle, tiny_data,
     assert bad == ["000_bad.png", "anim.gif", "corrupt.png"] and doc["unreadable"]["count"] == 3
     assert doc["baseline"]["images"] == 9 and doc["baseline"]["single_thread"]["images"] == 9
     assert [r["images"] for r in doc["runs"]] == [9, 9]
-    assert "skipped 3 unreadable files" in stdout
+    assert "skipped 3 unreadable files" in stdout  # each with the reader's reason:
+    assert "corrupt.png: not a decodable image" in stdout and ".gif (expected" in stdout
     warned = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
     for name in bad:  # one warning a file, however many loops met it
         assert len([w for w in warned if name in w]) == 1
+
+
+def test_a_long_list_of_unreadable_files_is_capped_with_its_reasons():
+    from oncolens.appliance.bench_cli import UNREADABLE_SHOWN, unreadable_lines
+    files = [{"path": "f{}.png".format(n), "reason": "f{}.png: empty file".format(n)}
+             for n in range(UNREADABLE_SHOWN + 5)] + [{"path": "x.png", "reason": "no image"}]
+    lines = unreadable_lines({"count": len(files), "files": files}, limit=len(files))
+    assert lines[1:3] == ["  f0.png: empty file", "  f1.png: empty file"]
+    assert lines[-1] == "  x.png: no image"  # a reason that does not name its file is given one
+    lines = unreadable_lines({"count": len(files), "files": files})
+    assert len(lines) == 1 + UNREADABLE_SHOWN + 1 and "... and 6 more" in lines[-1]
 
 
 def test_no_readable_image_and_unusable_json_are_one_line_before_measuring(tiny_bundle,
@@ -264,7 +276,8 @@ def test_no_readable_image_and_unusable_json_are_one_line_before_measuring(tiny_
     (bad / "b.jpg").write_bytes(b"")
     code, _, err = run_cli(["bench", "--model", tiny_bundle, "--images", str(bad),
                             "--backends", "onnxruntime", "--no-baseline"])
-    assert code == 1 and "--images: none of the 2 image files could be read" in err
+    assert code == 1 and "--images: none of the 2 image files could be read; the first: {}: " \
+        "not a decodable image".format(bad / "a.png") in err
     assert "a.png" in err and len(err.strip().splitlines()) == 1
     blocker = tmp_path / "afile"
     blocker.write_text(u"x")

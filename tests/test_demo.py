@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+from oncolens.appliance.classify_copies import RECORD
+
 SMALL = ["--epochs", "1", "--per-class", "6", "--size", "48", "--resolution", "32"]
 
 
@@ -23,7 +25,8 @@ def test_demo_runs_end_to_end_and_overwrite_replaces_only_a_demo(tmp_path):
     assert "test accuracy" in stdout.lower()
     annotated = os.path.join(out, "annotated")
     written = [f for _, _, files in os.walk(annotated) for f in files]
-    assert len(written) == 3 * 2  # the test split: a third of 6 per class
+    assert len(written) == 3 * 2 + 1  # the test split (a third of 6 per class), and
+    assert RECORD in written          # classify's record of them: --overwrite takes it too
     with open(os.path.join(out, "model", "model.json")) as fh:
         assert '"onnx"' in fh.read()
     code, stdout, err = run_cli(["demo", "--out", out] + SMALL)

@@ -131,7 +131,10 @@ def test_train_refuses_the_dataset_naming_the_fifo(tiny_data, tmp_path):
     code, out = _run(["train", data, "--model-dir", model, "--resolution", 32, "--epochs", 1,
                       "-b", 6, "-j", 0, "--no-pretrained"])
     assert code == 2, out
-    assert "pipe.png" in out.strip().splitlines()[-1] and NOT_REGULAR in out
+    fifo = os.path.join(data, "train", "benign", "pipe.png")  # the reason read cleanly, not
+    assert out.strip().splitlines()[-1] == (                   # wrapped in parentheses again
+        "oncolens train: error: {} cannot be read as an image: {}: not opened (expected an "
+        "image file); remove or replace it".format(fifo, NOT_REGULAR))
     assert not os.path.exists(os.path.join(model, "model_best.pth.tar"))
 
 
@@ -140,7 +143,9 @@ def test_evaluate_lists_the_fifo_as_unreadable(tiny_bundle, tiny_data, tmp_path)
     code, out = _run(["evaluate", os.path.join(data, "test"), "--model-dir", tiny_bundle,
                       "--out", str(tmp_path / "eval")])
     assert code == 1, out
-    assert "unreadable: " in out and "pipe.png: " + NOT_REGULAR in out
+    fifo = os.path.join(data, "test", "benign", "pipe.png")  # named once, its reason unwrapped
+    assert "  unreadable: {}: {}: not opened (expected an image file)\n".format(
+        fifo, NOT_REGULAR) in out
     assert os.path.isfile(str(tmp_path / "eval" / "report.md"))
 
 
@@ -151,6 +156,34 @@ def test_export_check_images_skip_the_fifo(tiny_bundle, tiny_data, tmp_path):
     assert code == 0, out
     assert "skipped: " in out and "pipe.png: " + NOT_REGULAR in out
     assert "4 real images from" in out
+
+
+def test_bench_skips_the_fifo_and_says_why(tiny_bundle, tiny_data, tmp_path):
+    """bench hung on the FIFO in its 16-bit scan of --images (a plain open); its summary named
+    the skipped files without the reason."""
+    data = _with_fifo(tiny_data, str(tmp_path / "data"))
+    images = os.path.join(data, "test")
+    with open(os.path.join(images, "normal", "bad.png"), "wb") as fh:
+        fh.write(b"nope!")
+    code, out = _run(["bench", "--model", tiny_bundle, "--images", images, "--backends",
+                      "onnxruntime", "--batch-sizes", 1, "--min-seconds", 0.05, "--warmup", 1,
+                      "--no-baseline"])
+    assert code == 0, out
+    summary = out[out.index("skipped 2 unreadable files, not timed:"):]
+    assert "  {}: {}".format(os.path.join(images, "benign", "pipe.png"), NOT_REGULAR) in summary
+    assert "  {}: not a decodable image".format(os.path.join(images, "normal", "bad.png")) \
+        in summary
+
+
+def test_serve_bench_refuses_a_fifo_image_unopened(tmp_path):
+    """The serve load-test client read --image with a plain open(): a FIFO hung it."""
+    fifo = str(tmp_path / "pipe.png")
+    os.mkfifo(fifo)
+    code, out = _child([sys.executable, "-m", "oncolens.appliance.web.bench", "--url",
+                        "http://127.0.0.1:9/", "--image", fifo, "--requests", "1"],
+                       "the serve bench")
+    assert code == 2 and out.strip() == "oncolens serve bench: error: --image {}: {}: not " \
+        "opened (expected an image file)".format(fifo, NOT_REGULAR), out
 
 
 def test_calibration_images_skip_the_fifo(tiny_data, tmp_path):

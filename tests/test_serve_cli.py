@@ -90,13 +90,20 @@ def test_serve_cli_refuses_bad_values_before_loading_the_model(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "afolder"]
 
 
-def test_bench_refuses_bad_values_in_one_line(tmp_path, capsys):
+def test_bench_refuses_bad_values_in_one_line(tmp_path, capsys, monkeypatch):
     """A missing --image, a --url that is not http://HOST:PORT, --size 0: one line naming the
-    flag, exit 2, before any request (they were tracebacks)."""
+    flag, exit 2, before any request (they were tracebacks). An empty --token fell back to
+    $ONCOLENS_TOKEN in silence; a GIF --image was sent to be refused by every request."""
     from oncolens.appliance.web import bench
+    monkeypatch.setenv("ONCOLENS_TOKEN", "from-the-environment")
+    gif = tmp_path / "anim.gif"
+    gif.write_bytes(b"GIF89a")
     cases = [
         (["--url", "http://127.0.0.1:9/", "--image", str(tmp_path / "none.png")], "--image"),
         (["--url", "http://127.0.0.1:9/", "--image", str(tmp_path)], "--image"),
+        (["--url", "http://127.0.0.1:9/", "--image", str(gif)], "--image"),
+        (["--url", "http://127.0.0.1:9/", "--token", ""], "--token: expected a token"),
+        (["--url", "http://127.0.0.1:9/", "--token", " "], "--token: expected a token"),
         (["--url", "127.0.0.1:8080"], "--url"),
         (["--url", "garbage"], "--url"),
         (["--url", "http://127.0.0.1:99999/"], "--url"),

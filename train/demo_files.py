@@ -9,6 +9,7 @@ import json
 import os
 
 from oncolens.appliance.bundle import read_labels
+from oncolens.appliance.classify_copies import RECORD
 from oncolens.appliance.errors import BundleError, UsageError
 from oncolens.train.modeldir import TRAIN_FILES
 from oncolens.train.split import made_by
@@ -51,7 +52,7 @@ def demo_files(out):
     data = os.path.join(out, "data")
     counts = _synth_record(data).get("counts")
     counts = counts if isinstance(counts, dict) else {}
-    files = {"test_predictions.txt"}
+    files = {"test_predictions.txt", os.path.join("annotated", RECORD)}  # classify's record
     files.update(os.path.join("data", name) for name in SYNTH_FILES)
     for split in SPLITS:
         for cls in _classes(data):

@@ -10,7 +10,8 @@ import re
 import sys
 
 from oncolens.appliance.cliutil import OneLineParser, cli_entry, normalize_flags, setup_logging
-from oncolens.appliance.errors import OncoLensError, UsageError, not_a_folder, plural
+from oncolens.appliance.errors import (OncoLensError, UsageError, not_a_folder, plural,
+                                      reason_of)
 from oncolens.appliance.outpaths import (check_output_dir, check_output_file,
                                           check_text_file)
 
@@ -181,7 +182,8 @@ def _print_summary(report):
         echo("  {:12s} precision {}  recall {}  F1 {:.3f}  support {}".format(
             label, precision_text(report, label), recall_text(row), row["f1"], row["support"]))
     for failure in report["failed"]:
-        echo("  unreadable: {} ({})".format(failure["path"], failure["error"]))
+        echo("  unreadable: {}: {}".format(failure["path"],
+                                          reason_of(failure["path"], failure["error"])))
 
 
 def _evaluate_each(plans, args):

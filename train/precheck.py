@@ -7,7 +7,7 @@ import logging
 import os
 
 from oncolens.appliance.bundle import LABELS_TXT
-from oncolens.appliance.errors import ImageReadError, UsageError, plural
+from oncolens.appliance.errors import ImageReadError, UsageError, plural, reason_of
 from oncolens.appliance.imageio import decode_image, list_folders, read_bytes, sixteen_bit_peak
 from oncolens.train.data import class_counts, list_samples
 from oncolens.train.scan import LOW_BITS_PEAK, low_bits_warning
@@ -90,9 +90,8 @@ def check_images(samples, progress=None, threads=None):
         log.warning("%s", low_bits_warning(len(low), low[0][0], low[0][1]))
     if len(bad) == 1:
         path, error = bad[0]
-        why = error[len(path) + 2:] if error.startswith(path + ": ") else error
-        raise UsageError("{} cannot be read as an image ({}): remove or replace it".format(
-            path, why))
+        raise UsageError("{} cannot be read as an image: {}; remove or replace it".format(
+            path, reason_of(path, error)))
     if bad:
         raise UsageError("{} of {} cannot be read (listed above): remove or replace "
                          "them ('oncolens data check' audits a dataset)".format(

@@ -21,6 +21,7 @@ import numpy as np
 
 from oncolens.appliance.cliutil import OneLineParser, cli_entry, normalize_flags
 from oncolens.appliance.errors import OncoLensError, UsageError
+from oncolens.appliance.web.auth import TOKEN_ENV, resolve_token
 
 
 def build_parser():
@@ -29,7 +30,9 @@ def build_parser():
         description="Measure requests/s and p50/p99 latency of POST /classify with N clients.")
     p.add_argument("--model", help="start 'oncolens serve --model MODEL' on loopback for the run")
     p.add_argument("--url", help="measure a server already running at URL instead")
-    p.add_argument("--token", default=None, help="token for --url (default $ONCOLENS_TOKEN)")
+    p.add_argument("--token", default=None,
+                   help="token for --url (default ${0}; an empty --token is refused: leave it "
+                        "out to use ${0})".format(TOKEN_ENV))
     p.add_argument("--backend", default="auto", help="--backend for the server started (auto)")
     p.add_argument("--clients", type=int, default=8, help="concurrent clients (8)")
     p.add_argument("--requests", type=int, default=400, help="requests measured (400)")
@@ -179,6 +182,15 @@ def check_size(size):
 
 
 def read_image_file(path):
+    """The bytes of --image; one line naming it when it is no image file we read: a FIFO
+    (a plain open waited for a writer, for ever), a socket, a device, a folder, a format
+    that cannot be read (imageio.check_format, told without opening it), or unreadable."""
+    from oncolens.appliance.errors import ImageReadError
+    from oncolens.appliance.imageio import check_format
+    try:
+        check_format(path)
+    except ImageReadError as exc:
+        raise UsageError("--image {}".format(exc))
     try:
         with open(path, "rb") as fh:
             return fh.read()
@@ -204,7 +216,7 @@ def main(argv):
     if args.url:
         check_url(args.url)
     body = read_image_file(args.image) if args.image else synthetic_png(check_size(args.size))
-    token = args.token or os.environ.get("ONCOLENS_TOKEN")
+    token = resolve_token(args.token)  # as serve and classify: an empty --token is refused
     proc, url = (None, args.url)
     if args.model:
         proc, url = start_server(args.model, args.queue, args.backend)
