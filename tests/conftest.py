@@ -26,6 +26,12 @@ def copies_in(folder):
     return sorted(name for name in os.listdir(folder) if name != RECORD)
 
 
+def count_copies(folder):
+    """The files under a classify output folder, its sub-folders included, less its record."""
+    from oncolens.appliance.classify_copies import RECORD
+    return sum(len([name for name in files if name != RECORD]) for _, _, files in os.walk(folder))
+
+
 def cli_subprocess_cmd(*args):
     """The command line that runs oncolens from this checkout in a child process."""
     return [sys.executable, "-m", "oncolens"] + [str(a) for a in args]

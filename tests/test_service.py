@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, count_copies, run_cli
 
 UNIT = os.path.join(REPO, "systemd", "oncolens.service")
 ENV_FILE = os.path.join(REPO, "systemd", "oncolens.default")
@@ -385,6 +385,6 @@ def test_exec_start_classifies_with_the_real_appliance(tmp_path, tiny_bundle, ti
     code, out, err = run_cli(argv[1:])
     assert code == 0, err
     n_images = sum(len(files) for _, _, files in os.walk(test_dir))
-    written = sum(len(files) for _, _, files in os.walk(out_dir))
+    written = count_copies(out_dir)
     assert n_images > 0 and written == n_images
     assert len([line for line in out.splitlines() if line.startswith("imagenet:")]) >= n_images
