@@ -14,15 +14,12 @@ import os
 
 from oncolens.appliance.errors import plural
 from oncolens.appliance.imageio import is_image_file
+from oncolens.appliance.outpaths import drop_empty_folders, inside as _inside
 from oncolens.appliance.results import read_rows
 
 log = logging.getLogger(__name__)
 
 COLUMN = "annotated"
-
-
-def _inside(path, folder):
-    return path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def recorded_copies(results):
@@ -87,14 +84,9 @@ class EarlierCopies(object):
 
     def _drop_empty_folders(self, removed):
         """The sub-folders the removed copies were in, when that left them empty."""
-        folders = set(os.path.dirname(os.path.join(os.path.realpath(os.path.dirname(p)),
-                                                   os.path.basename(p)))
-                      for p in removed)
-        for folder in sorted(folders, key=len, reverse=True):
-            while _inside(folder, self.root) and os.path.isdir(folder) and \
-                    not os.listdir(folder):
-                os.rmdir(folder)
-                folder = os.path.dirname(folder)
+        drop_empty_folders((os.path.dirname(os.path.join(os.path.realpath(os.path.dirname(p)),
+                                                         os.path.basename(p)))
+                            for p in removed), self.root)
 
     def warn_unrecorded(self, results):
         """After the results file is opened: where no record of the earlier copies was read

@@ -19,14 +19,11 @@ import os
 
 from oncolens.appliance.errors import plural
 from oncolens.appliance.imageio import is_image_file
+from oncolens.appliance.outpaths import drop_empty_folders, inside as _inside
 
 log = logging.getLogger(__name__)
 
 RECORD = ".oncolens-classify.jsonl"
-
-
-def _inside(path, folder):
-    return path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def read_record(path):
@@ -107,11 +104,7 @@ class CopyRecord(object):
         return path
 
     def _drop_empty_folders(self, removed):
-        for folder in sorted(set(os.path.dirname(p) for p in removed), key=len, reverse=True):
-            while _inside(folder, self.root) and os.path.isdir(folder) and \
-                    not os.listdir(folder):
-                os.rmdir(folder)
-                folder = os.path.dirname(folder)
+        drop_empty_folders((os.path.dirname(p) for p in removed), self.root)
 
     def add(self, path):
         """Record the copy just written at ``path`` (a path inside the folder)."""

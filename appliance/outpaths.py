@@ -86,3 +86,17 @@ def _pattern_regex(name):
         else:  # the number field: digits for %i/%d/%u, anything for the rest
             out.append(r"[-+ ]?\d+" if part[-1] in "diu" else ".+")
     return "".join(out)
+
+
+def inside(path, folder):
+    """Whether ``path`` lies under ``folder`` (both as given: resolve links first)."""
+    return path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def drop_empty_folders(folders, root):
+    """Remove each of ``folders`` (inside ``root``) that is empty, and then each parent that
+    this leaves empty, up to ``root`` itself, which stays: what removing copies left."""
+    for folder in sorted(set(folders), key=len, reverse=True):
+        while inside(folder, root) and os.path.isdir(folder) and not os.listdir(folder):
+            os.rmdir(folder)
+            folder = os.path.dirname(folder)
