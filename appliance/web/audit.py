@@ -55,6 +55,16 @@ def parse_ip(text):
     return mapped or ip
 
 
+def trusted_proxy_ip(text):
+    """--trusted-proxy's address as ``parse_ip`` gives it; UsageError naming the flag when
+    ``text`` is no IP address."""
+    ip = parse_ip(text)
+    if ip is None:
+        raise UsageError("--trusted-proxy {}: expected an IP address (the reverse proxy's, "
+                         "e.g. 127.0.0.1)".format(text or '""'))
+    return ip
+
+
 def request_fields(environ, trusted_proxy=None):
     """The audit fields naming the request: method, path (PATH_INFO, never the query),
     client (the socket peer) and forwarded_for (the last X-Forwarded-For entry, the one the
