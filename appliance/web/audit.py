@@ -21,9 +21,9 @@ from oncolens.appliance.errors import UsageError
 
 log = logging.getLogger(__name__)
 
-FIELDS = ("time", "request_id", "status", "input_sha256", "model_sha256", "label", "confidence",
-          "method", "path", "client", "forwarded_for")
 REQUEST_FIELDS = ("method", "path", "client", "forwarded_for")
+FIELDS = ("time", "request_id", "status", "input_sha256", "model_sha256", "label",
+          "confidence") + REQUEST_FIELDS
 MAX_PATH = 256      # characters of a path kept (an unauthenticated client chooses it)
 MAX_METHOD = 16
 # kept as they are in a path; anything else (controls, spaces, quotes, non-ASCII) is %XX
