@@ -116,8 +116,9 @@ def format_metrics(m):
         precision = "n/a" if label in unpredicted else "{:.4f}".format(pc["precision"])
         lines.append(label[:width - 1].ljust(width) + "{:>11}{}{:9.4f}{:9d}".format(
             precision, recall, pc["f1"], pc["support"]))
-    if absent_note(m):
-        lines += ["", absent_note(m)]
+    note = absent_note(m)
+    if note:
+        lines += ["", note]
     if unpredicted:
         lines += ["note: the model predicted none of the images as {}: precision is undefined "
                   "(n/a)".format(" or ".join(unpredicted))]

@@ -102,10 +102,8 @@ def check_args(args):
     if args.audit_log:
         check_output_file(args.audit_log, "--audit-log", overwrite=True)
     if args.trusted_proxy is not None:
-        from oncolens.appliance.web.audit import parse_ip
-        if parse_ip(args.trusted_proxy) is None:
-            raise UsageError("--trusted-proxy {}: expected an IP address (the reverse proxy's, "
-                             "e.g. 127.0.0.1)".format(args.trusted_proxy or '""'))
+        from oncolens.appliance.web.audit import trusted_proxy_ip
+        trusted_proxy_ip(args.trusted_proxy)
 
 
 def _stop_on_sigterm(server):

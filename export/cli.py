@@ -74,7 +74,7 @@ def build_check_parser():
 
 def build_parser():
     p = OneLineParser(prog="oncolens export",
-                                description="Export a trained model for the device.")
+                      description="Export a trained model for the device.")
     sub = p.add_subparsers(dest="target")
     sub.add_parser("onnx", help="checkpoint -> ONNX (+ check)", add_help=False)
     sub.add_parser("check", help="check an ONNX against its checkpoint", add_help=False)

@@ -17,7 +17,7 @@ from oncolens import __version__
 from oncolens.appliance.errors import MissingDependency, UsageError
 from oncolens.appliance.imageio import low_bits_peak
 from oncolens.appliance.preprocess import resize_geometry
-from oncolens.appliance.web.audit import AuditLog, parse_ip, request_fields
+from oncolens.appliance.web.audit import AuditLog, request_fields, trusted_proxy_ip
 from oncolens.appliance.web.auth import token_ok
 from oncolens.appliance.web.metrics import CONTENT_TYPE as METRICS_TYPE, PATHS, Metrics
 from oncolens.appliance.web.classify import handle_classify
@@ -66,10 +66,7 @@ class ServeApp(object):
                  trusted_proxy=None):
         self.bottle = bottle_module()
         # X-Forwarded-For is read (for the audit log only) from this peer alone, if any
-        self.trusted_proxy = parse_ip(trusted_proxy) if trusted_proxy else None
-        if trusted_proxy and self.trusted_proxy is None:
-            raise UsageError("--trusted-proxy {}: expected an IP address (the reverse proxy's, "
-                             "e.g. 127.0.0.1)".format(trusted_proxy))
+        self.trusted_proxy = trusted_proxy_ip(trusted_proxy) if trusted_proxy else None
         self.classifier = classifier
         self.token = token or None
         self.live = live

@@ -21,9 +21,9 @@ from oncolens.appliance.errors import UsageError
 
 log = logging.getLogger(__name__)
 
-FIELDS = ("time", "request_id", "status", "input_sha256", "model_sha256", "label", "confidence",
-          "method", "path", "client", "forwarded_for")
 REQUEST_FIELDS = ("method", "path", "client", "forwarded_for")
+FIELDS = ("time", "request_id", "status", "input_sha256", "model_sha256", "label",
+          "confidence") + REQUEST_FIELDS
 MAX_PATH = 256      # characters of a path kept (an unauthenticated client chooses it)
 MAX_METHOD = 16
 # kept as they are in a path; anything else (controls, spaces, quotes, non-ASCII) is %XX
@@ -53,6 +53,16 @@ def parse_ip(text):
         return None
     mapped = getattr(ip, "ipv4_mapped", None)
     return mapped or ip
+
+
+def trusted_proxy_ip(text):
+    """--trusted-proxy's address as ``parse_ip`` gives it; UsageError naming the flag when
+    ``text`` is no IP address."""
+    ip = parse_ip(text)
+    if ip is None:
+        raise UsageError("--trusted-proxy {}: expected an IP address (the reverse proxy's, "
+                         "e.g. 127.0.0.1)".format(text or '""'))
+    return ip
 
 
 def request_fields(environ, trusted_proxy=None):
