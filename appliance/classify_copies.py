@@ -83,7 +83,7 @@ class CopyRecord(object):
                             "this run writes are replaced", self.folder, RECORD)
             return
         removed = [path for path in (self._remove(e) for e in entries) if path]
-        self._drop_empty_folders(removed)
+        drop_empty_folders((os.path.dirname(p) for p in removed), self.root)
         os.remove(self.path)
         if removed:
             log.info("--overwrite: removed the earlier run's %s from %s (as %s named them)",
@@ -102,9 +102,6 @@ class CopyRecord(object):
             return None  # written over since: not the copy recorded
         os.remove(path)
         return path
-
-    def _drop_empty_folders(self, removed):
-        drop_empty_folders((os.path.dirname(p) for p in removed), self.root)
 
     def add(self, path):
         """Record the copy just written at ``path`` (a path inside the folder)."""
