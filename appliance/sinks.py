@@ -290,7 +290,8 @@ def _open_jetson_utils(uri, scheme, options):
         raise OncoLensError("output {}: jetson_utils cannot open it ({})".format(uri, exc))
 
 
-def _scheme(uri):
+def output_scheme(uri):
+    """An output URI's scheme, lower case; "file" for a path (file:// or none)."""
     return uri.partition("://")[0].lower() if "://" in uri else "file"
 
 
@@ -312,7 +313,7 @@ def output_folder(uri):
     """The folder a file output writes its images into (a folder, or a pattern's folder),
     or None (one file, a video, a display, a stream): an input walk leaves it out, so a
     rerun with --overwrite does not read its own earlier outputs as inputs."""
-    if not uri or _scheme(uri) != "file":
+    if not uri or output_scheme(uri) != "file":
         return None
     path = file_path(uri)
     if is_video_output(path):
@@ -328,7 +329,7 @@ def check_file_output(uri, source, overwrite=False):
     """The checks a file output makes when opened, plus, for image files, every name an
     image-file ``source`` will give: made before the model loads, so nothing is written and
     no input is classified when one of them would be refused on the way."""
-    if not uri or _scheme(uri) != "file":
+    if not uri or output_scheme(uri) != "file":
         return
     uri = file_path(uri)
     if is_video_output(uri):
@@ -348,7 +349,7 @@ def open_sink(uri, overwrite=False, **options):
     """The sink ``uri`` names, or None for no output (or a display that cannot open)."""
     if not uri:
         return None
-    scheme = _scheme(uri)
+    scheme = output_scheme(uri)
     if scheme in JETSON_UTILS_SCHEMES and options.get("jetson_utils", True) is not False:
         sink = _open_jetson_utils(uri, scheme, options)
         if sink is not False:
