@@ -19,7 +19,7 @@ import os
 
 from oncolens.appliance.errors import plural
 from oncolens.appliance.imageio import is_image_file
-from oncolens.appliance.outpaths import drop_empty_folders, inside as _inside
+from oncolens.appliance.outpaths import drop_empty_folders, inside as _inside, numbered_files
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,6 @@ def warn_pattern_leftovers(pattern, written):
     """A numbered output (``out_%i.jpg``) keeps no record (its folder may be the input's,
     and its names may be a user's): after the run, the files there that the pattern names
     but this run did not write are counted in a warning, the first one named."""
-    from oncolens.appliance.outpaths import numbered_files
     folder = os.path.dirname(pattern) or "."
     named = numbered_files(pattern)
     ours = set(os.path.realpath(p) for p in written)

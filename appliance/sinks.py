@@ -23,7 +23,7 @@ from oncolens.appliance.classify_copies import CopyRecord, warn_pattern_leftover
 from oncolens.appliance.errors import OncoLensError, UsageError
 from oncolens.appliance.imageio import (GREY_ONLY, colour_path, is_image_file,
                                         is_unsupported_image, write_image)
-from oncolens.appliance.outpaths import check_output_dir, check_output_file
+from oncolens.appliance.outpaths import check_output_dir, check_output_file, numbered_files
 from oncolens.appliance.stream_sinks import DisplayUnavailable
 from oncolens.appliance.video_writer import (VIDEO_FOURCC, _writer_backends,  # noqa: F401
                                              open_video_writer, other_outputs)
@@ -303,7 +303,6 @@ def file_path(uri):
 def pattern_files(uri):
     """For a numbered output (``out_%i.jpg``): whether a path is one of the files it writes,
     so that an input walk leaves them out (``outpaths.numbered_files``); else None."""
-    from oncolens.appliance.outpaths import numbered_files
     folder = output_folder(uri)
     path = file_path(uri) if folder is not None else ""
     return numbered_files(path) if "%" in os.path.basename(path) else None
