@@ -4,6 +4,7 @@ Shared by training, export and the PyTorch backend, so a checkpoint is always re
 way it was trained.  Any torchvision classifier name works too.
 """
 import importlib
+import os
 
 from oncolens.appliance.errors import BundleError, MissingDependency, UsageError, plural
 
@@ -92,7 +93,6 @@ def check_checkpoint_file(path, flag, shown=None):
     """Refuse in one line naming ``flag`` a checkpoint ``path`` that is not a file: a folder
     (suggesting the checkpoints it holds) or nothing at all. ``shown`` is the flag's value as
     given, where ``path`` was made from it (export's --input is inside --model-dir)."""
-    import os
     shown = path if shown is None else shown
     if os.path.isfile(path):
         return
@@ -113,7 +113,6 @@ def load_checkpoint(path, flag=None, shown=None):
         import torch
     except ImportError:
         raise MissingDependency("torch", "reading a checkpoint", "pip install 'oncolens[train]'")
-    import os
     if flag:
         check_checkpoint_file(path, flag, shown)
     if not os.path.isfile(path):

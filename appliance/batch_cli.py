@@ -122,10 +122,9 @@ def _check_outputs(args):
     """Every file the run will write can be written, before the first image is read."""
     from oncolens.appliance.outpaths import (check_output_dir, check_output_file,
                                              check_text_file)
-    from oncolens.appliance.results import results_format
+    from oncolens.appliance.results import ResultsLock, results_format
     keep = args.overwrite or args.resume
     if args.results:
-        from oncolens.appliance.results import ResultsLock
         results_format(args.results)
         check_output_file(args.results, "--results", overwrite=keep,
                           hint="pass --resume to continue it or --overwrite to replace it")

@@ -63,30 +63,25 @@ class EarlierCopies(object):
             self.unrecorded = "{} does not name the copies its rows came with".format(results)
             return
         self.recorded = True
-        removed = [path for path in copies if self._remove(path)]
-        self._drop_empty_folders(removed)
+        removed = [path for path in (self._remove(p) for p in copies) if path]
+        drop_empty_folders((os.path.dirname(p) for p in removed), self.root)
         if removed:
             log.info("--overwrite: removed the earlier run's %s from %s (as %s named them)",
                      plural(len(removed), "annotated copy", "annotated copies"), self.outdir,
                      results)
 
     def _remove(self, path):
+        """Remove the copy ``path`` names; its real path when removed, else None."""
         folder, name = os.path.split(os.path.abspath(path))
         real = os.path.join(os.path.realpath(folder), name)  # the copy itself, not a link's
         if not _inside(real, self.root) or not is_image_file(real):
-            return False
+            return None
         if _inside(real, self.inputs) and not _inside(self.root, self.inputs):
-            return False  # OUTDIR holds the input: an input is never taken for a copy
+            return None  # OUTDIR holds the input: an input is never taken for a copy
         if os.path.islink(real) or not os.path.isfile(real):
-            return False
+            return None
         os.remove(real)
-        return True
-
-    def _drop_empty_folders(self, removed):
-        """The sub-folders the removed copies were in, when that left them empty."""
-        drop_empty_folders((os.path.dirname(os.path.join(os.path.realpath(os.path.dirname(p)),
-                                                         os.path.basename(p)))
-                            for p in removed), self.root)
+        return real
 
     def warn_unrecorded(self, results):
         """After the results file is opened: where no record of the earlier copies was read

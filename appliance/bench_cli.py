@@ -69,9 +69,9 @@ def _csv(value, flag, cast=str):
 
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+UNREADABLE_SHOWN = 10  # unreadable files named in the console summary, with their reasons
 # a row of the printed table: where, batch, net img/s, e2e img/s, e2e p50 and p99 ms,
 # x naive (text), agreement (text)
-UNREADABLE_SHOWN = 10  # unreadable files named in the console summary, with their reasons
 ROW = "{:<30}{:>6}{:>11.1f}{:>11.1f}{:>12.1f}{:>12.1f}{:>9}{:>10}"
 
 

@@ -209,8 +209,8 @@ def _check_numbers(args):
 def _warn_output_flags(args, output):
     """--output-codec and --bitrate are the encoder's of a stream: a video file is written
     as mp4v or MJPG whatever they say, so they are named rather than ignored in silence."""
-    scheme = output.partition("://")[0].lower() if output and "://" in output else "file"
-    if scheme in ("rtp", "rtsp", "webrtc"):
+    from oncolens.appliance.sinks import output_scheme
+    if output_scheme(output or "") in ("rtp", "rtsp", "webrtc"):
         return
     for flag, value in (("--output-codec", args.output_codec), ("--bitrate", args.bitrate)):
         if value:

@@ -19,7 +19,7 @@ import os
 
 from oncolens.appliance.errors import plural
 from oncolens.appliance.imageio import is_image_file
-from oncolens.appliance.outpaths import drop_empty_folders, inside as _inside
+from oncolens.appliance.outpaths import drop_empty_folders, inside as _inside, numbered_files
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class CopyRecord(object):
                             "this run writes are replaced", self.folder, RECORD)
             return
         removed = [path for path in (self._remove(e) for e in entries) if path]
-        self._drop_empty_folders(removed)
+        drop_empty_folders((os.path.dirname(p) for p in removed), self.root)
         os.remove(self.path)
         if removed:
             log.info("--overwrite: removed the earlier run's %s from %s (as %s named them)",
@@ -102,9 +102,6 @@ class CopyRecord(object):
             return None  # written over since: not the copy recorded
         os.remove(path)
         return path
-
-    def _drop_empty_folders(self, removed):
-        drop_empty_folders((os.path.dirname(p) for p in removed), self.root)
 
     def add(self, path):
         """Record the copy just written at ``path`` (a path inside the folder)."""
@@ -128,7 +125,6 @@ def warn_pattern_leftovers(pattern, written):
     """A numbered output (``out_%i.jpg``) keeps no record (its folder may be the input's,
     and its names may be a user's): after the run, the files there that the pattern names
     but this run did not write are counted in a warning, the first one named."""
-    from oncolens.appliance.outpaths import numbered_files
     folder = os.path.dirname(pattern) or "."
     named = numbered_files(pattern)
     ours = set(os.path.realpath(p) for p in written)

@@ -23,7 +23,7 @@ from oncolens.appliance.classify_copies import CopyRecord, warn_pattern_leftover
 from oncolens.appliance.errors import OncoLensError, UsageError
 from oncolens.appliance.imageio import (GREY_ONLY, colour_path, is_image_file,
                                         is_unsupported_image, write_image)
-from oncolens.appliance.outpaths import check_output_dir, check_output_file
+from oncolens.appliance.outpaths import check_output_dir, check_output_file, numbered_files
 from oncolens.appliance.stream_sinks import DisplayUnavailable
 from oncolens.appliance.video_writer import (VIDEO_FOURCC, _writer_backends,  # noqa: F401
                                              open_video_writer, other_outputs)
@@ -290,7 +290,8 @@ def _open_jetson_utils(uri, scheme, options):
         raise OncoLensError("output {}: jetson_utils cannot open it ({})".format(uri, exc))
 
 
-def _scheme(uri):
+def output_scheme(uri):
+    """An output URI's scheme, lower case; "file" for a path (file:// or none)."""
     return uri.partition("://")[0].lower() if "://" in uri else "file"
 
 
@@ -302,7 +303,6 @@ def file_path(uri):
 def pattern_files(uri):
     """For a numbered output (``out_%i.jpg``): whether a path is one of the files it writes,
     so that an input walk leaves them out (``outpaths.numbered_files``); else None."""
-    from oncolens.appliance.outpaths import numbered_files
     folder = output_folder(uri)
     path = file_path(uri) if folder is not None else ""
     return numbered_files(path) if "%" in os.path.basename(path) else None
@@ -312,7 +312,7 @@ def output_folder(uri):
     """The folder a file output writes its images into (a folder, or a pattern's folder),
     or None (one file, a video, a display, a stream): an input walk leaves it out, so a
     rerun with --overwrite does not read its own earlier outputs as inputs."""
-    if not uri or _scheme(uri) != "file":
+    if not uri or output_scheme(uri) != "file":
         return None
     path = file_path(uri)
     if is_video_output(path):
@@ -328,7 +328,7 @@ def check_file_output(uri, source, overwrite=False):
     """The checks a file output makes when opened, plus, for image files, every name an
     image-file ``source`` will give: made before the model loads, so nothing is written and
     no input is classified when one of them would be refused on the way."""
-    if not uri or _scheme(uri) != "file":
+    if not uri or output_scheme(uri) != "file":
         return
     uri = file_path(uri)
     if is_video_output(uri):
@@ -348,7 +348,7 @@ def open_sink(uri, overwrite=False, **options):
     """The sink ``uri`` names, or None for no output (or a display that cannot open)."""
     if not uri:
         return None
-    scheme = _scheme(uri)
+    scheme = output_scheme(uri)
     if scheme in JETSON_UTILS_SCHEMES and options.get("jetson_utils", True) is not False:
         sink = _open_jetson_utils(uri, scheme, options)
         if sink is not False:

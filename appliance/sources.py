@@ -20,6 +20,7 @@ from oncolens.appliance import gst
 from oncolens.appliance.errors import ImageReadError, MissingDependency, OncoLensError, UsageError
 from oncolens.appliance.imageio import (LowBitsWarning, decode_image, is_image_file,
                                         is_unsupported_image, read_bytes, walk_files)
+from oncolens.appliance.outpaths import inside
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +69,13 @@ def list_images(uri, unsupported=False, exclude=None, skip=None):
         return [(uri, os.path.basename(uri))]
     if any(ch in uri for ch in "*?["):
         base = glob_base(uri)
-        if skip_dir and not skip_dir.startswith(os.path.realpath(base).rstrip(os.sep) + os.sep):
+        if skip_dir and not inside(skip_dir, os.path.realpath(base)):
             skip_dir = None  # the glob's own folder or one above it is kept, as for a folder
         found, seen = [], set()
         for path in sorted(p for p in glob.glob(uri, recursive=True)
                            if os.path.exists(p) and not os.path.isdir(p)):  # FIFOs: refused
             real = os.path.realpath(path)
-            inside = skip_dir and real.startswith(skip_dir.rstrip(os.sep) + os.sep)
-            if wanted(path) and real not in seen and not inside:
+            if wanted(path) and real not in seen and not (skip_dir and inside(real, skip_dir)):
                 seen.add(real)
                 found.append((path, os.path.relpath(path, base)))
         return found
