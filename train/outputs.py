@@ -8,7 +8,7 @@ from oncolens import __version__
 from oncolens.appliance.bundle import (MODEL_JSON, LABELS_TXT, new_model_info, sha256_file,
                                        write_labels, write_model_info)
 from oncolens.appliance.errors import UsageError
-from oncolens.appliance.outpaths import check_output_dir, inside
+from oncolens.appliance.outpaths import check_output_dir, inside, replace_file as _replace
 from oncolens.train.modeldir import (BEST, CHECKPOINT, derived_artefacts, model_files,
                                      recorded_info, remove_derived)
 from oncolens.train.history import HISTORY_CSV, read_history
@@ -223,19 +223,6 @@ def save_checkpoint(state, model_dir, is_best, models=(None, None)):
     _replace(path, lambda tmp: torch.save(state, tmp))
     if is_best:
         _replace(os.path.join(model_dir, BEST), lambda tmp: shutil.copyfile(path, tmp))
-
-
-def _replace(path, write):
-    """``write`` a temporary file beside ``path``, then move it over ``path``: a run stopped
-    midway (Ctrl-C, a full disk) leaves the earlier file whole and no temporary one."""
-    tmp = path + ".tmp"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 RECIPE = ("epochs", "batch_size", "lr", "optimizer", "schedule", "warmup_epochs",
