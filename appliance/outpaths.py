@@ -100,3 +100,16 @@ def drop_empty_folders(folders, root):
         while inside(folder, root) and os.path.isdir(folder) and not os.listdir(folder):
             os.rmdir(folder)
             folder = os.path.dirname(folder)
+
+
+def replace_file(path, write):
+    """``write`` a temporary file beside ``path``, then move it over ``path``: a run stopped
+    midway (Ctrl-C, a full disk) leaves the earlier file whole and no temporary one."""
+    tmp = path + ".tmp"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

@@ -241,8 +241,8 @@ def check_resume(args, ckpt, classes=None):
 def _saved_optimizer(ckpt):
     """adamw or sgd, from the parameter groups of the checkpoint's optimizer state (which
     does not name it); None where it does not say."""
-    groups = (ckpt.get("optimizer") or {}).get("param_groups") if \
-        isinstance(ckpt.get("optimizer"), dict) else None
+    saved = ckpt.get("optimizer")
+    groups = saved.get("param_groups") if isinstance(saved, dict) else None
     if not groups:
         return None
     if "betas" in groups[0]:

@@ -3,6 +3,8 @@ import csv
 import logging
 import os
 
+from oncolens.appliance.outpaths import replace_file
+
 log = logging.getLogger(__name__)
 
 HISTORY_CSV = "history.csv"
@@ -22,17 +24,14 @@ def read_history(model_dir):
 def write_history(model_dir, rows):
     """Rewrite history.csv (rows are dicts with FIELDS)."""
     path = os.path.join(model_dir, HISTORY_CSV)
-    try:
-        with open(path + ".tmp", "w") as fh:
+
+    def write(tmp):
+        with open(tmp, "w") as fh:
             writer = csv.DictWriter(fh, fieldnames=FIELDS, extrasaction="ignore")
             writer.writeheader()
             for row in rows:
                 writer.writerow(row)
-        os.replace(path + ".tmp", path)
-    except BaseException:  # Ctrl-C, a full disk: the earlier history.csv stays, alone
-        if os.path.exists(path + ".tmp"):
-            os.remove(path + ".tmp")
-        raise
+    replace_file(path, write)  # Ctrl-C, a full disk: the earlier history.csv stays, alone
     return path
 
 

@@ -8,7 +8,7 @@ from oncolens import __version__
 from oncolens.appliance.bundle import (MODEL_JSON, LABELS_TXT, new_model_info, sha256_file,
                                        write_labels, write_model_info)
 from oncolens.appliance.errors import UsageError
-from oncolens.appliance.outpaths import check_output_dir
+from oncolens.appliance.outpaths import check_output_dir, inside, replace_file as _replace
 from oncolens.train.modeldir import (BEST, CHECKPOINT, derived_artefacts, model_files,
                                      recorded_info, remove_derived)
 from oncolens.train.history import HISTORY_CSV, read_history
@@ -79,23 +79,20 @@ def _check_rewind(args, ckpt):
                          latest, last))
 
 
-def _inside(path, folder):
-    path, folder = os.path.realpath(path), os.path.realpath(folder)
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
 def _check_outside_splits(model_dir, data):
     """A --model-dir in DATA/train, val or test would have its files read as images
     (curves.png in a class folder, or a folder of its own taken for a new class); DATA itself
     would get (or lose to --overwrite) the labels.txt that lists the dataset's classes."""
-    if os.path.realpath(model_dir) == os.path.realpath(data):
+    real = os.path.realpath(model_dir)
+    if real == os.path.realpath(data):
         raise UsageError("--model-dir {} is the dataset folder itself: the model's labels.txt "
                          "would become (or replace) the dataset's list of classes; give a "
                          "folder of its own, such as {}".format(
                              model_dir, os.path.join(data, "models")))
     for split in ("train", "val", "test"):
         folder = os.path.join(data, split)
-        if _inside(model_dir, folder):
+        there = os.path.realpath(folder)
+        if real == there or inside(real, there):
             raise UsageError("--model-dir {} is inside the dataset's {} (its curves.png "
                              "would be read as an image, or the folder as a class): give a "
                              "folder outside the train/, val/ and test/ of {}".format(
@@ -226,19 +223,6 @@ def save_checkpoint(state, model_dir, is_best, models=(None, None)):
     _replace(path, lambda tmp: torch.save(state, tmp))
     if is_best:
         _replace(os.path.join(model_dir, BEST), lambda tmp: shutil.copyfile(path, tmp))
-
-
-def _replace(path, write):
-    """``write`` a temporary file beside ``path``, then move it over ``path``: a run stopped
-    midway (Ctrl-C, a full disk) leaves the earlier file whole and no temporary one."""
-    tmp = path + ".tmp"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 RECIPE = ("epochs", "batch_size", "lr", "optimizer", "schedule", "warmup_epochs",

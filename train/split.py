@@ -15,7 +15,7 @@ import numpy as np
 
 from oncolens.appliance.bundle import LABELS_TXT, read_labels, write_labels
 from oncolens.appliance.errors import UsageError
-from oncolens.appliance.outpaths import check_output_dir
+from oncolens.appliance.outpaths import check_output_dir, drop_empty_folders
 from oncolens.train.scan import (SPLITS, class_folders, duplicate_groups, layout,
                                  loose_images, loose_warning, not_images, not_images_warning,
                                  scan)
@@ -270,11 +270,7 @@ def _place_all(moves, out, link):
     except (IOError, OSError) as exc:
         for placed in done:
             os.remove(placed)
-        for name in SPLITS:
-            folder = os.path.join(out, name)
-            for parent, _, _ in sorted(os.walk(folder), reverse=True):
-                if not os.listdir(parent):
-                    os.rmdir(parent)
+        drop_empty_folders((os.path.dirname(d) for d in done + [dest]), out)
         raise UsageError("{} {} -> {}: {}; nothing of this split was left in {}".format(
             "linking" if link else "copying", source, dest, exc.strerror or exc, out))
 

@@ -367,6 +367,7 @@ def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, c
         room = schedule.epoch_done(time.time() - t0)
         clock = schedule.state()
         seconds = clock["train_seconds"]  # what the checkpoint says: a stop loses no more
+        reason = stop_reason(args, since_best, room, epoch)
         state = {"epoch": epoch + 1, "arch": args.arch, "resolution": args.resolution,
                  "classes": classes, "num_classes": len(classes),
                  "state_dict": judged.state_dict(), "accuracy": summary["accuracy"],
@@ -375,18 +376,16 @@ def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, c
                  "final_fit": val_loader is None, "body_lr_ratio": args.body_lr_ratio,
                  "trivial_augment": args.trivial_augment, "oncolens_version": __version__,
                  "clock": clock, "start_epoch": args.start_epoch,
-                 "runs": runs.upto(epoch + 1, seconds, stop_reason(args, since_best, room,
-                                                                   epoch))}
+                 "runs": runs.upto(epoch + 1, seconds, reason)}
         write_history(args.model_dir, rows)  # first: a resume keeps the rows up to its epoch
         save_checkpoint(state, args.model_dir, is_best, (model, ema))
-        if args.patience and since_best >= args.patience:
+        if reason == "patience":
             log.info("no better epoch for %s (by val macro-F1, ties broken by lower val "
                      "loss): stopping early", plural(args.patience, "epoch"))
-            stopped = "patience"
-            break
-        if not room and epoch + 1 < args.epochs:
+        elif reason == "time-limit":
             log.info("--time-limit %g min reached after %s", args.time_limit,
                      plural(epoch + 1, "epoch"))
-            stopped = "time-limit"
+        if reason in ("patience", "time-limit"):
+            stopped = reason
             break
     return best, seconds, stopped, last
