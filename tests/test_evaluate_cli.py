@@ -241,3 +241,35 @@ def test_a_class_never_predicted_has_no_precision(tmp_path, tiny_bundle, tiny_da
         line = [l for l in out.splitlines() if l.strip().startswith(label + " ")][0]
         never = not any(row[k] for row in report["confusion_matrix"])
         assert ("precision n/a (never predicted)" in line) == never, out
+
+
+def test_the_roc_figure_of_a_split_of_one_class_names_the_undefined_curves(
+        tmp_path, tiny_bundle, tiny_data, recwarn):
+    """With one class in the split no ROC curve is defined (that class has no negatives, the
+    others no positives): roc.png was an empty plot, and matplotlib warned 'No artists with
+    labels found to put in legend'. Now the title names the classes and why, with no legend
+    and no warning."""
+    import shutil
+    import cv2
+    from oncolens.train.plots import roc_undefined
+    split = tmp_path / "benign only"
+    shutil.copytree(os.path.join(tiny_data, "test", "benign"), str(split / "benign"))
+    json_path, out_dir = str(tmp_path / "m.json"), str(tmp_path / "e")
+    code, out, err = run_cli(["evaluate", "--model-dir", tiny_bundle, str(split), "--json",
+                              json_path, "--out", out_dir, "--bootstrap", 0])
+    assert code == 0, err
+    shown = [str(w.message) for w in recwarn
+             if "legend" in str(w.message) or w.filename.endswith("plots.py")]
+    assert shown == []
+    image = cv2.imread(os.path.join(out_dir, "roc.png"))
+    assert image is not None and image.shape[0] > 100 and image.shape[1] > 100
+    with open(json_path) as fh:
+        report = json.load(fh)
+    assert all(row["roc_auc"] is None for row in report["per_class"].values())
+    said = " ".join(roc_undefined(report))
+    assert "ROC undefined for malignant, normal: the split has no image of them" in said
+    assert "ROC undefined for benign: the split has no image of another class" in said
+    report["per_class"]["malignant"]["roc_auc"] = 0.5  # a split with benign and malignant
+    report["per_class"]["malignant"]["support"] = 3
+    report["per_class"]["benign"]["roc_auc"] = 0.5
+    assert roc_undefined(report) == ["ROC undefined for normal: the split has no image of it"]

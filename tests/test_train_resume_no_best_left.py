@@ -107,3 +107,66 @@ def test_no_model_best_and_no_epoch_left_is_refused_before_anything_is_written(
     assert _load(best)["epoch"] == 3
     with open(os.path.join(model_dir, "model.json")) as fh:
         assert json.load(fh)["training"]["best_epoch"] == 3
+
+
+def _spent(tmp_path, two_epochs):
+    """two_epochs' folder without its model_best, its checkpoint's clock at 120 s."""
+    import torch
+    model_dir = str(tmp_path / "m")
+    shutil.copytree(two_epochs, model_dir)
+    os.remove(os.path.join(model_dir, "model_best.pth.tar"))
+    ckpt = os.path.join(model_dir, "checkpoint.pth.tar")
+    saved = _load(ckpt)
+    saved["clock"] = dict(saved["clock"], train_seconds=120.0)
+    torch.save(saved, ckpt)
+    return model_dir, ckpt
+
+
+@pytest.mark.parametrize("flag, spent, enough, said", [
+    ("--time-limit", 1, 10, "it has trained 120.0 s, so --time-limit 1 min leaves no room"),
+    ("--patience", 1, 2, "it is at epoch 2, 1 epoch after its best, so --patience 1 leaves")])
+def test_a_spent_time_limit_or_patience_with_no_model_best_is_refused_up_front(
+        tmp_path, tiny_data, two_epochs, flag, spent, enough, said):
+    """The stop rule had no epoch left for it, like --epochs: the run trained nothing, then
+    failed at the bundle step ("checkpoint not found") after rewriting history.csv (with
+    --time-limit), or (with --patience) dropped the best and trained on as if it had
+    none. Now refused in one line, naming the flag, before anything is written."""
+    model_dir, ckpt = _spent(tmp_path, two_epochs)
+    before = _snapshot(model_dir)
+    resume = ["train", tiny_data, "--model-dir", model_dir, "--epochs", 3, "--resume",
+              ckpt] + FAST
+    code, out, err = run_cli(resume + [flag, spent])
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("oncolens train: error: --resume {}: {} is missing".format(
+        ckpt, os.path.join(model_dir, "model_best.pth.tar"))), err
+    assert said in err and "pass a larger {} to train on".format(flag) in err
+    assert _snapshot(model_dir) == before
+    code, out, err = run_cli(resume + [flag, enough])  # what the line says to do
+    assert code == 0, err
+    assert _load(os.path.join(model_dir, "model_best.pth.tar"))["epoch"] == 3
+
+
+def test_a_spent_time_limit_completes_the_bundle_from_a_checkpoint_at_its_best(
+        tmp_path, tiny_data):
+    """As with no epoch left by --epochs: the checkpoint holds its best epoch's weights, so
+    it stands in for the missing model_best, and no epoch is trained."""
+    import torch
+    model_dir = str(tmp_path / "m")
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs", 1]
+                             + FAST)
+    assert code == 0, err
+    os.remove(os.path.join(model_dir, "model_best.pth.tar"))
+    ckpt = os.path.join(model_dir, "checkpoint.pth.tar")
+    saved = _load(ckpt)
+    saved["clock"] = dict(saved["clock"], train_seconds=120.0)
+    torch.save(saved, ckpt)
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs", 3,
+                              "--resume", ckpt, "--time-limit", 1] + FAST)
+    assert code == 0, err
+    assert _load(os.path.join(model_dir, "model_best.pth.tar"))["epoch"] == 1
+    with open(os.path.join(model_dir, "model.json")) as fh:
+        training = json.load(fh)["training"]
+    assert (training["best_epoch"], training["last_epoch"], training["stopped"]) == \
+        (1, 1, "time-limit")

@@ -158,3 +158,32 @@ def test_a_resume_without_calibrate_takes_an_earlier_temperature_back_out(tmp_pa
         torch.testing.assert_close(best["state_dict"][key], value, msg=key)
     with open(os.path.join(model_dir, "model.json")) as fh:
         assert json.load(fh)["training"]["calibration"]["why"] == "off (no --calibrate)"
+
+
+@pytest.mark.parametrize("calibrate", [["--calibrate"], []])
+def test_a_failed_write_of_model_best_leaves_it_whole_and_no_temporary_file(
+        tmp_path, tiny_data, monkeypatch, calibrate):
+    """--calibrate's refit and the temperature taken back out without it saved
+    model_best.pth.tar.tmp and moved it over model_best.pth.tar: a move that failed (a full
+    disk, a folder in the way) left the .tmp behind. Now removed; model_best stays as it was."""
+    model_dir = str(tmp_path / "m")
+    code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs", 1,
+                              "--calibrate"] + FAST)
+    assert code == 0, err
+    best = os.path.join(model_dir, "model_best.pth.tar")
+    with open(best, "rb") as fh:
+        before = fh.read()
+    real = os.replace
+
+    def failing(src, dst):
+        if os.path.basename(src) == "model_best.pth.tar.tmp":
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+    monkeypatch.setattr(os, "replace", failing)
+    # nothing left to train: the bundle step alone rewrites model_best (T refitted or removed)
+    with pytest.raises(OSError, match="No space left on device"):
+        run_cli(["train", tiny_data, "--model-dir", model_dir, "--epochs", 1, "--resume",
+                 os.path.join(model_dir, "checkpoint.pth.tar")] + calibrate + FAST)
+    assert not os.path.exists(best + ".tmp")
+    with open(best, "rb") as fh:
+        assert fh.read() == before

@@ -7,12 +7,13 @@ import shutil
 from oncolens import __version__
 from oncolens.appliance.bundle import (MODEL_JSON, LABELS_TXT, new_model_info, sha256_file,
                                        write_labels, write_model_info)
-from oncolens.appliance.errors import UsageError
+from oncolens.appliance.errors import UsageError, plural
 from oncolens.appliance.outpaths import check_output_dir, inside, replace_file as _replace
 from oncolens.train.modeldir import (BEST, CHECKPOINT, derived_artefacts, model_files,
                                      recorded_info, remove_derived)
 from oncolens.train.history import HISTORY_CSV, read_history
 from oncolens.train.recipe import torch_module
+from oncolens.train.runs import resumed_stop
 from oncolens.train.synth import dataset_provenance
 
 log = logging.getLogger(__name__)
@@ -181,25 +182,42 @@ def _match_best(args, ckpt):
 
 
 def _check_best_left(args, ckpt):
-    """A --resume with no epoch left to train writes only the bundle, from a model_best:
+    """A --resume with no epoch left to train (by --epochs, or a --time-limit or --patience
+    its checkpoint had used up: runs.resumed_stop) writes only the bundle, from a model_best:
     where none comes along and the checkpoint cannot stand in for it (its best epoch is an
     earlier one, or it names none), refused before anything is written."""
-    if int(ckpt.get("epoch") or 0) < args.epochs:
+    best = (ckpt.get("best") or {}).get("epoch")
+    reason = resumed_stop(args, ckpt.get("epoch"), best, ckpt.get("clock"))
+    if not reason:
         return
     source = os.path.dirname(args.resume) or "."
     path = os.path.join(source, BEST)
     plan, on_disk = _best_plan(args.resume, ckpt, path)
     if plan != "afresh":
         return
-    best = (ckpt.get("best") or {}).get("epoch")
     held = "holds epoch {}, later than the checkpoint's".format(on_disk["epoch"]) if \
         on_disk else "is missing"
-    raise UsageError("--resume {}: {} {}, and the checkpoint cannot stand in for it ({}); it "
-                     "is at epoch {}, so --epochs {} leaves nothing to train: pass a larger "
-                     "--epochs to train on and choose a best epoch afresh, or put that run's "
-                     "{} back".format(args.resume, path, held, "its best epoch was {}".format(
-                         best) if best else "it names no best epoch", ckpt.get("epoch"),
-                         args.epochs, BEST))
+    why = "its best epoch was {}".format(best) if best else "it names no best epoch"
+    raise UsageError("--resume {}: {} {}, and the checkpoint cannot stand in for it ({}); {}: "
+                     "pass a larger --{} to train on and choose a best epoch afresh, or put "
+                     "that run's {} back".format(args.resume, path, held, why,
+                                                 _nothing_left(args, ckpt, reason), reason,
+                                                 BEST))
+
+
+def _nothing_left(args, ckpt, reason):
+    """Why a resumed checkpoint has no epoch left, for ``reason`` (runs.resumed_stop's)."""
+    epoch = ckpt.get("epoch")
+    if reason == "epochs":
+        return "it is at epoch {}, so --epochs {} leaves nothing to train".format(
+            epoch, args.epochs)
+    if reason == "patience":
+        return "it is at epoch {}, {} after its best, so --patience {} leaves nothing to " \
+            "train".format(epoch, plural(epoch - ckpt["best"]["epoch"], "epoch"),
+                           args.patience)
+    seconds = float((ckpt.get("clock") or {}).get("train_seconds") or 0.0)
+    return "it has trained {:.1f} s, so --time-limit {:g} min leaves no room for another " \
+        "epoch".format(seconds, args.time_limit)
 
 
 def _warn_stale_exports(model_dir):

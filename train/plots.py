@@ -1,6 +1,7 @@
 """PNG figures for ``oncolens evaluate`` (matplotlib, imported only here)."""
 import logging
 import os
+import textwrap
 
 import numpy as np
 
@@ -43,23 +44,46 @@ def confusion_png(report, path):
 
 
 def roc_png(report, path):
+    """One-vs-rest ROC curves; a class whose curve is undefined (the split has no image of
+    it, or none of any other class) is named in the title instead, and with no curve at all
+    there is no legend to draw."""
     plt = _plt()
     if plt is None:
         return None
     probs, targets = report["_probs"], report["_targets"]
     fig, ax = plt.subplots(figsize=(4.5, 4))
+    drawn = 0
     for i, label in enumerate(report["labels"]):
         auc = report["per_class"][label]["roc_auc"]
         if auc is None:
             continue
         fpr, tpr = metrics.roc_curve(targets == i, probs[:, i])
         ax.plot(fpr, tpr, label="{} (AUC {:.3f})".format(label, auc))
+        drawn += 1
     ax.plot([0, 1], [0, 1], "k:", linewidth=0.8)
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
-    ax.set_title("ROC, one vs rest")
-    ax.legend(loc="lower right")
+    ax.set_title("\n".join(["ROC, one vs rest"] + roc_undefined(report)), fontsize=9)
+    if drawn:
+        ax.legend(loc="lower right")
     return _save(plt, fig, path)
+
+
+def roc_undefined(report, width=58):
+    """Lines naming the classes without a ROC curve, and why: the split has no image of
+    them (no positives), or only images of them (no negatives)."""
+    rows = report["per_class"]
+    undefined = [l for l in report["labels"] if rows[l]["roc_auc"] is None]
+    absent = [l for l in undefined if not rows[l]["support"]]
+    only = [l for l in undefined if rows[l]["support"]]
+    lines = []
+    if absent:
+        lines.append("ROC undefined for {}: the split has no image of {}".format(
+            ", ".join(absent), "it" if len(absent) == 1 else "them"))
+    if only:
+        lines.append("ROC undefined for {}: the split has no image of another class".format(
+            ", ".join(only)))
+    return sum((textwrap.wrap(line, width) for line in lines), [])
 
 
 def reliability_png(report, path):

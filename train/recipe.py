@@ -17,6 +17,7 @@ from oncolens.train.augment import TrainAugment
 from oncolens.train.data import (CachedDataset, FolderDataset, balanced_class_weights,
                                  cache_side, class_counts, list_samples, load_resized,
                                  looks_greyscale)
+from oncolens.train.runs import budget_room
 
 log = logging.getLogger(__name__)
 
@@ -269,12 +270,7 @@ class Schedule(object):
 
     def room(self):
         """False when the budget has no room for another epoch as long as the last ones."""
-        if not self.budget:
-            return True
-        if not self.epoch_times:
-            return self.elapsed() < self.budget
-        recent = float(np.median(self.epoch_times[-3:]))
-        return self.budget - self.elapsed() >= recent
+        return budget_room(self.budget, self.elapsed(), self.epoch_times)
 
     def epoch_done(self, seconds):
         """Record an epoch's time; then ``room()``."""

@@ -8,6 +8,8 @@ Each checkpoint holds the list as far as its epoch (this run's entry included), 
 """
 import time
 
+import numpy as np
+
 from oncolens import __version__
 
 
@@ -39,6 +41,32 @@ def stop_reason(args, since_best, room, epoch):
     if epoch + 1 >= args.epochs:
         return "epochs"
     return None if room else "time-limit"
+
+
+def budget_room(budget, elapsed, epoch_times):
+    """Whether a --time-limit of ``budget`` seconds (0: none), ``elapsed`` of it trained, has
+    room for another epoch as long as the last ones (``epoch_times``; none yet: any time
+    left)."""
+    if not budget:
+        return True
+    if not epoch_times:
+        return elapsed < budget
+    return budget - elapsed >= float(np.median([float(t) for t in epoch_times[-3:]]))
+
+
+def resumed_stop(args, epoch, best_epoch, clock):
+    """Why a --resume of a checkpoint at ``epoch`` (its best epoch ``best_epoch``, -1 or None
+    where it names none, and its ``clock``) has no epoch left to train, by the rules that
+    ended each epoch of its run (``stop_reason``): "epochs", "patience", "time-limit", or
+    None where it trains on. Decided from the checkpoint alone, so the check made before
+    anything is written and the loop give the same answer."""
+    epoch, best_epoch, clock = int(epoch or 0), int(best_epoch or -1), clock or {}
+    if epoch >= args.epochs:
+        return "epochs"
+    since_best = max(0, epoch - best_epoch) if best_epoch > 0 else 0
+    room = budget_room(float(args.time_limit or 0) * 60.0,
+                       float(clock.get("train_seconds") or 0.0), clock.get("epoch_seconds"))
+    return stop_reason(args, since_best, room, epoch - 1)
 
 
 class RunLog(object):

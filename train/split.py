@@ -15,7 +15,7 @@ import numpy as np
 
 from oncolens.appliance.bundle import LABELS_TXT, read_labels, write_labels
 from oncolens.appliance.errors import UsageError
-from oncolens.appliance.outpaths import check_output_dir, drop_empty_folders
+from oncolens.appliance.outpaths import check_output_dir, drop_empty_folders, inside
 from oncolens.train.scan import (SPLITS, class_folders, duplicate_groups, layout,
                                  loose_images, loose_warning, not_images, not_images_warning,
                                  scan)
@@ -86,12 +86,12 @@ def _check_split_args(src, out, ratios, overwrite):
                          .format(" ".join("{:g}".format(r) for r in ratios)))
     check_output_dir(out, "OUT")
     here, there = os.path.realpath(src), os.path.realpath(out)
-    if there == here or there.startswith(here + os.sep):
+    if there == here or inside(there, here):
         raise UsageError("OUT {}: is {} SRC {}; expected a folder outside it".format(
             out, "the same folder as" if there == here else "inside", src))
     for name in SPLITS:  # SRC inside the folders a split writes (and --overwrite clears)
         owned = os.path.realpath(os.path.join(out, name))
-        if here == owned or here.startswith(owned + os.sep):
+        if here == owned or inside(here, owned):
             raise UsageError("SRC {}: is inside OUT's {}/, which the split writes; copy the "
                              "source elsewhere first".format(src, name))
     if os.path.exists(out) and os.listdir(out):

@@ -25,6 +25,7 @@ import numpy as np
 
 from oncolens.appliance.errors import plural
 from oncolens.appliance.metrics import calibration
+from oncolens.appliance.outpaths import replace_file
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +137,7 @@ def remove_temperature(path, why):
         ckpt["state_dict"] = unscaled_state_dict(ckpt)
         ckpt.pop("temperature")
         ckpt.pop("temperature_layer", None)
-        torch.save(ckpt, path + ".tmp")
-        os.replace(path + ".tmp", path)
+        replace_file(path, lambda tmp: torch.save(ckpt, tmp))
         log.info("%s: the temperature of an earlier run taken back out (%s)",
                  os.path.basename(path), why)
     return {"temperature": 1.0, "fitted": False, "why": why}
@@ -193,8 +193,7 @@ def calibrate_checkpoint(path, arch, num_classes, loader, runtime, bins=15):
                 "why": "the last linear layer is not the output layer"}
     ckpt["state_dict"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     ckpt["temperature"], ckpt["temperature_layer"] = temperature, name
-    torch.save(ckpt, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    replace_file(path, lambda tmp: torch.save(ckpt, tmp))
     before = calibration(targets, softmax(raw), bins)[0]
     after = calibration(targets, softmax(raw / temperature), bins)[0]
     record = {"temperature": round(temperature, 6), "fitted": True, "fitted_on": "val",

@@ -24,7 +24,7 @@ from oncolens.train.precheck import check_classes, check_images
 from oncolens.train.recipe import (Schedule, load_optimizer, make_loaders, make_loss,
                                    make_optimizer, make_val_loader, progress, set_lr,
                                    torch_module)
-from oncolens.train.runs import RunLog, stop_reason
+from oncolens.train.runs import RunLog, resumed_stop, stop_reason
 from oncolens.train.runtime import make_runtime, out_of_memory
 from oncolens.train.temperature import (calibrate_checkpoint, remove_temperature,
                                         unscaled_state_dict)
@@ -310,20 +310,18 @@ def _head_phase(body, epoch, head_epochs, start_epoch):
         param.requires_grad_(not alone)
 
 
-def _used_up(args, schedule, start_epoch, since_best):
-    """A resumed run with epochs left by --epochs whose budget or patience it had used up
-    already: the reason (model.json's "stopped"), else None."""
-    if start_epoch >= args.epochs:
-        return None
-    if not schedule.room():
+def _used_up(args, start_epoch, best, clock):
+    """A resumed run with no epoch left, by --epochs, or by the budget or patience its
+    checkpoint had used up already (runs.resumed_stop, as outputs checked before anything
+    was written): the reason (model.json's "stopped"), else None."""
+    reason = resumed_stop(args, start_epoch, best.get("epoch"), clock)
+    if reason == "time-limit":
         log.info("--time-limit %g min: the resumed run has trained %.0f s of it; no epoch left",
-                 args.time_limit, schedule.elapsed())
-        return "time-limit"
-    if args.patience and since_best >= args.patience:
+                 args.time_limit, float((clock or {}).get("train_seconds") or 0.0))
+    elif reason == "patience":
         log.info("--patience %d: the resumed run has had no better epoch for %s; no "
-                 "epoch left", args.patience, plural(since_best, "epoch"))
-        return "patience"
-    return None
+                 "epoch left", args.patience, plural(start_epoch - best["epoch"], "epoch"))
+    return reason
 
 
 def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, classes,
@@ -335,7 +333,7 @@ def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, c
     stopped, last = "epochs", start_epoch
     # a resumed run's epochs since its best count towards --patience
     since_best = max(0, start_epoch - best["epoch"]) if best.get("epoch", -1) > 0 else 0
-    used_up = _used_up(args, schedule, start_epoch, since_best)
+    used_up = _used_up(args, start_epoch, best, clock)
     if used_up:
         return best, seconds, used_up, last
     for epoch in range(start_epoch, args.epochs):
