@@ -16,6 +16,7 @@ from oncolens.appliance.cliutil import (OneLineParser, check_top, cli_entry, nor
                                         setup_logging)
 from oncolens.appliance.errors import UsageError
 from oncolens.appliance.outpaths import check_output_dir, check_output_file
+from oncolens.appliance.web.audit import add_trusted_proxy_flag, trusted_proxies
 from oncolens.appliance.web.auth import TOKEN_ENV
 
 log = logging.getLogger("oncolens.serve")
@@ -67,10 +68,7 @@ def build_parser():
                    help="append one JSON line per /classify request (and per request "
                         "refused for its token, on any path, or by the HTTP layer) to FILE; "
                         "each names the method, path and client address")
-    p.add_argument("--trusted-proxy", metavar="ADDR",
-                   help="the reverse proxy's IP address: on requests from it, the audit log "
-                        "also records the last X-Forwarded-For address (off: the header is "
-                        "never trusted)")
+    add_trusted_proxy_flag(p)
     p.add_argument("--log-level", default="info", help="debug, info, warning, error")
     return p
 
@@ -101,9 +99,7 @@ def check_args(args):
         check_output_dir(args.save_uploads, "--save-uploads")
     if args.audit_log:
         check_output_file(args.audit_log, "--audit-log", overwrite=True)
-    if args.trusted_proxy is not None:
-        from oncolens.appliance.web.audit import trusted_proxy_ip
-        trusted_proxy_ip(args.trusted_proxy)
+    trusted_proxies(args.trusted_proxy)
 
 
 def _stop_on_sigterm(server):

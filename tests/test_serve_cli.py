@@ -9,13 +9,14 @@ def test_serve_process_answers_and_stops_on_sigterm(tiny_bundle, tiny_data, tmp_
     from oncolens.appliance.web.bench import start_server, stop_server
     audit = str(tmp_path / "logs" / "audit.jsonl")
     proc, url = start_server(tiny_bundle, queue=4, extra=["--audit-log", audit,
+                                                          "--trusted-proxy", "10.0.0.0/8",
                                                           "--trusted-proxy", "127.0.0.1"])
     try:
         assert url.startswith("http://127.0.0.1:")
         health = json.loads(request(url, "/health").body.decode("utf-8"))
         assert health["model_loaded"] and health["queue"]["capacity"] == 4
         reply = request(url, "/classify", "POST", read(sample_image(tiny_data)),
-                        headers={"X-Forwarded-For": "198.51.100.3, 192.0.2.7"})
+                        headers={"X-Forwarded-For": "198.51.100.3, 192.0.2.7, 10.0.0.9"})
         assert reply.status == 200
     finally:
         code = stop_server(proc)
@@ -24,7 +25,8 @@ def test_serve_process_answers_and_stops_on_sigterm(tiny_bundle, tiny_data, tmp_
     assert record["request_id"] == reply.headers["x-request-id"]
     assert (record["method"], record["path"], record["client"]) == ("POST", "/classify",
                                                                     "127.0.0.1")
-    assert record["forwarded_for"] == "192.0.2.7"   # the proxy's own entry, the last one
+    # the right-most entry no trusted proxy wrote (10.0.0.9 is the inner proxy's peer)
+    assert record["forwarded_for"] == "192.0.2.7"
 
 
 def test_serve_cli_flag_errors(tiny_bundle, tmp_path):
