@@ -182,3 +182,30 @@ def test_sigterm_is_handled_once_the_server_says_it_listens(tiny_bundle, monkeyp
         signal.signal(signal.SIGTERM, previous)
     assert code == 0 and len(seen) == 1
     assert callable(seen[0]) and seen[0] is not previous
+
+
+def test_bench_passes_its_token_to_the_server_it_starts(tiny_bundle, capsys, monkeypatch):
+    """--model with --token started a server without one: the bench measured the
+    unauthenticated path. The server started now requires the token (given in its
+    environment, not on its command line, which ps shows): a request without it gets 401
+    while every bench request succeeds."""
+    from oncolens.appliance.web import bench
+    monkeypatch.delenv("ONCOLENS_TOKEN", raising=False)
+    real, seen = bench.start_server, []
+
+    def watched(*args, **kwargs):
+        proc, url = real(*args, **kwargs)
+        seen.append((proc.args, request(url, "/health").status,
+                     request(url, "/health", headers={
+                         "Authorization": "Bearer bench-secret"}).status))
+        return proc, url
+
+    monkeypatch.setattr(bench, "start_server", watched)
+    code = bench.main(["--model", tiny_bundle, "--token", "bench-secret", "--clients", "2",
+                       "--requests", "4", "--warmup", "1", "--size", "64", "--json"])
+    assert code == 0
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert figures["statuses"] == {"200": 4} and figures["server_exit"] == 0
+    (args, anonymous, authorised), = seen
+    assert (anonymous, authorised) == (401, 200)
+    assert "bench-secret" not in " ".join(args)
