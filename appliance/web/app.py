@@ -304,7 +304,8 @@ class ServeApp(object):
         try:
             fmt, rgb = decode_upload(data, self.max_pixels, "upload {}".format(
                 environ.get("oncolens.request_id")), resized, fmt)
-            peak = low_bits_peak(data)  # a 16-bit upload decodes once more, in its slot
+            # a 16-bit upload is decoded again, in its slot, only when it reads nearly black
+            peak = low_bits_peak(data, rgb)
         finally:
             self._decoding.release()
         return data, fmt, rgb, peak
