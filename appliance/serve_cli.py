@@ -15,8 +15,8 @@ import threading
 from oncolens.appliance.cliutil import (OneLineParser, check_top, cli_entry, normalize_flags,
                                         setup_logging)
 from oncolens.appliance.errors import UsageError
-from oncolens.appliance.outpaths import check_output_dir, check_output_file
-from oncolens.appliance.web.audit import add_trusted_proxy_flag, trusted_proxies
+from oncolens.appliance.outpaths import check_output_dir
+from oncolens.appliance.web.audit import add_audit_flags, check_audit_flags
 from oncolens.appliance.web.auth import TOKEN_ENV
 
 log = logging.getLogger("oncolens.serve")
@@ -64,11 +64,7 @@ def build_parser():
                    help="seconds a request waits for the model before 503 (60)")
     p.add_argument("--save-uploads", metavar="DIR",
                    help="keep each upload as DIR/<sha256>.<ext> (off: nothing is written)")
-    p.add_argument("--audit-log", metavar="FILE",
-                   help="append one JSON line per /classify request (and per request "
-                        "refused for its token, on any path, or by the HTTP layer) to FILE; "
-                        "each names the method, path and client address")
-    add_trusted_proxy_flag(p)
+    add_audit_flags(p)
     p.add_argument("--log-level", default="info", help="debug, info, warning, error")
     return p
 
@@ -97,9 +93,7 @@ def check_args(args):
             args.timeout, MAX_TIMEOUT))
     if args.save_uploads:
         check_output_dir(args.save_uploads, "--save-uploads")
-    if args.audit_log:
-        check_output_file(args.audit_log, "--audit-log", overwrite=True)
-    trusted_proxies(args.trusted_proxy)
+    check_audit_flags(args)
 
 
 def _stop_on_sigterm(server):

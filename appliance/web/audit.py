@@ -20,6 +20,7 @@ import threading
 from urllib.parse import quote
 
 from oncolens.appliance.errors import UsageError
+from oncolens.appliance.outpaths import check_output_file
 
 log = logging.getLogger(__name__)
 
@@ -114,13 +115,26 @@ def trusted_proxies(values):
     return tuple(networks)
 
 
-def add_trusted_proxy_flag(parser):
-    """--trusted-proxy, as ``oncolens serve`` and ``oncolens classify --serve`` take it."""
+def add_audit_flags(parser):
+    """--audit-log and --trusted-proxy, as ``oncolens serve`` and ``oncolens classify``
+    (for its --serve and http:// outputs) take them; ``check_audit_flags`` checks them."""
+    parser.add_argument("--audit-log", metavar="FILE",
+                        help="append one JSON line per /classify request (and per request "
+                             "refused for its token, on any path, or by the HTTP layer) to "
+                             "FILE; each names the method, path and client address")
     parser.add_argument("--trusted-proxy", metavar="ADDR", action="append",
                         help="a reverse proxy's IP address or network (10.0.0.0/8); may be "
                              "given more than once: on requests from one, the audit log also "
                              "records the client X-Forwarded-For names, its right-most entry "
                              "that is not a trusted proxy (off: the header is never trusted)")
+
+
+def check_audit_flags(args):
+    """--audit-log (a file that can be appended to) and --trusted-proxy (``trusted_proxies``):
+    UsageError naming the flag, before anything is loaded."""
+    if args.audit_log:
+        check_output_file(args.audit_log, "--audit-log", overwrite=True)
+    trusted_proxies(args.trusted_proxy)
 
 
 def is_trusted(ip, proxies):
