@@ -16,6 +16,7 @@ from oncolens.appliance.cliutil import (OneLineParser, check_top, cli_entry, nor
                                         setup_logging)
 from oncolens.appliance.errors import UsageError
 from oncolens.appliance.outpaths import check_output_file, check_text_file
+from oncolens.appliance.web.audit import add_audit_flags, check_audit_flags
 from oncolens.appliance.web.auth import TOKEN_ENV, resolve_token
 
 log = logging.getLogger("oncolens.classify")
@@ -106,6 +107,7 @@ def build_parser():
                    help="API token for --serve or an http:// output; default ${} (an empty "
                         "--token is refused: leave it out to use ${})".format(TOKEN_ENV,
                                                                               TOKEN_ENV))
+    add_audit_flags(g)  # as oncolens serve's, for the server of --serve or an http:// output
     g.add_argument("--status-every", type=float, default=5.0,
                    help="seconds between status lines (5)")
     g.add_argument("--no-jetson-utils", action="store_true",
@@ -221,7 +223,8 @@ def _warn_output_flags(args, output):
 def _check_serving(args):
     """Serving off loopback without a token is refused before the model loads (an engine
     build on a Nano can take minutes), as is an explicitly empty --token (it turned the
-    token off, even with $ONCOLENS_TOKEN set); ``args.token`` becomes the token to use."""
+    token off, even with $ONCOLENS_TOKEN set); ``args.token`` becomes the token to use.
+    --audit-log and --trusted-proxy are checked as serve checks them."""
     args.token = resolve_token(args.token)
     served = [(flag, address) for flag, address in (("--serve", args.serve),
                                                        ("output", args.output))
@@ -231,6 +234,10 @@ def _check_serving(args):
         from oncolens.appliance.web.live import parse_address
         for flag, address in served:
             require_token(parse_address(address, flag)[0], args.token, flag=flag)
+    check_audit_flags(args)
+    if not served and (args.audit_log or args.trusted_proxy):
+        log.warning("--audit-log and --trusted-proxy are used by --serve and http:// outputs "
+                    "only: ignored")
 
 
 @cli_entry("oncolens classify")
@@ -276,12 +283,15 @@ def main(argv):
                          codec=args.output_codec, bitrate=args.bitrate,
                          encoder=args.output_encoder, save=args.output_save,
                          jetson_utils=False if args.no_jetson_utils else None,
-                         classifier=clf, token=args.token,
+                         classifier=clf, token=args.token, audit_log=args.audit_log,
+                         trusted_proxy=args.trusted_proxy,
                          inputs=[path for path, _ in getattr(source, "files", None) or ()])
         sinks = [sink]
         if args.serve:
             from oncolens.appliance.web.live import open_live_sink
-            sinks.append(open_live_sink(args.serve, classifier=clf, token=args.token))
+            sinks.append(open_live_sink(args.serve, classifier=clf, token=args.token,
+                                        audit_log=args.audit_log,
+                                        trusted_proxy=args.trusted_proxy))
         if (args.output_encoder or args.output_save) and getattr(sink, "kind", None) != "jetson_utils":
             log.warning("--output-encoder/--output-save are used by jetson_utils outputs only: "
                         "ignored")

@@ -273,11 +273,15 @@ def sixteen_bit_peak(data):
 LOW_BITS_PEAK = 4096
 
 
-def low_bits_peak(data):
+def low_bits_peak(data, decoded=None):
     """The highest sample of encoded bytes that are a 16-bit PNG or TIFF using only its low
-    bits (below LOW_BITS_PEAK), else None: any other image, or one that does not decode
-    (only a file whose header says 16-bit is decoded, a second time)."""
+    bits (below LOW_BITS_PEAK), else None: any other image, or one that does not decode.
+    Only a file whose header says 16-bit is decoded as such, and, when ``decoded`` (what
+    ``decode_image`` made of it) is given, only if that reads nearly black: a sample below
+    LOW_BITS_PEAK reads as at most 16 (its top 8 bits, or libtiff's rounding of v / 257)."""
     if not sixteen_bit(data):
+        return None
+    if decoded is not None and decoded.size and int(decoded.max()) > LOW_BITS_PEAK // 256:
         return None
     try:
         peak = sixteen_bit_peak(data)

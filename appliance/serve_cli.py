@@ -15,7 +15,8 @@ import threading
 from oncolens.appliance.cliutil import (OneLineParser, check_top, cli_entry, normalize_flags,
                                         setup_logging)
 from oncolens.appliance.errors import UsageError
-from oncolens.appliance.outpaths import check_output_dir, check_output_file
+from oncolens.appliance.outpaths import check_output_dir
+from oncolens.appliance.web.audit import add_audit_flags, check_audit_flags
 from oncolens.appliance.web.auth import TOKEN_ENV
 
 log = logging.getLogger("oncolens.serve")
@@ -63,14 +64,7 @@ def build_parser():
                    help="seconds a request waits for the model before 503 (60)")
     p.add_argument("--save-uploads", metavar="DIR",
                    help="keep each upload as DIR/<sha256>.<ext> (off: nothing is written)")
-    p.add_argument("--audit-log", metavar="FILE",
-                   help="append one JSON line per /classify request (and per request "
-                        "refused for its token, on any path, or by the HTTP layer) to FILE; "
-                        "each names the method, path and client address")
-    p.add_argument("--trusted-proxy", metavar="ADDR",
-                   help="the reverse proxy's IP address: on requests from it, the audit log "
-                        "also records the last X-Forwarded-For address (off: the header is "
-                        "never trusted)")
+    add_audit_flags(p)
     p.add_argument("--log-level", default="info", help="debug, info, warning, error")
     return p
 
@@ -99,11 +93,7 @@ def check_args(args):
             args.timeout, MAX_TIMEOUT))
     if args.save_uploads:
         check_output_dir(args.save_uploads, "--save-uploads")
-    if args.audit_log:
-        check_output_file(args.audit_log, "--audit-log", overwrite=True)
-    if args.trusted_proxy is not None:
-        from oncolens.appliance.web.audit import trusted_proxy_ip
-        trusted_proxy_ip(args.trusted_proxy)
+    check_audit_flags(args)
 
 
 def _stop_on_sigterm(server):

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import time
 
-from conftest import cli_subprocess_cmd, subprocess_env
+from conftest import cli_subprocess_cmd, run_cli, subprocess_env
 from serve_util import read, request, sample_image
 
 
@@ -25,9 +25,20 @@ def _wait_for_url(proc, deadline):
     raise AssertionError("no 'live stream at' line; stderr:\n" + "".join(lines))
 
 
-def test_classify_serve_streams_the_loop_and_answers_classify(tiny_bundle, tiny_data):
+def _audit(path):
+    with open(path) as fh:
+        return [json.loads(line) for line in fh.read().splitlines()]
+
+
+def test_classify_serve_streams_the_loop_and_answers_classify(tiny_bundle, tiny_data,
+                                                             tmp_path):
+    """The loop's frames are served while /classify answers, and is audited as serve audits
+    it, with serve's --audit-log and --trusted-proxy (given twice here: X-Forwarded-For's
+    right-most entry that no trusted proxy wrote is recorded)."""
+    audit = str(tmp_path / "audit.jsonl")
     cmd = cli_subprocess_cmd("classify", "--model", tiny_bundle, "--headless",
-                             "--input-loop=-1", "--serve", ":0",
+                             "--input-loop=-1", "--serve", ":0", "--audit-log", audit,
+                             "--trusted-proxy", "10.0.0.0/8", "--trusted-proxy", "127.0.0.1",
                              os.path.join(tiny_data, "test"))
     proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, universal_newlines=True)
@@ -40,7 +51,8 @@ def test_classify_serve_streams_the_loop_and_answers_classify(tiny_bundle, tiny_
             time.sleep(0.1)
             frame = request(url, "/frame.jpg")
         assert frame.status == 200 and frame.headers["content-type"] == "image/jpeg"
-        reply = request(url, "/classify", "POST", read(sample_image(tiny_data)))
+        reply = request(url, "/classify", "POST", read(sample_image(tiny_data)),
+                        headers={"X-Forwarded-For": "198.51.100.3, 192.0.2.7, 10.0.0.9"})
         assert reply.status == 200
         body = json.loads(reply.body.decode("utf-8"))
         assert body["label"] in ("benign", "malignant", "normal")
@@ -51,17 +63,37 @@ def test_classify_serve_streams_the_loop_and_answers_classify(tiny_bundle, tiny_
             proc.kill()
             proc.wait()
         proc.stderr.close()
+    (record,) = _audit(audit)
+    assert (record["request_id"], record["label"]) == (body["request_id"], body["label"])
+    assert (record["client"], record["forwarded_for"]) == ("127.0.0.1", "192.0.2.7")
 
 
-def test_http_output_opens_the_live_sink(tiny_bundle):
+def test_classify_refuses_a_bad_trusted_proxy_before_loading_the_model(tmp_path):
+    code, _, err = run_cli(["classify", "--model", str(tmp_path / "missing"), "--headless",
+                            "--serve", ":0", "--trusted-proxy", "127.0.0.1",
+                            "--trusted-proxy", "proxy.lan", str(tmp_path)])
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--trusted-proxy proxy.lan: expected an IP address or network" in err
+    assert "not found" not in err
+
+
+def test_http_output_opens_the_live_sink(tiny_bundle, tiny_data, tmp_path):
+    """An http:// output's server takes classify's --audit-log and --trusted-proxy too."""
     from oncolens.appliance.classifier import Classifier
     from oncolens.appliance.sinks import open_sink
     from oncolens.appliance.web.live import LiveSink
+    audit = str(tmp_path / "audit.jsonl")
     with Classifier.open(tiny_bundle, backend="onnxruntime") as clf:
-        sink = open_sink("http://@:0", classifier=clf, codec=None, bitrate=4000000)
+        sink = open_sink("http://@:0", classifier=clf, codec=None, bitrate=4000000,
+                         audit_log=audit, trusted_proxy=["127.0.0.1"])
         try:
             assert isinstance(sink, LiveSink)
             health = json.loads(request(sink.url, "/health").body.decode("utf-8"))
             assert health["live"] is True and health["model_loaded"] is True
+            reply = request(sink.url, "/classify", "POST", read(sample_image(tiny_data)),
+                            headers={"X-Forwarded-For": "192.0.2.7"})
+            assert reply.status == 200
         finally:
             sink.close()
+    (record,) = _audit(audit)
+    assert (record["client"], record["forwarded_for"]) == ("127.0.0.1", "192.0.2.7")

@@ -9,13 +9,14 @@ def test_serve_process_answers_and_stops_on_sigterm(tiny_bundle, tiny_data, tmp_
     from oncolens.appliance.web.bench import start_server, stop_server
     audit = str(tmp_path / "logs" / "audit.jsonl")
     proc, url = start_server(tiny_bundle, queue=4, extra=["--audit-log", audit,
+                                                          "--trusted-proxy", "10.0.0.0/8",
                                                           "--trusted-proxy", "127.0.0.1"])
     try:
         assert url.startswith("http://127.0.0.1:")
         health = json.loads(request(url, "/health").body.decode("utf-8"))
         assert health["model_loaded"] and health["queue"]["capacity"] == 4
         reply = request(url, "/classify", "POST", read(sample_image(tiny_data)),
-                        headers={"X-Forwarded-For": "198.51.100.3, 192.0.2.7"})
+                        headers={"X-Forwarded-For": "198.51.100.3, 192.0.2.7, 10.0.0.9"})
         assert reply.status == 200
     finally:
         code = stop_server(proc)
@@ -24,7 +25,8 @@ def test_serve_process_answers_and_stops_on_sigterm(tiny_bundle, tiny_data, tmp_
     assert record["request_id"] == reply.headers["x-request-id"]
     assert (record["method"], record["path"], record["client"]) == ("POST", "/classify",
                                                                     "127.0.0.1")
-    assert record["forwarded_for"] == "192.0.2.7"   # the proxy's own entry, the last one
+    # the right-most entry no trusted proxy wrote (10.0.0.9 is the inner proxy's peer)
+    assert record["forwarded_for"] == "192.0.2.7"
 
 
 def test_serve_cli_flag_errors(tiny_bundle, tmp_path):
@@ -180,3 +182,30 @@ def test_sigterm_is_handled_once_the_server_says_it_listens(tiny_bundle, monkeyp
         signal.signal(signal.SIGTERM, previous)
     assert code == 0 and len(seen) == 1
     assert callable(seen[0]) and seen[0] is not previous
+
+
+def test_bench_passes_its_token_to_the_server_it_starts(tiny_bundle, capsys, monkeypatch):
+    """--model with --token started a server without one: the bench measured the
+    unauthenticated path. The server started now requires the token (given in its
+    environment, not on its command line, which ps shows): a request without it gets 401
+    while every bench request succeeds."""
+    from oncolens.appliance.web import bench
+    monkeypatch.delenv("ONCOLENS_TOKEN", raising=False)
+    real, seen = bench.start_server, []
+
+    def watched(*args, **kwargs):
+        proc, url = real(*args, **kwargs)
+        seen.append((proc.args, request(url, "/health").status,
+                     request(url, "/health", headers={
+                         "Authorization": "Bearer bench-secret"}).status))
+        return proc, url
+
+    monkeypatch.setattr(bench, "start_server", watched)
+    code = bench.main(["--model", tiny_bundle, "--token", "bench-secret", "--clients", "2",
+                       "--requests", "4", "--warmup", "1", "--size", "64", "--json"])
+    assert code == 0
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert figures["statuses"] == {"200": 4} and figures["server_exit"] == 0
+    (args, anonymous, authorised), = seen
+    assert (anonymous, authorised) == (401, 200)
+    assert "bench-secret" not in " ".join(args)

@@ -150,3 +150,43 @@ def test_bench_warns_once_naming_the_first_low_bit_file(tiny_bundle, tiny_data, 
     assert len(warned) == 1, warned  # once, though the images are read in several loops
     assert warned[0].startswith(os.path.join(folder, "b", "cam_0.png") + ":"), warned
     assert "highest value 4095" in warned[0] and "once a run" in warned[0]
+
+
+def test_serve_decodes_a_full_range_16_bit_upload_once(tiny_bundle, tmp_path, monkeypatch):
+    """The service decoded every 16-bit upload a second time (as 16 bits) for the low-bits
+    warning. Now the one decode tells a full-range image (it reads above 16 somewhere) and
+    only a nearly black one is read as 16 bits, for the warning's exact highest value."""
+    import json
+    from serve_util import read, request, running
+    from oncolens.appliance import imageio
+    from oncolens.appliance.classifier import Classifier
+    low, full = str(tmp_path / "cam.png"), str(tmp_path / "full.png")
+    _twelve_bit(low)
+    _twelve_bit(full, peak=65535)
+    real, peaks = imageio.sixteen_bit_peak, []
+    monkeypatch.setattr(imageio, "sixteen_bit_peak",
+                        lambda data: peaks.append(real(data)) or peaks[-1])
+    with Classifier.open(tiny_bundle, backend="onnxruntime") as clf, running(clf) as (url, _):
+        ordinary = json.loads(request(url, "/classify", "POST", read(full)).body.decode("utf-8"))
+        assert peaks == []
+        warned = json.loads(request(url, "/classify", "POST", read(low)).body.decode("utf-8"))
+    assert "warnings" not in ordinary and ordinary["input"]["format"] == "png"
+    assert peaks == [4095]
+    assert [w["code"] for w in warned["warnings"]] == ["low_bits"]
+    assert "highest value 4095" in warned["warnings"][0]["message"]
+
+
+def test_low_bits_peak_from_the_decoded_image_keeps_its_threshold(tmp_path):
+    """Grey 16-bit images read as their top 8 bits, RGB TIFFs round v / 257: either way a
+    peak of 4095 reads as 16 at most (still warned), and 4096..4240 as 16 too, which the
+    16-bit reading then tells apart (no warning)."""
+    from oncolens.appliance.imageio import decode_image, low_bits_peak
+    for name, peak, channels, expected in [("a.png", 4095, 1, 4095), ("b.tif", 4095, 3, 4095),
+                                           ("c.tif", 4240, 3, None), ("d.png", 4096, 3, None),
+                                           ("e.tif", 65535, 1, None)]:
+        path = str(tmp_path / name)
+        _twelve_bit(path, peak=peak, channels=channels)
+        with open(path, "rb") as fh:
+            data = fh.read()
+        decoded = decode_image(data, path)
+        assert low_bits_peak(data, decoded) == low_bits_peak(data) == expected, name

@@ -17,7 +17,7 @@ from oncolens import __version__
 from oncolens.appliance.errors import MissingDependency, UsageError
 from oncolens.appliance.imageio import low_bits_peak
 from oncolens.appliance.preprocess import resize_geometry
-from oncolens.appliance.web.audit import AuditLog, request_fields, trusted_proxy_ip
+from oncolens.appliance.web.audit import AuditLog, client_field, request_fields, trusted_proxies
 from oncolens.appliance.web.auth import token_ok
 from oncolens.appliance.web.metrics import CONTENT_TYPE as METRICS_TYPE, PATHS, Metrics
 from oncolens.appliance.web.classify import handle_classify
@@ -65,8 +65,9 @@ class ServeApp(object):
                  save_uploads=None, audit_log=None, decode_slots=DECODE_SLOTS,
                  trusted_proxy=None):
         self.bottle = bottle_module()
-        # X-Forwarded-For is read (for the audit log only) from this peer alone, if any
-        self.trusted_proxy = trusted_proxy_ip(trusted_proxy) if trusted_proxy else None
+        # X-Forwarded-For is read (for the audit log only) from these peers alone, if any:
+        # --trusted-proxy's addresses and networks (one string, or a list of them)
+        self.trusted_proxy = trusted_proxies(trusted_proxy) if trusted_proxy else ()
         self.classifier = classifier
         self.token = token or None
         self.live = live
@@ -143,7 +144,7 @@ class ServeApp(object):
         cannot be trusted then (it may have been an upload). Its audit line names the client
         (the socket peer) but no method or path: the request line was not trusted."""
         self.metrics.observe_request("other", status)
-        self.audit_refusal(rid, status, {"client": client})
+        self.audit_refusal(rid, status, {"client": client_field(client)})
 
     def audit_write(self, environ, status, input_sha256=None, label=None, confidence=None):
         """The audit line of a request the middleware saw (its method, path and client)."""
@@ -303,7 +304,8 @@ class ServeApp(object):
         try:
             fmt, rgb = decode_upload(data, self.max_pixels, "upload {}".format(
                 environ.get("oncolens.request_id")), resized, fmt)
-            peak = low_bits_peak(data)  # a 16-bit upload decodes once more, in its slot
+            # a 16-bit upload is decoded again, in its slot, only when it reads nearly black
+            peak = low_bits_peak(data, rgb)
         finally:
             self._decoding.release()
         return data, fmt, rgb, peak

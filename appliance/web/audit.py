@@ -4,9 +4,11 @@ before a route saw it, for traceability.
 
 Each line: time (UTC, ISO 8601), request_id, status, input_sha256, model_sha256, label,
 confidence, and who asked for what: method, path (never the query string, which may carry
-?token=; percent-encoded, at most MAX_PATH characters), client (the socket peer's address)
-and forwarded_for (X-Forwarded-For, read only from a --trusted-proxy peer).  Never a file
-name, never pixels, never a token or header value.  No file is written unless a path is given.
+?token=; percent-encoded, at most MAX_PATH characters), client (the socket peer's address;
+an IPv4 client of a dual-stack listener, ::ffff:a.b.c.d, by its IPv4 address) and
+forwarded_for (the client X-Forwarded-For names, read only from a --trusted-proxy peer).
+Never a file name, never pixels, never a token or header value.  No file is written unless
+a path is given.
 """
 import datetime
 import io
@@ -18,6 +20,7 @@ import threading
 from urllib.parse import quote
 
 from oncolens.appliance.errors import UsageError
+from oncolens.appliance.outpaths import check_output_file
 
 log = logging.getLogger(__name__)
 
@@ -55,29 +58,120 @@ def parse_ip(text):
     return mapped or ip
 
 
-def trusted_proxy_ip(text):
-    """--trusted-proxy's address as ``parse_ip`` gives it; UsageError naming the flag when
-    ``text`` is no IP address."""
+def plain_address(text):
+    """A socket peer's address as the audit names it: an IPv4 client of a dual-stack (IPv6)
+    listener, ``::ffff:a.b.c.d``, as a.b.c.d; anything else as it is."""
     ip = parse_ip(text)
-    if ip is None:
-        raise UsageError("--trusted-proxy {}: expected an IP address (the reverse proxy's, "
-                         "e.g. 127.0.0.1)".format(text or '""'))
-    return ip
+    return str(ip) if ip is not None else (text or None)
 
 
-def request_fields(environ, trusted_proxy=None):
+def client_field(address):
+    """The audit's ``client``: ``plain_address``, percent-encoded and capped."""
+    return safe_text(plain_address(address), 64, safe=":.%")
+
+
+def _proxy_network(text):
+    """One --trusted-proxy value as an ipaddress network (an address: a network of one; an
+    IPv4-mapped one as IPv4), or None when it is neither."""
+    text = u"{}".format(text or "").strip()
+    ip = parse_ip(text)
+    if ip is not None:
+        return ipaddress.ip_network(u"{}".format(ip))
+    try:
+        net = ipaddress.ip_network(text, strict=True)
+    except ValueError:
+        return None
+    mapped = getattr(net.network_address, "ipv4_mapped", None)
+    if mapped is not None and net.prefixlen >= 96:
+        return ipaddress.ip_network(u"{}/{}".format(mapped, net.prefixlen - 96))
+    return net
+
+
+def _loose_network(text):
+    try:
+        return ipaddress.ip_network(u"{}".format(text or "").strip(), strict=False)
+    except ValueError:
+        return None
+
+
+def trusted_proxies(values):
+    """--trusted-proxy's values (one string or several; None: none) as a tuple of ipaddress
+    networks; UsageError naming the flag for a value that is no IP address or network."""
+    if values is None:
+        return ()
+    if isinstance(values, str):
+        values = [values]
+    networks = []
+    for text in values:
+        net = _proxy_network(text)
+        if net is None and _loose_network(text) is not None:
+            raise UsageError("--trusted-proxy {}: expected a network with its host bits zero, "
+                             "e.g. {}".format(text, _loose_network(text)))
+        if net is None:
+            raise UsageError("--trusted-proxy {}: expected an IP address or network (a reverse "
+                             "proxy's, e.g. 127.0.0.1 or 10.0.0.0/8; give the flag once per "
+                             "proxy)".format(text or '""'))
+        networks.append(net)
+    return tuple(networks)
+
+
+def add_audit_flags(parser):
+    """--audit-log and --trusted-proxy, as ``oncolens serve`` and ``oncolens classify``
+    (for its --serve and http:// outputs) take them; ``check_audit_flags`` checks them."""
+    parser.add_argument("--audit-log", metavar="FILE",
+                        help="append one JSON line per /classify request (and per request "
+                             "refused for its token, on any path, or by the HTTP layer) to "
+                             "FILE; each names the method, path and client address")
+    parser.add_argument("--trusted-proxy", metavar="ADDR", action="append",
+                        help="a reverse proxy's IP address or network (10.0.0.0/8); may be "
+                             "given more than once: on requests from one, the audit log also "
+                             "records the client X-Forwarded-For names, its right-most entry "
+                             "that is not a trusted proxy (off: the header is never trusted)")
+
+
+def check_audit_flags(args):
+    """--audit-log (a file that can be appended to) and --trusted-proxy (``trusted_proxies``):
+    UsageError naming the flag, before anything is loaded."""
+    if args.audit_log:
+        check_output_file(args.audit_log, "--audit-log", overwrite=True)
+    trusted_proxies(args.trusted_proxy)
+
+
+def is_trusted(ip, proxies):
+    """Whether ``ip`` (``parse_ip``'s answer) lies in one of ``proxies``."""
+    return ip is not None and any(ip in net for net in proxies)
+
+
+def forwarded_client(header, proxies):
+    """The client X-Forwarded-For names behind ``proxies``: its right-most entry that is not
+    a trusted proxy (each proxy appends its own peer; the entries left of the first one no
+    trusted proxy appended were written by the client, and may be forged), the left-most one
+    when every entry is a trusted proxy; None when that entry is no IP address or there is
+    no header."""
+    entries = [part.strip() for part in (header or "").split(",")]
+    if entries == [""]:
+        return None
+    for entry in reversed(entries):
+        ip = parse_ip(entry)
+        if ip is None:
+            return None
+        if not is_trusted(ip, proxies):
+            return str(ip)
+    return str(ip)
+
+
+def request_fields(environ, trusted_proxy=()):
     """The audit fields naming the request: method, path (PATH_INFO, never the query),
-    client (the socket peer) and forwarded_for (the last X-Forwarded-For entry, the one the
-    proxy appended, when the peer is ``trusted_proxy``, an ipaddress object, and it is an IP
-    address; else None: from anyone else the header is whatever the client wrote)."""
-    client = environ.get("REMOTE_ADDR") or None
+    client (the socket peer, ``plain_address``) and forwarded_for (``forwarded_client`` of
+    X-Forwarded-For when the peer is one of ``trusted_proxy``, ``trusted_proxies``'s
+    networks; else None: from anyone else the header is whatever the client wrote)."""
+    client = environ.get("REMOTE_ADDR")
     forwarded = None
-    if trusted_proxy is not None and parse_ip(client) == trusted_proxy:
-        last = parse_ip((environ.get("HTTP_X_FORWARDED_FOR") or "").split(",")[-1])
-        forwarded = str(last) if last is not None else None
+    if trusted_proxy and is_trusted(parse_ip(client), trusted_proxy):
+        forwarded = forwarded_client(environ.get("HTTP_X_FORWARDED_FOR"), trusted_proxy)
     return {"method": safe_text(environ.get("REQUEST_METHOD"), MAX_METHOD, safe=""),
             "path": safe_text(environ.get("PATH_INFO") or "/", MAX_PATH),
-            "client": safe_text(client, 64, safe=":.%"), "forwarded_for": forwarded}
+            "client": client_field(client), "forwarded_for": forwarded}
 
 
 def utc_now():

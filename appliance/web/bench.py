@@ -31,8 +31,10 @@ def build_parser():
     p.add_argument("--model", help="start 'oncolens serve --model MODEL' on loopback for the run")
     p.add_argument("--url", help="measure a server already running at URL instead")
     p.add_argument("--token", default=None,
-                   help="token for --url (default ${0}; an empty --token is refused: leave it "
-                        "out to use ${0})".format(TOKEN_ENV))
+                   help="token sent with every request (default ${0}; an empty --token is "
+                        "refused: leave it out to use ${0}); with --model the server started "
+                        "requires it too (given in its ${0}, never on its command "
+                        "line)".format(TOKEN_ENV))
     p.add_argument("--backend", default="auto", help="--backend for the server started (auto)")
     p.add_argument("--clients", type=int, default=8, help="concurrent clients (8)")
     p.add_argument("--requests", type=int, default=400, help="requests measured (400)")
@@ -52,14 +54,18 @@ def synthetic_png(size, seed=0):
     return encode_image(img, ".png")
 
 
-def start_server(model, queue=64, backend="auto", extra=None, timeout=1200):
+def start_server(model, queue=64, backend="auto", extra=None, timeout=1200, token=None):
     """``oncolens serve --port 0`` in a child process: (process, url).
 
     ``timeout``: seconds it may take to say it listens (a Nano's first start builds the
-    TensorRT engine for minutes; the device unit allows 20)."""
+    TensorRT engine for minutes; the device unit allows 20). ``token``: the token the server
+    requires, passed in its environment ($ONCOLENS_TOKEN), where ``ps`` does not show it;
+    None: the server resolves its own ($ONCOLENS_TOKEN as inherited)."""
     cmd = [sys.executable, "-m", "oncolens", "serve", "--model", model, "--port", "0",
            "--queue", str(queue), "--backend", backend, "--log-level", "warning"] + (extra or [])
     env = dict(os.environ)
+    if token:
+        env[TOKEN_ENV] = token
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if os.path.isfile(os.path.join(root, "oncolens", "__init__.py")):  # a source checkout
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
@@ -219,7 +225,7 @@ def main(argv):
     token = resolve_token(args.token)  # as serve and classify: an empty --token is refused
     proc, url = (None, args.url)
     if args.model:
-        proc, url = start_server(args.model, args.queue, args.backend)
+        proc, url = start_server(args.model, args.queue, args.backend, token=token)
     try:
         run_clients(url, body, args.clients, args.warmup, token)
         wall, results = run_clients(url, body, args.clients, args.requests, token)

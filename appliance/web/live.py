@@ -135,7 +135,9 @@ def open_live_sink(address, classifier=None, token=None, **options):
     return sink
 
 
-def http_sink(uri, overwrite=False, classifier=None, token=None, **_options):
+def http_sink(uri, overwrite=False, classifier=None, token=None, audit_log=None,
+              trusted_proxy=None, **_options):
     """``open_sink``'s factory for ``http://@:PORT`` outputs (the other sink options, such as
     codec or bitrate, do not apply to a browser stream)."""
-    return open_live_sink(uri, classifier=classifier, token=token)
+    return open_live_sink(uri, classifier=classifier, token=token, audit_log=audit_log,
+                          trusted_proxy=trusted_proxy)
