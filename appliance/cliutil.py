@@ -3,10 +3,11 @@ import argparse
 import contextlib
 import functools
 import logging
+import os
 import signal
 import sys
 
-from oncolens.appliance.errors import OncoLensError, UsageError
+from oncolens.appliance.errors import OncoLensError, UsageError, os_error_line
 
 log = logging.getLogger(__name__)
 
@@ -96,16 +97,33 @@ def sigterm_as_interrupt():
             signal.signal(signal.SIGTERM, previous)
 
 
+def _stdout_gone():
+    """After stdout's reader went away (``| head``): point stdout at /dev/null, so that
+    Python's own flush at exit does not print a second BrokenPipeError."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout already closed or not a file
+        pass
+
+
 def cli_entry(prog):
     """Decorate a ``main(argv)``: OncoLensError becomes one line on stderr and an exit code;
     Ctrl-C (and SIGTERM, where the command raises Terminated for it) one line and 128 +
-    the signal's number, with the ``hint`` the command attached to the exception, if any."""
+    the signal's number, with the ``hint`` the command attached to the exception, if any.
+    A reader of stdout that went away (``| head``) ends the command quietly, as SIGPIPE
+    ends other tools (exit 141, ``finally`` blocks run: results written are kept); any
+    other OSError (a full disk, a permission refused) is one line naming its file, exit 1,
+    with the traceback at --log-level debug."""
 
     def wrap(func):
         @functools.wraps(func)
         def main(argv=None):
             try:
-                return func(list(sys.argv[1:] if argv is None else argv))
+                status = func(list(sys.argv[1:] if argv is None else argv))
+                sys.stdout.flush()  # a closed pipe shows here, not in Python's exit
+                return status
             except OncoLensError as exc:
                 sys.stderr.write("{}: error: {}\n".format(prog, exc))
                 return exc.exit_code
@@ -116,6 +134,13 @@ def cli_entry(prog):
                     prog, " by SIGTERM" if signum == signal.SIGTERM else "",
                     ": " + hint if hint else ""))
                 return 128 + signum
+            except BrokenPipeError:
+                _stdout_gone()
+                return 128 + int(getattr(signal, "SIGPIPE", 13))
+            except OSError as exc:
+                log.debug("%s failed", prog, exc_info=True)
+                sys.stderr.write("{}: error: {}\n".format(prog, os_error_line(exc)))
+                return 1
 
         return main
 

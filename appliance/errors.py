@@ -26,6 +26,15 @@ def reason_of(path, error):
     return error[len(path) + 2:] if error.startswith(str(path) + ": ") else error
 
 
+def os_error_line(error):
+    """An OSError the command did not expect (a full disk, a permission refused, a read
+    error) as one line: what went wrong and the file(s) it names, without errno's brackets:
+    "No space left on device: 'out/model_best.pth.tar'"."""
+    reason = error.strerror or str(error) or type(error).__name__
+    names = [repr(str(name)) for name in (error.filename, error.filename2) if name is not None]
+    return "{}: {}".format(reason, " -> ".join(names)) if names else reason
+
+
 class OncoLensError(Exception):
     """Base class: its message is shown to the user as it is, on one line."""
 
