@@ -57,6 +57,9 @@ def _writable_types(cv2):
 
 
 IMAGES_INSTEAD = "a folder of images (a name ending in /, or a pattern like out_%i.jpg)"
+# why a type but .avi failed where OpenCV lists no FFMPEG or GStreamer writer (docs/APPLIANCE.md)
+NEEDS_FULL_WRITER = ("writing {} needs an FFMPEG or GStreamer video writer in OpenCV, and this "
+                     "one has neither: ")
 
 
 def other_outputs(uri, fourcc):
@@ -66,12 +69,15 @@ def other_outputs(uri, fourcc):
     import cv2
     ext = os.path.splitext(uri)[1].lower()
     writable = _writable_types(cv2)
+    why = ""
     if writable is None or len(writable) > 1:  # a full writer: the codec is what failed
         others = [e for e in sorted(VIDEO_FOURCC) if VIDEO_FOURCC[e] != fourcc and
                   (writable is None or e in writable)]
     else:
         others = [e for e in writable if e != ext]
+        why = NEEDS_FULL_WRITER.format(ext.lstrip(".")) if ext != ".avi" else ""
     if not others:
-        return "this OpenCV writes no other video type: write {} instead".format(IMAGES_INSTEAD)
-    return "name another video type this OpenCV can write: {}; or write {}".format(
+        return why + "this OpenCV writes no other video type: write {} instead".format(
+            IMAGES_INSTEAD)
+    return why + "name another video type this OpenCV can write: {}; or write {}".format(
         ", ".join(others), IMAGES_INSTEAD)
