@@ -227,6 +227,9 @@ def main(argv):
 def _resume_hint(args):
     if not args.results:
         return "no --results file, so nothing was kept"
+    if not os.path.isfile(args.results):
+        return "no row was written, so no --results file was kept: run the same command " \
+               "again"
     return "the rows written so far are kept in {}: run the same command with --resume to " \
            "continue".format(args.results)
 
@@ -241,6 +244,7 @@ def _run(args):
     keep = None if args.results else rows.append  # without a file, metrics need the rows
     # held from the first row until the metrics are written: one run at a time writes them
     lock = ResultsLock(args.results) if args.results else None
+    finished = False
     try:
         with open_classifier(args, args.batch_size) as clf:
             log.info("model %s on %s, batch %d, %d workers", clf.bundle.model_path,
@@ -260,9 +264,10 @@ def _run(args):
         if args.results:
             print("results: {}".format(args.results))
         report_metrics(args, labels, rows)
+        if done == 0 and summary.skipped == 0:
+            raise UsageError("input {}: no image files found".format(args.input))
+        finished = True
     finally:
-        if lock is not None:
-            lock.release()
-    if done == 0 and summary.skipped == 0:
-        raise UsageError("input {}: no image files found".format(args.input))
+        if lock is not None:  # ended on an error, or stopped: a file it made stays only
+            lock.release(discard=not finished)  # with rows in it
     return 1 if summary.failed else 0

@@ -8,6 +8,7 @@ import threading
 
 import numpy as np
 
+from oncolens.appliance.cvlog import _quiet_opencv, _silent_opencv
 from oncolens.appliance.errors import ImageReadError, OncoLensError
 
 log = logging.getLogger(__name__)
@@ -103,22 +104,31 @@ def not_regular(path):
     waits, forever, for a writer), else None. A symbolic link is judged by what it points
     to; a path that cannot be looked at (missing, a broken link) is left to ``open`` to say."""
     try:
-        mode = os.stat(path).st_mode
+        return mode_problem(os.stat(path).st_mode)
     except (IOError, OSError):
         return None
+
+
+def mode_problem(mode):
+    """'not a regular file (a FIFO)' for a stat mode that is no regular file, else None."""
     if stat.S_ISREG(mode):
         return None
     kind = next((words for test, words in NOT_REGULAR if getattr(stat, test)(mode)), None)
     return "not a regular file{}".format(" ({})".format(kind) if kind else "")
 
 
+def refusal(path, why):
+    return ImageReadError("{}: {}: not opened (expected an image file)".format(path, why))
+
+
 def check_format(path):
     """ImageReadError naming the file when it is no image we can read, told without opening
     it: not a regular file (``not_regular``: a FIFO is never opened), or an image format we
-    cannot read (by its extension). Every reader of image files calls it before ``open``."""
+    cannot read (by its extension). Every reader of image files calls it before it opens the
+    file with ``open_regular``, which checks the opened file again (no wait on a FIFO)."""
     why = not_regular(path)
     if why:
-        raise ImageReadError("{}: {}: not opened (expected an image file)".format(path, why))
+        raise refusal(path, why)
     ext = os.path.splitext(path)[1].lower()
     if ext in UNSUPPORTED_EXTENSIONS:
         raise ImageReadError("{}: unsupported image format {} (expected {})".format(
@@ -157,55 +167,6 @@ def tiff_float(data):
         return False
 
 
-class _QuietOpenCV(object):
-    """OpenCV's log level lowered while images decode (to ERROR: a file it cannot read prints
-    a WARN line naming no file, and our own error, which names it, follows anyway) or encode
-    (to SILENT: our error names the file and the limit). Every instance counts into one shared
-    state, so that threads overlapping each other, decoding or encoding, leave the quietest
-    level still wanted in force and restore the user's level once, when the last one ends."""
-
-    lock = threading.Lock()
-    active = {}   # level name -> how many are inside
-    saved = None  # (cv2.utils.logging, the level before the first one entered)
-
-    def __init__(self, level="LOG_LEVEL_ERROR"):
-        self.level = level
-
-    @classmethod
-    def _apply(cls):
-        logging, before = cls.saved
-        wanted = [getattr(logging, name) for name, n in cls.active.items() if n > 0]
-        logging.setLogLevel(min([before] + wanted) if wanted else before)
-
-    def __enter__(self):
-        import cv2
-        logging = getattr(getattr(cv2, "utils", None), "logging", None)  # absent in old builds
-        if logging is None:
-            return self
-        cls = _QuietOpenCV
-        with cls.lock:
-            if cls.saved is None:
-                cls.saved = (logging, logging.getLogLevel())
-            cls.active[self.level] = cls.active.get(self.level, 0) + 1
-            cls._apply()
-        return self
-
-    def __exit__(self, *exc):
-        cls = _QuietOpenCV
-        with cls.lock:
-            if cls.saved is None or not cls.active.get(self.level):
-                return False
-            cls.active[self.level] -= 1
-            cls._apply()
-            if not any(cls.active.values()):
-                cls.saved = None
-        return False
-
-
-_quiet_opencv = _QuietOpenCV()
-_silent_opencv = _QuietOpenCV("LOG_LEVEL_SILENT")  # encoding: its only errors are ours to say
-
-
 def decode_image(data, origin="<bytes>"):
     """Decode encoded bytes to RGB uint8 HxWx3 (greyscale, palette and RGBA become RGB)."""
     import cv2
@@ -223,12 +184,34 @@ def decode_image(data, origin="<bytes>"):
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
+# opening a FIFO this way returns at once (a plain open waits for a writer); on a regular
+# file O_NONBLOCK changes nothing
+OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+
+
+def open_regular(path):
+    """``path`` opened to read, as a binary file object, from the descriptor its check was
+    made on: opened without blocking and refused (``refusal``, as ``check_format`` refuses
+    it) unless ``fstat`` says it is a regular file, so that a file swapped for a FIFO after
+    ``check_format`` looked at it cannot make the reader wait for ever. IOError/OSError
+    when it cannot be opened."""
+    fd = os.open(path, OPEN_FLAGS)
+    try:
+        why = mode_problem(os.fstat(fd).st_mode)
+        if why:
+            raise refusal(path, why)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def read_bytes(path):
     """An image file's encoded bytes; ImageReadError for a format we cannot read, or a file
     that cannot be opened."""
     check_format(path)
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:
             return fh.read()
     except (IOError, OSError) as exc:
         raise ImageReadError("{}: cannot read ({})".format(path, exc.strerror or exc))
@@ -334,12 +317,12 @@ class LowBitsWarning(object):
             if not_regular(path):
                 continue
             try:
-                with open(path, "rb") as fh:
+                with open_regular(path) as fh:
                     head = fh.read(32)
                     if head[:4] not in (b"II*\x00", b"MM\x00*") and not sixteen_bit(head):
                         continue
                     data = head + fh.read()
-            except (IOError, OSError):
+            except (IOError, OSError, ImageReadError):
                 continue
             self.check(path, data)
 

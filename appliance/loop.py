@@ -3,7 +3,8 @@
 It keeps going: a camera or stream that drops is reopened with backoff; a frame timeout is
 skipped; a frame that cannot be decoded is logged and skipped.  SIGINT and SIGTERM finish
 the current frame, close every output (a video being written stays playable) and end the
-loop normally.  systemd is told READY=1 once the model and source are open, WATCHDOG=1
+loop normally, even while a read of the source is blocked (it is read in a thread of its
+own: source_thread).  systemd is told READY=1 once the model and source are open, WATCHDOG=1
 while frames flow and STOPPING=1 on the way out (nothing when $NOTIFY_SOCKET is unset).
 """
 import logging
@@ -16,6 +17,7 @@ from oncolens.appliance.errors import ImageReadError, OncoLensError
 from oncolens.appliance.overlay import crop_box, render
 from oncolens.appliance.postprocess import Smoother, console_line, overlay_text
 from oncolens.appliance.sdnotify import Notifier
+from oncolens.appliance.source_thread import STOPPED, SourceThread
 from oncolens.appliance.sources import EndOfStream, SourceLost
 
 log = logging.getLogger(__name__)
@@ -77,7 +79,12 @@ def status_text(model, backend, net_fps, e2e_fps):
 
 
 class LiveLoop(object):
-    """Run ``classifier`` on every frame of ``source`` and write to ``sinks``."""
+    """Run ``classifier`` on every frame of ``source`` and write to ``sinks``.  The source is
+    opened, read and closed in a thread of its own (SourceThread): a read that blocks for
+    ever does not keep a stop from ending the loop; ``source_grace`` seconds after the stop
+    it is given up and the source left unclosed."""
+
+    source_grace = 2.0
 
     def __init__(self, classifier, source, sinks=(), overlay=("text",), smoothing=0.0,
                  notifier=None, backoff=None, sleep=None, status_every=5.0, out=None,
@@ -95,6 +102,7 @@ class LiveLoop(object):
         self.model_name = model_name or classifier.bundle.dir
         self.stats = Stats()
         self._cam_warned = False
+        self.reader = SourceThread(self.stop_event)
 
     # -- stopping -------------------------------------------------------------------
     def stop(self, signum=None, _frame=None):
@@ -119,7 +127,7 @@ class LiveLoop(object):
         """The source's frames; reconnects a live source that drops, skips timeouts."""
         while not self.stopping:
             try:
-                frame = self.source.read()
+                frame = self.reader.call(self.source.read)
             except EndOfStream:
                 return
             except SourceLost as exc:
@@ -127,6 +135,8 @@ class LiveLoop(object):
                     raise
                 self.reconnect(exc)
                 continue
+            if frame is STOPPED:
+                return
             if frame is None:
                 self.stats.timeouts += 1
                 continue
@@ -143,8 +153,8 @@ class LiveLoop(object):
                 return False
             attempts += 1
             try:
-                self.source.close()
-                self.source.open()
+                if self.reader.call(self._reopen) is STOPPED:
+                    return False
             except OncoLensError as exc:
                 log.warning("reopening %s failed (attempt %d: %s); next try in %.1fs",
                             self.source.describe(), attempts, exc, self.backoff.current)
@@ -153,6 +163,10 @@ class LiveLoop(object):
             log.info("%s reopened after %d attempt(s)", self.source.describe(), attempts)
             return True
         return False
+
+    def _reopen(self):
+        self.source.close()
+        self.source.open()
 
     # -- one frame ------------------------------------------------------------------
     def process(self, frame):
@@ -205,25 +219,12 @@ class LiveLoop(object):
         """Process frames until the source ends or a signal arrives; returns Stats."""
         old = self._install_signals()
         try:
-            self.source.open()
-            for sink in self.sinks:
-                if hasattr(sink, "adopt_rate"):
-                    sink.adopt_rate(self.source.rate)
-            self.notifier.ready("classifying {}".format(self.source.describe()))
-            last = time.monotonic()
-            for frame in self.frames():
-                if frame.error:
-                    log.error("%s", frame.error)
-                    self.stats.failed += 1
-                    continue
-                try:
-                    self.process(frame)
-                except ImageReadError as exc:  # refused by the preprocessing: skip the frame
-                    log.error("%s: %s", frame.origin, exc)
-                    self.stats.failed += 1
-                    continue
-                self.notifier.watchdog()
-                last = self._status(last)
+            if self.reader.call(self.source.open) is not STOPPED:
+                for sink in self.sinks:
+                    if hasattr(sink, "adopt_rate"):
+                        sink.adopt_rate(self.source.rate)
+                self.notifier.ready("classifying {}".format(self.source.describe()))
+                self._run_frames()
         finally:
             self.notifier.stopping()
             self.close()
@@ -235,10 +236,30 @@ class LiveLoop(object):
                  status_text(self.model_name, self.clf.backend, *self.stats.totals()))
         return self.stats
 
+    def _run_frames(self):
+        last = time.monotonic()
+        for frame in self.frames():
+            if frame.error:
+                log.error("%s", frame.error)
+                self.stats.failed += 1
+                continue
+            try:
+                self.process(frame)
+            except ImageReadError as exc:  # refused by the preprocessing: skip the frame
+                log.error("%s: %s", frame.origin, exc)
+                self.stats.failed += 1
+                continue
+            self.notifier.watchdog()
+            last = self._status(last)
+
     def close(self):
-        for closer in [s.close for s in self.sinks] + [self.source.close]:
+        for closer in [s.close for s in self.sinks]:
             try:
                 closer()
             except Exception as exc:  # one failing output must not keep the others open
                 log.error("closing: %s", exc)
+        if not self.reader.finish(self.source.close, self.source_grace):
+            log.warning("%s: a read has not returned %g s after the stop: stopping without "
+                        "it (the source is left unclosed)", self.source.describe(),
+                        self.source_grace)
         sys.stdout.flush()

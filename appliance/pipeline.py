@@ -14,7 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from oncolens.appliance.errors import ImageReadError
 from oncolens.appliance.imageio import (IMAGE_EXTENSIONS, UNSUPPORTED_EXTENSIONS, check_format,
-                                        decode_image, is_image_file, walk_files)
+                                        decode_image, is_image_file, open_regular,
+                                        walk_files)
 from oncolens.appliance.sources import list_images
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def load_item(index, path, relpath, preprocessor, keep_image=False, low_bits=Non
     started = time.perf_counter()
     try:
         check_format(path)
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:
             data = fh.read()
         rgb = decode_image(data, path)
         if low_bits is not None:

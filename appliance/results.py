@@ -134,25 +134,49 @@ class ResultsLock(object):
     descriptor, so a run that dies, however, leaves none behind.
 
     ``acquire()`` creates the file when it is not there (a run is about to write it);
-    ``probe()`` only checks an existing one, before the model is loaded."""
+    ``probe()`` only checks an existing one, before the model is loaded. ``release(discard=
+    True)``, for a run that ends on an error or is stopped, takes back the file it made
+    (or the header it wrote into an empty one) when no row was written into it."""
 
     def __init__(self, path):
         self.path = path
         self.fd = None
+        self.created = False  # this run made the file (acquire)
+        self.was_empty = False  # it was empty when locked: made now, or left empty before
 
     def acquire(self):
         if self.fd is None:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            fd, created = _open_or_create(self.path)
             if not self._lock(fd):
                 os.close(fd)
                 raise self.busy()
-            self.fd = fd
+            self.fd, self.created = fd, created
+            self.was_empty = os.fstat(fd).st_size == 0
         return self
 
-    def release(self):
+    def release(self, discard=False):
         if self.fd is not None:
             fd, self.fd = self.fd, None
-            os.close(fd)  # closing the descriptor releases the lock
+            try:
+                if discard and self.was_empty:
+                    self._take_back(fd)
+            finally:
+                os.close(fd)  # closing the descriptor releases the lock
+
+    def _take_back(self, fd):
+        """Under the lock: the file this run made, holding no row, is removed; one that was
+        empty before the run is emptied again (a header-only file blocks a plain rerun)."""
+        try:
+            if holds_rows(self.path):
+                return
+            if self.created:
+                os.remove(self.path)
+                log.info("%s: removed: this run made it and wrote no row into it", self.path)
+            else:
+                os.ftruncate(fd, 0)
+        except (IOError, OSError) as exc:
+            log.warning("%s: this run wrote no row into it, but it cannot be taken back (%s)",
+                        self.path, exc.strerror or exc)
 
     def probe(self):
         """Refuse at once when another run holds the lock of an existing file."""
@@ -194,6 +218,26 @@ class ResultsLock(object):
         self.release()
 
 
+def _open_or_create(path):
+    """(a descriptor of ``path`` to append to, whether this call created the file)."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+    try:
+        return os.open(path, flags | os.O_EXCL, 0o666), True
+    except OSError as exc:
+        if exc.errno != errno.EEXIST:
+            raise
+    return os.open(path, flags, 0o666), False  # there before: never removed by this run
+
+
+def holds_rows(path):
+    """Whether a results file holds a row (a line after a CSV's header; any JSON line)."""
+    with io.open(path, "rb") as fh:
+        first = fh.readline()
+        if results_format(path) != ".csv":
+            return bool(first.strip())
+        return bool(fh.readline().strip())
+
+
 class ResultsWriter(object):
     """Appends rows to a .csv or .jsonl file, flushing after every batch.  It holds the
     file's ResultsLock from before it looks at the file until ``close()``; given a ``lock``
@@ -215,7 +259,7 @@ class ResultsWriter(object):
             self._open(resume, overwrite, on_replace)
         except BaseException:
             if self._own_lock:
-                self.lock.release()
+                self.lock.release(discard=True)
             raise
 
     def _open(self, resume, overwrite, on_replace=None):

@@ -6,17 +6,23 @@ import os
 VIDEO_FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
 
 
+def _listed_backends(cv2):
+    """OpenCV's video writer backends (their CAP_* numbers) in its order of preference;
+    None where this OpenCV cannot list them (no videoio_registry, or it fails)."""
+    try:
+        return [int(b) for b in cv2.videoio_registry.getWriterBackends()]
+    except (AttributeError, cv2.error):
+        return None
+
+
 def _writer_backends(cv2):
     """The apiPreference arguments to try, in order: OpenCV's own video writer backends in its
     order of preference, less CV_IMAGES (the image-sequence writer, ``name_%03d.png``: it never
     fits a video file name, and when tried before the one that does, e.g. where OpenCV has no
     FFMPEG, it prints a multi-line CV_IMAGES warning on every run). ``[()]`` (OpenCV's own
     choice, CAP_ANY) where this OpenCV cannot list them."""
-    try:
-        backends = [int(b) for b in cv2.videoio_registry.getWriterBackends()]
-    except (AttributeError, cv2.error):
-        return [()]
-    wanted = [(b,) for b in backends if b != getattr(cv2, "CAP_IMAGES", 2000)]
+    wanted = [(b,) for b in _listed_backends(cv2) or ()
+              if b != getattr(cv2, "CAP_IMAGES", 2000)]
     return wanted or [()]
 
 
@@ -41,16 +47,19 @@ def _writable_types(cv2):
     """The video types this OpenCV can write, from its writer backends: every one of
     VIDEO_FOURCC with FFMPEG or GStreamer, only .avi with no more than its own MJPEG writer
     (CV_MJPEG, AVI only), none without either; None where it cannot list them."""
-    try:
-        backends = set(int(b) for b in cv2.videoio_registry.getWriterBackends())
-    except (AttributeError, cv2.error):
+    listed = _listed_backends(cv2)
+    if listed is None:
         return None
+    backends = set(listed)
     if backends & set([getattr(cv2, "CAP_FFMPEG", 1900), getattr(cv2, "CAP_GSTREAMER", 1800)]):
         return sorted(VIDEO_FOURCC)
     return [".avi"] if getattr(cv2, "CAP_OPENCV_MJPEG", 2200) in backends else []
 
 
 IMAGES_INSTEAD = "a folder of images (a name ending in /, or a pattern like out_%i.jpg)"
+# why a type but .avi failed where OpenCV lists no FFMPEG or GStreamer writer (docs/APPLIANCE.md)
+NEEDS_FULL_WRITER = ("writing {} needs an FFMPEG or GStreamer video writer in OpenCV, and this "
+                     "one has neither: ")
 
 
 def other_outputs(uri, fourcc):
@@ -60,12 +69,15 @@ def other_outputs(uri, fourcc):
     import cv2
     ext = os.path.splitext(uri)[1].lower()
     writable = _writable_types(cv2)
+    why = ""
     if writable is None or len(writable) > 1:  # a full writer: the codec is what failed
         others = [e for e in sorted(VIDEO_FOURCC) if VIDEO_FOURCC[e] != fourcc and
                   (writable is None or e in writable)]
     else:
         others = [e for e in writable if e != ext]
+        why = NEEDS_FULL_WRITER.format(ext.lstrip(".")) if ext != ".avi" else ""
     if not others:
-        return "this OpenCV writes no other video type: write {} instead".format(IMAGES_INSTEAD)
-    return "name another video type this OpenCV can write: {}; or write {}".format(
+        return why + "this OpenCV writes no other video type: write {} instead".format(
+            IMAGES_INSTEAD)
+    return why + "name another video type this OpenCV can write: {}; or write {}".format(
         ", ".join(others), IMAGES_INSTEAD)

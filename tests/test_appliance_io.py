@@ -350,7 +350,7 @@ def test_opencv_log_level_is_restored_when_decoding_and_encoding_overlap():
     first: the quietest level wanted holds while both run, and the user's level comes back
     after the last one (each used to restore its own saved level: WARN stayed silenced)."""
     import cv2
-    from oncolens.appliance.imageio import _quiet_opencv, _silent_opencv
+    from oncolens.appliance.cvlog import _quiet_opencv, _silent_opencv
     logging = cv2.utils.logging
     before = logging.getLogLevel()
     logging.setLogLevel(logging.LOG_LEVEL_INFO)

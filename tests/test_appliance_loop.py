@@ -256,6 +256,80 @@ def test_sigterm_while_writing_a_video_leaves_it_playable(tiny_bundle, tiny_data
     assert frames[0].shape == (48, 48, 3)
 
 
+# A camera that delivers three frames, then blocks in a read that neither returns nor times
+# out (as a V4L2 device, an RTSP stream or a FIFO can): a stand-in for jetson_utils, which
+# classify uses for csi:// whenever it is importable.
+BLOCKING_CAMERA = """
+import os, sys
+import numpy as np
+_never = os.pipe()[0]  # its write end stays open: a read of it waits for ever
+
+class videoSource(object):
+    def __init__(self, uri, argv=None):
+        self.n = 0
+    def GetFrameRate(self):
+        return 10.0
+    def Capture(self, format="rgb8", timeout=1000):
+        self.n += 1
+        if self.n <= 3:
+            return np.full((48, 48, 3), 60 * self.n, np.uint8)
+        sys.stderr.write("stand-in camera: blocked\\n")
+        sys.stderr.flush()
+        os.read(_never, 1)  # retried after a signal's handler (PEP 475): never returns
+    def IsStreaming(self):
+        return True
+    def Close(self):
+        pass
+
+def cudaDeviceSynchronize():
+    pass
+
+def cudaToNumpy(img):
+    return img
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_ends_classify_while_a_read_of_the_source_blocks(tiny_bundle, tmp_path, signum):
+    """classify read its source in the main thread: a read that never returned kept SIGTERM
+    (systemctl stop, timeout) and Ctrl-C from ending it, until systemd's SIGKILL, which left
+    the video unfinished. Now the read blocks a thread of its own: the run stops, closes
+    its outputs and says so."""
+    from test_appliance_io import read_video
+    (tmp_path / "stand_in").mkdir()
+    (tmp_path / "stand_in" / "jetson_utils.py").write_text(BLOCKING_CAMERA)
+    env = subprocess_env()
+    env["PYTHONPATH"] = str(tmp_path / "stand_in") + os.pathsep + env["PYTHONPATH"]
+    out = str(tmp_path / "live.avi")
+    proc = subprocess.Popen(cli_subprocess_cmd("classify", "--model", tiny_bundle, "--headless",
+                                               "csi://0", out),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            universal_newlines=True, env=env)
+    lines = queue.Queue()
+    threading.Thread(target=_reader, args=(proc.stderr, lines), daemon=True).start()
+    err = []
+    try:
+        while not err or "stand-in camera: blocked" not in err[-1]:
+            err.append(lines.get(timeout=120))  # a guard against a hang, not a timing test
+            assert err[-1] is not None, "".join(err[:-1])
+        proc.send_signal(signum)
+        try:
+            code = proc.wait(timeout=60)  # a guard against a hang, as above
+        except subprocess.TimeoutExpired:
+            pytest.fail("classify did not end on signal {}: it waits for the read".format(
+                int(signum)))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    while err[-1] is not None:
+        err.append(lines.get(timeout=30))
+    text = "".join(err[:-1])
+    assert code == 0, text
+    assert "(stopped by signal)" in text and "a read has not returned" in text
+    assert "Traceback" not in text
+    assert len(read_video(out)) == 3  # the frames written before the stop, in a closed file
+
+
 def test_systemd_notifications(tiny_bundle, tiny_data):
     folder = tempfile.mkdtemp(prefix="olnotify")
     path = os.path.join(folder, "notify.sock")

@@ -148,3 +148,38 @@ def test_sigterm_keeps_the_rows_and_says_how_to_resume_as_ctrl_c_does(
     assert code == 0, err
     paths = [r["path"] for r in _rows(results)]
     assert len(paths) == len(set(paths)) == MANY
+
+
+@pytest.mark.parametrize("before", ["none", "empty", "rows"])
+def test_a_run_refused_after_the_lock_leaves_the_results_file_as_it_found_it(
+        tiny_bundle, tiny_data, tmp_path, caplog, before):
+    """The results file's lock is taken by opening it, which makes it: a run refused after
+    that (here at its first batch: the annotated copy of an input would replace the input,
+    through a link in the --annotate folder) left it behind, a header alone, and a corrected
+    rerun was refused with 'already exists'. A file the run made with no row written into it
+    is now removed; one there before is kept byte for byte (an empty one emptied again)."""
+    import logging
+    import shutil
+    caplog.set_level(logging.INFO, logger="oncolens.appliance.results")
+    images = str(tmp_path / "in")
+    shutil.copytree(os.path.join(tiny_data, "test"), images)
+    results = str(tmp_path / "r.csv")
+    flag = "--overwrite"
+    if before == "empty":
+        open(results, "wb").close()
+    elif before == "rows":  # an earlier run over one file; --resume goes on with the others
+        code, _, err = run_cli(["batch", os.path.join(images, "benign"), "--model", tiny_bundle,
+                                "--results", results, "--no-progress"])
+        assert code == 0 and len(_rows(results)) == 3, err
+        flag = "--resume"
+    kept = open(results, "rb").read() if before != "none" else None
+    (tmp_path / "ann").mkdir()
+    os.symlink(os.path.join(images, "malignant"), str(tmp_path / "ann" / "malignant"))
+    code, out, err = run_cli(["batch", images, "--model", tiny_bundle, "--results", results,
+                              "--annotate", str(tmp_path / "ann"), flag, "--no-progress"])
+    assert code == 2 and "would replace it: give a folder apart from the input" in err, err
+    if kept is None:
+        assert not os.path.exists(results), open(results, "rb").read()
+        assert "r.csv: removed: this run made it and wrote no row into it" in caplog.text
+    else:
+        assert open(results, "rb").read() == kept

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -205,3 +206,71 @@ def test_calibration_images_skip_the_fifo(tiny_data, tmp_path):
     assert code == 0, out
     assert "batches 2 skipped [{!r}]".format(os.path.join(folder, "pipe.png")) in out
     assert "read 4" in out and out.count(NOT_REGULAR) == 2
+
+
+def _in_thread(call):
+    """What ``call()`` returned or raised, run in a thread joined for at most TIMEOUT s: a
+    reader that waits on the FIFO fails the test (and is let go by a writer opening it)."""
+    got = []
+
+    def run():
+        try:
+            got.append(("returned", call()))
+        except Exception as exc:
+            got.append(("raised", exc))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(TIMEOUT)  # a guard against a hang, not a timing assertion
+    return thread, got
+
+
+def _release(fifo):
+    """Let a reader blocked in opening ``fifo`` go: a writer opens it and closes it."""
+    os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+
+@pytest.mark.parametrize("reader", ["read_bytes", "load_item", "bench_image", "low_bits"])
+def test_a_file_swapped_for_a_fifo_after_its_check_is_refused_without_waiting(
+        tmp_path, monkeypatch, reader):
+    """The readers looked at the path (stat) and then opened it by name: a file swapped for
+    a FIFO between the two blocked the open for ever. The stat check is taken away here, as
+    the swap would pass it; the open itself must not wait, and the refusal is the same line."""
+    from oncolens.appliance import imageio, pipeline
+    from oncolens.appliance.errors import ImageReadError, UsageError
+    from oncolens.appliance.web.bench import read_image_file
+    fifo = str(tmp_path / "pipe.png")
+    os.mkfifo(fifo)
+    monkeypatch.setattr(imageio, "not_regular", lambda path: None)  # the swap came after it
+    calls = {"read_bytes": lambda: imageio.read_bytes(fifo),
+             "load_item": lambda: pipeline.load_item(0, fifo, "pipe.png", None),
+             "bench_image": lambda: read_image_file(fifo),
+             "low_bits": lambda: imageio.LowBitsWarning().scan([fifo])}
+    thread, got = _in_thread(calls[reader])
+    if thread.is_alive():
+        _release(fifo)
+        thread.join(TIMEOUT)
+        pytest.fail("{} waited on the FIFO: opened by name after its check".format(reader))
+    refused = "{}: {}: not opened (expected an image file)".format(fifo, NOT_REGULAR)
+    how, what = got[0]
+    if reader == "load_item":
+        assert how == "returned" and what.error == refused and what.tensor is None
+    elif reader == "low_bits":
+        assert how == "returned" and what is None  # skipped: left to the caller's report
+    else:
+        assert how == "raised" and str(what) == (
+            "--image " if reader == "bench_image" else "") + refused
+        assert isinstance(what, UsageError if reader == "bench_image" else ImageReadError)
+
+
+def test_a_regular_image_is_read_through_the_checked_descriptor(tmp_path):
+    """The reading that refuses a FIFO still reads a regular image, and a link to one."""
+    import cv2
+    import numpy as np
+    from oncolens.appliance.imageio import read_bytes, read_image
+    image = str(tmp_path / "x.png")
+    cv2.imwrite(image, np.full((5, 7, 3), 200, np.uint8))
+    os.symlink(image, str(tmp_path / "link.png"))
+    with open(image, "rb") as fh:
+        assert read_bytes(str(tmp_path / "link.png")) == fh.read()
+    assert read_image(image).shape == (5, 7, 3)

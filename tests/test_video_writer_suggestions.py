@@ -63,3 +63,27 @@ def test_an_opencv_that_cannot_list_its_writers_gets_the_other_codecs_types(tmp_
     monkeypatch.delattr(cv2.videoio_registry, "getWriterBackends")
     monkeypatch.setattr(cv2, "VideoWriter", _FailingWriter)
     assert _suggested(_refusal(tmp_path, "out.mp4")) == [".avi", ".mkv"]
+
+
+@pytest.mark.parametrize("listed, name, needs", [
+    (["CV_IMAGES", "CV_MJPEG"], "out.mkv", True),
+    (["CV_IMAGES", "CV_MJPEG"], "out.mp4", True),
+    (["CV_IMAGES"], "out.mov", True),
+    (["CV_IMAGES", "CV_MJPEG"], "out.avi", False),  # OpenCV's own writer: not the reason
+    (["FFMPEG", "CV_MJPEG"], "out.mkv", False),     # a full writer: the codec failed
+    (["GSTREAMER"], "out.mp4", False),
+])
+def test_the_line_says_a_type_needs_an_ffmpeg_or_gstreamer_opencv(tmp_path, monkeypatch,
+                                                                    listed, name, needs):
+    """Where OpenCV has no FFMPEG (a build with its own MJPEG writer alone), .mkv, .mp4, .m4v
+    and .mov cannot be written: the line named .avi instead but not why .mkv failed."""
+    import cv2
+    codes = {"FFMPEG": cv2.CAP_FFMPEG, "GSTREAMER": cv2.CAP_GSTREAMER,
+             "CV_IMAGES": cv2.CAP_IMAGES, "CV_MJPEG": cv2.CAP_OPENCV_MJPEG}
+    monkeypatch.setattr(cv2.videoio_registry, "getWriterBackends",
+                        lambda: [codes[n] for n in listed])
+    monkeypatch.setattr(cv2, "VideoWriter", _FailingWriter)
+    message = _refusal(tmp_path, name)
+    said = "nothing written (writing {} needs an FFMPEG or GStreamer video writer in OpenCV, " \
+        "and this one has neither: ".format(name[4:])
+    assert (said in message) == needs, message

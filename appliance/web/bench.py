@@ -192,14 +192,13 @@ def read_image_file(path):
     (a plain open waited for a writer, for ever), a socket, a device, a folder, a format
     that cannot be read (imageio.check_format, told without opening it), or unreadable."""
     from oncolens.appliance.errors import ImageReadError
-    from oncolens.appliance.imageio import check_format
+    from oncolens.appliance.imageio import check_format, open_regular
     try:
         check_format(path)
+        with open_regular(path) as fh:  # a FIFO by now: refused, without waiting
+            return fh.read()
     except ImageReadError as exc:
         raise UsageError("--image {}".format(exc))
-    try:
-        with open(path, "rb") as fh:
-            return fh.read()
     except (OSError, IOError) as exc:
         raise UsageError("--image {}: cannot read it ({})".format(path, exc.strerror or exc))
 
