@@ -19,7 +19,8 @@ import os
 import time
 
 from oncolens.appliance.bundle import Bundle
-from oncolens.appliance.errors import MissingDependency, UsageError, plural
+from oncolens.appliance.errors import BundleError, MissingDependency, UsageError, plural
+from oncolens.appliance.outpaths import drop_empty_folders, replace_file
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,24 @@ def dynamic_batch(bundle):
     src = source_onnx(bundle)
     dst = variant_path(bundle, "dyn")
     if not os.path.isfile(dst):
-        onnx = _onnx()
+        try:
+            model = _dynamic_batch_model(src)
+        except BundleError:  # nothing to write: leave no empty variants/ folder behind
+            folder = os.path.dirname(dst)
+            drop_empty_folders([folder], os.path.dirname(folder))
+            raise
+        replace_file(dst, lambda tmp: _onnx().save(model, tmp))
+        log.info("wrote a dynamic-batch copy %s", dst)
+    copy = with_model(bundle, dst)
+    copy._sha = bundle.model_sha256  # same weights: results name the exported file's checksum
+    return copy
+
+
+def _dynamic_batch_model(src):
+    """``src`` loaded with its inputs' and outputs' first dimension named "batch"; a file
+    that is not a model onnx can read is a BundleError naming it, not a protobuf traceback."""
+    onnx = _onnx()
+    try:
         model = onnx.load(src)
         for value in list(model.graph.input) + list(model.graph.output):
             dims = value.type.tensor_type.shape.dim
@@ -104,13 +122,13 @@ def dynamic_batch(bundle):
                 dims[0].dim_param = "batch"
         del model.graph.value_info[:]  # shapes inferred for batch 1 no longer hold
         onnx.checker.check_model(model)
-        tmp = dst + ".tmp"
-        onnx.save(model, tmp)
-        os.replace(tmp, dst)
-        log.info("wrote a dynamic-batch copy %s", dst)
-    copy = with_model(bundle, dst)
-    copy._sha = bundle.model_sha256  # same weights: results name the exported file's checksum
-    return copy
+    except (OSError, MemoryError):
+        raise
+    except Exception as exc:  # protobuf's DecodeError, onnx's ValidationError
+        raise BundleError("{}: not an ONNX model onnx can read ({}: {})".format(
+            src, type(exc).__name__, str(exc).strip().splitlines()[0] if str(exc).strip()
+            else "no detail"))
+    return model
 
 
 class _Calibration(object):

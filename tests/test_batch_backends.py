@@ -26,6 +26,27 @@ def test_dynamic_batch_copy_matches_the_export(tiny_bundle, tiny_data):
         np.testing.assert_allclose(backend.infer(batch).probs, want, atol=1e-5)
 
 
+def test_a_damaged_onnx_is_one_line_and_leaves_no_variants_folder(tiny_bundle, tiny_data,
+                                                                   tmp_path):
+    """batch's dynamic-batch copy of an ONNX file that is not a model: one line naming the
+    file (it was a protobuf DecodeError traceback), no results file, no empty variants/."""
+    from conftest import run_cli
+    model = str(tmp_path / "model")
+    shutil.copytree(tiny_bundle, model, ignore=shutil.ignore_patterns("variants"))
+    onnx = [name for name in os.listdir(model) if name.endswith(".onnx")][0]
+    with open(os.path.join(model, onnx), "wb") as fh:
+        fh.write(b"\x08\x07not a model" * 100)
+    results = str(tmp_path / "r.csv")
+    code, out, err = run_cli(["batch", "--model", model, "--backend", "onnxruntime",
+                              os.path.join(tiny_data, "val"), "--results", results])
+    assert code == 1, err
+    lines = [line for line in err.splitlines() if "error" in line]
+    assert len(lines) == 1 and onnx in lines[0] and "not an ONNX model" in lines[0], err
+    assert "Traceback" not in err
+    assert not os.path.exists(results)
+    assert not os.path.exists(os.path.join(model, "variants"))
+
+
 def _read_only_copy(tiny_bundle, tmp_path, with_variants):
     from oncolens.appliance.bundle import load_bundle
     from oncolens.appliance.variants import dynamic_batch
