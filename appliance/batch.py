@@ -13,7 +13,7 @@ import os
 import time
 
 from oncolens.appliance.batch_copies import EarlierCopies
-from oncolens.appliance.errors import UsageError, plural
+from oncolens.appliance.errors import ImageWriteError, UsageError, plural
 from oncolens.appliance.evaluation import input_folder, truth_of
 from oncolens.appliance.imageio import LowBitsWarning
 from oncolens.appliance.pipeline import batched, iter_image_files, prefetch, window
@@ -164,8 +164,9 @@ def run_batch(clf, uri, results=None, annotate=None, batch_size=8, workers=2, re
                     on_row(row)
             if writer is not None:
                 writer.flush()
-            counts["classified"] += len(good)
-            counts["failed"] += len(failed)
+            unwritten = sum(1 for row in rows if row["error"]) - len(failed)  # copies
+            counts["classified"] += len(good) - unwritten
+            counts["failed"] += len(failed) + unwritten
             bar.update(len(good) + len(failed))
     finally:
         bar.close()
@@ -219,6 +220,10 @@ def _classify(clf, good, labels, annotator, backend, precision, sha, input_name=
         preds = clf.predictions(probs)
         row = _row(item, labels, probs, preds[0], backend, precision, sha, input_name)
         if annotator is not None:
-            row["annotated"] = os.path.abspath(annotator(item, preds))
+            try:
+                row["annotated"] = os.path.abspath(annotator(item, preds))
+            except ImageWriteError as exc:  # recorded with its classification; the rest goes on
+                row["error"] = "annotated copy not written: {}".format(exc)
+                log.error("%s: %s", item.path, row["error"])
         rows.append(row)
     return rows

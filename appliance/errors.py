@@ -55,6 +55,10 @@ class ImageReadError(OncoLensError):
     """An image file could not be read or decoded."""
 
 
+class ImageWriteError(OncoLensError):
+    """An image (an annotated copy, an output frame) could not be written."""
+
+
 class MissingDependency(OncoLensError):
     """An optional package that this feature needs is not installed."""
 

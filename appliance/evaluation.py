@@ -41,7 +41,9 @@ def truth_of(relpath, labels, input_name=None):
 
 def metrics_from_rows(rows, labels):
     """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix of
-    the rows that have ground truth and no error; None when there are none.
+    the rows that have ground truth and a prediction (an image that could not be read has
+    none: it counts as ``failed``; one whose annotated copy alone could not be written keeps
+    its prediction and counts); None when there are none.
 
     ``absent_classes``: the labels no such row has as its truth (support 0), as ``oncolens
     evaluate`` lists them. Their recall is undefined (kept as 0.0 in the JSON, printed n/a);
@@ -51,7 +53,7 @@ def metrics_from_rows(rows, labels):
     y_true, y_pred = [], []
     failed = 0
     for row in rows:
-        if row.get("error"):
+        if row.get("error") and not row.get("label"):
             failed += 1
             continue
         truth = row.get("truth")

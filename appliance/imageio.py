@@ -1,5 +1,6 @@
 """Reading and writing image files as RGB uint8 arrays (OpenCV underneath), and walking the
 folders that hold them."""
+import errno
 import logging
 import os
 import stat
@@ -9,7 +10,7 @@ import threading
 import numpy as np
 
 from oncolens.appliance.cvlog import _quiet_opencv, _silent_opencv
-from oncolens.appliance.errors import ImageReadError, OncoLensError
+from oncolens.appliance.errors import ImageReadError, ImageWriteError, OncoLensError
 
 log = logging.getLogger(__name__)
 
@@ -379,9 +380,27 @@ def write_image(path, rgb, quality=92):
     except OncoLensError as exc:
         raise OncoLensError("{}: {}".format(path, exc))
     parent = os.path.dirname(path)
-    if parent and not os.path.isdir(parent):
-        os.makedirs(parent)
     tmp = path + ".part"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    try:
+        if parent and not os.path.isdir(parent):
+            os.makedirs(parent)
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except OSError as exc:  # a full disk, a permission refused, a file where a folder goes
+        if os.path.isfile(tmp):
+            os.remove(tmp)
+        raise ImageWriteError("{}: cannot write it ({})".format(path, _write_reason(exc)))
+
+
+def _write_reason(exc):
+    """Why a write failed, naming the file that stands where a folder must go (makedirs'
+    'File exists' or 'Not a directory' say it less plainly)."""
+    from oncolens.appliance.errors import os_error_line
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR) and exc.filename:
+        parent = str(exc.filename)
+        while parent and not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if parent and not os.path.isdir(parent):
+            return "{} is a file, not a folder".format(parent)
+    return os_error_line(exc)

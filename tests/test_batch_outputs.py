@@ -76,6 +76,51 @@ def test_annotated_copies_keep_names_and_folders(tiny_bundle, tiny_data, tmp_pat
     assert code != 0 and "--overwrite" in err
 
 
+def test_an_annotated_copy_that_cannot_be_written_is_a_recorded_failure(tiny_bundle, tiny_data,
+                                                                         tmp_path):
+    """A file named like a class folder in the --annotate folder: each copy that would go
+    under it is recorded as that row's error (the prediction kept, and counted in the
+    metrics), the other copies are written, the run goes on and exits 1 (it was a
+    FileExistsError traceback that ended the run)."""
+    folder = os.path.join(tiny_data, "test")
+    outdir = tmp_path / "annotated"
+    outdir.mkdir()
+    (outdir / "benign").write_text(u"a note, not a folder")
+    results = str(tmp_path / "r.csv")
+    code, out, err = run_cli(["batch", folder, "--model", tiny_bundle, "--annotate",
+                              str(outdir), "--overwrite", "--results", results,
+                              "--no-progress"])
+    assert code == 1, err
+    assert "Traceback" not in err
+    rows = _csv_rows(results)
+    assert len(rows) == len(_all_images(folder))
+    for row in rows:
+        assert row["label"] in LABELS  # every image is classified
+        if row["relpath"].startswith("benign"):
+            assert row["annotated"] == ""
+            assert row["error"].startswith("annotated copy not written: ")
+            assert "{} is a file, not a folder".format(outdir / "benign") in row["error"]
+        else:
+            assert row["error"] == "" and os.path.isfile(row["annotated"])
+    failed = sum(1 for row in rows if row["error"])
+    assert "{} failed".format(failed) in out and failed == 3
+    assert (outdir / "benign").read_text() == u"a note, not a folder"
+    with io.open(str(tmp_path / "r.metrics.json")) as fh:
+        assert json.load(fh)["images"] == len(rows)
+
+
+def test_write_image_names_what_stands_where_a_folder_goes(tmp_path):
+    from oncolens.appliance.errors import ImageWriteError
+    from oncolens.appliance.imageio import write_image
+    (tmp_path / "a").write_text(u"x")
+    target = tmp_path / "a" / "b" / "c.png"
+    with pytest.raises(ImageWriteError) as err:
+        write_image(str(target), np.zeros((4, 4, 3), np.uint8))
+    assert str(err.value) == "{}: cannot write it ({} is a file, not a folder)".format(
+        target, tmp_path / "a")
+    assert sorted(os.listdir(str(tmp_path))) == ["a"]
+
+
 def test_annotated_copies_inside_the_input_are_not_classified(tiny_bundle, tiny_data, tmp_path):
     folder = _copy_test_split(tiny_data, tmp_path / "in")
     images = _all_images(folder)
