@@ -13,11 +13,12 @@ def openvino_throughput(bundle, batch, min_seconds=3.0, threads=None, precision=
     """Network-only images/s of OpenVINO THROUGHPUT mode on ``bundle``'s ONNX at ``batch``'s
     shape, computing in ``precision`` as the run it is the ceiling of does, or None when
     OpenVINO is not installed."""
-    from oncolens.appliance.backends.openvino import import_openvino, precision_config
+    from oncolens.appliance.backends.openvino import (import_openvino, precision_config,
+                                                      shared_core)
     ov = import_openvino()
     if ov is None:
         return None
-    core = ov.Core()
+    core = shared_core(ov)
     model = core.read_model(bundle.model_path or bundle.onnx_path)
     model.reshape({bundle.input_name: list(batch.shape)})
     config = dict(precision_config(core, precision), PERFORMANCE_HINT="THROUGHPUT")

@@ -6,6 +6,7 @@ quantised file serves this backend and ONNX Runtime.  It computes in fp32 unless
 """
 import logging
 import os
+import threading
 
 import numpy as np
 
@@ -27,6 +28,26 @@ def import_openvino():
         return ov_runtime
     except ImportError:
         return None
+
+
+_CORE = []
+_CORE_LOCK = threading.Lock()
+
+
+def shared_core(ov):
+    """The process's one OpenVINO Core, kept until the process exits: every backend and
+    bench's ceiling compile through it.
+
+    OpenVINO's CPU plugin (2025 and later) points the thread that compiles a model at an
+    alternate signal stack of its own and takes it back, unmapping it, when its Core is
+    freed. Two Cores freed out of order, or one freed in another thread, left a thread's
+    alternate signal stack pointing at unmapped memory, and the next signal handled there
+    (Ctrl-C, SIGTERM, SIGCHLD) killed the process with SIGSEGV instead of running its
+    handler (tests/test_openvino_signal_stack.py). One Core, never freed, never does."""
+    with _CORE_LOCK:
+        if not _CORE:
+            _CORE.append(ov.Core())
+        return _CORE[0]
 
 
 def precision_config(core, precision, device="CPU"):
@@ -62,7 +83,7 @@ class OpenVinoBackend(Backend):
         if not os.path.isfile(path):
             raise BundleError("ONNX model not found: {} (run 'oncolens export onnx' "
                               "first)".format(path))
-        self.core = ov.Core()
+        self.core = shared_core(ov)
         try:
             self.model = self.core.read_model(path)
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
