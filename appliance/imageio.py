@@ -119,7 +119,11 @@ def mode_problem(mode):
 
 
 def refusal(path, why):
-    return ImageReadError("{}: {}: not opened (expected an image file)".format(path, why))
+    """ImageReadError naming ``path`` and ``why`` (``mode_problem``'s words), also kept as its
+    ``reason`` for a reader that reports the reason alone (``data check``)."""
+    exc = ImageReadError("{}: {}: not opened (expected an image file)".format(path, why))
+    exc.reason = why
+    return exc
 
 
 def check_format(path):
