@@ -142,17 +142,34 @@ def is_trusted(ip, proxies):
     return ip is not None and any(ip in net for net in proxies)
 
 
+def forwarded_ip(entry):
+    """One X-Forwarded-For entry as ``parse_ip`` reads it, a port and brackets stripped, as
+    some proxies send them (``1.2.3.4:5678``, ``[2001:db8::1]:443``, ``[2001:db8::1]``); a
+    bare IPv6 address (``2001:db8::1``) is an address, never host:port. None when no IP."""
+    host, port = entry, None
+    if entry.startswith("["):
+        host, bracket, rest = entry[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            return None
+        port = rest[1:] if rest else None
+    elif entry.count(":") == 1:  # an IPv6 address has two colons at least
+        host, port = entry.split(":")
+    if port is not None and not (port.isdigit() and len(port) <= 5 and int(port) <= 65535):
+        return None
+    return parse_ip(host)
+
+
 def forwarded_client(header, proxies):
     """The client X-Forwarded-For names behind ``proxies``: its right-most entry that is not
     a trusted proxy (each proxy appends its own peer; the entries left of the first one no
     trusted proxy appended were written by the client, and may be forged), the left-most one
-    when every entry is a trusted proxy; None when that entry is no IP address or there is
-    no header."""
+    when every entry is a trusted proxy; None when that entry is no IP address (with or
+    without a port: ``forwarded_ip``) or there is no header."""
     entries = [part.strip() for part in (header or "").split(",")]
     if entries == [""]:
         return None
     for entry in reversed(entries):
-        ip = parse_ip(entry)
+        ip = forwarded_ip(entry)
         if ip is None:
             return None
         if not is_trusted(ip, proxies):
