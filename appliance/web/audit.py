@@ -129,12 +129,29 @@ def add_audit_flags(parser):
                              "that is not a trusted proxy (off: the header is never trusted)")
 
 
-def check_audit_flags(args):
+def check_audit_flags(args, try_open=False):
     """--audit-log (a file that can be appended to) and --trusted-proxy (``trusted_proxies``):
-    UsageError naming the flag, before anything is loaded."""
+    UsageError naming the flag, before anything is loaded. ``try_open``: the log is also
+    opened for appending (and closed), as serve opens it before its model loads, so that a
+    path no check above tells (a link into a missing folder) fails as early, in serve's line."""
     if args.audit_log:
         check_output_file(args.audit_log, "--audit-log", overwrite=True)
+        if try_open:
+            open_audit_file(args.audit_log).close()
     trusted_proxies(args.trusted_proxy)
+
+
+def open_audit_file(path):
+    """``path`` opened for appending, its folder made if need be; UsageError naming
+    --audit-log when it cannot be."""
+    try:
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            os.makedirs(parent)
+        return io.open(path, "a", encoding="utf-8")
+    except (OSError, IOError) as exc:
+        raise UsageError("--audit-log {}: cannot open it for appending ({})".format(
+            path, exc.strerror or exc))
 
 
 def is_trusted(ip, proxies):
@@ -199,16 +216,7 @@ class AuditLog(object):
     def __init__(self, path=None):
         self.path = path
         self._lock = threading.Lock()
-        self._fh = None
-        if path:
-            try:
-                parent = os.path.dirname(os.path.abspath(path))
-                if not os.path.isdir(parent):
-                    os.makedirs(parent)
-                self._fh = io.open(path, "a", encoding="utf-8")
-            except (OSError, IOError) as exc:
-                raise UsageError("--audit-log {}: cannot open it for appending ({})".format(
-                    path, exc.strerror or exc))
+        self._fh = open_audit_file(path) if path else None
 
     def write(self, request_id, status, input_sha256=None, model_sha256=None, label=None,
               confidence=None, request=None):
