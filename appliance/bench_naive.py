@@ -8,7 +8,7 @@ import time
 
 from oncolens.appliance.errors import (BundleError, ImageReadError, MissingDependency,
                                        OncoLensError, plural)
-from oncolens.appliance.imageio import check_format
+from oncolens.appliance.imageio import check_format, open_regular
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,11 @@ class NaiveTorch(object):
     def open_image(self, path):
         """The RGB PIL image; ImageReadError names the file when it cannot be read."""
         check_format(path)  # the same refusal as the appliance's loop
-        try:
-            return self.Image.open(path).convert("RGB")
+        try:  # from the descriptor checked again: a file swapped for a FIFO is not waited on
+            with open_regular(path) as fh:
+                return self.Image.open(fh).convert("RGB")
+        except ImageReadError:
+            raise
         except Exception as exc:  # PIL raises OSError, SyntaxError, DecompressionBombError...
             raise ImageReadError("{}: PIL cannot read it ({})".format(path, exc))
 

@@ -224,7 +224,8 @@ def _check_serving(args):
     """Serving off loopback without a token is refused before the model loads (an engine
     build on a Nano can take minutes), as is an explicitly empty --token (it turned the
     token off, even with $ONCOLENS_TOKEN set); ``args.token`` becomes the token to use.
-    --audit-log and --trusted-proxy are checked as serve checks them."""
+    --audit-log and --trusted-proxy are checked as serve checks them, and the log opened
+    (when served) as serve opens it, before the model loads."""
     args.token = resolve_token(args.token)
     served = [(flag, address) for flag, address in (("--serve", args.serve),
                                                        ("output", args.output))
@@ -234,7 +235,7 @@ def _check_serving(args):
         from oncolens.appliance.web.live import parse_address
         for flag, address in served:
             require_token(parse_address(address, flag)[0], args.token, flag=flag)
-    check_audit_flags(args)
+    check_audit_flags(args, try_open=bool(served))
     if not served and (args.audit_log or args.trusted_proxy):
         log.warning("--audit-log and --trusted-proxy are used by --serve and http:// outputs "
                     "only: ignored")

@@ -119,7 +119,10 @@ def mode_problem(mode):
 
 
 def refusal(path, why):
-    return ImageReadError("{}: {}: not opened (expected an image file)".format(path, why))
+    """ImageReadError naming ``path``; ``why`` kept as its ``reason`` (data check's words)."""
+    exc = ImageReadError("{}: {}: not opened (expected an image file)".format(path, why))
+    exc.reason = why
+    return exc
 
 
 def check_format(path):
@@ -287,17 +290,21 @@ class LowBitsWarning(object):
     """One warning a run (one instance a run) for the first 16-bit PNG or TIFF read that uses
     only its low bits, as ``data check`` and train's image check detect them (a 12-bit
     camera's image: it decodes nearly black). Only files whose header says 16-bit are decoded
-    a second time, and none once it has warned; safe to call from several reading threads."""
+    a second time, and none once it has warned, nor one whose ordinary decoding (``decoded``,
+    when the caller has it) already reads brighter than a low-bits image can (``low_bits_peak``);
+    safe to call from several reading threads."""
 
     def __init__(self, logger=None):
         self.log = logger or log
         self.lock = threading.Lock()
         self.warned = False
 
-    def check(self, path, data):
+    def check(self, path, data, decoded=None):
+        """Warn (once) when ``data``, the file ``path``'s bytes (``decoded``: decode_image's
+        RGB of them, when at hand), is a low-bits 16-bit image."""
         if self.warned:
             return
-        peak = low_bits_peak(data)
+        peak = low_bits_peak(data, decoded)
         if peak is None:
             return
         with self.lock:

@@ -69,7 +69,7 @@ def load_item(index, path, relpath, preprocessor, keep_image=False, low_bits=Non
             data = fh.read()
         rgb = decode_image(data, path)
         if low_bits is not None:
-            low_bits.check(path, data)
+            low_bits.check(path, data, rgb)
         decoded = time.perf_counter()
         try:
             tensor = preprocessor(rgb)

@@ -181,7 +181,7 @@ class ImageFilesSource(Source):
         try:
             data = read_bytes(path)
             image, error = decode_image(data, path), None
-            self.low_bits.check(path, data)
+            self.low_bits.check(path, data, image)
             if self.flip != "none":
                 image = flip_image(image, self.flip)
         except ImageReadError as exc:

@@ -97,3 +97,27 @@ def test_http_output_opens_the_live_sink(tiny_bundle, tiny_data, tmp_path):
             sink.close()
     (record,) = _audit(audit)
     assert (record["client"], record["forwarded_for"]) == ("127.0.0.1", "192.0.2.7")
+
+
+
+def test_classify_serve_refuses_an_audit_log_it_cannot_open_before_the_model(tmp_path):
+    """serve opened its --audit-log before the model loaded, classify --serve only when its
+    server started, after it: a log that passes the path checks but cannot be opened (a
+    link into a missing folder) was reported after the model load. Now both at once, in
+    the same line (the model here does not exist: a later check would name it instead)."""
+    import cv2
+    import numpy as np
+    image, model = str(tmp_path / "x.png"), str(tmp_path / "no-model")
+    cv2.imwrite(image, np.zeros((8, 8, 3), np.uint8))
+    link = str(tmp_path / "audit.jsonl")
+    os.symlink(str(tmp_path / "missing" / "audit.jsonl"), link)
+    for audit, why in ((link, ": cannot open it for appending (No such file or directory)"),
+                       (str(tmp_path), " is a folder: expected a file name")):  # as before
+        line = "error: --audit-log {}{}".format(audit, why)
+        code, out, err = run_cli(["serve", "--model", model, "--port", 0, "--audit-log", audit])
+        assert code == 2 and err.strip() == "oncolens serve: " + line, err
+        for served in (["--serve", "127.0.0.1:0", image], [image, "http://127.0.0.1:0/"]):
+            code, out, err = run_cli(["classify", "--model", model, "--headless",
+                                      "--audit-log", audit] + served)
+            assert code == 2 and err.strip() == "oncolens classify: " + line, err
+    assert not os.path.exists(str(tmp_path / "missing"))

@@ -230,7 +230,8 @@ def _release(fifo):
     os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
 
 
-@pytest.mark.parametrize("reader", ["read_bytes", "load_item", "bench_image", "low_bits"])
+@pytest.mark.parametrize("reader", ["read_bytes", "load_item", "bench_image", "low_bits",
+                                    "describe_file", "naive_open"])
 def test_a_file_swapped_for_a_fifo_after_its_check_is_refused_without_waiting(
         tmp_path, monkeypatch, reader):
     """The readers looked at the path (stat) and then opened it by name: a file swapped for
@@ -238,14 +239,22 @@ def test_a_file_swapped_for_a_fifo_after_its_check_is_refused_without_waiting(
     the swap would pass it; the open itself must not wait, and the refusal is the same line."""
     from oncolens.appliance import imageio, pipeline
     from oncolens.appliance.errors import ImageReadError, UsageError
+    from oncolens.appliance.bench_naive import NaiveTorch
     from oncolens.appliance.web.bench import read_image_file
+    from oncolens.train import scan
+    from PIL import Image
     fifo = str(tmp_path / "pipe.png")
     os.mkfifo(fifo)
-    monkeypatch.setattr(imageio, "not_regular", lambda path: None)  # the swap came after it
+    for module in (imageio, scan):  # the swap came after the stat check
+        monkeypatch.setattr(module, "not_regular", lambda path: None)
+    naive = NaiveTorch.__new__(NaiveTorch)  # its image reading alone, no model loaded
+    naive.Image = Image
     calls = {"read_bytes": lambda: imageio.read_bytes(fifo),
              "load_item": lambda: pipeline.load_item(0, fifo, "pipe.png", None),
              "bench_image": lambda: read_image_file(fifo),
-             "low_bits": lambda: imageio.LowBitsWarning().scan([fifo])}
+             "low_bits": lambda: imageio.LowBitsWarning().scan([fifo]),
+             "describe_file": lambda: scan.describe_file(fifo),  # data check, as before
+             "naive_open": lambda: naive.open_image(fifo)}
     thread, got = _in_thread(calls[reader])
     if thread.is_alive():
         _release(fifo)
@@ -257,6 +266,8 @@ def test_a_file_swapped_for_a_fifo_after_its_check_is_refused_without_waiting(
         assert how == "returned" and what.error == refused and what.tensor is None
     elif reader == "low_bits":
         assert how == "returned" and what is None  # skipped: left to the caller's report
+    elif reader == "describe_file":  # data check's reason, as for a FIFO seen by its stat
+        assert how == "returned" and what == {"bytes": 0, "error": NOT_REGULAR}
     else:
         assert how == "raised" and str(what) == (
             "--image " if reader == "bench_image" else "") + refused
@@ -274,3 +285,11 @@ def test_a_regular_image_is_read_through_the_checked_descriptor(tmp_path):
     with open(image, "rb") as fh:
         assert read_bytes(str(tmp_path / "link.png")) == fh.read()
     assert read_image(image).shape == (5, 7, 3)
+    from PIL import Image
+    from oncolens.appliance.bench_naive import NaiveTorch
+    from oncolens.train.scan import describe_file
+    naive = NaiveTorch.__new__(NaiveTorch)
+    naive.Image = Image
+    assert naive.open_image(str(tmp_path / "link.png")).size == (7, 5)
+    info = describe_file(str(tmp_path / "link.png"))
+    assert (info["bytes"], info["mode"], info["width"]) == (os.path.getsize(image), "RGB", 7)

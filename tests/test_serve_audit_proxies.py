@@ -94,6 +94,14 @@ def test_malformed_trusted_proxies_are_refused_naming_the_flag(value, expected):
     ("10.0.0.8, 10.0.0.7", "10.0.0.8"),                         # a proxy's own request
     ("198.51.100.66, ::ffff:192.0.2.7, 10.0.0.7", "192.0.2.7"),
     ("2001:db8::5, 10.0.0.7", "2001:db8::5"),
+    ("192.0.2.7:5678, 10.0.0.7:443", "192.0.2.7"),              # with ports, as some send
+    ("[2001:db8::1]:443, 10.0.0.7", "2001:db8::1"),
+    ("[2001:db8::1], [::ffff:10.0.0.7]:80", "2001:db8::1"),
+    ("2001:db8::1", "2001:db8::1"),                             # bare IPv6: not host:port
+    ("192.0.2.7:http, 10.0.0.7", None),                         # a port that is no number
+    ("192.0.2.7:70000", None),
+    ("[2001:db8::1]x", None),
+    ("[2001:db8::1", None),
     ("192.0.2.7, forged, 10.0.0.7", None),    # the entry to take is no address
     ("192.0.2.7, , 10.0.0.7", None),
     ("", None),
@@ -129,6 +137,19 @@ def test_an_ipv6_client_keeps_its_ipv6_address(tmp_path):
         refused("::1", port, "v6-1", forwarded="2001:db8::5, 10.0.0.7")
     record = audit_lines(audit)["v6-1"]
     assert record["client"] == "::1" and record["forwarded_for"] == "2001:db8::5"
+
+
+def test_forwarded_entries_with_ports_are_read_through_a_trusted_proxy(tmp_path):
+    """Proxies that send ports (and brackets) gave a null forwarded_for: those entries
+    counted as no address, and the walk past trusted proxies stopped there."""
+    audit = str(tmp_path / "audit.jsonl")
+    with serving("127.0.0.1", audit, trusted_proxy=["127.0.0.1", "10.0.0.0/8"]) as port:
+        refused("127.0.0.1", port, "port-1", forwarded="198.51.100.66, 192.0.2.7:5678, "
+                                                      "10.0.0.7:443")
+        refused("127.0.0.1", port, "port-2", forwarded="[2001:db8::1]:443, [::ffff:10.0.0.7]")
+    records = audit_lines(audit)
+    assert records["port-1"]["forwarded_for"] == "192.0.2.7"
+    assert records["port-2"]["forwarded_for"] == "2001:db8::1"
 
 
 def test_an_untrusted_peer_never_gets_forwarded_for(tmp_path):

@@ -190,3 +190,31 @@ def test_low_bits_peak_from_the_decoded_image_keeps_its_threshold(tmp_path):
             data = fh.read()
         decoded = decode_image(data, path)
         assert low_bits_peak(data, decoded) == low_bits_peak(data) == expected, name
+
+
+def test_batch_and_classify_decode_a_full_range_16_bit_file_once(tiny_bundle, tmp_path,
+                                                                  monkeypatch, caplog):
+    """batch and classify decoded every 16-bit file a second time (as 16 bits) for the
+    low-bits warning. Now their ordinary decoding tells a full-range image (it reads above
+    16 somewhere) and only a nearly black one is read as 16 bits; the warning is unchanged."""
+    from oncolens.appliance import imageio
+    folder = str(tmp_path / "in")
+    os.makedirs(folder)
+    _twelve_bit(os.path.join(folder, "a_full.png"), peak=65535)  # read first: no second decode
+    _twelve_bit(os.path.join(folder, "b_cam.png"))
+    real, peaks = imageio.sixteen_bit_peak, []
+    monkeypatch.setattr(imageio, "sixteen_bit_peak",
+                        lambda data: peaks.append(real(data)) or peaks[-1])
+    caplog.set_level(logging.WARNING)
+    for argv in (["batch", folder, "--model", tiny_bundle, "--no-progress", "--workers", 0,
+                  "--results", tmp_path / "r.csv"],
+                 ["classify", "--model", tiny_bundle, "--headless", folder]):
+        del peaks[:]
+        caplog.clear()
+        code, out, err = run_cli(argv)
+        assert code == 0, err
+        assert peaks == [4095], argv[0]  # the low-bits file alone, decoded as 16 bits
+        warned = _low_bit_warnings(caplog)
+        assert len(warned) == 1 and warned[0].startswith(os.path.join(folder, "b_cam.png")), \
+            warned
+        assert "highest value 4095" in warned[0]

@@ -12,7 +12,7 @@ from oncolens.appliance.errors import ImageReadError, UsageError, not_a_folder, 
 from oncolens.appliance.imageio import (LOW_BITS_PEAK, check_format, is_ignored_name,
                                         is_image_file,
                                         is_unsupported_image, list_folders, not_regular,
-                                        real_folders, walk_files)
+                                        open_regular, real_folders, walk_files)
 from oncolens.train.phash import UnionFind, near_pairs, phash
 
 log = logging.getLogger(__name__)
@@ -93,12 +93,16 @@ def describe_file(path):
     why = not_regular(path)  # a FIFO named like an image: opening it would wait forever
     if why:
         return {"bytes": 0, "error": why}
-    info = {"bytes": os.path.getsize(path)}
+    try:  # read from the descriptor checked again: a file swapped for a FIFO is not waited on
+        with open_regular(path) as fh:
+            size = os.fstat(fh.fileno()).st_size
+            data = fh.read() if size else b""
+    except ImageReadError as exc:
+        return {"bytes": 0, "error": exc.reason}
+    info = {"bytes": size}
     if info["bytes"] == 0:
         info["error"] = "empty file"
         return info
-    with open(path, "rb") as fh:
-        data = fh.read()
     info["sha256"] = hashlib.sha256(data).hexdigest()
     if not is_image_file(path):
         try:

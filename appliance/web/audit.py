@@ -129,12 +129,29 @@ def add_audit_flags(parser):
                              "that is not a trusted proxy (off: the header is never trusted)")
 
 
-def check_audit_flags(args):
+def check_audit_flags(args, try_open=False):
     """--audit-log (a file that can be appended to) and --trusted-proxy (``trusted_proxies``):
-    UsageError naming the flag, before anything is loaded."""
+    UsageError naming the flag, before anything is loaded. ``try_open``: the log is also
+    opened for appending (and closed), as serve opens it before its model loads, so that a
+    path no check above tells (a link into a missing folder) fails as early, in serve's line."""
     if args.audit_log:
         check_output_file(args.audit_log, "--audit-log", overwrite=True)
+        if try_open:
+            open_audit_file(args.audit_log).close()
     trusted_proxies(args.trusted_proxy)
+
+
+def open_audit_file(path):
+    """``path`` opened for appending, its folder made if need be; UsageError naming
+    --audit-log when it cannot be."""
+    try:
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            os.makedirs(parent)
+        return io.open(path, "a", encoding="utf-8")
+    except (OSError, IOError) as exc:
+        raise UsageError("--audit-log {}: cannot open it for appending ({})".format(
+            path, exc.strerror or exc))
 
 
 def is_trusted(ip, proxies):
@@ -142,17 +159,34 @@ def is_trusted(ip, proxies):
     return ip is not None and any(ip in net for net in proxies)
 
 
+def forwarded_ip(entry):
+    """One X-Forwarded-For entry as ``parse_ip`` reads it, a port and brackets stripped, as
+    some proxies send them (``1.2.3.4:5678``, ``[2001:db8::1]:443``, ``[2001:db8::1]``); a
+    bare IPv6 address (``2001:db8::1``) is an address, never host:port. None when no IP."""
+    host, port = entry, None
+    if entry.startswith("["):
+        host, bracket, rest = entry[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            return None
+        port = rest[1:] if rest else None
+    elif entry.count(":") == 1:  # an IPv6 address has two colons at least
+        host, port = entry.split(":")
+    if port is not None and not (port.isdigit() and len(port) <= 5 and int(port) <= 65535):
+        return None
+    return parse_ip(host)
+
+
 def forwarded_client(header, proxies):
     """The client X-Forwarded-For names behind ``proxies``: its right-most entry that is not
     a trusted proxy (each proxy appends its own peer; the entries left of the first one no
     trusted proxy appended were written by the client, and may be forged), the left-most one
-    when every entry is a trusted proxy; None when that entry is no IP address or there is
-    no header."""
+    when every entry is a trusted proxy; None when that entry is no IP address (with or
+    without a port: ``forwarded_ip``) or there is no header."""
     entries = [part.strip() for part in (header or "").split(",")]
     if entries == [""]:
         return None
     for entry in reversed(entries):
-        ip = parse_ip(entry)
+        ip = forwarded_ip(entry)
         if ip is None:
             return None
         if not is_trusted(ip, proxies):
@@ -182,16 +216,7 @@ class AuditLog(object):
     def __init__(self, path=None):
         self.path = path
         self._lock = threading.Lock()
-        self._fh = None
-        if path:
-            try:
-                parent = os.path.dirname(os.path.abspath(path))
-                if not os.path.isdir(parent):
-                    os.makedirs(parent)
-                self._fh = io.open(path, "a", encoding="utf-8")
-            except (OSError, IOError) as exc:
-                raise UsageError("--audit-log {}: cannot open it for appending ({})".format(
-                    path, exc.strerror or exc))
+        self._fh = open_audit_file(path) if path else None
 
     def write(self, request_id, status, input_sha256=None, model_sha256=None, label=None,
               confidence=None, request=None):
