@@ -15,7 +15,7 @@ import time
 from oncolens.appliance.batch_copies import EarlierCopies
 from oncolens.appliance.errors import ImageWriteError, UsageError, plural
 from oncolens.appliance.evaluation import input_folder, truth_of
-from oncolens.appliance.imageio import LowBitsWarning
+from oncolens.appliance.lowbits import LowBitsWarning
 from oncolens.appliance.pipeline import batched, iter_image_files, prefetch, window
 from oncolens.appliance.results import ResultsWriter, done_paths, path_key
 

@@ -16,7 +16,7 @@ from oncolens.appliance.backends import open_backend
 from oncolens.appliance.benchstats import gpu_info, latency_ms, loadavg, machine_info, shares
 from oncolens.appliance.device_preprocess import stack_inputs
 from oncolens.appliance.errors import MissingDependency, OncoLensError, plural
-from oncolens.appliance.imageio import LowBitsWarning
+from oncolens.appliance.lowbits import LowBitsWarning
 from oncolens.appliance.pipeline import batched, prefetch, window
 from oncolens.appliance.postprocess import top_k
 from oncolens.appliance.preprocess import Preprocessor

@@ -61,7 +61,7 @@ def iter_image_files(uri, counts=None, exclude=None):
 
 def load_item(index, path, relpath, preprocessor, keep_image=False, low_bits=None):
     """Read, decode and preprocess one file; a failure becomes an Item with ``error``.
-    ``low_bits``: an imageio.LowBitsWarning that sees each decoded file's bytes."""
+    ``low_bits``: a lowbits.LowBitsWarning that sees each decoded file's bytes."""
     started = time.perf_counter()
     try:
         check_format(path)

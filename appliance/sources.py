@@ -18,8 +18,9 @@ import time
 
 from oncolens.appliance import gst
 from oncolens.appliance.errors import ImageReadError, MissingDependency, OncoLensError, UsageError
-from oncolens.appliance.imageio import (LowBitsWarning, decode_image, is_image_file,
-                                        is_unsupported_image, read_bytes, walk_files)
+from oncolens.appliance.imageio import (decode_image, is_image_file, is_unsupported_image,
+                                        read_bytes, walk_files)
+from oncolens.appliance.lowbits import LowBitsWarning
 from oncolens.appliance.outpaths import inside
 
 log = logging.getLogger(__name__)

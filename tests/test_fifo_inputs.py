@@ -237,7 +237,7 @@ def test_a_file_swapped_for_a_fifo_after_its_check_is_refused_without_waiting(
     """The readers looked at the path (stat) and then opened it by name: a file swapped for
     a FIFO between the two blocked the open for ever. The stat check is taken away here, as
     the swap would pass it; the open itself must not wait, and the refusal is the same line."""
-    from oncolens.appliance import imageio, pipeline
+    from oncolens.appliance import imageio, lowbits, pipeline
     from oncolens.appliance.errors import ImageReadError, UsageError
     from oncolens.appliance.bench_naive import NaiveTorch
     from oncolens.appliance.web.bench import read_image_file
@@ -245,14 +245,14 @@ def test_a_file_swapped_for_a_fifo_after_its_check_is_refused_without_waiting(
     from PIL import Image
     fifo = str(tmp_path / "pipe.png")
     os.mkfifo(fifo)
-    for module in (imageio, scan):  # the swap came after the stat check
+    for module in (imageio, lowbits, scan):  # the swap came after the stat check
         monkeypatch.setattr(module, "not_regular", lambda path: None)
     naive = NaiveTorch.__new__(NaiveTorch)  # its image reading alone, no model loaded
     naive.Image = Image
     calls = {"read_bytes": lambda: imageio.read_bytes(fifo),
              "load_item": lambda: pipeline.load_item(0, fifo, "pipe.png", None),
              "bench_image": lambda: read_image_file(fifo),
-             "low_bits": lambda: imageio.LowBitsWarning().scan([fifo]),
+             "low_bits": lambda: lowbits.LowBitsWarning().scan([fifo]),
              "describe_file": lambda: scan.describe_file(fifo),  # data check, as before
              "naive_open": lambda: naive.open_image(fifo)}
     thread, got = _in_thread(calls[reader])

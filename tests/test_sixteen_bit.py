@@ -23,7 +23,8 @@ def _twelve_bit(path, peak=4095, channels=1):
 
 
 def test_sixteen_bit_peak_reads_the_header_then_the_samples(tmp_path):
-    from oncolens.appliance.imageio import read_image, sixteen_bit, sixteen_bit_peak
+    from oncolens.appliance.imageio import read_image
+    from oncolens.appliance.lowbits import sixteen_bit, sixteen_bit_peak
     for name, channels in (("a.png", 1), ("b.tif", 1), ("c.png", 3), ("d.tif", 3)):
         path = str(tmp_path / name)
         _twelve_bit(path, channels=channels)
@@ -158,13 +159,13 @@ def test_serve_decodes_a_full_range_16_bit_upload_once(tiny_bundle, tmp_path, mo
     only a nearly black one is read as 16 bits, for the warning's exact highest value."""
     import json
     from serve_util import read, request, running
-    from oncolens.appliance import imageio
+    from oncolens.appliance import lowbits
     from oncolens.appliance.classifier import Classifier
     low, full = str(tmp_path / "cam.png"), str(tmp_path / "full.png")
     _twelve_bit(low)
     _twelve_bit(full, peak=65535)
-    real, peaks = imageio.sixteen_bit_peak, []
-    monkeypatch.setattr(imageio, "sixteen_bit_peak",
+    real, peaks = lowbits.sixteen_bit_peak, []
+    monkeypatch.setattr(lowbits, "sixteen_bit_peak",
                         lambda data: peaks.append(real(data)) or peaks[-1])
     with Classifier.open(tiny_bundle, backend="onnxruntime") as clf, running(clf) as (url, _):
         ordinary = json.loads(request(url, "/classify", "POST", read(full)).body.decode("utf-8"))
@@ -180,7 +181,8 @@ def test_low_bits_peak_from_the_decoded_image_keeps_its_threshold(tmp_path):
     """Grey 16-bit images read as their top 8 bits, RGB TIFFs round v / 257: either way a
     peak of 4095 reads as 16 at most (still warned), and 4096..4240 as 16 too, which the
     16-bit reading then tells apart (no warning)."""
-    from oncolens.appliance.imageio import decode_image, low_bits_peak
+    from oncolens.appliance.imageio import decode_image
+    from oncolens.appliance.lowbits import low_bits_peak
     for name, peak, channels, expected in [("a.png", 4095, 1, 4095), ("b.tif", 4095, 3, 4095),
                                            ("c.tif", 4240, 3, None), ("d.png", 4096, 3, None),
                                            ("e.tif", 65535, 1, None)]:
@@ -197,13 +199,13 @@ def test_batch_and_classify_decode_a_full_range_16_bit_file_once(tiny_bundle, tm
     """batch and classify decoded every 16-bit file a second time (as 16 bits) for the
     low-bits warning. Now their ordinary decoding tells a full-range image (it reads above
     16 somewhere) and only a nearly black one is read as 16 bits; the warning is unchanged."""
-    from oncolens.appliance import imageio
+    from oncolens.appliance import lowbits
     folder = str(tmp_path / "in")
     os.makedirs(folder)
     _twelve_bit(os.path.join(folder, "a_full.png"), peak=65535)  # read first: no second decode
     _twelve_bit(os.path.join(folder, "b_cam.png"))
-    real, peaks = imageio.sixteen_bit_peak, []
-    monkeypatch.setattr(imageio, "sixteen_bit_peak",
+    real, peaks = lowbits.sixteen_bit_peak, []
+    monkeypatch.setattr(lowbits, "sixteen_bit_peak",
                         lambda data: peaks.append(real(data)) or peaks[-1])
     caplog.set_level(logging.WARNING)
     for argv in (["batch", folder, "--model", tiny_bundle, "--no-progress", "--workers", 0,

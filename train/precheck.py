@@ -8,7 +8,8 @@ import os
 
 from oncolens.appliance.bundle import LABELS_TXT
 from oncolens.appliance.errors import ImageReadError, UsageError, plural, reason_of
-from oncolens.appliance.imageio import decode_image, list_folders, read_bytes, sixteen_bit_peak
+from oncolens.appliance.imageio import decode_image, list_folders, read_bytes
+from oncolens.appliance.lowbits import sixteen_bit_peak
 from oncolens.train.data import class_counts, list_samples
 from oncolens.train.scan import LOW_BITS_PEAK, low_bits_warning
 

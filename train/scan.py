@@ -9,10 +9,10 @@ import os
 import numpy as np
 
 from oncolens.appliance.errors import ImageReadError, UsageError, not_a_folder, plural
-from oncolens.appliance.imageio import (LOW_BITS_PEAK, check_format, is_ignored_name,
-                                        is_image_file,
+from oncolens.appliance.imageio import (check_format, is_ignored_name, is_image_file,
                                         is_unsupported_image, list_folders, not_regular,
                                         open_regular, real_folders, walk_files)
+from oncolens.appliance.lowbits import LOW_BITS_PEAK
 from oncolens.train.phash import UnionFind, near_pairs, phash
 
 log = logging.getLogger(__name__)

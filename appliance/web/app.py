@@ -15,7 +15,7 @@ import uuid
 
 from oncolens import __version__
 from oncolens.appliance.errors import MissingDependency, UsageError
-from oncolens.appliance.imageio import low_bits_peak
+from oncolens.appliance.lowbits import low_bits_peak
 from oncolens.appliance.preprocess import resize_geometry
 from oncolens.appliance.web.audit import AuditLog, client_field, request_fields, trusted_proxies
 from oncolens.appliance.web.auth import token_ok

@@ -11,7 +11,8 @@ import logging
 import time
 from urllib.parse import parse_qs, quote
 
-from oncolens.appliance.imageio import MAX_SIDE, encode_image, low_bits_advice
+from oncolens.appliance.imageio import MAX_SIDE, encode_image
+from oncolens.appliance.lowbits import low_bits_advice
 from oncolens.appliance.overlay import draw_lines
 from oncolens.appliance.postprocess import overlay_text
 from oncolens.appliance.web.queue import QueueFull
