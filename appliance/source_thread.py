@@ -63,8 +63,9 @@ class SourceThread(object):
 
     def finish(self, close, grace):
         """``close()`` in the thread once it is free, then the thread ends; True when that
-        happened within ``grace`` seconds, False when a call still blocks it (the source is
-        left as it is: closing it under a read could crash the process)."""
+        happened, False when a call still blocks it ``grace`` seconds after the stop (the
+        source is left as it is: closing it under a read could crash the process). Without
+        a stop the close is waited for, however long it takes, until a stop comes."""
         def closing():
             try:
                 close()
@@ -76,5 +77,7 @@ class SourceThread(object):
             return True
         self.requests.put(closing)
         self.requests.put(None)
+        while self.thread.is_alive() and not self.stop.is_set():
+            self.thread.join(self.poll)  # a slow close of a source that ended: waited for
         self.thread.join(grace)  # bounded: a read that never returns is not waited for
         return not self.thread.is_alive()
