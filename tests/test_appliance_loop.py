@@ -399,3 +399,25 @@ def test_a_slow_close_after_the_source_ends_is_waited_for(tiny_bundle, caplog):
     assert stats.frames == 3 and not loop.stopping
     assert source.closed
     assert "has not returned" not in caplog.text
+
+
+def test_a_source_thread_answers_calls_after_it_finished():
+    """finish() ended the thread but left it named as running, and the close's answer in
+    the queue: a later call (the same LiveLoop run again) took that answer (None) for its
+    own, and the next was queued for no one and waited for ever, or until a stop. A call
+    after finish() now starts a thread of its own, and a second finish closes again."""
+    from oncolens.appliance.source_thread import STOPPED, SourceThread
+    stop, closes = threading.Event(), []
+    reader = SourceThread(stop, poll=0.05)
+    assert reader.call(lambda: 1) == 1
+    assert reader.finish(lambda: closes.append(1), 5.0) and closes == [1]
+    guard = threading.Timer(30.0, stop.set)  # a guard against a hang, not a timing
+    guard.daemon = True
+    guard.start()
+    try:
+        assert reader.call(lambda: 2) == 2
+        assert reader.finish(lambda: closes.append(2), 5.0) and closes == [1, 2]
+    finally:
+        guard.cancel()
+    stop.set()
+    assert reader.call(lambda: 3) is STOPPED
