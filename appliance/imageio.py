@@ -9,7 +9,8 @@ import struct
 import numpy as np
 
 from oncolens.appliance.cvlog import _quiet_opencv, _silent_opencv
-from oncolens.appliance.errors import ImageReadError, ImageWriteError, OncoLensError
+from oncolens.appliance.errors import (ImageReadError, ImageWriteError, OncoLensError,
+                                       os_error_line)
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +294,6 @@ def write_image(path, rgb, quality=92):
 def _write_reason(exc):
     """Why a write failed, naming the file that stands where a folder must go (makedirs'
     'File exists' or 'Not a directory' say it less plainly)."""
-    from oncolens.appliance.errors import os_error_line
     if exc.errno in (errno.EEXIST, errno.ENOTDIR) and exc.filename:
         parent = str(exc.filename)
         while parent and not os.path.exists(parent):
