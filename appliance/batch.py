@@ -124,16 +124,7 @@ def run_batch(clf, uri, results=None, annotate=None, batch_size=8, workers=2, re
     backend = clf.backend.name
     precision = getattr(clf.backend, "precision", "fp32")
     sha = clf.bundle.model_sha256 or ""
-    annotator = copies = None
-    if annotate:
-        # --resume of a results file that holds nothing yet continues no run: another run's
-        # copies in the folder are not this run's to replace
-        going_on = resume and bool(results) and os.path.isfile(results) and os.path.getsize(
-            results) > 0
-        _check_annotate_dir(annotate, going_on, overwrite)
-        annotator = Annotator(annotate, overwrite or going_on)
-        if overwrite and not going_on:  # the earlier run's copies go with its results
-            copies = EarlierCopies(annotate, input_folder(uri))
+    annotator, copies = _annotating(annotate, uri, results, resume, overwrite)
     input_name = os.path.basename(os.path.abspath(input_folder(uri)))
     counts = collections.Counter()
     found = image_files(uri, counts, exclude=annotate)  # before the results file is made
@@ -154,9 +145,9 @@ def run_batch(clf, uri, results=None, annotate=None, batch_size=8, workers=2, re
                          input_name=input_name) for item in failed]
             for item in failed:
                 log.error("%s", item.error)
-            if good:
-                rows.extend(_classify(clf, good, labels, annotator, backend, precision, sha,
-                                      input_name))
+            classified = _classify(clf, good, labels, annotator, backend, precision, sha,
+                                   input_name) if good else []
+            rows.extend(classified)
             for row in rows:
                 if writer is not None:
                     writer.write(row)
@@ -164,7 +155,8 @@ def run_batch(clf, uri, results=None, annotate=None, batch_size=8, workers=2, re
                     on_row(row)
             if writer is not None:
                 writer.flush()
-            unwritten = sum(1 for row in rows if row["error"]) - len(failed)  # copies
+            # classified, but the annotated copy not written: a failure (its row says so)
+            unwritten = sum(1 for row in classified if row["error"])
             counts["classified"] += len(good) - unwritten
             counts["failed"] += len(failed) + unwritten
             bar.update(len(good) + len(failed))
@@ -178,6 +170,22 @@ def run_batch(clf, uri, results=None, annotate=None, batch_size=8, workers=2, re
                     plural(len(skip), "file"), results, uri)
     return Summary(counts["classified"], counts["failed"], counts["skipped"], counts["ignored"],
                    time.time() - started)
+
+
+def _annotating(annotate, uri, results, resume, overwrite):
+    """(the Annotator writing copies under ``annotate``, the EarlierCopies that go first),
+    each None where it has nothing to do."""
+    if not annotate:
+        return None, None
+    # --resume of a results file that holds nothing yet continues no run: another run's
+    # copies in the folder are not this run's to replace
+    going_on = resume and bool(results) and os.path.isfile(results) and os.path.getsize(
+        results) > 0
+    _check_annotate_dir(annotate, going_on, overwrite)
+    copies = None
+    if overwrite and not going_on:  # the earlier run's copies go with its results
+        copies = EarlierCopies(annotate, input_folder(uri))
+    return Annotator(annotate, overwrite or going_on), copies
 
 
 def _open_results(results, labels, resume, overwrite, sha, precision, backend, lock=None,

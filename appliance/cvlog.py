@@ -1,4 +1,4 @@
-"""OpenCV's log level lowered while images decode or encode, across threads (imageio)."""
+"""OpenCV's log level lowered while images decode or encode, across threads (imageio, lowbits)."""
 import threading
 
 
@@ -47,5 +47,5 @@ class _QuietOpenCV(object):
         return False
 
 
-_quiet_opencv = _QuietOpenCV()
-_silent_opencv = _QuietOpenCV("LOG_LEVEL_SILENT")  # encoding: its only errors are ours to say
+quiet_opencv = _QuietOpenCV()
+silent_opencv = _QuietOpenCV("LOG_LEVEL_SILENT")  # encoding: its only errors are ours to say

@@ -8,8 +8,9 @@ import struct
 
 import numpy as np
 
-from oncolens.appliance.cvlog import _quiet_opencv, _silent_opencv
-from oncolens.appliance.errors import ImageReadError, ImageWriteError, OncoLensError
+from oncolens.appliance.cvlog import quiet_opencv, silent_opencv
+from oncolens.appliance.errors import (ImageReadError, ImageWriteError, OncoLensError,
+                                       os_error_line)
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +177,7 @@ def decode_image(data, origin="<bytes>"):
     if not data:
         raise ImageReadError("{}: empty file".format(origin))
     buf = np.frombuffer(data, dtype=np.uint8)
-    with _quiet_opencv:
+    with quiet_opencv:
         img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if img is None or img.size == 0:
         if tiff_float(data):
@@ -234,7 +235,7 @@ def encode_image(rgb, ext=".jpg", quality=92):
     import cv2
     params = [int(cv2.IMWRITE_JPEG_QUALITY), int(quality)] if ext.lower() in (".jpg", ".jpeg") else []
     ok, buf = False, None
-    with _silent_opencv:  # its own ERROR lines would repeat the one below, less clearly
+    with silent_opencv:  # its own ERROR lines would repeat the one below, less clearly
         try:
             ok, buf = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
         except cv2.error:
@@ -293,7 +294,6 @@ def write_image(path, rgb, quality=92):
 def _write_reason(exc):
     """Why a write failed, naming the file that stands where a folder must go (makedirs'
     'File exists' or 'Not a directory' say it less plainly)."""
-    from oncolens.appliance.errors import os_error_line
     if exc.errno in (errno.EEXIST, errno.ENOTDIR) and exc.filename:
         parent = str(exc.filename)
         while parent and not os.path.exists(parent):

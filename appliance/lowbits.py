@@ -7,7 +7,7 @@ import threading
 
 import numpy as np
 
-from oncolens.appliance.cvlog import _quiet_opencv
+from oncolens.appliance.cvlog import quiet_opencv
 from oncolens.appliance.errors import ImageReadError
 from oncolens.appliance.imageio import not_regular, open_regular, tiff_tags
 
@@ -34,7 +34,7 @@ def sixteen_bit_peak(data):
     if not sixteen_bit(data):
         return None
     import cv2
-    with _quiet_opencv:
+    with quiet_opencv:
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None or img.dtype != np.uint16 or img.size == 0:
         return None

@@ -13,9 +13,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from oncolens.appliance.errors import ImageReadError
-from oncolens.appliance.imageio import (IMAGE_EXTENSIONS, UNSUPPORTED_EXTENSIONS, check_format,
-                                        decode_image, is_image_file, open_regular,
-                                        walk_files)
+from oncolens.appliance.imageio import (IMAGE_EXTENSIONS, UNSUPPORTED_EXTENSIONS, decode_image,
+                                        is_image_file, read_bytes, walk_files)
 from oncolens.appliance.sources import list_images
 
 log = logging.getLogger(__name__)
@@ -64,9 +63,7 @@ def load_item(index, path, relpath, preprocessor, keep_image=False, low_bits=Non
     ``low_bits``: a lowbits.LowBitsWarning that sees each decoded file's bytes."""
     started = time.perf_counter()
     try:
-        check_format(path)
-        with open_regular(path) as fh:
-            data = fh.read()
+        data = read_bytes(path)  # check_format, then read from the descriptor checked again
         rgb = decode_image(data, path)
         if low_bits is not None:
             low_bits.check(path, data, rgb)

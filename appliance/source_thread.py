@@ -20,25 +20,27 @@ class SourceThread(object):
 
     def __init__(self, stop, poll=0.2):
         self.stop, self.poll = stop, float(poll)
-        self.requests = queue.Queue()
-        self.answers = queue.Queue()
+        self.requests = self.answers = None  # the running thread's (_start)
         self.thread = None
         self.waiting = 0  # calls whose answer was not waited for (the stop came first)
 
-    def _run(self):
+    @staticmethod
+    def _run(requests, answers):
         while True:
-            func = self.requests.get()
+            func = requests.get()
             if func is None:
                 return
             try:
                 answer = (True, func())
             except BaseException as exc:  # raised again in the caller's thread
                 answer = (False, exc)
-            self.answers.put(answer)
+            answers.put(answer)
 
     def _start(self):
-        if self.thread is None:
-            self.thread = threading.Thread(target=self._run, name="oncolens-source")
+        if self.thread is None:  # queues of its own: none of an earlier thread's answers
+            self.requests, self.answers = queue.Queue(), queue.Queue()
+            self.thread = threading.Thread(target=self._run, name="oncolens-source",
+                                           args=(self.requests, self.answers))
             self.thread.daemon = True  # a read blocked for ever does not keep the process
             self.thread.start()
 
@@ -63,18 +65,22 @@ class SourceThread(object):
 
     def finish(self, close, grace):
         """``close()`` in the thread once it is free, then the thread ends; True when that
-        happened within ``grace`` seconds, False when a call still blocks it (the source is
-        left as it is: closing it under a read could crash the process)."""
+        happened, False when a call still blocks it ``grace`` seconds after the stop (the
+        source is left as it is: closing it under a read could crash the process). Without
+        a stop the close is waited for, however long it takes, until a stop comes."""
         def closing():
             try:
                 close()
             except Exception as exc:  # the outputs are closed already: say it, go on
                 log.error("closing: %s", exc)
 
-        if self.thread is None:  # never opened through it
+        if self.thread is None:  # never opened through it (or finished already)
             closing()
             return True
+        thread, self.thread = self.thread, None  # a later call starts a thread of its own
         self.requests.put(closing)
         self.requests.put(None)
-        self.thread.join(grace)  # bounded: a read that never returns is not waited for
-        return not self.thread.is_alive()
+        while thread.is_alive() and not self.stop.is_set():
+            thread.join(self.poll)  # a slow close of a source that ended: waited for
+        thread.join(grace)  # bounded: a read that never returns is not waited for
+        return not thread.is_alive()

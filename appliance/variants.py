@@ -98,11 +98,11 @@ def dynamic_batch(bundle):
     if not os.path.isfile(dst):
         try:
             model = _dynamic_batch_model(src)
-        except BundleError:  # nothing to write: leave no empty variants/ folder behind
+            replace_file(dst, lambda tmp: _onnx().save(model, tmp))
+        except BaseException:  # not a model, a full disk: leave no empty variants/ behind
             folder = os.path.dirname(dst)
             drop_empty_folders([folder], os.path.dirname(folder))
             raise
-        replace_file(dst, lambda tmp: _onnx().save(model, tmp))
         log.info("wrote a dynamic-batch copy %s", dst)
     copy = with_model(bundle, dst)
     copy._sha = bundle.model_sha256  # same weights: results name the exported file's checksum

@@ -350,18 +350,18 @@ def test_opencv_log_level_is_restored_when_decoding_and_encoding_overlap():
     first: the quietest level wanted holds while both run, and the user's level comes back
     after the last one (each used to restore its own saved level: WARN stayed silenced)."""
     import cv2
-    from oncolens.appliance.cvlog import _quiet_opencv, _silent_opencv
+    from oncolens.appliance.cvlog import quiet_opencv, silent_opencv
     logging = cv2.utils.logging
     before = logging.getLogLevel()
     logging.setLogLevel(logging.LOG_LEVEL_INFO)
     try:
-        _quiet_opencv.__enter__()
+        quiet_opencv.__enter__()
         assert logging.getLogLevel() == logging.LOG_LEVEL_ERROR
-        _silent_opencv.__enter__()
+        silent_opencv.__enter__()
         assert logging.getLogLevel() == logging.LOG_LEVEL_SILENT
-        _quiet_opencv.__exit__(None, None, None)
+        quiet_opencv.__exit__(None, None, None)
         assert logging.getLogLevel() == logging.LOG_LEVEL_SILENT
-        _silent_opencv.__exit__(None, None, None)
+        silent_opencv.__exit__(None, None, None)
         assert logging.getLogLevel() == logging.LOG_LEVEL_INFO
     finally:
         logging.setLogLevel(before)

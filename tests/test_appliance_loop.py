@@ -371,3 +371,53 @@ def test_looping_a_folder_of_broken_files_ends(tiny_bundle, tmp_path, caplog):
                          notifier=FakeNotifier()).run()
     assert stats.frames == 0 and stats.failed == 2
     assert "no readable image in a whole pass" in caplog.text
+
+
+def test_a_slow_close_after_the_source_ends_is_waited_for(tiny_bundle, caplog):
+    """The 2 s given to a source after a stop was given to every close: a camera or stream
+    whose close takes longer (a GStreamer pipeline's teardown) was left half closed at the
+    end of an ordinary run, with a warning of a read blocked 'after the stop' there never
+    was. With no stop, the close is waited for, as it was before the source had a thread."""
+    import logging
+    import time
+    from oncolens.appliance.classifier import Classifier
+    from oncolens.appliance.loop import LiveLoop
+
+    class SlowClose(FlakySource):
+        closed = False
+
+        def close(self):
+            time.sleep(0.3)  # far past the grace below, not a timing of anything
+            self.closed = True
+
+    source = SlowClose(drop_at=99, total=3, timeout_at=99)
+    with Classifier.open(tiny_bundle) as clf:
+        loop = LiveLoop(clf, source, [ListSink()], notifier=FakeNotifier())
+        loop.source_grace = 0.0
+        with caplog.at_level(logging.WARNING):
+            stats = loop.run()
+    assert stats.frames == 3 and not loop.stopping
+    assert source.closed
+    assert "has not returned" not in caplog.text
+
+
+def test_a_source_thread_answers_calls_after_it_finished():
+    """finish() ended the thread but left it named as running, and the close's answer in
+    the queue: a later call (the same LiveLoop run again) took that answer (None) for its
+    own, and the next was queued for no one and waited for ever, or until a stop. A call
+    after finish() now starts a thread of its own, and a second finish closes again."""
+    from oncolens.appliance.source_thread import STOPPED, SourceThread
+    stop, closes = threading.Event(), []
+    reader = SourceThread(stop, poll=0.05)
+    assert reader.call(lambda: 1) == 1
+    assert reader.finish(lambda: closes.append(1), 5.0) and closes == [1]
+    guard = threading.Timer(30.0, stop.set)  # a guard against a hang, not a timing
+    guard.daemon = True
+    guard.start()
+    try:
+        assert reader.call(lambda: 2) == 2
+        assert reader.finish(lambda: closes.append(2), 5.0) and closes == [1, 2]
+    finally:
+        guard.cancel()
+    stop.set()
+    assert reader.call(lambda: 3) is STOPPED

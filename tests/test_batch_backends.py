@@ -47,6 +47,24 @@ def test_a_damaged_onnx_is_one_line_and_leaves_no_variants_folder(tiny_bundle, t
     assert not os.path.exists(os.path.join(model, "variants"))
 
 
+def test_a_failed_write_of_the_dynamic_batch_copy_leaves_no_variants_folder(
+        tiny_bundle, tmp_path, monkeypatch):
+    """A full disk (or a refused permission) while the copy is written left the variants/
+    folder made for it behind, empty, as a damaged ONNX did before it was one line."""
+    import onnx
+    from oncolens.appliance.bundle import load_bundle
+    from oncolens.appliance.variants import dynamic_batch
+    model = str(tmp_path / "model")
+    shutil.copytree(tiny_bundle, model, ignore=shutil.ignore_patterns("variants"))
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(onnx, "save", full)
+    with pytest.raises(OSError):
+        dynamic_batch(load_bundle(model))
+    assert not os.path.exists(os.path.join(model, "variants"))
+
+
 def _read_only_copy(tiny_bundle, tmp_path, with_variants):
     from oncolens.appliance.bundle import load_bundle
     from oncolens.appliance.variants import dynamic_batch

@@ -33,6 +33,16 @@ def _refusal(tmp_path, name):
     return message
 
 
+def _opencv_listing(monkeypatch, listed):
+    """An OpenCV whose writer backends are ``listed`` (by name) and whose writer fails."""
+    import cv2
+    codes = {"FFMPEG": cv2.CAP_FFMPEG, "GSTREAMER": cv2.CAP_GSTREAMER,
+             "CV_IMAGES": cv2.CAP_IMAGES, "CV_MJPEG": cv2.CAP_OPENCV_MJPEG}
+    monkeypatch.setattr(cv2.videoio_registry, "getWriterBackends",
+                        lambda: [codes[n] for n in listed])
+    monkeypatch.setattr(cv2, "VideoWriter", _FailingWriter)
+
+
 @pytest.mark.parametrize("listed, name, expected", [
     (["FFMPEG", "CV_IMAGES", "CV_MJPEG"], "out.mp4", [".avi", ".mkv"]),
     (["FFMPEG", "CV_IMAGES", "CV_MJPEG"], "out.avi", [".m4v", ".mov", ".mp4"]),
@@ -44,12 +54,7 @@ def _refusal(tmp_path, name):
 ])
 def test_the_suggested_types_are_those_the_writer_backends_can_write(tmp_path, monkeypatch,
                                                                     listed, name, expected):
-    import cv2
-    codes = {"FFMPEG": cv2.CAP_FFMPEG, "GSTREAMER": cv2.CAP_GSTREAMER,
-             "CV_IMAGES": cv2.CAP_IMAGES, "CV_MJPEG": cv2.CAP_OPENCV_MJPEG}
-    monkeypatch.setattr(cv2.videoio_registry, "getWriterBackends",
-                        lambda: [codes[n] for n in listed])
-    monkeypatch.setattr(cv2, "VideoWriter", _FailingWriter)
+    _opencv_listing(monkeypatch, listed)
     message = _refusal(tmp_path, name)
     assert _suggested(message) == expected, message
     assert IMAGES in message  # written by any OpenCV
@@ -77,12 +82,7 @@ def test_the_line_says_a_type_needs_an_ffmpeg_or_gstreamer_opencv(tmp_path, monk
                                                                     listed, name, needs):
     """Where OpenCV has no FFMPEG (a build with its own MJPEG writer alone), .mkv, .mp4, .m4v
     and .mov cannot be written: the line named .avi instead but not why .mkv failed."""
-    import cv2
-    codes = {"FFMPEG": cv2.CAP_FFMPEG, "GSTREAMER": cv2.CAP_GSTREAMER,
-             "CV_IMAGES": cv2.CAP_IMAGES, "CV_MJPEG": cv2.CAP_OPENCV_MJPEG}
-    monkeypatch.setattr(cv2.videoio_registry, "getWriterBackends",
-                        lambda: [codes[n] for n in listed])
-    monkeypatch.setattr(cv2, "VideoWriter", _FailingWriter)
+    _opencv_listing(monkeypatch, listed)
     message = _refusal(tmp_path, name)
     said = "nothing written (writing {} needs an FFMPEG or GStreamer video writer in OpenCV, " \
         "and this one has neither: ".format(name[4:])
