@@ -275,8 +275,8 @@ def write_image(path, rgb, quality=92):
     ext = os.path.splitext(path)[1] or ".jpg"
     try:
         data = encode_image(rgb, ext, quality)
-    except OncoLensError as exc:
-        raise OncoLensError("{}: {}".format(path, exc))
+    except OncoLensError as exc:  # as a failed write: batch records it on the image's row
+        raise ImageWriteError("{}: {}".format(path, exc))
     parent = os.path.dirname(path)
     tmp = path + ".part"
     try:

@@ -119,6 +119,11 @@ def test_write_image_names_what_stands_where_a_folder_goes(tmp_path):
     assert str(err.value) == "{}: cannot write it ({} is a file, not a folder)".format(
         target, tmp_path / "a")
     assert sorted(os.listdir(str(tmp_path))) == ["a"]
+    wide = str(tmp_path / "wide.jpg")  # a JPEG holds 65500 pixels a side at most
+    with pytest.raises(ImageWriteError) as err:
+        write_image(wide, np.zeros((1, 65501, 3), np.uint8))
+    assert str(err.value).startswith(wide + ": cannot encode a 65501x1 image as .jpg")
+    assert not os.path.exists(wide)
 
 
 def test_annotated_copies_inside_the_input_are_not_classified(tiny_bundle, tiny_data, tmp_path):
