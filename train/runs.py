@@ -72,7 +72,10 @@ def resumed_stop(args, epoch, best_epoch, clock):
     where it names none, and its ``clock``) has no epoch left to train, by the rules that
     ended each epoch of its run (``stop_reason``): "epochs", "patience", "time-limit", or
     None where it trains on. Decided from the checkpoint alone, so the check made before
-    anything is written and the loop give the same answer."""
+    anything is written (outputs) and the loop give the same answer; only --patience may
+    differ, where adopt_best believed a model_best of another epoch than the checkpoint's
+    best (the loop counts from that one) or dropped the best (the check has refused that
+    run already when this says it has no epoch left)."""
     epoch = int(epoch or 0)
     if epoch >= args.epochs:
         return "epochs"
