@@ -279,20 +279,19 @@ def main(argv):
                           output_blob=args.output_blob, backend=args.backend, top=args.topk,
                           threshold=args.threshold, policy=args.preprocess,
                           precision=args.precision)
+    web = {"classifier": clf, "token": args.token, "audit_log": args.audit_log,
+           "trusted_proxy": args.trusted_proxy}
     with clf:
         sink = open_sink(output, overwrite=args.overwrite, rate=args.input_rate,
                          codec=args.output_codec, bitrate=args.bitrate,
                          encoder=args.output_encoder, save=args.output_save,
                          jetson_utils=False if args.no_jetson_utils else None,
-                         classifier=clf, token=args.token, audit_log=args.audit_log,
-                         trusted_proxy=args.trusted_proxy,
-                         inputs=[path for path, _ in getattr(source, "files", None) or ()])
+                         inputs=[path for path, _ in getattr(source, "files", None) or ()],
+                         **web)
         sinks = [sink]
         if args.serve:
             from oncolens.appliance.web.live import open_live_sink
-            sinks.append(open_live_sink(args.serve, classifier=clf, token=args.token,
-                                        audit_log=args.audit_log,
-                                        trusted_proxy=args.trusted_proxy))
+            sinks.append(open_live_sink(args.serve, **web))
         if (args.output_encoder or args.output_save) and getattr(sink, "kind", None) != "jetson_utils":
             log.warning("--output-encoder/--output-save are used by jetson_utils outputs only: "
                         "ignored")

@@ -13,7 +13,7 @@ from oncolens.train.modeldir import (BEST, CHECKPOINT, derived_artefacts, model_
                                      recorded_info, remove_derived)
 from oncolens.train.history import HISTORY_CSV, read_history
 from oncolens.train.recipe import torch_module
-from oncolens.train.runs import resumed_stop
+from oncolens.train.runs import epochs_since_best, resumed_stop, trained_seconds
 from oncolens.train.synth import dataset_provenance
 
 log = logging.getLogger(__name__)
@@ -213,11 +213,10 @@ def _nothing_left(args, ckpt, reason):
             epoch, args.epochs)
     if reason == "patience":
         return "it is at epoch {}, {} after its best, so --patience {} leaves nothing to " \
-            "train".format(epoch, plural(epoch - ckpt["best"]["epoch"], "epoch"),
-                           args.patience)
-    seconds = float((ckpt.get("clock") or {}).get("train_seconds") or 0.0)
+            "train".format(epoch, plural(epochs_since_best(epoch, ckpt["best"]["epoch"]),
+                                         "epoch"), args.patience)
     return "it has trained {:.1f} s, so --time-limit {:g} min leaves no room for another " \
-        "epoch".format(seconds, args.time_limit)
+        "epoch".format(trained_seconds(ckpt.get("clock")), args.time_limit)
 
 
 def _warn_stale_exports(model_dir):

@@ -17,7 +17,7 @@ from oncolens.train.augment import TrainAugment
 from oncolens.train.data import (CachedDataset, FolderDataset, balanced_class_weights,
                                  cache_side, class_counts, list_samples, load_resized,
                                  looks_greyscale)
-from oncolens.train.runs import budget_room
+from oncolens.train.runs import budget_room, trained_seconds
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ class Schedule(object):
         self.args = args
         self.steps_per_epoch = steps_per_epoch
         self.step = start_epoch * steps_per_epoch
-        done = float(resumed.get("train_seconds") or 0.0)
+        done = trained_seconds(resumed)
         self.start = time.time() - done
         self.budget = float(args.time_limit or 0) * 60.0
         self.warmup_seconds = resumed.get("warmup_seconds")

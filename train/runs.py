@@ -43,6 +43,19 @@ def stop_reason(args, since_best, room, epoch):
     return None if room else "time-limit"
 
 
+def trained_seconds(clock):
+    """The seconds a checkpoint's ``clock`` (Schedule.state()) says were trained; 0.0 where
+    it says nothing (no clock: jetson-inference's, or a run made before clocks were kept)."""
+    return float((clock or {}).get("train_seconds") or 0.0)
+
+
+def epochs_since_best(epoch, best_epoch):
+    """Epochs trained after the best one, for --patience: 0 where no best epoch is named
+    (None, or jetson-inference's -1)."""
+    best_epoch = int(best_epoch or -1)
+    return max(0, int(epoch or 0) - best_epoch) if best_epoch > 0 else 0
+
+
 def budget_room(budget, elapsed, epoch_times):
     """Whether a --time-limit of ``budget`` seconds (0: none), ``elapsed`` of it trained, has
     room for another epoch as long as the last ones (``epoch_times``; none yet: any time
@@ -59,14 +72,16 @@ def resumed_stop(args, epoch, best_epoch, clock):
     where it names none, and its ``clock``) has no epoch left to train, by the rules that
     ended each epoch of its run (``stop_reason``): "epochs", "patience", "time-limit", or
     None where it trains on. Decided from the checkpoint alone, so the check made before
-    anything is written and the loop give the same answer."""
-    epoch, best_epoch, clock = int(epoch or 0), int(best_epoch or -1), clock or {}
+    anything is written (outputs) and the loop give the same answer; only --patience may
+    differ, where adopt_best believed a model_best of another epoch than the checkpoint's
+    best (the loop counts from that one) or dropped the best (the check has refused that
+    run already when this says it has no epoch left)."""
+    epoch = int(epoch or 0)
     if epoch >= args.epochs:
         return "epochs"
-    since_best = max(0, epoch - best_epoch) if best_epoch > 0 else 0
-    room = budget_room(float(args.time_limit or 0) * 60.0,
-                       float(clock.get("train_seconds") or 0.0), clock.get("epoch_seconds"))
-    return stop_reason(args, since_best, room, epoch - 1)
+    room = budget_room(float(args.time_limit or 0) * 60.0, trained_seconds(clock),
+                       (clock or {}).get("epoch_seconds"))
+    return stop_reason(args, epochs_since_best(epoch, best_epoch), room, epoch - 1)
 
 
 class RunLog(object):
@@ -75,7 +90,7 @@ class RunLog(object):
     def __init__(self, ckpt, start_epoch, recipe, runtime):
         self.earlier = earlier_runs(ckpt)
         # the time trained before this run, as the resumed checkpoint's clock says
-        self.done = float(((ckpt or {}).get("clock") or {}).get("train_seconds") or 0.0)
+        self.done = trained_seconds((ckpt or {}).get("clock"))
         self.entry = {"start_epoch": start_epoch, "last_epoch": start_epoch,
                       "train_seconds": 0.0, "stopped": None, "started": _now(), "ended": None,
                       "runtime": runtime, "oncolens_version": __version__, "recipe": recipe}

@@ -24,7 +24,8 @@ from oncolens.train.precheck import check_classes, check_images
 from oncolens.train.recipe import (Schedule, load_optimizer, make_loaders, make_loss,
                                    make_optimizer, make_val_loader, progress, set_lr,
                                    torch_module)
-from oncolens.train.runs import RunLog, resumed_stop, stop_reason
+from oncolens.train.runs import (RunLog, epochs_since_best, resumed_stop, stop_reason,
+                                 trained_seconds)
 from oncolens.train.runtime import make_runtime, out_of_memory
 from oncolens.train.temperature import (calibrate_checkpoint, remove_temperature,
                                         unscaled_state_dict)
@@ -317,22 +318,23 @@ def _used_up(args, start_epoch, best, clock):
     reason = resumed_stop(args, start_epoch, best.get("epoch"), clock)
     if reason == "time-limit":
         log.info("--time-limit %g min: the resumed run has trained %.0f s of it; no epoch left",
-                 args.time_limit, float((clock or {}).get("train_seconds") or 0.0))
+                 args.time_limit, trained_seconds(clock))
     elif reason == "patience":
         log.info("--patience %d: the resumed run has had no better epoch for %s; no "
-                 "epoch left", args.patience, plural(start_epoch - best["epoch"], "epoch"))
+                 "epoch left", args.patience,
+                 plural(epochs_since_best(start_epoch, best.get("epoch")), "epoch"))
     return reason
 
 
 def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, classes,
           preprocess, best, start_epoch, rows, init, body=(), clock=None, runs=None):
     model, ema = models
-    seconds = float((clock or {}).get("train_seconds") or 0.0)
+    seconds = trained_seconds(clock)
     judged = ema.model if ema is not None else model
     schedule = Schedule(args, len(train_loader), start_epoch, clock)
     stopped, last = "epochs", start_epoch
     # a resumed run's epochs since its best count towards --patience
-    since_best = max(0, start_epoch - best["epoch"]) if best.get("epoch", -1) > 0 else 0
+    since_best = epochs_since_best(start_epoch, best.get("epoch"))
     used_up = _used_up(args, start_epoch, best, clock)
     if used_up:
         return best, seconds, used_up, last

@@ -67,7 +67,7 @@ class ServeApp(object):
         self.bottle = bottle_module()
         # X-Forwarded-For is read (for the audit log only) from these peers alone, if any:
         # --trusted-proxy's addresses and networks (one string, or a list of them)
-        self.trusted_proxy = trusted_proxies(trusted_proxy) if trusted_proxy else ()
+        self.trusted_proxies = trusted_proxies(trusted_proxy) if trusted_proxy else ()
         self.classifier = classifier
         self.token = token or None
         self.live = live
@@ -104,7 +104,7 @@ class ServeApp(object):
             rid = environ.get("HTTP_X_REQUEST_ID", "")
             rid = rid if REQUEST_ID.match(rid) else uuid.uuid4().hex[:16]
             environ["oncolens.request_id"] = rid
-            environ["oncolens.audit"] = request_fields(environ, self.trusted_proxy)
+            environ["oncolens.audit"] = request_fields(environ, self.trusted_proxies)
             path = environ.get("PATH_INFO") or "/"
             started, state = time.time(), {"code": 500}
 
@@ -147,7 +147,8 @@ class ServeApp(object):
         self.audit_refusal(rid, status, {"client": client_field(client)})
 
     def audit_write(self, environ, status, input_sha256=None, label=None, confidence=None):
-        """The audit line of a request the middleware saw (its method, path and client)."""
+        """The audit line of a request the middleware saw (its method, path, client and
+        forwarded_for: ``request_fields``)."""
         self.audit.write(environ.get("oncolens.request_id", "-"), status, input_sha256,
                          self.model_sha256, label, confidence,
                          request=environ.get("oncolens.audit"))

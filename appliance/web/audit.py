@@ -104,9 +104,10 @@ def trusted_proxies(values):
     networks = []
     for text in values:
         net = _proxy_network(text)
-        if net is None and _loose_network(text) is not None:
+        loose = _loose_network(text) if net is None else None
+        if loose is not None:
             raise UsageError("--trusted-proxy {}: expected a network with its host bits zero, "
-                             "e.g. {}".format(text, _loose_network(text)))
+                             "e.g. {}".format(text, loose))
         if net is None:
             raise UsageError("--trusted-proxy {}: expected an IP address or network (a reverse "
                              "proxy's, e.g. 127.0.0.1 or 10.0.0.0/8; give the flag once per "
@@ -194,15 +195,15 @@ def forwarded_client(header, proxies):
     return str(ip)
 
 
-def request_fields(environ, trusted_proxy=()):
+def request_fields(environ, proxies=()):
     """The audit fields naming the request: method, path (PATH_INFO, never the query),
     client (the socket peer, ``plain_address``) and forwarded_for (``forwarded_client`` of
-    X-Forwarded-For when the peer is one of ``trusted_proxy``, ``trusted_proxies``'s
-    networks; else None: from anyone else the header is whatever the client wrote)."""
+    X-Forwarded-For when the peer is one of ``proxies``, ``trusted_proxies``'s networks;
+    else None: from anyone else the header is whatever the client wrote)."""
     client = environ.get("REMOTE_ADDR")
     forwarded = None
-    if trusted_proxy and is_trusted(parse_ip(client), trusted_proxy):
-        forwarded = forwarded_client(environ.get("HTTP_X_FORWARDED_FOR"), trusted_proxy)
+    if proxies and is_trusted(parse_ip(client), proxies):
+        forwarded = forwarded_client(environ.get("HTTP_X_FORWARDED_FOR"), proxies)
     return {"method": safe_text(environ.get("REQUEST_METHOD"), MAX_METHOD, safe=""),
             "path": safe_text(environ.get("PATH_INFO") or "/", MAX_PATH),
             "client": client_field(client), "forwarded_for": forwarded}
