@@ -152,6 +152,24 @@ def test_forwarded_entries_with_ports_are_read_through_a_trusted_proxy(tmp_path)
     assert records["port-2"]["forwarded_for"] == "2001:db8::1"
 
 
+def test_an_underscore_header_cannot_add_to_x_forwarded_for(tmp_path):
+    """wsgiref read ``X_Forwarded_For`` as X-Forwarded-For and appended its value: a client
+    behind a proxy that passes such headers on named the forwarded_for of its choice.
+    Headers with an underscore in their name are dropped, as nginx and gunicorn do."""
+    from serve_util import request as send
+    audit = str(tmp_path / "audit.jsonl")
+    with serving("127.0.0.1", audit, trusted_proxy=["127.0.0.1"]) as port:
+        url = "http://127.0.0.1:{}/".format(port)
+        for rid, headers in (("smuggled-1", {"X-Forwarded-For": "192.0.2.7",
+                                             "X_Forwarded_For": "203.0.113.66"}),
+                             ("smuggled-2", {"X_Forwarded_For": "203.0.113.66"})):
+            headers["X-Request-Id"] = rid
+            assert send(url, "/health", headers=headers).status == 401
+    records = audit_lines(audit)
+    assert records["smuggled-1"]["forwarded_for"] == "192.0.2.7"
+    assert records["smuggled-2"]["forwarded_for"] is None
+
+
 def test_an_untrusted_peer_never_gets_forwarded_for(tmp_path):
     audit = str(tmp_path / "audit.jsonl")
     with serving("127.0.0.1", audit, trusted_proxy=["10.0.0.0/8", "::1"]) as port:

@@ -27,6 +27,22 @@ PROTOCOL_ERRORS = {
 }
 
 
+def _drop_underscore_headers(env, headers):
+    """The request's HTTP_* variables again, from its header names without an underscore.
+    wsgiref names ``X_Forwarded_For`` and ``X-Forwarded-For`` alike (HTTP_X_FORWARDED_FOR)
+    and joins their values, so a client behind a proxy that passes such a header on could
+    append an address of its choosing to the one the proxy wrote, and the audit log's
+    forwarded_for would name it. As nginx and gunicorn do, those headers are dropped."""
+    for key in [key for key in env if key.startswith("HTTP_")]:
+        del env[key]
+    for name, value in headers.items():
+        key = name.replace("-", "_").upper()
+        if "_" in name or key in env:  # CONTENT_TYPE and CONTENT_LENGTH are not HTTP_*
+            continue
+        key, value = "HTTP_" + key, value.strip()
+        env[key] = env[key] + "," + value if key in env else value
+
+
 class QuietHandler(WSGIRequestHandler):
     timeout = 60  # seconds a client may stall before its connection is dropped
 
@@ -51,6 +67,8 @@ class QuietHandler(WSGIRequestHandler):
 
     def get_environ(self):
         env = WSGIRequestHandler.get_environ(self)
+        if any("_" in name for name in self.headers.keys()):
+            _drop_underscore_headers(env, self.headers)
         if self.content_length is not None:
             env["CONTENT_LENGTH"] = self.content_length
         return env
