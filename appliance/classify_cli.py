@@ -96,6 +96,11 @@ def build_parser():
                    help="resize policy (default: model.json's; stretch = imagenet's)")
     _input_flags(p)
     _output_flags(p)
+    _appliance_flags(p)
+    return p
+
+
+def _appliance_flags(p):
     g = p.add_argument_group("appliance")
     g.add_argument("--overlay", default="text",
                    help="comma list of: text (or labels), cam (heatmap under the text), none "
@@ -117,7 +122,6 @@ def build_parser():
     g.add_argument("--verbose", action="store_true", help="same as --log-level=verbose (debug)")
     g.add_argument("--debug", action="store_true", help="same as --log-level=debug")
     g.add_argument("--log-file", help="also write the log to this file")
-    return p
 
 
 def resolve_model(args):
