@@ -354,12 +354,8 @@ def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, c
             best = {"macro_f1": summary["macro_f1"], "accuracy": summary["accuracy"],
                     "epoch": epoch + 1, "loss": val_loss}
         lr = optimizer.param_groups[0]["lr"]
-        rows.append({"epoch": epoch + 1, "lr": "{:.6g}".format(lr),
-                     "train_loss": "{:.5f}".format(train_loss),
-                     "val_loss": _cell(val_loss), "val_accuracy": _cell(summary["accuracy"]),
-                     "val_macro_f1": _cell(summary["macro_f1"]),
-                     "epoch_seconds": "{:.1f}".format(time.time() - t0),
-                     "images_per_second": "{:.1f}".format(ips), "best": int(is_best)})
+        rows.append(_history_row(epoch + 1, lr, train_loss, val_loss, summary,
+                                 time.time() - t0, ips, is_best))
         log.info("epoch %d/%s  lr %.2e  train loss %.4f (%.1f img/s)  %s  %.0fs%s", epoch + 1,
                  "{:g} min".format(args.time_limit) if args.epochs_from_budget else args.epochs,
                  lr, train_loss, ips, _val_text(val_loss, summary), time.time() - t0,
@@ -379,13 +375,26 @@ def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, c
                  "runs": runs.upto(epoch + 1, seconds, reason)}
         write_history(args.model_dir, rows)  # first: a resume keeps the rows up to its epoch
         save_checkpoint(state, args.model_dir, is_best, (model, ema))
-        if reason == "patience":
-            log.info("no better epoch for %s (by val macro-F1, ties broken by lower val "
-                     "loss): stopping early", plural(args.patience, "epoch"))
-        elif reason == "time-limit":
-            log.info("--time-limit %g min reached after %s", args.time_limit,
-                     plural(epoch + 1, "epoch"))
         if reason in ("patience", "time-limit"):
+            _log_stop(args, reason, epoch + 1)
             stopped = reason
             break
     return best, seconds, stopped, last
+
+
+def _history_row(epoch, lr, train_loss, val_loss, summary, seconds, ips, is_best):
+    """One epoch's row of history.csv."""
+    return {"epoch": epoch, "lr": "{:.6g}".format(lr), "train_loss": "{:.5f}".format(train_loss),
+            "val_loss": _cell(val_loss), "val_accuracy": _cell(summary["accuracy"]),
+            "val_macro_f1": _cell(summary["macro_f1"]), "epoch_seconds": "{:.1f}".format(seconds),
+            "images_per_second": "{:.1f}".format(ips), "best": int(is_best)}
+
+
+def _log_stop(args, reason, epochs):
+    """The line that says why the loop stopped before --epochs: "patience" or "time-limit"."""
+    if reason == "patience":
+        log.info("no better epoch for %s (by val macro-F1, ties broken by lower val "
+                 "loss): stopping early", plural(args.patience, "epoch"))
+    else:
+        log.info("--time-limit %g min reached after %s", args.time_limit,
+                 plural(epochs, "epoch"))
