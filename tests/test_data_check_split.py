@@ -217,3 +217,29 @@ def test_a_turned_copy_by_its_exif_tag_is_the_same_image(tmp_path):
     with open(str(tmp_path / "a.json")) as fh:
         rec = [r for r in json.load(fh)["records"] if r["path"].endswith("sideways.jpg")][0]
     assert (rec["width"], rec["height"]) == (120, 80)
+
+
+def test_a_float_tiff_is_an_error_as_every_reader_refuses_it(tmp_path, capfd):
+    """A 32-bit float TIFF (a microscope's export) passed data check as an 'L' image, while
+    train, evaluate and the appliance refuse it; data split placed it in a split."""
+    from oncolens.appliance.errors import ImageReadError
+    from oncolens.appliance.imageio import decode_image, read_bytes
+    rng = np.random.default_rng(4)
+    src = str(tmp_path / "raw")
+    for cls in ("benign", "malignant"):
+        for i in range(2):
+            _write(os.path.join(src, cls, "{}.png".format(i)), _scan_like(rng, 64))
+    tiff = os.path.join(src, "benign", "export.tiff")
+    _write(tiff, rng.random((64, 64)).astype(np.float32))
+    with pytest.raises(ImageReadError):
+        decode_image(read_bytes(tiff))  # what train sees
+    capfd.readouterr()
+    code, o, err = run_cli(["data", "check", src])
+    assert code == 1, o + err
+    assert "error: benign/export.tiff: 32-bit float samples are not supported" in o
+    assert "ERROR" not in capfd.readouterr().err  # no OpenCV log line either
+    code, o, err = run_cli(["data", "split", src, str(tmp_path / "out")])
+    assert code == 0, err
+    with open(str(tmp_path / "out" / "splits.csv")) as fh:
+        fates = {r["path"]: r["split"] for r in csv.DictReader(fh)}
+    assert fates["benign/export.tiff"] == "dropped: unreadable"

@@ -12,6 +12,7 @@ from oncolens.appliance.errors import ImageReadError, UsageError, not_a_folder, 
 from oncolens.appliance.imageio import (check_format, is_ignored_name, is_image_file,
                                         is_unsupported_image, list_folders, not_regular,
                                         open_regular, real_folders, walk_files)
+from oncolens.appliance.cvlog import quiet_opencv
 from oncolens.appliance.lowbits import LOW_BITS_PEAK
 from oncolens.train.phash import UnionFind, near_pairs, phash
 
@@ -115,6 +116,10 @@ def describe_file(path):
     if img is None or img.size == 0:
         info["error"] = "cannot be decoded as an image"
         return info
+    if img.dtype not in (np.uint8, np.uint16):  # float TIFF: every reader refuses it
+        info["error"] = "{} samples are not supported (expected 8- or 16-bit integer " \
+            "samples)".format("32-bit float" if img.dtype == np.float32 else img.dtype)
+        return info
     channels = 1 if img.ndim == 2 else img.shape[2]
     info["mode"] = MODES.get(channels, "{}ch".format(channels)) + \
         ("16" if img.dtype == np.uint16 else "")
@@ -143,7 +148,9 @@ def upright(img, channels, data):
     if b"Exif" not in data[:65536] and b"eXIf" not in data and \
             data[:4] not in (b"II*\x00", b"MM\x00*"):
         return img, channels
-    seen = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+    with quiet_opencv:
+        seen = cv2.imdecode(np.frombuffer(data, np.uint8),
+                            cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
     if seen is None or seen.size == 0:
         return img, channels
     return seen, 3
