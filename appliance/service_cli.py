@@ -50,14 +50,38 @@ def build_parser():
 
 
 def default_exec():
-    """The absolute oncolens command of this installation, for ExecStart."""
+    """The absolute oncolens command of this installation, for ExecStart; one installed
+    under a path with whitespace is refused (ExecStart= splits there)."""
     beside = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "oncolens")
-    if os.access(beside, os.X_OK):
-        return beside
     found = shutil.which("oncolens")
-    if found:
-        return os.path.abspath(found)
-    return "{} -m oncolens".format(os.path.abspath(sys.executable))
+    if os.access(beside, os.X_OK):
+        program, cmd = beside, "{}"
+    elif found:
+        program, cmd = os.path.abspath(found), "{}"
+    else:
+        program, cmd = os.path.abspath(sys.executable), "{} -m oncolens"
+    _check_program(program, "the oncolens command of this installation")
+    return cmd.format(program)
+
+
+def _check_program(program, what):
+    if any(ch.isspace() for ch in program):
+        raise UsageError("--exec: {}, {}, has whitespace in its path, where the unit's "
+                         "ExecStart= would split it: pass --exec with a path without spaces "
+                         "(a link to it)".format(what, program))
+
+
+def _check_values(args):
+    """An empty --model or --input would reach classify as an empty argument (a service
+    failing at every start); the --exec given is a program path with whitespace when that
+    whole path exists (ExecStart= splits it; '/usr/bin/python3 -m oncolens' is fine)."""
+    for flag, value in (("--model", args.model), ("--input", args.input)):
+        if value is not None and not value.strip():
+            raise UsageError("{}: empty; expected {} (leave the flag out for the default)"
+                             .format(flag, "a model folder or file" if flag == "--model"
+                                     else "a frame source"))
+    if args.exec_cmd and len(args.exec_cmd.split()) > 1 and os.path.exists(args.exec_cmd):
+        _check_program(args.exec_cmd, "the program given")
 
 
 def _under_root(root, path):
@@ -67,6 +91,7 @@ def _under_root(root, path):
 def render_files(args, token=None):
     """[(absolute target path, text, mode)] for the unit (0644) and the environment file
     (0600: it may hold ONCOLENS_TOKEN, ``token``)."""
+    _check_values(args)
     exec_cmd = args.exec_cmd or default_exec()
     if exec_cmd.startswith(("/home/", "/root/")):
         sys.stderr.write("oncolens service: warning: {} is under /home or /root, which the "

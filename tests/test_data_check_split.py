@@ -187,3 +187,59 @@ def test_max_distance_outside_the_hash_is_refused_before_reading(tmp_path, tiny_
         "got {}".format(value)], err
     assert o == "" and "reading images" not in err
     assert not os.path.exists(out)
+
+
+def test_a_turned_copy_by_its_exif_tag_is_the_same_image(tmp_path):
+    """Every reader (train, evaluate, the appliance) turns a JPEG by its EXIF orientation
+    tag, but data check decoded it with IMREAD_UNCHANGED, which does not: a phone's copy of
+    a scan stored sideways with the tag, under another label, was not found (no error), and
+    its size was reported the wrong way round."""
+    Image = pytest.importorskip("PIL.Image")
+    from oncolens.appliance.imageio import decode_image, read_bytes
+    rng = np.random.default_rng(3)
+    src = str(tmp_path / "raw")
+    up = cv2.resize(np.stack([_scan_like(rng, 60)] * 3, axis=2), (120, 80))
+    for cls in ("benign", "malignant"):
+        os.makedirs(os.path.join(src, cls))
+        for i in range(2):
+            _write(os.path.join(src, cls, "{}.png".format(i)), _scan_like(rng, 80))
+    Image.fromarray(up).save(os.path.join(src, "benign", "upright.jpg"), quality=95)
+    turned = Image.fromarray(np.ascontiguousarray(np.rot90(up)))  # shown turned back (tag 6)
+    exif = turned.getexif()
+    exif[0x0112] = 6
+    sideways = os.path.join(src, "malignant", "sideways.jpg")
+    turned.save(sideways, quality=95, exif=exif.tobytes())
+    assert decode_image(read_bytes(sideways)).shape[:2] == (80, 120)  # what training sees
+    code, o, err = run_cli(["data", "check", src, "--json", str(tmp_path / "a.json")])
+    assert code == 1, o + err
+    assert "same image under labels benign/malignant" in o and "sideways.jpg" in o
+    import json
+    with open(str(tmp_path / "a.json")) as fh:
+        rec = [r for r in json.load(fh)["records"] if r["path"].endswith("sideways.jpg")][0]
+    assert (rec["width"], rec["height"]) == (120, 80)
+
+
+def test_a_float_tiff_is_an_error_as_every_reader_refuses_it(tmp_path, capfd):
+    """A 32-bit float TIFF (a microscope's export) passed data check as an 'L' image, while
+    train, evaluate and the appliance refuse it; data split placed it in a split."""
+    from oncolens.appliance.errors import ImageReadError
+    from oncolens.appliance.imageio import decode_image, read_bytes
+    rng = np.random.default_rng(4)
+    src = str(tmp_path / "raw")
+    for cls in ("benign", "malignant"):
+        for i in range(2):
+            _write(os.path.join(src, cls, "{}.png".format(i)), _scan_like(rng, 64))
+    tiff = os.path.join(src, "benign", "export.tiff")
+    _write(tiff, rng.random((64, 64)).astype(np.float32))
+    with pytest.raises(ImageReadError):
+        decode_image(read_bytes(tiff))  # what train sees
+    capfd.readouterr()
+    code, o, err = run_cli(["data", "check", src])
+    assert code == 1, o + err
+    assert "error: benign/export.tiff: 32-bit float samples are not supported" in o
+    assert "ERROR" not in capfd.readouterr().err  # no OpenCV log line either
+    code, o, err = run_cli(["data", "split", src, str(tmp_path / "out")])
+    assert code == 0, err
+    with open(str(tmp_path / "out" / "splits.csv")) as fh:
+        fates = {r["path"]: r["split"] for r in csv.DictReader(fh)}
+    assert fates["benign/export.tiff"] == "dropped: unreadable"

@@ -90,3 +90,24 @@ def test_a_json_that_cannot_be_written_is_one_line(tiny_data, tmp_path):
     code, out, err = run_cli(["data", "check", tiny_data, "--json", "/proc/oncolens.json"])
     assert code == 2 and "Traceback" not in err, err
     assert len(err.strip().splitlines()) == 1 and "--json /proc/oncolens.json" in err, err
+
+
+def test_a_json_cut_short_keeps_the_earlier_one_whole(tiny_data, tmp_path, monkeypatch):
+    """--json --overwrite wrote over the earlier file in place: a full disk midway left half
+    a JSON file under its name, and the earlier audit lost."""
+    import errno
+    import json
+    path = str(tmp_path / "audit.json")
+    with open(path, "w") as fh:
+        fh.write('{"earlier": true}')
+
+    def dump(payload, fh, **kw):
+        fh.write('{"records": [')
+        fh.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(json, "dump", dump)
+    code, out, err = run_cli(["data", "check", tiny_data, "--json", path, "--overwrite"])
+    assert code == 2 and "No space left on device" in err and "Traceback" not in err, err
+    assert os.listdir(str(tmp_path)) == ["audit.json"]
+    with open(path) as fh:
+        assert json.load(fh) == {"earlier": True}

@@ -177,6 +177,38 @@ def test_a_failed_link_removes_what_the_split_placed(tmp_path, monkeypatch):
     assert sorted(os.listdir(os.path.join(src, "benign"))) == ["0.png", "1.png", "2.png", "3.png"]
 
 
+@pytest.mark.parametrize("stop", ["ctrl-c", "full disk"])
+def test_a_split_stopped_midway_leaves_nothing_in_out(tmp_path, monkeypatch, stop):
+    """Ctrl-C during the copies left the files placed so far in OUT without splits.csv (so
+    --overwrite refused to clear them: 'not written by data split'), and a full disk left
+    the copy it cut short, half written, under its final name."""
+    import errno
+    import shutil
+    src, out = str(tmp_path / "raw"), str(tmp_path / "out")
+    _flat(src, 4)
+    calls = []
+
+    def copy2(a, b):
+        calls.append(b)
+        if len(calls) == 4:
+            with open(b, "wb") as fh:
+                fh.write(b"\x89PNG half")
+            if stop == "ctrl-c":
+                raise KeyboardInterrupt()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_copy2(a, b)
+    real_copy2 = shutil.copy2
+    monkeypatch.setattr(shutil, "copy2", copy2)
+    code, o, err = run_cli(["data", "split", src, out])
+    assert code == (130 if stop == "ctrl-c" else 2) and "Traceback" not in err, err
+    assert "nothing of this split was left in {}".format(out) in err
+    assert os.listdir(out) == []
+    monkeypatch.setattr(shutil, "copy2", real_copy2)
+    code, o, err = run_cli(["data", "split", src, out])
+    assert code == 0, err
+    assert len(_files(out)) == 8 and len(_rows(out)) == 8
+
+
 def test_every_file_dropped_still_writes_why(tmp_path):
     """A --max-distance that groups every image drops them all (one image under two
     labels): splits.csv says so, instead of a traceback on OUT/labels.txt."""

@@ -62,3 +62,17 @@ def test_demo_runs_end_to_end_and_overwrite_replaces_only_a_demo(tmp_path):
 def _files(folder):
     return sorted(os.path.relpath(os.path.join(parent, name), folder)
                   for parent, _, names in os.walk(folder) for name in names)
+
+
+def test_bad_numbers_are_one_line_before_anything_is_written(tmp_path):
+    """--seed -1 was numpy's traceback once the dataset was written, and --epochs 0,
+    --resolution 0 or --per-class 0 train's error after it: each left an --out behind that
+    only --overwrite would take again."""
+    from conftest import run_cli as run_here
+    out = str(tmp_path / "demo")
+    for flag, value in (("--seed", -1), ("--epochs", 0), ("--resolution", 0),
+                        ("--per-class", 0), ("--size", 0)):
+        code, o, err = run_here(["demo", "--out", out, flag, value])
+        assert code == 2 and "Traceback" not in err, err
+        assert err.startswith("oncolens demo: error: " + flag) and len(err.splitlines()) == 1
+        assert not os.path.exists(out), flag

@@ -8,7 +8,7 @@ from oncolens.appliance.cliutil import OneLineParser, cli_entry, normalize_flags
 from oncolens.appliance.errors import UsageError, plural
 from oncolens.train.flags import MAX_SEED
 from oncolens.appliance.outpaths import (check_output_dir, check_output_file,
-                                          check_text_file)
+                                          check_text_file, replace_file)
 
 log = logging.getLogger("oncolens.data")
 
@@ -134,17 +134,23 @@ def _check(argv):
 
 
 def write_json(path, payload):
-    """Write ``payload`` to ``path`` (checked beforehand), making its folder when missing."""
-    import json
+    """Write ``payload`` to ``path`` (checked beforehand), making its folder when missing;
+    a write cut short (Ctrl-C, a full disk) leaves no half file, and --overwrite's earlier
+    file whole."""
     try:
         parent = os.path.dirname(path)
         if parent and not os.path.isdir(parent):
             os.makedirs(parent)
-        with io.open(path, "w", encoding="utf-8", errors=NAME_ERRORS) as fh:
-            json.dump(payload, fh, indent=2, sort_keys=True)  # ASCII: names as \udcxx
+        replace_file(path, lambda tmp: _dump_json(tmp, payload))  # the earlier one kept whole
     except (IOError, OSError) as exc:  # what the check before the run could not foresee
         raise UsageError("--json {}: cannot be written ({}); what was printed above is all "
                          "there is of it".format(path, exc.strerror or exc))
+
+
+def _dump_json(path, payload):
+    import json
+    with io.open(path, "w", encoding="utf-8", errors=NAME_ERRORS) as fh:
+        json.dump(payload, fh, indent=2, sort_keys=True)  # ASCII: names as \udcxx
 
 
 def build_split_parser():

@@ -50,6 +50,18 @@ def _clear_earlier_demo(out):
     clear_owned(out, DEMO_OUTPUTS)
 
 
+def check_args(args):
+    """Every number checked before anything is written: a bad --seed was numpy's traceback
+    after the dataset was made, and a bad --epochs or --resolution train's error after it,
+    each leaving an --out that only --overwrite would take again."""
+    from oncolens.train.data_cli import check_seed
+    check_seed(args.seed)
+    for flag, value in (("--epochs", args.epochs), ("--size", args.size),
+                        ("--resolution", args.resolution), ("--per-class", args.per_class)):
+        if value < 1:
+            raise UsageError("{}: expected a positive number, got {}".format(flag, value))
+
+
 def run_demo(args):
     from oncolens.appliance.classify_cli import main as classify_main
     from oncolens.export.onnx_export import export_onnx
@@ -114,4 +126,5 @@ def _truths(split_dir):
 def main(argv):
     args = build_parser().parse_args(normalize_flags(argv))
     setup_logging(args.log_level)
+    check_args(args)
     return run_demo(args)

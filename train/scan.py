@@ -12,6 +12,7 @@ from oncolens.appliance.errors import ImageReadError, UsageError, not_a_folder, 
 from oncolens.appliance.imageio import (check_format, is_ignored_name, is_image_file,
                                         is_unsupported_image, list_folders, not_regular,
                                         open_regular, real_folders, walk_files)
+from oncolens.appliance.cvlog import quiet_opencv
 from oncolens.appliance.lowbits import LOW_BITS_PEAK
 from oncolens.train.phash import UnionFind, near_pairs, phash
 
@@ -115,13 +116,18 @@ def describe_file(path):
     if img is None or img.size == 0:
         info["error"] = "cannot be decoded as an image"
         return info
+    if img.dtype not in (np.uint8, np.uint16):  # float TIFF: every reader refuses it
+        info["error"] = "{} samples are not supported (expected 8- or 16-bit integer " \
+            "samples)".format("32-bit float" if img.dtype == np.float32 else img.dtype)
+        return info
     channels = 1 if img.ndim == 2 else img.shape[2]
     info["mode"] = MODES.get(channels, "{}ch".format(channels)) + \
         ("16" if img.dtype == np.uint16 else "")
-    info["width"], info["height"] = int(img.shape[1]), int(img.shape[0])
     if img.dtype == np.uint16:  # its highest colour sample (alpha left out)
         colour = img if img.ndim == 2 else img[:, :, :3 if channels >= 3 else 1]
         info["peak"] = int(colour.max())
+    img, channels = upright(img, channels, data)
+    info["width"], info["height"] = int(img.shape[1]), int(img.shape[0])
     if img.dtype != np.uint8:
         img = (img / 257).astype(np.uint8)
     if channels == 1:
@@ -132,6 +138,22 @@ def describe_file(path):
     return info
 
 
+def upright(img, channels, data):
+    """(image, channels) as the readers see it: OpenCV turns an image by its EXIF
+    orientation tag on every other read (training, evaluate, the appliance), but not with
+    IMREAD_UNCHANGED; a file that may carry the tag is decoded again as they decode it, so
+    that its size and hash are those of the image trained on (a turned copy of an image
+    under another label is found)."""
+    import cv2
+    if b"Exif" not in data[:65536] and b"eXIf" not in data and \
+            data[:4] not in (b"II*\x00", b"MM\x00*"):
+        return img, channels
+    with quiet_opencv:
+        seen = cv2.imdecode(np.frombuffer(data, np.uint8),
+                            cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+    if seen is None or seen.size == 0:
+        return img, channels
+    return seen, 3
 
 
 def low_bits_warning(count, example, peak):

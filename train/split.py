@@ -15,7 +15,8 @@ import numpy as np
 
 from oncolens.appliance.bundle import LABELS_TXT, read_labels, write_labels
 from oncolens.appliance.errors import UsageError
-from oncolens.appliance.outpaths import check_output_dir, drop_empty_folders, inside
+from oncolens.appliance.outpaths import (check_output_dir, drop_empty_folders, inside,
+                                          replace_file)
 from oncolens.train.scan import (SPLITS, class_folders, duplicate_groups, layout,
                                  loose_images, loose_warning, not_images, not_images_warning,
                                  scan)
@@ -188,15 +189,32 @@ def split_dataset(src, out, ratios=(0.7, 0.15, 0.15), seed=0, max_distance=4, li
         _check_links(moves, out)
     if overwrite:
         clear_owned(out, list(SPLITS) + [SPLITS_CSV, LABELS_TXT])
-    _place_all(moves, out, link)
+    placed = []
+    try:
+        _place_all(moves, out, link, placed)
+        if not os.path.isdir(out):  # every file dropped: still say why, in splits.csv
+            os.makedirs(out)
+        write_labels(os.path.join(out, LABELS_TXT), classes)
+        replace_file(os.path.join(out, SPLITS_CSV),
+                     lambda tmp: _write_csv(tmp, records, fate, group_of, dests))
+    except BaseException as exc:  # Ctrl-C, a full disk: no split without its splits.csv
+        _unplace(placed + [os.path.join(out, LABELS_TXT)], out)
+        if isinstance(exc, KeyboardInterrupt):
+            exc.hint = "nothing of this split was left in {}".format(out)
+        raise
     for rec, where in zip(records, fate):
         if where in SPLITS:
             counts[where][rec["class"]] += 1
-    if not os.path.isdir(out):  # every file dropped: still say why, in splits.csv
-        os.makedirs(out)
-    write_labels(os.path.join(out, LABELS_TXT), classes)
-    _write_csv(os.path.join(out, SPLITS_CSV), records, fate, group_of, dests)
     return counts, fate
+
+
+def _unplace(paths, out):
+    """Remove what this run wrote into OUT (which held none of it before: it was empty, or
+    --overwrite cleared the earlier split), and the folders this leaves empty."""
+    for path in paths:
+        if os.path.lexists(path):
+            os.remove(path)
+    drop_empty_folders((os.path.dirname(p) for p in paths), out)
 
 
 def _left_out(src, others, fate, group_of):
@@ -259,20 +277,17 @@ def _check_links(moves, out):
                              .format(source, out))
 
 
-def _place_all(moves, out, link):
-    """Copy (or link) every file; when one fails, remove what this run placed (OUT held none
-    of it before) and say which file, in one line."""
-    done = []
-    try:
-        for source, dest in moves:
+def _place_all(moves, out, link, placed):
+    """Copy (or link) every file, adding each destination to ``placed`` before it is written
+    (so that a copy cut short is removed too); when one fails, say which file, in one line
+    (the caller removes what this run placed)."""
+    for source, dest in moves:
+        placed.append(dest)
+        try:
             _place(source, dest, link)
-            done.append(dest)
-    except (IOError, OSError) as exc:
-        for placed in done:
-            os.remove(placed)
-        drop_empty_folders((os.path.dirname(d) for d in done + [dest]), out)
-        raise UsageError("{} {} -> {}: {}; nothing of this split was left in {}".format(
-            "linking" if link else "copying", source, dest, exc.strerror or exc, out))
+        except (IOError, OSError) as exc:
+            raise UsageError("{} {} -> {}: {}; nothing of this split was left in {}".format(
+                "linking" if link else "copying", source, dest, exc.strerror or exc, out))
 
 
 def _place(source, dest, link):
