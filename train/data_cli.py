@@ -162,7 +162,7 @@ def build_split_parser():
     p.add_argument("src", help="folder of class folders")
     p.add_argument("out", help="output folder (must not exist, unless --overwrite)")
     p.add_argument("--ratios", type=float, nargs=3, default=[0.7, 0.15, 0.15],
-                   metavar=("TRAIN", "VAL", "TEST"), help="split fractions (0.7 0.15 0.15)")
+                   metavar=("TRAIN", "VAL", "TEST"), help="split shares, divided by their sum (0.7 0.15 0.15)")
     p.add_argument("--seed", type=int, default=0, help="random seed, 0 to 4294967295 (0)")
     p.add_argument("--max-distance", type=int, default=4,
                    help="perceptual-hash distance, 0 to 64 bits, that counts as the same image (4)")
