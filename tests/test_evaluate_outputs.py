@@ -139,3 +139,22 @@ def test_counts_of_one_are_singular(tiny_bundle, tiny_data, tmp_path):
     assert "`{}` (1 image)".format(split) in report and "1 images" not in report
     code, out, err = run_cli(["data", "check", str(split)])
     assert "{}: 1 file, classes benign".format(split) in out, out
+
+
+@pytest.mark.parametrize("name", ["model.json", "labels.txt", "model_best.pth.tar",
+                                  "resnet18.onnx", "report"])
+def test_json_never_replaces_the_models_files_nor_the_report(tiny_bundle, tiny_data, tmp_path,
+                                                             name):
+    """--json --overwrite once wrote the metrics over whatever it named: the model's own
+    model.json (the bundle no longer loaded), its checkpoint or ONNX, or the report.md this
+    run had just written (and then printed 'report: ...' for a file holding JSON)."""
+    model = str(tmp_path / "model")
+    shutil.copytree(tiny_bundle, model)
+    out = tmp_path / "e"
+    target = str(out / "report.md") if name == "report" else os.path.join(model, name)
+    before = {n: open(os.path.join(model, n), "rb").read() for n in os.listdir(model)}
+    code, stdout, err = run_cli(["evaluate", "--model-dir", model, os.path.join(tiny_data, "test"),
+                                 "--out", str(out), "--json", target, "--overwrite"])
+    _one_line(code, stdout, err, "--json")
+    assert {n: open(os.path.join(model, n), "rb").read() for n in os.listdir(model)} == before
+    assert not out.exists()

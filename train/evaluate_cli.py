@@ -159,7 +159,30 @@ def check_args(args):
     if args.json:
         check_text_file(args.json, "--json", "a .json file name")
         check_output_file(args.json, "--json", args.overwrite)
-    return plan_outputs(args)
+    plans = plan_outputs(args)
+    if args.json:
+        _check_json_apart(args.json, plans)
+    return plans
+
+
+def _check_json_apart(path, plans):
+    """--json never names a model's own file (model.json, labels.txt, a checkpoint, an ONNX
+    or an engine: --overwrite would destroy the model being evaluated) nor a report this run
+    writes (the report would be lost under the JSON)."""
+    from oncolens.appliance.bundle import MODEL_SUFFIXES
+    target = os.path.realpath(path)
+    for model_dir, out, prefix in plans:
+        if os.path.dirname(target) == os.path.realpath(model_dir) and (
+                os.path.basename(target) in ("model.json", "labels.txt") or
+                target.lower().endswith(MODEL_SUFFIXES)):
+            raise UsageError("--json {}: a file of the model {} being evaluated; expected "
+                             "a .json file name of its own".format(path, model_dir))
+        ours = [_report_path(out, prefix)] if out else []
+        if out and len(plans) > 1:
+            ours.append(os.path.join(out, "comparison.md"))
+        if target in [os.path.realpath(p) for p in ours]:
+            raise UsageError("--json {}: the report this run writes there; expected a .json "
+                             "file name of its own".format(path))
 
 
 def _print_summary(report):
