@@ -90,3 +90,21 @@ def test_a_json_that_cannot_be_written_is_one_line(tiny_data, tmp_path):
     code, out, err = run_cli(["data", "check", tiny_data, "--json", "/proc/oncolens.json"])
     assert code == 2 and "Traceback" not in err, err
     assert len(err.strip().splitlines()) == 1 and "--json /proc/oncolens.json" in err, err
+
+
+def test_a_json_cut_short_leaves_the_earlier_one_whole(tiny_data, tmp_path, monkeypatch):
+    """The JSON was written in place: a full disk (or Ctrl-C) midway left half a JSON under
+    its name, and with --overwrite the earlier one was already cut to nothing."""
+    import errno
+    target = tmp_path / "check.json"
+    target.write_text(u'{"earlier": true}')
+
+    def dump_half(payload, fh, **kwargs):
+        fh.write(u'{"split": ')
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(json, "dump", dump_half)
+    code, out, err = run_cli(["data", "check", tiny_data, "--json", str(target), "--overwrite"])
+    assert code == 2 and "--json" in err and "No space left" in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert target.read_text() == u'{"earlier": true}'
+    assert sorted(os.listdir(str(tmp_path))) == ["check.json"]  # no temporary file left

@@ -8,7 +8,7 @@ from oncolens.appliance.cliutil import OneLineParser, cli_entry, normalize_flags
 from oncolens.appliance.errors import UsageError, plural
 from oncolens.train.flags import MAX_SEED
 from oncolens.appliance.outpaths import (check_output_dir, check_output_file,
-                                          check_text_file)
+                                          check_text_file, replace_file)
 
 log = logging.getLogger("oncolens.data")
 
@@ -134,14 +134,19 @@ def _check(argv):
 
 
 def write_json(path, payload):
-    """Write ``payload`` to ``path`` (checked beforehand), making its folder when missing."""
+    """Write ``payload`` to ``path`` (checked beforehand), making its folder when missing;
+    through a temporary file, so a run stopped midway (Ctrl-C, a full disk) leaves neither a
+    half-written JSON under its name nor an earlier one (--overwrite) cut short."""
     import json
+
+    def write(tmp):
+        with io.open(tmp, "w", encoding="utf-8", errors=NAME_ERRORS) as fh:
+            json.dump(payload, fh, indent=2, sort_keys=True)  # ASCII: names as \udcxx
     try:
         parent = os.path.dirname(path)
         if parent and not os.path.isdir(parent):
             os.makedirs(parent)
-        with io.open(path, "w", encoding="utf-8", errors=NAME_ERRORS) as fh:
-            json.dump(payload, fh, indent=2, sort_keys=True)  # ASCII: names as \udcxx
+        replace_file(path, write)
     except (IOError, OSError) as exc:  # what the check before the run could not foresee
         raise UsageError("--json {}: cannot be written ({}); what was printed above is all "
                          "there is of it".format(path, exc.strerror or exc))
