@@ -158,3 +158,32 @@ def test_json_never_replaces_the_models_files_nor_the_report(tiny_bundle, tiny_d
     _one_line(code, stdout, err, "--json")
     assert {n: open(os.path.join(model, n), "rb").read() for n in os.listdir(model)} == before
     assert not out.exists()
+
+
+@pytest.mark.parametrize("stop", ["figure", "report"])
+def test_ctrl_c_while_writing_leaves_no_half_file_under_its_name(tiny_bundle, tiny_data,
+                                                                 tmp_path, monkeypatch, stop):
+    """The report and the figures were written in place: Ctrl-C midway left a half PNG, or a
+    report.md opened but not yet written (empty), under its final name."""
+    import matplotlib.figure
+    from oncolens.train import report
+
+    def interrupted(*args, **kwargs):
+        if stop == "figure":  # some bytes of the PNG, then Ctrl-C
+            with open(args[1], "wb") as fh:
+                fh.write(b"\x89PNG\r\n")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(*{"figure": (matplotlib.figure.Figure, "savefig", interrupted),
+                          "report": (report, "model_markdown", interrupted)}[stop])
+    out = tmp_path / "e"
+    code, stdout, err = run_cli(["evaluate", "--model-dir", tiny_bundle,
+                                 os.path.join(tiny_data, "test"), "--out", str(out),
+                                 "--bootstrap", "0"])
+    assert code != 0 and "interrupted" in err and "Traceback" not in err, err
+    names = os.listdir(str(out)) if out.exists() else []
+    assert not [n for n in names if n.endswith(".tmp")], names
+    for name in names:  # what is there is whole
+        if name.endswith(".png"):
+            assert os.path.getsize(str(out / name)) > 100, name
+        else:
+            assert (out / name).read_text().startswith(u"#"), name

@@ -13,7 +13,7 @@ from oncolens.appliance.cliutil import OneLineParser, cli_entry, normalize_flags
 from oncolens.appliance.errors import (OncoLensError, UsageError, not_a_folder, plural,
                                       reason_of)
 from oncolens.appliance.outpaths import (check_output_dir, check_output_file,
-                                          check_text_file)
+                                          check_text_file, replace_file)
 
 log = logging.getLogger("oncolens.evaluate")
 
@@ -55,10 +55,16 @@ def _check_free(path, overwrite):
         raise UsageError("{} already exists: pass --overwrite to replace it".format(path))
 
 
-def _text_file(path):
-    """A report file, UTF-8; folder names that are not valid UTF-8 keep their own bytes."""
+def _write_text(path, text):
+    """A report file, UTF-8 (folder names that are not valid UTF-8 keep their own bytes),
+    written beside ``path`` and moved there when whole: Ctrl-C or a full disk midway leaves
+    no half-written report under its name."""
     from oncolens.train.data_cli import NAME_ERRORS
-    return io.open(path, "w", encoding="utf-8", errors=NAME_ERRORS)
+
+    def write(tmp):
+        with io.open(tmp, "w", encoding="utf-8", errors=NAME_ERRORS) as fh:
+            fh.write(text)
+    replace_file(path, write)
 
 
 def _report_path(out_dir, prefix):
@@ -110,8 +116,7 @@ def _write_outputs(report, out_dir, prefix, overwrite, cleared):
     if not os.path.isdir(out_dir):
         os.makedirs(out_dir)
     pngs = all_figures(report, out_dir, prefix)
-    with _text_file(md_path) as fh:
-        fh.write(model_markdown(report, [os.path.basename(p) for p in pngs]))
+    _write_text(md_path, model_markdown(report, [os.path.basename(p) for p in pngs]))
     return md_path
 
 
@@ -251,8 +256,7 @@ def main(argv):
         echo("")
         echo(table)
         if args.out:
-            with _text_file(os.path.join(args.out, "comparison.md")) as fh:
-                fh.write(table)
+            _write_text(os.path.join(args.out, "comparison.md"), table)
     if args.json and reports:
         payload = public(reports[0]) if len(plans) == 1 else \
             {"models": [public(r) for r in reports], "not_evaluated": not_evaluated}
