@@ -187,3 +187,28 @@ def test_ctrl_c_while_writing_leaves_no_half_file_under_its_name(tiny_bundle, ti
             assert os.path.getsize(str(out / name)) > 100, name
         else:
             assert (out / name).read_text().startswith(u"#"), name
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_labels_that_name_one_class_twice_are_one_line(tiny_bundle, tiny_data, tmp_path,
+                                                       backend):
+    """A model.json whose labels named a class twice was scored anyway: on a split of two
+    class folders it reported 9 images where there were 6, a recall of 1.000 for a class
+    'never predicted', and both rows of the duplicated class alike."""
+    import json
+    model = str(tmp_path / "model")
+    shutil.copytree(tiny_bundle, model)
+    path = os.path.join(model, "model.json")
+    with open(path) as fh:
+        info = json.load(fh)
+    info["labels"] = [info["labels"][0]] * 2 + info["labels"][2:]
+    with open(path, "w") as fh:
+        json.dump(info, fh)
+    split = str(tmp_path / "split")
+    shutil.copytree(os.path.join(tiny_data, "test"), split)
+    shutil.rmtree(os.path.join(split, sorted(os.listdir(split))[1]))  # the class no longer named
+    code, out, err = run_cli(["evaluate", "--model-dir", model, split, "--backend", backend,
+                              "--bootstrap", 0, "--out", str(tmp_path / "e")])
+    assert code == 1 and "more than once" in err and "model.json" in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "accuracy" not in out and not (tmp_path / "e").exists()
