@@ -373,6 +373,11 @@ def test_a_checkpoint_in_a_sub_folder_is_recorded_by_its_path_for_check_and_veri
     (dict(arch="vgg99"), "unknown architecture 'vgg99'"),
     (dict(classes=["a", "b"]), "lists 2 classes (a, b) but records num_classes 3"),
     (dict(classes=None, num_classes=None), "records neither 'classes' nor 'num_classes'"),
+    # a traceback from torch.zeros; labels 'a', 'b', 'c' in silence; model.json refused
+    # only after the new ONNX had taken its name
+    (dict(resolution=-5), "'resolution' must be a positive whole number of pixels, got -5"),
+    (dict(classes="abc", num_classes=3), "'classes' must be a list of class names"),
+    (dict(classes=[1, 2, 3]), "'classes' must be a list of class names"),
 ])
 def test_a_checkpoint_that_is_not_what_it_says_is_one_line(tmp_path, edit, says):
     import torch
