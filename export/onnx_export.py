@@ -12,6 +12,7 @@ from oncolens.appliance.bundle import (CAM_OUTPUT_NAME, DEFAULT_INPUT_NAME,
                                        DEFAULT_OUTPUT_NAME, LABELS_TXT, MODEL_JSON, Bundle,
                                        new_model_info, read_labels, read_model_info,
                                        sha256_file, write_labels, write_model_info)
+from oncolens.appliance.engines import ENGINE_SUFFIXES
 from oncolens.appliance.errors import BundleError, OncoLensError, UsageError, plural
 from oncolens.appliance.outpaths import check_output_dir, check_output_file
 from oncolens.appliance.preprocess import imagenet_preprocess
@@ -200,16 +201,19 @@ def output_path(model_dir, output_name, arch):
 def check_not_a_bundle_file(out_path, model_dir, checkpoint_path):
     """--output never names a checkpoint (the one exported above all), model.json or
     labels.txt: --overwrite replaces an ONNX file, never the trained model or the files the
-    export rewrites after it."""
+    export rewrites after it; nor an engine's name, which every runtime would open (and
+    model.json record) as a TensorRT engine."""
     protected = [(checkpoint_path, "the checkpoint being exported"),
                  (os.path.join(model_dir, MODEL_JSON), "the bundle's model.json"),
                  (os.path.join(model_dir, LABELS_TXT), "the bundle's labels.txt")]
     same = [what for p, what in protected if os.path.abspath(p) == os.path.abspath(out_path)
             or (os.path.exists(p) and os.path.exists(out_path) and os.path.samefile(p, out_path))]
-    if same or out_path.lower().endswith(CHECKPOINT_SUFFIXES):
+    kind = "a checkpoint's name" if out_path.lower().endswith(CHECKPOINT_SUFFIXES) else \
+        "a TensorRT engine's name (the bundle would be opened with TensorRT)" if \
+        out_path.lower().endswith(ENGINE_SUFFIXES) else None
+    if same or kind:
         raise UsageError("--output {} is {}: expected an ONNX file name (the default is "
-                         "<arch>.onnx)".format(out_path, same[0] if same
-                                               else "a checkpoint's name"))
+                         "<arch>.onnx)".format(out_path, same[0] if same else kind))
 
 
 def _staged(out_path):

@@ -315,6 +315,10 @@ def test_a_failed_export_leaves_the_bundle_as_it_was(tiny_bundle, tmp_path, monk
     ("checkpoint.pth.tar", "is a checkpoint's name"),
     ("model.json", "is the bundle's model.json"),
     (os.path.join(".", "labels.txt"), "is the bundle's labels.txt"),
+    # written, and recorded in model.json, under an engine's name: evaluate and classify
+    # then opened the bundle with TensorRT
+    ("resnet18.onnx.1.1.8201.GPU.FP16.engine", "is a TensorRT engine's name"),
+    ("model.plan", "is a TensorRT engine's name"),
 ])
 def test_output_never_replaces_the_checkpoint_or_the_bundle_files(tiny_bundle, tmp_path,
                                                                    output, says):
