@@ -81,6 +81,15 @@ def _check_sections(info, where):
         if value is not None and not (isinstance(value, str) and value):
             raise BundleError("{}: '{}.{}' must be a file name, got {!r}".format(
                 where, section, key, value))
+    for section, key in (("input", "name"), ("output", "name"), ("output", "cam")):
+        value = info[section].get(key)
+        if value is not None and not (isinstance(value, str) and value):
+            raise BundleError("{}: '{}.{}' must be a tensor name, got {!r}".format(
+                where, section, key, value))
+    for entry in engines or []:
+        if not (isinstance(entry.get("file"), str) and entry["file"]):
+            raise BundleError("{}: each of 'engines' must name its 'file', got {!r}".format(
+                where, entry))
 
 
 def _number(v):
@@ -105,7 +114,24 @@ def _check_preprocess(spec, where):
     if spec.get("resize") is not None and spec["resize"] not in POLICIES:
         raise BundleError("{}: 'preprocess.resize' must be one of {}, got {!r}".format(
             where, ", ".join(POLICIES), spec["resize"]))
+    if spec.get("interpolation") is not None and \
+            spec["interpolation"] not in ("auto", "area", "linear"):
+        raise BundleError("{}: 'preprocess.interpolation' must be one of auto, area, linear, "
+                          "got {!r}".format(where, spec["interpolation"]))
+    _check_clahe(spec.get("clahe"), where)
     ratio = spec.get("crop_ratio")
     if ratio is not None and not (_number(ratio) and 0 < ratio <= 1):
         raise BundleError("{}: 'preprocess.crop_ratio' must be a number in (0, 1] (the crop "
                           "over the resized shorter side), got {!r}".format(where, ratio))
+
+
+def _check_clahe(clahe, where):
+    """null, or {"clip": a number above 0, "tile": a whole number above 0} (each optional)."""
+    if not clahe:
+        return
+    ok = isinstance(clahe, dict) and \
+        all(_number(clahe[k]) and clahe[k] > 0 for k in ("clip", "tile") if k in clahe) and \
+        (isinstance(clahe.get("tile", 8), numbers.Integral))
+    if not ok:
+        raise BundleError("{}: 'preprocess.clahe' must be null or {{\"clip\": a number above "
+                          "0, \"tile\": a whole number above 0}}, got {!r}".format(where, clahe))

@@ -121,18 +121,28 @@ def test_a_hand_edited_section_of_the_wrong_type_is_one_line(bundle_dir, key, va
     ("preprocess", "std", [0.2, 0, 0.2], "'preprocess.std' must be 3 numbers above 0"),
     ("preprocess", "resize", "letterbox", "'preprocess.resize' must be one of"),
     ("onnx", "file", 5, "'onnx.file' must be a file name, got 5"),
+    # a traceback (TypeError, AttributeError, ValueError, KeyError) in each of these
+    ("output", "name", [1], "'output.name' must be a tensor name"),
+    ("preprocess", "clahe", "yes", "'preprocess.clahe' must be null or"),
+    ("preprocess", "clahe", {"clip": "a"}, "'preprocess.clahe' must be null or"),
+    ("engines", None, [{"precision": "fp16"}], "each of 'engines' must name its 'file'"),
+    # taken for "linear" in silence
+    ("preprocess", "interpolation", "cubic", "'preprocess.interpolation' must be one of"),
 ])
 def test_a_hand_edited_value_that_cannot_work_is_one_line(bundle_dir, tiny_data, section, key,
                                                           value, says):
     """A crop ratio of 0 or an ONNX file name that is not a string ended evaluate and the
-    export check in a traceback (ZeroDivisionError, TypeError); a std of 0 gave inf inputs
+    export verify in a traceback (ZeroDivisionError, TypeError); a std of 0 gave inf inputs
     and a resize policy of another version was taken for center_crop, both in silence."""
     path = os.path.join(bundle_dir, "model.json")
     with open(path) as fh:
         section_now = json.load(fh)[section]
-    section_now[key] = value
+    if key is None:
+        section_now = value
+    else:
+        section_now[key] = value
     _edit(path, **{section: section_now})
-    for argv in (["export", "check", "--model-dir", bundle_dir],
+    for argv in (["export", "verify", "--model-dir", bundle_dir, "--count", 2],
                  ["evaluate", "--model-dir", bundle_dir, os.path.join(tiny_data, "test"),
                   "--bootstrap", 0]):
         code, out, err = run_cli(argv)
