@@ -14,7 +14,8 @@ from oncolens.appliance.bundle import (CAM_OUTPUT_NAME, DEFAULT_INPUT_NAME,
                                        sha256_file, write_labels, write_model_info)
 from oncolens.appliance.engines import ENGINE_SUFFIXES
 from oncolens.appliance.errors import BundleError, OncoLensError, UsageError, plural
-from oncolens.appliance.outpaths import check_output_dir, check_output_file
+from oncolens.appliance.outpaths import (check_output_dir, check_output_file,
+                                          drop_empty_folders, first_existing)
 from oncolens.appliance.preprocess import imagenet_preprocess
 
 log = logging.getLogger(__name__)
@@ -282,6 +283,8 @@ def export_onnx(model_dir, input_name=None, output_name=None, opset=DEFAULT_OPSE
     info = bundle_info_for(model_dir, ckpt, checkpoint_path)
     module, output_names = export_module(model, ckpt["arch"], activation, cam)
     c, h, w = info["input"]["shape"]
+    folder = os.path.dirname(os.path.abspath(out_path))
+    existed = first_existing(folder)  # what _staged makes above it is removed on failure
     staged = _staged(out_path)
     try:
         torch_onnx_export(module, torch.zeros(int(batch), c, h, w), staged, opset,
@@ -296,6 +299,7 @@ def export_onnx(model_dir, input_name=None, output_name=None, opset=DEFAULT_OPSE
         for leftover in (staged, staged + ".tmp"):
             if os.path.exists(leftover):
                 os.remove(leftover)
+        drop_empty_folders([folder], existed)
         raise
     log.info("exported %s (opset %d, batch %s, %s%s)", out_path, opset,
              "dynamic" if dynamic_batch else batch,

@@ -303,10 +303,14 @@ def test_a_failed_export_leaves_the_bundle_as_it_was(tiny_bundle, tmp_path, monk
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
         assert _snapshot(model_dir) == before
     monkeypatch.setattr("oncolens.export.check.verdict", lambda *a: "forced to fail")
-    for extra in (["--output", "r2.onnx"], ["--overwrite"]):
+    # an --output in folders still to be made left them behind, empty, though "nothing was
+    # written"
+    for extra in (["--output", "r2.onnx"], ["--overwrite"],
+                  ["--output", os.path.join("new", "deep", "r2.onnx")]):
         code, _, err = run_cli(["export", "onnx", "--model-dir", model_dir] + extra)
         assert code == 1 and "forced to fail" in err and "nothing was written" in err
         assert len(err.strip().splitlines()) == 1
+        assert sorted(os.listdir(model_dir)) == sorted(before)  # no folder made for it
         assert _snapshot(model_dir) == before  # no new ONNX, no leftover, model.json as it was
 
 
