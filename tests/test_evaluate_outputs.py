@@ -212,3 +212,17 @@ def test_labels_that_name_one_class_twice_are_one_line(tiny_bundle, tiny_data, t
     assert code == 1 and "more than once" in err and "model.json" in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert "accuracy" not in out and not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize("name", ["report.md", "roc.png"])
+def test_a_folder_at_a_report_name_is_one_line_before_the_run(tiny_bundle, tiny_data, tmp_path,
+                                                              name):
+    """A folder named report.md or roc.png in --out passed the checks (the earlier run's
+    files are files), so the run evaluated and then ended on 'Is a directory'."""
+    out = tmp_path / "e"
+    (out / name / "mine").mkdir(parents=True)
+    code, stdout, err = run_cli(["evaluate", "--model-dir", tiny_bundle,
+                                 os.path.join(tiny_data, "test"), "--out", str(out),
+                                 "--overwrite"])
+    _one_line(code, stdout, err, "{} is a folder".format(out / name))
+    assert os.listdir(str(out)) == [name] and os.listdir(str(out / name)) == ["mine"]

@@ -146,10 +146,23 @@ def plan_outputs(args):
             if several else ""
         if out:
             check_output_dir(out, "--out")
+            _check_no_folder_at(out, prefix, several)
             _check_earlier(out, args.overwrite)
             _check_free(_report_path(out, prefix), args.overwrite)
         plans.append((model_dir, out, prefix))
     return plans
+
+
+def _check_no_folder_at(out, prefix, several):
+    """A folder at the name of a file this run writes in ``out`` (report.md, a figure,
+    comparison.md) is one line before any model runs, not an error after the evaluation."""
+    from oncolens.train.plots import FIGURES
+    names = ["{}report.md".format(prefix)] + ["{}{}.png".format(prefix, f) for f in FIGURES]
+    for name in names + (["comparison.md"] if several else []):
+        path = os.path.join(out, name)
+        if os.path.isdir(path):
+            raise UsageError("--out {}: {} is a folder, where this run writes a file: move "
+                             "it or give another --out".format(out, path))
 
 
 def check_args(args):
