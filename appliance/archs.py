@@ -127,7 +127,24 @@ def load_checkpoint(path, flag=None, shown=None):
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "arch" not in ckpt:
         raise BundleError("{}: not an OncoLens/jetson-inference checkpoint (expected keys "
                           "'arch' and 'state_dict')".format(path))
+    _check_recorded(ckpt, path)
     return ckpt
+
+
+def _check_recorded(ckpt, path):
+    """The resolution and classes a checkpoint records (the truth for an export) are of a
+    usable kind: a hand-edited or foreign one is one line, not a traceback inside torch."""
+    import numbers
+    res = ckpt.get("resolution")
+    if res is not None and not (isinstance(res, numbers.Integral) and
+                                not isinstance(res, bool) and res > 0):
+        raise BundleError("{}: 'resolution' must be a positive whole number of pixels, got "
+                          "{!r}".format(path, res))
+    classes = ckpt.get("classes")
+    if classes is not None and not (isinstance(classes, (list, tuple)) and
+                                    all(isinstance(c, str) and c for c in classes)):
+        raise BundleError("{}: 'classes' must be a list of class names, got {!r}".format(
+            path, classes))
 
 
 def model_from_checkpoint(ckpt, where="the checkpoint"):

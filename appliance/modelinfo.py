@@ -75,9 +75,63 @@ def _check_sections(info, where):
                                     all(isinstance(e, dict) for e in engines)):
         raise BundleError("{}: 'engines' must be a list of objects, got {!r}".format(
             where, engines))
+    _check_preprocess(info["preprocess"], where)
+    for section, key in (("onnx", "file"), ("onnx", "checkpoint"), ("checkpoint", "file")):
+        value = (info.get(section) or {}).get(key)
+        if value is not None and not (isinstance(value, str) and value):
+            raise BundleError("{}: '{}.{}' must be a file name, got {!r}".format(
+                where, section, key, value))
+    for section, key in (("input", "name"), ("output", "name"), ("output", "cam")):
+        value = info[section].get(key)
+        if value is not None and not (isinstance(value, str) and value):
+            raise BundleError("{}: '{}.{}' must be a tensor name, got {!r}".format(
+                where, section, key, value))
+    for entry in engines or []:
+        if not (isinstance(entry.get("file"), str) and entry["file"]):
+            raise BundleError("{}: each of 'engines' must name its 'file', got {!r}".format(
+                where, entry))
+
+
+def _number(v):
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _check_preprocess(spec, where):
+    """mean / std three numbers (std none zero or below: it divides), a resize policy this
+    version knows and a crop ratio in (0, 1]: a hand-edited value is one line, not a division
+    by zero deep in preprocessing or a policy silently taken for another."""
+    from oncolens.appliance.preprocess import POLICIES
     for key in ("mean", "std"):
-        value = info["preprocess"].get(key)
-        if value is not None and not (isinstance(value, (list, tuple)) and len(value) == 3 and all(
-                isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)):
+        value = spec.get(key)
+        if value is not None and not (isinstance(value, (list, tuple)) and len(value) == 3 and
+                                      all(_number(v) for v in value)):
             raise BundleError("{}: 'preprocess.{}' must be 3 numbers (R, G, B), got {!r}".format(
                 where, key, value))
+    std = spec.get("std")
+    if std is not None and not all(v > 0 for v in std):
+        raise BundleError("{}: 'preprocess.std' must be 3 numbers above 0 (it divides), got "
+                          "{!r}".format(where, std))
+    if spec.get("resize") is not None and spec["resize"] not in POLICIES:
+        raise BundleError("{}: 'preprocess.resize' must be one of {}, got {!r}".format(
+            where, ", ".join(POLICIES), spec["resize"]))
+    if spec.get("interpolation") is not None and \
+            spec["interpolation"] not in ("auto", "area", "linear"):
+        raise BundleError("{}: 'preprocess.interpolation' must be one of auto, area, linear, "
+                          "got {!r}".format(where, spec["interpolation"]))
+    _check_clahe(spec.get("clahe"), where)
+    ratio = spec.get("crop_ratio")
+    if ratio is not None and not (_number(ratio) and 0 < ratio <= 1):
+        raise BundleError("{}: 'preprocess.crop_ratio' must be a number in (0, 1] (the crop "
+                          "over the resized shorter side), got {!r}".format(where, ratio))
+
+
+def _check_clahe(clahe, where):
+    """null, or {"clip": a number above 0, "tile": a whole number above 0} (each optional)."""
+    if not clahe:
+        return
+    ok = isinstance(clahe, dict) and \
+        all(_number(clahe[k]) and clahe[k] > 0 for k in ("clip", "tile") if k in clahe) and \
+        (isinstance(clahe.get("tile", 8), numbers.Integral))
+    if not ok:
+        raise BundleError("{}: 'preprocess.clahe' must be null or {{\"clip\": a number above "
+                          "0, \"tile\": a whole number above 0}}, got {!r}".format(where, clahe))

@@ -70,7 +70,8 @@ def make_int8_calibrator(bundle, api, cuda, args):
     cache = calibration_cache_path(bundle, api, args)
     batches = None
     if args.calib_images:
-        paths = sample_paths(args.calib_images, args.calib_count, split="train")
+        paths = sample_paths(args.calib_images, args.calib_count, split="train",
+                             flag="--calib-images")
         batches = CalibrationBatches(paths, Preprocessor.from_bundle(bundle),
                                      calibration_batch_size(bundle, args))
         log.info("int8: calibrating on %s of %s from %s", plural(len(batches), "batch", "batches"),
@@ -147,6 +148,9 @@ def main(argv):
     setup_logging(args.log_level)
     check_numbers(args)
     check_cache_paths(args)
+    if args.calib_images:  # a folder with images, before TensorRT loads and CUDA starts
+        from oncolens.export.images import sample_paths
+        sample_paths(args.calib_images, 1, split="train", flag="--calib-images")
     path, entry, built = build_engine(args)
     print("{} {}".format("built" if built else "up to date:", path))
     print("engine: TensorRT {}, {}, {}, max batch {}, GPU '{}'".format(

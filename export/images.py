@@ -25,10 +25,10 @@ def recorded_dataset(info):
     return None
 
 
-def image_folder(images_dir, split="val"):
+def image_folder(images_dir, split="val", flag="--images"):
     """A dataset's ``split`` folder when it has one, else the folder itself."""
     if not os.path.isdir(images_dir):
-        raise UsageError("--images: {} is not a folder".format(images_dir))
+        raise UsageError("{}: {} is not a folder".format(flag, images_dir))
     candidate = os.path.join(images_dir, split)
     return candidate if os.path.isdir(candidate) else images_dir
 
@@ -41,12 +41,13 @@ def spread(items, n):
     return [items[int(i * step)] for i in range(n)]
 
 
-def sample_paths(images_dir, n, split="val"):
-    """Up to ``n`` image paths from ``images_dir`` (its ``split`` when it is a dataset)."""
-    folder = image_folder(images_dir, split)
+def sample_paths(images_dir, n, split="val", flag="--images"):
+    """Up to ``n`` image paths from ``images_dir`` (its ``split`` when it is a dataset);
+    ``flag`` (the one that named the folder) names it in the error."""
+    folder = image_folder(images_dir, split, flag)
     paths = [p for p, _ in list_images(folder)]
     if not paths:
-        raise UsageError("--images: no image files under {}".format(folder))
+        raise UsageError("{}: no image files under {}".format(flag, folder))
     return spread(paths, n)
 
 

@@ -12,8 +12,10 @@ from oncolens.appliance.bundle import (CAM_OUTPUT_NAME, DEFAULT_INPUT_NAME,
                                        DEFAULT_OUTPUT_NAME, LABELS_TXT, MODEL_JSON, Bundle,
                                        new_model_info, read_labels, read_model_info,
                                        sha256_file, write_labels, write_model_info)
+from oncolens.appliance.engines import ENGINE_SUFFIXES
 from oncolens.appliance.errors import BundleError, OncoLensError, UsageError, plural
-from oncolens.appliance.outpaths import check_output_dir, check_output_file
+from oncolens.appliance.outpaths import (check_output_dir, check_output_file,
+                                          drop_empty_folders, first_existing)
 from oncolens.appliance.preprocess import imagenet_preprocess
 
 log = logging.getLogger(__name__)
@@ -200,16 +202,19 @@ def output_path(model_dir, output_name, arch):
 def check_not_a_bundle_file(out_path, model_dir, checkpoint_path):
     """--output never names a checkpoint (the one exported above all), model.json or
     labels.txt: --overwrite replaces an ONNX file, never the trained model or the files the
-    export rewrites after it."""
+    export rewrites after it; nor an engine's name, which every runtime would open (and
+    model.json record) as a TensorRT engine."""
     protected = [(checkpoint_path, "the checkpoint being exported"),
                  (os.path.join(model_dir, MODEL_JSON), "the bundle's model.json"),
                  (os.path.join(model_dir, LABELS_TXT), "the bundle's labels.txt")]
     same = [what for p, what in protected if os.path.abspath(p) == os.path.abspath(out_path)
             or (os.path.exists(p) and os.path.exists(out_path) and os.path.samefile(p, out_path))]
-    if same or out_path.lower().endswith(CHECKPOINT_SUFFIXES):
+    kind = "a checkpoint's name" if out_path.lower().endswith(CHECKPOINT_SUFFIXES) else \
+        "a TensorRT engine's name (the bundle would be opened with TensorRT)" if \
+        out_path.lower().endswith(ENGINE_SUFFIXES) else None
+    if same or kind:
         raise UsageError("--output {} is {}: expected an ONNX file name (the default is "
-                         "<arch>.onnx)".format(out_path, same[0] if same
-                                               else "a checkpoint's name"))
+                         "<arch>.onnx)".format(out_path, same[0] if same else kind))
 
 
 def _staged(out_path):
@@ -278,6 +283,8 @@ def export_onnx(model_dir, input_name=None, output_name=None, opset=DEFAULT_OPSE
     info = bundle_info_for(model_dir, ckpt, checkpoint_path)
     module, output_names = export_module(model, ckpt["arch"], activation, cam)
     c, h, w = info["input"]["shape"]
+    folder = os.path.dirname(os.path.abspath(out_path))
+    existed = first_existing(folder)  # what _staged makes above it is removed on failure
     staged = _staged(out_path)
     try:
         torch_onnx_export(module, torch.zeros(int(batch), c, h, w), staged, opset,
@@ -292,6 +299,7 @@ def export_onnx(model_dir, input_name=None, output_name=None, opset=DEFAULT_OPSE
         for leftover in (staged, staged + ".tmp"):
             if os.path.exists(leftover):
                 os.remove(leftover)
+        drop_empty_folders([folder], existed)
         raise
     log.info("exported %s (opset %d, batch %s, %s%s)", out_path, opset,
              "dynamic" if dynamic_batch else batch,

@@ -77,6 +77,21 @@ def _paths(args):
     return json_path, md_path
 
 
+def _precisions(text):
+    """--precisions as a list; none at all (an empty value ran no engine step and passed)
+    or one named twice (built, verified and timed twice) is refused."""
+    precisions = [p.strip() for p in text.split(",") if p.strip()]
+    for p in precisions:
+        if p not in ("fp32", "fp16", "int8"):
+            raise UsageError("--precisions: unknown precision '{}' (fp32, fp16, int8)".format(p))
+        if precisions.count(p) > 1:
+            raise UsageError("--precisions: {} is named twice in {!r}".format(p, text))
+    if not precisions:
+        raise UsageError("--precisions: expected one or more of fp32, fp16, int8, comma-"
+                         "separated, got {!r}".format(text))
+    return precisions
+
+
 @cli_entry("oncolens selftest")
 def main(argv):
     args = build_parser().parse_args(normalize_flags(argv))
@@ -84,10 +99,7 @@ def main(argv):
     for flag, value in (("--count", args.count), ("--frames", args.frames)):
         if value < 1:
             raise UsageError("{}: expected a positive number, got {}".format(flag, value))
-    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
-    for p in precisions:
-        if p not in ("fp32", "fp16", "int8"):
-            raise UsageError("--precisions: unknown precision '{}' (fp32, fp16, int8)".format(p))
+    precisions = _precisions(args.precisions)
     json_path, md_path = _paths(args)
     report = Report()
     env = selftest_env.environment()

@@ -12,6 +12,7 @@ import numpy as np
 
 from oncolens import __version__
 from oncolens.appliance.errors import MissingDependency, OncoLensError
+from oncolens.appliance.outpaths import replace_file
 
 log = logging.getLogger(__name__)
 
@@ -240,8 +241,7 @@ def write_reports(json_path, md_path, env, steps, args):
     doc = {"oncolens_selftest": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "model_dir": os.path.abspath(args.model_dir), "images": args.images or None,
            "environment": env, "steps": steps}
-    with io.open(json_path, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
+    text = json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n"
     lines = ["# OncoLens selftest", "", "Created {} for `{}`.".format(doc["created"],
                                                                      doc["model_dir"]), "",
              "## Environment", "", "| item | value |", "|---|---|"]
@@ -254,5 +254,12 @@ def write_reports(json_path, md_path, env, steps, args):
     skipped = [s for s in steps if s["status"] == "skipped"]
     if skipped:
         lines += ["", "Skipped steps did not run on this machine; the reason is in the table."]
-    with io.open(md_path, "w", encoding="utf-8") as fh:
-        fh.write("\n".join(lines) + "\n")
+    # both made before either is written; each written beside its name and moved there when
+    # whole, so Ctrl-C or a full disk midway leaves no half report, and an earlier one whole
+    for path, content in ((json_path, text), (md_path, "\n".join(lines) + "\n")):
+        replace_file(path, lambda tmp, text=content: _write_text(tmp, text))
+
+
+def _write_text(path, text):
+    with io.open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)

@@ -116,6 +116,40 @@ def test_a_hand_edited_section_of_the_wrong_type_is_one_line(bundle_dir, key, va
         assert code == 1 and says in err and len(err.strip().splitlines()) == 1, err
 
 
+@pytest.mark.parametrize("section, key, value, says", [
+    ("preprocess", "crop_ratio", 0, "'preprocess.crop_ratio' must be a number in (0, 1]"),
+    ("preprocess", "std", [0.2, 0, 0.2], "'preprocess.std' must be 3 numbers above 0"),
+    ("preprocess", "resize", "letterbox", "'preprocess.resize' must be one of"),
+    ("onnx", "file", 5, "'onnx.file' must be a file name, got 5"),
+    # a traceback (TypeError, AttributeError, ValueError, KeyError) in each of these
+    ("output", "name", [1], "'output.name' must be a tensor name"),
+    ("preprocess", "clahe", "yes", "'preprocess.clahe' must be null or"),
+    ("preprocess", "clahe", {"clip": "a"}, "'preprocess.clahe' must be null or"),
+    ("engines", None, [{"precision": "fp16"}], "each of 'engines' must name its 'file'"),
+    # taken for "linear" in silence
+    ("preprocess", "interpolation", "cubic", "'preprocess.interpolation' must be one of"),
+])
+def test_a_hand_edited_value_that_cannot_work_is_one_line(bundle_dir, tiny_data, section, key,
+                                                          value, says):
+    """A crop ratio of 0 or an ONNX file name that is not a string ended evaluate and the
+    export verify in a traceback (ZeroDivisionError, TypeError); a std of 0 gave inf inputs
+    and a resize policy of another version was taken for center_crop, both in silence."""
+    path = os.path.join(bundle_dir, "model.json")
+    with open(path) as fh:
+        section_now = json.load(fh)[section]
+    if key is None:
+        section_now = value
+    else:
+        section_now[key] = value
+    _edit(path, **{section: section_now})
+    for argv in (["export", "verify", "--model-dir", bundle_dir, "--count", 2],
+                 ["evaluate", "--model-dir", bundle_dir, os.path.join(tiny_data, "test"),
+                  "--bootstrap", 0]):
+        code, out, err = run_cli(argv)
+        assert code == 1 and says in err and "model.json" in err, err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+
 def _bare(tiny_bundle, tmp_path, labels=True):
     """A jetson-inference style folder: the ONNX (32 px input) and labels.txt, no model.json."""
     out = tmp_path / "bare"

@@ -139,3 +139,90 @@ def test_counts_of_one_are_singular(tiny_bundle, tiny_data, tmp_path):
     assert "`{}` (1 image)".format(split) in report and "1 images" not in report
     code, out, err = run_cli(["data", "check", str(split)])
     assert "{}: 1 file, classes benign".format(split) in out, out
+
+
+@pytest.mark.parametrize("name", ["model.json", "labels.txt", "model_best.pth.tar",
+                                  "resnet18.onnx", "report"])
+def test_json_never_replaces_the_models_files_nor_the_report(tiny_bundle, tiny_data, tmp_path,
+                                                             name):
+    """--json --overwrite once wrote the metrics over whatever it named: the model's own
+    model.json (the bundle no longer loaded), its checkpoint or ONNX, or the report.md this
+    run had just written (and then printed 'report: ...' for a file holding JSON)."""
+    model = str(tmp_path / "model")
+    shutil.copytree(tiny_bundle, model)
+    out = tmp_path / "e"
+    target = str(out / "report.md") if name == "report" else os.path.join(model, name)
+    before = {n: open(os.path.join(model, n), "rb").read() for n in os.listdir(model)}
+    code, stdout, err = run_cli(["evaluate", "--model-dir", model, os.path.join(tiny_data, "test"),
+                                 "--out", str(out), "--json", target, "--overwrite"])
+    _one_line(code, stdout, err, "--json")
+    assert {n: open(os.path.join(model, n), "rb").read() for n in os.listdir(model)} == before
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("stop", ["figure", "report"])
+def test_ctrl_c_while_writing_leaves_no_half_file_under_its_name(tiny_bundle, tiny_data,
+                                                                 tmp_path, monkeypatch, stop):
+    """The report and the figures were written in place: Ctrl-C midway left a half PNG, or a
+    report.md opened but not yet written (empty), under its final name."""
+    import matplotlib.figure
+    from oncolens.train import report
+
+    def interrupted(*args, **kwargs):
+        if stop == "figure":  # some bytes of the PNG, then Ctrl-C
+            with open(args[1], "wb") as fh:
+                fh.write(b"\x89PNG\r\n")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(*{"figure": (matplotlib.figure.Figure, "savefig", interrupted),
+                          "report": (report, "model_markdown", interrupted)}[stop])
+    out = tmp_path / "e"
+    code, stdout, err = run_cli(["evaluate", "--model-dir", tiny_bundle,
+                                 os.path.join(tiny_data, "test"), "--out", str(out),
+                                 "--bootstrap", "0"])
+    assert code != 0 and "interrupted" in err and "Traceback" not in err, err
+    names = os.listdir(str(out)) if out.exists() else []
+    assert not [n for n in names if n.endswith(".tmp")], names
+    for name in names:  # what is there is whole
+        if name.endswith(".png"):
+            assert os.path.getsize(str(out / name)) > 100, name
+        else:
+            assert (out / name).read_text().startswith(u"#"), name
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_labels_that_name_one_class_twice_are_one_line(tiny_bundle, tiny_data, tmp_path,
+                                                       backend):
+    """A model.json whose labels named a class twice was scored anyway: on a split of two
+    class folders it reported 9 images where there were 6, a recall of 1.000 for a class
+    'never predicted', and both rows of the duplicated class alike."""
+    import json
+    model = str(tmp_path / "model")
+    shutil.copytree(tiny_bundle, model)
+    path = os.path.join(model, "model.json")
+    with open(path) as fh:
+        info = json.load(fh)
+    info["labels"] = [info["labels"][0]] * 2 + info["labels"][2:]
+    with open(path, "w") as fh:
+        json.dump(info, fh)
+    split = str(tmp_path / "split")
+    shutil.copytree(os.path.join(tiny_data, "test"), split)
+    shutil.rmtree(os.path.join(split, sorted(os.listdir(split))[1]))  # the class no longer named
+    code, out, err = run_cli(["evaluate", "--model-dir", model, split, "--backend", backend,
+                              "--bootstrap", 0, "--out", str(tmp_path / "e")])
+    assert code == 1 and "more than once" in err and "model.json" in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "accuracy" not in out and not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize("name", ["report.md", "roc.png"])
+def test_a_folder_at_a_report_name_is_one_line_before_the_run(tiny_bundle, tiny_data, tmp_path,
+                                                              name):
+    """A folder named report.md or roc.png in --out passed the checks (the earlier run's
+    files are files), so the run evaluated and then ended on 'Is a directory'."""
+    out = tmp_path / "e"
+    (out / name / "mine").mkdir(parents=True)
+    code, stdout, err = run_cli(["evaluate", "--model-dir", tiny_bundle,
+                                 os.path.join(tiny_data, "test"), "--out", str(out),
+                                 "--overwrite"])
+    _one_line(code, stdout, err, "{} is a folder".format(out / name))
+    assert os.listdir(str(out)) == [name] and os.listdir(str(out / name)) == ["mine"]

@@ -135,3 +135,19 @@ def test_engine_numbers_are_checked_before_tensorrt_is_needed(tmp_path, extra, m
     from conftest import run_cli
     code, out, err = run_cli(["export", "engine", "--model-dir", str(tmp_path)] + extra)
     assert code == 2 and err.strip() == "oncolens export engine: error: " + message, err
+
+
+@pytest.mark.parametrize("what, message", [("missing", "is not a folder"),
+                                           ("empty", "no image files under")])
+def test_calib_images_are_checked_before_tensorrt_is_needed(tmp_path, what, message):
+    """A --calib-images that is no folder of images was found only once TensorRT had loaded
+    and CUDA had started (here: 'needs the Python package tensorrt' instead), and then named
+    '--images', a flag export engine does not have."""
+    from conftest import run_cli
+    folder = tmp_path / "calib"
+    if what == "empty":
+        folder.mkdir()
+    code, out, err = run_cli(["export", "engine", "--model-dir", str(tmp_path), "--precision",
+                              "int8", "--calib-images", str(folder)])
+    assert code == 2 and err.startswith("oncolens export engine: error: --calib-images: "), err
+    assert message in err and len(err.strip().splitlines()) == 1, err

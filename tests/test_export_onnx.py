@@ -303,10 +303,14 @@ def test_a_failed_export_leaves_the_bundle_as_it_was(tiny_bundle, tmp_path, monk
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
         assert _snapshot(model_dir) == before
     monkeypatch.setattr("oncolens.export.check.verdict", lambda *a: "forced to fail")
-    for extra in (["--output", "r2.onnx"], ["--overwrite"]):
+    # an --output in folders still to be made left them behind, empty, though "nothing was
+    # written"
+    for extra in (["--output", "r2.onnx"], ["--overwrite"],
+                  ["--output", os.path.join("new", "deep", "r2.onnx")]):
         code, _, err = run_cli(["export", "onnx", "--model-dir", model_dir] + extra)
         assert code == 1 and "forced to fail" in err and "nothing was written" in err
         assert len(err.strip().splitlines()) == 1
+        assert sorted(os.listdir(model_dir)) == sorted(before)  # no folder made for it
         assert _snapshot(model_dir) == before  # no new ONNX, no leftover, model.json as it was
 
 
@@ -315,6 +319,10 @@ def test_a_failed_export_leaves_the_bundle_as_it_was(tiny_bundle, tmp_path, monk
     ("checkpoint.pth.tar", "is a checkpoint's name"),
     ("model.json", "is the bundle's model.json"),
     (os.path.join(".", "labels.txt"), "is the bundle's labels.txt"),
+    # written, and recorded in model.json, under an engine's name: evaluate and classify
+    # then opened the bundle with TensorRT
+    ("resnet18.onnx.1.1.8201.GPU.FP16.engine", "is a TensorRT engine's name"),
+    ("model.plan", "is a TensorRT engine's name"),
 ])
 def test_output_never_replaces_the_checkpoint_or_the_bundle_files(tiny_bundle, tmp_path,
                                                                    output, says):
@@ -373,6 +381,11 @@ def test_a_checkpoint_in_a_sub_folder_is_recorded_by_its_path_for_check_and_veri
     (dict(arch="vgg99"), "unknown architecture 'vgg99'"),
     (dict(classes=["a", "b"]), "lists 2 classes (a, b) but records num_classes 3"),
     (dict(classes=None, num_classes=None), "records neither 'classes' nor 'num_classes'"),
+    # a traceback from torch.zeros; labels 'a', 'b', 'c' in silence; model.json refused
+    # only after the new ONNX had taken its name
+    (dict(resolution=-5), "'resolution' must be a positive whole number of pixels, got -5"),
+    (dict(classes="abc", num_classes=3), "'classes' must be a list of class names"),
+    (dict(classes=[1, 2, 3]), "'classes' must be a list of class names"),
 ])
 def test_a_checkpoint_that_is_not_what_it_says_is_one_line(tmp_path, edit, says):
     import torch

@@ -164,6 +164,42 @@ def test_selftest_unusable_out_is_one_line_before_any_step(tiny_bundle, tmp_path
     assert code == 2 and "--count" in err
 
 
+@pytest.mark.parametrize("value, says", [("", "expected one or more of fp32, fp16, int8"),
+                                         (",", "expected one or more of fp32, fp16, int8"),
+                                         ("fp16,int8,fp16", "fp16 is named twice")])
+def test_selftest_precisions_that_name_nothing_or_one_twice_are_one_line(tiny_bundle, tmp_path,
+                                                                         value, says):
+    """--precisions "" ran no engine step at all and passed (exit 0, a report with the ONNX
+    steps alone); a precision named twice was built, verified and timed twice."""
+    out_dir = tmp_path / "report"
+    code, out, err = run_cli(["selftest", "--model-dir", tiny_bundle, "--out", out_dir,
+                              "--precisions", value])
+    assert code == 2 and "--precisions" in err and says in err, err
+    assert len(err.strip().splitlines()) == 1 and not out_dir.exists()
+
+
+def test_selftest_stopped_while_writing_leaves_the_earlier_report_whole(tiny_bundle, tmp_path,
+                                                                       monkeypatch, cache):
+    """selftest.json was written in place, then the Markdown made and written: Ctrl-C (or a
+    full disk) in between left the new JSON beside the earlier Markdown, a pair from two
+    runs; a full disk left half a JSON under its name."""
+    from oncolens.export import selftest_env
+    out_dir = tmp_path / "report"
+    out_dir.mkdir()
+    for name in ("selftest.json", "selftest.md"):
+        (out_dir / name).write_text(u"earlier")
+
+    def interrupted(detail):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(selftest_env, "_summary", interrupted)
+    code, out, err = run_cli(["selftest", "--model-dir", tiny_bundle, "--out", out_dir,
+                              "--count", 2, "--frames", 2, "--overwrite"])
+    assert code != 0 and "interrupted" in err and "Traceback" not in err, err
+    assert sorted(os.listdir(str(out_dir))) == ["selftest.json", "selftest.md"]
+    for name in ("selftest.json", "selftest.md"):
+        assert (out_dir / name).read_text() == u"earlier", name
+
+
 def test_verify_names_a_listed_engine_whose_file_is_gone(dyn_bundle, tiny_data, tmp_path,  # noqa
                                                          cache, monkeypatch):
     """An engine deleted by hand (model.json still lists it) was a FileNotFoundError

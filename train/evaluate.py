@@ -143,6 +143,17 @@ def not_held_out(report):
                 report["split_dir"], name, how))
 
 
+def _check_unique(labels, model_dir):
+    """Class folders are matched to outputs by name: two outputs of one name cannot be told
+    apart (the figures came out for a split the model was never scored on correctly)."""
+    twice = sorted(set(x for x in labels if labels.count(x) > 1))
+    if twice:
+        raise BundleError("{}: the labels ({}) name {} more than once: a class folder cannot "
+                          "be matched to one output; give each output its own name".format(
+                              os.path.join(model_dir, "model.json"), ", ".join(labels),
+                              ", ".join(twice)))
+
+
 def _samples(split_dir, labels):
     """(path, class index) of the split's images; a class folder the model does not know is
     an error, images beside the class folders a warning."""
@@ -187,6 +198,7 @@ def evaluate_dir(model_dir, split_dir, backend="auto", batch=16, bins=15, bootst
     runner, info = open_runner(model_dir, backend)
     labels = info["labels"]
     try:  # closed also when the split does not suit this model (several are evaluated)
+        _check_unique(labels, model_dir)
         probs, targets, paths, failed = _score(runner, _samples(split_dir, labels), batch)
     finally:
         runner.close()

@@ -13,7 +13,7 @@ from oncolens.appliance.cliutil import OneLineParser, cli_entry, normalize_flags
 from oncolens.appliance.errors import (OncoLensError, UsageError, not_a_folder, plural,
                                       reason_of)
 from oncolens.appliance.outpaths import (check_output_dir, check_output_file,
-                                          check_text_file)
+                                          check_text_file, replace_file)
 
 log = logging.getLogger("oncolens.evaluate")
 
@@ -55,10 +55,16 @@ def _check_free(path, overwrite):
         raise UsageError("{} already exists: pass --overwrite to replace it".format(path))
 
 
-def _text_file(path):
-    """A report file, UTF-8; folder names that are not valid UTF-8 keep their own bytes."""
+def _write_text(path, text):
+    """A report file, UTF-8 (folder names that are not valid UTF-8 keep their own bytes),
+    written beside ``path`` and moved there when whole: Ctrl-C or a full disk midway leaves
+    no half-written report under its name."""
     from oncolens.train.data_cli import NAME_ERRORS
-    return io.open(path, "w", encoding="utf-8", errors=NAME_ERRORS)
+
+    def write(tmp):
+        with io.open(tmp, "w", encoding="utf-8", errors=NAME_ERRORS) as fh:
+            fh.write(text)
+    replace_file(path, write)
 
 
 def _report_path(out_dir, prefix):
@@ -110,8 +116,7 @@ def _write_outputs(report, out_dir, prefix, overwrite, cleared):
     if not os.path.isdir(out_dir):
         os.makedirs(out_dir)
     pngs = all_figures(report, out_dir, prefix)
-    with _text_file(md_path) as fh:
-        fh.write(model_markdown(report, [os.path.basename(p) for p in pngs]))
+    _write_text(md_path, model_markdown(report, [os.path.basename(p) for p in pngs]))
     return md_path
 
 
@@ -141,10 +146,23 @@ def plan_outputs(args):
             if several else ""
         if out:
             check_output_dir(out, "--out")
+            _check_no_folder_at(out, prefix, several)
             _check_earlier(out, args.overwrite)
             _check_free(_report_path(out, prefix), args.overwrite)
         plans.append((model_dir, out, prefix))
     return plans
+
+
+def _check_no_folder_at(out, prefix, several):
+    """A folder at the name of a file this run writes in ``out`` (report.md, a figure,
+    comparison.md) is one line before any model runs, not an error after the evaluation."""
+    from oncolens.train.plots import FIGURES
+    names = ["{}report.md".format(prefix)] + ["{}{}.png".format(prefix, f) for f in FIGURES]
+    for name in names + (["comparison.md"] if several else []):
+        path = os.path.join(out, name)
+        if os.path.isdir(path):
+            raise UsageError("--out {}: {} is a folder, where this run writes a file: move "
+                             "it or give another --out".format(out, path))
 
 
 def check_args(args):
@@ -159,7 +177,30 @@ def check_args(args):
     if args.json:
         check_text_file(args.json, "--json", "a .json file name")
         check_output_file(args.json, "--json", args.overwrite)
-    return plan_outputs(args)
+    plans = plan_outputs(args)
+    if args.json:
+        _check_json_apart(args.json, plans)
+    return plans
+
+
+def _check_json_apart(path, plans):
+    """--json never names a model's own file (model.json, labels.txt, a checkpoint, an ONNX
+    or an engine: --overwrite would destroy the model being evaluated) nor a report this run
+    writes (the report would be lost under the JSON)."""
+    from oncolens.appliance.bundle import MODEL_SUFFIXES
+    target = os.path.realpath(path)
+    for model_dir, out, prefix in plans:
+        if os.path.dirname(target) == os.path.realpath(model_dir) and (
+                os.path.basename(target) in ("model.json", "labels.txt") or
+                target.lower().endswith(MODEL_SUFFIXES)):
+            raise UsageError("--json {}: a file of the model {} being evaluated; expected "
+                             "a .json file name of its own".format(path, model_dir))
+        ours = [_report_path(out, prefix)] if out else []
+        if out and len(plans) > 1:
+            ours.append(os.path.join(out, "comparison.md"))
+        if target in [os.path.realpath(p) for p in ours]:
+            raise UsageError("--json {}: the report this run writes there; expected a .json "
+                             "file name of its own".format(path))
 
 
 def _print_summary(report):
@@ -228,8 +269,7 @@ def main(argv):
         echo("")
         echo(table)
         if args.out:
-            with _text_file(os.path.join(args.out, "comparison.md")) as fh:
-                fh.write(table)
+            _write_text(os.path.join(args.out, "comparison.md"), table)
     if args.json and reports:
         payload = public(reports[0]) if len(plans) == 1 else \
             {"models": [public(r) for r in reports], "not_evaluated": not_evaluated}

@@ -104,9 +104,13 @@ def reliability_png(report, path):
 
 
 def _save(plt, fig, path):
+    """Saved beside ``path`` and moved there when whole: Ctrl-C midway leaves no half PNG."""
+    from oncolens.appliance.outpaths import replace_file
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    try:
+        replace_file(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+    finally:
+        plt.close(fig)
     return path
 
 
