@@ -148,7 +148,12 @@ def main(argv):
     setup_logging(args.log_level)
     check_numbers(args)
     check_cache_paths(args)
-    if args.calib_images:  # a folder with images, before TensorRT loads and CUDA starts
+    calib = [flag for flag, value in (("--calib-images", args.calib_images),
+                                      ("--calib-cache", args.calib_cache)) if value]
+    if calib and args.precision != "int8":  # said, not silently dropped
+        log.warning("%s: used by --precision int8 only; ignored for --precision %s",
+                    " and ".join(calib), args.precision)
+    elif args.calib_images:  # a folder with images, before TensorRT loads and CUDA starts
         from oncolens.export.images import sample_paths
         sample_paths(args.calib_images, 1, split="train", flag="--calib-images")
     path, entry, built = build_engine(args)

@@ -151,3 +151,18 @@ def test_calib_images_are_checked_before_tensorrt_is_needed(tmp_path, what, mess
                               "int8", "--calib-images", str(folder)])
     assert code == 2 and err.startswith("oncolens export engine: error: --calib-images: "), err
     assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_calibration_flags_without_int8_are_said_to_be_ignored(tmp_path, caplog):
+    """--calib-images and --calib-cache with another precision were ignored in silence (and
+    a bad --calib-images folder refused although it would not have been read)."""
+    import logging
+    from conftest import run_cli
+    with caplog.at_level(logging.WARNING):
+        code, out, err = run_cli(["export", "engine", "--model-dir", str(tmp_path),
+                                  "--precision", "fp16", "--calib-images",
+                                  str(tmp_path / "missing"), "--calib-cache",
+                                  str(tmp_path / "c.calibration")])
+    assert "--calib-images and --calib-cache: used by --precision int8 only; ignored for " \
+        "--precision fp16" in caplog.text
+    assert "--calib-images: " not in err  # the folder is not checked: it is not read
