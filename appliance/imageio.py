@@ -11,6 +11,7 @@ import numpy as np
 from oncolens.appliance.cvlog import quiet_opencv, silent_opencv
 from oncolens.appliance.errors import (ImageReadError, ImageWriteError, OncoLensError,
                                        os_error_line)
+from oncolens.appliance.outpaths import replace_file
 
 log = logging.getLogger(__name__)
 
@@ -278,16 +279,15 @@ def write_image(path, rgb, quality=92):
     except OncoLensError as exc:  # as a failed write: batch records it on the image's row
         raise ImageWriteError("{}: {}".format(path, exc))
     parent = os.path.dirname(path)
-    tmp = path + ".part"
+
+    def write(tmp):
+        with open(tmp, "wb") as fh:
+            fh.write(data)
     try:
         if parent and not os.path.isdir(parent):
             os.makedirs(parent)
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
+        replace_file(path, write)  # a write cut short leaves no part of it behind
     except OSError as exc:  # a full disk, a permission refused, a file where a folder goes
-        if os.path.isfile(tmp):
-            os.remove(tmp)
         raise ImageWriteError("{}: cannot write it ({})".format(path, _write_reason(exc)))
 
 
