@@ -155,9 +155,21 @@ def open_audit_file(path):
             path, exc.strerror or exc))
 
 
+def address_forms(ip):
+    """``ip`` (``parse_ip``'s answer) and, for an IPv4 address, its IPv4-mapped IPv6 form
+    (::ffff:a.b.c.d): the address a dual-stack listener saw it as."""
+    if ip is None:
+        return ()
+    if ip.version == 4:
+        return (ip, ipaddress.IPv6Address(u"::ffff:{}".format(ip)))
+    return (ip,)
+
+
 def is_trusted(ip, proxies):
-    """Whether ``ip`` (``parse_ip``'s answer) lies in one of ``proxies``."""
-    return ip is not None and any(ip in net for net in proxies)
+    """Whether ``ip`` (``parse_ip``'s answer) lies in one of ``proxies``, in either form
+    (``address_forms``): an IPv4 client lies in ::/0 and in ::ffff:0:0/96 too, as it does
+    on a dual-stack listener; an IPv4-mapped one lies in the IPv4 networks (``parse_ip``)."""
+    return any(form in net for form in address_forms(ip) for net in proxies)
 
 
 def forwarded_ip(entry):
