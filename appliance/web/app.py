@@ -77,7 +77,10 @@ class ServeApp(object):
         self.save_dir = save_uploads
         prepare_save_dir(save_uploads)
         self.metrics = Metrics()
-        self.audit = audit_log if isinstance(audit_log, AuditLog) else AuditLog(audit_log)
+        # an AuditLog given is shared (classify's --serve and http:// servers write one file
+        # through one writer) and closed by whoever opened it; a path is opened here
+        self._owns_audit = not isinstance(audit_log, AuditLog)
+        self.audit = AuditLog(audit_log) if self._owns_audit else audit_log
         self.queue = InferenceQueue(classifier, queue_size, max_batch,
                                     self.metrics.observe_images) if classifier else None
         # decoding is where an upload's memory is spent (a 300 KB PNG may decode to 300 MB):
@@ -317,5 +320,6 @@ class ServeApp(object):
     def close(self):
         if self.queue is not None:
             self.queue.close()
-        self.audit.close()
+        if self._owns_audit:
+            self.audit.close()
 
