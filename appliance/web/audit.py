@@ -1,6 +1,6 @@
 """The audit log: one JSON object a line per /classify request (refused ones included), per
-request refused for its token (401, on any path) and per request the HTTP layer refused
-before a route saw it, for traceability.
+request refused on any other path (401 for its token, 404, 405, 500) and per request the HTTP
+layer refused before a route saw it, for traceability.
 
 Each line: time (UTC, ISO 8601), request_id, status, input_sha256, model_sha256, label,
 confidence, and who asked for what: method, path (never the query string, which may carry
@@ -121,7 +121,7 @@ def add_audit_flags(parser):
     (for its --serve and http:// outputs) take them; ``check_audit_flags`` checks them."""
     parser.add_argument("--audit-log", metavar="FILE",
                         help="append one JSON line per /classify request (and per request "
-                             "refused for its token, on any path, or by the HTTP layer) to "
+                             "refused on any path: 401, 404, 405, or by the HTTP layer) to "
                              "FILE; each names the method, path and client address")
     parser.add_argument("--trusted-proxy", metavar="ADDR", action="append",
                         help="a reverse proxy's IP address or network (10.0.0.0/8); may be "
