@@ -38,8 +38,9 @@ def _input_flags(p):
                    help="files and videos: 0 once, N more passes, -1 forever (0)")
     g.add_argument("--input-codec", help="h264, h265 or mjpeg (streams; mjpeg for V4L2)")
     g.add_argument("--input-rtsp-latency", "--input-latency", dest="input_latency", type=int,
-                   help="RTSP/RTP jitter buffer in ms, 0 to {} (200; 0: the "
-                        "default)".format(MAX_LATENCY_MS))
+                   help="RTSP/RTP jitter buffer in ms, 0 to {} (left out: 200, or "
+                        "jetson_utils' 2000; 0: none, as rtspsrc "
+                        "latency=0)".format(MAX_LATENCY_MS))
     g.add_argument("--input-save", help="jetson_utils only: also save the input stream")
     g.add_argument("--input-decoder", help="jetson_utils only: cpu, omx or v4l2")
 
@@ -201,7 +202,7 @@ def _check_numbers(args):
                 flag, what, value))
     if args.input_latency is not None and not 0 <= args.input_latency <= MAX_LATENCY_MS:
         raise UsageError("--input-rtsp-latency (--input-latency): expected milliseconds from 0 "
-                         "to {} (the jitter buffer; 0: the default, 200), got {}".format(
+                         "to {} (the jitter buffer; 0: none; left out: 200), got {}".format(
                              MAX_LATENCY_MS, args.input_latency))
     if not 0 <= args.status_every < float("inf"):
         raise UsageError("--status-every: expected seconds, 0 or more, got {}".format(
