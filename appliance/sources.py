@@ -37,6 +37,7 @@ OPTION_FLAGS = {"width": "--input-width", "height": "--input-height", "rate": "-
                 "latency": "--input-latency", "save": "--input-save",
                 "decoder": "--input-decoder"}
 JETSON_UTILS_ONLY = ("save", "decoder")
+DEFAULT_LATENCY_MS = 200   # the RTSP/RTP jitter buffer without --input-rtsp-latency
 
 
 class EndOfStream(Exception):
@@ -111,14 +112,10 @@ def flip_image(rgb, flip):
     return ops[name](rgb)
 
 
-DEFAULT_LATENCY_MS = 200   # the RTSP/RTP jitter buffer without --input-rtsp-latency
-
-
 def warn_unsupported(kind, options, names):
-    """One warning per flag this source cannot honour."""
+    """One warning per flag this source cannot honour (a latency of 0 too: it is 0 ms)."""
     for name in names:
         value = options.get(name)
-        # latency 0 is a value (no jitter buffer delay), not the default
         if (value is not None) if name == "latency" else value not in (None, "", 0, "none"):
             log.warning("%s is not supported for %s: ignored", OPTION_FLAGS.get(name, name), kind)
 
