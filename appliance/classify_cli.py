@@ -8,6 +8,7 @@
 Flags are imagenet's (``-`` and ``_`` interchangeable, ``--flag=value`` or ``--flag value``);
 a flag it does not know is reported and ignored, as imagenet does.
 """
+import contextlib
 import logging
 import os
 import sys
@@ -16,7 +17,7 @@ from oncolens.appliance.cliutil import (OneLineParser, check_top, cli_entry, nor
                                         setup_logging)
 from oncolens.appliance.errors import UsageError
 from oncolens.appliance.outpaths import check_output_file, check_text_file
-from oncolens.appliance.web.audit import add_audit_flags, check_audit_flags
+from oncolens.appliance.web.audit import AuditLog, add_audit_flags, check_audit_flags
 from oncolens.appliance.web.auth import TOKEN_ENV, resolve_token
 
 log = logging.getLogger("oncolens.classify")
@@ -37,8 +38,9 @@ def _input_flags(p):
                    help="files and videos: 0 once, N more passes, -1 forever (0)")
     g.add_argument("--input-codec", help="h264, h265 or mjpeg (streams; mjpeg for V4L2)")
     g.add_argument("--input-rtsp-latency", "--input-latency", dest="input_latency", type=int,
-                   help="RTSP/RTP jitter buffer in ms, 0 to {} (200; 0: the "
-                        "default)".format(MAX_LATENCY_MS))
+                   help="RTSP/RTP jitter buffer in ms, 0 to {} (left out: 200, or "
+                        "jetson_utils' 2000; 0: none, as rtspsrc "
+                        "latency=0)".format(MAX_LATENCY_MS))
     g.add_argument("--input-save", help="jetson_utils only: also save the input stream")
     g.add_argument("--input-decoder", help="jetson_utils only: cpu, omx or v4l2")
 
@@ -200,7 +202,7 @@ def _check_numbers(args):
                 flag, what, value))
     if args.input_latency is not None and not 0 <= args.input_latency <= MAX_LATENCY_MS:
         raise UsageError("--input-rtsp-latency (--input-latency): expected milliseconds from 0 "
-                         "to {} (the jitter buffer; 0: the default, 200), got {}".format(
+                         "to {} (the jitter buffer; 0: none; left out: 200), got {}".format(
                              MAX_LATENCY_MS, args.input_latency))
     if not 0 <= args.status_every < float("inf"):
         raise UsageError("--status-every: expected seconds, 0 or more, got {}".format(
@@ -224,6 +226,27 @@ def _warn_output_flags(args, output):
                         output or "no output")
 
 
+def _served(args):
+    """[(flag, address)] of the servers this run starts: --serve's, an http:// output's."""
+    return [(flag, address) for flag, address in (("--serve", args.serve),
+                                                  ("output", args.output))
+            if address and (flag == "--serve" or address.startswith("http://"))]
+
+
+@contextlib.contextmanager
+def _web_options(args, clf):
+    """The options of the servers of --serve and of an http:// output, with one AuditLog
+    for both (--audit-log: one open file and one lock, so their lines never interleave),
+    closed once the run is over."""
+    audit = AuditLog(args.audit_log) if args.audit_log and _served(args) else None
+    try:
+        yield {"classifier": clf, "token": args.token, "audit_log": audit,
+               "trusted_proxy": args.trusted_proxy}
+    finally:
+        if audit is not None:
+            audit.close()
+
+
 def _check_serving(args):
     """Serving off loopback without a token is refused before the model loads (an engine
     build on a Nano can take minutes), as is an explicitly empty --token (it turned the
@@ -231,9 +254,7 @@ def _check_serving(args):
     --audit-log and --trusted-proxy are checked as serve checks them, and the log opened
     (when served) as serve opens it, before the model loads."""
     args.token = resolve_token(args.token)
-    served = [(flag, address) for flag, address in (("--serve", args.serve),
-                                                       ("output", args.output))
-              if address and (flag == "--serve" or address.startswith("http://"))]
+    served = _served(args)
     if served:
         from oncolens.appliance.web.auth import require_token
         from oncolens.appliance.web.live import parse_address
@@ -283,9 +304,7 @@ def main(argv):
                           output_blob=args.output_blob, backend=args.backend, top=args.topk,
                           threshold=args.threshold, policy=args.preprocess,
                           precision=args.precision)
-    web = {"classifier": clf, "token": args.token, "audit_log": args.audit_log,
-           "trusted_proxy": args.trusted_proxy}
-    with clf:
+    with clf, _web_options(args, clf) as web:
         sink = open_sink(output, overwrite=args.overwrite, rate=args.input_rate,
                          codec=args.output_codec, bitrate=args.bitrate,
                          encoder=args.output_encoder, save=args.output_save,

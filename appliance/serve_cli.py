@@ -137,6 +137,7 @@ def main(argv):
         server = ServerThread(app.wsgi, args.host, args.port)
     except (OSError, IOError) as exc:
         app.close()
+        audit.close()
         clf.close()
         raise UsageError("--host {} --port {}: cannot listen there ({})".format(
             args.host, args.port, exc.strerror or exc))
@@ -153,5 +154,6 @@ def main(argv):
         notifier.stopping()
         server.httpd.server_close()
         app.close()
+        audit.close()
         clf.close()
     return 0

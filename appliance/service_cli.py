@@ -33,7 +33,9 @@ def build_parser():
     inst.add_argument("--root", "--prefix", dest="root", default="/",
                       help="write under this folder instead of / (packaging, containers, tests)")
     inst.add_argument("--user", default="oncolens",
-                      help="the system user the service runs as (oncolens), in group video")
+                      help="the system user the service runs as (oncolens), in group video: "
+                           "1 to 31 ASCII letters, digits, _ and -, the first a letter or _ "
+                           "(systemd's strict rule; lower case for useradd on Ubuntu 18.04)")
     defaults = {name: default for name, default, _ in ENV_VARS}
     inst.add_argument("--model", help="model bundle folder or model file ({})".format(
         defaults["ONCOLENS_MODEL"]))
@@ -44,7 +46,8 @@ def build_parser():
     inst.add_argument("--exec", dest="exec_cmd",
                       help="the oncolens command in ExecStart (default: the one running now)")
     inst.add_argument("--watchdog-sec", type=int, default=30,
-                      help="WatchdogSec: restart when no frame went through for this long (30)")
+                      help="WatchdogSec: restart when no frame went through for this long, "
+                           "2 to 86400 seconds (30)")
     inst.add_argument("--overwrite", action="store_true", help="replace existing files (the environment file's ONCOLENS_TOKEN is kept)")
     return p
 
@@ -104,6 +107,11 @@ def render_files(args, token=None):
     unit_text = render_unit(exec_cmd=exec_cmd, user=args.user, watchdog_sec=args.watchdog_sec,
                             cache_dir=args.cache_dir or CACHE_DIR, output=args.output or "")
     env_text = render_env(values)
+    if args.user != args.user.lower():   # a valid name by now (render_unit)
+        sys.stderr.write("oncolens service: warning: --user {}: useradd refuses upper-case "
+                         "letters on older systems (Ubuntu 18.04, JetPack 4), so the command "
+                         "printed may fail there; a lower-case name works everywhere\n".format(
+                             args.user))
     return [(_under_root(args.root, UNIT_PATH), unit_text, UNIT_MODE),
             (_under_root(args.root, ENV_PATH), env_text, ENV_MODE)]
 

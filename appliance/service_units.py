@@ -10,6 +10,7 @@ The environment file (``/etc/default/oncolens``) is read both by the unit
 (docker would keep them), so values may not contain quotes, backslashes or newlines.
 """
 import os
+import re
 
 from oncolens.appliance.errors import UsageError
 
@@ -18,6 +19,11 @@ ENV_PATH = "/etc/default/oncolens"
 STATE_DIR = "/var/lib/oncolens"
 CACHE_DIR = "/var/cache/oncolens"
 DEFAULT_EXEC = "/usr/local/bin/oncolens"
+# systemd's strict user name rule (systemd.io/USER_NAMES), the one it applies to users it
+# creates itself: ASCII letters, digits, _ and -, not first a digit or -, at most 31 characters
+# (utmp's field). No trailing $ (shadow's allowance for Samba machine accounts) and no dot.
+USER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,30}\Z")
+WATCHDOG_RANGE = (2, 86400)  # seconds: a frame at least every day (systemd takes far more)
 
 # The variables of the environment file, in order, with their defaults and comments.
 ENV_VARS = [
@@ -215,15 +221,26 @@ def _escape(value):
     return value.replace("%", "%%")
 
 
+def check_user(user):
+    """UsageError naming --user unless ``user`` meets systemd's strict rule (``USER_NAME``)."""
+    if not USER_NAME.match(user or ""):
+        raise UsageError("--user: {!r} is not a valid user name (expected 1 to 31 ASCII "
+                         "letters, digits, _ and -, the first a letter or _)".format(user))
+
+
+def check_watchdog(seconds):
+    """UsageError naming --watchdog-sec unless ``seconds`` lies in WATCHDOG_RANGE."""
+    low, high = WATCHDOG_RANGE
+    if not low <= int(seconds) <= high:
+        raise UsageError("--watchdog-sec: expected seconds from {} to {} (a day), got {}".format(
+            low, high, seconds))
+
+
 def render_unit(exec_cmd=DEFAULT_EXEC, user="oncolens", watchdog_sec=30, cache_dir=CACHE_DIR,
                 output="", env_path=ENV_PATH):
     """The unit's text.  ``exec_cmd`` is the oncolens command (a path, or 'python3 -m oncolens')."""
-    if not user or not all(ch.isalnum() or ch in "-_" for ch in user):
-        raise UsageError("--user: {!r} is not a valid user name (letters, digits, - and _)".format(
-            user))
-    if int(watchdog_sec) < 2:
-        raise UsageError("--watchdog-sec: {} is too short (at least 2 seconds)".format(
-            watchdog_sec))
+    check_user(user)
+    check_watchdog(watchdog_sec)
     for name, value in (("exec", exec_cmd), ("cache-dir", cache_dir), ("output", output)):
         _check_value("--" + name, value)
     _check_no_space("--output", output, SPLIT_AT_SPACES["ONCOLENS_OUTPUT"])

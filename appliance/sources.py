@@ -37,6 +37,7 @@ OPTION_FLAGS = {"width": "--input-width", "height": "--input-height", "rate": "-
                 "latency": "--input-latency", "save": "--input-save",
                 "decoder": "--input-decoder"}
 JETSON_UTILS_ONLY = ("save", "decoder")
+DEFAULT_LATENCY_MS = 200   # the RTSP/RTP jitter buffer without --input-rtsp-latency
 
 
 class EndOfStream(Exception):
@@ -112,9 +113,10 @@ def flip_image(rgb, flip):
 
 
 def warn_unsupported(kind, options, names):
-    """One warning per flag this source cannot honour."""
+    """One warning per flag this source cannot honour (a latency of 0 too: it is 0 ms)."""
     for name in names:
-        if options.get(name) not in (None, "", 0, "none"):
+        value = options.get(name)
+        if (value is not None) if name == "latency" else value not in (None, "", 0, "none"):
             log.warning("%s is not supported for %s: ignored", OPTION_FLAGS.get(name, name), kind)
 
 
@@ -308,7 +310,8 @@ def open_live(scheme, location, uri, options):
     has_gst = opencv_has_gstreamer()
     jetson = gst.is_jetson()
     flip, codec = options.get("flip"), options.get("codec")
-    latency = options.get("latency") or 200
+    # as jetson_utils' --input-rtsp-latency: 0 is 0 ms (rtspsrc latency=0), absent the default
+    latency = DEFAULT_LATENCY_MS if options.get("latency") is None else options["latency"]
     sw_flip = flip
     if scheme in ("rtsp", "rtsps", "rtp"):  # a stream's size and rate are the sender's
         warn_unsupported(scheme + " streams", options, ("width", "height", "rate"))

@@ -81,3 +81,32 @@ def test_every_flip_name_has_a_pipeline_and_a_software_equivalent():
     assert len(seen) == len(gst.FLIPS)  # the eight flips all differ
     assert (flip_image(img, "upper-left-diagonal") == img.transpose(1, 0, 2)).all()
     assert (flip_image(img, "horizontal") == img[:, ::-1]).all()
+
+
+@pytest.mark.parametrize("uri, latency, expected", [
+    ("rtsp://cam/s", 0, "rtspsrc location=rtsp://cam/s latency=0 "),
+    ("rtsp://cam/s", None, "rtspsrc location=rtsp://cam/s latency=200 "),
+    ("rtsp://cam/s", 50, "rtspsrc location=rtsp://cam/s latency=50 "),
+    ("rtp://@:1234", 0, "rtpjitterbuffer latency=0 "),
+    ("rtp://@:1234", None, "rtpjitterbuffer latency=200 "),
+])
+def test_input_latency_zero_is_no_jitter_buffer_delay(monkeypatch, uri, latency, expected):
+    """--input-rtsp-latency 0 built rtspsrc latency=200 (0 read as 'the default'), while
+    jetson_utils, whose flag it is, passes 0 on as 0 ms; only a flag left out is 200 now."""
+    from oncolens.appliance import sources
+    pipelines = []
+    monkeypatch.setattr(sources, "opencv_has_gstreamer", lambda: True)
+    monkeypatch.setattr(sources.gst, "is_jetson", lambda: False)
+    monkeypatch.setattr(sources, "_gst_capture",
+                        lambda pipeline: pipelines.append(pipeline) or (lambda: None))
+    sources.open_source(uri, latency=latency, jetson_utils=False)
+    assert len(pipelines) == 1 and expected in pipelines[0], pipelines
+
+
+def test_input_latency_zero_is_named_where_it_cannot_apply(monkeypatch, caplog):
+    """Through OpenCV's FFmpeg no latency applies: 0, now a value, is named as ignored."""
+    from oncolens.appliance import sources
+    monkeypatch.setattr(sources, "opencv_has_gstreamer", lambda: False)
+    with caplog.at_level("WARNING"):
+        sources.open_source("rtsp://127.0.0.1:9/s", latency=0, jetson_utils=False)
+    assert "--input-latency is not supported for rtsp through OpenCV's FFmpeg" in caplog.text

@@ -186,7 +186,7 @@ def test_a_bad_latency_is_refused_before_the_stream_is_opened(tiny_bundle, monke
                                      "rtsp://127.0.0.1:9/stream"])
         assert code == 2 and len(err.strip().splitlines()) == 1, err
         assert "--input-rtsp-latency (--input-latency): expected milliseconds from 0 to " \
-            "60000 (the jitter buffer; 0: the default, 200), got {}".format(value) in err
+            "60000 (the jitter buffer; 0: none; left out: 200), got {}".format(value) in err
 
 
 # OpenCV with no FFMPEG (as some builds have): its FFMPEG and GStreamer writers disabled

@@ -7,6 +7,8 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from conftest import cli_subprocess_cmd, run_cli, subprocess_env
 from serve_util import read, request, sample_image
 
@@ -23,6 +25,26 @@ def _wait_for_url(proc, deadline):
         if m:
             return m.group(1)
     raise AssertionError("no 'live stream at' line; stderr:\n" + "".join(lines))
+
+
+def _wait_for_urls(proc, count, deadline):
+    """The first ``count`` stream URLs the child's log names, in order."""
+    urls = []
+    while len(urls) < count:
+        urls.append(_wait_for_url(proc, deadline))
+    return urls
+
+
+def _open_files(pid, path):
+    """How many of process ``pid``'s file descriptors are open on ``path`` (Linux /proc)."""
+    fd_dir = "/proc/{}/fd".format(pid)
+    found = 0
+    for name in os.listdir(fd_dir):
+        try:
+            found += os.path.realpath(os.path.join(fd_dir, name)) == os.path.realpath(path)
+        except OSError:     # closed meanwhile
+            pass
+    return found
 
 
 def _audit(path):
@@ -63,7 +85,10 @@ def test_classify_serve_streams_the_loop_and_answers_classify(tiny_bundle, tiny_
             proc.kill()
             proc.wait()
         proc.stderr.close()
-    (record,) = _audit(audit)
+    records = _audit(audit)
+    # a /frame.jpg asked before the first frame is a 404 no_frame, audited as refusals are
+    assert all((r["path"], r["status"]) == ("/frame.jpg", 404) for r in records[:-1])
+    record = records[-1]
     assert (record["request_id"], record["label"]) == (body["request_id"], body["label"])
     assert (record["client"], record["forwarded_for"]) == ("127.0.0.1", "192.0.2.7")
 
@@ -121,3 +146,61 @@ def test_classify_serve_refuses_an_audit_log_it_cannot_open_before_the_model(tmp
                                       "--audit-log", audit] + served)
             assert code == 2 and err.strip() == "oncolens classify: " + line, err
     assert not os.path.exists(str(tmp_path / "missing"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs Linux /proc")
+def test_serve_and_an_http_output_share_one_audit_writer(tiny_bundle, tiny_data, tmp_path):
+    """--serve and an http:// output each opened --audit-log for appending: two writers,
+    two locks, on one file, whose lines could interleave. They now write through one: the
+    file is open once while both answer, and every request to either has its line."""
+    audit = str(tmp_path / "audit.jsonl")
+    cmd = cli_subprocess_cmd("classify", "--model", tiny_bundle, "--headless",
+                             "--input-loop=-1", "--serve", ":0", "--audit-log", audit,
+                             os.path.join(tiny_data, "test"), "http://@:0")
+    proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, universal_newlines=True)
+    image = read(sample_image(tiny_data))
+    try:
+        urls = _wait_for_urls(proc, 2, time.time() + 120)
+        assert urls[0] != urls[1]
+        sent = []
+        for n in range(6):
+            rid = "shared-{}".format(n)
+            reply = request(urls[n % 2], "/classify", "POST", image,
+                            headers={"X-Request-Id": rid})
+            assert reply.status == 200
+            sent.append(rid)
+        assert _open_files(proc.pid, audit) == 1
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    assert sorted(record["request_id"] for record in _audit(audit)) == sent
+
+
+def test_a_shared_audit_log_outlives_the_first_server_closed(classifier_tiny, tmp_path):
+    """A ServeApp closes the audit log it opened, never one it was given: the loop closes
+    its sinks one after the other, and the second server's lines must still be written."""
+    from oncolens.appliance.web.audit import AuditLog
+    from serve_util import running
+    audit_path = str(tmp_path / "audit.jsonl")
+    audit = AuditLog(audit_path)
+    try:
+        with running(classifier_tiny, audit_log=audit) as (second, _):
+            with running(classifier_tiny, audit_log=audit):
+                pass                                  # the first server closed
+            reply = request(second, "/classify", "POST", b"", headers={"X-Request-Id": "late"})
+            assert reply.status == 400
+    finally:
+        audit.close()
+    assert [record["request_id"] for record in _audit(audit_path)] == ["late"]
+
+
+@pytest.fixture
+def classifier_tiny(tiny_bundle):
+    from oncolens.appliance.classifier import Classifier
+    with Classifier.open(tiny_bundle, backend="onnxruntime") as clf:
+        yield clf

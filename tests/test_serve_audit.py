@@ -75,3 +75,36 @@ def test_an_audit_log_that_cannot_be_written_still_answers_a_protocol_error(clas
         assert got == 505 and json.loads(body.decode("utf-8"))["error"]["code"] == "bad_version"
         text = request(url, "/metrics").body.decode("utf-8")
     assert metric(text, "oncolens_http_requests_total", path="other", code="505") == 1
+
+
+def test_unknown_paths_and_wrong_methods_are_audited(classifier, tmp_path):
+    """404 and 405 were counted in /metrics but left no audit line: a scan of the server's
+    paths, or a POST of an image to the wrong one, left no trace. Each refused request now
+    has its line, with the same fields as the others and never its body or query; answered
+    reads (the page, /health) are still not audited."""
+    audit = str(tmp_path / "audit.jsonl")
+    body = b"\x89PNG" + b"\0" * 5000
+    cases = [("GET", "/admin/../etc?token=s3cret", None, 404),
+             ("POST", "/upload", body, 404),
+             ("GET", "/classify", None, 405),
+             ("POST", "/health", body, 405),
+             ("GET", "/stream.mjpg", None, 404),      # no_live_feed: no live sink here
+             ("GET", "/health", None, 200)]
+    with running(classifier, audit_log=audit) as (url, app):
+        for n, (method, path, data, status) in enumerate(cases):
+            headers = {"X-Request-Id": "refused-{}".format(n)}
+            reply = request(url, path, method, data, headers=headers)
+            assert reply.status == status, path
+        page = request(url, "/").body.decode("utf-8")
+    lines = audit_lines(audit)
+    assert [(r["request_id"], r["status"], r["method"], r["path"]) for r in lines] == [
+        ("refused-0", 404, "GET", "/admin/../etc"), ("refused-1", 404, "POST", "/upload"),
+        ("refused-2", 405, "GET", "/classify"), ("refused-3", 405, "POST", "/health"),
+        ("refused-4", 404, "GET", "/stream.mjpg")]
+    for record in lines:
+        assert sorted(record) == FIELDS and record["client"] == "127.0.0.1"
+        assert record["input_sha256"] is None and record["label"] is None
+    with open(audit) as fh:
+        assert "s3cret" not in fh.read()
+    # the page names an icon of its own: browsers ask no /favicon.ico, a 404 at every visit
+    assert '<link rel="icon" href="data:,">' in page

@@ -131,6 +131,30 @@ def test_a_mapped_trusted_proxy_matches_a_plain_ipv4_peer(tmp_path):
     assert record["client"] == "127.0.0.1" and record["forwarded_for"] == "192.0.2.7"
 
 
+@pytest.mark.parametrize("network,peer,trusted", [
+    ("::/0", "10.200.1.1", True), ("::/0", "::ffff:10.200.1.1", True), ("::/0", "::1", True),
+    ("::/80", "192.0.2.7", True), ("::ffff:0:0/96", "192.0.2.7", True),
+    ("::ffff:0:0/96", "::1", False), ("2001:db8::/32", "192.0.2.7", False),
+    ("0.0.0.0/0", "::ffff:192.0.2.7", True), ("0.0.0.0/0", "::1", False),
+])
+def test_an_ipv6_network_holds_ipv4_clients_in_their_mapped_form(network, peer, trusted):
+    """--trusted-proxy ::/0 trusted no IPv4 client: a dual-stack listener's ::ffff:a.b.c.d
+    peer is named a.b.c.d, and an IPv4 address is never in an IPv6 network; each address is
+    now matched in both forms."""
+    from oncolens.appliance.web.audit import is_trusted, parse_ip, trusted_proxies
+    assert is_trusted(parse_ip(peer), trusted_proxies([network])) is trusted
+
+
+def test_trusted_proxy_all_of_ipv6_trusts_a_real_ipv4_peer(tmp_path):
+    """::/0 trusts every address, the entries of X-Forwarded-For too: the left-most one is
+    recorded (before, the IPv4 peer was not trusted and forwarded_for was null)."""
+    audit = str(tmp_path / "audit.jsonl")
+    with serving("127.0.0.1", audit, trusted_proxy=["::/0"]) as port:
+        refused("127.0.0.1", port, "all-1", forwarded="198.51.100.66, 192.0.2.7")
+    record = audit_lines(audit)["all-1"]
+    assert record["client"] == "127.0.0.1" and record["forwarded_for"] == "198.51.100.66"
+
+
 def test_an_ipv6_client_keeps_its_ipv6_address(tmp_path):
     audit = str(tmp_path / "audit.jsonl")
     with serving("::1", audit, trusted_proxy=["10.0.0.0/8", "::1"]) as port:

@@ -111,7 +111,7 @@ def test_token_required_on_every_route(tiny_bundle, tiny_data, caplog):
 def test_unauthorized_requests_are_audited_on_every_path(tiny_bundle, tiny_data, tmp_path):
     """A 401 was audited for POST /classify only: failed attempts on the page, /health,
     /metrics or an unknown path left no line.  Every 401 is audited now (only a POST
-    /classify counts among /classify's errors); an authenticated 404 or 405 is not."""
+    /classify counts among /classify's errors), and so is an authenticated 404 or 405."""
     from serve_util import metric
     from oncolens.appliance.classifier import Classifier
     token = "t0ken-Audit7"
@@ -126,14 +126,19 @@ def test_unauthorized_requests_are_audited_on_every_path(tiny_bundle, tiny_data,
                 reply = request(url, path, method, data if method == "POST" else None,
                                 {"X-Request-Id": "no-token-{}".format(n)})
                 assert reply.status == 401, path
-            for path, method, status in (("/nope", "GET", 404), ("/classify", "GET", 405)):
-                reply = request(url, path + "?token=" + token, method)
+            for n, (path, method, status) in enumerate((("/nope", "GET", 404),
+                                                        ("/classify", "GET", 405))):
+                reply = request(url, path + "?token=" + token, method,
+                                headers={"X-Request-Id": "with-token-{}".format(n)})
                 assert reply.status == status, path
             text = request(url, "/metrics?token=" + token).body.decode("utf-8")
     assert metric(text, "oncolens_classify_errors_total", reason="unauthorized") == 2
     lines = open(audit).read().splitlines()
     assert token not in "".join(lines)
     records = [json.loads(line) for line in lines]
+    assert [(r["request_id"], r["status"], r["path"]) for r in records[len(refused):]] == [
+        ("with-token-0", 404, "/nope"), ("with-token-1", 405, "/classify")]
+    records = records[:len(refused)]
     assert [r["request_id"] for r in records] == ["no-token-{}".format(n)
                                                   for n in range(len(refused))]
     for record in records:

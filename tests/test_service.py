@@ -218,7 +218,7 @@ def test_print_shows_both_files_and_writes_nothing(tmp_path):
     (["--output", "out/"], "absolute path"),
     (["--user", "bad user"], "not a valid user name"),
     (["--exec", "oncolens"], "not an absolute path"),
-    (["--watchdog-sec", "1"], "too short"),
+    (["--watchdog-sec", "1"], "--watchdog-sec: expected seconds from 2 to 86400 (a day), got 1"),
     (["--output=/data/my out/"], "--output '/data/my out/': contains whitespace"),
     (["--output=/data/out/\tx"], "--output '/data/out/\\tx': contains whitespace"),
     (["--cache-dir=/data/my cache"], "--cache-dir '/data/my cache': contains whitespace"),

@@ -49,3 +49,46 @@ def test_an_empty_model_or_input_is_refused(tmp_path, flag):
                               "/usr/local/bin/oncolens", flag + "="])
     assert code == 2 and flag + ": empty" in err and "Traceback" not in err, err
     assert not os.path.exists(root)
+
+
+@pytest.mark.parametrize("user", [
+    "onkölens", "\uff4fncolens", "оncolens",       # a non-ASCII letter: isalnum() took them
+    "1oncolens", "-oncolens", "a" * 32, "lab$", "lab.x", "", "lab user", "ONKÖLENS",
+])
+def test_a_user_name_systemd_would_not_take_is_refused(tmp_path, user):
+    """--user took any letter str.isalnum() knows (Cyrillic, full-width, accented), a first
+    digit or hyphen and any length, for a unit systemd refuses or reads as a uid."""
+    root = str(tmp_path / "root")
+    code, out, err = run_cli(["service", "install", "--root", root, "--exec",
+                              "/usr/local/bin/oncolens", "--user=" + user])
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("oncolens service: error: --user: ") and "not a valid user name " \
+        "(expected 1 to 31 ASCII letters, digits, _ and -, the first a letter or _)" in err
+    assert not os.path.exists(root)
+
+
+@pytest.mark.parametrize("user", ["oncolens", "_lab-1", "a" * 31, "Lab"])
+def test_a_user_name_of_the_strict_rule_is_written(user):
+    code, out, err = run_cli(["service", "install", "--print", "--exec",
+                              "/usr/local/bin/oncolens", "--user", user])
+    assert code == 0 and "\nUser={}\n".format(user) in out, err
+    assert ("upper-case" in err) is (user == "Lab")
+
+
+@pytest.mark.parametrize("seconds,ok", [("2", True), ("86400", True), ("1", False),
+                                        ("0", False), ("-5", False), ("86401", False),
+                                        ("100000000000", False)])
+def test_watchdog_sec_is_two_seconds_to_a_day(tmp_path, seconds, ok):
+    """--watchdog-sec had no upper limit: 100000000000 went into WatchdogSec= as it was."""
+    root = str(tmp_path / "root")
+    code, out, err = run_cli(["service", "install", "--root", root, "--exec",
+                              "/usr/local/bin/oncolens", "--watchdog-sec=" + seconds])
+    if ok:
+        assert code == 0, err
+        with open(os.path.join(root, "etc/systemd/system/oncolens.service")) as fh:
+            assert "\nWatchdogSec={}\n".format(seconds) in fh.read()
+    else:
+        assert code == 2 and err.strip() == ("oncolens service: error: --watchdog-sec: "
+                                             "expected seconds from 2 to 86400 (a day), "
+                                             "got {}".format(seconds)), err
+        assert not os.path.exists(root)

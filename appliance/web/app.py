@@ -77,7 +77,10 @@ class ServeApp(object):
         self.save_dir = save_uploads
         prepare_save_dir(save_uploads)
         self.metrics = Metrics()
-        self.audit = audit_log if isinstance(audit_log, AuditLog) else AuditLog(audit_log)
+        # an AuditLog given is shared (classify's --serve and http:// servers write one file
+        # through one writer) and closed by whoever opened it; a path is opened here
+        self._owns_audit = not isinstance(audit_log, AuditLog)
+        self.audit = AuditLog(audit_log) if self._owns_audit else audit_log
         self.queue = InferenceQueue(classifier, queue_size, max_batch,
                                     self.metrics.observe_images) if classifier else None
         # decoding is where an upload's memory is spent (a 300 KB PNG may decode to 300 MB):
@@ -121,12 +124,10 @@ class ServeApp(object):
                                            ("WWW-Authenticate", 'Bearer realm="oncolens"')])
                 result = [body]
             else:
-                try:
-                    result = inner(environ, start)
-                except Exception:  # the framework normally catches these; never leave silent
-                    log.exception("%s: unhandled error", rid)
-                    start("500 Internal Server Error", [("Content-Type", JSON_TYPE)])
-                    result = [self.error_body(rid, 500, "internal", "internal error")]
+                result = self._routed(inner, environ, start, rid)
+                if state["code"] >= 400 and not environ.get("oncolens.audited"):
+                    # refused on any path (404, 405, ...): audited as /classify's refusals are
+                    self.audit_refusal(rid, state["code"], environ.get("oncolens.audit"))
             self.metrics.observe_request(path, state["code"])
             log.info("%s %s %s %d %.1f ms", rid, environ.get("REQUEST_METHOD"),
                      path if path in PATHS else "(other)", state["code"],
@@ -136,6 +137,15 @@ class ServeApp(object):
         # what the HTTP layer refuses before this application sees it (server.py)
         application.refused = self.refused_before_routes
         return application
+
+    def _routed(self, inner, environ, start, rid):
+        """The routes' answer to a request that passed the token check."""
+        try:
+            return inner(environ, start)
+        except Exception:  # the framework normally catches these; never leave silent
+            log.exception("%s: unhandled error", rid)
+            start("500 Internal Server Error", [("Content-Type", JSON_TYPE)])
+            return [self.error_body(rid, 500, "internal", "internal error")]
 
     def refused_before_routes(self, rid, status, client=None):
         """A request the HTTP layer refused itself (a malformed request line or header,
@@ -148,7 +158,8 @@ class ServeApp(object):
 
     def audit_write(self, environ, status, input_sha256=None, label=None, confidence=None):
         """The audit line of a request the middleware saw (its method, path, client and
-        forwarded_for: ``request_fields``)."""
+        forwarded_for: ``request_fields``); the middleware audits it no more."""
+        environ["oncolens.audited"] = True
         self.audit.write(environ.get("oncolens.request_id", "-"), status, input_sha256,
                          self.model_sha256, label, confidence,
                          request=environ.get("oncolens.audit"))
@@ -317,5 +328,6 @@ class ServeApp(object):
     def close(self):
         if self.queue is not None:
             self.queue.close()
-        self.audit.close()
+        if self._owns_audit:
+            self.audit.close()
 

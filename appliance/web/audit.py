@@ -1,6 +1,6 @@
 """The audit log: one JSON object a line per /classify request (refused ones included), per
-request refused for its token (401, on any path) and per request the HTTP layer refused
-before a route saw it, for traceability.
+request refused on any other path (401 for its token, 404, 405, 500) and per request the HTTP
+layer refused before a route saw it, for traceability.
 
 Each line: time (UTC, ISO 8601), request_id, status, input_sha256, model_sha256, label,
 confidence, and who asked for what: method, path (never the query string, which may carry
@@ -121,7 +121,7 @@ def add_audit_flags(parser):
     (for its --serve and http:// outputs) take them; ``check_audit_flags`` checks them."""
     parser.add_argument("--audit-log", metavar="FILE",
                         help="append one JSON line per /classify request (and per request "
-                             "refused for its token, on any path, or by the HTTP layer) to "
+                             "refused on any path: 401, 404, 405, or by the HTTP layer) to "
                              "FILE; each names the method, path and client address")
     parser.add_argument("--trusted-proxy", metavar="ADDR", action="append",
                         help="a reverse proxy's IP address or network (10.0.0.0/8); may be "
@@ -155,9 +155,21 @@ def open_audit_file(path):
             path, exc.strerror or exc))
 
 
+def address_forms(ip):
+    """``ip`` (``parse_ip``'s answer) and, for an IPv4 address, its IPv4-mapped IPv6 form
+    (::ffff:a.b.c.d): the address a dual-stack listener saw it as."""
+    if ip is None:
+        return ()
+    if ip.version == 4:
+        return (ip, ipaddress.IPv6Address(u"::ffff:{}".format(ip)))
+    return (ip,)
+
+
 def is_trusted(ip, proxies):
-    """Whether ``ip`` (``parse_ip``'s answer) lies in one of ``proxies``."""
-    return ip is not None and any(ip in net for net in proxies)
+    """Whether ``ip`` (``parse_ip``'s answer) lies in one of ``proxies``, in either form
+    (``address_forms``): an IPv4 client lies in ::/0 and in ::ffff:0:0/96 too, as it does
+    on a dual-stack listener; an IPv4-mapped one lies in the IPv4 networks (``parse_ip``)."""
+    return any(form in net for form in address_forms(ip) for net in proxies)
 
 
 def forwarded_ip(entry):
