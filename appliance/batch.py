@@ -84,6 +84,7 @@ class Annotator(object):
     def __init__(self, outdir, overwrite=False):
         self.outdir = outdir
         self.overwrite = overwrite
+        self.written = set()  # path_keys of the copies this run wrote
 
     def __call__(self, item, preds):
         from oncolens.appliance.imageio import colour_path, write_image
@@ -97,6 +98,7 @@ class Annotator(object):
             raise UsageError("output {} already exists: pass --overwrite to replace it".format(
                 target))
         write_image(target, draw_lines(item.image, [overlay_text(p) for p in preds]))
+        self.written.add(path_key(target))
         return target
 
 
@@ -130,8 +132,8 @@ def run_batch(clf, uri, results=None, annotate=None, batch_size=8, workers=2, re
     found = image_files(uri, counts, exclude=annotate)  # before the results file is made
     writer, skip = _open_results(results, labels, resume, overwrite, sha, precision, backend,
                                  lock, copies)
-    if copies is not None:
-        copies.warn_unrecorded(results)
+    if copies is not None and (writer is None or writer.replacing is None):
+        copies.warn_unrecorded(results)  # else once the earlier file is read, at the first row
     own = set(path_key(path) for path in outputs)
     files = (f for f in found
              if path_key(f[0]) not in own and not _skipped(f, skip, counts))
@@ -182,10 +184,10 @@ def _annotating(annotate, uri, results, resume, overwrite):
     going_on = resume and bool(results) and os.path.isfile(results) and os.path.getsize(
         results) > 0
     _check_annotate_dir(annotate, going_on, overwrite)
-    copies = None
+    annotator, copies = Annotator(annotate, overwrite or going_on), None
     if overwrite and not going_on:  # the earlier run's copies go with its results
-        copies = EarlierCopies(annotate, input_folder(uri))
-    return Annotator(annotate, overwrite or going_on), copies
+        copies = EarlierCopies(annotate, input_folder(uri), keep=annotator.written)
+    return annotator, copies
 
 
 def _open_results(results, labels, resume, overwrite, sha, precision, backend, lock=None,

@@ -143,6 +143,7 @@ class ResultsLock(object):
         self.fd = None
         self.created = False  # this run made the file (acquire)
         self.was_empty = False  # it was empty when locked: made now, or left empty before
+        self.wrote_row = False  # set by the ResultsWriter at its first row
 
     def acquire(self):
         if self.fd is None:
@@ -242,14 +243,20 @@ class ResultsWriter(object):
     """Appends rows to a .csv or .jsonl file, flushing after every batch.  It holds the
     file's ResultsLock from before it looks at the file until ``close()``; given a ``lock``
     (held longer by the caller, e.g. while the metrics are written), it takes that one and
-    leaves releasing it to the caller. ``on_replace(path)`` is called under the lock just
-    before ``overwrite`` empties a file that holds anything (its rows are still there)."""
+    leaves releasing it to the caller.
+
+    ``overwrite`` of a file that holds anything empties it only when the first row is
+    written (``replacing`` until then): a run refused or stopped before that (its first
+    batch failed, Ctrl-C) leaves the earlier rows as they were. ``on_replace(path)`` is
+    called under the lock just before that, while the earlier rows are still there."""
 
     def __init__(self, path, labels, resume=False, overwrite=False, lock=None,
                  on_replace=None):
         self.path = path
         self.ext = results_format(path)
         self.columns = columns(labels)
+        self.fh = self.csv = None
+        self.replacing = None  # the on_replace call still to make before the first row
         parent = os.path.dirname(path)
         if parent and not os.path.isdir(parent):
             os.makedirs(parent)
@@ -268,18 +275,22 @@ class ResultsWriter(object):
         if exists and not (resume or overwrite):
             raise UsageError("results file {} already exists: pass --resume to continue it or "
                              "--overwrite to replace it".format(path))
-        append = exists and resume
-        if append:
+        if exists and resume:
             _drop_partial_line(path)
             self._check_header()
-        elif exists and on_replace is not None:
-            on_replace(path)
-        self.fh = io.open(path, "a" if append else "w", encoding="utf-8", errors=ERRORS,
-                          newline="")
-        self.csv = None
+            self._start("a")
+        elif exists:  # emptied at the first row (write)
+            self.replacing = on_replace or (lambda path: None)
+        else:
+            self._start("w")
+
+    def _start(self, mode):
+        """Open the file to append (``a``) or to write from empty (``w``), with the CSV
+        header when it has none."""
+        self.fh = io.open(self.path, mode, encoding="utf-8", errors=ERRORS, newline="")
         if self.ext == ".csv":
             self.csv = csv.DictWriter(self.fh, fieldnames=self.columns, extrasaction="ignore")
-            if not append or os.path.getsize(path) == 0:
+            if mode == "w" or os.path.getsize(self.path) == 0:
                 self.csv.writeheader()
                 self.fh.flush()
 
@@ -296,12 +307,19 @@ class ResultsWriter(object):
                                                    ",".join(self.columns)))
 
     def write(self, row):
+        if self.replacing is not None:  # --overwrite: the earlier rows go now, not before
+            replacing, self.replacing = self.replacing, None
+            replacing(self.path)
+            self._start("w")
         if self.csv is not None:
             self.csv.writerow(dict((k, "" if v is None else v) for k, v in row.items()))
         else:
             self.fh.write(json.dumps(row, sort_keys=False) + "\n")
+        self.lock.wrote_row = True
 
     def flush(self):
+        if self.fh is None:
+            return
         self.fh.flush()
         try:
             os.fsync(self.fh.fileno())
@@ -310,7 +328,7 @@ class ResultsWriter(object):
 
     def close(self):
         try:
-            if not self.fh.closed:
+            if self.fh is not None and not self.fh.closed:
                 self.flush()
                 self.fh.close()
         finally:
