@@ -59,7 +59,9 @@ def build_parser():
                    help="decode/preprocess threads running ahead of inference (2; 0: none)")
     p.add_argument("--resume", action="store_true",
                    help="skip files already in --results and append to it (refused when "
-                        "its rows are of another model, precision or backend)")
+                        "its rows are of another model, precision or backend); with "
+                        "--annotate, files whose annotated copy was not written are done "
+                        "again, their new rows replacing the earlier ones")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing results file and metrics (the results "
                         "file is emptied when this run writes its first row); with "
