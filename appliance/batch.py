@@ -17,7 +17,7 @@ from oncolens.appliance.errors import ImageWriteError, UsageError, plural
 from oncolens.appliance.evaluation import input_folder, truth_of
 from oncolens.appliance.lowbits import LowBitsWarning
 from oncolens.appliance.pipeline import batched, iter_image_files, prefetch, window
-from oncolens.appliance.results import ResultsWriter, done_paths, path_key
+from oncolens.appliance.results import COPY_FAILED, ResultsWriter, done_paths, path_key
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,7 @@ class Annotator(object):
     def __init__(self, outdir, overwrite=False):
         self.outdir = outdir
         self.overwrite = overwrite
+        self.written = set()  # path_keys of the copies this run wrote
 
     def __call__(self, item, preds):
         from oncolens.appliance.imageio import colour_path, write_image
@@ -97,6 +98,7 @@ class Annotator(object):
             raise UsageError("output {} already exists: pass --overwrite to replace it".format(
                 target))
         write_image(target, draw_lines(item.image, [overlay_text(p) for p in preds]))
+        self.written.add(path_key(target))
         return target
 
 
@@ -129,9 +131,9 @@ def run_batch(clf, uri, results=None, annotate=None, batch_size=8, workers=2, re
     counts = collections.Counter()
     found = image_files(uri, counts, exclude=annotate)  # before the results file is made
     writer, skip = _open_results(results, labels, resume, overwrite, sha, precision, backend,
-                                 lock, copies)
-    if copies is not None:
-        copies.warn_unrecorded(results)
+                                 lock, copies, redo_copies=annotator is not None)
+    if copies is not None and (writer is None or writer.replacing is None):
+        copies.warn_unrecorded(results)  # else once the earlier file is read, at the first row
     own = set(path_key(path) for path in outputs)
     files = (f for f in found
              if path_key(f[0]) not in own and not _skipped(f, skip, counts))
@@ -182,27 +184,33 @@ def _annotating(annotate, uri, results, resume, overwrite):
     going_on = resume and bool(results) and os.path.isfile(results) and os.path.getsize(
         results) > 0
     _check_annotate_dir(annotate, going_on, overwrite)
-    copies = None
+    annotator, copies = Annotator(annotate, overwrite or going_on), None
     if overwrite and not going_on:  # the earlier run's copies go with its results
-        copies = EarlierCopies(annotate, input_folder(uri))
-    return Annotator(annotate, overwrite or going_on), copies
+        copies = EarlierCopies(annotate, input_folder(uri), keep=annotator.written)
+    return annotator, copies
 
 
 def _open_results(results, labels, resume, overwrite, sha, precision, backend, lock=None,
-                  on_replace=None):
+                  on_replace=None, redo_copies=False):
     """The results writer (None without a file) and the files ``--resume`` skips;
-    ``on_replace``: see ResultsWriter."""
+    ``on_replace``: see ResultsWriter. ``redo_copies`` (the run annotates): a file whose
+    annotated copy was not written is not skipped, but classified and annotated again (its
+    new row replaces the earlier one: results_redo)."""
     if not results:
         return None, set()
     writer = ResultsWriter(results, labels, resume, overwrite, lock, on_replace)
     if not resume:
         return writer, set()
+    redo = set() if redo_copies else None
     try:  # read after the writer has cut an unfinished last line
-        skip = done_paths(results, sha, precision, backend)
+        skip = done_paths(results, sha, precision, backend, redo)
     except Exception:
         writer.close()
         raise
     log.info("--resume: skipping %s already in %s", plural(len(skip), "file"), results)
+    if redo:
+        log.info("--resume: classifying and annotating again %s whose annotated copy was not "
+                 "written", plural(len(redo), "file"))
     return writer, skip
 
 
@@ -231,7 +239,7 @@ def _classify(clf, good, labels, annotator, backend, precision, sha, input_name=
             try:
                 row["annotated"] = os.path.abspath(annotator(item, preds))
             except ImageWriteError as exc:  # recorded with its classification; the rest goes on
-                row["error"] = "annotated copy not written: {}".format(exc)
+                row["error"] = "{}: {}".format(COPY_FAILED, exc)
                 log.error("%s: %s", item.path, row["error"])
         rows.append(row)
     return rows

@@ -59,11 +59,14 @@ def build_parser():
                    help="decode/preprocess threads running ahead of inference (2; 0: none)")
     p.add_argument("--resume", action="store_true",
                    help="skip files already in --results and append to it (refused when "
-                        "its rows are of another model, precision or backend)")
+                        "its rows are of another model, precision or backend); with "
+                        "--annotate, files whose annotated copy was not written are done "
+                        "again, their new rows replacing the earlier ones")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing results file and metrics; with --annotate, "
-                        "the earlier run's annotated copies that its --results rows name are "
-                        "removed first")
+                   help="replace an existing results file and metrics (the results "
+                        "file is emptied when this run writes its first row); with "
+                        "--annotate, the earlier run's annotated copies that its --results "
+                        "rows name are removed then")
     p.add_argument("--topK", "--topk", dest="topk", type=int, default=1,
                    help="classes drawn on annotated copies (1; 0: every class at or above "
                         "--threshold)")
@@ -220,16 +223,22 @@ def main(argv):
         try:
             return _run(args)
         except KeyboardInterrupt as exc:
-            exc.hint = _resume_hint(args)
+            if getattr(exc, "hint", None) is None:  # stopped before _run held the lock
+                exc.hint = _resume_hint(args)
             raise
 
 
-def _resume_hint(args):
+def _resume_hint(args, lock=None):
+    """What a stopped run kept; ``lock``: the results file's, which knows whether this run
+    wrote a row."""
     if not args.results:
         return "no --results file, so nothing was kept"
     if not os.path.isfile(args.results):
         return "no row was written, so no --results file was kept: run the same command " \
                "again"
+    if args.overwrite and not args.resume and not (lock is not None and lock.wrote_row):
+        return "no row was written, so {} was left as it was: run the same command " \
+               "again".format(args.results)
     return "the rows written so far are kept in {}: run the same command with --resume to " \
            "continue".format(args.results)
 
@@ -263,10 +272,14 @@ def _run(args):
                   plural(summary.ignored, "non-image file")))
         if args.results:
             print("results: {}".format(args.results))
+        if done == 0 and summary.skipped == 0:  # before the metrics: an --overwrite'd
+            raise UsageError("input {}: no image files found".format(  # file is as it was
+                args.input))
         report_metrics(args, labels, rows)
-        if done == 0 and summary.skipped == 0:
-            raise UsageError("input {}: no image files found".format(args.input))
         finished = True
+    except KeyboardInterrupt as exc:
+        exc.hint = _resume_hint(args, lock)
+        raise
     finally:
         if lock is not None:  # ended on an error, or stopped: a file it made stays only
             lock.release(discard=not finished)  # with rows in it

@@ -15,7 +15,7 @@ import os
 from oncolens.appliance.errors import plural
 from oncolens.appliance.imageio import is_image_file
 from oncolens.appliance.outpaths import drop_empty_folders, inside as _inside
-from oncolens.appliance.results import read_rows
+from oncolens.appliance.results import path_key, read_rows
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +46,14 @@ def _ends_a_line(path):
 class EarlierCopies(object):
     """Removes the copies an earlier run recorded in its results file from ``outdir``: called
     with the results file's path just before ``--overwrite`` empties it (``ResultsWriter``'s
-    ``on_replace``). ``input_root``: the input's folder, whose files are never removed (an
-    input inside OUTDIR is not a copy, whatever a row says)."""
+    ``on_replace``, at this run's first row). ``input_root``: the input's folder, whose files
+    are never removed (an input inside OUTDIR is not a copy, whatever a row says). ``keep``:
+    the ``path_key``s of the copies this run has written by then (its first batch's, which
+    replaced earlier ones of the same name), never removed."""
 
-    def __init__(self, outdir, input_root):
+    def __init__(self, outdir, input_root, keep=()):
         self.outdir = outdir
+        self.keep = keep
         self.root = os.path.realpath(outdir)
         self.inputs = os.path.realpath(input_root)
         self.held = os.path.isdir(outdir) and bool(os.listdir(outdir))  # before this run
@@ -61,6 +64,7 @@ class EarlierCopies(object):
         copies = recorded_copies(results)
         if copies is None:
             self.unrecorded = "{} does not name the copies its rows came with".format(results)
+            self.warn_unrecorded(results)
             return
         self.recorded = True
         removed = [path for path in (self._remove(p) for p in copies) if path]
@@ -78,13 +82,13 @@ class EarlierCopies(object):
             return None
         if _inside(real, self.inputs) and not _inside(self.root, self.inputs):
             return None  # OUTDIR holds the input: an input is never taken for a copy
-        if os.path.islink(real) or not os.path.isfile(real):
+        if os.path.islink(real) or not os.path.isfile(real) or path_key(real) in self.keep:
             return None
         os.remove(real)
         return real
 
     def warn_unrecorded(self, results):
-        """After the results file is opened: where no record of the earlier copies was read
+        """Once the earlier results file is read (or found not there): where no record of the earlier copies was read
         and OUTDIR held files, say that those may remain."""
         if self.recorded or not self.held:
             return

@@ -4,6 +4,7 @@ A run that measures or classifies for minutes must not fail at its end because t
 was told to write cannot be created: each command checks its output flags first, with one
 line naming the flag, the path and what was expected.
 """
+import contextlib
 import os
 import re
 
@@ -112,4 +113,21 @@ def replace_file(path, write):
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def folder_made_for(path):
+    """Make the folder ``path`` (and the missing ones above it) for what the body writes
+    there; when the body fails or is stopped, the folders made here that are still empty go
+    again: a command that wrote nothing leaves nothing."""
+    top = first_existing(path)
+    made = not os.path.isdir(path)
+    if made:
+        os.makedirs(path)
+    try:
+        yield
+    except BaseException:
+        if made:
+            drop_empty_folders([os.path.abspath(path)], top)
         raise

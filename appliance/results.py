@@ -6,6 +6,8 @@ probability (``p_<label>``), ground truth (from a folder named after a label),
 the error (empty when it worked), backend, precision, the model file's SHA-256 and the
 annotated copy written for it (absolute; empty without one), which ``--overwrite`` of
 ``--annotate`` goes by (batch_copies).
+A row whose annotated copy was not written is done again by ``--resume`` with ``--annotate``,
+its new row replacing it (results_redo).
 
 Paths are written as the file system names them: a name that is not valid UTF-8 keeps its
 bytes (``surrogateescape``), so it is read back, and skipped by ``--resume``, as the same name.
@@ -32,6 +34,7 @@ BASE_COLUMNS = ["path", "relpath", "label", "index", "confidence"]
 TAIL_COLUMNS = ["truth", "correct", "error", "backend", "precision", "model_sha256",
                 "annotated"]
 ERRORS = "surrogateescape"  # file names that are not UTF-8 keep their bytes
+COPY_FAILED = "annotated copy not written"  # how a row's error starts when only its copy failed
 
 
 def columns(labels):
@@ -94,8 +97,16 @@ def path_key(path):
     return os.path.normcase(os.path.join(_real_folder(folder), name))
 
 
-def done_paths(path, sha="", precision="", backend=""):
+def copy_failed(row):
+    """Whether a row is a classification whose annotated copy was not written."""
+    return str(row.get("error") or "").startswith(COPY_FAILED)
+
+
+def done_paths(path, sha="", precision="", backend="", redo=None):
     """The files already in a results file (what ``--resume`` skips), as ``path_key``s.
+    ``redo``: a set, for a run that annotates, to which the files whose annotated copy was
+    not written go instead (unless another row of the same file is done): their copies are
+    made again.
 
     Appending happens only to rows of the same model file at the same precision on the same
     backend: one results file (and its metrics) never mixes two models, or two runtimes'
@@ -104,7 +115,10 @@ def done_paths(path, sha="", precision="", backend=""):
     for row in read_rows(path):
         _check_same_backend(path, row, backend)  # first: its model file may differ too
         _check_same_model(path, row, sha, precision)
-        done.add(path_key(row["path"]))
+        key = path_key(row["path"])
+        (redo if redo is not None and copy_failed(row) else done).add(key)
+    if redo is not None:
+        redo -= done
     return done
 
 
@@ -143,16 +157,36 @@ class ResultsLock(object):
         self.fd = None
         self.created = False  # this run made the file (acquire)
         self.was_empty = False  # it was empty when locked: made now, or left empty before
+        self.wrote_row = False  # set by the ResultsWriter at its first row
 
     def acquire(self):
-        if self.fd is None:
+        while self.fd is None:
             fd, created = _open_or_create(self.path)
             if not self._lock(fd):
                 os.close(fd)
                 raise self.busy()
+            if not _still_at(fd, self.path):  # replaced (swap) or removed meanwhile: again
+                os.close(fd)
+                continue
             self.fd, self.created = fd, created
             self.was_empty = os.fstat(fd).st_size == 0
         return self
+
+    def swap(self, tmp):
+        """Move ``tmp`` (written whole beside the file) over the locked file, locked first:
+        the lock goes with the new file (a run that locked the old one meanwhile sees that
+        it is no longer at the name, and locks the new one, or is refused)."""
+        fd = os.open(tmp, os.O_WRONLY | os.O_APPEND)
+        try:
+            if not self._lock(fd):
+                raise self.busy()
+            os.replace(tmp, self.path)
+        except BaseException:
+            os.close(fd)
+            raise
+        old, self.fd = self.fd, fd
+        if old is not None:
+            os.close(old)
 
     def release(self, discard=False):
         if self.fd is not None:
@@ -229,6 +263,16 @@ def _open_or_create(path):
     return os.open(path, flags, 0o666), False  # there before: never removed by this run
 
 
+def _still_at(fd, path):
+    """Whether the open file ``fd`` is still the one named ``path``."""
+    try:
+        there = os.stat(path)
+    except OSError:
+        return False
+    mine = os.fstat(fd)
+    return (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino)
+
+
 def holds_rows(path):
     """Whether a results file holds a row (a line after a CSV's header; any JSON line)."""
     with io.open(path, "rb") as fh:
@@ -242,14 +286,21 @@ class ResultsWriter(object):
     """Appends rows to a .csv or .jsonl file, flushing after every batch.  It holds the
     file's ResultsLock from before it looks at the file until ``close()``; given a ``lock``
     (held longer by the caller, e.g. while the metrics are written), it takes that one and
-    leaves releasing it to the caller. ``on_replace(path)`` is called under the lock just
-    before ``overwrite`` empties a file that holds anything (its rows are still there)."""
+    leaves releasing it to the caller.
+
+    ``overwrite`` of a file that holds anything empties it only when the first row is
+    written (``replacing`` until then): a run refused or stopped before that (its first
+    batch failed, Ctrl-C) leaves the earlier rows as they were. ``on_replace(path)`` is
+    called under the lock just before that, while the earlier rows are still there."""
 
     def __init__(self, path, labels, resume=False, overwrite=False, lock=None,
                  on_replace=None):
         self.path = path
         self.ext = results_format(path)
         self.columns = columns(labels)
+        self.fh = self.csv = None
+        self.appended = False  # continued an existing file (--resume)
+        self.replacing = None  # the on_replace call still to make before the first row
         parent = os.path.dirname(path)
         if parent and not os.path.isdir(parent):
             os.makedirs(parent)
@@ -268,18 +319,25 @@ class ResultsWriter(object):
         if exists and not (resume or overwrite):
             raise UsageError("results file {} already exists: pass --resume to continue it or "
                              "--overwrite to replace it".format(path))
-        append = exists and resume
-        if append:
+        if exists and resume:
+            from oncolens.appliance.results_redo import drop_redone
             _drop_partial_line(path)
             self._check_header()
-        elif exists and on_replace is not None:
-            on_replace(path)
-        self.fh = io.open(path, "a" if append else "w", encoding="utf-8", errors=ERRORS,
-                          newline="")
-        self.csv = None
+            drop_redone(path, self.lock)  # left by a run killed before it could
+            self._start("a")
+            self.appended = True
+        elif exists:  # emptied at the first row (write)
+            self.replacing = on_replace or (lambda path: None)
+        else:
+            self._start("w")
+
+    def _start(self, mode):
+        """Open the file to append (``a``) or to write from empty (``w``), with the CSV
+        header when it has none."""
+        self.fh = io.open(self.path, mode, encoding="utf-8", errors=ERRORS, newline="")
         if self.ext == ".csv":
             self.csv = csv.DictWriter(self.fh, fieldnames=self.columns, extrasaction="ignore")
-            if not append or os.path.getsize(path) == 0:
+            if mode == "w" or os.path.getsize(self.path) == 0:
                 self.csv.writeheader()
                 self.fh.flush()
 
@@ -296,12 +354,19 @@ class ResultsWriter(object):
                                                    ",".join(self.columns)))
 
     def write(self, row):
+        if self.replacing is not None:  # --overwrite: the earlier rows go now, not before
+            replacing, self.replacing = self.replacing, None
+            replacing(self.path)
+            self._start("w")
         if self.csv is not None:
             self.csv.writerow(dict((k, "" if v is None else v) for k, v in row.items()))
         else:
             self.fh.write(json.dumps(row, sort_keys=False) + "\n")
+        self.lock.wrote_row = True
 
     def flush(self):
+        if self.fh is None:
+            return
         self.fh.flush()
         try:
             os.fsync(self.fh.fileno())
@@ -310,9 +375,12 @@ class ResultsWriter(object):
 
     def close(self):
         try:
-            if not self.fh.closed:
+            if self.fh is not None and not self.fh.closed:
                 self.flush()
                 self.fh.close()
+                if self.appended:  # the rows --resume made again replace the earlier ones
+                    from oncolens.appliance.results_redo import drop_redone
+                    drop_redone(self.path, self.lock)
         finally:
             if self._own_lock:
                 self.lock.release()

@@ -14,7 +14,7 @@ import time
 from oncolens.appliance import engines
 from oncolens.appliance.cliutil import OneLineParser, cli_entry, normalize_flags, setup_logging
 from oncolens.appliance.errors import OncoLensError, UsageError
-from oncolens.appliance.outpaths import check_output_dir, check_output_file
+from oncolens.appliance.outpaths import check_output_dir, check_output_file, folder_made_for
 from oncolens.export import selftest_env
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,9 @@ def build_parser():
     p.add_argument("--precisions", default="fp32,fp16,int8",
                    help="engine precisions to build (fp32,fp16,int8)")
     p.add_argument("--frames", type=int, default=100, help="frames per speed measurement (100)")
-    p.add_argument("--out", default="", help="report folder (default: <model-dir>/selftest; "
-                   "for a read-only model folder $ONCOLENS_CACHE_DIR/selftest/<its name>)")
+    p.add_argument("--out", default="", help="report folder, made when the report is "
+                   "written (default: <model-dir>/selftest; for a read-only model folder "
+                   "$ONCOLENS_CACHE_DIR/selftest/<its name>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report")
     p.add_argument("--log-level", default="info", help="debug, info, warning, error")
     return p
@@ -72,9 +73,7 @@ def _paths(args):
     check_output_dir(out, "--out")  # before any step runs: the report must not be lost
     for path in (json_path, md_path):
         check_output_file(path, "--out", args.overwrite)
-    if not os.path.isdir(out):
-        os.makedirs(out)
-    return json_path, md_path
+    return json_path, md_path  # the folder is made when the report is written
 
 
 def _precisions(text):
@@ -104,7 +103,8 @@ def main(argv):
     report = Report()
     env = selftest_env.environment()
     selftest_env.run_steps(report, args, precisions)
-    selftest_env.write_reports(json_path, md_path, env, report.steps, args)
+    with folder_made_for(os.path.dirname(json_path)):  # stopped before: no empty folder
+        selftest_env.write_reports(json_path, md_path, env, report.steps, args)
     failed = [s["step"] for s in report.steps if s["status"] == "failed"]
     for s in report.steps:
         print("{:<34} {:<8} {}".format(s["step"], s["status"], s["detail"] if isinstance(

@@ -76,3 +76,44 @@ def test_bad_numbers_are_one_line_before_anything_is_written(tmp_path):
         assert code == 2 and "Traceback" not in err, err
         assert err.startswith("oncolens demo: error: " + flag) and len(err.splitlines()) == 1
         assert not os.path.exists(out), flag
+
+
+def test_a_demo_stopped_midway_removes_what_it_wrote_and_runs_again(tmp_path, monkeypatch):
+    """Ctrl-C during the export (data and model written by then) left a partial --out that
+    only --overwrite would take: now it goes, with the folders made for it, and the same
+    command runs again."""
+    import oncolens.export.onnx_export as onnx_export
+    from conftest import run_cli as run_here
+    out = tmp_path / "new" / "demo"
+
+    def stopped(*args, **kwargs):
+        assert os.path.isdir(str(out / "model")) and os.path.isdir(str(out / "data"))
+        raise KeyboardInterrupt()
+    monkeypatch.setattr(onnx_export, "export_onnx", stopped)
+    code, o, err = run_here(["demo", "--out", out] + SMALL)
+    assert code == 130 and "was removed: run the same command again" in err, err
+    assert os.listdir(str(tmp_path)) == []
+    code, o, err = run_cli(["demo", "--out", out] + SMALL)  # a process of its own
+    assert code == 0, err
+
+
+def test_a_demo_whose_classify_step_is_stopped_keeps_only_what_was_there(tmp_path,
+                                                                         monkeypatch):
+    """SIGINT during classify: its loop stops after the current image and exits 0; the demo
+    saw a whole run. Its folder (an empty one of the user's, given with --overwrite) stays,
+    emptied of what the demo wrote."""
+    import signal
+    from oncolens.appliance.loop import LiveLoop
+    from conftest import run_cli as run_here
+    real = LiveLoop.process
+
+    def process(self, frame):
+        os.kill(os.getpid(), signal.SIGINT)  # handled by the loop: a stop after this image
+        return real(self, frame)
+    monkeypatch.setattr(LiveLoop, "process", process)
+    out = tmp_path / "mine"
+    out.mkdir()
+    code, o, err = run_here(["demo", "--out", out, "--overwrite"] + SMALL)
+    assert code == 130 and "was removed" in err, err
+    assert "test accuracy" not in o
+    assert os.listdir(str(out)) == []

@@ -219,3 +219,21 @@ def test_verify_names_a_listed_engine_whose_file_is_gone(dyn_bundle, tiny_data, 
     code, out, err = run_cli(["export", "verify", "--model-dir", d, "--images", tiny_data,
                               "--count", 5, "--precision", "fp16"])
     assert code == 3 and "is missing" in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("where", ["steps", "report"])
+def test_selftest_stopped_before_its_report_leaves_no_folder(tiny_bundle, tmp_path,
+                                                            monkeypatch, cache, where):
+    """The report folder was made before the steps ran: Ctrl-C during them (or while the
+    report was being made) left it empty behind, with the folders made above it."""
+    from oncolens.export import selftest_env
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(selftest_env, "run_steps" if where == "steps" else "_summary",
+                        interrupted)
+    out_dir = tmp_path / "new" / "report"
+    code, out, err = run_cli(["selftest", "--model-dir", tiny_bundle, "--out", out_dir,
+                              "--count", 2, "--frames", 2])
+    assert code == 130 and "interrupted" in err, err
+    assert not (tmp_path / "new").exists()

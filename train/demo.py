@@ -3,13 +3,16 @@
 Settings are chosen so it finishes in a few minutes on a 2-core CPU without a GPU.
 Everything goes under ``./oncolens-demo/`` (``--out``); an existing one is kept unless
 ``--overwrite``, which removes only what an earlier demo wrote there and refuses (removing
-nothing) when the folder holds anything else.
+nothing) when the folder holds anything else. A demo stopped midway (Ctrl-C, SIGTERM, a step
+that fails) removes what it wrote there (``Made``), so the same command can be run again.
 """
 import logging
 import os
+import shutil
 import time
 
-from oncolens.appliance.cliutil import OneLineParser, cli_entry, normalize_flags, setup_logging
+from oncolens.appliance.cliutil import (OneLineParser, cli_entry, normalize_flags,
+                                        setup_logging, sigterm_as_interrupt)
 from oncolens.appliance.errors import UsageError, plural
 
 log = logging.getLogger("oncolens.demo")
@@ -21,7 +24,9 @@ def build_parser():
         description="Run the whole pipeline on the embedded synthetic dataset: synthesise, "
                     "train a ResNet-18, export it to ONNX, classify the test split into "
                     "annotated images, and print the test accuracy.")
-    p.add_argument("--out", default="oncolens-demo", help="output folder (./oncolens-demo)")
+    p.add_argument("--out", default="oncolens-demo",
+                   help="output folder (./oncolens-demo); a demo stopped midway removes "
+                        "what it had written there")
     p.add_argument("--overwrite", action="store_true",
                    help="redo the demo in an existing --out: an earlier demo's outputs are "
                         "removed first, only when the folder holds nothing but what the demo "
@@ -62,17 +67,76 @@ def check_args(args):
             raise UsageError("{}: expected a positive number, got {}".format(flag, value))
 
 
-def run_demo(args):
-    from oncolens.appliance.classify_cli import main as classify_main
-    from oncolens.export.onnx_export import export_onnx
-    from oncolens.train.cli import main as train_main
-    from oncolens.train.synth import generate
+class StepFailed(Exception):
+    """A step (train, classify) ended with exit status ``code``; it has said why."""
 
+    def __init__(self, code):
+        Exception.__init__(self, code)
+        self.code = code
+
+
+class Made(object):
+    """What this demo writes in ``out``, taken back when it stops before it is whole: the
+    folder (and the folders above it) when this run makes it, else each entry that was not
+    in it before (it is empty then: new, or cleared by --overwrite)."""
+
+    def __init__(self, out):
+        from oncolens.appliance.outpaths import first_existing
+        self.out = out
+        self.above = first_existing(out)  # stays, whatever happens
+        self.before = set(os.listdir(out)) if os.path.isdir(out) else None
+
+    def take_back(self):
+        try:
+            self._remove()
+        except OSError as exc:  # the stop (or the error) is the line to show, not this
+            log.warning("%s: what this demo wrote could not all be removed (%s)", self.out,
+                        exc.strerror or exc)
+
+    def _remove(self):
+        from oncolens.appliance.outpaths import drop_empty_folders
+        out = os.path.abspath(self.out)
+        if not os.path.isdir(out) or os.path.islink(out):
+            return
+        if self.before is None:
+            shutil.rmtree(out)
+            drop_empty_folders([os.path.dirname(out)], self.above)
+        else:
+            for name in sorted(set(os.listdir(out)) - self.before):
+                path = os.path.join(out, name)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)
+                else:
+                    os.remove(path)
+        log.info("removed what this demo had written in %s", self.out)
+
+
+def run_demo(args):
     if os.path.exists(args.out):
         if not args.overwrite:
             raise UsageError("{} already exists: pass --overwrite to replace it, or --out "
                              "to write elsewhere".format(args.out))
         _clear_earlier_demo(args.out)
+    made = Made(args.out)
+    try:
+        return _pipeline(args)
+    except StepFailed as exc:
+        made.take_back()
+        return exc.code
+    except BaseException as exc:
+        made.take_back()
+        if isinstance(exc, KeyboardInterrupt):
+            exc.hint = "what it had written in {} was removed: run the same command " \
+                       "again".format(args.out)
+        raise
+
+
+def _pipeline(args):
+    from oncolens.appliance.classify_cli import main as classify_main
+    from oncolens.export.onnx_export import export_onnx
+    from oncolens.train.cli import main as train_main
+    from oncolens.train.synth import generate
+
     data = os.path.join(args.out, "data")
     model_dir = os.path.join(args.out, "model")
     annotated = os.path.join(args.out, "annotated") + os.sep
@@ -86,8 +150,8 @@ def run_demo(args):
                        "--epochs", str(args.epochs), "--batch-size", "16", "--no-pretrained",
                        "--seed", str(args.seed), "--workers", "1",
                        "--log-level", args.log_level])
-    if code:
-        return code
+    if code:  # train said why (Ctrl-C and SIGTERM too: its own line, 130 or 143)
+        raise StepFailed(code)
     _step(3, "exporting to ONNX")
     onnx_path, _ = export_onnx(model_dir)
     _step(4, "classifying the test split into {}".format(annotated))
@@ -98,10 +162,14 @@ def run_demo(args):
     with contextlib.redirect_stdout(buf):
         code = classify_main(["--model", model_dir, "--log-level", "warning",
                               os.path.join(data, "test"), annotated])
-    with open(results, "w") as fh:
-        fh.write(buf.getvalue())
     lines = buf.getvalue().splitlines()
     truth = _truths(os.path.join(data, "test"))
+    if len(lines) < len(truth):  # a line an image: not every one was classified
+        if code:  # classify said why (an image that failed is named in its log)
+            raise StepFailed(code)
+        raise KeyboardInterrupt()  # Ctrl-C or SIGTERM ended classify's loop (exit 0)
+    with open(results, "w") as fh:
+        fh.write(buf.getvalue())
     correct = sum(1 for line, label in zip(lines, truth) if line.endswith("({})".format(label)))
     print("")
     print("test accuracy: {}/{} = {:.1%} (synthetic data: a demo, not a medical result)".format(
@@ -127,4 +195,5 @@ def main(argv):
     args = build_parser().parse_args(normalize_flags(argv))
     setup_logging(args.log_level)
     check_args(args)
-    return run_demo(args)
+    with sigterm_as_interrupt():  # SIGTERM unwinds as Ctrl-C does: what was written goes
+        return run_demo(args)

@@ -1,0 +1,80 @@
+"""``oncolens batch --overwrite`` emptied the results file as it opened it: a run stopped or
+failing at its first batch left a header-only file in place of the earlier rows. The earlier
+file now stays as it was until the new run writes its first row; from then on rows are
+streamed as before, so a run stopped midway keeps the rows it wrote."""
+import os
+import shutil
+
+import pytest
+
+from conftest import run_cli
+
+
+def _files(folder):
+    return sorted(os.path.relpath(os.path.join(parent, n), folder)
+                  for parent, _, names in os.walk(folder) for n in names)
+
+
+def _first_run(tiny_bundle, tiny_data, tmp_path, ext):
+    folder = str(tmp_path / "in")
+    shutil.copytree(os.path.join(tiny_data, "test"), folder)
+    results, out = str(tmp_path / ("r" + ext)), str(tmp_path / "out")
+    code, _, err = run_cli(["batch", folder, "--model", tiny_bundle, "--results", results,
+                            "--annotate", out, "--no-progress"])
+    assert code == 0, err
+    return folder, results, out
+
+
+def _stop_at(monkeypatch, call, exc):
+    """Batches before the ``call``-th (from 1) are classified; that one raises ``exc``."""
+    import oncolens.appliance.batch as batch
+    real, calls = batch._classify, []
+
+    def classify(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise exc
+        return real(*args, **kwargs)
+    monkeypatch.setattr(batch, "_classify", classify)
+
+
+@pytest.mark.parametrize("ext", [".csv", ".jsonl"])
+@pytest.mark.parametrize("exc", [KeyboardInterrupt(), RuntimeError("the backend failed")])
+def test_a_run_stopped_before_its_first_row_leaves_the_earlier_results(
+        tiny_bundle, tiny_data, tmp_path, monkeypatch, ext, exc):
+    folder, results, out = _first_run(tiny_bundle, tiny_data, tmp_path, ext)
+    with open(results, "rb") as fh:
+        before = fh.read()
+    copies = _files(out)
+    _stop_at(monkeypatch, 1, exc)
+    argv = ["batch", folder, "--model", tiny_bundle, "--results", results, "--annotate", out,
+            "--overwrite", "--no-progress"]
+    if isinstance(exc, KeyboardInterrupt):
+        code, _, err = run_cli(argv)
+        assert code == 130
+        assert "no row was written, so {} was left as it was".format(results) in err
+    else:
+        with pytest.raises(RuntimeError):
+            run_cli(argv)
+    with open(results, "rb") as fh:
+        assert fh.read() == before  # not emptied to a header
+    assert _files(out) == copies  # nor the copies its rows name removed
+
+
+def test_a_run_stopped_after_its_first_rows_keeps_them(tiny_bundle, tiny_data, tmp_path,
+                                                        monkeypatch):
+    folder, results, out = _first_run(tiny_bundle, tiny_data, tmp_path, ".csv")
+    _stop_at(monkeypatch, 3, KeyboardInterrupt())
+    code, _, err = run_cli(["batch", folder, "--model", tiny_bundle, "--results", results,
+                            "--annotate", out, "--overwrite", "--batch-size", 2,
+                            "--workers", 0, "--no-progress"])
+    assert code == 130 and "the rows written so far are kept in" in err
+    with open(results) as fh:
+        lines = fh.read().splitlines()
+    assert len(lines) == 1 + 4  # the header and this run's first two batches
+    assert len(_files(out)) == 4  # their copies; the earlier run's others are gone
+    code, _, err = run_cli(["batch", folder, "--model", tiny_bundle, "--results", results,
+                            "--annotate", out, "--resume", "--no-progress"])
+    assert code == 0, err
+    with open(results) as fh:
+        assert len(fh.read().splitlines()) == 1 + len(_files(folder))
