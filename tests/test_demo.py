@@ -76,3 +76,17 @@ def test_bad_numbers_are_one_line_before_anything_is_written(tmp_path):
         assert code == 2 and "Traceback" not in err, err
         assert err.startswith("oncolens demo: error: " + flag) and len(err.splitlines()) == 1
         assert not os.path.exists(out), flag
+
+
+def test_an_earlier_demos_leftover_temporary_files_are_its_own(tmp_path):
+    """A demo stopped midway leaves outpaths' '.<name>.<random>.tmp' beside the file it was
+    writing: --overwrite takes it as the demo's; one beside a file of the user's is named."""
+    from oncolens.train.demo_files import others_in
+    out = tmp_path / "demo"
+    (out / "data").mkdir(parents=True)
+    (out / "model").mkdir()
+    (out / "data" / "SYNTHETIC.json").write_text(u"{}")
+    for name in ("model.json", ".model.json.0a1b2c3d.tmp", ".resnet18.onnx.99ff00aa.tmp",
+                 ".notes.txt.0a1b2c3d.tmp"):
+        (out / "model" / name).write_text(u"x")
+    assert others_in(str(out)) == [os.path.join("model", ".notes.txt.0a1b2c3d.tmp")]
