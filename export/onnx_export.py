@@ -15,7 +15,7 @@ from oncolens.appliance.bundle import (CAM_OUTPUT_NAME, DEFAULT_INPUT_NAME,
 from oncolens.appliance.engines import ENGINE_SUFFIXES
 from oncolens.appliance.errors import BundleError, OncoLensError, UsageError, plural
 from oncolens.appliance.outpaths import (check_output_dir, check_output_file,
-                                          drop_empty_folders, first_existing,
+                                          drop_empty_folders, first_existing, inside,
                                           replace_together, write_temp)
 from oncolens.appliance.preprocess import imagenet_preprocess
 
@@ -218,6 +218,20 @@ def check_not_a_bundle_file(out_path, model_dir, checkpoint_path):
                          "<arch>.onnx)".format(out_path, same[0] if same else kind))
 
 
+def check_onnx_output(out_path, model_dir, given):
+    """--output names an ``.onnx`` file inside the model folder (a sub-folder is fine): the
+    bundle is the folder, copied whole to the device, and model.json records the file by its
+    path inside it. An image's name, or a file outside, ran nowhere without being told."""
+    if not out_path.lower().endswith(".onnx"):
+        raise UsageError("--output {}: expected an ONNX file name ending in .onnx (the default "
+                         "is <arch>.onnx)".format(given))
+    folder = os.path.realpath(model_dir)
+    if not inside(os.path.realpath(out_path), folder):
+        raise UsageError("--output {}: outside the model folder {}: expected a file name inside "
+                         "--model-dir (the bundle is that folder; model.json records the ONNX "
+                         "by its path there)".format(given, model_dir))
+
+
 def _staged(out_path):
     """Where the export is written until it is checked (beside its final place)."""
     folder = os.path.dirname(os.path.abspath(out_path))
@@ -291,6 +305,7 @@ def export_onnx(model_dir, input_name=None, output_name=None, opset=DEFAULT_OPSE
     ckpt = load_checkpoint(checkpoint_path, "--input", input_name or "model_best.pth.tar")
     out_path = output_path(model_dir, output_name, ckpt["arch"])
     check_not_a_bundle_file(out_path, model_dir, checkpoint_path)
+    check_onnx_output(out_path, model_dir, output_name or os.path.basename(out_path))
     check_output_file(out_path, "--output", overwrite)
     model = model_from_checkpoint(ckpt, checkpoint_path)  # weights of another arch: one line
     info = bundle_info_for(model_dir, ckpt, checkpoint_path)

@@ -63,9 +63,9 @@ def _snapshot(model_dir):
 
 def test_a_failed_export_leaves_the_bundle_as_it_was(tiny_bundle, tmp_path, monkeypatch):
     model_dir = _copy_bundle(tiny_bundle, tmp_path)
-    before = _snapshot(model_dir)
-    blocker = tmp_path / "afile"
+    blocker = tmp_path / "model" / "afile"
     blocker.write_text(u"x")
+    before = _snapshot(model_dir)
     for extra, message in [(["--images", str(tmp_path / "nonexist")], "--images"),
                            (["--tolerance", "-1"], "--tolerance"),
                            (["--check-count", "0"], "--check-count"),
@@ -107,6 +107,27 @@ def test_output_never_replaces_the_checkpoint_or_the_bundle_files(tiny_bundle, t
                                   output] + extra)
         assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
         assert _snapshot(model_dir) == before
+
+
+@pytest.mark.parametrize("output, says", [
+    # written as an ONNX under an image's name, and recorded so in model.json
+    ("x.jpg", "--output x.jpg: expected an ONNX file name ending in .onnx"),
+    ("resnet18", "--output resnet18: expected an ONNX file name ending in .onnx"),
+    # written outside the bundle, and recorded in model.json as '../x.onnx': a copy of the
+    # model folder on the device had no ONNX
+    (os.path.join("..", "x.onnx"), "outside the model folder"),
+    ("ABSOLUTE", "outside the model folder"),
+])
+def test_output_is_an_onnx_file_inside_the_model_folder(tiny_bundle, tmp_path, output, says):
+    model_dir = _copy_bundle(tiny_bundle, tmp_path)
+    if output == "ABSOLUTE":
+        output = str(tmp_path / "elsewhere" / "x.onnx")
+    before = _snapshot(model_dir)
+    code, out, err = run_cli(["export", "onnx", "--model-dir", model_dir, "--output", output,
+                              "--overwrite"])
+    assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
+    assert output in err and _snapshot(model_dir) == before
+    assert sorted(os.listdir(str(tmp_path))) == ["model"]  # nothing written beside it
 
 
 def test_check_before_any_export_says_the_onnx_is_missing(tiny_bundle, tmp_path):
