@@ -21,6 +21,7 @@ from oncolens.appliance.errors import BundleError, plural
 from oncolens.appliance.modelinfo import (FORMAT, KNOWN_KEYS, MODEL_JSON,  # noqa: F401
                                           REQUIRED_KEYS, SCHEMA_VERSION, validate_model_info)
 from oncolens.appliance.onnxinfo import read_onnx_info
+from oncolens.appliance.outpaths import replace_file
 
 LABELS_TXT = "labels.txt"
 
@@ -122,13 +123,20 @@ def read_model_info(path):
     return validate_model_info(info, path)
 
 
-def write_model_info(path, info):
-    """Validate, then write model.json atomically (temp file + rename)."""
+def model_info_writer(path, info):
+    """Validate ``info`` (errors name ``path``); return a function writing it to a file."""
     validate_model_info(info, path)
-    tmp = path + ".tmp"
-    with io.open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(info, indent=2, sort_keys=True) + "\n"
+
+    def write(target):
+        with io.open(target, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    return write
+
+
+def write_model_info(path, info):
+    """Validate, then write model.json atomically (a temporary file beside it, then moved)."""
+    replace_file(path, model_info_writer(path, info))
 
 
 def check_labels_match(labels, num_outputs, labels_where, model_where):

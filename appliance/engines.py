@@ -25,6 +25,7 @@ import tempfile
 import time
 
 from oncolens.appliance.errors import BundleError, UsageError
+from oncolens.appliance.outpaths import replace_file
 
 log = logging.getLogger(__name__)
 
@@ -194,9 +195,12 @@ def write_cache_index(folder, entry):
     entries = [e for e in read_cache_index(folder) if e.get("file") != entry["file"]]
     entries.append(entry)
     path = os.path.join(folder, CACHE_INDEX)
-    with io.open(path + ".tmp", "w", encoding="utf-8") as fh:
-        fh.write(json.dumps({"engines": entries}, indent=2, sort_keys=True) + "\n")
-    os.replace(path + ".tmp", path)
+    text = json.dumps({"engines": entries}, indent=2, sort_keys=True) + "\n"
+
+    def write(tmp):
+        with io.open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    replace_file(path, write)
 
 
 def onnx_sha(info, onnx_path=None):

@@ -11,7 +11,7 @@ import numpy as np
 from oncolens.appliance.cvlog import quiet_opencv, silent_opencv
 from oncolens.appliance.errors import (ImageReadError, ImageWriteError, OncoLensError,
                                        os_error_line)
-from oncolens.appliance.outpaths import replace_file
+from oncolens.appliance.outpaths import first_existing, replace_file
 
 log = logging.getLogger(__name__)
 
@@ -295,9 +295,9 @@ def _write_reason(exc):
     """Why a write failed, naming the file that stands where a folder must go (makedirs'
     'File exists' or 'Not a directory' say it less plainly)."""
     if exc.errno in (errno.EEXIST, errno.ENOTDIR) and exc.filename:
-        parent = str(exc.filename)
-        while parent and not os.path.exists(parent):
-            parent = os.path.dirname(parent)
-        if parent and not os.path.isdir(parent):
-            return "{} is a file, not a folder".format(parent)
+        name = str(exc.filename)
+        found = first_existing(name)
+        if not os.path.isdir(found):  # named as the path was: relative stays relative
+            return "{} is a file, not a folder".format(
+                found if os.path.isabs(name) else os.path.relpath(found))
     return os_error_line(exc)

@@ -18,6 +18,9 @@ KNOWN_KEYS = frozenset([
     "provenance", "engines", "created",
 ])
 REQUIRED_KEYS = ("format", "schema", "arch", "labels", "input", "output", "preprocess")
+# output.activation: what the model's output already is (softmax: probabilities; none: logits,
+# which the backends turn into probabilities); missing means softmax
+ACTIVATIONS = ("softmax", "none")
 
 
 def validate_model_info(info, where=MODEL_JSON):
@@ -86,6 +89,10 @@ def _check_sections(info, where):
         if value is not None and not (isinstance(value, str) and value):
             raise BundleError("{}: '{}.{}' must be a tensor name, got {!r}".format(
                 where, section, key, value))
+    activation = info["output"].get("activation")
+    if activation is not None and activation not in ACTIVATIONS:
+        raise BundleError("{}: 'output.activation' must be one of {} (none: the output is "
+                          "logits), got {!r}".format(where, ", ".join(ACTIVATIONS), activation))
     for entry in engines or []:
         if not (isinstance(entry.get("file"), str) and entry["file"]):
             raise BundleError("{}: each of 'engines' must name its 'file', got {!r}".format(

@@ -4,11 +4,17 @@ A run that measures or classifies for minutes must not fail at its end because t
 was told to write cannot be created: each command checks its output flags first, with one
 line naming the flag, the path and what was expected.
 """
+import binascii
 import contextlib
+import errno
+import logging
 import os
 import re
+import stat
 
 from oncolens.appliance.errors import UsageError
+
+log = logging.getLogger(__name__)
 
 
 def first_existing(path):
@@ -103,16 +109,62 @@ def drop_empty_folders(folders, root):
             folder = os.path.dirname(folder)
 
 
+# temp_path's names: ".<name>.<8 hex digits>.tmp" (or another suffix) beside the file
+TEMP_NAME = re.compile(r"\.(.+)\.[0-9a-f]{8}(\.tmp|\.old)\Z", re.DOTALL)
+
+
+def temp_path(path, suffix=".tmp"):
+    """A new empty file beside ``path``, named ``.<name>.<random>.tmp``: no file of the user's
+    is replaced and two writers of one file each have their own. Its mode is what ``open``
+    gives a new file (0666 less the umask), not mkstemp's 0600."""
+    folder, name = os.path.split(os.path.abspath(path))
+    for _ in range(100):
+        tmp = os.path.join(folder, ".{}.{}{}".format(
+            name[:200], binascii.hexlify(os.urandom(4)).decode("ascii"), suffix))
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no unused temporary name beside it", path)
+
+
+def temp_target(name):
+    """The file name that ``name`` is temp_path's temporary file of, else None."""
+    found = TEMP_NAME.match(name)
+    return found.group(1) if found else None
+
+
+def _remove(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def write_temp(path, write):
+    """``write`` a temporary file beside ``path`` and return its name (removed when ``write``
+    fails). It takes the mode of the file at ``path`` if there is one, as writing that file
+    in place would have kept it."""
+    tmp = temp_path(path)
+    try:
+        write(tmp)
+        if os.path.isfile(path):
+            os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
+    except BaseException:
+        _remove(tmp)
+        raise
+    return tmp
+
+
 def replace_file(path, write):
     """``write`` a temporary file beside ``path``, then move it over ``path``: a run stopped
     midway (Ctrl-C, a full disk) leaves the earlier file whole and no temporary one."""
-    tmp = path + ".tmp"
+    tmp = write_temp(path, write)
     try:
-        write(tmp)
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        _remove(tmp)
         raise
 
 
@@ -131,3 +183,36 @@ def folder_made_for(path):
         if made:
             drop_empty_folders([os.path.abspath(path)], top)
         raise
+
+
+def replace_together(moves):
+    """Move each (temporary file, final path) of ``moves`` into place, all or none: when a
+    move fails (or Ctrl-C comes), the files already moved are put back as they were (each
+    earlier file waits beside its place until the last move), and the temporary files are
+    removed. For files that must agree, such as an ONNX and the model.json describing it."""
+    undo, aside = [], []
+    try:
+        for tmp, final in moves:
+            if os.path.lexists(final):
+                old = temp_path(final, ".old")
+                os.replace(final, old)
+                aside.append(old)
+                undo.append((old, final))
+                os.replace(tmp, final)
+            else:
+                os.replace(tmp, final)
+                undo.append((None, final))
+    except BaseException:
+        for old, final in reversed(undo):
+            try:
+                if old is None:
+                    os.remove(final)
+                else:
+                    os.replace(old, final)
+            except OSError:  # the earlier file stays beside its place, under its .old name
+                log.warning("could not put %s back as it was", final)
+        for tmp, _ in moves:
+            _remove(tmp)
+        raise
+    for old in aside:
+        _remove(old)

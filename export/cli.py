@@ -40,7 +40,8 @@ def build_onnx_parser():
                     "check it against the checkpoint.")
     p.add_argument("--input", default="model_best.pth.tar",
                    help="checkpoint file name inside --model-dir (model_best.pth.tar)")
-    p.add_argument("--output", default="", help="ONNX file name (<arch>.onnx)")
+    p.add_argument("--output", default="", help="ONNX file name ending in .onnx, relative to "
+                   "--model-dir and inside it (<arch>.onnx)")
     p.add_argument("--model-dir", default="", help="the model folder (default: current folder)")
     p.add_argument("--no-activation", type=str2bool, nargs="?", const=True, default=False,
                    help="leave out the Softmax: the output is logits")

@@ -10,12 +10,13 @@ import warnings
 from oncolens.appliance.archs import CHECKPOINT_SUFFIXES, load_checkpoint, model_from_checkpoint
 from oncolens.appliance.bundle import (CAM_OUTPUT_NAME, DEFAULT_INPUT_NAME,
                                        DEFAULT_OUTPUT_NAME, LABELS_TXT, MODEL_JSON, Bundle,
-                                       new_model_info, read_labels, read_model_info,
-                                       sha256_file, write_labels, write_model_info)
+                                       model_info_writer, new_model_info, read_labels,
+                                       read_model_info, sha256_file, write_labels)
 from oncolens.appliance.engines import ENGINE_SUFFIXES
 from oncolens.appliance.errors import BundleError, OncoLensError, UsageError, plural
 from oncolens.appliance.outpaths import (check_output_dir, check_output_file,
-                                          drop_empty_folders, first_existing)
+                                          drop_empty_folders, first_existing, inside,
+                                          replace_together, write_temp)
 from oncolens.appliance.preprocess import imagenet_preprocess
 
 log = logging.getLogger(__name__)
@@ -217,6 +218,20 @@ def check_not_a_bundle_file(out_path, model_dir, checkpoint_path):
                          "<arch>.onnx)".format(out_path, same[0] if same else kind))
 
 
+def check_onnx_output(out_path, model_dir, given):
+    """--output names an ``.onnx`` file inside the model folder (a sub-folder is fine): the
+    bundle is the folder, copied whole to the device, and model.json records the file by its
+    path inside it. An image's name, or a file outside, ran nowhere without being told."""
+    if not out_path.lower().endswith(".onnx"):
+        raise UsageError("--output {}: expected an ONNX file name ending in .onnx (the default "
+                         "is <arch>.onnx)".format(given))
+    folder = os.path.realpath(model_dir)
+    if not inside(os.path.realpath(out_path), folder):
+        raise UsageError("--output {}: outside the model folder {}: expected a file name inside "
+                         "--model-dir (the bundle is that folder; model.json records the ONNX "
+                         "by its path there)".format(given, model_dir))
+
+
 def _staged(out_path):
     """Where the export is written until it is checked (beside its final place)."""
     folder = os.path.dirname(os.path.abspath(out_path))
@@ -244,15 +259,27 @@ def _record(info, model_dir, out_path, staged, checkpoint_path, opset, batch, dy
 
 
 def _commit(model_dir, info, staged, out_path):
-    """The checked export takes its name; model.json and labels.txt follow it."""
-    os.replace(staged, out_path)
-    write_model_info(os.path.join(model_dir, MODEL_JSON), info)
+    """The checked export takes its name, and model.json and labels.txt follow it, all or
+    none: both are written beside their places first, then the three moved together, so a
+    full disk or Ctrl-C leaves the bundle as it was, never the new ONNX with the old record."""
+    json_path = os.path.join(model_dir, MODEL_JSON)
+    write_json = model_info_writer(json_path, info)  # refused here: nothing written yet
     labels_path = os.path.join(model_dir, LABELS_TXT)
-    if not os.path.isfile(labels_path) or _labels_or_none(labels_path) != info["labels"]:
-        if os.path.isfile(labels_path):
-            log.warning("%s rewritten with the checkpoint's classes: %s", labels_path,
-                        ", ".join(info["labels"]))
-        write_labels(labels_path, info["labels"])
+    had_labels = os.path.isfile(labels_path)
+    moves = [(staged, out_path)]
+    try:
+        moves.append((write_temp(json_path, write_json), json_path))
+        if not had_labels or _labels_or_none(labels_path) != info["labels"]:
+            moves.append((write_temp(labels_path, lambda tmp: write_labels(tmp, info["labels"])),
+                          labels_path))
+    except BaseException:
+        for tmp, _ in moves[1:]:
+            os.remove(tmp)
+        raise
+    replace_together(moves)
+    if moves[2:] and had_labels:
+        log.warning("%s rewritten with the checkpoint's classes: %s", labels_path,
+                    ", ".join(info["labels"]))
 
 
 def _labels_or_none(path):
@@ -278,6 +305,7 @@ def export_onnx(model_dir, input_name=None, output_name=None, opset=DEFAULT_OPSE
     ckpt = load_checkpoint(checkpoint_path, "--input", input_name or "model_best.pth.tar")
     out_path = output_path(model_dir, output_name, ckpt["arch"])
     check_not_a_bundle_file(out_path, model_dir, checkpoint_path)
+    check_onnx_output(out_path, model_dir, output_name or os.path.basename(out_path))
     check_output_file(out_path, "--output", overwrite)
     model = model_from_checkpoint(ckpt, checkpoint_path)  # weights of another arch: one line
     info = bundle_info_for(model_dir, ckpt, checkpoint_path)

@@ -109,7 +109,7 @@ def test_an_annotated_copy_that_cannot_be_written_is_a_recorded_failure(tiny_bun
         assert json.load(fh)["images"] == len(rows)
 
 
-def test_write_image_names_what_stands_where_a_folder_goes(tmp_path):
+def test_write_image_names_what_stands_where_a_folder_goes(tmp_path, monkeypatch):
     from oncolens.appliance.errors import ImageWriteError
     from oncolens.appliance.imageio import write_image
     (tmp_path / "a").write_text(u"x")
@@ -119,6 +119,11 @@ def test_write_image_names_what_stands_where_a_folder_goes(tmp_path):
     assert str(err.value) == "{}: cannot write it ({} is a file, not a folder)".format(
         target, tmp_path / "a")
     assert sorted(os.listdir(str(tmp_path))) == ["a"]
+    monkeypatch.chdir(str(tmp_path))  # a relative path is named as it was given
+    with pytest.raises(ImageWriteError) as err:
+        write_image(os.path.join("a", "b", "c.png"), np.zeros((4, 4, 3), np.uint8))
+    assert str(err.value) == "{}: cannot write it (a is a file, not a folder)".format(
+        os.path.join("a", "b", "c.png"))
     wide = str(tmp_path / "wide.jpg")  # a JPEG holds 65500 pixels a side at most
     with pytest.raises(ImageWriteError) as err:
         write_image(wide, np.zeros((1, 65501, 3), np.uint8))

@@ -128,6 +128,10 @@ def test_a_hand_edited_section_of_the_wrong_type_is_one_line(bundle_dir, key, va
     ("engines", None, [{"precision": "fp16"}], "each of 'engines' must name its 'file'"),
     # taken for "linear" in silence
     ("preprocess", "interpolation", "cubic", "'preprocess.interpolation' must be one of"),
+    # read as logits in silence: Softmax applied to what may already be probabilities
+    ("output", "activation", "sigmoid", "'output.activation' must be one of softmax, none "
+                                        "(none: the output is logits), got 'sigmoid'"),
+    ("output", "activation", "Softmax", "'output.activation' must be one of softmax, none"),
 ])
 def test_a_hand_edited_value_that_cannot_work_is_one_line(bundle_dir, tiny_data, section, key,
                                                           value, says):

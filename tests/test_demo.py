@@ -117,3 +117,17 @@ def test_a_demo_whose_classify_step_is_stopped_keeps_only_what_was_there(tmp_pat
     assert code == 130 and "was removed" in err, err
     assert "test accuracy" not in o
     assert os.listdir(str(out)) == []
+
+
+def test_an_earlier_demos_leftover_temporary_files_are_its_own(tmp_path):
+    """A demo stopped midway leaves outpaths' '.<name>.<random>.tmp' beside the file it was
+    writing: --overwrite takes it as the demo's; one beside a file of the user's is named."""
+    from oncolens.train.demo_files import others_in
+    out = tmp_path / "demo"
+    (out / "data").mkdir(parents=True)
+    (out / "model").mkdir()
+    (out / "data" / "SYNTHETIC.json").write_text(u"{}")
+    for name in ("model.json", ".model.json.0a1b2c3d.tmp", ".resnet18.onnx.99ff00aa.tmp",
+                 ".notes.txt.0a1b2c3d.tmp"):
+        (out / "model" / name).write_text(u"x")
+    assert others_in(str(out)) == [os.path.join("model", ".notes.txt.0a1b2c3d.tmp")]

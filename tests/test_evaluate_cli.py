@@ -273,3 +273,74 @@ def test_the_roc_figure_of_a_split_of_one_class_names_the_undefined_curves(
     report["per_class"]["malignant"]["support"] = 3
     report["per_class"]["benign"]["roc_auc"] = 0.5
     assert roc_undefined(report) == ["ROC undefined for normal: the split has no image of it"]
+
+
+def _dataset_copy(tiny_data, tmp_path, labels_txt, classes=("benign", "malignant", "normal")):
+    """DATA/test with ``classes``' folders and DATA/labels.txt listing ``labels_txt``."""
+    import shutil
+    data = tmp_path / "data"
+    for cls in classes:  # a class the synthetic data has not: benign's images
+        shutil.copytree(os.path.join(tiny_data, "test", cls if cls != "cyst" else "benign"),
+                        str(data / "test" / cls))
+    (data / "labels.txt").write_text(u"".join(x + "\n" for x in labels_txt))
+    return str(data / "test")
+
+
+def _warnings(caplog):
+    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_a_labels_txt_in_the_data_that_disagrees_with_the_model_is_said(
+        tmp_path, tiny_bundle, tiny_data, caplog):
+    """The dataset's labels.txt (DATA/labels.txt or the split's own) was never read: another
+    order, or classes the model does not know, passed without a word."""
+    model_json = os.path.join(tiny_bundle, "model.json")
+    json_path = str(tmp_path / "m.json")
+    argv = ["evaluate", "--model-dir", tiny_bundle, "--bootstrap", 0, "--json", json_path,
+            "--out", str(tmp_path / "e")]
+    code, out, err = run_cli(argv + [os.path.join(tiny_data, "test")])  # the same labels
+    assert code == 0 and not _warnings(caplog), err
+    with open(json_path) as fh:
+        same = json.load(fh)["confusion_matrix"]
+    # the same names in another order: a warning; the figures are by name, unchanged
+    split = _dataset_copy(tiny_data, tmp_path, ["normal", "benign", "malignant"])
+    code, out, err = run_cli(argv + ["--overwrite", split])
+    assert code == 0, err
+    (said,) = _warnings(caplog)
+    labels_txt = os.path.join(os.path.dirname(split), "labels.txt")
+    assert said.startswith(labels_txt + " lists the model's classes in another order")
+    assert "normal, benign, malignant" in said and model_json in said
+    with open(json_path) as fh:
+        assert json.load(fh)["confusion_matrix"] == same
+    # the split's own labels.txt is the nearer one: a class the model does not know, no folder
+    caplog.clear()
+    with open(os.path.join(split, "labels.txt"), "w") as fh:
+        fh.write(u"benign\ncyst\nmalignant\nnormal\n")
+    code, out, err = run_cli(argv + ["--overwrite", split])
+    assert code == 0, err
+    (said,) = _warnings(caplog)
+    assert said.startswith(os.path.join(split, "labels.txt") + " lists benign, cyst, ")
+    assert "(the model does not know cyst)" in said
+
+
+def test_a_class_folder_the_model_does_not_know_is_one_line_naming_model_json(
+        tmp_path, tiny_bundle, tiny_data, caplog):
+    split = _dataset_copy(tiny_data, tmp_path, ["benign", "cyst", "malignant"],
+                          classes=("benign", "cyst", "malignant"))
+    code, out, err = run_cli(["evaluate", "--model-dir", tiny_bundle, split, "--out",
+                              str(tmp_path / "e")])
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "class folder(s) cyst are not among the model's labels ({}: benign, malignant, " \
+        "normal)".format(os.path.join(tiny_bundle, "model.json")) in err
+    assert "the model does not know cyst" in " ".join(_warnings(caplog))
+
+
+def test_a_split_of_fewer_classes_than_the_model_is_still_evaluated(tmp_path, tiny_bundle,
+                                                                    tiny_data, caplog):
+    split = _dataset_copy(tiny_data, tmp_path, ["benign", "malignant"],
+                          classes=("benign", "malignant"))
+    code, out, err = run_cli(["evaluate", "--model-dir", tiny_bundle, split, "--bootstrap", 0,
+                              "--out", str(tmp_path / "e")])  # not into the shared bundle
+    assert code == 0, err
+    assert any(w.startswith(os.path.join(os.path.dirname(split), "labels.txt") +
+                            " lists benign, malignant but ") for w in _warnings(caplog))

@@ -63,9 +63,9 @@ def _snapshot(model_dir):
 
 def test_a_failed_export_leaves_the_bundle_as_it_was(tiny_bundle, tmp_path, monkeypatch):
     model_dir = _copy_bundle(tiny_bundle, tmp_path)
-    before = _snapshot(model_dir)
-    blocker = tmp_path / "afile"
+    blocker = tmp_path / "model" / "afile"
     blocker.write_text(u"x")
+    before = _snapshot(model_dir)
     for extra, message in [(["--images", str(tmp_path / "nonexist")], "--images"),
                            (["--tolerance", "-1"], "--tolerance"),
                            (["--check-count", "0"], "--check-count"),
@@ -107,6 +107,27 @@ def test_output_never_replaces_the_checkpoint_or_the_bundle_files(tiny_bundle, t
                                   output] + extra)
         assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
         assert _snapshot(model_dir) == before
+
+
+@pytest.mark.parametrize("output, says", [
+    # written as an ONNX under an image's name, and recorded so in model.json
+    ("x.jpg", "--output x.jpg: expected an ONNX file name ending in .onnx"),
+    ("resnet18", "--output resnet18: expected an ONNX file name ending in .onnx"),
+    # written outside the bundle, and recorded in model.json as '../x.onnx': a copy of the
+    # model folder on the device had no ONNX
+    (os.path.join("..", "x.onnx"), "outside the model folder"),
+    ("ABSOLUTE", "outside the model folder"),
+])
+def test_output_is_an_onnx_file_inside_the_model_folder(tiny_bundle, tmp_path, output, says):
+    model_dir = _copy_bundle(tiny_bundle, tmp_path)
+    if output == "ABSOLUTE":
+        output = str(tmp_path / "elsewhere" / "x.onnx")
+    before = _snapshot(model_dir)
+    code, out, err = run_cli(["export", "onnx", "--model-dir", model_dir, "--output", output,
+                              "--overwrite"])
+    assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
+    assert output in err and _snapshot(model_dir) == before
+    assert sorted(os.listdir(str(tmp_path))) == ["model"]  # nothing written beside it
 
 
 def test_check_before_any_export_says_the_onnx_is_missing(tiny_bundle, tmp_path):
@@ -171,3 +192,53 @@ def test_a_checkpoint_that_is_not_what_it_says_is_one_line(tmp_path, edit, says)
     assert code == 1 and says in err and path in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert os.listdir(model_dir) == ["model_best.pth.tar"]  # nothing written
+
+
+@pytest.mark.parametrize("fails", ["writing model.json", "moving model.json",
+                                   "moving labels.txt"])
+def test_a_failure_after_the_onnx_is_ready_leaves_the_bundle_old_or_new_whole(
+        tiny_bundle, tmp_path, monkeypatch, fails):
+    """A full disk between moving the new ONNX into place and writing model.json left the
+    new ONNX with the old record (evaluate then took it for stale and ran the checkpoint).
+    Now model.json (and labels.txt) are written first and the three moved together: a
+    failure anywhere leaves the bundle exactly as it was."""
+    import errno
+    import io
+    from oncolens.appliance.outpaths import temp_target
+    model_dir = _copy_bundle(tiny_bundle, tmp_path)
+    with open(os.path.join(model_dir, "labels.txt"), "w") as fh:
+        fh.write(u"normal\nbenign\nmalignant\n")  # another order: the export rewrites it
+    before = _snapshot(model_dir)
+    full = OSError(errno.ENOSPC, "No space left on device")
+    real_open, real_replace = io.open, os.replace
+
+    def open_(path, mode="r", *args, **kwargs):
+        name = os.path.basename(str(path))
+        if fails == "writing model.json" and "w" in mode and \
+                (temp_target(name) or name) == "model.json":
+            raise full
+        return real_open(path, mode, *args, **kwargs)
+
+    def replace(src, dst):
+        name = os.path.basename(str(src))  # the new file's move, not the old one's back
+        if fails.startswith("moving ") and name.endswith(".tmp") and \
+                temp_target(name) == fails[7:] == os.path.basename(str(dst)):
+            raise full
+        return real_replace(src, dst)
+    monkeypatch.setattr(io, "open", open_)
+    monkeypatch.setattr(os, "replace", replace)
+    code, out, err = run_cli(["export", "onnx", "--model-dir", model_dir, "--no-activation",
+                              "--overwrite", "--check-count", 2])
+    assert code == 1 and "No space left on device" in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert _snapshot(model_dir) == before  # the old ONNX, model.json, labels.txt; nothing else
+    monkeypatch.undo()
+    code, out, err = run_cli(["export", "onnx", "--model-dir", model_dir, "--no-activation",
+                              "--overwrite", "--check-count", 2])
+    assert code == 0, err
+    from oncolens.appliance.bundle import read_labels, read_model_info
+    from oncolens.train.evaluate import stale_onnx
+    info = read_model_info(os.path.join(model_dir, "model.json"))
+    assert info["output"]["activation"] == "none"
+    assert read_labels(os.path.join(model_dir, "labels.txt")) == info["labels"]
+    assert stale_onnx(model_dir, info)[1] is None

@@ -258,3 +258,28 @@ def test_a_missing_precision_is_built_next_to_a_usable_engine(dyn_bundle, tmp_pa
     with pytest.raises(Exception) as err:
         _backend(d, precision="int8")
     assert "needs calibration" in str(err.value)
+
+
+def test_an_engine_write_cut_short_leaves_the_earlier_engine_and_no_part_file(
+        dyn_bundle, tmp_path, cache, monkeypatch):
+    """The engine was written through its own '<engine>.part', left behind when the write
+    failed (a full disk); it now goes through outpaths.replace_file like every other file."""
+    import errno
+    import io
+    trt_standin.install(monkeypatch, version="8.2.1.8")
+    d = _bundle_copy(dyn_bundle, tmp_path)
+    assert run_cli(["export", "engine", "--model-dir", d, "--precision", "fp32"])[0] == 0
+    before = dict((f, open(os.path.join(d, f), "rb").read()) for f in os.listdir(d))
+    real_open = io.open
+
+    def full_disk(path, mode="r", *args, **kwargs):
+        fh = real_open(path, mode, *args, **kwargs)
+        if "w" in mode and ".engine" in os.path.basename(str(path)):
+            fh.close()
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return fh
+    monkeypatch.setattr(io, "open", full_disk)
+    code, out, err = run_cli(["export", "engine", "--model-dir", d, "--precision", "fp32",
+                              "--overwrite"])
+    assert code == 1 and "No space left on device" in err, err
+    assert dict((f, open(os.path.join(d, f), "rb").read()) for f in os.listdir(d)) == before

@@ -1,4 +1,8 @@
 """Output paths are checked before any work: one line naming the flag and the path."""
+import errno
+import os
+import stat
+
 import pytest
 
 from oncolens.appliance.errors import UsageError
@@ -39,3 +43,87 @@ def test_dir_checks(tmp_path):
         check_output_dir(str(blocker), "--annotate")
     with pytest.raises(UsageError, match="afile is a file, not a folder"):
         check_output_dir(str(blocker / "sub"), "--annotate")
+
+
+def test_replace_file_never_touches_a_users_file_of_the_temporary_name(tmp_path):
+    """The temporary file was always '<name>.tmp': a user's file of that name was replaced
+    (and then moved over the target), and two writers of one file shared it."""
+    from oncolens.appliance.outpaths import replace_file, temp_path, temp_target
+    target = tmp_path / "report.json"
+    users = tmp_path / "report.json.tmp"
+    users.write_text(u"the user's")
+    replace_file(str(target), lambda tmp: open(tmp, "w").write("new"))
+    assert target.read_text() == "new" and users.read_text() == u"the user's"
+    assert sorted(os.listdir(str(tmp_path))) == ["report.json", "report.json.tmp"]
+    first, second = temp_path(str(target)), temp_path(str(target))
+    assert first != second and os.path.dirname(first) == str(tmp_path)
+    assert temp_target(os.path.basename(first)) == "report.json"
+    assert temp_target("report.json.tmp") is None
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_replace_file_gives_a_new_file_the_mode_open_would(tmp_path, umask):
+    from oncolens.appliance.outpaths import replace_file
+    target = tmp_path / "new.csv"
+    old = os.umask(umask)
+    try:
+        replace_file(str(target), lambda tmp: open(tmp, "w").write("x"))
+        with open(str(tmp_path / "plain.csv"), "w") as fh:
+            fh.write("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(str(target)).st_mode) == 0o666 & ~umask
+    assert os.stat(str(target)).st_mode == os.stat(str(tmp_path / "plain.csv")).st_mode
+
+
+def test_replace_file_keeps_the_mode_of_the_file_it_replaces(tmp_path):
+    from oncolens.appliance.outpaths import replace_file
+    target = tmp_path / "model.json"
+    target.write_text(u"old")
+    os.chmod(str(target), 0o640)
+    replace_file(str(target), lambda tmp: open(tmp, "w").write("new"))
+    assert target.read_text() == "new" and stat.S_IMODE(os.stat(str(target)).st_mode) == 0o640
+
+
+def test_a_failed_write_leaves_the_earlier_file_and_no_temporary_one(tmp_path):
+    from oncolens.appliance.outpaths import replace_file
+    target = tmp_path / "history.csv"
+    target.write_text(u"earlier")
+
+    def write(tmp):
+        with open(tmp, "w") as fh:
+            fh.write("half")
+        raise OSError(errno.ENOSPC, "No space left on device", tmp)
+    with pytest.raises(OSError):
+        replace_file(str(target), write)
+    assert os.listdir(str(tmp_path)) == ["history.csv"] and target.read_text() == "earlier"
+
+
+@pytest.mark.parametrize("failing", [1, 2])
+def test_replace_together_is_all_or_none(tmp_path, monkeypatch, failing):
+    """The second (or third) move failing puts the files already moved back as they were."""
+    from oncolens.appliance import outpaths
+    finals = [tmp_path / "a.onnx", tmp_path / "model.json", tmp_path / "labels.txt"]
+    finals[0].write_text(u"old onnx")
+    finals[1].write_text(u"old json")  # labels.txt is new
+    moves = []
+    for final in finals:
+        moves.append((outpaths.write_temp(str(final), lambda tmp, f=final: open(tmp, "w").write(
+            "new " + f.name)), str(final)))
+    real = os.replace
+
+    def replace(src, dst):
+        if dst == moves[failing][1] and src == moves[failing][0]:
+            raise OSError(errno.EIO, "Input/output error", dst)
+        real(src, dst)
+    monkeypatch.setattr(outpaths.os, "replace", replace)
+    with pytest.raises(OSError):
+        outpaths.replace_together(moves)
+    assert sorted(os.listdir(str(tmp_path))) == ["a.onnx", "model.json"]
+    assert finals[0].read_text() == "old onnx" and finals[1].read_text() == "old json"
+    monkeypatch.setattr(outpaths.os, "replace", real)
+    moves = [(outpaths.write_temp(str(f), lambda tmp, f=f: open(tmp, "w").write("new")), str(f))
+             for f in finals]
+    outpaths.replace_together(moves)
+    assert sorted(os.listdir(str(tmp_path))) == ["a.onnx", "labels.txt", "model.json"]
+    assert all(f.read_text() == "new" for f in finals)

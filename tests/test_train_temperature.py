@@ -174,9 +174,10 @@ def test_a_failed_write_of_model_best_leaves_it_whole_and_no_temporary_file(
     with open(best, "rb") as fh:
         before = fh.read()
     real = os.replace
+    from oncolens.appliance.outpaths import temp_target
 
     def failing(src, dst):
-        if os.path.basename(src) == "model_best.pth.tar.tmp":
+        if temp_target(os.path.basename(src)) == "model_best.pth.tar":
             raise OSError(28, "No space left on device")
         return real(src, dst)
     monkeypatch.setattr(os, "replace", failing)
@@ -186,6 +187,6 @@ def test_a_failed_write_of_model_best_leaves_it_whole_and_no_temporary_file(
                              calibrate + FAST)
     assert code == 1 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1] == "oncolens train: error: No space left on device"
-    assert not os.path.exists(best + ".tmp")
+    assert not [n for n in os.listdir(model_dir) if temp_target(n)]
     with open(best, "rb") as fh:
         assert fh.read() == before

@@ -11,6 +11,7 @@ import os
 from oncolens.appliance.bundle import read_labels
 from oncolens.appliance.classify_copies import RECORD
 from oncolens.appliance.errors import BundleError, UsageError
+from oncolens.appliance.outpaths import temp_target
 from oncolens.train.modeldir import TRAIN_FILES
 from oncolens.train.split import made_by
 from oncolens.train.synth import CLASSES, SPLITS
@@ -18,8 +19,9 @@ from oncolens.train.synth import CLASSES, SPLITS
 DEMO_OUTPUTS = ("data", "model", "annotated", "test_predictions.txt")
 DEMO_ARCH = "resnet18"  # what the demo trains and exports
 SYNTH_FILES = ("labels.txt", "README.md", "SYNTHETIC.json")
-# a run stopped midway leaves these beside the file it was writing (train and model.json:
-# .tmp; the annotated images: .part; the export: .<arch>.unchecked.onnx until it is checked)
+# a run stopped midway leaves these beside the file it was writing (the export's ONNX:
+# .<arch>.unchecked.onnx until it is checked, and its .tmp), besides outpaths.temp_path's
+# .<name>.<random>.tmp (train, model.json, the annotated images)
 HALF_WRITTEN = (".tmp", ".part")
 
 
@@ -91,7 +93,8 @@ def others_in(out):
         links = [n for n in dirs + names if os.path.islink(os.path.join(parent, n))]
         others.extend(rel(n) for n in links)
         others.extend(rel(d) for d in dirs if d not in links and rel(d) not in folders)
-        others.extend(rel(n) for n in names if n not in links and rel(n) not in files)
+        others.extend(rel(n) for n in names if n not in links and rel(n) not in files and
+                      rel(temp_target(n) or n) not in files)
         dirs[:] = [d for d in dirs if d not in links and rel(d) in folders]
     return sorted(others)
 

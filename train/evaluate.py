@@ -9,7 +9,8 @@ import os
 
 import numpy as np
 
-from oncolens.appliance.bundle import MODEL_JSON, read_model_info, sha256_file
+from oncolens.appliance.bundle import (LABELS_TXT, MODEL_JSON, read_labels, read_model_info,
+                                       sha256_file)
 from oncolens.appliance.errors import BundleError, ImageReadError, UsageError, not_a_folder
 from oncolens.appliance.evaluation import never_predicted, undefined_recall
 from oncolens.appliance.imageio import list_folders, read_image
@@ -154,14 +155,50 @@ def _check_unique(labels, model_dir):
                               ", ".join(twice)))
 
 
-def _samples(split_dir, labels):
+def data_labels_file(split_dir):
+    """The labels.txt that describes the split: its own, else its dataset's (the folder
+    above it, where train and jetson-inference's datasets keep it); None when neither."""
+    for folder in (split_dir, os.path.dirname(os.path.abspath(split_dir))):
+        path = os.path.join(folder, LABELS_TXT)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def check_data_labels(split_dir, labels, json_path):
+    """A labels.txt in the data that disagrees with the model's labels (model.json) is said,
+    as a warning: class folders are matched to the model's classes by name (a folder the
+    model does not know is an error in _samples), so the figures are right, but a dataset
+    of other classes, or of another order, may not be the one the model was made for."""
+    path = data_labels_file(split_dir)
+    if path is None:
+        return
+    try:
+        theirs = read_labels(path)
+    except BundleError as exc:
+        log.warning("%s; not compared with %s", exc, json_path)
+        return
+    if theirs == list(labels):
+        return
+    if sorted(theirs) == sorted(labels):
+        log.warning("%s lists the model's classes in another order (%s; %s: %s): class "
+                    "folders are matched to the model's classes by name, so the figures are "
+                    "by name too", path, ", ".join(theirs), json_path, ", ".join(labels))
+        return
+    unknown = [x for x in theirs if x not in labels]
+    log.warning("%s lists %s but %s has %s%s: class folders are matched to the model's "
+                "classes by name", path, ", ".join(theirs), json_path, ", ".join(labels),
+                " (the model does not know {})".format(", ".join(unknown)) if unknown else "")
+
+
+def _samples(split_dir, labels, json_path):
     """(path, class index) of the split's images; a class folder the model does not know is
     an error, images beside the class folders a warning."""
     folders = list_folders(split_dir) if os.path.isdir(split_dir) else []
     unknown = [d for d in folders if d not in labels]
     if unknown:
-        raise UsageError("{}: class folder(s) {} are not among the model's labels ({})".format(
-            split_dir, ", ".join(unknown), ", ".join(labels)))
+        raise UsageError("{}: class folder(s) {} are not among the model's labels ({}: {})"
+                         .format(split_dir, ", ".join(unknown), json_path, ", ".join(labels)))
     samples = list_samples(split_dir, labels)
     loose = loose_images(split_dir)
     if loose:
@@ -199,7 +236,10 @@ def evaluate_dir(model_dir, split_dir, backend="auto", batch=16, bins=15, bootst
     labels = info["labels"]
     try:  # closed also when the split does not suit this model (several are evaluated)
         _check_unique(labels, model_dir)
-        probs, targets, paths, failed = _score(runner, _samples(split_dir, labels), batch)
+        json_path = os.path.join(model_dir, MODEL_JSON)
+        check_data_labels(split_dir, labels, json_path)
+        probs, targets, paths, failed = _score(runner, _samples(split_dir, labels, json_path),
+                                               batch)
     finally:
         runner.close()
     if not targets:

@@ -11,6 +11,7 @@ import re
 from oncolens.appliance import engines
 from oncolens.appliance.bundle import MODEL_JSON, sha256_file, write_model_info
 from oncolens.appliance.errors import BundleError, OncoLensError, UsageError
+from oncolens.appliance.outpaths import replace_file
 
 log = logging.getLogger(__name__)
 
@@ -153,9 +154,7 @@ def save_timing_cache(config, path):
     folder = os.path.dirname(path)
     if folder and not os.path.isdir(folder):
         os.makedirs(folder)
-    with open(path + ".tmp", "wb") as fh:
-        fh.write(bytes(cache.serialize()))
-    os.replace(path + ".tmp", path)
+    write_bytes(path, bytes(cache.serialize()))
 
 
 def build_plan(api, onnx_path, precision, options, device_name):
@@ -179,10 +178,12 @@ def build_plan(api, onnx_path, precision, options, device_name):
     return plan, dynamic
 
 
-def write_atomic(path, data):
-    with io.open(path + ".part", "wb") as fh:
-        fh.write(data)
-    os.replace(path + ".part", path)
+def write_bytes(path, data):
+    """``data`` written beside ``path`` and moved there when whole (outpaths.replace_file)."""
+    def write(tmp):
+        with io.open(tmp, "wb") as fh:
+            fh.write(data)
+    replace_file(path, write)
 
 
 def record(bundle, path, entry, in_cache):
@@ -227,7 +228,7 @@ def build_for_bundle(bundle, api, device, options, overwrite=False):
     if os.path.exists(path) and not overwrite:
         # same name, but no record of it being built from this ONNX: a stale cache file
         log.warning("replacing %s: it was not built from the current %s", path, onnx_path)
-    write_atomic(path, plan)
+    write_bytes(path, plan)
     entry = engines.make_entry(path, bundle.dir, api.version, device["name"], precision,
                                options.max_batch, options.dla_core, options.gpu_fallback,
                                dynamic, sha, device.get("compute_capability"),
