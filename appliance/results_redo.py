@@ -13,6 +13,8 @@ import io
 import json
 import logging
 import os
+import stat
+import tempfile
 
 from oncolens.appliance.results import ERRORS, copy_failed, path_key, results_format
 
@@ -73,15 +75,11 @@ def drop_redone(path, lock):
     if not drop:
         return 0
     kept = [fields for n, (_, _, fields) in enumerate(records) if n not in drop]
-    tmp = path + ".tmp"
+    if csv_file:  # the excel dialect, as csv.DictWriter wrote
+        tmp = _write_beside(path, lambda fh: csv.writer(fh).writerows(kept))
+    else:
+        tmp = _write_beside(path, lambda fh: fh.write(u"".join(kept)))
     try:
-        with io.open(tmp, "w", encoding="utf-8", errors=ERRORS, newline="") as fh:
-            if csv_file:
-                csv.writer(fh).writerows(kept)  # the excel dialect, as csv.DictWriter wrote
-            else:
-                fh.write(u"".join(kept))
-            fh.flush()
-            os.fsync(fh.fileno())
         lock.swap(tmp)
     except BaseException:
         if os.path.exists(tmp):
@@ -90,3 +88,21 @@ def drop_redone(path, lock):
     log.info("%s: %d earlier row(s) whose annotated copy was not written removed: a later "
              "row of the same file replaces each", path, len(drop))
     return len(drop)
+
+
+def _write_beside(path, write):
+    """The path of a new file beside ``path``, with its mode, that ``write(fh)`` filled
+    (text, no newline translation) and that was flushed to disk. Its name is its own
+    (mkstemp), never that of a file the user or another run has there."""
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
+                               dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with io.open(fd, "w", encoding="utf-8", errors=ERRORS, newline="") as fh:
+            os.fchmod(fd, stat.S_IMODE(os.stat(path).st_mode))  # mkstemp's is 0600
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        os.remove(tmp)
+        raise
+    return tmp
