@@ -67,7 +67,7 @@ def drop_redone(path, lock):
     """Remove from the results file ``path`` each row whose annotated copy was not written
     and that a later row of the same file replaces. Under ``lock`` (the file's ResultsLock,
     held): the file is written whole beside it and moved into place (``lock.swap``), so a
-    stop midway leaves it as it was. Returns how many rows went."""
+    stop midway leaves it as it was; a link stays a link to the file rewritten. Returns how many rows went."""
     csv_file = results_format(path) == ".csv"
     with io.open(path, "r", encoding="utf-8", errors=ERRORS, newline="") as fh:
         records = _csv_records(fh) if csv_file else _jsonl_records(fh)
@@ -75,10 +75,11 @@ def drop_redone(path, lock):
     if not drop:
         return 0
     kept = [fields for n, (_, _, fields) in enumerate(records) if n not in drop]
+    target = os.path.realpath(path)  # --results naming a link: the file it names
     if csv_file:  # the excel dialect, as csv.DictWriter wrote
-        tmp = _write_beside(path, lambda fh: csv.writer(fh).writerows(kept))
+        tmp = _write_beside(target, lambda fh: csv.writer(fh).writerows(kept))
     else:
-        tmp = _write_beside(path, lambda fh: fh.write(u"".join(kept)))
+        tmp = _write_beside(target, lambda fh: fh.write(u"".join(kept)))
     try:
         lock.swap(tmp)
     except BaseException:

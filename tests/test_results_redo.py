@@ -1,6 +1,6 @@
 """results_redo.drop_redone rewrites a results file without the rows a later row replaces:
 it must keep every other byte as it was, touch no file of the user's beside it, and leave
-the file as the user had it (its mode)."""
+the file where and as the user had it (its mode, a link to it)."""
 import csv
 import io
 import os
@@ -66,6 +66,24 @@ def test_the_file_keeps_its_mode(tmp_path):
     os.chmod(path, 0o640)
     assert _drop(path) == 1
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
+
+
+def test_a_link_to_the_results_stays_a_link(tmp_path):
+    """--results naming a link: the new file took the link's place, and the file it points
+    at kept the rows that were meant to go."""
+    real = tmp_path / "store"
+    real.mkdir()
+    target = str(real / "r.csv")
+    rows = _redone_rows(tmp_path)
+    _write_results(target, rows)
+    link = str(tmp_path / "r.csv")
+    os.symlink(target, link)
+    assert _drop(link) == 1
+    assert os.path.islink(link) and os.path.realpath(link) == os.path.realpath(target)
+    with io.open(target, newline="") as fh:
+        assert fh.read() == _csv_text(rows[1:])
+    assert os.listdir(str(real)) == ["r.csv"]
+    assert sorted(os.listdir(str(tmp_path))) == ["r.csv", "store"]
 
 
 @pytest.mark.parametrize("name", [u"a\nb.png", u"caf\udce9.png", u'q"uote, comma.png'])
