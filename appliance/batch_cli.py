@@ -278,6 +278,8 @@ def _run(args):
         report_metrics(args, labels, rows)
         finished = True
     except KeyboardInterrupt as exc:
+        if lock is not None:  # first: a file it made and wrote no row into goes now
+            lock.release(discard=True)
         exc.hint = _resume_hint(args, lock)
         raise
     finally:
