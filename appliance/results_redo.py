@@ -84,9 +84,10 @@ def _superseded(records):
 
 def drop_redone(path, lock):
     """Remove from the results file ``path`` each row whose annotated copy was not written
-    and that a later row of the same file replaces (``_superseded``). Under ``lock`` (the file's ResultsLock,
-    held): the file is written whole beside it and moved into place (``lock.swap``), so a
-    stop midway leaves it as it was; a link stays a link to the file rewritten. Returns how many rows went."""
+    and that a later row of the same file replaces (``_superseded``). Under ``lock`` (the
+    file's ResultsLock, held): the file is written whole beside it and moved into place
+    (``lock.swap``), so a stop midway leaves it as it was; a link stays a link to the file
+    rewritten. Returns how many rows went."""
     csv_file = results_format(path) == ".csv"
     with io.open(path, "r", encoding="utf-8", errors=ERRORS, newline="") as fh:
         records = _csv_records(fh) if csv_file else _jsonl_records(fh)
@@ -107,7 +108,8 @@ def drop_redone(path, lock):
         raise
     log.info("%s: %d row(s) removed: an earlier one whose annotated copy was not written "
              "where a later row of the same file replaces it, or a later one that holds no "
-             "prediction (the file not read again) where the earlier one stays", path, len(drop))
+             "prediction (the file not read again) where the earlier one stays", path,
+             len(drop))
     return len(drop)
 
 
