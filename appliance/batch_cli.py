@@ -61,7 +61,8 @@ def build_parser():
                    help="skip files already in --results and append to it (refused when "
                         "its rows are of another model, precision or backend); with "
                         "--annotate, files whose annotated copy was not written are done "
-                        "again, their new rows replacing the earlier ones")
+                        "again, their new rows replacing the earlier ones (a file that "
+                        "cannot be read then keeps its earlier row)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing results file and metrics (the results "
                         "file is emptied when this run writes its first row); with "
@@ -278,6 +279,8 @@ def _run(args):
         report_metrics(args, labels, rows)
         finished = True
     except KeyboardInterrupt as exc:
+        if lock is not None:  # first: a file it made and wrote no row into goes now
+            lock.release(discard=True)
         exc.hint = _resume_hint(args, lock)
         raise
     finally:

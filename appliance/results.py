@@ -175,12 +175,13 @@ class ResultsLock(object):
     def swap(self, tmp):
         """Move ``tmp`` (written whole beside the file) over the locked file, locked first:
         the lock goes with the new file (a run that locked the old one meanwhile sees that
-        it is no longer at the name, and locks the new one, or is refused)."""
+        it is no longer at the name, and locks the new one, or is refused). A path that is
+        a link stays one: the file it names is the one replaced."""
         fd = os.open(tmp, os.O_WRONLY | os.O_APPEND)
         try:
             if not self._lock(fd):
                 raise self.busy()
-            os.replace(tmp, self.path)
+            os.replace(tmp, os.path.realpath(self.path))
         except BaseException:
             os.close(fd)
             raise

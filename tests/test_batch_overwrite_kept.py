@@ -78,3 +78,18 @@ def test_a_run_stopped_after_its_first_rows_keeps_them(tiny_bundle, tiny_data, t
     assert code == 0, err
     with open(results) as fh:
         assert len(fh.read().splitlines()) == 1 + len(_files(folder))
+
+
+@pytest.mark.parametrize("flag", [[], ["--overwrite"], ["--resume"]])
+def test_a_run_stopped_before_its_first_row_into_a_new_file_says_none_was_kept(
+        tiny_bundle, tiny_data, tmp_path, monkeypatch, flag):
+    """The line was made before the lock let go of the file this run had made: it said the
+    rows were kept in it (or that it was left as it was), and then the file was removed."""
+    results = str(tmp_path / "r.csv")
+    _stop_at(monkeypatch, 1, KeyboardInterrupt())
+    code, _, err = run_cli(["batch", os.path.join(tiny_data, "test"), "--model", tiny_bundle,
+                            "--results", results, "--no-progress"] + flag)
+    assert code == 130 and not os.path.exists(results)
+    assert err.splitlines()[-1] == (
+        "oncolens batch: interrupted: no row was written, so no --results file was kept: "
+        "run the same command again"), err

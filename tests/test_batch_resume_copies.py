@@ -135,3 +135,27 @@ def test_a_run_that_opened_the_file_before_it_was_moved_locks_the_new_one(tmp_pa
     with pytest.raises(UsageError, match="another oncolens batch run is writing it"):
         results.ResultsLock(path).acquire()
     first.release()
+
+
+def test_a_file_that_cannot_be_read_again_keeps_its_earlier_prediction(tiny_bundle, tiny_data,
+                                                                       tmp_path):
+    """The redo of a file that could not be read this time (a share gone, a file being
+    rewritten) wrote a row with no prediction, which replaced the row that held one: the
+    classification was lost, and the file was never tried again. The earlier row now stays
+    (its copy tried again at the next --resume), and the row of the failed read goes."""
+    folder, outdir, results = _failed_copies_run(tiny_bundle, tiny_data, tmp_path, ".csv")
+    earlier = [r for r in _rows(results) if r["error"]][0]
+    with open(earlier["path"], "rb") as fh:
+        image = fh.read()
+    with open(earlier["path"], "wb") as fh:
+        fh.write(b"not an image now")
+    code, out, err = _resume(tiny_bundle, folder, outdir, results)
+    assert code == 1 and "classified 2 images" in out and "1 failed" in out, err
+    rows = [r for r in _rows(results) if r["path"] == earlier["path"]]
+    assert rows == [earlier]  # its prediction kept, the row of the failed read gone
+    assert len(_rows(results)) == 9
+    with open(earlier["path"], "wb") as fh:  # readable again
+        fh.write(image)
+    code, out, err = _resume(tiny_bundle, folder, outdir, results)
+    assert code == 0 and "classified 1 image" in out, err
+    _check_whole(folder, outdir, results)
