@@ -14,9 +14,8 @@ import io
 import json
 import logging
 import os
-import stat
-import tempfile
 
+from oncolens.appliance.outpaths import write_temp
 from oncolens.appliance.results import ERRORS, copy_failed, path_key, results_format
 
 log = logging.getLogger(__name__)
@@ -115,17 +114,11 @@ def drop_redone(path, lock):
 
 def _write_beside(path, write):
     """The path of a new file beside ``path``, with its mode, that ``write(fh)`` filled
-    (text, no newline translation) and that was flushed to disk. Its name is its own
-    (mkstemp), never that of a file the user or another run has there."""
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
-                               dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with io.open(fd, "w", encoding="utf-8", errors=ERRORS, newline="") as fh:
-            os.fchmod(fd, stat.S_IMODE(os.stat(path).st_mode))  # mkstemp's is 0600
+    (text, no newline translation) and that was flushed to disk: outpaths.write_temp's name
+    of its own, never that of a file the user or another run has there."""
+    def fill(tmp):
+        with io.open(tmp, "w", encoding="utf-8", errors=ERRORS, newline="") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-    except BaseException:
-        os.remove(tmp)
-        raise
-    return tmp
+    return write_temp(path, fill)
