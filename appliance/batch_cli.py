@@ -204,14 +204,14 @@ def report_metrics(args, labels, extra_rows):
     return m
 
 
-def _drop_stale_metrics(path):
+def _drop_stale_metrics(path, why="this run has none"):
     """An earlier run's metrics JSON and picture (there only with --overwrite or --resume)
-    would be taken for this run's: they go when this run has no metrics to put there."""
+    would be taken for this run's: they go when this run has no metrics to put there, or
+    when it stopped after writing rows they do not describe (``why`` says which)."""
     for stale in ([path, confusion_path(path)] if path else []):
         if os.path.isfile(stale):
             os.remove(stale)
-            log.warning("%s: removed: it held an earlier run's metrics, and this run has "
-                        "none", stale)
+            log.warning("%s: removed: it held an earlier run's metrics, and %s", stale, why)
 
 
 @cli_entry("oncolens batch")
@@ -285,5 +285,8 @@ def _run(args):
         raise
     finally:
         if lock is not None:  # ended on an error, or stopped: a file it made stays only
-            lock.release(discard=not finished)  # with rows in it
+            if not finished and lock.wrote_row:  # with rows in it, which the earlier
+                _drop_stale_metrics(metrics_path(args), "this run, which wrote rows, "  # they
+                                    "stopped before it could write its own")  # don't describe
+            lock.release(discard=not finished)
     return 1 if summary.failed else 0

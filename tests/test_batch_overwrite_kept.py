@@ -93,3 +93,32 @@ def test_a_run_stopped_before_its_first_row_into_a_new_file_says_none_was_kept(
     assert err.splitlines()[-1] == (
         "oncolens batch: interrupted: no row was written, so no --results file was kept: "
         "run the same command again"), err
+
+
+@pytest.mark.parametrize("mode", ["--overwrite", "--resume"])
+def test_a_run_stopped_after_its_first_rows_leaves_no_earlier_metrics(
+        tiny_bundle, tiny_data, tmp_path, monkeypatch, caplog, mode):
+    """The earlier run's metrics JSON and picture described rows that a stopped --overwrite
+    run has replaced (or, with --resume, fewer rows than the file now holds): they go as the
+    run stops, and the run that completes the file writes them again."""
+    folder, results, out = _first_run(tiny_bundle, tiny_data, tmp_path, ".csv")
+    metrics = str(tmp_path / "r.metrics.json")
+    picture = str(tmp_path / "r.confusion.png")
+    assert os.path.isfile(metrics) and os.path.isfile(picture)
+    if mode == "--resume":  # the last four rows to do again
+        with open(results) as fh:
+            lines = fh.read().splitlines(True)
+        with open(results, "w") as fh:
+            fh.write("".join(lines[:-4]))
+    _stop_at(monkeypatch, 2, KeyboardInterrupt())
+    argv = ["batch", folder, "--model", tiny_bundle, "--results", results, "--annotate", out,
+            "--batch-size", 2, "--workers", 0, "--no-progress"]
+    code, _, err = run_cli(argv + [mode])
+    assert code == 130, err
+    assert not os.path.exists(metrics) and not os.path.exists(picture), err
+    assert "held an earlier run's metrics, and this run, which wrote rows, stopped before it " \
+        "could write its own" in caplog.text
+    monkeypatch.undo()
+    code, _, err = run_cli(argv + ["--resume"])
+    assert code == 0, err
+    assert os.path.isfile(metrics) and os.path.isfile(picture)
