@@ -45,7 +45,8 @@ def build_onnx_parser():
                         "with a folder is taken as given, as onnx_export.py does")
     p.add_argument("--model-dir", default="", help="the model folder (default: current folder)")
     p.add_argument("--no-activation", type=str2bool, nargs="?", const=True, default=False,
-                   help="leave out the Softmax: the output is logits")
+                   help="leave out the Softmax: the output is logits (a real boolean: "
+                        "--no-activation, =true or =false)")
     p.add_argument("--opset", type=int, default=11,
                    help="ONNX opset, 9..13 (11; TensorRT 8.2 parses up to 13)")
     batch = p.add_mutually_exclusive_group()
