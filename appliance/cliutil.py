@@ -59,10 +59,11 @@ def setup_logging(level="info"):
 
 def check_top(topk, threshold=None):
     """imagenet's --topK (0: every class at or above --threshold, or 1 or more) and
-    --threshold (a confidence) in range."""
+    --threshold (a confidence) in range; without a threshold (serve has no --threshold
+    flag), 0 is every class."""
     if topk < 0:
-        raise UsageError("--topK: expected 0 (every class at or above --threshold) or more "
-                         "classes, got {}".format(topk))
+        every = "every class" if threshold is None else "every class at or above --threshold"
+        raise UsageError("--topK: expected 0 ({}) or more classes, got {}".format(every, topk))
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise UsageError("--threshold: expected a confidence between 0 and 1, got {}".format(
             threshold))

@@ -146,8 +146,9 @@ def write_files(files, overwrite):
     from oncolens.appliance.outpaths import check_output_file
     existing = [path for path, _, _ in files if os.path.exists(path)]
     if existing and not overwrite:
-        raise UsageError("{} already exists (pass --overwrite to replace it)".format(
-            " and ".join(existing)))
+        raise UsageError("{} already exist{} (pass --overwrite to replace {})".format(
+            " and ".join(existing), "s" if len(existing) == 1 else "",
+            "it" if len(existing) == 1 else "them"))
     hint = "(run it with sudo, or pass --root DIR or --print)"
     for path, _, _ in files:
         if os.path.isdir(path):

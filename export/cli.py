@@ -40,11 +40,14 @@ def build_onnx_parser():
                     "check it against the checkpoint.")
     p.add_argument("--input", default="model_best.pth.tar",
                    help="checkpoint file name inside --model-dir (model_best.pth.tar)")
-    p.add_argument("--output", default="", help="ONNX file name ending in .onnx, relative to "
-                   "--model-dir and inside it (<arch>.onnx)")
+    p.add_argument("--output", default="",
+                   help="ONNX file ending in .onnx (<arch>.onnx): a bare name goes into "
+                        "--model-dir, a path with a folder is taken as given, as "
+                        "onnx_export.py does; either way it must lie inside --model-dir")
     p.add_argument("--model-dir", default="", help="the model folder (default: current folder)")
     p.add_argument("--no-activation", type=str2bool, nargs="?", const=True, default=False,
-                   help="leave out the Softmax: the output is logits")
+                   help="leave out the Softmax: the output is logits (a real boolean: "
+                        "--no-activation, =true or =false)")
     p.add_argument("--opset", type=int, default=11,
                    help="ONNX opset, 9..13 (11; TensorRT 8.2 parses up to 13)")
     batch = p.add_mutually_exclusive_group()
@@ -116,11 +119,11 @@ def _export_onnx(argv):
     if not args.no_check:
         check_flags(args)
     from oncolens.export.check import ExportCheckError
-    from oncolens.export.onnx_export import export_onnx, output_path
+    from oncolens.export.onnx_export import export_onnx
     model_dir = args.model_dir or "."
 
     def check(bundle):  # on the new file, before it replaces anything in the bundle
-        name = output_path(model_dir, bundle.info["onnx"]["file"], bundle.info["arch"])
+        name = os.path.join(model_dir, bundle.info["onnx"]["file"])  # relative to it
         try:
             _run_check(model_dir, None, args.input, args, bundle=bundle, onnx_name=name)
         except ExportCheckError as exc:

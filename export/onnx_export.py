@@ -196,8 +196,12 @@ def check_export_options(opset, batch, dynamic_batch):
 
 
 def output_path(model_dir, output_name, arch):
+    """Where --output goes, by onnx_export.py's rule: a bare file name (and the default,
+    ``<arch>.onnx``) into --model-dir; a path with a folder in it as given, from the
+    current folder (``--model-dir=models/x --output=models/x/resnet18.onnx`` is
+    models/x/resnet18.onnx, not models/x/models/x/resnet18.onnx)."""
     name = output_name or "{}.onnx".format(arch)
-    return name if os.path.isabs(name) else os.path.join(model_dir, name)
+    return name if os.path.dirname(name) else os.path.join(model_dir, name)
 
 
 def check_not_a_bundle_file(out_path, model_dir, checkpoint_path):

@@ -78,7 +78,7 @@ def test_a_failed_export_leaves_the_bundle_as_it_was(tiny_bundle, tmp_path, monk
     # an --output in folders still to be made left them behind, empty, though "nothing was
     # written"
     for extra in (["--output", "r2.onnx"], ["--overwrite"],
-                  ["--output", os.path.join("new", "deep", "r2.onnx")]):
+                  ["--output", os.path.join(model_dir, "new", "deep", "r2.onnx")]):
         code, _, err = run_cli(["export", "onnx", "--model-dir", model_dir] + extra)
         assert code == 1 and "forced to fail" in err and "nothing was written" in err
         assert len(err.strip().splitlines()) == 1
@@ -90,7 +90,7 @@ def test_a_failed_export_leaves_the_bundle_as_it_was(tiny_bundle, tmp_path, monk
     ("model_best.pth.tar", "is the checkpoint being exported"),
     ("checkpoint.pth.tar", "is a checkpoint's name"),
     ("model.json", "is the bundle's model.json"),
-    (os.path.join(".", "labels.txt"), "is the bundle's labels.txt"),
+    (os.path.join("{model_dir}", ".", "labels.txt"), "is the bundle's labels.txt"),
     # written, and recorded in model.json, under an engine's name: evaluate and classify
     # then opened the bundle with TensorRT
     ("resnet18.onnx.1.1.8201.GPU.FP16.engine", "is a TensorRT engine's name"),
@@ -102,6 +102,7 @@ def test_output_never_replaces_the_checkpoint_or_the_bundle_files(tiny_bundle, t
     shutil.copy(os.path.join(model_dir, "model_best.pth.tar"),
                 os.path.join(model_dir, "checkpoint.pth.tar"))
     before = _snapshot(model_dir)
+    output = output.format(model_dir=model_dir)
     for extra in ([], ["--overwrite"]):  # 'already exists: pass --overwrite' is no advice here
         code, out, err = run_cli(["export", "onnx", "--model-dir", model_dir, "--output",
                                   output] + extra)
@@ -143,7 +144,7 @@ def test_export_into_a_folder_that_does_not_exist_yet(tiny_bundle, tmp_path):
     from oncolens.appliance.bundle import read_model_info
     model_dir = _copy_bundle(tiny_bundle, tmp_path)
     code, out, err = run_cli(["export", "onnx", "--model-dir", model_dir, "--output",
-                              os.path.join("sub", "new.onnx"), "--check-count", 2])
+                              os.path.join(model_dir, "sub", "new.onnx"), "--check-count", 2])
     assert code == 0, err
     assert os.path.isfile(os.path.join(model_dir, "sub", "new.onnx"))
     info = read_model_info(os.path.join(model_dir, "model.json"))
@@ -242,3 +243,24 @@ def test_a_failure_after_the_onnx_is_ready_leaves_the_bundle_old_or_new_whole(
     assert info["output"]["activation"] == "none"
     assert read_labels(os.path.join(model_dir, "labels.txt")) == info["labels"]
     assert stale_onnx(model_dir, info)[1] is None
+
+
+def test_output_with_a_folder_is_read_as_onnx_export_py_reads_it(tiny_bundle, tmp_path,
+                                                                   monkeypatch):
+    """onnx_export.py puts a bare --output name into --model-dir and takes a path with a
+    folder as given: its users' --model-dir=models/x --output=models/x/resnet18.onnx made
+    models/x/models/x/resnet18.onnx here, and the bundle named a copy nobody looks at."""
+    from oncolens.appliance.bundle import read_model_info
+    monkeypatch.chdir(str(tmp_path))
+    _copy_bundle(tiny_bundle, tmp_path)  # tmp_path/model
+    model_dir = os.path.join("model")
+    for output, where in [(os.path.join("model", "again.onnx"), "again.onnx"),
+                          ("bare.onnx", "bare.onnx")]:
+        code, out, err = run_cli(["export", "onnx", "--model-dir=" + model_dir,
+                                  "--output=" + output, "--check-count", 2])
+        assert code == 0, err
+        assert os.path.isfile(os.path.join("model", where)), where
+        assert read_model_info(os.path.join("model", "model.json"))["onnx"]["file"] == where
+        assert "exported {}".format(os.path.join("model", where)) in out
+    assert not os.path.exists(os.path.join("model", "model"))
+    assert not os.path.exists("bare.onnx")

@@ -72,7 +72,8 @@ def test_serve_cli_refuses_bad_values_before_loading_the_model(tmp_path):
         (["--timeout", "nan"], "--timeout"),
         (["--timeout", "1e12"], "--timeout"),
         (["--max-pixels", "1" + "0" * 400], "--max-pixels"),
-        (["--topK", "-1"], "--topK"),
+        # it spoke of a --threshold that serve does not have
+        (["--topK", "-1"], "--topK: expected 0 (every class) or more classes, got -1"),
         (["--decode-slots", "0"], "--decode-slots"),
         (["--topK", "-3"], "--topK"),
         (["--audit-log", str(folder)], "--audit-log"),

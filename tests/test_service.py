@@ -186,7 +186,7 @@ def test_install_writes_refuses_then_overwrites(tmp_path):
 
     before = read(env)
     code, out, err = run_cli(args + ["--input", "/dev/video1"])
-    assert code != 0 and "already exists" in err and "--overwrite" in err
+    assert code != 0 and "oncolens already exist (pass --overwrite to replace them)" in err
     assert read(env) == before
 
     code, out, err = run_cli(args + ["--input", "/dev/video1", "--overwrite"])

@@ -170,6 +170,21 @@ def test_speed_tool_measures_the_frozen_fine_tuning_step(capsys):
     assert any(p.requires_grad for p in model.parameters())
 
 
+@pytest.mark.parametrize("argv, says", [
+    # an 'fp16' mode was timed as fp32 and printed as an fp16 figure
+    (["--modes", "fp32,fp16"], "--modes: unknown mode 'fp16'"),
+    (["--modes", "fp32,"], "--modes: unknown mode ''"),
+    (["--steps", "0"], "--steps: expected 1 or more, got 0"),  # was a NameError traceback
+    (["-b", "0"], "-b/--batch-size: expected 1 or more, got 0"),
+])
+def test_speed_tool_refuses_what_it_would_not_measure_as_named(capsys, argv, says):
+    from oncolens.train import speed
+    code = speed.main(["--arch", "simple-cnn", "--resolution", "32", "--steps", "1"] + argv)
+    captured = capsys.readouterr()
+    assert code == 2 and says in captured.err, captured.err
+    assert len(captured.err.strip().splitlines()) == 1 and "images/s" not in captured.out
+
+
 @pytest.mark.parametrize("arch,head", [("resnet18", "fc"), ("efficientnet_lite0", "_fc")])
 def test_layer_wise_rates_scale_everything_but_the_head(arch, head):
     import argparse

@@ -104,7 +104,7 @@ def test_resume_warns_about_an_onnx_exported_into_a_sub_folder(tmp_path, tiny_da
     code, out, err = run_cli(["train", tiny_data, "--model-dir", model_dir] + FAST)
     assert code == 0, err
     code, out, err = run_cli(["export", "onnx", "--model-dir", model_dir, "--output",
-                              "onnx/model.onnx"])
+                              os.path.join(model_dir, "onnx", "model.onnx")])
     assert code == 0, err
     caplog.set_level(logging.WARNING)
     resume = os.path.join(model_dir, "checkpoint.pth.tar")

@@ -9,6 +9,10 @@ import time
 
 from oncolens.appliance.benchstats import cpu_model
 from oncolens.appliance.cliutil import OneLineParser, cli_entry, normalize_flags
+from oncolens.appliance.errors import UsageError
+
+# fp32 or bf16 autocast, each with or without channels_last (+cl)
+MODES = ("fp32", "fp32+cl", "bf16", "bf16+cl")
 
 
 def build_parser():
@@ -19,12 +23,28 @@ def build_parser():
     p.add_argument("-b", "--batch-size", type=int, default=32, help="images per step (32)")
     p.add_argument("--steps", type=int, default=3, help="timed steps per mode (3)")
     p.add_argument("--modes", default="fp32,fp32+cl,bf16+cl",
-                   help="comma list; +cl: channels_last, bf16: bf16 autocast "
-                        "(fp32,fp32+cl,bf16+cl)")
+                   help="comma list of fp32, fp32+cl, bf16, bf16+cl; +cl: channels_last, "
+                        "bf16: bf16 autocast (fp32,fp32+cl,bf16+cl)")
     p.add_argument("--freeze-early", action="store_true",
                    help="freeze the layers at 1/2 and 1/4 of the input resolution, as "
                         "training from pretrained weights does (default: all layers train)")
     return p
+
+
+def check_args(args):
+    """Every mode one that measure() runs as named (another name was timed as fp32 and
+    printed under its own name: an 'fp16' line was an fp32 figure), and counts of 1 or more
+    (--steps 0 ended in a traceback)."""
+    for flag, value in (("--resolution", args.resolution), ("-b/--batch-size", args.batch_size),
+                        ("--steps", args.steps)):
+        if value < 1:
+            raise UsageError("{}: expected 1 or more, got {}".format(flag, value))
+    modes = [m.strip() for m in args.modes.split(",")]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise UsageError("--modes: unknown mode '{}' (expected a comma list of: {})".format(
+            unknown[0], ", ".join(MODES)))
+    return modes
 
 
 def measure(arch, resolution, batch, mode, steps, freeze_early=False):
@@ -37,7 +57,7 @@ def measure(arch, resolution, batch, mode, steps, freeze_early=False):
         freeze_early_layers(model, resolution)
     x = torch.randn(batch, 3, resolution, resolution)
     y = torch.randint(0, 3, (batch,))
-    if "cl" in mode:
+    if mode.endswith("+cl"):
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], 1e-3)
@@ -56,13 +76,14 @@ def measure(arch, resolution, batch, mode, steps, freeze_early=False):
 @cli_entry("oncolens.train.speed")
 def main(argv):
     args = build_parser().parse_args(normalize_flags(argv))
+    modes = check_args(args)
     import os
     import torch
     from oncolens.train.runtime import cpu_bf16_supported
     print("cpu: {} ({} threads), torch {}, native bf16: {}, load average {}".format(
         cpu_model(), torch.get_num_threads(), torch.__version__, cpu_bf16_supported(),
         " ".join("{:.1f}".format(v) for v in os.getloadavg())))
-    for mode in args.modes.split(","):
+    for mode in modes:
         ips = measure(args.arch, args.resolution, args.batch_size, mode, args.steps,
                       args.freeze_early)
         print("{} {}px batch {}{} {:8s} {:6.1f} images/s".format(
