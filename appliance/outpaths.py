@@ -7,6 +7,7 @@ line naming the flag, the path and what was expected.
 import binascii
 import contextlib
 import errno
+import io
 import logging
 import os
 import re
@@ -166,6 +167,15 @@ def replace_file(path, write):
     except BaseException:
         _remove(tmp)
         raise
+
+
+def replace_text(path, text):
+    """``text`` written whole to ``path`` in UTF-8 (replace_file: beside it first, then
+    moved over it)."""
+    def write(tmp):
+        with io.open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    replace_file(path, write)
 
 
 @contextlib.contextmanager
