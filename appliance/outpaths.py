@@ -114,16 +114,18 @@ def drop_empty_folders(folders, root):
 TEMP_NAME = re.compile(r"\.(.+)\.[0-9a-f]{8}(\.tmp|\.old)\Z", re.DOTALL)
 
 
-def temp_path(path, suffix=".tmp"):
+def temp_path(path, suffix=".tmp", mode=0o666):
     """A new empty file beside ``path``, named ``.<name>.<random>.tmp``: no file of the user's
     is replaced and two writers of one file each have their own. Its mode is what ``open``
-    gives a new file (0666 less the umask), not mkstemp's 0600."""
+    gives a new file (0666 less the umask), not mkstemp's 0600; or ``mode`` less the umask:
+    a file that must never be readable by others (0600) is made so, not changed after it
+    was made."""
     folder, name = os.path.split(os.path.abspath(path))
     for _ in range(100):
         tmp = os.path.join(folder, ".{}.{}{}".format(
             name[:200], binascii.hexlify(os.urandom(4)).decode("ascii"), suffix))
         try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
             return tmp
         except FileExistsError:
             continue

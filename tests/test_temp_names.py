@@ -5,6 +5,7 @@ runs writing one file never share a temporary file."""
 import io
 import json
 import os
+import stat
 
 import pytest
 
@@ -33,8 +34,16 @@ def _calibration_cache(folder):
     return [path]
 
 
+def _service_files(folder):
+    from oncolens.appliance.service_cli import write_files
+    env, unit = os.path.join(folder, "oncolens"), os.path.join(folder, "oncolens.service")
+    write_files([(env, u"ONCOLENS_TOKEN=\n", 0o600), (unit, u"[Unit]\n", 0o644)], True)
+    return [env, unit]
+
+
 WRITERS = {"evaluation.write_metrics_json": _metrics, "variants.write_sidecar": _sidecar,
-           "calibrate.write_cache": _calibration_cache}
+           "calibrate.write_cache": _calibration_cache,
+           "service_cli.write_files": _service_files}
 
 
 @pytest.mark.parametrize("writer", sorted(WRITERS))
@@ -44,7 +53,7 @@ def test_a_users_file_named_like_the_old_temporary_file_survives(tmp_path, write
     overwritten and then gone (or, written alongside, the output half another run's)."""
     folder = str(tmp_path)
     targets = [os.path.join(folder, name) for name in
-               ("metrics.json", "m.abc.int8.json", "calib.cache")]
+               ("metrics.json", "m.abc.int8.json", "calib.cache", "oncolens", "oncolens.service")]
     for target in targets:
         with io.open(target + ".tmp", "w", encoding="utf-8") as fh:
             fh.write(USERS)
@@ -61,6 +70,63 @@ def test_a_users_file_named_like_the_old_temporary_file_survives(tmp_path, write
     left = sorted(set(os.listdir(folder)) - {os.path.basename(t) for t in targets} -
                   {os.path.basename(t) + ".tmp" for t in targets})
     assert left == []  # and no temporary file of the writer's
+
+
+def test_the_environment_file_is_never_readable_by_others_while_it_is_written(tmp_path,
+                                                                             monkeypatch):
+    """Even with umask 0 its temporary file is made 0600, before a byte of the token is in
+    it, and the unit's 0644; the user's 'oncolens.tmp' (0666) beside it is not touched."""
+    from oncolens.appliance import outpaths
+    from oncolens.appliance.service_cli import write_files
+    env, unit = str(tmp_path / "oncolens"), str(tmp_path / "oncolens.service")
+    made = []
+    real = outpaths.temp_path
+
+    def spy(*args, **kwargs):
+        path = real(*args, **kwargs)
+        made.append((os.path.basename(args[0]), stat.S_IMODE(os.stat(path).st_mode)))
+        return path
+    monkeypatch.setattr(outpaths, "temp_path", spy)
+    with open(env + ".tmp", "w") as fh:
+        fh.write("ONCOLENS_TOKEN=mine\n")
+    os.chmod(env + ".tmp", 0o666)
+    old = os.umask(0)
+    try:
+        write_files([(env, "ONCOLENS_TOKEN=s3cret\n", 0o600), (unit, "[Unit]\n", 0o644)], True)
+    finally:
+        os.umask(old)
+    assert made == [("oncolens", 0o600), ("oncolens.service", 0o644)]
+    assert stat.S_IMODE(os.stat(env).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(unit).st_mode) == 0o644
+    with open(env + ".tmp") as fh:
+        assert fh.read() == "ONCOLENS_TOKEN=mine\n"
+
+
+def test_service_install_moves_both_files_in_or_neither(tmp_path, monkeypatch):
+    """The second move failing put the first file in place alone (a new unit with the old
+    environment file); now the first is put back and the error names the file, not its
+    temporary name."""
+    import errno
+    from oncolens.appliance import outpaths
+    from oncolens.appliance.errors import UsageError
+    from oncolens.appliance.service_cli import write_files
+    env, unit = str(tmp_path / "oncolens"), str(tmp_path / "oncolens.service")
+    for path in (env, unit):
+        with open(path, "w") as fh:
+            fh.write("old\n")
+    real = os.replace
+
+    def replace(src, dst):
+        if dst == unit and src.endswith(".tmp"):  # the new unit's move, not the undo
+            raise OSError(errno.ENOSPC, "No space left on device", src, None, dst)
+        real(src, dst)
+    monkeypatch.setattr(outpaths.os, "replace", replace)
+    with pytest.raises(UsageError, match=r"cannot write .*/oncolens\.service: No space left"):
+        write_files([(env, "new\n", 0o600), (unit, "new\n", 0o644)], True)
+    for path in (env, unit):
+        with open(path) as fh:
+            assert fh.read() == "old\n", path
+    assert sorted(os.listdir(str(tmp_path))) == ["oncolens", "oncolens.service"]
 
 
 def test_bench_json_leaves_a_users_file_of_the_temporary_name(tiny_bundle, tiny_data, tmp_path):
