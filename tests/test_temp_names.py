@@ -34,6 +34,14 @@ def _calibration_cache(folder):
     return [path]
 
 
+def _torch_export(folder):
+    import torch
+    from oncolens.export.onnx_export import torch_onnx_export
+    path = os.path.join(folder, "tiny.onnx")
+    torch_onnx_export(torch.nn.Conv2d(3, 2, 3).eval(), torch.zeros(1, 3, 8, 8), path, 11)
+    return [path]
+
+
 def _service_files(folder):
     from oncolens.appliance.service_cli import write_files
     env, unit = os.path.join(folder, "oncolens"), os.path.join(folder, "oncolens.service")
@@ -43,7 +51,7 @@ def _service_files(folder):
 
 WRITERS = {"evaluation.write_metrics_json": _metrics, "variants.write_sidecar": _sidecar,
            "calibrate.write_cache": _calibration_cache,
-           "service_cli.write_files": _service_files}
+           "onnx_export.torch_onnx_export": _torch_export, "service_cli.write_files": _service_files}
 
 
 @pytest.mark.parametrize("writer", sorted(WRITERS))
@@ -53,7 +61,8 @@ def test_a_users_file_named_like_the_old_temporary_file_survives(tmp_path, write
     overwritten and then gone (or, written alongside, the output half another run's)."""
     folder = str(tmp_path)
     targets = [os.path.join(folder, name) for name in
-               ("metrics.json", "m.abc.int8.json", "calib.cache", "oncolens", "oncolens.service")]
+               ("metrics.json", "m.abc.int8.json", "calib.cache", "tiny.onnx", "oncolens",
+                "oncolens.service")]
     for target in targets:
         with io.open(target + ".tmp", "w", encoding="utf-8") as fh:
             fh.write(USERS)
@@ -164,3 +173,33 @@ def test_the_int8_copy_leaves_a_users_file_of_its_old_temporary_name(tiny_bundle
     dyn = variants.variant_path(load_bundle(model_dir), "dyn")  # the fp32 it starts from
     made = [dst, variants.sidecar_path(dst), dyn]
     assert set(os.listdir(folder)) - before == {os.path.basename(p) for p in made}
+
+
+def test_export_leaves_a_users_file_of_the_old_staging_names(tiny_bundle, tmp_path,
+                                                             monkeypatch):
+    """The export was staged as '.<arch>.unchecked.onnx' (and torch wrote its '.tmp'): a file
+    of that name, the user's or another export's into the same folder still being checked,
+    was overwritten and then removed or moved over the ONNX."""
+    import shutil
+    from oncolens.appliance.outpaths import temp_target
+    from oncolens.export import onnx_export
+    model_dir = tmp_path / "m"
+    shutil.copytree(tiny_bundle, str(model_dir), ignore=shutil.ignore_patterns("variants"))
+    theirs = [".resnet18.unchecked.onnx", ".resnet18.unchecked.onnx.tmp", "resnet18.onnx.tmp"]
+    for name in theirs:
+        (model_dir / name).write_text(USERS)
+    before = sorted(os.listdir(str(model_dir)))
+    staged = []
+    real = onnx_export.torch_onnx_export
+
+    def spy(module, example, path, *args, **kwargs):
+        staged.append(os.path.basename(path))
+        return real(module, example, path, *args, **kwargs)
+    monkeypatch.setattr(onnx_export, "torch_onnx_export", spy)
+    code, out, err = run_cli(["export", "onnx", "--model-dir", model_dir, "--overwrite"])
+    assert code == 0, err
+    for name in theirs:
+        assert (model_dir / name).read_text() == USERS, name
+    assert sorted(os.listdir(str(model_dir))) == before
+    assert len(staged) == 1 and staged[0].endswith(".unchecked.onnx")
+    assert temp_target(staged[0]) == "resnet18.onnx"
