@@ -4,7 +4,6 @@ precision x batch size, against the naive per-image PyTorch loop measured in the
     oncolens bench --model models/busi-resnet18 --images data/busi/test --json bench.json \
         --precisions fp32,int8 --calib-images data/busi/train --agreement-images data/busi/val
 """
-import io
 import itertools
 import json
 import logging
@@ -13,7 +12,7 @@ import os
 from oncolens.appliance.batch_cli import add_model_flags, resolve_model
 from oncolens.appliance.cliutil import OneLineParser, cli_entry, normalize_flags, setup_logging
 from oncolens.appliance.errors import UsageError, plural
-from oncolens.appliance.outpaths import check_output_file, check_text_file
+from oncolens.appliance.outpaths import check_output_file, check_text_file, replace_text
 
 log = logging.getLogger("oncolens.bench")
 
@@ -257,9 +256,6 @@ def main(argv):
         folder = os.path.dirname(os.path.abspath(args.json))
         if not os.path.isdir(folder):
             os.makedirs(folder)
-        tmp = args.json + ".tmp"
-        with io.open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(result, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, args.json)
+        replace_text(args.json, json.dumps(result, indent=2, sort_keys=True) + "\n")
         print("figures: {}".format(args.json))
     return 0 if result["runs"] else 1

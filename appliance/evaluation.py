@@ -6,13 +6,13 @@ of the model's labels (compared without regard to case): ``test/malignant/x.png`
 folder's own name counts (a class folder given as the input, ``test/malignant``, or a glob
 inside one).
 """
-import io
 import json
 import os
 
 import numpy as np
 
 from oncolens.appliance.errors import plural
+from oncolens.appliance.outpaths import replace_text
 
 
 def input_folder(uri):
@@ -128,10 +128,7 @@ def format_metrics(m):
 
 
 def write_metrics_json(path, m):
-    tmp = path + ".tmp"
-    with io.open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps(m, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    replace_text(path, json.dumps(m, indent=2, sort_keys=True) + "\n")
 
 
 def confusion_image(m, cell=84):

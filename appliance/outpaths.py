@@ -7,6 +7,7 @@ line naming the flag, the path and what was expected.
 import binascii
 import contextlib
 import errno
+import io
 import logging
 import os
 import re
@@ -109,20 +110,28 @@ def drop_empty_folders(folders, root):
             folder = os.path.dirname(folder)
 
 
-# temp_path's names: ".<name>.<8 hex digits>.tmp" (or another suffix) beside the file
-TEMP_NAME = re.compile(r"\.(.+)\.[0-9a-f]{8}(\.tmp|\.old)\Z", re.DOTALL)
+# temp_path's names: ".<name>.<8 hex digits>.tmp" (or another of these suffixes) beside the
+# file; ".unchecked.onnx": the ONNX export, checked under that name before it takes its own
+TEMP_SUFFIXES = (".tmp", ".old", ".unchecked.onnx")
+TEMP_NAME = re.compile(r"\.(.+)\.[0-9a-f]{8}(" + "|".join(re.escape(s) for s in TEMP_SUFFIXES) +
+                       r")\Z", re.DOTALL)
 
 
-def temp_path(path, suffix=".tmp"):
-    """A new empty file beside ``path``, named ``.<name>.<random>.tmp``: no file of the user's
-    is replaced and two writers of one file each have their own. Its mode is what ``open``
-    gives a new file (0666 less the umask), not mkstemp's 0600."""
+def temp_path(path, suffix=".tmp", mode=0o666):
+    """A new empty file beside ``path``, named ``.<name>.<random>.tmp`` (``suffix``, one of
+    TEMP_SUFFIXES): no file of the user's is replaced and two writers of one file each have
+    their own. Its mode is what ``open`` gives a new file (0666 less the umask), not mkstemp's
+    0600; or ``mode`` less the umask: a file that must never be readable by others (0600)
+    is made so, not changed after it was made."""
+    if suffix not in TEMP_SUFFIXES:
+        raise ValueError("temp_path: suffix {!r}, expected one of {}".format(
+            suffix, ", ".join(TEMP_SUFFIXES)))
     folder, name = os.path.split(os.path.abspath(path))
     for _ in range(100):
         tmp = os.path.join(folder, ".{}.{}{}".format(
             name[:200], binascii.hexlify(os.urandom(4)).decode("ascii"), suffix))
         try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
             return tmp
         except FileExistsError:
             continue
@@ -166,6 +175,15 @@ def replace_file(path, write):
     except BaseException:
         _remove(tmp)
         raise
+
+
+def replace_text(path, text):
+    """``text`` written whole to ``path`` in UTF-8 (replace_file: beside it first, then
+    moved over it)."""
+    def write(tmp):
+        with io.open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    replace_file(path, write)
 
 
 @contextlib.contextmanager

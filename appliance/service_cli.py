@@ -139,11 +139,12 @@ def existing_token(path):
 
 def write_files(files, overwrite):
     """Write every file or none: each target is checked first (not a folder, a folder above
-    it that exists or can be made and is writable), then all are staged as ``.tmp`` beside
-    their targets and only then moved into place; a failure removes what was staged.
-    Each file is created with its mode (the environment file is never readable by others,
-    not even while it is written)."""
-    from oncolens.appliance.outpaths import check_output_file
+    it that exists or can be made and is writable), then each is written to a temporary file
+    of its own beside its target (outpaths.temp_path) and only then all are moved into place
+    together (outpaths.replace_together); a failure removes what was staged and puts back
+    what was already moved. Each file is created with its mode (the environment file is
+    never readable by others, not even while it is written)."""
+    from oncolens.appliance.outpaths import check_output_file, replace_together, temp_path
     existing = [path for path, _, _ in files if os.path.exists(path)]
     if existing and not overwrite:
         raise UsageError("{} already exist{} (pass --overwrite to replace {})".format(
@@ -164,26 +165,24 @@ def write_files(files, overwrite):
             folder = os.path.dirname(path)
             if not os.path.isdir(folder):
                 os.makedirs(folder)
-            tmp = path + ".tmp"
-            staged.append(tmp)
-            _write_new(tmp, text, mode)
-        for path, _, _ in files:
-            os.replace(path + ".tmp", path)
+            tmp = temp_path(path, mode=mode)  # made with its mode: never more open than that
+            staged.append((tmp, path))
+            _write_text(tmp, text, mode)
+        replace_together(staged)
     except (OSError, IOError) as exc:
-        for tmp in staged:
+        for tmp, _ in staged:
             if os.path.isfile(tmp):
                 os.remove(tmp)
+        failed = getattr(exc, "filename", None)
+        failed = dict(staged).get(failed, failed)  # a temporary file's: name its target
         raise UsageError("cannot write {}: {} {}".format(
-            getattr(exc, "filename", None) or path, exc.strerror or exc, hint))
+            failed or path, exc.strerror or exc, hint))
 
 
-def _write_new(path, text, mode):
-    """``text`` to a new file ``path`` created with ``mode`` (then set exactly, whatever the
-    umask); a stale file of that name (a run that was cut short) is removed first."""
-    if os.path.lexists(path):
-        os.remove(path)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "w") as fh:
+def _write_text(path, text, mode):
+    """``text`` to the file ``path`` (temp_path made it, with ``mode`` less the umask), then
+    its mode set to ``mode`` exactly, whatever the umask."""
+    with open(path, "w") as fh:
         fh.write(text)
     os.chmod(path, mode)
 

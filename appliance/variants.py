@@ -20,7 +20,7 @@ import time
 
 from oncolens.appliance.bundle import Bundle
 from oncolens.appliance.errors import BundleError, MissingDependency, UsageError, plural
-from oncolens.appliance.outpaths import drop_empty_folders, replace_file
+from oncolens.appliance.outpaths import drop_empty_folders, replace_file, replace_text
 
 log = logging.getLogger(__name__)
 
@@ -188,14 +188,15 @@ def quantize_int8(bundle, calib_dir, count=100, overwrite=False):
         raise UsageError("--calib-images {}: no images to calibrate on".format(calib_dir))
     reader = _Calibration(files, Preprocessor.from_bundle(bundle), bundle.input_name)
     started = time.time()
-    tmp = dst + ".tmp.onnx"
-    _at_least_opset(fp32.model_path, tmp, 13)  # per-channel QDQ needs opset 13
     reduce_range, why = int8_reduce_range()
-    quantize_static(tmp, tmp, reader, quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    per_channel=True, reduce_range=reduce_range,
-                    calibrate_method=CalibrationMethod.MinMax)
-    os.replace(tmp, dst)
+
+    def quantize(tmp):
+        _at_least_opset(fp32.model_path, tmp, 13)  # per-channel QDQ needs opset 13
+        quantize_static(tmp, tmp, reader, quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        per_channel=True, reduce_range=reduce_range,
+                        calibrate_method=CalibrationMethod.MinMax)
+    replace_file(dst, quantize)
     method = "minmax, per-channel weights" + (", reduce_range" if reduce_range else "")
     write_sidecar(dst, {"precision": "int8", "source": os.path.basename(source_onnx(bundle)),
                         "calibration": {"dir": os.path.abspath(calib_dir), "images": len(files),
@@ -232,10 +233,7 @@ def read_sidecar(path):
 def write_sidecar(path, info):
     merged = read_sidecar(path)
     merged.update(info)
-    side = sidecar_path(path)
-    with io.open(side + ".tmp", "w", encoding="utf-8") as fh:
-        fh.write(json.dumps(merged, indent=2, sort_keys=True) + "\n")
-    os.replace(side + ".tmp", side)
+    replace_text(sidecar_path(path), json.dumps(merged, indent=2, sort_keys=True) + "\n")
 
 
 def agreement_record(bundle, precision):

@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from oncolens.appliance.errors import ImageReadError, UsageError, plural
+from oncolens.appliance.outpaths import replace_file
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +75,10 @@ def write_cache(path, data):
     folder = os.path.dirname(path)
     if folder and not os.path.isdir(folder):
         os.makedirs(folder)
-    with open(path + ".tmp", "wb") as fh:
-        fh.write(bytes(data))
-    os.replace(path + ".tmp", path)
+    def write(tmp):
+        with open(tmp, "wb") as fh:
+            fh.write(bytes(data))
+    replace_file(path, write)
     log.info("calibration cache written: %s", path)
 
 

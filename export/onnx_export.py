@@ -16,7 +16,8 @@ from oncolens.appliance.engines import ENGINE_SUFFIXES
 from oncolens.appliance.errors import BundleError, OncoLensError, UsageError, plural
 from oncolens.appliance.outpaths import (check_output_dir, check_output_file,
                                           drop_empty_folders, first_existing, inside,
-                                          replace_together, write_temp)
+                                          replace_file, replace_together, temp_path,
+                                          write_temp)
 from oncolens.appliance.preprocess import imagenet_preprocess
 
 log = logging.getLogger(__name__)
@@ -105,18 +106,12 @@ def torch_onnx_export(module, example, path, opset, dynamic_batch=False, output_
     if dynamic_batch:
         kwargs["dynamic_axes"] = {name: {0: "batch"} for name in
                                   [DEFAULT_INPUT_NAME] + list(output_names)}
-    tmp = path + ".tmp"
     with warnings.catch_warnings(), _TorchLogCapture() as torch_log:
         warnings.simplefilter("ignore")
         with torch.no_grad():
             try:
-                try:
-                    torch.onnx.export(module, example, tmp, dynamo=False, **kwargs)
-                except TypeError:  # torch < 2.5 has no dynamo flag (the Nano's 1.10)
-                    torch.onnx.export(module, example, tmp, **kwargs)
+                replace_file(path, lambda tmp: _export(module, example, tmp, kwargs))
             except Exception as exc:  # an operator ONNX (at this opset) has no form for
-                if os.path.exists(tmp):
-                    os.remove(tmp)
                 if isinstance(exc, (OSError, MemoryError)):
                     raise
                 held = torch_log.text()
@@ -127,8 +122,15 @@ def torch_onnx_export(module, example, path, opset, dynamic_batch=False, output_
                                     "{}){}".format(opset, type(exc).__name__,
                                                    text[0] if text else "no message",
                                                    _opset_advice(str(exc), opset)))
-    os.replace(tmp, path)
     return path
+
+
+def _export(module, example, path, kwargs):
+    import torch
+    try:
+        torch.onnx.export(module, example, path, dynamo=False, **kwargs)
+    except TypeError:  # torch < 2.5 has no dynamo flag (the Nano's 1.10)
+        torch.onnx.export(module, example, path, **kwargs)
 
 
 def bundle_info_for(model_dir, ckpt, checkpoint_path):
@@ -237,12 +239,13 @@ def check_onnx_output(out_path, model_dir, given):
 
 
 def _staged(out_path):
-    """Where the export is written until it is checked (beside its final place)."""
+    """Where the export is written until it is checked: a file of its own beside its final
+    place (``.<name>.<random>.unchecked.onnx``), so two exports into one folder never share
+    it."""
     folder = os.path.dirname(os.path.abspath(out_path))
     if not os.path.isdir(folder):
         os.makedirs(folder)
-    stem = os.path.splitext(os.path.basename(out_path))[0]
-    return os.path.join(folder, ".{}.unchecked.onnx".format(stem))
+    return temp_path(out_path, ".unchecked.onnx")
 
 
 def _record(info, model_dir, out_path, staged, checkpoint_path, opset, batch, dynamic_batch,
@@ -317,8 +320,9 @@ def export_onnx(model_dir, input_name=None, output_name=None, opset=DEFAULT_OPSE
     c, h, w = info["input"]["shape"]
     folder = os.path.dirname(os.path.abspath(out_path))
     existed = first_existing(folder)  # what _staged makes above it is removed on failure
-    staged = _staged(out_path)
+    staged = None
     try:
+        staged = _staged(out_path)
         torch_onnx_export(module, torch.zeros(int(batch), c, h, w), staged, opset,
                           dynamic_batch=dynamic_batch, output_names=output_names)
         _record(info, model_dir, out_path, staged, checkpoint_path, opset, batch,
@@ -328,9 +332,8 @@ def export_onnx(model_dir, input_name=None, output_name=None, opset=DEFAULT_OPSE
                          checkpoint_path if ckpt.get("classes") else None))
         _commit(model_dir, info, staged, out_path)
     except BaseException:
-        for leftover in (staged, staged + ".tmp"):
-            if os.path.exists(leftover):
-                os.remove(leftover)
+        if staged and os.path.exists(staged):
+            os.remove(staged)
         drop_empty_folders([folder], existed)
         raise
     log.info("exported %s (opset %d, batch %s, %s%s)", out_path, opset,

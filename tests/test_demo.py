@@ -131,3 +131,21 @@ def test_an_earlier_demos_leftover_temporary_files_are_its_own(tmp_path):
                  ".notes.txt.0a1b2c3d.tmp"):
         (out / "model" / name).write_text(u"x")
     assert others_in(str(out)) == [os.path.join("model", ".notes.txt.0a1b2c3d.tmp")]
+
+
+def test_files_named_like_the_old_fixed_temporary_names_are_the_users(tmp_path):
+    """Nothing the demo runs writes '<name>.tmp' or '<name>.part' any more (nor the export's
+    '.resnet18.unchecked.onnx'): such a file is the user's and --overwrite names it; the
+    export's own staging file ('.resnet18.onnx.<random>.unchecked.onnx') is the demo's."""
+    from oncolens.train.demo_files import others_in
+    out = tmp_path / "demo"
+    (out / "data").mkdir(parents=True)
+    (out / "model").mkdir()
+    (out / "data" / "SYNTHETIC.json").write_text(u"{}")
+    for name in ("resnet18.onnx", ".resnet18.onnx.0a1b2c3d.unchecked.onnx"):
+        (out / "model" / name).write_text(u"x")
+    assert others_in(str(out)) == []
+    for name in ("resnet18.onnx.tmp", "model.json.part", ".resnet18.unchecked.onnx"):
+        (out / "model" / name).write_text(u"x")
+    assert others_in(str(out)) == sorted(os.path.join("model", name) for name in (
+        "resnet18.onnx.tmp", "model.json.part", ".resnet18.unchecked.onnx"))

@@ -268,7 +268,9 @@ def _mode(path):
 
 def test_environment_file_is_readable_by_root_only(tmp_path):
     """The file may hold ONCOLENS_TOKEN: it is written 0600 (systemd reads it as PID 1, docker
-    under sudo), whatever the umask, a file it replaces or a stale .tmp; the unit stays 0644."""
+    under sudo), whatever the umask or a file it replaces; the unit stays 0644. A file named
+    'oncolens.tmp' beside it is not its own (its temporary files are '.oncolens.<random>.tmp')
+    and is left as it was."""
     root = str(tmp_path / "r")
     args = ["service", "install", "--root", root, "--exec", "/usr/local/bin/oncolens"]
     env = os.path.join(root, "etc", "default", "oncolens")
@@ -281,12 +283,14 @@ def test_environment_file_is_readable_by_root_only(tmp_path):
         assert "{} (mode 600)".format(env) in out
         assert env_values(read(env))["ONCOLENS_TOKEN"] == ""
         os.chmod(env, 0o644)                                  # a file made by hand, say
-        with open(env + ".tmp", "w") as fh:                   # and a run cut short
+        with open(env + ".tmp", "w") as fh:                   # and one of the user's
             fh.write("ONCOLENS_TOKEN=old\n")
         os.chmod(env + ".tmp", 0o666)
         code, out, err = run_cli(args + ["--overwrite"])
         assert code == 0, err
-        assert _mode(env) == 0o600 and not os.path.exists(env + ".tmp")
+        assert _mode(env) == 0o600 and _mode(env + ".tmp") == 0o666
+        assert read(env + ".tmp") == "ONCOLENS_TOKEN=old\n"
+        assert sorted(os.listdir(os.path.dirname(env))) == ["oncolens", "oncolens.tmp"]
     finally:
         os.umask(old_umask)
 

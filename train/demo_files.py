@@ -19,10 +19,11 @@ from oncolens.train.synth import CLASSES, SPLITS
 DEMO_OUTPUTS = ("data", "model", "annotated", "test_predictions.txt")
 DEMO_ARCH = "resnet18"  # what the demo trains and exports
 SYNTH_FILES = ("labels.txt", "README.md", "SYNTHETIC.json")
-# a run stopped midway leaves these beside the file it was writing (the export's ONNX:
-# .<arch>.unchecked.onnx until it is checked, and its .tmp), besides outpaths.temp_path's
-# .<name>.<random>.tmp (train, model.json, the annotated images)
-HALF_WRITTEN = (".tmp", ".part")
+# A run stopped midway leaves only outpaths.temp_path's files beside the file it was writing,
+# which others_in counts as the demo's by their name (temp_target): .<name>.<random>.tmp
+# (train, model.json, the annotated images) and the export's ONNX,
+# .<arch>.onnx.<random>.unchecked.onnx until it is checked. Nothing the demo runs writes a
+# fixed '<name>.tmp' or '<name>.part' any more: a file of those names is the user's.
 
 
 def _synth_record(data):
@@ -63,9 +64,9 @@ def demo_files(out):
                 files.add(os.path.join("data", split, rel))
                 if split == "test":  # classify keeps the input's name and sub-folder
                     files.add(os.path.join("annotated", rel))
-    model = TRAIN_FILES + ("{}.onnx".format(DEMO_ARCH), ".{}.unchecked.onnx".format(DEMO_ARCH))
+    model = TRAIN_FILES + ("{}.onnx".format(DEMO_ARCH),)
     files.update(os.path.join("model", name) for name in model)
-    return files | {f + end for f in files for end in HALF_WRITTEN}
+    return files
 
 
 def _folders(files):
