@@ -25,7 +25,7 @@ import tempfile
 import time
 
 from oncolens.appliance.errors import BundleError, UsageError
-from oncolens.appliance.outpaths import replace_file
+from oncolens.appliance.outpaths import replace_text
 
 log = logging.getLogger(__name__)
 
@@ -195,12 +195,7 @@ def write_cache_index(folder, entry):
     entries = [e for e in read_cache_index(folder) if e.get("file") != entry["file"]]
     entries.append(entry)
     path = os.path.join(folder, CACHE_INDEX)
-    text = json.dumps({"engines": entries}, indent=2, sort_keys=True) + "\n"
-
-    def write(tmp):
-        with io.open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-    replace_file(path, write)
+    replace_text(path, json.dumps({"engines": entries}, indent=2, sort_keys=True) + "\n")
 
 
 def onnx_sha(info, onnx_path=None):

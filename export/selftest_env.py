@@ -12,7 +12,7 @@ import numpy as np
 
 from oncolens import __version__
 from oncolens.appliance.errors import MissingDependency, OncoLensError
-from oncolens.appliance.outpaths import replace_file
+from oncolens.appliance.outpaths import replace_text
 
 log = logging.getLogger(__name__)
 
@@ -257,9 +257,4 @@ def write_reports(json_path, md_path, env, steps, args):
     # both made before either is written; each written beside its name and moved there when
     # whole, so Ctrl-C or a full disk midway leaves no half report, and an earlier one whole
     for path, content in ((json_path, text), (md_path, "\n".join(lines) + "\n")):
-        replace_file(path, lambda tmp, text=content: _write_text(tmp, text))
-
-
-def _write_text(path, text):
-    with io.open(path, "w", encoding="utf-8") as fh:
-        fh.write(text)
+        replace_text(path, content)
