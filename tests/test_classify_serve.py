@@ -1,5 +1,6 @@
 """``oncolens classify ... --serve`` and ``http://@:PORT`` outputs: the live loop feeds the
 web page's MJPEG stream while the same server answers POST /classify."""
+import contextlib
 import json
 import os
 import re
@@ -11,6 +12,24 @@ import pytest
 
 from conftest import cli_subprocess_cmd, run_cli, subprocess_env
 from serve_util import read, request, sample_image
+
+
+@contextlib.contextmanager
+def _classify_child(*args):
+    """A classify process of its own (stderr piped); the body ends it with SIGTERM, to
+    which it answers 0; killed if the body failed first."""
+    proc = subprocess.Popen(cli_subprocess_cmd("classify", *args), env=subprocess_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            universal_newlines=True)
+    try:
+        yield proc
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
 
 
 def _wait_for_url(proc, deadline):
@@ -58,13 +77,9 @@ def test_classify_serve_streams_the_loop_and_answers_classify(tiny_bundle, tiny_
     it, with serve's --audit-log and --trusted-proxy (given twice here: X-Forwarded-For's
     right-most entry that no trusted proxy wrote is recorded)."""
     audit = str(tmp_path / "audit.jsonl")
-    cmd = cli_subprocess_cmd("classify", "--model", tiny_bundle, "--headless",
-                             "--input-loop=-1", "--serve", ":0", "--audit-log", audit,
-                             "--trusted-proxy", "10.0.0.0/8", "--trusted-proxy", "127.0.0.1",
-                             os.path.join(tiny_data, "test"))
-    proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, universal_newlines=True)
-    try:
+    with _classify_child("--model", tiny_bundle, "--headless", "--input-loop=-1", "--serve",
+                         ":0", "--audit-log", audit, "--trusted-proxy", "10.0.0.0/8",
+                         "--trusted-proxy", "127.0.0.1", os.path.join(tiny_data, "test")) as proc:
         url = _wait_for_url(proc, time.time() + 120)
         frame = request(url, "/frame.jpg")
         for _ in range(100):                      # the first annotated frame may lag a little
@@ -78,13 +93,6 @@ def test_classify_serve_streams_the_loop_and_answers_classify(tiny_bundle, tiny_
         assert reply.status == 200
         body = json.loads(reply.body.decode("utf-8"))
         assert body["label"] in ("benign", "malignant", "normal")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
     records = _audit(audit)
     # a /frame.jpg asked before the first frame is a 404 no_frame, audited as refusals are
     assert all((r["path"], r["status"]) == ("/frame.jpg", 404) for r in records[:-1])
@@ -154,13 +162,10 @@ def test_serve_and_an_http_output_share_one_audit_writer(tiny_bundle, tiny_data,
     two locks, on one file, whose lines could interleave. They now write through one: the
     file is open once while both answer, and every request to either has its line."""
     audit = str(tmp_path / "audit.jsonl")
-    cmd = cli_subprocess_cmd("classify", "--model", tiny_bundle, "--headless",
-                             "--input-loop=-1", "--serve", ":0", "--audit-log", audit,
-                             os.path.join(tiny_data, "test"), "http://@:0")
-    proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, universal_newlines=True)
     image = read(sample_image(tiny_data))
-    try:
+    with _classify_child("--model", tiny_bundle, "--headless", "--input-loop=-1", "--serve",
+                         ":0", "--audit-log", audit, os.path.join(tiny_data, "test"),
+                         "http://@:0") as proc:
         urls = _wait_for_urls(proc, 2, time.time() + 120)
         assert urls[0] != urls[1]
         sent = []
@@ -171,13 +176,6 @@ def test_serve_and_an_http_output_share_one_audit_writer(tiny_bundle, tiny_data,
             assert reply.status == 200
             sent.append(rid)
         assert _open_files(proc.pid, audit) == 1
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
     assert sorted(record["request_id"] for record in _audit(audit)) == sent
 
 
