@@ -189,30 +189,41 @@ def replace_together(moves):
     """Move each (temporary file, final path) of ``moves`` into place, all or none: when a
     move fails (or Ctrl-C comes), the files already moved are put back as they were (each
     earlier file waits beside its place until the last move), and the temporary files are
-    removed. For files that must agree, such as an ONNX and the model.json describing it."""
-    undo, aside = [], []
+    removed. For files that must agree, such as an ONNX and the model.json describing it.
+    Each step is recorded before its renames, so one stopped just after a rename is undone
+    too."""
+    steps = []  # (the earlier file's place aside or None, temporary file, final path)
     try:
         for tmp, final in moves:
+            step = [None, tmp, final]
+            steps.append(step)
             if os.path.lexists(final):
-                old = temp_path(final, ".old")
-                os.replace(final, old)
-                aside.append(old)
-                undo.append((old, final))
-                os.replace(tmp, final)
-            else:
-                os.replace(tmp, final)
-                undo.append((None, final))
+                step[0] = temp_path(final, ".old")
+                os.replace(final, step[0])
+            os.replace(tmp, final)
     except BaseException:
-        for old, final in reversed(undo):
-            try:
-                if old is None:
-                    os.remove(final)
-                else:
-                    os.replace(old, final)
-            except OSError:  # the earlier file stays beside its place, under its .old name
-                log.warning("could not put %s back as it was", final)
+        for old, tmp, final in reversed(steps):
+            _undo_step(old, tmp, final)
         for tmp, _ in moves:
             _remove(tmp)
         raise
-    for old in aside:
-        _remove(old)
+    for old, _, _ in steps:
+        if old is not None:
+            _remove(old)
+
+
+def _undo_step(old, tmp, final):
+    """Put ``final`` back as it was before replace_together's step, wherever the step
+    stopped: the new file is there when ``tmp`` is gone; the earlier one is aside at ``old``
+    once ``final`` was moved (before that ``old`` is an empty placeholder)."""
+    moved = not os.path.lexists(tmp)
+    try:
+        if old is None:
+            if moved and os.path.lexists(final):
+                os.remove(final)
+        elif moved or not os.path.lexists(final):
+            os.replace(old, final)
+        else:
+            os.remove(old)
+    except OSError:  # the earlier file stays beside its place, under its .old name
+        log.warning("could not put %s back as it was", final)

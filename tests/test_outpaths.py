@@ -127,3 +127,34 @@ def test_replace_together_is_all_or_none(tmp_path, monkeypatch, failing):
     outpaths.replace_together(moves)
     assert sorted(os.listdir(str(tmp_path))) == ["a.onnx", "labels.txt", "model.json"]
     assert all(f.read_text() == "new" for f in finals)
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+@pytest.mark.parametrize("call", range(5))
+def test_replace_together_stopped_at_any_rename_leaves_the_files_as_they_were(
+        tmp_path, monkeypatch, call, when):
+    """Ctrl-C arriving just before or just after any of its renames: a rename done but not
+    yet recorded was not undone (the new file stayed beside the earlier others, or the
+    earlier file was left under its hidden .old name with nothing in its place), and the
+    placeholder made for the earlier file was left behind."""
+    from oncolens.appliance import outpaths
+    finals = [tmp_path / "a.onnx", tmp_path / "model.json", tmp_path / "labels.txt"]
+    finals[0].write_text(u"old onnx")
+    finals[1].write_text(u"old json")  # labels.txt is new: 2 + 2 + 1 renames
+    moves = [(outpaths.write_temp(str(f), lambda tmp: open(tmp, "w").write("new")), str(f))
+             for f in finals]
+    real, calls = os.replace, []
+
+    def replace(src, dst):
+        calls.append((src, dst))
+        if len(calls) - 1 == call:
+            if when == "after":
+                real(src, dst)
+            raise KeyboardInterrupt
+        real(src, dst)
+    monkeypatch.setattr(outpaths.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        outpaths.replace_together(moves)
+    assert sorted(os.listdir(str(tmp_path))) == ["a.onnx", "model.json"]
+    assert finals[0].read_text() == "old onnx" and finals[1].read_text() == "old json"
+
