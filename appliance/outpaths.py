@@ -113,16 +113,16 @@ def drop_empty_folders(folders, root):
 TEMP_NAME = re.compile(r"\.(.+)\.[0-9a-f]{8}(\.tmp|\.old)\Z", re.DOTALL)
 
 
-def temp_path(path, suffix=".tmp"):
+def temp_path(path, suffix=".tmp", mode=0o666):
     """A new empty file beside ``path``, named ``.<name>.<random>.tmp``: no file of the user's
     is replaced and two writers of one file each have their own. Its mode is what ``open``
-    gives a new file (0666 less the umask), not mkstemp's 0600."""
+    gives a new file (``mode``, 0666, less the umask), not mkstemp's 0600."""
     folder, name = os.path.split(os.path.abspath(path))
     for _ in range(100):
         tmp = os.path.join(folder, ".{}.{}{}".format(
             name[:200], binascii.hexlify(os.urandom(4)).decode("ascii"), suffix))
         try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
             return tmp
         except FileExistsError:
             continue
@@ -145,12 +145,15 @@ def _remove(path):
 def write_temp(path, write):
     """``write`` a temporary file beside ``path`` and return its name (removed when ``write``
     fails). It takes the mode of the file at ``path`` if there is one, as writing that file
-    in place would have kept it."""
-    tmp = temp_path(path)
+    in place would have kept it; the temporary file is made with no more access for others
+    than that (a 0600 file's text is never readable by others while it is written), and
+    writable by its owner until it is whole."""
+    mode = stat.S_IMODE(os.stat(path).st_mode) if os.path.isfile(path) else None
+    tmp = temp_path(path, mode=0o666 if mode is None else (mode & 0o777) | 0o600)
     try:
         write(tmp)
-        if os.path.isfile(path):
-            os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
+        if mode is not None:
+            os.chmod(tmp, mode)
     except BaseException:
         _remove(tmp)
         raise

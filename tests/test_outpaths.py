@@ -158,3 +158,25 @@ def test_replace_together_stopped_at_any_rename_leaves_the_files_as_they_were(
     assert sorted(os.listdir(str(tmp_path))) == ["a.onnx", "model.json"]
     assert finals[0].read_text() == "old onnx" and finals[1].read_text() == "old json"
 
+
+@pytest.mark.parametrize("mode", [0o600, 0o400])
+def test_replace_file_never_shows_a_private_file_to_others_while_it_is_written(tmp_path, mode):
+    """The temporary file was made 0666 less the umask (0644) and given the earlier file's
+    0600 only once written: other users could open it, and read the text, meanwhile."""
+    from oncolens.appliance.outpaths import replace_file
+    target = tmp_path / "oncolens.env"
+    target.write_text(u"ONCOLENS_TOKEN=old")
+    os.chmod(str(target), mode)
+    seen = []
+
+    def write(tmp):
+        with open(tmp, "w") as fh:  # a file the owner can write, whatever the earlier mode
+            seen.append(stat.S_IMODE(os.stat(tmp).st_mode))
+            fh.write("ONCOLENS_TOKEN=secret")
+    old = os.umask(0o022)
+    try:
+        replace_file(str(target), write)
+    finally:
+        os.umask(old)
+    assert seen == [0o600] and target.read_text() == "ONCOLENS_TOKEN=secret"
+    assert stat.S_IMODE(os.stat(str(target)).st_mode) == mode
