@@ -109,7 +109,8 @@ def drop_empty_folders(folders, root):
             folder = os.path.dirname(folder)
 
 
-# temp_path's names: ".<name>.<8 hex digits>.tmp" (or another suffix) beside the file
+# temp_path's names: ".<name>.<8 hex digits>.tmp" (or another suffix) beside the file, the
+# name cut to its first 200 bytes
 TEMP_NAME = re.compile(r"\.(.+)\.[0-9a-f]{8}(\.tmp|\.old)\Z", re.DOTALL)
 
 
@@ -118,15 +119,25 @@ def temp_path(path, suffix=".tmp", mode=0o666):
     is replaced and two writers of one file each have their own. Its mode is what ``open``
     gives a new file (``mode``, 0666, less the umask), not mkstemp's 0600."""
     folder, name = os.path.split(os.path.abspath(path))
+    name = _cut(name, 200)
     for _ in range(100):
         tmp = os.path.join(folder, ".{}.{}{}".format(
-            name[:200], binascii.hexlify(os.urandom(4)).decode("ascii"), suffix))
+            name, binascii.hexlify(os.urandom(4)).decode("ascii"), suffix))
         try:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
             return tmp
         except FileExistsError:
             continue
     raise FileExistsError(errno.EEXIST, "no unused temporary name beside it", path)
+
+
+def _cut(name, limit):
+    """``name`` cut to at most ``limit`` bytes on disk (a file name may have 255; the
+    temporary name adds 14), whole characters only."""
+    name = name[:limit]
+    while len(os.fsencode(name)) > limit:
+        name = name[:-1]
+    return name
 
 
 def temp_target(name):

@@ -180,3 +180,20 @@ def test_replace_file_never_shows_a_private_file_to_others_while_it_is_written(t
         os.umask(old)
     assert seen == [0o600] and target.read_text() == "ONCOLENS_TOKEN=secret"
     assert stat.S_IMODE(os.stat(str(target)).st_mode) == mode
+
+
+@pytest.mark.parametrize("name", [u"\u753b" * 80 + u".png", "a" * 251 + ".csv",
+                                  os.fsdecode(b"\xff" * 240 + b".png")])
+def test_replace_file_writes_a_file_of_a_long_name(tmp_path, name):
+    """The temporary name adds 14 bytes to the first 200 characters of the name: a name of
+    80 Chinese characters (244 bytes of UTF-8) got one over the 255 bytes a file name may
+    have, and every write of it failed (an annotated copy: 'File name too long')."""
+    from oncolens.appliance.imageio import write_image
+    from oncolens.appliance.outpaths import replace_file
+    target = os.path.join(str(tmp_path), name)
+    replace_file(target, lambda tmp: open(tmp, "w").write("new"))
+    assert open(target).read() == "new" and os.listdir(str(tmp_path)) == [name]
+    if name.endswith(".png"):
+        import numpy as np
+        write_image(target, np.zeros((4, 4, 3), np.uint8))
+        assert open(target, "rb").read(4) == b"\x89PNG" and os.listdir(str(tmp_path)) == [name]
