@@ -111,7 +111,8 @@ def drop_empty_folders(folders, root):
 
 
 # temp_path's names: ".<name>.<8 hex digits>.tmp" (or another of these suffixes) beside the
-# file; ".unchecked.onnx": the ONNX export, checked under that name before it takes its own
+# file, the name cut to its first 200 bytes; ".unchecked.onnx": the ONNX export, checked
+# under that name before it takes its own
 TEMP_SUFFIXES = (".tmp", ".old", ".unchecked.onnx")
 TEMP_NAME = re.compile(r"\.(.+)\.[0-9a-f]{8}(" + "|".join(re.escape(s) for s in TEMP_SUFFIXES) +
                        r")\Z", re.DOTALL)
@@ -127,15 +128,25 @@ def temp_path(path, suffix=".tmp", mode=0o666):
         raise ValueError("temp_path: suffix {!r}, expected one of {}".format(
             suffix, ", ".join(TEMP_SUFFIXES)))
     folder, name = os.path.split(os.path.abspath(path))
+    name = _cut(name, 200)
     for _ in range(100):
         tmp = os.path.join(folder, ".{}.{}{}".format(
-            name[:200], binascii.hexlify(os.urandom(4)).decode("ascii"), suffix))
+            name, binascii.hexlify(os.urandom(4)).decode("ascii"), suffix))
         try:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
             return tmp
         except FileExistsError:
             continue
     raise FileExistsError(errno.EEXIST, "no unused temporary name beside it", path)
+
+
+def _cut(name, limit):
+    """``name`` cut to at most ``limit`` bytes on disk (a file name may have 255; the
+    temporary name adds 14), whole characters only."""
+    name = name[:limit]
+    while len(os.fsencode(name)) > limit:
+        name = name[:-1]
+    return name
 
 
 def temp_target(name):
@@ -154,12 +165,15 @@ def _remove(path):
 def write_temp(path, write):
     """``write`` a temporary file beside ``path`` and return its name (removed when ``write``
     fails). It takes the mode of the file at ``path`` if there is one, as writing that file
-    in place would have kept it."""
-    tmp = temp_path(path)
+    in place would have kept it; the temporary file is made with no more access for others
+    than that (a 0600 file's text is never readable by others while it is written), and
+    writable by its owner until it is whole."""
+    mode = stat.S_IMODE(os.stat(path).st_mode) if os.path.isfile(path) else None
+    tmp = temp_path(path, mode=0o666 if mode is None else (mode & 0o777) | 0o600)
     try:
         write(tmp)
-        if os.path.isfile(path):
-            os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
+        if mode is not None:
+            os.chmod(tmp, mode)
     except BaseException:
         _remove(tmp)
         raise
@@ -207,30 +221,41 @@ def replace_together(moves):
     """Move each (temporary file, final path) of ``moves`` into place, all or none: when a
     move fails (or Ctrl-C comes), the files already moved are put back as they were (each
     earlier file waits beside its place until the last move), and the temporary files are
-    removed. For files that must agree, such as an ONNX and the model.json describing it."""
-    undo, aside = [], []
+    removed. For files that must agree, such as an ONNX and the model.json describing it.
+    Each step is recorded before its renames, so one stopped just after a rename is undone
+    too."""
+    steps = []  # (the earlier file's place aside or None, temporary file, final path)
     try:
         for tmp, final in moves:
+            step = [None, tmp, final]
+            steps.append(step)
             if os.path.lexists(final):
-                old = temp_path(final, ".old")
-                os.replace(final, old)
-                aside.append(old)
-                undo.append((old, final))
-                os.replace(tmp, final)
-            else:
-                os.replace(tmp, final)
-                undo.append((None, final))
+                step[0] = temp_path(final, ".old")
+                os.replace(final, step[0])
+            os.replace(tmp, final)
     except BaseException:
-        for old, final in reversed(undo):
-            try:
-                if old is None:
-                    os.remove(final)
-                else:
-                    os.replace(old, final)
-            except OSError:  # the earlier file stays beside its place, under its .old name
-                log.warning("could not put %s back as it was", final)
+        for old, tmp, final in reversed(steps):
+            _undo_step(old, tmp, final)
         for tmp, _ in moves:
             _remove(tmp)
         raise
-    for old in aside:
-        _remove(old)
+    for old, _, _ in steps:
+        if old is not None:
+            _remove(old)
+
+
+def _undo_step(old, tmp, final):
+    """Put ``final`` back as it was before replace_together's step, wherever the step
+    stopped: the new file is there when ``tmp`` is gone; the earlier one is aside at ``old``
+    once ``final`` was moved (before that ``old`` is an empty placeholder)."""
+    moved = not os.path.lexists(tmp)
+    try:
+        if old is None:
+            if moved and os.path.lexists(final):
+                os.remove(final)
+        elif moved or not os.path.lexists(final):
+            os.replace(old, final)
+        else:
+            os.remove(old)
+    except OSError:  # the earlier file stays beside its place, under its .old name
+        log.warning("could not put %s back as it was", final)

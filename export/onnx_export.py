@@ -248,6 +248,15 @@ def _staged(out_path):
     return temp_path(out_path, ".unchecked.onnx")
 
 
+def _path_inside(out_path, model_dir):
+    """``out_path`` by its path inside ``model_dir``, either of them reached through a link
+    (check_onnx_output made sure it is inside). The file's own name is kept: a link there
+    is replaced by the export, not followed."""
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(out_path)))
+    return os.path.relpath(os.path.join(folder, os.path.basename(out_path)),
+                           os.path.realpath(model_dir))
+
+
 def _record(info, model_dir, out_path, staged, checkpoint_path, opset, batch, dynamic_batch,
             activation, cam):
     """Fill ``info`` for the new ONNX (written at ``staged``, to be named ``out_path``)."""
@@ -256,7 +265,7 @@ def _record(info, model_dir, out_path, staged, checkpoint_path, opset, batch, dy
                       "activation": "softmax" if activation else "none"}
     if cam:
         info["output"]["cam"] = CAM_OUTPUT_NAME
-    info["onnx"] = {"file": os.path.relpath(out_path, model_dir), "opset": int(opset),
+    info["onnx"] = {"file": _path_inside(out_path, model_dir), "opset": int(opset),
                     "batch": "dynamic" if dynamic_batch else int(batch),
                     "sha256": sha256_file(staged),
                     "checkpoint": os.path.relpath(checkpoint_path, model_dir),

@@ -264,3 +264,23 @@ def test_output_with_a_folder_is_read_as_onnx_export_py_reads_it(tiny_bundle, tm
         assert "exported {}".format(os.path.join("model", where)) in out
     assert not os.path.exists(os.path.join("model", "model"))
     assert not os.path.exists("bare.onnx")
+
+
+@pytest.mark.parametrize("model_arg, output_arg", [("linked", os.path.join("model", "x.onnx")),
+                                                   ("model", os.path.join("linked", "x.onnx"))])
+def test_output_through_a_link_to_the_model_folder_is_recorded_inside_it(
+        tiny_bundle, tmp_path, monkeypatch, model_arg, output_arg):
+    """--model-dir and --output reaching one folder, one of them through a link, passed the
+    inside-the-folder check (made on real paths) but model.json recorded the ONNX by the
+    path from one spelling to the other, '../../model/x.onnx': no runtime found it in a copy
+    of the bundle."""
+    from oncolens.appliance.bundle import load_bundle, read_model_info
+    monkeypatch.chdir(str(tmp_path))
+    _copy_bundle(tiny_bundle, tmp_path)  # tmp_path/model
+    os.symlink("model", "linked")
+    code, out, err = run_cli(["export", "onnx", "--model-dir=" + model_arg,
+                              "--output=" + output_arg, "--check-count", 2])
+    assert code == 0, err
+    assert read_model_info(os.path.join("model", "model.json"))["onnx"]["file"] == "x.onnx"
+    shutil.copytree("model", "copy")
+    assert load_bundle("copy").onnx_path == os.path.join("copy", "x.onnx")

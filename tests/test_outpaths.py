@@ -127,3 +127,73 @@ def test_replace_together_is_all_or_none(tmp_path, monkeypatch, failing):
     outpaths.replace_together(moves)
     assert sorted(os.listdir(str(tmp_path))) == ["a.onnx", "labels.txt", "model.json"]
     assert all(f.read_text() == "new" for f in finals)
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+@pytest.mark.parametrize("call", range(5))
+def test_replace_together_stopped_at_any_rename_leaves_the_files_as_they_were(
+        tmp_path, monkeypatch, call, when):
+    """Ctrl-C arriving just before or just after any of its renames: a rename done but not
+    yet recorded was not undone (the new file stayed beside the earlier others, or the
+    earlier file was left under its hidden .old name with nothing in its place), and the
+    placeholder made for the earlier file was left behind."""
+    from oncolens.appliance import outpaths
+    finals = [tmp_path / "a.onnx", tmp_path / "model.json", tmp_path / "labels.txt"]
+    finals[0].write_text(u"old onnx")
+    finals[1].write_text(u"old json")  # labels.txt is new: 2 + 2 + 1 renames
+    moves = [(outpaths.write_temp(str(f), lambda tmp: open(tmp, "w").write("new")), str(f))
+             for f in finals]
+    real, calls = os.replace, []
+
+    def replace(src, dst):
+        calls.append((src, dst))
+        if len(calls) - 1 == call:
+            if when == "after":
+                real(src, dst)
+            raise KeyboardInterrupt
+        real(src, dst)
+    monkeypatch.setattr(outpaths.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        outpaths.replace_together(moves)
+    assert sorted(os.listdir(str(tmp_path))) == ["a.onnx", "model.json"]
+    assert finals[0].read_text() == "old onnx" and finals[1].read_text() == "old json"
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o400])
+def test_replace_file_never_shows_a_private_file_to_others_while_it_is_written(tmp_path, mode):
+    """The temporary file was made 0666 less the umask (0644) and given the earlier file's
+    0600 only once written: other users could open it, and read the text, meanwhile."""
+    from oncolens.appliance.outpaths import replace_file
+    target = tmp_path / "oncolens.env"
+    target.write_text(u"ONCOLENS_TOKEN=old")
+    os.chmod(str(target), mode)
+    seen = []
+
+    def write(tmp):
+        with open(tmp, "w") as fh:  # a file the owner can write, whatever the earlier mode
+            seen.append(stat.S_IMODE(os.stat(tmp).st_mode))
+            fh.write("ONCOLENS_TOKEN=secret")
+    old = os.umask(0o022)
+    try:
+        replace_file(str(target), write)
+    finally:
+        os.umask(old)
+    assert seen == [0o600] and target.read_text() == "ONCOLENS_TOKEN=secret"
+    assert stat.S_IMODE(os.stat(str(target)).st_mode) == mode
+
+
+@pytest.mark.parametrize("name", [u"\u753b" * 80 + u".png", "a" * 251 + ".csv",
+                                  os.fsdecode(b"\xff" * 240 + b".png")])
+def test_replace_file_writes_a_file_of_a_long_name(tmp_path, name):
+    """The temporary name adds 14 bytes to the first 200 characters of the name: a name of
+    80 Chinese characters (244 bytes of UTF-8) got one over the 255 bytes a file name may
+    have, and every write of it failed (an annotated copy: 'File name too long')."""
+    from oncolens.appliance.imageio import write_image
+    from oncolens.appliance.outpaths import replace_file
+    target = os.path.join(str(tmp_path), name)
+    replace_file(target, lambda tmp: open(tmp, "w").write("new"))
+    assert open(target).read() == "new" and os.listdir(str(tmp_path)) == [name]
+    if name.endswith(".png"):
+        import numpy as np
+        write_image(target, np.zeros((4, 4, 3), np.uint8))
+        assert open(target, "rb").read(4) == b"\x89PNG" and os.listdir(str(tmp_path)) == [name]
