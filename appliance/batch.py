@@ -79,12 +79,20 @@ def _row(item, labels, probs=None, pred=None, backend="", precision="", sha="",
 
 
 class Annotator(object):
-    """Writes annotated copies under ``outdir`` with the input's names and sub-folders."""
+    """Writes annotated copies under ``outdir`` with the input's names and sub-folders.
+    ``written``: the ``path_key``s of the copies written while ``record()`` asks for them
+    (EarlierCopies' ``keep=``, read at the first row), else None: a run of 100k images does
+    not hold every copy's name to the end."""
 
     def __init__(self, outdir, overwrite=False):
         self.outdir = outdir
         self.overwrite = overwrite
-        self.written = set()  # path_keys of the copies this run wrote
+        self.written = None
+
+    def record(self):
+        """Start recording the copies written; the set they go to."""
+        self.written = set()
+        return self.written
 
     def __call__(self, item, preds):
         from oncolens.appliance.imageio import colour_path, write_image
@@ -98,7 +106,8 @@ class Annotator(object):
             raise UsageError("output {} already exists: pass --overwrite to replace it".format(
                 target))
         write_image(target, draw_lines(item.image, [overlay_text(p) for p in preds]))
-        self.written.add(path_key(target))
+        if self.written is not None:
+            self.written.add(path_key(target))
         return target
 
 
@@ -143,6 +152,8 @@ def run_batch(clf, uri, results=None, annotate=None, batch_size=8, workers=2, re
     started = time.time()
     try:
         for good, failed in batched(items, batch_size):
+            if annotator is not None and (writer is None or writer.replacing is None):
+                annotator.written = None  # no earlier copies left to go: keep= is not read
             rows = [_row(item, labels, backend=backend, precision=precision, sha=sha,
                          input_name=input_name) for item in failed]
             for item in failed:
@@ -186,7 +197,7 @@ def _annotating(annotate, uri, results, resume, overwrite):
     _check_annotate_dir(annotate, going_on, overwrite)
     annotator, copies = Annotator(annotate, overwrite or going_on), None
     if overwrite and not going_on:  # the earlier run's copies go with its results
-        copies = EarlierCopies(annotate, input_folder(uri), keep=annotator.written)
+        copies = EarlierCopies(annotate, input_folder(uri), keep=annotator.record())
     return annotator, copies
 
 

@@ -231,17 +231,30 @@ def main(argv):
 
 def _resume_hint(args, lock=None):
     """What a stopped run kept; ``lock``: the results file's, which knows whether this run
-    wrote a row."""
+    wrote a row. A file this run wrote no row into is as it was: the earlier rows an
+    --overwrite had not yet replaced, or no row at all (empty, or a CSV header alone)."""
     if not args.results:
         return "no --results file, so nothing was kept"
     if not os.path.isfile(args.results):
         return "no row was written, so no --results file was kept: run the same command " \
                "again"
-    if args.overwrite and not args.resume and not (lock is not None and lock.wrote_row):
+    if not (lock is not None and lock.wrote_row) and (
+            (args.overwrite and not args.resume) or not _holds_rows(args.results)):
         return "no row was written, so {} was left as it was: run the same command " \
                "again".format(args.results)
     return "the rows written so far are kept in {}: run the same command with --resume to " \
            "continue".format(args.results)
+
+
+def _holds_rows(path):
+    """Whether the results file holds a row; True where it cannot be read (it is not
+    called empty unread)."""
+    from oncolens.appliance.errors import OncoLensError
+    from oncolens.appliance.results import holds_rows
+    try:
+        return holds_rows(path)
+    except (OncoLensError, IOError, OSError):
+        return True
 
 
 def _run(args):

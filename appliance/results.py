@@ -48,19 +48,6 @@ def results_format(path):
     return ext
 
 
-def _drop_partial_line(path):
-    """A run killed mid-write can leave half a line: cut it so appending starts clean."""
-    with open(path, "rb+") as fh:
-        data = fh.read()
-        if not data or data.endswith(b"\n"):
-            return
-        keep = data.rfind(b"\n") + 1
-        log.warning("%s: dropping an unfinished last line (%d bytes) from an interrupted run",
-                    path, len(data) - keep)
-        fh.seek(keep)
-        fh.truncate()
-
-
 def read_rows(path):
     """Rows of a results file as dictionaries (strings for CSV, JSON types for JSONL)."""
     if not os.path.isfile(path):
@@ -322,7 +309,8 @@ class ResultsWriter(object):
                              "--overwrite to replace it".format(path))
         if exists and resume:
             from oncolens.appliance.results_redo import drop_redone
-            _drop_partial_line(path)
+            from oncolens.appliance.results_tail import finish_last_line
+            finish_last_line(path, self.ext)  # an unfinished last line cut, a whole one ended
             self._check_header()
             drop_redone(path, self.lock)  # left by a run killed before it could
             self._start("a")

@@ -122,3 +122,26 @@ def test_a_run_stopped_after_its_first_rows_leaves_no_earlier_metrics(
     code, _, err = run_cli(argv + ["--resume"])
     assert code == 0, err
     assert os.path.isfile(metrics) and os.path.isfile(picture)
+
+
+@pytest.mark.parametrize("name,held", [("r.csv", b""), ("r.jsonl", b""), ("r.csv", None)])
+def test_a_run_stopped_before_its_first_row_into_an_empty_file_says_it_is_as_it_was(
+        tiny_bundle, tiny_data, tmp_path, monkeypatch, name, held):
+    """A results file that was there but held no row (empty, or a CSV header alone): the
+    line said 'the rows written so far are kept' and to go on with --resume, though no row
+    was written and the file was left as it was."""
+    from oncolens.appliance.results import columns
+    results = str(tmp_path / name)
+    if held is None:  # a header alone, as a run stopped before its first row left it once
+        held = (",".join(columns(["benign", "malignant", "normal"])) + "\r\n").encode()
+    with open(results, "wb") as fh:
+        fh.write(held)
+    _stop_at(monkeypatch, 1, KeyboardInterrupt())
+    code, _, err = run_cli(["batch", os.path.join(tiny_data, "test"), "--model", tiny_bundle,
+                            "--results", results, "--resume", "--no-progress"])
+    assert code == 130
+    assert err.splitlines()[-1] == (
+        "oncolens batch: interrupted: no row was written, so {} was left as it was: run the "
+        "same command again".format(results)), err
+    with open(results, "rb") as fh:
+        assert fh.read() == held

@@ -183,8 +183,8 @@ def test_max_distance_outside_the_hash_is_refused_before_reading(tmp_path, tiny_
     code, o, err = run_cli(["data", command] + args + ["--max-distance", value])
     assert code == 2, err
     assert err.strip().splitlines() == [
-        "oncolens data: error: --max-distance: expected a Hamming distance of 0 to 64 bits, "
-        "got {}".format(value)], err
+        "oncolens data {}: error: --max-distance: expected a Hamming distance of 0 to 64 "
+        "bits, got {}".format(command, value)], err
     assert o == "" and "reading images" not in err
     assert not os.path.exists(out)
 

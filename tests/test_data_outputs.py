@@ -1,5 +1,6 @@
 """`oncolens data`: output paths checked before the work (one line, nothing replaced without
---overwrite), synth --overwrite leaves nothing of the earlier set, unknown sub-commands say so."""
+--overwrite), synth --overwrite leaves nothing of the earlier set, unknown sub-commands say so,
+a subcommand's errors name it."""
 import glob
 import json
 import os
@@ -80,6 +81,20 @@ def test_unknown_data_command(capsys):
     code, out, err = run_cli(["data", "bogus"])
     _one_line(code, err, "unknown command 'bogus'")
     assert "check" in err and "split" in err and "synth" in err
+
+
+@pytest.mark.parametrize("command", ["synth", "check", "split"])
+def test_a_subcommand_error_names_the_subcommand(tiny_data, tmp_path, command):
+    """Its errors began 'oncolens data: error:', whichever subcommand it was, where every
+    other command (and these subcommands' own flag errors) name the command."""
+    out = str(tmp_path / "out")
+    args = {"synth": [out, "--seed", "-1"],
+            "check": [tiny_data, "--max-distance", "65"],
+            "split": [os.path.join(tiny_data, "train"), out, "--seed", "-1"]}[command]
+    code, o, err = run_cli(["data", command] + args)
+    _one_line(code, err, "")
+    assert err.startswith("oncolens data {}: error: --".format(command)), err
+    assert not os.path.exists(out)
 
 
 def test_a_json_that_cannot_be_written_is_one_line(tiny_data, tmp_path):

@@ -73,6 +73,7 @@ def build_synth_parser():
     return p
 
 
+@cli_entry("oncolens data synth")
 def _synth(argv):
     args = build_synth_parser().parse_args(normalize_flags(argv))
     setup_logging(args.log_level)
@@ -117,6 +118,7 @@ def _progress(desc):
     return wrap
 
 
+@cli_entry("oncolens data check")
 def _check(argv):
     args = build_check_parser().parse_args(normalize_flags(argv))
     setup_logging(args.log_level)
@@ -174,6 +176,7 @@ def build_split_parser():
     return p
 
 
+@cli_entry("oncolens data split")
 def _split(argv):
     args = build_split_parser().parse_args(normalize_flags(argv))
     setup_logging(args.log_level)
@@ -202,6 +205,8 @@ COMMANDS = {"synth": (_synth, "write the synthetic demo dataset"),
 
 @cli_entry("oncolens data")
 def main(argv):
+    """Runs the subcommand, whose own cli_entry names it in its one-line errors ('oncolens
+    data check: error: ...'), as every other command's do."""
     if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
         raise UsageError("unknown command '{}' (expected one of: {})".format(
             argv[0], ", ".join(sorted(COMMANDS))))
