@@ -169,15 +169,26 @@ def write_temp(path, write):
     than that (a 0600 file's text is never readable by others while it is written), and
     writable by its owner until it is whole."""
     mode = stat.S_IMODE(os.stat(path).st_mode) if os.path.isfile(path) else None
-    tmp = temp_path(path, mode=0o666 if mode is None else (mode & 0o777) | 0o600)
+    tmp = None
     try:
+        tmp = temp_path(path, mode=0o666 if mode is None else (mode & 0o777) | 0o600)
         write(tmp)
         if mode is not None:
             os.chmod(tmp, mode)
-    except BaseException:
-        _remove(tmp)
+    except BaseException as exc:
+        if tmp is not None:
+            _remove(tmp)
+        _name_the_file(exc, path)
         raise
     return tmp
+
+
+def _name_the_file(exc, path):
+    """An OSError about a temporary file of ``path``'s (a full disk, a folder that refuses
+    new files) names ``path``: the user never asked for the hidden name."""
+    if isinstance(exc, OSError) and exc.filename is not None and \
+            temp_target(os.path.basename(str(exc.filename))) is not None:
+        exc.filename, exc.filename2 = path, None
 
 
 def replace_file(path, write):
@@ -186,8 +197,9 @@ def replace_file(path, write):
     tmp = write_temp(path, write)
     try:
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         _remove(tmp)
+        _name_the_file(exc, path)
         raise
 
 

@@ -197,3 +197,22 @@ def test_replace_file_writes_a_file_of_a_long_name(tmp_path, name):
         import numpy as np
         write_image(target, np.zeros((4, 4, 3), np.uint8))
         assert open(target, "rb").read(4) == b"\x89PNG" and os.listdir(str(tmp_path)) == [name]
+
+
+@pytest.mark.parametrize("case", ["a folder in its place", "no such folder"])
+def test_a_failed_replace_names_the_file_not_its_temporary_name(tmp_path, case):
+    """The error of a rename over a folder, or of a temporary file that cannot be made,
+    named the hidden '.<name>.<random>.tmp' the user never asked for: it names the file."""
+    from oncolens.appliance.errors import os_error_line
+    from oncolens.appliance.outpaths import replace_text
+    path = tmp_path / "report.json"
+    if case == "a folder in its place":
+        (path / "inside").mkdir(parents=True)
+    else:
+        path = tmp_path / "gone" / "report.json"
+    with pytest.raises(OSError) as caught:
+        replace_text(str(path), u"{}")
+    line = os_error_line(caught.value)
+    assert line.endswith(": {!r}".format(str(path))) and ".tmp" not in line, line
+    assert sorted(os.listdir(str(tmp_path))) == (["report.json"] if case.startswith("a")
+                                                 else [])
