@@ -16,7 +16,7 @@ import numpy as np
 from oncolens.appliance.bundle import LABELS_TXT, read_labels
 from oncolens.appliance.errors import BundleError, plural
 from oncolens.appliance.imageio import is_image_file, is_unsupported_image
-from oncolens.train.scan import (LOW_BITS_PEAK, class_folders, duplicate_groups,
+from oncolens.train.scan import (LOW_BITS_PEAK, class_folders, duplicate_groups, read_layout,
                                  loose_images, loose_warning, low_bits_warning, not_images,
                                  not_images_warning, scan)
 
@@ -151,6 +151,9 @@ def check(root, max_distance=4, progress=None):
     more_errors, more_warnings = class_issues(root, records, classes, folders)
     errors += missing_splits(root, records) + more_errors
     warnings += more_warnings
+    note = read_layout(root)[2]  # train/ (val/, test/) read as a class: say so
+    if note:
+        warnings.insert(0, note)
     if others:
         warnings.append(not_images_warning(others))
     for split in folders:

@@ -17,7 +17,7 @@ from oncolens.appliance.bundle import LABELS_TXT, read_labels, write_labels
 from oncolens.appliance.errors import UsageError
 from oncolens.appliance.outpaths import (check_output_dir, drop_empty_folders, inside,
                                           replace_file)
-from oncolens.train.scan import (SPLITS, class_folders, duplicate_groups, layout,
+from oncolens.train.scan import (SPLITS, class_folders, duplicate_groups, read_layout,
                                  loose_images, loose_warning, not_images, not_images_warning,
                                  scan)
 
@@ -77,7 +77,9 @@ def assign(records, ratios, seed=0, max_distance=4):
 
 
 def _check_split_args(src, out, ratios, overwrite):
-    kind, _ = layout(src)
+    kind, _, note = read_layout(src)
+    if note:
+        log.info("%s", note)
     if kind != "flat":
         raise UsageError("{}: already has train/val/test folders; expected <class>/ folders "
                          "only".format(src))
