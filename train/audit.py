@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from oncolens.appliance.bundle import LABELS_TXT, read_labels
+from oncolens.appliance.bundle import LABELS_TXT, class_name_error, read_labels
 from oncolens.appliance.errors import BundleError, plural
 from oncolens.appliance.imageio import is_image_file, is_unsupported_image
 from oncolens.train.scan import (LOW_BITS_PEAK, class_folders, duplicate_groups, read_layout,
@@ -111,6 +111,10 @@ def class_issues(root, records, classes, folders=None):
                 "it" if len(missing) == 1 else "them",
                 "data split refuses a class with no files" if flat else
                 "train refuses a class with no training images"))
+    # a name labels.txt cannot hold: train refuses a folder it reads, data split any
+    flat = not any(r["split"] for r in records)
+    errors += [e for e in (class_name_error(c, root) for c in
+                           (classes if listed is None or flat else [])) if e]
     used = listed if listed is not None else classes
     if len(used) < 2:
         errors.append("{} ({}): a classifier needs at least 2".format(
