@@ -90,6 +90,32 @@ def write_labels(path, labels):
             fh.write(u"{}\n".format(label))
 
 
+def label_problem(name):
+    """Why a class name (a folder's) cannot be a line of labels.txt that reads back as itself,
+    else None: not valid UTF-8 (a Latin-1 archive's name, kept as surrogates), a line break
+    in it, or white space at either end (which every reader strips)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not a valid UTF-8 name, which labels.txt must be (jetson-inference reads " \
+            "it as UTF-8)"
+    if len(name.splitlines()) > 1 or name.rstrip("\r\n") != name:
+        return "holds a line break, which would split it over two lines of labels.txt"
+    if name.strip() != name:
+        return "begins or ends with white space, which readers of labels.txt strip"
+    return None
+
+
+def class_name_error(name, where):
+    """The one line that refuses class folder ``name`` in ``where``, or None when it can be
+    a line of labels.txt (``label_problem``)."""
+    why = label_problem(name)
+    if why is None:
+        return None
+    shown = name.encode("utf-8", "surrogateescape") if "UTF-8" in why else name  # printable
+    return "{}: class folder {!r} {}: rename the folder".format(where, shown, why)
+
+
 def new_model_info(arch, labels, input_size, preprocess, **extra):
     """A fresh model.json dictionary with every required key filled in."""
     info = {

@@ -5,6 +5,8 @@ import logging
 import os
 import shutil
 
+import pytest
+
 from conftest import run_cli
 
 FAST = ["--resolution", 32, "-b", 6, "-j", 0, "--seed", 3, "--no-pretrained",
@@ -100,3 +102,26 @@ def test_check_words_a_flat_dataset_for_its_layout(tiny_data, tmp_path):
     shutil.copytree(os.path.join(data, "train", "normal"), os.path.join(data, "train", "other"))
     code, out, err = run_cli(["data", "check", data, "--max-distance", "0"])
     assert "train: folder(s) other not in labels.txt: train does not use their images" in out
+
+
+@pytest.mark.parametrize("name", [b"caf\xe9", b"nor\nmal", b"normal "])
+def test_a_class_folder_name_labels_txt_cannot_hold_is_refused_before_training(
+        tiny_data, tmp_path, name):
+    """Until 2026-12-07 train ran every epoch, then wrote labels.txt: a Latin-1 name ended in
+    a traceback with labels.txt half written and no model.json, a line break split the class
+    over two lines, and a trailing space was stripped by every reader of the file."""
+    data = _copy(tiny_data, tmp_path)
+    os.remove(os.path.join(data, "labels.txt"))
+    for split in ("train", "val", "test"):
+        os.rename(os.path.join(data, split, "normal").encode(),
+                  os.path.join(data, split).encode() + b"/" + name)
+    model_dir = str(tmp_path / "m")
+    code, out, err = run_cli(["train", data, "--model-dir", model_dir] + FAST)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "rename the folder" in err and not os.path.exists(model_dir), err
+    code, out, err = run_cli(["data", "check", data, "--max-distance", "0"])
+    assert code == 1 and "class folder" in out and "rename the folder" in out, out
+    raw = _flat(tiny_data, tmp_path)
+    os.rename(os.path.join(raw, "normal").encode(), raw.encode() + b"/" + name)
+    code, o, err = run_cli(["data", "split", raw, str(tmp_path / "out")])
+    assert code == 2 and "rename the folder" in err and not os.path.exists(str(tmp_path / "out"))

@@ -13,10 +13,10 @@ import os
 
 import numpy as np
 
-from oncolens.appliance.bundle import LABELS_TXT, read_labels
+from oncolens.appliance.bundle import LABELS_TXT, class_name_error, read_labels
 from oncolens.appliance.errors import BundleError, plural
 from oncolens.appliance.imageio import is_image_file, is_unsupported_image
-from oncolens.train.scan import (LOW_BITS_PEAK, class_folders, duplicate_groups,
+from oncolens.train.scan import (LOW_BITS_PEAK, class_folders, duplicate_groups, read_layout,
                                  loose_images, loose_warning, low_bits_warning, not_images,
                                  not_images_warning, scan)
 
@@ -111,6 +111,10 @@ def class_issues(root, records, classes, folders=None):
                 "it" if len(missing) == 1 else "them",
                 "data split refuses a class with no files" if flat else
                 "train refuses a class with no training images"))
+    # a name labels.txt cannot hold: train refuses a folder it reads, data split any
+    flat = not any(r["split"] for r in records)
+    errors += [e for e in (class_name_error(c, root) for c in
+                           (classes if listed is None or flat else [])) if e]
     used = listed if listed is not None else classes
     if len(used) < 2:
         errors.append("{} ({}): a classifier needs at least 2".format(
@@ -151,6 +155,9 @@ def check(root, max_distance=4, progress=None):
     more_errors, more_warnings = class_issues(root, records, classes, folders)
     errors += missing_splits(root, records) + more_errors
     warnings += more_warnings
+    note = read_layout(root)[2]  # train/ (val/, test/) read as a class: say so
+    if note:
+        warnings.insert(0, note)
     if others:
         warnings.append(not_images_warning(others))
     for split in folders:

@@ -4,7 +4,8 @@
 """
 import logging
 
-from oncolens.appliance.cliutil import OneLineParser, cli_entry, normalize_flags, setup_logging
+from oncolens.appliance.cliutil import (OneLineParser, cli_entry, normalize_flags, setup_logging,
+                                        sigterm_as_interrupt)
 from oncolens.appliance.errors import plural
 
 log = logging.getLogger("oncolens.train")
@@ -190,8 +191,9 @@ def main(argv):
     from oncolens.appliance.errors import ImageReadError
     from oncolens.train.precheck import worker_error_line
     from oncolens.train.trainer import run_training
-    try:
-        result = run_training(args)
+    try:  # SIGTERM (systemd, timeout, kill) stops as Ctrl-C does: no half-written file left
+        with sigterm_as_interrupt():
+            result = run_training(args)
     except ImageReadError as exc:  # from a data-loader worker: its traceback, then the error
         raise ImageReadError(worker_error_line(exc))
     if args.final_fit:

@@ -3,6 +3,7 @@
 Evaluation uses the appliance's own preprocessing (``appliance.preprocess``), so the
 numbers measured here are what the device will see.
 """
+import logging
 import os
 
 import numpy as np
@@ -12,12 +13,15 @@ from oncolens.appliance.errors import UsageError, not_a_folder
 from oncolens.appliance.imageio import (is_image_file, is_unsupported_image, list_folders,
                                         read_image, walk_files)
 
+log = logging.getLogger(__name__)
+
 
 def discover_classes(data_dir, split="train"):
     """The class names: ``labels.txt`` when present, else the split's folders, alphabetical."""
     if not os.path.isdir(data_dir):
         raise UsageError("{}: {} (expected {}/{{train,val[,test]}}/<class>/images)".format(
             data_dir, not_a_folder(data_dir), data_dir))
+    check_split_layout(data_dir)
     labels_path = os.path.join(data_dir, LABELS_TXT)
     if os.path.isfile(labels_path):
         return read_labels(labels_path)
@@ -29,6 +33,27 @@ def discover_classes(data_dir, split="train"):
     if not classes:
         raise UsageError("{}: no class folders inside".format(root))
     return classes
+
+
+def check_split_layout(data_dir):
+    """Training reads DATA/train/<class>/ and DATA/val/<class>/: a flat dataset of class
+    folders (one of them perhaps named train or val: scan.read_layout) is refused in one line
+    that says how to split it; folders beside the splits that no command reads, a warning."""
+    from oncolens.train.scan import read_layout
+    kind, _, note = read_layout(data_dir)
+    if kind == "split":
+        if note:
+            log.warning("%s", note)
+        return
+    folders = list_folders(data_dir)
+    if not folders:
+        return  # nothing there: the errors below say what is missing
+    raise UsageError("{}: {}; oncolens train reads {}/train/<class>/ and {}/val/<class>/: "
+                     "make them with 'oncolens data split {} OUT' and train on OUT".format(
+                         data_dir, note[len(data_dir) + 2:] if note else
+                         "a flat dataset of class folders ({})".format(
+                             ", ".join(f + "/" for f in folders)),
+                         data_dir, data_dir, data_dir))
 
 
 def list_samples(split_dir, classes):

@@ -6,7 +6,7 @@ one-line error; not an exception from a data-loader worker after an epoch)."""
 import logging
 import os
 
-from oncolens.appliance.bundle import LABELS_TXT
+from oncolens.appliance.bundle import LABELS_TXT, class_name_error
 from oncolens.appliance.errors import ImageReadError, UsageError, plural, reason_of
 from oncolens.appliance.imageio import decode_image, list_folders, read_bytes
 from oncolens.appliance.lowbits import sixteen_bit_peak
@@ -34,6 +34,10 @@ def check_classes(data_dir, classes, splits=("train", "val")):
     if len(classes) < 2:
         raise UsageError("{}: {} lists {} ({}): a classifier needs at least 2".format(
             data_dir, _source(data_dir), plural(len(classes), "class"), ", ".join(classes)))
+    for name in classes:  # a folder's name labels.txt cannot hold: refused before training
+        error = class_name_error(name, os.path.join(data_dir, splits[0]))
+        if error:
+            raise UsageError(error)
     samples = {}
     for split in splits:
         split_dir = os.path.join(data_dir, split)

@@ -7,6 +7,7 @@ cosine decay, augmentation, and the best epoch chosen by validation macro-F1.
 import logging
 import math
 import os
+import signal
 import time
 
 import numpy as np
@@ -41,7 +42,20 @@ def progress(iterable, desc, total=None):
     return tqdm(iterable, desc=desc, total=total, leave=False, disable=None, dynamic_ncols=True)
 
 
+def _leave_stop_to_main(worker_id=None):
+    """A data-loader worker that gets SIGTERM exits quietly, as torch has it do when its own
+    main process sends it: a stop sent to the whole process group (systemd's, ``kill --
+    -PGID``) would otherwise kill it by the signal, which torch reports as the worker's
+    failure in a traceback over the main process's own stop (one line, the epoch kept)."""
+    signal.signal(signal.SIGTERM, _exit_quietly)
+
+
+def _exit_quietly(signum, frame):
+    os._exit(0)
+
+
 def _seed_worker(worker_id):
+    _leave_stop_to_main()
     torch = torch_module()
     info = torch.utils.data.get_worker_info()
     info.dataset.transform.rng = np.random.default_rng(torch.initial_seed() % (2 ** 32))
@@ -131,7 +145,9 @@ def make_loaders(args, classes, preprocess, micro_batch):
 def _val_loader(args, samples, pre, micro_batch):
     return torch_module().utils.data.DataLoader(FolderDataset(samples, pre),
                                                 batch_size=micro_batch, shuffle=False,
-                                                num_workers=min(args.workers, 1))
+                                                num_workers=min(args.workers, 1),
+                                                worker_init_fn=_leave_stop_to_main
+                                                if args.workers else None)
 
 
 def make_val_loader(args, classes, preprocess, micro_batch):

@@ -1,6 +1,7 @@
 """Reading a dataset folder once: every file's split, class, size, mode and hashes.
 
-Layouts: ``DIR/{train,val,test}/<class>/...`` (split layout) or ``DIR/<class>/...`` (flat).
+Layouts: ``DIR/{train,val,test}/<class>/...`` (split layout) or ``DIR/<class>/...`` (flat; a
+class may be named train, val or test when its folder holds images, not class folders).
 """
 import hashlib
 import logging
@@ -22,12 +23,57 @@ SPLITS = ("train", "val", "test")
 MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 
 
-def layout(root):
-    """('split', [splits present]) or ('flat', [None])."""
+def _holds_images(folder):
+    """Whether ``folder`` holds image files itself (as a class folder does; a split folder
+    holds class folders). A model folder (its curves.png beside model.json) does not count."""
+    names = os.listdir(folder)
+    return "model.json" not in names and any(
+        not is_ignored_name(n) and (is_image_file(n) or is_unsupported_image(n)) and
+        os.path.isfile(os.path.join(folder, n)) for n in names)
+
+
+def read_layout(root):
+    """('split', [splits present], note) or ('flat', [None], note): split only when a folder
+    named train, val or test holds class folders. Where such folders hold images themselves
+    and no sub-folders, they are classes of a flat dataset; folders holding images beside
+    split folders are read by no command. ``note`` is the line that says which reading was
+    taken in those two cases (else None)."""
     if not os.path.isdir(root):
         raise UsageError("{}: {} (expected a dataset folder)".format(root, not_a_folder(root)))
-    present = [s for s in SPLITS if os.path.isdir(os.path.join(root, s))]
-    return ("split", present) if present else ("flat", [None])
+    folders = list_folders(root)
+    named = [s for s in SPLITS if s in folders]
+    if not named:
+        return "flat", [None], None
+    split_like = [s for s in named if list_folders(os.path.join(root, s))]
+    if not split_like:
+        as_classes = [s for s in named if _holds_images(os.path.join(root, s))]
+        if not as_classes:  # train/, val/ ... with nothing in them yet: still a split layout
+            return "split", named, None
+        return "flat", [None], (
+            "{}: read as a flat dataset of class folders: {} hold{} images and no class "
+            "folders, so {} a class (a split dataset has {}/{{train,val,test}}/<class>/)".format(
+                root, _folders(as_classes), "s" if len(as_classes) == 1 else "",
+                "it is" if len(as_classes) == 1 else "they are", root))
+    loose = [f for f in folders if f not in SPLITS and _holds_images(os.path.join(root, f))]
+    if not loose:
+        return "split", named, None
+    return "split", named, (
+        "{}: read as a split dataset ({} hold{} class folders); {} hold{} images but {} not "
+        "train/, val/ or test/: no command reads {} (if this is a flat dataset with a class "
+        "named {}, rename that class)".format(
+            root, _folders(split_like), "s" if len(split_like) == 1 else "", _folders(loose),
+            "s" if len(loose) == 1 else "", "is" if len(loose) == 1 else "are",
+            "it" if len(loose) == 1 else "them", split_like[0]))
+
+
+def _folders(names):
+    return ", ".join(n + "/" for n in names)
+
+
+def layout(root):
+    """('split', [splits present]) or ('flat', [None]), as ``read_layout`` reads it."""
+    kind, splits, _ = read_layout(root)
+    return kind, splits
 
 
 def class_folders(root):

@@ -13,11 +13,11 @@ import shutil
 
 import numpy as np
 
-from oncolens.appliance.bundle import LABELS_TXT, read_labels, write_labels
+from oncolens.appliance.bundle import LABELS_TXT, class_name_error, read_labels, write_labels
 from oncolens.appliance.errors import UsageError
 from oncolens.appliance.outpaths import (check_output_dir, drop_empty_folders, inside,
                                           replace_file)
-from oncolens.train.scan import (SPLITS, class_folders, duplicate_groups, layout,
+from oncolens.train.scan import (SPLITS, class_folders, duplicate_groups, read_layout,
                                  loose_images, loose_warning, not_images, not_images_warning,
                                  scan)
 
@@ -77,7 +77,9 @@ def assign(records, ratios, seed=0, max_distance=4):
 
 
 def _check_split_args(src, out, ratios, overwrite):
-    kind, _ = layout(src)
+    kind, _, note = read_layout(src)
+    if note:
+        log.info("%s", note)
     if kind != "flat":
         raise UsageError("{}: already has train/val/test folders; expected <class>/ folders "
                          "only".format(src))
@@ -237,13 +239,10 @@ def source_classes(src, records, out):
     it lists with no files is an error, before anything is copied); else the class folders
     that hold files, alphabetical (an empty one is warned about)."""
     found = sorted(set(r["class"] for r in records))
-    for name in found:
-        try:
-            name.encode("utf-8")
-        except UnicodeEncodeError:  # a name from a Latin-1 archive, kept as surrogates
-            raise UsageError("{}: class folder {} is not a valid UTF-8 name, which labels.txt "
-                             "must be (jetson-inference reads it as UTF-8): rename the folder"
-                             .format(src, name.encode("utf-8", "surrogateescape")))
+    for name in found:  # a Latin-1 archive's name, a line break: labels.txt cannot hold it
+        error = class_name_error(name, src)
+        if error:
+            raise UsageError(error)
     labels_path = os.path.join(src, LABELS_TXT)
     if not os.path.isfile(labels_path):
         empty = [c for c in class_folders(src)[None] if c not in found]
