@@ -21,7 +21,7 @@ from oncolens.appliance.errors import BundleError, plural
 from oncolens.appliance.modelinfo import (FORMAT, KNOWN_KEYS, MODEL_JSON,  # noqa: F401
                                           REQUIRED_KEYS, SCHEMA_VERSION, validate_model_info)
 from oncolens.appliance.onnxinfo import read_onnx_info
-from oncolens.appliance.outpaths import replace_file
+from oncolens.appliance.outpaths import replace_file, replace_text, text_writer
 
 LABELS_TXT = "labels.txt"
 
@@ -84,10 +84,15 @@ def read_labels(path):
     return labels
 
 
+def labels_text(labels):
+    """labels.txt's text: one class a line, in output order."""
+    return u"".join(u"{}\n".format(label) for label in labels)
+
+
 def write_labels(path, labels):
-    with io.open(path, "w", encoding="utf-8") as fh:
-        for label in labels:
-            fh.write(u"{}\n".format(label))
+    """labels.txt, written whole (beside it first, then moved over it): a full disk midway
+    leaves the earlier file as it was."""
+    replace_text(path, labels_text(labels))
 
 
 def label_problem(name):
@@ -152,12 +157,7 @@ def read_model_info(path):
 def model_info_writer(path, info):
     """Validate ``info`` (errors name ``path``); return a function writing it to a file."""
     validate_model_info(info, path)
-    text = json.dumps(info, indent=2, sort_keys=True) + "\n"
-
-    def write(target):
-        with io.open(target, "w", encoding="utf-8") as fh:
-            fh.write(text)
-    return write
+    return text_writer(json.dumps(info, indent=2, sort_keys=True) + "\n")
 
 
 def write_model_info(path, info):

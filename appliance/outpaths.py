@@ -203,13 +203,19 @@ def replace_file(path, write):
         raise
 
 
+def text_writer(text):
+    """A function writing ``text`` in UTF-8 to the file it is given (for write_temp and
+    replace_file)."""
+    def write(target):
+        with io.open(target, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    return write
+
+
 def replace_text(path, text):
     """``text`` written whole to ``path`` in UTF-8 (replace_file: beside it first, then
     moved over it)."""
-    def write(tmp):
-        with io.open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-    replace_file(path, write)
+    replace_file(path, text_writer(text))
 
 
 @contextlib.contextmanager

@@ -11,13 +11,13 @@ from oncolens.appliance.archs import CHECKPOINT_SUFFIXES, load_checkpoint, model
 from oncolens.appliance.bundle import (CAM_OUTPUT_NAME, DEFAULT_INPUT_NAME,
                                        DEFAULT_OUTPUT_NAME, LABELS_TXT, MODEL_JSON, Bundle,
                                        model_info_writer, new_model_info, read_labels,
-                                       read_model_info, sha256_file, write_labels)
+                                       labels_text, read_model_info, sha256_file)
 from oncolens.appliance.engines import ENGINE_SUFFIXES
 from oncolens.appliance.errors import BundleError, OncoLensError, UsageError, plural
 from oncolens.appliance.outpaths import (check_output_dir, check_output_file,
                                           drop_empty_folders, first_existing, inside,
                                           replace_file, replace_together, temp_path,
-                                          write_temp)
+                                          text_writer, write_temp)
 from oncolens.appliance.preprocess import imagenet_preprocess
 
 log = logging.getLogger(__name__)
@@ -286,7 +286,7 @@ def _commit(model_dir, info, staged, out_path):
     try:
         moves.append((write_temp(json_path, write_json), json_path))
         if not had_labels or _labels_or_none(labels_path) != info["labels"]:
-            moves.append((write_temp(labels_path, lambda tmp: write_labels(tmp, info["labels"])),
+            moves.append((write_temp(labels_path, text_writer(labels_text(info["labels"]))),
                           labels_path))
     except BaseException:
         for tmp, _ in moves[1:]:

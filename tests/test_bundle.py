@@ -35,6 +35,17 @@ def test_roundtrip(tmp_path):
     assert bundle.read_labels(str(tmp_path / "labels.txt")) == ["a", "b"]
 
 
+
+def test_labels_txt_that_cannot_be_written_whole_leaves_the_earlier_one(tmp_path):
+    """write_labels wrote in place: a failure midway (a full disk; a name UTF-8 cannot
+    hold) left a labels.txt of half the classes. It is written beside it first."""
+    path = str(tmp_path / "labels.txt")
+    bundle.write_labels(path, ["a", "b"])
+    with pytest.raises(UnicodeEncodeError):
+        bundle.write_labels(path, ["x", "caf\udce9", "z"])
+    assert bundle.read_labels(path) == ["a", "b"]
+    assert os.listdir(str(tmp_path)) == ["labels.txt"]
+
 def test_missing_files(tmp_path):
     with pytest.raises(BundleError, match="model not found: .*nope"):
         bundle.load_bundle(str(tmp_path / "nope"))
