@@ -16,7 +16,7 @@ import os
 from oncolens.appliance.classify_cli import resolve_model
 from oncolens.appliance.cliutil import (OneLineParser, check_top, cli_entry, normalize_flags,
                                         setup_logging, sigterm_as_interrupt)
-from oncolens.appliance.errors import UsageError, plural
+from oncolens.appliance.errors import UsageError, os_error_line, plural
 
 log = logging.getLogger("oncolens.batch")
 
@@ -293,13 +293,27 @@ def _run(args):
         finished = True
     except KeyboardInterrupt as exc:
         if lock is not None:  # first: a file it made and wrote no row into goes now
-            lock.release(discard=True)
+            _stopped(args, lock)
         exc.hint = _resume_hint(args, lock)
         raise
     finally:
-        if lock is not None:  # ended on an error, or stopped: a file it made stays only
-            if not finished and lock.wrote_row:  # with rows in it, which the earlier
-                _drop_stale_metrics(metrics_path(args), "this run, which wrote rows, "  # they
-                                    "stopped before it could write its own")  # don't describe
-            lock.release(discard=not finished)
+        if lock is not None and not finished:  # ended on an error
+            _stopped(args, lock)
+        elif lock is not None:
+            lock.release()
     return 1 if summary.failed else 0
+
+
+def _stopped(args, lock):
+    """A run that ended before its metrics: a results file it made stays only with rows in
+    it, and the earlier run's metrics, which do not describe the rows it wrote, go (under
+    the lock, which is let go last). Once: the lock let go, there is nothing left to do."""
+    if lock.fd is None:
+        return
+    if lock.wrote_row:
+        try:
+            _drop_stale_metrics(metrics_path(args), "this run, which wrote rows, stopped "
+                                "before it could write its own")
+        except OSError as exc:
+            log.warning("%s", os_error_line(exc))
+    lock.release(discard=True)

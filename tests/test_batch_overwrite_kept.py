@@ -145,3 +145,30 @@ def test_a_run_stopped_before_its_first_row_into_an_empty_file_says_it_is_as_it_
         "same command again".format(results)), err
     with open(results, "rb") as fh:
         assert fh.read() == held
+
+
+def test_the_earlier_metrics_go_while_the_stopped_run_still_holds_the_results_file(
+        tiny_bundle, tiny_data, tmp_path, monkeypatch):
+    """On Ctrl-C the lock was let go before the earlier metrics were removed: a run started
+    in between could write its metrics and see them removed. They go under the lock now."""
+    import oncolens.appliance.batch_cli as batch_cli
+    from oncolens.appliance.errors import UsageError
+    from oncolens.appliance.results import ResultsLock
+    folder, results, out = _first_run(tiny_bundle, tiny_data, tmp_path, ".csv")
+    real, held = batch_cli._drop_stale_metrics, []
+
+    def drop(*args):
+        try:
+            ResultsLock(results).probe()
+            held.append(False)
+        except UsageError:
+            held.append(True)
+        return real(*args)
+    monkeypatch.setattr(batch_cli, "_drop_stale_metrics", drop)
+    _stop_at(monkeypatch, 2, KeyboardInterrupt())
+    code, _, err = run_cli(["batch", folder, "--model", tiny_bundle, "--results", results,
+                            "--annotate", out, "--batch-size", 2, "--workers", 0,
+                            "--no-progress", "--overwrite"])
+    assert code == 130, err
+    assert held == [True]
+    assert not os.path.exists(str(tmp_path / "r.metrics.json"))
