@@ -43,13 +43,64 @@ def _drop_underscore_headers(env, headers):
         env[key] = env[key] + "," + value if key in env else value
 
 
+class ContinueOnRead(object):
+    """``wsgi.input`` of an HTTP/1.1 request that asked ``Expect: 100-continue``: the interim
+    ``100 Continue`` goes out when the app first reads the body. Never sent, the client (curl
+    does so for bodies over 1 MB) waited a second before sending the body anyway. A request
+    refused before its body is read (401, 413, ...) is answered without it, so the client
+    sends no body at all (``continue_pending``: nothing was asked for yet, nothing to drop)."""
+
+    def __init__(self, rfile, wfile):
+        self._rfile, self._wfile = rfile, wfile
+        self.continue_pending = True
+
+    def _go_on(self):
+        if self.continue_pending:
+            self.continue_pending = False
+            try:
+                self._wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                self._wfile.flush()
+            except OSError:   # the client went away: the read that follows says so
+                pass
+
+    def read(self, *args):
+        self._go_on()
+        return self._rfile.read(*args)
+
+    def readline(self, *args):
+        self._go_on()
+        return self._rfile.readline(*args)
+
+    def readlines(self, *args):
+        self._go_on()
+        return self._rfile.readlines(*args)
+
+    def __iter__(self):
+        self._go_on()
+        return iter(self._rfile)
+
+    def close(self):
+        self._rfile.close()
+
+
+def expects_continue(version, headers):
+    """Whether a request asks for ``100 Continue`` before its body (HTTP/1.1 and later:
+    an HTTP/1.0 client's Expect is ignored, RFC 9110 section 10.1.1)."""
+    return (version not in ("HTTP/0.9", "HTTP/1.0") and
+            (headers.get("Expect") or "").strip().lower() == "100-continue")
+
+
 class QuietHandler(WSGIRequestHandler):
     timeout = 60  # seconds a client may stall before its connection is dropped
 
     content_length = None   # the request's one Content-Length value (parse_request)
 
     def parse_request(self):
-        return WSGIRequestHandler.parse_request(self) and self._check_content_length()
+        if not (WSGIRequestHandler.parse_request(self) and self._check_content_length()):
+            return False
+        if expects_continue(self.request_version, self.headers):
+            self.rfile = ContinueOnRead(self.rfile, self.wfile)
+        return True
 
     def _check_content_length(self):
         """RFC 9112 section 6.3: Content-Length values that differ (two headers, or a list

@@ -45,7 +45,10 @@ class UploadError(OncoLensError):
 
 
 def drain(stream, remaining):
-    """Read and drop up to ``remaining`` bytes, so the client can read our answer."""
+    """Read and drop up to ``remaining`` bytes, so the client can read our answer; none
+    from a client still waiting for ``100 Continue`` (it sends no body: server.py)."""
+    if getattr(stream, "continue_pending", False):
+        return
     remaining = min(remaining, DRAIN_CAP)
     try:
         while remaining > 0:
