@@ -82,3 +82,73 @@ def test_expect_100_continue_is_answered_before_the_body(server, tiny_data):
                      b"Content-Length: 999999999\r\n\r\n")
         answer = recv_until(sock, b"\x00never")       # no body sent at all
     assert answer.startswith(b"HTTP/1.0 413 ") and b"too_large" in answer
+
+
+def port_of(url):
+    return int(url.rstrip("/").rsplit(":", 1)[1])
+
+
+def stderr_until(proc, text, timeout=30):
+    """The lines ``proc`` writes to stderr until one holds ``text`` or it closes stderr
+    (the process ended)."""
+    import threading
+    lines = []
+
+    def read():
+        for line in iter(proc.stderr.readline, ""):
+            lines.append(line)
+            if text in line:
+                return
+
+    reader = threading.Thread(target=read)
+    reader.daemon = True
+    reader.start()
+    reader.join(timeout)
+    return lines
+
+
+def test_sigterm_answers_the_requests_in_flight_then_exits_0(tiny_bundle, tiny_data, tmp_path):
+    """SIGTERM closed the model, queue and audit log at once and the process exited: an
+    upload whose body was still arriving got no answer and left no audit line. Now the
+    listening socket closes (no new connection), the request in flight is answered and
+    audited, and the exit status is 0."""
+    import signal
+    import socket
+    import subprocess
+    from conftest import cli_subprocess_cmd, subprocess_env
+    audit = str(tmp_path / "audit.jsonl")
+    proc = subprocess.Popen(cli_subprocess_cmd("serve", "--model", tiny_bundle, "--port", 0,
+                                               "--audit-log", audit),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            universal_newlines=True, env=subprocess_env())
+    png = read(sample_image(tiny_data))
+    try:
+        url = proc.stdout.readline().split("listening on ", 1)[1].split()[0]
+        sock = socket.create_connection(("127.0.0.1", port_of(url)), timeout=30)
+        sock.sendall("POST /classify HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                     "Content-Length: {}\r\n\r\n".format(len(png)).encode("ascii"))
+        assert recv_until(sock, b"\r\n\r\n").startswith(b"HTTP/1.1 100")  # the app reads it
+        sock.sendall(png[:100])
+        proc.send_signal(signal.SIGTERM)
+        said = stderr_until(proc, "in flight")   # or the process ended, as it did
+        with pytest.raises(OSError):              # no new connection is taken
+            socket.create_connection(("127.0.0.1", port_of(url)), timeout=5).close()
+        try:
+            sock.sendall(png[100:])
+            answer = recv_until(sock, b"\x00never")
+        except OSError as exc:
+            answer = repr(exc).encode("ascii")
+        sock.close()
+        code = proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200 "), answer[:200]
+    assert "finishing 1 request(s) in flight" in "".join(said)
+    result = json.loads(body.decode("utf-8"))
+    assert result["input"]["bytes"] == len(png)
+    assert code == 0
+    record = json.loads(open(audit).read().splitlines()[-1])
+    assert (record["request_id"], record["status"]) == (result["request_id"], 200)

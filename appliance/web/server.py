@@ -10,6 +10,7 @@ import logging
 import socket
 import socketserver
 import threading
+import time
 import uuid
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
@@ -100,7 +101,19 @@ class QuietHandler(WSGIRequestHandler):
             return False
         if expects_continue(self.request_version, self.headers):
             self.rfile = ContinueOnRead(self.rfile, self.wfile)
+        self.server.request_began()   # in flight until answered (handle): a stop waits
+        self.in_flight = True
         return True
+
+    in_flight = False
+
+    def handle(self):
+        try:
+            WSGIRequestHandler.handle(self)
+        finally:
+            if self.in_flight:
+                self.in_flight = False
+                self.server.request_ended()
 
     def _check_content_length(self):
         """RFC 9112 section 6.3: Content-Length values that differ (two headers, or a list
@@ -170,6 +183,30 @@ class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
     block_on_close = False
     allow_reuse_address = True
     request_queue_size = 128
+
+    def __init__(self, *args, **kwargs):
+        self._in_flight = 0      # requests read (line and headers) and not yet answered
+        self._idle = threading.Condition()
+        WSGIServer.__init__(self, *args, **kwargs)
+
+    def request_began(self):
+        with self._idle:
+            self._in_flight += 1
+
+    def request_ended(self):
+        with self._idle:
+            self._in_flight -= 1
+            self._idle.notify_all()
+
+    def wait_idle(self, timeout):
+        """Wait until every request read so far is answered, up to ``timeout`` seconds: the
+        number still in flight then (0: all answered). A connection still sending its
+        request line or headers is no request yet, and is not waited for."""
+        deadline = time.time() + timeout
+        with self._idle:
+            while self._in_flight and time.time() < deadline:
+                self._idle.wait(min(0.5, max(0.0, deadline - time.time())))
+            return self._in_flight
 
     def server_bind(self):
         # HTTPServer.server_bind looks the host name up (getfqdn): skip that slow lookup
