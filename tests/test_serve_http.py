@@ -152,3 +152,40 @@ def test_sigterm_answers_the_requests_in_flight_then_exits_0(tiny_bundle, tiny_d
     assert code == 0
     record = json.loads(open(audit).read().splitlines()[-1])
     assert (record["request_id"], record["status"]) == (result["request_id"], 200)
+
+
+def test_headers_that_trickle_in_are_cut_off_with_408(server, monkeypatch):
+    """Each read waited up to 60 s, so a client sending a header byte every few seconds
+    (slowloris) held its connection thread for ever, before any token check. Now the request
+    line and headers must all arrive within ``header_timeout``: 408, counted and audited
+    as what the HTTP layer refuses; a connection that sent nothing closes unanswered."""
+    import socket
+    from oncolens.appliance.web.server import QuietHandler
+    monkeypatch.setattr(QuietHandler, "header_timeout", 1.0, raising=False)
+    url, audit = server
+    before = request(url, "/metrics").body.decode("utf-8")
+    answer = b""
+    with socket.create_connection(("127.0.0.1", port_of(url)), timeout=10) as sock:
+        sock.sendall(b"GET /health HTTP/1.0\r\nX-Slow: ")
+        sock.settimeout(0.25)
+        for _ in range(60):       # a byte every 0.25 s: 15 s at most
+            try:
+                sock.sendall(b"a")
+                answer = sock.recv(65536)
+                break
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 408 "), answer[:200]
+    error = json.loads(body.decode("utf-8"))
+    assert error["error"]["code"] == "header_timeout"
+    record = json.loads(open(audit).read().splitlines()[-1])
+    assert (record["request_id"], record["status"], record["path"]) == (
+        error["request_id"], 408, None)
+    with socket.create_connection(("127.0.0.1", port_of(url)), timeout=10) as sock:
+        assert sock.recv(65536) == b""          # idle: closed without an answer
+    text = request(url, "/metrics").body.decode("utf-8")
+    assert (metric(text, "oncolens_http_requests_total", path="other", code="408") -
+            (metric(before, "oncolens_http_requests_total", path="other", code="408") or 0)) == 1

@@ -5,6 +5,7 @@ itself sits behind the bounded queue (``queue.py``), which is what limits the wo
 Access logging goes through ``logging`` without query strings (a ``?token=`` must never
 reach a log); the app logs each request with its request id.
 """
+import io
 import json
 import logging
 import socket
@@ -84,6 +85,37 @@ class ContinueOnRead(object):
         self._rfile.close()
 
 
+class DeadlineReader(io.RawIOBase):
+    """The connection's bytes for ``rfile``: while ``deadline`` is set (the request line and
+    headers are being read), no read waits past it (``socket.timeout`` then); ``idle`` is
+    the longest any one read waits. With the idle timeout alone, a client that trickled a
+    header byte every 59 s held its connection thread for ever (slowloris)."""
+
+    def __init__(self, sock, idle, deadline=None):
+        io.RawIOBase.__init__(self)
+        self._sock, self._idle = sock, idle
+        self.deadline = deadline
+        self.received = 0
+
+    def readable(self):
+        return True
+
+    def readinto(self, buf):
+        if self.deadline is not None:
+            left = self.deadline - time.time()
+            if left <= 0:
+                raise socket.timeout("the request line and headers took too long")
+            self._sock.settimeout(min(self._idle, left))
+        count = self._sock.recv_into(buf)
+        self.received += count
+        return count
+
+    def headers_read(self):
+        """The request's head has arrived: from now on only the idle timeout applies."""
+        self.deadline = None
+        self._sock.settimeout(self._idle)
+
+
 def expects_continue(version, headers):
     """Whether a request asks for ``100 Continue`` before its body (HTTP/1.1 and later:
     an HTTP/1.0 client's Expect is ignored, RFC 9110 section 10.1.1)."""
@@ -93,12 +125,21 @@ def expects_continue(version, headers):
 
 class QuietHandler(WSGIRequestHandler):
     timeout = 60  # seconds a client may stall before its connection is dropped
+    header_timeout = 20  # seconds the request line and headers may take, all together
+
+    def setup(self):
+        WSGIRequestHandler.setup(self)
+        self.rfile.close()   # the socket's own reader, replaced by one with a deadline
+        self.reader = DeadlineReader(self.connection, self.timeout,
+                                     time.time() + self.header_timeout)
+        self.rfile = io.BufferedReader(self.reader)
 
     content_length = None   # the request's one Content-Length value (parse_request)
 
     def parse_request(self):
         if not (WSGIRequestHandler.parse_request(self) and self._check_content_length()):
             return False
+        self.reader.headers_read()
         if expects_continue(self.request_version, self.headers):
             self.rfile = ContinueOnRead(self.rfile, self.wfile)
         self.server.request_began()   # in flight until answered (handle): a stop waits
@@ -110,6 +151,11 @@ class QuietHandler(WSGIRequestHandler):
     def handle(self):
         try:
             WSGIRequestHandler.handle(self)
+        except socket.timeout:
+            if self.reader.deadline is None or not self.reader.received:
+                raise   # an idle connection (a browser's preconnect) closes unanswered
+            self.refuse(408, "header_timeout", "the request line and headers did not arrive "
+                        "within {:g} s".format(self.header_timeout))
         finally:
             if self.in_flight:
                 self.in_flight = False
@@ -153,7 +199,7 @@ class QuietHandler(WSGIRequestHandler):
             refused(rid, code, client=self.client_address[0])
         log.info("%s refused %d %s (before the app)", rid, code, name)
         self.close_connection = True
-        if self.request_version not in ("HTTP/1.0", "HTTP/1.1"):
+        if getattr(self, "request_version", None) not in ("HTTP/1.0", "HTTP/1.1"):
             self.request_version = "HTTP/1.0"   # a status line and headers, whatever was sent
         try:
             self.send_response(code)
@@ -162,7 +208,7 @@ class QuietHandler(WSGIRequestHandler):
             self.send_header("X-Request-Id", rid)
             self.send_header("Connection", "close")
             self.end_headers()
-            if self.command != "HEAD":
+            if getattr(self, "command", None) != "HEAD":
                 self.wfile.write(body)
         except OSError:    # the client went away
             pass
