@@ -21,6 +21,7 @@ from oncolens.appliance.web.auth import TOKEN_ENV
 
 log = logging.getLogger("oncolens.serve")
 MAX_TIMEOUT = 86400.0  # a day; longer waits overflow threading's timeouts
+STOP_GRACE = 20.0  # seconds a SIGTERM leaves requests in flight (systemd allows 30 to stop)
 
 
 def build_parser():
@@ -106,6 +107,21 @@ def _stop_on_sigterm(server):
         pass
 
 
+def _finish_in_flight(server):
+    """After a SIGTERM: no new connection is taken (the listening socket is closed), and the
+    requests already read get their answers, for up to STOP_GRACE seconds, before the model,
+    the queue and the audit log are closed. Those were closed at once: a request in flight
+    was cut off unanswered, its result and audit line lost."""
+    server.httpd.server_close()
+    busy = server.httpd.wait_idle(0)
+    if busy:
+        log.info("stopping: finishing %d request(s) in flight (up to %g s)", busy, STOP_GRACE)
+        left = server.httpd.wait_idle(STOP_GRACE)
+        if left:
+            log.warning("stopping with %d request(s) still unanswered after %g s", left,
+                        STOP_GRACE)
+
+
 @cli_entry("oncolens serve")
 def main(argv):
     args = build_parser().parse_args(normalize_flags(argv))
@@ -150,6 +166,7 @@ def main(argv):
     notifier.ready("serving on {}".format(server.url))
     try:
         server.serve_forever()
+        _finish_in_flight(server)   # SIGTERM: the requests already read are answered
     finally:
         notifier.stopping()
         server.httpd.server_close()

@@ -22,8 +22,8 @@ from oncolens.appliance.web.auth import token_ok
 from oncolens.appliance.web.metrics import CONTENT_TYPE as METRICS_TYPE, PATHS, Metrics
 from oncolens.appliance.web.classify import handle_classify
 from oncolens.appliance.web.queue import InferenceQueue
-from oncolens.appliance.web.upload import (UploadError, check_image, decode_upload, drain,
-                                           image_bytes, read_body, saved_extension)
+from oncolens.appliance.web.upload import (DIGITS, UploadError, check_image, decode_upload,
+                                           drain, image_bytes, read_body, saved_extension)
 
 log = logging.getLogger(__name__)
 
@@ -181,10 +181,8 @@ class ServeApp(object):
         self.audit_refusal(rid, 401, environ.get("oncolens.audit"))
 
     def drop_body(self, environ):
-        try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            return
+        declared = (environ.get("CONTENT_LENGTH") or "").strip()
+        length = int(declared) if DIGITS.match(declared) else 0
         if 0 < length <= self.max_bytes:
             drain(environ["wsgi.input"], length)
 

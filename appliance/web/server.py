@@ -5,11 +5,13 @@ itself sits behind the bounded queue (``queue.py``), which is what limits the wo
 Access logging goes through ``logging`` without query strings (a ``?token=`` must never
 reach a log); the app logs each request with its request id.
 """
+import io
 import json
 import logging
 import socket
 import socketserver
 import threading
+import time
 import uuid
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
@@ -43,13 +45,121 @@ def _drop_underscore_headers(env, headers):
         env[key] = env[key] + "," + value if key in env else value
 
 
+class ContinueOnRead(object):
+    """``wsgi.input`` of an HTTP/1.1 request that asked ``Expect: 100-continue``: the interim
+    ``100 Continue`` goes out when the app first reads the body. Never sent, the client (curl
+    does so for bodies over 1 MB) waited a second before sending the body anyway. A request
+    refused before its body is read (401, 413, ...) is answered without it, so the client
+    sends no body at all (``continue_pending``: nothing was asked for yet, nothing to drop)."""
+
+    def __init__(self, rfile, wfile):
+        self._rfile, self._wfile = rfile, wfile
+        self.continue_pending = True
+
+    def _go_on(self):
+        if self.continue_pending:
+            self.continue_pending = False
+            try:
+                self._wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                self._wfile.flush()
+            except OSError:   # the client went away: the read that follows says so
+                pass
+
+    def read(self, *args):
+        self._go_on()
+        return self._rfile.read(*args)
+
+    def readline(self, *args):
+        self._go_on()
+        return self._rfile.readline(*args)
+
+    def readlines(self, *args):
+        self._go_on()
+        return self._rfile.readlines(*args)
+
+    def __iter__(self):
+        self._go_on()
+        return iter(self._rfile)
+
+    def close(self):
+        self._rfile.close()
+
+
+class DeadlineReader(io.RawIOBase):
+    """The connection's bytes for ``rfile``: while ``deadline`` is set (the request line and
+    headers are being read), no read waits past it (``socket.timeout`` then); ``idle`` is
+    the longest any one read waits. With the idle timeout alone, a client that trickled a
+    header byte every 59 s held its connection thread for ever (slowloris)."""
+
+    def __init__(self, sock, idle, deadline=None):
+        io.RawIOBase.__init__(self)
+        self._sock, self._idle = sock, idle
+        self.deadline = deadline
+        self.received = 0
+
+    def readable(self):
+        return True
+
+    def readinto(self, buf):
+        if self.deadline is not None:
+            left = self.deadline - time.time()
+            if left <= 0:
+                raise socket.timeout("the request line and headers took too long")
+            self._sock.settimeout(min(self._idle, left))
+        count = self._sock.recv_into(buf)
+        self.received += count
+        return count
+
+    def headers_read(self):
+        """The request's head has arrived: from now on only the idle timeout applies."""
+        self.deadline = None
+        self._sock.settimeout(self._idle)
+
+
+def expects_continue(version, headers):
+    """Whether a request asks for ``100 Continue`` before its body (HTTP/1.1 and later:
+    an HTTP/1.0 client's Expect is ignored, RFC 9110 section 10.1.1)."""
+    return (version not in ("HTTP/0.9", "HTTP/1.0") and
+            (headers.get("Expect") or "").strip().lower() == "100-continue")
+
+
 class QuietHandler(WSGIRequestHandler):
     timeout = 60  # seconds a client may stall before its connection is dropped
+    header_timeout = 20  # seconds the request line and headers may take, all together
+
+    def setup(self):
+        WSGIRequestHandler.setup(self)
+        self.rfile.close()   # the socket's own reader, replaced by one with a deadline
+        self.reader = DeadlineReader(self.connection, self.timeout,
+                                     time.time() + self.header_timeout)
+        self.rfile = io.BufferedReader(self.reader)
 
     content_length = None   # the request's one Content-Length value (parse_request)
 
     def parse_request(self):
-        return WSGIRequestHandler.parse_request(self) and self._check_content_length()
+        if not (WSGIRequestHandler.parse_request(self) and self._check_content_length()):
+            return False
+        self.reader.headers_read()
+        if expects_continue(self.request_version, self.headers):
+            self.rfile = ContinueOnRead(self.rfile, self.wfile)
+        self.server.request_began()   # in flight until answered (handle): a stop waits
+        self.in_flight = True
+        return True
+
+    in_flight = False
+
+    def handle(self):
+        try:
+            WSGIRequestHandler.handle(self)
+        except socket.timeout:
+            if self.reader.deadline is None or not self.reader.received:
+                raise   # an idle connection (a browser's preconnect) closes unanswered
+            self.refuse(408, "header_timeout", "the request line and headers did not arrive "
+                        "within {:g} s".format(self.header_timeout))
+        finally:
+            if self.in_flight:
+                self.in_flight = False
+                self.server.request_ended()
 
     def _check_content_length(self):
         """RFC 9112 section 6.3: Content-Length values that differ (two headers, or a list
@@ -89,7 +199,7 @@ class QuietHandler(WSGIRequestHandler):
             refused(rid, code, client=self.client_address[0])
         log.info("%s refused %d %s (before the app)", rid, code, name)
         self.close_connection = True
-        if self.request_version not in ("HTTP/1.0", "HTTP/1.1"):
+        if getattr(self, "request_version", None) not in ("HTTP/1.0", "HTTP/1.1"):
             self.request_version = "HTTP/1.0"   # a status line and headers, whatever was sent
         try:
             self.send_response(code)
@@ -98,7 +208,7 @@ class QuietHandler(WSGIRequestHandler):
             self.send_header("X-Request-Id", rid)
             self.send_header("Connection", "close")
             self.end_headers()
-            if self.command != "HEAD":
+            if getattr(self, "command", None) != "HEAD":
                 self.wfile.write(body)
         except OSError:    # the client went away
             pass
@@ -119,6 +229,30 @@ class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
     block_on_close = False
     allow_reuse_address = True
     request_queue_size = 128
+
+    def __init__(self, *args, **kwargs):
+        self._in_flight = 0      # requests read (line and headers) and not yet answered
+        self._idle = threading.Condition()
+        WSGIServer.__init__(self, *args, **kwargs)
+
+    def request_began(self):
+        with self._idle:
+            self._in_flight += 1
+
+    def request_ended(self):
+        with self._idle:
+            self._in_flight -= 1
+            self._idle.notify_all()
+
+    def wait_idle(self, timeout):
+        """Wait until every request read so far is answered, up to ``timeout`` seconds: the
+        number still in flight then (0: all answered). A connection still sending its
+        request line or headers is no request yet, and is not waited for."""
+        deadline = time.time() + timeout
+        with self._idle:
+            while self._in_flight and time.time() < deadline:
+                self._idle.wait(min(0.5, max(0.0, deadline - time.time())))
+            return self._in_flight
 
     def server_bind(self):
         # HTTPServer.server_bind looks the host name up (getfqdn): skip that slow lookup

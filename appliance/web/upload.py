@@ -15,6 +15,7 @@ from oncolens.appliance.imageio import decode_image, tiff_float, tiff_tags
 
 DRAIN_CAP = 64 << 20      # read (and drop) at most this much of an oversized body
 CHUNK = 1 << 16
+DIGITS = re.compile(r"[0-9]+\Z")  # a Content-Length: ASCII digits and nothing else
 JPEG_SOF = frozenset([0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD,
                       0xCE, 0xCF])
 # a JPEG marker: 0xFF then neither a stuffed zero, a restart marker nor a fill byte
@@ -44,7 +45,10 @@ class UploadError(OncoLensError):
 
 
 def drain(stream, remaining):
-    """Read and drop up to ``remaining`` bytes, so the client can read our answer."""
+    """Read and drop up to ``remaining`` bytes, so the client can read our answer; none
+    from a client still waiting for ``100 Continue`` (it sends no body: server.py)."""
+    if getattr(stream, "continue_pending", False):
+        return
     remaining = min(remaining, DRAIN_CAP)
     try:
         while remaining > 0:
@@ -64,12 +68,12 @@ def read_body(environ, max_bytes):
     declared = (environ.get("CONTENT_LENGTH") or "").strip()
     if not declared:
         raise UploadError(411, "length_required", "send the image with a Content-Length")
-    try:
-        length = int(declared)
-    except ValueError:
-        raise UploadError(400, "bad_length", "Content-Length is not a number")
-    if length < 0:
-        raise UploadError(400, "bad_length", "Content-Length {} is negative".format(length))
+    if re.match(r"-[0-9]+\Z", declared):
+        raise UploadError(400, "bad_length", "Content-Length {} is negative".format(declared))
+    if not DIGITS.match(declared):  # int() also takes "+12" and "1_2": RFC 9112 says 1*DIGIT
+        raise UploadError(400, "bad_length", "Content-Length is not a number (expected "
+                          "digits only)")
+    length = int(declared)
     stream = environ["wsgi.input"]
     if length > max_bytes:
         drain(stream, length)
