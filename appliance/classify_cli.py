@@ -322,4 +322,5 @@ def main(argv):
                         status_every=args.status_every, out=sys.stdout,
                         model_name=os.path.basename(os.path.normpath(model)))
         stats = loop.run()
-    return 1 if stats.failed and not source.live else 0
+    # an output that failed as it was closed (a video short of frames) fails the run too
+    return 1 if (stats.failed and not source.live) or stats.output_errors else 0

@@ -26,7 +26,8 @@ from oncolens.appliance.imageio import (GREY_ONLY, colour_path, is_image_file,
 from oncolens.appliance.outpaths import check_output_dir, check_output_file, numbered_files
 from oncolens.appliance.stream_sinks import DisplayUnavailable
 from oncolens.appliance.video_writer import (VIDEO_FOURCC, _writer_backends,  # noqa: F401
-                                             open_video_writer, other_outputs)
+                                             check_written, no_space_left, open_video_writer,
+                                             other_outputs)
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +238,9 @@ class VideoFileSink(object):
         writer = open_video_writer(self.uri, self.fourcc, self.rate, self.size)
         if writer is None:
             _remove_made(self.uri, existed, made)
+            if no_space_left(self.uri):  # not the codec's fault: another type fails too
+                raise OncoLensError("output {}: OpenCV cannot open a video writer for it: no "
+                                    "space is left on its disk: nothing written".format(self.uri))
             raise OncoLensError(
                 "output {}: OpenCV cannot open a {} video writer for {}x{} frames at {:g} fps: "
                 "nothing written ({})".format(self.uri, self.fourcc, self.size[0], self.size[1],
@@ -254,10 +258,16 @@ class VideoFileSink(object):
         return "{}#{}".format(self.uri, self.frames - 1)
 
     def close(self):
-        if self.writer is not None:
-            self.writer.release()
-            self.writer = None
-            log.info("wrote %d frames to %s", self.frames, self.uri)
+        """Finish the file and read it back: a write that failed (a full disk) is not
+        reported by OpenCV, so a file short of frames raises OncoLensError naming it."""
+        if self.writer is None:
+            return
+        self.writer.release()
+        self.writer = None
+        problem = check_written(self.uri, self.frames)
+        if problem:
+            raise OncoLensError(problem)
+        log.info("wrote %d frames to %s", self.frames, self.uri)
 
 
 # scheme -> "module:factory"; a factory takes (uri, overwrite=..., **options).
