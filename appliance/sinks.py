@@ -21,8 +21,8 @@ import os
 
 from oncolens.appliance.classify_copies import CopyRecord, warn_pattern_leftovers
 from oncolens.appliance.errors import OncoLensError, UsageError
-from oncolens.appliance.imageio import (GREY_ONLY, colour_path, is_image_file,
-                                        is_unsupported_image, write_image)
+from oncolens.appliance.imageio import (GREY_ONLY, IMAGE_EXTENSIONS, colour_path,
+                                        is_image_file, is_unsupported_image, write_image)
 from oncolens.appliance.outpaths import check_output_dir, check_output_file, numbered_files
 from oncolens.appliance.stream_sinks import DisplayUnavailable
 from oncolens.appliance.video_writer import (VIDEO_FOURCC, _writer_backends,  # noqa: F401
@@ -50,6 +50,18 @@ def _check_pattern(uri):
     except (TypeError, ValueError) as exc:
         raise UsageError("output {}: expected one number field such as %i or %04d in the file "
                          "name ({})".format(uri, exc))
+
+
+def _refuse_unknown_type(uri):
+    """A name with a type that is neither an image's nor a video's (``out.jgp``, ``out.gif``)
+    became a folder of that name, full of copies: it is refused, as imagenet refuses it; a
+    name with no type, an existing folder or one ending in / is a folder."""
+    ext = os.path.splitext(uri.rstrip("/" + os.sep))[1]
+    if ext and not uri.endswith(("/", os.sep)) and not os.path.isdir(uri):
+        raise UsageError("output {}: unknown type '{}' (expected an image: {}; a video: {}; "
+                         "or a folder: end the name with /)".format(
+                             uri, ext, " ".join(e for e in IMAGE_EXTENSIONS if e not in GREY_ONLY),
+                             " ".join(sorted(VIDEO_FOURCC))))
 
 
 def _refuse_existing(path, overwrite):
@@ -126,6 +138,7 @@ class ImageFileSink(object):
             self.mode = "pattern"
             _check_pattern(uri)
         elif uri.endswith(("/", os.sep)) or os.path.isdir(uri) or not is_image_file(uri):
+            _refuse_unknown_type(uri)
             self.mode = "dir"
         else:
             self.mode = "file"
