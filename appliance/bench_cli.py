@@ -201,6 +201,9 @@ def table(result):
             skip["backend"], skip["precision"],
             " ({} preprocessing)".format(skip["preprocess"]) if skip.get("preprocess") else "",
             skip["reason"]))
+    for fail in result.get("failed") or []:  # its rows above are the ones measured before
+        lines.append("FAILED {} {} while measuring, after {} of its rows: {}".format(
+            fail["backend"], fail["precision"], fail["rows_kept"], fail["reason"]))
     if base.get("skipped"):  # without it "x naive" is "-": say why
         lines.append("skipped the naive torch loop (baseline): {}".format(base["skipped"]))
     lines.extend(unreadable_lines(result.get("unreadable") or {}))
@@ -258,4 +261,5 @@ def main(argv):
             os.makedirs(folder)
         replace_text(args.json, json.dumps(result, indent=2, sort_keys=True) + "\n")
         print("figures: {}".format(args.json))
-    return 0 if result["runs"] else 1
+    # a run that failed while measuring: the figures are kept, but the bench is incomplete
+    return 0 if result["runs"] and not result["failed"] else 1
