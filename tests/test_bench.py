@@ -5,6 +5,7 @@ No timed assertions: only that what is reported is complete and adds up.
 import io
 import json
 import os
+import re
 
 import pytest
 
@@ -209,6 +210,12 @@ def test_bench_a_bare_folder_uses_the_onnx_input_size(tiny_bundle, tiny_data, tm
                               "--warmup", 1])
     assert code == 0, err
     assert "onnxruntime fp32" in out
+    # what the rows were measured on, and how often (the table named none of it)
+    counted = re.search(r"^measured: model {} \(resnet18, input 32x32\); 9 images timed "
+                        r"end to end per row, 2 workers; network-only: (\d+) timed calls per "
+                        r"row \(at least 0.05 s each\) after 1 warm-up call$".format(
+                            re.escape(str(d))), out, re.M)
+    assert counted and int(counted.group(1)) >= 5, out
     # the latency columns say they are per image, end to end (not the network's per call)
     header = out.splitlines()[0]
     assert "e2e p50 ms" in header and "e2e p99 ms" in header, header
