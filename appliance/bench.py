@@ -200,9 +200,9 @@ def _preprocessors(cfg, bundle, backend):
     return chosen, skipped
 
 
-def _measure(cfg, backend, model, pre, run):
-    """Network-only and end-to-end figures of every batch size for one preprocessing."""
-    runs = []
+def _measure(cfg, backend, model, pre, run, runs):
+    """Network-only and end-to-end figures of every batch size for one preprocessing, each
+    appended to ``runs`` as it is measured (a later batch size that fails loses none)."""
     for bs in cfg["batch_sizes"]:
         log.info("bench: %s %s batch %d, %s preprocessing", run["backend"], run["precision"],
                  bs, run["preprocess"])
@@ -219,7 +219,6 @@ def _measure(cfg, backend, model, pre, run):
         one.update(end_to_end(backend, pre, cfg["bundle"].labels, cfg["files"], bs,
                               cfg["workers"], cfg["warmup"], cfg["unreadable"]))
         runs.append(one)
-    return runs
 
 
 def device_of(backend):
@@ -231,16 +230,36 @@ def device_of(backend):
 
 
 def run_one(cfg, bundle, backend_name, precision, ref):
-    """Every preprocessing x batch size of one backend x precision: (runs, skips)."""
+    """Every preprocessing x batch size of one backend x precision: (runs, skips, failed).
+    A failure while measuring (a GPU out of memory at a larger batch, a runtime error) ends
+    this backend x precision only: the rows measured before it are kept, and ``failed``
+    says what failed, so the figures of the other runs are neither lost nor reported as
+    complete."""
     skip = {"backend": backend_name, "precision": precision}
     try:
         model, backend = _open(cfg, bundle, backend_name, precision)
     except (MissingDependency, OncoLensError) as exc:
-        return [], [dict(skip, reason=str(exc))]
-    runs = []
+        return [], [dict(skip, reason=str(exc))], []
+    runs, skips = [], []
+    try:
+        _run_opened(cfg, bundle, backend, model, dict(skip, ref=ref), runs, skips)
+    except Exception as exc:  # noqa: B902 - any runtime's error; the run goes on without it
+        log.debug("bench: %s %s failed", backend_name, precision, exc_info=True)
+        first = (str(exc).strip().splitlines() or [""])[0]  # a runtime's message: one line
+        why = first if isinstance(exc, OncoLensError) else "{}{}".format(
+            type(exc).__name__, ": " + first if first else "")
+        return runs, skips, [dict(skip, reason=why, rows_kept=len(runs))]
+    return runs, skips, []
+
+
+def _run_opened(cfg, bundle, backend, model, what, runs, skips):
+    """run_one's measurements on the opened ``backend``, appended to ``runs`` and
+    ``skips`` as they come."""
+    backend_name, precision, ref = what["backend"], what["precision"], what["ref"]
+    skip = {"backend": backend_name, "precision": precision}
     with backend:
         chosen, skipped = _preprocessors(cfg, bundle, backend)
-        skips = [dict(skip, preprocess=mode, reason=why) for mode, why in skipped]
+        skips.extend(dict(skip, preprocess=mode, reason=why) for mode, why in skipped)
         device = device_of(backend)
         for mode, pre in chosen:
             agree = agreement(predict_all(backend, pre, cfg["agreement_files"],
@@ -253,8 +272,7 @@ def run_one(cfg, bundle, backend_name, precision, ref):
                    "device": device, "agreement_vs_fp32": agree}
             if isinstance(getattr(backend, "device", None), dict):  # TensorRT: the GPU
                 run["gpu"] = backend.device.get("name")
-            runs.extend(_measure(cfg, backend, model, pre, run))
-    return runs, skips
+            _measure(cfg, backend, model, pre, run, runs)
 
 
 def reference(bundle, files, unreadable=None):
@@ -328,7 +346,7 @@ def run_bench(cfg):
               "settings": dict((k, cfg.get(k)) for k in (
                   "backends", "precisions", "batch_sizes", "preprocess", "device", "workers",
                   "warmup", "min_seconds")),
-              "runs": [], "skipped": []}
+              "runs": [], "skipped": [], "failed": []}
     # --threads changes every figure: recorded (None: the runtime's own choice, all cores)
     result["settings"]["threads"] = cfg["backend_options"].get("threads")
     cfg["unreadable"] = Unreadable()
@@ -348,11 +366,15 @@ def run_bench(cfg):
     result["baseline"] = baseline(cfg, bundle, ref) if cfg["baseline"] else None
     for backend_name in cfg["backends"]:
         for precision in cfg["precisions"]:
-            runs, skips = run_one(cfg, bundle, backend_name, precision, ref)
+            runs, skips, failed = run_one(cfg, bundle, backend_name, precision, ref)
             result["runs"].extend(runs)
             for skip in skips:
                 log.warning("bench: %s %s skipped: %s", backend_name, precision, skip["reason"])
+            for fail in failed:
+                log.error("bench: %s %s failed while measuring, after %s: %s", backend_name,
+                          precision, plural(fail["rows_kept"], "row"), fail["reason"])
             result["skipped"].extend(skips)
+            result["failed"].extend(failed)
     summarise(result)
     cuda = [d for d in [cfg.get("device")] + [r.get("device") for r in result["runs"]]
             if str(d).startswith("cuda")]

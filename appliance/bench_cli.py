@@ -201,9 +201,13 @@ def table(result):
             skip["backend"], skip["precision"],
             " ({} preprocessing)".format(skip["preprocess"]) if skip.get("preprocess") else "",
             skip["reason"]))
+    for fail in result.get("failed") or []:  # its rows above are the ones measured before
+        lines.append("FAILED {} {} while measuring, after {} of its rows: {}".format(
+            fail["backend"], fail["precision"], fail["rows_kept"], fail["reason"]))
     if base.get("skipped"):  # without it "x naive" is "-": say why
         lines.append("skipped the naive torch loop (baseline): {}".format(base["skipped"]))
     lines.extend(unreadable_lines(result.get("unreadable") or {}))
+    lines.append(settings_line(result))
     gpu = result["machine"].get("gpu")
     lines.append("machine: {} ({} cores){}, load average {} -> {}".format(
         result["machine"]["cpu"], result["machine"]["cores"],
@@ -211,6 +215,24 @@ def table(result):
                             else "") if gpu else "",
         result["loadavg_start"], result["loadavg_end"]))
     return "\n".join(lines)
+
+
+def settings_line(result):
+    """What every row was measured on and how often: the model and its input size, the
+    images timed end to end, the warm-up and the network-only calls timed (the table gave
+    none of them: figures without their counts could not be judged)."""
+    model, settings = result["model"], result["settings"]
+    shape = model.get("input_shape") or []
+    calls = sorted(run["network_calls"] for run in result["runs"] if "network_calls" in run)
+    timed = ("{} to {}".format(calls[0], calls[-1]) if calls[0] != calls[-1] else
+             str(calls[0])) if calls else "no"
+    images = max([run["images"] for run in result["runs"]] or [result["images"]["count"]])
+    return ("measured: model {} ({}, input {}); {} timed end to end per row, {}; "
+            "network-only: {} timed calls per row (at least {:g} s each) after {}".format(
+                model.get("dir"), model.get("arch") or "arch unknown",
+                "x".join(str(n) for n in shape[1:]) or "?", plural(images, "image"),
+                plural(settings["workers"], "worker"), timed, settings["min_seconds"],
+                plural(settings["warmup"], "warm-up call")))
 
 
 def unreadable_lines(unreadable, limit=UNREADABLE_SHOWN):
@@ -258,4 +280,5 @@ def main(argv):
             os.makedirs(folder)
         replace_text(args.json, json.dumps(result, indent=2, sort_keys=True) + "\n")
         print("figures: {}".format(args.json))
-    return 0 if result["runs"] else 1
+    # a run that failed while measuring: the figures are kept, but the bench is incomplete
+    return 0 if result["runs"] and not result["failed"] else 1

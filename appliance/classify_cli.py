@@ -64,8 +64,9 @@ def build_parser():
     p.add_argument("input", help="image, folder, quoted glob, video file, csi://0, /dev/video0, "
                                  "v4l2:///dev/video0, rtsp://..., rtp://@:1234")
     p.add_argument("output", nargs="?", default=None,
-                   help="image file, folder (input names kept), out_%%i.jpg, video (.mp4/.avi), "
-                        "display://0 (the default), rtp://host:port")
+                   help="image file, folder (ending in / or no type; input names kept), "
+                        "out_%%i.jpg, video (.mp4/.avi/.mkv/.mov/.m4v), display://0 (the "
+                        "default), rtp://host:port")
     g = p.add_argument_group("model (imageNet flags)")
     g.add_argument("--model", help="model folder, .onnx, engine (.engine/.trt/.plan) or "
                                    "checkpoint (.pth/.pth.tar)")
@@ -322,4 +323,5 @@ def main(argv):
                         status_every=args.status_every, out=sys.stdout,
                         model_name=os.path.basename(os.path.normpath(model)))
         stats = loop.run()
-    return 1 if stats.failed and not source.live else 0
+    # an output that failed as it was closed (a video short of frames) fails the run too
+    return 1 if (stats.failed and not source.live) or stats.output_errors else 0

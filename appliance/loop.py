@@ -45,6 +45,7 @@ class Stats(object):
     def __init__(self, clock=time.monotonic):
         self.clock = clock
         self.frames = self.failed = self.timeouts = self.reconnects = 0
+        self.output_errors = 0  # outputs that failed as they were closed (a video cut short)
         self._start = clock()
         self._win_frames, self._win_net = 0, 0.0
         self.began, self.network_seconds = self._start, 0.0
@@ -258,6 +259,7 @@ class LiveLoop(object):
                 closer()
             except Exception as exc:  # one failing output must not keep the others open
                 log.error("closing: %s", exc)
+                self.stats.output_errors += 1
         if not self.reader.finish(self.source.close, self.source_grace):
             log.warning("%s: a read has not returned %g s after the stop: stopping without "
                         "it (the source is left unclosed)", self.source.describe(),

@@ -1,5 +1,6 @@
 """From probabilities to the text the user sees: top-K, threshold, overlay and console lines."""
 import collections
+import unicodedata
 
 import numpy as np
 
@@ -21,9 +22,24 @@ def top_k(probs, labels, k=1, threshold=0.0):
     return [p for n, p in enumerate(preds) if n == 0 or p.confidence >= threshold]
 
 
+def drawable(label):
+    """``(text, exact)``: ``label`` as OpenCV's fonts draw it, ASCII (the Hershey fonts of
+    the Nano's OpenCV draw a '?' for any other character): accents dropped (``bénin`` is
+    ``benin``), any other character a '?'; ``exact`` is False when one was."""
+    folded = "".join(c for c in unicodedata.normalize("NFKD", label)
+                     if not unicodedata.combining(c))
+    text = "".join(c if " " <= c <= "~" else "?" for c in folded)
+    return text, all(" " <= c <= "~" for c in folded)
+
+
 def overlay_text(pred):
-    """The overlay line, as jetson-inference draws it: ``97.53% malignant``."""
-    return "{:05.2f}% {}".format(pred.confidence * 100.0, pred.label)
+    """The overlay line, as jetson-inference draws it: ``97.53% malignant``. A label that
+    cannot be drawn as it is (``正常`` and ``异常`` were both ``??``) gets its class number,
+    as the console line gives it: ``97.53% ?? (class #1)``."""
+    text, exact = drawable(pred.label)
+    if not exact:
+        text = "{} (class #{})".format(text, pred.index)
+    return "{:05.2f}% {}".format(pred.confidence * 100.0, text)
 
 
 def console_line(pred):

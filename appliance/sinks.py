@@ -21,12 +21,13 @@ import os
 
 from oncolens.appliance.classify_copies import CopyRecord, warn_pattern_leftovers
 from oncolens.appliance.errors import OncoLensError, UsageError
-from oncolens.appliance.imageio import (GREY_ONLY, colour_path, is_image_file,
-                                        is_unsupported_image, write_image)
+from oncolens.appliance.imageio import (GREY_ONLY, IMAGE_EXTENSIONS, colour_path,
+                                        is_image_file, is_unsupported_image, write_image)
 from oncolens.appliance.outpaths import check_output_dir, check_output_file, numbered_files
 from oncolens.appliance.stream_sinks import DisplayUnavailable
 from oncolens.appliance.video_writer import (VIDEO_FOURCC, _writer_backends,  # noqa: F401
-                                             open_video_writer, other_outputs)
+                                             check_written, no_space_left, open_video_writer,
+                                             other_outputs)
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,18 @@ def _check_pattern(uri):
     except (TypeError, ValueError) as exc:
         raise UsageError("output {}: expected one number field such as %i or %04d in the file "
                          "name ({})".format(uri, exc))
+
+
+def _refuse_unknown_type(uri):
+    """A name with a type that is neither an image's nor a video's (``out.jgp``, ``out.gif``)
+    became a folder of that name, full of copies: it is refused, as imagenet refuses it; a
+    name with no type, an existing folder or one ending in / is a folder."""
+    ext = os.path.splitext(uri.rstrip("/" + os.sep))[1]
+    if ext and not uri.endswith(("/", os.sep)) and not os.path.isdir(uri):
+        raise UsageError("output {}: unknown type '{}' (expected an image: {}; a video: {}; "
+                         "or a folder: end the name with /)".format(
+                             uri, ext, " ".join(e for e in IMAGE_EXTENSIONS if e not in GREY_ONLY),
+                             " ".join(sorted(VIDEO_FOURCC))))
 
 
 def _refuse_existing(path, overwrite):
@@ -125,6 +138,7 @@ class ImageFileSink(object):
             self.mode = "pattern"
             _check_pattern(uri)
         elif uri.endswith(("/", os.sep)) or os.path.isdir(uri) or not is_image_file(uri):
+            _refuse_unknown_type(uri)
             self.mode = "dir"
         else:
             self.mode = "file"
@@ -237,6 +251,9 @@ class VideoFileSink(object):
         writer = open_video_writer(self.uri, self.fourcc, self.rate, self.size)
         if writer is None:
             _remove_made(self.uri, existed, made)
+            if no_space_left(self.uri):  # not the codec's fault: another type fails too
+                raise OncoLensError("output {}: OpenCV cannot open a video writer for it: no "
+                                    "space is left on its disk: nothing written".format(self.uri))
             raise OncoLensError(
                 "output {}: OpenCV cannot open a {} video writer for {}x{} frames at {:g} fps: "
                 "nothing written ({})".format(self.uri, self.fourcc, self.size[0], self.size[1],
@@ -254,10 +271,16 @@ class VideoFileSink(object):
         return "{}#{}".format(self.uri, self.frames - 1)
 
     def close(self):
-        if self.writer is not None:
-            self.writer.release()
-            self.writer = None
-            log.info("wrote %d frames to %s", self.frames, self.uri)
+        """Finish the file and read it back: a write that failed (a full disk) is not
+        reported by OpenCV, so a file short of frames raises OncoLensError naming it."""
+        if self.writer is None:
+            return
+        self.writer.release()
+        self.writer = None
+        problem = check_written(self.uri, self.frames)
+        if problem:
+            raise OncoLensError(problem)
+        log.info("wrote %d frames to %s", self.frames, self.uri)
 
 
 # scheme -> "module:factory"; a factory takes (uri, overwrite=..., **options).

@@ -81,3 +81,41 @@ def other_outputs(uri, fourcc):
             IMAGES_INSTEAD)
     return why + "name another video type this OpenCV can write: {}; or write {}".format(
         ", ".join(others), IMAGES_INSTEAD)
+
+
+def no_space_left(path):
+    """Whether the file system that holds ``path`` (or the folder it goes in) has no space
+    left for this user; False where that cannot be told."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        st = os.statvfs(folder)
+    except (AttributeError, OSError):
+        return False
+    return st.f_bavail == 0
+
+
+def frames_read_back(path):
+    """The frame count a finished video file reports when OpenCV opens it again: None when
+    it does not open, -1 when its container does not say."""
+    import cv2
+    cap = cv2.VideoCapture(path)
+    try:
+        if not cap.isOpened():
+            return None
+        return int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    finally:
+        cap.release()
+
+
+def check_written(path, frames):
+    """None when the video ``path`` reads back with the ``frames`` it was given, else why
+    not: OpenCV's writer reports no error when a write fails (a full disk: ``Failed to write
+    frame`` on stderr, the file cut short or empty), so a finished file is opened again."""
+    found = frames_read_back(path)
+    if found is not None and (found < 0 or found >= frames):
+        return None
+    disk = " (no space is left on its disk)" if no_space_left(path) else ""
+    what = ("does not open as a video" if found is None else
+            "opens with {} of them counted in it".format(found))
+    return ("output {}: the video is incomplete: OpenCV's writer was given {} frames but the "
+            "file {}{}; what it holds is kept".format(path, frames, what, disk))

@@ -233,3 +233,18 @@ def test_overlay_text_wraps_where_it_cannot_shrink_enough():
     assert columns.size and columns.max() < width - 1
     # two bands of text rows with a gap between them
     assert rows.size and np.any(np.diff(rows) > 1), rows
+
+
+def test_overlay_labels_that_opencv_cannot_draw_stay_told_apart():
+    """OpenCV's fonts draw ASCII: '正常' and '异常' were both drawn '??', the same pixels on
+    the frame for two classes; 'bénin' was 'b?nin' on the Nano's OpenCV."""
+    from oncolens.appliance.overlay import draw_lines
+    from oncolens.appliance.postprocess import Prediction, console_line, overlay_text
+    normal, abnormal = Prediction(0, u"正常", 0.9), Prediction(1, u"异常", 0.9)
+    frame = np.zeros((120, 400, 3), dtype=np.uint8)
+    one, other = (draw_lines(frame, [overlay_text(p)]) for p in (normal, abnormal))
+    assert one.any() and not np.array_equal(one, other)
+    assert overlay_text(normal) == "90.00% ?? (class #0)"
+    assert overlay_text(Prediction(2, u"bénin", 0.5)) == "50.00% benin"
+    assert overlay_text(Prediction(1, "malignant", 0.9731)) == "97.31% malignant"
+    assert console_line(normal) == u"imagenet:  90.00% class #0 (正常)"  # the console: as is

@@ -5,6 +5,7 @@ No timed assertions: only that what is reported is complete and adds up.
 import io
 import json
 import os
+import re
 
 import pytest
 
@@ -209,6 +210,12 @@ def test_bench_a_bare_folder_uses_the_onnx_input_size(tiny_bundle, tiny_data, tm
                               "--warmup", 1])
     assert code == 0, err
     assert "onnxruntime fp32" in out
+    # what the rows were measured on, and how often (the table named none of it)
+    counted = re.search(r"^measured: model {} \(resnet18, input 32x32\); 9 images timed "
+                        r"end to end per row, 2 workers; network-only: (\d+) timed calls per "
+                        r"row \(at least 0.05 s each\) after 1 warm-up call$".format(
+                            re.escape(str(d))), out, re.M)
+    assert counted and int(counted.group(1)) >= 5, out
     # the latency columns say they are per image, end to end (not the network's per call)
     header = out.splitlines()[0]
     assert "e2e p50 ms" in header and "e2e p99 ms" in header, header
@@ -381,3 +388,32 @@ def test_a_gpu_run_names_its_gpu_beside_the_cpu(bench_json, monkeypatch):
     result = copy.deepcopy(bench_json)
     result["machine"]["gpu"] = gpu
     assert ", GPU NVIDIA H100 #1 (CUDA 13.0), load average" in table(result)
+
+
+def test_a_backend_failing_midway_keeps_the_rows_measured_and_the_json(tiny_bundle, tiny_data,
+                                                                      tmp_path, monkeypatch):
+    """A runtime error at the second batch size (a GPU out of memory at a larger batch) was
+    a traceback: every figure measured so far was lost and no --json written."""
+    from oncolens.appliance.backends.ort import OnnxRuntimeBackend
+    real = OnnxRuntimeBackend.infer
+
+    def infer(self, batch):
+        if batch.shape[0] == 2:
+            raise RuntimeError("out of memory\nallocating 2 images")
+        return real(self, batch)
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "infer", infer)
+    out = str(tmp_path / "b.json")
+    code, stdout, err = run_cli(["bench", "--model", tiny_bundle, "--images",
+                                 os.path.join(tiny_data, "test"), "--backends", "onnxruntime",
+                                 "--batch-sizes", "1,2", "--no-baseline", "--min-seconds", 0,
+                                 "--warmup", 1, "--json", out])
+    assert code == 1, err
+    with io.open(out, encoding="utf-8") as fh:
+        doc = json.load(fh)
+    assert [r["batch_size"] for r in doc["runs"]] == [1]
+    assert doc["failed"] == [{"backend": "onnxruntime", "precision": "fp32", "rows_kept": 1,
+                              "reason": "RuntimeError: out of memory"}]
+    assert "FAILED onnxruntime fp32 while measuring, after 1 of its rows: RuntimeError: out " \
+        "of memory" in stdout
+    assert "figures: {}".format(out) in stdout

@@ -234,3 +234,27 @@ def test_the_video_writer_skips_only_the_image_sequence_backend(tmp_path, monkey
     writer.write(np.zeros((24, 32, 3), np.uint8))
     writer.release()
     assert len(read_video(out)) == 1
+
+
+def test_an_output_of_an_unknown_type_is_refused_not_made_a_folder(tiny_bundle, tiny_data,
+                                                                    tmp_path):
+    """out.jgp (a typo) or out.gif became a folder of that name holding the copies, exit 0."""
+    image = os.path.join(tiny_data, "test", "benign", sorted(os.listdir(
+        os.path.join(tiny_data, "test", "benign")))[0])
+    for name in ("out.jgp", "out.gif", "scans.v2"):
+        out = str(tmp_path / name)
+        code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless", image,
+                                     out])
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert "output {}: unknown type '{}'".format(out, os.path.splitext(name)[1]) in err
+        assert ".png" in err and ".mp4" in err and "end the name with /" in err
+        assert ".pgm" not in err  # a grey-only type is no output for colour copies
+        assert stdout == "" and not os.path.exists(out)
+    for name in ("scans.v2" + os.sep, "plain"):  # a folder, as before
+        code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless", image,
+                                     os.path.join(str(tmp_path), name)])
+        assert code == 0 and copies_in(os.path.join(str(tmp_path), name)) == [
+            os.path.basename(image)], err
+    code, _, err = run_cli(["classify", "--model", tiny_bundle, "--headless", "--overwrite",
+                            image, str(tmp_path / "scans.v2")])  # an existing folder
+    assert code == 0, err
