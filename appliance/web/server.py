@@ -15,6 +15,9 @@ import time
 import uuid
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
+from oncolens.appliance.web.limits import (BODY_GRACE, BODY_MIN_RATE, HEADER_TIMEOUT,
+                                           IDLE_TIMEOUT, DeadlineReader)
+
 log = logging.getLogger(__name__)
 
 
@@ -85,37 +88,6 @@ class ContinueOnRead(object):
         self._rfile.close()
 
 
-class DeadlineReader(io.RawIOBase):
-    """The connection's bytes for ``rfile``: while ``deadline`` is set (the request line and
-    headers are being read), no read waits past it (``socket.timeout`` then); ``idle`` is
-    the longest any one read waits. With the idle timeout alone, a client that trickled a
-    header byte every 59 s held its connection thread for ever (slowloris)."""
-
-    def __init__(self, sock, idle, deadline=None):
-        io.RawIOBase.__init__(self)
-        self._sock, self._idle = sock, idle
-        self.deadline = deadline
-        self.received = 0
-
-    def readable(self):
-        return True
-
-    def readinto(self, buf):
-        if self.deadline is not None:
-            left = self.deadline - time.time()
-            if left <= 0:
-                raise socket.timeout("the request line and headers took too long")
-            self._sock.settimeout(min(self._idle, left))
-        count = self._sock.recv_into(buf)
-        self.received += count
-        return count
-
-    def headers_read(self):
-        """The request's head has arrived: from now on only the idle timeout applies."""
-        self.deadline = None
-        self._sock.settimeout(self._idle)
-
-
 def expects_continue(version, headers):
     """Whether a request asks for ``100 Continue`` before its body (HTTP/1.1 and later:
     an HTTP/1.0 client's Expect is ignored, RFC 9110 section 10.1.1)."""
@@ -124,14 +96,17 @@ def expects_continue(version, headers):
 
 
 class QuietHandler(WSGIRequestHandler):
-    timeout = 60  # seconds a client may stall before its connection is dropped
-    header_timeout = 20  # seconds the request line and headers may take, all together
+    # the time limits (limits.py has the numbers and why): class attributes, so tests shorten them
+    timeout = IDLE_TIMEOUT  # seconds a client may stall before its connection is dropped
+    header_timeout = HEADER_TIMEOUT  # seconds the request line and headers may take in all
+    body_grace, body_rate = BODY_GRACE, BODY_MIN_RATE  # a body's pace: DeadlineReader
 
     def setup(self):
         WSGIRequestHandler.setup(self)
         self.rfile.close()   # the socket's own reader, replaced by one with a deadline
         self.reader = DeadlineReader(self.connection, self.timeout,
-                                     time.time() + self.header_timeout)
+                                     time.time() + self.header_timeout,
+                                     self.body_grace, self.body_rate)
         self.rfile = io.BufferedReader(self.reader)
 
     content_length = None   # the request's one Content-Length value (parse_request)
@@ -181,6 +156,7 @@ class QuietHandler(WSGIRequestHandler):
             _drop_underscore_headers(env, self.headers)
         if self.content_length is not None:
             env["CONTENT_LENGTH"] = self.content_length
+        env["oncolens.body_cut_off"] = self.reader.cut_off   # for the body of a refusal
         return env
 
     def send_error(self, code, message=None, explain=None):
