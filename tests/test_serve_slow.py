@@ -1,5 +1,5 @@
-"""What a slow client may take of the server: a body that trickles in, and the body of a
-request without the token. Real
+"""What a slow or greedy client may take of the server: a body that trickles in, the body of
+a request without the token, and more connections than the server takes at once. Real
 sockets against a real server; the time limits are shortened through the class attributes
 that hold them (limits.py has the real numbers)."""
 import json
@@ -135,3 +135,68 @@ def test_the_body_of_a_request_without_the_token_is_read_for_a_short_time_only(s
     assert error["error"]["code"] == "unauthorized"
     record = last_audit(audit)
     assert (record["request_id"], record["status"]) == (error["request_id"], 401)
+
+
+def test_connections_over_the_limit_are_answered_503_at_once(classifier, tmp_path):
+    """One thread a connection with no cap: enough slow clients took threads, and the
+    memory their uploads hold, without end. Over --max-connections, a connection is now
+    answered 503 too_many_connections at once (Retry-After), counted under path "other" and
+    audited; once a connection closes, the next one is served."""
+    audit = str(tmp_path / "audit.jsonl")
+    with running(classifier, audit_log=audit, max_connections=2) as (url, app):
+        held = [socket.create_connection(("127.0.0.1", port_of(url)), timeout=10)
+                for _ in range(2)]
+        try:
+            for sock in held:         # each has a thread of its own, waiting for a request
+                sock.sendall(b"GET /health HTTP/1.0\r\n")
+            refused = _first_refusal(url)
+        finally:
+            for sock in held:
+                sock.close()
+        status_line, error = answer_of(refused)
+        assert status_line.startswith(b"HTTP/1.0 503 "), refused[:200]
+        assert b"\r\nRetry-After: 1\r\n" in refused
+        assert error["error"]["code"] == "too_many_connections"
+        assert "--max-connections" in error["error"]["message"]
+        record = last_audit(audit)
+        assert (record["request_id"], record["status"], record["path"]) == (
+            error["request_id"], 503, None)
+        for _ in range(100):          # the held connections' threads end: served again
+            reply = request(url, "/health")
+            if reply.status == 200:
+                break
+            time.sleep(0.05)
+        assert reply.status == 200
+        text = request(url, "/metrics").body.decode("utf-8")
+        assert metric(text, "oncolens_http_requests_total", path="other", code="503") >= 1
+
+
+def _first_refusal(url, tries=50):
+    """The answer to a request on a new connection once the server refuses it (the held
+    connections' threads may not have been counted the instant they connected)."""
+    answer = b""
+    for _ in range(tries):
+        with socket.create_connection(("127.0.0.1", port_of(url)), timeout=10) as sock:
+            sock.sendall(b"GET /health HTTP/1.0\r\n\r\n")
+            answer = b""
+            while True:
+                block = sock.recv(65536)
+                if not block:
+                    break
+                answer += block
+        if b" 503 " in answer.split(b"\r\n", 1)[0]:
+            return answer
+        time.sleep(0.05)
+    return answer
+
+
+def test_the_live_sink_takes_max_connections():
+    """``open_live_sink`` hands ``max_connections`` to its server (ServeApp would refuse it)."""
+    from oncolens.appliance.web.limits import MAX_CONNECTIONS
+    from oncolens.appliance.web.live import open_live_sink
+    for options, expected in (({"max_connections": 3}, 3), ({}, MAX_CONNECTIONS)):
+        sink = open_live_sink("127.0.0.1:0", **options)
+        try:
+            assert sink.server.httpd.max_connections == expected
+        finally:
+            sink.close()

@@ -1,4 +1,4 @@
-"""How long: the numbers that bound how long a client may take of the server, in
+"""How long and how many: the numbers that bound what a client may take of the server, in
 one place (docs/SERVE.md, "Under load", explains each), and the reader that enforces the
 time limits on a connection's bytes.
 
@@ -17,6 +17,7 @@ HEADER_TIMEOUT = 20.0      # seconds the request line and headers may take, all 
 BODY_GRACE = 20.0          # seconds a body may lag behind BODY_MIN_RATE ...
 BODY_MIN_RATE = 64 << 10   # ... bytes a second, on average, from its first read
 UNAUTHORIZED_DRAIN = 5.0   # seconds the body of a request refused 401 is read (and dropped)
+MAX_CONNECTIONS = 32       # connections open at once (--max-connections); more get 503
 
 
 class BodyTimeout(socket.timeout):
