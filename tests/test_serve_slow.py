@@ -56,10 +56,13 @@ def trickle(url, head, body, every, seconds=15.0):
         sock.settimeout(pause)
         stop, sent = time.time() + seconds, 0
         while time.time() < stop:
-            try:
-                if sent < len(body):
+            if sent < len(body):
+                try:
                     sock.sendall(body[sent:sent + step])
                     sent += step
+                except OSError:   # the server answered and closed: read what it sent
+                    sent = len(body)
+            try:
                 block = sock.recv(65536)
             except socket.timeout:
                 continue
