@@ -63,6 +63,10 @@ def build_parser():
                         "an upload's memory goes; {})".format(DECODE_SLOTS))
     p.add_argument("--timeout", type=float, default=60.0,
                    help="seconds a request waits for the model before 503 (60)")
+    from oncolens.appliance.web.limits import MAX_CONNECTIONS
+    p.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS,
+                   help="connections open at once, live-stream viewers included; more are "
+                        "answered 503 at once ({})".format(MAX_CONNECTIONS))
     p.add_argument("--save-uploads", metavar="DIR",
                    help="keep each upload as DIR/<sha256>.<ext> (off: nothing is written)")
     add_audit_flags(p)
@@ -86,7 +90,8 @@ def check_args(args):
     check_top(args.topk)
     for flag, value in (("--max-upload-mb", args.max_upload_mb), ("--max-pixels", args.max_pixels),
                         ("--queue", args.queue), ("--max-batch", args.max_batch),
-                        ("--decode-slots", args.decode_slots), ("--timeout", args.timeout)):
+                        ("--decode-slots", args.decode_slots), ("--timeout", args.timeout),
+                        ("--max-connections", args.max_connections)):
         if not _finite(value) or value <= 0:
             raise UsageError("{} {}: expected a positive, finite number".format(flag, value))
     if args.timeout > MAX_TIMEOUT:
@@ -150,7 +155,7 @@ def main(argv):
                    timeout=args.timeout, save_uploads=args.save_uploads, audit_log=audit,
                    decode_slots=args.decode_slots, trusted_proxy=args.trusted_proxy)
     try:
-        server = ServerThread(app.wsgi, args.host, args.port)
+        server = ServerThread(app.wsgi, args.host, args.port, args.max_connections)
     except (OSError, IOError) as exc:
         app.close()
         audit.close()

@@ -24,12 +24,13 @@ def read(path):
 
 
 @contextlib.contextmanager
-def running(classifier=None, **options):
+def running(classifier=None, max_connections=None, **options):
     """A ServeApp on 127.0.0.1:<free port> in a background thread: yields (url, app)."""
     from oncolens.appliance.web.app import ServeApp
     from oncolens.appliance.web.server import ServerThread
     app = ServeApp(classifier, **options)
-    server = ServerThread(app.wsgi, "127.0.0.1", 0).start()
+    extra = {"max_connections": max_connections} if max_connections else {}
+    server = ServerThread(app.wsgi, "127.0.0.1", 0, **extra).start()
     try:
         yield server.url, app
     finally:

@@ -75,6 +75,7 @@ def test_serve_cli_refuses_bad_values_before_loading_the_model(tmp_path):
         # it spoke of a --threshold that serve does not have
         (["--topK", "-1"], "--topK: expected 0 (every class) or more classes, got -1"),
         (["--decode-slots", "0"], "--decode-slots"),
+        (["--max-connections", "0"], "--max-connections"),
         (["--topK", "-3"], "--topK"),
         (["--audit-log", str(folder)], "--audit-log"),
         (["--audit-log", str(blocker / "a.jsonl")], "--audit-log"),

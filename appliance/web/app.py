@@ -21,6 +21,7 @@ from oncolens.appliance.web.audit import AuditLog, client_field, request_fields,
 from oncolens.appliance.web.auth import token_ok
 from oncolens.appliance.web.metrics import CONTENT_TYPE as METRICS_TYPE, PATHS, Metrics
 from oncolens.appliance.web.classify import handle_classify
+from oncolens.appliance.web.limits import UNAUTHORIZED_DRAIN
 from oncolens.appliance.web.queue import InferenceQueue
 from oncolens.appliance.web.upload import (DIGITS, UploadError, check_image, decode_upload,
                                            drain, image_bytes, read_body, saved_extension)
@@ -116,7 +117,7 @@ class ServeApp(object):
                 return start_response(status, list(headers) + [("X-Request-Id", rid)], exc_info)
 
             if not token_ok(environ, self.token):
-                self.drop_body(environ)
+                self.drop_body(environ, self.unauthorized_drain)
                 self._refused_unauthorized(environ, path, rid)
                 body = self.error_body(rid, 401, "unauthorized", "a valid token is required "
                                        "(Authorization: Bearer T or ?token=T)")
@@ -180,9 +181,19 @@ class ServeApp(object):
             self.metrics.observe_error("unauthorized")
         self.audit_refusal(rid, 401, environ.get("oncolens.audit"))
 
-    def drop_body(self, environ):
+    # seconds the body of a request refused 401 is read, at most (limits.py)
+    unauthorized_drain = UNAUTHORIZED_DRAIN
+
+    def drop_body(self, environ, seconds=None):
+        """Read and drop the body of a refused request (up to --max-upload-mb), so that the
+        client sees the answer; for ``seconds`` at most when given (a client without the
+        token gets little of the server's time), then the answer goes out and the
+        connection closes."""
         declared = (environ.get("CONTENT_LENGTH") or "").strip()
         length = int(declared) if DIGITS.match(declared) else 0
+        cut_off = environ.get("oncolens.body_cut_off")   # server.py's reader
+        if seconds is not None and cut_off is not None:
+            cut_off(seconds)
         if 0 < length <= self.max_bytes:
             drain(environ["wsgi.input"], length)
 

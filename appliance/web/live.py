@@ -117,16 +117,19 @@ def open_live_sink(address, classifier=None, token=None, **options):
     """Start the web server on ``address`` in a background thread; return its LiveSink.
 
     ``options`` go to ``ServeApp`` (max_upload_mb, queue_size, audit_log, ...) except
-    ``quality`` (JPEG quality of the stream, 80).
+    ``quality`` (JPEG quality of the stream, 80) and ``max_connections`` (the server's,
+    ``limits.MAX_CONNECTIONS``).
     """
     from oncolens.appliance.web.app import ServeApp
+    from oncolens.appliance.web.limits import MAX_CONNECTIONS
     from oncolens.appliance.web.server import ServerThread
     host, port = parse_address(address)
     require_token(host, token, flag="--serve")
     sink = LiveSink(quality=options.pop("quality", 80))
+    connections = options.pop("max_connections", MAX_CONNECTIONS)
     sink.app = ServeApp(classifier, token=token, live=sink, **options)
     try:
-        sink.server = ServerThread(sink.app.wsgi, host, port).start()
+        sink.server = ServerThread(sink.app.wsgi, host, port, connections).start()
     except (OSError, IOError) as exc:
         sink.app.close()
         raise UsageError("--serve {}: cannot listen there ({})".format(address, exc))

@@ -1,7 +1,9 @@
 """A threaded WSGI server from the standard library: wsgiref + ThreadingMixIn.
 
-One thread a connection, so a long-lived MJPEG viewer never blocks an upload; the model
-itself sits behind the bounded queue (``queue.py``), which is what limits the work.
+One thread a connection, so a long-lived MJPEG viewer does not block an upload; the model
+itself sits behind the bounded queue (``queue.py``), which is what limits the work. At most
+``max_connections`` are open at once (viewers included), and each may take only so long
+(``limits.py``).
 Access logging goes through ``logging`` without query strings (a ``?token=`` must never
 reach a log); the app logs each request with its request id.
 """
@@ -15,7 +17,11 @@ import time
 import uuid
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
+from oncolens.appliance.web.limits import (BODY_GRACE, BODY_MIN_RATE, HEADER_TIMEOUT,
+                                           IDLE_TIMEOUT, MAX_CONNECTIONS, DeadlineReader)
+
 log = logging.getLogger(__name__)
+CHUNK = 1 << 16
 
 
 # What the HTTP layer itself refuses (before the app sees the request): code and message.
@@ -85,37 +91,6 @@ class ContinueOnRead(object):
         self._rfile.close()
 
 
-class DeadlineReader(io.RawIOBase):
-    """The connection's bytes for ``rfile``: while ``deadline`` is set (the request line and
-    headers are being read), no read waits past it (``socket.timeout`` then); ``idle`` is
-    the longest any one read waits. With the idle timeout alone, a client that trickled a
-    header byte every 59 s held its connection thread for ever (slowloris)."""
-
-    def __init__(self, sock, idle, deadline=None):
-        io.RawIOBase.__init__(self)
-        self._sock, self._idle = sock, idle
-        self.deadline = deadline
-        self.received = 0
-
-    def readable(self):
-        return True
-
-    def readinto(self, buf):
-        if self.deadline is not None:
-            left = self.deadline - time.time()
-            if left <= 0:
-                raise socket.timeout("the request line and headers took too long")
-            self._sock.settimeout(min(self._idle, left))
-        count = self._sock.recv_into(buf)
-        self.received += count
-        return count
-
-    def headers_read(self):
-        """The request's head has arrived: from now on only the idle timeout applies."""
-        self.deadline = None
-        self._sock.settimeout(self._idle)
-
-
 def expects_continue(version, headers):
     """Whether a request asks for ``100 Continue`` before its body (HTTP/1.1 and later:
     an HTTP/1.0 client's Expect is ignored, RFC 9110 section 10.1.1)."""
@@ -123,15 +98,31 @@ def expects_continue(version, headers):
             (headers.get("Expect") or "").strip().lower() == "100-continue")
 
 
+def refusal(app, code, name, text, client_address):
+    """(request id, JSON body) of a refusal by the HTTP layer, counted in /metrics ("other")
+    and audited by the app (its ``refused``), and logged."""
+    rid = uuid.uuid4().hex[:16]
+    body = json.dumps({"error": {"status": code, "code": name, "message": text},
+                       "request_id": rid}, sort_keys=True).encode("utf-8")
+    refused = getattr(app, "refused", None)
+    if refused is not None:  # counted in /metrics ("other") and audited by the app
+        refused(rid, code, client=client_address[0])
+    log.info("%s refused %d %s (before the app)", rid, code, name)
+    return rid, body
+
+
 class QuietHandler(WSGIRequestHandler):
-    timeout = 60  # seconds a client may stall before its connection is dropped
-    header_timeout = 20  # seconds the request line and headers may take, all together
+    # the time limits (limits.py has the numbers and why): class attributes, so tests shorten them
+    timeout = IDLE_TIMEOUT  # seconds a client may stall before its connection is dropped
+    header_timeout = HEADER_TIMEOUT  # seconds the request line and headers may take in all
+    body_grace, body_rate = BODY_GRACE, BODY_MIN_RATE  # a body's pace: DeadlineReader
 
     def setup(self):
         WSGIRequestHandler.setup(self)
         self.rfile.close()   # the socket's own reader, replaced by one with a deadline
         self.reader = DeadlineReader(self.connection, self.timeout,
-                                     time.time() + self.header_timeout)
+                                     time.time() + self.header_timeout,
+                                     self.body_grace, self.body_rate)
         self.rfile = io.BufferedReader(self.reader)
 
     content_length = None   # the request's one Content-Length value (parse_request)
@@ -181,6 +172,7 @@ class QuietHandler(WSGIRequestHandler):
             _drop_underscore_headers(env, self.headers)
         if self.content_length is not None:
             env["CONTENT_LENGTH"] = self.content_length
+        env["oncolens.body_cut_off"] = self.reader.cut_off   # for the body of a refusal
         return env
 
     def send_error(self, code, message=None, explain=None):
@@ -191,13 +183,7 @@ class QuietHandler(WSGIRequestHandler):
     def refuse(self, code, name, text):
         """A protocol error as the app's JSON error shape, counted in /metrics ("other") and
         written to the audit log, as every refused request is."""
-        rid = uuid.uuid4().hex[:16]
-        body = json.dumps({"error": {"status": code, "code": name, "message": text},
-                           "request_id": rid}, sort_keys=True).encode("utf-8")
-        refused = getattr(self.server.get_app(), "refused", None)
-        if refused is not None:  # counted in /metrics ("other") and audited by the app
-            refused(rid, code, client=self.client_address[0])
-        log.info("%s refused %d %s (before the app)", rid, code, name)
+        rid, body = refusal(self.server.get_app(), code, name, text, self.client_address)
         self.close_connection = True
         if getattr(self, "request_version", None) not in ("HTTP/1.0", "HTTP/1.1"):
             self.request_version = "HTTP/1.0"   # a status line and headers, whatever was sent
@@ -230,10 +216,62 @@ class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
     allow_reuse_address = True
     request_queue_size = 128
 
+    max_connections = MAX_CONNECTIONS   # open at once; more are answered 503 at once
+
     def __init__(self, *args, **kwargs):
         self._in_flight = 0      # requests read (line and headers) and not yet answered
         self._idle = threading.Condition()
+        self._connections = 0    # connections with a thread of their own
+        self._count_lock = threading.Lock()
         WSGIServer.__init__(self, *args, **kwargs)
+
+    def process_request(self, request, client_address):
+        """A thread for the connection, unless ``max_connections`` are open already: each
+        holds a thread and may hold an upload in memory, so without a cap, many slow
+        clients could take the memory a 4 GB Nano has for its model."""
+        with self._count_lock:
+            admitted = self._connections < self.max_connections
+            if admitted:
+                self._connections += 1
+        if not admitted:
+            self.refuse_connection(request, client_address)
+            return
+        try:
+            socketserver.ThreadingMixIn.process_request(self, request, client_address)
+        except BaseException:   # no thread started: the connection is closed by the caller
+            self._connection_ended()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            socketserver.ThreadingMixIn.process_request_thread(self, request, client_address)
+        finally:
+            self._connection_ended()
+
+    def _connection_ended(self):
+        with self._count_lock:
+            self._connections -= 1
+
+    def refuse_connection(self, request, client_address):
+        """503 ``too_many_connections`` from the accepting thread, at once and without
+        waiting for a byte of the request (no thread is started for it), counted and
+        audited as the HTTP layer's other refusals; what the client already sent is read
+        and dropped, so that its socket sees the answer rather than a reset."""
+        rid, body = refusal(self.get_app(), 503, "too_many_connections", "the server has {} "
+                            "connections open, its limit (--max-connections): try again in a "
+                            "moment".format(self.max_connections), client_address)
+        head = ("HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                "Content-Length: {}\r\nX-Request-Id: {}\r\nRetry-After: 1\r\n"
+                "Connection: close\r\n\r\n".format(len(body), rid))
+        try:
+            request.setblocking(False)     # never wait for this client
+            request.send(head.encode("ascii") + body)
+            for _ in range(16):            # what has arrived already, 1 MiB at most
+                if not request.recv(CHUNK):
+                    break
+        except OSError:                    # nothing more to read now, or the client left
+            pass
+        self.shutdown_request(request)
 
     def request_began(self):
         with self._idle:
@@ -273,9 +311,10 @@ class _ThreadingWSGIServer6(ThreadingWSGIServer):
 class ServerThread(object):
     """``app`` served on ``host:port`` (port 0: a free one) from a background thread."""
 
-    def __init__(self, app, host="127.0.0.1", port=0):
+    def __init__(self, app, host="127.0.0.1", port=0, max_connections=MAX_CONNECTIONS):
         cls = _ThreadingWSGIServer6 if ":" in host else ThreadingWSGIServer
         self.httpd = cls((host.strip("[]"), int(port)), QuietHandler)
+        self.httpd.max_connections = int(max_connections)
         self.httpd.set_app(app)
         self.host = host.strip("[]")  # --host [::1] as well as ::1: the URL adds the brackets
         self.port = self.httpd.server_address[1]

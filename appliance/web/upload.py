@@ -12,6 +12,7 @@ import struct
 
 from oncolens.appliance.errors import ImageReadError, OncoLensError
 from oncolens.appliance.imageio import decode_image, tiff_float, tiff_tags
+from oncolens.appliance.web.limits import BodyTimeout
 
 DRAIN_CAP = 64 << 20      # read (and drop) at most this much of an oversized body
 CHUNK = 1 << 16
@@ -46,7 +47,8 @@ class UploadError(OncoLensError):
 
 def drain(stream, remaining):
     """Read and drop up to ``remaining`` bytes, so the client can read our answer; none
-    from a client still waiting for ``100 Continue`` (it sends no body: server.py)."""
+    from a client still waiting for ``100 Continue`` (it sends no body: server.py). A
+    body that arrives too slowly (``BodyTimeout``, a socket.timeout) ends the drain."""
     if getattr(stream, "continue_pending", False):
         return
     remaining = min(remaining, DRAIN_CAP)
@@ -87,6 +89,9 @@ def read_body(environ, max_bytes):
                 break
             parts.append(block)
             got += len(block)
+    except BodyTimeout as exc:   # it kept arriving, too slowly (limits.py)
+        raise UploadError(408, "body_timeout", "the upload arrived too slowly: {}; {} of the "
+                          "{} bytes announced were read".format(exc, got, length))
     except (socket.timeout, OSError):
         raise UploadError(408, "timeout", "the upload stopped arriving")
     if got < length:

@@ -1,0 +1,99 @@
+"""How long and how many: the numbers that bound what a client may take of the server, in
+one place (docs/SERVE.md, "Under load", explains each), and the reader that enforces the
+time limits on a connection's bytes.
+
+The rate is chosen for a slow but honest uplink: 64 KiB/s is 512 kbit/s, a weak Wi-Fi link
+or a VPN over a mobile connection; a 1.4 MB PNG then gets 20 s + 22 s, a 20 MB upload (the
+default --max-upload-mb) 20 s + 320 s. A client that trickles its body slower than that held
+its connection thread for as long as it liked (each pause could last 60 s, the whole body
+for ever).
+"""
+import io
+import socket
+import time
+
+IDLE_TIMEOUT = 60.0        # seconds any one read of a connection may wait for a byte
+HEADER_TIMEOUT = 20.0      # seconds the request line and headers may take, all together
+BODY_GRACE = 20.0          # seconds a body may lag behind BODY_MIN_RATE ...
+BODY_MIN_RATE = 64 << 10   # ... bytes a second, on average, from its first read
+UNAUTHORIZED_DRAIN = 5.0   # seconds the body of a request refused 401 is read (and dropped)
+MAX_CONNECTIONS = 32       # connections open at once (--max-connections); more get 503
+
+
+class BodyTimeout(socket.timeout):
+    """A request body that arrived slower than its pace allows (``DeadlineReader``), or
+    the body of a refused request read past its cut-off."""
+
+
+class DeadlineReader(io.RawIOBase):
+    """The connection's bytes for ``rfile``. While ``deadline`` is set (the request line and
+    headers are being read), no read waits past it (``socket.timeout`` then). Once the head
+    has arrived (``headers_read``), the body must keep pace: from its first read, it may
+    lag at most ``grace`` seconds behind ``rate`` bytes a second, so N bytes take at most
+    grace + N / rate seconds (``BodyTimeout`` otherwise); ``cut_off`` sets an earlier end.
+    ``idle`` is the longest any one read waits. With the idle timeout alone, a client that
+    trickled a byte every 59 s held its connection thread for ever (slowloris)."""
+
+    def __init__(self, sock, idle, deadline=None, grace=BODY_GRACE, rate=BODY_MIN_RATE):
+        io.RawIOBase.__init__(self)
+        self._sock, self._idle = sock, idle
+        self.deadline = deadline
+        self.received = 0
+        self._grace, self._rate = float(grace), float(rate)
+        self._body = False            # the head has arrived: the body's pace applies
+        self._body_started = None     # time of the body's first read
+        self._body_received = 0
+        self._cutoff = None
+
+    def readable(self):
+        return True
+
+    def _body_left(self, now):
+        if self._body_started is None:
+            self._body_started = now
+        end = self._body_started + self._grace + self._body_received / self._rate
+        if self._cutoff is not None:
+            end = min(end, self._cutoff)
+        return end - now
+
+    def _body_timeout(self, now):
+        return BodyTimeout("{} bytes of the body arrived in {:.1f} s (expected at least {:g} "
+                           "KiB/s after the first {:g} s)".format(
+                               self._body_received, now - self._body_started,
+                               self._rate / 1024.0, self._grace))
+
+    def readinto(self, buf):
+        now = time.time()
+        if self.deadline is not None:
+            left = self.deadline - now
+            if left <= 0:
+                raise socket.timeout("the request line and headers took too long")
+            self._sock.settimeout(min(self._idle, left))
+            count = self._sock.recv_into(buf)
+        elif self._body:
+            left = self._body_left(now)
+            if left <= 0:
+                raise self._body_timeout(now)
+            self._sock.settimeout(min(self._idle, left))
+            try:
+                count = self._sock.recv_into(buf)
+            except socket.timeout:
+                if left < self._idle:   # the pace's end came first, not the idle timeout
+                    raise self._body_timeout(time.time())
+                raise
+            self._body_received += count
+        else:
+            count = self._sock.recv_into(buf)
+        self.received += count
+        return count
+
+    def headers_read(self):
+        """The request's head has arrived: from now on the body's pace applies."""
+        self.deadline = None
+        self._body = True
+        self._sock.settimeout(self._idle)
+
+    def cut_off(self, seconds):
+        """No read of the body waits past ``seconds`` from now (the body of a refused
+        request, read only so that the client sees the answer)."""
+        self._cutoff = time.time() + seconds
