@@ -65,6 +65,14 @@ def tiny_bundle(tmp_path_factory, tiny_data):
     return model_dir
 
 
+@pytest.fixture(scope="module")
+def ort_classifier(tiny_bundle):
+    """The tiny bundle opened with ONNX Runtime, shared by one module's tests (its server's)."""
+    from oncolens.appliance.classifier import Classifier
+    with Classifier.open(tiny_bundle, backend="onnxruntime") as clf:
+        yield clf
+
+
 @pytest.fixture(scope="session")
 def busi():
     """The real BUSI dataset; skipped (visibly) where absent, an error under CI=true."""

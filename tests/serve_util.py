@@ -51,17 +51,20 @@ def request(url, path, method="GET", body=None, headers=None, timeout=60):
         conn.close()
 
 
+def recv_all(sock):
+    """Every byte ``sock`` receives until the server closes it."""
+    answer = b""
+    for block in iter(lambda: sock.recv(65536), b""):
+        answer += block
+    return answer
+
+
 def raw_http(url, payload, timeout=10):
     """Send bytes as they are; (status, headers, body) of the answer."""
     parts = urllib.parse.urlsplit(url)
     with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as sock:
         sock.sendall(payload)
-        answer = b""
-        while True:
-            block = sock.recv(65536)
-            if not block:
-                break
-            answer += block
+        answer = recv_all(sock)
     head, _, body = answer.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     headers = dict((k.strip().lower(), v.strip()) for k, _, v in

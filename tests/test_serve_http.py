@@ -8,16 +8,9 @@ from serve_util import metric, raw_http, read, request, running, sample_image
 
 
 @pytest.fixture(scope="module")
-def classifier(tiny_bundle):
-    from oncolens.appliance.classifier import Classifier
-    with Classifier.open(tiny_bundle, backend="onnxruntime") as clf:
-        yield clf
-
-
-@pytest.fixture(scope="module")
-def server(classifier, tmp_path_factory):
+def server(ort_classifier, tmp_path_factory):
     audit = str(tmp_path_factory.mktemp("audit") / "audit.jsonl")
-    with running(classifier, audit_log=audit) as (url, app):
+    with running(ort_classifier, audit_log=audit) as (url, app):
         yield url, audit
 
 

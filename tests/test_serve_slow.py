@@ -9,20 +9,13 @@ import time
 import numpy as np
 import pytest
 
-from serve_util import metric, read, request, running, sample_image
+from serve_util import metric, read, recv_all, request, running, sample_image
 
 
 @pytest.fixture(scope="module")
-def classifier(tiny_bundle):
-    from oncolens.appliance.classifier import Classifier
-    with Classifier.open(tiny_bundle, backend="onnxruntime") as clf:
-        yield clf
-
-
-@pytest.fixture(scope="module")
-def server(classifier, tmp_path_factory):
+def server(ort_classifier, tmp_path_factory):
     audit = str(tmp_path_factory.mktemp("audit") / "audit.jsonl")
-    with running(classifier, audit_log=audit, token="s3cret") as (url, app):
+    with running(ort_classifier, audit_log=audit, token="s3cret") as (url, app):
         yield url, app, audit
 
 
@@ -140,13 +133,13 @@ def test_the_body_of_a_request_without_the_token_is_read_for_a_short_time_only(s
     assert (record["request_id"], record["status"]) == (error["request_id"], 401)
 
 
-def test_connections_over_the_limit_are_answered_503_at_once(classifier, tmp_path):
+def test_connections_over_the_limit_are_answered_503_at_once(ort_classifier, tmp_path):
     """One thread a connection with no cap: enough slow clients took threads, and the
     memory their uploads hold, without end. Over --max-connections, a connection is now
     answered 503 too_many_connections at once (Retry-After), counted under path "other" and
     audited; once a connection closes, the next one is served."""
     audit = str(tmp_path / "audit.jsonl")
-    with running(classifier, audit_log=audit, max_connections=2) as (url, app):
+    with running(ort_classifier, audit_log=audit, max_connections=2) as (url, app):
         held = [socket.create_connection(("127.0.0.1", port_of(url)), timeout=10)
                 for _ in range(2)]
         try:
@@ -181,12 +174,7 @@ def _first_refusal(url, tries=50):
     for _ in range(tries):
         with socket.create_connection(("127.0.0.1", port_of(url)), timeout=10) as sock:
             sock.sendall(b"GET /health HTTP/1.0\r\n\r\n")
-            answer = b""
-            while True:
-                block = sock.recv(65536)
-                if not block:
-                    break
-                answer += block
+            answer = recv_all(sock)
         if b" 503 " in answer.split(b"\r\n", 1)[0]:
             return answer
         time.sleep(0.05)
