@@ -362,9 +362,10 @@ def check_file_output(uri, source, overwrite=False):
                                  uri, source.uri))
         VideoFileSink(uri, overwrite=overwrite)
         return
+    sink = ImageFileSink(uri, overwrite=overwrite)  # its type, pattern, folder: any source
     frames, endless = planned_frames(source)
     if frames is not None:
-        ImageFileSink(uri, overwrite=overwrite).check_frames(frames, endless)
+        sink.check_frames(frames, endless)
 
 
 def open_sink(uri, overwrite=False, **options):

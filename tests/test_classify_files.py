@@ -258,3 +258,30 @@ def test_an_output_of_an_unknown_type_is_refused_not_made_a_folder(tiny_bundle, 
     code, _, err = run_cli(["classify", "--model", tiny_bundle, "--headless", "--overwrite",
                             image, str(tmp_path / "scans.v2")])  # an existing folder
     assert code == 0, err
+
+
+def test_an_unknown_output_type_is_refused_before_the_model_loads_for_a_video(
+        tiny_bundle, tmp_path, monkeypatch):
+    """For a video (or camera) input, whose frames are not known up front, the output was
+    only checked when it was opened, after the model had loaded (an engine build on a Nano):
+    out.gif, a grey-only out.pgm, a bad pattern or a folder that cannot be made were refused
+    only then, where docs/APPLIANCE.md says before the model loads."""
+    from oncolens.appliance.classifier import Classifier
+    loaded = []
+
+    def no_load(*args, **kwargs):
+        loaded.append(args)
+        raise AssertionError("the model was loaded before the output was checked")
+
+    monkeypatch.setattr(Classifier, "open", staticmethod(no_load))
+    clip = write_video(str(tmp_path / "clip.mp4"), 3)
+    (tmp_path / "taken").write_text(u"a file, not a folder")
+    for name, expected in (("out.gif", "unknown type '.gif'"), ("out.pgm", "grey images only"),
+                           ("out_%i_%i.jpg", "expected one number field"),
+                           (os.path.join("taken", "sub") + os.sep, "taken")):
+        out = str(tmp_path / name)
+        code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless", clip,
+                                     out])
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert expected in err and stdout == "" and not loaded
+        assert not os.path.exists(out)
