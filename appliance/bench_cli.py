@@ -45,7 +45,8 @@ def build_parser():
                    help="decode/preprocess threads in the end-to-end loop (2)")
     p.add_argument("--warmup", type=int, default=3, help="warm-up calls before timing (3)")
     p.add_argument("--min-seconds", type=float, default=3.0,
-                   help="time each network-only measurement for at least this long (3)")
+                   help="time each network-only measurement (and OpenVINO's ceiling) for at "
+                        "least this long, and at least 5 calls (3)")
     p.add_argument("--max-images", type=int, default=0,
                    help="time at most this many images end to end (0: all)")
     p.add_argument("--agreement-images", help="folder for top-1 agreement with fp32 "
@@ -193,9 +194,10 @@ def table(result):
     for run in result["runs"]:
         ceiling = run.get("runtime_ceiling")
         if ceiling:
-            lines.append("runtime ceiling {} {} batch {}: {:.1f} img/s network-only ({})".format(
-                run["backend"], run["precision"], run["batch_size"], ceiling["network_ips"],
-                ceiling["runtime"]))
+            lines.append("runtime ceiling {} {} batch {}: {:.1f} img/s network-only ({}, "
+                         "{} timed)".format(run["backend"], run["precision"], run["batch_size"],
+                                            ceiling["network_ips"], ceiling["runtime"],
+                                            plural(ceiling["calls"], "call")))
     for skip in result["skipped"]:
         lines.append("skipped {} {}{}: {}".format(
             skip["backend"], skip["precision"],

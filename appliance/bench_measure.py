@@ -16,6 +16,8 @@ from oncolens.appliance.postprocess import top_k
 
 log = logging.getLogger("oncolens.appliance.bench")  # the logger these lines always had
 
+MIN_CALLS = 5  # every timed loop of calls times at least this many, whatever --min-seconds
+
 
 class Unreadable(object):
     """Image files that could not be read: each is warned about once, all are reported."""
@@ -78,7 +80,7 @@ def sample_batch(preprocessor, files, size, unreadable=None):
     return stack_inputs(tensors)
 
 
-def network_only(backend, batch, warmup=3, min_seconds=3.0, min_iters=5):
+def network_only(backend, batch, warmup=3, min_seconds=3.0, min_iters=MIN_CALLS):
     """Images/s and per-call latency of ``backend.infer`` on one preprocessed batch."""
     for _ in range(warmup):
         backend.infer(batch)
