@@ -43,7 +43,10 @@ def build_parser():
     p.add_argument("--batch-sizes", default="1,8", help="comma-separated batch sizes (1,8)")
     p.add_argument("--workers", type=int, default=2,
                    help="decode/preprocess threads in the end-to-end loop (2)")
-    p.add_argument("--warmup", type=int, default=3, help="warm-up calls before timing (3)")
+    p.add_argument("--warmup", type=int, default=3,
+                   help="untimed calls before each timed loop: N calls of the row's batch "
+                        "before network-only and before end to end (its first N x batch "
+                        "images), N images before the naive loop; 0: none (3)")
     p.add_argument("--min-seconds", type=float, default=3.0,
                    help="time each network-only measurement (and OpenVINO's ceiling) for at "
                         "least this long, and at least 5 calls (3)")

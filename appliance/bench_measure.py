@@ -98,9 +98,13 @@ def end_to_end(backend, preprocessor, labels, files, batch_size, workers, warmup
                unreadable=None):
     """The whole loop over ``files``: read + decode, preprocess (worker pool), batched
     inference, top-1 post-processing.  Per-image latency runs from the worker's start on a
-    file to its result; stage shares are of the time each stage's work took."""
-    list(predict_all(backend, preprocessor, files[:max(warmup, batch_size)], batch_size, 0,
-                     unreadable))
+    file to its result; stage shares are of the time each stage's work took.  First,
+    untimed, ``warmup`` calls at ``batch_size`` (the first warmup x batch_size files, fewer
+    in a smaller folder; none with 0), as --warmup says: it was max(warmup, batch_size)
+    images, one call at batch 8, and one even with --warmup 0."""
+    if warmup > 0:
+        predict_all(backend, preprocessor, files[:warmup * batch_size], batch_size, 0,
+                    unreadable)
     stages = [0.0, 0.0, 0.0, 0.0]
     lat, count = [], 0
     started = time.perf_counter()

@@ -42,3 +42,38 @@ def test_openvino_ceiling_times_calls_even_with_min_seconds_0(tiny_bundle, tiny_
     assert ceiling["calls"] >= 5 and ceiling["network_ips"] > 0
     assert " img/s network-only (openvino THROUGHPUT hint, " in stdout
     assert "{} calls timed)".format(ceiling["calls"]) in stdout
+
+
+class _Recording(object):
+    """A backend that records the batch size of every call, over ONNX Runtime's answers."""
+
+    def __init__(self, backend):
+        self.backend, self.calls = backend, []
+
+    def infer(self, batch):
+        self.calls.append(int(batch.shape[0]))
+        return self.backend.infer(batch)
+
+
+@pytest.mark.parametrize("warmup, batch_size, before", [(0, 4, []), (1, 4, [4]),
+                                                         (2, 2, [2, 2]), (3, 1, [1, 1, 1])])
+def test_end_to_end_warms_up_with_warmup_calls_of_the_rows_batch(tiny_bundle, tiny_data,
+                                                                 warmup, batch_size, before):
+    """The end-to-end warm-up was max(--warmup, batch) images: one call at batch 4 whatever
+    --warmup said, 0 included; it is now --warmup calls at the row's batch size."""
+    from oncolens.appliance import variants
+    from oncolens.appliance.backends import open_backend
+    from oncolens.appliance.bench_measure import end_to_end
+    from oncolens.appliance.bundle import load_bundle
+    from oncolens.appliance.pipeline import iter_image_files
+    from oncolens.appliance.preprocess import Preprocessor
+    bundle = load_bundle(tiny_bundle)
+    files = list(iter_image_files(os.path.join(tiny_data, "test")))  # 9 images
+    timed = [batch_size] * (len(files) // batch_size) + (
+        [len(files) % batch_size] if len(files) % batch_size else [])
+    with open_backend("onnxruntime", variants.dynamic_batch(bundle)) as backend:
+        spy = _Recording(backend)
+        got = end_to_end(spy, Preprocessor.from_bundle(bundle), bundle.labels, files,
+                         batch_size, 0, warmup)
+    assert got["images"] == len(files) == 9
+    assert spy.calls == before + timed
