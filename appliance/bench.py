@@ -134,11 +134,16 @@ def run_one(cfg, bundle, backend_name, precision, ref):
         _run_opened(cfg, bundle, backend, model, dict(skip, ref=ref), runs, skips)
     except Exception as exc:  # noqa: B902 - any runtime's error; the run goes on without it
         log.debug("bench: %s %s failed", backend_name, precision, exc_info=True)
-        first = (str(exc).strip().splitlines() or [""])[0]  # a runtime's message: one line
-        why = first if isinstance(exc, OncoLensError) else "{}{}".format(
-            type(exc).__name__, ": " + first if first else "")
-        return runs, skips, [dict(skip, reason=why, rows_kept=len(runs))]
+        return runs, skips, [dict(skip, reason=failure_reason(exc), rows_kept=len(runs))]
     return runs, skips, []
+
+
+def failure_reason(exc):
+    """An error met while measuring, in one line: a runtime's message is its first line,
+    after the exception's type (OncoLens' own messages are already one line)."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return first if isinstance(exc, OncoLensError) else "{}{}".format(
+        type(exc).__name__, ": " + first if first else "")
 
 
 def _run_opened(cfg, bundle, backend, model, what, runs, skips):
@@ -182,7 +187,10 @@ def single_class(bundle, ref):
     return bundle.labels[index] if index < len(bundle.labels) else str(index)
 
 
-def baseline(cfg, bundle, ref):
+def baseline(cfg, bundle, ref, failed):
+    """The naive loop's figures; one it cannot run (no torch, no checkpoint) is skipped, and
+    an error while measuring it (a CUDA out of memory, a runtime's error) is appended to
+    ``failed`` as a backend's is, the figures measured before it kept."""
     from oncolens.appliance.bench_naive import NaiveTorch
     try:
         naive = NaiveTorch(bundle, cfg.get("device", "cpu"), cfg["unreadable"].add)
@@ -190,8 +198,23 @@ def baseline(cfg, bundle, ref):
     except (MissingDependency, OncoLensError) as exc:
         log.warning("bench: the naive PyTorch loop (baseline) skipped: %s", exc)
         return {"skipped": str(exc), "end_to_end_ips": None}
-    result["agreement_vs_fp32"] = agreement(naive.top1(cfg["agreement_files"]), ref)
-    result["single_thread"] = naive.run_single_thread(cfg["files"], cfg["warmup"])
+    except Exception as exc:  # noqa: B902 - torch's error; the backends are measured still
+        return _baseline_failed(exc, {"end_to_end_ips": None}, 0, failed)
+    try:
+        result["agreement_vs_fp32"] = agreement(naive.top1(cfg["agreement_files"]), ref)
+        result["single_thread"] = naive.run_single_thread(cfg["files"], cfg["warmup"])
+    except Exception as exc:  # noqa: B902 - as above; the first loop's figures are kept
+        return _baseline_failed(exc, result, 1, failed)
+    return result
+
+
+def _baseline_failed(exc, result, rows_kept, failed):
+    log.debug("bench: the naive PyTorch loop failed", exc_info=True)
+    failed.append({"backend": "torch-eager", "precision": "fp32",
+                   "reason": failure_reason(exc), "rows_kept": rows_kept})
+    log.error("bench: the naive PyTorch loop (baseline) failed while measuring, after %s: %s",
+              plural(rows_kept, "row"), failed[-1]["reason"])
+    result["failed"] = failed[-1]["reason"]
     return result
 
 
@@ -252,7 +275,8 @@ def run_bench(cfg):
                     "images (%s): agreement with it is no measure, and unlocks no int8 or bf16 "
                     "copy; use a trained model, or --agreement-images with several classes "
                     "in its answers", only, len([r for r in ref if r >= 0]), cfg["agreement_dir"])
-    result["baseline"] = baseline(cfg, bundle, ref) if cfg["baseline"] else None
+    result["baseline"] = baseline(cfg, bundle, ref, result["failed"]) if cfg["baseline"] \
+        else None
     for backend_name in cfg["backends"]:
         for precision in cfg["precisions"]:
             runs, skips, failed = run_one(cfg, bundle, backend_name, precision, ref)

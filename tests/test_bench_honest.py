@@ -77,3 +77,35 @@ def test_end_to_end_warms_up_with_warmup_calls_of_the_rows_batch(tiny_bundle, ti
                          batch_size, 0, warmup)
     assert got["images"] == len(files) == 9
     assert spy.calls == before + timed
+
+
+@pytest.mark.parametrize("when, rows_kept", [("always", 0), ("one thread", 1)])
+def test_the_naive_loop_failing_is_a_recorded_failure(tiny_bundle, tiny_data, tmp_path,
+                                                      monkeypatch, when, rows_kept):
+    """A torch error inside the naive loop (a CUDA out of memory) was a traceback: no table,
+    no --json. It is now a FAILED row as a backend's is: the backends measured, exit 1."""
+    import torch
+
+    from oncolens.appliance.bench_naive import NaiveTorch
+    real = NaiveTorch.classify
+
+    def classify(self, path):
+        if when == "always" or torch.get_num_threads() == 1:
+            raise RuntimeError("CUDA out of memory.\nTried to allocate 2 GiB")
+        return real(self, path)
+
+    monkeypatch.setattr(NaiveTorch, "classify", classify)
+    out = str(tmp_path / "b.json")
+    code, stdout, err = _bench(tiny_bundle, tiny_data, out, "--backends", "onnxruntime",
+                               "--batch-sizes", "1")
+    assert code == 1, err
+    doc = _load(out)
+    reason = "RuntimeError: CUDA out of memory."
+    assert doc["failed"] == [{"backend": "torch-eager", "precision": "fp32",
+                              "rows_kept": rows_kept, "reason": reason}]
+    assert doc["baseline"]["failed"] == reason
+    assert [(r["backend"], r["batch_size"]) for r in doc["runs"]] == [("onnxruntime", 1)]
+    assert "FAILED torch-eager fp32 while measuring, after {} of its rows: {}".format(
+        rows_kept, reason) in stdout
+    assert ("torch-eager (naive)" in stdout) == bool(rows_kept)
+    assert (doc["runs"][0]["speedup_vs_baseline"] is None) == (not rows_kept)
