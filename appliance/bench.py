@@ -8,6 +8,7 @@ class equals the reference's.  Nothing here asserts a speed; it measures and rep
 """
 import collections
 import logging
+import signal
 import time
 
 from oncolens.appliance.backends import open_backend
@@ -118,8 +119,9 @@ def device_of(backend):
     return str(device or "cpu").lower()
 
 
-def run_one(cfg, bundle, backend_name, precision, ref):
-    """Every preprocessing x batch size of one backend x precision: (runs, skips, failed).
+def run_one(cfg, bundle, backend_name, precision, ref, runs):
+    """Every preprocessing x batch size of one backend x precision, each row appended to
+    ``runs`` as it is measured (a stop midway keeps them): (skips, failed).
     A failure while measuring (a GPU out of memory at a larger batch, a runtime error) ends
     this backend x precision only: the rows measured before it are kept, and ``failed``
     says what failed, so the figures of the other runs are neither lost nor reported as
@@ -128,14 +130,14 @@ def run_one(cfg, bundle, backend_name, precision, ref):
     try:
         model, backend = _open(cfg, bundle, backend_name, precision)
     except (MissingDependency, OncoLensError) as exc:
-        return [], [dict(skip, reason=str(exc))], []
-    runs, skips = [], []
+        return [dict(skip, reason=str(exc))], []
+    before, skips = len(runs), []
     try:
         _run_opened(cfg, bundle, backend, model, dict(skip, ref=ref), runs, skips)
     except Exception as exc:  # noqa: B902 - any runtime's error; the run goes on without it
         log.debug("bench: %s %s failed", backend_name, precision, exc_info=True)
-        return runs, skips, [dict(skip, reason=failure_reason(exc), rows_kept=len(runs))]
-    return runs, skips, []
+        return skips, [dict(skip, reason=failure_reason(exc), rows_kept=len(runs) - before)]
+    return skips, []
 
 
 def failure_reason(exc):
@@ -187,25 +189,29 @@ def single_class(bundle, ref):
     return bundle.labels[index] if index < len(bundle.labels) else str(index)
 
 
-def baseline(cfg, bundle, ref, failed):
-    """The naive loop's figures; one it cannot run (no torch, no checkpoint) is skipped, and
-    an error while measuring it (a CUDA out of memory, a runtime's error) is appended to
-    ``failed`` as a backend's is, the figures measured before it kept."""
+def baseline(cfg, bundle, ref, result):
+    """The naive loop's figures, into result["baseline"] as they are measured (a stop midway
+    keeps the first loop's); one it cannot run (no torch, no checkpoint) is skipped, and an
+    error while measuring it (a CUDA out of memory, a runtime's error) is appended to
+    result["failed"] as a backend's is, the figures measured before it kept."""
     from oncolens.appliance.bench_naive import NaiveTorch
+    failed = result["failed"]
     try:
         naive = NaiveTorch(bundle, cfg.get("device", "cpu"), cfg["unreadable"].add)
-        result = naive.run(cfg["files"], cfg["warmup"])
+        figures = naive.run(cfg["files"], cfg["warmup"])
     except (MissingDependency, OncoLensError) as exc:
         log.warning("bench: the naive PyTorch loop (baseline) skipped: %s", exc)
-        return {"skipped": str(exc), "end_to_end_ips": None}
+        result["baseline"] = {"skipped": str(exc), "end_to_end_ips": None}
+        return
     except Exception as exc:  # noqa: B902 - torch's error; the backends are measured still
-        return _baseline_failed(exc, {"end_to_end_ips": None}, 0, failed)
+        result["baseline"] = _baseline_failed(exc, {"end_to_end_ips": None}, 0, failed)
+        return
+    result["baseline"] = figures
     try:
-        result["agreement_vs_fp32"] = agreement(naive.top1(cfg["agreement_files"]), ref)
-        result["single_thread"] = naive.run_single_thread(cfg["files"], cfg["warmup"])
+        figures["agreement_vs_fp32"] = agreement(naive.top1(cfg["agreement_files"]), ref)
+        figures["single_thread"] = naive.run_single_thread(cfg["files"], cfg["warmup"])
     except Exception as exc:  # noqa: B902 - as above; the first loop's figures are kept
-        return _baseline_failed(exc, result, 1, failed)
-    return result
+        _baseline_failed(exc, figures, 1, failed)
 
 
 def _baseline_failed(exc, result, rows_kept, failed):
@@ -245,7 +251,10 @@ def summarise(result):
 
 
 def run_bench(cfg):
-    """``cfg``: model bundle, files, agreement_files, backends, precisions, batch_sizes, ..."""
+    """``cfg``: model bundle, files, agreement_files, backends, precisions, batch_sizes, ...
+    On Ctrl-C or SIGTERM (KeyboardInterrupt) the figures measured so far are made whole as
+    a finished run's are, marked "interrupted" with what was being measured, and ride on
+    the exception as its ``result`` for the command to print and write."""
     bundle = cfg["bundle"]
     result = {"tool": "oncolens bench", "machine": machine_info(), "loadavg_start": loadavg(),
               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -258,15 +267,31 @@ def run_bench(cfg):
               "settings": dict((k, cfg.get(k)) for k in (
                   "backends", "precisions", "batch_sizes", "preprocess", "device", "workers",
                   "warmup", "min_seconds")),
-              "runs": [], "skipped": [], "failed": []}
+              "runs": [], "skipped": [], "failed": [], "baseline": None, "interrupted": False}
     # --threads changes every figure: recorded (None: the runtime's own choice, all cores)
     result["settings"]["threads"] = cfg["backend_options"].get("threads")
     cfg["unreadable"] = Unreadable()
+    doing = {"step": "images"}  # what is being measured, for a stop's record
+    try:
+        _measure_all(cfg, result, doing)
+    except KeyboardInterrupt as exc:
+        _interrupted(cfg, result, doing, exc)
+        _finish(cfg, result)
+        exc.result = result
+        raise
+    _finish(cfg, result)
+    return result
+
+
+def _measure_all(cfg, result, doing):
+    """run_bench's measurements, into ``result`` as they come; ``doing`` says which."""
+    bundle = cfg["bundle"]
     # at least one readable image, or one line now (not after the reference and baseline)
     sample_batch(Preprocessor.from_bundle(bundle), cfg["files"], 1, cfg["unreadable"])
     # near-black 16-bit images: warned once, outside every timed loop
     paths = [path for path, _ in cfg["files"] + cfg["agreement_files"]]
     LowBitsWarning(log).scan(collections.OrderedDict.fromkeys(paths))
+    doing["step"] = "reference"
     ref = reference(bundle, cfg["agreement_files"], cfg["unreadable"])
     cfg["reference_single_class"] = only = single_class(bundle, ref)
     result["agreement_images"]["reference_single_class"] = only
@@ -275,12 +300,14 @@ def run_bench(cfg):
                     "images (%s): agreement with it is no measure, and unlocks no int8 or bf16 "
                     "copy; use a trained model, or --agreement-images with several classes "
                     "in its answers", only, len([r for r in ref if r >= 0]), cfg["agreement_dir"])
-    result["baseline"] = baseline(cfg, bundle, ref, result["failed"]) if cfg["baseline"] \
-        else None
+    if cfg["baseline"]:
+        doing["step"] = "baseline"
+        baseline(cfg, bundle, ref, result)
     for backend_name in cfg["backends"]:
         for precision in cfg["precisions"]:
-            runs, skips, failed = run_one(cfg, bundle, backend_name, precision, ref)
-            result["runs"].extend(runs)
+            doing.update(step="backend", backend=backend_name, precision=precision,
+                         rows_before=len(result["runs"]))
+            skips, failed = run_one(cfg, bundle, backend_name, precision, ref, result["runs"])
             for skip in skips:
                 log.warning("bench: %s %s skipped: %s", backend_name, precision, skip["reason"])
             for fail in failed:
@@ -288,6 +315,38 @@ def run_bench(cfg):
                           precision, plural(fail["rows_kept"], "row"), fail["reason"])
             result["skipped"].extend(skips)
             result["failed"].extend(failed)
+            doing["done"] = doing.get("done", 0) + 1
+
+
+STEPS = {"images": "reading the images", "reference": "the fp32 reference",
+         "baseline": "the naive torch loop (baseline)"}
+
+
+def _interrupted(cfg, result, doing, exc):
+    """Mark ``result`` as stopped by ``exc`` (Ctrl-C, or SIGTERM as cliutil.Terminated):
+    by which signal, while measuring what, and which backend x precision was not reached."""
+    pairs = [{"backend": b, "precision": p} for b in cfg["backends"] for p in cfg["precisions"]]
+    step = doing["step"]
+    where = {"step": step, "what": STEPS.get(step) or "{} {}".format(
+        doing["backend"], doing["precision"])}
+    if step == "backend":
+        where.update(backend=doing["backend"], precision=doing["precision"],
+                     rows_kept=len(result["runs"]) - doing["rows_before"])
+    if step == "baseline" and result["baseline"] is None:
+        result["baseline"] = {"end_to_end_ips": None}
+    if step == "baseline":
+        result["baseline"]["interrupted"] = True
+    result["interrupted"] = True
+    result["interrupted_by"] = "SIGTERM" if getattr(exc, "signum", None) == signal.SIGTERM \
+        else "SIGINT"
+    result["interrupted_while"] = where
+    result["not_measured"] = pairs[doing.get("done", 0) + (step == "backend"):]
+    log.warning("bench: interrupted (%s) while measuring %s", result["interrupted_by"],
+                where["what"])
+
+
+def _finish(cfg, result):
+    """The ratios, the GPU, the unreadable files and the closing load of ``result``."""
     summarise(result)
     cuda = [d for d in [cfg.get("device")] + [r.get("device") for r in result["runs"]]
             if str(d).startswith("cuda")]
@@ -297,4 +356,3 @@ def run_bench(cfg):
                                        if named else None)
     result["unreadable"] = cfg["unreadable"].report()
     result["loadavg_end"] = loadavg()
-    return result

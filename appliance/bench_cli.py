@@ -10,7 +10,8 @@ import logging
 import os
 
 from oncolens.appliance.batch_cli import add_model_flags, resolve_model
-from oncolens.appliance.cliutil import OneLineParser, cli_entry, normalize_flags, setup_logging
+from oncolens.appliance.cliutil import (OneLineParser, cli_entry, normalize_flags,
+                                        setup_logging, sigterm_as_interrupt)
 from oncolens.appliance.errors import UsageError, plural
 from oncolens.appliance.outpaths import check_output_file, check_text_file, replace_text
 
@@ -26,7 +27,8 @@ def build_parser():
                     "agreement with fp32.")
     add_model_flags(p)
     p.add_argument("--images", required=True, help="folder of images to time (e.g. test/)")
-    p.add_argument("--json", help="write the figures to this JSON file")
+    p.add_argument("--json", help="write the figures to this JSON file (also those measured "
+                                  "before a failure, Ctrl-C or SIGTERM, marked so)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--backends", default="onnxruntime,openvino",
                    help="comma-separated backends: onnxruntime, openvino, torch "
@@ -209,6 +211,8 @@ def table(result):
     for fail in result.get("failed") or []:  # its rows above are the ones measured before
         lines.append("FAILED {} {} while measuring, after {} of its rows: {}".format(
             fail["backend"], fail["precision"], fail["rows_kept"], fail["reason"]))
+    if result.get("interrupted"):  # the rows above are those measured before the stop
+        lines.append(interrupted_line(result))
     if base.get("skipped"):  # without it "x naive" is "-": say why
         lines.append("skipped the naive torch loop (baseline): {}".format(base["skipped"]))
     lines.extend(unreadable_lines(result.get("unreadable") or {}))
@@ -220,6 +224,17 @@ def table(result):
                             else "") if gpu else "",
         result["loadavg_start"], result["loadavg_end"]))
     return "\n".join(lines)
+
+
+def interrupted_line(result):
+    """``INTERRUPTED (Ctrl-C) while measuring onnxruntime int8, after 1 of its rows; not
+    measured: openvino fp32``: what a stopped bench measured last, and never reached."""
+    where = result["interrupted_while"]
+    left = ["{} {}".format(p["backend"], p["precision"]) for p in result["not_measured"]]
+    return "INTERRUPTED ({}) while measuring {}{}{}".format(
+        "SIGTERM" if result["interrupted_by"] == "SIGTERM" else "Ctrl-C", where["what"],
+        ", after {} of its rows".format(where["rows_kept"]) if "rows_kept" in where else "",
+        "; not measured: {}".format(", ".join(left)) if left else "")
 
 
 def settings_line(result):
@@ -273,11 +288,36 @@ def _pct(value):
 def main(argv):
     args = build_parser().parse_args(normalize_flags(argv))
     setup_logging(args.log_level)
-    cfg = make_config(args)
-    from oncolens.appliance.bench import run_bench
-    from oncolens.appliance.pipeline import opencv_single_threaded
-    opencv_single_threaded()
-    result = run_bench(cfg)
+    # SIGTERM (systemd, timeout) stops it as Ctrl-C does: the figures measured so far are
+    # printed and written, marked interrupted (exit 143; Ctrl-C 130)
+    with sigterm_as_interrupt():
+        cfg = make_config(args)
+        from oncolens.appliance.bench import run_bench
+        from oncolens.appliance.pipeline import opencv_single_threaded
+        opencv_single_threaded()
+        try:
+            result = run_bench(cfg)
+        except KeyboardInterrupt as exc:
+            if getattr(exc, "result", None) is not None:
+                exc.hint = _report(args, exc.result)
+            raise
+        _report(args, result)
+    # a run that failed while measuring: the figures are kept, but the bench is incomplete
+    return 0 if result["runs"] and not result["failed"] else 1
+
+
+def measured_any(result):
+    """Whether ``result`` holds a figure: a row, or the naive loop's."""
+    return bool(result["runs"] or (result.get("baseline") or {}).get("end_to_end_ips"))
+
+
+def _report(args, result):
+    """Print the table and write --json (whole, or not at all); for a stopped run, what
+    was kept, in the words of the line that ends it."""
+    stopped = result.get("interrupted")
+    if stopped and not measured_any(result):
+        return "nothing was measured yet, so no table{}".format(
+            ", and --json {} was not written".format(args.json) if args.json else "")
     print(table(result))
     if args.json:
         folder = os.path.dirname(os.path.abspath(args.json))
@@ -285,5 +325,8 @@ def main(argv):
             os.makedirs(folder)
         replace_text(args.json, json.dumps(result, indent=2, sort_keys=True) + "\n")
         print("figures: {}".format(args.json))
-    # a run that failed while measuring: the figures are kept, but the bench is incomplete
-    return 0 if result["runs"] and not result["failed"] else 1
+    if stopped:
+        return "the figures measured so far are in the table above{}".format(
+            " and in {}, marked interrupted".format(args.json) if args.json else
+            " (no --json file)")
+    return None
