@@ -1,6 +1,6 @@
 """``oncolens bench``'s measurements: network-only and end-to-end images/s per backend x
 precision x batch size, latency percentiles, stage shares, top-1 agreement with fp32, and
-the naive PyTorch loop measured in the same run.
+the naive PyTorch loop measured in the same run (the timed loops: bench_measure.py).
 
 fp32 reference: ONNX Runtime running the exported model, through the same preprocessing.
 Agreement of every run (and of the baseline) is the share of agreement images whose top-1
@@ -8,128 +8,18 @@ class equals the reference's.  Nothing here asserts a speed; it measures and rep
 """
 import collections
 import logging
+import signal
 import time
 
-import numpy as np
-
 from oncolens.appliance.backends import open_backend
-from oncolens.appliance.benchstats import gpu_info, latency_ms, loadavg, machine_info, shares
-from oncolens.appliance.device_preprocess import stack_inputs
+from oncolens.appliance.bench_measure import (Unreadable, agreement, end_to_end, network_only,
+                                              predict_all, sample_batch)
+from oncolens.appliance.benchstats import gpu_info, loadavg, machine_info
 from oncolens.appliance.errors import MissingDependency, OncoLensError, plural
 from oncolens.appliance.lowbits import LowBitsWarning
-from oncolens.appliance.pipeline import batched, prefetch, window
-from oncolens.appliance.postprocess import top_k
 from oncolens.appliance.preprocess import Preprocessor
 
 log = logging.getLogger(__name__)
-
-
-class Unreadable(object):
-    """Image files that could not be read: each is warned about once, all are reported."""
-
-    def __init__(self):
-        self.files = collections.OrderedDict()
-
-    def add(self, path, reason):
-        if path not in self.files:
-            self.files[path] = reason
-            log.warning("bench: skipped an unreadable file: %s", reason)
-
-    def add_items(self, items):
-        for item in items:
-            self.add(item.path, item.error)
-
-    def report(self):
-        return {"count": len(self.files),
-                "files": [{"path": p, "reason": r} for p, r in self.files.items()]}
-
-
-def predict_all(backend, preprocessor, files, batch_size=8, workers=2, unreadable=None):
-    """Top-1 indices for ``files`` (failed files are -1, and noted in ``unreadable``)."""
-    out = []
-    for good, failed in batched(prefetch(files, preprocessor, workers), batch_size):
-        if unreadable is not None:
-            unreadable.add_items(failed)
-        got = {}
-        if good:
-            probs = backend.infer(stack_inputs([i.tensor for i in good])).probs
-            got = dict((i.index, int(np.argmax(p))) for i, p in zip(good, probs))
-        got.update((i.index, -1) for i in failed)
-        out.extend(got[k] for k in sorted(got))
-    return out
-
-
-def agreement(pred, ref):
-    pairs = [(p, r) for p, r in zip(pred, ref) if r >= 0]
-    return round(sum(1 for p, r in pairs if p == r) / float(len(pairs)), 4) if pairs else None
-
-
-def sample_batch(preprocessor, files, size, unreadable=None):
-    """A batch of ``size`` real preprocessed images: the first readable ones (repeated when
-    there are fewer); unreadable files on the way are skipped and noted."""
-    unreadable = unreadable if unreadable is not None else Unreadable()
-    tensors = []
-    for item in prefetch(files, preprocessor, workers=0):
-        if item.error is None:
-            tensors.append(item.tensor)
-            if len(tensors) == size:
-                break
-        else:
-            unreadable.add(item.path, item.error)
-    if not tensors:
-        first = next(iter(unreadable.files.values()), "no files")
-        raise OncoLensError("--images: none of the {} could be read; the first: {}".format(
-            plural(len(files), "image file"), first))
-    while len(tensors) < size:
-        tensors.extend(tensors[:size - len(tensors)])
-    return stack_inputs(tensors)
-
-
-def network_only(backend, batch, warmup=3, min_seconds=3.0, min_iters=5):
-    """Images/s and per-call latency of ``backend.infer`` on one preprocessed batch."""
-    for _ in range(warmup):
-        backend.infer(batch)
-    lat = []
-    started = time.perf_counter()
-    while len(lat) < min_iters or time.perf_counter() - started < min_seconds:
-        t0 = time.perf_counter()
-        backend.infer(batch)
-        lat.append(time.perf_counter() - t0)
-    return {"network_ips": batch.shape[0] * len(lat) / sum(lat),
-            "network_latency_ms": latency_ms(lat), "network_calls": len(lat)}
-
-
-def end_to_end(backend, preprocessor, labels, files, batch_size, workers, warmup=3,
-               unreadable=None):
-    """The whole loop over ``files``: read + decode, preprocess (worker pool), batched
-    inference, top-1 post-processing.  Per-image latency runs from the worker's start on a
-    file to its result; stage shares are of the time each stage's work took."""
-    list(predict_all(backend, preprocessor, files[:max(warmup, batch_size)], batch_size, 0,
-                     unreadable))
-    stages = [0.0, 0.0, 0.0, 0.0]
-    lat, count = [], 0
-    started = time.perf_counter()
-    for good, failed in batched(prefetch(files, preprocessor, workers,
-                                         depth=window(batch_size, workers)), batch_size):
-        count += len(good)
-        if unreadable is not None:
-            unreadable.add_items(failed)
-        if not good:
-            continue
-        t0 = time.perf_counter()
-        probs = backend.infer(stack_inputs([item.tensor for item in good])).probs
-        t1 = time.perf_counter()
-        for item, row in zip(good, probs):
-            top_k(row, labels, 1)
-        t2 = time.perf_counter()
-        stages[0] += sum(item.decode_s for item in good)
-        stages[1] += sum(item.preprocess_s for item in good)
-        stages[2] += t1 - t0
-        stages[3] += t2 - t1
-        lat.extend(t2 - item.started for item in good)
-    wall = time.perf_counter() - started
-    return {"end_to_end_ips": count / wall, "images": count, "seconds": round(wall, 6),
-            "latency_ms": latency_ms(lat), "stage_share": shares(stages)}
 
 
 def _prepare(bundle, backend_name, precision, calib_images, calib_count):
@@ -229,8 +119,9 @@ def device_of(backend):
     return str(device or "cpu").lower()
 
 
-def run_one(cfg, bundle, backend_name, precision, ref):
-    """Every preprocessing x batch size of one backend x precision: (runs, skips, failed).
+def run_one(cfg, bundle, backend_name, precision, ref, runs):
+    """Every preprocessing x batch size of one backend x precision, each row appended to
+    ``runs`` as it is measured (a stop midway keeps them): (skips, failed).
     A failure while measuring (a GPU out of memory at a larger batch, a runtime error) ends
     this backend x precision only: the rows measured before it are kept, and ``failed``
     says what failed, so the figures of the other runs are neither lost nor reported as
@@ -239,17 +130,22 @@ def run_one(cfg, bundle, backend_name, precision, ref):
     try:
         model, backend = _open(cfg, bundle, backend_name, precision)
     except (MissingDependency, OncoLensError) as exc:
-        return [], [dict(skip, reason=str(exc))], []
-    runs, skips = [], []
+        return [dict(skip, reason=str(exc))], []
+    before, skips = len(runs), []
     try:
         _run_opened(cfg, bundle, backend, model, dict(skip, ref=ref), runs, skips)
     except Exception as exc:  # noqa: B902 - any runtime's error; the run goes on without it
         log.debug("bench: %s %s failed", backend_name, precision, exc_info=True)
-        first = (str(exc).strip().splitlines() or [""])[0]  # a runtime's message: one line
-        why = first if isinstance(exc, OncoLensError) else "{}{}".format(
-            type(exc).__name__, ": " + first if first else "")
-        return runs, skips, [dict(skip, reason=why, rows_kept=len(runs))]
-    return runs, skips, []
+        return skips, [dict(skip, reason=failure_reason(exc), rows_kept=len(runs) - before)]
+    return skips, []
+
+
+def failure_reason(exc):
+    """An error met while measuring, in one line: a runtime's message is its first line,
+    after the exception's type (OncoLens' own messages are already one line)."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return first if isinstance(exc, OncoLensError) else "{}{}".format(
+        type(exc).__name__, ": " + first if first else "")
 
 
 def _run_opened(cfg, bundle, backend, model, what, runs, skips):
@@ -293,16 +189,38 @@ def single_class(bundle, ref):
     return bundle.labels[index] if index < len(bundle.labels) else str(index)
 
 
-def baseline(cfg, bundle, ref):
+def baseline(cfg, bundle, ref, result):
+    """The naive loop's figures, into result["baseline"] as they are measured (a stop midway
+    keeps the first loop's); one it cannot run (no torch, no checkpoint) is skipped, and an
+    error while measuring it (a CUDA out of memory, a runtime's error) is appended to
+    result["failed"] as a backend's is, the figures measured before it kept."""
     from oncolens.appliance.bench_naive import NaiveTorch
+    failed = result["failed"]
     try:
         naive = NaiveTorch(bundle, cfg.get("device", "cpu"), cfg["unreadable"].add)
-        result = naive.run(cfg["files"], cfg["warmup"])
+        figures = naive.run(cfg["files"], cfg["warmup"])
     except (MissingDependency, OncoLensError) as exc:
         log.warning("bench: the naive PyTorch loop (baseline) skipped: %s", exc)
-        return {"skipped": str(exc), "end_to_end_ips": None}
-    result["agreement_vs_fp32"] = agreement(naive.top1(cfg["agreement_files"]), ref)
-    result["single_thread"] = naive.run_single_thread(cfg["files"], cfg["warmup"])
+        result["baseline"] = {"skipped": str(exc), "end_to_end_ips": None}
+        return
+    except Exception as exc:  # noqa: B902 - torch's error; the backends are measured still
+        result["baseline"] = _baseline_failed(exc, {"end_to_end_ips": None}, 0, failed)
+        return
+    result["baseline"] = figures
+    try:
+        figures["agreement_vs_fp32"] = agreement(naive.top1(cfg["agreement_files"]), ref)
+        figures["single_thread"] = naive.run_single_thread(cfg["files"], cfg["warmup"])
+    except Exception as exc:  # noqa: B902 - as above; the first loop's figures are kept
+        _baseline_failed(exc, figures, 1, failed)
+
+
+def _baseline_failed(exc, result, rows_kept, failed):
+    log.debug("bench: the naive PyTorch loop failed", exc_info=True)
+    failed.append({"backend": "torch-eager", "precision": "fp32",
+                   "reason": failure_reason(exc), "rows_kept": rows_kept})
+    log.error("bench: the naive PyTorch loop (baseline) failed while measuring, after %s: %s",
+              plural(rows_kept, "row"), failed[-1]["reason"])
+    result["failed"] = failed[-1]["reason"]
     return result
 
 
@@ -333,7 +251,10 @@ def summarise(result):
 
 
 def run_bench(cfg):
-    """``cfg``: model bundle, files, agreement_files, backends, precisions, batch_sizes, ..."""
+    """``cfg``: model bundle, files, agreement_files, backends, precisions, batch_sizes, ...
+    On Ctrl-C or SIGTERM (KeyboardInterrupt) the figures measured so far are made whole as
+    a finished run's are, marked "interrupted" with what was being measured, and ride on
+    the exception as its ``result`` for the command to print and write."""
     bundle = cfg["bundle"]
     result = {"tool": "oncolens bench", "machine": machine_info(), "loadavg_start": loadavg(),
               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -346,15 +267,31 @@ def run_bench(cfg):
               "settings": dict((k, cfg.get(k)) for k in (
                   "backends", "precisions", "batch_sizes", "preprocess", "device", "workers",
                   "warmup", "min_seconds")),
-              "runs": [], "skipped": [], "failed": []}
+              "runs": [], "skipped": [], "failed": [], "baseline": None, "interrupted": False}
     # --threads changes every figure: recorded (None: the runtime's own choice, all cores)
     result["settings"]["threads"] = cfg["backend_options"].get("threads")
     cfg["unreadable"] = Unreadable()
+    doing = {"step": "images"}  # what is being measured, for a stop's record
+    try:
+        _measure_all(cfg, result, doing)
+    except KeyboardInterrupt as exc:
+        _interrupted(cfg, result, doing, exc)
+        _finish(cfg, result)
+        exc.result = result
+        raise
+    _finish(cfg, result)
+    return result
+
+
+def _measure_all(cfg, result, doing):
+    """run_bench's measurements, into ``result`` as they come; ``doing`` says which."""
+    bundle = cfg["bundle"]
     # at least one readable image, or one line now (not after the reference and baseline)
     sample_batch(Preprocessor.from_bundle(bundle), cfg["files"], 1, cfg["unreadable"])
     # near-black 16-bit images: warned once, outside every timed loop
     paths = [path for path, _ in cfg["files"] + cfg["agreement_files"]]
     LowBitsWarning(log).scan(collections.OrderedDict.fromkeys(paths))
+    doing["step"] = "reference"
     ref = reference(bundle, cfg["agreement_files"], cfg["unreadable"])
     cfg["reference_single_class"] = only = single_class(bundle, ref)
     result["agreement_images"]["reference_single_class"] = only
@@ -363,11 +300,14 @@ def run_bench(cfg):
                     "images (%s): agreement with it is no measure, and unlocks no int8 or bf16 "
                     "copy; use a trained model, or --agreement-images with several classes "
                     "in its answers", only, len([r for r in ref if r >= 0]), cfg["agreement_dir"])
-    result["baseline"] = baseline(cfg, bundle, ref) if cfg["baseline"] else None
+    if cfg["baseline"]:
+        doing["step"] = "baseline"
+        baseline(cfg, bundle, ref, result)
     for backend_name in cfg["backends"]:
         for precision in cfg["precisions"]:
-            runs, skips, failed = run_one(cfg, bundle, backend_name, precision, ref)
-            result["runs"].extend(runs)
+            doing.update(step="backend", backend=backend_name, precision=precision,
+                         rows_before=len(result["runs"]))
+            skips, failed = run_one(cfg, bundle, backend_name, precision, ref, result["runs"])
             for skip in skips:
                 log.warning("bench: %s %s skipped: %s", backend_name, precision, skip["reason"])
             for fail in failed:
@@ -375,6 +315,38 @@ def run_bench(cfg):
                           precision, plural(fail["rows_kept"], "row"), fail["reason"])
             result["skipped"].extend(skips)
             result["failed"].extend(failed)
+            doing["done"] = doing.get("done", 0) + 1
+
+
+STEPS = {"images": "reading the images", "reference": "the fp32 reference",
+         "baseline": "the naive torch loop (baseline)"}
+
+
+def _interrupted(cfg, result, doing, exc):
+    """Mark ``result`` as stopped by ``exc`` (Ctrl-C, or SIGTERM as cliutil.Terminated):
+    by which signal, while measuring what, and which backend x precision was not reached."""
+    pairs = [{"backend": b, "precision": p} for b in cfg["backends"] for p in cfg["precisions"]]
+    step = doing["step"]
+    where = {"step": step, "what": STEPS.get(step) or "{} {}".format(
+        doing["backend"], doing["precision"])}
+    if step == "backend":
+        where.update(backend=doing["backend"], precision=doing["precision"],
+                     rows_kept=len(result["runs"]) - doing["rows_before"])
+    if step == "baseline" and result["baseline"] is None:
+        result["baseline"] = {"end_to_end_ips": None}
+    if step == "baseline":
+        result["baseline"]["interrupted"] = True
+    result["interrupted"] = True
+    result["interrupted_by"] = "SIGTERM" if getattr(exc, "signum", None) == signal.SIGTERM \
+        else "SIGINT"
+    result["interrupted_while"] = where
+    result["not_measured"] = pairs[doing.get("done", 0) + (step == "backend"):]
+    log.warning("bench: interrupted (%s) while measuring %s", result["interrupted_by"],
+                where["what"])
+
+
+def _finish(cfg, result):
+    """The ratios, the GPU, the unreadable files and the closing load of ``result``."""
     summarise(result)
     cuda = [d for d in [cfg.get("device")] + [r.get("device") for r in result["runs"]]
             if str(d).startswith("cuda")]
@@ -384,4 +356,3 @@ def run_bench(cfg):
                                        if named else None)
     result["unreadable"] = cfg["unreadable"].report()
     result["loadavg_end"] = loadavg()
-    return result

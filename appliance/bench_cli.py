@@ -10,7 +10,8 @@ import logging
 import os
 
 from oncolens.appliance.batch_cli import add_model_flags, resolve_model
-from oncolens.appliance.cliutil import OneLineParser, cli_entry, normalize_flags, setup_logging
+from oncolens.appliance.cliutil import (OneLineParser, cli_entry, normalize_flags,
+                                        setup_logging, sigterm_as_interrupt)
 from oncolens.appliance.errors import UsageError, plural
 from oncolens.appliance.outpaths import check_output_file, check_text_file, replace_text
 
@@ -26,7 +27,8 @@ def build_parser():
                     "agreement with fp32.")
     add_model_flags(p)
     p.add_argument("--images", required=True, help="folder of images to time (e.g. test/)")
-    p.add_argument("--json", help="write the figures to this JSON file")
+    p.add_argument("--json", help="write the figures to this JSON file (also those measured "
+                                  "before a failure, Ctrl-C or SIGTERM, marked so)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--backends", default="onnxruntime,openvino",
                    help="comma-separated backends: onnxruntime, openvino, torch "
@@ -43,9 +45,13 @@ def build_parser():
     p.add_argument("--batch-sizes", default="1,8", help="comma-separated batch sizes (1,8)")
     p.add_argument("--workers", type=int, default=2,
                    help="decode/preprocess threads in the end-to-end loop (2)")
-    p.add_argument("--warmup", type=int, default=3, help="warm-up calls before timing (3)")
+    p.add_argument("--warmup", type=int, default=3,
+                   help="untimed calls before each timed loop: N calls of the row's batch "
+                        "before network-only and before end to end (its first N x batch "
+                        "images), N images before the naive loop; 0: none (3)")
     p.add_argument("--min-seconds", type=float, default=3.0,
-                   help="time each network-only measurement for at least this long (3)")
+                   help="time each network-only measurement (and OpenVINO's ceiling) for at "
+                        "least this long, and at least 5 calls (3)")
     p.add_argument("--max-images", type=int, default=0,
                    help="time at most this many images end to end (0: all)")
     p.add_argument("--agreement-images", help="folder for top-1 agreement with fp32 "
@@ -193,9 +199,10 @@ def table(result):
     for run in result["runs"]:
         ceiling = run.get("runtime_ceiling")
         if ceiling:
-            lines.append("runtime ceiling {} {} batch {}: {:.1f} img/s network-only ({})".format(
-                run["backend"], run["precision"], run["batch_size"], ceiling["network_ips"],
-                ceiling["runtime"]))
+            lines.append("runtime ceiling {} {} batch {}: {:.1f} img/s network-only ({}, "
+                         "{} timed)".format(run["backend"], run["precision"], run["batch_size"],
+                                            ceiling["network_ips"], ceiling["runtime"],
+                                            plural(ceiling["calls"], "call")))
     for skip in result["skipped"]:
         lines.append("skipped {} {}{}: {}".format(
             skip["backend"], skip["precision"],
@@ -204,6 +211,8 @@ def table(result):
     for fail in result.get("failed") or []:  # its rows above are the ones measured before
         lines.append("FAILED {} {} while measuring, after {} of its rows: {}".format(
             fail["backend"], fail["precision"], fail["rows_kept"], fail["reason"]))
+    if result.get("interrupted"):  # the rows above are those measured before the stop
+        lines.append(interrupted_line(result))
     if base.get("skipped"):  # without it "x naive" is "-": say why
         lines.append("skipped the naive torch loop (baseline): {}".format(base["skipped"]))
     lines.extend(unreadable_lines(result.get("unreadable") or {}))
@@ -215,6 +224,17 @@ def table(result):
                             else "") if gpu else "",
         result["loadavg_start"], result["loadavg_end"]))
     return "\n".join(lines)
+
+
+def interrupted_line(result):
+    """``INTERRUPTED (Ctrl-C) while measuring onnxruntime int8, after 1 of its rows; not
+    measured: openvino fp32``: what a stopped bench measured last, and never reached."""
+    where = result["interrupted_while"]
+    left = ["{} {}".format(p["backend"], p["precision"]) for p in result["not_measured"]]
+    return "INTERRUPTED ({}) while measuring {}{}{}".format(
+        "SIGTERM" if result["interrupted_by"] == "SIGTERM" else "Ctrl-C", where["what"],
+        ", after {} of its rows".format(where["rows_kept"]) if "rows_kept" in where else "",
+        "; not measured: {}".format(", ".join(left)) if left else "")
 
 
 def settings_line(result):
@@ -268,11 +288,36 @@ def _pct(value):
 def main(argv):
     args = build_parser().parse_args(normalize_flags(argv))
     setup_logging(args.log_level)
-    cfg = make_config(args)
-    from oncolens.appliance.bench import run_bench
-    from oncolens.appliance.pipeline import opencv_single_threaded
-    opencv_single_threaded()
-    result = run_bench(cfg)
+    # SIGTERM (systemd, timeout) stops it as Ctrl-C does: the figures measured so far are
+    # printed and written, marked interrupted (exit 143; Ctrl-C 130)
+    with sigterm_as_interrupt():
+        cfg = make_config(args)
+        from oncolens.appliance.bench import run_bench
+        from oncolens.appliance.pipeline import opencv_single_threaded
+        opencv_single_threaded()
+        try:
+            result = run_bench(cfg)
+        except KeyboardInterrupt as exc:
+            if getattr(exc, "result", None) is not None:
+                exc.hint = _report(args, exc.result)
+            raise
+        _report(args, result)
+    # a run that failed while measuring: the figures are kept, but the bench is incomplete
+    return 0 if result["runs"] and not result["failed"] else 1
+
+
+def measured_any(result):
+    """Whether ``result`` holds a figure: a row, or the naive loop's."""
+    return bool(result["runs"] or (result.get("baseline") or {}).get("end_to_end_ips"))
+
+
+def _report(args, result):
+    """Print the table and write --json (whole, or not at all); for a stopped run, what
+    was kept, in the words of the line that ends it."""
+    stopped = result.get("interrupted")
+    if stopped and not measured_any(result):
+        return "nothing was measured yet, so no table{}".format(
+            ", and --json {} was not written".format(args.json) if args.json else "")
     print(table(result))
     if args.json:
         folder = os.path.dirname(os.path.abspath(args.json))
@@ -280,5 +325,8 @@ def main(argv):
             os.makedirs(folder)
         replace_text(args.json, json.dumps(result, indent=2, sort_keys=True) + "\n")
         print("figures: {}".format(args.json))
-    # a run that failed while measuring: the figures are kept, but the bench is incomplete
-    return 0 if result["runs"] and not result["failed"] else 1
+    if stopped:
+        return "the figures measured so far are in the table above{}".format(
+            " and in {}, marked interrupted".format(args.json) if args.json else
+            " (no --json file)")
+    return None
