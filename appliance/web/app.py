@@ -23,8 +23,9 @@ from oncolens.appliance.web.metrics import CONTENT_TYPE as METRICS_TYPE, PATHS, 
 from oncolens.appliance.web.classify import handle_classify
 from oncolens.appliance.web.limits import UNAUTHORIZED_DRAIN
 from oncolens.appliance.web.queue import InferenceQueue
-from oncolens.appliance.web.upload import (DIGITS, UploadError, check_image, decode_upload,
-                                           drain, image_bytes, read_body, saved_extension)
+from oncolens.appliance.web.body import DIGITS, drain, image_bytes, read_body
+from oncolens.appliance.web.upload import (UploadError, check_image, decode_upload,
+                                           saved_extension)
 
 log = logging.getLogger(__name__)
 
