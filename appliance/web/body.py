@@ -33,7 +33,9 @@ def drain(stream, remaining):
 
 
 def read_body(environ, max_bytes):
-    """The request body as bytes, read only when its Content-Length is within ``max_bytes``."""
+    """The request body (a bytearray of its Content-Length, allocated once and read into:
+    a body gathered in pieces and joined took twice its size at the end), read only when
+    its Content-Length is within ``max_bytes``."""
     if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
         raise UploadError(411, "length_required",
                           "send the image with a Content-Length (chunked bodies are refused)")
@@ -51,23 +53,43 @@ def read_body(environ, max_bytes):
         drain(stream, length)
         raise UploadError(413, "too_large", "upload of {} bytes is over the limit of {} bytes "
                           "(--max-upload-mb)".format(length, max_bytes))
-    parts, got = [], 0
+    body = bytearray(length)   # one buffer, filled in place: no pieces to join
+    got = _read_into(stream, body)
+    if got < length:
+        raise UploadError(400, "incomplete", "the body ended after {} of the {} bytes "
+                          "announced".format(got, length))
+    return body
+
+
+def _read_block(stream, view):
+    """Read into ``view`` (up to its length; fewer only at the end of the body): the count."""
+    readinto = getattr(stream, "readinto", None)
+    if readinto is not None:
+        return readinto(view) or 0
+    block = stream.read(len(view))   # a WSGI input need not have readinto
+    view[:len(block)] = block
+    return len(block)
+
+
+def _read_into(stream, body):
+    """Fill ``body`` from ``stream``, CHUNK bytes a read: how many bytes were read (fewer
+    than ``len(body)`` when the body ended early); UploadError 408 when it came too slowly."""
+    got, length = 0, len(body)
+    view = memoryview(body)
     try:
         while got < length:
-            block = stream.read(min(CHUNK, length - got))
-            if not block:
+            count = _read_block(stream, view[got:got + CHUNK])
+            if not count:
                 break
-            parts.append(block)
-            got += len(block)
+            got += count
     except BodyTimeout as exc:   # it kept arriving, too slowly (limits.py)
         raise UploadError(408, "body_timeout", "the upload arrived too slowly: {}; {} of the "
                           "{} bytes announced were read".format(exc, got, length))
     except (socket.timeout, OSError):
         raise UploadError(408, "timeout", "the upload stopped arriving")
-    if got < length:
-        raise UploadError(400, "incomplete", "the body ended after {} of the {} bytes "
-                          "announced".format(got, length))
-    return b"".join(parts)
+    finally:
+        view.release()   # the buffer can be cut to the image in place (multipart_file)
+    return got
 
 
 def _multipart_boundary(content_type):
@@ -82,19 +104,39 @@ IMAGE_FIELD = re.compile(r'\bname=(?:"(?:image|file)"|(?:image|file)(?=[\s;]|$))
 
 
 def multipart_file(body, content_type):
-    """The content of the first file part (or a part named image/file) of a form."""
+    """The content of the first file part (or a part named image/file) of a form: ``body``
+    itself, cut to it in place, when it is a bytearray (splitting the form copied it
+    three times over), else a copy of it."""
     delimiter = b"--" + _multipart_boundary(content_type)
-    for part in body.split(delimiter)[1:]:
-        if part.startswith(b"--"):
+    at = body.find(delimiter)
+    while at >= 0:
+        start = at + len(delimiter)
+        at = body.find(delimiter, start)
+        end = len(body) if at < 0 else at
+        if body.startswith(b"--", start, end):   # the closing delimiter
             break
-        head, sep, content = part.lstrip(b"\r\n").partition(b"\r\n\r\n")
-        if not sep:
+        while start < end and body[start] in b"\r\n":
+            start += 1
+        sep = body.find(b"\r\n\r\n", start, end)
+        if sep < 0:
             continue
-        head = head.decode("latin-1").lower()
+        head = bytes(body[start:sep]).decode("latin-1").lower()
         if "filename=" in head or IMAGE_FIELD.search(head):
-            return content[:-2] if content.endswith(b"\r\n") else content
+            if body.endswith(b"\r\n", sep + 4, end):
+                end -= 2
+            return _cut(body, sep + 4, end)
     raise UploadError(400, "no_file", "the form has no file part (send the image as a field "
                       "named 'image' or as the raw body)")
+
+
+def _cut(body, start, end):
+    """``body[start:end]``: in place for a bytearray (its end first, then its start, which
+    CPython drops without moving the rest), a copy otherwise."""
+    if not isinstance(body, bytearray):
+        return body[start:end]
+    del body[end:]
+    del body[:start]
+    return body
 
 
 def image_bytes(environ, body):

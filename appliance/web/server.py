@@ -75,6 +75,10 @@ class ContinueOnRead(object):
         self._go_on()
         return self._rfile.read(*args)
 
+    def readinto(self, buf):
+        self._go_on()
+        return self._rfile.readinto(buf)
+
     def readline(self, *args):
         self._go_on()
         return self._rfile.readline(*args)

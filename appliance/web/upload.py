@@ -25,7 +25,7 @@ def saved_extension(fmt, data):
     """The file extension an upload of format ``fmt`` is kept under: a PGM or PBM as such
     (the netpbm family shares one format name here), not as .ppm."""
     if fmt == "pnm":
-        return PNM_EXTENSIONS.get(data[1:2], ".ppm")
+        return PNM_EXTENSIONS.get(bytes(data[1:2]), ".ppm")  # data: bytes or bytearray
     return EXTENSIONS.get(fmt, ".bin")
 
 
@@ -67,7 +67,7 @@ def unsupported_format(data):
     """The name of an image format ``data`` is in that this service does not read, or None."""
     if data[:6] in (b"GIF87a", b"GIF89a"):
         return "GIF"
-    if data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS:
+    if data[4:8] == b"ftyp" and bytes(data[8:12]) in HEIF_BRANDS:  # a bytearray: no hash
         return "HEIC/HEIF"
     if data[4:8] == b"ftyp" and data[8:12] in (b"avif", b"avis"):
         return "AVIF"
