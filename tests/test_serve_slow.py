@@ -191,3 +191,51 @@ def test_the_live_sink_takes_max_connections():
             assert sink.server.httpd.max_connections == expected
         finally:
             sink.close()
+
+
+def _metrics_when(url, name, expected, tries=100):
+    """/metrics once ``name`` reads ``expected`` (a held connection is counted once the
+    server has accepted it; a closed one once its thread has ended): its text, else the
+    last one read."""
+    text = ""
+    for _ in range(tries):
+        text = request(url, "/metrics").body.decode("utf-8")
+        if metric(text, name) == expected:
+            break
+        time.sleep(0.05)
+    return text
+
+
+def test_metrics_report_open_connections_the_cap_and_connections_refused(ort_classifier):
+    """/metrics had no figure for connections, so the --max-connections cap could not be
+    seen coming. Now oncolens_http_connections_open (this scrape's own connection
+    included), oncolens_http_connections_max and oncolens_http_connections_refused_total
+    (connections answered 503 for the cap) follow real held connections."""
+    with running(ort_classifier, max_connections=3) as (url, app):
+        text = _metrics_when(url, "oncolens_http_connections_open", 1)
+        assert "# TYPE oncolens_http_connections_open gauge" in text
+        assert "# TYPE oncolens_http_connections_refused_total counter" in text
+        assert metric(text, "oncolens_http_connections_open") == 1    # the scrape itself
+        assert metric(text, "oncolens_http_connections_max") == 3
+        assert metric(text, "oncolens_http_connections_refused_total") == 0
+        held = [socket.create_connection(("127.0.0.1", port_of(url)), timeout=10)
+                for _ in range(2)]
+        try:
+            for sock in held:
+                sock.sendall(b"GET /health HTTP/1.0\r\n")   # a request that never ends
+            text = _metrics_when(url, "oncolens_http_connections_open", 3)
+            assert metric(text, "oncolens_http_connections_open") == 3
+            held.append(socket.create_connection(("127.0.0.1", port_of(url)), timeout=10))
+            held[-1].sendall(b"GET /health HTTP/1.0\r\n")
+            refused = _first_refusal(url)      # the fourth: over the cap
+            assert b" 503 " in refused.split(b"\r\n", 1)[0], refused[:200]
+            held.pop().close()
+            text = _metrics_when(url, "oncolens_http_connections_open", 3)
+            assert metric(text, "oncolens_http_connections_refused_total") >= 1
+            assert metric(text, "oncolens_http_connections_refused_total") == metric(
+                text, "oncolens_http_requests_total", path="other", code="503")
+        finally:
+            for sock in held:
+                sock.close()
+        text = _metrics_when(url, "oncolens_http_connections_open", 1)
+        assert metric(text, "oncolens_http_connections_open") == 1

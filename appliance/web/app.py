@@ -23,8 +23,9 @@ from oncolens.appliance.web.metrics import CONTENT_TYPE as METRICS_TYPE, PATHS, 
 from oncolens.appliance.web.classify import handle_classify
 from oncolens.appliance.web.limits import UNAUTHORIZED_DRAIN
 from oncolens.appliance.web.queue import InferenceQueue
-from oncolens.appliance.web.upload import (DIGITS, UploadError, check_image, decode_upload,
-                                           drain, image_bytes, read_body, saved_extension)
+from oncolens.appliance.web.body import DIGITS, drain, image_bytes, read_body
+from oncolens.appliance.web.upload import (UploadError, check_image, decode_upload,
+                                           saved_extension)
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ class ServeApp(object):
         # at most this many at once, whatever the number of connections
         self._decoding = threading.BoundedSemaphore(max(1, int(decode_slots)))
         self.model_sha256 = classifier.bundle.model_sha256 if classifier else None
+        self._connection_counts = []   # the servers' (open, cap, refused): watch_connections
         self.wsgi = self._middleware(self._routes())
 
     # -- plumbing -------------------------------------------------------------------------
@@ -137,6 +139,7 @@ class ServeApp(object):
 
         # what the HTTP layer refuses before this application sees it (server.py)
         application.refused = self.refused_before_routes
+        application.watch_connections = self.watch_connections   # server.py's set_app
         return application
 
     def _routed(self, inner, environ, start, rid):
@@ -254,19 +257,38 @@ class ServeApp(object):
                       "capacity": self.queue.capacity if self.queue else 0},
             "live": self.live is not None, "token_required": self.token is not None})
 
+    def watch_connections(self, counts):
+        """``counts() -> (open, cap, refused)``: a server's connections (server.py), which
+        /metrics then reports (summed, where one app has several servers)."""
+        self._connection_counts.append(counts)
+
+    def _connection_metrics(self, gauges, counters):
+        if not self._connection_counts:
+            return
+        open_now, cap, refused = [sum(values) for values in
+                                  zip(*[counts() for counts in self._connection_counts])]
+        gauges["oncolens_http_connections_open"] = (
+            "connections open now (this scrape's own included, live-stream viewers too)",
+            open_now)
+        gauges["oncolens_http_connections_max"] = ("most connections open at once "
+                                                   "(--max-connections)", cap)
+        counters["oncolens_http_connections_refused_total"] = (
+            "connections answered 503 too_many_connections (over --max-connections)", refused)
+
     def metrics_text(self):
-        gauges = {}
+        gauges, counters = {}, {}
         if self.queue is not None:
             gauges["oncolens_queue_depth"] = ("images waiting for the model", self.queue.depth)
             gauges["oncolens_queue_capacity"] = ("most images that may wait", self.queue.capacity)
+        self._connection_metrics(gauges, counters)
         info = None
         model = self.describe_model()
         if model:
             info = {"sha256": model["sha256"] or "", "backend": model["backend"],
                     "precision": model["precision"], "arch": model["arch"] or ""}
-        return self.bottle.HTTPResponse(body=self.metrics.render(gauges, info).encode("utf-8"),
-                                        status=200, headers={"Content-Type": METRICS_TYPE,
-                                                             "Cache-Control": "no-store"})
+        text = self.metrics.render(gauges, info, counters)
+        return self.bottle.HTTPResponse(body=text.encode("utf-8"), status=200, headers={
+            "Content-Type": METRICS_TYPE, "Cache-Control": "no-store"})
 
     # -- the live stream ----------------------------------------------------------------------
     def stream(self):

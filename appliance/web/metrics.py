@@ -63,8 +63,9 @@ class Metrics(object):
         span = min(RATE_WINDOW, max(now - self.started, 1e-3))
         return count / span
 
-    def render(self, gauges=None, info=None):
-        """The text /metrics answers; ``gauges`` name -> (help, value), ``info`` labels."""
+    def render(self, gauges=None, info=None, counters=None):
+        """The text /metrics answers; ``gauges`` and ``counters`` name -> (help, value),
+        ``info`` labels."""
         rate = self.images_per_second()
         with self._lock:
             requests = sorted(self.requests.items())
@@ -98,9 +99,10 @@ class Metrics(object):
         out.append("oncolens_images_per_second {:.3f}".format(rate))
         family("oncolens_uptime_seconds", "gauge", "seconds since the server started")
         out.append("oncolens_uptime_seconds {:.1f}".format(time.time() - self.started))
-        for name, (helptext, value) in sorted((gauges or {}).items()):
-            family(name, "gauge", helptext)
-            out.append("{} {}".format(name, value))
+        for kind, values in (("gauge", gauges), ("counter", counters)):
+            for name, (helptext, value) in sorted((values or {}).items()):
+                family(name, kind, helptext)
+                out.append("{} {}".format(name, value))
         if info:
             family("oncolens_model_info", "gauge", "the model being served (always 1)")
             out.append("oncolens_model_info{} 1".format(_labels(sorted(info.items()))))

@@ -75,6 +75,10 @@ class ContinueOnRead(object):
         self._go_on()
         return self._rfile.read(*args)
 
+    def readinto(self, buf):
+        self._go_on()
+        return self._rfile.readinto(buf)
+
     def readline(self, *args):
         self._go_on()
         return self._rfile.readline(*args)
@@ -222,6 +226,7 @@ class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
         self._in_flight = 0      # requests read (line and headers) and not yet answered
         self._idle = threading.Condition()
         self._connections = 0    # connections with a thread of their own
+        self._refused = 0        # connections answered 503 for the cap, since the start
         self._count_lock = threading.Lock()
         WSGIServer.__init__(self, *args, **kwargs)
 
@@ -233,6 +238,8 @@ class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
             admitted = self._connections < self.max_connections
             if admitted:
                 self._connections += 1
+            else:
+                self._refused += 1
         if not admitted:
             self.refuse_connection(request, client_address)
             return
@@ -251,6 +258,18 @@ class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
     def _connection_ended(self):
         with self._count_lock:
             self._connections -= 1
+
+    def connection_counts(self):
+        """(connections open now, ``max_connections``, connections refused for that cap
+        since the start): what /metrics reports (``set_app``)."""
+        with self._count_lock:
+            return self._connections, self.max_connections, self._refused
+
+    def set_app(self, application):
+        WSGIServer.set_app(self, application)
+        watch = getattr(application, "watch_connections", None)
+        if watch is not None:   # ServeApp: its /metrics reports this server's connections
+            watch(self.connection_counts)
 
     def refuse_connection(self, request, client_address):
         """503 ``too_many_connections`` from the accepting thread, at once and without
