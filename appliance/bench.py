@@ -274,12 +274,14 @@ def run_bench(cfg):
     doing = {"step": "images"}  # what is being measured, for a stop's record
     try:
         _measure_all(cfg, result, doing)
+        doing["step"] = "closing"   # every row is measured: a stop now must not lose them
+        _finish(cfg, result)
     except KeyboardInterrupt as exc:
         _interrupted(cfg, result, doing, exc)
-        _finish(cfg, result)
+        # stopped while closing, the GPU is not asked again (its torch import was cut)
+        _finish(cfg, result, ask_gpu=doing["step"] != "closing")
         exc.result = result
         raise
-    _finish(cfg, result)
     return result
 
 
@@ -319,7 +321,8 @@ def _measure_all(cfg, result, doing):
 
 
 STEPS = {"images": "reading the images", "reference": "the fp32 reference",
-         "baseline": "the naive torch loop (baseline)"}
+         "baseline": "the naive torch loop (baseline)",
+         "closing": "closing the run (the GPU's name, the load average), every row measured"}
 
 
 def _interrupted(cfg, result, doing, exc):
@@ -341,16 +344,18 @@ def _interrupted(cfg, result, doing, exc):
         else "SIGINT"
     result["interrupted_while"] = where
     result["not_measured"] = pairs[doing.get("done", 0) + (step == "backend"):]
-    log.warning("bench: interrupted (%s) while measuring %s", result["interrupted_by"],
-                where["what"])
+    log.warning("bench: interrupted (%s) while %s%s", result["interrupted_by"],
+                "" if step == "closing" else "measuring ", where["what"])
 
 
-def _finish(cfg, result):
-    """The ratios, the GPU, the unreadable files and the closing load of ``result``."""
+def _finish(cfg, result, ask_gpu=True):
+    """The ratios, the GPU, the unreadable files and the closing load of ``result``;
+    without ``ask_gpu``, a CUDA run's GPU is named by its device alone (torch not asked)."""
     summarise(result)
     cuda = [d for d in [cfg.get("device")] + [r.get("device") for r in result["runs"]]
             if str(d).startswith("cuda")]
-    gpu = gpu_info(cuda[0]) if cuda else None
+    gpu = (gpu_info(cuda[0]) if ask_gpu else
+           {"device": cuda[0], "name": None, "cuda": None}) if cuda else None
     named = [r["gpu"] for r in result["runs"] if r.get("gpu")]  # TensorRT's, without torch
     result["machine"]["gpu"] = gpu or ({"device": "cuda", "name": named[0], "cuda": None}
                                        if named else None)

@@ -220,7 +220,8 @@ def table(result):
     gpu = result["machine"].get("gpu")
     lines.append("machine: {} ({} cores){}, load average {} -> {}".format(
         result["machine"]["cpu"], result["machine"]["cores"],
-        ", GPU {}{}".format(gpu["name"], " (CUDA {})".format(gpu["cuda"]) if gpu.get("cuda")
+        ", GPU {}{}".format(gpu["name"] or "{} (name not read)".format(gpu["device"]),
+                            " (CUDA {})".format(gpu["cuda"]) if gpu.get("cuda")
                             else "") if gpu else "",
         result["loadavg_start"], result["loadavg_end"]))
     return "\n".join(lines)
@@ -231,8 +232,9 @@ def interrupted_line(result):
     measured: openvino fp32``: what a stopped bench measured last, and never reached."""
     where = result["interrupted_while"]
     left = ["{} {}".format(p["backend"], p["precision"]) for p in result["not_measured"]]
-    return "INTERRUPTED ({}) while measuring {}{}{}".format(
-        "SIGTERM" if result["interrupted_by"] == "SIGTERM" else "Ctrl-C", where["what"],
+    return "INTERRUPTED ({}) while {}{}{}{}".format(
+        "SIGTERM" if result["interrupted_by"] == "SIGTERM" else "Ctrl-C",
+        "" if where["step"] == "closing" else "measuring ", where["what"],
         ", after {} of its rows".format(where["rows_kept"]) if "rows_kept" in where else "",
         "; not measured: {}".format(", ".join(left)) if left else "")
 

@@ -215,3 +215,38 @@ def test_a_bench_stopped_in_the_naive_loop_keeps_its_first_figures(tiny_bundle, 
     assert "torch-eager (naive)" in stdout
     assert "INTERRUPTED (Ctrl-C) while measuring the naive torch loop (baseline); not " \
         "measured: onnxruntime fp32" in stdout
+
+
+def test_a_bench_stopped_after_its_last_row_keeps_every_figure(tiny_bundle, tiny_data,
+                                                               tmp_path, monkeypatch,
+                                                               sigterm_guard):
+    """SIGTERM after every row was measured, while the run was being closed (the GPU's
+    name, which on a CUDA run imports torch: seconds on a Nano, and the closing load),
+    lost every figure: no table, no --json, only 'interrupted by SIGTERM'. The figures are
+    now printed and written, marked interrupted while closing, nothing named as not
+    measured."""
+    import signal
+
+    from oncolens.appliance import bench
+    real, calls = bench.loadavg, []
+
+    def loadavg():
+        calls.append(1)
+        if len(calls) == 2:   # the closing one (the first is the start's)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real()
+
+    monkeypatch.setattr(bench, "loadavg", loadavg)
+    out = str(tmp_path / "b.json")
+    code, stdout, err = _bench(tiny_bundle, tiny_data, out, "--backends", "onnxruntime",
+                               "--batch-sizes", "1", "--no-baseline")
+    assert code == 143, err
+    doc = _load(out)
+    assert doc["interrupted"] is True and doc["interrupted_by"] == "SIGTERM"
+    assert doc["interrupted_while"]["step"] == "closing"
+    assert doc["not_measured"] == []
+    assert [(r["backend"], r["batch_size"]) for r in doc["runs"]] == [("onnxruntime", 1)]
+    assert doc["runs"][0]["network_ips"] > 0 and doc["runs"][0]["end_to_end_vs_network"]
+    assert "INTERRUPTED (SIGTERM) while closing the run" in stdout
+    assert err.splitlines()[-1].startswith("oncolens bench: interrupted by SIGTERM: the "
+                                           "figures measured so far are in the table above")

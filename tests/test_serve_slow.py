@@ -239,3 +239,31 @@ def test_metrics_report_open_connections_the_cap_and_connections_refused(ort_cla
                 sock.close()
         text = _metrics_when(url, "oncolens_http_connections_open", 1)
         assert metric(text, "oncolens_http_connections_open") == 1
+
+
+def test_the_answer_is_not_cut_short_by_what_was_left_of_the_bodys_pace(server, monkeypatch):
+    """The socket's timeout after the body's last read was what was left of its pace
+    (a fraction of a second for a body that came near its limit), and the answer was
+    written under it: an annotated image larger than the socket buffers, to a client
+    that read it a moment later, was cut off. The answer is written with the idle timeout."""
+    from oncolens.appliance.web.server import QuietHandler
+    monkeypatch.setattr(QuietHandler, "body_grace", 0.6)
+    monkeypatch.setattr(QuietHandler, "body_rate", 1 << 30)   # the grace alone counts
+    url, app, audit = server
+    png = noise_png(1000)
+    head = ("POST /classify?annotated=1&format=png HTTP/1.0\r\n" + AUTH +
+            "Content-Length: {}\r\n\r\n".format(len(png))).encode("ascii")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(30)
+        sock.connect(("127.0.0.1", port_of(url)))
+        sock.sendall(head + png[:1])
+        time.sleep(0.4)             # the body's last read leaves about 0.2 s of its pace
+        sock.sendall(png[1:])
+        time.sleep(2.0)             # the answer waits for its reader
+        answer = recv_all(sock)
+    status_line, _, body = answer.partition(b"\r\n\r\n")
+    assert status_line.startswith(b"HTTP/1.0 200 "), answer[:300]
+    length = int([line.split(b":")[1] for line in status_line.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:")][0])
+    assert length > 1 << 20 and len(body) == length

@@ -31,7 +31,8 @@ class DeadlineReader(io.RawIOBase):
     has arrived (``headers_read``), the body must keep pace: from its first read, it may
     lag at most ``grace`` seconds behind ``rate`` bytes a second, so N bytes take at most
     grace + N / rate seconds (``BodyTimeout`` otherwise); ``cut_off`` sets an earlier end.
-    ``idle`` is the longest any one read waits. With the idle timeout alone, a client that
+    ``idle`` is the longest any one read waits, and the socket's timeout after a body's
+    read (the answer is written under it, not under what was left of the pace). With the idle timeout alone, a client that
     trickled a byte every 59 s held its connection thread for ever (slowloris)."""
 
     def __init__(self, sock, idle, deadline=None, grace=BODY_GRACE, rate=BODY_MIN_RATE):
@@ -81,6 +82,8 @@ class DeadlineReader(io.RawIOBase):
                 if left < self._idle:   # the pace's end came first, not the idle timeout
                     raise self._body_timeout(time.time())
                 raise
+            finally:   # the answer is written on this socket: the idle timeout, not the pace's
+                self._sock.settimeout(self._idle)
             self._body_received += count
         else:
             count = self._sock.recv_into(buf)
