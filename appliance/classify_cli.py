@@ -116,6 +116,11 @@ def _appliance_flags(p):
                         "--token is refused: leave it out to use ${})".format(TOKEN_ENV,
                                                                               TOKEN_ENV))
     add_audit_flags(g)  # as oncolens serve's, for the server of --serve or an http:// output
+    from oncolens.appliance.web.limits import MAX_CONNECTIONS
+    g.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS,
+                   help="connections open at once to --serve's or an http:// output's server, "
+                        "live-stream viewers included; more are answered 503 at once ({})"
+                        .format(MAX_CONNECTIONS))
     g.add_argument("--status-every", type=float, default=5.0,
                    help="seconds between status lines (5)")
     g.add_argument("--no-jetson-utils", action="store_true",
@@ -242,7 +247,7 @@ def _web_options(args, clf):
     audit = AuditLog(args.audit_log) if args.audit_log and _served(args) else None
     try:
         yield {"classifier": clf, "token": args.token, "audit_log": audit,
-               "trusted_proxy": args.trusted_proxy}
+               "trusted_proxy": args.trusted_proxy, "max_connections": args.max_connections}
     finally:
         if audit is not None:
             audit.close()
@@ -255,6 +260,9 @@ def _check_serving(args):
     --audit-log and --trusted-proxy are checked as serve checks them, and the log opened
     (when served) as serve opens it, before the model loads."""
     args.token = resolve_token(args.token)
+    if args.max_connections < 1:
+        raise UsageError("--max-connections {}: expected 1 or more".format(
+            args.max_connections))
     served = _served(args)
     if served:
         from oncolens.appliance.web.auth import require_token

@@ -202,3 +202,33 @@ def classifier_tiny(tiny_bundle):
     from oncolens.appliance.classifier import Classifier
     with Classifier.open(tiny_bundle, backend="onnxruntime") as clf:
         yield clf
+
+
+def test_classify_refuses_max_connections_below_1_before_loading_the_model(tmp_path):
+    code, _, err = run_cli(["classify", "--model", str(tmp_path / "missing"), "--headless",
+                            "--serve", ":0", "--max-connections", "0", str(tmp_path)])
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--max-connections 0: expected 1 or more" in err
+
+
+def test_classify_serve_takes_max_connections(tiny_bundle, tiny_data):
+    """classify's servers had serve's cap of 32 connections, live viewers included, and no
+    flag to change it; its 503 named a --max-connections classify did not have."""
+    import socket
+    from serve_util import recv_all
+    with _classify_child("--model", tiny_bundle, "--headless", "--input-loop=-1", "--serve",
+                         ":0", "--max-connections", "1",
+                         os.path.join(tiny_data, "test")) as proc:
+        url = _wait_for_url(proc, time.time() + 120)
+        port = int(url.rstrip("/").rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as held:
+            held.sendall(b"GET /health HTTP/1.0\r\n")  # unfinished: its thread stays
+            answer = b""
+            for _ in range(50):
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                    sock.sendall(b"GET /health HTTP/1.0\r\n\r\n")
+                    answer = recv_all(sock)
+                if b" 503 " in answer.split(b"\r\n", 1)[0]:
+                    break
+                time.sleep(0.05)
+        assert answer.startswith(b"HTTP/1.0 503 ") and b"too_many_connections" in answer
