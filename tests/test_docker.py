@@ -89,6 +89,21 @@ def test_installs_only_oncolens_and_keeps_the_cache_on_a_volume():
     assert [env["ONCOLENS_CACHE_DIR"]] in volumes
 
 
+
+def test_installs_bottle_as_the_serve_extra_pins_it():
+    """--serve in the environment file the container shares with the service needs Bottle;
+    with --no-deps nothing brought it, so the container failed at every start. The image now
+    installs it with the serve extra's own pins (0.12 on the Nano's Python 3.6)."""
+    import configparser
+    from packaging.requirements import Requirement
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(REPO, "setup.cfg"))
+    serve = sorted(str(Requirement(line.strip())) for line in
+                   cfg["options.extras_require"]["serve"].splitlines() if line.strip())
+    runs = " ".join(args for word, args in instructions(read(DOCKERFILE)) if word == "RUN")
+    pinned = sorted(str(Requirement(req)) for req in re.findall(r"'(bottle[^']*)'", runs))
+    assert pinned == serve
+
 def test_entrypoint_is_the_appliance_with_the_services_environment():
     ins = instructions(read(DOCKERFILE))
     entry = [json.loads(args) for word, args in ins if word == "ENTRYPOINT"]
