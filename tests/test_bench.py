@@ -389,31 +389,3 @@ def test_a_gpu_run_names_its_gpu_beside_the_cpu(bench_json, monkeypatch):
     result["machine"]["gpu"] = gpu
     assert ", GPU NVIDIA H100 #1 (CUDA 13.0), load average" in table(result)
 
-
-def test_a_backend_failing_midway_keeps_the_rows_measured_and_the_json(tiny_bundle, tiny_data,
-                                                                      tmp_path, monkeypatch):
-    """A runtime error at the second batch size (a GPU out of memory at a larger batch) was
-    a traceback: every figure measured so far was lost and no --json written."""
-    from oncolens.appliance.backends.ort import OnnxRuntimeBackend
-    real = OnnxRuntimeBackend.infer
-
-    def infer(self, batch):
-        if batch.shape[0] == 2:
-            raise RuntimeError("out of memory\nallocating 2 images")
-        return real(self, batch)
-
-    monkeypatch.setattr(OnnxRuntimeBackend, "infer", infer)
-    out = str(tmp_path / "b.json")
-    code, stdout, err = run_cli(["bench", "--model", tiny_bundle, "--images",
-                                 os.path.join(tiny_data, "test"), "--backends", "onnxruntime",
-                                 "--batch-sizes", "1,2", "--no-baseline", "--min-seconds", 0,
-                                 "--warmup", 1, "--json", out])
-    assert code == 1, err
-    with io.open(out, encoding="utf-8") as fh:
-        doc = json.load(fh)
-    assert [r["batch_size"] for r in doc["runs"]] == [1]
-    assert doc["failed"] == [{"backend": "onnxruntime", "precision": "fp32", "rows_kept": 1,
-                              "reason": "RuntimeError: out of memory"}]
-    assert "FAILED onnxruntime fp32 while measuring, after 1 of its rows: RuntimeError: out " \
-        "of memory" in stdout
-    assert "figures: {}".format(out) in stdout

@@ -79,22 +79,28 @@ def test_end_to_end_warms_up_with_warmup_calls_of_the_rows_batch(tiny_bundle, ti
     assert spy.calls == before + timed
 
 
-@pytest.mark.parametrize("when, rows_kept", [("always", 0), ("one thread", 1)])
-def test_the_naive_loop_failing_is_a_recorded_failure(tiny_bundle, tiny_data, tmp_path,
-                                                      monkeypatch, when, rows_kept):
-    """A torch error inside the naive loop (a CUDA out of memory) was a traceback: no table,
-    no --json. It is now a FAILED row as a backend's is: the backends measured, exit 1."""
+def _naive_loop_raises(monkeypatch, exc, always):
+    """The naive loop's classify raises ``exc``: on every image (``always``), else only in
+    its one-thread run (its first loop's figures made)."""
     import torch
 
     from oncolens.appliance.bench_naive import NaiveTorch
     real = NaiveTorch.classify
 
     def classify(self, path):
-        if when == "always" or torch.get_num_threads() == 1:
-            raise RuntimeError("CUDA out of memory.\nTried to allocate 2 GiB")
+        if always or torch.get_num_threads() == 1:
+            raise exc
         return real(self, path)
-
     monkeypatch.setattr(NaiveTorch, "classify", classify)
+
+
+@pytest.mark.parametrize("when, rows_kept", [("always", 0), ("one thread", 1)])
+def test_the_naive_loop_failing_is_a_recorded_failure(tiny_bundle, tiny_data, tmp_path,
+                                                      monkeypatch, when, rows_kept):
+    """A torch error inside the naive loop (a CUDA out of memory) was a traceback: no table,
+    no --json. It is now a FAILED row as a backend's is: the backends measured, exit 1."""
+    _naive_loop_raises(monkeypatch, RuntimeError("CUDA out of memory.\nTried to allocate 2 GiB"),
+                       always=when == "always")
     out = str(tmp_path / "b.json")
     code, stdout, err = _bench(tiny_bundle, tiny_data, out, "--backends", "onnxruntime",
                                "--batch-sizes", "1")
@@ -191,17 +197,7 @@ def test_a_bench_stopped_in_the_naive_loop_keeps_its_first_figures(tiny_bundle, 
                                                                      tmp_path, monkeypatch):
     """Stopped in the naive loop's one-thread run: the first loop's figures are kept, and
     every backend x precision is named as not measured."""
-    import torch
-
-    from oncolens.appliance.bench_naive import NaiveTorch
-    real = NaiveTorch.classify
-
-    def classify(self, path):
-        if torch.get_num_threads() == 1:
-            raise KeyboardInterrupt()
-        return real(self, path)
-
-    monkeypatch.setattr(NaiveTorch, "classify", classify)
+    _naive_loop_raises(monkeypatch, KeyboardInterrupt(), always=False)
     out = str(tmp_path / "b.json")
     code, stdout, err = _bench(tiny_bundle, tiny_data, out, "--backends", "onnxruntime",
                                "--batch-sizes", "1")
@@ -250,3 +246,29 @@ def test_a_bench_stopped_after_its_last_row_keeps_every_figure(tiny_bundle, tiny
     assert "INTERRUPTED (SIGTERM) while closing the run" in stdout
     assert err.splitlines()[-1].startswith("oncolens bench: interrupted by SIGTERM: the "
                                            "figures measured so far are in the table above")
+
+
+def test_a_backend_failing_midway_keeps_the_rows_measured_and_the_json(tiny_bundle, tiny_data,
+                                                                      tmp_path, monkeypatch):
+    """A runtime error at the second batch size (a GPU out of memory at a larger batch) was
+    a traceback: every figure measured so far was lost and no --json written."""
+    from oncolens.appliance.backends.ort import OnnxRuntimeBackend
+    real = OnnxRuntimeBackend.infer
+
+    def infer(self, batch):
+        if batch.shape[0] == 2:
+            raise RuntimeError("out of memory\nallocating 2 images")
+        return real(self, batch)
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "infer", infer)
+    out = str(tmp_path / "b.json")
+    code, stdout, err = _bench(tiny_bundle, tiny_data, out, "--backends", "onnxruntime",
+                               "--batch-sizes", "1,2", "--no-baseline")
+    assert code == 1, err
+    doc = _load(out)
+    assert [r["batch_size"] for r in doc["runs"]] == [1]
+    assert doc["failed"] == [{"backend": "onnxruntime", "precision": "fp32", "rows_kept": 1,
+                              "reason": "RuntimeError: out of memory"}]
+    assert "FAILED onnxruntime fp32 while measuring, after 1 of its rows: RuntimeError: out " \
+        "of memory" in stdout
+    assert "figures: {}".format(out) in stdout
