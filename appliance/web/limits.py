@@ -1,6 +1,6 @@
 """How long and how many: the numbers that bound what a client may take of the server, in
-one place (docs/SERVE.md, "Under load", explains each), and the reader that enforces the
-time limits on a connection's bytes.
+one place (docs/SERVE.md, "Under load", explains each), the reader that enforces the
+time limits on a connection's bytes, and the writer that lets a slow reader have its answer.
 
 The rate is chosen for a slow but honest uplink: 64 KiB/s is 512 kbit/s, a weak Wi-Fi link
 or a VPN over a mobile connection; a 1.4 MB PNG then gets 20 s + 22 s, a 20 MB upload (the
@@ -18,6 +18,7 @@ BODY_GRACE = 20.0          # seconds a body may lag behind BODY_MIN_RATE ...
 BODY_MIN_RATE = 64 << 10   # ... bytes a second, on average, from its first read
 UNAUTHORIZED_DRAIN = 5.0   # seconds the body of a request refused 401 is read (and dropped)
 MAX_CONNECTIONS = 32       # connections open at once (--max-connections); more get 503
+WRITE_PIECE = 64 << 10     # bytes of an answer sent at a time (one BODY_MIN_RATE second)
 
 
 class BodyTimeout(socket.timeout):
@@ -100,3 +101,28 @@ class DeadlineReader(io.RawIOBase):
         """No read of the body waits past ``seconds`` from now (the body of a refused
         request, read only so that the client sees the answer)."""
         self._cutoff = time.time() + seconds
+
+
+class PieceWriter(io.BufferedIOBase):
+    """The connection's ``wfile``: every write goes out ``piece`` bytes at a time, each
+    under the socket's own timeout (the idle timeout). Since Python 3.5 that timeout bounds
+    a whole ``sendall``, so an answer written at once (a PNG of several MB with
+    ``?annotated=1``) to a client reading steadily at BODY_MIN_RATE was cut off after 60 s;
+    now only a client that reads nothing for the idle timeout is. Unbuffered, as the
+    ``wfile`` it replaces (socketserver's ``_SocketWriter``)."""
+
+    def __init__(self, sock, piece=WRITE_PIECE):
+        io.BufferedIOBase.__init__(self)
+        self._sock, self._piece = sock, int(piece)
+
+    def writable(self):
+        return True
+
+    def write(self, data):
+        with memoryview(data) as view, view.cast("B") as flat:
+            for start in range(0, len(flat), self._piece):
+                self._sock.sendall(flat[start:start + self._piece])
+            return len(flat)
+
+    def fileno(self):
+        return self._sock.fileno()

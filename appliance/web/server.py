@@ -18,7 +18,8 @@ import uuid
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from oncolens.appliance.web.limits import (BODY_GRACE, BODY_MIN_RATE, HEADER_TIMEOUT,
-                                           IDLE_TIMEOUT, MAX_CONNECTIONS, DeadlineReader)
+                                           IDLE_TIMEOUT, MAX_CONNECTIONS, DeadlineReader,
+                                           PieceWriter)
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 16
@@ -128,6 +129,10 @@ class QuietHandler(WSGIRequestHandler):
                                      time.time() + self.header_timeout,
                                      self.body_grace, self.body_rate)
         self.rfile = io.BufferedReader(self.reader)
+        # every answer (wsgiref's, a refusal's, 100 Continue) in pieces, each under the idle
+        # timeout: one sendall of a whole answer got 60 s in all, however steadily it was read
+        self.wfile.close()
+        self.wfile = PieceWriter(self.connection)
 
     content_length = None   # the request's one Content-Length value (parse_request)
 
