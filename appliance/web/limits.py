@@ -33,8 +33,9 @@ class DeadlineReader(io.RawIOBase):
     lag at most ``grace`` seconds behind ``rate`` bytes a second, so N bytes take at most
     grace + N / rate seconds (``BodyTimeout`` otherwise); ``cut_off`` sets an earlier end.
     ``idle`` is the longest any one read waits, and the socket's timeout after a body's
-    read (the answer is written under it, not under what was left of the pace). With the idle timeout alone, a client that
-    trickled a byte every 59 s held its connection thread for ever (slowloris)."""
+    read (the answer is written under it, not under what was left of the pace). With the
+    idle timeout alone, a client that trickled a byte every 59 s held its connection thread
+    for ever (slowloris)."""
 
     def __init__(self, sock, idle, deadline=None, grace=BODY_GRACE, rate=BODY_MIN_RATE):
         io.RawIOBase.__init__(self)
