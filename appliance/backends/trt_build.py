@@ -9,7 +9,8 @@ import os
 import re
 
 from oncolens.appliance import engines
-from oncolens.appliance.bundle import MODEL_JSON, sha256_file, write_model_info
+from oncolens.appliance.bundle import (MODEL_JSON, read_model_info, sha256_file,
+                                       write_model_info)
 from oncolens.appliance.errors import BundleError, OncoLensError, UsageError
 from oncolens.appliance.outpaths import replace_file
 
@@ -193,8 +194,13 @@ def record(bundle, path, entry, in_cache):
         engines.write_cache_index(engines.cache_dir_for(entry["onnx_sha256"]),
                                   dict(entry, file=os.path.abspath(path)))
         return
+    # model.json as it is now, not as it was when the build began minutes ago: an engine
+    # another build listed meanwhile (another precision, at the same time) stays listed
+    path = os.path.join(bundle.dir, MODEL_JSON)
+    if os.path.isfile(path):
+        bundle.info = read_model_info(path)
     engines.add_entry(bundle.info, entry)
-    write_model_info(os.path.join(bundle.dir, MODEL_JSON), bundle.info)
+    write_model_info(path, bundle.info)
 
 
 def engine_target(bundle, api, precision, options):
@@ -208,6 +214,23 @@ def engine_target(bundle, api, precision, options):
     return onnx_path, sha256_file(onnx_path), name
 
 
+def up_to_date(entry, sha, device):
+    """An engine listed as built from this ONNX for this GPU (the name holds the TensorRT
+    version, precision, batch and DLA core, but not the GPU: a folder copied from an Orin
+    to a Nano with the same JetPack has engines of the same names)."""
+    built_on = (entry or {}).get("device_name")
+    return bool(entry) and entry.get("onnx_sha256") == sha and \
+        built_on in (None, device.get("name"))
+
+
+def stale_reason(entry, sha, device, onnx_path):
+    """Why an engine file of the right name is built again (for the log)."""
+    if entry and entry.get("onnx_sha256") == sha:
+        return "it was built for the GPU '{}', this GPU is '{}'".format(
+            entry.get("device_name"), device.get("name"))
+    return "it was not built from the current {}".format(onnx_path)
+
+
 def build_for_bundle(bundle, api, device, options, overwrite=False):
     """Build (or reuse) the engine ``options`` describe; returns (path, entry, built?).
 
@@ -219,15 +242,14 @@ def build_for_bundle(bundle, api, device, options, overwrite=False):
     onnx_path, sha, name = engine_target(bundle, api, precision, options)
     for candidate in engines.engine_candidates(bundle.dir, name, sha):
         entry = engines.entry_for_file(bundle.info, bundle.dir, candidate, onnx_path)
-        if os.path.isfile(candidate) and entry and entry.get("onnx_sha256") == sha \
-                and not overwrite:
+        if os.path.isfile(candidate) and not overwrite and up_to_date(entry, sha, device):
             log.info("engine up to date: %s", candidate)
             return candidate, entry, False
     plan, dynamic = build_plan(api, onnx_path, precision, options, device["name"])
     path, in_cache = engines.place_engine(bundle.dir, name, sha)
     if os.path.exists(path) and not overwrite:
-        # same name, but no record of it being built from this ONNX: a stale cache file
-        log.warning("replacing %s: it was not built from the current %s", path, onnx_path)
+        entry = engines.entry_for_file(bundle.info, bundle.dir, path, onnx_path)
+        log.warning("replacing %s: %s", path, stale_reason(entry, sha, device, onnx_path))
     write_bytes(path, plan)
     entry = engines.make_entry(path, bundle.dir, api.version, device["name"], precision,
                                options.max_batch, options.dla_core, options.gpu_fallback,

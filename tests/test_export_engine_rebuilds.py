@@ -1,0 +1,58 @@
+"""``oncolens export engine`` deciding whether an engine of the right name is up to date,
+and what it records, through the TensorRT stand-in (tests/trt_standin.py)."""
+import json
+import os
+
+import trt_standin
+from conftest import run_cli
+from test_export_tensorrt_standin import _backend, _bundle_copy, cache, dyn_bundle  # noqa: F401
+
+
+def _listed(d):
+    return sorted((e["file"], e["device_name"])
+                  for e in json.load(open(os.path.join(d, "model.json")))["engines"])
+
+
+def test_an_engine_built_for_another_gpu_with_the_same_name_is_rebuilt(
+        dyn_bundle, tmp_path, cache, monkeypatch):
+    """Engine names hold no GPU: a folder copied from an Orin to a Nano with the same
+    TensorRT was "up to date" there, and the runtime then refused that engine, naming the
+    command that had just called it up to date; it is now built again for this GPU."""
+    state = trt_standin.install(monkeypatch, version="8.2.1.8", device_name="Orin")
+    d = _bundle_copy(dyn_bundle, tmp_path)
+    assert run_cli(["export", "engine", "--model-dir", d])[0] == 0
+    trt_standin.switch(device_name="NVIDIA Tegra X1")        # the folder copied to a Nano
+    code, out, err = run_cli(["export", "engine", "--model-dir", d])
+    assert code == 0, err
+    assert out.startswith("built ") and "GPU 'NVIDIA Tegra X1'" in out and state.builds == 2
+    name = "resnet18.onnx.1.1.8201.GPU.FP16.engine"
+    assert _listed(d) == [(name, "NVIDIA Tegra X1")]
+    backend = _backend(d)                                    # the runtime takes it now
+    assert backend.engine_path == os.path.join(d, name)
+    backend.close()
+    code, out, err = run_cli(["export", "engine", "--model-dir", d])
+    assert code == 0 and out.startswith("up to date:") and state.builds == 2
+
+
+def test_an_engine_listed_by_another_build_meanwhile_stays_listed(dyn_bundle, tmp_path, cache,
+                                                                   monkeypatch):
+    """Two builds at once (FP16 and FP32): each wrote back the model.json it had read when
+    it began, so the one that finished last dropped the other's entry, leaving its engine
+    unlisted; model.json is now read again just before the entry is added."""
+    from oncolens.appliance.backends import trt_build
+    trt_standin.install(monkeypatch, version="8.2.1.8")
+    d = _bundle_copy(dyn_bundle, tmp_path)
+    real = trt_build.build_plan
+    others = []
+
+    def meanwhile(*args, **kwargs):      # the FP32 build runs while FP16 is being built
+        plan = real(*args, **kwargs)
+        if not others:
+            others.append(None)
+            others[0] = run_cli(["export", "engine", "--model-dir", d, "--precision", "fp32"])
+        return plan
+    monkeypatch.setattr(trt_build, "build_plan", meanwhile)
+    code, out, err = run_cli(["export", "engine", "--model-dir", d, "--precision", "fp16"])
+    assert code == 0 and others[0][0] == 0, err
+    assert _listed(d) == [("resnet18.onnx.1.1.8201.GPU.FP16.engine", "NVIDIA Tegra X1"),
+                          ("resnet18.onnx.1.1.8201.GPU.FP32.engine", "NVIDIA Tegra X1")]
