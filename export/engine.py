@@ -65,7 +65,7 @@ def calibration_batch_size(bundle, args):
 
 def make_int8_calibrator(bundle, api, cuda, args):
     from oncolens.appliance.preprocess import Preprocessor
-    from oncolens.export.calibrate import CalibrationBatches, make_calibrator
+    from oncolens.export.calibrate import CalibrationBatches, cache_check, make_calibrator
     from oncolens.export.images import sample_paths
     cache = calibration_cache_path(bundle, api, args)
     batches = None
@@ -79,7 +79,9 @@ def make_int8_calibrator(bundle, api, cuda, args):
     elif not os.path.isfile(cache):
         raise UsageError("--precision int8 needs --calib-images DIR (real images, e.g. the "
                          "dataset) or an existing calibration cache ({} not found)".format(cache))
-    return make_calibrator(api.trt, cuda, batches, cache), cache
+    sha = bundle.model_sha256
+    read = cache_check(cache, sha, calibrating=batches is not None)
+    return make_calibrator(api.trt, cuda, batches, cache, onnx_sha256=sha, read=read), cache
 
 
 def build_engine(args):
