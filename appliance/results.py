@@ -367,7 +367,9 @@ class ResultsWriter(object):
             if self.fh is not None and not self.fh.closed:
                 self.flush()
                 self.fh.close()
-                if self.appended:  # the rows --resume made again replace the earlier ones
+                # the rows --resume made again replace the earlier ones (a run that wrote
+                # none has none to put in their place: the file was tidied when it opened)
+                if self.appended and self.lock.wrote_row:
                     from oncolens.appliance.results_redo import drop_redone
                     drop_redone(self.path, self.lock)
         finally:

@@ -7,11 +7,10 @@ is written anywhere.
 import re
 import socket
 
-from oncolens.appliance.web.limits import BodyTimeout
+from oncolens.appliance.web.limits import CHUNK, BodyTimeout
 from oncolens.appliance.web.upload import UploadError
 
 DRAIN_CAP = 64 << 20      # read (and drop) at most this much of an oversized body
-CHUNK = 1 << 16
 DIGITS = re.compile(r"[0-9]+\Z")  # a Content-Length: ASCII digits and nothing else
 
 

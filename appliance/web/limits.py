@@ -19,6 +19,7 @@ BODY_MIN_RATE = 64 << 10   # ... bytes a second, on average, from its first read
 UNAUTHORIZED_DRAIN = 5.0   # seconds the body of a request refused 401 is read (and dropped)
 MAX_CONNECTIONS = 32       # connections open at once (--max-connections); more get 503
 WRITE_PIECE = 64 << 10     # bytes of an answer sent at a time (one BODY_MIN_RATE second)
+CHUNK = 64 << 10           # bytes of a request read (or dropped) at a time
 
 
 class BodyTimeout(socket.timeout):

@@ -17,12 +17,11 @@ import time
 import uuid
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from oncolens.appliance.web.limits import (BODY_GRACE, BODY_MIN_RATE, HEADER_TIMEOUT,
+from oncolens.appliance.web.limits import (BODY_GRACE, BODY_MIN_RATE, CHUNK, HEADER_TIMEOUT,
                                            IDLE_TIMEOUT, MAX_CONNECTIONS, DeadlineReader,
                                            PieceWriter)
 
 log = logging.getLogger(__name__)
-CHUNK = 1 << 16
 
 
 # What the HTTP layer itself refuses (before the app sees the request): code and message.
