@@ -44,17 +44,17 @@ def build_parser():
     return p
 
 
-def calibration_cache_path(bundle, api, args):
-    """jetson-inference's name: <engine name without .engine>.calibration, beside the engine."""
+def calibration_cache_path(bundle, api, args, onnx_sha256):
+    """jetson-inference's name: <engine name without .engine>.calibration, beside the engine
+    (for a read-only model folder, in the cache folder of the ONNX ``onnx_sha256``)."""
     if args.calib_cache:
         return args.calib_cache
-    from oncolens.appliance.bundle import sha256_file
     name = engines.engine_file_name(bundle.onnx_path, args.max_batch, api.version, "int8",
                                     args.dla_core, not args.no_gpu_fallback)
     name = name[:-len(".engine")] + ".calibration"
     if engines.folder_is_writable(bundle.dir):
         return os.path.join(bundle.dir, name)
-    return os.path.join(engines.cache_dir_for(sha256_file(bundle.onnx_path)), name)
+    return os.path.join(engines.cache_dir_for(onnx_sha256), name)
 
 
 def calibration_batch_size(bundle, args):
@@ -64,10 +64,12 @@ def calibration_batch_size(bundle, args):
 
 
 def make_int8_calibrator(bundle, api, cuda, args):
+    from oncolens.appliance.bundle import sha256_file
     from oncolens.appliance.preprocess import Preprocessor
     from oncolens.export.calibrate import CalibrationBatches, cache_check, make_calibrator
     from oncolens.export.images import sample_paths
-    cache = calibration_cache_path(bundle, api, args)
+    sha = sha256_file(bundle.onnx_path)  # the ONNX the engine is built from, hashed once
+    cache = calibration_cache_path(bundle, api, args, sha)
     batches = None
     if args.calib_images:
         paths = sample_paths(args.calib_images, args.calib_count, split="train",
@@ -79,7 +81,6 @@ def make_int8_calibrator(bundle, api, cuda, args):
     elif not os.path.isfile(cache):
         raise UsageError("--precision int8 needs --calib-images DIR (real images, e.g. the "
                          "dataset) or an existing calibration cache ({} not found)".format(cache))
-    sha = bundle.model_sha256
     read = cache_check(cache, sha, calibrating=batches is not None)
     return make_calibrator(api.trt, cuda, batches, cache, onnx_sha256=sha, read=read), cache
 
