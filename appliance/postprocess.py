@@ -29,7 +29,7 @@ def drawable(label):
     folded = "".join(c for c in unicodedata.normalize("NFKD", label)
                      if not unicodedata.combining(c))
     text = "".join(c if " " <= c <= "~" else "?" for c in folded)
-    return text, all(" " <= c <= "~" for c in folded)
+    return text, text == folded
 
 
 def overlay_text(pred):

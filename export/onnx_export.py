@@ -10,8 +10,8 @@ import warnings
 from oncolens.appliance.archs import CHECKPOINT_SUFFIXES, load_checkpoint, model_from_checkpoint
 from oncolens.appliance.bundle import (CAM_OUTPUT_NAME, DEFAULT_INPUT_NAME,
                                        DEFAULT_OUTPUT_NAME, LABELS_TXT, MODEL_JSON, Bundle,
-                                       model_info_writer, new_model_info, read_labels,
-                                       labels_text, read_model_info, sha256_file)
+                                       labels_text, model_info_writer, new_model_info,
+                                       read_labels, read_model_info, sha256_file)
 from oncolens.appliance.engines import ENGINE_SUFFIXES
 from oncolens.appliance.errors import BundleError, OncoLensError, UsageError, plural
 from oncolens.appliance.outpaths import (check_output_dir, check_output_file,
