@@ -88,8 +88,8 @@ class EarlierCopies(object):
         return real
 
     def warn_unrecorded(self, results):
-        """Once the earlier results file is read (or found not there): where no record of the earlier copies was read
-        and OUTDIR held files, say that those may remain."""
+        """Once the earlier results file is read (or found not there): where no record of
+        the earlier copies was read and OUTDIR held files, say that those may remain."""
         if self.recorded or not self.held:
             return
         why = self.unrecorded or ("no --results file records the copies of an earlier run"
