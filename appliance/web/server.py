@@ -305,15 +305,24 @@ class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
             self._in_flight -= 1
             self._idle.notify_all()
 
-    def wait_idle(self, timeout):
+    def wait_idle(self, timeout, tick=None, step=0.5):
         """Wait until every request read so far is answered, up to ``timeout`` seconds: the
         number still in flight then (0: all answered). A connection still sending its
-        request line or headers is no request yet, and is not waited for."""
+        request line or headers is no request yet, and is not waited for. ``tick`` (the
+        systemd watchdog's ping) is called at least every ``step`` seconds meanwhile."""
         deadline = time.time() + timeout
         with self._idle:
             while self._in_flight and time.time() < deadline:
-                self._idle.wait(min(0.5, max(0.0, deadline - time.time())))
+                if tick is not None:
+                    tick()
+                self._idle.wait(min(step, max(0.0, deadline - time.time())))
             return self._in_flight
+
+    heartbeat = None   # called from serve_forever's loop (every poll): the watchdog's ping
+
+    def service_actions(self):
+        if self.heartbeat is not None:
+            self.heartbeat()
 
     def server_bind(self):
         # HTTPServer.server_bind looks the host name up (getfqdn): skip that slow lookup
