@@ -140,6 +140,7 @@ class ServeApp(object):
         # what the HTTP layer refuses before this application sees it (server.py)
         application.refused = self.refused_before_routes
         application.watch_connections = self.watch_connections   # server.py's set_app
+        application.tick = self.audit.tick   # server.py's loop: audit summaries that are due
         return application
 
     def _routed(self, inner, environ, start, rid):
@@ -158,7 +159,7 @@ class ServeApp(object):
         cannot be trusted then (it may have been an upload). Its audit line names the client
         (the socket peer) but no method or path: the request line was not trusted."""
         self.metrics.observe_request("other", status)
-        self.audit_refusal(rid, status, {"client": client_field(client)})
+        self.audit_refusal(rid, status, {"client": client_field(client)}, limited=True)
 
     def audit_write(self, environ, status, input_sha256=None, label=None, confidence=None):
         """The audit line of a request the middleware saw (its method, path, client and
@@ -168,11 +169,16 @@ class ServeApp(object):
                          self.model_sha256, label, confidence,
                          request=environ.get("oncolens.audit"))
 
-    def audit_refusal(self, rid, status, request=None):
-        """An audit line for a request refused outside /classify's own handling; a failure to
-        write it is logged, never raised (the refusal is answered all the same)."""
+    def audit_refusal(self, rid, status, request=None, limited=False):
+        """An audit line for a request refused outside /classify's own handling (``limited``:
+        by the HTTP layer, so a few a minute per client, the rest summed up: audit_limit.py);
+        a failure to write it is logged, never raised (the refusal is answered all the
+        same)."""
         try:
-            self.audit.write(rid, status, None, self.model_sha256, request=request)
+            if limited:
+                self.audit.write_limited(rid, status, self.model_sha256, request=request)
+            else:
+                self.audit.write(rid, status, None, self.model_sha256, request=request)
         except Exception:   # the audit log itself may be what failed (a full disk)
             log.exception("%s: cannot write the audit log", rid)
 

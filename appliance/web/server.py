@@ -165,11 +165,10 @@ class QuietHandler(WSGIRequestHandler):
                 self.server.request_ended()
 
     refused = False      # the HTTP layer answered it (refuse)
-    input_left = False   # the client may still be sending: its socket's close lingers
+    input_left = False   # the client may still be sending (its close lingers): _input_left
 
     def _input_left(self):
-        """Whether the client may still be sending once answered: the HTTP layer refused
-        the request, or its body was not read to its end (401, 411, 413, ...)."""
+        """The HTTP layer refused it, or its body was not read to its end (401, 413, ...)."""
         if self.refused:
             return True
         headers = getattr(self, "headers", None)
@@ -274,9 +273,8 @@ class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
             raise
 
     def process_request_thread(self, request, client_address):
-        """ThreadingMixIn's, but a connection whose client may still be sending (the
-        handler's ``input_left``) is closed softly (linger.py): closed at once, its unread
-        bytes made the system send a reset, which could cut off the answer."""
+        """ThreadingMixIn's, but a client that may still be sending (``input_left``) gets a
+        lingering close (linger.py): closed at once, its unread bytes made a reset."""
         handler = None
         try:
             handler = self.RequestHandlerClass(request, client_address, self)
@@ -350,8 +348,10 @@ class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
     heartbeat = None   # called from serve_forever's loop (every poll): the watchdog's ping
 
     def service_actions(self):
-        if self.heartbeat is not None:
-            self.heartbeat()
+        tick = getattr(self.get_app(), "tick", None)   # ServeApp: audit summaries due
+        for call in (tick, self.heartbeat):
+            if call is not None:
+                call()
 
     def server_bind(self):
         # HTTPServer.server_bind looks the host name up (getfqdn): skip that slow lookup
