@@ -2,7 +2,9 @@
 
 The appliance calls ``ready()`` once the model is loaded and the source is open,
 ``watchdog()`` for every frame (rate-limited here to half the watchdog interval), and
-``stopping()`` on shutdown.  When ``$NOTIFY_SOCKET`` is unset every call does nothing.
+``stopping()`` on shutdown.  ``oncolens serve`` pings from its accept loop and says
+``stopping()`` as its drain of the requests in flight begins, pinging on through it.
+When ``$NOTIFY_SOCKET`` is unset every call does nothing.
 """
 import logging
 import os
@@ -59,8 +61,9 @@ class Notifier(object):
         self._last_ping = now
         return self.send("WATCHDOG=1")
 
-    def stopping(self):
-        return self.send("STOPPING=1")
+    def stopping(self, status=None):
+        """STOPPING=1, with a STATUS= line when ``status`` is given (what the stop waits for)."""
+        return self.send("STOPPING=1" + ("\nSTATUS=" + status if status else ""))
 
     def close(self):
         if self._sock is not None:

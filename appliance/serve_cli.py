@@ -112,19 +112,27 @@ def _stop_on_sigterm(server):
         pass
 
 
-def _finish_in_flight(server):
+def _finish_in_flight(server, notifier):
     """After a SIGTERM: no new connection is taken (the listening socket is closed), and the
     requests already read get their answers, for up to STOP_GRACE seconds, before the model,
     the queue and the audit log are closed. Those were closed at once: a request in flight
-    was cut off unanswered, its result and audit line lost."""
+    was cut off unanswered, its result and audit line lost. systemd hears STOPPING=1 (and
+    what is waited for) as the drain begins, and the watchdog's pings go on through it:
+    STOPPING=1 came only after the drain, and no ping at all, so a WatchdogSec under the
+    drain's length could have the unit killed while it answered."""
     server.httpd.server_close()
     busy = server.httpd.wait_idle(0)
-    if busy:
-        log.info("stopping: finishing %d request(s) in flight (up to %g s)", busy, STOP_GRACE)
-        left = server.httpd.wait_idle(STOP_GRACE)
-        if left:
-            log.warning("stopping with %d request(s) still unanswered after %g s", left,
-                        STOP_GRACE)
+    if not busy:
+        notifier.stopping("stopping")
+        return
+    log.info("stopping: finishing %d request(s) in flight (up to %g s)", busy, STOP_GRACE)
+    notifier.stopping("stopping: finishing {} request(s) in flight (up to {:g} s)".format(
+        busy, STOP_GRACE))
+    left = server.httpd.wait_idle(STOP_GRACE, notifier.watchdog,
+                                  min(0.5, notifier.ping_every / 2.0))
+    if left:
+        log.warning("stopping with %d request(s) still unanswered after %g s", left,
+                    STOP_GRACE)
 
 
 @cli_entry("oncolens serve")
@@ -169,11 +177,15 @@ def main(argv):
     sys.stdout.flush()
     notifier = Notifier()
     notifier.ready("serving on {}".format(server.url))
+    server.httpd.heartbeat = notifier.watchdog   # WATCHDOG=1 while the accept loop runs
+    stopping = False
     try:
         server.serve_forever()
-        _finish_in_flight(server)   # SIGTERM: the requests already read are answered
+        stopping = True
+        _finish_in_flight(server, notifier)   # SIGTERM: the requests already read are answered
     finally:
-        notifier.stopping()
+        if not stopping:
+            notifier.stopping()
         server.httpd.server_close()
         app.close()
         audit.close()

@@ -21,7 +21,7 @@ from oncolens.appliance.web.audit import AuditLog, client_field, request_fields,
 from oncolens.appliance.web.auth import token_ok
 from oncolens.appliance.web.metrics import CONTENT_TYPE as METRICS_TYPE, PATHS, Metrics
 from oncolens.appliance.web.classify import handle_classify
-from oncolens.appliance.web.limits import UNAUTHORIZED_DRAIN
+from oncolens.appliance.web.limits import TOO_LARGE_DRAIN, UNAUTHORIZED_DRAIN
 from oncolens.appliance.web.queue import InferenceQueue
 from oncolens.appliance.web.body import DIGITS, drain, image_bytes, read_body
 from oncolens.appliance.web.upload import (UploadError, check_image, decode_upload,
@@ -140,6 +140,7 @@ class ServeApp(object):
         # what the HTTP layer refuses before this application sees it (server.py)
         application.refused = self.refused_before_routes
         application.watch_connections = self.watch_connections   # server.py's set_app
+        application.tick = self.audit.tick   # server.py's loop: audit summaries that are due
         return application
 
     def _routed(self, inner, environ, start, rid):
@@ -158,7 +159,7 @@ class ServeApp(object):
         cannot be trusted then (it may have been an upload). Its audit line names the client
         (the socket peer) but no method or path: the request line was not trusted."""
         self.metrics.observe_request("other", status)
-        self.audit_refusal(rid, status, {"client": client_field(client)})
+        self.audit_refusal(rid, status, {"client": client_field(client)}, limited=True)
 
     def audit_write(self, environ, status, input_sha256=None, label=None, confidence=None):
         """The audit line of a request the middleware saw (its method, path, client and
@@ -168,11 +169,16 @@ class ServeApp(object):
                          self.model_sha256, label, confidence,
                          request=environ.get("oncolens.audit"))
 
-    def audit_refusal(self, rid, status, request=None):
-        """An audit line for a request refused outside /classify's own handling; a failure to
-        write it is logged, never raised (the refusal is answered all the same)."""
+    def audit_refusal(self, rid, status, request=None, limited=False):
+        """An audit line for a request refused outside /classify's own handling (``limited``:
+        by the HTTP layer, so a few a minute per client, the rest summed up: audit_limit.py);
+        a failure to write it is logged, never raised (the refusal is answered all the
+        same)."""
         try:
-            self.audit.write(rid, status, None, self.model_sha256, request=request)
+            if limited:
+                self.audit.write_limited(rid, status, self.model_sha256, request=request)
+            else:
+                self.audit.write(rid, status, None, self.model_sha256, request=request)
         except Exception:   # the audit log itself may be what failed (a full disk)
             log.exception("%s: cannot write the audit log", rid)
 
@@ -184,8 +190,9 @@ class ServeApp(object):
             self.metrics.observe_error("unauthorized")
         self.audit_refusal(rid, 401, environ.get("oncolens.audit"))
 
-    # seconds the body of a request refused 401 is read, at most (limits.py)
+    # seconds the body of a request refused 401 (or 413) is read, at most (limits.py)
     unauthorized_drain = UNAUTHORIZED_DRAIN
+    too_large_drain = TOO_LARGE_DRAIN
 
     def drop_body(self, environ, seconds=None):
         """Read and drop the body of a refused request (up to --max-upload-mb), so that the
@@ -337,7 +344,7 @@ class ServeApp(object):
         """(bytes, format, rgb, low-bits peak) of the request's image (the peak: the highest
         sample of a 16-bit image that uses only its low bits, else None); UploadError when
         refused."""
-        data = image_bytes(environ, read_body(environ, self.max_bytes))
+        data = image_bytes(environ, read_body(environ, self.max_bytes, self.too_large_drain))
         resized = self.resized_size if getattr(self.classifier, "preprocessor", None) else None
         fmt = check_image(data, self.max_pixels, resized)[0]  # before waiting for a slot
         if not self._decoding.acquire(timeout=self.timeout):

@@ -1,6 +1,7 @@
 """The audit log: one JSON object a line per /classify request (refused ones included), per
 request refused on any other path (401 for its token, 404, 405, 500) and per request the HTTP
-layer refused before a route saw it, for traceability.
+layer refused before a route saw it, for traceability (those last limited per client:
+audit_limit.py).
 
 Each line: time (UTC, ISO 8601), request_id, status, input_sha256, model_sha256, label,
 confidence, and who asked for what: method, path (never the query string, which may carry
@@ -17,10 +18,12 @@ import json
 import logging
 import os
 import threading
+import time
 from urllib.parse import quote
 
 from oncolens.appliance.errors import UsageError
 from oncolens.appliance.outpaths import check_output_file
+from oncolens.appliance.web.audit_limit import RefusalLimiter
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +124,10 @@ def add_audit_flags(parser):
     (for its --serve and http:// outputs) take them; ``check_audit_flags`` checks them."""
     parser.add_argument("--audit-log", metavar="FILE",
                         help="append one JSON line per /classify request (and per request "
-                             "refused on any path: 401, 404, 405, or by the HTTP layer) to "
-                             "FILE; each names the method, path and client address")
+                             "refused on any path: 401, 404, 405, or by the HTTP layer, whose "
+                             "lines are 5 a minute per client and status, the rest summed "
+                             "up in one) to FILE; each names the method, path and client "
+                             "address")
     parser.add_argument("--trusted-proxy", metavar="ADDR", action="append",
                         help="a reverse proxy's IP address or network (10.0.0.0/8); may be "
                              "given more than once: on requests from one, the audit log also "
@@ -230,6 +235,21 @@ class AuditLog(object):
         self.path = path
         self._lock = threading.Lock()
         self._fh = open_audit_file(path) if path else None
+        self.limiter = RefusalLimiter()   # the HTTP layer's refusals: write_limited
+
+    @staticmethod
+    def _record(request_id, status, input_sha256, model_sha256, label, confidence, request):
+        record = {"time": utc_now(), "request_id": request_id, "status": int(status),
+                  "input_sha256": input_sha256, "model_sha256": model_sha256, "label": label,
+                  "confidence": None if confidence is None else round(float(confidence), 6)}
+        for name in REQUEST_FIELDS:
+            record[name] = (request or {}).get(name)
+        return record
+
+    def _emit(self, record):
+        """One line (under the lock, the file open)."""
+        self._fh.write(json.dumps(record, sort_keys=True) + u"\n")
+        self._fh.flush()
 
     def write(self, request_id, status, input_sha256=None, model_sha256=None, label=None,
               confidence=None, request=None):
@@ -237,21 +257,57 @@ class AuditLog(object):
         when not given, e.g. a request the HTTP layer refused before it was parsed)."""
         if self._fh is None:
             return None
-        record = {"time": utc_now(), "request_id": request_id, "status": int(status),
-                  "input_sha256": input_sha256, "model_sha256": model_sha256, "label": label,
-                  "confidence": None if confidence is None else round(float(confidence), 6)}
-        for name in REQUEST_FIELDS:
-            record[name] = (request or {}).get(name)
-        line = json.dumps(record, sort_keys=True)
+        record = self._record(request_id, status, input_sha256, model_sha256, label,
+                              confidence, request)
         with self._lock:
-            self._fh.write(line + u"\n")
-            self._fh.flush()
+            self._emit(record)
         return record
+
+    def write_limited(self, request_id, status, model_sha256=None, request=None):
+        """The line of a refusal by the HTTP layer, unless its client had ``limiter.lines``
+        of that status written within the window already: then it is counted, and a
+        summary line (``suppressed``: the count, ``since``: the window's start) written
+        when the window ends (``tick``) or the log closes. The record, or None."""
+        if self._fh is None:
+            return None
+        record = self._record(request_id, status, None, model_sha256, None, None, request)
+        with self._lock:
+            written, due = self.limiter.admit(record["client"], record["status"],
+                                              time.time(), record["time"], model_sha256)
+            self._summaries(due)
+            if written:
+                self._emit(record)
+        return record if written else None
+
+    def _summaries(self, due):
+        for client, status, window in due:
+            record = self._record(None, status, None, window.model_sha256, None, None,
+                                  {"client": client})
+            record.update(suppressed=window.suppressed, since=window.since)
+            self._emit(record)
+
+    def tick(self):
+        """The summaries of the windows that have ended (the server's loop calls it); a
+        failure to write them is logged, never raised."""
+        with self._lock:
+            if self._fh is None:
+                return
+            try:
+                self._summaries(self.limiter.sweep(time.time()))
+            except (OSError, IOError, ValueError) as exc:
+                log.error("audit log %s: a summary line lost (%s)", self.path,
+                          getattr(exc, "strerror", None) or exc)
 
     def close(self):
         with self._lock:
             if self._fh is not None:
-                fh, self._fh = self._fh, None
+                fh = self._fh
+                try:
+                    self._summaries(self.limiter.flush())
+                except (OSError, IOError, ValueError) as exc:
+                    log.error("audit log %s: summary lines lost on closing (%s)", self.path,
+                              getattr(exc, "strerror", None) or exc)
+                self._fh = None
                 try:
                     fh.close()
                 except (OSError, IOError) as exc:  # lines that could not be written (full disk)

@@ -31,10 +31,13 @@ def drain(stream, remaining):
         pass
 
 
-def read_body(environ, max_bytes):
+def read_body(environ, max_bytes, too_large_drain=None):
     """The request body (a bytearray of its Content-Length, allocated once and read into:
     a body gathered in pieces and joined took twice its size at the end), read only when
-    its Content-Length is within ``max_bytes``."""
+    its Content-Length is within ``max_bytes``. Over it, the body is read and dropped for
+    ``too_large_drain`` seconds at most (when given: the server's reader is cut off then),
+    and 413: that drain was bounded by the body's pace alone, so a slow client held its
+    thread for up to 17 minutes (64 MiB at 64 KiB/s)."""
     if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
         raise UploadError(411, "length_required",
                           "send the image with a Content-Length (chunked bodies are refused)")
@@ -49,6 +52,9 @@ def read_body(environ, max_bytes):
     length = int(declared)
     stream = environ["wsgi.input"]
     if length > max_bytes:
+        cut_off = environ.get("oncolens.body_cut_off")   # server.py's reader
+        if too_large_drain is not None and cut_off is not None:
+            cut_off(too_large_drain)
         drain(stream, length)
         raise UploadError(413, "too_large", "upload of {} bytes is over the limit of {} bytes "
                           "(--max-upload-mb)".format(length, max_bytes))

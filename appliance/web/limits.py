@@ -17,6 +17,10 @@ HEADER_TIMEOUT = 20.0      # seconds the request line and headers may take, all 
 BODY_GRACE = 20.0          # seconds a body may lag behind BODY_MIN_RATE ...
 BODY_MIN_RATE = 64 << 10   # ... bytes a second, on average, from its first read
 UNAUTHORIZED_DRAIN = 5.0   # seconds the body of a request refused 401 is read (and dropped)
+TOO_LARGE_DRAIN = 5.0      # ... and of one refused 413 (over --max-upload-mb)
+LINGER_SECONDS = 2.0       # a refused client still sending: seconds its bytes are read and
+LINGER_BYTES = 16 << 20    # dropped after the answer, at most, and bytes (linger.py) ...
+MAX_LINGERING = 64         # ... on this many connections at once (more are closed at once)
 MAX_CONNECTIONS = 32       # connections open at once (--max-connections); more get 503
 WRITE_PIECE = 64 << 10     # bytes of an answer sent at a time (one BODY_MIN_RATE second)
 CHUNK = 64 << 10           # bytes of a request read (or dropped) at a time
@@ -92,6 +96,11 @@ class DeadlineReader(io.RawIOBase):
             count = self._sock.recv_into(buf)
         self.received += count
         return count
+
+    @property
+    def body_received(self):
+        """Bytes of the body received so far (read by the app or buffered for it)."""
+        return self._body_received
 
     def headers_read(self):
         """The request's head has arrived: from now on the body's pace applies."""

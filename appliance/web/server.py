@@ -10,6 +10,7 @@ reach a log); the app logs each request with its request id.
 import io
 import json
 import logging
+import re
 import socket
 import socketserver
 import threading
@@ -17,11 +18,13 @@ import time
 import uuid
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from oncolens.appliance.web.limits import (BODY_GRACE, BODY_MIN_RATE, CHUNK, HEADER_TIMEOUT,
+from oncolens.appliance.web.limits import (BODY_GRACE, BODY_MIN_RATE, HEADER_TIMEOUT,
                                            IDLE_TIMEOUT, MAX_CONNECTIONS, DeadlineReader,
                                            PieceWriter)
+from oncolens.appliance.web.linger import Lingerer
 
 log = logging.getLogger(__name__)
+LENGTH = re.compile(r"[0-9]+\Z")   # a Content-Length: ASCII digits and nothing else
 
 
 # What the HTTP layer itself refuses (before the app sees the request): code and message.
@@ -156,9 +159,23 @@ class QuietHandler(WSGIRequestHandler):
             self.refuse(408, "header_timeout", "the request line and headers did not arrive "
                         "within {:g} s".format(self.header_timeout))
         finally:
+            self.input_left = self._input_left()
             if self.in_flight:
                 self.in_flight = False
                 self.server.request_ended()
+
+    refused = False      # the HTTP layer answered it (refuse)
+    input_left = False   # the client may still be sending (its close lingers): _input_left
+
+    def _input_left(self):
+        """The HTTP layer refused it, or its body was not read to its end (401, 413, ...)."""
+        if self.refused:
+            return True
+        headers = getattr(self, "headers", None)
+        if headers is None or self.content_length is None:
+            return headers is not None and bool(headers.get("Transfer-Encoding"))
+        declared = self.content_length.strip()
+        return not (LENGTH.match(declared) and int(declared) <= self.reader.body_received)
 
     def _check_content_length(self):
         """RFC 9112 section 6.3: Content-Length values that differ (two headers, or a list
@@ -193,6 +210,7 @@ class QuietHandler(WSGIRequestHandler):
         written to the audit log, as every refused request is."""
         rid, body = refusal(self.server.get_app(), code, name, text, self.client_address)
         self.close_connection = True
+        self.refused = True
         if getattr(self, "request_version", None) not in ("HTTP/1.0", "HTTP/1.1"):
             self.request_version = "HTTP/1.0"   # a status line and headers, whatever was sent
         try:
@@ -232,6 +250,7 @@ class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
         self._connections = 0    # connections with a thread of their own
         self._refused = 0        # connections answered 503 for the cap, since the start
         self._count_lock = threading.Lock()
+        self.lingerer = Lingerer()   # the close of a client still sending (linger.py)
         WSGIServer.__init__(self, *args, **kwargs)
 
     def process_request(self, request, client_address):
@@ -254,10 +273,21 @@ class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
             raise
 
     def process_request_thread(self, request, client_address):
+        """ThreadingMixIn's, but a client that may still be sending (``input_left``) gets a
+        lingering close (linger.py): closed at once, its unread bytes made a reset."""
+        handler = None
         try:
-            socketserver.ThreadingMixIn.process_request_thread(self, request, client_address)
+            handler = self.RequestHandlerClass(request, client_address, self)
+        except Exception:
+            self.handle_error(request, client_address)
         finally:
-            self._connection_ended()
+            try:
+                if handler is not None and handler.input_left:
+                    self.lingerer.close_softly(request)
+                else:
+                    self.shutdown_request(request)
+            finally:
+                self._connection_ended()
 
     def _connection_ended(self):
         with self._count_lock:
@@ -278,8 +308,8 @@ class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
     def refuse_connection(self, request, client_address):
         """503 ``too_many_connections`` from the accepting thread, at once and without
         waiting for a byte of the request (no thread is started for it), counted and
-        audited as the HTTP layer's other refusals; what the client already sent is read
-        and dropped, so that its socket sees the answer rather than a reset."""
+        audited as the HTTP layer's other refusals; its close lingers (linger.py), so that
+        a client still sending sees the answer rather than a reset."""
         rid, body = refusal(self.get_app(), 503, "too_many_connections", "the server has {} "
                             "connections open, its limit (--max-connections): try again in a "
                             "moment".format(self.max_connections), client_address)
@@ -289,12 +319,9 @@ class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
         try:
             request.setblocking(False)     # never wait for this client
             request.send(head.encode("ascii") + body)
-            for _ in range(16):            # what has arrived already, 1 MiB at most
-                if not request.recv(CHUNK):
-                    break
-        except OSError:                    # nothing more to read now, or the client left
+        except OSError:                    # the client left (or its window is shut)
             pass
-        self.shutdown_request(request)
+        self.lingerer.close_softly(request)
 
     def request_began(self):
         with self._idle:
@@ -305,15 +332,26 @@ class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
             self._in_flight -= 1
             self._idle.notify_all()
 
-    def wait_idle(self, timeout):
+    def wait_idle(self, timeout, tick=None, step=0.5):
         """Wait until every request read so far is answered, up to ``timeout`` seconds: the
         number still in flight then (0: all answered). A connection still sending its
-        request line or headers is no request yet, and is not waited for."""
+        request line or headers is no request yet, and is not waited for. ``tick`` (the
+        systemd watchdog's ping) is called at least every ``step`` seconds meanwhile."""
         deadline = time.time() + timeout
         with self._idle:
             while self._in_flight and time.time() < deadline:
-                self._idle.wait(min(0.5, max(0.0, deadline - time.time())))
+                if tick is not None:
+                    tick()
+                self._idle.wait(min(step, max(0.0, deadline - time.time())))
             return self._in_flight
+
+    heartbeat = None   # called from serve_forever's loop (every poll): the watchdog's ping
+
+    def service_actions(self):
+        tick = getattr(self.get_app(), "tick", None)   # ServeApp: audit summaries due
+        for call in (tick, self.heartbeat):
+            if call is not None:
+                call()
 
     def server_bind(self):
         # HTTPServer.server_bind looks the host name up (getfqdn): skip that slow lookup

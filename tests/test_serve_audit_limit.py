@@ -1,0 +1,86 @@
+"""The audit lines of what the HTTP layer refuses are limited per client: a few a window,
+the rest summed up in one line; /classify's lines never are, and /metrics counts all."""
+import json
+import time
+
+import pytest
+
+from serve_util import metric, raw_http, request, running
+
+GARBAGE = b"GARBAGE /classify\r\n\r\n"   # refused 400 by the HTTP layer
+
+
+def audit_lines(path):
+    with open(path) as fh:
+        return [json.loads(line) for line in fh.read().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def classifier(tiny_bundle):
+    from oncolens.appliance.classifier import Classifier
+    clf = Classifier.open(tiny_bundle, backend="onnxruntime")
+    yield clf
+    clf.close()
+
+
+def test_a_flood_of_refusals_writes_a_few_lines_and_a_summary_at_shutdown(classifier,
+                                                                           tmp_path):
+    """Each connection the HTTP layer refused wrote an audit line, so a flood grew the log
+    without bound. Now the first 5 of a client's refusals with one status in a minute are
+    written, the rest counted into one summary line (written here as the log closes);
+    /metrics still counts every one, and every /classify request is still written."""
+    audit = str(tmp_path / "audit.jsonl")
+    with running(classifier, audit_log=audit) as (url, app):
+        refused = [raw_http(url, GARBAGE)[1]["x-request-id"] for _ in range(20)]
+        for _ in range(8):   # failed uploads: never limited
+            assert raw_http(url, b"POST /classify HTTP/1.0\r\nContent-Length: 3\r\n\r\n"
+                                 b"abc")[0] == 415
+        text = request(url, "/metrics").body.decode("utf-8")
+        model_sha256 = app.model_sha256
+    assert metric(text, "oncolens_http_requests_total", path="other", code="400") == 20
+    lines = audit_lines(audit)
+    written = [r for r in lines if r["path"] is None and "suppressed" not in r]
+    assert [r["request_id"] for r in written] == refused[:5]
+    summary = [r for r in lines if "suppressed" in r]
+    assert len(summary) == 1, lines
+    assert (summary[0]["suppressed"], summary[0]["status"], summary[0]["client"],
+            summary[0]["request_id"], summary[0]["method"], summary[0]["model_sha256"]) == (
+        15, 400, "127.0.0.1", None, None, model_sha256)
+    assert summary[0]["since"] == written[0]["time"]
+    assert len([r for r in lines if r["path"] == "/classify" and r["status"] == 415]) == 8
+
+
+def test_the_summary_is_written_when_the_window_ends(classifier, tmp_path, monkeypatch):
+    """While the server runs, the count of a window's unwritten refusals is written once the
+    window ends (by the server's loop, with no further request); the next refusal starts a
+    new window and is written."""
+    from oncolens.appliance.web.audit_limit import RefusalLimiter
+    monkeypatch.setattr(RefusalLimiter, "window", 0.5)
+    monkeypatch.setattr(RefusalLimiter, "lines", 2)
+    audit = str(tmp_path / "audit.jsonl")
+    with running(classifier, audit_log=audit) as (url, app):
+        for _ in range(6):
+            raw_http(url, GARBAGE)
+        for _ in range(200):
+            summary = [r for r in audit_lines(audit) if "suppressed" in r]
+            if summary:
+                break
+            time.sleep(0.05)
+        assert [r["suppressed"] for r in summary] == [4]
+        rid = raw_http(url, GARBAGE)[1]["x-request-id"]
+        assert audit_lines(audit)[-1]["request_id"] == rid
+    assert len(audit_lines(audit)) == 2 + 1 + 1   # nothing left to sum up at the close
+
+
+def test_the_limiter_follows_so_many_clients_then_counts_the_rest_together():
+    """A flood from many addresses cannot grow the limiter's table without bound: beyond
+    ``max_clients`` pairs, refusals share one pair whose client is null."""
+    from oncolens.appliance.web.audit_limit import RefusalLimiter
+    limiter = RefusalLimiter()
+    limiter.max_clients, limiter.lines = 3, 1
+    verdicts = [limiter.admit("10.0.0.{}".format(n), 503, 100.0, "t", None)[0]
+                for n in range(10)]
+    assert verdicts == [True, True, True, True] + [False] * 6
+    ended = limiter.flush()
+    assert [(client, status, window.suppressed) for client, status, window in ended] == [
+        (None, 503, 6)]
