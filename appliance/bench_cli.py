@@ -11,7 +11,7 @@ import os
 
 from oncolens.appliance.batch_cli import add_model_flags, resolve_model
 from oncolens.appliance.cliutil import (OneLineParser, cli_entry, normalize_flags,
-                                        setup_logging, sigterm_as_interrupt)
+                                        setup_logging, sigterm_as_interrupt, signals_held)
 from oncolens.appliance.errors import UsageError, plural
 from oncolens.appliance.outpaths import check_output_file, check_text_file, replace_text
 
@@ -301,9 +301,13 @@ def main(argv):
             result = run_bench(cfg)
         except KeyboardInterrupt as exc:
             if getattr(exc, "result", None) is not None:
-                exc.hint = _report(args, exc.result)
-            raise
-        _report(args, result)
+                try:
+                    with signals_held():  # a second stop waits for the --json, written whole
+                        exc.hint = _report(args, exc.result)
+                except KeyboardInterrupt:  # ... and changes nothing: the first one ends it
+                    pass
+            raise exc
+        _report_finished(args, result)
     # a run that failed while measuring: the figures are kept, but the bench is incomplete
     return 0 if result["runs"] and not result["failed"] else 1
 
@@ -311,6 +315,20 @@ def main(argv):
 def measured_any(result):
     """Whether ``result`` holds a figure: a row, or the naive loop's."""
     return bool(result["runs"] or (result.get("baseline") or {}).get("end_to_end_ips"))
+
+
+def _report_finished(args, result):
+    """_report of a finished bench with Ctrl-C and SIGTERM held: a stop that comes while
+    the table is printed and --json written (it was the earlier file left and exit 143, the
+    figures lost) waits for the file to be whole, then ends the run (130 or 143) with a line
+    saying where the figures are."""
+    try:
+        with signals_held():
+            _report(args, result)
+    except KeyboardInterrupt as exc:
+        exc.hint = "the bench had finished: its figures are in the table above{}".format(
+            " and in {}".format(args.json) if args.json else " (no --json file)")
+        raise
 
 
 def _report(args, result):

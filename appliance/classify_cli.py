@@ -64,8 +64,8 @@ def build_parser():
     p.add_argument("input", help="image, folder, quoted glob, video file, csi://0, /dev/video0, "
                                  "v4l2:///dev/video0, rtsp://..., rtp://@:1234")
     p.add_argument("output", nargs="?", default=None,
-                   help="image file, folder (ending in / or no type; input names kept), "
-                        "out_%%i.jpg, video (.mp4/.avi/.mkv/.mov/.m4v), display://0 (the "
+                   help="image file, folder (ending in /, no type, or an existing folder; "
+                        "input names kept), out_%%i.jpg, video (.mp4/.avi/.mkv/.mov/.m4v), display://0 (the "
                         "default), rtp://host:port")
     g = p.add_argument_group("model (imageNet flags)")
     g.add_argument("--model", help="model folder, .onnx, engine (.engine/.trt/.plan) or "

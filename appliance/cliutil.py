@@ -98,6 +98,31 @@ def sigterm_as_interrupt():
             signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def signals_held():
+    """While inside: SIGINT and SIGTERM wait, so that the body (a file written, a folder put
+    in place) is done whole; the first that came is then raised as it would have been
+    (KeyboardInterrupt, or Terminated for SIGTERM), unless the body raised. Outside the main
+    thread nothing changes."""
+    held = []
+
+    def hold(signum, frame):
+        held.append(signum)
+    previous = {}
+    try:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, hold)
+    except ValueError:  # not the main thread
+        pass
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if held:
+        raise Terminated() if held[0] == signal.SIGTERM else KeyboardInterrupt()
+
+
 def _stdout_gone():
     """After stdout's reader went away (``| head``): point stdout at /dev/null, so that
     Python's own flush at exit does not print a second BrokenPipeError."""

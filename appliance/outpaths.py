@@ -11,6 +11,7 @@ import io
 import logging
 import os
 import re
+import shutil
 import stat
 
 from oncolens.appliance.errors import UsageError
@@ -124,6 +125,19 @@ def temp_path(path, suffix=".tmp", mode=0o666):
     their own. Its mode is what ``open`` gives a new file (0666 less the umask), not mkstemp's
     0600; or ``mode`` less the umask: a file that must never be readable by others (0600)
     is made so, not changed after it was made."""
+    return _new_beside(path, suffix, lambda tmp: os.close(
+        os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)))
+
+
+def temp_folder(path, suffix=".tmp"):
+    """A new empty folder beside ``path``, named as temp_path names a file
+    (``.<name>.<random>.tmp``), on the same filesystem: what is built there takes ``path``'s
+    place whole (replace_folder). Its mode is what ``os.makedirs`` gives a new folder."""
+    return _new_beside(path, suffix, os.mkdir)
+
+
+def _new_beside(path, suffix, make):
+    """``make(name)`` at an unused temp_path name beside ``path``; that name."""
     if suffix not in TEMP_SUFFIXES:
         raise ValueError("temp_path: suffix {!r}, expected one of {}".format(
             suffix, ", ".join(TEMP_SUFFIXES)))
@@ -133,7 +147,7 @@ def temp_path(path, suffix=".tmp", mode=0o666):
         tmp = os.path.join(folder, ".{}.{}{}".format(
             name, binascii.hexlify(os.urandom(4)).decode("ascii"), suffix))
         try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
+            make(tmp)
             return tmp
         except FileExistsError:
             continue
@@ -277,3 +291,39 @@ def _undo_step(old, tmp, final):
             os.remove(old)
     except OSError:  # the earlier file stays beside its place, under its .old name
         log.warning("could not put %s back as it was", final)
+
+
+def replace_folder(tmp, path):
+    """Put the folder ``tmp`` (temp_folder's, beside ``path``) in ``path``'s place: an
+    earlier folder there is moved aside (``.<name>.<random>.old``), ``tmp`` takes its name
+    with its mode, and the earlier one is then removed. A move that fails puts the earlier
+    folder back as it was, and ``tmp`` is left to the caller; hold Ctrl-C and SIGTERM over
+    it (cliutil.signals_held) so that a stop cannot come between the two moves."""
+    aside = temp_folder(path, ".old") if os.path.lexists(path) else None
+    try:
+        if aside is not None:
+            os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
+            os.replace(path, aside)  # over the empty placeholder: a folder replaces one
+        os.replace(tmp, path)
+    except BaseException:
+        if aside is not None:
+            _put_back(aside, path)
+        raise
+    if aside is not None:
+        try:
+            shutil.rmtree(aside)
+        except OSError as exc:
+            log.warning("%s: the earlier folder, replaced, could not all be removed from %s "
+                        "(%s)", path, aside, exc.strerror or exc)
+
+
+def _put_back(aside, path):
+    """replace_folder stopped: the earlier folder goes back to ``path`` from ``aside`` (or,
+    not moved yet, the empty placeholder ``aside`` goes)."""
+    try:
+        if os.path.lexists(path):
+            os.rmdir(aside)
+        else:
+            os.replace(aside, path)
+    except OSError:
+        log.warning("could not put %s back as it was: it is at %s", path, aside)

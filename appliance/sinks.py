@@ -34,13 +34,26 @@ log = logging.getLogger(__name__)
 
 def is_video_output(path):
     """A video file output: a type we write, or one read as input only (.webm, .mpg ...),
-    which VideoFileSink refuses by name rather than make a folder called ``x.webm``."""
+    which VideoFileSink refuses by name rather than make a folder called ``x.webm``. A name
+    ending in / and an existing folder (``x.mp4`` made by an earlier ``x.mp4/``) are folder
+    outputs whatever their type: an existing ``x.mp4`` folder was taken for a video file and
+    refused ('already exists', then 'is a folder' with --overwrite)."""
     from oncolens.appliance.sources import VIDEO_EXTENSIONS
     ext = os.path.splitext(path)[1].lower()
-    if ext in VIDEO_FOURCC:
-        return True
-    return ext in VIDEO_EXTENSIONS and not path.endswith(("/", os.sep)) \
-        and not os.path.isdir(path)
+    return (ext in VIDEO_FOURCC or ext in VIDEO_EXTENSIONS) and \
+        not path.endswith(("/", os.sep)) and not os.path.isdir(path)
+
+
+def _say_folder(uri):
+    """An existing folder named like a video or an image file is written into as a folder
+    (as any existing folder is): said once, for whoever expected a file of that type."""
+    from oncolens.appliance.imageio import IMAGE_EXTENSIONS
+    from oncolens.appliance.sources import VIDEO_EXTENSIONS
+    ext = os.path.splitext(uri)[1].lower()
+    if os.path.isdir(uri) and not uri.endswith(("/", os.sep)) and (
+            ext in VIDEO_FOURCC or ext in VIDEO_EXTENSIONS or ext in IMAGE_EXTENSIONS):
+        log.warning("output %s is an existing folder: the annotated frames are written into "
+                    "it as images (for a %s file, give a name that is not a folder)", uri, ext)
 
 
 def _missing_folders(folder):
@@ -246,6 +259,7 @@ def open_sink(uri, overwrite=False, **options):
     uri = file_path(uri)
     if is_video_output(uri):
         return VideoFileSink(uri, overwrite=overwrite, **options)
+    _say_folder(uri)
     sink = ImageFileSink(uri, overwrite=overwrite, **options)
     sink.start()  # with overwrite, a folder's earlier copies go now, after the model loaded
     return sink

@@ -272,3 +272,60 @@ def test_a_backend_failing_midway_keeps_the_rows_measured_and_the_json(tiny_bund
     assert "FAILED onnxruntime fp32 while measuring, after 1 of its rows: RuntimeError: out " \
         "of memory" in stdout
     assert "figures: {}".format(out) in stdout
+
+
+def _stop_while_writing(monkeypatch, calls):
+    """SIGTERM arrives as --json is being written (inside replace_text, before the file)."""
+    import signal
+
+    from oncolens.appliance import bench_cli
+    real = bench_cli.replace_text
+
+    def replace_text(path, text):
+        calls.append(path)
+        os.kill(os.getpid(), signal.SIGTERM)
+        real(path, text)
+    monkeypatch.setattr(bench_cli, "replace_text", replace_text)
+
+
+def test_sigterm_while_a_finished_bench_writes_its_json_waits_for_the_file(
+        tiny_bundle, tiny_data, tmp_path, monkeypatch, sigterm_guard):
+    """SIGTERM in the few milliseconds of a finished bench's --json write left the earlier
+    file (the figures lost) and exit 143 with nothing said of them. The stop now waits for
+    the file to be whole, then ends the run, saying where the figures are."""
+    calls = []
+    _stop_while_writing(monkeypatch, calls)
+    out = tmp_path / "b.json"
+    out.write_text(u'{"earlier": true}\n')
+    code, stdout, err = _bench(tiny_bundle, tiny_data, str(out), "--backends", "onnxruntime",
+                               "--batch-sizes", "1", "--no-baseline", "--overwrite")
+    assert code == 143 and calls == [str(out)], err
+    doc = _load(str(out))
+    assert doc["interrupted"] is False and doc["runs"][0]["network_ips"] > 0
+    assert "figures: {}".format(out) in stdout
+    assert err.splitlines()[-1] == "oncolens bench: interrupted by SIGTERM: the bench had " \
+        "finished: its figures are in the table above and in {}".format(out)
+
+
+def test_a_second_stop_while_a_stopped_bench_writes_its_json_changes_nothing(
+        tiny_bundle, tiny_data, tmp_path, monkeypatch, sigterm_guard):
+    """Ctrl-C, then SIGTERM while the figures measured so far are written: the file is
+    written whole and the run ends as the first stop says (130)."""
+    from oncolens.appliance.backends.ort import OnnxRuntimeBackend
+    real = OnnxRuntimeBackend.infer
+
+    def infer(self, batch):
+        if batch.shape[0] == 2:
+            raise KeyboardInterrupt()
+        return real(self, batch)
+    monkeypatch.setattr(OnnxRuntimeBackend, "infer", infer)
+    calls = []
+    _stop_while_writing(monkeypatch, calls)
+    out = str(tmp_path / "b.json")
+    code, stdout, err = _bench(tiny_bundle, tiny_data, out, "--backends", "onnxruntime",
+                               "--batch-sizes", "1,2", "--no-baseline")
+    assert code == 130 and calls == [out], err
+    doc = _load(out)
+    assert doc["interrupted"] is True and doc["interrupted_by"] == "SIGINT"
+    assert err.splitlines()[-1] == "oncolens bench: interrupted: the figures measured so far " \
+        "are in the table above and in {}, marked interrupted".format(out)

@@ -50,6 +50,53 @@ def test_a_video_type_we_cannot_write_is_refused_not_made_a_folder(tiny_bundle, 
     assert code == 0 and len(copies_in(str(tmp_path / "frames.webm"))) == 3, err
 
 
+def test_an_existing_folder_named_like_a_video_is_a_folder_output(tiny_bundle, tmp_path,
+                                                                    caplog):
+    """An existing folder 'frames.mp4' (made by an earlier 'frames.mp4/') given without its
+    / was taken for a video file: refused as 'already exists', and with --overwrite as 'a
+    folder: expected a file name'. An existing folder is a folder output (APPLIANCE.md),
+    whatever its name: the frames go into it, and a warning says so."""
+    clip = write_video(str(tmp_path / "clip.mp4"), 3)
+    for name in ("frames.mp4", "frames.avi", "frames.webm"):
+        out = str(tmp_path / name)
+        os.mkdir(out)
+        code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless", clip,
+                                     out])
+        assert code == 0 and len(copies_in(out)) == 3, err
+        assert "output {} is an existing folder".format(out) in caplog.text
+        code, stdout, err = run_cli(["classify", "--model", tiny_bundle, "--headless",
+                                     "--overwrite", clip, out])  # its copies replaced
+        assert code == 0 and len(copies_in(out)) == 3, err
+
+
+def test_a_refused_output_leaves_no_input_video_open(tmp_path, monkeypatch):
+    """Guard: the input video is opened once before the output checks (to name a file OpenCV
+    cannot read before the model loads) and released at once, so an output refused then
+    leaves no capture open (on a camera or stream nothing is opened before the first read)."""
+    import cv2
+    real, made = cv2.VideoCapture, []
+
+    class Capture(object):
+        def __init__(self, *args):
+            self.cap, self.released = real(*args), False
+            made.append(self)
+
+        def __getattr__(self, name):
+            return getattr(self.cap, name)
+
+        def release(self):
+            self.released = True
+            self.cap.release()
+    monkeypatch.setattr(cv2, "VideoCapture", Capture)
+    clip = write_video(str(tmp_path / "clip.mp4"), 3)
+    (tmp_path / "out.mp4").write_text(u"x")
+    for out in ("out.mp4", "out.gif", "out_%q.jpg"):  # exists; an unknown type; a bad pattern
+        code, stdout, err = run_cli(["classify", "--model", str(tmp_path / "none"),
+                                     "--headless", clip, str(tmp_path / out)])
+        assert code == 2 and err.startswith("oncolens classify: error: output "), err
+    assert len(made) == 3 and all(c.released for c in made)
+
+
 def test_bad_input_size_rate_and_encoder_values_are_one_line_before_the_model(tiny_bundle,
                                                                               tmp_path):
     """--input-width=-80 was a cv2.resize traceback; --input-rate=-5 'OpenCV cannot write

@@ -86,8 +86,10 @@ def test_a_demo_stopped_midway_removes_what_it_wrote_and_runs_again(tmp_path, mo
     from conftest import run_cli as run_here
     out = tmp_path / "new" / "demo"
 
-    def stopped(*args, **kwargs):
-        assert os.path.isdir(str(out / "model")) and os.path.isdir(str(out / "data"))
+    def stopped(model_dir, *args, **kwargs):  # data and model written beside --out by then
+        building = os.path.dirname(model_dir)
+        assert os.path.basename(building).startswith(".demo.") and not out.exists()
+        assert os.path.isdir(model_dir) and os.path.isdir(os.path.join(building, "data"))
         raise KeyboardInterrupt()
     monkeypatch.setattr(onnx_export, "export_onnx", stopped)
     code, o, err = run_here(["demo", "--out", out] + SMALL)
@@ -95,6 +97,81 @@ def test_a_demo_stopped_midway_removes_what_it_wrote_and_runs_again(tmp_path, mo
     assert os.listdir(str(tmp_path)) == []
     code, o, err = run_cli(["demo", "--out", out] + SMALL)  # a process of its own
     assert code == 0, err
+
+
+def _digests(folder):
+    """Every file under ``folder`` (relative path -> SHA-256 of its bytes)."""
+    import hashlib
+    digests = {}
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(parent, name)
+            digest = hashlib.sha256()
+            with open(path, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+            digests[os.path.relpath(path, folder)] = digest.hexdigest()
+    return digests
+
+
+def test_an_overwrite_demo_stopped_or_failing_keeps_the_earlier_demo_whole(tmp_path,
+                                                                           monkeypatch):
+    """--overwrite cleared the earlier demo before the new one ran: stopped (Ctrl-C,
+    SIGTERM) or failing midway, it left an empty folder, the earlier result lost. The new
+    demo is now built in a hidden folder beside --out, which replaces the earlier one only
+    once complete: a stop or a failure leaves the earlier files byte-identical and nothing
+    beside them; a finished one replaces them, its model.json naming --out's dataset."""
+    import errno
+    import json
+
+    import oncolens.export.onnx_export as onnx_export
+    from conftest import run_cli as run_here
+    out = tmp_path / "demo"
+    code, o, err = run_cli(["demo", "--out", out, "--seed", "1"] + SMALL)
+    assert code == 0, err
+    earlier = _digests(str(out))
+    assert len(earlier) > 20
+    stops = [(KeyboardInterrupt(), 130, "the earlier demo in it is as it was"),
+             (OSError(errno.ENOSPC, "No space left on device", "x.onnx"), 1, "No space left")]
+    for stop, status, said in stops:
+        def stopped(*args, **kwargs):
+            raise stop
+        monkeypatch.setattr(onnx_export, "export_onnx", stopped)
+        code, o, err = run_here(["demo", "--out", out, "--overwrite"] + SMALL)
+        assert code == status, err
+        assert _digests(str(out)) == earlier and said in err, err
+        assert os.listdir(str(tmp_path)) == ["demo"]  # the folder being built is gone
+    code, o, err = run_cli(["demo", "--out", out, "--overwrite", "--seed", "2"] + SMALL)
+    assert code == 0, err
+    assert "dataset:          {}".format(out / "data") in o
+    assert os.listdir(str(tmp_path)) == ["demo"]
+    now = _digests(str(out))
+    assert set(now) == set(earlier) and now != earlier
+    with open(str(out / "data" / "SYNTHETIC.json")) as fh:
+        assert json.load(fh)["seed"] == 2
+    with open(str(out / "model" / "model.json")) as fh:
+        assert json.load(fh)["provenance"]["dataset"] == str(out / "data")
+
+
+def test_sigterm_while_a_finished_demo_takes_its_place_waits_for_it(tmp_path, monkeypatch):
+    """A stop between moving the earlier demo aside and the new one in would leave neither
+    at --out: SIGTERM is held over the moves, and then ends the run saying where the demo
+    is."""
+    import signal
+
+    from oncolens.appliance import outpaths
+    from conftest import run_cli as run_here
+    real = outpaths.replace_folder
+
+    def replace_folder(tmp, path):
+        os.kill(os.getpid(), signal.SIGTERM)
+        real(tmp, path)
+    monkeypatch.setattr(outpaths, "replace_folder", replace_folder)
+    out = tmp_path / "demo"
+    code, o, err = run_here(["demo", "--out", out] + SMALL)
+    assert code == 143 and "the demo had finished: it is in {}".format(out) in err, err
+    assert os.listdir(str(tmp_path)) == ["demo"]
+    assert os.path.isfile(str(out / "test_predictions.txt"))
 
 
 def test_a_demo_whose_classify_step_is_stopped_keeps_only_what_was_there(tmp_path,

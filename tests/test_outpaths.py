@@ -216,3 +216,49 @@ def test_a_failed_replace_names_the_file_not_its_temporary_name(tmp_path, case):
     assert line.endswith(": {!r}".format(str(path))) and ".tmp" not in line, line
     assert sorted(os.listdir(str(tmp_path))) == (["report.json"] if case.startswith("a")
                                                  else [])
+
+
+def _tree(folder):
+    return sorted((os.path.relpath(os.path.join(p, n), folder), open(os.path.join(p, n)).read())
+                  for p, _, names in os.walk(folder) for n in names)
+
+
+def test_replace_folder_puts_the_new_folder_in_place_of_the_earlier_one(tmp_path):
+    """The demo's folder is built beside --out and replaces it whole, with its mode."""
+    from oncolens.appliance.outpaths import replace_folder, temp_folder, temp_target
+    out = tmp_path / "demo"
+    (out / "sub").mkdir(parents=True)
+    (out / "sub" / "old.txt").write_text(u"earlier")
+    os.chmod(str(out), 0o750)
+    tmp = temp_folder(str(out))
+    assert temp_target(os.path.basename(tmp)) == "demo" and os.listdir(tmp) == []
+    with open(os.path.join(tmp, "new.txt"), "w") as fh:
+        fh.write(u"new")
+    replace_folder(tmp, str(out))
+    assert _tree(str(out)) == [("new.txt", "new")]
+    assert stat.S_IMODE(os.stat(str(out)).st_mode) == 0o750
+    assert os.listdir(str(tmp_path)) == ["demo"]  # nothing aside, nothing temporary
+    tmp = temp_folder(str(tmp_path / "fresh"))  # no earlier folder: it just takes the name
+    replace_folder(tmp, str(tmp_path / "fresh"))
+    assert sorted(os.listdir(str(tmp_path))) == ["demo", "fresh"]
+
+
+def test_replace_folder_that_fails_puts_the_earlier_folder_back(tmp_path, monkeypatch):
+    """A failing (or stopped) second move leaves the earlier folder as it was, and the new
+    one where it was built, for the caller to remove."""
+    from oncolens.appliance import outpaths
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "old.txt").write_text(u"earlier")
+    tmp = outpaths.temp_folder(str(out))
+    real = os.replace
+
+    def replace(src, dst):
+        if src == tmp:
+            raise OSError(errno.EXDEV, "Invalid cross-device link", src)
+        return real(src, dst)
+    monkeypatch.setattr(outpaths.os, "replace", replace)
+    with pytest.raises(OSError):
+        outpaths.replace_folder(tmp, str(out))
+    assert _tree(str(out)) == [("old.txt", "earlier")]
+    assert sorted(os.listdir(str(tmp_path))) == sorted(["demo", os.path.basename(tmp)])

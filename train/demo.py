@@ -1,11 +1,15 @@
 """``oncolens demo``: synthetic data -> train -> ONNX -> classify the test split, end to end.
 
 Settings are chosen so it finishes in a few minutes on a 2-core CPU without a GPU.
-Everything goes under ``./oncolens-demo/`` (``--out``); an existing one is kept unless
-``--overwrite``, which removes only what an earlier demo wrote there and refuses (removing
-nothing) when the folder holds anything else. A demo stopped midway (Ctrl-C, SIGTERM, a step
-that fails) removes what it wrote there (``Made``), so the same command can be run again.
+Everything goes under ``./oncolens-demo/`` (``--out``). The demo is built in a new hidden
+folder beside it (``.oncolens-demo.<random>.tmp``, ``Staging``), which takes ``--out``'s name
+only once the demo is complete. An existing ``--out`` is kept unless ``--overwrite``, which
+takes only an earlier demo's folder holding nothing but what the demo wrote (anything else is
+named and nothing replaced); it is replaced whole once the new demo is complete, so a demo
+stopped or failing midway (Ctrl-C, SIGTERM, a step that fails) leaves it as it was and
+removes the folder it was building: the same command can be run again.
 """
+import functools
 import logging
 import os
 import shutil
@@ -25,13 +29,15 @@ def build_parser():
                     "train a ResNet-18, export it to ONNX, classify the test split into "
                     "annotated images, and print the test accuracy.")
     p.add_argument("--out", default="oncolens-demo",
-                   help="output folder (./oncolens-demo); a demo stopped midway removes "
-                        "what it had written there")
+                   help="output folder (./oncolens-demo); the demo is built in a hidden "
+                        "folder beside it that takes its name once complete (a demo stopped "
+                        "midway removes it)")
     p.add_argument("--overwrite", action="store_true",
-                   help="redo the demo in an existing --out: an earlier demo's outputs are "
-                        "removed first, only when the folder holds nothing but what the demo "
-                        "wrote; a file or folder of yours anywhere inside (annotated/ "
-                        "included) is named and nothing is removed")
+                   help="redo the demo in an existing --out, only an earlier demo's folder "
+                        "holding nothing but what the demo wrote (a file or folder of yours "
+                        "anywhere inside, annotated/ included, is named and nothing is "
+                        "replaced): it is replaced whole once the new demo is complete, and "
+                        "kept as it was when the new one is stopped or fails")
     p.add_argument("--epochs", type=int, default=8, help="training epochs (8)")
     p.add_argument("--size", type=int, default=96, help="synthetic image size (96)")
     p.add_argument("--resolution", type=int, default=64, help="network input size (64)")
@@ -44,15 +50,6 @@ def build_parser():
 
 def _step(n, text):
     print("[{}/4] {}".format(n, text), flush=True)
-
-
-def _clear_earlier_demo(out):
-    """--overwrite: remove an earlier demo's outputs, and only from a folder that holds
-    nothing else, anywhere inside (its data/ made by 'oncolens data synth')."""
-    from oncolens.train.demo_files import DEMO_OUTPUTS, check_earlier_demo
-    from oncolens.train.split import clear_owned
-    check_earlier_demo(out)
-    clear_owned(out, DEMO_OUTPUTS)
 
 
 def check_args(args):
@@ -75,74 +72,102 @@ class StepFailed(Exception):
         self.code = code
 
 
-class Made(object):
-    """What this demo writes in ``out``, taken back when it stops before it is whole: the
-    folder (and the folders above it) when this run makes it, else each entry that was not
-    in it before (it is empty then: new, or cleared by --overwrite)."""
+class Staging(object):
+    """Where this demo is built: a new hidden folder beside ``out`` (``.<name>.<random>.tmp``,
+    on the same filesystem), which takes ``out``'s place, an earlier demo there going whole,
+    only once the demo is complete. A demo stopped or failing before that removes it (and the
+    folders made above it for it): ``out`` is as it was, an earlier demo in it whole."""
 
     def __init__(self, out):
-        from oncolens.appliance.outpaths import first_existing
+        from oncolens.appliance.outpaths import first_existing, temp_folder
         self.out = out
         self.above = first_existing(out)  # stays, whatever happens
-        self.before = set(os.listdir(out)) if os.path.isdir(out) else None
+        self.parent = os.path.dirname(os.path.abspath(out))
+        self.path = None
+        try:
+            if not os.path.isdir(self.parent):
+                os.makedirs(self.parent)
+            self.path = temp_folder(out)
+        except OSError as exc:
+            self.take_back()
+            raise UsageError("--out {}: the demo is built in a new folder beside it, which "
+                             "cannot be made in {} ({})".format(
+                                 out, self.parent, exc.strerror or exc))
+
+    def finish(self, args):
+        """The complete demo in ``out``'s place, with Ctrl-C and SIGTERM held over the moves.
+        ``out`` is checked again first: a file of the user's put in it (or a folder made at
+        its name) while the demo ran is never removed with it."""
+        from oncolens.appliance.cliutil import signals_held
+        from oncolens.appliance.outpaths import replace_folder
+        check_out(args)
+        with signals_held():
+            replace_folder(self.path, self.out)
 
     def take_back(self):
-        try:
-            self._remove()
-        except OSError as exc:  # the stop (or the error) is the line to show, not this
-            log.warning("%s: what this demo wrote could not all be removed (%s)", self.out,
-                        exc.strerror or exc)
-
-    def _remove(self):
+        """Remove the folder being built, if it has not taken ``out``'s place: True if so."""
         from oncolens.appliance.outpaths import drop_empty_folders
-        out = os.path.abspath(self.out)
-        if not os.path.isdir(out) or os.path.islink(out):
-            return
-        if self.before is None:
-            shutil.rmtree(out)
-            drop_empty_folders([os.path.dirname(out)], self.above)
-        else:
-            for name in sorted(set(os.listdir(out)) - self.before):
-                path = os.path.join(out, name)
-                if os.path.isdir(path) and not os.path.islink(path):
-                    shutil.rmtree(path)
-                else:
-                    os.remove(path)
-        log.info("removed what this demo had written in %s", self.out)
+        if self.path is not None and not os.path.isdir(self.path):
+            return False
+        try:
+            if self.path is not None:
+                shutil.rmtree(self.path)
+            drop_empty_folders([self.parent], self.above)
+        except OSError as exc:  # the stop (or the error) is the line to show, not this
+            log.warning("%s: the demo being built there could not all be removed (%s)",
+                        self.path, exc.strerror or exc)
+        return True
 
 
-def run_demo(args):
-    if os.path.exists(args.out):
+def check_out(args):
+    """--out is new, or (--overwrite) an earlier demo's folder holding only what it wrote."""
+    from oncolens.train.demo_files import check_earlier_demo
+    if os.path.lexists(args.out):
         if not args.overwrite:
             raise UsageError("{} already exists: pass --overwrite to replace it, or --out "
                              "to write elsewhere".format(args.out))
-        _clear_earlier_demo(args.out)
-    made = Made(args.out)
+        check_earlier_demo(args.out)
+
+
+def run_demo(args):
+    check_out(args)
+    staging = Staging(args.out)
+    print("building the demo in {}: it {} once complete".format(
+        staging.path, "replaces the earlier demo in " + args.out if os.path.lexists(args.out)
+        else "becomes " + args.out), flush=True)
     try:
-        return _pipeline(args)
+        code, summary = _pipeline(args, staging.path)
+        staging.finish(args)
     except StepFailed as exc:
-        made.take_back()
+        staging.take_back()
         return exc.code
     except BaseException as exc:
-        made.take_back()
+        if staging.take_back():
+            hint = "the demo being built beside {} was removed{}: run the same command " \
+                   "again".format(args.out, ", and the earlier demo in it is as it was"
+                                  if os.path.lexists(args.out) else "")
+        else:  # held over the moves: the demo was complete and is in --out
+            hint = "the demo had finished: it is in {}".format(args.out)
         if isinstance(exc, KeyboardInterrupt):
-            exc.hint = "what it had written in {} was removed: run the same command " \
-                       "again".format(args.out)
+            exc.hint = hint
         raise
+    print(summary)
+    return code  # 1: classify could not write every annotated copy (its log names them)
 
 
-def _pipeline(args):
+def _pipeline(args, work):
+    """Build the demo in ``work``; (classify's exit status, the summary to print, naming
+    the files in ``args.out``, where they will be)."""
     from oncolens.appliance.classify_cli import main as classify_main
     from oncolens.export.onnx_export import export_onnx
     from oncolens.train.cli import main as train_main
     from oncolens.train.synth import generate
 
-    data = os.path.join(args.out, "data")
-    model_dir = os.path.join(args.out, "model")
-    annotated = os.path.join(args.out, "annotated") + os.sep
+    data = os.path.join(work, "data")
+    model_dir = os.path.join(work, "model")
     start = time.time()
     held_out = max(1, args.per_class // 3)
-    _step(1, "synthesising {} px cell images in {}".format(args.size, data))
+    _step(1, "synthesising {} px cell images in data/".format(args.size))
     generate(data, args.size, (args.per_class, held_out, held_out), args.seed)
     _step(2, "training ResNet-18 at {} px for {} (CPU)".format(
         args.resolution, plural(args.epochs, "epoch")))
@@ -154,34 +179,54 @@ def _pipeline(args):
         raise StepFailed(code)
     _step(3, "exporting to ONNX")
     onnx_path, _ = export_onnx(model_dir)
-    _step(4, "classifying the test split into {}".format(annotated))
-    results = os.path.join(args.out, "test_predictions.txt")
+    _step(4, "classifying the test split into annotated/")
+    code, lines, truth = _classify(classify_main, data, model_dir, work)
+    _name_final_dataset(model_dir, os.path.join(args.out, "data"))
+    correct = sum(1 for line, label in zip(lines, truth) if line.endswith("({})".format(label)))
+    final = functools.partial(os.path.join, args.out)
+    return code, "\n".join([
+        "",
+        "test accuracy: {}/{} = {:.1%} (synthetic data: a demo, not a medical result)".format(
+            correct, len(truth), correct / float(len(truth))),
+        "dataset:          {}".format(final("data")),
+        "checkpoint:       {}".format(final("model", "model_best.pth.tar")),
+        "ONNX model:       {}".format(final("model", os.path.basename(onnx_path))),
+        "model.json:       {}".format(final("model", "model.json")),
+        "annotated images: {}".format(final("annotated") + os.sep),
+        "console lines:    {}".format(final("test_predictions.txt")),
+        "done in {:.0f} s".format(time.time() - start)])
+
+
+def _classify(classify_main, data, model_dir, work):
+    """Classify the test split into ``work``/annotated/ and write its console lines to
+    test_predictions.txt; (its exit status, those lines, each image's class)."""
     import contextlib
     import io
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         code = classify_main(["--model", model_dir, "--log-level", "warning",
-                              os.path.join(data, "test"), annotated])
+                              os.path.join(data, "test"),
+                              os.path.join(work, "annotated") + os.sep])
     lines = buf.getvalue().splitlines()
     truth = _truths(os.path.join(data, "test"))
     if len(lines) < len(truth):  # a line an image: not every one was classified
         if code:  # classify said why (an image that failed is named in its log)
             raise StepFailed(code)
         raise KeyboardInterrupt()  # Ctrl-C or SIGTERM ended classify's loop (exit 0)
-    with open(results, "w") as fh:
+    with open(os.path.join(work, "test_predictions.txt"), "w") as fh:
         fh.write(buf.getvalue())
-    correct = sum(1 for line, label in zip(lines, truth) if line.endswith("({})".format(label)))
-    print("")
-    print("test accuracy: {}/{} = {:.1%} (synthetic data: a demo, not a medical result)".format(
-        correct, len(truth), correct / float(len(truth))))
-    print("dataset:          {}".format(data))
-    print("checkpoint:       {}".format(os.path.join(model_dir, "model_best.pth.tar")))
-    print("ONNX model:       {}".format(onnx_path))
-    print("model.json:       {}".format(os.path.join(model_dir, "model.json")))
-    print("annotated images: {}".format(annotated))
-    print("console lines:    {}".format(results))
-    print("done in {:.0f} s".format(time.time() - start))
-    return code
+    return code, lines, truth
+
+
+def _name_final_dataset(model_dir, data):
+    """model.json records the dataset's folder (provenance.dataset, where export and evaluate
+    look for real images): the folder it will be in, not the one it was built in."""
+    from oncolens.appliance.bundle import read_model_info, write_model_info
+    path = os.path.join(model_dir, "model.json")
+    info = read_model_info(path)
+    if isinstance(info.get("provenance"), dict):
+        info["provenance"]["dataset"] = os.path.abspath(data)
+        write_model_info(path, info)
 
 
 def _truths(split_dir):

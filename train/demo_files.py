@@ -1,8 +1,8 @@
 """What an earlier ``oncolens demo`` wrote in its folder, and what else that folder holds.
 
-``oncolens demo --overwrite`` removes an earlier demo's outputs only when its folder holds
-nothing but them: a file or folder of the user's anywhere inside (``annotated/``, ``model/``,
-``data/`` or beside them) is named and nothing at all is removed.
+``oncolens demo --overwrite`` replaces an earlier demo's folder only when it holds nothing
+but what the demo wrote: a file or folder of the user's anywhere inside (``annotated/``,
+``model/``, ``data/`` or beside them) is named and nothing at all is removed.
 """
 import io
 import json
