@@ -139,6 +139,12 @@ class Preprocessor(object):
             spec["resize"] = policy
         return cls(spec, bundle.input_shape)
 
+    def check(self, src_hw):
+        """ImageReadError when this preprocessing refuses an image of ``src_hw`` (height,
+        width) pixels (``check_resized_size``: too elongated), without making anything."""
+        out_hw = (self.height, self.width)
+        check_resized_size(src_hw, resize_geometry(self.spec, src_hw, out_hw)[:2])
+
     def resize(self, rgb):
         return resize_to_input(rgb, self.spec, (self.height, self.width))
 
