@@ -8,6 +8,13 @@ shrinking uses torch's anti-aliased bilinear filter (OpenCV's area filter on the
 images the two differ by about one grey level on average), enlarging plain bilinear, as
 OpenCV does.  CLAHE, when the model has it, runs on the host first (OpenCV only).
 
+Where OpenCV's area filter enlarges a side (a stretch of a 12x600 strip to 33x33 shrinks the
+whole image but grows its height), it samples instead of averaging, by a rule torch has no
+filter for (anti-aliased bilinear was tens of grey levels away): such a frame is resized and
+cropped on the host by the OpenCV path itself (``preprocess.resize_to_input``) and only the
+crop is copied to the device.  An image the host path refuses as too elongated
+(``preprocess.check_resized_size``) is refused here too, before anything is made of it.
+
 torch is imported when a DevicePreprocessor is made, never when this module is imported.
 """
 import logging
@@ -15,8 +22,9 @@ import logging
 import numpy as np
 
 from oncolens.appliance.errors import MissingDependency, UsageError
-from oncolens.appliance.preprocess import (IMAGENET_MEAN, IMAGENET_STD, clahe_if_asked,
-                                           resize_geometry, shrinks)
+from oncolens.appliance.preprocess import (IMAGENET_MEAN, IMAGENET_STD, check_resized_size,
+                                           clahe_if_asked, resize_geometry, resize_to_input,
+                                           shrinks)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +49,12 @@ def _has_antialias(functional, torch):
         return True
     except TypeError:
         return False
+
+
+def area_enlarges(spec, src_hw, new_hw):
+    """Whether OpenCV resizes ``src_hw`` to ``new_hw`` with its area filter while a side
+    grows: it then samples by a rule of its own, which no torch filter reproduces."""
+    return shrinks(spec, src_hw, new_hw) and (new_hw[0] > src_hw[0] or new_hw[1] > src_hw[1])
 
 
 class DevicePreprocessor(object):
@@ -76,16 +90,24 @@ class DevicePreprocessor(object):
             return self.F.interpolate(x, size=new_hw, mode="area")
         return self.F.interpolate(x, size=new_hw, mode="bilinear", align_corners=False)
 
-    def __call__(self, rgb):
-        rgb = clahe_if_asked(rgb, self.spec.get("clahe"))
-        src_hw = rgb.shape[:2]
-        new_h, new_w, top, left = resize_geometry(self.spec, src_hw, (self.height, self.width))
+    def _upload(self, rgb):
+        """uint8 HxWx3 (numpy) -> float 1x3xHxW on the device."""
         frame = self.torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device)
-        x = frame.permute(2, 0, 1).unsqueeze(0).float()
-        x = self._resize(x, src_hw, (new_h, new_w))[0]
-        x = x[:, top:top + self.height, left:left + self.width]
-        # OpenCV rounds its resized pixels to uint8: do the same so both paths agree
-        x = x.round_().clamp_(0.0, 255.0)
+        return frame.permute(2, 0, 1).unsqueeze(0).float()
+
+    def __call__(self, rgb):
+        src_hw = rgb.shape[:2]
+        new_hw = resize_geometry(self.spec, src_hw, (self.height, self.width))
+        check_resized_size(src_hw, new_hw[:2])
+        if area_enlarges(self.spec, src_hw, new_hw[:2]):
+            x = self._upload(resize_to_input(rgb, self.spec, (self.height, self.width)))[0]
+        else:
+            top, left = new_hw[2:]
+            x = self._upload(clahe_if_asked(rgb, self.spec.get("clahe")))
+            x = self._resize(x, src_hw, new_hw[:2])[0]
+            x = x[:, top:top + self.height, left:left + self.width]
+            # OpenCV rounds its resized pixels to uint8: do the same so both paths agree
+            x = x.round_().clamp_(0.0, 255.0)
         return ((x - self.offset) * self.scale).to(self.dtype).contiguous()
 
     def batch(self, images):

@@ -80,6 +80,17 @@ def shrinks(spec, src_hw, dst_hw):
     return mode == "area" or (mode == "auto" and dst_hw[0] * dst_hw[1] < src_hw[0] * src_hw[1])
 
 
+def check_resized_size(src_hw, new_hw):
+    """ImageReadError when resizing a ``src_hw`` image to ``new_hw`` (before the crop) would
+    make more than MAX_RESIZED_PIXELS pixels; every implementation of the policy checks it."""
+    if new_hw[0] * new_hw[1] > MAX_RESIZED_PIXELS:
+        from oncolens.appliance.errors import ImageReadError
+        raise ImageReadError("the image is {}x{} pixels: resized for the model it would be "
+                             "{}x{}, over {} pixels: expected a less extreme aspect ratio"
+                             .format(src_hw[1], src_hw[0], new_hw[1], new_hw[0],
+                                     MAX_RESIZED_PIXELS))
+
+
 def resize_to_input(rgb, spec, out_hw):
     """Resize an RGB uint8 image to ``out_hw`` by the spec's policy; returns uint8 HxWx3."""
     cv2 = _cv2()
@@ -87,11 +98,7 @@ def resize_to_input(rgb, spec, out_hw):
     rgb = clahe_if_asked(rgb, spec.get("clahe"))
     src_hw = rgb.shape[:2]
     new_h, new_w, top, left = resize_geometry(spec, src_hw, (out_h, out_w))
-    if new_h * new_w > MAX_RESIZED_PIXELS:
-        from oncolens.appliance.errors import ImageReadError
-        raise ImageReadError("the image is {}x{} pixels: resized for the model it would be "
-                             "{}x{}, over {} pixels: expected a less extreme aspect ratio"
-                             .format(src_hw[1], src_hw[0], new_w, new_h, MAX_RESIZED_PIXELS))
+    check_resized_size(src_hw, (new_h, new_w))
     interp = cv2.INTER_AREA if shrinks(spec, src_hw, (new_h, new_w)) else cv2.INTER_LINEAR
     resized = cv2.resize(rgb, (new_w, new_h), interpolation=interp)
     return resized[top:top + out_h, left:left + out_w]
@@ -131,6 +138,12 @@ class Preprocessor(object):
         if policy:
             spec["resize"] = policy
         return cls(spec, bundle.input_shape)
+
+    def check(self, src_hw):
+        """ImageReadError when this preprocessing refuses an image of ``src_hw`` (height,
+        width) pixels (``check_resized_size``: too elongated), without making anything."""
+        out_hw = (self.height, self.width)
+        check_resized_size(src_hw, resize_geometry(self.spec, src_hw, out_hw)[:2])
 
     def resize(self, rgb):
         return resize_to_input(rgb, self.spec, (self.height, self.width))

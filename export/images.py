@@ -57,10 +57,15 @@ def load_batch(paths, preprocessor):
     arrays, used = [], []
     for path in paths:
         try:
-            arrays.append(preprocessor(read_image(path)))
-            used.append(path)
+            rgb = read_image(path)  # its errors name the file
         except ImageReadError as exc:
             log.warning("skipped: %s", exc)
+            continue
+        try:
+            arrays.append(preprocessor(rgb))
+            used.append(path)
+        except ImageReadError as exc:  # refused by the preprocessing: too elongated
+            log.warning("skipped: %s: %s", path, exc)
     if not arrays:
         raise UsageError("none of the {} could be read".format(plural(len(paths), "image")))
     return np.stack(arrays).astype(np.float32), used

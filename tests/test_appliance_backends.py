@@ -120,6 +120,38 @@ def test_jetson_backend_with_a_stand_in_imagenet(tiny_bundle, tiny_data, monkeyp
     assert "--input-blob=input_0" in argv and "--output-blob=output_0" in argv
 
 
+def test_jetson_backend_is_not_used_for_a_model_with_its_own_normalisation(
+        tiny_bundle, tiny_data, tmp_path, monkeypatch):
+    """imageNet normalises an ONNX model's input with ImageNet's mean/std whatever model.json
+    says: an EfficientNet-Lite model ((x - 127) / 128) run through it saw other numbers than
+    training evaluated. auto takes the next runtime; --backend jetson is refused."""
+    import json
+    import shutil
+    from oncolens.appliance.classifier import Classifier
+    from oncolens.appliance.errors import BundleError
+    from oncolens.appliance.preprocess import TF_LITE_MEAN, TF_LITE_STD
+    model = str(tmp_path / "lite")
+    shutil.copytree(tiny_bundle, model)
+    path = os.path.join(model, "model.json")
+    with open(path) as fh:
+        info = json.load(fh)
+    info["preprocess"].update(mean=list(TF_LITE_MEAN), std=list(TF_LITE_STD))
+    with open(path, "w") as fh:
+        json.dump(info, fh)
+    calls = _fake_jetson(monkeypatch)
+    image = _val_images(tiny_data)[0]
+    with Classifier.open(model) as clf, Classifier.open(model, backend="onnxruntime") as ref:
+        assert clf.backend.name == "onnxruntime"
+        np.testing.assert_array_equal(clf.infer_images([image]).probs,
+                                      ref.infer_images([image]).probs)
+    assert calls["images"] == []
+    with pytest.raises(BundleError) as err:
+        Classifier.open(model, backend="jetson")
+    message = str(err.value)
+    assert "\n" not in message and path in message and "--backend tensorrt" in message
+    assert "0.498" in message and "0.485" in message       # the model's mean, and imageNet's
+
+
 def _cam_bundle(folder):
     """A tiny model with outputs output_0 (probabilities) and cam_0: its CAM is the input's
     brightness pooled to 8x8 and scaled to 0..1, so where it is hot is known."""

@@ -49,6 +49,47 @@ def test_device_preprocessing_matches_opencv(tiny_data, policy):
         assert np.abs(same[0] - same[1]).max() < 1e-4
 
 
+def _strip(tmp_path, name, shape):
+    """A real file of a smooth image of ``shape`` (h, w), decoded again."""
+    import cv2
+    from oncolens.appliance.imageio import read_image, write_image
+    seed = np.random.default_rng(2).integers(0, 256, size=(4, 6, 3)).astype(np.uint8)
+    path = str(tmp_path / name)
+    write_image(path, cv2.resize(seed, (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC))
+    return read_image(path)
+
+
+def test_device_preprocessing_follows_opencv_where_one_side_grows(tmp_path):
+    """A stretch to the model's size that enlarges one side and shrinks the other (a 12x600
+    strip to 33x33) is OpenCV's area filter, which then samples instead of averaging: torch's
+    anti-aliased filter gave other pixels (up to 29 grey levels apart here, 97 on a sharper
+    strip). The device path now resizes such an image on the host, as training's evaluation did."""
+    from oncolens.appliance.device_preprocess import DevicePreprocessor
+    from oncolens.appliance.preprocess import Preprocessor, imagenet_preprocess
+    spec = imagenet_preprocess(33, "stretch")
+    host = Preprocessor(spec, (3, 33, 33))
+    dev = DevicePreprocessor(spec, (3, 33, 33), device="cpu")
+    for name, shape in (("wide.png", (12, 600)), ("tall.png", (700, 9))):
+        rgb = _strip(tmp_path, name, shape)
+        assert np.abs(host(rgb) - dev(rgb).numpy()).max() < 1e-4, name
+
+
+def test_device_preprocessing_refuses_what_the_host_refuses(tmp_path, monkeypatch):
+    """An image whose resize before the crop would pass MAX_RESIZED_PIXELS is refused on the
+    device as on the host (one ImageReadError), instead of being made there in full."""
+    from oncolens.appliance import preprocess
+    from oncolens.appliance.device_preprocess import DevicePreprocessor
+    from oncolens.appliance.errors import ImageReadError
+    monkeypatch.setattr(preprocess, "MAX_RESIZED_PIXELS", 5000)  # a strip of 4x400 is over it
+    spec = preprocess.imagenet_preprocess(16)
+    rgb = _strip(tmp_path, "strip.png", (4, 400))
+    with pytest.raises(ImageReadError) as host:
+        preprocess.Preprocessor(spec, (3, 16, 16))(rgb)
+    with pytest.raises(ImageReadError) as dev:
+        DevicePreprocessor(spec, (3, 16, 16), device="cpu")(rgb)
+    assert str(dev.value) == str(host.value)
+
+
 def test_device_preprocessing_precision_and_batch(tiny_data):
     from oncolens.appliance.device_preprocess import DevicePreprocessor, stack_inputs
     from oncolens.appliance.errors import UsageError

@@ -344,3 +344,26 @@ def test_a_split_of_fewer_classes_than_the_model_is_still_evaluated(tmp_path, ti
     assert code == 0, err
     assert any(w.startswith(os.path.join(os.path.dirname(split), "labels.txt") +
                             " lists benign, malignant but ") for w in _warnings(caplog))
+
+
+def test_an_image_the_preprocessing_refuses_is_listed_and_the_rest_scored(tmp_path, tiny_bundle,
+                                                                          tiny_data):
+    """A test image too elongated for the model's preprocessing is a recorded failure in
+    oncolens batch; evaluate stopped on it with a line that named no file, scoring nothing.
+    It is now listed as unreadable, named, and the other images are scored."""
+    import shutil
+    import numpy as np
+    from oncolens.appliance.imageio import write_image
+    split = str(tmp_path / "test")
+    shutil.copytree(os.path.join(tiny_data, "test"), split)
+    strip = os.path.join(split, "benign", "strip.png")
+    write_image(strip, np.full((1, 80000, 3), 90, dtype=np.uint8))  # 37 x 2.9 million at 32 px
+    json_path = str(tmp_path / "m.json")
+    code, out, err = run_cli(["evaluate", "--model-dir", tiny_bundle, split, "--json", json_path,
+                              "--out", str(tmp_path / "eval"), "--bootstrap", 0])
+    assert code == 1 and "1 image could not be read" in err, err
+    assert "unreadable: {}: the image is 80000x1 pixels".format(strip) in out
+    with open(json_path) as fh:
+        report = json.load(fh)
+    assert report["count"] == 9 and [f["path"] for f in report["failed"]] == [strip]
+    assert "less extreme aspect ratio" in report["failed"][0]["error"]

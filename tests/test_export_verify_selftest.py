@@ -237,3 +237,22 @@ def test_selftest_stopped_before_its_report_leaves_no_folder(tiny_bundle, tmp_pa
                               "--count", 2, "--frames", 2])
     assert code == 130 and "interrupted" in err, err
     assert not (tmp_path / "new").exists()
+
+
+def test_an_image_the_preprocessing_refuses_is_skipped_by_name(tiny_data, tmp_path, caplog):
+    """verify, check and selftest skip an image the model's preprocessing refuses (too
+    elongated); the warning named no file ('skipped: the image is 80000x1 pixels ...')."""
+    import glob
+    import logging
+    import numpy as np
+    from oncolens.appliance.imageio import write_image
+    from oncolens.appliance.preprocess import Preprocessor, imagenet_preprocess
+    from oncolens.export.images import load_batch
+    strip = str(tmp_path / "strip.png")
+    write_image(strip, np.full((1, 80000, 3), 90, dtype=np.uint8))
+    good = sorted(glob.glob(os.path.join(tiny_data, "val", "*", "*.png")))[:2]
+    caplog.set_level(logging.WARNING)
+    batch, used = load_batch([good[0], strip, good[1]],
+                             Preprocessor(imagenet_preprocess(32), (3, 32, 32)))
+    assert batch.shape == (2, 3, 32, 32) and used == good
+    assert "skipped: {}: the image is 80000x1 pixels".format(strip) in caplog.text

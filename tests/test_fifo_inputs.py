@@ -134,7 +134,7 @@ def test_train_refuses_the_dataset_naming_the_fifo(tiny_data, tmp_path):
     assert code == 2, out
     fifo = os.path.join(data, "train", "benign", "pipe.png")  # the reason read cleanly, not
     assert out.strip().splitlines()[-1] == (                   # wrapped in parentheses again
-        "oncolens train: error: {} cannot be read as an image: {}: not opened (expected an "
+        "oncolens train: error: {} cannot be used as an image: {}: not opened (expected an "
         "image file); remove or replace it".format(fifo, NOT_REGULAR))
     assert not os.path.exists(os.path.join(model, "model_best.pth.tar"))
 

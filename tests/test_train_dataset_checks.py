@@ -139,3 +139,25 @@ def test_image_check_on_threads_lists_bad_files_in_dataset_order(tiny_data, tmp_
     assert len(seen) == len(samples)          # every verdict went through the progress bar
     named = [r.getMessage().split(":")[0] for r in caplog.records]
     assert named == bad
+
+
+def _strip(path, width=80000):
+    """A real 1 x ``width`` PNG: at 32 px the preprocessing would resize it to 37 x 2.9
+    million pixels before its crop, over MAX_RESIZED_PIXELS, so every path refuses it."""
+    import numpy as np
+    from oncolens.appliance.imageio import write_image
+    write_image(path, np.full((1, width, 3), 90, dtype=np.uint8))
+
+
+def test_an_image_the_models_preprocessing_refuses_is_refused_before_training(
+        tiny_data, tmp_path, caplog):
+    """A val/ image too elongated for the model's preprocessing (which evaluation and the
+    appliance refuse) passed the decode check; the run trained a whole epoch, then ended on
+    the validation read with a line that named no file. The image check now refuses it."""
+    data = _copy(tiny_data, tmp_path, "d")
+    strip = os.path.join(data, "val", "benign", "strip.png")
+    _strip(strip)
+    caplog.set_level(logging.ERROR)
+    code, err, model_dir = _train(data, tmp_path)
+    _refused(code, err, model_dir)
+    assert strip in err and "less extreme aspect ratio" in err and "2925714x37" in err

@@ -37,11 +37,11 @@ class TorchRunner(object):
     def describe(self):
         return "torch checkpoint"
 
-    def probs(self, images):
+    def probs(self, batch):
+        """Probabilities of a preprocessed float32 NCHW batch (``self.pre``'s)."""
         import torch
-        batch = torch.from_numpy(self.pre.batch(images))
         with torch.no_grad():
-            return torch.softmax(self.model(batch).float(), 1).numpy()
+            return torch.softmax(self.model(torch.from_numpy(batch)).float(), 1).numpy()
 
     def close(self):
         pass
@@ -53,12 +53,14 @@ class ApplianceRunner(object):
     def __init__(self, model_dir, backend):
         from oncolens.appliance.classifier import Classifier
         self.clf = Classifier.open(model_dir, backend="auto" if backend == "auto" else backend)
+        self.pre = self.clf.preprocessor
 
     def describe(self):
         return "appliance ({})".format(self.clf.backend.describe())
 
-    def probs(self, images):
-        return np.asarray(self.clf.infer_images(images).probs, dtype=np.float64)
+    def probs(self, batch):
+        """Probabilities of a preprocessed float32 NCHW batch (``self.pre``'s)."""
+        return np.asarray(self.clf.infer_tensor(batch).probs, dtype=np.float64)
 
     def close(self):
         self.clf.close()
@@ -207,20 +209,26 @@ def _samples(split_dir, labels, json_path):
 
 
 def _score(runner, samples, batch):
-    """(probabilities, targets, paths, unreadable files) over the samples, in batches."""
+    """(probabilities, targets, paths, unreadable files) over the samples, in batches. A
+    file that does not decode, or an image the model's preprocessing refuses (too elongated,
+    as oncolens batch records it), is an unreadable file named in its error."""
     probs, targets, paths, failed = [], [], [], []
     for start in range(0, len(samples), batch):
-        chunk, images = samples[start:start + batch], []
+        chunk, inputs = samples[start:start + batch], []
         for path, target in chunk:
             try:
-                images.append(read_image(path))
+                rgb = read_image(path)
+                try:
+                    inputs.append(runner.pre(rgb))
+                except ImageReadError as exc:
+                    raise ImageReadError("{}: {}".format(path, exc))
             except ImageReadError as exc:
                 failed.append({"path": path, "error": str(exc)})
                 continue
             targets.append(target)
             paths.append(path)
-        if images:
-            probs.append(runner.probs(images))
+        if inputs:
+            probs.append(runner.probs(np.stack(inputs).astype(np.float32, copy=False)))
     return probs, targets, paths, failed
 
 

@@ -1,8 +1,9 @@
 """What ``oncolens train`` checks in the dataset before it writes anything: at least two
 classes, training images for every class, class folders that labels.txt leaves out (a
-warning: their images are not used), and every train/val image decodes (all bad files,
-files in formats we cannot read such as .gif included, are listed, one line each, before a
-one-line error; not an exception from a data-loader worker after an epoch)."""
+warning: their images are not used), and every train/val image decodes and is one the
+model's preprocessing takes (all bad files, files in formats we cannot read such as .gif and
+images too elongated to resize included, are listed, one line each, before a one-line error;
+not an exception from a data-loader worker, or from validation, after an epoch)."""
 import logging
 import os
 
@@ -62,21 +63,29 @@ def check_classes(data_dir, classes, splits=("train", "val")):
     return samples
 
 
-def _verdict(path):
-    """(None, a 16-bit image's highest sample or None) when ``path`` decodes, else (the
-    ImageReadError's message, None); images are dropped at once: only the verdict is kept.
-    Only the files whose header says 16-bit are decoded a second time, as stored."""
+def _verdict(path, refuse=None):
+    """(None, a 16-bit image's highest sample or None) when ``path`` decodes (and
+    ``refuse(height_width)``, the model's preprocessing check, raises nothing), else (the
+    ImageReadError's message, naming the file, None); images are dropped at once: only the
+    verdict is kept. Only the files whose header says 16-bit are decoded a second time, as
+    stored."""
     try:
         data = read_bytes(path)
-        decode_image(data, path)
+        rgb = decode_image(data, path)
+        if refuse is not None:
+            try:
+                refuse(rgb.shape[:2])
+            except ImageReadError as exc:
+                raise ImageReadError("{}: {}".format(path, exc))
     except ImageReadError as exc:
         return str(exc), None
     return None, sixteen_bit_peak(data)
 
 
-def check_images(samples, progress=None, threads=None):
+def check_images(samples, progress=None, threads=None, refuse=None):
     """Decode every image once, on ``threads`` threads (OpenCV decodes outside the GIL; by
-    default one per core, at most 8); log each that fails, in the dataset's order, then
+    default one per core, at most 8), and put its size to ``refuse`` (the model's
+    ``Preprocessor.check``) when given; log each that fails, in the dataset's order, then
     raise one line for them all. 16-bit images that use only their low bits (they read as
     nearly black) are warned about once, with a count and an example."""
     from concurrent.futures import ThreadPoolExecutor
@@ -84,7 +93,7 @@ def check_images(samples, progress=None, threads=None):
     paths = [path for path, _ in samples]
     bad, low = [], []
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        verdicts = pool.map(_verdict, paths)
+        verdicts = pool.map(lambda path: _verdict(path, refuse), paths)
         for path, (error, peak) in zip(paths, progress(verdicts) if progress else verdicts):
             if error is not None:
                 log.error("%s", error)
@@ -95,10 +104,10 @@ def check_images(samples, progress=None, threads=None):
         log.warning("%s", low_bits_warning(len(low), low[0][0], low[0][1]))
     if len(bad) == 1:
         path, error = bad[0]
-        raise UsageError("{} cannot be read as an image: {}; remove or replace it".format(
+        raise UsageError("{} cannot be used as an image: {}; remove or replace it".format(
             path, reason_of(path, error)))
     if bad:
-        raise UsageError("{} of {} cannot be read (listed above): remove or replace "
+        raise UsageError("{} of {} cannot be read or used (listed above): remove or replace "
                          "them ('oncolens data check' audits a dataset)".format(
                              len(bad), plural(len(samples), "image")))
 

@@ -8,7 +8,7 @@ import numpy as np
 from oncolens import __version__
 from oncolens.appliance.archs import build_model, canonical_arch
 from oncolens.appliance.errors import UsageError, plural
-from oncolens.appliance.preprocess import imagenet_preprocess
+from oncolens.appliance.preprocess import Preprocessor, imagenet_preprocess
 from oncolens.train import metrics
 from oncolens.train.choices import (check_args, check_batch_of_one, check_input_size,
                                     check_resume, freeze_choice, load_resume, resolve_epochs,
@@ -145,12 +145,13 @@ def _setup(args):
     if ckpt is not None:  # checked against this run before anything is written
         check_resume(args, ckpt, classes)
     check_model_dir(args, ckpt)
-    every = sum(samples.values(), [])
-    check_images(every, lambda it: progress(it, "checking images", total=len(every)))
-    runtime = make_runtime(args.gpu, args.precision, args.channels_last)
     mean, std = normalisation(args.arch)
     clahe = {"clip": float(args.clahe_clip), "tile": 8} if args.clahe else None
     preprocess = imagenet_preprocess(args.resolution, mean=mean, std=std, clahe=clahe)
+    every = sum(samples.values(), [])
+    check_images(every, lambda it: progress(it, "checking images", total=len(every)),
+                 refuse=Preprocessor(preprocess, (3, args.resolution, args.resolution)).check)
+    runtime = make_runtime(args.gpu, args.precision, args.channels_last)
     return runtime, classes, preprocess, ckpt
 
 

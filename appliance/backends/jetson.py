@@ -3,7 +3,10 @@
 imageNet does its own resizing and normalisation from an image, so this backend turns each
 preprocessed tensor back into the RGB image the model sees (already resized and cropped by
 model.json's policy; 8-bit rounding is the only loss) and lets imageNet normalise it.  That
-is exact for models trained with ImageNet mean/std, which is what imageNet assumes for ONNX.
+is exact for models trained with ImageNet mean/std, which is what imageNet assumes for ONNX:
+a model whose model.json records another normalisation (EfficientNet-Lite's (x - 127) / 128)
+would see other numbers than training evaluated, so ``--backend auto`` passes this backend
+by for it (with an info line) and ``--backend jetson`` refuses it.
 imageNet reports the top classes only; the rest of the probability is spread evenly over
 the other classes.
 """
@@ -13,7 +16,9 @@ import logging
 import numpy as np
 
 from oncolens.appliance.backends.base import Backend, InferResult
+from oncolens.appliance.bundle import MODEL_JSON
 from oncolens.appliance.errors import BundleError, MissingDependency, plural
+from oncolens.appliance.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +29,24 @@ def to_rgb8(chw, mean, std):
     std = np.asarray(std, dtype=np.float32)[:, None, None]
     rgb = (chw * std + mean) * 255.0
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+
+
+def _numbers(values):
+    return "({})".format(", ".join("{:.3f}".format(float(v)) for v in values))
+
+
+def other_normalisation(bundle):
+    """Why imageNet cannot give this bundle's model the input training evaluated, or None:
+    jetson-inference normalises an ONNX model's input with ImageNet's mean/std, always."""
+    mean = bundle.preprocess.get("mean", IMAGENET_MEAN)
+    std = bundle.preprocess.get("std", IMAGENET_STD)
+    if np.allclose(mean, IMAGENET_MEAN, rtol=0, atol=1e-6) and \
+            np.allclose(std, IMAGENET_STD, rtol=0, atol=1e-6):
+        return None
+    return ("{}: the model was trained on input normalised with mean {} and std {}, but "
+            "jetson-inference's imageNet normalises with ImageNet's, mean {} and std {}".format(
+                bundle.path(MODEL_JSON), _numbers(mean), _numbers(std),
+                _numbers(IMAGENET_MEAN), _numbers(IMAGENET_STD)))
 
 
 def spread(num_classes, pairs):
@@ -45,6 +68,10 @@ class JetsonBackend(Backend):
 
     def __init__(self, bundle, **options):
         super(JetsonBackend, self).__init__(bundle, **options)
+        why = other_normalisation(bundle)
+        if why:
+            raise BundleError("{}: use --backend tensorrt, which runs the same engine with the "
+                              "model's own normalisation".format(why))
         try:
             ji = importlib.import_module("jetson_inference")
             self.ju = importlib.import_module("jetson_utils")
@@ -76,12 +103,17 @@ class JetsonBackend(Backend):
         path = bundle.model_path or bundle.onnx_path
         if not path.endswith(".onnx"):
             return False
-        if sys.modules.get("jetson_inference") is not None:
-            return True
-        try:
-            return importlib.util.find_spec("jetson_inference") is not None
-        except (ImportError, ValueError):
+        if sys.modules.get("jetson_inference") is None:
+            try:
+                if importlib.util.find_spec("jetson_inference") is None:
+                    return False
+            except (ImportError, ValueError):
+                return False
+        why = other_normalisation(bundle)
+        if why:
+            log.info("backend auto: not jetson: %s", why)
             return False
+        return True
 
     def _classify(self, rgb):
         img = self.ju.cudaFromNumpy(rgb)
