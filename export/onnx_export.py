@@ -14,6 +14,7 @@ from oncolens.appliance.bundle import (CAM_OUTPUT_NAME, DEFAULT_INPUT_NAME,
                                        read_labels, read_model_info, sha256_file)
 from oncolens.appliance.engines import ENGINE_SUFFIXES
 from oncolens.appliance.errors import BundleError, OncoLensError, UsageError, plural
+from oncolens.appliance.locks import folder_locked
 from oncolens.appliance.outpaths import (check_output_dir, check_output_file,
                                           drop_empty_folders, first_existing, inside,
                                           replace_file, replace_together, temp_path,
@@ -292,7 +293,9 @@ def _commit(model_dir, info, staged, out_path):
         for tmp, _ in moves[1:]:
             os.remove(tmp)
         raise
-    replace_together(moves)
+    with folder_locked(model_dir, "{}: an engine build is adding its engine to it; waiting "
+                       "for it to finish".format(json_path)):  # not written back over this
+        replace_together(moves)
     if moves[2:] and had_labels:
         log.warning("%s rewritten with the checkpoint's classes: %s", labels_path,
                     ", ".join(info["labels"]))

@@ -12,6 +12,7 @@ from oncolens.appliance import engines
 from oncolens.appliance.bundle import (MODEL_JSON, read_model_info, sha256_file,
                                        write_model_info)
 from oncolens.appliance.errors import BundleError, OncoLensError, UsageError
+from oncolens.appliance.locks import folder_locked
 from oncolens.appliance.outpaths import replace_file
 
 log = logging.getLogger(__name__)
@@ -194,13 +195,16 @@ def record(bundle, path, entry, in_cache):
         engines.write_cache_index(engines.cache_dir_for(entry["onnx_sha256"]),
                                   dict(entry, file=os.path.abspath(path)))
         return
-    # model.json as it is now, not as it was when the build began minutes ago: an engine
-    # another build listed meanwhile (another precision, at the same time) stays listed
+    # model.json as it is now, not as it was when the build began minutes ago, and under
+    # the folder's lock from reading it to writing it back: an engine another build lists
+    # meanwhile (another precision, at the same time) stays listed
     path = os.path.join(bundle.dir, MODEL_JSON)
-    if os.path.isfile(path):
-        bundle.info = read_model_info(path)
-    engines.add_entry(bundle.info, entry)
-    write_model_info(path, bundle.info)
+    with folder_locked(bundle.dir, "{}: another build is adding its engine to it; waiting "
+                       "for it to finish".format(path)):
+        if os.path.isfile(path):
+            bundle.info = read_model_info(path)
+        engines.add_entry(bundle.info, entry)
+        write_model_info(path, bundle.info)
 
 
 def engine_target(bundle, api, precision, options):
