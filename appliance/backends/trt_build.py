@@ -227,12 +227,21 @@ def up_to_date(entry, sha, device):
         built_on in (None, device.get("name"))
 
 
-def stale_reason(entry, sha, device, onnx_path):
-    """Why an engine file of the right name is built again (for the log)."""
-    if entry and entry.get("onnx_sha256") == sha:
+def stale_reason(entry, sha, device, onnx_path, listing):
+    """Why an engine file of the right name is built again (for the log): only what is
+    known. ``listing`` is the file that would list it (model.json, or engines.json)."""
+    if not entry:  # a build stopped before listing it, jetson-inference's, or a copy
+        return "no entry in {} records which ONNX and GPU it was built for (a build " \
+            "stopped before listing it, or another tool built it), so it cannot be " \
+            "called up to date".format(listing)
+    if not entry.get("onnx_sha256"):
+        return "its entry in {} records no ONNX checksum, so it cannot be called up to " \
+            "date".format(listing)
+    if entry.get("onnx_sha256") == sha:
         return "it was built for the GPU '{}', this GPU is '{}'".format(
             entry.get("device_name"), device.get("name"))
-    return "it was not built from the current {}".format(onnx_path)
+    return "it was built from another ONNX than the current {} (SHA-256 {}..., now " \
+        "{}...)".format(onnx_path, entry["onnx_sha256"][:12], sha[:12])
 
 
 def build_for_bundle(bundle, api, device, options, overwrite=False):
@@ -253,7 +262,10 @@ def build_for_bundle(bundle, api, device, options, overwrite=False):
     path, in_cache = engines.place_engine(bundle.dir, name, sha)
     if os.path.exists(path) and not overwrite:
         entry = engines.entry_for_file(bundle.info, bundle.dir, path, onnx_path)
-        log.warning("replacing %s: %s", path, stale_reason(entry, sha, device, onnx_path))
+        listing = os.path.join(engines.cache_dir_for(sha), engines.CACHE_INDEX) if \
+            in_cache or bundle.inferred else os.path.join(bundle.dir, MODEL_JSON)
+        log.warning("replacing %s: %s", path,
+                    stale_reason(entry, sha, device, onnx_path, listing))
     write_bytes(path, plan)
     entry = engines.make_entry(path, bundle.dir, api.version, device["name"], precision,
                                options.max_batch, options.dla_core, options.gpu_fallback,
