@@ -82,3 +82,24 @@ def test_an_engine_no_entry_lists_is_rebuilt_with_a_warning_saying_so(dyn_bundle
         os.path.join(d, name), os.path.join(d, "model.json")) in " ".join(warned)
     assert not any("not built from the current" in w for w in warned)
     assert _listed(d) == [(name, "NVIDIA Tegra X1")]
+
+
+def test_a_read_only_model_json_is_refused_before_the_build(dyn_bundle, tmp_path, cache,
+                                                             monkeypatch):
+    """A model.json made read-only (0444) in a writable folder was replaced by the build
+    (a new file moved over it, mode kept): now the build is refused in one line, before it
+    starts, and nothing is written."""
+    state = trt_standin.install(monkeypatch, version="8.2.1.8")
+    d = _bundle_copy(dyn_bundle, tmp_path)
+    json_path = os.path.join(d, "model.json")
+    os.chmod(json_path, 0o444)
+    before = sorted(os.listdir(d)), open(json_path, "rb").read()
+    code, out, err = run_cli(["export", "engine", "--model-dir", d])
+    assert code == 2 and state.builds == 0
+    assert err.strip().splitlines() == [
+        "oncolens export engine: error: {} is read-only (mode 0444) and this build (listing "
+        "its engine) rewrites it: make it writable (chmod u+w {}) to let it; nothing was "
+        "written".format(json_path, json_path)]
+    assert (sorted(os.listdir(d)), open(json_path, "rb").read()) == before
+    os.chmod(json_path, 0o644)
+    assert run_cli(["export", "engine", "--model-dir", d])[0] == 0 and state.builds == 1

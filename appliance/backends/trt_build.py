@@ -13,7 +13,7 @@ from oncolens.appliance.bundle import (MODEL_JSON, read_model_info, sha256_file,
                                        write_model_info)
 from oncolens.appliance.errors import BundleError, OncoLensError, UsageError
 from oncolens.appliance.locks import folder_locked
-from oncolens.appliance.outpaths import replace_file
+from oncolens.appliance.outpaths import check_not_read_only, replace_file
 
 log = logging.getLogger(__name__)
 
@@ -258,8 +258,11 @@ def build_for_bundle(bundle, api, device, options, overwrite=False):
         if os.path.isfile(candidate) and not overwrite and up_to_date(entry, sha, device):
             log.info("engine up to date: %s", candidate)
             return candidate, entry, False
-    plan, dynamic = build_plan(api, onnx_path, precision, options, device["name"])
     path, in_cache = engines.place_engine(bundle.dir, name, sha)
+    if not (in_cache or bundle.inferred):  # before the build of minutes, not after it
+        check_not_read_only(os.path.join(bundle.dir, MODEL_JSON),
+                            "this build (listing its engine)")
+    plan, dynamic = build_plan(api, onnx_path, precision, options, device["name"])
     if os.path.exists(path) and not overwrite:
         entry = engines.entry_for_file(bundle.info, bundle.dir, path, onnx_path)
         listing = os.path.join(engines.cache_dir_for(sha), engines.CACHE_INDEX) if \
