@@ -24,7 +24,13 @@ def test_the_checkpoint_is_the_truth_for_classes_and_resolution(tmp_path, caplog
     model_dir = str(tmp_path / "m")
     _random_checkpoint(model_dir, "simple-cnn", 48, classes=("cat", "dog"))
     _stale_bundle_files(model_dir, "simple-cnn", ["benign", "malignant", "normal"], 32)
+    before = _snapshot(model_dir)
     code, out, err = run_cli(["export", "onnx", "--model-dir", model_dir, "--check-count", 4])
+    assert code == 2 and len(err.strip().splitlines()) == 1  # another model's: --overwrite
+    assert "model.json describes another model than" in err and "--overwrite" in err
+    assert _snapshot(model_dir) == before
+    code, out, err = run_cli(["export", "onnx", "--model-dir", model_dir, "--check-count", 4,
+                              "--overwrite"])
     assert code == 0, err
     sess = _session(os.path.join(model_dir, "simple-cnn.onnx"))
     assert sess.get_inputs()[0].shape == [1, 3, 48, 48] and sess.get_outputs()[0].shape == [1, 2]
