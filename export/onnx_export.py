@@ -189,9 +189,24 @@ def check_onnx_output(out_path, model_dir, given):
                          "is <arch>.onnx)".format(given))
     folder = os.path.realpath(model_dir)
     if not inside(os.path.realpath(out_path), folder):
+        named = os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(out_path))),
+                             os.path.basename(out_path))  # the link's own place
+        if os.path.islink(out_path) and inside(named, folder):
+            raise UsageError("--output {}: a link to {}, which is outside the model folder {}: "
+                             "expected an ONNX file name inside --model-dir (the export would "
+                             "replace the link itself, not write where it points): remove the "
+                             "link or give another name".format(
+                                 given, _link_target(out_path), model_dir))
         raise UsageError("--output {}: outside the model folder {}: expected a file name inside "
                          "--model-dir (the bundle is that folder; model.json records the ONNX "
                          "by its path there)".format(given, model_dir))
+
+
+def _link_target(path):
+    """Where the link ``path`` points: as it is written, and as resolved where that differs
+    (a relative or chained link)."""
+    written, resolved = os.readlink(path), os.path.realpath(path)
+    return written if written == resolved else "{} ({})".format(written, resolved)
 
 
 def _staged(out_path):
