@@ -25,6 +25,7 @@ import tempfile
 import time
 
 from oncolens.appliance.errors import BundleError, UsageError
+from oncolens.appliance.locks import folder_locked
 from oncolens.appliance.outpaths import replace_text
 
 log = logging.getLogger(__name__)
@@ -192,10 +193,12 @@ def write_cache_index(folder, entry):
     """Record an engine built into the cache folder (model.json is read-only then)."""
     if not os.path.isdir(folder):
         os.makedirs(folder)
-    entries = [e for e in read_cache_index(folder) if e.get("file") != entry["file"]]
-    entries.append(entry)
     path = os.path.join(folder, CACHE_INDEX)
-    replace_text(path, json.dumps({"engines": entries}, indent=2, sort_keys=True) + "\n")
+    with folder_locked(folder, "{}: another build is adding its engine to it; waiting for "
+                       "it to finish".format(path)):  # read and written back under the lock
+        entries = [e for e in read_cache_index(folder) if e.get("file") != entry["file"]]
+        entries.append(entry)
+        replace_text(path, json.dumps({"engines": entries}, indent=2, sort_keys=True) + "\n")
 
 
 def onnx_sha(info, onnx_path=None):

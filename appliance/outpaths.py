@@ -60,6 +60,23 @@ def check_output_file(path, flag, overwrite=False, hint="pass --overwrite to rep
     _check_parent(path, flag)
 
 
+def check_not_read_only(path, writer):
+    """Refuse, in one line, to replace the file ``path`` when it was made read-only: its
+    mode has no write bit (which holds for root too: whoever made it so meant it, as for a
+    folder in engines.folder_is_writable), or this user may not write it. A file in a
+    writable folder can be replaced all the same (a new file moved over it), so it is asked
+    here, before ``writer`` (what would rewrite it: "this build") does any work."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode) or (mode & 0o222 and os.access(path, os.W_OK)):
+        return
+    raise UsageError("{} is read-only (mode {:04o}) and {} rewrites it: make it writable "
+                     "(chmod u+w {}) to let it; nothing was written".format(
+                         path, stat.S_IMODE(mode), writer, path))
+
+
 def check_output_dir(path, flag):
     """``path`` is a folder or can be made as one."""
     if os.path.exists(path):

@@ -21,11 +21,7 @@ import logging
 import os
 
 from oncolens.appliance.errors import UsageError
-
-try:
-    import fcntl
-except ImportError:  # not on Linux: runs go unlocked
-    fcntl = None
+from oncolens.appliance.locks import take_lock
 
 log = logging.getLogger(__name__)
 
@@ -222,16 +218,7 @@ class ResultsLock(object):
     def _lock(self, fd):
         """False when another open file holds the lock; True when taken (or when this file
         system cannot lock: a warning says so, and the run goes on)."""
-        if fcntl is None:
-            return True
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except (IOError, OSError) as exc:
-            if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
-                return False
-            log.warning("%s: cannot lock it (%s): a second run writing it at the same time "
-                        "would not be stopped", self.path, exc.strerror or exc)
-        return True
+        return take_lock(fd, self.path)
 
     def __enter__(self):
         return self.acquire()

@@ -44,7 +44,8 @@ def build_onnx_parser():
                    help="ONNX file ending in .onnx (<arch>.onnx): a bare name goes into "
                         "--model-dir, a path with a folder is taken as given, as "
                         "onnx_export.py does; either way it must lie inside --model-dir")
-    p.add_argument("--model-dir", default="", help="the model folder (default: current folder)")
+    p.add_argument("--model-dir", default="", help="the model folder the ONNX, model.json and "
+                   "labels.txt go into (default: current folder)")
     p.add_argument("--no-activation", type=str2bool, nargs="?", const=True, default=False,
                    help="leave out the Softmax: the output is logits (a real boolean: "
                         "--no-activation, =true or =false)")
@@ -57,7 +58,9 @@ def build_onnx_parser():
     p.add_argument("--cam", action="store_true", help="add the output 'cam_0': the class "
                    "activation map of the predicted class (ResNet family)")
     p.add_argument("--no-check", action="store_true", help="skip the export check")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing ONNX file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing ONNX file, "
+                   "and rewrite a model.json of another model (one recording another "
+                   "checkpoint, or another arch, classes or resolution)")
     add_check_flags(p)
     add_common(p)
     return p

@@ -10,15 +10,15 @@ import warnings
 from oncolens.appliance.archs import CHECKPOINT_SUFFIXES, load_checkpoint, model_from_checkpoint
 from oncolens.appliance.bundle import (CAM_OUTPUT_NAME, DEFAULT_INPUT_NAME,
                                        DEFAULT_OUTPUT_NAME, LABELS_TXT, MODEL_JSON, Bundle,
-                                       labels_text, model_info_writer, new_model_info,
-                                       read_labels, read_model_info, sha256_file)
+                                       labels_text, model_info_writer, sha256_file)
 from oncolens.appliance.engines import ENGINE_SUFFIXES
-from oncolens.appliance.errors import BundleError, OncoLensError, UsageError, plural
+from oncolens.appliance.errors import OncoLensError, UsageError
+from oncolens.appliance.locks import folder_locked
 from oncolens.appliance.outpaths import (check_output_dir, check_output_file,
                                           drop_empty_folders, first_existing, inside,
                                           replace_file, replace_together, temp_path,
                                           text_writer, write_temp)
-from oncolens.appliance.preprocess import imagenet_preprocess
+from oncolens.export.onnx_bundle import bundle_info_for, labels_or_none
 
 log = logging.getLogger(__name__)
 
@@ -133,50 +133,6 @@ def _export(module, example, path, kwargs):
         torch.onnx.export(module, example, path, **kwargs)
 
 
-def bundle_info_for(model_dir, ckpt, checkpoint_path):
-    """The model.json to write.  The checkpoint is the truth for the architecture, classes
-    and resolution where it records them; model.json beside it (when there is one) gives
-    the rest and what the checkpoint lacks; a disagreement is a warning naming both."""
-    json_path = os.path.join(model_dir, MODEL_JSON)
-    if os.path.isfile(json_path):
-        return _reconcile(read_model_info(json_path), ckpt, checkpoint_path, json_path)
-    classes = ckpt.get("classes")
-    if not classes:
-        raise UsageError("{}: the checkpoint has no 'classes' and {} has no model.json".format(
-            checkpoint_path, model_dir))
-    res = int(ckpt.get("resolution") or 224)
-    return new_model_info(ckpt["arch"], classes, res,
-                          ckpt.get("preprocess") or imagenet_preprocess(res))
-
-
-def _reconcile(info, ckpt, checkpoint_path, json_path):
-    """model.json's ``info`` with the checkpoint's arch, classes and resolution."""
-    def differs(what, ours, theirs):
-        log.warning("%s: %s %s, but %s says %s: exporting with the checkpoint's (model.json "
-                    "is rewritten to match)", checkpoint_path, what, theirs, json_path, ours)
-
-    classes = ckpt.get("classes")
-    if classes and list(classes) != info["labels"]:
-        differs("classes", info["labels"], list(classes))
-        info["labels"], info["num_classes"] = list(classes), len(classes)
-    elif not classes and ckpt.get("num_classes") and \
-            int(ckpt["num_classes"]) != len(info["labels"]):
-        raise UsageError("{} has {} but {} lists {} ({}): the model.json of "
-                         "another model?".format(checkpoint_path,
-                                                 plural(int(ckpt["num_classes"]), "output"),
-                                                 json_path, plural(len(info["labels"]), "class"),
-                                                 ", ".join(info["labels"])))
-    res = ckpt.get("resolution")
-    shape = info["input"]["shape"]
-    if res and [int(res), int(res)] != list(shape[1:]):
-        differs("resolution", "{}x{}".format(shape[1], shape[2]), "{0}x{0}".format(int(res)))
-        info["input"]["shape"] = [shape[0], int(res), int(res)]
-    if ckpt["arch"] != info["arch"]:
-        differs("arch", info["arch"], ckpt["arch"])
-        info["arch"] = ckpt["arch"]
-    return info
-
-
 def export_module(model, arch, activation=True, cam=False):
     """The module to trace: the network with Softmax (or not), with a CAM output (or not)."""
     if cam:
@@ -233,9 +189,24 @@ def check_onnx_output(out_path, model_dir, given):
                          "is <arch>.onnx)".format(given))
     folder = os.path.realpath(model_dir)
     if not inside(os.path.realpath(out_path), folder):
+        named = os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(out_path))),
+                             os.path.basename(out_path))  # the link's own place
+        if os.path.islink(out_path) and inside(named, folder):
+            raise UsageError("--output {}: a link to {}, which is outside the model folder {}: "
+                             "expected an ONNX file name inside --model-dir (the export would "
+                             "replace the link itself, not write where it points): remove the "
+                             "link or give another name".format(
+                                 given, _link_target(out_path), model_dir))
         raise UsageError("--output {}: outside the model folder {}: expected a file name inside "
                          "--model-dir (the bundle is that folder; model.json records the ONNX "
                          "by its path there)".format(given, model_dir))
+
+
+def _link_target(path):
+    """Where the link ``path`` points: as it is written, and as resolved where that differs
+    (a relative or chained link)."""
+    written, resolved = os.readlink(path), os.path.realpath(path)
+    return written if written == resolved else "{} ({})".format(written, resolved)
 
 
 def _staged(out_path):
@@ -257,8 +228,8 @@ def _path_inside(out_path, model_dir):
                            os.path.realpath(model_dir))
 
 
-def _record(info, model_dir, out_path, staged, checkpoint_path, opset, batch, dynamic_batch,
-            activation, cam):
+def _record(info, model_dir, out_path, staged, checkpoint_path, checkpoint_sha, opset, batch,
+            dynamic_batch, activation, cam):
     """Fill ``info`` for the new ONNX (written at ``staged``, to be named ``out_path``)."""
     info["input"].update(name=DEFAULT_INPUT_NAME, dtype="float32", layout="NCHW")
     info["output"] = {"name": DEFAULT_OUTPUT_NAME,
@@ -269,7 +240,7 @@ def _record(info, model_dir, out_path, staged, checkpoint_path, opset, batch, dy
                     "batch": "dynamic" if dynamic_batch else int(batch),
                     "sha256": sha256_file(staged),
                     "checkpoint": os.path.relpath(checkpoint_path, model_dir),
-                    "checkpoint_sha256": sha256_file(checkpoint_path)}
+                    "checkpoint_sha256": checkpoint_sha}
     info["engines"] = []  # engines of an older ONNX no longer match it
     return info
 
@@ -285,24 +256,19 @@ def _commit(model_dir, info, staged, out_path):
     moves = [(staged, out_path)]
     try:
         moves.append((write_temp(json_path, write_json), json_path))
-        if not had_labels or _labels_or_none(labels_path) != info["labels"]:
+        if not had_labels or labels_or_none(labels_path) != info["labels"]:
             moves.append((write_temp(labels_path, text_writer(labels_text(info["labels"]))),
                           labels_path))
     except BaseException:
         for tmp, _ in moves[1:]:
             os.remove(tmp)
         raise
-    replace_together(moves)
+    with folder_locked(model_dir, "{}: an engine build is adding its engine to it; waiting "
+                       "for it to finish".format(json_path)):  # not written back over this
+        replace_together(moves)
     if moves[2:] and had_labels:
         log.warning("%s rewritten with the checkpoint's classes: %s", labels_path,
                     ", ".join(info["labels"]))
-
-
-def _labels_or_none(path):
-    try:
-        return read_labels(path)
-    except BundleError:
-        return None
 
 
 def export_onnx(model_dir, input_name=None, output_name=None, opset=DEFAULT_OPSET,
@@ -324,7 +290,8 @@ def export_onnx(model_dir, input_name=None, output_name=None, opset=DEFAULT_OPSE
     check_onnx_output(out_path, model_dir, output_name or os.path.basename(out_path))
     check_output_file(out_path, "--output", overwrite)
     model = model_from_checkpoint(ckpt, checkpoint_path)  # weights of another arch: one line
-    info = bundle_info_for(model_dir, ckpt, checkpoint_path)
+    checkpoint_sha = sha256_file(checkpoint_path)
+    info = bundle_info_for(model_dir, ckpt, checkpoint_path, checkpoint_sha, overwrite)
     module, output_names = export_module(model, ckpt["arch"], activation, cam)
     c, h, w = info["input"]["shape"]
     folder = os.path.dirname(os.path.abspath(out_path))
@@ -334,8 +301,8 @@ def export_onnx(model_dir, input_name=None, output_name=None, opset=DEFAULT_OPSE
         staged = _staged(out_path)
         torch_onnx_export(module, torch.zeros(int(batch), c, h, w), staged, opset,
                           dynamic_batch=dynamic_batch, output_names=output_names)
-        _record(info, model_dir, out_path, staged, checkpoint_path, opset, batch,
-                dynamic_batch, activation, cam)
+        _record(info, model_dir, out_path, staged, checkpoint_path, checkpoint_sha, opset,
+                batch, dynamic_batch, activation, cam)
         if check is not None:
             check(Bundle(model_dir, info, info["labels"], staged,
                          checkpoint_path if ckpt.get("classes") else None))

@@ -24,7 +24,13 @@ def test_the_checkpoint_is_the_truth_for_classes_and_resolution(tmp_path, caplog
     model_dir = str(tmp_path / "m")
     _random_checkpoint(model_dir, "simple-cnn", 48, classes=("cat", "dog"))
     _stale_bundle_files(model_dir, "simple-cnn", ["benign", "malignant", "normal"], 32)
+    before = _snapshot(model_dir)
     code, out, err = run_cli(["export", "onnx", "--model-dir", model_dir, "--check-count", 4])
+    assert code == 2 and len(err.strip().splitlines()) == 1  # another model's: --overwrite
+    assert "model.json describes another model than" in err and "--overwrite" in err
+    assert _snapshot(model_dir) == before
+    code, out, err = run_cli(["export", "onnx", "--model-dir", model_dir, "--check-count", 4,
+                              "--overwrite"])
     assert code == 0, err
     sess = _session(os.path.join(model_dir, "simple-cnn.onnx"))
     assert sess.get_inputs()[0].shape == [1, 3, 48, 48] and sess.get_outputs()[0].shape == [1, 2]
@@ -129,6 +135,27 @@ def test_output_is_an_onnx_file_inside_the_model_folder(tiny_bundle, tmp_path, o
     assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
     assert output in err and _snapshot(model_dir) == before
     assert sorted(os.listdir(str(tmp_path))) == ["model"]  # nothing written beside it
+
+
+def test_output_that_is_a_link_out_of_the_model_folder_is_called_a_link(tiny_bundle,
+                                                                        tmp_path):
+    """An --output that is itself a link in the model folder, pointing outside it, was
+    refused as "outside the model folder", which its path is not: the line now says it is
+    a link and where it points."""
+    model_dir = _copy_bundle(tiny_bundle, tmp_path)
+    (tmp_path / "elsewhere.onnx").write_bytes(b"another model")
+    os.symlink(os.path.join("..", "elsewhere.onnx"), os.path.join(model_dir, "linked.onnx"))
+    before = _snapshot(model_dir)
+    code, out, err = run_cli(["export", "onnx", "--model-dir", model_dir, "--output",
+                              "linked.onnx", "--overwrite"])
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--output linked.onnx: a link to {} ({}), which is outside the model folder {}" \
+        .format(os.path.join("..", "elsewhere.onnx"), str(tmp_path / "elsewhere.onnx"),
+                model_dir) in err
+    assert "remove the link or give another name" in err
+    assert _snapshot(model_dir) == before and os.path.islink(os.path.join(model_dir,
+                                                                          "linked.onnx"))
+    assert (tmp_path / "elsewhere.onnx").read_bytes() == b"another model"
 
 
 def test_check_before_any_export_says_the_onnx_is_missing(tiny_bundle, tmp_path):

@@ -12,7 +12,8 @@ from oncolens.appliance import engines
 from oncolens.appliance.bundle import (MODEL_JSON, read_model_info, sha256_file,
                                        write_model_info)
 from oncolens.appliance.errors import BundleError, OncoLensError, UsageError
-from oncolens.appliance.outpaths import replace_file
+from oncolens.appliance.locks import folder_locked
+from oncolens.appliance.outpaths import check_not_read_only, replace_file
 
 log = logging.getLogger(__name__)
 
@@ -194,13 +195,16 @@ def record(bundle, path, entry, in_cache):
         engines.write_cache_index(engines.cache_dir_for(entry["onnx_sha256"]),
                                   dict(entry, file=os.path.abspath(path)))
         return
-    # model.json as it is now, not as it was when the build began minutes ago: an engine
-    # another build listed meanwhile (another precision, at the same time) stays listed
+    # model.json as it is now, not as it was when the build began minutes ago, and under
+    # the folder's lock from reading it to writing it back: an engine another build lists
+    # meanwhile (another precision, at the same time) stays listed
     path = os.path.join(bundle.dir, MODEL_JSON)
-    if os.path.isfile(path):
-        bundle.info = read_model_info(path)
-    engines.add_entry(bundle.info, entry)
-    write_model_info(path, bundle.info)
+    with folder_locked(bundle.dir, "{}: another build is adding its engine to it; waiting "
+                       "for it to finish".format(path)):
+        if os.path.isfile(path):
+            bundle.info = read_model_info(path)
+        engines.add_entry(bundle.info, entry)
+        write_model_info(path, bundle.info)
 
 
 def engine_target(bundle, api, precision, options):
@@ -223,12 +227,21 @@ def up_to_date(entry, sha, device):
         built_on in (None, device.get("name"))
 
 
-def stale_reason(entry, sha, device, onnx_path):
-    """Why an engine file of the right name is built again (for the log)."""
-    if entry and entry.get("onnx_sha256") == sha:
+def stale_reason(entry, sha, device, onnx_path, listing):
+    """Why an engine file of the right name is built again (for the log): only what is
+    known. ``listing`` is the file that would list it (model.json, or engines.json)."""
+    if not entry:  # a build stopped before listing it, jetson-inference's, or a copy
+        return "no entry in {} records which ONNX and GPU it was built for (a build " \
+            "stopped before listing it, or another tool built it), so it cannot be " \
+            "called up to date".format(listing)
+    if not entry.get("onnx_sha256"):
+        return "its entry in {} records no ONNX checksum, so it cannot be called up to " \
+            "date".format(listing)
+    if entry.get("onnx_sha256") == sha:
         return "it was built for the GPU '{}', this GPU is '{}'".format(
             entry.get("device_name"), device.get("name"))
-    return "it was not built from the current {}".format(onnx_path)
+    return "it was built from another ONNX than the current {} (SHA-256 {}..., now " \
+        "{}...)".format(onnx_path, entry["onnx_sha256"][:12], sha[:12])
 
 
 def build_for_bundle(bundle, api, device, options, overwrite=False):
@@ -245,11 +258,17 @@ def build_for_bundle(bundle, api, device, options, overwrite=False):
         if os.path.isfile(candidate) and not overwrite and up_to_date(entry, sha, device):
             log.info("engine up to date: %s", candidate)
             return candidate, entry, False
-    plan, dynamic = build_plan(api, onnx_path, precision, options, device["name"])
     path, in_cache = engines.place_engine(bundle.dir, name, sha)
+    if not (in_cache or bundle.inferred):  # before the build of minutes, not after it
+        check_not_read_only(os.path.join(bundle.dir, MODEL_JSON),
+                            "this build (listing its engine)")
+    plan, dynamic = build_plan(api, onnx_path, precision, options, device["name"])
     if os.path.exists(path) and not overwrite:
         entry = engines.entry_for_file(bundle.info, bundle.dir, path, onnx_path)
-        log.warning("replacing %s: %s", path, stale_reason(entry, sha, device, onnx_path))
+        listing = os.path.join(engines.cache_dir_for(sha), engines.CACHE_INDEX) if \
+            in_cache or bundle.inferred else os.path.join(bundle.dir, MODEL_JSON)
+        log.warning("replacing %s: %s", path,
+                    stale_reason(entry, sha, device, onnx_path, listing))
     write_bytes(path, plan)
     entry = engines.make_entry(path, bundle.dir, api.version, device["name"], precision,
                                options.max_batch, options.dla_core, options.gpu_fallback,
