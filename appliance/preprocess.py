@@ -34,6 +34,21 @@ def imagenet_preprocess(size=224, policy="center_crop", mean=IMAGENET_MEAN, std=
             "mean": [float(v) for v in mean], "std": [float(v) for v in std], "clahe": clahe}
 
 
+def checkpoint_preprocess(ckpt, size):
+    """The ``preprocess`` block for a checkpoint: its own record (OncoLens), or else what
+    jetson-inference's ``train.py`` evaluated it with (it records none): ImageNet mean/std
+    and a centre crop of the shorter side resized to ``size`` px (crop ratio 1.0) for the
+    checkpoints that record ``classes`` (its train.py since December 2022); before that it
+    resized the shorter side to 256 px whatever ``size`` was, a crop ratio of ``size / 256``
+    (0.875 at 224 px; at most 1, for a ``size`` over 256 that torchvision would pad)."""
+    recorded = ckpt.get("preprocess")
+    if isinstance(recorded, dict) and recorded:
+        return dict(recorded)
+    spec = imagenet_preprocess(size)
+    spec["crop_ratio"] = 1.0 if ckpt.get("classes") else min(1.0, int(size) / 256.0)
+    return spec
+
+
 def _cv2():
     import cv2  # OpenCV is a runtime requirement (JetPack ships it)
     return cv2

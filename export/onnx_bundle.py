@@ -13,7 +13,7 @@ from oncolens.appliance.bundle import (LABELS_TXT, MODEL_JSON, new_model_info, r
                                        read_model_info)
 from oncolens.appliance.errors import BundleError, UsageError, plural
 from oncolens.appliance.outpaths import check_not_read_only
-from oncolens.appliance.preprocess import imagenet_preprocess
+from oncolens.appliance.preprocess import checkpoint_preprocess
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def bundle_info_for(model_dir, ckpt, checkpoint_path, checkpoint_sha, overwrite=
                              .format(checkpoint_path, model_dir))
         res = int(ckpt.get("resolution") or 224)
         info = new_model_info(ckpt["arch"], classes, res,
-                              ckpt.get("preprocess") or imagenet_preprocess(res))
+                              checkpoint_preprocess(ckpt, res))
     labels_path = os.path.join(model_dir, LABELS_TXT)
     if labels_or_none(labels_path) != info["labels"]:  # rewritten by the export
         check_not_read_only(labels_path, "this export")

@@ -40,6 +40,7 @@ class TorchBackend(Backend):
         super(TorchBackend, self).__init__(bundle, **options)
         from oncolens.appliance.archs import load_checkpoint, model_from_checkpoint
         from oncolens.appliance.errors import BundleError
+        from oncolens.appliance.preprocess import checkpoint_preprocess
         path = checkpoint_file(bundle)
         if path is None:
             raise BundleError("{}: no checkpoint for the torch backend (expected a .pth/.pth.tar "
@@ -57,8 +58,7 @@ class TorchBackend(Backend):
         if bundle.inferred:  # no model.json: the checkpoint says its input size
             res = int(ckpt.get("resolution") or bundle.input_shape[1])
             bundle.info["input"]["shape"] = [3, res, res]
-            if ckpt.get("preprocess"):
-                bundle.info["preprocess"] = dict(ckpt["preprocess"])
+            bundle.info["preprocess"] = checkpoint_preprocess(ckpt, res)
         want_cuda = device == "cuda" or (device is None and torch.cuda.is_available())
         self.device = torch.device("cuda" if want_cuda else "cpu")
         self.model.to(self.device)
