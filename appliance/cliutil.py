@@ -102,7 +102,8 @@ def sigterm_as_interrupt():
 def signals_held():
     """While inside: SIGINT and SIGTERM wait, so that the body (a file written, a folder put
     in place) is done whole; the first that came is then raised as it would have been
-    (KeyboardInterrupt, or Terminated for SIGTERM), unless the body raised. Outside the main
+    (KeyboardInterrupt, or Terminated for SIGTERM), unless the body raised. A signal the
+    process ignores (SIG_IGN: a background job of a script) stays ignored. Outside the main
     thread nothing changes."""
     held = []
 
@@ -111,7 +112,8 @@ def signals_held():
     previous = {}
     try:
         for signum in (signal.SIGINT, signal.SIGTERM):
-            previous[signum] = signal.signal(signum, hold)
+            if signal.getsignal(signum) != signal.SIG_IGN:
+                previous[signum] = signal.signal(signum, hold)
     except ValueError:  # not the main thread
         pass
     try:

@@ -315,7 +315,9 @@ def replace_folder(tmp, path):
     earlier folder there is moved aside (``.<name>.<random>.old``), ``tmp`` takes its name
     with its mode, and the earlier one is then removed. A move that fails puts the earlier
     folder back as it was, and ``tmp`` is left to the caller; hold Ctrl-C and SIGTERM over
-    it (cliutil.signals_held) so that a stop cannot come between the two moves."""
+    it (cliutil.signals_held) so that a stop cannot come between the two moves. ``path``
+    is taken by its absolute name: '.' (the current folder) is one no rename takes."""
+    path = os.path.abspath(path)
     aside = temp_folder(path, ".old") if os.path.lexists(path) else None
     try:
         if aside is not None:

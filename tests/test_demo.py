@@ -226,3 +226,31 @@ def test_files_named_like_the_old_fixed_temporary_names_are_the_users(tmp_path):
         (out / "model" / name).write_text(u"x")
     assert others_in(str(out)) == sorted(os.path.join("model", name) for name in (
         "resnet18.onnx.tmp", "model.json.part", ".resnet18.unchecked.onnx"))
+
+
+def test_an_out_that_is_a_mount_point_is_refused_before_the_demo_runs(tmp_path):
+    """A mount point cannot be renamed (EBUSY): an --overwrite demo into one (an empty USB
+    stick's folder) trained, exported and classified, then failed to take --out's place
+    and removed all it had built, saying only 'Device or resource busy'. It is refused in
+    one line before anything runs. The mount is made in a namespace of the test's own."""
+    import shutil
+    import pytest
+    if not shutil.which("unshare"):
+        pytest.skip("no unshare")
+    out = tmp_path / "stick"
+    out.mkdir()
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs none " + str(out)],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if probe.returncode:
+        pytest.skip("cannot mount in a user namespace here")
+    command = "mount -t tmpfs none {} && exec {} -m oncolens demo --out {} --overwrite {}" \
+        .format(out, sys.executable, out, " ".join(SMALL))
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", command], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True)
+    assert done.returncode == 2, done.stderr
+    assert "[1/4]" not in done.stdout
+    assert done.stderr.strip().splitlines() == [
+        "oncolens demo: error: --out {}: a mount point, which the finished demo cannot take "
+        "the place of (it is built beside it, then renamed): give a folder inside it, e.g. "
+        "--out {}".format(out, os.path.join(str(out), "oncolens-demo"))], done.stderr
+    assert sorted(os.listdir(str(tmp_path))) == ["stick"]

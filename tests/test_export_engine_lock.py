@@ -10,10 +10,14 @@ from test_export_tensorrt_standin import _bundle_copy, cache, dyn_bundle  # noqa
 
 
 def _entry(d, precision, where=None):
+    """An entry for an engine built from ``d``'s ONNX (as it is now)."""
     from oncolens.appliance import engines
+    from oncolens.appliance.bundle import sha256_file
+    onnx = os.path.join(d, "resnet18.onnx")
     name = "resnet18.onnx.1.1.8201.GPU.{}.engine".format(precision.upper())
     return engines.make_entry(os.path.join(where or d, name), d, "8.2.1.8", "NVIDIA Tegra X1",
-                              precision, 1, onnx_sha256="ab" * 32)
+                              precision, 1, onnx_sha256=sha256_file(onnx)
+                              if os.path.isfile(onnx) else "ab" * 32)
 
 
 def _race(monkeypatch, caplog, module, reader, first, second):
@@ -94,3 +98,45 @@ def test_an_export_while_a_build_lists_its_engine_keeps_its_model_json(dyn_bundl
     info = read_model_info(os.path.join(d, "model.json"))
     assert info["onnx"]["batch"] == 1
     assert info["onnx"]["sha256"] == sha256_file(os.path.join(d, "resnet18.onnx"))
+
+
+def test_an_engine_built_from_an_onnx_replaced_during_its_build_is_not_picked(
+        dyn_bundle, tmp_path, cache, monkeypatch, caplog):
+    """'export onnx' replaced the ONNX (and emptied model.json's engines) while a build of
+    minutes ran from the old one; the build then re-read model.json and listed its engine
+    there, and the runtime picked that engine, the old model's weights under the new one's
+    labels. It is now left unlisted, with a warning, and the runtime builds one anew."""
+    import shutil
+    import trt_standin
+    from conftest import run_cli
+    from oncolens.appliance.backends import trt_build
+    from oncolens.appliance.backends.tensorrt import TensorRTBackend
+    from oncolens.appliance.bundle import load_bundle, read_model_info, sha256_file
+    from oncolens.export.onnx_export import export_onnx
+    state = trt_standin.install(monkeypatch, version="8.2.1.8")
+    d = _bundle_copy(dyn_bundle, tmp_path)
+    shutil.copy(os.path.join(dyn_bundle, "model_best.pth.tar"), d)
+    real = trt_build.build_plan
+
+    def build_then_export(*args, **kwargs):
+        built = real(*args, **kwargs)
+        export_onnx(d, overwrite=True, batch=1)   # was --dynamic-batch: another ONNX
+        return built
+    monkeypatch.setattr(trt_build, "build_plan", build_then_export)
+    caplog.set_level(logging.INFO)
+    code, out, err = run_cli(["export", "engine", "--model-dir", d])
+    monkeypatch.setattr(trt_build, "build_plan", real)
+    assert code == 1 and "resnet18.onnx was replaced while the engine was built" in err
+    assert len(err.strip().splitlines()) == 1
+    info = read_model_info(os.path.join(d, "model.json"))
+    now = sha256_file(os.path.join(d, "resnet18.onnx"))
+    assert info["onnx"]["sha256"] == now
+    assert all(e.get("onnx_sha256") == now for e in info.get("engines") or [])
+    assert not [f for f in os.listdir(d) if f.endswith(".engine")]
+    builds = state.builds
+    backend = TensorRTBackend(load_bundle(d))
+    try:
+        assert state.builds == builds + 1   # built for the ONNX the folder now holds
+    finally:
+        backend.close()
+

@@ -262,3 +262,22 @@ def test_replace_folder_that_fails_puts_the_earlier_folder_back(tmp_path, monkey
         outpaths.replace_folder(tmp, str(out))
     assert _tree(str(out)) == [("old.txt", "earlier")]
     assert sorted(os.listdir(str(tmp_path))) == sorted(["demo", os.path.basename(tmp)])
+
+
+def test_replace_folder_takes_the_place_of_the_current_folder_given_as_dot(tmp_path,
+                                                                          monkeypatch):
+    """``oncolens demo --out . --overwrite`` from inside an earlier demo: the new folder was
+    made beside it (the name resolved), but the moves were given '.', which no rename
+    takes (EBUSY): the finished demo was removed and the run ended on the OS's line."""
+    from oncolens.appliance.outpaths import replace_folder, temp_folder
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "old.txt").write_text(u"earlier")
+    monkeypatch.chdir(str(out))
+    tmp = temp_folder(".")
+    assert os.path.dirname(tmp) == str(tmp_path)
+    with open(os.path.join(tmp, "new.txt"), "w") as fh:
+        fh.write(u"new")
+    replace_folder(tmp, ".")
+    assert _tree(str(out)) == [("new.txt", "new")]
+    assert os.listdir(str(tmp_path)) == ["demo"]

@@ -84,3 +84,37 @@ def test_the_limiter_follows_so_many_clients_then_counts_the_rest_together():
     ended = limiter.flush()
     assert [(client, status, window.suppressed) for client, status, window in ended] == [
         (None, 503, 6)]
+
+
+def test_a_wall_clock_set_back_does_not_hold_the_summary_back(tmp_path, monkeypatch):
+    """The windows were on the wall clock: set back an hour (an NTP step) after a client's
+    first refusals, its window lasted an hour more, every refusal of it unwritten and its
+    count held back all that while. They are on the monotonic clock now."""
+    import time as real_time
+    from oncolens.appliance.web import audit as audit_module
+    from oncolens.appliance.web.audit import AuditLog
+
+    class Clock(object):
+        wall, ticks = 1000000.0, 0.0
+
+        def time(self):
+            return self.wall
+
+        def monotonic(self):
+            return self.ticks
+
+        def __getattr__(self, name):
+            return getattr(real_time, name)
+    clock = Clock()
+    monkeypatch.setattr(audit_module, "time", clock)
+    path = str(tmp_path / "audit.jsonl")
+    log = AuditLog(path)
+    try:
+        for _ in range(7):
+            log.write_limited("r", 503, request={"client": "192.0.2.9"})
+        clock.wall -= 3600.0     # set back an hour
+        clock.ticks += 61.0      # while a minute passes
+        log.tick()
+        assert [r.get("suppressed") for r in audit_lines(path)] == [None] * 5 + [2]
+    finally:
+        log.close()

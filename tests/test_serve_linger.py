@@ -123,3 +123,36 @@ def test_lingering_is_bounded_in_sockets_and_time():
         for ours, theirs in pairs:
             ours.close()
             theirs.close()
+
+
+def test_a_wall_clock_set_back_does_not_hold_a_lingering_socket(monkeypatch):
+    """The lingering's deadlines were on the wall clock: set back an hour (an NTP step)
+    just after a socket was handed over, it lingered an hour, one of the 64 places taken
+    by a client that kept its side open. The monotonic clock decides now."""
+    import time as real_time
+    from oncolens.appliance.web import linger
+    from oncolens.appliance.web.linger import Lingerer
+
+    class SetBack(object):
+        readings = 0
+
+        def time(self):
+            self.readings += 1
+            return real_time.time() - (3600.0 if self.readings > 1 else 0.0)
+
+        def __getattr__(self, name):
+            return getattr(real_time, name)
+    monkeypatch.setattr(linger, "time", SetBack())
+    lingerer = Lingerer()
+    lingerer.seconds = 0.3
+    ours, theirs = socket.socketpair()
+    try:
+        lingerer.close_softly(ours)
+        for _ in range(100):
+            if not lingerer.lingering():
+                break
+            time.sleep(0.05)
+        assert lingerer.lingering() == 0
+    finally:
+        ours.close()
+        theirs.close()

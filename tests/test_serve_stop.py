@@ -83,3 +83,38 @@ def test_stopping_is_said_as_the_drain_begins_and_the_watchdog_is_pinged_through
     record = json.loads(open(audit).read().splitlines()[-1])
     assert (record["request_id"], record["status"]) == (result["request_id"], 200)
     assert sum(m.split("\n")[0] == "STOPPING=1" for m in seen) == 1   # said once
+
+
+class _SteppedClock(object):
+    """``time`` with a wall clock set forward an hour after its first reading (NTP on a
+    Nano without an RTC battery), the rest of the module as it is."""
+
+    def __init__(self, real):
+        self._real, self._readings = real, 0
+
+    def time(self):
+        self._readings += 1
+        return self._real.time() + (3600.0 if self._readings > 1 else 0.0)
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+def test_a_wall_clock_set_forward_does_not_cut_the_drain_short(monkeypatch):
+    """The drain's deadline was on the wall clock: set forward during it (an NTP step), the
+    drain ended at once, and the requests in flight were cut off unanswered, their results
+    and audit lines lost. It is on the monotonic clock now."""
+    import threading
+    import time as real_time
+    from oncolens.appliance.web import server as server_module
+    from oncolens.appliance.web.server import QuietHandler, ThreadingWSGIServer
+    httpd = ThreadingWSGIServer(("127.0.0.1", 0), QuietHandler)
+    try:
+        httpd.request_began()
+        monkeypatch.setattr(server_module, "time", _SteppedClock(real_time))
+        answered = threading.Timer(0.3, httpd.request_ended)
+        answered.start()
+        assert httpd.wait_idle(30) == 0
+        answered.join()
+    finally:
+        httpd.server_close()

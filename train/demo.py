@@ -37,7 +37,8 @@ def build_parser():
                         "holding nothing but what the demo wrote (a file or folder of yours "
                         "anywhere inside, annotated/ included, is named and nothing is "
                         "replaced): it is replaced whole once the new demo is complete, and "
-                        "kept as it was when the new one is stopped or fails")
+                        "kept as it was when the new one is stopped or fails (a mount point "
+                        "cannot be replaced so, and is refused)")
     p.add_argument("--epochs", type=int, default=8, help="training epochs (8)")
     p.add_argument("--size", type=int, default=96, help="synthetic image size (96)")
     p.add_argument("--resolution", type=int, default=64, help="network input size (64)")
@@ -126,6 +127,11 @@ def check_out(args):
         if not args.overwrite:
             raise UsageError("{} already exists: pass --overwrite to replace it, or --out "
                              "to write elsewhere".format(args.out))
+        if os.path.ismount(args.out):  # renamed at the end: EBUSY, after the whole demo
+            raise UsageError("--out {}: a mount point, which the finished demo cannot take "
+                             "the place of (it is built beside it, then renamed): give a "
+                             "folder inside it, e.g. --out {}".format(
+                                 args.out, os.path.join(args.out, "oncolens-demo")))
         check_earlier_demo(args.out)
 
 

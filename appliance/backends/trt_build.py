@@ -198,13 +198,34 @@ def record(bundle, path, entry, in_cache):
     # model.json as it is now, not as it was when the build began minutes ago, and under
     # the folder's lock from reading it to writing it back: an engine another build lists
     # meanwhile (another precision, at the same time) stays listed
-    path = os.path.join(bundle.dir, MODEL_JSON)
+    engine, path = path, os.path.join(bundle.dir, MODEL_JSON)
     with folder_locked(bundle.dir, "{}: another build is adding its engine to it; waiting "
                        "for it to finish".format(path)):
+        check_onnx_unchanged(bundle.onnx_path, entry["onnx_sha256"], engine)
         if os.path.isfile(path):
             bundle.info = read_model_info(path)
         engines.add_entry(bundle.info, entry)
         write_model_info(path, bundle.info)
+
+
+def check_onnx_unchanged(onnx_path, built_from, engine):
+    """Refuse to list ``engine`` (and remove it) when ``onnx_path`` is no longer the ONNX it
+    was built from (``built_from``, its SHA-256): 'export onnx' replaced it during the
+    build (under the folder's lock, which the caller holds). That engine was listed in the
+    new model.json, and the runtime then ran the old model's weights under the new one's
+    labels."""
+    now = sha256_file(onnx_path) if os.path.isfile(onnx_path) else None
+    if not built_from or now == built_from:
+        return
+    try:
+        os.remove(engine)
+    except OSError as exc:
+        log.warning("%s: could not remove it (%s)", engine, exc.strerror or exc)
+    raise OncoLensError("{} was replaced while the engine was built from it (SHA-256 {}... "
+                        "then, {} now): the engine {} is not listed and was removed; build "
+                        "it again".format(onnx_path, built_from[:12],
+                                          now[:12] + "..." if now else "no file",
+                                          engine))
 
 
 def engine_target(bundle, api, precision, options):

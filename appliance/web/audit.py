@@ -273,7 +273,7 @@ class AuditLog(object):
         record = self._record(request_id, status, None, model_sha256, None, None, request)
         with self._lock:
             written, due = self.limiter.admit(record["client"], record["status"],
-                                              time.time(), record["time"], model_sha256)
+                                              time.monotonic(), record["time"], model_sha256)
             self._summaries(due)
             if written:
                 self._emit(record)
@@ -293,7 +293,7 @@ class AuditLog(object):
             if self._fh is None:
                 return
             try:
-                self._summaries(self.limiter.sweep(time.time()))
+                self._summaries(self.limiter.sweep(time.monotonic()))
             except (OSError, IOError, ValueError) as exc:
                 log.error("audit log %s: a summary line lost (%s)", self.path,
                           getattr(exc, "strerror", None) or exc)

@@ -33,7 +33,8 @@ class RefusalLimiter(object):
 
     def admit(self, client, status, now, utc, model_sha256):
         """(whether this refusal's line is written, summaries due first: (client, status,
-        window) each). ``now``: time.time(); ``utc``: the same as the audit writes it."""
+        window) each). ``now``: time.monotonic() (a wall clock set back held a window open
+        as long); ``utc``: the wall-clock time as the audit writes it."""
         due = []
         key = (client, status)
         found = self._windows.get(key)

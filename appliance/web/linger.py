@@ -38,6 +38,7 @@ still lingering when the process exits are closed by the system."""
     # class attributes, so tests shorten them (limits.py has the numbers)
     seconds, max_bytes, max_sockets = LINGER_SECONDS, LINGER_BYTES, MAX_LINGERING
     poll = 0.1   # seconds between looks at newly handed sockets while some linger
+    # deadlines are on the monotonic clock: the wall clock set back held sockets that long
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -58,7 +59,7 @@ still lingering when the process exits are closed by the system."""
             if self._count >= self.max_sockets:
                 close_now(sock)
                 return
-            self._new.append((sock, time.time() + self.seconds, self.max_bytes))
+            self._new.append((sock, time.monotonic() + self.seconds, self.max_bytes))
             self._count += 1
             if not self._running:
                 self._running = True
@@ -104,7 +105,7 @@ still lingering when the process exits are closed by the system."""
             while self._take_new(selector):
                 for key, _ in selector.select(self.poll):
                     self._read(selector, key)
-                now = time.time()
+                now = time.monotonic()
                 for key in list(selector.get_map().values()):
                     if key.data[0] <= now:
                         self._done(selector, key.fileobj)

@@ -336,13 +336,14 @@ class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
         """Wait until every request read so far is answered, up to ``timeout`` seconds: the
         number still in flight then (0: all answered). A connection still sending its
         request line or headers is no request yet, and is not waited for. ``tick`` (the
-        systemd watchdog's ping) is called at least every ``step`` seconds meanwhile."""
-        deadline = time.time() + timeout
+        systemd watchdog's ping) is called at least every ``step`` seconds meanwhile. On the
+        monotonic clock: a wall clock set forward (an NTP step) cut the drain short."""
+        deadline = time.monotonic() + timeout
         with self._idle:
-            while self._in_flight and time.time() < deadline:
+            while self._in_flight and time.monotonic() < deadline:
                 if tick is not None:
                     tick()
-                self._idle.wait(min(step, max(0.0, deadline - time.time())))
+                self._idle.wait(min(step, max(0.0, deadline - time.monotonic())))
             return self._in_flight
 
     heartbeat = None   # called from serve_forever's loop (every poll): the watchdog's ping
