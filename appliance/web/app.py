@@ -21,7 +21,7 @@ from oncolens.appliance.web.audit import AuditLog, client_field, request_fields,
 from oncolens.appliance.web.auth import token_ok
 from oncolens.appliance.web.metrics import CONTENT_TYPE as METRICS_TYPE, PATHS, Metrics
 from oncolens.appliance.web.classify import handle_classify
-from oncolens.appliance.web.limits import TOO_LARGE_DRAIN, UNAUTHORIZED_DRAIN
+from oncolens.appliance.web.limits import REFUSED_DRAIN, TOO_LARGE_DRAIN, UNAUTHORIZED_DRAIN
 from oncolens.appliance.web.queue import InferenceQueue
 from oncolens.appliance.web.body import DIGITS, drain, image_bytes, read_body
 from oncolens.appliance.web.upload import (UploadError, check_image, decode_upload,
@@ -190,9 +190,11 @@ class ServeApp(object):
             self.metrics.observe_error("unauthorized")
         self.audit_refusal(rid, 401, environ.get("oncolens.audit"))
 
-    # seconds the body of a request refused 401 (or 413) is read, at most (limits.py)
+    # seconds the body of a request refused 401 (or 413, or 404 no_model and 400 bad_query
+    # on /classify) is read, at most (limits.py)
     unauthorized_drain = UNAUTHORIZED_DRAIN
     too_large_drain = TOO_LARGE_DRAIN
+    refused_drain = REFUSED_DRAIN
 
     def drop_body(self, environ, seconds=None):
         """Read and drop the body of a refused request (up to --max-upload-mb), so that the
