@@ -3,7 +3,8 @@
 The appliance calls ``ready()`` once the model is loaded and the source is open,
 ``watchdog()`` for every frame (rate-limited here to half the watchdog interval), and
 ``stopping()`` on shutdown.  ``oncolens serve`` pings from its accept loop and says
-``stopping()`` as its drain of the requests in flight begins, pinging on through it.
+``stopping()`` as its drain of the requests in flight begins, pinging on through it; it
+pings only while its model's worker is healthy (appliance/web/watchdog.py).
 When ``$NOTIFY_SOCKET`` is unset every call does nothing.
 """
 import logging
@@ -23,6 +24,7 @@ class Notifier(object):
         interval = int(usec) / 1e6 if usec and usec.isdigit() else 0.0
         if pid and pid.isdigit() and int(pid) != os.getpid():
             interval = 0.0  # the watchdog is meant for another process
+        self.interval = interval  # WatchdogSec in seconds (0.0: no watchdog for this process)
         # ping at half the interval systemd expects; once a second when it is not set
         self.ping_every = interval / 2.0 if interval else 1.0
         self._last_ping = 0.0

@@ -112,14 +112,15 @@ def _stop_on_sigterm(server):
         pass
 
 
-def _finish_in_flight(server, notifier):
+def _finish_in_flight(server, notifier, ping):
     """After a SIGTERM: no new connection is taken (the listening socket is closed), and the
     requests already read get their answers, for up to STOP_GRACE seconds, before the model,
     the queue and the audit log are closed. Those were closed at once: a request in flight
     was cut off unanswered, its result and audit line lost. systemd hears STOPPING=1 (and
     what is waited for) as the drain begins, and the watchdog's pings go on through it:
     STOPPING=1 came only after the drain, and no ping at all, so a WatchdogSec under the
-    drain's length could have the unit killed while it answered."""
+    drain's length could have the unit killed while it answered. ``ping``: the watchdog's
+    ping, withheld while the model's worker is stuck (web/watchdog.py)."""
     server.httpd.server_close()
     busy = server.httpd.wait_idle(0)
     if not busy:
@@ -128,8 +129,7 @@ def _finish_in_flight(server, notifier):
     log.info("stopping: finishing %d request(s) in flight (up to %g s)", busy, STOP_GRACE)
     notifier.stopping("stopping: finishing {} request(s) in flight (up to {:g} s)".format(
         busy, STOP_GRACE))
-    left = server.httpd.wait_idle(STOP_GRACE, notifier.watchdog,
-                                  min(0.5, notifier.ping_every / 2.0))
+    left = server.httpd.wait_idle(STOP_GRACE, ping, min(0.5, notifier.ping_every / 2.0))
     if left:
         log.warning("stopping with %d request(s) still unanswered after %g s", left,
                     STOP_GRACE)
@@ -148,6 +148,7 @@ def main(argv):
     from oncolens.appliance.web.app import ServeApp, bottle_module, prepare_save_dir
     from oncolens.appliance.web.audit import AuditLog
     from oncolens.appliance.web.server import ServerThread
+    from oncolens.appliance.web.watchdog import WorkerWatchdog
     bottle_module()                          # a missing framework is said before the model loads
     prepare_save_dir(args.save_uploads)      # the outputs too: made and opened now
     audit = AuditLog(args.audit_log)
@@ -177,12 +178,14 @@ def main(argv):
     sys.stdout.flush()
     notifier = Notifier()
     notifier.ready("serving on {}".format(server.url))
-    server.httpd.heartbeat = notifier.watchdog   # WATCHDOG=1 while the accept loop runs
+    # WATCHDOG=1 while the accept loop runs and the model's worker is not stuck
+    watchdog = WorkerWatchdog(notifier, app.queue)
+    server.httpd.heartbeat = watchdog.ping
     stopping = False
     try:
         server.serve_forever()
         stopping = True
-        _finish_in_flight(server, notifier)   # SIGTERM: the requests already read are answered
+        _finish_in_flight(server, notifier, watchdog.ping)   # SIGTERM: those read are answered
     finally:
         if not stopping:
             notifier.stopping()

@@ -118,3 +118,50 @@ def test_a_wall_clock_set_back_does_not_hold_the_summary_back(tmp_path, monkeypa
         assert [r.get("suppressed") for r in audit_lines(path)] == [None] * 5 + [2]
     finally:
         log.close()
+
+
+def test_a_flood_of_401_404_405_writes_a_few_lines_and_a_count_per_client(classifier,
+                                                                           tmp_path):
+    """A request refused by a route for its token (401), its path (404) or its method (405)
+    wrote a line each, so a client guessing tokens or scanning paths grew the log without
+    bound. Now they are limited as the HTTP layer's refusals are: 5 per client and status
+    in a minute written in full (method and path), the rest counted into one summary line
+    per client and status, which keeps how many 401s that client had."""
+    audit = str(tmp_path / "audit.jsonl")
+    auth = {"Authorization": "Bearer s3cret"}
+    with running(classifier, token="s3cret", audit_log=audit) as (url, app):
+        for _ in range(8):
+            assert request(url, "/health").status == 401
+        for n in range(7):
+            assert request(url, "/nope{}".format(n), headers=auth).status == 404
+        for _ in range(6):
+            assert request(url, "/classify", headers=auth).status == 405
+        text = request(url, "/metrics", headers=auth).body.decode("utf-8")
+    assert metric(text, "oncolens_http_requests_total", path="/health", code="401") == 8
+    lines = audit_lines(audit)
+    written = [(r["status"], r["method"], r["path"]) for r in lines if "suppressed" not in r]
+    assert written == ([(401, "GET", "/health")] * 5 + [
+        (404, "GET", "/nope{}".format(n)) for n in range(5)] + [(405, "GET", "/classify")] * 5)
+    summaries = sorted((r["status"], r["suppressed"], r["client"], r["path"])
+                       for r in lines if "suppressed" in r)
+    assert summaries == [(401, 3, "127.0.0.1", None), (404, 2, "127.0.0.1", None),
+                         (405, 1, "127.0.0.1", None)]
+
+
+def test_clients_behind_a_trusted_proxy_are_limited_each_on_their_own(classifier, tmp_path):
+    """Behind a --trusted-proxy every request comes from the proxy's address: the client it
+    names (forwarded_for) is part of the limiter's key, so one client's flood of 401s does
+    not silence another's, and its summary line names that client."""
+    audit = str(tmp_path / "audit.jsonl")
+    with running(classifier, token="s3cret", audit_log=audit,
+                 trusted_proxy="127.0.0.1") as (url, app):
+        for _ in range(7):
+            request(url, "/", headers={"X-Forwarded-For": "192.0.2.7"})
+        for _ in range(2):
+            request(url, "/", headers={"X-Forwarded-For": "192.0.2.8"})
+    lines = audit_lines(audit)
+    written = [r["forwarded_for"] for r in lines if "suppressed" not in r]
+    assert written == ["192.0.2.7"] * 5 + ["192.0.2.8"] * 2
+    summaries = [(r["status"], r["suppressed"], r["client"], r["forwarded_for"])
+                 for r in lines if "suppressed" in r]
+    assert summaries == [(401, 2, "127.0.0.1", "192.0.2.7")]

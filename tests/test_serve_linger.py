@@ -40,6 +40,34 @@ def test_the_body_of_a_too_large_upload_is_read_for_a_short_time_only(server, mo
     assert (record["request_id"], record["status"]) == (error["request_id"], 413)
 
 
+@pytest.mark.parametrize("model, query, status, code", [
+    (True, "?format=gif", 400, "bad_query"), (False, "", 404, "no_model")])
+def test_the_body_of_a_classify_refused_before_its_upload_is_read_is_read_briefly(
+        ort_classifier, tmp_path, monkeypatch, model, query, status, code):
+    """A /classify refused from its query (400 bad_query) or on a server without a model
+    (404 no_model) read and dropped its body (up to --max-upload-mb) at the body's pace
+    alone: over 5 minutes for 20 MB at 64 KiB/s. Now, as for a 401 or 413, the drain stops
+    after ``refused_drain`` seconds; the answer goes out (audited) to a client still
+    sending, and the connection's close lingers."""
+    from oncolens.appliance.web.app import ServeApp
+    from oncolens.appliance.web.server import QuietHandler
+    monkeypatch.setattr(ServeApp, "refused_drain", 0.5)
+    monkeypatch.setattr(QuietHandler, "body_grace", 0.3)
+    monkeypatch.setattr(QuietHandler, "body_rate", 4096)
+    audit = str(tmp_path / "audit.jsonl")
+    with running(ort_classifier if model else None, audit_log=audit,
+                 max_upload_mb=20.0) as (url, app):
+        head = "POST /classify{} HTTP/1.0\r\nContent-Length: 10000000\r\n\r\n".format(query)
+        # 40 KiB/s, ten times the pace: the pace alone would read it for over 4 minutes
+        answer = trickle(url, head.encode("ascii"), b"x" * 10000000, (2048, 0.05))
+        assert request(url, "/health").status == 200
+    status_line, error = answer_of(answer)
+    assert status_line.startswith("HTTP/1.0 {} ".format(status).encode("ascii")), answer[:200]
+    assert error["error"]["code"] == code
+    record = last_audit(audit)
+    assert (record["request_id"], record["status"]) == (error["request_id"], status)
+
+
 def upload_then_read(port, head, total):
     """Send ``head`` and ``total`` bytes of body, then read the answer, as Python's
     http.client (and requests) do: (the answer, the error that ended it or None). A reset

@@ -18,10 +18,11 @@ from oncolens.appliance.errors import MissingDependency, UsageError
 from oncolens.appliance.lowbits import low_bits_peak
 from oncolens.appliance.preprocess import resize_geometry
 from oncolens.appliance.web.audit import AuditLog, client_field, request_fields, trusted_proxies
+from oncolens.appliance.web.audit_limit import ROUTE_STATUSES
 from oncolens.appliance.web.auth import token_ok
 from oncolens.appliance.web.metrics import CONTENT_TYPE as METRICS_TYPE, PATHS, Metrics
 from oncolens.appliance.web.classify import handle_classify
-from oncolens.appliance.web.limits import TOO_LARGE_DRAIN, UNAUTHORIZED_DRAIN
+from oncolens.appliance.web.limits import REFUSED_DRAIN, TOO_LARGE_DRAIN, UNAUTHORIZED_DRAIN
 from oncolens.appliance.web.queue import InferenceQueue
 from oncolens.appliance.web.body import DIGITS, drain, image_bytes, read_body
 from oncolens.appliance.web.upload import (UploadError, check_image, decode_upload,
@@ -129,8 +130,10 @@ class ServeApp(object):
             else:
                 result = self._routed(inner, environ, start, rid)
                 if state["code"] >= 400 and not environ.get("oncolens.audited"):
-                    # refused on any path (404, 405, ...): audited as /classify's refusals are
-                    self.audit_refusal(rid, state["code"], environ.get("oncolens.audit"))
+                    # refused on any path (404, 405, ...): audited as /classify's refusals
+                    # are, 404 and 405 a few a minute per client (audit_limit.py)
+                    self.audit_refusal(rid, state["code"], environ.get("oncolens.audit"),
+                                       limited=state["code"] in ROUTE_STATUSES)
             self.metrics.observe_request(path, state["code"])
             log.info("%s %s %s %d %.1f ms", rid, environ.get("REQUEST_METHOD"),
                      path if path in PATHS else "(other)", state["code"],
@@ -171,9 +174,9 @@ class ServeApp(object):
 
     def audit_refusal(self, rid, status, request=None, limited=False):
         """An audit line for a request refused outside /classify's own handling (``limited``:
-        by the HTTP layer, so a few a minute per client, the rest summed up: audit_limit.py);
-        a failure to write it is logged, never raised (the refusal is answered all the
-        same)."""
+        by the HTTP layer, or 401, 404, 405 on a route, so a few a minute per client, the
+        rest summed up: audit_limit.py); a failure to write it is logged, never raised (the
+        refusal is answered all the same)."""
         try:
             if limited:
                 self.audit.write_limited(rid, status, self.model_sha256, request=request)
@@ -184,15 +187,18 @@ class ServeApp(object):
 
     def _refused_unauthorized(self, environ, path, rid):
         """A request refused for its token is audited whatever its path (a failed attempt to
-        get in is what an audit log is for: the page, /health and /metrics were left out);
-        a POST /classify is counted among /classify's errors too."""
+        get in is what an audit log is for: the page, /health and /metrics were left out),
+        a few a minute per client, the rest counted into a summary line that keeps their
+        number (audit_limit.py); a POST /classify is counted among /classify's errors too."""
         if path == "/classify" and environ.get("REQUEST_METHOD") == "POST":
             self.metrics.observe_error("unauthorized")
-        self.audit_refusal(rid, 401, environ.get("oncolens.audit"))
+        self.audit_refusal(rid, 401, environ.get("oncolens.audit"), limited=True)
 
-    # seconds the body of a request refused 401 (or 413) is read, at most (limits.py)
+    # seconds the body of a request refused 401 (or 413, or 404 no_model and 400 bad_query
+    # on /classify) is read, at most (limits.py)
     unauthorized_drain = UNAUTHORIZED_DRAIN
     too_large_drain = TOO_LARGE_DRAIN
+    refused_drain = REFUSED_DRAIN
 
     def drop_body(self, environ, seconds=None):
         """Read and drop the body of a refused request (up to --max-upload-mb), so that the

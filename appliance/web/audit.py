@@ -1,7 +1,7 @@
 """The audit log: one JSON object a line per /classify request (refused ones included), per
 request refused on any other path (401 for its token, 404, 405, 500) and per request the HTTP
-layer refused before a route saw it, for traceability (those last limited per client:
-audit_limit.py).
+layer refused before a route saw it, for traceability (those last and the 401, 404 and 405
+limited per client: audit_limit.py).
 
 Each line: time (UTC, ISO 8601), request_id, status, input_sha256, model_sha256, label,
 confidence, and who asked for what: method, path (never the query string, which may carry
@@ -124,7 +124,7 @@ def add_audit_flags(parser):
     (for its --serve and http:// outputs) take them; ``check_audit_flags`` checks them."""
     parser.add_argument("--audit-log", metavar="FILE",
                         help="append one JSON line per /classify request (and per request "
-                             "refused on any path: 401, 404, 405, or by the HTTP layer, whose "
+                             "refused on any path: 401, 404, 405, or by the HTTP layer; those "
                              "lines are 5 a minute per client and status, the rest summed "
                              "up in one) to FILE; each names the method, path and client "
                              "address")
@@ -235,7 +235,7 @@ class AuditLog(object):
         self.path = path
         self._lock = threading.Lock()
         self._fh = open_audit_file(path) if path else None
-        self.limiter = RefusalLimiter()   # the HTTP layer's refusals: write_limited
+        self.limiter = RefusalLimiter()   # refusals a client causes at will: write_limited
 
     @staticmethod
     def _record(request_id, status, input_sha256, model_sha256, label, confidence, request):
@@ -264,25 +264,28 @@ class AuditLog(object):
         return record
 
     def write_limited(self, request_id, status, model_sha256=None, request=None):
-        """The line of a refusal by the HTTP layer, unless its client had ``limiter.lines``
-        of that status written within the window already: then it is counted, and a
-        summary line (``suppressed``: the count, ``since``: the window's start) written
-        when the window ends (``tick``) or the log closes. The record, or None."""
+        """The line of a refusal by the HTTP layer (or a 401, 404, 405 on a route), unless
+        its client (``client`` and ``forwarded_for``) had ``limiter.lines`` of that status
+        written within the window already: then it is counted, and a summary line
+        (``suppressed``: the count, ``since``: the window's start) written when the window
+        ends (``tick``) or the log closes. The record, or None."""
         if self._fh is None:
             return None
         record = self._record(request_id, status, None, model_sha256, None, None, request)
+        who = (record["client"], record["forwarded_for"])
         with self._lock:
-            written, due = self.limiter.admit(record["client"], record["status"],
-                                              time.monotonic(), record["time"], model_sha256)
+            written, due = self.limiter.admit(who, record["status"], time.monotonic(),
+                                              record["time"], model_sha256)
             self._summaries(due)
             if written:
                 self._emit(record)
         return record if written else None
 
     def _summaries(self, due):
-        for client, status, window in due:
+        for who, status, window in due:
+            client, forwarded_for = who or (None, None)   # None: the clients beyond the cap
             record = self._record(None, status, None, window.model_sha256, None, None,
-                                  {"client": client})
+                                  {"client": client, "forwarded_for": forwarded_for})
             record.update(suppressed=window.suppressed, since=window.since)
             self._emit(record)
 

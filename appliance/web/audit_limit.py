@@ -1,17 +1,22 @@
-"""How many audit lines the HTTP layer's refusals may write: each connection it refused (503
-over --max-connections, 408 header_timeout, 400, 414, 431, 501, 505) wrote a line, so a
-flood of them grew the audit log without bound.
+"""How many audit lines refusals a client can cause at will may write: each connection the
+HTTP layer refused (503 over --max-connections, 408 header_timeout, 400, 414, 431, 501, 505)
+wrote a line, and so did each request a route refused for its token (401) or its path or
+method (404, 405: ``ROUTE_STATUSES``), so a flood of them grew the audit log without bound.
 
-Per client and status, the first ``lines`` refusals of a ``window`` (60 s from the first)
-are written as before; the rest are counted, and one summary line says how many when the
-window ends (written by the server's loop, or by the next refusal) or when the log is
-closed. /metrics counts every refusal regardless; /classify's lines are never limited.
+Per client (the socket peer, and the client a trusted proxy names: a client behind the
+proxy does not silence the others) and status, the first ``lines`` refusals of a ``window``
+(60 s from the first) are written as before; the rest are counted, and one summary line
+says how many when the window ends (written by the server's loop, or by the next refusal)
+or when the log is closed: a flood of 401s still leaves its count per client. /metrics
+counts every refusal regardless; /classify's lines (once past the token check) and 500s
+are never limited.
 """
 
 # class attributes of RefusalLimiter, so tests shorten them
 LINES = 5            # refusals of one client and status written in a window
 WINDOW = 60.0        # seconds of a window, from its first refusal
 MAX_CLIENTS = 1024   # (client, status) pairs followed at once; more share one pair, client null
+ROUTE_STATUSES = (401, 404, 405)   # a route's refusals that are limited (the HTTP layer's all are)
 
 
 class _Window(object):
@@ -33,8 +38,9 @@ class RefusalLimiter(object):
 
     def admit(self, client, status, now, utc, model_sha256):
         """(whether this refusal's line is written, summaries due first: (client, status,
-        window) each). ``now``: time.monotonic() (a wall clock set back held a window open
-        as long); ``utc``: the wall-clock time as the audit writes it."""
+        window) each). ``client``: any hashable naming the client, None beyond
+        ``max_clients``; ``now``: time.monotonic() (a wall clock set back held a window
+        open as long); ``utc``: the wall-clock time as the audit writes it."""
         due = []
         key = (client, status)
         found = self._windows.get(key)

@@ -138,14 +138,16 @@ def handle_classify(app, environ):
 
 def _classify(app, environ, rid, seen):
     started = time.time()
+    # refused before the upload is read: its body is read and dropped for a few seconds at
+    # most (it was read at the body's pace, up to --max-upload-mb: minutes for a slow client)
     if app.queue is None:   # a live stream without a classifier: refused like any upload
-        app.drop_body(environ)
+        app.drop_body(environ, app.refused_drain)
         return refuse(app, environ, UploadError(404, "no_model", "this server has no model to "
                                             "classify with"))
     try:
         annotated, image_ext = answer_options(environ)
     except UploadError as exc:
-        app.drop_body(environ)
+        app.drop_body(environ, app.refused_drain)
         return refuse(app, environ, exc)
     try:
         data, fmt, rgb, low_bits = app.read_upload(environ)

@@ -18,6 +18,8 @@ BODY_GRACE = 20.0          # seconds a body may lag behind BODY_MIN_RATE ...
 BODY_MIN_RATE = 64 << 10   # ... bytes a second, on average, from its first read
 UNAUTHORIZED_DRAIN = 5.0   # seconds the body of a request refused 401 is read (and dropped)
 TOO_LARGE_DRAIN = 5.0      # ... and of one refused 413 (over --max-upload-mb)
+REFUSED_DRAIN = 5.0        # ... and of a /classify refused before its upload is read (404
+                           # no_model, 400 bad_query)
 LINGER_SECONDS = 2.0       # a refused client still sending: seconds its bytes are read and
 LINGER_BYTES = 16 << 20    # dropped after the answer, at most, and bytes (linger.py) ...
 MAX_LINGERING = 64         # ... on this many connections at once (more are closed at once)

@@ -56,6 +56,7 @@ class InferenceQueue(object):
         self._stop = threading.Event()
         self._per_image = None  # moving average, seconds per image
         self.busy = False
+        self._running_since = None  # time.monotonic() the batch the model runs now began
         self._thread = threading.Thread(target=self._run, name="oncolens-infer")
         self._thread.daemon = True
         self._thread.start()
@@ -63,6 +64,19 @@ class InferenceQueue(object):
     @property
     def depth(self):
         return self._q.qsize()
+
+    def running_for(self, now=None):
+        """Seconds the batch the model runs now has been running (0.0 while none runs)."""
+        since = self._running_since
+        if since is None:
+            return 0.0
+        return (time.monotonic() if now is None else now) - since
+
+    @property
+    def worker_alive(self):
+        """Whether the worker thread still takes images (False once it ended: closed, or
+        ended by a bug)."""
+        return self._thread.is_alive()
 
     def retry_after(self):
         """Seconds a client should wait before trying again (at least 1)."""
@@ -123,6 +137,7 @@ class InferenceQueue(object):
         if not jobs:
             return
         self.busy = True
+        self._running_since = time.monotonic()
         start = time.time()
         for job in jobs:
             job.started = start
@@ -139,6 +154,7 @@ class InferenceQueue(object):
             job.image = None
             job.done.set()
         self.busy = False
+        self._running_since = None
 
     def close(self):
         """Stop the worker; whatever still waits is answered with an error."""
