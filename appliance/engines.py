@@ -144,10 +144,11 @@ def engine_candidates(model_dir, file_name, onnx_sha256):
 
 def make_entry(path, model_dir, trt_version, device_name, precision, max_batch,
                dla_core=None, gpu_fallback=True, dynamic_batch=False, onnx_sha256=None,
-               compute_capability=None, calibration=None):
-    """The model.json ``engines`` entry describing one engine file."""
+               compute_capability=None, calibration=None, onnx_stat=None):
+    """The model.json ``engines`` entry describing one engine file; ``onnx_stat`` is
+    onnx_file_stat() of the ONNX it was built from, taken before its ``onnx_sha256``."""
     inside = os.path.dirname(os.path.abspath(path)) == os.path.abspath(model_dir)
-    return {
+    return dict(onnx_stat or {}, **{
         "file": os.path.basename(path) if inside else os.path.abspath(path),
         "tensorrt": ".".join(str(v) for v in version_tuple(trt_version)),
         "tensorrt_code": version_code(trt_version),
@@ -161,7 +162,54 @@ def make_entry(path, model_dir, trt_version, device_name, precision, max_batch,
         "onnx_sha256": onnx_sha256,
         "calibration": calibration,
         "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    })
+
+
+def onnx_file_stat(path):
+    """The ONNX's size and modification time (ns) as an entry records them ({} without it)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return {}
+    return {"onnx_size": st.st_size, "onnx_mtime_ns": st.st_mtime_ns}
+
+
+class OnnxCheck(object):
+    """Whether an entry's engine was built from the ONNX at ``path`` as it is now.
+
+    The size and mtime (ns) the entry recorded at the build decide when the file still has
+    them (no hashing at each start: it takes time on a Nano); when they differ (an ONNX copied in
+    by hand, or only touched) or the entry records none (built before they were recorded),
+    the file's SHA-256, computed at most once, is compared with the entry's ``onnx_sha256``.
+    An entry with no checksum, or a folder without its ONNX, cannot be checked: trusted.
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self.stat = onnx_file_stat(path)
+        self._sha = None
+
+    def sha256(self):
+        if self._sha is None:
+            from oncolens.appliance.bundle import sha256_file
+            self._sha = sha256_file(self.path)
+        return self._sha
+
+    def stale_reason(self, entry, engine):
+        """None when ``engine`` (its path, for the message) was built from this ONNX, else
+        one line saying it was not."""
+        built_from = entry.get("onnx_sha256")
+        if not self.stat or not built_from:
+            return None
+        if all(entry.get(key) == value for key, value in self.stat.items()):
+            return None
+        if not any(key in entry for key in self.stat):
+            log.debug("%s: its entry records no ONNX size and time (built by an older "
+                      "OncoLens): checking %s by its SHA-256", engine, self.path)
+        if self.sha256() == built_from:
+            return None
+        return "{} was built from another ONNX than the current {} (SHA-256 {}... then, " \
+            "{}... now)".format(engine, self.path, built_from[:12], self.sha256()[:12])
 
 
 def entry_path(entry, model_dir):
@@ -279,3 +327,21 @@ def pick_entry(entries, model_dir, trt_version, device_name, precision=None, max
             usable.append(entry)
     usable.sort(key=lambda e: (order.index(e["precision"]), e.get("device") != "GPU"))
     return usable[0] if usable else None
+
+
+def pick_fresh(entries, model_dir, onnx, trt_version, device_name, precision=None,
+               max_batch=None):
+    """pick_entry among the engines built from the current ONNX (``onnx``, an OnnxCheck):
+    (entry, None); or (None, (entry, why)) when the best one was built from another ONNX
+    and no other will do; or (None, None)."""
+    remaining, stale = list(entries), None
+    while True:
+        entry = pick_entry(remaining, model_dir, trt_version, device_name, precision,
+                           max_batch)
+        if entry is None:
+            return None, stale
+        why = onnx.stale_reason(entry, entry_path(entry, model_dir))
+        if why is None:
+            return entry, None
+        stale = stale or (entry, why)
+        remaining.remove(entry)

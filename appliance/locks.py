@@ -38,11 +38,24 @@ def take_lock(fd, path, wait=False):
 def folder_locked(folder, waiting):
     """Hold the exclusive lock of ``folder`` itself (no lock file is left in it) while the
     body reads a file there and writes it back: a second holder waits, after logging
-    ``waiting`` (a line saying what for), until the first is done."""
+    ``waiting`` (a line saying what for), until the first is done. A folder this process
+    may write in but not read (mode -wx) cannot be opened to lock it: a warning says so and
+    the body runs unlocked, as on a file system that cannot lock."""
     if fcntl is None:
         yield
         return
-    fd = os.open(folder, os.O_RDONLY)
+    try:  # a folder is opened to lock it, which needs read permission
+        fd = os.open(folder, os.O_RDONLY)
+    except (IOError, OSError) as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM):
+            raise
+        log.warning("%s: cannot open it to lock it (%s; a folder's lock needs read "
+                    "permission): a second writer at the same time would not be held off",
+                    folder, exc.strerror or exc)
+        fd = None
+    if fd is None:
+        yield
+        return
     try:
         if not take_lock(fd, folder):
             log.info("%s", waiting)

@@ -39,7 +39,9 @@ def build_onnx_parser():
                     "output 'output_0' (flags as jetson-inference's onnx_export.py), then "
                     "check it against the checkpoint.")
     p.add_argument("--input", default="model_best.pth.tar",
-                   help="checkpoint file name inside --model-dir (model_best.pth.tar)")
+                   help="checkpoint file name inside --model-dir (model_best.pth.tar); one "
+                        "recording no classes (jetson-inference's train.py before December "
+                        "2022) takes them from a labels.txt beside it or in --model-dir")
     p.add_argument("--output", default="",
                    help="ONNX file ending in .onnx (<arch>.onnx): a bare name goes into "
                         "--model-dir, a path with a folder is taken as given, as "

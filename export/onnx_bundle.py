@@ -30,10 +30,7 @@ def bundle_info_for(model_dir, ckpt, checkpoint_path, checkpoint_sha, overwrite=
             check_same_model(info, ckpt, checkpoint_path, checkpoint_sha, json_path)
         info = _reconcile(info, ckpt, checkpoint_path, json_path)
     else:
-        classes = ckpt.get("classes")
-        if not classes:
-            raise UsageError("{}: the checkpoint has no 'classes' and {} has no model.json"
-                             .format(checkpoint_path, model_dir))
+        classes = checkpoint_classes(ckpt, checkpoint_path, model_dir)
         res = int(ckpt.get("resolution") or 224)
         info = new_model_info(ckpt["arch"], classes, res,
                               checkpoint_preprocess(ckpt, res))
@@ -41,6 +38,44 @@ def bundle_info_for(model_dir, ckpt, checkpoint_path, checkpoint_sha, overwrite=
     if labels_or_none(labels_path) != info["labels"]:  # rewritten by the export
         check_not_read_only(labels_path, "this export")
     return info
+
+
+def checkpoint_classes(ckpt, checkpoint_path, model_dir):
+    """The classes of a checkpoint exported into a folder without model.json: its own, or,
+    where it records none (jetson-inference's train.py before December 2022), those of a
+    labels.txt beside it or in the model folder, one a line in output order, as many as
+    its ``num_classes``."""
+    if ckpt.get("classes"):
+        return list(ckpt["classes"])
+    places = []
+    for folder in (os.path.dirname(os.path.abspath(checkpoint_path)), model_dir):
+        path = os.path.join(folder, LABELS_TXT)
+        if os.path.isfile(path) and not any(os.path.samefile(path, p) for p in places):
+            places.append(path)
+    if not places:
+        folders = [os.path.normpath(os.path.dirname(checkpoint_path) or "."),
+                   os.path.normpath(model_dir)]
+        where = folders[0] if folders[0] == folders[1] else " or ".join(folders)
+        raise UsageError("{}: the checkpoint has no 'classes' (jetson-inference's train.py "
+                         "before December 2022 recorded none) and {} has no model.json: put a "
+                         "labels.txt in {}, one class a line, in output order (the dataset's, "
+                         "as imagenet --labels takes it)".format(checkpoint_path, model_dir,
+                                                                 where))
+    found = [read_labels(path) for path in places]
+    if len(found) > 1 and found[0] != found[1]:
+        raise UsageError("{} and {} list different classes ({}; {}) for {}, which records "
+                         "none: expected one labels.txt, in output order".format(
+                             places[0], places[1], ", ".join(found[0]), ", ".join(found[1]),
+                             checkpoint_path))
+    outputs = int(ckpt.get("num_classes") or len(found[0]))
+    if len(found[0]) != outputs:
+        raise UsageError("{} lists {} ({}) but {} has {}: expected one class a line, in "
+                         "output order".format(places[0], plural(len(found[0]), "class"),
+                                               ", ".join(found[0]), checkpoint_path,
+                                               plural(outputs, "output")))
+    log.info("%s records no 'classes' (jetson-inference's train.py before December 2022): "
+             "taking its %s from %s", checkpoint_path, plural(outputs, "class"), places[0])
+    return found[0]
 
 
 def recorded_checkpoints(info):

@@ -57,23 +57,22 @@ class TensorRTBackend(Backend):
         bundle, api = self.bundle, self.api
         path = bundle.model_path or ""
         if path.endswith(engines.ENGINE_SUFFIXES):
-            entry = engines.entry_for_file(bundle.info, bundle.dir, path, bundle.onnx_path)
-            try:
-                engines.check_compatible(path, entry, api.version, self.device["name"])
-                return path, entry
-            except engines.EngineMismatch as exc:
-                if allow_rebuild is not True:
-                    raise
-                log.warning("%s; rebuilding from the ONNX (allow_rebuild)", exc)
-                want = precision or (entry or engines.parse_engine_name(path) or {}).get(
-                    "precision")
-                batch = max_batch or (entry or {}).get("max_batch") or 1
-                return self._build(want, batch)
+            return self._resolve_file(path, precision, max_batch, allow_rebuild)
         entries = engines.known_entries(bundle.info, bundle.dir, bundle.onnx_path)
-        entry = engines.pick_entry(entries, bundle.dir, api.version, self.device["name"],
-                                   precision, max_batch)
+        entry, stale = engines.pick_fresh(entries, bundle.dir, engines.OnnxCheck(
+            bundle.onnx_path), api.version, self.device["name"], precision, max_batch)
         if entry:
             return engines.entry_path(entry, bundle.dir), entry
+        if stale:  # built from an ONNX since replaced: as 'export engine', built again
+            old, why = stale
+            if allow_rebuild is False:
+                raise engines.EngineMismatch("{}: rebuild it with 'oncolens export engine "
+                                             "--model-dir {}'".format(why, bundle.dir))
+            log.warning("%s; taking an engine built from the current one, built now if "
+                        "there is none", why)
+            want = precision or old.get("precision")
+            return self._build(None if want == "int8" else want,
+                               max_batch or old.get("max_batch") or 1)
         existing = [e for e in entries if os.path.isfile(engines.entry_path(e, bundle.dir))]
         stale = [e for e in existing if int(e.get("tensorrt_code", -1)) != api.code
                  or e.get("device_name") not in (None, self.device["name"])]
@@ -82,6 +81,27 @@ class TensorRTBackend(Backend):
         if allow_rebuild is False or (only_stale and allow_rebuild is not True):
             raise engines.EngineMismatch(self._no_engine_message(stale, precision))
         return self._build(precision, max_batch or 1)
+
+    def _resolve_file(self, path, precision, max_batch, allow_rebuild):
+        """An engine file named by --model: refused (or with allow_rebuild, built again) when
+        its entry says another TensorRT, GPU or ONNX than the folder's made it."""
+        bundle = self.bundle
+        entry = engines.entry_for_file(bundle.info, bundle.dir, path, bundle.onnx_path)
+        try:
+            engines.check_compatible(path, entry, self.api.version, self.device["name"])
+            why = entry and engines.OnnxCheck(bundle.onnx_path).stale_reason(entry, path)
+            if why:
+                raise engines.EngineMismatch("{}: rebuild it with 'oncolens export engine' (or "
+                                             "allow_rebuild)".format(why))
+            return path, entry
+        except engines.EngineMismatch as exc:
+            if allow_rebuild is not True:
+                raise
+            log.warning("%s; rebuilding from the ONNX (allow_rebuild)", exc)
+            want = precision or (entry or engines.parse_engine_name(path) or {}).get(
+                "precision")
+            batch = max_batch or (entry or {}).get("max_batch") or 1
+            return self._build(want, batch)
 
     def _no_engine_message(self, stale, precision):
         here = "TensorRT {} on '{}'".format(self.api.version_text, self.device["name"])

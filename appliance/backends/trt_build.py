@@ -229,14 +229,15 @@ def check_onnx_unchanged(onnx_path, built_from, engine):
 
 
 def engine_target(bundle, api, precision, options):
-    """(ONNX path, its sha256, engine file name) for this build."""
+    """(ONNX path, its sha256, engine file name, its size and mtime) for this build."""
     onnx_path = bundle.onnx_path
     if not os.path.isfile(onnx_path):
         raise BundleError("ONNX model not found: {} (run 'oncolens export onnx' first)".format(
             onnx_path))
     name = engines.engine_file_name(onnx_path, options.max_batch, api.version, precision,
                                     options.dla_core, options.gpu_fallback)
-    return onnx_path, sha256_file(onnx_path), name
+    stat = engines.onnx_file_stat(onnx_path)  # before the hash: a change during it is seen
+    return onnx_path, sha256_file(onnx_path), name, stat
 
 
 def up_to_date(entry, sha, device):
@@ -273,7 +274,7 @@ def build_for_bundle(bundle, api, device, options, overwrite=False):
     builder = api.trt.Builder(api.logger(options.verbose))
     precision = resolve_precision(builder, options.precision, device)
     del builder
-    onnx_path, sha, name = engine_target(bundle, api, precision, options)
+    onnx_path, sha, name, stat = engine_target(bundle, api, precision, options)
     for candidate in engines.engine_candidates(bundle.dir, name, sha):
         entry = engines.entry_for_file(bundle.info, bundle.dir, candidate, onnx_path)
         if os.path.isfile(candidate) and not overwrite and up_to_date(entry, sha, device):
@@ -294,7 +295,8 @@ def build_for_bundle(bundle, api, device, options, overwrite=False):
     entry = engines.make_entry(path, bundle.dir, api.version, device["name"], precision,
                                options.max_batch, options.dla_core, options.gpu_fallback,
                                dynamic, sha, device.get("compute_capability"),
-                               options.calibration_cache if precision == "int8" else None)
+                               options.calibration_cache if precision == "int8" else None,
+                               stat)
     record(bundle, path, entry, in_cache)
     log.info("engine written: %s (%d bytes)", path, len(plan))
     return path, entry, True
