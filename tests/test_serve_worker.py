@@ -78,3 +78,60 @@ def test_a_bug_after_the_model_call_is_answered_500_and_audited_and_serving_goes
     assert after.status == 200, after.body[:300]
     assert alive
     assert _audit_statuses(audit) == [500, 200]
+
+
+def _health(url):
+    reply = request(url, "/health")
+    return reply.status, json.loads(reply.body.decode("utf-8"))
+
+
+def _health_until(url, wanted, tries=400):
+    """/health polled (every 50 ms, 20 s at most: a guard, not a timing) until its status
+    is ``wanted``; the last (code, body)."""
+    for _ in range(tries):
+        code, body = _health(url)
+        if body["status"] == wanted:
+            break
+        threading.Event().wait(0.05)
+    return code, body
+
+
+def test_health_says_stalled_with_503_while_the_model_hangs_and_ok_once_it_answers(
+        tiny_bundle, tiny_data, tmp_path):
+    """/health answered 200 "ok" while one batch hung in the model (every /classify timed
+    out); now 503 "stalled" with how long the batch has run, past --timeout, and not
+    audited (a read); "ok" again once the model answers."""
+    from oncolens.appliance.classifier import Classifier
+    from serve_util import hold_inference
+    data = read(sample_image(tiny_data))
+    audit = str(tmp_path / "audit.jsonl")
+    gate = threading.Event()
+    with Classifier.open(tiny_bundle, backend="onnxruntime") as clf:
+        hold_inference(clf, gate)
+        with running(clf, timeout=0.5, audit_log=audit) as (url, app):
+            idle = _health(url)
+            try:
+                timed_out = request(url, "/classify", "POST", data)   # held past --timeout
+                stalled = _health_until(url, "stalled")
+            finally:
+                gate.set()
+            recovered = _health_until(url, "ok")
+    assert idle[0] == 200 and idle[1]["status"] == "ok"
+    assert idle[1]["inference"] == {"worker_alive": True, "running_s": 0.0,
+                                    "stalled_after_s": 0.5}
+    assert timed_out.status == 503
+    code, body = stalled
+    assert (code, body["status"]) == (503, "stalled")
+    assert body["inference"]["running_s"] > 0.5 and body["inference"]["worker_alive"]
+    assert body["model_loaded"] is True and body["queue"]["capacity"] == 16
+    assert recovered[0] == 200 and recovered[1]["inference"]["running_s"] == 0.0
+    assert _audit_statuses(audit) == [503]      # the /classify only, no /health line
+
+
+def test_health_says_worker_ended_with_503_once_the_worker_is_gone(ort_classifier):
+    with running(ort_classifier) as (url, app):
+        assert _health(url)[0] == 200
+        app.queue.close()                       # the worker thread ends
+        code, body = _health(url)
+    assert (code, body["status"]) == (503, "worker_ended")
+    assert body["inference"]["worker_alive"] is False
