@@ -50,9 +50,11 @@ def build_parser():
                         "to use ${})".format(TOKEN_ENV, TOKEN_ENV))
     p.add_argument("--max-upload-mb", type=float, default=20.0,
                    help="larger uploads get 413 (20)")
+    from oncolens.appliance.preprocess import MAX_RESIZED_PIXELS
     p.add_argument("--max-pixels", type=int, default=40000000,
                    help="images whose header claims more pixels, or that the model's resize "
-                        "would make larger, get 400 (40000000)")
+                        "would make larger (or larger than the preprocessing's own limit, "
+                        "{}), get 400 (40000000)".format(MAX_RESIZED_PIXELS))
     p.add_argument("--queue", type=int, default=16,
                    help="images that may wait for the model; beyond that 503 + Retry-After (16)")
     p.add_argument("--max-batch", type=int, default=4,

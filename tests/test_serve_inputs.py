@@ -172,6 +172,30 @@ def test_extreme_aspect_ratio_is_400_before_resizing(server):
     assert request(url, "/classify", "POST", strip).status == 200
 
 
+def test_max_pixels_above_the_preprocessing_limit_still_refuses_400_bad_aspect(
+        ort_classifier, tmp_path):
+    """--max-pixels over the preprocessing's own limit (MAX_RESIZED_PIXELS, 1e8): a strip
+    whose resize lies between the two passed the header check, then the preprocessing
+    refused it: 500 inference_failed. It is refused 400 bad_aspect from its header now,
+    naming the limit that applies."""
+    import cv2
+    from oncolens.appliance.preprocess import MAX_RESIZED_PIXELS
+    strip = cv2.imencode(".png", np.zeros((80000, 1, 3), np.uint8))[1].tobytes()
+    audit = str(tmp_path / "audit.jsonl")
+    with running(ort_classifier, max_pixels=5 * MAX_RESIZED_PIXELS, audit_log=audit) as (
+            url, app):
+        new_w, new_h = app.resized_size(1, 80000)
+        assert MAX_RESIZED_PIXELS < new_w * new_h <= 5 * MAX_RESIZED_PIXELS
+        reply = request(url, "/classify", "POST", strip)
+    assert reply.status == 400, reply.body[:300]
+    error = error_of(reply)
+    assert error["code"] == "bad_aspect"
+    assert str(MAX_RESIZED_PIXELS) in error["message"]
+    assert "preprocessing" in error["message"]
+    with open(audit) as fh:
+        assert [json.loads(line)["status"] for line in fh] == [400]
+
+
 def test_resize_check_uses_the_preprocessing_geometry():
     import cv2
     from oncolens.appliance.preprocess import resize_geometry

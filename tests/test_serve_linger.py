@@ -184,3 +184,44 @@ def test_a_wall_clock_set_back_does_not_hold_a_lingering_socket(monkeypatch):
     finally:
         ours.close()
         theirs.close()
+
+
+def test_a_lingering_thread_that_cannot_start_closes_at_once_and_the_next_one_starts(
+        monkeypatch):
+    """threading's "can't start new thread" (the process at its thread limit) left the
+    lingerer "running" with no thread: the socket, and every one handed over after it,
+    stayed open (up to 64), and the error went up to the server's connection. Now those
+    waiting are closed at once and the next socket handed over starts a thread again."""
+    import threading as real_threading
+    from oncolens.appliance.web import linger
+    from oncolens.appliance.web.linger import Lingerer
+
+    class NoThreads(object):
+        Lock = real_threading.Lock
+
+        class Thread(real_threading.Thread):
+            def start(self):
+                raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(linger, "threading", NoThreads)
+    lingerer = Lingerer()
+    first, first_peer = socket.socketpair()
+    second, second_peer = socket.socketpair()
+    try:
+        lingerer.close_softly(first)
+        assert lingerer.lingering() == 0
+        assert first.fileno() == -1                    # closed, not left open
+        first_peer.settimeout(10)
+        assert first_peer.recv(10) == b""
+        monkeypatch.setattr(linger, "threading", real_threading)   # threads again
+        lingerer.seconds = 0.3
+        lingerer.close_softly(second)
+        for _ in range(100):
+            if not lingerer.lingering():
+                break
+            time.sleep(0.05)
+        assert lingerer.lingering() == 0               # a thread lingered and closed it
+        assert second.fileno() == -1
+    finally:
+        for sock in (first, first_peer, second, second_peer):
+            sock.close()

@@ -27,6 +27,7 @@ from oncolens.appliance.web.queue import InferenceQueue
 from oncolens.appliance.web.body import DIGITS, drain, image_bytes, read_body
 from oncolens.appliance.web.upload import (UploadError, check_image, decode_upload,
                                            saved_extension)
+from oncolens.appliance.web.watchdog import worker_state
 
 log = logging.getLogger(__name__)
 
@@ -260,15 +261,24 @@ class ServeApp(object):
                 "input_size": list(clf.bundle.input_shape[1:])}
 
     def health(self):
+        """200 while the model's worker answers; 503 with "status" "stalled" (a batch in
+        inference for over --timeout: its requests are answered 503 timeout by then) or
+        "worker_ended" (watchdog.worker_state), so a load balancer or a monitor sees a
+        hung model: it answered "ok" while every /classify timed out."""
         model = self.describe_model()
+        status, inference = worker_state(self.queue, self.timeout)
+        # not a refusal: the middleware writes no audit line for it (reads are not audited)
+        self.bottle.request.environ["oncolens.audited"] = True
         return self.json_response({
-            "status": "ok", "version": __version__, "model_loaded": self.classifier is not None,
+            "status": status, "inference": inference, "version": __version__,
+            "model_loaded": self.classifier is not None,
             "model": model, "backend": (model or {}).get("backend"),
             "precision": (model or {}).get("precision"), "model_sha256": self.model_sha256,
             "uptime_s": round(time.time() - self.metrics.started, 3),
             "queue": {"depth": self.queue.depth if self.queue else 0,
                       "capacity": self.queue.capacity if self.queue else 0},
-            "live": self.live is not None, "token_required": self.token is not None})
+            "live": self.live is not None, "token_required": self.token is not None},
+            status=200 if status == "ok" else 503)
 
     def watch_connections(self, counts):
         """``counts() -> (open, cap, refused)``: a server's connections (server.py), which

@@ -236,6 +236,8 @@ class AuditLog(object):
         self._lock = threading.Lock()
         self._fh = open_audit_file(path) if path else None
         self.limiter = RefusalLimiter()   # refusals a client causes at will: write_limited
+        self._closed = False              # close() ran: a later line is appended alone
+        self._late_said = False           # ... which is logged once
 
     @staticmethod
     def _record(request_id, status, input_sha256, model_sha256, label, confidence, request):
@@ -247,15 +249,36 @@ class AuditLog(object):
         return record
 
     def _emit(self, record):
-        """One line (under the lock, the file open)."""
-        self._fh.write(json.dumps(record, sort_keys=True) + u"\n")
+        """One line (under the lock)."""
+        line = json.dumps(record, sort_keys=True) + u"\n"
+        if self._fh is None:
+            self._emit_late(line)
+            return
+        self._fh.write(line)
         self._fh.flush()
+
+    def _emit_late(self, line):
+        """A line written after ``close`` (a request answered after a stop's drain ran out,
+        or one whose write waited for the lock while the log closed): appended to the file
+        opened for it alone, so it is kept; a warning once. Its write raised AttributeError
+        (the request answered 500 internal, or a traceback in the server's log) or, checked
+        before the lock, the line was dropped without a word."""
+        if not self._late_said:
+            self._late_said = True
+            log.warning("audit log %s: written after it was closed (a request finished "
+                        "late); its lines are appended one at a time", self.path)
+        try:
+            with open_audit_file(self.path) as fh:
+                fh.write(line)
+        except (UsageError, OSError, IOError, ValueError) as exc:
+            log.error("audit log %s: a line written after closing is lost (%s)", self.path,
+                      exc)
 
     def write(self, request_id, status, input_sha256=None, model_sha256=None, label=None,
               confidence=None, request=None):
         """One line; ``request``: ``request_fields`` of the request (None for each of them
         when not given, e.g. a request the HTTP layer refused before it was parsed)."""
-        if self._fh is None:
+        if self.path is None:
             return None
         record = self._record(request_id, status, input_sha256, model_sha256, label,
                               confidence, request)
@@ -268,14 +291,17 @@ class AuditLog(object):
         its client (``client`` and ``forwarded_for``) had ``limiter.lines`` of that status
         written within the window already: then it is counted, and a summary line
         (``suppressed``: the count, ``since``: the window's start) written when the window
-        ends (``tick``) or the log closes. The record, or None."""
-        if self._fh is None:
+        ends (``tick``) or the log closes; after ``close``, no summary would come: every
+        one is written. The record, or None."""
+        if self.path is None:
             return None
         record = self._record(request_id, status, None, model_sha256, None, None, request)
         who = (record["client"], record["forwarded_for"])
         with self._lock:
-            written, due = self.limiter.admit(who, record["status"], time.monotonic(),
-                                              record["time"], model_sha256)
+            written, due = True, ()
+            if not self._closed:
+                written, due = self.limiter.admit(who, record["status"], time.monotonic(),
+                                                  record["time"], model_sha256)
             self._summaries(due)
             if written:
                 self._emit(record)
@@ -310,7 +336,7 @@ class AuditLog(object):
                 except (OSError, IOError, ValueError) as exc:
                     log.error("audit log %s: summary lines lost on closing (%s)", self.path,
                               getattr(exc, "strerror", None) or exc)
-                self._fh = None
+                self._fh, self._closed = None, True
                 try:
                     fh.close()
                 except (OSError, IOError) as exc:  # lines that could not be written (full disk)

@@ -42,7 +42,9 @@ class DeadlineReader(io.RawIOBase):
     ``idle`` is the longest any one read waits, and the socket's timeout after a body's
     read (the answer is written under it, not under what was left of the pace). With the
     idle timeout alone, a client that trickled a byte every 59 s held its connection thread
-    for ever (slowloris)."""
+    for ever (slowloris). ``deadline`` and every time here are ``time.monotonic()``: on the
+    wall clock, a step forward (NTP) cut off a request's head or a body keeping its pace
+    (408), and a step back let one trickle on for as long as the clock went back."""
 
     def __init__(self, sock, idle, deadline=None, grace=BODY_GRACE, rate=BODY_MIN_RATE):
         io.RawIOBase.__init__(self)
@@ -73,7 +75,7 @@ class DeadlineReader(io.RawIOBase):
                                self._rate / 1024.0, self._grace))
 
     def readinto(self, buf):
-        now = time.time()
+        now = time.monotonic()
         if self.deadline is not None:
             left = self.deadline - now
             if left <= 0:
@@ -89,7 +91,7 @@ class DeadlineReader(io.RawIOBase):
                 count = self._sock.recv_into(buf)
             except socket.timeout:
                 if left < self._idle:   # the pace's end came first, not the idle timeout
-                    raise self._body_timeout(time.time())
+                    raise self._body_timeout(time.monotonic())
                 raise
             finally:   # the answer is written on this socket: the idle timeout, not the pace's
                 self._sock.settimeout(self._idle)
@@ -113,7 +115,7 @@ class DeadlineReader(io.RawIOBase):
     def cut_off(self, seconds):
         """No read of the body waits past ``seconds`` from now (the body of a refused
         request, read only so that the client sees the answer)."""
-        self._cutoff = time.time() + seconds
+        self._cutoff = time.monotonic() + seconds
 
 
 class PieceWriter(io.BufferedIOBase):

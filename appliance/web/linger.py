@@ -62,10 +62,26 @@ still lingering when the process exits are closed by the system."""
             self._new.append((sock, time.monotonic() + self.seconds, self.max_bytes))
             self._count += 1
             if not self._running:
-                self._running = True
-                thread = threading.Thread(target=self._run, name="oncolens-linger")
-                thread.daemon = True
-                thread.start()
+                self._start()
+
+    def _start(self):
+        """The lingering thread (under the lock). When it cannot start (RuntimeError: can't
+        start new thread, the process at its limit), what waited for it is closed at once
+        and the lingerer is left as it was before: it stayed "running" with no thread, and
+        every socket handed over after that stayed open, up to ``max_sockets`` of them."""
+        self._running = True
+        thread = threading.Thread(target=self._run, name="oncolens-linger")
+        thread.daemon = True
+        try:
+            thread.start()
+        except RuntimeError as exc:
+            self._running = False
+            waiting, self._new = self._new, []
+            self._count -= len(waiting)
+            for sock, _, _ in waiting:
+                close_now(sock)
+            log.warning("lingering close: cannot start its thread (%s); %d connection(s) "
+                        "closed at once", exc, len(waiting))
 
     def lingering(self):
         with self._lock:

@@ -107,7 +107,36 @@ class InferenceQueue(object):
         while not self._stop.is_set():
             jobs = self._take()
             if jobs:
-                self._process(jobs)
+                self._run_batch(jobs)
+
+    def _run_batch(self, jobs):
+        """``_process`` one batch. Whatever fails in it (a bug after the model call) is
+        logged, each of its requests still waiting is answered (``_fail_unanswered``) and
+        the worker goes on: an exception here ended the worker thread, the batch's requests
+        then waited for --timeout and were answered 503, and so was every later one."""
+        try:
+            self._process(jobs)
+        except Exception as exc:
+            log.exception("the model's worker failed on a batch of %d image(s); their "
+                          "requests are answered with an error and the worker goes on",
+                          len(jobs))
+            self._fail_unanswered(jobs, "inference failed ({}): see the server log".format(
+                type(exc).__name__))
+        finally:
+            self.busy = False
+            self._running_since = None
+
+    @staticmethod
+    def _fail_unanswered(jobs, message):
+        """Wake every job of ``jobs`` not answered yet: one whose row the model gave keeps
+        it, any other gets ``message`` as its error (its request: 500 inference_failed)."""
+        for job in jobs:
+            if job.done.is_set():
+                continue
+            if job.probs is None and job.error is None:
+                job.error = message
+            job.image = None
+            job.done.set()
 
     def _infer(self, jobs):
         """Run ``jobs`` through the model; a failure fails only the image that caused it."""
@@ -144,7 +173,11 @@ class InferenceQueue(object):
         self._infer(jobs)
         ran = sum(1 for job in jobs if job.error is None)
         if ran and self.on_classified is not None:
-            self.on_classified(ran)
+            try:
+                self.on_classified(ran)
+            except Exception:   # bookkeeping (the metrics' count): the results stand
+                log.exception("counting %d classified image(s) failed; their results are "
+                              "answered all the same", ran)
         elapsed = time.time() - start
         per_image = elapsed / len(jobs)
         self._per_image = per_image if self._per_image is None else (
@@ -153,8 +186,6 @@ class InferenceQueue(object):
             job.infer_s = elapsed
             job.image = None
             job.done.set()
-        self.busy = False
-        self._running_since = None
 
     def close(self):
         """Stop the worker; whatever still waits is answered with an error."""

@@ -128,7 +128,7 @@ class QuietHandler(WSGIRequestHandler):
         WSGIRequestHandler.setup(self)
         self.rfile.close()   # the socket's own reader, replaced by one with a deadline
         self.reader = DeadlineReader(self.connection, self.timeout,
-                                     time.time() + self.header_timeout,
+                                     time.monotonic() + self.header_timeout,
                                      self.body_grace, self.body_rate)
         self.rfile = io.BufferedReader(self.reader)
         # every answer (wsgiref's, a refusal's, 100 Continue) in pieces, each under the idle

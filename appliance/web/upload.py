@@ -10,6 +10,7 @@ import struct
 
 from oncolens.appliance.errors import ImageReadError, OncoLensError
 from oncolens.appliance.imageio import decode_image, tiff_float, tiff_tags
+from oncolens.appliance.preprocess import MAX_RESIZED_PIXELS
 
 JPEG_SOF = frozenset([0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD,
                       0xCE, 0xCF])
@@ -219,7 +220,8 @@ def _complete(fmt, data):
 
 
 def _check_resize(fmt, width, height, max_pixels, resized):
-    """Refuse an image whose resize to the model's input would make over ``max_pixels``.
+    """Refuse an image whose resize to the model's input would make over ``max_pixels``
+    (or over the preprocessing's own MAX_RESIZED_PIXELS, when that is lower).
 
     The preprocessing scales the shorter side to the model's size whatever the aspect ratio,
     so a 1x10000 PNG of 89 bytes becomes a 256x2560000 image (gigabytes) before the crop.
@@ -227,11 +229,16 @@ def _check_resize(fmt, width, height, max_pixels, resized):
     if resized is None:
         return
     new_w, new_h = resized(width, height)
-    if new_w * new_h > max_pixels:
+    # the preprocessing refuses more than its own limit whatever --max-pixels says: above
+    # it, such an upload passed here and was answered 500 inference_failed
+    limit = min(max_pixels, MAX_RESIZED_PIXELS)
+    if new_w * new_h > limit:
         raise UploadError(400, "bad_aspect", "the {} image is {}x{} pixels: resized for the "
                           "model's input it would be {}x{}, over the limit of {} pixels "
-                          "(--max-pixels); expected a less extreme aspect ratio".format(
-                              fmt.upper(), width, height, new_w, new_h, max_pixels))
+                          "({}); expected a less extreme aspect ratio".format(
+                              fmt.upper(), width, height, new_w, new_h, limit,
+                              "--max-pixels" if limit == max_pixels else
+                              "the preprocessing's own, whatever --max-pixels says"))
 
 
 def check_image(data, max_pixels, resized=None):

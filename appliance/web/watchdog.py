@@ -17,6 +17,25 @@ import logging
 log = logging.getLogger("oncolens.serve")
 
 
+def worker_state(queue, stall_after):
+    """The model's worker as /health reports it: (status, details). ``status`` is "ok",
+    "stalled" (one batch has been in inference for more than ``stall_after`` seconds) or
+    "worker_ended" (the worker thread has ended: nothing is classified any more);
+    ``details``: ``worker_alive``, ``running_s`` (how long the batch in the model now has
+    run, 0 while none runs) and ``stalled_after_s``. ("ok", None) without a queue (a live
+    stream without a classifier)."""
+    if queue is None:
+        return "ok", None
+    alive, running = queue.worker_alive, queue.running_for()
+    details = {"worker_alive": alive, "running_s": round(running, 3),
+               "stalled_after_s": stall_after}
+    if not alive:
+        return "worker_ended", details
+    if running > stall_after:
+        return "stalled", details
+    return "ok", details
+
+
 class WorkerWatchdog(object):
     """``ping()``: the Notifier's ``watchdog()`` unless ``queue``'s worker is stuck or gone.
     Without a systemd watchdog (no WATCHDOG_USEC, or no notify socket) nothing is checked:

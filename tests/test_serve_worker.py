@@ -1,0 +1,137 @@
+"""The model's worker thread survives a bug after the model call: the batch's requests are
+answered at once, and the requests after them too. A real model, real HTTP, a real audit
+log; only the step that fails is made to fail."""
+import json
+import threading
+
+import numpy as np
+
+from serve_util import read, request, running, sample_image
+
+
+class _Rows(object):
+    """A result whose rows cannot be read (iterating raises): a bug after the model call."""
+
+    def __iter__(self):
+        raise RuntimeError("a bug past the model")
+
+    def __len__(self):
+        return 1
+
+
+def _audit_statuses(path):
+    with open(path) as fh:
+        return [json.loads(line)["status"] for line in fh]
+
+
+def test_a_failing_count_callback_answers_the_batch_and_the_worker_goes_on():
+    """The image-count callback (the metrics' bookkeeping) raised after the model ran: the
+    worker thread ended, the batch's requests waited for --timeout, and so did every later
+    one. The results stand now and the worker takes the next batch."""
+    from oncolens.appliance.web.queue import InferenceQueue
+
+    class Model(object):
+        def infer_images(self, images):
+            return type("R", (), {"probs": np.ones((len(images), 3), np.float32) / 3})()
+
+    def broken_count(n):
+        raise ValueError("a bug in the bookkeeping")
+
+    q = InferenceQueue(Model(), maxsize=4, max_batch=2, on_classified=broken_count)
+    try:
+        first = q.submit(np.zeros((4, 4, 3), np.uint8))
+        assert first.wait(20), "the batch's request was never answered"
+        later = q.submit(np.zeros((4, 4, 3), np.uint8))
+        assert later.wait(20), "the worker ended: a later request was never answered"
+        assert q.worker_alive and not q.busy and q.running_for() == 0.0
+    finally:
+        q.close()
+    for job in (first, later):
+        assert job.error is None and job.probs.shape == (3,)
+
+
+def test_a_bug_after_the_model_call_is_answered_500_and_audited_and_serving_goes_on(
+        tiny_bundle, tiny_data, tmp_path):
+    from oncolens.appliance.classifier import Classifier
+    data = read(sample_image(tiny_data))
+    audit = str(tmp_path / "audit.jsonl")
+    broken = threading.Event()
+    broken.set()
+    with Classifier.open(tiny_bundle, backend="onnxruntime") as clf:
+        real = clf.infer_images
+
+        def infer(images):
+            result = real(images)
+            return result._replace(probs=_Rows()) if broken.is_set() else result
+
+        clf.infer_images = infer
+        # the timeout bounds a hang in the test (it was the failure: a 503 timeout)
+        with running(clf, timeout=10, audit_log=audit) as (url, app):
+            failed = request(url, "/classify", "POST", data)
+            broken.clear()
+            after = request(url, "/classify", "POST", data)
+            alive = app.queue.worker_alive
+    assert failed.status == 500, failed.body[:300]
+    error = json.loads(failed.body.decode("utf-8"))["error"]
+    assert error["code"] == "inference_failed" and "RuntimeError" in error["message"]
+    assert "a bug past the model" not in error["message"]   # the message stays in the log
+    assert after.status == 200, after.body[:300]
+    assert alive
+    assert _audit_statuses(audit) == [500, 200]
+
+
+def _health(url):
+    reply = request(url, "/health")
+    return reply.status, json.loads(reply.body.decode("utf-8"))
+
+
+def _health_until(url, wanted, tries=400):
+    """/health polled (every 50 ms, 20 s at most: a guard, not a timing) until its status
+    is ``wanted``; the last (code, body)."""
+    for _ in range(tries):
+        code, body = _health(url)
+        if body["status"] == wanted:
+            break
+        threading.Event().wait(0.05)
+    return code, body
+
+
+def test_health_says_stalled_with_503_while_the_model_hangs_and_ok_once_it_answers(
+        tiny_bundle, tiny_data, tmp_path):
+    """/health answered 200 "ok" while one batch hung in the model (every /classify timed
+    out); now 503 "stalled" with how long the batch has run, past --timeout, and not
+    audited (a read); "ok" again once the model answers."""
+    from oncolens.appliance.classifier import Classifier
+    from serve_util import hold_inference
+    data = read(sample_image(tiny_data))
+    audit = str(tmp_path / "audit.jsonl")
+    gate = threading.Event()
+    with Classifier.open(tiny_bundle, backend="onnxruntime") as clf:
+        hold_inference(clf, gate)
+        with running(clf, timeout=0.5, audit_log=audit) as (url, app):
+            idle = _health(url)
+            try:
+                timed_out = request(url, "/classify", "POST", data)   # held past --timeout
+                stalled = _health_until(url, "stalled")
+            finally:
+                gate.set()
+            recovered = _health_until(url, "ok")
+    assert idle[0] == 200 and idle[1]["status"] == "ok"
+    assert idle[1]["inference"] == {"worker_alive": True, "running_s": 0.0,
+                                    "stalled_after_s": 0.5}
+    assert timed_out.status == 503
+    code, body = stalled
+    assert (code, body["status"]) == (503, "stalled")
+    assert body["inference"]["running_s"] > 0.5 and body["inference"]["worker_alive"]
+    assert body["model_loaded"] is True and body["queue"]["capacity"] == 16
+    assert recovered[0] == 200 and recovered[1]["inference"]["running_s"] == 0.0
+    assert _audit_statuses(audit) == [503]      # the /classify only, no /health line
+
+
+def test_health_says_worker_ended_with_503_once_the_worker_is_gone(ort_classifier):
+    with running(ort_classifier) as (url, app):
+        assert _health(url)[0] == 200
+        app.queue.close()                       # the worker thread ends
+        code, body = _health(url)
+    assert (code, body["status"]) == (503, "worker_ended")
+    assert body["inference"]["worker_alive"] is False
