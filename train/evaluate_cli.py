@@ -223,8 +223,9 @@ def _print_summary(report):
         echo("  {:12s} precision {}  recall {}  F1 {:.3f}  support {}".format(
             label, precision_text(report, label), recall_text(row), row["f1"], row["support"]))
     for failure in report["failed"]:
-        echo("  unreadable: {}: {}".format(failure["path"],
-                                          reason_of(failure["path"], failure["error"])))
+        echo("  {}: {}: {}".format("not scored" if failure.get("scored") is False else
+                                   "unreadable", failure["path"],
+                                   reason_of(failure["path"], failure["error"])))
 
 
 def _evaluate_each(plans, args):
@@ -276,10 +277,15 @@ def main(argv):
         write_json(args.json, payload)
         echo("metrics: {}".format(args.json))
     failed = sum(len(r["failed"]) for r in reports)
-    if failed:
+    unscored = sum(1 for r in reports for f in r["failed"] if f.get("scored") is False)
+    if failed and not unscored:
         sys.stderr.write("oncolens evaluate: error: {} could not be read (listed above as "
                          "'unreadable'); the figures leave them out\n".format(
                              plural(failed, "image")))
+    elif failed:
+        sys.stderr.write("oncolens evaluate: error: {} could not be read or scored (listed "
+                         "above as 'unreadable' or 'not scored'); the figures leave them "
+                         "out\n".format(plural(failed, "image")))
     if not_evaluated:
         sys.stderr.write("oncolens evaluate: error: {} of {} could not be evaluated "
                          "(listed above as 'not evaluated'){}\n".format(
