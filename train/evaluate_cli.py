@@ -212,9 +212,13 @@ def _print_summary(report):
              report["macro_f1"], "n/a" if report["roc_auc_macro"] is None else
              "{:.4f}".format(report["roc_auc_macro"]), report["ece"],
              plural(report["count"], "image")))
-    if report.get("ci"):
-        echo("  95% CI (bootstrap): accuracy {:.3f}-{:.3f}  macro-F1 {:.3f}-{:.3f}".format(
-            *(report["ci"]["accuracy"] + report["ci"]["macro_f1"])))
+    ci = report.get("ci")
+    if ci:
+        echo("  95% CI ({}): accuracy {:.3f}-{:.3f}  macro-F1 {}".format(
+            "exact" if ci.get("note") else "bootstrap", ci["accuracy"][0], ci["accuracy"][1],
+            "{:.3f}-{:.3f}".format(*ci["macro_f1"]) if ci["macro_f1"] else "n/a"))
+        if ci.get("note"):
+            echo("  ({})".format(ci["note"]))
     if "ece_without_temperature" in report:
         echo("  ECE {:.4f} before temperature scaling (T = {:.3f}, fitted on val/ at "
              "training)".format(report["ece_without_temperature"], report["temperature"]))
