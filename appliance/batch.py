@@ -168,7 +168,8 @@ def run_batch(clf, uri, results=None, annotate=None, batch_size=8, workers=2, re
                     on_row(row)
             if writer is not None:
                 writer.flush()
-            # classified, but the annotated copy not written: a failure (its row says so)
+            # classified, but the annotated copy not written, or an output that is not a
+            # number: a failure (its row says so)
             unwritten = sum(1 for row in classified if row["error"])
             counts["classified"] += len(good) - unwritten
             counts["failed"] += len(failed) + unwritten
@@ -241,9 +242,17 @@ def _skipped(entry, skip, counts):
 
 def _classify(clf, good, labels, annotator, backend, precision, sha, input_name=None):
     import numpy as np
+    from oncolens.appliance.postprocess import NOT_A_NUMBER, finite_rows
     result = clf.backend.infer(np.stack([item.tensor for item in good]))
     rows = []
-    for item, probs in zip(good, result.probs):
+    for item, probs, finite in zip(good, result.probs, finite_rows(result.probs)):
+        if not finite:  # no class to give it (argmax of NaN is the first): a failure
+            row = _row(item, labels, backend=backend, precision=precision, sha=sha,
+                       input_name=input_name)
+            row["error"] = "{}: {}".format(item.path, NOT_A_NUMBER)
+            log.error("%s", row["error"])
+            rows.append(row)
+            continue
         preds = clf.predictions(probs)
         row = _row(item, labels, probs, preds[0], backend, precision, sha, input_name)
         if annotator is not None:

@@ -115,7 +115,8 @@ def bootstrap_ci(y_true, y_pred, num_classes, rounds=1000, level=0.95, seed=0):
     The images are drawn with replacement ``rounds`` times (seeded: the same inputs give the
     same interval) and each draw is scored as ``summary`` scores the whole set; the interval
     is the central ``level`` of those scores. It says how much the figure would move on
-    another sample of the same size: on a 115-image split, a lot.
+    another sample of the same size: on a 115-image split, a lot. Where every image is
+    right (or none is) the resamples cannot say it: see _extreme_interval.
     """
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
@@ -132,7 +133,24 @@ def bootstrap_ci(y_true, y_pred, num_classes, rounds=1000, level=0.95, seed=0):
     for key, values in scores.items():
         low, high = np.percentile(values, [tail, 100.0 - tail])
         out[key] = [float(low), float(high)]
+    right = int((y_true == y_pred).sum())
+    if right in (0, len(y_true)):
+        out.update(_extreme_interval(right, len(y_true), level))
     return out
+
+
+def _extreme_interval(right, n, level):
+    """Every image right, or none: every resample scores the same, and the percentile
+    interval has no width (1.000-1.000 on 9 images), as if the figure could not move. Then
+    accuracy gets the exact (Clopper-Pearson) interval of ``right`` in ``n``, which at these
+    ends is closed-form, and macro-F1, which a bootstrap over the images cannot bound, none."""
+    edge = ((1.0 - level) / 2.0) ** (1.0 / n)
+    return {"accuracy": [edge, 1.0] if right else [0.0, 1.0 - edge], "macro_f1": None,
+            "method": "exact (Clopper-Pearson) interval of accuracy; none of macro-F1",
+            "note": "{} image is classified right, so every resample scores the same: "
+                    "accuracy's interval is the exact (Clopper-Pearson) one of {} right in "
+                    "{}, and macro-F1 has none (n/a)".format("every" if right else "no",
+                                                              right, n)}
 
 
 def full_report(y_true, probs, labels, bins=15, bootstrap=1000):

@@ -6,6 +6,16 @@ import numpy as np
 
 Prediction = collections.namedtuple("Prediction", ["index", "label", "confidence"])
 
+# An output row with NaN or infinity in it has no top class (argmax of NaN is the first
+# class): batch and evaluate record such an image as a failure, with this reason.
+NOT_A_NUMBER = "the model's output for this image is not a number (NaN or infinity): the " \
+    "model is broken (weights a diverged training run left, or an overflow in its runtime)"
+
+
+def finite_rows(probs):
+    """Which rows of an (N, C) output are numbers throughout (bool array of N)."""
+    return np.isfinite(np.asarray(probs, dtype=np.float64)).all(axis=1)
+
 
 def top_k(probs, labels, k=1, threshold=0.0):
     """The ``k`` most likely classes of one image at or above ``threshold`` (best first);

@@ -233,3 +233,39 @@ def test_a_folder_at_a_report_name_is_one_line_before_the_run(tiny_bundle, tiny_
                                  "--overwrite"])
     _one_line(code, stdout, err, "{} is a folder".format(out / name))
     assert os.listdir(str(out)) == [name] and os.listdir(str(out / name)) == ["mine"]
+
+
+def test_a_file_of_yours_named_like_a_numbered_report_is_kept(tiny_bundle, tiny_data, tmp_path):
+    """--out holding 2024-03-report.md (yours): evaluate took it, by its name alone, for an
+    earlier evaluation's '<n>-<model>-report.md', refused the run, and --overwrite removed
+    it. The numbered files are evaluate's only where its record in the folder lists them
+    (or, in a folder from before the record, beside a comparison.md)."""
+    split = os.path.join(tiny_data, "test")
+    out = tmp_path / "reports"
+    out.mkdir()
+    (out / "2024-03-report.md").write_text(u"mine")
+    (out / "7-scan-roc.png").write_text(u"mine too")
+    argv = ["evaluate", "--model-dir", tiny_bundle, split, "--out", str(out), "--bootstrap", 0]
+    code, o, err = run_cli(argv)
+    assert code == 0, err
+    code, o, err = run_cli(argv + ["--model-dir", tiny_bundle, "--overwrite"])  # two models
+    assert code == 0, err
+    assert (out / "2024-03-report.md").read_text() == u"mine"
+    assert (out / "7-scan-roc.png").read_text() == u"mine too"
+    assert {"1-model-report.md", "2-model-roc.png", "comparison.md"} <= set(os.listdir(str(out)))
+    code, o, err = run_cli(argv)  # the numbered ones this run wrote are known as its own
+    assert code == 2 and "pass --overwrite" in err, err
+    code, o, err = run_cli(argv + ["--overwrite"])
+    assert code == 0, err
+    names = set(os.listdir(str(out)))
+    assert "1-model-report.md" not in names and "comparison.md" not in names, names
+    assert {"2024-03-report.md", "7-scan-roc.png", "report.md"} <= names
+    # a folder from before the record: numbered files beside a comparison.md are evaluate's
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    for name in ("comparison.md", "1-a-report.md", "2-b-roc.png"):
+        (legacy / name).write_text(u"earlier")
+    code, o, err = run_cli(["evaluate", "--model-dir", tiny_bundle, split, "--out",
+                            str(legacy), "--bootstrap", 0, "--overwrite"])
+    assert code == 0, err
+    assert not {"1-a-report.md", "2-b-roc.png"} & set(os.listdir(str(legacy)))

@@ -11,7 +11,8 @@ import numpy as np
 
 from oncolens.appliance.bundle import (LABELS_TXT, MODEL_JSON, read_labels, read_model_info,
                                        sha256_file)
-from oncolens.appliance.errors import BundleError, ImageReadError, UsageError, not_a_folder
+from oncolens.appliance.errors import (BundleError, ImageReadError, UsageError, not_a_folder,
+                                      plural)
 from oncolens.appliance.evaluation import never_predicted, undefined_recall
 from oncolens.appliance.imageio import list_folders, read_image
 from oncolens.train import metrics
@@ -209,12 +210,15 @@ def _samples(split_dir, labels, json_path):
 
 
 def _score(runner, samples, batch):
-    """(probabilities, targets, paths, unreadable files) over the samples, in batches. A
-    file that does not decode, or an image the model's preprocessing refuses (too elongated,
-    as oncolens batch records it), is an unreadable file named in its error."""
+    """(probabilities, targets, paths, failed files) over the samples, in batches. A file
+    that does not decode, or an image the model's preprocessing refuses (too elongated, as
+    oncolens batch records it), is an unreadable file named in its error; an image whose
+    output is not a number (NaN: argmax would make it the first class) is a failure marked
+    ``"scored": False``."""
+    from oncolens.appliance.postprocess import NOT_A_NUMBER, finite_rows
     probs, targets, paths, failed = [], [], [], []
     for start in range(0, len(samples), batch):
-        chunk, inputs = samples[start:start + batch], []
+        chunk, inputs, read = samples[start:start + batch], [], []
         for path, target in chunk:
             try:
                 rgb = read_image(path)
@@ -225,11 +229,32 @@ def _score(runner, samples, batch):
             except ImageReadError as exc:
                 failed.append({"path": path, "error": str(exc)})
                 continue
-            targets.append(target)
-            paths.append(path)
-        if inputs:
-            probs.append(runner.probs(np.stack(inputs).astype(np.float32, copy=False)))
+            read.append((path, target))
+        if not inputs:
+            continue
+        out = runner.probs(np.stack(inputs).astype(np.float32, copy=False))
+        finite = finite_rows(out)
+        for (path, target), ok in zip(read, finite):
+            if ok:
+                targets.append(target)
+                paths.append(path)
+            else:
+                failed.append({"path": path, "error": "{}: {}".format(path, NOT_A_NUMBER),
+                               "scored": False})
+        probs.append(np.asarray(out)[finite])
     return probs, targets, paths, failed
+
+
+def _none_scored(split_dir, model_dir, failed):
+    """The error when no image of the split has figures: none could be read, or the model's
+    output was not a number (a broken model) for those that could."""
+    unscored = sum(1 for f in failed if f.get("scored") is False)
+    if not unscored:
+        return UsageError("{}: no readable images".format(split_dir))
+    return BundleError("{}: the model's output is not a number (NaN or infinity) for {} of "
+                       "{}: the model is broken (weights a diverged training run left, or an "
+                       "overflow in its runtime); no figures".format(
+                           model_dir, plural(unscored, "image"), split_dir))
 
 
 def evaluate_dir(model_dir, split_dir, backend="auto", batch=16, bins=15, bootstrap=1000):
@@ -251,7 +276,7 @@ def evaluate_dir(model_dir, split_dir, backend="auto", batch=16, bins=15, bootst
     finally:
         runner.close()
     if not targets:
-        raise UsageError("{}: no readable images".format(split_dir))
+        raise _none_scored(split_dir, model_dir, failed)
     probs = np.concatenate(probs)
     report = metrics.full_report(np.array(targets), probs, labels, bins, bootstrap)
     temperature = float(((info.get("training") or {}).get("calibration") or {}).get(

@@ -6,7 +6,6 @@
 import io
 import logging
 import os
-import re
 import sys
 
 from oncolens.appliance.cliutil import OneLineParser, cli_entry, normalize_flags, setup_logging
@@ -72,18 +71,11 @@ def _report_path(out_dir, prefix):
 
 
 def earlier_outputs(out_dir):
-    """The files in ``out_dir`` at the names evaluate writes there, sorted: report.md and the
-    figures of one model, comparison.md and ``<n>-<model folder>-`` ones of several. Nothing
-    else in the folder is evaluate's."""
-    from oncolens.train.plots import FIGURES
-    ends = "|".join(re.escape(end) for end in ["report.md"] + [f + ".png" for f in FIGURES])
-    own = re.compile(r"(comparison\.md|([1-9][0-9]*-.+-)?({}))\Z".format(ends))
-    try:
-        names = os.listdir(out_dir)
-    except OSError:  # not there yet
-        return []
-    return sorted(n for n in names if own.match(n) and
-                  not os.path.isdir(os.path.join(out_dir, n)))
+    """The files in ``out_dir`` that an earlier evaluation wrote, sorted: report.md, the
+    figures and comparison.md by name, ``<n>-<model folder>-`` ones where the folder's
+    record lists them (train/evaluate_record.py). Nothing else in the folder is evaluate's."""
+    from oncolens.train.evaluate_record import own_files
+    return own_files(out_dir)
 
 
 def _check_earlier(out_dir, overwrite):
@@ -101,8 +93,10 @@ def _clear_earlier(out_dir, cleared):
     """--overwrite: before this run's first file in ``out_dir``, remove every file an earlier
     evaluation wrote there (another model's report and figures too); nothing else."""
     if out_dir not in cleared:
+        from oncolens.train.evaluate_record import forget
         from oncolens.train.split import clear_owned
         clear_owned(out_dir, earlier_outputs(out_dir))
+        forget(out_dir)
         cleared.add(out_dir)
 
 
@@ -115,6 +109,9 @@ def _write_outputs(report, out_dir, prefix, overwrite, cleared):
         _clear_earlier(out_dir, cleared)
     if not os.path.isdir(out_dir):
         os.makedirs(out_dir)
+    if prefix:  # evaluate's by name only where the record says so (evaluate_record)
+        from oncolens.train.evaluate_record import record
+        record(out_dir, _own_names(prefix))
     pngs = all_figures(report, out_dir, prefix)
     _write_text(md_path, model_markdown(report, [os.path.basename(p) for p in pngs]))
     return md_path
@@ -148,17 +145,22 @@ def plan_outputs(args):
             check_output_dir(out, "--out")
             _check_no_folder_at(out, prefix, several)
             _check_earlier(out, args.overwrite)
-            _check_free(_report_path(out, prefix), args.overwrite)
+            for name in _own_names(prefix):  # a file of yours at one of them, too
+                _check_free(os.path.join(out, name), args.overwrite)
         plans.append((model_dir, out, prefix))
     return plans
+
+
+def _own_names(prefix):
+    """The names of one model's files in its report folder: report.md and the figures."""
+    from oncolens.train.plots import FIGURES
+    return ["{}report.md".format(prefix)] + ["{}{}.png".format(prefix, f) for f in FIGURES]
 
 
 def _check_no_folder_at(out, prefix, several):
     """A folder at the name of a file this run writes in ``out`` (report.md, a figure,
     comparison.md) is one line before any model runs, not an error after the evaluation."""
-    from oncolens.train.plots import FIGURES
-    names = ["{}report.md".format(prefix)] + ["{}{}.png".format(prefix, f) for f in FIGURES]
-    for name in names + (["comparison.md"] if several else []):
+    for name in _own_names(prefix) + (["comparison.md"] if several else []):
         path = os.path.join(out, name)
         if os.path.isdir(path):
             raise UsageError("--out {}: {} is a folder, where this run writes a file: move "
@@ -212,9 +214,13 @@ def _print_summary(report):
              report["macro_f1"], "n/a" if report["roc_auc_macro"] is None else
              "{:.4f}".format(report["roc_auc_macro"]), report["ece"],
              plural(report["count"], "image")))
-    if report.get("ci"):
-        echo("  95% CI (bootstrap): accuracy {:.3f}-{:.3f}  macro-F1 {:.3f}-{:.3f}".format(
-            *(report["ci"]["accuracy"] + report["ci"]["macro_f1"])))
+    ci = report.get("ci")
+    if ci:
+        echo("  95% CI ({}): accuracy {:.3f}-{:.3f}  macro-F1 {}".format(
+            "exact" if ci.get("note") else "bootstrap", ci["accuracy"][0], ci["accuracy"][1],
+            "{:.3f}-{:.3f}".format(*ci["macro_f1"]) if ci["macro_f1"] else "n/a"))
+        if ci.get("note"):
+            echo("  ({})".format(ci["note"]))
     if "ece_without_temperature" in report:
         echo("  ECE {:.4f} before temperature scaling (T = {:.3f}, fitted on val/ at "
              "training)".format(report["ece_without_temperature"], report["temperature"]))
@@ -223,8 +229,9 @@ def _print_summary(report):
         echo("  {:12s} precision {}  recall {}  F1 {:.3f}  support {}".format(
             label, precision_text(report, label), recall_text(row), row["f1"], row["support"]))
     for failure in report["failed"]:
-        echo("  unreadable: {}: {}".format(failure["path"],
-                                          reason_of(failure["path"], failure["error"])))
+        echo("  {}: {}: {}".format("not scored" if failure.get("scored") is False else
+                                   "unreadable", failure["path"],
+                                   reason_of(failure["path"], failure["error"])))
 
 
 def _evaluate_each(plans, args):
@@ -276,10 +283,15 @@ def main(argv):
         write_json(args.json, payload)
         echo("metrics: {}".format(args.json))
     failed = sum(len(r["failed"]) for r in reports)
-    if failed:
+    unscored = sum(1 for r in reports for f in r["failed"] if f.get("scored") is False)
+    if failed and not unscored:
         sys.stderr.write("oncolens evaluate: error: {} could not be read (listed above as "
                          "'unreadable'); the figures leave them out\n".format(
                              plural(failed, "image")))
+    elif failed:
+        sys.stderr.write("oncolens evaluate: error: {} could not be read or scored (listed "
+                         "above as 'unreadable' or 'not scored'); the figures leave them "
+                         "out\n".format(plural(failed, "image")))
     if not_evaluated:
         sys.stderr.write("oncolens evaluate: error: {} of {} could not be evaluated "
                          "(listed above as 'not evaluated'){}\n".format(

@@ -12,15 +12,18 @@ def _fmt(value, digits=3):
 
 
 def _ci_range(report, key):
-    """'low-high' of the report's bootstrap interval for ``key``, or None."""
+    """'low-high' of the report's interval for ``key``, or None (no intervals, or none for
+    ``key``: macro-F1 where every image is right, or none is)."""
     ci = report.get("ci")
-    return "{}-{}".format(_fmt(ci[key][0]), _fmt(ci[key][1])) if ci else None
+    return "{}-{}".format(_fmt(ci[key][0]), _fmt(ci[key][1])) if ci and ci[key] else None
 
 
 def _ci(report, key):
-    """' (95% CI low-high)', or nothing when the report has no intervals."""
-    span = _ci_range(report, key)
-    return " (95% CI {})".format(span) if span else ""
+    """' (95% CI low-high)', ' (95% CI n/a)' where the intervals have none for ``key``, or
+    nothing when the report has no intervals."""
+    if not report.get("ci"):
+        return ""
+    return " (95% CI {})".format(_ci_range(report, key) or "n/a")
 
 
 def _temperature(report):
@@ -59,6 +62,8 @@ def model_markdown(report, pngs=None):
         lines += ["", "The intervals are percentile bootstrap intervals over the {} "
                   "({} rounds): how far the figure could move on another sample of this "
                   "size.".format(plural(report["count"], "image"), report["ci"]["rounds"])]
+        if report["ci"].get("note"):
+            lines[-1] += " Here {}.".format(report["ci"]["note"])
     lines += ["", "Confusion matrix (rows: true class, columns: predicted):", "",
               "| true \\ predicted | " + " | ".join(labels) + " |",
               "|---" * (len(labels) + 1) + "|"]
