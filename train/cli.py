@@ -61,7 +61,9 @@ def _jetson_flags(p):
                         "and the weights cannot be had, a warning and random weights)")
     p.add_argument("--no-pretrained", dest="pretrained", action="store_false",
                    help="start from random weights")
-    p.add_argument("--seed", type=int, default=None, help="random seed for a repeatable run")
+    p.add_argument("--seed", type=int, default=None,
+                   help="random seed for a repeatable run (a --resume of it trains on as the "
+                        "run left alone would)")
     p.add_argument("--gpu", type=int, default=None,
                    help="GPU id to use (default: none, the CPU; jetson-inference: 0)")
 

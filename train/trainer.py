@@ -94,6 +94,7 @@ def _train_epoch(model, loader, optimizer, loss_fn, runtime, schedule, args, epo
     freq, level = (10, logging.DEBUG) if args.print_freq is None else \
         (args.print_freq, logging.INFO)
     rng = np.random.default_rng(None if args.seed is None else args.seed * 1000 + epoch)
+    loader.sampler.start_epoch(epoch)  # the epoch's order, augmentation, dropout: seeding.py
     optimizer.zero_grad()
     batches = progress(loader, "epoch {}".format(epoch + 1), total=len(loader))
     micro = max(1, args.batch_size // accum)
