@@ -12,19 +12,21 @@ import pytest
 from conftest import subprocess_env
 
 # in a process of its own: SIGTERM to its whole group (main process and data-loader workers)
-# while the second epoch's checkpoint.pth.tar is being written ("write"), or in the middle of
-# the second epoch ("step": its fifth training step, of 3 an epoch)
+# while the second epoch's checkpoint.pth.tar is being written ("write": held until the epoch
+# is saved whole; until 2026-12-08 that epoch was lost), or in the middle of the second epoch
+# ("step": its fifth training step, of 3 an epoch)
 CHILD = """
 import os, subprocess, sys, time
 from oncolens.train import outputs, trainer
 real_replace, real_loss, writes, steps = outputs._replace, trainer._mixed_loss, [], []
 
-def stop():
+def stop(wait=True):
     try:
         # from another process, as systemd's is (a worker sent it by its own main process
         # exits quietly)
         subprocess.call(["kill", "-TERM", "--", "-{}".format(os.getpgrp())])
-        time.sleep(60)
+        if wait:
+            time.sleep(60)
     finally:  # unwinding takes a while (a large model's backward pass): by its end, what
         time.sleep(2)  # the stop did to the workers is known
 
@@ -32,11 +34,12 @@ def replace(path, write):
     if path.endswith("checkpoint.pth.tar"):
         writes.append(path)
         if len(writes) == 2 and sys.argv[1] == "write":
-            def cut_short(tmp):
+            def stopped_midway(tmp):
                 with open(tmp, "wb") as fh:
                     fh.write(b"half a checkpoint")
-                stop()
-            return real_replace(path, cut_short)
+                stop(wait=False)  # held until the epoch is saved whole
+                write(tmp)
+            return real_replace(path, stopped_midway)
     return real_replace(path, write)
 
 def loss(*args):
@@ -63,7 +66,9 @@ def test_sigterm_to_the_group_stops_in_one_line_and_keeps_the_last_epoch(tiny_da
     assert proc.returncode == 128 + signal.SIGTERM, (proc.returncode, proc.stderr)
     assert proc.stderr.strip().splitlines()[-1] == "oncolens train: interrupted by SIGTERM"
     assert "Traceback" not in proc.stderr, proc.stderr
-    assert sorted(os.listdir(model_dir)) == ["checkpoint.pth.tar", "history.csv",
-                                             "model_best.pth.tar"]
+    # model.json and labels.txt follow model_best.pth.tar (epoch 1, or 2 if it was better)
+    assert sorted(os.listdir(model_dir)) == ["checkpoint.pth.tar", "history.csv", "labels.txt",
+                                             "model.json", "model_best.pth.tar"]
     saved = torch.load(os.path.join(model_dir, "checkpoint.pth.tar"), weights_only=False)
-    assert saved["epoch"] == 1  # the last finished epoch, whole
+    # the last finished epoch, whole: a stop while its checkpoint is written waits for it
+    assert saved["epoch"] == (2 if when == "write" else 1)

@@ -219,6 +219,10 @@ def check_resume(args, ckpt, classes=None):
     _check_resume_clahe(where, ckpt, args)
     if classes is not None:
         _check_resume_classes(where, ckpt, list(classes), args.data)
+    if args.start_epoch and not args.evaluate and ckpt.get("epoch") is not None:
+        log.warning("%s: --start-epoch %d is left aside: the run goes on from the checkpoint's "
+                    "epoch %s, as train.py's --resume does", where, args.start_epoch,
+                    ckpt["epoch"])
     if not args.evaluate and int(ckpt.get("epoch", 0)) >= args.epochs:
         log.info("%s: the checkpoint is at epoch %s and --epochs is %d: no epoch left to "
                  "train; only the bundle (and --calibrate) is redone", where, ckpt.get("epoch"),

@@ -35,7 +35,9 @@ def _jetson_flags(p):
     p.add_argument("--epochs", type=int, default=None,
                    help="number of epochs (35; with --time-limit and no --epochs, as many as "
                         "the time allows)")
-    p.add_argument("--start-epoch", type=int, default=0, help="first epoch number (0)")
+    p.add_argument("--start-epoch", type=int, default=0,
+                   help="first epoch number (0); with --resume, left aside (the checkpoint's "
+                        "epoch)")
     p.add_argument("-b", "--batch-size", type=int, default=32,
                    help="mini-batch size (32; jetson-inference: 8)")
     p.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=1e-3,
@@ -61,7 +63,9 @@ def _jetson_flags(p):
                         "and the weights cannot be had, a warning and random weights)")
     p.add_argument("--no-pretrained", dest="pretrained", action="store_false",
                    help="start from random weights")
-    p.add_argument("--seed", type=int, default=None, help="random seed for a repeatable run")
+    p.add_argument("--seed", type=int, default=None,
+                   help="random seed for a repeatable run (a --resume of it trains on as the "
+                        "run left alone would)")
     p.add_argument("--gpu", type=int, default=None,
                    help="GPU id to use (default: none, the CPU; jetson-inference: 0)")
 

@@ -35,6 +35,27 @@ def write_history(model_dir, rows):
     return path
 
 
+def _cell(value):
+    """A history.csv cell: five decimals, or empty where nothing was measured."""
+    return "" if value is None else "{:.5f}".format(value)
+
+
+def val_text(loss, summary):
+    """The validation part of an epoch's log line."""
+    if loss is None:
+        return "no val (--final-fit)"
+    return "val loss {:.4f}  acc {:.4f}  macro-F1 {:.4f}".format(
+        loss, summary["accuracy"], summary["macro_f1"])
+
+
+def history_row(epoch, lr, train_loss, val_loss, summary, seconds, ips, is_best):
+    """One epoch's row of history.csv."""
+    return {"epoch": epoch, "lr": "{:.6g}".format(lr), "train_loss": "{:.5f}".format(train_loss),
+            "val_loss": _cell(val_loss), "val_accuracy": _cell(summary["accuracy"]),
+            "val_macro_f1": _cell(summary["macro_f1"]), "epoch_seconds": "{:.1f}".format(seconds),
+            "images_per_second": "{:.1f}".format(ips), "best": int(is_best)}
+
+
 def plot_history(model_dir, rows):
     """curves.png: loss (train, val) and val accuracy / macro-F1 per epoch (the learning rate
     when nothing was validated); None without matplotlib."""

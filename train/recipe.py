@@ -19,6 +19,7 @@ from oncolens.train.data import (CachedDataset, FolderDataset, balanced_class_we
                                  cache_side, class_counts, list_samples, load_resized,
                                  looks_greyscale)
 from oncolens.train.runs import budget_room, trained_seconds
+from oncolens.train.seeding import EpochSampler, SeededImages, run_seed
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +53,6 @@ def _leave_stop_to_main(worker_id=None):
 
 def _exit_quietly(signum, frame):
     os._exit(0)
-
-
-def _seed_worker(worker_id):
-    _leave_stop_to_main()
-    torch = torch_module()
-    info = torch.utils.data.get_worker_info()
-    info.dataset.transform.rng = np.random.default_rng(torch.initial_seed() % (2 ** 32))
 
 
 def _use_cache(args, n_images, side):
@@ -122,22 +116,21 @@ def make_loaders(args, classes, preprocess, micro_batch):
                                  progress=lambda it: progress(it, "caching train images"))
     else:
         train_ds = FolderDataset(samples, augment, loader=lambda p: load_resized(p, side, clahe))
-    gen = torch.Generator()
-    gen.manual_seed(args.seed if args.seed is not None else int(time.time()))
-    common = dict(num_workers=args.workers, worker_init_fn=_seed_worker if args.workers else None)
-    if args.workers:
-        common["persistent_workers"] = True
-    step, drop = args.batch_size, len(samples) > args.batch_size
+    gen = torch.Generator()  # seeded for each epoch (EpochSampler.start_epoch)
     if args.sampler == "weighted":
         weights = balanced_class_weights(samples, len(classes))[[t for _, t in samples]]
         sampler = torch.utils.data.WeightedRandomSampler(
             torch.as_tensor(weights, dtype=torch.double), len(samples), replacement=True,
             generator=gen)
-        train = torch.utils.data.DataLoader(train_ds, batch_size=step, sampler=sampler,
-                                            drop_last=drop, **common)
     else:
-        train = torch.utils.data.DataLoader(train_ds, batch_size=step, shuffle=True,
-                                            generator=gen, drop_last=drop, **common)
+        sampler = torch.utils.data.RandomSampler(train_ds, generator=gen)
+    sampler = EpochSampler(sampler, gen, run_seed(args.seed))
+    train = torch.utils.data.DataLoader(
+        SeededImages(train_ds), batch_size=args.batch_size, sampler=sampler,
+        generator=gen,  # its workers' seeds drawn from it, not from torch's (dropout)
+        drop_last=len(samples) > args.batch_size, num_workers=args.workers,
+        worker_init_fn=_leave_stop_to_main if args.workers else None,
+        persistent_workers=bool(args.workers))
     val = None if val_samples is None else _val_loader(args, val_samples, pre, micro_batch)
     return train, val, samples
 

@@ -7,6 +7,7 @@ import numpy as np
 
 from oncolens import __version__
 from oncolens.appliance.archs import build_model, canonical_arch
+from oncolens.appliance.cliutil import signals_held
 from oncolens.appliance.errors import UsageError, plural
 from oncolens.appliance.preprocess import Preprocessor, imagenet_preprocess
 from oncolens.train import metrics
@@ -16,7 +17,8 @@ from oncolens.train.choices import (check_args, check_batch_of_one, check_input_
 from oncolens.train.ema import WeightAverage
 from oncolens.train.flags import low_memory_accum
 from oncolens.train.freeze import freeze_early_layers, head_parameters
-from oncolens.train.history import plot_history, read_history, write_history
+from oncolens.train.history import (history_row, plot_history, read_history, val_text,
+                                    write_history)
 from oncolens.train.outputs import (BEST, adopt_best, check_model_dir, prepare_model_dir,
                                     recipe_flags, save_checkpoint, training_record,
                                     write_bundle)
@@ -94,6 +96,7 @@ def _train_epoch(model, loader, optimizer, loss_fn, runtime, schedule, args, epo
     freq, level = (10, logging.DEBUG) if args.print_freq is None else \
         (args.print_freq, logging.INFO)
     rng = np.random.default_rng(None if args.seed is None else args.seed * 1000 + epoch)
+    loader.sampler.start_epoch(epoch)  # the epoch's order, augmentation, dropout: seeding.py
     optimizer.zero_grad()
     batches = progress(loader, "epoch {}".format(epoch + 1), total=len(loader))
     micro = max(1, args.batch_size // accum)
@@ -245,24 +248,37 @@ def run_training(args):
     log.info("training %s on %s (%s), %s, batch %d%s", args.arch, plural(len(samples), "image"),
              ", ".join(classes), runtime.describe(), args.batch_size,
              " ({} x {})".format(args.accum_steps, micro) if args.accum_steps > 1 else "")
+    bundle = _bundle_writer(args, classes, preprocess, (runtime, init, len(samples)), runs)
     try:
         best, seconds, stopped, last = _loop(args, (model, ema), optimizer, loss_fn, runtime,
                                        train_loader, val_loader, classes, preprocess, best,
                                        start_epoch, rows, init, body,
-                                       ckpt.get("clock") if ckpt else None, runs)
+                                       ckpt.get("clock") if ckpt else None, runs, bundle)
     except RuntimeError as exc:
         if out_of_memory(exc):
             raise UsageError("out of memory at batch size {} and {} px: pass --low-memory, or a "
                              "smaller -b/--batch-size or --resolution".format(
                                  micro, args.resolution))
         raise
-    training = dict(training_record(args, runtime, init, seconds, stopped),
-                    train_images=len(samples), last_epoch=last,
-                    runs=runs.upto(last, seconds, stopped),
-                    calibration=_calibrate(args, classes, val_loader, runtime))
-    write_bundle(args, classes, preprocess, best, training)
+    bundle(best, seconds, stopped, last, _calibrate(args, classes, val_loader, runtime))
     plot_history(args.model_dir, read_history(args.model_dir))
     return dict(best, train_seconds=seconds, stopped=stopped)
+
+
+def _bundle_writer(args, classes, preprocess, run, runs):
+    """write(best, seconds, stopped, last, calibration): labels.txt and model.json for the
+    run as far as epoch ``last``; ``run`` is (runtime, init, the number of training images)."""
+    runtime, init, images = run
+
+    def write(best, seconds, stopped, last, calibration=None):
+        if calibration is None:  # an epoch that replaced model_best.pth.tar: not yet fitted
+            calibration = {"temperature": 1.0, "fitted": False, "why": "the run had not "
+                           "ended" if args.calibrate else "off (no --calibrate)"}
+        training = dict(training_record(args, runtime, init, seconds, stopped),
+                        train_images=images, last_epoch=last,
+                        runs=runs.upto(last, seconds, stopped), calibration=calibration)
+        write_bundle(args, classes, preprocess, best, training)
+    return write
 
 
 def _evaluate_only(args, model, classes, preprocess, runtime, ckpt):
@@ -284,18 +300,6 @@ def _calibrate(args, classes, val_loader, runtime):
     if not args.calibrate:
         return remove_temperature(best, "off (no --calibrate)")
     return calibrate_checkpoint(best, args.arch, len(classes), val_loader, runtime)
-
-
-def _cell(value):
-    """A history.csv cell: five decimals, or empty where nothing was measured."""
-    return "" if value is None else "{:.5f}".format(value)
-
-
-def _val_text(loss, summary):
-    if loss is None:
-        return "no val (--final-fit)"
-    return "val loss {:.4f}  acc {:.4f}  macro-F1 {:.4f}".format(
-        loss, summary["accuracy"], summary["macro_f1"])
 
 
 def _head_phase(body, epoch, head_epochs, start_epoch):
@@ -328,7 +332,8 @@ def _used_up(args, start_epoch, best, clock):
 
 
 def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, classes,
-          preprocess, best, start_epoch, rows, init, body=(), clock=None, runs=None):
+          preprocess, best, start_epoch, rows, init, body=(), clock=None, runs=None,
+          bundle=None):
     model, ema = models
     seconds = trained_seconds(clock)
     judged = ema.model if ema is not None else model
@@ -355,11 +360,11 @@ def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, c
             best = {"macro_f1": summary["macro_f1"], "accuracy": summary["accuracy"],
                     "epoch": epoch + 1, "loss": val_loss}
         lr = optimizer.param_groups[0]["lr"]
-        rows.append(_history_row(epoch + 1, lr, train_loss, val_loss, summary,
+        rows.append(history_row(epoch + 1, lr, train_loss, val_loss, summary,
                                  time.time() - t0, ips, is_best))
         log.info("epoch %d/%s  lr %.2e  train loss %.4f (%.1f img/s)  %s  %.0fs%s", epoch + 1,
                  "{:g} min".format(args.time_limit) if args.epochs_from_budget else args.epochs,
-                 lr, train_loss, ips, _val_text(val_loss, summary), time.time() - t0,
+                 lr, train_loss, ips, val_text(val_loss, summary), time.time() - t0,
                  "  *best*" if is_best and val_loader is not None else "")
         room = schedule.epoch_done(time.time() - t0)
         clock = schedule.state()
@@ -374,21 +379,16 @@ def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, c
                  "trivial_augment": args.trivial_augment, "oncolens_version": __version__,
                  "clock": clock, "start_epoch": args.start_epoch,
                  "runs": runs.upto(epoch + 1, seconds, reason)}
-        write_history(args.model_dir, rows)  # first: a resume keeps the rows up to its epoch
-        save_checkpoint(state, args.model_dir, is_best, (model, ema))
+        with signals_held():  # Ctrl-C or SIGTERM waits until the epoch is saved whole
+            write_history(args.model_dir, rows)  # first: a resume keeps rows up to its epoch
+            save_checkpoint(state, args.model_dir, is_best, (model, ema))
+            if is_best and bundle is not None:  # model.json follows model_best.pth.tar
+                bundle(best, seconds, None, epoch + 1)  # (stopped: null until the run ends)
         if reason in ("patience", "time-limit"):
             _log_stop(args, reason, epoch + 1)
             stopped = reason
             break
     return best, seconds, stopped, last
-
-
-def _history_row(epoch, lr, train_loss, val_loss, summary, seconds, ips, is_best):
-    """One epoch's row of history.csv."""
-    return {"epoch": epoch, "lr": "{:.6g}".format(lr), "train_loss": "{:.5f}".format(train_loss),
-            "val_loss": _cell(val_loss), "val_accuracy": _cell(summary["accuracy"]),
-            "val_macro_f1": _cell(summary["macro_f1"]), "epoch_seconds": "{:.1f}".format(seconds),
-            "images_per_second": "{:.1f}".format(ips), "best": int(is_best)}
 
 
 def _log_stop(args, reason, epochs):
