@@ -59,8 +59,9 @@ class TensorRTBackend(Backend):
         if path.endswith(engines.ENGINE_SUFFIXES):
             return self._resolve_file(path, precision, max_batch, allow_rebuild)
         entries = engines.known_entries(bundle.info, bundle.dir, bundle.onnx_path)
-        entry, stale = engines.pick_fresh(entries, bundle.dir, engines.OnnxCheck(
-            bundle.onnx_path), api.version, self.device["name"], precision, max_batch)
+        entry, stale = engines.pick_fresh(entries, bundle.dir, bundle.onnx_check(),
+                                          api.version, self.device["name"], precision,
+                                          max_batch)
         if entry:
             return engines.entry_path(entry, bundle.dir), entry
         if stale:  # built from an ONNX since replaced: as 'export engine', built again
@@ -89,7 +90,7 @@ class TensorRTBackend(Backend):
         entry = engines.entry_for_file(bundle.info, bundle.dir, path, bundle.onnx_path)
         try:
             engines.check_compatible(path, entry, self.api.version, self.device["name"])
-            why = entry and engines.OnnxCheck(bundle.onnx_path).stale_reason(entry, path)
+            why = entry and bundle.onnx_check().stale_reason(entry, path)
             if why:
                 raise engines.EngineMismatch("{}: rebuild it with 'oncolens export engine' (or "
                                              "allow_rebuild)".format(why))

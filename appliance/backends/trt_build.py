@@ -13,6 +13,7 @@ from oncolens.appliance.bundle import (MODEL_JSON, read_model_info, sha256_file,
                                        write_model_info)
 from oncolens.appliance.errors import BundleError, OncoLensError, UsageError
 from oncolens.appliance.locks import folder_locked
+from oncolens.appliance.onnxrecord import record_stat
 from oncolens.appliance.outpaths import check_not_read_only, replace_file
 
 log = logging.getLogger(__name__)
@@ -204,6 +205,9 @@ def record(bundle, path, entry, in_cache):
         check_onnx_unchanged(bundle.onnx_path, entry["onnx_sha256"], engine)
         if os.path.isfile(path):
             bundle.info = read_model_info(path)
+        onnx = bundle.info.get("onnx")
+        if onnx and onnx.get("sha256") == entry.get("onnx_sha256"):  # the load's check
+            onnx.update(record_stat(entry))  # (onnxrecord.py) need not hash it either
         engines.add_entry(bundle.info, entry)
         write_model_info(path, bundle.info)
 
