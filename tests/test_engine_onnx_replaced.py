@@ -219,3 +219,22 @@ def test_verify_skips_such_an_engine_saying_why(dyn_bundle, tmp_path, cache, mon
     _replace_and_record(d)
     ((label, precision, probs, skipped),) = list(run_engines(load_bundle(d), X))
     assert probs is None and "was built from another ONNX than the current" in skipped
+
+
+def test_the_rebuild_says_why_in_one_warning(dyn_bundle, tmp_path, cache, monkeypatch, caplog):
+    """The engine replaced is the one the picker refused: build_for_bundle's 'replacing …'
+    warning repeated the picker's reason."""
+    d = _bundle_copy(dyn_bundle, tmp_path)
+    state = _built(d, monkeypatch)
+    _replace_and_record(d)
+    caplog.set_level(logging.INFO)
+    _backend(d).close()
+    assert state.builds == 2
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "was built from another ONNX" in warned[0], warned
+    caplog.clear()
+    _replace_and_record(d)
+    _backend(os.path.join(d, NAME), allow_rebuild=True).close()
+    assert state.builds == 3
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "was built from another ONNX" in warned[0], warned

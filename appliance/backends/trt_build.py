@@ -294,10 +294,11 @@ def stale_reason(entry, sha, device, onnx_path, listing):
         "{}...)".format(onnx_path, entry["onnx_sha256"][:12], sha[:12])
 
 
-def build_for_bundle(bundle, api, device, options, overwrite=False):
+def build_for_bundle(bundle, api, device, options, overwrite=False, said=None):
     """Build (or reuse) the engine ``options`` describe; returns (path, entry, built?).
 
-    The CUDA context must be current.  ``device`` is CudaContext.info().
+    The CUDA context must be current.  ``device`` is CudaContext.info(). ``said``: the
+    engine file whose replacement the caller has warned of, saying why (not said again).
     """
     builder = api.trt.Builder(api.logger(options.verbose))
     precision = resolve_precision(builder, options.precision, device)
@@ -318,8 +319,11 @@ def build_for_bundle(bundle, api, device, options, overwrite=False):
         entry = engines.entry_for_file(bundle.info, bundle.dir, path, onnx_path)
         listing = os.path.join(engines.cache_dir_for(sha), engines.CACHE_INDEX) if \
             in_cache or bundle.inferred else os.path.join(bundle.dir, MODEL_JSON)
-        log.warning("replacing %s: %s", path,
-                    stale_reason(entry, sha, device, onnx_path, listing))
+        if said and os.path.abspath(said) == os.path.abspath(path):
+            log.debug("replacing %s (the warning above says why)", path)
+        else:
+            log.warning("replacing %s: %s", path,
+                        stale_reason(entry, sha, device, onnx_path, listing))
     write_bytes(path, plan)
     entry = engines.make_entry(path, bundle.dir, api.version, device["name"], precision,
                                options.max_batch, options.dla_core, options.gpu_fallback,
