@@ -293,7 +293,8 @@ def export_onnx(model_dir, input_name=None, output_name=None, opset=DEFAULT_OPSE
     check_output_file(out_path, "--output", overwrite)
     model = model_from_checkpoint(ckpt, checkpoint_path)  # weights of another arch: one line
     checkpoint_sha = sha256_file(checkpoint_path)
-    info = bundle_info_for(model_dir, ckpt, checkpoint_path, checkpoint_sha, overwrite)
+    info, labels_source = bundle_info_for(model_dir, ckpt, checkpoint_path, checkpoint_sha,
+                                          overwrite)
     module, output_names = export_module(model, ckpt["arch"], activation, cam)
     c, h, w = info["input"]["shape"]
     folder = os.path.dirname(os.path.abspath(out_path))
@@ -306,8 +307,7 @@ def export_onnx(model_dir, input_name=None, output_name=None, opset=DEFAULT_OPSE
         _record(info, model_dir, out_path, staged, checkpoint_path, checkpoint_sha, opset,
                 batch, dynamic_batch, activation, cam)
         if check is not None:
-            check(Bundle(model_dir, info, info["labels"], staged,
-                         checkpoint_path if ckpt.get("classes") else None))
+            check(Bundle(model_dir, info, info["labels"], staged, labels_source))
         _commit(model_dir, info, staged, out_path)
     except BaseException:
         if staged and os.path.exists(staged):
