@@ -189,6 +189,7 @@ class Bundle(object):
         # why the folder's ONNX must not be used (trained again after its export), or None
         self.stale_onnx = None
         self.file_in_use = None  # set by the Classifier: the file its backend runs
+        self._onnx_check = None
 
     @property
     def input_name(self):
@@ -214,6 +215,16 @@ class Bundle(object):
         if onnx.get("file"):
             return os.path.join(self.dir, onnx["file"])
         return os.path.join(self.dir, "{}.onnx".format(self.info["arch"]))
+
+    def onnx_check(self):
+        """engines.OnnxCheck of the ONNX, one a bundle: at most one hash of it a start, at
+        load (onnxrecord.py) and by the TensorRT engine picker alike."""
+        path = self.onnx_path
+        if self._onnx_check is None or os.path.abspath(self._onnx_check.path) != \
+                os.path.abspath(path):
+            from oncolens.appliance.engines import OnnxCheck
+            self._onnx_check = OnnxCheck(path)
+        return self._onnx_check
 
     def set_file_in_use(self, path):
         """The file a backend opened runs the model (a checkpoint for torch, the ONNX beside
@@ -257,44 +268,6 @@ def onnx_input_shape(path, input_name):
     backend then reads it).  Read from the file itself (onnxinfo.py): no model is loaded."""
     info = read_onnx_info(path)
     return info.input_shape(input_name) if info else None
-
-
-def _checked_onnx_file(directory, json_path, model_file, info):
-    """An .onnx named by --model in a folder with a model.json must be the export that
-    model.json records, or a byte-identical copy: its activation, input size and labels
-    would otherwise be applied to another network (Softmax twice, or a logit shown as a
-    percentage).  Where no export is recorded (the folder was trained again after one), the
-    file's own graph says whether it ends in Softmax, and its input size must match."""
-    record = info.get("onnx") or {}
-    if record.get("file"):
-        recorded = os.path.join(directory, record["file"])
-        same = os.path.isfile(recorded) and os.path.samefile(recorded, model_file)
-        if not record.get("sha256"):
-            if same:
-                return info
-        elif sha256_file(model_file) == record["sha256"]:
-            return info
-        raise BundleError("{}: {} describes {} (sha256 {}...), {}: pass --model {} to run "
-                          "the recorded export, or move {} to a folder of its own with its "
-                          "labels.txt to run it as a bare ONNX".format(
-                              model_file, json_path, record["file"],
-                              (record.get("sha256") or "?")[:12],
-                              "which has changed since" if same else "not this file",
-                              directory, os.path.basename(model_file)))
-    info = copy.deepcopy(info)
-    onnx_info = read_onnx_info(model_file)  # None: unreadable, the backend will say why
-    shape = onnx_info and onnx_info.input_shape(info["input"].get("name", DEFAULT_INPUT_NAME))
-    if shape and list(shape) != list(info["input"]["shape"]):
-        raise BundleError("{} takes {} input but {} describes {} (the model was trained again "
-                          "at another size after this export): export it again with 'oncolens "
-                          "export onnx --model-dir {} --overwrite'".format(
-                              model_file, "x".join(str(v) for v in shape), json_path,
-                              "x".join(str(v) for v in info["input"]["shape"]), directory))
-    activation = onnx_info and onnx_info.output_activation(
-        info["output"].get("name", DEFAULT_OUTPUT_NAME))
-    if activation:
-        info["output"]["activation"] = activation
-    return info
 
 
 def _missing_labels_message(directory, labels, labels_flag):
@@ -352,21 +325,58 @@ def load_bundle(model, labels=None, info_overrides=None, labels_flag="--labels")
                 info.setdefault(key, {}).update(value)
             else:
                 info[key] = value
+    check = None
     if model_file and not inferred and model_file.endswith(".onnx"):
-        info = _checked_onnx_file(directory, json_path, model_file, info)
+        from oncolens.appliance.onnxrecord import checked_onnx_file
+        info, check = checked_onnx_file(directory, json_path, model_file, info, labels_flag)
+    elif not inferred:  # the folder's ONNX: run, or beside the engine or checkpoint named
+        return _folder_onnx_bundle(directory, json_path, info, model_file, labels_source,
+                                   labels_flag)
     if model_file is None:
         onnx_file = Bundle(directory, info, info["labels"]).onnx_path
         model_file = onnx_file if os.path.isfile(onnx_file) else None
-        if model_file and not inferred and not info.get("onnx"):
-            stale = "{} was exported before the model in {} was trained again ({} records no " \
-                "export of it): run 'oncolens export onnx --model-dir {} --overwrite', pass " \
-                "the .onnx file itself to use it anyway, or --backend torch for the " \
-                "checkpoint".format(onnx_file, directory, MODEL_JSON, directory)
-            bundle = Bundle(directory, info, info["labels"], None, labels_source, inferred)
-            bundle.stale_onnx = stale  # the ONNX backends refuse; the checkpoint still runs
-            return bundle
     if inferred and model_file and model_file.endswith(".onnx"):
         shape = onnx_input_shape(model_file, info["input"]["name"])
         if shape:  # every stage (preprocessing, references) sees the model's real input
             info["input"]["shape"] = shape
-    return Bundle(directory, info, info["labels"], model_file, labels_source, inferred)
+    return _with_check(Bundle(directory, info, info["labels"], model_file, labels_source,
+                              inferred), check)
+
+
+def _with_check(bundle, check):
+    """``bundle`` with the OnnxCheck the load made of its model file (its SHA-256, where
+    computed, is model_sha256's: hashed once a start)."""
+    if check is not None and bundle.model_path and \
+            os.path.abspath(check.path) == os.path.abspath(bundle.model_path):
+        if check.known_sha256:
+            bundle._sha = check.known_sha256
+        bundle._onnx_check = check  # taken by onnx_check() where it is the folder's ONNX
+    return bundle
+
+
+def _folder_onnx_bundle(directory, json_path, info, model_file, labels_source, labels_flag):
+    """The bundle of a folder with a model.json, ``model_file`` None (its ONNX is run) or an
+    engine or checkpoint: the ONNX backends run the folder's ONNX beside it. That ONNX must
+    be the export model.json records; where it is not (trained again after its export, or
+    copied in by hand), the ONNX backends refuse it (``stale_onnx``) and a checkpoint still
+    runs."""
+    from oncolens.appliance.onnxrecord import recorded_onnx_problem
+    bundle = Bundle(directory, info, info["labels"], model_file, labels_source)
+    onnx_file = bundle.onnx_path
+    if not os.path.isfile(onnx_file):
+        return bundle
+    if not info.get("onnx"):
+        if model_file:  # named: used as asked (torch's checkpoint, an engine)
+            return bundle
+        stale = "{} was exported before the model in {} was trained again ({} records no " \
+            "export of it): run 'oncolens export onnx --model-dir {} --overwrite', pass " \
+            "the .onnx file itself to use it anyway, or --backend torch for the " \
+            "checkpoint".format(onnx_file, directory, MODEL_JSON, directory)
+    else:
+        stale = recorded_onnx_problem(bundle.onnx_check(), directory, json_path, info,
+                                      labels_flag)
+    if not (stale or model_file):
+        bundle.model_path = onnx_file
+        return _with_check(bundle, bundle.onnx_check())
+    bundle.stale_onnx = stale  # the ONNX backends refuse; the checkpoint still runs
+    return bundle

@@ -175,13 +175,14 @@ def onnx_file_stat(path):
 
 
 class OnnxCheck(object):
-    """Whether an entry's engine was built from the ONNX at ``path`` as it is now.
+    """Whether the ONNX at ``path`` is still the file whose SHA-256 a record took: an engine
+    entry (``onnx_sha256``) or model.json's export record (``onnx.sha256``).
 
-    The size and mtime (ns) the entry recorded at the build decide when the file still has
-    them (no hashing at each start: it takes time on a Nano); when they differ (an ONNX copied in
-    by hand, or only touched) or the entry records none (built before they were recorded),
-    the file's SHA-256, computed at most once, is compared with the entry's ``onnx_sha256``.
-    An entry with no checksum, or a folder without its ONNX, cannot be checked: trusted.
+    The size and mtime (ns) recorded with the checksum decide when the file still has them
+    (no hashing at each start: it takes time on a Nano); when they differ (an ONNX copied in
+    by hand, or only touched) or the record has none (written before they were recorded),
+    the file's SHA-256, computed at most once, is compared with the recorded one.
+    A record with no checksum, or a folder without its ONNX, cannot be checked: trusted.
     """
 
     def __init__(self, path):
@@ -195,21 +196,33 @@ class OnnxCheck(object):
             self._sha = sha256_file(self.path)
         return self._sha
 
+    @property
+    def known_sha256(self):
+        """The file's SHA-256 where a check computed it, else None."""
+        return self._sha
+
+    def changed(self, recorded_sha, recorded_stat, what):
+        """None while the file is the one ``recorded_sha`` was taken of (``recorded_stat``:
+        onnx_file_stat() then, with fewer keys or none where it was not recorded), else its
+        SHA-256 now. ``what`` names the record in the debug line."""
+        if not self.stat or not recorded_sha:
+            return None
+        if all(recorded_stat.get(key) == value for key, value in self.stat.items()):
+            return None
+        if not any(key in recorded_stat for key in self.stat):
+            log.debug("%s records no ONNX size and time (written by an older OncoLens): "
+                      "checking %s by its SHA-256", what, self.path)
+        return None if self.sha256() == recorded_sha else self.sha256()
+
     def stale_reason(self, entry, engine):
         """None when ``engine`` (its path, for the message) was built from this ONNX, else
         one line saying it was not."""
         built_from = entry.get("onnx_sha256")
-        if not self.stat or not built_from:
-            return None
-        if all(entry.get(key) == value for key, value in self.stat.items()):
-            return None
-        if not any(key in entry for key in self.stat):
-            log.debug("%s: its entry records no ONNX size and time (built by an older "
-                      "OncoLens): checking %s by its SHA-256", engine, self.path)
-        if self.sha256() == built_from:
+        now = self.changed(built_from, entry, "{}: its entry".format(engine))
+        if now is None:
             return None
         return "{} was built from another ONNX than the current {} (SHA-256 {}... then, " \
-            "{}... now)".format(engine, self.path, built_from[:12], self.sha256()[:12])
+            "{}... now)".format(engine, self.path, built_from[:12], now[:12])
 
 
 def entry_path(entry, model_dir):

@@ -19,10 +19,11 @@ log = logging.getLogger(__name__)
 
 
 def bundle_info_for(model_dir, ckpt, checkpoint_path, checkpoint_sha, overwrite=False):
-    """The model.json to write (checked, before any work, to be this model's unless
-    ``overwrite``, and writable); a disagreement it is rewritten for is a warning naming
-    both sides."""
+    """(the model.json to write, where its labels came from: the checkpoint, model.json or a
+    labels.txt). It is checked, before any work, to be this model's unless ``overwrite``,
+    and writable; a disagreement it is rewritten for is a warning naming both sides."""
     json_path = os.path.join(model_dir, MODEL_JSON)
+    source = checkpoint_path if ckpt.get("classes") else json_path
     if os.path.isfile(json_path):
         check_not_read_only(json_path, "this export")
         info = read_model_info(json_path)
@@ -30,23 +31,23 @@ def bundle_info_for(model_dir, ckpt, checkpoint_path, checkpoint_sha, overwrite=
             check_same_model(info, ckpt, checkpoint_path, checkpoint_sha, json_path)
         info = _reconcile(info, ckpt, checkpoint_path, json_path)
     else:
-        classes = checkpoint_classes(ckpt, checkpoint_path, model_dir)
+        classes, source = checkpoint_classes(ckpt, checkpoint_path, model_dir)
         res = int(ckpt.get("resolution") or 224)
         info = new_model_info(ckpt["arch"], classes, res,
                               checkpoint_preprocess(ckpt, res))
     labels_path = os.path.join(model_dir, LABELS_TXT)
     if labels_or_none(labels_path) != info["labels"]:  # rewritten by the export
         check_not_read_only(labels_path, "this export")
-    return info
+    return info, source
 
 
 def checkpoint_classes(ckpt, checkpoint_path, model_dir):
     """The classes of a checkpoint exported into a folder without model.json: its own, or,
     where it records none (jetson-inference's train.py before December 2022), those of a
     labels.txt beside it or in the model folder, one a line in output order, as many as
-    its ``num_classes``."""
+    its ``num_classes``; with the file they came from."""
     if ckpt.get("classes"):
-        return list(ckpt["classes"])
+        return list(ckpt["classes"]), checkpoint_path
     places = []
     for folder in (os.path.dirname(os.path.abspath(checkpoint_path)), model_dir):
         path = os.path.join(folder, LABELS_TXT)
@@ -75,7 +76,7 @@ def checkpoint_classes(ckpt, checkpoint_path, model_dir):
                                                plural(outputs, "output")))
     log.info("%s records no 'classes' (jetson-inference's train.py before December 2022): "
              "taking its %s from %s", checkpoint_path, plural(outputs, "class"), places[0])
-    return found[0]
+    return found[0], places[0]
 
 
 def recorded_checkpoints(info):

@@ -11,9 +11,10 @@ from oncolens.appliance.archs import CHECKPOINT_SUFFIXES, load_checkpoint, model
 from oncolens.appliance.bundle import (CAM_OUTPUT_NAME, DEFAULT_INPUT_NAME,
                                        DEFAULT_OUTPUT_NAME, LABELS_TXT, MODEL_JSON, Bundle,
                                        labels_text, model_info_writer, sha256_file)
-from oncolens.appliance.engines import ENGINE_SUFFIXES
+from oncolens.appliance.engines import ENGINE_SUFFIXES, onnx_file_stat
 from oncolens.appliance.errors import OncoLensError, UsageError
 from oncolens.appliance.locks import folder_locked
+from oncolens.appliance.onnxrecord import record_stat
 from oncolens.appliance.outpaths import (check_output_dir, check_output_file,
                                           drop_empty_folders, first_existing, inside,
                                           replace_file, replace_together, temp_path,
@@ -236,11 +237,12 @@ def _record(info, model_dir, out_path, staged, checkpoint_path, checkpoint_sha, 
                       "activation": "softmax" if activation else "none"}
     if cam:
         info["output"]["cam"] = CAM_OUTPUT_NAME
-    info["onnx"] = {"file": _path_inside(out_path, model_dir), "opset": int(opset),
-                    "batch": "dynamic" if dynamic_batch else int(batch),
-                    "sha256": sha256_file(staged),
-                    "checkpoint": os.path.relpath(checkpoint_path, model_dir),
-                    "checkpoint_sha256": checkpoint_sha}
+    stat = record_stat(onnx_file_stat(staged))  # before the hash; moving it keeps them
+    info["onnx"] = dict(stat, file=_path_inside(out_path, model_dir), opset=int(opset),
+                        batch="dynamic" if dynamic_batch else int(batch),
+                        sha256=sha256_file(staged),
+                        checkpoint=os.path.relpath(checkpoint_path, model_dir),
+                        checkpoint_sha256=checkpoint_sha)
     info["engines"] = []  # engines of an older ONNX no longer match it
     return info
 
@@ -291,7 +293,8 @@ def export_onnx(model_dir, input_name=None, output_name=None, opset=DEFAULT_OPSE
     check_output_file(out_path, "--output", overwrite)
     model = model_from_checkpoint(ckpt, checkpoint_path)  # weights of another arch: one line
     checkpoint_sha = sha256_file(checkpoint_path)
-    info = bundle_info_for(model_dir, ckpt, checkpoint_path, checkpoint_sha, overwrite)
+    info, labels_source = bundle_info_for(model_dir, ckpt, checkpoint_path, checkpoint_sha,
+                                          overwrite)
     module, output_names = export_module(model, ckpt["arch"], activation, cam)
     c, h, w = info["input"]["shape"]
     folder = os.path.dirname(os.path.abspath(out_path))
@@ -304,8 +307,7 @@ def export_onnx(model_dir, input_name=None, output_name=None, opset=DEFAULT_OPSE
         _record(info, model_dir, out_path, staged, checkpoint_path, checkpoint_sha, opset,
                 batch, dynamic_batch, activation, cam)
         if check is not None:
-            check(Bundle(model_dir, info, info["labels"], staged,
-                         checkpoint_path if ckpt.get("classes") else None))
+            check(Bundle(model_dir, info, info["labels"], staged, labels_source))
         _commit(model_dir, info, staged, out_path)
     except BaseException:
         if staged and os.path.exists(staged):

@@ -36,6 +36,8 @@ def test_a_damaged_onnx_is_one_line_and_leaves_no_variants_folder(tiny_bundle, t
     onnx = [name for name in os.listdir(model) if name.endswith(".onnx")][0]
     with open(os.path.join(model, onnx), "wb") as fh:
         fh.write(b"\x08\x07not a model" * 100)
+    from test_export_onnx import _record_as_exported
+    _record_as_exported(model, os.path.join(model, onnx))  # else refused as not the export
     results = str(tmp_path / "r.csv")
     code, out, err = run_cli(["batch", "--model", model, "--backend", "onnxruntime",
                               os.path.join(tiny_data, "val"), "--results", results])

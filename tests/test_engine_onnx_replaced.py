@@ -40,6 +40,21 @@ def _replace_by_hand(d):
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))  # a second later, surely
 
 
+def _replace_and_record(d):
+    """_replace_by_hand, and model.json's export record made to follow the new ONNX (edited
+    by hand, or by another tool) while its engines list is left as it was: a hand-replaced
+    ONNX whose record still names the earlier one is refused at load (test_onnx_replaced_at_
+    load.py), before any engine is picked."""
+    from oncolens.appliance.bundle import sha256_file
+    _replace_by_hand(d)
+    onnx, path = os.path.join(d, "resnet18.onnx"), os.path.join(d, "model.json")
+    info = json.load(open(path))
+    st = os.stat(onnx)
+    info["onnx"].update(sha256=sha256_file(onnx), size=st.st_size, mtime_ns=st.st_mtime_ns)
+    with open(path, "w") as fh:
+        json.dump(info, fh)
+
+
 def _built(d, monkeypatch):
     state = trt_standin.install(monkeypatch, version="8.2.1.8")
     code, out, err = run_cli(["export", "engine", "--model-dir", d])
@@ -83,7 +98,7 @@ def test_an_onnx_replaced_by_hand_gets_its_engine_built_again(dyn_bundle, tmp_pa
     d = _bundle_copy(dyn_bundle, tmp_path)
     state = _built(d, monkeypatch)
     before = _ort_probs(d, X).probs
-    _replace_by_hand(d)
+    _replace_and_record(d)
     now = _ort_probs(d, X).probs
     assert np.abs(now - before).max() > 0.05          # the two networks answer differently
     caplog.set_level(logging.INFO)
@@ -107,7 +122,7 @@ def test_without_rebuilding_it_is_refused_in_one_line_naming_both(dyn_bundle, tm
     from oncolens.appliance import engines
     d = _bundle_copy(dyn_bundle, tmp_path)
     state = _built(d, monkeypatch)
-    _replace_by_hand(d)
+    _replace_and_record(d)
     with pytest.raises(engines.EngineMismatch) as err:
         _backend(d, allow_rebuild=False)
     msg = str(err.value)
@@ -122,7 +137,7 @@ def test_an_engine_named_by_model_is_refused_too_unless_rebuilding(dyn_bundle, t
     from oncolens.appliance import engines
     d = _bundle_copy(dyn_bundle, tmp_path)
     state = _built(d, monkeypatch)
-    _replace_by_hand(d)
+    _replace_and_record(d)
     with pytest.raises(engines.EngineMismatch, match="was built from another ONNX"):
         _backend(os.path.join(d, NAME))
     assert state.builds == 1
@@ -161,7 +176,7 @@ def test_an_entry_from_before_the_size_and_time_is_checked_by_hash(dyn_bundle, t
     with open(path, "w") as fh:
         json.dump(info, fh)
     if replaced:
-        _replace_by_hand(d)
+        _replace_and_record(d)
     hashed = _hashes_of(monkeypatch, os.path.join(d, "resnet18.onnx"))
     backend = _backend(d, allow_rebuild=None if replaced else False)
     backend.close()
@@ -169,24 +184,31 @@ def test_an_entry_from_before_the_size_and_time_is_checked_by_hash(dyn_bundle, t
     assert len(hashed) == 1
 
 
-def test_a_read_only_folders_cached_engine_is_checked_as_well(dyn_bundle, tmp_path, cache,
-                                                              monkeypatch):
-    """A read-only model folder lists its engines in the cache's engines.json, found by the
-    SHA-256 model.json records: still that of the earlier ONNX after a copy by hand."""
+@pytest.mark.parametrize("read_only", [False, True])
+def test_an_onnx_replaced_by_hand_under_the_same_record_is_refused_at_load(
+        dyn_bundle, tmp_path, cache, monkeypatch, read_only):
+    """model.json left as it was (its labels, preprocessing and export SHA-256 the earlier
+    ONNX's): refused before any engine is picked or built, rebuilding allowed or not, in a
+    read-only folder (its engine in the cache's engines.json) as well."""
+    from oncolens.appliance.bundle import sha256_file
+    from oncolens.appliance.errors import BundleError
     d = _bundle_copy(dyn_bundle, tmp_path)
-    os.chmod(d, stat.S_IRUSR | stat.S_IXUSR)
-    try:
-        state = _built(d, monkeypatch)
-        os.chmod(d, 0o755)
-        _replace_by_hand(d)
+    recorded = json.load(open(os.path.join(d, "model.json")))["onnx"]["sha256"]
+    state = _built(d, monkeypatch)
+    _replace_by_hand(d)
+    onnx = os.path.join(d, "resnet18.onnx")
+    if read_only:
         os.chmod(d, stat.S_IRUSR | stat.S_IXUSR)
-        backend = _backend(d)
-        probs = backend.infer(X).probs
-        backend.close()
+    try:
+        for model, rebuild in ((d, True), (d, None), (os.path.join(d, NAME), True)):
+            with pytest.raises(BundleError) as err:
+                _backend(model, allow_rebuild=rebuild)
+            assert str(err.value).startswith(
+                "{} is not the ONNX {} describes (SHA-256 {}... at its export, {}... now".format(
+                    onnx, os.path.join(d, "model.json"), recorded[:12], sha256_file(onnx)[:12]))
     finally:
         os.chmod(d, 0o755)
-    assert state.builds == 2 and backend.engine_path.startswith(cache)
-    np.testing.assert_allclose(probs, _ort_probs(d, X).probs, atol=1e-2)
+    assert state.builds == 1
 
 
 def test_verify_skips_such_an_engine_saying_why(dyn_bundle, tmp_path, cache, monkeypatch):
@@ -194,6 +216,25 @@ def test_verify_skips_such_an_engine_saying_why(dyn_bundle, tmp_path, cache, mon
     from oncolens.export.verify import run_engines
     d = _bundle_copy(dyn_bundle, tmp_path)
     _built(d, monkeypatch)
-    _replace_by_hand(d)
+    _replace_and_record(d)
     ((label, precision, probs, skipped),) = list(run_engines(load_bundle(d), X))
     assert probs is None and "was built from another ONNX than the current" in skipped
+
+
+def test_the_rebuild_says_why_in_one_warning(dyn_bundle, tmp_path, cache, monkeypatch, caplog):
+    """The engine replaced is the one the picker refused: build_for_bundle's 'replacing …'
+    warning repeated the picker's reason."""
+    d = _bundle_copy(dyn_bundle, tmp_path)
+    state = _built(d, monkeypatch)
+    _replace_and_record(d)
+    caplog.set_level(logging.INFO)
+    _backend(d).close()
+    assert state.builds == 2
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "was built from another ONNX" in warned[0], warned
+    caplog.clear()
+    _replace_and_record(d)
+    _backend(os.path.join(d, NAME), allow_rebuild=True).close()
+    assert state.builds == 3
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "was built from another ONNX" in warned[0], warned

@@ -89,3 +89,15 @@ def test_two_labels_files_that_differ_are_refused(tmp_path):
     assert line.startswith("oncolens export: error: {} and {} list different classes"
                            .format(beside, there))
     assert os.listdir(folder) == ["labels.txt"]
+
+
+def test_the_export_check_names_the_labels_file_the_classes_came_from(tmp_path):
+    """The check's bundle named model.json (not yet written) as the source of the labels of
+    a checkpoint that records none, in any message about them: the labels.txt it is."""
+    from oncolens.export.onnx_export import export_onnx
+    folder = str(tmp_path / "m")
+    _jetson_checkpoint(folder, with_classes=False)
+    labels = _labels(folder, CLASSES)
+    seen = []
+    export_onnx(folder, check=lambda bundle: seen.append(bundle.labels_source))
+    assert seen == [labels]

@@ -1,5 +1,6 @@
 """oncolens export onnx / check: jetson-inference compatible graphs, batch options, CAM,
 and a check that catches a wrong export."""
+import json
 import os
 import shutil
 
@@ -126,11 +127,28 @@ def test_check_passes_on_real_images_and_catches_a_corrupted_weight(tiny_bundle,
     code, out, err = run_cli(["export", "check", "--model-dir", model_dir, "--images", tiny_data])
     assert code == 0, err
     assert "9 real images from {}".format(os.path.join(tiny_data, "val")) in out
-    _corrupt_largest_2d_initializer(os.path.join(model_dir, "resnet18.onnx"))
+    onnx = os.path.join(model_dir, "resnet18.onnx")
+    _corrupt_largest_2d_initializer(onnx)
+    code, out, err = run_cli(["export", "check", "--model-dir", model_dir, "--images", tiny_data])
+    assert code == 1 and len(err.strip().splitlines()) == 1  # not the export model.json records
+    assert "{} is not the ONNX {} describes".format(
+        onnx, os.path.join(model_dir, "model.json")) in err
+    _record_as_exported(model_dir, onnx)   # as if the export itself had written it so
     code, out, err = run_cli(["export", "check", "--model-dir", model_dir, "--images", tiny_data])
     assert code == 1
     assert "does not match" in err and "resnet18.onnx" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def _record_as_exported(model_dir, onnx):
+    from oncolens.appliance.bundle import sha256_file
+    path = os.path.join(model_dir, "model.json")
+    with open(path) as fh:
+        info = json.load(fh)
+    st = os.stat(onnx)
+    info["onnx"].update(sha256=sha256_file(onnx), size=st.st_size, mtime_ns=st.st_mtime_ns)
+    with open(path, "w") as fh:
+        json.dump(info, fh)
 
 
 def test_check_on_busi_validation_images(tiny_bundle, busi, tmp_path):

@@ -59,8 +59,9 @@ class TensorRTBackend(Backend):
         if path.endswith(engines.ENGINE_SUFFIXES):
             return self._resolve_file(path, precision, max_batch, allow_rebuild)
         entries = engines.known_entries(bundle.info, bundle.dir, bundle.onnx_path)
-        entry, stale = engines.pick_fresh(entries, bundle.dir, engines.OnnxCheck(
-            bundle.onnx_path), api.version, self.device["name"], precision, max_batch)
+        entry, stale = engines.pick_fresh(entries, bundle.dir, bundle.onnx_check(),
+                                          api.version, self.device["name"], precision,
+                                          max_batch)
         if entry:
             return engines.entry_path(entry, bundle.dir), entry
         if stale:  # built from an ONNX since replaced: as 'export engine', built again
@@ -72,7 +73,8 @@ class TensorRTBackend(Backend):
                         "there is none", why)
             want = precision or old.get("precision")
             return self._build(None if want == "int8" else want,
-                               max_batch or old.get("max_batch") or 1)
+                               max_batch or old.get("max_batch") or 1,
+                               said=engines.entry_path(old, bundle.dir))
         existing = [e for e in entries if os.path.isfile(engines.entry_path(e, bundle.dir))]
         stale = [e for e in existing if int(e.get("tensorrt_code", -1)) != api.code
                  or e.get("device_name") not in (None, self.device["name"])]
@@ -89,7 +91,7 @@ class TensorRTBackend(Backend):
         entry = engines.entry_for_file(bundle.info, bundle.dir, path, bundle.onnx_path)
         try:
             engines.check_compatible(path, entry, self.api.version, self.device["name"])
-            why = entry and engines.OnnxCheck(bundle.onnx_path).stale_reason(entry, path)
+            why = entry and bundle.onnx_check().stale_reason(entry, path)
             if why:
                 raise engines.EngineMismatch("{}: rebuild it with 'oncolens export engine' (or "
                                              "allow_rebuild)".format(why))
@@ -101,7 +103,7 @@ class TensorRTBackend(Backend):
             want = precision or (entry or engines.parse_engine_name(path) or {}).get(
                 "precision")
             batch = max_batch or (entry or {}).get("max_batch") or 1
-            return self._build(want, batch)
+            return self._build(want, batch, said=path)
 
     def _no_engine_message(self, stale, precision):
         here = "TensorRT {} on '{}'".format(self.api.version_text, self.device["name"])
@@ -115,14 +117,16 @@ class TensorRTBackend(Backend):
         return "{}: no {}engine for {}: run 'oncolens export engine --model-dir {}'".format(
             self.bundle.dir, (precision + " ") if precision else "", here, self.bundle.dir)
 
-    def _build(self, precision, max_batch):
+    def _build(self, precision, max_batch, said=None):
+        """build_for_bundle; ``said``: the engine file whose replacement was warned of."""
         from oncolens.appliance.backends.trt_build import BuildOptions, build_for_bundle
         options = BuildOptions(precision or "auto", max_batch, max_batch)
         if options.precision == "int8":
             raise OncoLensError("{}: an INT8 engine needs calibration: build it with 'oncolens "
                                 "export engine --precision int8 --calib-images DIR'".format(
                                     self.bundle.dir))
-        path, entry, _ = build_for_bundle(self.bundle, self.api, self.device, options)
+        path, entry, _ = build_for_bundle(self.bundle, self.api, self.device, options,
+                                          said=said)
         return path, entry
 
     # -- loading --------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from oncolens.appliance.bundle import (MODEL_JSON, read_model_info, sha256_file,
                                        write_model_info)
 from oncolens.appliance.errors import BundleError, OncoLensError, UsageError
 from oncolens.appliance.locks import folder_locked
+from oncolens.appliance.onnxrecord import record_stat, recorded_stat
 from oncolens.appliance.outpaths import check_not_read_only, replace_file
 
 log = logging.getLogger(__name__)
@@ -204,8 +205,35 @@ def record(bundle, path, entry, in_cache):
         check_onnx_unchanged(bundle.onnx_path, entry["onnx_sha256"], engine)
         if os.path.isfile(path):
             bundle.info = read_model_info(path)
+        onnx = bundle.info.get("onnx")
+        if onnx and onnx.get("sha256") == entry.get("onnx_sha256"):  # the load's check
+            onnx.update(record_stat(entry))  # (onnxrecord.py) need not hash it either
         engines.add_entry(bundle.info, entry)
         write_model_info(path, bundle.info)
+
+
+def refresh_listing(bundle, path, entry, stat, in_cache):
+    """An up-to-date engine's entry (and model.json's export record) given the ONNX's size
+    and mtime (``stat``) where it lacks them (written before they were recorded) or holds
+    others (the ONNX touched, or copied without its times): its SHA-256 matched, so the next
+    starts need not hash it. A listing that cannot be written stays as it was (debug line)."""
+    in_cache = in_cache or bundle.inferred
+    fresh = dict(entry, **stat)
+    onnx = {} if in_cache else bundle.info.get("onnx") or {}
+    if not stat or (fresh == entry and (onnx.get("sha256") != entry["onnx_sha256"] or
+                                        recorded_stat(onnx) == stat)):
+        return
+    try:
+        if not in_cache:
+            check_not_read_only(os.path.join(bundle.dir, MODEL_JSON), "recording its times")
+            if not engines.folder_is_writable(bundle.dir):
+                raise UsageError("{} is read-only".format(bundle.dir))
+        record(bundle, path, fresh, in_cache)
+    except (UsageError, IOError, OSError) as exc:
+        log.debug("%s: the ONNX's size and time not recorded (%s)", path, exc)
+        return
+    log.info("%s: recorded its ONNX's size and time (the SHA-256 matched): a start need "
+             "not hash %s", path, bundle.onnx_path)
 
 
 def check_onnx_unchanged(onnx_path, built_from, engine):
@@ -266,19 +294,21 @@ def stale_reason(entry, sha, device, onnx_path, listing):
         "{}...)".format(onnx_path, entry["onnx_sha256"][:12], sha[:12])
 
 
-def build_for_bundle(bundle, api, device, options, overwrite=False):
+def build_for_bundle(bundle, api, device, options, overwrite=False, said=None):
     """Build (or reuse) the engine ``options`` describe; returns (path, entry, built?).
 
-    The CUDA context must be current.  ``device`` is CudaContext.info().
+    The CUDA context must be current.  ``device`` is CudaContext.info(). ``said``: the
+    engine file whose replacement the caller has warned of, saying why (not said again).
     """
     builder = api.trt.Builder(api.logger(options.verbose))
     precision = resolve_precision(builder, options.precision, device)
     del builder
     onnx_path, sha, name, stat = engine_target(bundle, api, precision, options)
-    for candidate in engines.engine_candidates(bundle.dir, name, sha):
+    for cached, candidate in enumerate(engines.engine_candidates(bundle.dir, name, sha)):
         entry = engines.entry_for_file(bundle.info, bundle.dir, candidate, onnx_path)
         if os.path.isfile(candidate) and not overwrite and up_to_date(entry, sha, device):
             log.info("engine up to date: %s", candidate)
+            refresh_listing(bundle, candidate, entry, stat, bool(cached))
             return candidate, entry, False
     path, in_cache = engines.place_engine(bundle.dir, name, sha)
     if not (in_cache or bundle.inferred):  # before the build of minutes, not after it
@@ -289,8 +319,11 @@ def build_for_bundle(bundle, api, device, options, overwrite=False):
         entry = engines.entry_for_file(bundle.info, bundle.dir, path, onnx_path)
         listing = os.path.join(engines.cache_dir_for(sha), engines.CACHE_INDEX) if \
             in_cache or bundle.inferred else os.path.join(bundle.dir, MODEL_JSON)
-        log.warning("replacing %s: %s", path,
-                    stale_reason(entry, sha, device, onnx_path, listing))
+        if said and os.path.abspath(said) == os.path.abspath(path):
+            log.debug("replacing %s (the warning above says why)", path)
+        else:
+            log.warning("replacing %s: %s", path,
+                        stale_reason(entry, sha, device, onnx_path, listing))
     write_bytes(path, plan)
     entry = engines.make_entry(path, bundle.dir, api.version, device["name"], precision,
                                options.max_batch, options.dla_core, options.gpu_fallback,
