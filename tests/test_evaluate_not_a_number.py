@@ -4,9 +4,6 @@ overflow) for an image: evaluate scored it as the first class (argmax of NaN), w
 and 'correct' 1. Such an image is now a failure named with its reason in both."""
 import json
 import os
-import shutil
-
-import pytest
 
 from conftest import run_cli
 
@@ -17,20 +14,6 @@ def _strict_json(path):
         raise ValueError("{}: {} is not JSON".format(path, name))
     with open(path) as fh:
         return json.load(fh, parse_constant=refuse)
-
-
-@pytest.fixture(scope="module")
-def nan_bundle(tiny_bundle, tmp_path_factory):
-    """The tiny bundle with NaN in its output layer's bias: every output is NaN."""
-    import torch
-    model_dir = str(tmp_path_factory.mktemp("nan") / "diverged")
-    shutil.copytree(tiny_bundle, model_dir, ignore=shutil.ignore_patterns("eval-*", "*.onnx"))
-    path = os.path.join(model_dir, "model_best.pth.tar")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    bias = [k for k in ckpt["state_dict"] if k.endswith("fc.bias")][0]
-    ckpt["state_dict"][bias].fill_(float("nan"))
-    torch.save(ckpt, path)
-    return model_dir
 
 
 def test_evaluate_refuses_a_model_whose_output_is_not_a_number(nan_bundle, tiny_data, tmp_path):
