@@ -96,3 +96,30 @@ def test_batch_records_an_output_that_is_not_a_number_as_a_failure(nan_bundle, t
                 r["label"] == r["confidence"] == r["p_benign"] == r["correct"] == ""
                 for r in rows)
         assert not os.path.exists(str(tmp_path / ("run.metrics.json")))
+
+
+def test_batch_where_no_image_was_scored_says_so_not_no_ground_truth(nan_bundle, tiny_data,
+                                                                     tmp_path, caplog):
+    """Every image of a class folder failed: batch said 'no ground truth (neither a folder
+    inside the input nor the input folder is named after a label)', which the folders are."""
+    import logging
+    caplog.set_level(logging.INFO)
+    code, out, err = run_cli(["batch", os.path.join(tiny_data, "test"), "--model", nan_bundle,
+                              "--backend", "torch", "--results", str(tmp_path / "run.csv"),
+                              "--no-progress"])
+    assert code == 1, err
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "no ground truth" not in said
+    assert "no image was scored (all 9 failed): no metrics" in said, said
+
+
+def test_why_there_are_no_metrics_is_told_apart():
+    from oncolens.appliance.evaluation import no_metrics_reason
+    labels = ["benign", "malignant"]
+    failed = {"label": "", "error": "x: cannot decode", "truth": "benign"}
+    scored_no_truth = {"label": "benign", "error": "", "truth": ""}
+    assert no_metrics_reason(iter([failed]), labels).startswith(
+        "no image was scored (1 image failed)")
+    assert no_metrics_reason([failed, scored_no_truth], labels).startswith(
+        "no image with ground truth was scored (1 image with ground truth failed)")
+    assert no_metrics_reason([scored_no_truth], labels).startswith("no ground truth (")
