@@ -184,13 +184,14 @@ def metrics_path(args):
 def report_metrics(args, labels, extra_rows):
     """Print the metrics of everything in the results file (or of this run's rows)."""
     from oncolens.appliance.evaluation import (confusion_image, format_metrics,
-                                               metrics_from_rows, write_metrics_json)
+                                               metrics_from_rows, no_metrics_reason,
+                                               write_metrics_json)
     from oncolens.appliance.results import read_rows
     rows = read_rows(args.results) if args.results else extra_rows
     m = metrics_from_rows(rows, labels)
     if m is None:
-        log.info("no ground truth (neither a folder inside the input nor the input folder is "
-                 "named after a label): no metrics")
+        log.info("%s", no_metrics_reason(read_rows(args.results) if args.results else
+                                         extra_rows, labels))
         _drop_stale_metrics(metrics_path(args))
         return None
     print(format_metrics(m))

@@ -75,6 +75,28 @@ def metrics_from_rows(rows, labels):
     return result
 
 
+def no_metrics_reason(rows, labels):
+    """Why ``rows`` (which metrics_from_rows found none in; read once, as they come) have no
+    metrics: no image was scored (every one failed: unreadable, or the model's output not a
+    number), none with ground truth was, or no image has ground truth at all."""
+    known = set(label.lower() for label in labels)
+    scored = failed = failed_with_truth = 0
+    for row in rows:
+        if row.get("label"):
+            scored += 1
+            continue
+        failed += 1
+        failed_with_truth += (row.get("truth") or "").lower() in known
+    if not scored:
+        return "no image was scored ({} failed): no metrics".format(
+            "all {}".format(failed) if failed > 1 else plural(failed, "image"))
+    if failed_with_truth:
+        return "no image with ground truth was scored ({} with ground truth failed): no " \
+            "metrics".format(plural(failed_with_truth, "image"))
+    return "no ground truth (neither a folder inside the input nor the input folder is named " \
+        "after a label): no metrics"
+
+
 def undefined_recall(absent):
     """What batch and evaluate both say of the classes ``absent`` from the truth."""
     it, its = ("it", "its") if len(absent) == 1 else ("them", "their")

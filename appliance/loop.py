@@ -15,7 +15,9 @@ import time
 
 from oncolens.appliance.errors import ImageReadError, OncoLensError
 from oncolens.appliance.overlay import crop_box, render
-from oncolens.appliance.postprocess import Smoother, console_line, overlay_text
+from oncolens.appliance.postprocess import (NOT_A_NUMBER, NOT_A_NUMBER_CONSOLE,
+                                            NOT_A_NUMBER_OVERLAY, Smoother, console_line,
+                                            finite_rows, overlay_text)
 from oncolens.appliance.sdnotify import Notifier
 from oncolens.appliance.source_thread import STOPPED, SourceThread
 from oncolens.appliance.sources import EndOfStream, SourceLost
@@ -176,17 +178,39 @@ class LiveLoop(object):
         t0 = time.monotonic()
         result = clf.infer_tensor(tensor)
         self.stats.add(time.monotonic() - t0)
+        if not finite_rows(result.probs)[0]:
+            return self._not_a_number(frame)
         probs = self.smoother(result.probs[0])
         preds = clf.predictions(probs)
-        if self.out is not None:
-            for pred in preds:
-                self.out.write(console_line(pred) + "\n")
-            self.out.flush()
-        if not self.sinks:
-            return preds
+        self._print([console_line(pred) for pred in preds])
         lines = [overlay_text(p) for p in preds] if "text" in self.overlay else []
+        self._draw(frame, lines, result)
+        return preds
+
+    def _print(self, lines):
+        if self.out is not None:
+            for line in lines:
+                self.out.write(line + "\n")
+            self.out.flush()
+
+    def _not_a_number(self, frame):
+        """A frame whose output is not a number has no class (argmax of NaN is the first):
+        a failed frame, logged with why; the console line and the frame say so where the
+        class would be, and the smoothing leaves it out. Returns no predictions."""
+        self.stats.failed += 1
+        log.error("%s: %s", frame.origin, NOT_A_NUMBER)
+        self._print([NOT_A_NUMBER_CONSOLE])
+        self._draw(frame, [NOT_A_NUMBER_OVERLAY] if "text" in self.overlay else [], None)
+        return []
+
+    def _draw(self, frame, lines, result):
+        """Write the frame to every output with ``lines`` on it (and the CAM of ``result``
+        where asked for and there is one)."""
+        if not self.sinks:
+            return
+        clf = self.clf
         cam = None
-        if "cam" in self.overlay:
+        if "cam" in self.overlay and result is not None:
             if result.cam is not None:
                 cam = result.cam[0]
             elif not self._cam_warned:
@@ -202,7 +226,6 @@ class LiveLoop(object):
             if getattr(sink, "stopped", False):
                 log.info("%s was closed: stopping", where)
                 self.stop()
-        return preds
 
     def _status(self, last):
         now = time.monotonic()

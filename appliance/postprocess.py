@@ -7,9 +7,13 @@ import numpy as np
 Prediction = collections.namedtuple("Prediction", ["index", "label", "confidence"])
 
 # An output row with NaN or infinity in it has no top class (argmax of NaN is the first
-# class): batch and evaluate record such an image as a failure, with this reason.
+# class): batch, evaluate, classify and serve record such an image as a failure, with this
+# reason; classify draws NOT_A_NUMBER_OVERLAY on the frame and prints NOT_A_NUMBER_CONSOLE
+# where a class would be.
 NOT_A_NUMBER = "the model's output for this image is not a number (NaN or infinity): the " \
     "model is broken (weights a diverged training run left, or an overflow in its runtime)"
+NOT_A_NUMBER_OVERLAY = "no class: output not a number"
+NOT_A_NUMBER_CONSOLE = "imagenet:  no class: the model's output is not a number (NaN or infinity)"
 
 
 def finite_rows(probs):

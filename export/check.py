@@ -55,6 +55,29 @@ def compare(ref, test):
             "mean_abs_diff": float(delta.mean()) if delta.size else 0.0}
 
 
+def not_finite(outputs):
+    """[(name, images whose output is not a number, images)] for each of ``outputs`` ((name,
+    (N, C) probabilities) pairs) with NaN or infinity in a row (postprocess.finite_rows, as
+    batch and evaluate check). compare() cannot see it: argmax of NaN is the first class on
+    both sides (agreement 100%) and |dp| NaN is never above a tolerance."""
+    from oncolens.appliance.postprocess import finite_rows
+    found = []
+    for name, probs in outputs:
+        bad = int((~finite_rows(probs)).sum())
+        if bad:
+            found.append((name, bad, len(probs)))
+    return found
+
+
+def not_a_number_error(found):
+    """The one-line error for not_finite's findings."""
+    return ExportCheckError(
+        "the model's output is not a number (NaN or infinity) from {}: the model is broken "
+        "(weights a diverged training run left, or an overflow in its runtime); do not "
+        "deploy it".format("; ".join("{} for {} of {}".format(name, bad, plural(n, "image"))
+                                     for name, bad, n in found)))
+
+
 def format_stats(name, stats):
     return "{}: top-1 agreement {:.2f}% ({}), max |dp| {:.2e}, mean |dp| {:.2e}".format(
         name, 100.0 * stats["agreement"], plural(stats["n"], "image"), stats["max_abs_diff"],
@@ -127,6 +150,10 @@ def check_export(model_dir, onnx_path=None, checkpoint=None, images_dir=None, n=
         result = backend.infer(batch)
     has_cam = result.cam is not None
     ref_probs, ref_cam = TorchReference(ckpt_path).run(batch, cam=has_cam)
+    found = not_finite([("{} (torch)".format(ckpt_path), ref_probs),
+                        ("{} (ONNX Runtime)".format(onnx_name), result.probs)])
+    if found:
+        raise not_a_number_error(found)
     stats = compare(ref_probs, result.probs)
     stats.update(images=source, onnx=onnx_name, checkpoint=ckpt_path)
     log.info("%s", format_stats("torch vs ONNX Runtime", stats))

@@ -153,8 +153,19 @@ def step_onnx(ctx):
         onnx_full_check(ctx.bundle.onnx_path)
         stats = {"summary": "onnx.checker passed (no checkpoint here to compare with)"}
     with onnx_runtime(ctx.bundle) as backend:
-        ctx.reference = backend.infer(ctx.batch).probs
+        reference = backend.infer(ctx.batch).probs
+    _check_numbers("{} (ONNX Runtime)".format(ctx.bundle.onnx_path), reference)
+    ctx.reference = reference  # the engines are verified against it only when it is numbers
     return stats
+
+
+def _check_numbers(name, probs):
+    """ExportCheckError where ``probs`` has an output that is not a number (NaN, infinity):
+    agreement with it would read 100% (argmax of NaN is the first class)."""
+    from oncolens.export.check import not_a_number_error, not_finite
+    found = not_finite([(name, probs)])
+    if found:
+        raise not_a_number_error(found)
 
 
 def step_ort_speed(ctx):
@@ -205,7 +216,9 @@ def step_verify(ctx, precision):
     if ctx.reference is None:
         raise Skip("no ONNX Runtime reference (the ONNX check did not pass)")
     with _open_engine(ctx, precision) as backend:
-        stats = compare(ctx.reference, backend.infer(ctx.batch).probs)
+        probs = backend.infer(ctx.batch).probs
+    _check_numbers("the {} engine (TensorRT)".format(precision), probs)
+    stats = compare(ctx.reference, probs)
     stats["threshold"] = THRESHOLDS[precision]
     stats["summary"] = "vs ONNX Runtime on {}: {:.2f}% agreement (>= {:.1f}%), max |dp| " \
         "{:.1e}".format(ctx.source, 100 * stats["agreement"], 100 * stats["threshold"],

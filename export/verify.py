@@ -114,10 +114,17 @@ def verify_bundle(model_dir, images_dir=None, count=100, thresholds=None, precis
     bundle = load_bundle(model_dir, labels_flag=None)
     batch, source = check_images(bundle.info, Preprocessor.from_bundle(bundle), images_dir,
                                  count, seed)
+    from oncolens.export.check import not_finite
     results, skipped = run_models(bundle, batch, precisions)
-    rows = compare_all(results, dict(THRESHOLDS, **(thresholds or {})))
+    # an output that is not a number agrees with any other (argmax of NaN is the first
+    # class): it is no pair's member, and fails the run (main)
+    found = not_finite([(label, probs) for label, (_, probs) in results.items()])
+    broken = set(name for name, _, _ in found)
+    rows = compare_all(dict((label, result) for label, result in results.items()
+                            if label not in broken), dict(THRESHOLDS, **(thresholds or {})))
     return {"images": source, "rows": rows, "skipped": skipped, "ran": list(results),
-            "passed": bool(rows) and all(r["passed"] for r in rows)}
+            "not_a_number": found,
+            "passed": bool(rows) and not found and all(r["passed"] for r in rows)}
 
 
 def format_row(row):
@@ -185,6 +192,9 @@ def main(argv):
         print(format_row(row))
     for label, reason in report["skipped"]:
         print("skipped {}: {}".format(label, reason))
+    if report["not_a_number"]:
+        from oncolens.export.check import not_a_number_error
+        raise VerifyFailed(str(not_a_number_error(report["not_a_number"])))
     if not report["rows"]:
         raise NothingCompared(nothing_compared(report))
     if args.precision and not any(label.startswith("tensorrt") for label in report["ran"]):

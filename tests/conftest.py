@@ -81,3 +81,22 @@ def busi():
             pytest.fail("CI=true but the BUSI dataset is missing at {}".format(BUSI))
         pytest.skip("BUSI dataset not found at {} (see README: Data)".format(BUSI))
     return BUSI
+
+
+@pytest.fixture(scope="session")
+def nan_bundle(tiny_bundle, tmp_path_factory):
+    """The tiny bundle with NaN in its output layer's bias: every output is NaN, from its
+    checkpoint (torch) and from its ONNX (exported without the check, which refuses it)."""
+    import shutil
+    import torch
+    model_dir = str(tmp_path_factory.mktemp("nan") / "diverged")
+    shutil.copytree(tiny_bundle, model_dir, ignore=shutil.ignore_patterns("eval-*", "*.onnx"))
+    path = os.path.join(model_dir, "model_best.pth.tar")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    bias = [k for k in ckpt["state_dict"] if k.endswith("fc.bias")][0]
+    ckpt["state_dict"][bias].fill_(float("nan"))
+    torch.save(ckpt, path)
+    code, out, err = run_cli(["export", "onnx", "--model-dir", model_dir, "--no-check",
+                              "--overwrite"])
+    assert code == 0, err
+    return model_dir

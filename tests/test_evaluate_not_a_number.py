@@ -4,9 +4,6 @@ overflow) for an image: evaluate scored it as the first class (argmax of NaN), w
 and 'correct' 1. Such an image is now a failure named with its reason in both."""
 import json
 import os
-import shutil
-
-import pytest
 
 from conftest import run_cli
 
@@ -17,20 +14,6 @@ def _strict_json(path):
         raise ValueError("{}: {} is not JSON".format(path, name))
     with open(path) as fh:
         return json.load(fh, parse_constant=refuse)
-
-
-@pytest.fixture(scope="module")
-def nan_bundle(tiny_bundle, tmp_path_factory):
-    """The tiny bundle with NaN in its output layer's bias: every output is NaN."""
-    import torch
-    model_dir = str(tmp_path_factory.mktemp("nan") / "diverged")
-    shutil.copytree(tiny_bundle, model_dir, ignore=shutil.ignore_patterns("eval-*", "*.onnx"))
-    path = os.path.join(model_dir, "model_best.pth.tar")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    bias = [k for k in ckpt["state_dict"] if k.endswith("fc.bias")][0]
-    ckpt["state_dict"][bias].fill_(float("nan"))
-    torch.save(ckpt, path)
-    return model_dir
 
 
 def test_evaluate_refuses_a_model_whose_output_is_not_a_number(nan_bundle, tiny_data, tmp_path):
@@ -113,3 +96,30 @@ def test_batch_records_an_output_that_is_not_a_number_as_a_failure(nan_bundle, t
                 r["label"] == r["confidence"] == r["p_benign"] == r["correct"] == ""
                 for r in rows)
         assert not os.path.exists(str(tmp_path / ("run.metrics.json")))
+
+
+def test_batch_where_no_image_was_scored_says_so_not_no_ground_truth(nan_bundle, tiny_data,
+                                                                     tmp_path, caplog):
+    """Every image of a class folder failed: batch said 'no ground truth (neither a folder
+    inside the input nor the input folder is named after a label)', which the folders are."""
+    import logging
+    caplog.set_level(logging.INFO)
+    code, out, err = run_cli(["batch", os.path.join(tiny_data, "test"), "--model", nan_bundle,
+                              "--backend", "torch", "--results", str(tmp_path / "run.csv"),
+                              "--no-progress"])
+    assert code == 1, err
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "no ground truth" not in said
+    assert "no image was scored (all 9 failed): no metrics" in said, said
+
+
+def test_why_there_are_no_metrics_is_told_apart():
+    from oncolens.appliance.evaluation import no_metrics_reason
+    labels = ["benign", "malignant"]
+    failed = {"label": "", "error": "x: cannot decode", "truth": "benign"}
+    scored_no_truth = {"label": "benign", "error": "", "truth": ""}
+    assert no_metrics_reason(iter([failed]), labels).startswith(
+        "no image was scored (1 image failed)")
+    assert no_metrics_reason([failed, scored_no_truth], labels).startswith(
+        "no image with ground truth was scored (1 image with ground truth failed)")
+    assert no_metrics_reason([scored_no_truth], labels).startswith("no ground truth (")

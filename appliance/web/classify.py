@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, quote
 from oncolens.appliance.imageio import MAX_SIDE, encode_image
 from oncolens.appliance.lowbits import low_bits_advice
 from oncolens.appliance.overlay import draw_lines
-from oncolens.appliance.postprocess import overlay_text
+from oncolens.appliance.postprocess import NOT_A_NUMBER, finite_rows, overlay_text
 from oncolens.appliance.web.queue import QueueFull
 from oncolens.appliance.web.upload import UploadError
 
@@ -163,10 +163,14 @@ def _classify(app, environ, rid, seen):
     if not job.wait(app.timeout):
         job.cancel()
         return timed_out(app, environ, sha, app.queue.retry_after())
-    if job.error:
+    error = job.error
+    if error is None and not finite_rows([job.probs])[0]:  # no class to answer with
+        error = NOT_A_NUMBER
+        log.error("%s input sha256=%s: %s", rid, sha[:16], error)
+    if error:
         app.metrics.observe_error("inference")
         app.audit_write(environ, 500, sha)
-        return app.error_response(500, "inference_failed", job.error)
+        return app.error_response(500, "inference_failed", error)
     result, preds = build_result(app, rid, (data, sha, fmt, rgb), job, started, decoded,
                                  warnings_of(rid, sha, low_bits))
     # the answer is made before the result is counted and audited: a failure to make it is
