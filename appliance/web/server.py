@@ -10,7 +10,6 @@ reach a log); the app logs each request with its request id.
 import io
 import json
 import logging
-import re
 import socket
 import socketserver
 import threading
@@ -21,10 +20,10 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 from oncolens.appliance.web.limits import (BODY_GRACE, BODY_MIN_RATE, HEADER_TIMEOUT,
                                            IDLE_TIMEOUT, MAX_CONNECTIONS, DeadlineReader,
                                            PieceWriter)
+from oncolens.appliance.web.body import DIGITS, ContinueOnRead
 from oncolens.appliance.web.linger import Lingerer
 
 log = logging.getLogger(__name__)
-LENGTH = re.compile(r"[0-9]+\Z")   # a Content-Length: ASCII digits and nothing else
 
 
 # What the HTTP layer itself refuses (before the app sees the request): code and message.
@@ -52,50 +51,6 @@ def _drop_underscore_headers(env, headers):
             continue
         key, value = "HTTP_" + key, value.strip()
         env[key] = env[key] + "," + value if key in env else value
-
-
-class ContinueOnRead(object):
-    """``wsgi.input`` of an HTTP/1.1 request that asked ``Expect: 100-continue``: the interim
-    ``100 Continue`` goes out when the app first reads the body. Never sent, the client (curl
-    does so for bodies over 1 MB) waited a second before sending the body anyway. A request
-    refused before its body is read (401, 413, ...) is answered without it, so the client
-    sends no body at all (``continue_pending``: nothing was asked for yet, nothing to drop)."""
-
-    def __init__(self, rfile, wfile):
-        self._rfile, self._wfile = rfile, wfile
-        self.continue_pending = True
-
-    def _go_on(self):
-        if self.continue_pending:
-            self.continue_pending = False
-            try:
-                self._wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                self._wfile.flush()
-            except OSError:   # the client went away: the read that follows says so
-                pass
-
-    def read(self, *args):
-        self._go_on()
-        return self._rfile.read(*args)
-
-    def readinto(self, buf):
-        self._go_on()
-        return self._rfile.readinto(buf)
-
-    def readline(self, *args):
-        self._go_on()
-        return self._rfile.readline(*args)
-
-    def readlines(self, *args):
-        self._go_on()
-        return self._rfile.readlines(*args)
-
-    def __iter__(self):
-        self._go_on()
-        return iter(self._rfile)
-
-    def close(self):
-        self._rfile.close()
 
 
 def expects_continue(version, headers):
@@ -175,7 +130,7 @@ class QuietHandler(WSGIRequestHandler):
         if headers is None or self.content_length is None:
             return headers is not None and bool(headers.get("Transfer-Encoding"))
         declared = self.content_length.strip()
-        return not (LENGTH.match(declared) and int(declared) <= self.reader.body_received)
+        return not (DIGITS.match(declared) and int(declared) <= self.reader.body_received)
 
     def _check_content_length(self):
         """RFC 9112 section 6.3: Content-Length values that differ (two headers, or a list
