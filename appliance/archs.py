@@ -3,7 +3,9 @@
 Shared by training, export and the PyTorch backend, so a checkpoint is always rebuilt the
 way it was trained.  Any torchvision classifier name works too.
 """
+import hashlib
 import importlib
+import io
 import os
 
 from oncolens.appliance.errors import BundleError, MissingDependency, UsageError, plural
@@ -109,6 +111,21 @@ def check_checkpoint_file(path, flag, shown=None):
 def load_checkpoint(path, flag=None, shown=None):
     """Read a checkpoint file on the CPU (jetson-inference's keys plus OncoLens's); with
     ``flag``, a path that is not a file is refused naming it (``check_checkpoint_file``)."""
+    return _load_checkpoint(path, flag, shown, None)
+
+
+def load_checkpoint_hashed(path, flag=None, shown=None):
+    """(load_checkpoint, the SHA-256 of the very bytes it was read from): the file is read
+    once, so one replaced in between (a best epoch a running training saves) is not hashed
+    in place of the weights loaded."""
+    digest = hashlib.sha256()
+    ckpt = _load_checkpoint(path, flag, shown, digest)
+    return ckpt, digest.hexdigest()
+
+
+def _load_checkpoint(path, flag, shown, digest):
+    """load_checkpoint; with ``digest`` (a hashlib object), the bytes are read whole, fed to
+    it and loaded from memory."""
     try:
         import torch
     except ImportError:
@@ -118,10 +135,18 @@ def load_checkpoint(path, flag=None, shown=None):
     if not os.path.isfile(path):
         raise BundleError("checkpoint not found: {}".format(path))
     try:
+        source = path
+        if digest is not None:
+            with open(path, "rb") as fh:
+                data = fh.read()
+            digest.update(data)
+            source = io.BytesIO(data)
         try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+            ckpt = torch.load(source, map_location="cpu", weights_only=False)
         except TypeError:  # torch < 1.13 has no weights_only
-            ckpt = torch.load(path, map_location="cpu")
+            if digest is not None:
+                source.seek(0)
+            ckpt = torch.load(source, map_location="cpu")
     except Exception as exc:  # pickle and zip errors come in many types
         raise BundleError("{}: not a readable checkpoint ({})".format(path, exc))
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "arch" not in ckpt:

@@ -226,13 +226,16 @@ class Bundle(object):
             self._onnx_check = OnnxCheck(path)
         return self._onnx_check
 
-    def set_file_in_use(self, path):
+    def set_file_in_use(self, path, sha256=None):
         """The file a backend opened runs the model (a checkpoint for torch, the ONNX beside
         a --model engine or checkpoint for ONNX Runtime and OpenVINO): its checksum is the
-        one results and audit lines record."""
+        one results and audit lines record; ``sha256``: that of the bytes the backend read,
+        where it took it (not read again: the file may have been replaced since)."""
         if path and path not in (self.file_in_use, self.model_path):
             self.file_in_use = path
             self.__dict__.pop("_sha", None)
+        if path and sha256:
+            self.file_in_use, self._sha = path, sha256
 
     @property
     def model_sha256(self):

@@ -16,7 +16,8 @@ class Classifier(object):
     def __init__(self, bundle, backend="auto", policy=None, top=1, threshold=0.0, **options):
         self.bundle = bundle
         self.backend = open_backend(backend, bundle, **options)
-        bundle.set_file_in_use(self.backend.path)  # what model_sha256 is the checksum of
+        # what model_sha256 is the checksum of (the torch backend's: of the bytes it read)
+        bundle.set_file_in_use(self.backend.path, getattr(self.backend, "sha256", None))
         self.preprocessor = Preprocessor.from_bundle(bundle, policy)
         self.top = int(top)
         self.threshold = float(threshold)

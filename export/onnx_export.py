@@ -7,7 +7,8 @@ import re
 import sys
 import warnings
 
-from oncolens.appliance.archs import CHECKPOINT_SUFFIXES, load_checkpoint, model_from_checkpoint
+from oncolens.appliance.archs import (CHECKPOINT_SUFFIXES, load_checkpoint_hashed,
+                                      model_from_checkpoint)
 from oncolens.appliance.bundle import (CAM_OUTPUT_NAME, DEFAULT_INPUT_NAME,
                                        DEFAULT_OUTPUT_NAME, LABELS_TXT, MODEL_JSON, Bundle,
                                        labels_text, model_info_writer, sha256_file)
@@ -286,13 +287,14 @@ def export_onnx(model_dir, input_name=None, output_name=None, opset=DEFAULT_OPSE
     check_export_options(opset, batch, dynamic_batch)
     check_output_dir(model_dir, "--model-dir")  # model.json is rewritten there
     checkpoint_path = os.path.join(model_dir, input_name or "model_best.pth.tar")
-    ckpt = load_checkpoint(checkpoint_path, "--input", input_name or "model_best.pth.tar")
+    # the checksum recorded is that of the bytes loaded: training may save a best epoch now
+    ckpt, checkpoint_sha = load_checkpoint_hashed(checkpoint_path, "--input",
+                                                  input_name or "model_best.pth.tar")
     out_path = output_path(model_dir, output_name, ckpt["arch"])
     check_not_a_bundle_file(out_path, model_dir, checkpoint_path)
     check_onnx_output(out_path, model_dir, output_name or os.path.basename(out_path))
     check_output_file(out_path, "--output", overwrite)
     model = model_from_checkpoint(ckpt, checkpoint_path)  # weights of another arch: one line
-    checkpoint_sha = sha256_file(checkpoint_path)
     info, labels_source = bundle_info_for(model_dir, ckpt, checkpoint_path, checkpoint_sha,
                                           overwrite)
     module, output_names = export_module(model, ckpt["arch"], activation, cam)

@@ -213,3 +213,32 @@ def test_rows_name_the_checksum_of_the_file_the_backend_runs(tiny_bundle, tiny_d
         assert code == 0, err
         rows = read_rows(out)
         assert rows and {r["model_sha256"] for r in rows} == {sha}, backend
+
+
+def test_torch_rows_name_the_checkpoint_bytes_that_were_loaded(tiny_bundle, tiny_data, tmp_path,
+                                                               monkeypatch):
+    """The torch backend loaded the checkpoint, and its checksum was taken by reading the
+    file again later: a best epoch a running training saved in between was named in every
+    row for predictions of the earlier epoch's weights. It is now the loaded bytes' SHA-256."""
+    from conftest import run_cli
+    from test_export_onnx_folder import _other_checkpoint
+    from oncolens.appliance import archs
+    from oncolens.appliance.bundle import sha256_file
+    from oncolens.appliance.results import read_rows
+    folder = str(tmp_path / "model")
+    shutil.copytree(tiny_bundle, folder, ignore=shutil.ignore_patterns("variants", "eval-*"))
+    path = os.path.join(folder, "model_best.pth.tar")
+    loaded = sha256_file(path)
+    newer = _other_checkpoint(str(tmp_path / "training"))
+    real = archs.model_from_checkpoint
+
+    def best_epoch_saved_meanwhile(ckpt, checkpoint_path=None):
+        shutil.copy(newer, path + ".tmp")
+        os.replace(path + ".tmp", path)  # as training saves it
+        return real(ckpt, checkpoint_path)
+    monkeypatch.setattr(archs, "model_from_checkpoint", best_epoch_saved_meanwhile)
+    out = str(tmp_path / "r.csv")
+    code, _, err = run_cli(["batch", "--model", folder, "--backend", "torch", "--no-progress",
+                            os.path.join(tiny_data, "val"), "--results", out])
+    assert code == 0, err
+    assert {r["model_sha256"] for r in read_rows(out)} == {loaded} != {sha256_file(newer)}

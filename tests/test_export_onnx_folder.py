@@ -93,3 +93,45 @@ def test_a_read_only_bundle_file_is_never_rewritten(tmp_path, name):
         "oncolens export: error: {} is read-only (mode 0444) and this export rewrites it: "
         "make it writable (chmod u+w {}) to let it; nothing was written".format(path, path)]
     assert _snapshot(folder) == before and stat.S_IMODE(os.stat(path).st_mode) == 0o444
+
+
+def test_the_checkpoint_sha256_recorded_is_that_of_the_weights_exported(tiny_bundle, tmp_path,
+                                                                        monkeypatch):
+    """The export loaded model_best.pth.tar, then hashed the file again: a best epoch that a
+    running training saved in between (checkpoint and model.json's record of it) had its
+    SHA-256 recorded for the earlier epoch's weights, which the ONNX holds. The bytes that
+    were loaded are now the bytes hashed."""
+    import json
+    import shutil
+    import numpy as np
+    import onnxruntime as ort
+    from oncolens.appliance.bundle import read_model_info, sha256_file
+    from oncolens.export import onnx_export
+    bundle = _copy_bundle(tiny_bundle, tmp_path)
+    path = os.path.join(bundle, "model_best.pth.tar")
+    loaded = sha256_file(path)
+    newer = _other_checkpoint(str(tmp_path / "training"))
+    real = onnx_export.model_from_checkpoint
+
+    def best_epoch_saved_meanwhile(ckpt, checkpoint_path):
+        shutil.copy(newer, path + ".tmp")
+        os.replace(path + ".tmp", path)  # as training saves it
+        json_path = os.path.join(bundle, "model.json")
+        info = read_model_info(json_path)
+        info["checkpoint"]["sha256"] = sha256_file(path)
+        with open(json_path, "w") as fh:
+            json.dump(info, fh)
+        return real(ckpt, checkpoint_path)
+    monkeypatch.setattr(onnx_export, "model_from_checkpoint", best_epoch_saved_meanwhile)
+    code, out, err = run_cli(["export", "onnx", "--model-dir", bundle, "--output", "x.onnx",
+                              "--no-check"])
+    assert code == 0, err
+    record = read_model_info(os.path.join(bundle, "model.json"))["onnx"]
+    assert record["checkpoint_sha256"] == loaded != sha256_file(newer)
+    x = np.random.RandomState(0).rand(1, 3, 32, 32).astype(np.float32)
+
+    def run(onnx):
+        return ort.InferenceSession(onnx, providers=["CPUExecutionProvider"]).run(
+            None, {"input_0": x})[0]
+    np.testing.assert_allclose(run(os.path.join(bundle, "x.onnx")),
+                               run(os.path.join(tiny_bundle, "resnet18.onnx")), atol=1e-6)

@@ -38,7 +38,7 @@ class TorchBackend(Backend):
 
     def __init__(self, bundle, precision=None, device=None, **options):
         super(TorchBackend, self).__init__(bundle, **options)
-        from oncolens.appliance.archs import load_checkpoint, model_from_checkpoint
+        from oncolens.appliance.archs import load_checkpoint_hashed, model_from_checkpoint
         from oncolens.appliance.errors import BundleError
         from oncolens.appliance.preprocess import checkpoint_preprocess
         path = checkpoint_file(bundle)
@@ -46,7 +46,9 @@ class TorchBackend(Backend):
             raise BundleError("{}: no checkpoint for the torch backend (expected a .pth/.pth.tar "
                               "--model or {} in the folder)".format(
                                   bundle.dir, " / ".join(CHECKPOINT_NAMES)))
-        ckpt = load_checkpoint(path)  # raises MissingDependency without torch
+        # raises MissingDependency without torch; the checksum results record is that of
+        # the bytes loaded (a running training may save a best epoch over the file)
+        ckpt, self.sha256 = load_checkpoint_hashed(path)
         import torch
         self.torch = torch
         if options.get("threads"):  # --threads, as the other CPU runtimes take it
