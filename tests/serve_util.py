@@ -2,6 +2,7 @@
 import collections
 import contextlib
 import http.client
+import json
 import os
 import socket
 import threading
@@ -113,3 +114,9 @@ def wait_started(job, tries=50):
             return True
         threading.Event().wait(0.02)
     return False
+
+
+def audit_lines(path):
+    """The audit log's records, in order."""
+    with open(path) as fh:
+        return [json.loads(line) for line in fh.read().splitlines()]

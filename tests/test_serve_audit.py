@@ -2,26 +2,11 @@
 handling (a server without a model, the HTTP layer's own refusals) included."""
 import json
 
-import pytest
-
-from serve_util import metric, raw_http, request, running
+from serve_util import audit_lines, metric, raw_http, request, running
 
 # the original seven, then who asked for what (test_serve_audit_who.py)
 FIELDS = sorted(["confidence", "input_sha256", "label", "model_sha256", "request_id", "status",
                  "time", "method", "path", "client", "forwarded_for"])
-
-
-def audit_lines(path):
-    with open(path) as fh:
-        return [json.loads(line) for line in fh.read().splitlines()]
-
-
-@pytest.fixture(scope="module")
-def classifier(tiny_bundle):
-    from oncolens.appliance.classifier import Classifier
-    clf = Classifier.open(tiny_bundle, backend="onnxruntime")
-    yield clf
-    clf.close()
 
 
 def test_classify_without_a_model_is_404_counted_and_audited(tmp_path):
@@ -41,7 +26,7 @@ def test_classify_without_a_model_is_404_counted_and_audited(tmp_path):
     assert lines[0]["label"] is None and lines[0]["input_sha256"] is None
 
 
-def test_what_the_http_layer_refuses_is_audited(classifier, tmp_path):
+def test_what_the_http_layer_refuses_is_audited(ort_classifier, tmp_path):
     """431, 505, 414 and http.server's own 400 were counted in /metrics but not audited; a
     line now has the same fields as any other, under the X-Request-Id answered, and never
     the request line (which may carry ?token=)."""
@@ -52,7 +37,7 @@ def test_what_the_http_layer_refuses_is_audited(classifier, tmp_path):
               431),
              (b"POST /classify?token=s3cret" + b"a" * 70000 + b" HTTP/1.0\r\n\r\n", 414)]
     answered = []
-    with running(classifier, audit_log=audit) as (url, app):
+    with running(ort_classifier, audit_log=audit) as (url, app):
         for payload, status in cases:
             got, headers, _ = raw_http(url, payload)
             assert got == status, payload[:30]
@@ -69,15 +54,15 @@ def test_what_the_http_layer_refuses_is_audited(classifier, tmp_path):
         assert "s3cret" not in fh.read()
 
 
-def test_an_audit_log_that_cannot_be_written_still_answers_a_protocol_error(classifier):
-    with running(classifier, audit_log="/dev/full") as (url, _):
+def test_an_audit_log_that_cannot_be_written_still_answers_a_protocol_error(ort_classifier):
+    with running(ort_classifier, audit_log="/dev/full") as (url, _):
         got, headers, body = raw_http(url, b"GET / HTTP/9.9\r\n\r\n")
         assert got == 505 and json.loads(body.decode("utf-8"))["error"]["code"] == "bad_version"
         text = request(url, "/metrics").body.decode("utf-8")
     assert metric(text, "oncolens_http_requests_total", path="other", code="505") == 1
 
 
-def test_unknown_paths_and_wrong_methods_are_audited(classifier, tmp_path):
+def test_unknown_paths_and_wrong_methods_are_audited(ort_classifier, tmp_path):
     """404 and 405 were counted in /metrics but left no audit line: a scan of the server's
     paths, or a POST of an image to the wrong one, left no trace. Each refused request now
     has its line, with the same fields as the others and never its body or query; answered
@@ -90,7 +75,7 @@ def test_unknown_paths_and_wrong_methods_are_audited(classifier, tmp_path):
              ("POST", "/health", body, 405),
              ("GET", "/stream.mjpg", None, 404),      # no_live_feed: no live sink here
              ("GET", "/health", None, 200)]
-    with running(classifier, audit_log=audit) as (url, app):
+    with running(ort_classifier, audit_log=audit) as (url, app):
         for n, (method, path, data, status) in enumerate(cases):
             headers = {"X-Request-Id": "refused-{}".format(n)}
             reply = request(url, path, method, data, headers=headers)

@@ -1,36 +1,20 @@
 """The audit lines of what the HTTP layer refuses are limited per client: a few a window,
 the rest summed up in one line; /classify's lines never are, and /metrics counts all."""
-import json
 import time
 
-import pytest
-
-from serve_util import metric, raw_http, request, running
+from serve_util import audit_lines, metric, raw_http, request, running
 
 GARBAGE = b"GARBAGE /classify\r\n\r\n"   # refused 400 by the HTTP layer
 
 
-def audit_lines(path):
-    with open(path) as fh:
-        return [json.loads(line) for line in fh.read().splitlines()]
-
-
-@pytest.fixture(scope="module")
-def classifier(tiny_bundle):
-    from oncolens.appliance.classifier import Classifier
-    clf = Classifier.open(tiny_bundle, backend="onnxruntime")
-    yield clf
-    clf.close()
-
-
-def test_a_flood_of_refusals_writes_a_few_lines_and_a_summary_at_shutdown(classifier,
+def test_a_flood_of_refusals_writes_a_few_lines_and_a_summary_at_shutdown(ort_classifier,
                                                                            tmp_path):
     """Each connection the HTTP layer refused wrote an audit line, so a flood grew the log
     without bound. Now the first 5 of a client's refusals with one status in a minute are
     written, the rest counted into one summary line (written here as the log closes);
     /metrics still counts every one, and every /classify request is still written."""
     audit = str(tmp_path / "audit.jsonl")
-    with running(classifier, audit_log=audit) as (url, app):
+    with running(ort_classifier, audit_log=audit) as (url, app):
         refused = [raw_http(url, GARBAGE)[1]["x-request-id"] for _ in range(20)]
         for _ in range(8):   # failed uploads: never limited
             assert raw_http(url, b"POST /classify HTTP/1.0\r\nContent-Length: 3\r\n\r\n"
@@ -50,7 +34,7 @@ def test_a_flood_of_refusals_writes_a_few_lines_and_a_summary_at_shutdown(classi
     assert len([r for r in lines if r["path"] == "/classify" and r["status"] == 415]) == 8
 
 
-def test_the_summary_is_written_when_the_window_ends(classifier, tmp_path, monkeypatch):
+def test_the_summary_is_written_when_the_window_ends(ort_classifier, tmp_path, monkeypatch):
     """While the server runs, the count of a window's unwritten refusals is written once the
     window ends (by the server's loop, with no further request); the next refusal starts a
     new window and is written."""
@@ -58,7 +42,7 @@ def test_the_summary_is_written_when_the_window_ends(classifier, tmp_path, monke
     monkeypatch.setattr(RefusalLimiter, "window", 0.5)
     monkeypatch.setattr(RefusalLimiter, "lines", 2)
     audit = str(tmp_path / "audit.jsonl")
-    with running(classifier, audit_log=audit) as (url, app):
+    with running(ort_classifier, audit_log=audit) as (url, app):
         for _ in range(6):
             raw_http(url, GARBAGE)
         for _ in range(200):
@@ -120,7 +104,7 @@ def test_a_wall_clock_set_back_does_not_hold_the_summary_back(tmp_path, monkeypa
         log.close()
 
 
-def test_a_flood_of_401_404_405_writes_a_few_lines_and_a_count_per_client(classifier,
+def test_a_flood_of_401_404_405_writes_a_few_lines_and_a_count_per_client(ort_classifier,
                                                                            tmp_path):
     """A request refused by a route for its token (401), its path (404) or its method (405)
     wrote a line each, so a client guessing tokens or scanning paths grew the log without
@@ -129,7 +113,7 @@ def test_a_flood_of_401_404_405_writes_a_few_lines_and_a_count_per_client(classi
     per client and status, which keeps how many 401s that client had."""
     audit = str(tmp_path / "audit.jsonl")
     auth = {"Authorization": "Bearer s3cret"}
-    with running(classifier, token="s3cret", audit_log=audit) as (url, app):
+    with running(ort_classifier, token="s3cret", audit_log=audit) as (url, app):
         for _ in range(8):
             assert request(url, "/health").status == 401
         for n in range(7):
@@ -148,12 +132,12 @@ def test_a_flood_of_401_404_405_writes_a_few_lines_and_a_count_per_client(classi
                          (405, 1, "127.0.0.1", None)]
 
 
-def test_clients_behind_a_trusted_proxy_are_limited_each_on_their_own(classifier, tmp_path):
+def test_clients_behind_a_trusted_proxy_are_limited_each_on_their_own(ort_classifier, tmp_path):
     """Behind a --trusted-proxy every request comes from the proxy's address: the client it
     names (forwarded_for) is part of the limiter's key, so one client's flood of 401s does
     not silence another's, and its summary line names that client."""
     audit = str(tmp_path / "audit.jsonl")
-    with running(classifier, token="s3cret", audit_log=audit,
+    with running(ort_classifier, token="s3cret", audit_log=audit,
                  trusted_proxy="127.0.0.1") as (url, app):
         for _ in range(7):
             request(url, "/", headers={"X-Forwarded-For": "192.0.2.7"})

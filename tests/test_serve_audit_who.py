@@ -6,34 +6,21 @@ import logging
 
 import pytest
 
-from serve_util import raw_http, read, request, running, sample_image
+from serve_util import audit_lines, raw_http, read, request, running, sample_image
 
 TOKEN = "secret"
 NEW_FIELDS = ("method", "path", "client", "forwarded_for")
-
-
-def audit_lines(path):
-    with open(path) as fh:
-        return [json.loads(line) for line in fh.read().splitlines()]
 
 
 def by_id(lines):
     return dict((r["request_id"], r) for r in lines)
 
 
-@pytest.fixture(scope="module")
-def classifier(tiny_bundle):
-    from oncolens.appliance.classifier import Classifier
-    clf = Classifier.open(tiny_bundle, backend="onnxruntime")
-    yield clf
-    clf.close()
-
-
-def test_lines_name_method_path_and_client_never_the_query_or_token(classifier, tiny_data,
+def test_lines_name_method_path_and_client_never_the_query_or_token(ort_classifier, tiny_data,
                                                                    tmp_path):
     audit = str(tmp_path / "audit.jsonl")
     image = read(sample_image(tiny_data))
-    with running(classifier, token=TOKEN, audit_log=audit) as (url, _):
+    with running(ort_classifier, token=TOKEN, audit_log=audit) as (url, _):
         ok = request(url, "/classify?token=secret&annotated=0", "POST", image,
                      headers={"X-Request-Id": "ok-1"})
         empty = request(url, "/classify?token=secret", "POST", b"",
@@ -65,13 +52,13 @@ def test_lines_name_method_path_and_client_never_the_query_or_token(classifier, 
     assert "secret" not in text and "token" not in text and "Bearer" not in text
 
 
-def test_a_hostile_path_is_percent_encoded_and_capped(classifier, tmp_path, caplog):
+def test_a_hostile_path_is_percent_encoded_and_capped(ort_classifier, tmp_path, caplog):
     """A path is chosen by whoever connects, token or not: control characters (a newline, a
     terminal escape) and non-ASCII come out as %XX, and it is cut to 256 characters. The
     server log's line still says (other) for a path it does not serve."""
     audit = str(tmp_path / "audit.jsonl")
     caplog.set_level(logging.INFO, logger="oncolens.appliance.web.app")
-    with running(classifier, token=TOKEN, audit_log=audit) as (url, _):
+    with running(ort_classifier, token=TOKEN, audit_log=audit) as (url, _):
         weird, _, _ = raw_http(url, b"GET /a%0Ab\x1b[31m%C3%A9\"x HTTP/1.0\r\n"
                                     b"X-Request-Id: weird-1\r\n\r\n")
         long_, _, _ = raw_http(url, b"GET /" + b"%00" * 300 + b"?token=secret-guess HTTP/1.0\r\n"
@@ -88,9 +75,9 @@ def test_a_hostile_path_is_percent_encoded_and_capped(classifier, tmp_path, capl
     assert logged and "(other)" in logged[0] and "/a" not in logged[0]
 
 
-def test_http_layer_refusals_name_the_client_but_not_the_request_line(classifier, tmp_path):
+def test_http_layer_refusals_name_the_client_but_not_the_request_line(ort_classifier, tmp_path):
     audit = str(tmp_path / "audit.jsonl")
-    with running(classifier, audit_log=audit) as (url, _):
+    with running(ort_classifier, audit_log=audit) as (url, _):
         got, headers, _ = raw_http(url, b"GET /health?token=secret HTTP/9.9\r\n\r\n")
     assert got == 505
     (record,) = audit_lines(audit)
@@ -106,9 +93,9 @@ def test_http_layer_refusals_name_the_client_but_not_the_request_line(classifier
     ("127.0.0.1", "192.0.2.7"),   # the last entry, the one the proxy appended
     ("::ffff:127.0.0.1", "192.0.2.7"),
 ])
-def test_forwarded_for_only_from_the_trusted_proxy(classifier, tmp_path, proxy, expected):
+def test_forwarded_for_only_from_the_trusted_proxy(ort_classifier, tmp_path, proxy, expected):
     audit = str(tmp_path / "audit.jsonl")
-    with running(classifier, token=TOKEN, audit_log=audit, trusted_proxy=proxy) as (url, _):
+    with running(ort_classifier, token=TOKEN, audit_log=audit, trusted_proxy=proxy) as (url, _):
         request(url, "/health", headers={"X-Request-Id": "fwd-1",
                                          "X-Forwarded-For": "203.0.113.9, 192.0.2.7"})
         request(url, "/health", headers={"X-Request-Id": "fwd-2",
