@@ -39,29 +39,28 @@ def test_export_verify_fails_naming_each_implementation(nan_bundle, tiny_data):
     assert "agree 100.000%" not in out  # no pair of NaNs compared as agreeing
 
 
-def test_selftest_fails_its_onnx_check_and_verifies_nothing_against_it(nan_bundle, tiny_data,
-                                                                       tmp_path):
+def _failed_selftest_onnx_check(model_dir, tiny_data, tmp_path):
+    """selftest on ``model_dir`` exits 1; its ONNX check step failed: that step's detail."""
     out_dir = str(tmp_path / "report")
-    code, out, err = run_cli(["selftest", "--model-dir", nan_bundle, "--images", tiny_data,
+    code, out, err = run_cli(["selftest", "--model-dir", model_dir, "--images", tiny_data,
                               "--frames", 2, "--out", out_dir, "--precisions", "fp16"])
     assert code == 1, (out, err)
     with open(os.path.join(out_dir, "selftest.json")) as fh:
         steps = dict((s["step"], s) for s in json.load(fh)["steps"])
     assert steps["onnx check"]["status"] == "failed"
-    assert "not a number" in steps["onnx check"]["detail"]
+    return steps["onnx check"]["detail"]
+
+
+def test_selftest_fails_its_onnx_check_and_verifies_nothing_against_it(nan_bundle, tiny_data,
+                                                                       tmp_path):
+    assert "not a number" in _failed_selftest_onnx_check(nan_bundle, tiny_data, tmp_path)
 
 
 def test_selftest_without_a_checkpoint_checks_the_onnx_output(nan_bundle, tiny_data, tmp_path):
     d = str(tmp_path / "m")
     shutil.copytree(nan_bundle, d, ignore=shutil.ignore_patterns("*.pth.tar"))
-    out_dir = str(tmp_path / "report")
-    code, out, err = run_cli(["selftest", "--model-dir", d, "--images", tiny_data,
-                              "--frames", 2, "--out", out_dir, "--precisions", "fp16"])
-    assert code == 1, (out, err)
-    with open(os.path.join(out_dir, "selftest.json")) as fh:
-        steps = dict((s["step"], s) for s in json.load(fh)["steps"])
-    assert steps["onnx check"]["status"] == "failed"
-    assert "(ONNX Runtime) for 9 of 9 images" in steps["onnx check"]["detail"]
+    assert "(ONNX Runtime) for 9 of 9 images" in _failed_selftest_onnx_check(d, tiny_data,
+                                                                            tmp_path)
 
 
 def _nan_bias(path):
