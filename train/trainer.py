@@ -206,8 +206,9 @@ def _head_and_body(args, model):
     return head, body
 
 
-def _resume_state(args, ckpt, optimizer, ema):
-    """The best epoch so far, the epoch to start from and history.csv's rows up to it."""
+def _resume_state(args, ckpt, optimizer, ema, runtime):
+    """The best epoch so far, the epoch to start from and history.csv's rows up to it; the
+    optimizer, weight average and fp16 GradScaler go on from the checkpoint's."""
     best = {"macro_f1": -1.0, "accuracy": 0.0, "epoch": -1, "loss": float("inf")}
     if ckpt is None:
         return best, args.start_epoch, []
@@ -215,6 +216,8 @@ def _resume_state(args, ckpt, optimizer, ema):
         ema.restore(ckpt["state_dict"], ckpt.get("ema", {}))
     if "optimizer" in ckpt and not args.evaluate:
         load_optimizer(args, optimizer, ckpt["optimizer"])
+        if runtime.restore_scaler(ckpt.get("scaler")):
+            log.info("--resume: the fp16 loss scale goes on from %g", runtime.scaler.get_scale())
     start_epoch = ckpt.get("epoch", args.start_epoch)
     history = read_history(os.path.dirname(args.resume) or ".")  # the checkpoint's own run
     rows = [r for r in history if int(r["epoch"]) <= start_epoch]
@@ -239,7 +242,7 @@ def run_training(args):
     ema = None
     if args.ema_epochs > 0:
         ema = WeightAverage(model, args.ema_epochs, len(train_loader))
-    best, start_epoch, rows = _resume_state(args, ckpt, optimizer, ema)
+    best, start_epoch, rows = _resume_state(args, ckpt, optimizer, ema, runtime)
     runs = RunLog(ckpt, start_epoch, recipe_flags(args), runtime.describe())
     if ckpt is not None:  # model.json's start_epoch: where the run it continues began
         args.start_epoch = ckpt.get("start_epoch")  # None: the checkpoint does not say
@@ -379,6 +382,8 @@ def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, c
                  "trivial_augment": args.trivial_augment, "oncolens_version": __version__,
                  "clock": clock, "start_epoch": args.start_epoch,
                  "runs": runs.upto(epoch + 1, seconds, reason)}
+        if runtime.scaler is not None:  # fp16 on CUDA: a resume goes on at its loss scale
+            state["scaler"] = runtime.scaler_state()
         with signals_held():  # Ctrl-C or SIGTERM waits until the epoch is saved whole
             write_history(args.model_dir, rows)  # first: a resume keeps rows up to its epoch
             save_checkpoint(state, args.model_dir, is_best, (model, ema))
