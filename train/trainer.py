@@ -26,8 +26,8 @@ from oncolens.train.precheck import check_classes, check_images
 from oncolens.train.recipe import (Schedule, load_optimizer, make_loaders, make_loss,
                                    make_optimizer, make_val_loader, progress, set_lr,
                                    torch_module)
-from oncolens.train.runs import (RunLog, epochs_since_best, resumed_stop, stop_reason,
-                                 trained_seconds)
+from oncolens.train.runs import (RunLog, epochs_since_best, log_stop, stop_reason,
+                                 trained_seconds, used_up_stop)
 from oncolens.train.runtime import make_runtime, out_of_memory
 from oncolens.train.temperature import (calibrate_checkpoint, remove_temperature,
                                         unscaled_state_dict)
@@ -319,21 +319,6 @@ def _head_phase(body, epoch, head_epochs, start_epoch):
         param.requires_grad_(not alone)
 
 
-def _used_up(args, start_epoch, best, clock):
-    """A resumed run with no epoch left, by --epochs, or by the budget or patience its
-    checkpoint had used up already (runs.resumed_stop, as outputs checked before anything
-    was written): the reason (model.json's "stopped"), else None."""
-    reason = resumed_stop(args, start_epoch, best.get("epoch"), clock)
-    if reason == "time-limit":
-        log.info("--time-limit %g min: the resumed run has trained %.0f s of it; no epoch left",
-                 args.time_limit, trained_seconds(clock))
-    elif reason == "patience":
-        log.info("--patience %d: the resumed run has had no better epoch for %s; no "
-                 "epoch left", args.patience,
-                 plural(epochs_since_best(start_epoch, best.get("epoch")), "epoch"))
-    return reason
-
-
 def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, classes,
           preprocess, best, start_epoch, rows, init, body=(), clock=None, runs=None,
           bundle=None):
@@ -344,7 +329,7 @@ def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, c
     stopped, last = "epochs", start_epoch
     # a resumed run's epochs since its best count towards --patience
     since_best = epochs_since_best(start_epoch, best.get("epoch"))
-    used_up = _used_up(args, start_epoch, best, clock)
+    used_up = used_up_stop(args, start_epoch, best, clock)
     if used_up:
         return best, seconds, used_up, last
     for epoch in range(start_epoch, args.epochs):
@@ -390,17 +375,7 @@ def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, c
             if is_best and bundle is not None:  # model.json follows model_best.pth.tar
                 bundle(best, seconds, None, epoch + 1)  # (stopped: null until the run ends)
         if reason in ("patience", "time-limit"):
-            _log_stop(args, reason, epoch + 1)
+            log_stop(args, reason, epoch + 1)
             stopped = reason
             break
     return best, seconds, stopped, last
-
-
-def _log_stop(args, reason, epochs):
-    """The line that says why the loop stopped before --epochs: "patience" or "time-limit"."""
-    if reason == "patience":
-        log.info("no better epoch for %s (by val macro-F1, ties broken by lower val "
-                 "loss): stopping early", plural(args.patience, "epoch"))
-    else:
-        log.info("--time-limit %g min reached after %s", args.time_limit,
-                 plural(epochs, "epoch"))
