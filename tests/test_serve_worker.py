@@ -5,6 +5,7 @@ import json
 import threading
 
 import numpy as np
+import pytest
 
 from serve_util import read, request, running, sample_image
 
@@ -135,3 +136,54 @@ def test_health_says_worker_ended_with_503_once_the_worker_is_gone(ort_classifie
         code, body = _health(url)
     assert (code, body["status"]) == (503, "worker_ended")
     assert body["inference"]["worker_alive"] is False
+
+
+class _WorkerKilled(BaseException):
+    """Not an Exception: it gets past the worker's own handler and ends its thread."""
+
+
+def test_a_request_after_the_worker_ended_is_answered_503_worker_ended_and_audited(
+        ort_classifier, tiny_data, tmp_path):
+    """It waited for --timeout (here 20 s) and was then answered 503 timeout, though /health
+    already said worker_ended."""
+    audit = str(tmp_path / "audit.jsonl")
+    data = read(sample_image(tiny_data))
+    with running(ort_classifier, timeout=20, audit_log=audit) as (url, app):
+        app.queue.close()                       # the worker thread ends
+        reply = request(url, "/classify", "POST", data)
+        metrics = request(url, "/metrics").body.decode("utf-8")
+    assert reply.status == 503, reply.body[:300]
+    error = json.loads(reply.body.decode("utf-8"))["error"]
+    assert error["code"] == "worker_ended" and "restarted" in error["message"]
+    assert 'oncolens_classify_errors_total{reason="worker_ended"} 1' in metrics
+    assert _audit_statuses(audit) == [503]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_the_jobs_waiting_when_the_worker_dies_are_answered_and_later_ones_refused():
+    """A worker ended by a bug left its batch and the queued jobs to wait for --timeout."""
+    from oncolens.appliance.web.queue import InferenceQueue, WorkerEnded
+    release = threading.Event()
+
+    class Model(object):
+        def infer_images(self, images):
+            release.wait(20)
+            raise _WorkerKilled()
+
+    q = InferenceQueue(Model(), maxsize=4, max_batch=1)
+    try:
+        first = q.submit(np.zeros((4, 4, 3), np.uint8))
+        second = q.submit(np.zeros((4, 4, 3), np.uint8))
+        release.set()
+        for job in (first, second):
+            assert job.wait(20), "a job was left waiting after the worker ended"
+            assert job.worker_ended and job.probs is None and "restarted" in job.error
+        assert not q.worker_alive
+        try:
+            q.submit(np.zeros((4, 4, 3), np.uint8))
+        except WorkerEnded:
+            pass
+        else:
+            raise AssertionError("a job was queued for a worker that has ended")
+    finally:
+        q.close()

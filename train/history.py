@@ -93,6 +93,8 @@ def plot_history(model_dir, rows):
     ax2.legend()
     fig.tight_layout()
     path = os.path.join(model_dir, CURVES_PNG)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    try:  # beside it, then moved there whole: a stop midway leaves the earlier curves.png
+        replace_file(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+    finally:
+        plt.close(fig)
     return path

@@ -5,12 +5,19 @@ last run's flags; a model trained in parts needs the list to say how it was made
 Each checkpoint holds the list as far as its epoch (this run's entry included), so a
 ``--resume`` carries it on, and a run stopped by Ctrl-C or a crash stays on it with
 ``"stopped": null``, as far as its last finished epoch.
+
+Also why a run stops (``stop_reason``, ``resumed_stop``, ``used_up_stop``) and the lines that
+say so.
 """
+import logging
 import time
 
 import numpy as np
 
 from oncolens import __version__
+from oncolens.appliance.errors import plural
+
+log = logging.getLogger("oncolens.train.trainer")  # the stop lines, as the loop logged them
 
 
 def _now():
@@ -82,6 +89,31 @@ def resumed_stop(args, epoch, best_epoch, clock):
     room = budget_room(float(args.time_limit or 0) * 60.0, trained_seconds(clock),
                        (clock or {}).get("epoch_seconds"))
     return stop_reason(args, epochs_since_best(epoch, best_epoch), room, epoch - 1)
+
+
+def used_up_stop(args, start_epoch, best, clock):
+    """A resumed run with no epoch left, by --epochs, or by the budget or patience its
+    checkpoint had used up already (resumed_stop, as outputs checked before anything
+    was written): the reason (model.json's "stopped"), else None."""
+    reason = resumed_stop(args, start_epoch, best.get("epoch"), clock)
+    if reason == "time-limit":
+        log.info("--time-limit %g min: the resumed run has trained %.0f s of it; no epoch left",
+                 args.time_limit, trained_seconds(clock))
+    elif reason == "patience":
+        log.info("--patience %d: the resumed run has had no better epoch for %s; no "
+                 "epoch left", args.patience,
+                 plural(epochs_since_best(start_epoch, best.get("epoch")), "epoch"))
+    return reason
+
+
+def log_stop(args, reason, epochs):
+    """The line that says why the loop stopped before --epochs: "patience" or "time-limit"."""
+    if reason == "patience":
+        log.info("no better epoch for %s (by val macro-F1, ties broken by lower val "
+                 "loss): stopping early", plural(args.patience, "epoch"))
+    else:
+        log.info("--time-limit %g min reached after %s", args.time_limit,
+                 plural(epochs, "epoch"))
 
 
 class RunLog(object):

@@ -58,6 +58,20 @@ class Runtime(object):
             images = images.contiguous(memory_format=torch.channels_last)
         return images
 
+    def scaler_state(self):
+        """The fp16 GradScaler's state for the checkpoint (its scale, growth tracker), or None
+        where no scaler runs (fp32, bf16, a CPU)."""
+        return None if self.scaler is None else self.scaler.state_dict()
+
+    def restore_scaler(self, state):
+        """A resumed checkpoint's GradScaler ``state`` (None: it saved none, made before the
+        scaler was saved or without fp16): a resume goes on at its scale instead of starting
+        the scale over. Nothing where this run has no scaler."""
+        if self.scaler is not None and state:
+            self.scaler.load_state_dict(state)
+            return True
+        return False
+
     def step(self, loss, optimizer):
         if self.scaler is not None:
             self.scaler.scale(loss).backward()

@@ -26,8 +26,8 @@ from oncolens.train.precheck import check_classes, check_images
 from oncolens.train.recipe import (Schedule, load_optimizer, make_loaders, make_loss,
                                    make_optimizer, make_val_loader, progress, set_lr,
                                    torch_module)
-from oncolens.train.runs import (RunLog, epochs_since_best, resumed_stop, stop_reason,
-                                 trained_seconds)
+from oncolens.train.runs import (RunLog, epochs_since_best, log_stop, stop_reason,
+                                 trained_seconds, used_up_stop)
 from oncolens.train.runtime import make_runtime, out_of_memory
 from oncolens.train.temperature import (calibrate_checkpoint, remove_temperature,
                                         unscaled_state_dict)
@@ -206,8 +206,9 @@ def _head_and_body(args, model):
     return head, body
 
 
-def _resume_state(args, ckpt, optimizer, ema):
-    """The best epoch so far, the epoch to start from and history.csv's rows up to it."""
+def _resume_state(args, ckpt, optimizer, ema, runtime):
+    """The best epoch so far, the epoch to start from and history.csv's rows up to it; the
+    optimizer, weight average and fp16 GradScaler go on from the checkpoint's."""
     best = {"macro_f1": -1.0, "accuracy": 0.0, "epoch": -1, "loss": float("inf")}
     if ckpt is None:
         return best, args.start_epoch, []
@@ -215,6 +216,8 @@ def _resume_state(args, ckpt, optimizer, ema):
         ema.restore(ckpt["state_dict"], ckpt.get("ema", {}))
     if "optimizer" in ckpt and not args.evaluate:
         load_optimizer(args, optimizer, ckpt["optimizer"])
+        if runtime.restore_scaler(ckpt.get("scaler")):
+            log.info("--resume: the fp16 loss scale goes on from %g", runtime.scaler.get_scale())
     start_epoch = ckpt.get("epoch", args.start_epoch)
     history = read_history(os.path.dirname(args.resume) or ".")  # the checkpoint's own run
     rows = [r for r in history if int(r["epoch"]) <= start_epoch]
@@ -239,7 +242,7 @@ def run_training(args):
     ema = None
     if args.ema_epochs > 0:
         ema = WeightAverage(model, args.ema_epochs, len(train_loader))
-    best, start_epoch, rows = _resume_state(args, ckpt, optimizer, ema)
+    best, start_epoch, rows = _resume_state(args, ckpt, optimizer, ema, runtime)
     runs = RunLog(ckpt, start_epoch, recipe_flags(args), runtime.describe())
     if ckpt is not None:  # model.json's start_epoch: where the run it continues began
         args.start_epoch = ckpt.get("start_epoch")  # None: the checkpoint does not say
@@ -316,21 +319,6 @@ def _head_phase(body, epoch, head_epochs, start_epoch):
         param.requires_grad_(not alone)
 
 
-def _used_up(args, start_epoch, best, clock):
-    """A resumed run with no epoch left, by --epochs, or by the budget or patience its
-    checkpoint had used up already (runs.resumed_stop, as outputs checked before anything
-    was written): the reason (model.json's "stopped"), else None."""
-    reason = resumed_stop(args, start_epoch, best.get("epoch"), clock)
-    if reason == "time-limit":
-        log.info("--time-limit %g min: the resumed run has trained %.0f s of it; no epoch left",
-                 args.time_limit, trained_seconds(clock))
-    elif reason == "patience":
-        log.info("--patience %d: the resumed run has had no better epoch for %s; no "
-                 "epoch left", args.patience,
-                 plural(epochs_since_best(start_epoch, best.get("epoch")), "epoch"))
-    return reason
-
-
 def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, classes,
           preprocess, best, start_epoch, rows, init, body=(), clock=None, runs=None,
           bundle=None):
@@ -341,7 +329,7 @@ def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, c
     stopped, last = "epochs", start_epoch
     # a resumed run's epochs since its best count towards --patience
     since_best = epochs_since_best(start_epoch, best.get("epoch"))
-    used_up = _used_up(args, start_epoch, best, clock)
+    used_up = used_up_stop(args, start_epoch, best, clock)
     if used_up:
         return best, seconds, used_up, last
     for epoch in range(start_epoch, args.epochs):
@@ -379,23 +367,15 @@ def _loop(args, models, optimizer, loss_fn, runtime, train_loader, val_loader, c
                  "trivial_augment": args.trivial_augment, "oncolens_version": __version__,
                  "clock": clock, "start_epoch": args.start_epoch,
                  "runs": runs.upto(epoch + 1, seconds, reason)}
+        if runtime.scaler is not None:  # fp16 on CUDA: a resume goes on at its loss scale
+            state["scaler"] = runtime.scaler_state()
         with signals_held():  # Ctrl-C or SIGTERM waits until the epoch is saved whole
             write_history(args.model_dir, rows)  # first: a resume keeps rows up to its epoch
             save_checkpoint(state, args.model_dir, is_best, (model, ema))
             if is_best and bundle is not None:  # model.json follows model_best.pth.tar
                 bundle(best, seconds, None, epoch + 1)  # (stopped: null until the run ends)
         if reason in ("patience", "time-limit"):
-            _log_stop(args, reason, epoch + 1)
+            log_stop(args, reason, epoch + 1)
             stopped = reason
             break
     return best, seconds, stopped, last
-
-
-def _log_stop(args, reason, epochs):
-    """The line that says why the loop stopped before --epochs: "patience" or "time-limit"."""
-    if reason == "patience":
-        log.info("no better epoch for %s (by val macro-F1, ties broken by lower val "
-                 "loss): stopping early", plural(args.patience, "epoch"))
-    else:
-        log.info("--time-limit %g min reached after %s", args.time_limit,
-                 plural(epochs, "epoch"))

@@ -15,7 +15,7 @@ from oncolens.appliance.imageio import MAX_SIDE, encode_image
 from oncolens.appliance.lowbits import low_bits_advice
 from oncolens.appliance.overlay import draw_lines
 from oncolens.appliance.postprocess import NOT_A_NUMBER, finite_rows, overlay_text
-from oncolens.appliance.web.queue import QueueFull
+from oncolens.appliance.web.queue import WORKER_ENDED, QueueFull, WorkerEnded
 from oncolens.appliance.web.upload import UploadError
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,16 @@ def timed_out(app, environ, sha, retry_after):
     return app.error_response(503, "timeout", "the model did not answer within {:g} s "
                               "(--timeout): try again in {} s".format(app.timeout, retry_after),
                               headers={"Retry-After": str(int(retry_after))})
+
+
+def worker_ended(app, environ, sha=None):
+    """503 ``worker_ended`` at once: the model's worker thread has ended (/health says so
+    too), so nothing would answer the request; it waited for --timeout, then 503 timeout."""
+    rid = environ.get("oncolens.request_id", "-")
+    app.metrics.observe_error("worker_ended")
+    app.audit_write(environ, 503, sha)
+    log.info("%s refused 503: the model's worker has ended", rid)
+    return app.error_response(503, "worker_ended", WORKER_ENDED)
 
 
 def warnings_of(rid, sha, low_bits):
@@ -149,6 +159,9 @@ def _classify(app, environ, rid, seen):
     except UploadError as exc:
         app.drop_body(environ, app.refused_drain)
         return refuse(app, environ, exc)
+    if not app.queue.worker_alive:   # nothing would take the image: not read, not decoded
+        app.drop_body(environ, app.refused_drain)
+        return worker_ended(app, environ)
     try:
         data, fmt, rgb, low_bits = app.read_upload(environ)
     except UploadError as exc:
@@ -160,9 +173,13 @@ def _classify(app, environ, rid, seen):
         job = app.submit(rgb)
     except QueueFull as exc:
         return busy(app, environ, sha, exc.retry_after)
+    except WorkerEnded:
+        return worker_ended(app, environ, sha)
     if not job.wait(app.timeout):
         job.cancel()
         return timed_out(app, environ, sha, app.queue.retry_after())
+    if job.worker_ended:
+        return worker_ended(app, environ, sha)
     error = job.error
     if error is None and not finite_rows([job.probs])[0]:  # no class to answer with
         error = NOT_A_NUMBER

@@ -3,7 +3,9 @@
 Request threads decode their image and ``submit`` it; one worker takes what is waiting
 (up to ``max_batch`` images at once), runs the classifier and wakes each request.  When
 ``maxsize`` images already wait, ``submit`` raises ``QueueFull`` with a Retry-After
-estimate, so the server answers 503 at once instead of piling work up.
+estimate, so the server answers 503 at once instead of piling work up. Once the worker
+thread has ended, ``submit`` raises ``WorkerEnded`` and whatever still waited is answered
+(``Job.worker_ended``): such a request waited for --timeout before its 503.
 """
 import logging
 import math
@@ -21,6 +23,15 @@ class QueueFull(Exception):
         self.retry_after = retry_after
 
 
+class WorkerEnded(Exception):
+    def __init__(self):
+        super(WorkerEnded, self).__init__(WORKER_ENDED)
+
+
+WORKER_ENDED = ("the model's worker has ended: nothing is classified any more until the "
+                "server is restarted")
+
+
 class Job(object):
     """One image waiting for the model; ``probs`` or ``error`` once ``done`` is set."""
 
@@ -33,6 +44,7 @@ class Job(object):
         self.started = None
         self.infer_s = None
         self.cancelled = False
+        self.worker_ended = False   # answered because the worker thread ended (not run)
 
     def cancel(self):
         """Nobody waits for this one any more (its request timed out): skip it if not begun."""
@@ -57,6 +69,7 @@ class InferenceQueue(object):
         self._per_image = None  # moving average, seconds per image
         self.busy = False
         self._running_since = None  # time.monotonic() the batch the model runs now began
+        self._ended = False  # set by the worker as it ends, before it answers what waits
         self._thread = threading.Thread(target=self._run, name="oncolens-infer")
         self._thread.daemon = True
         self._thread.start()
@@ -76,7 +89,7 @@ class InferenceQueue(object):
     def worker_alive(self):
         """Whether the worker thread still takes images (False once it ended: closed, or
         ended by a bug)."""
-        return self._thread.is_alive()
+        return self._thread.is_alive() and not self._ended
 
     def retry_after(self):
         """Seconds a client should wait before trying again (at least 1)."""
@@ -84,12 +97,29 @@ class InferenceQueue(object):
         return max(1, int(math.ceil((self.depth + 1) * per_image)))
 
     def submit(self, image):
+        """The queued ``Job``; QueueFull when ``capacity`` images wait, WorkerEnded once the
+        worker thread has ended (also when it ended as this one was queued)."""
+        if not self.worker_alive:
+            raise WorkerEnded()
         job = Job(image)
         try:
             self._q.put_nowait(job)
         except _queue.Full:
             raise QueueFull(self.retry_after())
+        if not self.worker_alive:   # it ended meanwhile: nobody would take this one
+            self._answer_waiting(WORKER_ENDED, ended=True)
+            raise WorkerEnded()
         return job
+
+    def _answer_waiting(self, message, ended=False):
+        """Answer every job still queued with ``message`` as its error."""
+        while True:
+            try:
+                job = self._q.get_nowait()
+            except _queue.Empty:
+                break
+            job.error, job.worker_ended, job.image = message, ended, None
+            job.done.set()
 
     def _take(self):
         try:
@@ -104,10 +134,22 @@ class InferenceQueue(object):
         return jobs
 
     def _run(self):
-        while not self._stop.is_set():
-            jobs = self._take()
-            if jobs:
-                self._run_batch(jobs)
+        jobs = []
+        try:
+            while not self._stop.is_set():
+                jobs = self._take()
+                if jobs:
+                    self._run_batch(jobs)
+        finally:
+            self._ended = True   # first: a submit from now on answers its own job
+            if not self._stop.is_set():   # ended by a bug: nothing waits for --timeout
+                log.error("the model's worker thread has ended: requests are answered 503 "
+                          "worker_ended until the server is restarted")
+                for job in jobs:          # the batch it ended in
+                    if not job.done.is_set():
+                        job.error, job.worker_ended, job.image = WORKER_ENDED, True, None
+                        job.done.set()
+                self._answer_waiting(WORKER_ENDED, ended=True)
 
     def _run_batch(self, jobs):
         """``_process`` one batch. Whatever fails in it (a bug after the model call) is
@@ -191,10 +233,4 @@ class InferenceQueue(object):
         """Stop the worker; whatever still waits is answered with an error."""
         self._stop.set()
         self._thread.join(timeout=5)
-        while True:
-            try:
-                job = self._q.get_nowait()
-            except _queue.Empty:
-                break
-            job.error = "the server is shutting down"
-            job.done.set()
+        self._answer_waiting("the server is shutting down")
