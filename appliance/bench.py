@@ -13,7 +13,7 @@ import time
 
 from oncolens.appliance.backends import open_backend
 from oncolens.appliance.bench_measure import (Unreadable, agreement, end_to_end, network_only,
-                                              predict_all, sample_batch)
+                                              not_numbers, predict_all, sample_batch)
 from oncolens.appliance.benchstats import gpu_info, loadavg, machine_info
 from oncolens.appliance.errors import MissingDependency, OncoLensError, plural
 from oncolens.appliance.lowbits import LowBitsWarning
@@ -158,14 +158,16 @@ def _run_opened(cfg, bundle, backend, model, what, runs, skips):
         skips.extend(dict(skip, preprocess=mode, reason=why) for mode, why in skipped)
         device = device_of(backend)
         for mode, pre in chosen:
-            agree = agreement(predict_all(backend, pre, cfg["agreement_files"],
-                                          unreadable=cfg["unreadable"]), ref)
+            pred = predict_all(backend, pre, cfg["agreement_files"],
+                               unreadable=cfg["unreadable"])
+            agree = agreement(pred, ref)
             if precision in ("int8", "bf16") and agree is not None:
                 from oncolens.appliance.variants import record_agreement
                 record_agreement(bundle, agree, len(ref), cfg["agreement_dir"], precision,
                                  single_class=cfg.get("reference_single_class"))
             run = {"backend": backend_name, "precision": precision, "preprocess": mode,
-                   "device": device, "agreement_vs_fp32": agree}
+                   "device": device, "agreement_vs_fp32": agree,
+                   "agreement_not_a_number": not_numbers(pred)}
             if isinstance(getattr(backend, "device", None), dict):  # TensorRT: the GPU
                 run["gpu"] = backend.device.get("name")
             _measure(cfg, backend, model, pre, run, runs)
@@ -297,6 +299,7 @@ def _measure_all(cfg, result, doing):
     ref = reference(bundle, cfg["agreement_files"], cfg["unreadable"])
     cfg["reference_single_class"] = only = single_class(bundle, ref)
     result["agreement_images"]["reference_single_class"] = only
+    _reference_not_a_number(cfg, result, ref)
     if only is not None:
         log.warning("bench: the fp32 reference predicts '%s' for every one of the %d agreement "
                     "images (%s): agreement with it is no measure, and unlocks no int8 or bf16 "
@@ -318,6 +321,18 @@ def _measure_all(cfg, result, doing):
             result["skipped"].extend(skips)
             result["failed"].extend(failed)
             doing["done"] = doing.get("done", 0) + 1
+
+
+def _reference_not_a_number(cfg, result, ref):
+    """The agreement images whose fp32 reference output is not a number: left out of every
+    agreement, counted in the JSON, and said in one warning (not read as a class)."""
+    bad = not_numbers(ref)
+    result["agreement_images"]["reference_not_a_number"] = bad
+    if bad:
+        log.warning("bench: the fp32 reference's output is not a number (NaN or infinity) for "
+                    "%d of the %d readable agreement images (%s): the model is broken; they "
+                    "are left out of every agreement", bad, len([r for r in ref if r != -1]),
+                    cfg["agreement_dir"])
 
 
 STEPS = {"images": "reading the images", "reference": "the fp32 reference",

@@ -216,6 +216,7 @@ def table(result):
     if base.get("skipped"):  # without it "x naive" is "-": say why
         lines.append("skipped the naive torch loop (baseline): {}".format(base["skipped"]))
     lines.extend(unreadable_lines(result.get("unreadable") or {}))
+    lines.extend(not_a_number_lines(result))
     lines.append(settings_line(result))
     gpu = result["machine"].get("gpu")
     lines.append("machine: {} ({} cores){}, load average {} -> {}".format(
@@ -225,6 +226,27 @@ def table(result):
                             else "") if gpu else "",
         result["loadavg_start"], result["loadavg_end"]))
     return "\n".join(lines)
+
+
+def not_a_number_lines(result):
+    """The agreement images whose output was not a number (NaN or infinity), for the fp32
+    reference (left out of every agreement) and for each run (counted as disagreeing): such
+    an output has no class (it was read as the first class, as if the model predicted it)."""
+    lines = []
+    ref = result["agreement_images"].get("reference_not_a_number")
+    if ref:
+        lines.append("the fp32 reference's output is not a number (NaN or infinity) for {} of "
+                     "{}: the model is broken; they are left out of every agreement".format(
+                         ref, plural(result["agreement_images"]["count"], "agreement image")))
+    seen = set()
+    for run in result["runs"]:
+        what = "{} {}".format(run["backend"], run["precision"])
+        bad = run.get("agreement_not_a_number")
+        if bad and (what, run.get("preprocess")) not in seen:
+            seen.add((what, run.get("preprocess")))
+            lines.append("{}'s output is not a number (NaN or infinity) for {}: counted as "
+                         "disagreeing with fp32".format(what, plural(bad, "agreement image")))
+    return lines
 
 
 def interrupted_line(result):

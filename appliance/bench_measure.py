@@ -12,11 +12,14 @@ from oncolens.appliance.benchstats import latency_ms, shares
 from oncolens.appliance.device_preprocess import stack_inputs
 from oncolens.appliance.errors import OncoLensError, plural
 from oncolens.appliance.pipeline import batched, prefetch, window
-from oncolens.appliance.postprocess import top_k
+from oncolens.appliance.postprocess import finite_rows, top_k
 
 log = logging.getLogger("oncolens.appliance.bench")  # the logger these lines always had
 
 MIN_CALLS = 5  # every timed loop of calls times at least this many, whatever --min-seconds
+# predict_all's index for an image whose output is not a number (NaN or infinity): it has no
+# class (argmax of NaN is the first, read as "class 0" before 2026-12-08); unreadable is -1
+NOT_A_NUMBER = -2
 
 
 class Unreadable(object):
@@ -40,7 +43,8 @@ class Unreadable(object):
 
 
 def predict_all(backend, preprocessor, files, batch_size=8, workers=2, unreadable=None):
-    """Top-1 indices for ``files`` (failed files are -1, and noted in ``unreadable``)."""
+    """Top-1 indices for ``files`` (failed files are -1, and noted in ``unreadable``; an
+    output that is not a number is NOT_A_NUMBER)."""
     out = []
     for good, failed in batched(prefetch(files, preprocessor, workers), batch_size):
         if unreadable is not None:
@@ -48,13 +52,22 @@ def predict_all(backend, preprocessor, files, batch_size=8, workers=2, unreadabl
         got = {}
         if good:
             probs = backend.infer(stack_inputs([i.tensor for i in good])).probs
-            got = dict((i.index, int(np.argmax(p))) for i, p in zip(good, probs))
+            finite = finite_rows(probs)
+            got = dict((i.index, int(np.argmax(p)) if ok else NOT_A_NUMBER)
+                       for i, p, ok in zip(good, probs, finite))
         got.update((i.index, -1) for i in failed)
         out.extend(got[k] for k in sorted(got))
     return out
 
 
+def not_numbers(pred):
+    """How many of predict_all's answers were not a number."""
+    return sum(1 for p in pred if p == NOT_A_NUMBER)
+
+
 def agreement(pred, ref):
+    """The share of images with a reference class (readable, a number) whose ``pred`` is the
+    same (one that is not a number agrees with nothing); None when there are none."""
     pairs = [(p, r) for p, r in zip(pred, ref) if r >= 0]
     return round(sum(1 for p, r in pairs if p == r) / float(len(pairs)), 4) if pairs else None
 

@@ -1,7 +1,8 @@
 """The live loop: frames in, classified and annotated frames out, until told to stop.
 
 It keeps going: a camera or stream that drops is reopened with backoff; a frame timeout is
-skipped; a frame that cannot be decoded is logged and skipped.  SIGINT and SIGTERM finish
+skipped; a frame that cannot be decoded is logged and skipped (the same error line at most
+once per 10 s, with a count: repeats.py).  SIGINT and SIGTERM finish
 the current frame, close every output (a video being written stays playable) and end the
 loop normally, even while a read of the source is blocked (it is read in a thread of its
 own: source_thread).  systemd is told READY=1 once the model and source are open, WATCHDOG=1
@@ -18,6 +19,7 @@ from oncolens.appliance.overlay import crop_box, render
 from oncolens.appliance.postprocess import (NOT_A_NUMBER, NOT_A_NUMBER_CONSOLE,
                                             NOT_A_NUMBER_OVERLAY, Smoother, console_line,
                                             finite_rows, overlay_text)
+from oncolens.appliance.repeats import RepeatedErrors
 from oncolens.appliance.sdnotify import Notifier
 from oncolens.appliance.source_thread import STOPPED, SourceThread
 from oncolens.appliance.sources import EndOfStream, SourceLost
@@ -42,18 +44,25 @@ class Backoff(object):
 
 
 class Stats(object):
-    """Frame counts and the two rates the status line shows, over a sliding window."""
+    """Frame counts and the two rates the status line shows, over a sliding window.
+
+    ``frames``: the frames classified (given a class); ``failed``: the frames given none
+    (unreadable, refused by the preprocessing, the model's output not a number). No frame is
+    in both: the source gave ``frames + failed``. The rates count every frame that went
+    through the model (``inferred``: the classified and those whose output was not a
+    number)."""
 
     def __init__(self, clock=time.monotonic):
         self.clock = clock
-        self.frames = self.failed = self.timeouts = self.reconnects = 0
+        self.frames = self.failed = self.timeouts = self.reconnects = self.inferred = 0
         self.output_errors = 0  # outputs that failed as they were closed (a video cut short)
         self._start = clock()
         self._win_frames, self._win_net = 0, 0.0
         self.began, self.network_seconds = self._start, 0.0
 
     def add(self, network_seconds):
-        self.frames += 1
+        """One frame through the model, in ``network_seconds`` of inference."""
+        self.inferred += 1
         self.network_seconds += network_seconds
         self._win_frames += 1
         self._win_net += network_seconds
@@ -61,8 +70,8 @@ class Stats(object):
     def totals(self):
         """(network-only FPS, end-to-end FPS) over the whole run."""
         wall = max(self.clock() - self.began, 1e-9)
-        net = self.frames / self.network_seconds if self.network_seconds > 0 else 0.0
-        return net, self.frames / wall
+        net = self.inferred / self.network_seconds if self.network_seconds > 0 else 0.0
+        return net, self.inferred / wall
 
     def rates(self, restart=True):
         """(network-only FPS, end-to-end FPS) since the last call."""
@@ -104,6 +113,7 @@ class LiveLoop(object):
         self.out = out
         self.model_name = model_name or classifier.bundle.dir
         self.stats = Stats()
+        self.errors = RepeatedErrors(log)  # the same error line at most once per 10 s
         self._cam_warned = False
         self.reader = SourceThread(self.stop_event)
 
@@ -180,6 +190,7 @@ class LiveLoop(object):
         self.stats.add(time.monotonic() - t0)
         if not finite_rows(result.probs)[0]:
             return self._not_a_number(frame)
+        self.stats.frames += 1
         probs = self.smoother(result.probs[0])
         preds = clf.predictions(probs)
         self._print([console_line(pred) for pred in preds])
@@ -198,7 +209,7 @@ class LiveLoop(object):
         a failed frame, logged with why; the console line and the frame say so where the
         class would be, and the smoothing leaves it out. Returns no predictions."""
         self.stats.failed += 1
-        log.error("%s: %s", frame.origin, NOT_A_NUMBER)
+        self.errors.error("{}: {}".format(frame.origin, NOT_A_NUMBER))
         self._print([NOT_A_NUMBER_CONSOLE])
         self._draw(frame, [NOT_A_NUMBER_OVERLAY] if "text" in self.overlay else [], None)
         return []
@@ -254,7 +265,9 @@ class LiveLoop(object):
             self.close()
             for sig, handler in old.items():
                 signal.signal(sig, handler)
-        log.info("%d frame(s), %d failed, %d reconnect(s)%s; %s", self.stats.frames,
+        self.errors.flush()
+        log.info("%d frame(s) read: %d classified, %d failed; %d reconnect(s)%s; %s",
+                 self.stats.frames + self.stats.failed, self.stats.frames,
                  self.stats.failed, self.stats.reconnects,
                  " (stopped by signal)" if self.stopping else "",
                  status_text(self.model_name, self.clf.backend, *self.stats.totals()))
@@ -263,14 +276,15 @@ class LiveLoop(object):
     def _run_frames(self):
         last = time.monotonic()
         for frame in self.frames():
+            self.errors.tick()
             if frame.error:
-                log.error("%s", frame.error)
+                self.errors.error(frame.error)
                 self.stats.failed += 1
                 continue
             try:
                 self.process(frame)
             except ImageReadError as exc:  # refused by the preprocessing: skip the frame
-                log.error("%s: %s", frame.origin, exc)
+                self.errors.error("{}: {}".format(frame.origin, exc))
                 self.stats.failed += 1
                 continue
             self.notifier.watchdog()
