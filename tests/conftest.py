@@ -9,6 +9,10 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUSI = os.path.normpath(os.path.join(REPO, "..", "shared", "datasets", "busi"))
 
+# a training run of seconds on tiny_data: small, repeatable, never a download attempt
+FAST_TRAIN = ["--resolution", 32, "-b", 6, "-j", 0, "--seed", 3, "--no-pretrained",
+              "--arch", "simple-cnn"]
+
 
 def run_cli(argv):
     """Run ``oncolens ARGV`` in-process: (exit code, stdout, stderr)."""

@@ -4,10 +4,9 @@ data check, data split, train, evaluate, classify and batch."""
 import os
 import shutil
 
-from conftest import run_cli
+from conftest import FAST_TRAIN, run_cli
 
-FAST = ["--resolution", 32, "-b", 6, "-j", 0, "--seed", 3, "--no-pretrained",
-        "--arch", "simple-cnn", "--epochs", 1]
+FAST = FAST_TRAIN + ["--epochs", 1]
 APPLEDOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        "
 
 

@@ -3,7 +3,6 @@ overflow in an engine) in classify's live loop: it printed 'imagenet:  0nan% cla
 (benign)', drew 'nan% benign' on every frame and ended 0, and one such frame left the
 smoothing NaN for good. Each such frame is now a failure, with what happened drawn on it
 instead of a class, and the smoothing leaves it out."""
-import json
 import os
 
 import numpy as np

@@ -5,10 +5,9 @@ import os
 
 import pytest
 
-from conftest import run_cli
+from conftest import FAST_TRAIN, run_cli
 
-FAST = ["--resolution", 32, "-b", 6, "-j", 0, "--seed", 3, "--no-pretrained",
-        "--arch", "simple-cnn", "--lr", 0.01]
+FAST = FAST_TRAIN + ["--lr", 0.01]
 
 
 class _Scaler(object):

@@ -4,20 +4,14 @@ written only when a run ended, so a --resume or --overwrite run stopped after a 
 the earlier model's model.json beside the new model_best, and `export onnx --overwrite`
 shipped the new weights under the old epoch's figures)."""
 import csv
-import hashlib
 import json
 import os
 import signal
 
-from conftest import run_cli
+from conftest import FAST_TRAIN, run_cli
+from oncolens.appliance.bundle import sha256_file as _sha
 
-FAST = ["--resolution", 32, "-b", 6, "-j", 0, "--seed", 3, "--no-pretrained",
-        "--arch", "simple-cnn"]
-
-
-def _sha(path):
-    with open(path, "rb") as fh:
-        return hashlib.sha256(fh.read()).hexdigest()
+FAST = list(FAST_TRAIN)
 
 
 def _model_json(model_dir):

@@ -5,10 +5,10 @@ import os
 
 import pytest
 
-from conftest import run_cli
+from conftest import FAST_TRAIN, run_cli
+from oncolens.appliance.bundle import sha256_file as _sha
 
-FAST = ["--resolution", 32, "-b", 6, "-j", 0, "--seed", 3, "--no-pretrained",
-        "--arch", "simple-cnn"]
+FAST = list(FAST_TRAIN)
 
 
 @pytest.fixture(scope="module")
@@ -88,12 +88,6 @@ def test_evaluate_takes_the_checkpoints_classes_without_labels_or_train(trained,
 def _epochs(model_dir):
     from oncolens.train.history import read_history
     return [int(r["epoch"]) for r in read_history(model_dir)]
-
-
-def _sha(path):
-    import hashlib
-    with open(path, "rb") as fh:
-        return hashlib.sha256(fh.read()).hexdigest()
 
 
 def test_resume_of_an_earlier_checkpoint_of_the_same_folder(tiny_data, tmp_path):

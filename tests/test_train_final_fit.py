@@ -5,12 +5,11 @@ import os
 
 import pytest
 
-from conftest import run_cli
+from conftest import FAST_TRAIN, run_cli
 
 torch = pytest.importorskip("torch")
 
-FAST = ["--resolution", 32, "-b", 6, "-j", 0, "--seed", 3, "--no-pretrained",
-        "--arch", "simple-cnn"]
+FAST = list(FAST_TRAIN)
 
 
 def _read(model_dir):

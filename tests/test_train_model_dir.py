@@ -2,21 +2,15 @@
 trained one, or an exported bundle) without --overwrite; a --resume of a checkpoint from
 another folder neither replaces that folder's model nor splices its history."""
 import csv
-import hashlib
 import os
 import shutil
 
 import pytest
 
-from conftest import run_cli
+from conftest import FAST_TRAIN, run_cli
+from oncolens.appliance.bundle import sha256_file as _sha
 
-FAST = ["--resolution", 32, "-b", 6, "-j", 0, "--seed", 3, "--no-pretrained",
-        "--arch", "simple-cnn"]
-
-
-def _sha(path):
-    with open(path, "rb") as fh:
-        return hashlib.sha256(fh.read()).hexdigest()
+FAST = list(FAST_TRAIN)
 
 
 def _epochs(model_dir):

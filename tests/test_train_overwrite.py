@@ -6,10 +6,9 @@ import os
 
 import pytest
 
-from conftest import run_cli
+from conftest import FAST_TRAIN, run_cli
 
-FAST = ["--resolution", 32, "-b", 6, "-j", 0, "--seed", 3, "--no-pretrained",
-        "--arch", "simple-cnn", "--epochs", 1]
+FAST = FAST_TRAIN + ["--epochs", 1]
 
 
 def _touch(path, text="x"):

@@ -1,21 +1,15 @@
 """--resume is checked against the new run before anything is written: the same network,
 input size and classes in the same order (a mismatch used to train on, or crash deep in
 torch)."""
-import hashlib
 import os
 import shutil
 
 import pytest
 
-from conftest import run_cli
+from conftest import FAST_TRAIN, run_cli
+from oncolens.appliance.bundle import sha256_file as _sha
 
-FAST = ["--resolution", 32, "-b", 6, "-j", 0, "--seed", 3, "--no-pretrained",
-        "--arch", "simple-cnn"]
-
-
-def _sha(path):
-    with open(path, "rb") as fh:
-        return hashlib.sha256(fh.read()).hexdigest()
+FAST = list(FAST_TRAIN)
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,9 @@ import shutil
 
 import pytest
 
-from conftest import run_cli
+from conftest import FAST_TRAIN, run_cli
 
-FAST = ["--resolution", 32, "-b", 6, "-j", 0, "--seed", 3, "--no-pretrained",
-        "--arch", "simple-cnn"]
+FAST = list(FAST_TRAIN)
 
 
 def _load(path):

@@ -5,10 +5,9 @@ import re
 
 import pytest
 
-from conftest import run_cli
+from conftest import FAST_TRAIN, run_cli
 
-FAST = ["--resolution", 32, "-b", 6, "-j", 0, "--seed", 3, "--no-pretrained",
-        "--arch", "simple-cnn"]
+FAST = list(FAST_TRAIN)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import FAST_TRAIN, run_cli
 
 torch = pytest.importorskip("torch")
 
@@ -14,8 +14,7 @@ from oncolens.train.temperature import (  # noqa: E402
     degenerate, fit_temperature, fold_temperature, nll, output_layer, softmax,
     unscaled_state_dict, without_temperature)
 
-FAST = ["--resolution", 32, "-b", 6, "-j", 0, "--seed", 3, "--no-pretrained",
-        "--arch", "simple-cnn"]
+FAST = list(FAST_TRAIN)
 
 
 def _draw(true_temperature, n=4000, seed=0):
