@@ -210,7 +210,9 @@ def baseline(cfg, bundle, ref, result):
         return
     result["baseline"] = figures
     try:
-        figures["agreement_vs_fp32"] = agreement(naive.top1(cfg["agreement_files"]), ref)
+        pred = naive.top1(cfg["agreement_files"])
+        figures["agreement_vs_fp32"] = agreement(pred, ref)
+        figures["agreement_not_a_number"] = not_numbers(pred)
         figures["single_thread"] = naive.run_single_thread(cfg["files"], cfg["warmup"])
     except Exception as exc:  # noqa: B902 - as above; the first loop's figures are kept
         _baseline_failed(exc, figures, 1, failed)

@@ -239,7 +239,8 @@ def not_a_number_lines(result):
                      "{}: the model is broken; they are left out of every agreement".format(
                          ref, plural(result["agreement_images"]["count"], "agreement image")))
     seen = set()
-    for run in result["runs"]:
+    base = dict(result.get("baseline") or {}, backend="torch-eager", precision="fp32 (baseline)")
+    for run in result["runs"] + [base]:
         what = "{} {}".format(run["backend"], run["precision"])
         bad = run.get("agreement_not_a_number")
         if bad and (what, run.get("preprocess")) not in seen:

@@ -8,7 +8,9 @@ import time
 
 from oncolens.appliance.errors import (BundleError, ImageReadError, MissingDependency,
                                        OncoLensError, plural)
+from oncolens.appliance.bench_measure import NOT_A_NUMBER
 from oncolens.appliance.imageio import check_format, open_regular
+from oncolens.appliance.postprocess import finite_rows
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +68,8 @@ class NaiveTorch(object):
             raise ImageReadError("{}: PIL cannot read it ({})".format(path, exc))
 
     def classify(self, path):
-        """(top-1 index, seconds for decode, preprocess, inference, postprocess)."""
+        """(top-1 index, seconds for decode, preprocess, inference, postprocess); the index
+        is NOT_A_NUMBER for an output that is not a number (NaN or infinity)."""
         torch = self.torch
         t0 = time.perf_counter()
         img = self.open_image(path)
@@ -77,7 +80,9 @@ class NaiveTorch(object):
             out = self.model(x)
         self.sync()
         t3 = time.perf_counter()
-        index = int(torch.softmax(out, dim=1)[0].argmax())
+        probs = torch.softmax(out, dim=1).cpu().numpy()
+        # an output that is not a number has no class (its argmax read as class 0)
+        index = int(probs[0].argmax()) if finite_rows(probs)[0] else NOT_A_NUMBER
         t4 = time.perf_counter()
         return index, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)
 
@@ -127,5 +132,6 @@ class NaiveTorch(object):
         return result
 
     def top1(self, files):
-        """Top-1 index of each file (-1 for a file that cannot be read)."""
+        """Top-1 index of each file (-1 for a file that cannot be read, NOT_A_NUMBER for an
+        output that is not a number)."""
         return [(self.try_classify(path) or (-1,))[0] for path, _ in files]

@@ -64,6 +64,23 @@ def test_unreadable_images_make_the_exit_code_1(tiny_bundle, tiny_data, tmp_path
     assert os.path.isfile(str(tmp_path / "e" / "report.md"))  # the rest is still reported
 
 
+def test_report_md_names_the_unreadable_images_up_to_20(tiny_bundle, tiny_data, tmp_path):
+    """report.md gave only how many images were skipped (the printout and JSON name them)."""
+    split = str(tmp_path / "test")
+    shutil.copytree(os.path.join(tiny_data, "test"), split)
+    for n in range(22):
+        open(os.path.join(split, "benign", "zero{:02d}.png".format(n)), "wb").close()
+    code, out, err = run_cli(["evaluate", "--model-dir", tiny_bundle, split, "--bootstrap", "0",
+                              "--out", str(tmp_path / "e")])
+    assert code == 1, err
+    with open(str(tmp_path / "e" / "report.md")) as fh:
+        report = fh.read()
+    named = [line for line in report.splitlines() if line.startswith("- unreadable: `")]
+    assert len(named) == 20, report
+    assert "zero00.png`: " in named[0] and "zero19.png" in named[19]
+    assert "zero20.png" not in report and "- and 2 more" in report
+
+
 def test_out_inside_the_split_is_refused(tiny_bundle, tiny_data, tmp_path):
     import shutil
     split = str(tmp_path / "test")

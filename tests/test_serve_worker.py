@@ -187,3 +187,52 @@ def test_the_jobs_waiting_when_the_worker_dies_are_answered_and_later_ones_refus
             raise AssertionError("a job was queued for a worker that has ended")
     finally:
         q.close()
+
+
+def test_a_request_still_waiting_when_the_server_closes_is_answered_503_shutting_down(
+        tiny_bundle, tiny_data, tmp_path):
+    """A normal stop (SIGTERM, after the drain) answered the requests still queued "the
+    server is shutting down" as 500 inference_failed, counted as an inference failure:
+    nothing failed. Now 503 shutting_down with Retry-After, audited, its own reason."""
+    from oncolens.appliance.classifier import Classifier
+    from serve_util import hold_inference
+    data = read(sample_image(tiny_data))
+    audit = str(tmp_path / "audit.jsonl")
+    gate, replies = threading.Event(), {}
+
+    def post(name):
+        replies[name] = request(url, "/classify", "POST", data)
+
+    with Classifier.open(tiny_bundle, backend="onnxruntime") as clf:
+        hold_inference(clf, gate)
+        with running(clf, timeout=30, max_batch=1, audit_log=audit) as (url, app):
+            threads = [threading.Thread(target=post, args=("ran",))]
+            threads[0].start()
+            for _ in range(400):                 # a guard, not a timing: 20 s at most
+                if app.queue.busy:
+                    break
+                threading.Event().wait(0.05)
+            threads.append(threading.Thread(target=post, args=("waited",)))
+            threads[1].start()
+            for _ in range(400):
+                if app.queue.depth == 1:
+                    break
+                threading.Event().wait(0.05)
+            closing = threading.Thread(target=app.queue.close)
+            closing.start()
+            while not app.queue._stop.is_set():
+                threading.Event().wait(0.01)
+            gate.set()                           # the batch in the model ends; the worker stops
+            closing.join(20)
+            for thread in threads:
+                thread.join(20)
+            metrics = request(url, "/metrics").body.decode("utf-8")
+    assert replies["ran"].status == 200, replies["ran"].body[:300]
+    waited = replies["waited"]
+    assert waited.status == 503, waited.body[:300]
+    error = json.loads(waited.body.decode("utf-8"))["error"]
+    assert error["code"] == "shutting_down" and "shutting down" in error["message"]
+    assert int(waited.headers["retry-after"]) >= 1
+    assert 'oncolens_classify_errors_total{reason="shutting_down"} 1' in metrics
+    assert 'reason="inference"' not in metrics
+    assert sorted(_audit_statuses(audit)) == [200, 503]

@@ -1,7 +1,7 @@
 """Markdown reports for ``oncolens evaluate``: one model, or a comparison of several."""
 from urllib.parse import quote
 
-from oncolens.appliance.errors import plural
+from oncolens.appliance.errors import plural, reason_of
 from oncolens.train.evaluate import absent_note, not_held_out, precision_text, recall_text
 
 
@@ -32,6 +32,23 @@ def _temperature(report):
         return ""
     return " ({} before temperature scaling; T = {:.3f}, fitted on val/ at training)".format(
         _fmt(report["ece_without_temperature"]), report["temperature"])
+
+
+FAILED_SHOWN = 20  # the images report.md names; the printout and --json name every one
+
+
+def _failed_lines(failed):
+    """The images left out of the figures, as the printout lists them (``unreadable`` or
+    ``not scored``, path, reason): the first FAILED_SHOWN, then how many more."""
+    lines = ["", "Unreadable images (skipped): {}".format(len(failed)), ""]
+    for failure in failed[:FAILED_SHOWN]:
+        lines.append("- {}: `{}`: {}".format(
+            "not scored" if failure.get("scored") is False else "unreadable",
+            failure["path"], reason_of(failure["path"], failure["error"])))
+    if len(failed) > FAILED_SHOWN:
+        lines.append("- and {} more (the printout and `--json` name every one)".format(
+            len(failed) - FAILED_SHOWN))
+    return lines
 
 
 def model_markdown(report, pngs=None):
@@ -70,7 +87,7 @@ def model_markdown(report, pngs=None):
     for label, row in zip(labels, report["confusion_matrix"]):
         lines.append("| {} | {} |".format(label, " | ".join(str(v) for v in row)))
     if report.get("failed"):
-        lines += ["", "Unreadable images (skipped): {}".format(len(report["failed"]))]
+        lines += _failed_lines(report["failed"])
     for png in pngs or []:  # a link with a space, '(' or ')' in it would not render
         lines += ["", "![{}]({})".format(png, quote(png.encode("utf-8", "surrogateescape")))]
     return "\n".join(lines) + "\n"

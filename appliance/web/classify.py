@@ -15,7 +15,8 @@ from oncolens.appliance.imageio import MAX_SIDE, encode_image
 from oncolens.appliance.lowbits import low_bits_advice
 from oncolens.appliance.overlay import draw_lines
 from oncolens.appliance.postprocess import NOT_A_NUMBER, finite_rows, overlay_text
-from oncolens.appliance.web.queue import WORKER_ENDED, QueueFull, WorkerEnded
+from oncolens.appliance.web.queue import (SHUTDOWN_RETRY_AFTER, SHUTTING_DOWN, WORKER_ENDED,
+                                          QueueFull, WorkerEnded)
 from oncolens.appliance.web.upload import UploadError
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,17 @@ def worker_ended(app, environ, sha=None):
     app.audit_write(environ, 503, sha)
     log.info("%s refused 503: the model's worker has ended", rid)
     return app.error_response(503, "worker_ended", WORKER_ENDED)
+
+
+def shutting_down(app, environ, sha):
+    """503 ``shutting_down``: the server closed the queue (a normal stop, after the drain)
+    while the image waited; nothing failed (it was answered 500 inference_failed)."""
+    rid = environ.get("oncolens.request_id", "-")
+    app.metrics.observe_error("shutting_down")
+    app.audit_write(environ, 503, sha)
+    log.info("%s refused 503: the server is shutting down", rid)
+    return app.error_response(503, "shutting_down", SHUTTING_DOWN,
+                              headers={"Retry-After": str(SHUTDOWN_RETRY_AFTER)})
 
 
 def warnings_of(rid, sha, low_bits):
@@ -180,6 +192,8 @@ def _classify(app, environ, rid, seen):
         return timed_out(app, environ, sha, app.queue.retry_after())
     if job.worker_ended:
         return worker_ended(app, environ, sha)
+    if job.shutting_down:
+        return shutting_down(app, environ, sha)
     error = job.error
     if error is None and not finite_rows([job.probs])[0]:  # no class to answer with
         error = NOT_A_NUMBER

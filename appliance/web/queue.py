@@ -5,7 +5,8 @@ Request threads decode their image and ``submit`` it; one worker takes what is w
 ``maxsize`` images already wait, ``submit`` raises ``QueueFull`` with a Retry-After
 estimate, so the server answers 503 at once instead of piling work up. Once the worker
 thread has ended, ``submit`` raises ``WorkerEnded`` and whatever still waited is answered
-(``Job.worker_ended``): such a request waited for --timeout before its 503.
+(``Job.worker_ended``): such a request waited for --timeout before its 503. What still
+waits when the server closes the queue (a normal stop) is answered ``Job.shutting_down``.
 """
 import logging
 import math
@@ -30,6 +31,8 @@ class WorkerEnded(Exception):
 
 WORKER_ENDED = ("the model's worker has ended: nothing is classified any more until the "
                 "server is restarted")
+SHUTTING_DOWN = "the server is shutting down: this image was not classified; try again later"
+SHUTDOWN_RETRY_AFTER = 10   # seconds: the Retry-After of a request answered so
 
 
 class Job(object):
@@ -45,6 +48,7 @@ class Job(object):
         self.infer_s = None
         self.cancelled = False
         self.worker_ended = False   # answered because the worker thread ended (not run)
+        self.shutting_down = False  # answered because the server closed the queue (not run)
 
     def cancel(self):
         """Nobody waits for this one any more (its request timed out): skip it if not begun."""
@@ -111,7 +115,7 @@ class InferenceQueue(object):
             raise WorkerEnded()
         return job
 
-    def _answer_waiting(self, message, ended=False):
+    def _answer_waiting(self, message, ended=False, closing=False):
         """Answer every job still queued with ``message`` as its error."""
         while True:
             try:
@@ -119,6 +123,7 @@ class InferenceQueue(object):
             except _queue.Empty:
                 break
             job.error, job.worker_ended, job.image = message, ended, None
+            job.shutting_down = closing
             job.done.set()
 
     def _take(self):
@@ -230,7 +235,8 @@ class InferenceQueue(object):
             job.done.set()
 
     def close(self):
-        """Stop the worker; whatever still waits is answered with an error."""
+        """Stop the worker; whatever still waits is answered ``shutting_down`` (not run:
+        its request is answered 503 shutting_down, not 500 inference_failed)."""
         self._stop.set()
         self._thread.join(timeout=5)
-        self._answer_waiting("the server is shutting down")
+        self._answer_waiting(SHUTTING_DOWN, closing=True)
