@@ -129,10 +129,23 @@ def test_health_says_stalled_with_503_while_the_model_hangs_and_ok_once_it_answe
     assert _audit_statuses(audit) == [503]      # the /classify only, no /health line
 
 
+def _end_worker(queue):
+    """End ``queue``'s worker thread by a bug outside a batch (one in a batch is answered and
+    the worker goes on), as test_serve_watchdog.py does: close() is a normal stop, said as
+    shutting_down (test_serve_shutdown.py)."""
+    def broken():
+        raise RuntimeError("a bug in the worker")
+
+    queue._take = broken
+    queue._thread.join(10)                      # the bug ends it
+    assert not queue.worker_alive and not queue.closed
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_health_says_worker_ended_with_503_once_the_worker_is_gone(ort_classifier):
     with running(ort_classifier) as (url, app):
         assert _health(url)[0] == 200
-        app.queue.close()                       # the worker thread ends
+        _end_worker(app.queue)
         code, body = _health(url)
     assert (code, body["status"]) == (503, "worker_ended")
     assert body["inference"]["worker_alive"] is False
@@ -142,6 +155,7 @@ class _WorkerKilled(BaseException):
     """Not an Exception: it gets past the worker's own handler and ends its thread."""
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_request_after_the_worker_ended_is_answered_503_worker_ended_and_audited(
         ort_classifier, tiny_data, tmp_path):
     """It waited for --timeout (here 20 s) and was then answered 503 timeout, though /health
@@ -149,7 +163,7 @@ def test_a_request_after_the_worker_ended_is_answered_503_worker_ended_and_audit
     audit = str(tmp_path / "audit.jsonl")
     data = read(sample_image(tiny_data))
     with running(ort_classifier, timeout=20, audit_log=audit) as (url, app):
-        app.queue.close()                       # the worker thread ends
+        _end_worker(app.queue)
         reply = request(url, "/classify", "POST", data)
         metrics = request(url, "/metrics").body.decode("utf-8")
     assert reply.status == 503, reply.body[:300]

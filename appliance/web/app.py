@@ -262,9 +262,10 @@ class ServeApp(object):
 
     def health(self):
         """200 while the model's worker answers; 503 with "status" "stalled" (a batch in
-        inference for over --timeout: its requests are answered 503 timeout by then) or
-        "worker_ended" (watchdog.worker_state), so a load balancer or a monitor sees a
-        hung model: it answered "ok" while every /classify timed out."""
+        inference for over --timeout: its requests are answered 503 timeout by then),
+        "shutting_down" (the server closed the queue: a normal stop) or "worker_ended" (the
+        worker thread ended otherwise: a bug) (watchdog.worker_state), so a load balancer or
+        a monitor sees a hung model: it answered "ok" while every /classify timed out."""
         model = self.describe_model()
         status, inference = worker_state(self.queue, self.timeout)
         # not a refusal: the middleware writes no audit line for it (reads are not audited)

@@ -16,7 +16,7 @@ from oncolens.appliance.lowbits import low_bits_advice
 from oncolens.appliance.overlay import draw_lines
 from oncolens.appliance.postprocess import NOT_A_NUMBER, finite_rows, overlay_text
 from oncolens.appliance.web.queue import (SHUTDOWN_RETRY_AFTER, SHUTTING_DOWN, WORKER_ENDED,
-                                          QueueFull, WorkerEnded)
+                                          QueueFull, ShuttingDown, WorkerEnded)
 from oncolens.appliance.web.upload import UploadError
 
 log = logging.getLogger(__name__)
@@ -83,9 +83,10 @@ def worker_ended(app, environ, sha=None):
     return app.error_response(503, "worker_ended", WORKER_ENDED)
 
 
-def shutting_down(app, environ, sha):
+def shutting_down(app, environ, sha=None):
     """503 ``shutting_down``: the server closed the queue (a normal stop, after the drain)
-    while the image waited; nothing failed (it was answered 500 inference_failed)."""
+    while the image waited (it was answered 500 inference_failed) or before it was queued
+    (503 worker_ended, "until the server is restarted"); nothing failed."""
     rid = environ.get("oncolens.request_id", "-")
     app.metrics.observe_error("shutting_down")
     app.audit_write(environ, 503, sha)
@@ -171,9 +172,9 @@ def _classify(app, environ, rid, seen):
     except UploadError as exc:
         app.drop_body(environ, app.refused_drain)
         return refuse(app, environ, exc)
-    if not app.queue.worker_alive:   # nothing would take the image: not read, not decoded
-        app.drop_body(environ, app.refused_drain)
-        return worker_ended(app, environ)
+    if app.queue.closed or not app.queue.worker_alive:   # nothing would take the image: not
+        app.drop_body(environ, app.refused_drain)          # read, not decoded
+        return shutting_down(app, environ) if app.queue.closed else worker_ended(app, environ)
     try:
         data, fmt, rgb, low_bits = app.read_upload(environ)
     except UploadError as exc:
@@ -185,6 +186,8 @@ def _classify(app, environ, rid, seen):
         job = app.submit(rgb)
     except QueueFull as exc:
         return busy(app, environ, sha, exc.retry_after)
+    except ShuttingDown:
+        return shutting_down(app, environ, sha)
     except WorkerEnded:
         return worker_ended(app, environ, sha)
     if not job.wait(app.timeout):

@@ -6,7 +6,9 @@ Request threads decode their image and ``submit`` it; one worker takes what is w
 estimate, so the server answers 503 at once instead of piling work up. Once the worker
 thread has ended, ``submit`` raises ``WorkerEnded`` and whatever still waited is answered
 (``Job.worker_ended``): such a request waited for --timeout before its 503. What still
-waits when the server closes the queue (a normal stop) is answered ``Job.shutting_down``.
+waits when the server closes the queue (a normal stop) is answered ``Job.shutting_down``,
+and ``submit`` raises ``ShuttingDown`` from then on (``closed``): a normal stop is not told
+as a worker that ended by a bug.
 """
 import logging
 import math
@@ -27,6 +29,13 @@ class QueueFull(Exception):
 class WorkerEnded(Exception):
     def __init__(self):
         super(WorkerEnded, self).__init__(WORKER_ENDED)
+
+
+class ShuttingDown(Exception):
+    """The server closed the queue (a normal stop): nothing is taken any more."""
+
+    def __init__(self):
+        super(ShuttingDown, self).__init__(SHUTTING_DOWN)
 
 
 WORKER_ENDED = ("the model's worker has ended: nothing is classified any more until the "
@@ -95,25 +104,40 @@ class InferenceQueue(object):
         ended by a bug)."""
         return self._thread.is_alive() and not self._ended
 
+    @property
+    def closed(self):
+        """Whether the server has closed the queue (a normal stop, ``close``): the worker
+        then ends without a bug, and ``submit`` raises ShuttingDown, not WorkerEnded."""
+        return self._stop.is_set()
+
     def retry_after(self):
         """Seconds a client should wait before trying again (at least 1)."""
         per_image = self._per_image or 0.1
         return max(1, int(math.ceil((self.depth + 1) * per_image)))
 
     def submit(self, image):
-        """The queued ``Job``; QueueFull when ``capacity`` images wait, WorkerEnded once the
-        worker thread has ended (also when it ended as this one was queued)."""
-        if not self.worker_alive:
-            raise WorkerEnded()
+        """The queued ``Job``; QueueFull when ``capacity`` images wait; ShuttingDown once the
+        queue is closed, WorkerEnded once the worker thread has ended otherwise (a bug),
+        also when either happened as this one was queued."""
+        self._refuse_if_ended()
         job = Job(image)
         try:
             self._q.put_nowait(job)
         except _queue.Full:
             raise QueueFull(self.retry_after())
+        if self.closed:   # closed meanwhile: close() may have answered what waited already
+            self._answer_waiting(SHUTTING_DOWN, closing=True)
+            raise ShuttingDown()
         if not self.worker_alive:   # it ended meanwhile: nobody would take this one
             self._answer_waiting(WORKER_ENDED, ended=True)
             raise WorkerEnded()
         return job
+
+    def _refuse_if_ended(self):
+        if self.closed:
+            raise ShuttingDown()
+        if not self.worker_alive:
+            raise WorkerEnded()
 
     def _answer_waiting(self, message, ended=False, closing=False):
         """Answer every job still queued with ``message`` as its error."""

@@ -19,8 +19,9 @@ log = logging.getLogger("oncolens.serve")
 
 def worker_state(queue, stall_after):
     """The model's worker as /health reports it: (status, details). ``status`` is "ok",
-    "stalled" (one batch has been in inference for more than ``stall_after`` seconds) or
-    "worker_ended" (the worker thread has ended: nothing is classified any more);
+    "stalled" (one batch has been in inference for more than ``stall_after`` seconds),
+    "shutting_down" (the server closed the queue: a normal stop) or "worker_ended" (the
+    worker thread has ended otherwise, by a bug: nothing is classified any more);
     ``details``: ``worker_alive``, ``running_s`` (how long the batch in the model now has
     run, 0 while none runs) and ``stalled_after_s``. ("ok", None) without a queue (a live
     stream without a classifier)."""
@@ -29,6 +30,8 @@ def worker_state(queue, stall_after):
     alive, running = queue.worker_alive, queue.running_for()
     details = {"worker_alive": alive, "running_s": round(running, 3),
                "stalled_after_s": stall_after}
+    if queue.closed:
+        return "shutting_down", details
     if not alive:
         return "worker_ended", details
     if running > stall_after:
