@@ -64,11 +64,10 @@ def calibration_batch_size(bundle, args):
 
 
 def make_int8_calibrator(bundle, api, cuda, args):
-    from oncolens.appliance.bundle import sha256_file
     from oncolens.appliance.preprocess import Preprocessor
     from oncolens.export.calibrate import CalibrationBatches, cache_check, make_calibrator
     from oncolens.export.images import sample_paths
-    sha = sha256_file(bundle.onnx_path)  # the ONNX the engine is built from, hashed once
+    sha = bundle.onnx_check().sha256()  # the ONNX the engine is built from, hashed once
     cache = calibration_cache_path(bundle, api, args, sha)
     batches = None
     if args.calib_images:

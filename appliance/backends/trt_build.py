@@ -264,8 +264,8 @@ def engine_target(bundle, api, precision, options):
             onnx_path))
     name = engines.engine_file_name(onnx_path, options.max_batch, api.version, precision,
                                     options.dla_core, options.gpu_fallback)
-    stat = engines.onnx_file_stat(onnx_path)  # before the hash: a change during it is seen
-    return onnx_path, sha256_file(onnx_path), name, stat
+    check = bundle.onnx_check()  # the bundle's one hash of it (its stat taken before)
+    return onnx_path, check.sha256(), name, dict(check.stat)
 
 
 def up_to_date(entry, sha, device):
